@@ -1,0 +1,57 @@
+# Thin wrapper over CMake. The real build is CMakeLists.txt.
+#   make deps   install missing Debian packages (as root) or print the apt command
+#   make build  Release-with-debug-info build in build/
+#   make run    backend_app + redis-server (if installed) + gateway, Ctrl-C stops all
+#   make test   every test (unit + integration) in the normal and ASan/UBSan builds
+#   make tsan   the tests under ThreadSanitizer (build-tsan/)
+
+BUILD_DIR ?= build
+ASAN_DIR  ?= build-asan
+TSAN_DIR  ?= build-tsan
+JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
+CTEST_ARGS ?= --output-on-failure
+
+# Packages the build and the tests need (Debian 12 names).
+DEPS = build-essential cmake pkg-config libhiredis-dev node-llhttp libjansson-dev \
+       libcmocka-dev libssl-dev redis-server redis-tools curl
+
+.PHONY: all deps build run test test-release test-asan tsan clean env-example
+
+all: build
+
+deps:
+	@./scripts/deps.sh $(DEPS)
+
+$(BUILD_DIR)/Makefile: CMakeLists.txt
+	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+
+build: deps
+	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: build
+	@./scripts/run.sh $(BUILD_DIR)
+
+test: build test-release test-asan
+
+test-release:
+	@echo "== tests: release build ($(BUILD_DIR)) =="
+	@cd $(BUILD_DIR) && ctest $(CTEST_ARGS) -j 2
+
+test-asan: deps
+	@echo "== tests: ASan+UBSan build ($(ASAN_DIR)) =="
+	@cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DGW_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_DIR) -j $(JOBS)
+	@cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_ARGS) -j 2
+
+tsan: deps
+	@cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DGW_TSAN=ON >/dev/null
+	@cmake --build $(TSAN_DIR) -j $(JOBS)
+	@cd $(TSAN_DIR) && TSAN_OPTIONS=halt_on_error=1 ctest $(CTEST_ARGS)
+
+env-example: build
+	@$(BUILD_DIR)/gateway --print-env-example > gateway.env.example
+
+clean:
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(TSAN_DIR)

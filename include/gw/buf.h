@@ -1,0 +1,67 @@
+/*
+ * Byte buffer with explicit offsets: data[start, end) holds pending bytes,
+ * data[end, cap) is free tail (pgbouncer iobuf). Storage is allocated lazily
+ * and may be released while empty, so an idle connection holds no buffer.
+ * Not thread-safe: a buffer belongs to one connection on one worker.
+ */
+#ifndef GW_BUF_H
+#define GW_BUF_H
+
+#include "gw/common.h"
+
+#include <stdarg.h>
+
+struct gw_buf {
+    char *data;   /* heap storage owned by the buffer, NULL until needed */
+    size_t start; /* first pending byte */
+    size_t end;   /* one past the last pending byte */
+    size_t cap;   /* bytes allocated */
+};
+
+/* Pending bytes. */
+static inline size_t gw_buf_len(const struct gw_buf *b)
+{
+    return b->end - b->start;
+}
+
+/* First pending byte (valid for gw_buf_len bytes, until the next mutation). */
+static inline char *gw_buf_head(const struct gw_buf *b)
+{
+    return b->data + b->start;
+}
+
+/* Free bytes after end, without compaction or growth. */
+static inline size_t gw_buf_tail_room(const struct gw_buf *b)
+{
+    return b->cap - b->end;
+}
+
+/* Makes at least n bytes of free tail available, first by moving pending
+ * bytes to the front, then by growing storage (doubling). Returns 0 or
+ * -ENOMEM; on failure the buffer is unchanged. */
+GW_MUSTCHECK int gw_buf_reserve(struct gw_buf *b, size_t n);
+
+/* Appends n bytes copied from p. Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_buf_append(struct gw_buf *b, const void *p, size_t n);
+
+/* Appends a NUL-terminated string (without the NUL). Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_buf_append_str(struct gw_buf *b, const char *s);
+
+/* Appends printf-formatted text (no NUL kept). Returns 0, -ENOMEM or -EINVAL
+ * for a bad format. */
+GW_MUSTCHECK int gw_buf_printf(struct gw_buf *b, const char *fmt, ...) GW_PRINTF(2, 3);
+
+/* Marks n bytes after end as written (after filling gw_buf_head+len). */
+void gw_buf_commit(struct gw_buf *b, size_t n);
+
+/* Drops n pending bytes from the front (n <= gw_buf_len). When the buffer
+ * becomes empty, offsets reset to 0 so the whole storage is free again. */
+void gw_buf_consume(struct gw_buf *b, size_t n);
+
+/* Drops every pending byte, keeps storage. */
+void gw_buf_clear(struct gw_buf *b);
+
+/* Frees the storage; the buffer becomes empty and reusable. */
+void gw_buf_release(struct gw_buf *b);
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * Shared definitions for every gateway module: return conventions, the
+ * must-check attribute, the monotonic and wall clocks, and a string slice.
+ * Leaf of the include graph: includes nothing of ours.
+ */
+#ifndef GW_COMMON_H
+#define GW_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Return conventions (STYLE.md "Errors"):
+ *  - setup and syscall-like calls return 0 or -errno;
+ *  - I/O steps return one of enum gw_io and the caller switches;
+ *  - predicates return bool. */
+enum gw_io_result {
+    GW_IO_OK = 0,    /* progress made, call again when ready */
+    GW_IO_AGAIN = 1, /* would block: wait for readiness */
+    GW_IO_EOF = 2,   /* peer closed its write side */
+    GW_IO_ERR = 3,   /* fatal error on this descriptor; errno is kept */
+};
+
+#define GW_MUSTCHECK __attribute__((warn_unused_result))
+#define GW_UNUSED    __attribute__((unused))
+#define GW_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+
+#define GW_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define GW_MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define GW_MAX(a, b)    ((a) > (b) ? (a) : (b))
+
+/* Recover the enclosing struct from a pointer to one of its members. */
+#define gw_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* A borrowed, not NUL-terminated byte range. The owner of the bytes is
+ * whoever produced the slice; it stays valid only as long as they say. */
+struct gw_slice {
+    const char *ptr; /* first byte, may be NULL when len == 0 */
+    size_t len;      /* bytes */
+};
+
+/* Monotonic clock (CLOCK_MONOTONIC) in milliseconds: for deadlines and
+ * durations, never for wall time. Thread-safe, cannot fail. */
+uint64_t gw_now_ms(void);
+
+/* Monotonic clock in microseconds, for latency measurement. Thread-safe. */
+uint64_t gw_now_us(void);
+
+/* Wall clock (CLOCK_REALTIME) in whole Unix seconds, for fixed-window edges
+ * and Retry-After when no shared clock (Redis TIME) is in use. Thread-safe. */
+int64_t gw_wall_s(void);
+
+/* Case-insensitive ASCII comparison of a slice with a NUL-terminated token
+ * (header names, RFC 9110 §5.1 field names are case-insensitive). */
+bool gw_slice_eq_nocase(struct gw_slice s, const char *token);
+
+#endif

@@ -1,0 +1,163 @@
+/*
+ * Gateway configuration: one table of rows (name, type, default, range,
+ * field offset, flags) parses the environment, validates, prints the masked
+ * JSON of --check-config and generates gateway.env.example (SPEC.md §3).
+ */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include "gw/common.h"
+
+#include <stdio.h>
+
+enum gw_rl_algorithm {
+    GW_RL_FIXED_WINDOW = 0,
+    GW_RL_SLIDING_WINDOW,
+    GW_RL_TOKEN_BUCKET,
+    GW_RL_GCRA,
+};
+
+enum gw_rl_failure_mode {
+    GW_RL_FAIL_OPEN = 0, /* let requests through, count redis_errors */
+    GW_RL_FAIL_CLOSED,   /* answer 503 */
+    GW_RL_FAIL_LOCAL,    /* decide from the in-process store */
+};
+
+enum gw_log_level {
+    GW_LOG_DEBUG = 0,
+    GW_LOG_INFO,
+    GW_LOG_WARN,
+    GW_LOG_ERROR,
+};
+
+#define GW_CONFIG_MAX_TRUSTED 64
+
+/* One trusted-proxy CIDR, IPv4 stored as IPv4-mapped IPv6 (::ffff:a.b.c.d). */
+struct gw_cidr {
+    uint8_t addr[16]; /* network address, network byte order */
+    uint8_t prefix;   /* prefix length in bits over the 128-bit form */
+};
+
+/* The effective configuration. Strings are owned by the struct (heap, freed
+ * by gw_config_deinit). Times are milliseconds unless the name says seconds. */
+struct gw_config {
+    char *gateway_host;               /* GATEWAY_HOST, listen address */
+    int gateway_port;                 /* GATEWAY_PORT, 0 = kernel picks (tests) */
+    char *backend_url;                /* BACKEND_URL as given */
+    char *backend_host;               /* parsed from BACKEND_URL */
+    int backend_port;                 /* parsed from BACKEND_URL, default 80 */
+    char *backend_base_path;          /* parsed, "" when none, never ends in '/' */
+    char *backend_authority;          /* "host:port" for Host when PRESERVE_HOST=off,
+                                         IPv6 in brackets ("[::1]:8001"); backend_host
+                                         itself has no brackets (for getaddrinfo) */
+    int worker_threads;               /* WORKER_THREADS, resolved: 0 becomes online CPUs */
+    int max_connections;              /* MAX_CONNECTIONS */
+    char *redis_url;                  /* REDIS_URL, NULL when unset */
+    int redis_timeout_ms;             /* REDIS_TIMEOUT_MS */
+    int rate_limit_requests;          /* RATE_LIMIT_REQUESTS */
+    int rate_limit_window_s;          /* RATE_LIMIT_WINDOW_SECONDS */
+    enum gw_rl_algorithm rate_limit_algorithm;   /* RATE_LIMIT_ALGORITHM */
+    char *rate_limit_key;             /* RATE_LIMIT_KEY as given: "ip" or "header:<Name>" */
+    char *rate_limit_key_header;      /* <Name> of header:<Name>, NULL for "ip" */
+    char *rate_limit_key_prefix;      /* RATE_LIMIT_KEY_PREFIX */
+    enum gw_rl_failure_mode rate_limit_failure_mode; /* RATE_LIMIT_FAILURE_MODE */
+    bool rate_limit_dry_run;          /* RATE_LIMIT_DRY_RUN */
+    bool rate_limit_headers;          /* RATE_LIMIT_HEADERS */
+    char *trusted_proxies;            /* TRUSTED_PROXIES as given ("" when empty) */
+    struct gw_cidr trusted[GW_CONFIG_MAX_TRUSTED]; /* parsed CIDRs */
+    int trusted_count;                /* entries used in trusted[] */
+    int max_concurrent_requests;      /* MAX_CONCURRENT_REQUESTS */
+    int max_queue_length;             /* MAX_QUEUE_LENGTH */
+    int queue_timeout_ms;             /* QUEUE_TIMEOUT_MS */
+    int upstream_connect_timeout_ms;  /* UPSTREAM_CONNECT_TIMEOUT_MS */
+    int upstream_timeout_ms;          /* UPSTREAM_TIMEOUT_MS */
+    int upstream_keepalive;           /* UPSTREAM_KEEPALIVE, idle pooled per worker */
+    int client_timeout_ms;            /* CLIENT_TIMEOUT_MS */
+    int max_header_bytes;             /* MAX_HEADER_BYTES */
+    int64_t max_body_bytes;           /* MAX_BODY_BYTES, 0 = unlimited */
+    bool preserve_host;               /* PRESERVE_HOST */
+    char *health_path;                /* HEALTH_PATH */
+    char *stats_path;                 /* STATS_PATH */
+    char *metrics_path;               /* METRICS_PATH */
+    int shutdown_timeout_ms;          /* SHUTDOWN_TIMEOUT_MS */
+    enum gw_log_level log_level;      /* LOG_LEVEL */
+    bool access_log;                  /* ACCESS_LOG */
+};
+
+/* Looks a variable up by name; returns NULL when unset. The returned string
+ * is borrowed and must stay valid until gw_config_load returns. */
+typedef const char *(*gw_config_getenv_fn)(void *ctx, const char *name);
+
+/* Fills *cfg from variables read through getenv_fn (pass NULL for the
+ * process environment, getenv). Every variable of SPEC.md §3 is parsed and
+ * validated; unset ones take their default (an empty value counts as set
+ * and invalid, except for REDIS_URL and TRUSTED_PROXIES where it means
+ * unset/none). Errors accumulate: one line per bad variable,
+ * "config error: NAME=VALUE: reason" (a REDIS_URL password shown as ***,
+ * control bytes as \xNN), is written to err (may be NULL). A set value never
+ * falls back to its default. *cfg is overwritten (deinit it before loading
+ * again). Returns 0 on success, or the number of errors (> 0); *cfg is then
+ * still safe to pass to gw_config_deinit. Not thread-safe (startup only). */
+GW_MUSTCHECK int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn getenv_fn,
+                                void *ctx, FILE *err);
+
+/* Frees the strings owned by *cfg and zeroes it. Safe on a zeroed struct. */
+void gw_config_deinit(struct gw_config *cfg);
+
+/* REDIS_URL taken apart by gw_config_parse_redis_url. Strings are owned by
+ * the struct (heap), released by gw_config_redis_target_deinit. */
+struct gw_redis_target {
+    char *host;      /* TCP host, IPv6 without brackets; NULL for a Unix socket */
+    int port;        /* TCP port, 6379 when not given; 0 for a Unix socket */
+    char *unix_path; /* absolute socket path of unix:///path, else NULL */
+    char *username;  /* ACL user of redis://user:password@, NULL when none */
+    char *password;  /* AUTH password, percent-decoded, NULL when none */
+    int db;          /* SELECT index from /db, 0 when not given */
+};
+
+/* Parses REDIS_URL: "redis://[[user]:password@]host[:port][/db]" (host a
+ * name, an IPv4 literal or an IPv6 literal in brackets; userinfo
+ * percent-decoded, RFC 3986 §3.2.1) or "unix:///absolute/path". rediss://
+ * (TLS) and query parameters are refused. Fills *out (zeroed first).
+ * Returns 0; -EINVAL when the URL is malformed, with a one-line reason
+ * (never containing the password) in why (may be NULL, why_len bytes);
+ * -ENOMEM. *out is safe to deinit on every return. Thread-safe. */
+GW_MUSTCHECK int gw_config_parse_redis_url(const char *url, struct gw_redis_target *out, char *why,
+                                           size_t why_len);
+
+/* Frees the strings of *t and zeroes it. Safe on a zeroed struct. */
+void gw_config_redis_target_deinit(struct gw_redis_target *t);
+
+/* Reads KEY=VALUE lines from path (blank lines and '#' comments skipped,
+ * optional surrounding quotes removed, optional leading "export ") and sets
+ * each variable with setenv(..., overwrite=0) so the real environment wins.
+ * Returns 0, or -errno when the file cannot be read; a malformed line is
+ * reported on err with its line number and counts as -EINVAL (the other
+ * lines are still applied; every malformed line is reported). When a key
+ * repeats in the file, its last line wins. A key that is not a gateway
+ * variable only draws a warning. An unreadable file is reported on err too,
+ * so callers need not print anything. Startup only (setenv). */
+GW_MUSTCHECK int gw_config_load_env_file(const char *path, FILE *err);
+
+/* Writes the effective configuration as one JSON object (keys are the
+ * variable names, values typed: numbers, booleans, strings) followed by a
+ * newline to out. The password of REDIS_URL is masked as "***".
+ * WORKER_THREADS shows the resolved count. REDIS_URL is null when unset.
+ * Returns 0, -ENOMEM or -EIO. Thread-safe for a const cfg. */
+GW_MUSTCHECK int gw_config_print_json(const struct gw_config *cfg, FILE *out);
+
+/* Writes gateway.env.example text: every variable, its default and a
+ * one-line comment, generated from the same table. Returns 0 or -EIO. */
+GW_MUSTCHECK int gw_config_print_env_example(FILE *out);
+
+/* Parses a boolean the way every boolean variable does: on/off, true/false,
+ * 1/0 (case-insensitive). Returns true on success with *out set. */
+bool gw_config_parse_bool(const char *s, bool *out);
+
+/* True when the 16-byte address (IPv4 as IPv4-mapped) is inside any of
+ * cfg->trusted. IPv4 entries are stored mapped (prefix + 96), so
+ * "0.0.0.0/0" trusts every IPv4 peer and no IPv6 one, while "::/0" trusts
+ * everybody. Thread-safe for a const cfg. */
+bool gw_config_is_trusted(const struct gw_config *cfg, const uint8_t addr[16]);
+
+#endif

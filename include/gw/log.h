@@ -1,0 +1,44 @@
+/*
+ * Diagnostics on stderr ("<ISO time> <level> <message>") filtered by
+ * LOG_LEVEL, and the JSON access log on stdout (SPEC.md §7), one line per
+ * request written with a single write(2) so lines from workers never mix.
+ */
+#ifndef GW_LOG_H
+#define GW_LOG_H
+
+#include "gw/common.h"
+#include "gw/config.h"
+
+/* Sets the lowest level written. Call before threads start. */
+void gw_log_set_level(enum gw_log_level level);
+
+/* True when a message at level would be written. Thread-safe. */
+bool gw_log_enabled(enum gw_log_level level);
+
+/* Writes one diagnostic line to stderr. Thread-safe (one write per line). */
+void gw_log(enum gw_log_level level, const char *fmt, ...) GW_PRINTF(2, 3);
+
+#define gw_debug(...) gw_log(GW_LOG_DEBUG, __VA_ARGS__)
+#define gw_info(...)  gw_log(GW_LOG_INFO, __VA_ARGS__)
+#define gw_warn(...)  gw_log(GW_LOG_WARN, __VA_ARGS__)
+#define gw_error(...) gw_log(GW_LOG_ERROR, __VA_ARGS__)
+
+/* One access-log record. Strings are borrowed for the duration of the call. */
+struct gw_access_entry {
+    const char *client;      /* client address (rate-limit identity source) */
+    struct gw_slice method;  /* request method */
+    struct gw_slice path;    /* raw request-target */
+    int status;              /* status sent to the client */
+    uint64_t bytes_sent;     /* bytes written to the client for this response */
+    double duration_ms;      /* request start to response end */
+    double upstream_ms;      /* upstream connect+response time, < 0 when not proxied */
+    bool limited;            /* the rate limiter refused it (or would, in dry run) */
+};
+
+/* Writes one JSON line to stdout: ts, client, method, path, status,
+ * bytes_sent, duration_ms, upstream_ms (null when not proxied), limited.
+ * Uses jansson for escaping. Thread-safe. Errors are ignored (logging must
+ * never fail a request). */
+void gw_log_access(const struct gw_access_entry *e);
+
+#endif

@@ -1,0 +1,93 @@
+/*
+ * Fixed-window rate limiter (SPEC.md §5). One process-wide struct
+ * gw_ratelimit holds the configuration and the in-process store; each worker
+ * thread owns a struct gw_ratelimit_worker with its own synchronous hiredis
+ * connection (when REDIS_URL is set) and its over-limit cache. The store is
+ * a small vtable (src/ratelimit_int.h): Redis (src/rl_redis.c) or memory
+ * (src/rl_memory.c). Window math lives in gw/rl_algo.h.
+ */
+#ifndef GW_RATELIMIT_H
+#define GW_RATELIMIT_H
+
+#include "gw/common.h"
+#include "gw/config.h"
+#include "gw/response.h"
+
+enum gw_rl_verdict {
+    GW_RL_ALLOW = 0,   /* forward the request */
+    GW_RL_LIMITED,     /* answer 429 */
+    GW_RL_UNAVAILABLE, /* store failed and RATE_LIMIT_FAILURE_MODE=closed: answer 503 */
+};
+
+struct gw_rl_decision {
+    enum gw_rl_verdict verdict;
+    bool over_limit;      /* n > limit; also true in dry run, where verdict is ALLOW */
+    bool store_error;     /* the shared store failed during this check */
+    bool has_info;        /* info is valid (false when no store could answer) */
+    struct gw_rl_info info; /* what the rate-limit headers report */
+};
+
+enum gw_rl_store_state {
+    GW_RL_STORE_DISABLED = 0, /* no REDIS_URL: in-process store */
+    GW_RL_STORE_CONNECTED,
+    GW_RL_STORE_DISCONNECTED,
+};
+
+struct gw_ratelimit;
+struct gw_ratelimit_worker;
+
+/* Creates the process-wide limiter from cfg (borrowed; must outlive it).
+ * Returns 0 or -errno. Thread-safe to use after creation. */
+GW_MUSTCHECK int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg);
+
+/* Destroys it; every worker handle must be destroyed first. */
+void gw_ratelimit_destroy(struct gw_ratelimit *rl);
+
+/* Creates one worker's handle. With REDIS_URL it connects to Redis with
+ * REDIS_TIMEOUT_MS as connect and command timeout; a failed connect is not
+ * an error (the handle starts disconnected and reconnects from
+ * gw_ratelimit_worker_tick). Returns 0 or -ENOMEM. The handle is used by
+ * one thread only. */
+GW_MUSTCHECK int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out,
+                                            struct gw_ratelimit *rl);
+
+void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w);
+
+/* Counts one request of the client identified by key (key_len bytes, any
+ * bytes; the limiter hashes or escapes it before it reaches a store key) and
+ * decides. One Redis round trip at most, none when the client is in the
+ * over-limit cache or Redis is marked down. Never blocks longer than
+ * REDIS_TIMEOUT_MS. Fills *out; never fails. Worker thread only.
+ *
+ * Store keys are "<RATE_LIMIT_KEY_PREFIX>:{<hex of 16 bytes of
+ * SHA-256(key)>}"; Redis appends ":<window index>" (see src/rl_redis.c).
+ * A client over its limit is cached until its window ends (4096 entries
+ * per worker, the least useful overwritten): it gets LIMITED with
+ * remaining 0 and the same reset epoch, without a store call.
+ * store_error is set when the shared store did not answer this check (the
+ * call failed, or Redis is marked down and no call was made): count it as
+ * redis_errors, and call gw_ratelimit_worker_tick soon after, since a
+ * failure starts the reconnect backoff. The failure mode then decides:
+ * open = ALLOW without info, closed = UNAVAILABLE without info, local = the
+ * in-process store decides (info valid). Dry run: ALLOW, over_limit set,
+ * info.remaining 0. */
+void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t key_len,
+                        struct gw_rl_decision *out);
+
+/* Store state for /health: DISABLED without Redis; otherwise sends PING
+ * (when connected) and reports the outcome. Worker thread only. */
+enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w);
+
+/* Background upkeep from the worker loop: reconnects a down Redis
+ * connection when its backoff has elapsed (100 ms after the failure, then
+ * doubling to 2 s while attempts fail). now_ms is gw_now_ms(). A reconnect
+ * attempt blocks up to about REDIS_TIMEOUT_MS per step (connect, AUTH,
+ * SELECT, SCRIPT LOAD). Returns the delay in ms until it next wants to run
+ * (for the loop timer): 1000 when nothing is pending. Worker thread only. */
+uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms);
+
+/* True when this worker has Redis configured and its connection is up (no
+ * I/O, unlike gw_ratelimit_worker_ping). Worker thread only. */
+bool gw_ratelimit_worker_redis_up(const struct gw_ratelimit_worker *w);
+
+#endif

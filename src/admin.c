@@ -1,0 +1,152 @@
+/*
+ * /health, /stats and /metrics (SPEC.md §4). Health probes are cached for
+ * 1 s so a probe storm never becomes a backend or Redis storm: the backend
+ * probe process-wide under health_mu, the Redis PING per worker.
+ */
+#include "admin.h"
+
+#include "gw/log.h"
+#include "gw/net.h"
+#include "gw/response.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROBE_CACHE_MS 1000
+
+static struct gw_slice target_path(struct gw_slice target)
+{
+    const char *q = memchr(target.ptr, '?', target.len);
+    return (struct gw_slice){target.ptr, q ? (size_t)(q - target.ptr) : target.len};
+}
+
+static bool path_is(struct gw_slice path, const char *want)
+{
+    size_t n = strlen(want);
+    return path.len == n && memcmp(path.ptr, want, n) == 0;
+}
+
+enum gw_admin_endpoint gw_admin_match(const struct gw_config *cfg, struct gw_slice target)
+{
+    struct gw_slice path = target_path(target);
+    if (path_is(path, cfg->health_path))
+        return GW_ADMIN_HEALTH;
+    if (path_is(path, cfg->stats_path))
+        return GW_ADMIN_STATS;
+    if (path_is(path, cfg->metrics_path))
+        return GW_ADMIN_METRICS;
+    return GW_ADMIN_NONE;
+}
+
+static bool backend_up(struct gw_server *srv)
+{
+    uint64_t now = gw_now_ms();
+    pthread_mutex_lock(&srv->health_mu);
+    if (srv->backend_checked_ms == 0 || now - srv->backend_checked_ms >= PROBE_CACHE_MS) {
+        int timeout = GW_MIN(srv->cfg->upstream_connect_timeout_ms, 500);
+        srv->backend_up = gw_net_probe(&srv->backend, srv->backend_len, timeout);
+        srv->backend_checked_ms = gw_now_ms();
+    }
+    bool up = srv->backend_up;
+    pthread_mutex_unlock(&srv->health_mu);
+    return up;
+}
+
+static enum gw_rl_store_state redis_state(struct gw_worker *w)
+{
+    uint64_t now = gw_now_ms();
+    if (w->redis_checked_ms == 0 || now - w->redis_checked_ms >= PROBE_CACHE_MS) {
+        w->redis_state = gw_ratelimit_worker_ping(w->rl);
+        w->redis_checked_ms = gw_now_ms();
+    }
+    return w->redis_state;
+}
+
+void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
+{
+    memset(s, 0, sizeof(*s));
+    struct gw_stats_worker *ws[64];
+    size_t n = (size_t)GW_MIN(srv->nworkers, 64);
+    for (size_t i = 0; i < n; i++)
+        ws[i] = &srv->workers[i]->stats;
+    gw_stats_sum(ws, n, s);
+    for (size_t i = 0; i < n; i++)
+        s->worker_connections[i] =
+            atomic_load_explicit(&srv->workers[i]->stats.connections_active, memory_order_relaxed);
+    s->in_flight = gw_gate_in_flight(srv->gate);
+    s->queue_length = gw_gate_queue_length(srv->gate);
+    s->uptime_s = (int64_t)((gw_now_ms() - srv->start_ms) / 1000);
+    s->worker_threads = srv->nworkers;
+    s->redis_enabled = srv->cfg->redis_url != NULL;
+}
+
+static int respond_health(struct gw_worker *w, struct gw_slice target, struct gw_buf *out,
+                          bool keep_alive, uint8_t minor, bool head_only, int *status)
+{
+    struct gw_server *srv = w->srv;
+    struct gw_slice query = {NULL, 0};
+    const char *q = memchr(target.ptr, '?', target.len);
+    if (q)
+        query = (struct gw_slice){q + 1, target.len - (size_t)(q + 1 - target.ptr)};
+    json_t *o = json_object();
+    if (!o)
+        return -1;
+    int64_t uptime = (int64_t)((gw_now_ms() - srv->start_ms) / 1000);
+    if (gw_slice_eq_nocase(query, "probe=live")) {
+        /* Liveness: the process answers; dependencies are not its concern. */
+        *status = 200;
+        json_object_set_new(o, "status", json_string("ok"));
+        json_object_set_new(o, "uptime_seconds", json_integer(uptime));
+    } else {
+        enum gw_rl_store_state rs = redis_state(w);
+        bool be = backend_up(srv);
+        bool ok = be && rs != GW_RL_STORE_DISCONNECTED;
+        *status = ok ? 200 : 503;
+        json_object_set_new(o, "status", json_string(ok ? "ok" : "degraded"));
+        json_object_set_new(o, "redis", json_string(rs == GW_RL_STORE_DISABLED    ? "disabled"
+                                                    : rs == GW_RL_STORE_CONNECTED ? "connected"
+                                                                                  : "disconnected"));
+        json_object_set_new(o, "backend", json_string(be ? "connected" : "disconnected"));
+        json_object_set_new(o, "uptime_seconds", json_integer(uptime));
+    }
+    char *body = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (!body)
+        return -1;
+    int rc = gw_response_write_body(out, *status, "application/json", body, strlen(body),
+                                    keep_alive, minor, head_only);
+    free(body);
+    return rc;
+}
+
+int gw_admin_respond(struct gw_worker *w, enum gw_admin_endpoint ep, struct gw_slice target,
+                     struct gw_buf *out, bool keep_alive, uint8_t http_minor, bool head_only,
+                     int *status)
+{
+    if (ep == GW_ADMIN_HEALTH)
+        return respond_health(w, target, out, keep_alive, http_minor, head_only, status);
+    struct gw_stats_snapshot snap;
+    gw_admin_snapshot(w->srv, &snap);
+    if (snap.redis_enabled)
+        snap.redis_up = redis_state(w) == GW_RL_STORE_CONNECTED;
+    snap.backend_up = w->srv->backend_up;
+    struct gw_buf body = {0};
+    int rc;
+    const char *ctype;
+    if (ep == GW_ADMIN_STATS) {
+        rc = gw_stats_render_json(&snap, &body);
+        ctype = "application/json";
+    } else {
+        snap.backend_up = backend_up(w->srv);
+        rc = gw_stats_render_prometheus(&snap, GW_VERSION, &body);
+        ctype = "text/plain; version=0.0.4; charset=utf-8";
+    }
+    if (rc == 0) {
+        *status = 200;
+        rc = gw_response_write_body(out, 200, ctype, gw_buf_head(&body), gw_buf_len(&body),
+                                    keep_alive, http_minor, head_only);
+    }
+    gw_buf_release(&body);
+    return rc;
+}

@@ -1,0 +1,33 @@
+/* Clocks and slice helpers shared by every module. */
+#include "gw/common.h"
+
+#include <strings.h>
+#include <string.h>
+#include <time.h>
+
+uint64_t gw_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t gw_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+int64_t gw_wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+bool gw_slice_eq_nocase(struct gw_slice s, const char *token)
+{
+    size_t n = strlen(token);
+    return s.len == n && (n == 0 || strncasecmp(s.ptr, token, n) == 0);
+}

@@ -1,0 +1,41 @@
+/*
+ * Client connection state machine: reads requests, asks the rate limiter
+ * and the in-flight gate, streams the exchange through an upstream
+ * connection, writes gateway-generated responses. Worker thread only.
+ */
+#ifndef GW_CONN_H
+#define GW_CONN_H
+
+#include "server.h"
+
+#include <netinet/in.h>
+
+/* Takes ownership of an accepted, non-blocking socket fd from peer and
+ * starts serving it on worker w. Returns 0, or -errno after closing fd. */
+GW_MUSTCHECK int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *peer);
+
+/* The gate handed this worker a slot for the waiter w (popped from the
+ * owner's granted list): the waiting connection proceeds upstream. */
+void gw_conn_on_granted(struct gw_worker *w, struct gw_gate_waiter *waiter);
+
+/* Drain (SIGTERM): close now if idle, else close after the current exchange.
+ * force closes even mid-exchange (shutdown timeout). */
+void gw_conn_drain(struct gw_conn *c, bool force);
+
+/* The next connection in the worker's list (closed ones stay listed until
+ * the reaper runs), NULL at the end. */
+struct gw_conn *gw_conn_next(struct gw_conn *c);
+
+/* Frees connections closed during this loop iteration (reaper: the one place
+ * that returns slots, updates connection counts and closes descriptors). */
+void gw_conn_reap(struct gw_worker *w);
+
+/* Upstream readiness, dispatched from the upstream module while a client
+ * connection owns the upstream. */
+void gw_conn_on_upstream(struct gw_conn *c, uint32_t events);
+
+/* Response body sink of an upstream's parser (ctx is the struct gw_upstream):
+ * re-frames the bytes into the owning client connection's output. */
+int gw_conn_upstream_body(void *ctx, const char *data, size_t len);
+
+#endif

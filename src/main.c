@@ -1,0 +1,152 @@
+/*
+ * gateway: command line entry point. Parses flags, loads the configuration
+ * from the environment (and --env-file), then runs the server. Exit codes:
+ * 0 clean (or drained), 1 runtime failure, 2 bad configuration or usage.
+ */
+#include "gw/config.h"
+#include "gw/log.h"
+#include "gw/net.h"
+#include "server.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: gateway [--env-file PATH] [--check-config | --healthcheck]\n"
+            "       gateway --version | --help | --print-env-example\n"
+            "\n"
+            "A rate-limiting, traffic-shaping HTTP/1.1 reverse proxy. Configuration\n"
+            "comes from environment variables (see gateway.env.example).\n"
+            "\n"
+            "  --env-file PATH      load KEY=VALUE lines first (the real environment wins)\n"
+            "  --check-config       validate, print the effective configuration as JSON, exit\n"
+            "  --healthcheck        GET the health endpoint on GATEWAY_PORT; exit 0 on 200\n"
+            "  --print-env-example  print gateway.env.example generated from the defaults\n"
+            "  --version            print the version\n");
+}
+
+/* GETs HEALTH_PATH on the configured port over loopback (the container
+ * HEALTHCHECK: the image has no curl). 0 on 200, 1 otherwise. */
+static int healthcheck(const struct gw_config *cfg)
+{
+    const char *host = cfg->gateway_host;
+    if (strcmp(host, "0.0.0.0") == 0)
+        host = "127.0.0.1";
+    else if (strcmp(host, "::") == 0)
+        host = "::1";
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (gw_net_resolve(host, cfg->gateway_port, &ss, &len) != 0)
+        return 1;
+    int fd = gw_net_connect(&ss, len);
+    if (fd < 0)
+        return 1;
+    int timeout_ms = 3000;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    if (poll(&p, 1, timeout_ms) != 1 || gw_net_connect_result(fd) != 0) {
+        close(fd);
+        return 1;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                     "User-Agent: gateway-healthcheck\r\n\r\n",
+                     cfg->health_path);
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        close(fd);
+        return 1;
+    }
+    char buf[64];
+    size_t got = 0;
+    while (got < 12) {
+        p.events = POLLIN;
+        if (poll(&p, 1, timeout_ms) != 1)
+            break;
+        ssize_t r = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    bool ok = got >= 12 && strncmp(buf, "HTTP/1.", 7) == 0 && strncmp(buf + 9, "200", 3) == 0;
+    printf("%s\n", ok ? "healthy" : "unhealthy");
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *env_file = NULL;
+    bool check = false, health = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--version") == 0) {
+            printf("gateway %s\n", GW_VERSION);
+            return 0;
+        } else if (strcmp(a, "--print-env-example") == 0) {
+            return gw_config_print_env_example(stdout) == 0 ? 0 : 1;
+        } else if (strcmp(a, "--check-config") == 0) {
+            check = true;
+        } else if (strcmp(a, "--healthcheck") == 0) {
+            health = true;
+        } else if (strcmp(a, "--env-file") == 0 && i + 1 < argc) {
+            env_file = argv[++i];
+        } else if (strncmp(a, "--env-file=", 11) == 0) {
+            env_file = a + 11;
+        } else {
+            fprintf(stderr, "gateway: unknown argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (env_file) {
+        int rc = gw_config_load_env_file(env_file, stderr);
+        if (rc) {
+            fprintf(stderr, "gateway: --env-file %s: %s\n", env_file,
+                    rc == -EINVAL ? "malformed lines (see above)" : strerror(-rc));
+            return 2;
+        }
+    }
+    struct gw_config cfg;
+    int errors = gw_config_load(&cfg, NULL, NULL, stderr);
+    if (errors) {
+        fprintf(stderr, "gateway: %d configuration error%s; not starting\n", errors,
+                errors == 1 ? "" : "s");
+        gw_config_deinit(&cfg);
+        return 2;
+    }
+    if (check) {
+        int rc = gw_config_print_json(&cfg, stdout);
+        gw_config_deinit(&cfg);
+        return rc == 0 ? 0 : 1;
+    }
+    if (health) {
+        int rc = healthcheck(&cfg);
+        gw_config_deinit(&cfg);
+        return rc;
+    }
+    gw_log_set_level(cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    /* Block the shutdown signals before any thread starts: every thread
+     * inherits the mask and the main thread takes them with sigwait. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    int code = gw_server_run(&cfg);
+    gw_config_deinit(&cfg);
+    return code;
+}

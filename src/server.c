@@ -1,0 +1,166 @@
+/*
+ * Process lifecycle: build the shared state (gate, limiter, workers),
+ * listen, run until a signal, drain, tear down in reverse order.
+ */
+#include "server.h"
+
+#include "acceptor.h"
+#include "gw/log.h"
+#include "gw/net.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LISTEN_BACKLOG 4096
+
+static void drain_and_join(struct gw_server *srv)
+{
+    for (int i = 0; i < srv->nworkers; i++)
+        gw_worker_request_drain(srv->workers[i], false);
+    uint64_t deadline = gw_now_ms() + (uint64_t)srv->cfg->shutdown_timeout_ms;
+    for (;;) {
+        bool all = true;
+        for (int i = 0; i < srv->nworkers; i++)
+            all &= atomic_load_explicit(&srv->workers[i]->finished, memory_order_acquire);
+        if (all)
+            break;
+        if (gw_now_ms() >= deadline) {
+            gw_warn("shutdown timeout reached; closing remaining connections");
+            for (int i = 0; i < srv->nworkers; i++)
+                gw_worker_request_drain(srv->workers[i], true);
+            break;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    for (int i = 0; i < srv->nworkers; i++)
+        gw_worker_join(srv->workers[i]);
+}
+
+static int wait_for_signal(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            gw_info("SIGHUP received: reload is not supported yet; ignoring");
+            continue;
+        }
+        return sig;
+    }
+}
+
+int gw_server_run(struct gw_config *cfg)
+{
+    struct gw_server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return 1;
+    int exit_code = 1, started = 0;
+    srv->cfg = cfg;
+    srv->listen_fd = -1;
+    srv->acceptor_wake_fd = -1;
+    srv->start_ms = gw_now_ms();
+    pthread_mutex_init(&srv->health_mu, NULL);
+
+    int rc = gw_net_resolve(cfg->backend_host, cfg->backend_port, &srv->backend,
+                            &srv->backend_len);
+    if (rc) {
+        gw_error("cannot resolve BACKEND_URL host %s", cfg->backend_host);
+        goto out;
+    }
+    bool v6 = strchr(cfg->backend_host, ':') != NULL;
+    snprintf(srv->backend_hostport, sizeof(srv->backend_hostport), v6 ? "[%s]:%d" : "%s:%d",
+             cfg->backend_host, cfg->backend_port);
+    rc = gw_gate_create(&srv->gate, (unsigned)cfg->max_concurrent_requests,
+                        (unsigned)cfg->max_queue_length);
+    if (rc) {
+        gw_error("cannot create the in-flight gate: %s", strerror(-rc));
+        goto out;
+    }
+    rc = gw_ratelimit_create(&srv->rl, cfg);
+    if (rc) {
+        gw_error("cannot create the rate limiter: %s", strerror(-rc));
+        goto out;
+    }
+    srv->listen_fd = gw_net_listen(cfg->gateway_host, cfg->gateway_port, LISTEN_BACKLOG);
+    if (srv->listen_fd < 0) {
+        gw_error("cannot listen on %s:%d: %s", cfg->gateway_host, cfg->gateway_port,
+                 strerror(-srv->listen_fd));
+        goto out;
+    }
+    srv->port = gw_net_local_port(srv->listen_fd);
+    srv->workers = calloc((size_t)cfg->worker_threads, sizeof(*srv->workers));
+    if (!srv->workers)
+        goto out;
+    for (int i = 0; i < cfg->worker_threads; i++) {
+        rc = gw_worker_create(&srv->workers[i], srv, i);
+        if (rc) {
+            gw_error("cannot create worker %d: %s", i, strerror(-rc));
+            goto out;
+        }
+        srv->nworkers++;
+    }
+    for (; started < srv->nworkers; started++) {
+        rc = gw_worker_start(srv->workers[started]);
+        if (rc) {
+            gw_error("cannot start worker %d: %s", started, strerror(-rc));
+            goto out;
+        }
+    }
+    rc = gw_acceptor_start(srv);
+    if (rc) {
+        gw_error("cannot start the acceptor: %s", strerror(-rc));
+        goto out;
+    }
+    bool v6l = strchr(cfg->gateway_host, ':') != NULL;
+    gw_info(v6l ? "gateway listening on [%s]:%d" : "gateway listening on %s:%d", cfg->gateway_host,
+            srv->port);
+    gw_info("upstream %s, %d workers, rate limit %d per %d s (%s store), in-flight cap %d",
+            srv->backend_hostport, srv->nworkers, cfg->rate_limit_requests,
+            cfg->rate_limit_window_s, cfg->redis_url ? "redis" : "memory",
+            cfg->max_concurrent_requests);
+
+    int sig = wait_for_signal();
+    gw_info("%s received: draining (up to %d ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+            cfg->shutdown_timeout_ms);
+    atomic_store(&srv->draining, true);
+    gw_acceptor_stop(srv);
+    drain_and_join(srv);
+    started = 0;
+    exit_code = 0;
+    gw_info("drained; exiting");
+
+out:
+    if (started > 0) {
+        /* Start-up failed after some workers ran: stop them. */
+        gw_acceptor_stop(srv);
+        for (int i = 0; i < started; i++)
+            gw_worker_request_drain(srv->workers[i], true);
+        for (int i = 0; i < started; i++)
+            gw_worker_join(srv->workers[i]);
+    }
+    for (int i = 0; i < srv->nworkers; i++)
+        gw_worker_destroy(srv->workers[i]);
+    free(srv->workers);
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    if (srv->rl)
+        gw_ratelimit_destroy(srv->rl);
+    if (srv->gate)
+        gw_gate_destroy(srv->gate);
+    pthread_mutex_destroy(&srv->health_mu);
+    free(srv);
+    return exit_code;
+}

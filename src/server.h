@@ -1,0 +1,109 @@
+/*
+ * Private types shared by the runtime modules (acceptor, worker, conn,
+ * upstream, admin): the process-wide server, the per-thread worker, the
+ * client connection and the upstream connection. Nothing outside src/ and
+ * the tests includes this file.
+ */
+#ifndef GW_SERVER_H
+#define GW_SERVER_H
+
+#include "gw/buf.h"
+#include "gw/config.h"
+#include "gw/gate.h"
+#include "gw/http1.h"
+#include "gw/loop.h"
+#include "gw/proxy.h"
+#include "gw/ratelimit.h"
+#include "gw/stats.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+/* Per-direction streaming window: a side stops reading when the other
+ * side's pending output reaches this many bytes (backpressure). */
+#define GW_STREAM_WINDOW (64 * 1024)
+/* Bytes read from a socket per read(2) at most. */
+#define GW_READ_CHUNK (16 * 1024)
+/* Longest a closing connection keeps draining input after its last write. */
+#define GW_LINGER_MS 2000
+
+struct gw_worker;
+struct gw_conn;
+
+/* An accepted socket travelling from the acceptor to a worker. */
+struct gw_handoff {
+    int fd;
+    struct sockaddr_storage peer;
+};
+
+/* One connection to the upstream (backend). */
+struct gw_upstream {
+    struct gw_io io;             /* backend socket */
+    struct gw_worker *w;         /* owning worker */
+    struct gw_conn *conn;        /* client connection using it; NULL while idle */
+    struct gw_upstream *next;    /* idle-pool / reap list link */
+    struct gw_buf out;           /* request bytes not yet written */
+    struct gw_buf in;            /* response bytes read, not yet parsed */
+    struct gw_http_parser resp;  /* response parser */
+    bool connected;              /* the TCP connect completed */
+    bool reused;                 /* taken from the idle pool */
+    bool closing;                /* unwatched; closed at reap */
+    uint64_t idle_since_ms;      /* when it entered the pool */
+};
+
+struct gw_server {
+    struct gw_config *cfg;             /* effective configuration (owned by main) */
+    struct gw_gate *gate;              /* in-flight cap */
+    struct gw_ratelimit *rl;           /* rate limiter */
+    struct sockaddr_storage backend;   /* resolved upstream address */
+    socklen_t backend_len;
+    char backend_hostport[300];        /* "host:port" for Host when !PRESERVE_HOST */
+    int listen_fd;                     /* listening socket */
+    int port;                          /* bound port */
+    struct gw_worker **workers;        /* worker_threads entries */
+    int nworkers;
+    pthread_t acceptor;                /* acceptor thread */
+    int acceptor_wake_fd;              /* eventfd: stop the acceptor */
+    _Atomic int64_t connections;       /* client connections open, all workers */
+    _Atomic bool draining;             /* SIGTERM received */
+    uint64_t start_ms;                 /* monotonic start time */
+    pthread_mutex_t health_mu;         /* guards the backend probe cache */
+    uint64_t backend_checked_ms;       /* last probe, 0 = never */
+    bool backend_up;                   /* last probe result */
+};
+
+struct gw_worker {
+    struct gw_server *srv;
+    int id;
+    pthread_t thread;
+    struct gw_loop loop;
+    pthread_mutex_t inbox_mu;          /* guards inbox */
+    struct gw_handoff *inbox;          /* accepted sockets waiting for this worker */
+    size_t inbox_len, inbox_cap;
+    struct gw_stats_worker stats;      /* this worker's counters */
+    struct gw_ratelimit_worker *rl;    /* own Redis connection */
+    struct gw_gate_owner gate_owner;   /* grants from the in-flight gate */
+    struct gw_conn *conns;             /* live client connections (list head) */
+    struct gw_conn *reap;              /* connections closed this iteration */
+    struct gw_upstream *idle;          /* idle upstream pool (LIFO) */
+    int idle_count;
+    struct gw_upstream *up_reap;       /* upstreams closed this iteration */
+    struct gw_timer tick;              /* periodic upkeep: Redis reconnect, drain */
+    bool draining;                     /* stop keeping connections alive */
+    bool stop;                         /* leave the loop */
+    _Atomic int drain_request;         /* set by main: 1 drain, 2 force close */
+    _Atomic bool finished;             /* the thread left its loop */
+    uint64_t redis_checked_ms;         /* /health Redis PING cache */
+    enum gw_rl_store_state redis_state;
+};
+
+/* Runs the gateway until SIGTERM/SIGINT: resolves the upstream, listens,
+ * starts the workers and the acceptor, logs "gateway listening on
+ * <host>:<port>" on stderr, then drains within SHUTDOWN_TIMEOUT_MS on the
+ * signal. SIGTERM, SIGINT and SIGHUP must already be blocked in the calling
+ * thread (so every thread inherits the mask). Returns the process exit code:
+ * 0 after a drain, 1 when start-up failed (the reason is logged). */
+GW_MUSTCHECK int gw_server_run(struct gw_config *cfg);
+
+#endif
