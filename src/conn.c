@@ -27,6 +27,7 @@
 #include "conn.h"
 
 #include "admin.h"
+#include "gw/client_id.h"
 #include "gw/log.h"
 #include "gw/net.h"
 #include "gw/response.h"
@@ -62,6 +63,8 @@ struct gw_conn {
     enum conn_state state;
     struct gw_timer timer;          /* the one deadline of the current state */
     char client_addr[64];           /* peer address text */
+    char client_ident[GW_CLIENT_ADDR_MAX]; /* identified client (XFF-aware), for logs */
+    char rl_key[GW_CLIENT_KEY_MAX]; /* rate-limit key of the current request */
     uint8_t client_bin[16];         /* peer address, IPv4-mapped */
     struct gw_buf in;               /* client bytes not yet parsed */
     struct gw_buf out;              /* bytes not yet written to the client */
@@ -197,7 +200,7 @@ static void log_access(struct gw_conn *c)
         return;
     uint64_t now = gw_now_us();
     struct gw_access_entry e = {
-        .client = c->client_addr,
+        .client = c->client_ident[0] ? c->client_ident : c->client_addr,
         .method = c->req->head.method_name,
         .path = c->req->head.target,
         .status = c->status,
@@ -249,6 +252,7 @@ static void reset_exchange(struct gw_conn *c)
     c->status = 0;
     c->resp_bytes = 0;
     c->rl_headers_len = 0;
+    c->client_ident[0] = '\0';
     memset(&c->rl, 0, sizeof(c->rl));
 }
 
@@ -350,7 +354,8 @@ static void handle_request_head(struct gw_conn *c)
         return;
     }
 
-    gw_ratelimit_check(w->rl, c->client_addr, strlen(c->client_addr), &c->rl);
+    gw_client_id(cfg, c->client_bin, c->client_addr, h, c->rl_key, c->client_ident);
+    gw_ratelimit_check(w->rl, c->rl_key, strlen(c->rl_key), &c->rl);
     if (c->rl.store_error)
         GW_STAT_INC(&w->stats, redis_errors);
     if (c->rl.over_limit) {

@@ -1,0 +1,40 @@
+/*
+ * Client identity for rate limiting (SPEC.md §5, §3 RATE_LIMIT_KEY and
+ * TRUSTED_PROXIES): the socket peer, or the rightmost untrusted address of
+ * X-Forwarded-For when the peer is a trusted proxy, or an API key header.
+ * Pure; thread-safe for a const configuration.
+ */
+#ifndef GW_CLIENT_ID_H
+#define GW_CLIENT_ID_H
+
+#include "gw/common.h"
+#include "gw/config.h"
+#include "gw/http1.h"
+
+/* Longest identity key written by gw_client_id: "k:" + 64 hex digits, or
+ * "ip:" + an IPv6 text address. */
+#define GW_CLIENT_KEY_MAX 72
+#define GW_CLIENT_ADDR_MAX 64
+
+/* Identifies the client of request h received from peer (peer_bin is the
+ * IPv4-mapped 16-byte form, peer_text its text).
+ *  - addr_out (GW_CLIENT_ADDR_MAX bytes) gets the client address: the peer,
+ *    or, when the peer is inside TRUSTED_PROXIES, the X-Forwarded-For walk
+ *    from the right (several XFF fields form one list, RFC 9110 §5.3):
+ *    trusted hops are skipped, the first untrusted address is the client; a
+ *    malformed entry stops the walk at the last good address; if every hop is
+ *    trusted, the leftmost. IPv6 is kept in full.
+ *  - key_out (GW_CLIENT_KEY_MAX bytes) gets the rate-limit key: for
+ *    RATE_LIMIT_KEY=header:<Name> with a non-empty header, "k:" + lowercase
+ *    hex SHA-256 of the value (no client bytes reach a store key or a log);
+ *    otherwise "ip:" + addr_out.
+ * Never fails. */
+void gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16], const char *peer_text,
+                  const struct gw_http_head *h, char *key_out, char *addr_out);
+
+/* Parses an IPv4 or IPv6 literal (IPv6 may be in brackets) of len bytes
+ * into 16-byte IPv4-mapped form and canonical text (GW_CLIENT_ADDR_MAX).
+ * Returns true on success. */
+bool gw_client_parse_addr(const char *s, size_t len, uint8_t out_bin[16], char *out_text);
+
+#endif

@@ -1,0 +1,116 @@
+/* Client identity: peer, trusted X-Forwarded-For walk, or API key hash. */
+#include "gw/client_id.h"
+
+#include <arpa/inet.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+
+bool gw_client_parse_addr(const char *s, size_t len, uint8_t out_bin[16], char *out_text)
+{
+    while (len > 0 && (*s == ' ' || *s == '\t')) {
+        s++;
+        len--;
+    }
+    while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+        len--;
+    if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
+        s++;
+        len -= 2;
+    }
+    char tmp[GW_CLIENT_ADDR_MAX];
+    if (len == 0 || len >= sizeof(tmp))
+        return false;
+    memcpy(tmp, s, len);
+    tmp[len] = '\0';
+    struct in_addr a4;
+    struct in6_addr a6;
+    memset(out_bin, 0, 16);
+    if (inet_pton(AF_INET, tmp, &a4) == 1) {
+        out_bin[10] = out_bin[11] = 0xff;
+        memcpy(out_bin + 12, &a4, 4);
+        inet_ntop(AF_INET, &a4, out_text, GW_CLIENT_ADDR_MAX);
+        return true;
+    }
+    if (inet_pton(AF_INET6, tmp, &a6) == 1) {
+        memcpy(out_bin, &a6, 16);
+        if (IN6_IS_ADDR_V4MAPPED(&a6))
+            inet_ntop(AF_INET, out_bin + 12, out_text, GW_CLIENT_ADDR_MAX);
+        else
+            inet_ntop(AF_INET6, &a6, out_text, GW_CLIENT_ADDR_MAX);
+        return true;
+    }
+    return false;
+}
+
+/* One X-Forwarded-For element, located by its index from the right across
+ * every XFF field. Returns false when there is no such element. */
+static bool xff_element_from_right(const struct gw_http_head *h, size_t index,
+                                   struct gw_slice *out)
+{
+    size_t seen = 0;
+    for (size_t i = h->header_count; i-- > 0;) {
+        const struct gw_http_header *f = &h->headers[i];
+        if (!gw_slice_eq_nocase(f->name, "x-forwarded-for"))
+            continue;
+        const char *v = f->value.ptr;
+        size_t end = f->value.len;
+        for (;;) {
+            size_t start = end;
+            while (start > 0 && v[start - 1] != ',')
+                start--;
+            if (seen == index) {
+                *out = (struct gw_slice){v + start, end - start};
+                return true;
+            }
+            seen++;
+            if (start == 0)
+                break;
+            end = start - 1;
+        }
+    }
+    return false;
+}
+
+static void resolve_addr(const struct gw_config *cfg, const uint8_t peer_bin[16],
+                         const char *peer_text, const struct gw_http_head *h, char *addr_out)
+{
+    snprintf(addr_out, GW_CLIENT_ADDR_MAX, "%s", peer_text);
+    if (!h || cfg->trusted_count == 0 || !gw_config_is_trusted(cfg, peer_bin))
+        return;
+    struct gw_slice el;
+    for (size_t i = 0; xff_element_from_right(h, i, &el); i++) {
+        uint8_t bin[16];
+        char text[GW_CLIENT_ADDR_MAX];
+        if (!gw_client_parse_addr(el.ptr, el.len, bin, text))
+            return; /* malformed: keep the last good address */
+        snprintf(addr_out, GW_CLIENT_ADDR_MAX, "%s", text);
+        if (!gw_config_is_trusted(cfg, bin))
+            return;
+    }
+}
+
+void gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16], const char *peer_text,
+                  const struct gw_http_head *h, char *key_out, char *addr_out)
+{
+    resolve_addr(cfg, peer_bin, peer_text, h, addr_out);
+    if (cfg->rate_limit_key_header && h) {
+        const struct gw_http_header *f = gw_http_head_find(h, cfg->rate_limit_key_header);
+        if (f && f->value.len > 0) {
+            unsigned char md[EVP_MAX_MD_SIZE];
+            unsigned int md_len = 0;
+            if (EVP_Digest(f->value.ptr, f->value.len, md, &md_len, EVP_sha256(), NULL) == 1) {
+                static const char hex[] = "0123456789abcdef";
+                key_out[0] = 'k';
+                key_out[1] = ':';
+                for (unsigned int i = 0; i < md_len && 2 + 2 * i + 1 < GW_CLIENT_KEY_MAX; i++) {
+                    key_out[2 + 2 * i] = hex[md[i] >> 4];
+                    key_out[2 + 2 * i + 1] = hex[md[i] & 15];
+                }
+                key_out[2 + 2 * md_len] = '\0';
+                return;
+            }
+        }
+    }
+    snprintf(key_out, GW_CLIENT_KEY_MAX, "ip:%s", addr_out);
+}
