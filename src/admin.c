@@ -66,7 +66,7 @@ static enum gw_rl_store_state redis_state(struct gw_worker *w)
 void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
 {
     memset(s, 0, sizeof(*s));
-    struct gw_stats_worker *ws[64];
+    struct gw_stats_worker *ws[64] = {0};
     size_t n = (size_t)GW_MIN(srv->nworkers, 64);
     for (size_t i = 0; i < n; i++)
         ws[i] = &srv->workers[i]->stats;

@@ -105,6 +105,7 @@ static void start_upstream(struct gw_conn *c);
 static void finish_response(struct gw_conn *c);
 static void maybe_send_continue(struct gw_conn *c);
 static void response_complete(struct gw_conn *c);
+static bool pump_request(struct gw_conn *c);
 
 static const struct gw_config *cfg_of(const struct gw_conn *c)
 {
@@ -431,7 +432,7 @@ static void upstream_failed(struct gw_conn *c, int status, const char *detail)
         conn_close(c); /* truncated: never let it look complete */
         return;
     }
-    respond_error(c, status, detail, !c->req_done);
+    respond_error(c, status, detail, false); /* an unread body is discarded or closes */
 }
 
 static void start_upstream(struct gw_conn *c)
@@ -443,7 +444,7 @@ static void start_upstream(struct gw_conn *c)
     if (!u) {
         release_slot(c);
         gw_warn("upstream connect to %s failed: %s", w->srv->backend_hostport, strerror(-err));
-        respond_error(c, 502, "the upstream server could not be reached", !c->req_done);
+        respond_error(c, 502, "the upstream server could not be reached", false);
         return;
     }
     u->conn = c;
@@ -557,8 +558,11 @@ static void response_complete(struct gw_conn *c)
         c->resp_bytes += gw_buf_len(&c->out) - before;
     }
     if (!c->req_done)
+        pump_request(c); /* the request may be complete but not yet parsed to its end */
+    if (!c->req_done)
         c->must_close = true; /* early response: the rest of the body is unread */
-    finish_response(c);
+    if (!c->closing)
+        finish_response(c);
 }
 
 /* Feeds buffered upstream bytes into the response parser while the client's
@@ -566,7 +570,10 @@ static void response_complete(struct gw_conn *c)
 static bool pump_response(struct gw_conn *c)
 {
     bool progress = false;
-    while (c->up && !c->closing && gw_buf_len(&c->up->in) > 0) {
+    /* A message without a body completes on one more execute call with no
+     * input, so the loop also runs while DONE is pending. */
+    while (c->up && !c->closing &&
+           (gw_buf_len(&c->up->in) > 0 || gw_http_parser_done_pending(&c->up->resp))) {
         size_t out_len = gw_buf_len(&c->out);
         if (c->resp_head_sent && out_len >= GW_STREAM_WINDOW)
             break;
@@ -685,7 +692,8 @@ static int request_body(void *ctx, const char *data, size_t len)
 static bool pump_request(struct gw_conn *c)
 {
     bool progress = false;
-    while (!c->closing && gw_buf_len(&c->in) > 0) {
+    while (!c->closing &&
+           (gw_buf_len(&c->in) > 0 || (c->req && gw_http_parser_done_pending(c->req)))) {
         size_t feed = gw_buf_len(&c->in);
         switch (c->state) {
         case CS_IDLE:
@@ -720,6 +728,14 @@ static bool pump_request(struct gw_conn *c)
             if (c->req_done || !c->discard_body)
                 return progress;
             break;
+        case CS_WAIT_SLOT:
+        case CS_CONNECT:
+            /* Body bytes wait in the buffer until the upstream is ready, but a
+             * body-less request is complete now. */
+            if (!gw_http_parser_done_pending(c->req))
+                return progress;
+            feed = 0;
+            break;
         default:
             return progress;
         }
@@ -736,7 +752,9 @@ static bool pump_request(struct gw_conn *c)
         case GW_HTTP_HEAD:
             progress = true;
             handle_request_head(c);
-            return progress;
+            /* Go on: a body-less request completes right away, before its
+             * response can arrive. */
+            break;
         case GW_HTTP_DONE:
             progress = true;
             c->req_done = true;

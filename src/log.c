@@ -87,7 +87,7 @@ void gw_log_access(const struct gw_access_entry *e)
     json_object_set_new(o, "upstream_ms",
                         e->upstream_ms < 0 ? json_null() : json_real(e->upstream_ms));
     json_object_set_new(o, "limited", json_boolean(e->limited));
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     json_decref(o);
     if (!s)
         return;

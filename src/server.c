@@ -80,9 +80,7 @@ int gw_server_run(struct gw_config *cfg)
         gw_error("cannot resolve BACKEND_URL host %s", cfg->backend_host);
         goto out;
     }
-    bool v6 = strchr(cfg->backend_host, ':') != NULL;
-    snprintf(srv->backend_hostport, sizeof(srv->backend_hostport), v6 ? "[%s]:%d" : "%s:%d",
-             cfg->backend_host, cfg->backend_port);
+    snprintf(srv->backend_hostport, sizeof(srv->backend_hostport), "%s", cfg->backend_authority);
     rc = gw_gate_create(&srv->gate, (unsigned)cfg->max_concurrent_requests,
                         (unsigned)cfg->max_queue_length);
     if (rc) {

@@ -79,8 +79,10 @@ static void before_sleep(struct gw_loop *loop, void *ctx)
     struct gw_worker *w = ctx;
     gw_conn_reap(w);
     gw_upstream_reap(w);
-    if (w->draining && w->conns == NULL)
+    if (w->draining && w->conns == NULL && !w->stop) {
         w->stop = true;
+        gw_loop_wake(&w->loop); /* do not sleep: leave the loop now */
+    }
 }
 
 static void tick_cb(struct gw_loop *loop, struct gw_timer *t)

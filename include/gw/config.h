@@ -117,9 +117,9 @@ struct gw_redis_target {
 
 /* Parses REDIS_URL: "redis://[[user]:password@]host[:port][/db]" (host a
  * name, an IPv4 literal or an IPv6 literal in brackets; userinfo
- * percent-decoded, RFC 3986 §3.2.1) or "unix:///absolute/path". rediss://
- * (TLS) and query parameters are refused. Fills *out (zeroed first).
- * Returns 0; -EINVAL when the URL is malformed, with a one-line reason
+ * percent-decoded, RFC 3986 §3.2.1) or "unix:///absolute/path"; schemes in
+ * lower case. rediss:// (TLS) and query parameters are refused. Fills *out
+ * (zeroed first). Returns 0; -EINVAL when the URL is malformed, with a one-line reason
  * (never containing the password) in why (may be NULL, why_len bytes);
  * -ENOMEM. *out is safe to deinit on every return. Thread-safe. */
 GW_MUSTCHECK int gw_config_parse_redis_url(const char *url, struct gw_redis_target *out, char *why,
@@ -135,8 +135,8 @@ void gw_config_redis_target_deinit(struct gw_redis_target *t);
  * reported on err with its line number and counts as -EINVAL (the other
  * lines are still applied; every malformed line is reported). When a key
  * repeats in the file, its last line wins. A key that is not a gateway
- * variable only draws a warning. An unreadable file is reported on err too,
- * so callers need not print anything. Startup only (setenv). */
+ * variable only draws a warning. An unreadable file (-errno other than
+ * -EINVAL) is not printed: the caller names it. Startup only (setenv). */
 GW_MUSTCHECK int gw_config_load_env_file(const char *path, FILE *err);
 
 /* Writes the effective configuration as one JSON object (keys are the

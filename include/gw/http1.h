@@ -39,21 +39,21 @@ struct gw_http_head {
     uint8_t http_minor;          /* 0 or 1 */
     struct gw_http_header headers[GW_HTTP_MAX_HEADERS]; /* in order received */
     size_t header_count;                                /* entries used in headers[] */
-    int64_t content_length; /* Content-Length value, -1 when absent */
-    bool chunked;           /* Transfer-Encoding ends in chunked */
-    bool keep_alive;        /* llhttp_should_keep_alive() at end of head: the
-                               connection may carry another message after this one */
-    bool expect_continue;   /* HTTP/1.1 request has Expect: 100-continue
-                               (ignored for HTTP/1.0, RFC 9110 §10.1.1) */
-    bool has_body;          /* a body follows the head (CL > 0, chunked, or
-                               a response read until close); false for HEAD
-                               responses, 1xx, 204 and 304 */
-    bool body_until_close;  /* response body delimited by connection close */
-    bool informational;     /* 1xx interim response: GW_HTTP_DONE follows at
-                               once; reset, then feed the final response */
-    bool upgrade;           /* request carries Upgrade + Connection: upgrade.
-                               The parser keeps parsing HTTP after it (the
-                               proxy drops Upgrade as hop-by-hop) */
+    int64_t content_length;                             /* Content-Length value, -1 when absent */
+    bool chunked;                                       /* Transfer-Encoding ends in chunked */
+    bool keep_alive;       /* llhttp_should_keep_alive() at end of head: the
+                              connection may carry another message after this one */
+    bool expect_continue;  /* HTTP/1.1 request has Expect: 100-continue
+                              (ignored for HTTP/1.0, RFC 9110 §10.1.1) */
+    bool has_body;         /* a body follows the head (CL > 0, chunked, or
+                              a response read until close); false for HEAD
+                              responses, 1xx, 204 and 304 */
+    bool body_until_close; /* response body delimited by connection close */
+    bool informational;    /* 1xx interim response: GW_HTTP_DONE follows at
+                              once; reset, then feed the final response */
+    bool upgrade;          /* request carries Upgrade + Connection: upgrade.
+                              The parser keeps parsing HTTP after it (the
+                              proxy drops Upgrade as hop-by-hop) */
 };
 
 /* Receives body bytes (de-chunked payload only, never framing). data points
@@ -102,6 +102,7 @@ struct gw_http_parser {
     size_t trailer_count;   /* trailer fields so far */
     size_t chunk_ext_bytes; /* chunk-extension bytes on the current size line */
     unsigned scan_lines;    /* non-empty lines completed in the scanned framing */
+    unsigned scan_col;      /* bytes in the current scanned line, CR excluded */
     char scan_prev;         /* last framing byte scanned (CRLF checks across calls) */
     bool started;           /* a byte of this message's start line was seen */
     bool ev_head;           /* set by callbacks during one llhttp_execute: */
@@ -167,6 +168,13 @@ GW_MUSTCHECK enum gw_http_result gw_http_parser_execute(struct gw_http_parser *p
  * not reported yet), GW_HTTP_ERROR if a message was cut short (status 400,
  * 502 for responses), and GW_HTTP_NEED_MORE when no message had started. */
 GW_MUSTCHECK enum gw_http_result gw_http_parser_finish(struct gw_http_parser *p);
+
+/* True after GW_HTTP_HEAD for a message that already ended with its head
+ * (no body: GET, CL 0, HEAD response, 1xx, 204, 304): the next execute
+ * call returns GW_HTTP_DONE consuming nothing. A caller that only calls
+ * execute while input is buffered must also call it (len 0 is fine) while
+ * this is true, or the message never completes. */
+bool gw_http_parser_done_pending(const struct gw_http_parser *p);
 
 /* True when the parser is between messages (nothing of a next message
  * has been consumed): after init, after reset, and after GW_HTTP_DONE. */

@@ -2,7 +2,7 @@
  * Fixed-window rate limiter (SPEC.md §5). One process-wide struct
  * gw_ratelimit holds the configuration and the in-process store; each worker
  * thread owns a struct gw_ratelimit_worker with its own synchronous hiredis
- * connection (when REDIS_URL is set) and its over-limit cache. The store is
+ * connection (when REDIS_URL is set); the over-limit cache is process-wide. The store is
  * a small vtable (src/ratelimit_int.h): Redis (src/rl_redis.c) or memory
  * (src/rl_memory.c). Window math lives in gw/rl_algo.h.
  */
@@ -21,9 +21,9 @@ enum gw_rl_verdict {
 
 struct gw_rl_decision {
     enum gw_rl_verdict verdict;
-    bool over_limit;      /* n > limit; also true in dry run, where verdict is ALLOW */
-    bool store_error;     /* the shared store failed during this check */
-    bool has_info;        /* info is valid (false when no store could answer) */
+    bool over_limit;        /* n > limit; also true in dry run, where verdict is ALLOW */
+    bool store_error;       /* the shared store failed during this check */
+    bool has_info;          /* info is valid (false when no store could answer) */
     struct gw_rl_info info; /* what the rate-limit headers report */
 };
 

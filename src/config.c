@@ -1,0 +1,1130 @@
+/*
+ * Configuration from the environment (SPEC.md §3). One static table of rows
+ * {name, type, default, min, max, offset, flags, help} drives parsing,
+ * validation, defaults, the masked JSON of --check-config and the text of
+ * gateway.env.example, so every default is written exactly once.
+ */
+
+/*
+ * Rules every row follows (SPEC.md §2: a bad value is an exit-2 start-up
+ * error, never a silent default):
+ *
+ *   unset               -> the row's default, parsed by the same code, so a
+ *                          broken default is caught by the unit tests
+ *   set to ""           -> an error, except REDIS_URL / TRUSTED_PROXIES
+ *                          (F_EMPTY_UNSET) where it means "none"
+ *   set, invalid        -> one "config error: NAME=VALUE: reason" line; the
+ *                          load goes on so every bad variable is reported
+ *                          (HAProxy's accumulated config errors)
+ *
+ * Integers are decimal only: no sign but '-', no spaces, no 0x, no suffixes.
+ * Strings that carry a password (F_SECRET) pass through mask_userinfo()
+ * before they reach any output, error lines included.
+ */
+#include "gw/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* Enum fields are written through an int pointer. */
+_Static_assert(sizeof(enum gw_rl_algorithm) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum gw_rl_failure_mode) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum gw_log_level) == sizeof(int), "enum size");
+
+enum opt_type {
+    T_INT,     /* int, decimal in [min, max] */
+    T_INT64,   /* int64_t, decimal in [min, max] */
+    T_BOOL,    /* bool: on/off, true/false, 1/0 */
+    T_ENUM,    /* int-sized enum: index into choices */
+    T_STRING,  /* char *: visible ASCII, length in [min, max] */
+    T_PATH,    /* char *: absolute path of an endpoint, length in [min, max] */
+    T_LISTEN,  /* char *: IPv4/IPv6 literal or "localhost" */
+    T_BACKEND, /* char *: BACKEND_URL, also fills backend_host/port/... */
+    T_REDIS,   /* char *: REDIS_URL, format checked, string kept */
+    T_RLKEY,   /* char *: RATE_LIMIT_KEY, also fills rate_limit_key_header */
+    T_PROXIES, /* char *: TRUSTED_PROXIES, also fills trusted[] */
+};
+
+#define F_SECRET      0x1u /* may hold a password: masked in every output */
+#define F_EMPTY_UNSET 0x2u /* an empty value means unset, not invalid */
+
+struct opt {
+    const char *name;           /* environment variable */
+    enum opt_type type;         /* how to parse and where to store */
+    const char *def;            /* default as text; NULL = unset */
+    int64_t min;                /* T_INT*: lowest value; T_STRING/T_PATH: shortest */
+    int64_t max;                /* T_INT*: highest value; T_STRING/T_PATH: longest;
+                                   T_ENUM: index of the last implemented choice */
+    size_t off;                 /* offsetof(struct gw_config, field) */
+    unsigned flags;             /* F_* */
+    const char *const *choices; /* T_ENUM: names by value, NULL-terminated */
+    const char *help;           /* one line for gateway.env.example */
+};
+
+static const char *const algorithm_names[] = {"fixed_window", "sliding_window", "token_bucket",
+                                              "gcra", NULL};
+static const char *const failure_names[] = {"open", "closed", "local", NULL};
+static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+
+/* clang-format off */
+#define MS_MAX 3600000 /* longest timeout: one hour */
+#define OFF(f) offsetof(struct gw_config, f)
+#define INT(n, d, lo, hi, f, h)           {n, T_INT, d, lo, hi, OFF(f), 0, NULL, h}
+#define BOOL(n, d, f, h)                  {n, T_BOOL, d, 0, 1, OFF(f), 0, NULL, h}
+#define ENUM(n, d, names, last, f, h)     {n, T_ENUM, d, 0, last, OFF(f), 0, names, h}
+#define STR(n, t, d, lo, hi, f, fl, h)    {n, t, d, lo, hi, OFF(f), fl, NULL, h}
+/* clang-format on */
+
+/* SPEC.md §3, in its order. */
+static const struct opt opts[] = {
+    STR("GATEWAY_HOST", T_LISTEN, "0.0.0.0", 0, 0, gateway_host, 0,
+        "Listen address: an IPv4 or IPv6 literal or localhost; \"::\" listens dual-stack."),
+    INT("GATEWAY_PORT", "8000", 0, 65535, gateway_port, "Listen port; 0 lets the kernel pick one."),
+    STR("BACKEND_URL", T_BACKEND, "http://127.0.0.1:8001", 0, 0, backend_url, 0,
+        "Upstream as http://host[:port][/base-path]; IPv6 in brackets, port 80 by default, no "
+        "https."),
+    INT("WORKER_THREADS", "0", 0, 256, worker_threads,
+        "Epoll worker threads; 0 = number of online CPUs."),
+    INT("MAX_CONNECTIONS", "10000", 1, 1000000, max_connections,
+        "Client connections held at once; beyond, new ones are closed at accept."),
+    STR("REDIS_URL", T_REDIS, NULL, 0, 0, redis_url, F_SECRET | F_EMPTY_UNSET,
+        "Shared store: redis://[:password@]host[:port][/db] or unix:///path/redis.sock; empty = "
+        "in-process store (one instance only)."),
+    INT("REDIS_TIMEOUT_MS", "100", 1, MS_MAX, redis_timeout_ms,
+        "Connect and command timeout of each worker's Redis connection, in ms."),
+    INT("RATE_LIMIT_REQUESTS", "5", 1, 1000000000, rate_limit_requests,
+        "Requests allowed per client per window."),
+    INT("RATE_LIMIT_WINDOW_SECONDS", "60", 1, 86400 * 366, rate_limit_window_s,
+        "Window length in seconds."),
+    ENUM("RATE_LIMIT_ALGORITHM", "fixed_window", algorithm_names, GW_RL_FIXED_WINDOW,
+         rate_limit_algorithm, "Rate-limit algorithm; only fixed_window is implemented yet."),
+    STR("RATE_LIMIT_KEY", T_RLKEY, "ip", 0, 0, rate_limit_key, 0,
+        "Client identity: ip, or header:<Name> (e.g. header:X-API-Key; the client IP when the "
+        "header is absent)."),
+    STR("RATE_LIMIT_KEY_PREFIX", T_STRING, "rl", 1, 128, rate_limit_key_prefix, 0,
+        "Prefix of every Redis key."),
+    ENUM("RATE_LIMIT_FAILURE_MODE", "open", failure_names, GW_RL_FAIL_LOCAL,
+         rate_limit_failure_mode,
+         "When Redis fails: open lets requests through, closed answers 503, local limits per "
+         "instance."),
+    BOOL("RATE_LIMIT_DRY_RUN", "off", rate_limit_dry_run,
+         "Count and report over-limit requests but never block them."),
+    BOOL("RATE_LIMIT_HEADERS", "on", rate_limit_headers,
+         "Send the X-RateLimit-* and RateLimit/RateLimit-Policy headers (429 keeps Retry-After)."),
+    STR("TRUSTED_PROXIES", T_PROXIES, "", 0, 0, trusted_proxies, F_EMPTY_UNSET,
+        "Comma-separated IPv4/IPv6 CIDRs or addresses whose X-Forwarded-For is believed; empty = "
+        "none."),
+    INT("MAX_CONCURRENT_REQUESTS", "100", 1, 1000000, max_concurrent_requests,
+        "In-flight upstream requests, all workers together."),
+    INT("MAX_QUEUE_LENGTH", "1000", 0, 10000000, max_queue_length,
+        "Requests waiting for an in-flight slot; beyond, an immediate 503."),
+    INT("QUEUE_TIMEOUT_MS", "5000", 1, MS_MAX, queue_timeout_ms,
+        "Longest wait for an in-flight slot before 503, in ms."),
+    INT("UPSTREAM_CONNECT_TIMEOUT_MS", "2000", 1, MS_MAX, upstream_connect_timeout_ms,
+        "Backend connect timeout in ms; failure = 502."),
+    INT("UPSTREAM_TIMEOUT_MS", "30000", 1, MS_MAX, upstream_timeout_ms,
+        "No response bytes from the backend for this long = 504, in ms."),
+    INT("UPSTREAM_KEEPALIVE", "32", 0, 100000, upstream_keepalive,
+        "Idle pooled backend connections per worker; 0 disables pooling."),
+    INT("CLIENT_TIMEOUT_MS", "60000", 1, MS_MAX, client_timeout_ms,
+        "Idle keep-alive and slow request-header limit in ms (408 if a request was started)."),
+    INT("MAX_HEADER_BYTES", "16384", 1024, 1048576, max_header_bytes,
+        "Request line + headers limit in bytes; beyond = 431."),
+    {"MAX_BODY_BYTES", T_INT64, "10485760", 0, INT64_C(1) << 62, OFF(max_body_bytes), 0, NULL,
+     "Request body limit in bytes; beyond = 413; 0 = unlimited."},
+    BOOL("PRESERVE_HOST", "on", preserve_host,
+         "Forward the client's Host; off sends the backend's host:port."),
+    STR("HEALTH_PATH", T_PATH, "/health", 1, 1024, health_path, 0,
+        "Path of the gateway's health endpoint."),
+    STR("STATS_PATH", T_PATH, "/stats", 1, 1024, stats_path, 0,
+        "Path of the gateway's JSON counters."),
+    STR("METRICS_PATH", T_PATH, "/metrics", 1, 1024, metrics_path, 0,
+        "Path of the gateway's Prometheus metrics."),
+    INT("SHUTDOWN_TIMEOUT_MS", "10000", 0, MS_MAX, shutdown_timeout_ms,
+        "On SIGTERM/SIGINT, longest drain of in-flight work before exit, in ms."),
+    ENUM("LOG_LEVEL", "info", level_names, GW_LOG_ERROR, log_level,
+         "Lowest diagnostic level written to stderr."),
+    BOOL("ACCESS_LOG", "on", access_log, "One JSON line per request on stdout."),
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* Writes a reason into why (may be NULL) and returns false, so parsers can
+ * `return fail(...)`. */
+static bool fail(char *why, size_t cap, const char *fmt, ...) GW_PRINTF(3, 4);
+
+static bool fail(char *why, size_t cap, const char *fmt, ...)
+{
+    if (why != NULL && cap > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, cap, fmt, ap);
+        va_end(ap);
+    }
+    return false;
+}
+
+static void *field(struct gw_config *cfg, const struct opt *o)
+{
+    return (char *)cfg + o->off;
+}
+
+static const void *cfield(const struct gw_config *cfg, const struct opt *o)
+{
+    return (const char *)cfg + o->off;
+}
+
+static bool is_string_type(enum opt_type t)
+{
+    return t != T_INT && t != T_INT64 && t != T_BOOL && t != T_ENUM;
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool is_visible(char c)
+{
+    return c > 0x20 && c < 0x7f;
+}
+
+/* Strict decimal of exactly n digits (no sign, no spaces) in [min, max]. */
+static bool parse_digits(const char *s, size_t n, int64_t min, int64_t max, int64_t *out)
+{
+    if (n == 0 || n > 18)
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_digit(s[i]))
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* RFC 9110 §5.6.2 tchar. */
+static bool is_tchar(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static char *dup_n(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (p != NULL) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+/* A copy of a URL with the password of its userinfo replaced by "***"
+ * ("redis://:***@host"); userinfo without ':' is masked whole. The last
+ * '@' ends the userinfo, as in gw_config_parse_redis_url. Malformed input
+ * (no scheme) is masked the same way from its first byte, so a password
+ * never leaks through an error message. Caller frees; NULL on ENOMEM. */
+static char *mask_userinfo(const char *url)
+{
+    const char *auth = strstr(url, "://");
+    auth = auth != NULL ? auth + 3 : url;
+    const char *at = strrchr(auth, '@');
+    if (at == NULL)
+        return strdup(url);
+    const char *colon = memchr(auth, ':', (size_t)(at - auth));
+    const char *keep_end = colon != NULL ? colon + 1 : auth;
+    size_t head = (size_t)(keep_end - url);
+    size_t tail = strlen(at);
+    char *out = malloc(head + 3 + tail + 1);
+    if (out == NULL)
+        return NULL;
+    memcpy(out, url, head);
+    memcpy(out + head, "***", 3);
+    memcpy(out + head + 3, at, tail + 1);
+    return out;
+}
+
+/* ---- addresses ---------------------------------------------------------- */
+
+/* Parses an IPv4 or IPv6 literal of n bytes into the 16-byte form (IPv4
+ * mapped). *v4 tells which it was. */
+static bool parse_addr16(const char *s, size_t n, uint8_t out[16], bool *v4)
+{
+    char buf[INET6_ADDRSTRLEN + 1];
+    if (n == 0 || n >= sizeof(buf))
+        return false;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    struct in_addr a4;
+    if (inet_pton(AF_INET, buf, &a4) == 1) {
+        memset(out, 0, 10);
+        out[10] = 0xff;
+        out[11] = 0xff;
+        memcpy(out + 12, &a4, 4);
+        *v4 = true;
+        return true;
+    }
+    if (inet_pton(AF_INET6, buf, out) == 1) {
+        *v4 = false;
+        return true;
+    }
+    return false;
+}
+
+/* A host name of n bytes: dot-separated non-empty labels of letters,
+ * digits, '-' and '_' (a final dot allowed). All-numeric names must be a
+ * valid IPv4 literal, so "300.1.1.1" is refused here, not at connect. */
+static bool check_hostname(const char *s, size_t n, char *why, size_t cap)
+{
+    if (n > 253)
+        return fail(why, cap, "host name longer than 253 characters");
+    bool numeric = true;
+    size_t label = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '.') {
+            if (label == 0)
+                return fail(why, cap, "empty label in host name");
+            label = 0;
+            continue;
+        }
+        if (!(is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+              c == '_'))
+            return fail(why, cap, "invalid character '%c' in host name", is_visible(c) ? c : '?');
+        if (!is_digit(c))
+            numeric = false;
+        label++;
+    }
+    if (numeric) {
+        uint8_t a[16];
+        bool v4;
+        if (!parse_addr16(s, n, a, &v4) || !v4)
+            return fail(why, cap, "invalid IPv4 address");
+    }
+    return true;
+}
+
+struct hostport {
+    const char *host; /* inside the input, without brackets */
+    size_t host_len;
+    bool v6;  /* host is an IPv6 literal */
+    int port; /* given or default */
+};
+
+/* Splits "host[:port]" or "[v6][:port]" of n bytes. */
+static bool split_hostport(const char *s, size_t n, int def_port, struct hostport *hp, char *why,
+                           size_t cap)
+{
+    const char *port = NULL;
+    size_t port_len = 0;
+    hp->v6 = false;
+    if (n > 0 && s[0] == '[') {
+        const char *close = memchr(s, ']', n);
+        if (close == NULL)
+            return fail(why, cap, "missing ']' after IPv6 address");
+        hp->host = s + 1;
+        hp->host_len = (size_t)(close - s) - 1;
+        uint8_t a[16];
+        bool v4 = false;
+        /* Brackets are for IPv6 only; an IPv4 literal inside is malformed. */
+        if (!parse_addr16(hp->host, hp->host_len, a, &v4) || v4)
+            return fail(why, cap, "invalid IPv6 address in brackets");
+        hp->v6 = true;
+        const char *rest = close + 1;
+        size_t rest_len = n - (size_t)(rest - s);
+        if (rest_len > 0) {
+            if (rest[0] != ':')
+                return fail(why, cap, "unexpected characters after ']'");
+            port = rest + 1;
+            port_len = rest_len - 1;
+        }
+    } else {
+        const char *colon = memchr(s, ':', n);
+        hp->host = s;
+        hp->host_len = colon != NULL ? (size_t)(colon - s) : n;
+        if (colon != NULL) {
+            port = colon + 1;
+            port_len = n - hp->host_len - 1;
+            if (memchr(port, ':', port_len) != NULL)
+                return fail(why, cap, "an IPv6 address must be written in brackets, e.g. [::1]");
+        }
+        if (hp->host_len == 0)
+            return fail(why, cap, "missing host");
+        if (!check_hostname(hp->host, hp->host_len, why, cap))
+            return false;
+    }
+    hp->port = def_port;
+    if (port != NULL) {
+        int64_t p;
+        if (port_len == 0)
+            return fail(why, cap, "missing port after ':'");
+        if (!parse_digits(port, port_len, 1, 65535, &p))
+            return fail(why, cap, "port must be a number between 1 and 65535");
+        hp->port = (int)p;
+    }
+    return true;
+}
+
+/* ---- per-type parsers --------------------------------------------------- */
+
+static bool parse_int(const struct opt *o, const char *v, int64_t *out, char *why, size_t cap)
+{
+    /* strtoll alone would accept leading spaces, '+' and "0x" prefixes. */
+    const char *d = v[0] == '-' ? v + 1 : v;
+    if (!is_digit(d[0]))
+        return fail(why, cap, "not an integer");
+    errno = 0;
+    char *end = NULL;
+    long long x = strtoll(v, &end, 10);
+    if (*end != '\0')
+        return fail(why, cap, "not an integer");
+    if (errno == ERANGE || x < o->min || x > o->max)
+        return fail(why, cap, "out of range (%lld..%lld)", (long long)o->min, (long long)o->max);
+    *out = x;
+    return true;
+}
+
+bool gw_config_parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"on", "true", "1"};
+    static const char *const no[] = {"off", "false", "0"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(yes); i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = true;
+            return true;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = false;
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool parse_enum(const struct opt *o, const char *v, int *out, char *why, size_t cap)
+{
+    for (int i = 0; o->choices[i] != NULL; i++) {
+        if (strcasecmp(v, o->choices[i]) != 0)
+            continue;
+        *out = i;
+        if (i > o->max)
+            return fail(why, cap, "not implemented yet (only %s)", o->choices[0]);
+        return true;
+    }
+    char list[160];
+    size_t n = 0;
+    list[0] = '\0';
+    for (int i = 0; o->choices[i] != NULL && n < sizeof(list); i++)
+        n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", i ? ", " : "", o->choices[i]);
+    return fail(why, cap, "must be one of %s", list);
+}
+
+static bool check_string(const struct opt *o, const char *v, char *why, size_t cap)
+{
+    size_t n = strlen(v);
+    if ((int64_t)n < o->min || (int64_t)n > o->max)
+        return fail(why, cap, "length must be %lld..%lld characters", (long long)o->min,
+                    (long long)o->max);
+    for (size_t i = 0; i < n; i++)
+        if (!is_visible(v[i]))
+            return fail(why, cap, "must not contain spaces, control or non-ASCII characters");
+    return true;
+}
+
+static bool check_path(const struct opt *o, const char *v, char *why, size_t cap)
+{
+    if (v[0] != '/')
+        return fail(why, cap, "must start with '/'");
+    if (!check_string(o, v, why, cap))
+        return false;
+    if (strpbrk(v, "?#") != NULL)
+        return fail(why, cap, "must not contain '?' or '#'");
+    return true;
+}
+
+static bool check_listen(const char *v, char *why, size_t cap)
+{
+    uint8_t a[16];
+    bool v4;
+    if (strcasecmp(v, "localhost") == 0 || parse_addr16(v, strlen(v), a, &v4))
+        return true;
+    return fail(why, cap,
+                "must be an IPv4 or IPv6 address literal (e.g. 0.0.0.0 or ::) or "
+                "localhost");
+}
+
+static bool parse_backend(const char *v, struct gw_config *cfg, char *why, size_t cap)
+{
+    if (strncasecmp(v, "https://", 8) == 0)
+        return fail(why, cap,
+                    "https is not supported (the gateway speaks plain HTTP/1.1 to the "
+                    "backend; use http://)");
+    if (strncasecmp(v, "http://", 7) != 0)
+        return fail(why, cap, "%s (expected http://host[:port][/base-path])",
+                    strstr(v, "://") != NULL ? "unsupported scheme" : "not a URL");
+    const char *auth = v + 7;
+    size_t alen = strcspn(auth, "/?#");
+    if (memchr(auth, '@', alen) != NULL)
+        return fail(why, cap, "user information (user@) is not allowed");
+    struct hostport hp;
+    if (!split_hostport(auth, alen, 80, &hp, why, cap))
+        return false;
+    const char *path = auth + alen;
+    size_t plen = strlen(path);
+    if (strpbrk(path, "?#") != NULL)
+        return fail(why, cap, "query and fragment are not allowed in the base path");
+    for (size_t i = 0; i < plen; i++)
+        if (!is_visible(path[i]))
+            return fail(why, cap, "spaces and control characters are not allowed in the base path");
+    while (plen > 0 && path[plen - 1] == '/')
+        plen--;
+
+    char authority[INET6_ADDRSTRLEN + 256 + 10];
+    snprintf(authority, sizeof(authority), "%s%.*s%s:%d", hp.v6 ? "[" : "", (int)hp.host_len,
+             hp.host, hp.v6 ? "]" : "", hp.port);
+    cfg->backend_host = dup_n(hp.host, hp.host_len);
+    cfg->backend_base_path = dup_n(path, plen);
+    cfg->backend_authority = strdup(authority);
+    cfg->backend_port = hp.port;
+    if (cfg->backend_host == NULL || cfg->backend_base_path == NULL ||
+        cfg->backend_authority == NULL)
+        return fail(why, cap, "out of memory");
+    return true;
+}
+
+static bool parse_rlkey(const char *v, struct gw_config *cfg, char *why, size_t cap)
+{
+    if (strcasecmp(v, "ip") == 0)
+        return true;
+    if (strncasecmp(v, "header:", 7) != 0)
+        return fail(why, cap, "must be ip or header:<Name>");
+    const char *name = v + 7;
+    size_t n = strlen(name);
+    if (n == 0)
+        return fail(why, cap, "missing header name after 'header:'");
+    if (n > 256)
+        return fail(why, cap, "header name longer than 256 characters");
+    for (size_t i = 0; i < n; i++)
+        if (!is_tchar(name[i]))
+            return fail(why, cap, "header name is not a valid HTTP token (RFC 9110 section 5.6.2)");
+    cfg->rate_limit_key_header = strdup(name);
+    if (cfg->rate_limit_key_header == NULL)
+        return fail(why, cap, "out of memory");
+    return true;
+}
+
+/* One entry of TRUSTED_PROXIES: "addr" or "addr/prefix", n bytes. */
+static bool parse_cidr(const char *s, size_t n, struct gw_cidr *c, char *why, size_t cap)
+{
+    const char *slash = memchr(s, '/', n);
+    size_t alen = slash != NULL ? (size_t)(slash - s) : n;
+    bool v4;
+    if (!parse_addr16(s, alen, c->addr, &v4))
+        return fail(why, cap, "entry \"%.*s\": not an IPv4 or IPv6 address", (int)GW_MIN(n, 64), s);
+    int bits = v4 ? 32 : 128;
+    int64_t prefix = bits;
+    if (slash != NULL && !parse_digits(slash + 1, n - alen - 1, 0, bits, &prefix))
+        return fail(why, cap, "entry \"%.*s\": prefix length must be 0..%d", (int)GW_MIN(n, 64), s,
+                    bits);
+    c->prefix = (uint8_t)(v4 ? prefix + 96 : prefix);
+    /* Clear the host bits so matching is a plain prefix compare. */
+    for (int i = 0; i < 16; i++) {
+        int keep = c->prefix - i * 8;
+        if (keep <= 0)
+            c->addr[i] = 0;
+        else if (keep < 8)
+            c->addr[i] &= (uint8_t)(0xff << (8 - keep));
+    }
+    return true;
+}
+
+static bool parse_proxies(const char *v, struct gw_config *cfg, char *why, size_t cap)
+{
+    cfg->trusted_count = 0;
+    if (v[0] == '\0')
+        return true;
+    const char *p = v;
+    for (;;) {
+        size_t n = strcspn(p, ",");
+        const char *s = p;
+        size_t len = n;
+        while (len > 0 && (*s == ' ' || *s == '\t')) {
+            s++;
+            len--;
+        }
+        while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+            len--;
+        if (len == 0)
+            return fail(why, cap, "empty entry in the list");
+        if (cfg->trusted_count == GW_CONFIG_MAX_TRUSTED)
+            return fail(why, cap, "more than %d entries", GW_CONFIG_MAX_TRUSTED);
+        if (!parse_cidr(s, len, &cfg->trusted[cfg->trusted_count], why, cap))
+            return false;
+        cfg->trusted_count++;
+        if (p[n] == '\0')
+            return true;
+        p += n + 1;
+    }
+}
+
+/* Parses v into the field of row o (and its derived fields). */
+static bool parse_value(const struct opt *o, const char *v, struct gw_config *cfg, char *why,
+                        size_t cap)
+{
+    int64_t x;
+    bool ok = true;
+    switch (o->type) {
+    case T_INT:
+        if (!parse_int(o, v, &x, why, cap))
+            return false;
+        *(int *)field(cfg, o) = (int)x;
+        return true;
+    case T_INT64:
+        if (!parse_int(o, v, &x, why, cap))
+            return false;
+        *(int64_t *)field(cfg, o) = x;
+        return true;
+    case T_BOOL:
+        if (!gw_config_parse_bool(v, (bool *)field(cfg, o)))
+            return fail(why, cap, "not a boolean (on/off, true/false, 1/0)");
+        return true;
+    case T_ENUM:
+        return parse_enum(o, v, (int *)field(cfg, o), why, cap);
+    case T_STRING:
+        ok = check_string(o, v, why, cap);
+        break;
+    case T_PATH:
+        ok = check_path(o, v, why, cap);
+        break;
+    case T_LISTEN:
+        ok = check_listen(v, why, cap);
+        break;
+    case T_BACKEND:
+        ok = parse_backend(v, cfg, why, cap);
+        break;
+    case T_REDIS: {
+        struct gw_redis_target t;
+        ok = gw_config_parse_redis_url(v, &t, why, cap) == 0;
+        gw_config_redis_target_deinit(&t);
+        break;
+    }
+    case T_RLKEY:
+        ok = parse_rlkey(v, cfg, why, cap);
+        break;
+    case T_PROXIES:
+        ok = parse_proxies(v, cfg, why, cap);
+        if (!ok)
+            cfg->trusted_count = 0; /* never half a list */
+        break;
+    }
+    if (!ok)
+        return false;
+    char **slot = (char **)field(cfg, o);
+    *slot = strdup(v);
+    if (*slot == NULL)
+        return fail(why, cap, "out of memory");
+    return true;
+}
+
+bool gw_config_is_trusted(const struct gw_config *cfg, const uint8_t addr[16])
+{
+    for (int i = 0; i < cfg->trusted_count; i++) {
+        const struct gw_cidr *c = &cfg->trusted[i];
+        int whole = c->prefix / 8, rest = c->prefix % 8;
+        if (memcmp(c->addr, addr, (size_t)whole) != 0)
+            continue;
+        if (rest == 0 || ((addr[whole] ^ c->addr[whole]) & (uint8_t)(0xff << (8 - rest))) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* ---- REDIS_URL ---------------------------------------------------------- */
+
+static int hex_value(char c)
+{
+    if (is_digit(c))
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes n bytes into a new string; *bad on malformed escapes or a
+ * decoded NUL. NULL on ENOMEM or bad. */
+static char *pct_decode(const char *s, size_t n, bool *bad)
+{
+    *bad = false;
+    char *out = malloc(n + 1);
+    if (out == NULL)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '%') {
+            out[o++] = s[i];
+            continue;
+        }
+        int hi = i + 1 < n ? hex_value(s[i + 1]) : -1;
+        int lo = i + 2 < n ? hex_value(s[i + 2]) : -1;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            free(out);
+            *bad = true;
+            return NULL;
+        }
+        out[o++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* Releases what *t holds so far, writes msg into why, returns -EINVAL (or
+ * -ENOMEM for the out-of-memory message). */
+static int redis_fail(struct gw_redis_target *t, char *why, size_t cap, const char *msg)
+{
+    static const char oom[] = "out of memory";
+    gw_config_redis_target_deinit(t);
+    fail(why, cap, "%s", msg);
+    return strcmp(msg, oom) == 0 ? -ENOMEM : -EINVAL;
+}
+
+int gw_config_parse_redis_url(const char *url, struct gw_redis_target *t, char *why, size_t why_len)
+{
+    static const char usage[] = "expected redis://[:password@]host[:port][/db] or unix:///path";
+    memset(t, 0, sizeof(*t));
+    for (const char *c = url; *c != '\0'; c++)
+        if ((unsigned char)*c <= 0x20 || *c == 0x7f)
+            return redis_fail(t, why, why_len, "spaces and control characters are not allowed");
+
+    /* Schemes are matched in lower case only, exactly as the Redis store
+     * (src/rl_redis.c) parses them, so what passes here also connects. */
+    if (strncmp(url, "unix://", 7) == 0) {
+        const char *path = url + 7;
+        if (path[0] != '/' || path[1] == '\0')
+            return redis_fail(t, why, why_len,
+                              "unix:// needs an absolute socket path, e.g. unix:///run/redis.sock");
+        if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+            return redis_fail(t, why, why_len, "socket path too long");
+        t->unix_path = strdup(path);
+        return t->unix_path != NULL ? 0 : redis_fail(t, why, why_len, "out of memory");
+    }
+    if (strncmp(url, "rediss://", 9) == 0)
+        return redis_fail(t, why, why_len, "TLS (rediss://) is not supported");
+    if (strncmp(url, "redis://", 8) != 0)
+        return redis_fail(t, why, why_len, usage);
+
+    const char *a = url + 8;
+    /* The last '@' ends the userinfo, so a raw '@' in a password works. */
+    const char *at = strrchr(a, '@');
+    if (at != NULL) {
+        const char *colon = memchr(a, ':', (size_t)(at - a));
+        if (colon == NULL)
+            return redis_fail(t, why, why_len, "user information must be [user]:password@");
+        bool bad = false;
+        if (colon > a) {
+            t->username = pct_decode(a, (size_t)(colon - a), &bad);
+            if (t->username == NULL)
+                return redis_fail(t, why, why_len,
+                                  bad ? "invalid percent-encoding in the user name"
+                                      : "out of memory");
+        }
+        t->password = pct_decode(colon + 1, (size_t)(at - colon - 1), &bad);
+        if (t->password == NULL)
+            return redis_fail(t, why, why_len,
+                              bad ? "invalid percent-encoding in the password" : "out of memory");
+        if (t->password[0] == '\0')
+            return redis_fail(t, why, why_len, "empty password");
+        a = at + 1;
+    }
+    size_t alen = strcspn(a, "/?#");
+    struct hostport hp;
+    char reason[128];
+    if (!split_hostport(a, alen, 6379, &hp, reason, sizeof(reason)))
+        return redis_fail(t, why, why_len, reason);
+    const char *rest = a + alen;
+    if (rest[0] == '?' || rest[0] == '#')
+        return redis_fail(t, why, why_len, "query parameters and fragments are not supported");
+    if (rest[0] == '/' && rest[1] != '\0') {
+        int64_t db;
+        if (!parse_digits(rest + 1, strlen(rest + 1), 0, INT_MAX, &db))
+            return redis_fail(t, why, why_len, "database must be a non-negative number, e.g. /0");
+        t->db = (int)db;
+    }
+    t->port = hp.port;
+    t->host = dup_n(hp.host, hp.host_len);
+    return t->host != NULL ? 0 : redis_fail(t, why, why_len, "out of memory");
+}
+
+void gw_config_redis_target_deinit(struct gw_redis_target *t)
+{
+    free(t->host);
+    free(t->unix_path);
+    free(t->username);
+    if (t->password != NULL) {
+        /* Do not leave the secret in freed heap memory. */
+        explicit_bzero(t->password, strlen(t->password));
+        free(t->password);
+    }
+    memset(t, 0, sizeof(*t));
+}
+
+/* ---- load --------------------------------------------------------------- */
+
+static const char *process_getenv(void *ctx, const char *name)
+{
+    return getenv(name);
+}
+
+/* Writes v with control and DEL bytes escaped, so one error stays one line. */
+static void put_escaped(FILE *out, const char *v)
+{
+    for (const unsigned char *p = (const unsigned char *)v; *p != '\0'; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            fprintf(out, "\\x%02x", *p);
+        else
+            fputc(*p, out);
+    }
+}
+
+static void report(FILE *err, const struct opt *o, const char *v, const char *why)
+{
+    if (err == NULL)
+        return;
+    char *masked = (o->flags & F_SECRET) ? mask_userinfo(v) : NULL;
+    fprintf(err, "config error: %s=", o->name);
+    if (o->flags & F_SECRET)
+        put_escaped(err, masked != NULL ? masked : "***");
+    else
+        put_escaped(err, v);
+    fprintf(err, ": %s\n", why);
+    free(masked);
+}
+
+static const struct opt *find_opt(const char *name)
+{
+    for (size_t i = 0; i < GW_ARRAY_LEN(opts); i++)
+        if (strcmp(opts[i].name, name) == 0)
+            return &opts[i];
+    return NULL;
+}
+
+/* Checks that span variables: the three endpoint paths must differ, or one
+ * endpoint would hide another. */
+static int check_cross(const struct gw_config *cfg, FILE *err)
+{
+    static const char *const paths[] = {"HEALTH_PATH", "STATS_PATH", "METRICS_PATH"};
+    int errors = 0;
+    for (size_t i = 1; i < GW_ARRAY_LEN(paths); i++) {
+        const struct opt *a = find_opt(paths[i]);
+        const char *va = *(char *const *)cfield(cfg, a);
+        for (size_t j = 0; j < i && va != NULL; j++) {
+            const struct opt *b = find_opt(paths[j]);
+            const char *vb = *(char *const *)cfield(cfg, b);
+            if (vb != NULL && strcmp(va, vb) == 0) {
+                char why[64];
+                snprintf(why, sizeof(why), "same path as %s", b->name);
+                report(err, a, va, why);
+                errors++;
+                break;
+            }
+        }
+    }
+    return errors;
+}
+
+static int online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        return 1;
+    return (int)GW_MIN(n, 256);
+}
+
+int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn getenv_fn, void *ctx, FILE *err)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    if (getenv_fn == NULL)
+        getenv_fn = process_getenv;
+    int errors = 0;
+    bool workers_ok = false;
+    for (size_t i = 0; i < GW_ARRAY_LEN(opts); i++) {
+        const struct opt *o = &opts[i];
+        const char *v = getenv_fn(ctx, o->name);
+        bool is_default = false;
+        if (v == NULL || (v[0] == '\0' && (o->flags & F_EMPTY_UNSET))) {
+            v = o->def;
+            is_default = true;
+        }
+        if (v == NULL)
+            continue; /* unset and no default: the field stays NULL */
+        char why[256];
+        bool ok;
+        if (v[0] == '\0' && !is_default)
+            ok = fail(why, sizeof(why), "empty value (unset the variable for the default%s%s)",
+                      o->def != NULL && o->def[0] != '\0' ? " " : "", o->def != NULL ? o->def : "");
+        else
+            ok = parse_value(o, v, cfg, why, sizeof(why));
+        if (!ok) {
+            if (is_default) {
+                /* A bug in the table, not the operator's fault: say so. */
+                char msg[300];
+                snprintf(msg, sizeof(msg), "built-in default is invalid: %s", why);
+                report(err, o, v, msg);
+            } else {
+                report(err, o, v, why);
+            }
+            errors++;
+        } else if (o->off == OFF(worker_threads)) {
+            workers_ok = true;
+        }
+    }
+    if (workers_ok && cfg->worker_threads == 0)
+        cfg->worker_threads = online_cpus();
+    errors += check_cross(cfg, err);
+    return errors;
+}
+
+void gw_config_deinit(struct gw_config *cfg)
+{
+    for (size_t i = 0; i < GW_ARRAY_LEN(opts); i++) {
+        if (!is_string_type(opts[i].type))
+            continue;
+        char **slot = (char **)field(cfg, &opts[i]);
+        if (*slot != NULL && (opts[i].flags & F_SECRET))
+            explicit_bzero(*slot, strlen(*slot));
+        free(*slot);
+    }
+    free(cfg->backend_host);
+    free(cfg->backend_base_path);
+    free(cfg->backend_authority);
+    free(cfg->rate_limit_key_header);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+/* ---- env file ----------------------------------------------------------- */
+
+struct env_entry {
+    char *key;
+    char *val;
+    unsigned line;
+};
+
+static bool is_key_char(char c, bool first)
+{
+    return c == '_' || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (!first && is_digit(c));
+}
+
+static char *skip_blank(char *p)
+{
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return p;
+}
+
+static void trim_right(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+        s[--n] = '\0';
+}
+
+/* Splits one line in place. Returns 1 with *key and *val set, 0 for a blank or
+ * comment line, -1 with a reason when malformed. */
+static int split_env_line(char *line, char **key, char **val, const char **why)
+{
+    trim_right(line);
+    char *p = skip_blank(line);
+    if (*p == '\0' || *p == '#')
+        return 0;
+    if (strncmp(p, "export", 6) == 0 && (p[6] == ' ' || p[6] == '\t'))
+        p = skip_blank(p + 6);
+    char *k = p;
+    if (!is_key_char(*p, true)) {
+        *why = "expected KEY=VALUE with KEY made of letters, digits and '_'";
+        return -1;
+    }
+    while (is_key_char(*p, false))
+        p++;
+    char *kend = p;
+    p = skip_blank(p);
+    if (*p != '=') {
+        *why = "expected KEY=VALUE with KEY made of letters, digits and '_'";
+        return -1;
+    }
+    *kend = '\0';
+    char *v = skip_blank(p + 1);
+    size_t n = strlen(v);
+    if (n > 0 && (v[0] == '"' || v[0] == '\'')) {
+        if (n < 2 || v[n - 1] != v[0]) {
+            *why = "unterminated quote";
+            return -1;
+        }
+        v[n - 1] = '\0';
+        v++;
+    }
+    *key = k;
+    *val = v;
+    return 1;
+}
+
+int gw_config_load_env_file(const char *path, FILE *err)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -errno; /* the caller names the file and the reason */
+    struct env_entry *ents = NULL;
+    size_t count = 0, cap = 0;
+    char *line = NULL;
+    size_t line_cap = 0;
+    ssize_t len;
+    unsigned lineno = 0;
+    int rc = 0;
+    while ((len = getline(&line, &line_cap, f)) >= 0) {
+        lineno++;
+        char *key, *val;
+        const char *why = "";
+        int kind = (size_t)len != strlen(line) ? (why = "NUL byte in line", -1)
+                                               : split_env_line(line, &key, &val, &why);
+        if (kind == 0)
+            continue;
+        if (kind < 0) {
+            if (err != NULL)
+                fprintf(err, "config error: %s:%u: malformed line: %s\n", path, lineno, why);
+            rc = -EINVAL;
+            continue;
+        }
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct env_entry *n = realloc(ents, ncap * sizeof(*n));
+            if (n == NULL) {
+                rc = -ENOMEM;
+                break;
+            }
+            ents = n;
+            cap = ncap;
+        }
+        ents[count].key = strdup(key);
+        ents[count].val = strdup(val);
+        ents[count].line = lineno;
+        count++;
+        if (ents[count - 1].key == NULL || ents[count - 1].val == NULL) {
+            rc = -ENOMEM;
+            break;
+        }
+    }
+    if (ferror(f) && rc == 0)
+        rc = -EIO;
+    free(line);
+    fclose(f);
+
+    for (size_t i = 0; i < count && rc != -ENOMEM; i++) {
+        bool later = false;
+        for (size_t j = i + 1; j < count && !later; j++)
+            later = strcmp(ents[i].key, ents[j].key) == 0;
+        if (later)
+            continue; /* the last line for a key wins */
+        if (find_opt(ents[i].key) == NULL && err != NULL)
+            fprintf(err, "config warning: %s:%u: %s is not a gateway variable\n", path,
+                    ents[i].line, ents[i].key);
+        /* overwrite=0: the real environment wins over the file. */
+        if (setenv(ents[i].key, ents[i].val, 0) != 0 && rc == 0)
+            rc = -errno;
+    }
+    for (size_t i = 0; i < count; i++) {
+        free(ents[i].key);
+        free(ents[i].val);
+    }
+    free(ents);
+    return rc;
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+static json_t *json_value(const struct gw_config *cfg, const struct opt *o)
+{
+    const void *p = cfield(cfg, o);
+    switch (o->type) {
+    case T_INT:
+        return json_integer(*(const int *)p);
+    case T_INT64:
+        return json_integer(*(const int64_t *)p);
+    case T_BOOL:
+        return json_boolean(*(const bool *)p);
+    case T_ENUM: {
+        int v = *(const int *)p;
+        int n = 0;
+        while (o->choices[n] != NULL)
+            n++;
+        return v >= 0 && v < n ? json_string(o->choices[v]) : json_integer(v);
+    }
+    default:
+        break;
+    }
+    const char *s = *(char *const *)p;
+    if (s == NULL)
+        return json_null();
+    if (!(o->flags & F_SECRET))
+        return json_string(s);
+    char *masked = mask_userinfo(s);
+    json_t *j = masked != NULL ? json_string(masked) : NULL;
+    free(masked);
+    return j;
+}
+
+int gw_config_print_json(const struct gw_config *cfg, FILE *out)
+{
+    json_t *obj = json_object();
+    if (obj == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < GW_ARRAY_LEN(opts); i++) {
+        if (json_object_set_new(obj, opts[i].name, json_value(cfg, &opts[i])) != 0) {
+            json_decref(obj);
+            return -ENOMEM;
+        }
+    }
+    int rc = json_dumpf(obj, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(obj);
+    if (rc != 0 || fputc('\n', out) == EOF || fflush(out) == EOF)
+        return -EIO;
+    return 0;
+}
+
+int gw_config_print_env_example(FILE *out)
+{
+    fputs("# gateway.env.example: every variable the gateway reads, set to its default.\n"
+          "# Generated from the table in src/config.c: regenerate with `make env-example`,\n"
+          "# do not edit by hand. KEY=VALUE lines without quotes, usable with\n"
+          "# `gateway --env-file` and `docker run --env-file`; the real environment wins.\n",
+          out);
+    for (size_t i = 0; i < GW_ARRAY_LEN(opts); i++) {
+        const struct opt *o = &opts[i];
+        fprintf(out, "\n# %s", o->help);
+        if (o->type == T_INT || o->type == T_INT64)
+            fprintf(out, " Range %lld..%lld.", (long long)o->min, (long long)o->max);
+        else if (o->type == T_BOOL)
+            fputs(" on/off.", out);
+        else if (o->type == T_ENUM)
+            for (int c = 0; o->choices[c] != NULL; c++)
+                fprintf(out, "%s%s", c == 0 ? " One of: " : ", ", o->choices[c]);
+        if (o->type == T_ENUM)
+            fputc('.', out);
+        fprintf(out, "\n%s=%s\n", o->name, o->def != NULL ? o->def : "");
+    }
+    if (ferror(out) || fflush(out) == EOF)
+        return -EIO;
+    return 0;
+}

@@ -1,0 +1,825 @@
+/*
+ * HTTP/1.x parser wrapper over llhttp 8.1 in strict mode (see gw/http1.h).
+ * llhttp does the tokenising; this file collects the head into bounded
+ * storage, pauses llhttp at the end of the head and of the message, and adds
+ * the smuggling checks llhttp leaves to its user (RFC 9112 §2.2, §3, §6, §7).
+ */
+#include "gw/http1.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Where the current message is. Only execute() and finish() change it, from
+ * the events the llhttp callbacks flag (ev_head, ev_last_chunk, ev_done). */
+enum phase {
+    PH_HEAD = 0,  /* start line and header section */
+    PH_HEAD_DONE, /* HEAD reported, llhttp paused after on_headers_complete */
+    PH_BODY,      /* body (payload or chunks) */
+    PH_TRAILERS,  /* after the last-chunk line: trailer section */
+    PH_DONE,      /* DONE reported, waiting for reset */
+    PH_ERROR,     /* ERROR reported, waiting for reset */
+};
+
+static struct gw_http_parser *parser_of(llhttp_t *ll)
+{
+    return gw_container_of(ll, struct gw_http_parser, llhttp);
+}
+
+/* Records the first error of the message. A response parser reports every
+ * protocol error or limit as 502 (what the client is eventually told: the
+ * upstream sent something unusable), except a failed body sink, which is
+ * the gateway's own failure (500). Returns -1 so that callbacks can
+ * `return fail(...)` and make llhttp stop. */
+static int fail(struct gw_http_parser *p, int status, const char *detail)
+{
+    if (p->error_status == 0) {
+        p->error_status = (p->kind == GW_HTTP_RESPONSE && status != 500) ? 502 : status;
+        p->error_detail = detail;
+    }
+    return -1;
+}
+
+static int fail_body_limit(struct gw_http_parser *p)
+{
+    snprintf(p->error_buf, sizeof(p->error_buf), "%s body exceeds the limit of %" PRIu64 " bytes",
+             p->kind == GW_HTTP_REQUEST ? "request" : "response", p->max_body_bytes);
+    return fail(p, 413, p->error_buf);
+}
+
+static int fail_head_too_large(struct gw_http_parser *p)
+{
+    return fail(p, 431,
+                p->kind == GW_HTTP_REQUEST ? "request header section too large"
+                                           : "response header section too large");
+}
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static struct gw_slice trim_ows(struct gw_slice s)
+{
+    while (s.len > 0 && is_ows(s.ptr[0])) {
+        s.ptr++;
+        s.len--;
+    }
+    while (s.len > 0 && is_ows(s.ptr[s.len - 1]))
+        s.len--;
+    return s;
+}
+
+/* ---- head storage ------------------------------------------------------ */
+
+/* Appends one span of the element being built (method, target, reason,
+ * header name or value). Spans of one element arrive in order and nothing
+ * else is appended in between, so the element stays contiguous. */
+static int store(struct gw_http_parser *p, const char *at, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (len > p->max_head_bytes - p->storage_used)
+        return fail_head_too_large(p);
+    memcpy(p->storage + p->storage_used, at, len);
+    p->storage_used += len;
+    return 0;
+}
+
+/* Closes the element being built and returns it. */
+static struct gw_slice take_element(struct gw_http_parser *p)
+{
+    struct gw_slice s = {p->storage + p->elem_off, p->storage_used - p->elem_off};
+    p->elem_off = p->storage_used;
+    return s;
+}
+
+static bool in_head(const struct gw_http_parser *p)
+{
+    return p->phase == PH_HEAD;
+}
+
+/* ---- llhttp callbacks -------------------------------------------------- */
+
+static int on_message_begin(llhttp_t *ll)
+{
+    parser_of(ll)->started = true;
+    return 0;
+}
+
+static int on_span(llhttp_t *ll, const char *at, size_t len)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    return in_head(p) ? store(p, at, len) : 0;
+}
+
+static int on_method_complete(llhttp_t *ll)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    p->head.method_name = take_element(p);
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *ll)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    struct gw_slice t = take_element(p);
+    /* llhttp strict mode already refuses these; checked again because a
+     * target with a space or CTL would be forwarded verbatim upstream. */
+    for (size_t i = 0; i < t.len; i++) {
+        unsigned char c = (unsigned char)t.ptr[i];
+        if (c <= 0x20 || c == 0x7f)
+            return fail(p, 400, "invalid character in request-target");
+    }
+    p->head.target = t;
+    return 0;
+}
+
+static int on_status_complete(llhttp_t *ll)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    p->head.reason = take_element(p);
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *ll)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    if (!in_head(p)) {
+        /* Trailer fields are consumed and dropped, but counted. */
+        if (++p->trailer_count > GW_HTTP_MAX_HEADERS)
+            return fail(p, 400, "too many trailer fields");
+        return 0;
+    }
+    struct gw_slice name = take_element(p);
+    if (p->head.header_count >= GW_HTTP_MAX_HEADERS)
+        return fail(p, 431, "too many header fields");
+    if (name.len == 0)
+        return fail(p, 400, "empty header field name");
+    for (size_t i = 0; i < name.len; i++) {
+        unsigned char c = (unsigned char)name.ptr[i];
+        if (c <= 0x20 || c >= 0x7f || c == ':')
+            return fail(p, 400, "invalid character in header field name");
+    }
+    p->head.headers[p->head.header_count].name = name;
+    p->in_value = true;
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *ll)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    if (!in_head(p))
+        return 0;
+    struct gw_slice v = trim_ows(take_element(p));
+    /* llhttp refuses these in values; a second look costs little and
+     * guarantees nothing framing-like is ever forwarded inside a value. */
+    for (size_t i = 0; i < v.len; i++) {
+        if (v.ptr[i] == '\r' || v.ptr[i] == '\n' || v.ptr[i] == '\0')
+            return fail(p, 400, "bare CR, LF or NUL in a header field value");
+    }
+    /* Give the trimmed trailing whitespace back to the storage. */
+    if (v.len > 0)
+        p->storage_used = (size_t)(v.ptr + v.len - p->storage);
+    p->elem_off = p->storage_used;
+    p->head.headers[p->head.header_count].value = v;
+    p->head.header_count++;
+    p->in_value = false;
+    return 0;
+}
+
+/* Content-Length = 1*DIGIT (RFC 9110 §8.6), as a non-negative int64. */
+static bool parse_content_length(struct gw_slice v, int64_t *out)
+{
+    if (v.len == 0)
+        return false;
+    int64_t n = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        char c = v.ptr[i];
+        if (c < '0' || c > '9')
+            return false;
+        if (n > (INT64_MAX - (c - '0')) / 10)
+            return false;
+        n = n * 10 + (c - '0');
+    }
+    *out = n;
+    return true;
+}
+
+/* Walks the elements of a comma-separated field value (RFC 9110 §5.6.1):
+ * list_next yields each non-empty OWS-trimmed element in w->el and counts
+ * the empty ones in *empty (when not NULL). */
+struct list_walk {
+    struct gw_slice el; /* current element */
+    const char *pos;    /* start of the rest of the value */
+    const char *end;    /* end of the value */
+    bool done;          /* the last element was read */
+};
+
+static void list_start(struct list_walk *w, struct gw_slice v)
+{
+    static const char nothing[1];
+    w->pos = v.ptr ? v.ptr : nothing;
+    w->end = w->pos + v.len;
+    w->done = false;
+}
+
+static bool list_next(struct list_walk *w, size_t *empty)
+{
+    while (!w->done) {
+        const char *comma = memchr(w->pos, ',', (size_t)(w->end - w->pos));
+        const char *stop = comma ? comma : w->end;
+        struct gw_slice el = trim_ows((struct gw_slice){w->pos, (size_t)(stop - w->pos)});
+        if (comma)
+            w->pos = comma + 1;
+        else
+            w->done = true;
+        if (el.len > 0) {
+            w->el = el;
+            return true;
+        }
+        if (empty)
+            (*empty)++;
+    }
+    return false;
+}
+
+/* The framing rules of RFC 9112 §6 that decide where the body ends, applied
+ * strictly (SPEC.md §6). llhttp enforces most of them already; they are
+ * checked again from the stored head so that what we forward and what
+ * llhttp framed can never disagree. */
+static int check_framing(struct gw_http_parser *p, llhttp_t *ll)
+{
+    struct gw_http_head *h = &p->head;
+    bool req = p->kind == GW_HTTP_REQUEST;
+    size_t n_cl = 0, n_host = 0, n_te = 0, n_chunked = 0, n_other = 0, n_empty = 0;
+    bool chunked_last = false;
+    struct gw_slice cl = {0};
+
+    for (size_t i = 0; i < h->header_count; i++) {
+        const struct gw_http_header *f = &h->headers[i];
+        if (gw_slice_eq_nocase(f->name, "content-length")) {
+            n_cl++;
+            cl = f->value;
+        } else if (gw_slice_eq_nocase(f->name, "host")) {
+            n_host++;
+        } else if (gw_slice_eq_nocase(f->name, "transfer-encoding")) {
+            struct list_walk w;
+            size_t before = n_chunked + n_other;
+            n_te++;
+            list_start(&w, f->value);
+            while (list_next(&w, &n_empty)) {
+                chunked_last = gw_slice_eq_nocase(w.el, "chunked");
+                if (chunked_last)
+                    n_chunked++;
+                else
+                    n_other++;
+            }
+            if (n_chunked + n_other == before)
+                n_empty++; /* a Transfer-Encoding with no coding at all */
+        } else if (gw_slice_eq_nocase(f->name, "connection")) {
+            /* Connection may only name hop-by-hop fields; naming a framing
+             * field or Host asks the next hop to drop it (RFC 9110 §7.6.1). */
+            struct list_walk w;
+            list_start(&w, f->value);
+            while (list_next(&w, NULL)) {
+                if (gw_slice_eq_nocase(w.el, "content-length") ||
+                    gw_slice_eq_nocase(w.el, "transfer-encoding") ||
+                    gw_slice_eq_nocase(w.el, "host"))
+                    return fail(p, 400, "Connection header names a framing or Host field");
+            }
+        }
+    }
+
+    h->content_length = -1;
+    if (n_cl > 1)
+        return fail(p, 400, "more than one Content-Length header");
+    if (n_cl == 1) {
+        if (!parse_content_length(cl, &h->content_length) ||
+            (uint64_t)h->content_length != ll->content_length)
+            return fail(p, 400, "invalid Content-Length");
+        if (n_te > 0)
+            return fail(p, 400, "both Content-Length and Transfer-Encoding present");
+    }
+    if (n_te > 0) {
+        if (n_empty > 0)
+            return fail(p, 400, "empty element in Transfer-Encoding");
+        if (n_chunked > 1)
+            return fail(p, 400, "chunked transfer coding applied more than once");
+        if (n_chunked == 1 && !chunked_last)
+            return fail(p, 400, "chunked is not the final transfer coding");
+        if (req && h->http_minor == 0)
+            return fail(p, 400, "Transfer-Encoding in an HTTP/1.0 request");
+        /* We only decode chunked; any other coding would reach the backend
+         * re-framed but still encoded, so it is refused (RFC 9112 §6.1). */
+        if (req && (n_chunked != 1 || n_other != 0))
+            return fail(p, 400, "unsupported Transfer-Encoding (only chunked is accepted)");
+    }
+    h->chunked = n_chunked == 1 && chunked_last;
+    if (h->chunked != ((ll->flags & F_CHUNKED) != 0))
+        return fail(p, 400, "ambiguous Transfer-Encoding");
+
+    if (req) {
+        if (n_host > 1)
+            return fail(p, 400, "more than one Host header");
+        if (n_host == 0 && h->http_minor == 1)
+            return fail(p, 400, "missing Host header");
+    }
+    return 0;
+}
+
+/* The head is complete: validate it, fill in the framing summary, and
+ * either pause (a body follows) or tell llhttp to skip the body (1), which
+ * runs on_message_complete in the same execute call. */
+static int on_headers_complete(llhttp_t *ll)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    struct gw_http_head *h = &p->head;
+    bool req = p->kind == GW_HTTP_REQUEST;
+
+    p->ev_head = true;
+    h->http_major = ll->http_major;
+    h->http_minor = ll->http_minor;
+    /* llhttp accepts 0.9 and 2.0 heads; we only speak 1.0 and 1.1. */
+    if (h->http_major != 1 || h->http_minor > 1)
+        return fail(p, 400, "unsupported HTTP version");
+    if (req) {
+        h->method = ll->method;
+        /* llhttp ends a CONNECT message at its head whatever it declares,
+         * and what follows is a tunnel: refuse rather than mis-frame. */
+        if (ll->method == HTTP_CONNECT)
+            return fail(p, 400, "the CONNECT method is not supported");
+    } else {
+        h->status = ll->status_code;
+        if (h->status < 100 || h->status > 599)
+            return fail(p, 502, "invalid status code");
+        /* We never forward Upgrade, so a switch is a protocol violation
+         * (RFC 9110 §15.2.2) and what follows is not HTTP. */
+        if (h->status == 101)
+            return fail(p, 502, "unexpected 101 Switching Protocols");
+    }
+    if (check_framing(p, ll) != 0)
+        return -1;
+
+    bool skip;
+    if (req) {
+        h->has_body = h->chunked || h->content_length > 0;
+        skip = !h->has_body;
+        h->expect_continue =
+            h->http_minor == 1 && gw_http_head_has_token(h, "expect", "100-continue");
+        h->upgrade = ll->upgrade != 0;
+    } else {
+        /* RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 end at the head. */
+        h->informational = h->status / 100 == 1;
+        skip = p->no_body || h->informational || h->status == 204 || h->status == 304;
+        if (!skip) {
+            h->body_until_close = llhttp_message_needs_eof(ll) != 0;
+            h->has_body = h->chunked || h->content_length > 0 || h->body_until_close;
+            skip = !h->has_body;
+        }
+    }
+    if (p->max_body_bytes != 0 && h->has_body && h->content_length > 0 &&
+        (uint64_t)h->content_length > p->max_body_bytes)
+        return fail_body_limit(p);
+
+    if (skip) {
+        /* Returning 1 sets this flag too; set it first so that
+         * llhttp_should_keep_alive does not take a bodiless response
+         * for one delimited by close. */
+        ll->flags |= F_SKIPBODY;
+        h->keep_alive = llhttp_should_keep_alive(ll) != 0;
+        return 1;
+    }
+    h->keep_alive = llhttp_should_keep_alive(ll) != 0;
+    return HPE_PAUSED;
+}
+
+static int on_body_span(llhttp_t *ll, const char *at, size_t len)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    if (len == 0)
+        return 0;
+    p->body_bytes += len;
+    if (p->max_body_bytes != 0 && p->body_bytes > p->max_body_bytes)
+        return fail_body_limit(p);
+    if (p->on_body && p->on_body(p->ctx, at, len) != 0)
+        return fail(p, 500, "the message body could not be processed");
+    return 0;
+}
+
+static int on_chunk_extension(llhttp_t *ll, const char *at, size_t len)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    p->chunk_ext_bytes += len;
+    if (p->chunk_ext_bytes > GW_HTTP_MAX_CHUNK_EXT)
+        return fail(p, 400, "chunk extensions too long");
+    return 0;
+}
+
+/* Called after each chunk-size line; llhttp holds the chunk size in
+ * content_length. The last chunk pauses so that execute() learns where the
+ * trailer section starts and can check its line endings. */
+static int on_chunk_header(llhttp_t *ll)
+{
+    struct gw_http_parser *p = parser_of(ll);
+    uint64_t len = ll->content_length;
+    p->chunk_ext_bytes = 0;
+    if (len == 0) {
+        p->ev_last_chunk = true;
+        return HPE_PAUSED;
+    }
+    /* Refuse an oversized chunk before streaming any of it. */
+    if (p->max_body_bytes != 0 &&
+        (len > p->max_body_bytes || p->body_bytes > p->max_body_bytes - len))
+        return fail_body_limit(p);
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *ll)
+{
+    parser_of(ll)->ev_done = true;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_method = on_span,
+    .on_url = on_span,
+    .on_status = on_span,
+    .on_header_field = on_span,
+    .on_header_value = on_span,
+    .on_chunk_extension_name = on_chunk_extension,
+    .on_chunk_extension_value = on_chunk_extension,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body_span,
+    .on_message_complete = on_message_complete,
+    .on_url_complete = on_url_complete,
+    .on_status_complete = on_status_complete,
+    .on_method_complete = on_method_complete,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value_complete = on_header_value_complete,
+    .on_chunk_header = on_chunk_header,
+};
+
+/* ---- raw framing scan -------------------------------------------------- */
+
+/* Checks line structure over raw head or trailer bytes, which llhttp strict
+ * mode lets through: a line ending in bare LF (accepted after the start
+ * line, at the end of the header section and of the trailers), a folded
+ * line (obs-fold, accepted as part of the value), a bare CR, NUL, and
+ * repeated spaces in the request line. RFC 9112 §2.2, §5.2.
+ * Returns the index of the first offending byte (n when none) with *why
+ * set, having advanced the state over the bytes before it. The state
+ * carries over between execute calls, so the verdict does not depend on
+ * how the input is sliced. The scan may run past the end of the head into
+ * body bytes; execute() only acts on it if llhttp has not finished the
+ * head before the offending byte. */
+static size_t scan_framing(struct gw_http_parser *p, const char *s, size_t n, const char **why)
+{
+    char prev = p->scan_prev;
+    bool request_line = p->kind == GW_HTTP_REQUEST && p->phase == PH_HEAD;
+    size_t i;
+
+    *why = NULL;
+    for (i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '\n' && prev != '\r')
+            *why = "line terminated by a bare LF";
+        else if (prev == '\r' && c != '\n')
+            *why = "bare CR not followed by LF";
+        else if (c == '\0')
+            *why = "NUL byte in the start line or header fields";
+        else if (prev == '\n' && is_ows(c))
+            *why = "obs-fold (header line starting with whitespace)";
+        else if (request_line && p->scan_lines == 0 && c == ' ' && prev == ' ')
+            *why = "malformed request line";
+        if (*why)
+            break;
+        if (c == '\n') {
+            if (p->scan_col > 0)
+                p->scan_lines++;
+            p->scan_col = 0;
+        } else if (c != '\r') {
+            p->scan_col++;
+        }
+        prev = c;
+    }
+    p->scan_prev = prev;
+    return i;
+}
+
+/* ---- errors from llhttp ------------------------------------------------ */
+
+static const char *llhttp_detail(llhttp_errno_t err)
+{
+    switch (err) {
+    case HPE_INVALID_METHOD:
+        return "invalid method";
+    case HPE_INVALID_URL:
+        return "invalid request-target";
+    case HPE_INVALID_VERSION:
+        return "unsupported HTTP version";
+    case HPE_INVALID_CONSTANT:
+        return "malformed start line";
+    case HPE_INVALID_STATUS:
+        return "invalid status code";
+    case HPE_INVALID_HEADER_TOKEN:
+        return "invalid character in a header field";
+    case HPE_UNEXPECTED_SPACE:
+        return "unexpected whitespace in the header section";
+    case HPE_INVALID_CONTENT_LENGTH:
+        return "invalid Content-Length";
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        return "conflicting Content-Length or Transfer-Encoding headers";
+    case HPE_INVALID_TRANSFER_ENCODING:
+        return "invalid Transfer-Encoding";
+    case HPE_INVALID_CHUNK_SIZE:
+        return "invalid chunk size";
+    case HPE_CR_EXPECTED:
+    case HPE_LF_EXPECTED:
+    case HPE_STRICT:
+        return "malformed line ending or chunk framing";
+    case HPE_CLOSED_CONNECTION:
+        return "data after a message that closes the connection";
+    case HPE_PAUSED_UPGRADE:
+        return "protocol upgrade is not supported";
+    case HPE_PAUSED_H2_UPGRADE:
+        return "HTTP/2 is not supported";
+    default:
+        return "malformed HTTP message";
+    }
+}
+
+static enum gw_http_result parse_error(struct gw_http_parser *p, llhttp_errno_t err)
+{
+    if (p->error_status == 0)
+        fail(p, 400, llhttp_detail(err));
+    p->phase = PH_ERROR;
+    p->pending_done = false;
+    return GW_HTTP_ERROR;
+}
+
+/* ---- public API -------------------------------------------------------- */
+
+static void clear_message(struct gw_http_parser *p)
+{
+    memset(&p->head, 0, sizeof(p->head));
+    p->head.content_length = -1;
+    p->storage_used = 0;
+    p->elem_off = 0;
+    p->head_bytes = 0;
+    p->body_bytes = 0;
+    p->phase = PH_HEAD;
+    p->pending_done = false;
+    p->in_value = false;
+    p->error_status = 0;
+    p->error_detail = NULL;
+    p->error_buf[0] = '\0';
+    p->trailer_bytes = 0;
+    p->trailer_count = 0;
+    p->chunk_ext_bytes = 0;
+    p->scan_lines = 0;
+    p->scan_col = 0;
+    p->scan_prev = 0;
+    p->started = false;
+    p->ev_head = p->ev_done = p->ev_last_chunk = false;
+    p->ll_at_boundary = false;
+}
+
+static void init_llhttp(struct gw_http_parser *p)
+{
+    llhttp_init(&p->llhttp, p->kind == GW_HTTP_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
+    p->llhttp.data = p;
+}
+
+int gw_http_parser_init(struct gw_http_parser *p, enum gw_http_kind kind, size_t max_head_bytes,
+                        uint64_t max_body_bytes, gw_http_body_fn on_body, void *ctx)
+{
+    memset(p, 0, sizeof(*p));
+    if (max_head_bytes == 0)
+        return -EINVAL;
+    p->storage = malloc(max_head_bytes);
+    if (!p->storage)
+        return -ENOMEM;
+    p->kind = kind;
+    p->max_head_bytes = max_head_bytes;
+    p->max_body_bytes = max_body_bytes;
+    p->on_body = on_body;
+    p->ctx = ctx;
+    init_llhttp(p);
+    clear_message(p);
+    return 0;
+}
+
+void gw_http_parser_deinit(struct gw_http_parser *p)
+{
+    free(p->storage);
+    p->storage = NULL;
+    p->max_head_bytes = 0;
+    p->storage_used = 0;
+}
+
+void gw_http_parser_reset(struct gw_http_parser *p)
+{
+    bool keep_no_body = p->head.informational && p->no_body;
+
+    /* After a complete message llhttp sits paused right after
+     * on_message_complete with its own per-message state already cleared
+     * at the next step; resuming lets it run its keep-alive check (in strict
+     * mode, data after a message that closes the connection is an error).
+     * After an interim response or an upgrade request, or when the message
+     * was cut short or failed, start llhttp afresh. */
+    if (p->ll_at_boundary && !p->head.informational && !p->head.upgrade)
+        llhttp_resume(&p->llhttp);
+    else
+        init_llhttp(p);
+    clear_message(p);
+    p->no_body = keep_no_body;
+}
+
+void gw_http_parser_set_no_body(struct gw_http_parser *p, bool no_body)
+{
+    p->no_body = no_body;
+}
+
+enum gw_http_result gw_http_parser_execute(struct gw_http_parser *p, const char *data, size_t len,
+                                           size_t *consumed)
+{
+    static const char nothing[1];
+    size_t off = 0;
+
+    *consumed = 0;
+    if (p->phase == PH_ERROR)
+        return GW_HTTP_ERROR;
+    if (p->phase == PH_DONE)
+        return GW_HTTP_DONE;
+    if (p->pending_done) {
+        /* The bodiless message ended in the call that reported HEAD. */
+        p->pending_done = false;
+        p->phase = PH_DONE;
+        return GW_HTTP_DONE;
+    }
+    if (data == NULL) {
+        data = nothing;
+        len = 0;
+    }
+    if (p->phase == PH_HEAD_DONE) {
+        llhttp_resume(&p->llhttp);
+        p->phase = PH_BODY;
+    }
+
+    for (;;) {
+        int phase0 = p->phase;
+        const char *start = data + off;
+        size_t n = len - off;
+
+        /* Give llhttp at most one byte past the head (or trailer) limit, so
+         * the limit trips at the same byte however the input is sliced and
+         * llhttp never chews through an oversized head. */
+        if (phase0 == PH_HEAD)
+            n = GW_MIN(n, p->max_head_bytes - p->head_bytes + 1);
+        else if (phase0 == PH_TRAILERS)
+            n = GW_MIN(n, p->max_head_bytes - p->trailer_bytes + 1);
+
+        /* Framing bytes are checked before llhttp sees them, and llhttp is
+         * stopped short of the first offending byte: if it completes the
+         * head (or trailers) before that byte, the byte was body or the next
+         * message and is not judged here; otherwise the offence is the
+         * first error of the message, at the same byte however sliced. */
+        const char *why = NULL;
+        if (phase0 == PH_HEAD || phase0 == PH_TRAILERS)
+            n = scan_framing(p, start, n, &why);
+
+        p->ev_head = p->ev_done = p->ev_last_chunk = false;
+        llhttp_errno_t err = llhttp_execute(&p->llhttp, start, n);
+        if (err != HPE_OK && err != HPE_PAUSED) {
+            *consumed = off;
+            return parse_error(p, err);
+        }
+        size_t used = err == HPE_OK ? n : (size_t)(llhttp_get_error_pos(&p->llhttp) - start);
+        if (err == HPE_OK && why) {
+            fail(p, 400, why);
+            *consumed = off;
+            return parse_error(p, HPE_USER);
+        }
+        if (phase0 == PH_HEAD) {
+            p->head_bytes += used;
+            if (p->head_bytes > p->max_head_bytes) {
+                fail_head_too_large(p);
+                *consumed = off;
+                return parse_error(p, HPE_USER);
+            }
+        } else if (phase0 == PH_TRAILERS) {
+            p->trailer_bytes += used;
+            if (p->trailer_bytes > p->max_head_bytes) {
+                fail(p, 400, "trailer section too large");
+                *consumed = off;
+                return parse_error(p, HPE_USER);
+            }
+        }
+        off += used;
+
+        if (err == HPE_OK) {
+            if (off < len)
+                continue; /* unreachable with the caps above; kept safe */
+            *consumed = len;
+            return GW_HTTP_NEED_MORE;
+        }
+        if (p->ev_last_chunk) {
+            /* Internal pause only: from here on the bytes are trailers. */
+            p->phase = PH_TRAILERS;
+            p->scan_prev = '\n';
+            p->scan_col = 0;
+            llhttp_resume(&p->llhttp);
+            continue;
+        }
+        *consumed = off;
+        if (p->ev_head) {
+            if (p->ev_done) {
+                p->pending_done = true;
+                p->ll_at_boundary = true;
+                p->phase = PH_BODY;
+            } else {
+                p->phase = PH_HEAD_DONE;
+            }
+            return GW_HTTP_HEAD;
+        }
+        if (p->ev_done) {
+            p->phase = PH_DONE;
+            p->ll_at_boundary = true;
+            return GW_HTTP_DONE;
+        }
+        /* A pause none of our callbacks asked for cannot happen. */
+        return parse_error(p, HPE_INTERNAL);
+    }
+}
+
+enum gw_http_result gw_http_parser_finish(struct gw_http_parser *p)
+{
+    if (p->phase == PH_ERROR)
+        return GW_HTTP_ERROR;
+    if (p->phase == PH_DONE)
+        return GW_HTTP_NEED_MORE;
+    if (p->pending_done) {
+        p->pending_done = false;
+        p->phase = PH_DONE;
+        return GW_HTTP_DONE;
+    }
+    switch (p->phase) {
+    case PH_HEAD:
+        if (!p->started)
+            return GW_HTTP_NEED_MORE;
+        fail(p, 400, "connection closed before the header section was complete");
+        break;
+    case PH_HEAD_DONE:
+    case PH_BODY:
+        if (p->head.body_until_close) {
+            /* llhttp is left mid-body; reset re-initialises it. */
+            p->phase = PH_DONE;
+            return GW_HTTP_DONE;
+        }
+        fail(p, 400, "connection closed before the body was complete");
+        break;
+    default:
+        fail(p, 400, "connection closed before the trailer section was complete");
+        break;
+    }
+    p->phase = PH_ERROR;
+    return GW_HTTP_ERROR;
+}
+
+bool gw_http_parser_done_pending(const struct gw_http_parser *p)
+{
+    return p->pending_done;
+}
+
+bool gw_http_parser_idle(const struct gw_http_parser *p)
+{
+    return p->phase == PH_DONE || (p->phase == PH_HEAD && p->head_bytes == 0 && !p->started);
+}
+
+const struct gw_http_header *gw_http_head_find(const struct gw_http_head *h, const char *name)
+{
+    for (size_t i = 0; i < h->header_count; i++) {
+        if (gw_slice_eq_nocase(h->headers[i].name, name))
+            return &h->headers[i];
+    }
+    return NULL;
+}
+
+bool gw_http_head_has_token(const struct gw_http_head *h, const char *name, const char *token)
+{
+    for (size_t i = 0; i < h->header_count; i++) {
+        if (!gw_slice_eq_nocase(h->headers[i].name, name))
+            continue;
+        struct list_walk w;
+        list_start(&w, h->headers[i].value);
+        while (list_next(&w, NULL)) {
+            if (gw_slice_eq_nocase(w.el, token))
+                return true;
+        }
+    }
+    return false;
+}

@@ -1,0 +1,142 @@
+/*
+ * Private to the rate limiter: the store vtable (STYLE.md "Pluggable
+ * parts"), the in-process store (rl_memory.c), the Redis store (rl_redis.c)
+ * with its URL parser, and the store-key builder shared by both, so that
+ * ratelimit.c and the unit tests see one definition.
+ */
+#ifndef GW_RATELIMIT_INT_H
+#define GW_RATELIMIT_INT_H
+
+#include "gw/common.h"
+
+/* A counter store. The contract of check():
+ *  - counts one request for key (key_len bytes, opaque) in the fixed window
+ *    of window_s seconds that contains the store's clock, atomically;
+ *  - *now_ms is in/out: on entry the caller's wall clock (Unix ms); on
+ *    return the clock the store used to pick the window (Redis TIME for
+ *    Redis, the given value for memory), so the caller reports edges that
+ *    match the count;
+ *  - returns 0 with *count = the post-increment request number n (>= 1);
+ *    -EPROTO when the store answered with an error but stays usable;
+ *    any other -errno when the connection is unusable (the caller marks
+ *    the store down and reconnects later).
+ * limit is passed for algorithms that need it; fixed window ignores it.
+ * ping() returns 0 when the store answers, else -errno (same rule).
+ * destroy() frees the store. Thread-safety is per implementation. */
+struct gw_rl_store_ops {
+    const char *name;
+    int (*check)(void *store, const char *key, size_t key_len, int64_t limit, int64_t window_s,
+                 int64_t *count, int64_t *now_ms);
+    int (*ping)(void *store);
+    void (*destroy)(void *store);
+};
+
+/* ---- store keys --------------------------------------------------------- */
+
+/* Hex digits of the client hash in a store key (128 bits of SHA-256). */
+#define GW_RL_KEY_HASH_HEX 32
+
+/* Builds the store key of a client: "<prefix>:{<hex>}" where <hex> is the
+ * first 16 bytes of SHA-256(client key) in lower-case hex, so no client
+ * byte ever reaches Redis. The braces are a Redis Cluster hash tag: the
+ * per-window key the script derives from it stays in the same slot.
+ * Writes a NUL-terminated string to out (cap bytes) and returns its
+ * length, or -ENOSPC when it does not fit. *hash64 (may be NULL) receives
+ * the first 8 digest bytes, for in-process tables. Thread-safe. */
+GW_MUSTCHECK int gw_rl_store_key(const char *prefix, const char *key, size_t key_len, char *out,
+                                 size_t cap, uint64_t *hash64);
+
+/* ---- in-process store (rl_memory.c) -------------------------------------- */
+
+#define GW_RL_MEMORY_SHARDS          64
+#define GW_RL_MEMORY_DEFAULT_ENTRIES 65536 /* all shards together */
+
+struct gw_rl_memory;
+
+/* Creates the in-process store: GW_RL_MEMORY_SHARDS shards, each a hash
+ * table with its own mutex holding at most max(1, max_entries / shards)
+ * entries (0 = GW_RL_MEMORY_DEFAULT_ENTRIES). Returns 0 or -ENOMEM.
+ * The store is thread-safe: every worker shares one. */
+GW_MUSTCHECK int gw_rl_memory_create(struct gw_rl_memory **out, size_t max_entries);
+
+/* Frees the store and its entries. No other thread may use it. */
+void gw_rl_memory_destroy(struct gw_rl_memory *m);
+
+/* Counts one request of key at now_s (Unix seconds, the injected clock) in
+ * the window floor(now_s / window_s); *count gets n. An entry of a past
+ * window is reset lazily. A full shard reuses its oldest entry (which is
+ * an expired one whenever any is expired). A request whose time falls
+ * before its entry's window (clocks of racing workers) is counted in the
+ * entry's newer window. One window length per store. Returns 0, or
+ * -ENOMEM if a shard could not allocate its first entries. Thread-safe. */
+GW_MUSTCHECK int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len,
+                                   int64_t window_s, int64_t now_s, int64_t *count);
+
+/* Entries in use, all shards (takes each shard lock in turn). */
+size_t gw_rl_memory_entries(struct gw_rl_memory *m);
+
+/* Entries a shard may hold (its memory bound). */
+size_t gw_rl_memory_shard_cap(const struct gw_rl_memory *m);
+
+/* Shard index of a key, for tests that need keys sharing a shard. */
+unsigned gw_rl_memory_shard_of(const char *key, size_t key_len);
+
+/* Vtable over gw_rl_memory_incr (check uses floor(*now_ms / 1000)). */
+extern const struct gw_rl_store_ops gw_rl_memory_ops;
+
+/* ---- Redis store (rl_redis.c) -------------------------------------------- */
+
+enum gw_rl_redis_transport {
+    GW_RL_REDIS_TCP = 0,
+    GW_RL_REDIS_UNIX,
+};
+
+/* A parsed REDIS_URL: redis://[[user]:password@]host[:port][/db] or
+ * unix:///path. Strings are heap-owned (gw_rl_redis_url_deinit). */
+struct gw_rl_redis_url {
+    enum gw_rl_redis_transport transport;
+    char *host;     /* TCP: host name or address, IPv6 without brackets */
+    int port;       /* TCP: default 6379 */
+    char *path;     /* UNIX: socket path */
+    char *username; /* ACL user (Redis 6+), NULL = AUTH with password only */
+    char *password; /* percent-decoded, NULL = no AUTH */
+    int db;         /* SELECT after connect when > 0 */
+};
+
+/* Parses url into *out (zeroed first). Returns 0, -EINVAL for a malformed
+ * URL or unknown scheme, -ENOMEM. On error *out holds nothing to free. */
+GW_MUSTCHECK int gw_rl_redis_url_parse(const char *url, struct gw_rl_redis_url *out);
+
+void gw_rl_redis_url_deinit(struct gw_rl_redis_url *u);
+
+struct gw_rl_redis;
+
+/* Creates a disconnected per-worker Redis store. url is borrowed and must
+ * outlive it; timeout_ms is the connect and command timeout. Returns 0 or
+ * -ENOMEM. One thread uses a store. */
+GW_MUSTCHECK int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_rl_redis_url *url,
+                                    int timeout_ms);
+
+/* (Re)connects: drops any old connection, connects with the timeout, AUTH,
+ * SELECT, SCRIPT LOAD. Blocks at most about timeout_ms per step.
+ * Returns 0, or -errno leaving the store disconnected: -EACCES when AUTH
+ * is refused, -EPROTO for another error reply, -ETIMEDOUT, -ENOMEM, -EIO
+ * for other connection failures (details in gw_rl_redis_last_error). */
+GW_MUSTCHECK int gw_rl_redis_connect(struct gw_rl_redis *r);
+
+/* Closes the connection if any. */
+void gw_rl_redis_disconnect(struct gw_rl_redis *r);
+
+bool gw_rl_redis_connected(const struct gw_rl_redis *r);
+
+/* Text of the last failure, for logs (never contains the password). */
+const char *gw_rl_redis_last_error(const struct gw_rl_redis *r);
+
+/* Vtable: check is one EVALSHA round trip (EVAL once on NOSCRIPT); a
+ * disconnected store answers -ENOTCONN at once. */
+extern const struct gw_rl_store_ops gw_rl_redis_ops;
+
+/* The Lua source of the check, exposed for tests. */
+extern const char gw_rl_redis_script[];
+
+#endif

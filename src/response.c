@@ -1,0 +1,262 @@
+/*
+ * Responses the gateway writes itself (see gw/response.h): reason phrases,
+ * the rate-limit header block of SPEC.md §5, RFC 9457 problem+json errors
+ * built with jansson, plain bodies of the gateway's own endpoints, 100
+ * Continue and the Date field. Pure functions, no I/O, no shared state.
+ */
+#include "gw/response.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *gw_response_reason(int status)
+{
+    /* RFC 9110 §15, plus 103 (RFC 8297), 428/429/431/511 (RFC 6585) and
+     * 451 (RFC 7725). 306 and 418 are reserved as "(Unused)" by RFC 9110. */
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 103:
+        return "Early Hints";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 203:
+        return "Non-Authoritative Information";
+    case 204:
+        return "No Content";
+    case 205:
+        return "Reset Content";
+    case 206:
+        return "Partial Content";
+    case 300:
+        return "Multiple Choices";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 305:
+        return "Use Proxy";
+    case 306:
+        return "Unused";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 402:
+        return "Payment Required";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 407:
+        return "Proxy Authentication Required";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 416:
+        return "Range Not Satisfiable";
+    case 417:
+        return "Expectation Failed";
+    case 418:
+        return "Unused";
+    case 421:
+        return "Misdirected Request";
+    case 422:
+        return "Unprocessable Content";
+    case 426:
+        return "Upgrade Required";
+    case 428:
+        return "Precondition Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 451:
+        return "Unavailable For Legal Reasons";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    case 511:
+        return "Network Authentication Required";
+    default:
+        return "Unknown";
+    }
+}
+
+int gw_response_write_ratelimit_headers(struct gw_buf *out, const struct gw_rl_info *rl)
+{
+    /* RateLimit-Policy and RateLimit are structured-field lists (RFC 8941):
+     * the policy name is an sf-string, q/w/r/t integer parameters. */
+    return gw_buf_printf(out,
+                         "X-RateLimit-Limit: %" PRId64 "\r\n"
+                         "X-RateLimit-Remaining: %" PRId64 "\r\n"
+                         "X-RateLimit-Reset: %" PRId64 "\r\n"
+                         "RateLimit-Policy: \"default\";q=%" PRId64 ";w=%" PRId64 "\r\n"
+                         "RateLimit: \"default\";r=%" PRId64 ";t=%" PRId64 "\r\n",
+                         rl->limit, rl->remaining, rl->reset_epoch_s, rl->limit, rl->window_s,
+                         rl->remaining, rl->reset_after_s);
+}
+
+/* Status line, representation and connection fields, then the body.
+ * Field order: Content-Type, Content-Length, Cache-Control, Retry-After,
+ * extra, Connection. */
+static int write_complete(struct gw_buf *out, int status, const char *content_type,
+                          const char *body, size_t body_len, int retry_after_s,
+                          struct gw_slice extra, bool keep_alive, uint8_t http_minor,
+                          bool head_only)
+{
+    if (!content_type)
+        content_type = "application/octet-stream";
+    char head[512];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\n"
+                     "Content-Type: %s\r\n"
+                     "Content-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\n",
+                     status, gw_response_reason(status), content_type, body_len);
+    if (n < 0 || (size_t)n >= sizeof(head))
+        return -EINVAL; /* only an absurd content type gets here */
+    size_t head_len = (size_t)n;
+    if (retry_after_s > 0) {
+        n = snprintf(head + head_len, sizeof(head) - head_len, "Retry-After: %d\r\n",
+                     retry_after_s);
+        head_len += (size_t)n; /* at most 26 bytes: fits, the first part is < 300 */
+    }
+    const char *conn = "";
+    if (!keep_alive)
+        conn = "Connection: close\r\n";
+    else if (http_minor == 0)
+        conn = "Connection: keep-alive\r\n";
+    size_t conn_len = strlen(conn);
+    size_t send_body = head_only ? 0 : body_len;
+
+    int rc = gw_buf_reserve(out, head_len + extra.len + conn_len + 2 + send_body);
+    if (rc)
+        return rc;
+    char *p = out->data + out->end;
+    memcpy(p, head, head_len);
+    p += head_len;
+    if (extra.len) {
+        memcpy(p, extra.ptr, extra.len);
+        p += extra.len;
+    }
+    memcpy(p, conn, conn_len);
+    p += conn_len;
+    memcpy(p, "\r\n", 2);
+    p += 2;
+    if (send_body) {
+        memcpy(p, body, send_body);
+        p += send_body;
+    }
+    gw_buf_commit(out, (size_t)(p - (out->data + out->end)));
+    return 0;
+}
+
+int gw_response_write_problem(struct gw_buf *out, const struct gw_problem *pb,
+                              struct gw_slice extra, bool keep_alive, uint8_t http_minor,
+                              bool head_only)
+{
+    const char *title = gw_response_reason(pb->status);
+    json_t *obj =
+        json_pack("{s:s, s:s, s:i, s:s}", "type", pb->type ? pb->type : "about:blank", "title",
+                  title, "status", pb->status, "detail", pb->detail ? pb->detail : title);
+    if (!obj)
+        return -EINVAL; /* type or detail not UTF-8, or out of memory */
+    if (pb->violated_default &&
+        json_object_set_new(obj, "violated-policies", json_pack("[s]", "default")) != 0) {
+        json_decref(obj);
+        return -ENOMEM;
+    }
+
+    /* Objects keep insertion order (jansson >= 2.8), so the keys come out as
+     * type, title, status, detail, violated-policies. */
+    char small[1024];
+    char *body = small;
+    size_t len = json_dumpb(obj, small, sizeof(small), JSON_COMPACT);
+    if (len > sizeof(small)) {
+        body = json_dumps(obj, JSON_COMPACT);
+        len = body ? strlen(body) : 0;
+    }
+    json_decref(obj);
+    if (!body || len == 0)
+        return -ENOMEM;
+
+    int rc = write_complete(out, pb->status, "application/problem+json", body, len,
+                            pb->retry_after_s, extra, keep_alive, http_minor, head_only);
+    if (body != small)
+        free(body);
+    return rc;
+}
+
+int gw_response_write_body(struct gw_buf *out, int status, const char *content_type,
+                           const char *body, size_t body_len, bool keep_alive, uint8_t http_minor,
+                           bool head_only)
+{
+    return write_complete(out, status, content_type, body, body_len, 0, (struct gw_slice){NULL, 0},
+                          keep_alive, http_minor, head_only);
+}
+
+int gw_response_write_continue(struct gw_buf *out)
+{
+    static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    return gw_buf_append(out, line, sizeof(line) - 1);
+}
+
+int gw_response_write_date(struct gw_buf *out, int64_t epoch_s)
+{
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t t = (time_t)epoch_s;
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0)
+        return -EINVAL;
+    /* IMF-fixdate by hand: strftime's %a/%b follow the locale. */
+    return gw_buf_printf(out, "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n", days[tm.tm_wday],
+                         tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec);
+}

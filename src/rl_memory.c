@@ -1,0 +1,332 @@
+/*
+ * In-process fixed-window store, shared by every worker: used when
+ * REDIS_URL is unset, and by RATE_LIMIT_FAILURE_MODE=local while Redis is
+ * down. Keys are spread over GW_RL_MEMORY_SHARDS shards so workers rarely
+ * contend; memory is bounded by a per-shard entry cap.
+ *
+ * Locking: each shard has one mutex guarding everything in the shard
+ * (buckets, entries, age list, counters). No call holds two shard locks;
+ * the store struct itself is immutable after creation.
+ *
+ * A shard is a chained hash table over a pool of entries (int32 indices,
+ * so the pool can grow by realloc). Entries also sit on an age list ordered
+ * by when their current window started: the head is the oldest, and since
+ * windows only move forward it is expired whenever any entry is. A new key
+ * takes the head when expired, else grows the pool up
+ * to the cap, else evicts the head (the oldest live entry).
+ */
+#include "ratelimit_int.h"
+
+#include "gw/rl_algo.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NIL           (-1)
+#define INITIAL_ALLOC 16u
+
+struct mentry {
+    uint64_t h1, h2; /* 128-bit key identity (two independently seeded hashes) */
+    int64_t window;  /* window index of count */
+    int64_t count;   /* requests counted in that window */
+    int32_t next;    /* bucket chain, NIL ends */
+    int32_t older;   /* age list toward the head (oldest), NIL at head */
+    int32_t newer;   /* age list toward the tail (newest), NIL at tail */
+};
+
+struct shard {
+    pthread_mutex_t mu;
+    int32_t *buckets;           /* nbuckets heads, NIL = empty */
+    uint32_t mask;              /* nbuckets - 1 (power of two) */
+    struct mentry *e;           /* pool, alloc slots */
+    uint32_t alloc;             /* slots allocated in e */
+    uint32_t top;               /* slots ever handed out (e[0..top) initialised) */
+    uint32_t used;              /* entries linked in the table */
+    int32_t oldest;             /* age list head */
+    int32_t newest;             /* age list tail */
+} __attribute__((aligned(64))); /* one cache line per lock, no false sharing */
+
+struct gw_rl_memory {
+    struct shard shards[GW_RL_MEMORY_SHARDS];
+    uint32_t cap; /* entries per shard */
+};
+
+/* 64-bit mixer (murmur3 finaliser): a bijection with good avalanche. */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+/* Keys reaching the store are hex of SHA-256 (ratelimit.c), so a fast
+ * non-cryptographic hash cannot be flooded; two seeds make a 128-bit id. */
+static uint64_t hash_bytes(const char *p, size_t n, uint64_t seed)
+{
+    uint64_t h = mix64(seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL));
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    return mix64(h ^ w ^ ((uint64_t)n << 59));
+}
+
+#define SEED1 0x243f6a8885a308d3ULL
+#define SEED2 0x13198a2e03707344ULL
+
+unsigned gw_rl_memory_shard_of(const char *key, size_t key_len)
+{
+    return (unsigned)(hash_bytes(key, key_len, SEED1) >> 58) % GW_RL_MEMORY_SHARDS;
+}
+
+static uint32_t pow2_at_least(uint32_t n)
+{
+    uint32_t p = 1;
+    while (p < n && p < (1u << 30))
+        p <<= 1;
+    return p;
+}
+
+int gw_rl_memory_create(struct gw_rl_memory **out, size_t max_entries)
+{
+    if (max_entries == 0)
+        max_entries = GW_RL_MEMORY_DEFAULT_ENTRIES;
+    size_t per = max_entries / GW_RL_MEMORY_SHARDS;
+    if (per < 1)
+        per = 1;
+    if (per > (1u << 30))
+        per = 1u << 30;
+
+    struct gw_rl_memory *m = aligned_alloc(64, sizeof(*m));
+    if (m == NULL)
+        return -ENOMEM;
+    memset(m, 0, sizeof(*m));
+    m->cap = (uint32_t)per;
+    uint32_t nb = pow2_at_least(m->cap);
+    int i;
+    for (i = 0; i < GW_RL_MEMORY_SHARDS; i++) {
+        struct shard *s = &m->shards[i];
+        s->buckets = malloc(sizeof(int32_t) * nb);
+        if (s->buckets == NULL)
+            goto fail;
+        for (uint32_t b = 0; b < nb; b++)
+            s->buckets[b] = NIL;
+        s->mask = nb - 1;
+        s->oldest = s->newest = NIL;
+        if (pthread_mutex_init(&s->mu, NULL) != 0) {
+            free(s->buckets);
+            goto fail;
+        }
+    }
+    *out = m;
+    return 0;
+
+fail:
+    while (--i >= 0) {
+        pthread_mutex_destroy(&m->shards[i].mu);
+        free(m->shards[i].buckets);
+    }
+    free(m);
+    return -ENOMEM;
+}
+
+void gw_rl_memory_destroy(struct gw_rl_memory *m)
+{
+    if (m == NULL)
+        return;
+    for (int i = 0; i < GW_RL_MEMORY_SHARDS; i++) {
+        pthread_mutex_destroy(&m->shards[i].mu);
+        free(m->shards[i].buckets);
+        free(m->shards[i].e);
+    }
+    free(m);
+}
+
+size_t gw_rl_memory_shard_cap(const struct gw_rl_memory *m)
+{
+    return m->cap;
+}
+
+size_t gw_rl_memory_entries(struct gw_rl_memory *m)
+{
+    size_t n = 0;
+    for (int i = 0; i < GW_RL_MEMORY_SHARDS; i++) {
+        pthread_mutex_lock(&m->shards[i].mu);
+        n += m->shards[i].used;
+        pthread_mutex_unlock(&m->shards[i].mu);
+    }
+    return n;
+}
+
+/* ---- age list and chains (shard lock held) ------------------------------ */
+
+static void age_unlink(struct shard *s, int32_t i)
+{
+    struct mentry *e = &s->e[i];
+    if (e->older != NIL)
+        s->e[e->older].newer = e->newer;
+    else
+        s->oldest = e->newer;
+    if (e->newer != NIL)
+        s->e[e->newer].older = e->older;
+    else
+        s->newest = e->older;
+    e->older = e->newer = NIL;
+}
+
+static void age_push_newest(struct shard *s, int32_t i)
+{
+    struct mentry *e = &s->e[i];
+    e->newer = NIL;
+    e->older = s->newest;
+    if (s->newest != NIL)
+        s->e[s->newest].newer = i;
+    else
+        s->oldest = i;
+    s->newest = i;
+}
+
+static uint32_t bucket_of(const struct shard *s, uint64_t h2)
+{
+    return (uint32_t)h2 & s->mask;
+}
+
+static void chain_unlink(struct shard *s, int32_t i)
+{
+    int32_t *link = &s->buckets[bucket_of(s, s->e[i].h2)];
+    while (*link != NIL && *link != i)
+        link = &s->e[*link].next;
+    if (*link == i)
+        *link = s->e[i].next;
+}
+
+static int32_t lookup(struct shard *s, uint64_t h1, uint64_t h2)
+{
+    for (int32_t i = s->buckets[bucket_of(s, h2)]; i != NIL; i = s->e[i].next)
+        if (s->e[i].h1 == h1 && s->e[i].h2 == h2)
+            return i;
+    return NIL;
+}
+
+/* Unlinks entry i completely; the slot can then be reused. */
+static void entry_remove(struct shard *s, int32_t i)
+{
+    chain_unlink(s, i);
+    age_unlink(s, i);
+    s->used--;
+}
+
+/* A slot for a new key: see the file comment for the order of choices.
+ * Returns NIL only when the pool cannot get its first slots. */
+static int32_t slot_get(struct shard *s, uint32_t cap, int64_t window)
+{
+    if (s->oldest != NIL && s->e[s->oldest].window < window) {
+        int32_t i = s->oldest; /* expired: reuse before growing */
+        entry_remove(s, i);
+        return i;
+    }
+    if (s->top < cap) {
+        if (s->top == s->alloc) {
+            uint32_t na = s->alloc == 0 ? INITIAL_ALLOC : s->alloc * 2;
+            if (na > cap)
+                na = cap;
+            struct mentry *ne = realloc(s->e, sizeof(*ne) * na);
+            if (ne != NULL) {
+                s->e = ne;
+                s->alloc = na;
+            }
+        }
+        if (s->top < s->alloc)
+            return (int32_t)s->top++;
+        /* Out of memory: fall through and evict, staying within what we have. */
+    }
+    if (s->oldest != NIL) {
+        int32_t i = s->oldest;
+        entry_remove(s, i);
+        return i;
+    }
+    return NIL;
+}
+
+int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len, int64_t window_s,
+                      int64_t now_s, int64_t *count)
+{
+    uint64_t h1 = hash_bytes(key, key_len, SEED1);
+    uint64_t h2 = hash_bytes(key, key_len, SEED2);
+    struct shard *s = &m->shards[(unsigned)(h1 >> 58) % GW_RL_MEMORY_SHARDS];
+    int64_t window = gw_rl_algo_window_index(now_s, window_s);
+    int rc = 0;
+
+    pthread_mutex_lock(&s->mu);
+    int32_t i = lookup(s, h1, h2);
+    if (i != NIL) {
+        struct mentry *e = &s->e[i];
+        if (e->window < window) {
+            /* Lazy expiry: the key's old window is over, start the new one
+             * and make it the newest on the age list. */
+            e->window = window;
+            e->count = 1;
+            age_unlink(s, i);
+            age_push_newest(s, i);
+        } else if (e->count < INT64_MAX) {
+            e->count++;
+        }
+        *count = e->count;
+    } else {
+        i = slot_get(s, m->cap, window);
+        if (i == NIL) {
+            rc = -ENOMEM;
+        } else {
+            struct mentry *e = &s->e[i];
+            e->h1 = h1;
+            e->h2 = h2;
+            e->window = window;
+            e->count = 1;
+            uint32_t b = bucket_of(s, h2);
+            e->next = s->buckets[b];
+            s->buckets[b] = i;
+            age_push_newest(s, i);
+            s->used++;
+            *count = 1;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int memory_check(void *store, const char *key, size_t key_len, int64_t limit,
+                        int64_t window_s, int64_t *count, int64_t *now_ms)
+{
+    (void)limit; /* fixed window counts every request */
+    int64_t ms = *now_ms;
+    int64_t now_s = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
+    return gw_rl_memory_incr(store, key, key_len, window_s, now_s, count);
+}
+
+static int memory_ping(void *store)
+{
+    (void)store; /* in-process: always answers */
+    return 0;
+}
+
+static void memory_destroy(void *store)
+{
+    gw_rl_memory_destroy(store);
+}
+
+const struct gw_rl_store_ops gw_rl_memory_ops = {
+    .name = "memory",
+    .check = memory_check,
+    .ping = memory_ping,
+    .destroy = memory_destroy,
+};

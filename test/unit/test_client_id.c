@@ -1,0 +1,148 @@
+/* Unit tests of client identity: peer, trusted X-Forwarded-For walk, API key. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "gw/client_id.h"
+
+#include <string.h>
+
+static struct gw_slice S(const char *s)
+{
+    return (struct gw_slice){s, strlen(s)};
+}
+
+static void add_header(struct gw_http_head *h, const char *name, const char *value)
+{
+    h->headers[h->header_count].name = S(name);
+    h->headers[h->header_count].value = S(value);
+    h->header_count++;
+}
+
+static void trust(struct gw_config *cfg, const char *addr, int prefix)
+{
+    uint8_t bin[16];
+    char text[GW_CLIENT_ADDR_MAX];
+    assert_true(gw_client_parse_addr(addr, strlen(addr), bin, text));
+    struct gw_cidr *c = &cfg->trusted[cfg->trusted_count++];
+    memcpy(c->addr, bin, 16);
+    c->prefix = (uint8_t)(memcmp(bin, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0 ? 96 + prefix
+                                                                               : prefix);
+}
+
+static void peer(const char *text, uint8_t bin[16])
+{
+    char canon[GW_CLIENT_ADDR_MAX];
+    assert_true(gw_client_parse_addr(text, strlen(text), bin, canon));
+}
+
+static void test_untrusted_peer_ignores_xff(void **state)
+{
+    struct gw_config cfg = {0};
+    struct gw_http_head h = {0};
+    add_header(&h, "X-Forwarded-For", "1.2.3.4");
+    uint8_t bin[16];
+    peer("10.0.0.9", bin);
+    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
+    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
+    assert_string_equal(addr, "10.0.0.9");
+    assert_string_equal(key, "ip:10.0.0.9");
+    trust(&cfg, "127.0.0.1", 32); /* a different proxy is trusted, not this peer */
+    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
+    assert_string_equal(addr, "10.0.0.9");
+}
+
+static void test_trusted_peer_rightmost_untrusted(void **state)
+{
+    struct gw_config cfg = {0};
+    trust(&cfg, "10.0.0.0", 8);
+    struct gw_http_head h = {0};
+    add_header(&h, "X-Forwarded-For", "9.9.9.9, 5.6.7.8");
+    add_header(&h, "Accept", "*/*");
+    add_header(&h, "x-forwarded-for", "10.1.1.1 , 10.2.2.2");
+    uint8_t bin[16];
+    peer("10.0.0.9", bin);
+    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
+    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
+    assert_string_equal(addr, "5.6.7.8"); /* spoofed 9.9.9.9 on the left is ignored */
+    assert_string_equal(key, "ip:5.6.7.8");
+}
+
+static void test_all_trusted_takes_leftmost(void **state)
+{
+    struct gw_config cfg = {0};
+    trust(&cfg, "10.0.0.0", 8);
+    struct gw_http_head h = {0};
+    add_header(&h, "X-Forwarded-For", "10.3.3.3, 10.2.2.2");
+    uint8_t bin[16];
+    peer("10.0.0.9", bin);
+    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
+    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
+    assert_string_equal(addr, "10.3.3.3");
+}
+
+static void test_malformed_stops_walk(void **state)
+{
+    struct gw_config cfg = {0};
+    trust(&cfg, "10.0.0.0", 8);
+    struct gw_http_head h = {0};
+    add_header(&h, "X-Forwarded-For", "1.1.1.1, garbage, 10.4.4.4");
+    uint8_t bin[16];
+    peer("10.0.0.9", bin);
+    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
+    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
+    assert_string_equal(addr, "10.4.4.4");
+    /* a malformed rightmost entry leaves the peer itself */
+    struct gw_http_head h2 = {0};
+    add_header(&h2, "X-Forwarded-For", "1.1.1.1, not-an-ip");
+    gw_client_id(&cfg, bin, "10.0.0.9", &h2, key, addr);
+    assert_string_equal(addr, "10.0.0.9");
+}
+
+static void test_ipv6(void **state)
+{
+    struct gw_config cfg = {0};
+    trust(&cfg, "fd00::", 8);
+    struct gw_http_head h = {0};
+    add_header(&h, "X-Forwarded-For", "2001:db8::1:2:3:4, [fd00::7]");
+    uint8_t bin[16];
+    peer("fd00::1", bin);
+    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
+    gw_client_id(&cfg, bin, "fd00::1", &h, key, addr);
+    assert_string_equal(addr, "2001:db8::1:2:3:4");
+    assert_string_equal(key, "ip:2001:db8::1:2:3:4");
+}
+
+static void test_api_key_hashed(void **state)
+{
+    struct gw_config cfg = {0};
+    cfg.rate_limit_key_header = "X-API-Key";
+    struct gw_http_head h = {0};
+    add_header(&h, "x-api-key", "abc");
+    uint8_t bin[16];
+    peer("127.0.0.1", bin);
+    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
+    gw_client_id(&cfg, bin, "127.0.0.1", &h, key, addr);
+    /* SHA-256("abc") */
+    assert_string_equal(key,
+                        "k:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_string_equal(addr, "127.0.0.1");
+    struct gw_http_head empty = {0};
+    add_header(&empty, "X-API-Key", "");
+    gw_client_id(&cfg, bin, "127.0.0.1", &empty, key, addr);
+    assert_string_equal(key, "ip:127.0.0.1"); /* empty header falls back to the address */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_untrusted_peer_ignores_xff),
+        cmocka_unit_test(test_trusted_peer_rightmost_untrusted),
+        cmocka_unit_test(test_all_trusted_takes_leftmost),
+        cmocka_unit_test(test_malformed_stops_walk),
+        cmocka_unit_test(test_ipv6),
+        cmocka_unit_test(test_api_key_hashed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,885 @@
+/*
+ * Tests of the rate limiter (src/ratelimit.c) against a real redis-server
+ * this file starts on a free 127.0.0.1 port: exact limits and headers, key
+ * naming and TTL, NOSCRIPT recovery, the over-limit cache, shared budgets,
+ * the three failure modes with a SIGKILLed server and the reconnect
+ * backoff, AUTH + SELECT and unix sockets. Also the URL parser, the store
+ * key and the memory-only limiter.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "gw/ratelimit.h"
+#include "gw/rl_algo.h"
+#include "ratelimit_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WAIT_READY_MS 5000
+#define LONG_WINDOW   3600 /* tests that must not cross a window edge */
+
+/* ---- process helpers (local on purpose: no dependency on test/support) ---- */
+
+struct redis_proc {
+    pid_t pid;      /* 0 when not running */
+    int port;       /* TCP port, 0 for unix-only */
+    char sock[128]; /* unix socket path, "" for TCP */
+    char pass[64];  /* requirepass, "" for none */
+};
+
+static char g_dir[64];           /* scratch dir: redis --dir and sockets */
+static struct redis_proc g_main; /* the server most tests share */
+static int g_seq;                /* makes every test's key prefix unique */
+
+static void pause_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* A port the kernel considers free right now: bind :0, read it, close. */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t len = sizeof(a);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static redisContext *connect_to(const struct redis_proc *p)
+{
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
+    redisContext *c = p->sock[0] ? redisConnectUnixWithTimeout(p->sock, tv)
+                                 : redisConnectWithTimeout("127.0.0.1", p->port, tv);
+    if (c != NULL && c->err) {
+        redisFree(c);
+        return NULL;
+    }
+    if (c != NULL)
+        redisSetTimeout(c, (struct timeval){.tv_sec = 2, .tv_usec = 0});
+    return c;
+}
+
+/* Starts redis-server and waits (bounded) until it answers PING. */
+static void redis_start(struct redis_proc *p)
+{
+    char port[16];
+    snprintf(port, sizeof(port), "%d", p->port);
+    const char *argv[24];
+    int n = 0;
+    argv[n++] = "redis-server";
+    argv[n++] = "--port";
+    argv[n++] = port;
+    argv[n++] = "--bind";
+    argv[n++] = "127.0.0.1";
+    argv[n++] = "--save";
+    argv[n++] = "";
+    argv[n++] = "--appendonly";
+    argv[n++] = "no";
+    argv[n++] = "--dir";
+    argv[n++] = g_dir;
+    if (p->sock[0]) {
+        argv[n++] = "--unixsocket";
+        argv[n++] = p->sock;
+        argv[n++] = "--unixsocketperm";
+        argv[n++] = "700";
+    }
+    if (p->pass[0]) {
+        argv[n++] = "--requirepass";
+        argv[n++] = p->pass;
+    }
+    argv[n] = NULL;
+
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        close_range(3, ~0U, 0);
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    p->pid = pid;
+
+    uint64_t deadline = gw_now_ms() + WAIT_READY_MS;
+    for (;;) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            p->pid = 0;
+            fail_msg("redis-server exited early (status %d)", status);
+        }
+        redisContext *c = connect_to(p);
+        if (c != NULL) {
+            redisReply *r = redisCommand(c, "PING"); /* NOAUTH also proves it serves */
+            bool up = r != NULL;
+            freeReplyObject(r);
+            redisFree(c);
+            if (up)
+                return;
+        }
+        if (gw_now_ms() > deadline)
+            fail_msg("redis-server not ready after %d ms", WAIT_READY_MS);
+        pause_ms(10);
+    }
+}
+
+static void redis_wait_exit(struct redis_proc *p, int sig)
+{
+    if (p->pid <= 0)
+        return;
+    kill(p->pid, sig);
+    uint64_t deadline = gw_now_ms() + 5000;
+    while (waitpid(p->pid, NULL, WNOHANG) == 0) {
+        if (gw_now_ms() > deadline) {
+            kill(p->pid, SIGKILL);
+            waitpid(p->pid, NULL, 0);
+            break;
+        }
+        pause_ms(5);
+    }
+    p->pid = 0;
+}
+
+static void redis_stop(struct redis_proc *p)
+{
+    redis_wait_exit(p, SIGTERM);
+}
+
+/* Admin connection for assertions, authenticated and on db when asked. */
+static redisContext *admin(const struct redis_proc *p, int db)
+{
+    redisContext *c = connect_to(p);
+    assert_non_null(c);
+    redisReply *r;
+    if (p->pass[0]) {
+        r = redisCommand(c, "AUTH %s", p->pass);
+        assert_non_null(r);
+        assert_int_equal(r->type, REDIS_REPLY_STATUS);
+        freeReplyObject(r);
+    }
+    r = redisCommand(c, "SELECT %d", db);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    return c;
+}
+
+static long long cmd_integer(redisContext *c, const char *fmt, const char *arg)
+{
+    redisReply *r = redisCommand(c, fmt, arg);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+/* calls= of one command in INFO commandstats (0 when never called). */
+static long long cmd_calls(redisContext *c, const char *cmd)
+{
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    char needle[64];
+    snprintf(needle, sizeof(needle), "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(r->str, needle);
+    long long v = p ? strtoll(p + strlen(needle), NULL, 10) : 0;
+    freeReplyObject(r);
+    return v;
+}
+
+/* The only key under prefix, copied to out; fails unless exactly one. */
+static void only_key(redisContext *c, const char *prefix, char *out, size_t cap)
+{
+    redisReply *r = redisCommand(c, "KEYS %s:*", prefix);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(r->elements, 1);
+    snprintf(out, cap, "%s", r->element[0]->str);
+    freeReplyObject(r);
+}
+
+/* ---- limiter helpers --------------------------------------------------------- */
+
+struct setup {
+    struct gw_config cfg;
+    char prefix[48];
+    char url[256];
+};
+
+static void make_cfg(struct setup *s, const char *url, int limit, int window_s,
+                     enum gw_rl_failure_mode mode)
+{
+    memset(s, 0, sizeof(*s));
+    snprintf(s->prefix, sizeof(s->prefix), "gwt%d_%d", (int)getpid(), ++g_seq);
+    if (url != NULL)
+        snprintf(s->url, sizeof(s->url), "%s", url);
+    s->cfg.redis_url = url != NULL ? s->url : NULL;
+    s->cfg.redis_timeout_ms = 200;
+    s->cfg.rate_limit_requests = limit;
+    s->cfg.rate_limit_window_s = window_s;
+    s->cfg.rate_limit_algorithm = GW_RL_FIXED_WINDOW;
+    s->cfg.rate_limit_key_prefix = s->prefix;
+    s->cfg.rate_limit_failure_mode = mode;
+    s->cfg.rate_limit_headers = true;
+    s->cfg.worker_threads = 1;
+}
+
+static const char *main_url(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "redis://127.0.0.1:%d", g_main.port);
+    return buf;
+}
+
+/* Waits (bounded by the window) until at least margin_s seconds remain in
+ * the current window, so a short test cannot straddle an edge. */
+static void avoid_edge(int64_t window_s, int64_t margin_s)
+{
+    uint64_t deadline = gw_now_ms() + (uint64_t)(margin_s + 2) * 1000;
+    while (gw_rl_algo_reset_after(gw_wall_s(), window_s) <= margin_s) {
+        assert_true(gw_now_ms() < deadline);
+        pause_ms(10);
+    }
+}
+
+static void check(struct gw_ratelimit_worker *w, const char *key, struct gw_rl_decision *d)
+{
+    gw_ratelimit_check(w, key, strlen(key), d);
+}
+
+/* Asserts the decision of request n (1-based) for a limit, from the store. */
+static void expect_counted(const struct gw_rl_decision *d, int64_t n, int64_t limit,
+                           int64_t window_s)
+{
+    assert_true(d->has_info);
+    assert_false(d->store_error);
+    assert_int_equal(d->info.limit, limit);
+    assert_int_equal(d->info.window_s, window_s);
+    assert_int_equal(d->info.remaining, n >= limit ? 0 : limit - n);
+    assert_int_equal(d->info.reset_epoch_s % window_s, 0);
+    assert_in_range(d->info.reset_after_s, 1, window_s);
+    /* reset is reported against Redis's clock, which is this host's */
+    int64_t now = gw_wall_s();
+    assert_in_range(d->info.reset_epoch_s - d->info.reset_after_s, now - 2, now + 1);
+    if (n <= limit) {
+        assert_int_equal(d->verdict, GW_RL_ALLOW);
+        assert_false(d->over_limit);
+    } else {
+        assert_int_equal(d->verdict, GW_RL_LIMITED);
+        assert_true(d->over_limit);
+    }
+}
+
+/* ---- group fixture ------------------------------------------------------------ */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_IGN); /* as the gateway does: hiredis writes to dead sockets */
+    snprintf(g_dir, sizeof(g_dir), "/tmp/gw-rl-test-XXXXXX");
+    if (mkdtemp(g_dir) == NULL)
+        return -1;
+    g_main.port = free_port();
+    redis_start(&g_main);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    redis_stop(&g_main);
+    rmdir(g_dir);
+    return 0;
+}
+
+/* ---- pure helpers ---------------------------------------------------------------- */
+
+static void test_url_parse(void **state)
+{
+    (void)state;
+    struct gw_rl_redis_url u;
+    assert_int_equal(gw_rl_redis_url_parse("redis://localhost", &u), 0);
+    assert_int_equal(u.transport, GW_RL_REDIS_TCP);
+    assert_string_equal(u.host, "localhost");
+    assert_int_equal(u.port, 6379);
+    assert_null(u.password);
+    assert_int_equal(u.db, 0);
+    gw_rl_redis_url_deinit(&u);
+
+    assert_int_equal(gw_rl_redis_url_parse("redis://:p%40ss%2Fw%3Ard@10.1.2.3:6380/7", &u), 0);
+    assert_string_equal(u.host, "10.1.2.3");
+    assert_int_equal(u.port, 6380);
+    assert_null(u.username);
+    assert_string_equal(u.password, "p@ss/w:rd");
+    assert_int_equal(u.db, 7);
+    gw_rl_redis_url_deinit(&u);
+
+    assert_int_equal(gw_rl_redis_url_parse("redis://app:secret@[::1]:7000/", &u), 0);
+    assert_string_equal(u.host, "::1");
+    assert_int_equal(u.port, 7000);
+    assert_string_equal(u.username, "app");
+    assert_string_equal(u.password, "secret");
+    assert_int_equal(u.db, 0);
+    gw_rl_redis_url_deinit(&u);
+
+    assert_int_equal(gw_rl_redis_url_parse("unix:///run/redis/redis.sock", &u), 0);
+    assert_int_equal(u.transport, GW_RL_REDIS_UNIX);
+    assert_string_equal(u.path, "/run/redis/redis.sock");
+    gw_rl_redis_url_deinit(&u);
+
+    static const char *const bad[] = {
+        "",
+        "localhost:6379",
+        "rediss://localhost",
+        "http://localhost",
+        "redis://",
+        "redis://:pw@",
+        "redis://host:0",
+        "redis://host:65536",
+        "redis://host:12ab",
+        "redis://host/db",
+        "redis://host/1/2",
+        "redis://[::1",
+        "redis://:%zz@host",
+        "redis://:%00@host",
+        "unix://",
+        "unix://relative.sock",
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(bad); i++) {
+        int rc = gw_rl_redis_url_parse(bad[i], &u);
+        if (rc != -EINVAL)
+            fail_msg("\"%s\" gave %d", bad[i], rc);
+    }
+}
+
+static void test_store_key_hides_client_bytes(void **state)
+{
+    (void)state;
+    char out[128];
+    uint64_t h1 = 0, h2 = 0;
+    const char raw[] = "evil\r\nKEY\0 *x";
+    int n = gw_rl_store_key("rl", raw, sizeof(raw) - 1, out, sizeof(out), &h1);
+    assert_int_equal(n, 2 + 2 + GW_RL_KEY_HASH_HEX + 1);
+    assert_int_equal(strlen(out), (size_t)n);
+    assert_memory_equal(out, "rl:{", 4);
+    assert_int_equal(out[n - 1], '}');
+    for (int i = 4; i < n - 1; i++)
+        assert_non_null(strchr("0123456789abcdef", out[i]));
+    /* SHA-256("abc") starts ba7816bf8f01cfea 414140de5dae2223 */
+    assert_int_equal(gw_rl_store_key("p", "abc", 3, out, sizeof(out), &h2), 36);
+    assert_string_equal(out, "p:{ba7816bf8f01cfea414140de5dae2223}");
+    assert_true(h2 == 0xba7816bf8f01cfeaULL);
+    assert_true(h1 != h2);
+    assert_int_equal(gw_rl_store_key("p", "abc", 3, out, 36, NULL), -ENOSPC);
+}
+
+static void test_memory_only_limiter(void **state)
+{
+    (void)state;
+    struct setup s;
+    make_cfg(&s, NULL, 3, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    assert_int_equal(gw_ratelimit_worker_ping(w), GW_RL_STORE_DISABLED);
+    assert_false(gw_ratelimit_worker_redis_up(w));
+    assert_int_equal(gw_ratelimit_worker_tick(w, gw_now_ms()), 1000);
+    struct gw_rl_decision d;
+    for (int n = 1; n <= 5; n++) {
+        check(w, "198.51.100.7", &d);
+        expect_counted(&d, n, 3, LONG_WINDOW);
+    }
+    check(w, "198.51.100.8", &d); /* another client has its own budget */
+    expect_counted(&d, 1, 3, LONG_WINDOW);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+/* ---- against Redis ------------------------------------------------------------------ */
+
+static void test_exact_limit_key_and_ttl(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 5, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    assert_true(gw_ratelimit_worker_redis_up(w));
+    assert_int_equal(gw_ratelimit_worker_ping(w), GW_RL_STORE_CONNECTED);
+
+    struct gw_rl_decision d;
+    int64_t reset = 0;
+    for (int n = 1; n <= 6; n++) {
+        check(w, "203.0.113.9", &d);
+        expect_counted(&d, n, 5, LONG_WINDOW);
+        if (n > 1)
+            assert_int_equal(d.info.reset_epoch_s, reset);
+        reset = d.info.reset_epoch_s;
+    }
+
+    /* Key name: <prefix>:{<hash>}:<window index>, no client bytes. */
+    char want[160], got[160], base[128];
+    assert_true(gw_rl_store_key(s.prefix, "203.0.113.9", 11, base, sizeof(base), NULL) > 0);
+    snprintf(want, sizeof(want), "%s:%lld", base, (long long)(reset / LONG_WINDOW - 1));
+    redisContext *c = admin(&g_main, 0);
+    only_key(c, s.prefix, got, sizeof(got));
+    assert_string_equal(got, want);
+    assert_null(strstr(got, "203.0.113.9"));
+    long long pttl = cmd_integer(c, "PTTL %s", got);
+    assert_in_range(pttl, 1, LONG_WINDOW * 1000);
+    /* TTL ends at the window end (Redis clock = this host's clock) */
+    long long end_ms = (long long)reset * 1000;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long now_ms = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    assert_in_range(now_ms + pttl, end_ms - 1000, end_ms + 1000);
+    redisReply *r = redisCommand(c, "GET %s", got);
+    assert_non_null(r);
+    assert_string_equal(r->str, "6"); /* the sixth, limited, request was counted once */
+    freeReplyObject(r);
+    redisFree(c);
+
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+static void test_short_window_ttl_and_rollover(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    const int W = 2;
+    make_cfg(&s, main_url(url, sizeof(url)), 1, W, GW_RL_FAIL_OPEN);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+
+    /* Up to three tries in case a window edge falls between the checks. */
+    struct gw_rl_decision d1, d2;
+    char key[32];
+    for (int attempt = 0; attempt < 3; attempt++) {
+        snprintf(key, sizeof(key), "short-%d", attempt);
+        check(w, key, &d1);
+        check(w, key, &d2);
+        if (d1.info.reset_epoch_s == d2.info.reset_epoch_s)
+            break;
+    }
+    expect_counted(&d1, 1, 1, W);
+    expect_counted(&d2, 2, 1, W);
+    assert_int_equal(d1.info.reset_epoch_s, d2.info.reset_epoch_s);
+
+    redisContext *c = admin(&g_main, 0);
+    redisReply *keys = redisCommand(c, "KEYS %s:*", s.prefix);
+    assert_non_null(keys);
+    assert_true(keys->elements >= 1);
+    for (size_t i = 0; i < keys->elements; i++) {
+        long long pttl = cmd_integer(c, "PTTL %s", keys->element[i]->str);
+        if (pttl != -2) /* an earlier attempt's key may just have expired */
+            assert_in_range(pttl, 1, W * 1000);
+    }
+    freeReplyObject(keys);
+    redisFree(c);
+
+    /* The over-limit cache forgets the client when its window ends: poll
+     * (bounded) until a check is allowed again, in a later window. */
+    uint64_t deadline = gw_now_ms() + (W + 2) * 1000;
+    struct gw_rl_decision d;
+    for (;;) {
+        check(w, key, &d);
+        if (d.verdict == GW_RL_ALLOW)
+            break;
+        assert_int_equal(d.info.reset_epoch_s, d2.info.reset_epoch_s);
+        assert_true(gw_now_ms() < deadline);
+        pause_ms(5);
+    }
+    assert_true(d.info.reset_epoch_s > d2.info.reset_epoch_s);
+    assert_int_equal(d.info.remaining, 0);
+    assert_false(d.over_limit);
+
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+static void test_over_limit_cache_skips_redis(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 2, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    struct gw_rl_decision d;
+    for (int n = 1; n <= 3; n++) {
+        check(w, "cached-client", &d);
+        expect_counted(&d, n, 2, LONG_WINDOW);
+    }
+    int64_t reset = d.info.reset_epoch_s;
+
+    redisContext *c = admin(&g_main, 0);
+    long long evalsha = cmd_calls(c, "evalsha"), eval = cmd_calls(c, "eval");
+    for (int i = 0; i < 20; i++) {
+        check(w, "cached-client", &d);
+        assert_int_equal(d.verdict, GW_RL_LIMITED);
+        assert_true(d.over_limit);
+        assert_false(d.store_error);
+        assert_true(d.has_info);
+        assert_int_equal(d.info.remaining, 0);
+        assert_int_equal(d.info.limit, 2);
+        assert_int_equal(d.info.reset_epoch_s, reset);
+        assert_in_range(d.info.reset_after_s, 1, LONG_WINDOW);
+        int64_t now = gw_wall_s();
+        assert_in_range(d.info.reset_epoch_s - d.info.reset_after_s, now - 2, now + 1);
+    }
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha);
+    assert_int_equal(cmd_calls(c, "eval"), eval);
+
+    /* other clients still go to Redis */
+    check(w, "other-client", &d);
+    expect_counted(&d, 1, 2, LONG_WINDOW);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 1);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+static void test_noscript_after_script_flush(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 10, LONG_WINDOW, GW_RL_FAIL_CLOSED);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    struct gw_rl_decision d;
+    check(w, "flushed", &d);
+    expect_counted(&d, 1, 10, LONG_WINDOW);
+
+    redisContext *c = admin(&g_main, 0);
+    redisReply *r = redisCommand(c, "SCRIPT FLUSH");
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    long long eval = cmd_calls(c, "eval"), evalsha = cmd_calls(c, "evalsha");
+
+    check(w, "flushed", &d); /* NOSCRIPT, then EVAL: counted exactly once */
+    expect_counted(&d, 2, 10, LONG_WINDOW);
+    assert_true(gw_ratelimit_worker_redis_up(w));
+    assert_int_equal(cmd_calls(c, "eval"), eval + 1);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 1);
+
+    check(w, "flushed", &d); /* EVAL re-cached the script: EVALSHA works again */
+    expect_counted(&d, 3, 10, LONG_WINDOW);
+    assert_int_equal(cmd_calls(c, "eval"), eval + 1);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 2);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+static void test_two_workers_share_budget(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 7, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w1, *w2;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w1, rl), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w2, rl), 0);
+    int allowed = 0;
+    struct gw_rl_decision d;
+    for (int i = 0; i < 20; i++) {
+        check(i % 2 ? w2 : w1, "shared-client", &d);
+        assert_false(d.store_error);
+        assert_true(d.has_info);
+        if (d.verdict == GW_RL_ALLOW) {
+            allowed++;
+            assert_int_equal(d.info.remaining, 7 - allowed);
+        } else {
+            assert_int_equal(d.verdict, GW_RL_LIMITED);
+            assert_int_equal(d.info.remaining, 0);
+        }
+    }
+    assert_int_equal(allowed, 7);
+    gw_ratelimit_worker_destroy(w1);
+    gw_ratelimit_worker_destroy(w2);
+    gw_ratelimit_destroy(rl);
+}
+
+static void test_dry_run(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 2, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    s.cfg.rate_limit_dry_run = true;
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    struct gw_rl_decision d;
+    for (int n = 1; n <= 5; n++) { /* 3 from Redis, then 4 and 5 from the cache */
+        check(w, "dry", &d);
+        assert_int_equal(d.verdict, GW_RL_ALLOW);
+        assert_true(d.has_info);
+        assert_int_equal(d.over_limit, n > 2);
+        assert_int_equal(d.info.remaining, n >= 2 ? 0 : 2 - n);
+    }
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+/* One limiter + worker per failure mode, all on g_main. */
+struct mode_rig {
+    struct setup s;
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+};
+
+static void rig_open(struct mode_rig *m, enum gw_rl_failure_mode mode, int limit)
+{
+    char url[64];
+    make_cfg(&m->s, main_url(url, sizeof(url)), limit, LONG_WINDOW, mode);
+    assert_int_equal(gw_ratelimit_create(&m->rl, &m->s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&m->w, m->rl), 0);
+    assert_true(gw_ratelimit_worker_redis_up(m->w));
+}
+
+static void rig_close(struct mode_rig *m)
+{
+    gw_ratelimit_worker_destroy(m->w);
+    gw_ratelimit_destroy(m->rl);
+}
+
+static void test_redis_killed_and_restarted(void **state)
+{
+    (void)state;
+    struct mode_rig open, closed, local;
+    rig_open(&open, GW_RL_FAIL_OPEN, 3);
+    rig_open(&closed, GW_RL_FAIL_CLOSED, 3);
+    rig_open(&local, GW_RL_FAIL_LOCAL, 3);
+    avoid_edge(LONG_WINDOW, 5);
+    struct gw_rl_decision d;
+    check(open.w, "before", &d);
+    expect_counted(&d, 1, 3, LONG_WINDOW);
+
+    redis_wait_exit(&g_main, SIGKILL);
+
+    /* open: let through, flag the error, report nothing */
+    check(open.w, "c1", &d);
+    assert_int_equal(d.verdict, GW_RL_ALLOW);
+    assert_true(d.store_error);
+    assert_false(d.has_info);
+    assert_false(d.over_limit);
+    assert_false(gw_ratelimit_worker_redis_up(open.w));
+    assert_int_equal(gw_ratelimit_worker_ping(open.w), GW_RL_STORE_DISCONNECTED);
+
+    /* closed: 503 */
+    check(closed.w, "c1", &d);
+    assert_int_equal(d.verdict, GW_RL_UNAVAILABLE);
+    assert_true(d.store_error);
+    assert_false(d.has_info);
+
+    /* local: the in-process store enforces the same limit */
+    for (int n = 1; n <= 5; n++) {
+        check(local.w, "c1", &d);
+        /* the 5th is answered by the over-limit cache: no store was asked */
+        assert_int_equal(d.store_error, n <= 4);
+        assert_true(d.has_info);
+        assert_int_equal(d.info.limit, 3);
+        assert_int_equal(d.info.remaining, n >= 3 ? 0 : 3 - n);
+        assert_int_equal(d.verdict, n <= 3 ? GW_RL_ALLOW : GW_RL_LIMITED);
+        assert_int_equal(d.info.reset_epoch_s % LONG_WINDOW, 0);
+    }
+
+    /* marked down: no waiting for a timeout on later checks */
+    uint64_t t0 = gw_now_us();
+    for (int i = 0; i < 50; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "fast-%d", i);
+        check(open.w, key, &d);
+        assert_int_equal(d.verdict, GW_RL_ALLOW);
+        assert_true(d.store_error);
+    }
+    uint64_t took_us = gw_now_us() - t0;
+    assert_true(took_us < 50000);
+
+    /* Backoff: nothing before 100 ms, then 200, 400, ... capped at 2 s
+     * while the server stays down (refused connects fail at once). */
+    uint64_t now = gw_now_ms();
+    uint64_t delay = gw_ratelimit_worker_tick(open.w, now);
+    assert_in_range(delay, 1, 100);
+    assert_false(gw_ratelimit_worker_redis_up(open.w));
+    static const uint64_t want[] = {200, 400, 800, 1600, 2000, 2000};
+    for (size_t i = 0; i < GW_ARRAY_LEN(want); i++) {
+        now += delay;
+        delay = gw_ratelimit_worker_tick(open.w, now);
+        assert_int_equal(delay, want[i]);
+        assert_false(gw_ratelimit_worker_redis_up(open.w));
+        /* just before the next attempt is due: no attempt, exact wait left */
+        assert_int_equal(gw_ratelimit_worker_tick(open.w, now + delay - 1), 1);
+    }
+
+    /* Same port again: past the backoff each worker reconnects. */
+    redis_start(&g_main);
+    now += delay;
+    assert_int_equal(gw_ratelimit_worker_tick(open.w, now), 1000);
+    assert_int_equal(gw_ratelimit_worker_tick(closed.w, gw_now_ms() + 200), 1000);
+    assert_int_equal(gw_ratelimit_worker_tick(local.w, gw_now_ms() + 200), 1000);
+    struct mode_rig *rigs[] = {&open, &closed, &local};
+    for (size_t r = 0; r < GW_ARRAY_LEN(rigs); r++) {
+        assert_true(gw_ratelimit_worker_redis_up(rigs[r]->w));
+        assert_int_equal(gw_ratelimit_worker_ping(rigs[r]->w), GW_RL_STORE_CONNECTED);
+        for (int n = 1; n <= 4; n++) {
+            check(rigs[r]->w, "after-restart", &d);
+            expect_counted(&d, n, 3, LONG_WINDOW);
+        }
+        redisContext *c = admin(&g_main, 0);
+        char key[160];
+        only_key(c, rigs[r]->s.prefix, key, sizeof(key)); /* counted in Redis, not locally */
+        redisFree(c);
+    }
+    rig_close(&open);
+    rig_close(&closed);
+    rig_close(&local);
+}
+
+static void test_password_and_db(void **state)
+{
+    (void)state;
+    struct redis_proc p = {.port = free_port()};
+    snprintf(p.pass, sizeof(p.pass), "p@ss/w:rd");
+    redis_start(&p);
+
+    char url[128];
+    snprintf(url, sizeof(url), "redis://:p%%40ss%%2Fw%%3Ard@127.0.0.1:%d/5", p.port);
+    struct setup s;
+    make_cfg(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    assert_true(gw_ratelimit_worker_redis_up(w));
+    struct gw_rl_decision d;
+    for (int n = 1; n <= 3; n++) {
+        check(w, "authed", &d);
+        expect_counted(&d, n, 2, LONG_WINDOW);
+    }
+    redisContext *c5 = admin(&p, 5), *c0 = admin(&p, 0);
+    char key[160];
+    only_key(c5, s.prefix, key, sizeof(key));
+    assert_int_equal(cmd_integer(c0, "EXISTS %s", key), 0); /* not in db 0 */
+    redisFree(c5);
+    redisFree(c0);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+
+    /* A wrong password is a store failure, not a crash or a hang. */
+    snprintf(url, sizeof(url), "redis://:wrong@127.0.0.1:%d/5", p.port);
+    make_cfg(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    assert_false(gw_ratelimit_worker_redis_up(w));
+    assert_int_equal(gw_ratelimit_worker_ping(w), GW_RL_STORE_DISCONNECTED);
+    check(w, "authed", &d);
+    assert_int_equal(d.verdict, GW_RL_ALLOW);
+    assert_true(d.store_error);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+    redis_stop(&p);
+}
+
+static void test_unix_socket(void **state)
+{
+    (void)state;
+    struct redis_proc p = {.port = 0};
+    snprintf(p.sock, sizeof(p.sock), "%s/redis.sock", g_dir);
+    redis_start(&p);
+
+    char url[160];
+    snprintf(url, sizeof(url), "unix://%s", p.sock);
+    struct setup s;
+    make_cfg(&s, url, 3, LONG_WINDOW, GW_RL_FAIL_CLOSED);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    assert_true(gw_ratelimit_worker_redis_up(w));
+    struct gw_rl_decision d;
+    for (int n = 1; n <= 4; n++) {
+        check(w, "via-unix", &d);
+        expect_counted(&d, n, 3, LONG_WINDOW);
+    }
+    redisContext *c = admin(&p, 0);
+    char key[160];
+    only_key(c, s.prefix, key, sizeof(key));
+    long long pttl = cmd_integer(c, "PTTL %s", key);
+    assert_in_range(pttl, 1, LONG_WINDOW * 1000);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+    redis_stop(&p);
+    unlink(p.sock);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_url_parse),
+        cmocka_unit_test(test_store_key_hides_client_bytes),
+        cmocka_unit_test(test_memory_only_limiter),
+        cmocka_unit_test(test_exact_limit_key_and_ttl),
+        cmocka_unit_test(test_short_window_ttl_and_rollover),
+        cmocka_unit_test(test_over_limit_cache_skips_redis),
+        cmocka_unit_test(test_noscript_after_script_flush),
+        cmocka_unit_test(test_two_workers_share_budget),
+        cmocka_unit_test(test_dry_run),
+        cmocka_unit_test(test_redis_killed_and_restarted),
+        cmocka_unit_test(test_password_and_db),
+        cmocka_unit_test(test_unix_socket),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

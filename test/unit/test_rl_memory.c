@@ -1,0 +1,233 @@
+/*
+ * Unit tests of the in-process store (src/rl_memory.c): counting, lazy
+ * expiry when the injected clock crosses a window edge, exact totals under
+ * four concurrent threads, and the per-shard memory bound with its
+ * eviction order (expired entries before live ones, then the oldest).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "ratelimit_int.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int64_t incr(struct gw_rl_memory *m, const char *key, int64_t window_s, int64_t now_s)
+{
+    int64_t n = -1;
+    assert_int_equal(gw_rl_memory_incr(m, key, strlen(key), window_s, now_s, &n), 0);
+    return n;
+}
+
+static void test_counts_per_key(void **state)
+{
+    (void)state;
+    struct gw_rl_memory *m;
+    assert_int_equal(gw_rl_memory_create(&m, 0), 0);
+    for (int64_t i = 1; i <= 10; i++)
+        assert_int_equal(incr(m, "alpha", 60, 1700000000), i);
+    assert_int_equal(incr(m, "beta", 60, 1700000000), 1);
+    assert_int_equal(incr(m, "alpha", 60, 1700000001), 11);
+    /* keys are bytes, not C strings: an embedded NUL makes another key */
+    int64_t n;
+    assert_int_equal(gw_rl_memory_incr(m, "alpha\0x", 7, 60, 1700000000, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(gw_rl_memory_entries(m), 3);
+    gw_rl_memory_destroy(m);
+}
+
+static void test_expiry_at_window_change(void **state)
+{
+    (void)state;
+    struct gw_rl_memory *m;
+    assert_int_equal(gw_rl_memory_create(&m, 0), 0);
+    const int64_t W = 10, base = 1700000000; /* multiple of 10 */
+    assert_int_equal(incr(m, "k", W, base), 1);
+    assert_int_equal(incr(m, "k", W, base + 5), 2);
+    assert_int_equal(incr(m, "k", W, base + W - 1), 3); /* last second, same window */
+    assert_int_equal(incr(m, "k", W, base + W), 1);     /* the edge opens a new window */
+    assert_int_equal(incr(m, "k", W, base + W + 1), 2);
+    /* a racing worker whose clock read the previous second is counted in
+     * the newer window, never resetting it */
+    assert_int_equal(incr(m, "k", W, base + W - 1), 3);
+    /* skipping several windows also resets */
+    assert_int_equal(incr(m, "k", W, base + 10 * W + 3), 1);
+    /* the expired entry was reused, not duplicated */
+    assert_int_equal(gw_rl_memory_entries(m), 1);
+    gw_rl_memory_destroy(m);
+}
+
+static void test_ops_vtable_uses_now_ms(void **state)
+{
+    (void)state;
+    struct gw_rl_memory *m;
+    assert_int_equal(gw_rl_memory_create(&m, 0), 0);
+    int64_t n = 0, now_ms = 1700000009999; /* 1700000009.999 s, W = 10 */
+    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 5, 10, &n, &now_ms), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(now_ms, 1700000009999); /* memory keeps the caller's clock */
+    now_ms = 1700000009000;
+    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 5, 10, &n, &now_ms), 0);
+    assert_int_equal(n, 2);
+    now_ms = 1700000010000;
+    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 5, 10, &n, &now_ms), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(gw_rl_memory_ops.ping(m), 0);
+    gw_rl_memory_ops.destroy(m);
+}
+
+/* ---- concurrency ---------------------------------------------------------- */
+
+#define THREADS    4
+#define PER_THREAD 20000
+#define OWN_KEYS   50
+
+struct worker_arg {
+    struct gw_rl_memory *m;
+    int id;
+    unsigned char *seen; /* THREADS * PER_THREAD + 1 flags, one per n of the shared key */
+    int failures;
+};
+
+static void *hammer(void *p)
+{
+    struct worker_arg *a = p;
+    char own[32];
+    for (int i = 0; i < PER_THREAD; i++) {
+        int64_t n = 0;
+        if (gw_rl_memory_incr(a->m, "shared", 6, 60, 1700000000, &n) != 0 || n < 1 ||
+            n > THREADS * PER_THREAD)
+            a->failures++;
+        else
+            a->seen[n] = 1; /* distinct n per call: each slot written by one thread */
+        /* keys of this thread only, spread over many shards */
+        int len = snprintf(own, sizeof(own), "t%d-k%d", a->id, i % OWN_KEYS);
+        if (gw_rl_memory_incr(a->m, own, (size_t)len, 60, 1700000000, &n) != 0 ||
+            n != i / OWN_KEYS + 1)
+            a->failures++;
+    }
+    return NULL;
+}
+
+static void test_concurrent_exact_totals(void **state)
+{
+    (void)state;
+    struct gw_rl_memory *m;
+    assert_int_equal(gw_rl_memory_create(&m, 0), 0);
+    unsigned char *seen = calloc(THREADS * PER_THREAD + 1, 1);
+    assert_non_null(seen);
+    pthread_t th[THREADS];
+    struct worker_arg args[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        args[i] = (struct worker_arg){.m = m, .id = i, .seen = seen};
+        assert_int_equal(pthread_create(&th[i], NULL, hammer, &args[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(args[i].failures, 0);
+    }
+    /* every request number 1..N was handed out exactly once */
+    for (int n = 1; n <= THREADS * PER_THREAD; n++)
+        assert_int_equal(seen[n], 1);
+    assert_int_equal(incr(m, "shared", 60, 1700000000), THREADS * PER_THREAD + 1);
+    assert_int_equal(gw_rl_memory_entries(m), 1 + THREADS * OWN_KEYS);
+    free(seen);
+    gw_rl_memory_destroy(m);
+}
+
+/* ---- memory bound and eviction -------------------------------------------- */
+
+static void test_bound_holds(void **state)
+{
+    (void)state;
+    struct gw_rl_memory *m;
+    assert_int_equal(gw_rl_memory_create(&m, GW_RL_MEMORY_SHARDS * 4), 0);
+    assert_int_equal(gw_rl_memory_shard_cap(m), 4);
+    char key[32];
+    for (int i = 0; i < 20000; i++) {
+        int len = snprintf(key, sizeof(key), "client-%d", i);
+        int64_t n;
+        assert_int_equal(gw_rl_memory_incr(m, key, (size_t)len, 60, 1700000000, &n), 0);
+        assert_int_equal(n, 1);
+        assert_true(gw_rl_memory_entries(m) <= GW_RL_MEMORY_SHARDS * 4);
+    }
+    assert_int_equal(gw_rl_memory_entries(m), GW_RL_MEMORY_SHARDS * 4);
+    gw_rl_memory_destroy(m);
+}
+
+/* Finds count keys that share shard 0, written as "s0-<i>" into keys. */
+static void keys_in_one_shard(char keys[][16], int count)
+{
+    int found = 0;
+    for (int i = 0; found < count && i < 1000000; i++) {
+        char k[16];
+        int len = snprintf(k, sizeof(k), "s0-%d", i);
+        if (gw_rl_memory_shard_of(k, (size_t)len) == 0)
+            memcpy(keys[found++], k, sizeof(k));
+    }
+    assert_int_equal(found, count);
+}
+
+static void test_eviction_order(void **state)
+{
+    (void)state;
+    struct gw_rl_memory *m;
+    assert_int_equal(gw_rl_memory_create(&m, GW_RL_MEMORY_SHARDS * 4), 0);
+    char k[8][16];
+    keys_in_one_shard(k, 8);
+    const char *A = k[0], *B = k[1], *C = k[2], *D = k[3];
+    const char *E = k[4], *F = k[5], *G = k[6], *H = k[7];
+    const int64_t W = 10, t0 = 1700000000, t1 = t0 + W;
+
+    /* window 0 fills the shard */
+    assert_int_equal(incr(m, A, W, t0), 1);
+    assert_int_equal(incr(m, B, W, t0), 1);
+    assert_int_equal(incr(m, C, W, t0), 1);
+    assert_int_equal(incr(m, D, W, t0), 1);
+    assert_int_equal(gw_rl_memory_entries(m), 4);
+
+    /* window 1: A comes back first, so it is live and the newest */
+    assert_int_equal(incr(m, A, W, t1), 1);
+    /* E, F, G take the expired slots of B, C, D, not A's although A was
+     * inserted first */
+    assert_int_equal(incr(m, E, W, t1), 1);
+    assert_int_equal(incr(m, F, W, t1), 1);
+    assert_int_equal(incr(m, G, W, t1), 1);
+    assert_int_equal(gw_rl_memory_entries(m), 4);
+    assert_int_equal(incr(m, A, W, t1), 2);
+    assert_int_equal(incr(m, E, W, t1), 2);
+    assert_int_equal(incr(m, F, W, t1), 2);
+    assert_int_equal(incr(m, G, W, t1), 2);
+
+    /* nothing is expired now: H evicts the oldest live entry, A */
+    assert_int_equal(incr(m, H, W, t1), 1);
+    assert_int_equal(gw_rl_memory_entries(m), 4);
+    assert_int_equal(incr(m, E, W, t1), 3);
+    assert_int_equal(incr(m, F, W, t1), 3);
+    assert_int_equal(incr(m, G, W, t1), 3);
+    assert_int_equal(incr(m, H, W, t1), 2);
+    /* A was forgotten: counted from 1 again (evicting E, now the oldest) */
+    assert_int_equal(incr(m, A, W, t1), 1);
+    assert_int_equal(incr(m, E, W, t1), 1);
+    assert_int_equal(gw_rl_memory_entries(m), 4);
+    gw_rl_memory_destroy(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counts_per_key),
+        cmocka_unit_test(test_expiry_at_window_change),
+        cmocka_unit_test(test_ops_vtable_uses_now_ms),
+        cmocka_unit_test(test_concurrent_exact_totals),
+        cmocka_unit_test(test_bound_holds),
+        cmocka_unit_test(test_eviction_order),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
