@@ -66,16 +66,14 @@ static enum gw_rl_store_state redis_state(struct gw_worker *w)
 void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
 {
     memset(s, 0, sizeof(*s));
-    struct gw_stats_worker *ws[64] = {0};
-    size_t n = (size_t)GW_MIN(srv->nworkers, 64);
-    for (size_t i = 0; i < n; i++)
-        ws[i] = &srv->workers[i]->stats;
-    gw_stats_sum(ws, n, s);
-    for (size_t i = 0; i < n; i++)
-        s->worker_connections[i] =
-            atomic_load_explicit(&srv->workers[i]->stats.connections_active, memory_order_relaxed);
+    /* Every worker is summed (WORKER_THREADS may exceed what
+     * worker_connections lists one by one). */
+    for (int i = 0; i < srv->nworkers; i++)
+        gw_stats_add_worker(s, (size_t)i, &srv->workers[i]->stats);
     s->in_flight = gw_gate_in_flight(srv->gate);
     s->queue_length = gw_gate_queue_length(srv->gate);
+    s->in_flight_max = (uint64_t)srv->cfg->max_concurrent_requests;
+    s->queue_length_max = (uint64_t)srv->cfg->max_queue_length;
     s->uptime_s = (int64_t)((gw_now_ms() - srv->start_ms) / 1000);
     s->worker_threads = srv->nworkers;
     s->redis_enabled = srv->cfg->redis_url != NULL;
@@ -130,7 +128,6 @@ int gw_admin_respond(struct gw_worker *w, enum gw_admin_endpoint ep, struct gw_s
     gw_admin_snapshot(w->srv, &snap);
     if (snap.redis_enabled)
         snap.redis_up = redis_state(w) == GW_RL_STORE_CONNECTED;
-    snap.backend_up = w->srv->backend_up;
     struct gw_buf body = {0};
     int rc;
     const char *ctype;
@@ -138,6 +135,8 @@ int gw_admin_respond(struct gw_worker *w, enum gw_admin_endpoint ep, struct gw_s
         rc = gw_stats_render_json(&snap, &body);
         ctype = "application/json";
     } else {
+        /* /stats does not report the backend; only /metrics pays for the
+         * (cached) probe. */
         snap.backend_up = backend_up(w->srv);
         rc = gw_stats_render_prometheus(&snap, GW_VERSION, &body);
         ctype = "text/plain; version=0.0.4; charset=utf-8";

@@ -106,6 +106,7 @@ static void finish_response(struct gw_conn *c);
 static void maybe_send_continue(struct gw_conn *c);
 static void response_complete(struct gw_conn *c);
 static bool pump_request(struct gw_conn *c);
+static void buf_prepare(struct gw_worker *w, struct gw_buf *b);
 
 static const struct gw_config *cfg_of(const struct gw_conn *c)
 {
@@ -165,6 +166,7 @@ static void respond_problem(struct gw_conn *c, const struct gw_problem *pb, bool
     bool keep = c->keep_alive && !c->must_close && !c->draining;
     if (!keep)
         c->must_close = true;
+    buf_prepare(c->w, &c->out);
     size_t before = gw_buf_len(&c->out);
     uint8_t minor = c->req ? c->req->head.http_minor : 1;
     bool head_only = c->req && c->req->head.method == HTTP_HEAD;
@@ -257,13 +259,65 @@ static void reset_exchange(struct gw_conn *c)
     memset(&c->rl, 0, sizeof(c->rl));
 }
 
+/* ---- per-worker spares: no malloc per keep-alive request ---- */
+
 static void free_parser(struct gw_conn *c)
 {
-    if (c->req) {
-        gw_http_parser_deinit(c->req);
-        free(c->req);
-        c->req = NULL;
+    struct gw_http_parser *p = c->req;
+    if (!p)
+        return;
+    c->req = NULL;
+    struct gw_worker *w = c->w;
+    if (w->parser_free_len < GW_WORKER_SPARES) {
+        gw_http_parser_recycle(p);
+        w->parser_free[w->parser_free_len++] = p;
+        return;
     }
+    gw_http_parser_deinit(p);
+    free(p);
+}
+
+static int request_body(void *ctx, const char *data, size_t len);
+
+static bool get_parser(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    if (w->parser_free_len > 0) {
+        c->req = w->parser_free[--w->parser_free_len];
+        c->req->ctx = c;
+        return true;
+    }
+    const struct gw_config *cfg = cfg_of(c);
+    struct gw_http_parser *p = calloc(1, sizeof(*p));
+    if (!p || gw_http_parser_init(p, GW_HTTP_REQUEST, (size_t)cfg->max_header_bytes,
+                                  (uint64_t)cfg->max_body_bytes, request_body, c) != 0) {
+        free(p);
+        return false;
+    }
+    c->req = p;
+    return true;
+}
+
+/* Gives an empty buffer a recycled block before its first reserve. */
+static void buf_prepare(struct gw_worker *w, struct gw_buf *b)
+{
+    if (b->data == NULL && w->block_free_len > 0) {
+        b->data = w->block_free[--w->block_free_len];
+        b->cap = GW_BLOCK_SIZE;
+        b->start = b->end = 0;
+    }
+}
+
+/* Releases a buffer's storage, keeping standard-size blocks as spares. */
+static void buf_recycle(struct gw_worker *w, struct gw_buf *b)
+{
+    if (b->data && b->cap == GW_BLOCK_SIZE && w->block_free_len < GW_WORKER_SPARES) {
+        w->block_free[w->block_free_len++] = b->data;
+        b->data = NULL;
+        b->start = b->end = b->cap = 0;
+        return;
+    }
+    gw_buf_release(b);
 }
 
 /* After a complete exchange on a kept connection: back to IDLE; an idle
@@ -273,12 +327,12 @@ static void next_request(struct gw_conn *c)
     reset_exchange(c);
     if (gw_buf_len(&c->in) == 0) {
         free_parser(c);
-        gw_buf_release(&c->in);
+        buf_recycle(c->w, &c->in);
     } else if (c->req) {
         gw_http_parser_reset(c->req);
     }
     if (gw_buf_len(&c->out) == 0)
-        gw_buf_release(&c->out);
+        buf_recycle(c->w, &c->out);
     set_state(c, CS_IDLE);
     arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
 }
@@ -321,6 +375,7 @@ static void handle_admin(struct gw_conn *c, enum gw_admin_endpoint ep)
         return;
     }
     bool keep = c->keep_alive && !c->draining;
+    buf_prepare(c->w, &c->out);
     size_t before = gw_buf_len(&c->out);
     int status = 0;
     if (gw_admin_respond(c->w, ep, h->target, &c->out, keep, h->http_minor,
@@ -534,6 +589,7 @@ static void on_response_head(struct gw_conn *c)
         .extra = rl_extra(c),
     };
     bool must_close = false;
+    buf_prepare(c->w, &c->out);
     size_t before = gw_buf_len(&c->out);
     if (gw_proxy_write_response_head(&c->out, rh, &ctx, &c->cl_framing, &must_close) != 0) {
         conn_close(c);
@@ -698,18 +754,9 @@ static bool pump_request(struct gw_conn *c)
         switch (c->state) {
         case CS_IDLE:
         case CS_HEAD:
-            if (!c->req) {
-                c->req = calloc(1, sizeof(*c->req));
-                const struct gw_config *cfg = cfg_of(c);
-                if (!c->req || gw_http_parser_init(c->req, GW_HTTP_REQUEST,
-                                                   (size_t)cfg->max_header_bytes,
-                                                   (uint64_t)cfg->max_body_bytes, request_body,
-                                                   c) != 0) {
-                    free(c->req);
-                    c->req = NULL;
-                    conn_close(c);
-                    return true;
-                }
+            if (!c->req && !get_parser(c)) {
+                conn_close(c);
+                return true;
             }
             if (c->state == CS_IDLE) {
                 c->start_us = gw_now_us();
@@ -842,6 +889,7 @@ static bool read_client(struct gw_conn *c)
             conn_close(c);
         return n > 0;
     }
+    buf_prepare(c->w, &c->in);
     if (gw_buf_reserve(&c->in, GW_READ_CHUNK) != 0) {
         conn_close(c);
         return true;
@@ -1138,8 +1186,8 @@ void gw_conn_reap(struct gw_worker *w)
         if (c->next)
             c->next->prev = c->prev;
         close(c->io.fd);
-        gw_buf_release(&c->in);
-        gw_buf_release(&c->out);
+        buf_recycle(w, &c->in);
+        buf_recycle(w, &c->out);
         free_parser(c);
         atomic_fetch_sub_explicit(&w->stats.connections_active, 1, memory_order_relaxed);
         atomic_fetch_sub_explicit(&w->srv->connections, 1, memory_order_relaxed);

@@ -639,6 +639,13 @@ void gw_http_parser_reset(struct gw_http_parser *p)
     p->no_body = keep_no_body;
 }
 
+void gw_http_parser_recycle(struct gw_http_parser *p)
+{
+    init_llhttp(p);
+    clear_message(p);
+    p->no_body = false;
+}
+
 void gw_http_parser_set_no_body(struct gw_http_parser *p, bool no_body)
 {
     p->no_body = no_body;

@@ -25,6 +25,11 @@
 #define GW_STREAM_WINDOW (64 * 1024)
 /* Bytes read from a socket per read(2) at most. */
 #define GW_READ_CHUNK (16 * 1024)
+/* Buffer blocks of this size are recycled through a per-worker free list,
+ * so keep-alive requests do not call malloc. */
+#define GW_BLOCK_SIZE (16 * 1024)
+/* Spare parsers and blocks a worker keeps (bounded memory when idle). */
+#define GW_WORKER_SPARES 256
 /* Longest a closing connection keeps draining input after its last write. */
 #define GW_LINGER_MS 2000
 
@@ -94,6 +99,10 @@ struct gw_worker {
     bool stop;                         /* leave the loop */
     _Atomic int drain_request;         /* set by main: 1 drain, 2 force close */
     _Atomic bool finished;             /* the thread left its loop */
+    struct gw_http_parser **parser_free; /* spare request parsers, storage kept */
+    int parser_free_len;
+    char **block_free;                 /* spare GW_BLOCK_SIZE buffer blocks */
+    int block_free_len;
     uint64_t redis_checked_ms;         /* /health Redis PING cache */
     enum gw_rl_store_state redis_state;
 };

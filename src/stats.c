@@ -55,25 +55,28 @@ static void add_histogram(uint64_t buckets[GW_STATS_LATENCY_NBUCKETS + 1], uint6
     *sum_us += atomic_load_explicit(&h->sum_us, memory_order_relaxed);
 }
 
+void gw_stats_add_worker(struct gw_stats_snapshot *out, size_t index, struct gw_stats_worker *w)
+{
+#define GW_STATS_SUM(name, label, help)                                                            \
+    out->name += atomic_load_explicit(&w->name, memory_order_relaxed);
+    GW_STATS_COUNTERS(GW_STATS_SUM)
+#undef GW_STATS_SUM
+    int64_t conns = atomic_load_explicit(&w->connections_active, memory_order_relaxed);
+    out->connections_active += conns;
+    if (index < GW_ARRAY_LEN(out->worker_connections))
+        out->worker_connections[index] = conns;
+    add_histogram(out->latency_buckets, &out->latency_count, &out->latency_sum_us,
+                  &w->request_latency);
+    add_histogram(out->upstream_buckets, &out->upstream_count, &out->upstream_sum_us,
+                  &w->upstream_latency);
+    add_histogram(out->queue_buckets, &out->queue_count, &out->queue_sum_us, &w->queue_wait);
+}
+
 void gw_stats_sum(struct gw_stats_worker *const *workers, size_t n, struct gw_stats_snapshot *out)
 {
     memset(out, 0, sizeof(*out));
-    for (size_t w = 0; w < n; w++) {
-        struct gw_stats_worker *s = workers[w];
-#define GW_STATS_SUM(name, label, help)                                                            \
-    out->name += atomic_load_explicit(&s->name, memory_order_relaxed);
-        GW_STATS_COUNTERS(GW_STATS_SUM)
-#undef GW_STATS_SUM
-        int64_t conns = atomic_load_explicit(&s->connections_active, memory_order_relaxed);
-        out->connections_active += conns;
-        if (w < GW_ARRAY_LEN(out->worker_connections))
-            out->worker_connections[w] = conns;
-        add_histogram(out->latency_buckets, &out->latency_count, &out->latency_sum_us,
-                      &s->request_latency);
-        add_histogram(out->upstream_buckets, &out->upstream_count, &out->upstream_sum_us,
-                      &s->upstream_latency);
-        add_histogram(out->queue_buckets, &out->queue_count, &out->queue_sum_us, &s->queue_wait);
-    }
+    for (size_t i = 0; i < n; i++)
+        gw_stats_add_worker(out, i, workers[i]);
 }
 
 double gw_stats_quantile_ms(const uint64_t buckets[GW_STATS_LATENCY_NBUCKETS + 1], uint64_t count,
@@ -347,8 +350,12 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
 
     emit_gauge(&p, "gateway_in_flight", "Upstream requests holding an in-flight slot",
                (int64_t)s->in_flight);
+    emit_gauge(&p, "gateway_in_flight_max", "The in-flight cap, MAX_CONCURRENT_REQUESTS",
+               (int64_t)s->in_flight_max);
     emit_gauge(&p, "gateway_queue_length", "Requests waiting for an in-flight slot",
                (int64_t)s->queue_length);
+    emit_gauge(&p, "gateway_queue_length_max", "The wait queue's capacity, MAX_QUEUE_LENGTH",
+               (int64_t)s->queue_length_max);
     emit_gauge(&p, "gateway_connections_active", "Client connections open", s->connections_active);
     if (s->redis_enabled)
         emit_gauge(&p, "gateway_redis_up", "1 when the Redis rate-limit store answers, else 0",

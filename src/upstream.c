@@ -94,8 +94,10 @@ void gw_upstream_put(struct gw_upstream *u)
         gw_upstream_close(u);
         return;
     }
-    gw_buf_release(&u->in);
-    gw_buf_release(&u->out);
+    /* Buffers keep their storage while pooled: the pool is small and the
+     * next request reuses them without malloc. */
+    gw_buf_clear(&u->in);
+    gw_buf_clear(&u->out);
     gw_http_parser_reset(&u->resp);
     u->idle_since_ms = w->loop.now_ms;
     u->next = w->idle;

@@ -144,6 +144,12 @@ int gw_worker_create(struct gw_worker **out, struct gw_server *srv, int id)
         free(w);
         return rc;
     }
+    w->parser_free = calloc(GW_WORKER_SPARES, sizeof(*w->parser_free));
+    w->block_free = calloc(GW_WORKER_SPARES, sizeof(*w->block_free));
+    if (!w->parser_free || !w->block_free) {
+        gw_worker_destroy(w);
+        return -ENOMEM;
+    }
     gw_timer_init(&w->tick, tick_cb);
     if (gw_timer_arm(&w->loop, &w->tick, gw_now_ms() + TICK_MS) != 0) {
         gw_worker_destroy(w);
@@ -199,6 +205,14 @@ void gw_worker_destroy(struct gw_worker *w)
     for (size_t i = 0; i < w->inbox_len; i++)
         close(w->inbox[i].fd);
     free(w->inbox);
+    for (int i = 0; i < w->parser_free_len; i++) {
+        gw_http_parser_deinit(w->parser_free[i]);
+        free(w->parser_free[i]);
+    }
+    free(w->parser_free);
+    for (int i = 0; i < w->block_free_len; i++)
+        free(w->block_free[i]);
+    free(w->block_free);
     gw_ratelimit_worker_destroy(w->rl);
     gw_loop_deinit(&w->loop);
     pthread_mutex_destroy(&w->inbox_mu);

@@ -131,6 +131,12 @@ void gw_http_parser_deinit(struct gw_http_parser *p);
  * same request follows, so no_body is kept. */
 void gw_http_parser_reset(struct gw_http_parser *p);
 
+/* Prepares p for a new connection, as if freshly initialised but keeping
+ * its storage, limits and body callback (per-worker parser reuse). Unlike
+ * gw_http_parser_reset it forgets everything of the previous connection,
+ * including llhttp's keep-alive state. Cannot fail. */
+void gw_http_parser_recycle(struct gw_http_parser *p);
+
 /* For a response parser: the request was HEAD (or the status forbids a
  * body), so the next response has no body whatever its headers say
  * (RFC 9110 §9.3.2). Set before feeding the response. Cleared by reset

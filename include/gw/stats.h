@@ -15,22 +15,30 @@
 
 /* X(name, prometheus_result_label or NULL, help text).
  * /stats gets every counter under its own name. In /metrics, counters with a
- * result label form one family gateway_requests_total{result="<label>"}
- * whose labels partition the finished requests (so summing the family over
- * result makes sense); the others are exported as gateway_<name>_total, with
- * requests_total (the received count, a different sum) renamed
- * gateway_requests_received_total because the family owns the
- * gateway_requests_total name. Dry-run hits are also counted as proxied (or
- * failed_upstream), so they stay outside the family. */
+ * result label form one family gateway_requests_total{result="<label>"};
+ * the others are exported as gateway_<name>_total, with requests_total (the
+ * received count, a different sum) renamed gateway_requests_received_total
+ * because the family owns the gateway_requests_total name. The labels are
+ * this fixed list, never a client-controlled value (bounded cardinality).
+ * Every finished request is counted under exactly one of proxied,
+ * rate_limited, rejected_queue, failed_upstream, bad_request; a dry-run hit
+ * is counted under rate_limited_dry_run AND under its eventual outcome
+ * (proxied or failed_upstream), so a sum over result must exclude
+ * result="rate_limited_dry_run". requests_total also counts requests to the
+ * gateway's own endpoints (/health, /stats, /metrics), which have no result. */
 #define GW_STATS_COUNTERS(X)                                                                       \
     X(requests_total, NULL, "Requests received from clients, any outcome")                         \
     X(requests_proxied, "proxied", "Requests answered by the upstream")                            \
     X(requests_rate_limited, "rate_limited", "Requests refused with 429")                          \
-    X(requests_rate_limited_dry_run, NULL, "Requests over the limit let through by dry run")       \
+    X(requests_rate_limited_dry_run, "rate_limited_dry_run",                                       \
+      "Requests over the limit let through by dry run (also counted under their outcome)")         \
     X(requests_rejected_queue, "rejected_queue", "Requests refused with 503 by the in-flight cap") \
     X(requests_failed_upstream, "failed_upstream", "Requests answered 502 or 504")                 \
     X(requests_bad, "bad_request", "Gateway-generated 4xx other than 429")                         \
     X(redis_errors, NULL, "Rate-limit store calls that failed")
+
+/* Most workers a snapshot reports one by one (WORKER_THREADS' maximum). */
+#define GW_STATS_MAX_WORKERS 256
 
 /* Latency histogram bucket upper bounds in seconds (Prometheus le). */
 #define GW_STATS_LATENCY_BUCKETS                                                                   \
@@ -87,17 +95,27 @@ struct gw_stats_snapshot {
     bool redis_up; /* meaningful when redis_enabled */
     bool redis_enabled;
     bool backend_up;
-    int64_t worker_connections[64]; /* per worker, first worker_threads used (max 64) */
+    uint64_t in_flight_max;    /* MAX_CONCURRENT_REQUESTS */
+    uint64_t queue_length_max; /* MAX_QUEUE_LENGTH */
+    int64_t worker_connections[GW_STATS_MAX_WORKERS]; /* per worker, first worker_threads used */
 };
 
 /* Sums n workers' structs into *out: counters, connections_active,
- * histograms, and worker_connections[i] for the first min(n, 64) workers.
- * *out is overwritten entirely, so fill the other gauges (in_flight,
- * uptime_s, worker_threads, redis/backend flags...) after the call. Each
- * histogram's count is taken as the sum of its buckets so that +Inf bucket
- * and _count always agree. workers[] is borrowed. Thread-safe against
- * concurrent writers (relaxed loads; each value is exact at some instant). */
+ * histograms, and worker_connections[i] for the first
+ * min(n, GW_STATS_MAX_WORKERS) workers. *out is overwritten entirely, so
+ * fill the other gauges (in_flight, uptime_s, worker_threads, redis/backend
+ * flags...) after the call. Each histogram's count is taken as the sum of
+ * its buckets so that +Inf bucket and _count always agree. workers[] is
+ * borrowed. Thread-safe against concurrent writers (relaxed loads; each
+ * value is exact at some instant). */
 void gw_stats_sum(struct gw_stats_worker *const *workers, size_t n, struct gw_stats_snapshot *out);
+
+/* Adds one worker's counters, connections and histograms into *out (which
+ * the caller zeroed first), recording its connections as
+ * worker_connections[index] when index < GW_STATS_MAX_WORKERS. For callers
+ * that hold no array of workers; gw_stats_sum is this in a loop. Same
+ * thread-safety as gw_stats_sum. */
+void gw_stats_add_worker(struct gw_stats_snapshot *out, size_t index, struct gw_stats_worker *w);
 
 /* Estimates the q-quantile (0 < q < 1, clamped to [0, 1]) in milliseconds
  * from a histogram by linear interpolation within the bucket that holds rank
@@ -119,8 +137,9 @@ GW_MUSTCHECK int gw_stats_render_json(const struct gw_stats_snapshot *s, struct 
 
 /* Appends the Prometheus text exposition (format 0.0.4) of the snapshot,
  * names prefixed gateway_, HELP/TYPE lines generated from the X-macro list
- * (naming rules above), then the gauges gateway_in_flight, _queue_length,
- * _connections_active, _redis_up (only when Redis is configured),
+ * (naming rules above), then the gauges gateway_in_flight, _in_flight_max,
+ * _queue_length, _queue_length_max, _connections_active, _redis_up (only
+ * when Redis is configured),
  * _backend_up, _worker_threads, _uptime_seconds, gateway_build_info{version}
  * and the histograms gateway_request_duration_seconds,
  * gateway_upstream_duration_seconds and gateway_queue_wait_seconds.

@@ -1052,6 +1052,29 @@ static void test_reset_after_error(void **state)
     gw_http_parser_deinit(p);
 }
 
+/* A parser reused for a new connection (per-worker spares) forgets the old
+ * connection's Connection: close, which would otherwise fail the next parse. */
+static void test_recycle_for_new_connection(void **state)
+{
+    (void)state;
+    static struct run r;
+    struct gw_http_parser *p = new_parser(GW_HTTP_REQUEST, &r);
+    size_t used;
+    assert_int_equal(feed(p, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &used),
+                     GW_HTTP_HEAD);
+    assert_int_equal(feed(p, "", &used), GW_HTTP_DONE);
+    gw_http_parser_recycle(p);
+    assert_int_equal(feed(p, GET "\r\n", &used), GW_HTTP_HEAD);
+    assert_true(p->head.keep_alive);
+    assert_int_equal(feed(p, "", &used), GW_HTTP_DONE);
+    /* recycled in the middle of a body too */
+    gw_http_parser_recycle(p);
+    assert_int_equal(feed(p, PFX "Content-Length: 10\r\n\r\nabc", &used), GW_HTTP_HEAD);
+    gw_http_parser_recycle(p);
+    assert_int_equal(feed(p, GET "\r\n", &used), GW_HTTP_HEAD);
+    gw_http_parser_deinit(p);
+}
+
 static int failing_sink(void *ctx, const char *data, size_t len)
 {
     (void)ctx;
@@ -1155,6 +1178,7 @@ int main(void)
         cmocka_unit_test(test_finish),
         cmocka_unit_test(test_pipelined_reset),
         cmocka_unit_test(test_reset_after_error),
+        cmocka_unit_test(test_recycle_for_new_connection),
         cmocka_unit_test(test_body_callback_failure),
         cmocka_unit_test(test_init_args),
         cmocka_unit_test(test_head_helpers),
