@@ -19,14 +19,24 @@ enum gw_admin_endpoint {
 enum gw_admin_endpoint gw_admin_match(const struct gw_config *cfg, struct gw_slice target);
 
 /* Appends the complete response of endpoint ep to out (status line,
- * headers, body unless head_only) and sets *status. The health probes are
- * cached for 1 s: the backend probe process-wide, the Redis PING per worker.
- * Returns 0 or -ENOMEM. */
+ * headers, body unless head_only) and sets *status. target is the raw
+ * request-target (borrowed): for /health, the query "probe=live" selects
+ * the liveness answer (200 while the process serves, no dependency probed;
+ * for a Kubernetes livenessProbe), any other query the readiness answer
+ * (200 only when the backend and, if configured, Redis answer; for a
+ * readinessProbe and the container HEALTHCHECK). The dependency probes are
+ * cached for 1 s: the backend connect probe process-wide, the Redis PING per
+ * worker; /metrics uses the same caches for gateway_backend_up and
+ * gateway_redis_up. Returns 0 or -ENOMEM. Worker thread only. */
 GW_MUSTCHECK int gw_admin_respond(struct gw_worker *w, enum gw_admin_endpoint ep,
                                   struct gw_slice target, struct gw_buf *out, bool keep_alive,
                                   uint8_t http_minor, bool head_only, int *status);
 
-/* Fills a snapshot of every worker's counters and the process gauges. */
+/* Fills *s with the sum of every worker's counters and histograms, the
+ * per-worker connection counts, and the process gauges (in-flight and
+ * queue length with their configured maxima, uptime, worker threads,
+ * whether Redis is configured). redis_up and backend_up are left false: they
+ * need probes, which gw_admin_respond adds. Any thread (relaxed reads). */
 void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s);
 
 #endif

@@ -189,6 +189,14 @@ static void respond_error(struct gw_conn *c, int status, const char *detail, boo
 
 /* ---- exchange lifecycle ---- */
 
+/* Leaves the gate's FIFO. A waiter granted in the meantime holds a slot
+ * from now on (slot_held), which release_slot or the upstream phase uses. */
+static void leave_queue(struct gw_conn *c)
+{
+    if (gw_gate_cancel(c->w->srv->gate, &c->waiter))
+        c->slot_held = true;
+}
+
 static void release_slot(struct gw_conn *c)
 {
     if (c->slot_held) {
@@ -529,7 +537,9 @@ static void start_upstream(struct gw_conn *c)
         set_state(c, CS_CONNECT);
         arm(c, (uint64_t)cfg->upstream_connect_timeout_ms);
     }
-    gw_upstream_watch(u, EPOLLOUT);
+    /* No epoll_ctl here: the drive loop writes the head at once and
+     * update_interest registers only what is still needed (a pooled
+     * connection usually keeps its EPOLLIN interest unchanged). */
 }
 
 /* The client expects 100 Continue before sending the body: send it once we
@@ -822,8 +832,10 @@ static bool pump_request(struct gw_conn *c)
                 gw_upstream_close(u); /* never let a half-sent request be reused */
                 release_slot(c);
             }
-            if (c->state == CS_WAIT_SLOT && gw_gate_cancel(c->w->srv->gate, &c->waiter))
+            if (c->state == CS_WAIT_SLOT) {
+                leave_queue(c);
                 release_slot(c);
+            }
             c->req_done = true; /* nothing more is read: the connection closes */
             respond_error(c, c->req->error_status ? c->req->error_status : 400,
                           c->req->error_detail ? c->req->error_detail : "malformed request",
@@ -904,8 +916,8 @@ static bool read_client(struct gw_conn *c)
     /* EOF or reset from the client. */
     if (n < 0 || c->state == CS_IDLE || c->state == CS_HEAD || !c->req_done ||
         gw_buf_len(&c->in) > 0) {
-        if (c->state == CS_WAIT_SLOT && gw_gate_cancel(c->w->srv->gate, &c->waiter))
-            release_slot(c);
+        if (c->state == CS_WAIT_SLOT)
+            leave_queue(c); /* conn_close returns the slot if one was granted */
         conn_close(c);
         return true;
     }
@@ -1028,8 +1040,8 @@ static void conn_io_cb(struct gw_loop *loop, struct gw_io *io, uint32_t events)
     if (c->closing)
         return;
     if ((events & EPOLLERR) || ((events & EPOLLHUP) && !(events & EPOLLIN))) {
-        if (c->state == CS_WAIT_SLOT && gw_gate_cancel(c->w->srv->gate, &c->waiter))
-            c->slot_held = true;
+        if (c->state == CS_WAIT_SLOT)
+            leave_queue(c);
         conn_close(c);
         return;
     }
@@ -1052,9 +1064,9 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
         respond_error(c, 408, "the request was not received in time", true);
         break;
     case CS_WAIT_SLOT:
-        if (gw_gate_cancel(c->w->srv->gate, &c->waiter)) {
+        leave_queue(c);
+        if (c->slot_held) {
             /* Granted just now: go ahead with the slot. */
-            c->slot_held = true;
             gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->queue_start_us);
             start_upstream(c);
             break;
@@ -1149,8 +1161,7 @@ static void conn_close(struct gw_conn *c)
         gw_upstream_close(c->up);
         c->up = NULL;
     }
-    if (gw_gate_cancel(c->w->srv->gate, &c->waiter))
-        c->slot_held = true;
+    leave_queue(c);
     release_slot(c);
     c->reap_next = c->w->reap;
     c->w->reap = c;

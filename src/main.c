@@ -47,12 +47,13 @@ static int healthcheck(const struct gw_config *cfg)
     if (gw_net_resolve(host, cfg->gateway_port, &ss, &len) != 0)
         return 1;
     int fd = gw_net_connect(&ss, len);
-    if (fd < 0)
-        return 1;
     int timeout_ms = 3000;
     struct pollfd p = {.fd = fd, .events = POLLOUT};
-    if (poll(&p, 1, timeout_ms) != 1 || gw_net_connect_result(fd) != 0) {
-        close(fd);
+    int rc = fd < 0 ? fd : poll(&p, 1, timeout_ms) != 1 ? -ETIMEDOUT : gw_net_connect_result(fd);
+    if (rc != 0) {
+        printf("unhealthy: connect to %s:%d: %s\n", host, cfg->gateway_port, strerror(-rc));
+        if (fd >= 0)
+            close(fd);
         return 1;
     }
     char req[512];
@@ -100,7 +101,11 @@ int main(int argc, char **argv)
             check = true;
         } else if (strcmp(a, "--healthcheck") == 0) {
             health = true;
-        } else if (strcmp(a, "--env-file") == 0 && i + 1 < argc) {
+        } else if (strcmp(a, "--env-file") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "gateway: --env-file needs a PATH\n");
+                return 2;
+            }
             env_file = argv[++i];
         } else if (strncmp(a, "--env-file=", 11) == 0) {
             env_file = a + 11;

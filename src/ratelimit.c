@@ -32,6 +32,7 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 #define TICK_IDLE_MS   1000
+#define CONNECT_POLL_MS 5    /* tick period while a reconnect is in progress */
 
 /* One client known to be over its limit until its window ends. */
 struct olc_slot {
@@ -54,7 +55,7 @@ struct gw_ratelimit {
     enum gw_rl_failure_mode mode; /* RATE_LIMIT_FAILURE_MODE */
     bool dry_run;                 /* RATE_LIMIT_DRY_RUN */
     bool use_redis;               /* REDIS_URL set */
-    struct gw_rl_redis_url url;   /* parsed REDIS_URL */
+    struct gw_redis_target target; /* parsed REDIS_URL (the configuration's parser) */
     struct gw_rl_memory *mem;     /* without Redis, or for failure mode local; else NULL */
     _Atomic int workers;          /* live worker handles */
     struct olc_shard *olc;        /* OLC_SHARDS shards, heap */
@@ -65,6 +66,7 @@ struct gw_ratelimit_worker {
     struct gw_ratelimit *rl;
     struct gw_rl_redis *redis; /* this worker's connection; NULL without Redis */
     bool redis_up;             /* connected and not failed since */
+    bool connecting;           /* a non-blocking reconnect is in progress */
     uint64_t backoff_ms;       /* current reconnect delay */
     uint64_t retry_at_ms;      /* gw_now_ms() of the next reconnect attempt */
     uint64_t warned_at_ms;     /* last error-reply warning, to rate-limit the log */
@@ -214,6 +216,7 @@ static void mark_down(struct gw_ratelimit_worker *w, uint64_t mono_ms)
             gw_rl_redis_last_error(w->redis));
     gw_rl_redis_disconnect(w->redis);
     w->redis_up = false;
+    w->connecting = false;
     w->backoff_ms = BACKOFF_MIN_MS;
     w->retry_at_ms = mono_ms + BACKOFF_MIN_MS;
 }
@@ -247,7 +250,8 @@ int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg)
     }
     for (int i = 0; i < OLC_SHARDS; i++)
         pthread_mutex_init(&rl->olc[i].mu, NULL);
-    if (rl->use_redis && (rc = gw_rl_redis_url_parse(cfg->redis_url, &rl->url)) != 0)
+    if (rl->use_redis &&
+        (rc = gw_config_parse_redis_url(cfg->redis_url, &rl->target, NULL, 0)) != 0)
         goto fail;
     if ((!rl->use_redis || rl->mode == GW_RL_FAIL_LOCAL) &&
         (rc = gw_rl_memory_create(&rl->mem, 0)) != 0)
@@ -256,7 +260,7 @@ int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg)
     return 0;
 
 fail:
-    gw_rl_redis_url_deinit(&rl->url);
+    gw_config_redis_target_deinit(&rl->target);
     if (rl->olc != NULL) {
         for (int i = 0; i < OLC_SHARDS; i++)
             pthread_mutex_destroy(&rl->olc[i].mu);
@@ -272,7 +276,7 @@ void gw_ratelimit_destroy(struct gw_ratelimit *rl)
         return;
     assert(atomic_load(&rl->workers) == 0);
     gw_rl_memory_destroy(rl->mem);
-    gw_rl_redis_url_deinit(&rl->url);
+    gw_config_redis_target_deinit(&rl->target);
     for (int i = 0; i < OLC_SHARDS; i++)
         pthread_mutex_destroy(&rl->olc[i].mu);
     free(rl->olc);
@@ -289,7 +293,7 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     if ((w->key = malloc(w->key_cap)) == NULL)
         goto fail;
     if (rl->use_redis) {
-        if (gw_rl_redis_create(&w->redis, &rl->url, rl->cfg->redis_timeout_ms) != 0)
+        if (gw_rl_redis_create(&w->redis, &rl->target, rl->cfg->redis_timeout_ms) != 0)
             goto fail;
         uint64_t now = gw_now_ms();
         if (gw_rl_redis_connect(w->redis) == 0) {
@@ -401,9 +405,21 @@ uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms
 {
     if (w->redis == NULL || w->redis_up)
         return TICK_IDLE_MS;
-    if (now_ms < w->retry_at_ms)
-        return w->retry_at_ms - now_ms;
-    if (gw_rl_redis_connect(w->redis) == 0) {
+    int rc;
+    if (w->connecting) {
+        rc = gw_rl_redis_connect_poll(w->redis, now_ms);
+    } else {
+        if (now_ms < w->retry_at_ms)
+            return w->retry_at_ms - now_ms;
+        rc = gw_rl_redis_connect_start(w->redis, now_ms);
+    }
+    if (rc == -EINPROGRESS) {
+        /* Nothing here blocks: come back soon to move the attempt on. */
+        w->connecting = true;
+        return CONNECT_POLL_MS;
+    }
+    w->connecting = false;
+    if (rc == 0) {
         gw_info("rate limit: redis connection restored");
         w->redis_up = true;
         w->backoff_ms = BACKOFF_MIN_MS;

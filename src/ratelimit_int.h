@@ -1,13 +1,14 @@
 /*
  * Private to the rate limiter: the store vtable (STYLE.md "Pluggable
  * parts"), the in-process store (rl_memory.c), the Redis store (rl_redis.c)
- * with its URL parser, and the store-key builder shared by both, so that
+ * and the store-key builder shared by both, so that
  * ratelimit.c and the unit tests see one definition.
  */
 #ifndef GW_RATELIMIT_INT_H
 #define GW_RATELIMIT_INT_H
 
 #include "gw/common.h"
+#include "gw/config.h"
 
 /* A counter store. The contract of check():
  *  - counts one request for key (key_len bytes, opaque) in the fixed window
@@ -86,54 +87,48 @@ extern const struct gw_rl_store_ops gw_rl_memory_ops;
 
 /* ---- Redis store (rl_redis.c) -------------------------------------------- */
 
-enum gw_rl_redis_transport {
-    GW_RL_REDIS_TCP = 0,
-    GW_RL_REDIS_UNIX,
-};
-
-/* A parsed REDIS_URL: redis://[[user]:password@]host[:port][/db] or
- * unix:///path. Strings are heap-owned (gw_rl_redis_url_deinit). */
-struct gw_rl_redis_url {
-    enum gw_rl_redis_transport transport;
-    char *host;     /* TCP: host name or address, IPv6 without brackets */
-    int port;       /* TCP: default 6379 */
-    char *path;     /* UNIX: socket path */
-    char *username; /* ACL user (Redis 6+), NULL = AUTH with password only */
-    char *password; /* percent-decoded, NULL = no AUTH */
-    int db;         /* SELECT after connect when > 0 */
-};
-
-/* Parses url into *out (zeroed first). Returns 0, -EINVAL for a malformed
- * URL or unknown scheme, -ENOMEM. On error *out holds nothing to free. */
-GW_MUSTCHECK int gw_rl_redis_url_parse(const char *url, struct gw_rl_redis_url *out);
-
-void gw_rl_redis_url_deinit(struct gw_rl_redis_url *u);
-
 struct gw_rl_redis;
 
-/* Creates a disconnected per-worker Redis store. url is borrowed and must
- * outlive it; timeout_ms is the connect and command timeout. Returns 0 or
- * -ENOMEM. One thread uses a store. */
-GW_MUSTCHECK int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_rl_redis_url *url,
+/* Creates a disconnected per-worker Redis store. target (REDIS_URL as
+ * parsed by gw_config_parse_redis_url) is borrowed and must outlive it;
+ * timeout_ms is the connect and command timeout (<= 0 means 100). Returns
+ * 0 or -ENOMEM. One thread uses a store. */
+GW_MUSTCHECK int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_redis_target *target,
                                     int timeout_ms);
 
-/* (Re)connects: drops any old connection, connects with the timeout, AUTH,
- * SELECT, SCRIPT LOAD. Blocks at most about timeout_ms per step.
+/* Starts a (re)connect without blocking: drops any old connection, starts a
+ * non-blocking connect and queues AUTH, SELECT and SCRIPT LOAD, then makes
+ * what progress it can without waiting. now_ms is gw_now_ms(). Returns 0
+ * when the store is ready already, -EINPROGRESS when
+ * gw_rl_redis_connect_poll must be called again, or a failure as
+ * gw_rl_redis_connect. The connect and the handshake each must finish
+ * within timeout_ms of their start or the attempt fails with -ETIMEDOUT. */
+GW_MUSTCHECK int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms);
+
+/* Advances an attempt begun by gw_rl_redis_connect_start; never blocks.
+ * Same returns; -ENOTCONN when no attempt is in progress. */
+GW_MUSTCHECK int gw_rl_redis_connect_poll(struct gw_rl_redis *r, uint64_t now_ms);
+
+/* Blocking (re)connect, for start-up: gw_rl_redis_connect_start, then
+ * waits in poll(2) until ready or failed; at most about 2 * timeout_ms.
  * Returns 0, or -errno leaving the store disconnected: -EACCES when AUTH
- * is refused, -EPROTO for another error reply, -ETIMEDOUT, -ENOMEM, -EIO
- * for other connection failures (details in gw_rl_redis_last_error). */
+ * is refused, -EPROTO for another error reply, -ETIMEDOUT, -ENOMEM,
+ * -ECONNREFUSED and other connect errors, -EIO for other I/O failures
+ * (details in gw_rl_redis_last_error). */
 GW_MUSTCHECK int gw_rl_redis_connect(struct gw_rl_redis *r);
 
-/* Closes the connection if any. */
+/* Closes the connection or drops the attempt in progress, if any. */
 void gw_rl_redis_disconnect(struct gw_rl_redis *r);
 
+/* True when checks can run (set up and not failed since). */
 bool gw_rl_redis_connected(const struct gw_rl_redis *r);
 
 /* Text of the last failure, for logs (never contains the password). */
 const char *gw_rl_redis_last_error(const struct gw_rl_redis *r);
 
-/* Vtable: check is one EVALSHA round trip (EVAL once on NOSCRIPT); a
- * disconnected store answers -ENOTCONN at once. */
+/* Vtable: check is one EVALSHA round trip (EVAL once on NOSCRIPT), each
+ * bounded by timeout_ms; a store that is not ready answers -ENOTCONN at
+ * once. An I/O failure or timeout disconnects the store. */
 extern const struct gw_rl_store_ops gw_rl_redis_ops;
 
 /* The Lua source of the check, exposed for tests. */

@@ -5,6 +5,13 @@
  * EVALSHA; after a SCRIPT FLUSH or a failover, NOSCRIPT makes us send the
  * body once with EVAL, which also caches it again on the server.
  *
+ * A connection is set up without blocking (non-blocking connect, AUTH,
+ * SELECT and SCRIPT LOAD pipelined, replies polled), so a worker can
+ * reconnect from its loop while it keeps serving; once ready the socket is
+ * switched to blocking with SO_RCVTIMEO/SO_SNDTIMEO = REDIS_TIMEOUT_MS, so
+ * no command waits longer. The address comes from the configuration's one
+ * REDIS_URL parser (gw_config_parse_redis_url).
+ *
  * Requires the process to ignore SIGPIPE (hiredis writes with write(2)).
  */
 #include "ratelimit_int.h"
@@ -12,12 +19,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
-#include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/un.h>
 
 /*
  * The check. KEYS[1] is "<prefix>:{<client hash>}"; ARGV[1] is the window
@@ -50,183 +57,43 @@ const char gw_rl_redis_script[] =
     "end\n"
     "return {n, now_ms}\n";
 
-struct gw_rl_redis {
-    const struct gw_rl_redis_url *url; /* borrowed from struct gw_ratelimit */
-    int timeout_ms;                    /* connect and command timeout */
-    redisContext *c;                   /* NULL while disconnected */
-    char sha[41];                      /* SHA1 of the script, from SCRIPT LOAD */
-    char err[160];                     /* last failure, for logs */
+/* Where a connection attempt stands. READY is the only state in which
+ * checks run; the others answer -ENOTCONN at once. */
+enum phase {
+    PH_DOWN = 0,  /* no socket */
+    PH_CONNECTING, /* non-blocking connect(2) in progress */
+    PH_HANDSHAKE,  /* AUTH / SELECT / SCRIPT LOAD sent, replies pending */
+    PH_READY,      /* blocking socket with timeouts, script loaded */
 };
 
-/* ---- URL ------------------------------------------------------------------ */
+/* The setup commands, in the order they are pipelined and answered. */
+enum setup_cmd {
+    CMD_AUTH,
+    CMD_SELECT,
+    CMD_SCRIPT_LOAD,
+};
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Copies [p, p+n) percent-decoded into a new string; NULL on bad escape
- * (*bad set) or no memory. */
-static char *pct_decode(const char *p, size_t n, bool *bad)
-{
-    char *o = malloc(n + 1);
-    if (o == NULL)
-        return NULL;
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] == '%') {
-            int hi = i + 2 < n ? hexval(p[i + 1]) : -1;
-            int lo = i + 2 < n ? hexval(p[i + 2]) : -1;
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) { /* %00 would cut the string */
-                free(o);
-                *bad = true;
-                return NULL;
-            }
-            o[j++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            o[j++] = p[i];
-        }
-    }
-    o[j] = '\0';
-    return o;
-}
-
-static bool parse_uint(const char *p, size_t n, long max, long *out)
-{
-    if (n == 0 || n > 10)
-        return false;
-    long v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return false;
-        v = v * 10 + (p[i] - '0');
-    }
-    if (v > max)
-        return false;
-    *out = v;
-    return true;
-}
-
-void gw_rl_redis_url_deinit(struct gw_rl_redis_url *u)
-{
-    free(u->host);
-    free(u->path);
-    free(u->username);
-    if (u->password != NULL) {
-        memset(u->password, 0, strlen(u->password)); /* secret: do not leave it in freed memory */
-        free(u->password);
-    }
-    memset(u, 0, sizeof(*u));
-}
-
-int gw_rl_redis_url_parse(const char *url, struct gw_rl_redis_url *out)
-{
-    memset(out, 0, sizeof(*out));
-    if (url == NULL)
-        return -EINVAL;
-    bool bad = false;
-    int rc = -ENOMEM;
-
-    if (strncmp(url, "unix://", 7) == 0) {
-        const char *path = url + 7;
-        size_t n = strlen(path);
-        if (n < 2 || path[0] != '/' || n >= sizeof(((struct sockaddr_un *)0)->sun_path))
-            return -EINVAL;
-        out->transport = GW_RL_REDIS_UNIX;
-        out->path = strdup(path);
-        return out->path != NULL ? 0 : -ENOMEM;
-    }
-    if (strncmp(url, "redis://", 8) != 0)
-        return -EINVAL; /* rediss:// (TLS) and anything else: unsupported */
-
-    out->transport = GW_RL_REDIS_TCP;
-    out->port = 6379;
-    const char *p = url + 8;
-    /* The last '@' ends the userinfo: a password may hold '@' or '/'. */
-    const char *at = strrchr(p, '@');
-    if (at != NULL) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon != NULL) {
-            if (colon > p && (out->username = pct_decode(p, (size_t)(colon - p), &bad)) == NULL)
-                goto fail;
-            if ((out->password = pct_decode(colon + 1, (size_t)(at - colon - 1), &bad)) == NULL)
-                goto fail;
-        } else if ((out->password = pct_decode(p, (size_t)(at - p), &bad)) == NULL) {
-            goto fail; /* "secret@host": legacy form, the userinfo is the password */
-        }
-        if (out->password[0] == '\0') {
-            free(out->password);
-            out->password = NULL;
-        }
-        p = at + 1;
-    }
-
-    /* host: "[v6]" or up to ':' or '/' */
-    const char *hs = p, *he;
-    if (*p == '[') {
-        hs = p + 1;
-        he = strchr(hs, ']');
-        if (he == NULL)
-            goto invalid;
-        p = he + 1;
-    } else {
-        he = p + strcspn(p, ":/");
-        p = he;
-    }
-    if (he == hs)
-        goto invalid;
-    for (const char *q = hs; q < he; q++)
-        if (*q <= ' ' || *q == '@' || *q == '?' || *q == '#' || (unsigned char)*q >= 0x7f)
-            goto invalid;
-    if ((out->host = strndup(hs, (size_t)(he - hs))) == NULL)
-        goto fail;
-
-    if (*p == ':') {
-        p++;
-        size_t n = strcspn(p, "/");
-        long port;
-        if (!parse_uint(p, n, 65535, &port) || port == 0)
-            goto invalid;
-        out->port = (int)port;
-        p += n;
-    }
-    if (*p == '/') {
-        p++;
-        size_t n = strlen(p);
-        long db = 0;
-        if (n > 0 && !parse_uint(p, n, INT_MAX, &db))
-            goto invalid;
-        out->db = (int)db;
-        p += n;
-    }
-    if (*p != '\0')
-        goto invalid;
-    return 0;
-
-invalid:
-    bad = true;
-fail:
-    if (bad)
-        rc = -EINVAL;
-    gw_rl_redis_url_deinit(out);
-    return rc;
-}
+struct gw_rl_redis {
+    const struct gw_redis_target *target; /* borrowed from struct gw_ratelimit */
+    int timeout_ms;                       /* connect and command timeout */
+    redisContext *c;                      /* NULL while PH_DOWN */
+    enum phase phase;
+    uint64_t deadline_ms;         /* gw_now_ms() at which the current phase times out */
+    enum setup_cmd pending[3];    /* setup replies still expected, in order */
+    int npending, next_pending;   /* pending[next_pending .. npending) are outstanding */
+    char sha[41];                 /* SHA1 of the script, from SCRIPT LOAD */
+    char err[160];                /* last failure, for logs (never the password) */
+};
 
 /* ---- connection ------------------------------------------------------------ */
 
-int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_rl_redis_url *url, int timeout_ms)
+int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_redis_target *target,
+                       int timeout_ms)
 {
     struct gw_rl_redis *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -ENOMEM;
-    r->url = url;
+    r->target = target;
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 100;
     *out = r;
     return 0;
@@ -238,11 +105,13 @@ void gw_rl_redis_disconnect(struct gw_rl_redis *r)
         redisFree(r->c);
         r->c = NULL;
     }
+    r->phase = PH_DOWN;
+    r->npending = r->next_pending = 0;
 }
 
 bool gw_rl_redis_connected(const struct gw_rl_redis *r)
 {
-    return r->c != NULL;
+    return r->phase == PH_READY;
 }
 
 const char *gw_rl_redis_last_error(const struct gw_rl_redis *r)
@@ -262,13 +131,23 @@ static int io_failure(struct gw_rl_redis *r, const char *what)
             rc = -ETIMEDOUT; /* SO_RCVTIMEO/SO_SNDTIMEO from redisSetTimeout fired */
         else if (r->c->err == REDIS_ERR_OOM)
             rc = -ENOMEM;
-        snprintf(r->err, sizeof(r->err), "%s: %s", what, r->c->errstr);
+        snprintf(r->err, sizeof(r->err), "%s: %s", what,
+                 r->c->err ? r->c->errstr : strerror(saved));
     } else {
         snprintf(r->err, sizeof(r->err), "%s: out of memory", what);
         rc = -ENOMEM;
     }
     gw_rl_redis_disconnect(r);
     return rc;
+}
+
+/* A failure described by an errno value (poll, SO_ERROR, deadline). */
+static int errno_failure(struct gw_rl_redis *r, const char *what, int err)
+{
+    snprintf(r->err, sizeof(r->err), "%s: %s", what,
+             err == ETIMEDOUT ? "timed out" : strerror(err));
+    gw_rl_redis_disconnect(r);
+    return -err;
 }
 
 /* An error reply during setup: remember it (it never echoes the password)
@@ -287,55 +166,168 @@ static bool reply_ok(const redisReply *rep)
     return rep != NULL && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0;
 }
 
-int gw_rl_redis_connect(struct gw_rl_redis *r)
+static const char *const setup_name[] = {"AUTH", "SELECT", "SCRIPT LOAD"};
+
+/* Checks one setup reply (owned: freed here). 0, or the failure's -errno. */
+static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisReply *rep)
+{
+    switch (cmd) {
+    case CMD_AUTH:
+        if (!reply_ok(rep))
+            return reply_failure(r, setup_name[cmd], rep, -EACCES);
+        break;
+    case CMD_SELECT:
+        if (!reply_ok(rep))
+            return reply_failure(r, setup_name[cmd], rep, -EPROTO);
+        break;
+    case CMD_SCRIPT_LOAD:
+        if (rep->type != REDIS_REPLY_STRING || rep->len != 40)
+            return reply_failure(r, setup_name[cmd], rep, -EPROTO);
+        memcpy(r->sha, rep->str, 40);
+        r->sha[40] = '\0';
+        break;
+    }
+    freeReplyObject(rep);
+    return 0;
+}
+
+/* The handshake is done: from now on the socket is blocking with
+ * SO_RCVTIMEO/SO_SNDTIMEO = timeout_ms, so every command is bounded. */
+static int make_ready(struct gw_rl_redis *r)
+{
+    struct timeval tv = {.tv_sec = r->timeout_ms / 1000, .tv_usec = (r->timeout_ms % 1000) * 1000};
+    int fl = fcntl(r->c->fd, F_GETFL);
+    if (fl < 0 || fcntl(r->c->fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+        return errno_failure(r, "fcntl", errno);
+    /* hiredis keys blocking reads (redisGetReply looping until a reply)
+     * on this flag; the context was created non-blocking. */
+    r->c->flags |= REDIS_BLOCK;
+    if (redisSetTimeout(r->c, tv) != REDIS_OK)
+        return io_failure(r, "set timeout");
+    if (r->target->unix_path == NULL)
+        (void)redisEnableKeepAlive(r->c);
+    r->phase = PH_READY;
+    r->err[0] = '\0';
+    return 0;
+}
+
+/* Advances the attempt, waiting at most wait_ms (0 = never block) for the
+ * socket. Returns 0 when ready, -EINPROGRESS when more is needed, else the
+ * failure's -errno (the store is then PH_DOWN). */
+static int connect_step(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
+{
+    for (;;) {
+        if (r->phase == PH_READY)
+            return 0;
+        if (r->phase == PH_DOWN)
+            return -ENOTCONN;
+        short want = POLLIN;
+        if (r->phase == PH_CONNECTING) {
+            want = POLLOUT;
+        } else {
+            /* Hand the replies that are already buffered to the checks. */
+            while (r->next_pending < r->npending) {
+                void *rep = NULL;
+                if (redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
+                    return io_failure(r, setup_name[r->pending[r->next_pending]]);
+                if (rep == NULL)
+                    break;
+                int rc = take_setup_reply(r, r->pending[r->next_pending++], rep);
+                if (rc != 0)
+                    return rc;
+            }
+            if (r->next_pending == r->npending)
+                return make_ready(r);
+            int done = 0;
+            if (redisBufferWrite(r->c, &done) != REDIS_OK)
+                return io_failure(r, "write");
+            if (!done)
+                want |= POLLOUT;
+        }
+        if (now_ms >= r->deadline_ms)
+            return errno_failure(r, r->phase == PH_CONNECTING ? "connect" : "handshake",
+                                 ETIMEDOUT);
+        struct pollfd pfd = {.fd = r->c->fd, .events = want};
+        int left = (int)GW_MIN((uint64_t)wait_ms, r->deadline_ms - now_ms);
+        int n = poll(&pfd, 1, left);
+        if (n < 0 && errno != EINTR)
+            return errno_failure(r, "poll", errno);
+        if (n <= 0) {
+            if (wait_ms == 0)
+                return -EINPROGRESS;
+            uint64_t later = gw_now_ms();
+            wait_ms -= (int)GW_MIN((uint64_t)wait_ms, later - now_ms);
+            now_ms = later;
+            continue;
+        }
+        if (r->phase == PH_CONNECTING) {
+            int soerr = 0;
+            socklen_t len = sizeof(soerr);
+            if (getsockopt(r->c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
+                soerr = errno;
+            if (soerr != 0)
+                return errno_failure(r, "connect", soerr);
+            r->phase = PH_HANDSHAKE;
+            r->deadline_ms = now_ms + (uint64_t)r->timeout_ms; /* its own timeout */
+        } else if (pfd.revents & (POLLIN | POLLERR | POLLHUP)) {
+            if (redisBufferRead(r->c) != REDIS_OK)
+                return io_failure(r, "read");
+        }
+    }
+}
+
+int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
 {
     gw_rl_redis_disconnect(r);
-    const struct gw_rl_redis_url *u = r->url;
-    struct timeval tv = {.tv_sec = r->timeout_ms / 1000, .tv_usec = (r->timeout_ms % 1000) * 1000};
-
-    if (u->transport == GW_RL_REDIS_UNIX)
-        r->c = redisConnectUnixWithTimeout(u->path, tv);
+    const struct gw_redis_target *t = r->target;
+    /* Non-blocking connect: a Redis that does not answer SYNs (or a full
+     * backlog) costs the worker loop nothing; only the attempt's deadline. */
+    if (t->unix_path != NULL)
+        r->c = redisConnectUnixNonBlock(t->unix_path);
     else
-        r->c = redisConnectWithTimeout(u->host, u->port, tv);
+        r->c = redisConnectNonBlock(t->host, t->port);
     if (r->c == NULL || r->c->err)
         return io_failure(r, "connect");
     /* Children spawned later (tests, exec) must not inherit the socket. */
     (void)fcntl(r->c->fd, F_SETFD, FD_CLOEXEC);
-    if (redisSetTimeout(r->c, tv) != REDIS_OK)
-        return io_failure(r, "set timeout");
-    if (u->transport == GW_RL_REDIS_TCP)
-        (void)redisEnableKeepAlive(r->c);
 
-    redisReply *rep;
-    if (u->password != NULL) {
-        if (u->username != NULL)
-            rep = redisCommand(r->c, "AUTH %s %s", u->username, u->password);
+    /* Pipeline the whole setup now; the replies are read in order. */
+    int rc = REDIS_OK;
+    if (t->password != NULL) {
+        if (t->username != NULL)
+            rc = redisAppendCommand(r->c, "AUTH %s %s", t->username, t->password);
         else
-            rep = redisCommand(r->c, "AUTH %s", u->password);
-        if (rep == NULL)
-            return io_failure(r, "AUTH");
-        if (!reply_ok(rep))
-            return reply_failure(r, "AUTH", rep, -EACCES);
-        freeReplyObject(rep);
+            rc = redisAppendCommand(r->c, "AUTH %s", t->password);
+        r->pending[r->npending++] = CMD_AUTH;
     }
-    if (u->db > 0) {
-        rep = redisCommand(r->c, "SELECT %d", u->db);
-        if (rep == NULL)
-            return io_failure(r, "SELECT");
-        if (!reply_ok(rep))
-            return reply_failure(r, "SELECT", rep, -EPROTO);
-        freeReplyObject(rep);
+    if (rc == REDIS_OK && t->db > 0) {
+        rc = redisAppendCommand(r->c, "SELECT %d", t->db);
+        r->pending[r->npending++] = CMD_SELECT;
     }
-    rep = redisCommand(r->c, "SCRIPT LOAD %s", gw_rl_redis_script);
-    if (rep == NULL)
-        return io_failure(r, "SCRIPT LOAD");
-    if (rep->type != REDIS_REPLY_STRING || rep->len != 40)
-        return reply_failure(r, "SCRIPT LOAD", rep, -EPROTO);
-    memcpy(r->sha, rep->str, 40);
-    r->sha[40] = '\0';
-    freeReplyObject(rep);
-    r->err[0] = '\0';
-    return 0;
+    if (rc == REDIS_OK) {
+        rc = redisAppendCommand(r->c, "SCRIPT LOAD %s", gw_rl_redis_script);
+        r->pending[r->npending++] = CMD_SCRIPT_LOAD;
+    }
+    if (rc != REDIS_OK)
+        return io_failure(r, "setup");
+    r->phase = PH_CONNECTING;
+    r->deadline_ms = now_ms + (uint64_t)r->timeout_ms;
+    return connect_step(r, now_ms, 0);
+}
+
+int gw_rl_redis_connect_poll(struct gw_rl_redis *r, uint64_t now_ms)
+{
+    return connect_step(r, now_ms, 0);
+}
+
+int gw_rl_redis_connect(struct gw_rl_redis *r)
+{
+    uint64_t now = gw_now_ms();
+    int rc = gw_rl_redis_connect_start(r, now);
+    /* Each phase has its own deadline, so two timeouts bound the loop. */
+    while (rc == -EINPROGRESS)
+        rc = connect_step(r, gw_now_ms(), 2 * r->timeout_ms + 10);
+    return rc;
 }
 
 /* ---- store operations ------------------------------------------------------ */
@@ -345,7 +337,7 @@ static int redis_check(void *store, const char *key, size_t key_len, int64_t lim
 {
     struct gw_rl_redis *r = store;
     (void)limit; /* fixed window counts every request */
-    if (r->c == NULL)
+    if (r->phase != PH_READY)
         return -ENOTCONN;
 
     char wbuf[24];
@@ -392,7 +384,7 @@ static int redis_check(void *store, const char *key, size_t key_len, int64_t lim
 static int redis_ping(void *store)
 {
     struct gw_rl_redis *r = store;
-    if (r->c == NULL)
+    if (r->phase != PH_READY)
         return -ENOTCONN;
     redisReply *rep = redisCommand(r->c, "PING");
     if (rep == NULL)

@@ -37,32 +37,37 @@ struct gw_ratelimit;
 struct gw_ratelimit_worker;
 
 /* Creates the process-wide limiter from cfg (borrowed; must outlive it).
- * Returns 0 or -errno. Thread-safe to use after creation. */
+ * REDIS_URL is parsed with gw_config_parse_redis_url (the one parser).
+ * Returns 0, -EINVAL for a bad window/limit/prefix or REDIS_URL, -ENOTSUP
+ * for an algorithm not built yet, -ENOMEM. Thread-safe to use after
+ * creation. */
 GW_MUSTCHECK int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg);
 
 /* Destroys it; every worker handle must be destroyed first. */
 void gw_ratelimit_destroy(struct gw_ratelimit *rl);
 
-/* Creates one worker's handle. With REDIS_URL it connects to Redis with
- * REDIS_TIMEOUT_MS as connect and command timeout; a failed connect is not
- * an error (the handle starts disconnected and reconnects from
- * gw_ratelimit_worker_tick). Returns 0 or -ENOMEM. The handle is used by
- * one thread only. */
+/* Creates one worker's handle. With REDIS_URL it connects to Redis (a
+ * blocking start-up connect: the connect, then AUTH/SELECT/SCRIPT LOAD,
+ * each bounded by REDIS_TIMEOUT_MS); a failed connect is not an error (the
+ * handle starts disconnected and reconnects from gw_ratelimit_worker_tick).
+ * Returns 0 or -ENOMEM. The handle is used by one thread only. */
 GW_MUSTCHECK int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out,
                                             struct gw_ratelimit *rl);
 
 void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w);
 
 /* Counts one request of the client identified by key (key_len bytes, any
- * bytes; the limiter hashes or escapes it before it reaches a store key) and
- * decides. One Redis round trip at most, none when the client is in the
- * over-limit cache or Redis is marked down. Never blocks longer than
- * REDIS_TIMEOUT_MS. Fills *out; never fails. Worker thread only.
+ * bytes; the limiter hashes it before it reaches a store key) and decides
+ * (SPEC.md §5). One Redis round trip at most, none when the client is in
+ * the over-limit cache or Redis is marked down. Never blocks longer than
+ * REDIS_TIMEOUT_MS (send and receive each). Fills *out; never fails.
+ * Worker thread only (the shared parts lock themselves).
  *
  * Store keys are "<RATE_LIMIT_KEY_PREFIX>:{<hex of 16 bytes of
  * SHA-256(key)>}"; Redis appends ":<window index>" (see src/rl_redis.c).
- * A client over its limit is cached until its window ends (4096 entries
- * per worker, the least useful overwritten): it gets LIMITED with
+ * A client over its limit is cached until its window ends, in one
+ * process-wide table of 131,072 slots (64 locked shards; when a probe run
+ * is full the entry ending soonest is overwritten): it gets LIMITED with
  * remaining 0 and the same reset epoch, without a store call.
  * store_error is set when the shared store did not answer this check (the
  * call failed, or Redis is marked down and no call was made): count it as
@@ -80,10 +85,12 @@ enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w);
 
 /* Background upkeep from the worker loop: reconnects a down Redis
  * connection when its backoff has elapsed (100 ms after the failure, then
- * doubling to 2 s while attempts fail). now_ms is gw_now_ms(). A reconnect
- * attempt blocks up to about REDIS_TIMEOUT_MS per step (connect, AUTH,
- * SELECT, SCRIPT LOAD). Returns the delay in ms until it next wants to run
- * (for the loop timer): 1000 when nothing is pending. Worker thread only. */
+ * doubling to 2 s while attempts fail). now_ms is gw_now_ms(). Never
+ * blocks: the attempt is a non-blocking connect with AUTH/SELECT/SCRIPT
+ * LOAD pipelined, advanced by later ticks (every 5 ms while in progress)
+ * and abandoned after REDIS_TIMEOUT_MS per phase. Returns the delay in ms
+ * until it next wants to run (for the loop timer): 1000 when nothing is
+ * pending. Worker thread only. */
 uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms);
 
 /* True when this worker has Redis configured and its connection is up (no
