@@ -1,4 +1,9 @@
-/* Client identity: peer, trusted X-Forwarded-For walk, or API key hash. */
+/*
+ * Client identity for the rate limiter (SPEC.md §5): the socket peer, the
+ * rightmost untrusted X-Forwarded-For address when the peer is a trusted
+ * proxy, or the SHA-256 of an API key header. Pure functions of the request
+ * and a const configuration.
+ */
 #include "gw/client_id.h"
 
 #include <arpa/inet.h>
@@ -43,12 +48,19 @@ bool gw_client_parse_addr(const char *s, size_t len, uint8_t out_bin[16], char *
     return false;
 }
 
-/* One X-Forwarded-For element, located by its index from the right across
- * every XFF field. Returns false when there is no such element. */
-static bool xff_element_from_right(const struct gw_http_head *h, size_t index,
-                                   struct gw_slice *out)
+/* The client address of a request from a trusted peer (SPEC.md §3
+ * TRUSTED_PROXIES): X-Forwarded-For elements are walked once, from the
+ * right, across every XFF field in reverse order (several fields are one
+ * comma-separated list, RFC 9110 §5.3). Each trusted hop is skipped; the
+ * first untrusted address is the client; a malformed element (empty, a
+ * port, a name) ends the walk at the last good address. One pass, so a
+ * header full of trusted hops costs linear time. */
+static void resolve_addr(const struct gw_config *cfg, const uint8_t peer_bin[16],
+                         const char *peer_text, const struct gw_http_head *h, char *addr_out)
 {
-    size_t seen = 0;
+    snprintf(addr_out, GW_CLIENT_ADDR_MAX, "%s", peer_text);
+    if (!h || cfg->trusted_count == 0 || !gw_config_is_trusted(cfg, peer_bin))
+        return;
     for (size_t i = h->header_count; i-- > 0;) {
         const struct gw_http_header *f = &h->headers[i];
         if (!gw_slice_eq_nocase(f->name, "x-forwarded-for"))
@@ -59,34 +71,17 @@ static bool xff_element_from_right(const struct gw_http_head *h, size_t index,
             size_t start = end;
             while (start > 0 && v[start - 1] != ',')
                 start--;
-            if (seen == index) {
-                *out = (struct gw_slice){v + start, end - start};
-                return true;
-            }
-            seen++;
+            uint8_t bin[16];
+            char text[GW_CLIENT_ADDR_MAX];
+            if (!gw_client_parse_addr(v + start, end - start, bin, text))
+                return; /* malformed: keep the last good address */
+            snprintf(addr_out, GW_CLIENT_ADDR_MAX, "%s", text);
+            if (!gw_config_is_trusted(cfg, bin))
+                return; /* the rightmost untrusted address: the client */
             if (start == 0)
                 break;
             end = start - 1;
         }
-    }
-    return false;
-}
-
-static void resolve_addr(const struct gw_config *cfg, const uint8_t peer_bin[16],
-                         const char *peer_text, const struct gw_http_head *h, char *addr_out)
-{
-    snprintf(addr_out, GW_CLIENT_ADDR_MAX, "%s", peer_text);
-    if (!h || cfg->trusted_count == 0 || !gw_config_is_trusted(cfg, peer_bin))
-        return;
-    struct gw_slice el;
-    for (size_t i = 0; xff_element_from_right(h, i, &el); i++) {
-        uint8_t bin[16];
-        char text[GW_CLIENT_ADDR_MAX];
-        if (!gw_client_parse_addr(el.ptr, el.len, bin, text))
-            return; /* malformed: keep the last good address */
-        snprintf(addr_out, GW_CLIENT_ADDR_MAX, "%s", text);
-        if (!gw_config_is_trusted(cfg, bin))
-            return;
     }
 }
 

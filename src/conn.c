@@ -44,6 +44,7 @@
 enum conn_state {
     CS_IDLE = 0,  /* keep-alive, waiting for a request's first byte */
     CS_HEAD,      /* reading a request head */
+    CS_LIMIT,     /* waiting for the worker's batched rate-limit check */
     CS_WAIT_SLOT, /* parked in the in-flight gate's FIFO */
     CS_CONNECT,   /* connecting to the upstream */
     CS_PROXY,     /* streaming request and response */
@@ -52,14 +53,15 @@ enum conn_state {
     CS_CLOSED,
 };
 
-static const char *const state_names[] = {"idle",    "head",    "wait_slot", "connect",
-                                          "proxy",   "respond", "linger",    "closed"};
+static const char *const state_names[] = {"idle",    "head",   "limit",  "wait_slot", "connect",
+                                          "proxy",   "respond", "linger", "closed"};
 
 struct gw_conn {
     struct gw_io io;                /* client socket */
     struct gw_worker *w;            /* owning worker */
     struct gw_conn *prev, *next;    /* worker's live list */
     struct gw_conn *reap_next;      /* worker's reap list */
+    struct gw_conn *limit_next;     /* worker's pending rate-limit batch */
     enum conn_state state;
     struct gw_timer timer;          /* the one deadline of the current state */
     char client_addr[64];           /* peer address text */
@@ -366,13 +368,13 @@ static void render_rl_headers(struct gw_conn *c)
     c->rl_headers_len = 0;
     if (!c->rl.has_info || !cfg_of(c)->rate_limit_headers)
         return;
-    struct gw_buf b = {0};
-    if (gw_response_write_ratelimit_headers(&b, &c->rl.info) == 0 &&
-        gw_buf_len(&b) <= sizeof(c->rl_headers)) {
-        memcpy(c->rl_headers, gw_buf_head(&b), gw_buf_len(&b));
-        c->rl_headers_len = gw_buf_len(&b);
+    struct gw_buf *b = &c->w->scratch; /* kept across requests: no malloc */
+    gw_buf_clear(b);
+    if (gw_response_write_ratelimit_headers(b, &c->rl.info) == 0 &&
+        gw_buf_len(b) <= sizeof(c->rl_headers)) {
+        memcpy(c->rl_headers, gw_buf_head(b), gw_buf_len(b));
+        c->rl_headers_len = gw_buf_len(b);
     }
-    gw_buf_release(&b);
 }
 
 static void handle_admin(struct gw_conn *c, enum gw_admin_endpoint ep)
@@ -419,7 +421,23 @@ static void handle_request_head(struct gw_conn *c)
     }
 
     gw_client_id(cfg, c->client_bin, c->client_addr, h, c->rl_key, c->client_ident);
-    gw_ratelimit_check(w->rl, c->rl_key, strlen(c->rl_key), &c->rl);
+    /* The check is batched: every request whose head completed in this loop
+     * iteration is checked together before the worker sleeps, so a Redis
+     * store sees one pipelined round trip for all of them. */
+    set_state(c, CS_LIMIT);
+    c->limit_next = NULL;
+    if (w->limit_tail)
+        w->limit_tail->limit_next = c;
+    else
+        w->limit_head = c;
+    w->limit_tail = c;
+}
+
+/* The rate-limit decision arrived: answer 429/503 or go on to the gate. */
+static void after_limit(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_config *cfg = cfg_of(c);
     if (c->rl.store_error)
         GW_STAT_INC(&w->stats, redis_errors);
     if (c->rl.over_limit) {
@@ -468,6 +486,39 @@ static void handle_request_head(struct gw_conn *c)
         respond_problem(c, &pb, false);
         return;
     }
+    }
+}
+
+void gw_conn_run_limit_batch(struct gw_worker *w)
+{
+    /* Bounded: each round can only add requests that were pipelined behind
+     * the ones just answered. */
+    for (int round = 0; round < 16 && w->limit_head; round++) {
+        struct gw_conn *list = w->limit_head;
+        w->limit_head = w->limit_tail = NULL;
+        struct gw_rl_batch_item items[GW_LIMIT_BATCH_MAX];
+        struct gw_conn *conns[GW_LIMIT_BATCH_MAX];
+        while (list) {
+            size_t n = 0;
+            for (; list && n < GW_LIMIT_BATCH_MAX; list = list->limit_next) {
+                if (list->closing || list->state != CS_LIMIT)
+                    continue;
+                conns[n] = list;
+                items[n] = (struct gw_rl_batch_item){list->rl_key, strlen(list->rl_key),
+                                                     &list->rl};
+                n++;
+            }
+            if (n == 0)
+                break;
+            gw_ratelimit_check_batch(w->rl, items, n);
+            for (size_t i = 0; i < n; i++) {
+                struct gw_conn *c = conns[i];
+                if (c->closing)
+                    continue;
+                after_limit(c);
+                conn_drive(c);
+            }
+        }
     }
 }
 

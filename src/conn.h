@@ -22,6 +22,15 @@ void gw_conn_on_granted(struct gw_worker *w, struct gw_gate_waiter *waiter);
  * force closes even mid-exchange (shutdown timeout). */
 void gw_conn_drain(struct gw_conn *c, bool force);
 
+/* Most rate-limit checks sent to the store in one batch. */
+#define GW_LIMIT_BATCH_MAX 256
+
+/* Runs the rate-limit checks of every request whose head completed since
+ * the last call, in one batch (one pipelined Redis round trip), and moves
+ * each connection on. Called by the worker before it sleeps and before the
+ * reaper runs. */
+void gw_conn_run_limit_batch(struct gw_worker *w);
+
 /* The next connection in the worker's list (closed ones stay listed until
  * the reaper runs), NULL at the end. */
 struct gw_conn *gw_conn_next(struct gw_conn *c);

@@ -289,6 +289,13 @@ static int check_framing(struct gw_http_parser *p, llhttp_t *ll)
                     gw_slice_eq_nocase(w.el, "transfer-encoding") ||
                     gw_slice_eq_nocase(w.el, "host"))
                     return fail(p, 400, "Connection header names a framing or Host field");
+                /* Nor may a client ask us to drop the forwarding fields the
+                 * gateway itself vouches for. */
+                if (p->kind == GW_HTTP_REQUEST &&
+                    (gw_slice_eq_nocase(w.el, "x-forwarded-for") ||
+                     gw_slice_eq_nocase(w.el, "x-forwarded-host") ||
+                     gw_slice_eq_nocase(w.el, "x-forwarded-proto")))
+                    return fail(p, 400, "Connection header names a forwarding field");
             }
         }
     }

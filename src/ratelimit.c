@@ -436,3 +436,11 @@ bool gw_ratelimit_worker_redis_up(const struct gw_ratelimit_worker *w)
 {
     return w->redis != NULL && w->redis_up;
 }
+
+void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
+                              size_t n)
+{
+    /* First version: one check after the other (correct; not yet pipelined). */
+    for (size_t i = 0; i < n; i++)
+        gw_ratelimit_check(w, items[i].key, items[i].key_len, items[i].out);
+}

@@ -50,13 +50,17 @@ GW_MUSTCHECK int gw_rl_store_key(const char *prefix, const char *key, size_t key
 /* ---- in-process store (rl_memory.c) -------------------------------------- */
 
 #define GW_RL_MEMORY_SHARDS          64
-#define GW_RL_MEMORY_DEFAULT_ENTRIES 65536 /* all shards together */
+#define GW_RL_MEMORY_DEFAULT_ENTRIES (1u << 20) /* all shards together: 1,048,576 */
+#define GW_RL_MEMORY_ENTRY_BYTES     40         /* one client's entry */
 
 struct gw_rl_memory;
 
 /* Creates the in-process store: GW_RL_MEMORY_SHARDS shards, each a hash
  * table with its own mutex holding at most max(1, max_entries / shards)
- * entries (0 = GW_RL_MEMORY_DEFAULT_ENTRIES). Returns 0 or -ENOMEM.
+ * entries (0 = GW_RL_MEMORY_DEFAULT_ENTRIES). Memory grows with the
+ * clients seen in a window, up to gw_rl_memory_max_bytes(max_entries)
+ * (44 bytes per entry: 44 MiB for the default); beyond the cap the oldest
+ * live entry of a shard is evicted. Returns 0 or -ENOMEM.
  * The store is thread-safe: every worker shares one. */
 GW_MUSTCHECK int gw_rl_memory_create(struct gw_rl_memory **out, size_t max_entries);
 
@@ -72,6 +76,14 @@ void gw_rl_memory_destroy(struct gw_rl_memory *m);
  * -ENOMEM if a shard could not allocate its first entries. Thread-safe. */
 GW_MUSTCHECK int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len,
                                    int64_t window_s, int64_t now_s, int64_t *count);
+
+/* Bytes the store holds now (pools and bucket arrays, not malloc
+ * overhead); takes each shard lock in turn. */
+size_t gw_rl_memory_bytes(struct gw_rl_memory *m);
+
+/* The most gw_rl_memory_bytes can reach for a store created with
+ * max_entries (0 = the default). Pure, thread-safe. */
+size_t gw_rl_memory_max_bytes(size_t max_entries);
 
 /* Entries in use, all shards (takes each shard lock in turn). */
 size_t gw_rl_memory_entries(struct gw_rl_memory *m);

@@ -8,12 +8,18 @@
  * (buckets, entries, age list, counters). No call holds two shard locks;
  * the store struct itself is immutable after creation.
  *
- * A shard is a chained hash table over a pool of entries (int32 indices,
- * so the pool can grow by realloc). Entries also sit on an age list ordered
- * by when their current window started: the head is the oldest, and since
- * windows only move forward it is expired whenever any entry is. A new key
- * takes the head when expired, else grows the pool up
- * to the cap, else evicts the head (the oldest live entry).
+ * A shard is a chained hash table over a pool of 40-byte entries (int32
+ * indices, so the pool can grow by realloc; the bucket array doubles with
+ * it). Entries also sit on an age list ordered by when their current window
+ * started: the head is the oldest, and since windows only move forward it
+ * is expired whenever any entry is. A new key takes the head when expired,
+ * else grows the pool up to the cap, else evicts the head (the oldest live
+ * entry).
+ *
+ * Memory bound: 44 bytes per entry at most (40 for the entry, 4 for its
+ * bucket), so the default cap of 1,048,576 entries is 44 MiB, reached only
+ * when a million distinct clients arrive within one window; an idle store
+ * holds 64 x 16 entries. test/bench/rl_memory.sh measures it.
  */
 #include "ratelimit_int.h"
 
@@ -30,16 +36,18 @@
 struct mentry {
     uint64_t h1, h2; /* 128-bit key identity (two independently seeded hashes) */
     int64_t window;  /* window index of count */
-    int64_t count;   /* requests counted in that window */
+    uint32_t count;  /* requests counted in that window (saturates) */
     int32_t next;    /* bucket chain, NIL ends */
     int32_t older;   /* age list toward the head (oldest), NIL at head */
     int32_t newer;   /* age list toward the tail (newest), NIL at tail */
 };
 
+_Static_assert(sizeof(struct mentry) == GW_RL_MEMORY_ENTRY_BYTES, "entry size is the memory bound");
+
 struct shard {
     pthread_mutex_t mu;
-    int32_t *buckets;           /* nbuckets heads, NIL = empty */
-    uint32_t mask;              /* nbuckets - 1 (power of two) */
+    int32_t *buckets;           /* mask + 1 chain heads, NIL = empty */
+    uint32_t mask;              /* bucket count - 1 (power of two) */
     struct mentry *e;           /* pool, alloc slots */
     uint32_t alloc;             /* slots allocated in e */
     uint32_t top;               /* slots ever handed out (e[0..top) initialised) */
@@ -97,6 +105,16 @@ static uint32_t pow2_at_least(uint32_t n)
     return p;
 }
 
+/* Fresh bucket array of nb heads (a power of two), all empty. */
+static int32_t *buckets_new(uint32_t nb)
+{
+    int32_t *b = malloc(sizeof(int32_t) * nb);
+    if (b != NULL)
+        for (uint32_t i = 0; i < nb; i++)
+            b[i] = NIL;
+    return b;
+}
+
 int gw_rl_memory_create(struct gw_rl_memory **out, size_t max_entries)
 {
     if (max_entries == 0)
@@ -112,15 +130,13 @@ int gw_rl_memory_create(struct gw_rl_memory **out, size_t max_entries)
         return -ENOMEM;
     memset(m, 0, sizeof(*m));
     m->cap = (uint32_t)per;
-    uint32_t nb = pow2_at_least(m->cap);
+    /* Buckets grow with the pool (slot_get), so an idle store stays small. */
+    uint32_t nb = pow2_at_least(GW_MIN(m->cap, INITIAL_ALLOC));
     int i;
     for (i = 0; i < GW_RL_MEMORY_SHARDS; i++) {
         struct shard *s = &m->shards[i];
-        s->buckets = malloc(sizeof(int32_t) * nb);
-        if (s->buckets == NULL)
+        if ((s->buckets = buckets_new(nb)) == NULL)
             goto fail;
-        for (uint32_t b = 0; b < nb; b++)
-            s->buckets[b] = NIL;
         s->mask = nb - 1;
         s->oldest = s->newest = NIL;
         if (pthread_mutex_init(&s->mu, NULL) != 0) {
@@ -155,6 +171,29 @@ void gw_rl_memory_destroy(struct gw_rl_memory *m)
 size_t gw_rl_memory_shard_cap(const struct gw_rl_memory *m)
 {
     return m->cap;
+}
+
+size_t gw_rl_memory_bytes(struct gw_rl_memory *m)
+{
+    size_t n = sizeof(*m);
+    for (int i = 0; i < GW_RL_MEMORY_SHARDS; i++) {
+        pthread_mutex_lock(&m->shards[i].mu);
+        n += (size_t)m->shards[i].alloc * sizeof(struct mentry) +
+             ((size_t)m->shards[i].mask + 1) * sizeof(int32_t);
+        pthread_mutex_unlock(&m->shards[i].mu);
+    }
+    return n;
+}
+
+size_t gw_rl_memory_max_bytes(size_t max_entries)
+{
+    if (max_entries == 0)
+        max_entries = GW_RL_MEMORY_DEFAULT_ENTRIES;
+    size_t per = max_entries / GW_RL_MEMORY_SHARDS;
+    per = per < 1 ? 1 : per > (1u << 30) ? (1u << 30) : per;
+    return sizeof(struct gw_rl_memory) +
+           GW_RL_MEMORY_SHARDS * (per * sizeof(struct mentry) +
+                                  (size_t)pow2_at_least((uint32_t)per) * sizeof(int32_t));
 }
 
 size_t gw_rl_memory_entries(struct gw_rl_memory *m)
@@ -226,6 +265,39 @@ static void entry_remove(struct shard *s, int32_t i)
     s->used--;
 }
 
+/* Doubles the pool (up to cap) and, when the pool outgrows the buckets,
+ * the bucket array too, relinking every entry. On allocation failure the
+ * shard keeps what it has (slot_get then evicts instead of growing). */
+static void grow(struct shard *s, uint32_t cap)
+{
+    uint32_t na = s->alloc == 0 ? INITIAL_ALLOC : s->alloc * 2;
+    if (na > cap)
+        na = cap;
+    uint32_t nb = pow2_at_least(na);
+    int32_t *nbk = NULL;
+    if (nb > s->mask + 1 && (nbk = buckets_new(nb)) == NULL)
+        return;
+    struct mentry *ne = realloc(s->e, sizeof(*ne) * na);
+    if (ne == NULL) {
+        free(nbk);
+        return;
+    }
+    s->e = ne;
+    s->alloc = na;
+    if (nbk != NULL) {
+        /* Every slot below top is linked (slots are only reused, never
+         * freed), so relinking them all rebuilds the chains. */
+        free(s->buckets);
+        s->buckets = nbk;
+        s->mask = nb - 1;
+        for (uint32_t i = 0; i < s->top; i++) {
+            uint32_t b = bucket_of(s, s->e[i].h2);
+            s->e[i].next = s->buckets[b];
+            s->buckets[b] = (int32_t)i;
+        }
+    }
+}
+
 /* A slot for a new key: see the file comment for the order of choices.
  * Returns NIL only when the pool cannot get its first slots. */
 static int32_t slot_get(struct shard *s, uint32_t cap, int64_t window)
@@ -236,16 +308,8 @@ static int32_t slot_get(struct shard *s, uint32_t cap, int64_t window)
         return i;
     }
     if (s->top < cap) {
-        if (s->top == s->alloc) {
-            uint32_t na = s->alloc == 0 ? INITIAL_ALLOC : s->alloc * 2;
-            if (na > cap)
-                na = cap;
-            struct mentry *ne = realloc(s->e, sizeof(*ne) * na);
-            if (ne != NULL) {
-                s->e = ne;
-                s->alloc = na;
-            }
-        }
+        if (s->top == s->alloc)
+            grow(s, cap);
         if (s->top < s->alloc)
             return (int32_t)s->top++;
         /* Out of memory: fall through and evict, staying within what we have. */
@@ -278,8 +342,8 @@ int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len, i
             e->count = 1;
             age_unlink(s, i);
             age_push_newest(s, i);
-        } else if (e->count < INT64_MAX) {
-            e->count++;
+        } else if (e->count < UINT32_MAX) {
+            e->count++; /* saturates: past 4e9 the verdict is the same */
         }
         *count = e->count;
     } else {

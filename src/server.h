@@ -91,6 +91,8 @@ struct gw_worker {
     struct gw_gate_owner gate_owner;   /* grants from the in-flight gate */
     struct gw_conn *conns;             /* live client connections (list head) */
     struct gw_conn *reap;              /* connections closed this iteration */
+    struct gw_conn *limit_head;        /* requests waiting for the batched rate-limit check */
+    struct gw_conn *limit_tail;
     struct gw_upstream *idle;          /* idle upstream pool (LIFO) */
     int idle_count;
     struct gw_upstream *up_reap;       /* upstreams closed this iteration */
@@ -103,6 +105,7 @@ struct gw_worker {
     int parser_free_len;
     char **block_free;                 /* spare GW_BLOCK_SIZE buffer blocks */
     int block_free_len;
+    struct gw_buf scratch;             /* per-request rendering scratch, kept */
     uint64_t redis_checked_ms;         /* /health Redis PING cache */
     enum gw_rl_store_state redis_state;
 };

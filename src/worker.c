@@ -77,6 +77,7 @@ static void on_wake(struct gw_loop *loop, void *ctx)
 static void before_sleep(struct gw_loop *loop, void *ctx)
 {
     struct gw_worker *w = ctx;
+    gw_conn_run_limit_batch(w); /* before the reaper: the batch may name closed connections */
     gw_conn_reap(w);
     gw_upstream_reap(w);
     if (w->draining && w->conns == NULL && !w->stop) {
@@ -111,6 +112,7 @@ static void *worker_main(void *arg)
     for (struct gw_conn *it = w->conns; it; it = gw_conn_next(it))
         gw_conn_drain(it, true);
     gw_upstream_close_idle(w);
+    w->limit_head = w->limit_tail = NULL; /* every connection is closed: no decision is needed */
     gw_conn_reap(w);
     gw_upstream_reap(w);
     atomic_store_explicit(&w->finished, true, memory_order_release);
@@ -213,6 +215,7 @@ void gw_worker_destroy(struct gw_worker *w)
     for (int i = 0; i < w->block_free_len; i++)
         free(w->block_free[i]);
     free(w->block_free);
+    gw_buf_release(&w->scratch);
     gw_ratelimit_worker_destroy(w->rl);
     gw_loop_deinit(&w->loop);
     pthread_mutex_destroy(&w->inbox_mu);

@@ -79,6 +79,22 @@ void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w);
 void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t key_len,
                         struct gw_rl_decision *out);
 
+/* One request of a batch: the client key (borrowed for the call) and where
+ * the decision goes. */
+struct gw_rl_batch_item {
+    const char *key;             /* client key bytes */
+    size_t key_len;              /* bytes */
+    struct gw_rl_decision *out;  /* filled by the call */
+};
+
+/* Decides n requests at once, each exactly as gw_ratelimit_check would, in
+ * order (two items of one client count twice). Items answered by the
+ * over-limit cache cost nothing; the others go to Redis as one pipeline
+ * (all commands written, then all replies read): one round trip for the
+ * batch, bounded by REDIS_TIMEOUT_MS. Never fails; worker thread only. */
+void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
+                              size_t n);
+
 /* Store state for /health: DISABLED without Redis; otherwise sends PING
  * (when connected) and reports the outcome. Worker thread only. */
 enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w);

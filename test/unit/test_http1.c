@@ -571,6 +571,11 @@ static const struct bad_case bad_requests[] = {
      400, false, "Connection header names a framing or Host field"},
     {"Connection names Host", S(GET "Connection: close\r\nConnection: HOST\r\n\r\n"), 400, false,
      "Connection header names a framing or Host field"},
+    {"Connection names X-Forwarded-For",
+     S(GET "Connection: X-Forwarded-For\r\nX-Forwarded-For: 10.9.8.7\r\n\r\n"), 400, false,
+     "Connection header names a forwarding field"},
+    {"Connection names x-forwarded-proto", S(GET "Connection: close, x-forwarded-proto\r\n\r\n"),
+     400, false, "Connection header names a forwarding field"},
     /* Host */
     {"missing Host in HTTP/1.1", S("GET / HTTP/1.1\r\nX: a\r\n\r\n"), 400, false,
      "missing Host header"},

@@ -319,62 +319,40 @@ static int group_teardown(void **state)
 
 /* ---- pure helpers ---------------------------------------------------------------- */
 
-static void test_url_parse(void **state)
+/* REDIS_URL goes through the configuration's parser only: what
+ * gw_config_parse_redis_url refuses, the limiter refuses too (its forms are
+ * tested in test_config.c). */
+static void test_limiter_uses_config_url_parser(void **state)
 {
     (void)state;
-    struct gw_rl_redis_url u;
-    assert_int_equal(gw_rl_redis_url_parse("redis://localhost", &u), 0);
-    assert_int_equal(u.transport, GW_RL_REDIS_TCP);
-    assert_string_equal(u.host, "localhost");
-    assert_int_equal(u.port, 6379);
-    assert_null(u.password);
-    assert_int_equal(u.db, 0);
-    gw_rl_redis_url_deinit(&u);
-
-    assert_int_equal(gw_rl_redis_url_parse("redis://:p%40ss%2Fw%3Ard@10.1.2.3:6380/7", &u), 0);
-    assert_string_equal(u.host, "10.1.2.3");
-    assert_int_equal(u.port, 6380);
-    assert_null(u.username);
-    assert_string_equal(u.password, "p@ss/w:rd");
-    assert_int_equal(u.db, 7);
-    gw_rl_redis_url_deinit(&u);
-
-    assert_int_equal(gw_rl_redis_url_parse("redis://app:secret@[::1]:7000/", &u), 0);
-    assert_string_equal(u.host, "::1");
-    assert_int_equal(u.port, 7000);
-    assert_string_equal(u.username, "app");
-    assert_string_equal(u.password, "secret");
-    assert_int_equal(u.db, 0);
-    gw_rl_redis_url_deinit(&u);
-
-    assert_int_equal(gw_rl_redis_url_parse("unix:///run/redis/redis.sock", &u), 0);
-    assert_int_equal(u.transport, GW_RL_REDIS_UNIX);
-    assert_string_equal(u.path, "/run/redis/redis.sock");
-    gw_rl_redis_url_deinit(&u);
-
     static const char *const bad[] = {
-        "",
-        "localhost:6379",
-        "rediss://localhost",
-        "http://localhost",
-        "redis://",
-        "redis://:pw@",
-        "redis://host:0",
-        "redis://host:65536",
-        "redis://host:12ab",
-        "redis://host/db",
-        "redis://host/1/2",
-        "redis://[::1",
-        "redis://:%zz@host",
-        "redis://:%00@host",
-        "unix://",
-        "unix://relative.sock",
+        "localhost:6379",   "rediss://localhost", "redis://secret@host", /* legacy userinfo */
+        "redis://host:0",   "redis://:@host",     "unix://relative.sock",
+        "redis://host/db",  "redis://h?x=1",
     };
     for (size_t i = 0; i < GW_ARRAY_LEN(bad); i++) {
-        int rc = gw_rl_redis_url_parse(bad[i], &u);
+        struct setup s;
+        make_cfg(&s, bad[i], 1, 60, GW_RL_FAIL_OPEN);
+        struct gw_redis_target t;
+        assert_int_equal(gw_config_parse_redis_url(bad[i], &t, NULL, 0), -EINVAL);
+        gw_config_redis_target_deinit(&t);
+        struct gw_ratelimit *rl = NULL;
+        int rc = gw_ratelimit_create(&rl, &s.cfg);
         if (rc != -EINVAL)
-            fail_msg("\"%s\" gave %d", bad[i], rc);
+            fail_msg("\"%s\": gw_ratelimit_create gave %d, want -EINVAL", bad[i], rc);
     }
+    /* A good URL whose server is absent: created, starts disconnected. */
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/3", free_port());
+    struct setup s;
+    make_cfg(&s, url, 1, 60, GW_RL_FAIL_OPEN);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    assert_false(gw_ratelimit_worker_redis_up(w));
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
 }
 
 static void test_store_key_hides_client_bytes(void **state)
@@ -761,13 +739,23 @@ static void test_redis_killed_and_restarted(void **state)
         assert_int_equal(gw_ratelimit_worker_tick(open.w, now + delay - 1), 1);
     }
 
-    /* Same port again: past the backoff each worker reconnects. */
+    /* Same port again: past the backoff each worker reconnects, without
+     * blocking: a tick starts the attempt, later ticks (5 ms apart) finish it. */
     redis_start(&g_main);
     now += delay;
-    assert_int_equal(gw_ratelimit_worker_tick(open.w, now), 1000);
-    assert_int_equal(gw_ratelimit_worker_tick(closed.w, gw_now_ms() + 200), 1000);
-    assert_int_equal(gw_ratelimit_worker_tick(local.w, gw_now_ms() + 200), 1000);
     struct mode_rig *rigs[] = {&open, &closed, &local};
+    for (size_t r = 0; r < GW_ARRAY_LEN(rigs); r++) {
+        uint64_t t = r == 0 ? now : gw_now_ms() + 2100;
+        uint64_t dl = gw_ratelimit_worker_tick(rigs[r]->w, t);
+        for (int i = 0; i < 400 && dl != 1000; i++) {
+            assert_int_equal(dl, 5);
+            assert_false(gw_ratelimit_worker_redis_up(rigs[r]->w));
+            pause_ms(1);
+            t = gw_now_ms() + 2100;
+            dl = gw_ratelimit_worker_tick(rigs[r]->w, t);
+        }
+        assert_int_equal(dl, 1000);
+    }
     for (size_t r = 0; r < GW_ARRAY_LEN(rigs); r++) {
         assert_true(gw_ratelimit_worker_redis_up(rigs[r]->w));
         assert_int_equal(gw_ratelimit_worker_ping(rigs[r]->w), GW_RL_STORE_CONNECTED);
@@ -865,10 +853,177 @@ static void test_unix_socket(void **state)
     unlink(p.sock);
 }
 
+/* ---- REDIS_TIMEOUT_MS bounds every step ----------------------------------- */
+
+/* A TCP listener on 127.0.0.1 with the given backlog that never accepts:
+ * the kernel completes handshakes into the backlog, nobody ever answers. */
+static int silent_listener(int backlog, int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, backlog), 0);
+    socklen_t len = sizeof(a);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static int64_t elapsed_ms_since(uint64_t t0_us)
+{
+    return (int64_t)((gw_now_us() - t0_us) / 1000);
+}
+
+static void test_timeout_bounds_connect_and_handshake(void **state)
+{
+    (void)state;
+    const int T = 150;
+    int port;
+    int lfd = silent_listener(16, &port);
+    struct gw_redis_target t = {.host = "127.0.0.1", .port = port};
+    struct gw_rl_redis *r;
+    assert_int_equal(gw_rl_redis_create(&r, &t, T), 0);
+
+    /* The connect succeeds (backlog), SCRIPT LOAD is never answered. */
+    uint64_t t0 = gw_now_us();
+    assert_int_equal(gw_rl_redis_connect(r), -ETIMEDOUT);
+    int64_t took = elapsed_ms_since(t0);
+    assert_in_range(took, T - 5, 2 * T + 50);
+    assert_false(gw_rl_redis_connected(r));
+    assert_non_null(strstr(gw_rl_redis_last_error(r), "handshake"));
+
+    /* Non-blocking: start and poll return at once while the server says
+     * nothing; the attempt fails at its deadline, not later. */
+    uint64_t now = gw_now_ms();
+    t0 = gw_now_us();
+    assert_int_equal(gw_rl_redis_connect_start(r, now), -EINPROGRESS);
+    assert_true(elapsed_ms_since(t0) < 20);
+    int rc = -EINPROGRESS;
+    int polls = 0;
+    while (rc == -EINPROGRESS && polls < 1000) {
+        pause_ms(2);
+        uint64_t p0 = gw_now_us();
+        rc = gw_rl_redis_connect_poll(r, gw_now_ms());
+        assert_true(elapsed_ms_since(p0) < 20); /* a poll never waits */
+        polls++;
+    }
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_in_range(gw_now_ms() - now, T - 5, 2 * T + 50);
+    assert_int_equal(gw_rl_redis_connect_poll(r, gw_now_ms()), -ENOTCONN);
+    gw_rl_redis_ops.destroy(r);
+    close(lfd);
+}
+
+/* connect(2) itself never completes: a listener with a full accept queue
+ * drops further SYNs, so only the connect timeout ends the attempt. */
+static void test_timeout_bounds_connect_syscall(void **state)
+{
+    (void)state;
+    const int T = 150;
+    int port;
+    int lfd = silent_listener(0, &port);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fill[4];
+    for (int i = 0; i < 4; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        assert_true(fill[i] >= 0);
+        (void)connect(fill[i], (struct sockaddr *)&a, sizeof(a));
+    }
+    pause_ms(20);
+    struct gw_redis_target t = {.host = "127.0.0.1", .port = port};
+    struct gw_rl_redis *r;
+    assert_int_equal(gw_rl_redis_create(&r, &t, T), 0);
+    uint64_t t0 = gw_now_us();
+    int rc = gw_rl_redis_connect(r);
+    int64_t took = elapsed_ms_since(t0);
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_in_range(took, T - 5, T + 50);
+    assert_string_equal(gw_rl_redis_last_error(r), "connect: timed out");
+    gw_rl_redis_ops.destroy(r);
+    for (int i = 0; i < 4; i++)
+        close(fill[i]);
+    close(lfd);
+}
+
+/* A Redis that stops answering (SIGSTOP): the check in flight waits
+ * REDIS_TIMEOUT_MS once, then the worker marks Redis down, later checks
+ * do not wait at all, reconnect ticks never block, and after SIGCONT the
+ * worker is back. */
+static void test_hung_redis_command_timeout(void **state)
+{
+    (void)state;
+    const int T = 150;
+    struct redis_proc p = {.port = free_port()};
+    redis_start(&p);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", p.port);
+    struct setup s;
+    make_cfg(&s, url, 100, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    s.cfg.redis_timeout_ms = T;
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    assert_true(gw_ratelimit_worker_redis_up(w));
+    struct gw_rl_decision d;
+    check(w, "hung", &d);
+    assert_false(d.store_error);
+
+    assert_int_equal(kill(p.pid, SIGSTOP), 0);
+    uint64_t t0 = gw_now_us();
+    check(w, "hung", &d);
+    int64_t took = elapsed_ms_since(t0);
+    assert_true(d.store_error);
+    assert_int_equal(d.verdict, GW_RL_ALLOW);
+    assert_in_range(took, T - 5, T + 100);
+    assert_false(gw_ratelimit_worker_redis_up(w));
+
+    /* Marked down: 100 checks take no Redis time at all. */
+    t0 = gw_now_us();
+    for (int i = 0; i < 100; i++) {
+        check(w, "hung", &d);
+        assert_true(d.store_error);
+    }
+    assert_true(elapsed_ms_since(t0) < 20);
+
+    /* Reconnect attempts against the stopped server (the kernel still
+     * accepts) run for a while; no single tick blocks. */
+    uint64_t start = gw_now_ms(), worst_us = 0;
+    int ticks = 0;
+    while (gw_now_ms() - start < 3 * (uint64_t)T + 200 && ticks < 5000) {
+        uint64_t k0 = gw_now_us();
+        (void)gw_ratelimit_worker_tick(w, gw_now_ms());
+        uint64_t k = gw_now_us() - k0;
+        worst_us = k > worst_us ? k : worst_us;
+        ticks++;
+        pause_ms(1);
+    }
+    assert_true(worst_us < 20000);
+    assert_false(gw_ratelimit_worker_redis_up(w));
+
+    assert_int_equal(kill(p.pid, SIGCONT), 0);
+    /* Bounded: the backoff is at most 2 s, then an attempt of a few ms. */
+    uint64_t deadline = gw_now_ms() + 2000 + 2 * (uint64_t)T + 500;
+    while (!gw_ratelimit_worker_redis_up(w) && gw_now_ms() < deadline) {
+        (void)gw_ratelimit_worker_tick(w, gw_now_ms());
+        pause_ms(2);
+    }
+    assert_true(gw_ratelimit_worker_redis_up(w));
+    check(w, "hung", &d);
+    assert_false(d.store_error);
+    assert_true(d.has_info);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+    redis_stop(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_url_parse),
+        cmocka_unit_test(test_limiter_uses_config_url_parser),
         cmocka_unit_test(test_store_key_hides_client_bytes),
         cmocka_unit_test(test_memory_only_limiter),
         cmocka_unit_test(test_exact_limit_key_and_ttl),
@@ -880,6 +1035,9 @@ int main(void)
         cmocka_unit_test(test_redis_killed_and_restarted),
         cmocka_unit_test(test_password_and_db),
         cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_timeout_bounds_connect_and_handshake),
+        cmocka_unit_test(test_timeout_bounds_connect_syscall),
+        cmocka_unit_test(test_hung_redis_command_timeout),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,8 +1,9 @@
 /*
  * Unit tests of the in-process store (src/rl_memory.c): counting, lazy
  * expiry when the injected clock crosses a window edge, exact totals under
- * four concurrent threads, and the per-shard memory bound with its
- * eviction order (expired entries before live ones, then the oldest).
+ * four concurrent threads, the per-shard memory bound with its eviction
+ * order (expired entries before live ones, then the oldest), growth that
+ * keeps counts, and the byte bound under a flood of distinct clients.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -219,6 +220,59 @@ static void test_eviction_order(void **state)
     gw_rl_memory_destroy(m);
 }
 
+/* Pools and bucket arrays grow in steps (relinking every chain); counts
+ * survive each step, and the bytes held never pass the stated bound. */
+static void test_growth_keeps_counts(void **state)
+{
+    (void)state;
+    struct gw_rl_memory *m;
+    const size_t cap = GW_RL_MEMORY_SHARDS * 512;
+    assert_int_equal(gw_rl_memory_create(&m, cap), 0);
+    size_t idle = gw_rl_memory_bytes(m);
+    assert_true(idle < 64 * 1024); /* an idle store is small */
+    char key[32];
+    const int N = 20000; /* ~312 per shard: several doublings, no eviction */
+    for (int round = 1; round <= 2; round++) {
+        for (int i = 0; i < N; i++) {
+            int len = snprintf(key, sizeof(key), "grow-%d", i);
+            int64_t n = 0;
+            assert_int_equal(gw_rl_memory_incr(m, key, (size_t)len, 60, 1700000000, &n), 0);
+            if (n != round)
+                fail_msg("key %s: count %lld in round %d", key, (long long)n, round);
+        }
+        assert_true(gw_rl_memory_bytes(m) <= gw_rl_memory_max_bytes(cap));
+    }
+    assert_int_equal(gw_rl_memory_entries(m), N);
+    assert_true(gw_rl_memory_bytes(m) > idle);
+    gw_rl_memory_destroy(m);
+}
+
+/* A flood of distinct clients fills the store to its cap and no further:
+ * the bytes held are exactly the stated bound, whatever the flood size. */
+static void test_flood_stays_at_bound(void **state)
+{
+    (void)state;
+    const size_t cap = GW_RL_MEMORY_SHARDS * 256;
+    struct gw_rl_memory *m;
+    assert_int_equal(gw_rl_memory_create(&m, cap), 0);
+    char key[32];
+    for (int i = 0; i < 200000; i++) {
+        int len = snprintf(key, sizeof(key), "flood-%d", i);
+        int64_t n;
+        assert_int_equal(gw_rl_memory_incr(m, key, (size_t)len, 60, 1700000000, &n), 0);
+        assert_int_equal(n, 1);
+    }
+    assert_int_equal(gw_rl_memory_entries(m), cap);
+    assert_int_equal(gw_rl_memory_bytes(m), gw_rl_memory_max_bytes(cap));
+    gw_rl_memory_destroy(m);
+
+    /* The default: a million clients per window in 44 bytes each. */
+    assert_int_equal(GW_RL_MEMORY_DEFAULT_ENTRIES, 1048576);
+    size_t max = gw_rl_memory_max_bytes(0);
+    assert_true(max >= (size_t)GW_RL_MEMORY_DEFAULT_ENTRIES * 44);
+    assert_true(max <= (size_t)GW_RL_MEMORY_DEFAULT_ENTRIES * 44 + 64 * 1024);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -228,6 +282,8 @@ int main(void)
         cmocka_unit_test(test_concurrent_exact_totals),
         cmocka_unit_test(test_bound_holds),
         cmocka_unit_test(test_eviction_order),
+        cmocka_unit_test(test_growth_keeps_counts),
+        cmocka_unit_test(test_flood_stays_at_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

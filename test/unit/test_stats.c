@@ -150,6 +150,42 @@ static void test_sum_three_workers(void **state)
     assert_int_equal(s.latency_count, 0);
 }
 
+/* gw_stats_add_worker accumulates past GW_STATS_MAX_WORKERS workers (every
+ * counter is summed) while worker_connections lists only the first ones. */
+static void test_add_worker_many(void **state)
+{
+    (void)state;
+    enum { N = GW_STATS_MAX_WORKERS + 44 };
+    struct gw_stats_worker *w = calloc(N, sizeof(*w));
+    assert_non_null(w);
+    struct gw_stats_snapshot s;
+    memset(&s, 0, sizeof(s));
+    for (size_t i = 0; i < N; i++) {
+        atomic_store(&w[i].requests_proxied, 2);
+        atomic_store(&w[i].connections_active, (int64_t)i);
+        gw_histogram_observe(&w[i].request_latency, 700); /* bucket 1 */
+        gw_stats_add_worker(&s, i, &w[i]);
+    }
+    assert_int_equal(s.requests_proxied, 2 * N);
+    assert_int_equal(s.connections_active, (int64_t)N * (N - 1) / 2);
+    assert_int_equal(s.latency_buckets[1], N);
+    assert_int_equal(s.latency_count, N);
+    assert_int_equal(s.worker_connections[0], 0);
+    assert_int_equal(s.worker_connections[GW_STATS_MAX_WORKERS - 1], GW_STATS_MAX_WORKERS - 1);
+
+    /* /stats lists one count per worker, up to GW_STATS_MAX_WORKERS. */
+    s.worker_threads = N;
+    char *text = render_json(&s);
+    json_t *root = json_loads(text, 0, NULL);
+    assert_non_null(root);
+    json_t *wc = json_object_get(root, "worker_connections");
+    assert_int_equal(json_array_size(wc), GW_STATS_MAX_WORKERS);
+    assert_int_equal(json_integer_value(json_array_get(wc, 7)), 7);
+    json_decref(root);
+    free(text);
+    free(w);
+}
+
 static void test_quantiles(void **state)
 {
     (void)state;
@@ -208,6 +244,8 @@ static void known_snapshot(struct gw_stats_snapshot *s)
     s->queue_sum_us = 93000000;
     s->in_flight = 2;
     s->queue_length = 1;
+    s->in_flight_max = 100;
+    s->queue_length_max = 1000;
     s->uptime_s = 42;
     s->worker_threads = 2;
     s->redis_enabled = true;
@@ -293,29 +331,34 @@ static const char expect_prom[] =
     "# HELP gateway_requests_received_total Requests received from clients, any outcome\n"
     "# TYPE gateway_requests_received_total counter\n"
     "gateway_requests_received_total 100\n"
-    "# HELP gateway_requests_rate_limited_dry_run_total Requests over the limit let through by "
-    "dry run\n"
-    "# TYPE gateway_requests_rate_limited_dry_run_total counter\n"
-    "gateway_requests_rate_limited_dry_run_total 2\n"
     "# HELP gateway_redis_errors_total Rate-limit store calls that failed\n"
     "# TYPE gateway_redis_errors_total counter\n"
     "gateway_redis_errors_total 1\n"
     "# HELP gateway_requests_total Finished requests by result: proxied=Requests answered by the "
-    "upstream; rate_limited=Requests refused with 429; rejected_queue=Requests refused with 503 "
+    "upstream; rate_limited=Requests refused with 429; rate_limited_dry_run=Requests over the "
+    "limit let through by dry run (also counted under their outcome); rejected_queue=Requests "
+    "refused with 503 "
     "by the in-flight cap; failed_upstream=Requests answered 502 or 504; "
     "bad_request=Gateway-generated 4xx other than 429\n"
     "# TYPE gateway_requests_total counter\n"
     "gateway_requests_total{result=\"proxied\"} 80\n"
     "gateway_requests_total{result=\"rate_limited\"} 7\n"
+    "gateway_requests_total{result=\"rate_limited_dry_run\"} 2\n"
     "gateway_requests_total{result=\"rejected_queue\"} 3\n"
     "gateway_requests_total{result=\"failed_upstream\"} 4\n"
     "gateway_requests_total{result=\"bad_request\"} 6\n"
     "# HELP gateway_in_flight Upstream requests holding an in-flight slot\n"
     "# TYPE gateway_in_flight gauge\n"
     "gateway_in_flight 2\n"
+    "# HELP gateway_in_flight_max The in-flight cap, MAX_CONCURRENT_REQUESTS\n"
+    "# TYPE gateway_in_flight_max gauge\n"
+    "gateway_in_flight_max 100\n"
     "# HELP gateway_queue_length Requests waiting for an in-flight slot\n"
     "# TYPE gateway_queue_length gauge\n"
     "gateway_queue_length 1\n"
+    "# HELP gateway_queue_length_max The wait queue's capacity, MAX_QUEUE_LENGTH\n"
+    "# TYPE gateway_queue_length_max gauge\n"
+    "gateway_queue_length_max 1000\n"
     "# HELP gateway_connections_active Client connections open\n"
     "# TYPE gateway_connections_active gauge\n"
     "gateway_connections_active 5\n"
@@ -502,6 +545,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_observe_bucketing),
         cmocka_unit_test(test_sum_three_workers),
+        cmocka_unit_test(test_add_worker_many),
         cmocka_unit_test(test_quantiles),
         cmocka_unit_test(test_render_json_exact),
         cmocka_unit_test(test_render_json_redis_states),

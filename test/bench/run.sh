@@ -1,0 +1,360 @@
+#!/usr/bin/env bash
+# `make bench`: the gateway side by side with nginx and HAProxy (issue 6). Starts on
+# loopback an nginx backend with a fixed small JSON body, Redis, and the targets (direct,
+# nginx proxy, HAProxy, gateway with memory store / Redis store / every request over the
+# limit), runs wrk on them in turn for several rounds, measures CPU per request from /proc,
+# Redis commands and reads per request, the in-flight cap's overhead and the gateway's RSS
+# with 10k idle connections and through 1 GiB streamed each way; prints Markdown tables.
+#
+# Usage: bash test/bench/run.sh [build-dir]      (build-dir holds gateway and backend_app)
+# Environment (defaults in brackets):
+#   BENCH_SECONDS [10]  seconds per wrk run      BENCH_ROUNDS [2]       rounds (A B C A B C)
+#   BENCH_CONNS ["50 200"]  connection counts    BENCH_WORKERS ["1 2"]  worker passes
+#   BENCH_WRK_THREADS [2]   wrk threads          BENCH_UPSTREAM_KEEPALIVE [256] idle upstream
+#   BENCH_IDLE_CONNS [10000]                     BENCH_STREAM_BYTES [1073741824]
+#   BENCH_PARTS ["table cap memory"]  which parts to run
+#   BENCH_OUT [<build-dir>/bench]  results, logs and table.md
+#   BENCH_PORT_BASE [18400]  first port tried (each port is checked to be free)
+set -uo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/../.." && pwd)
+# shellcheck source=lib.sh
+. "$BENCH_DIR/lib.sh"
+
+BUILD_ARG=${1:-build}
+if [ -d "$BUILD_ARG" ]; then
+    BUILD=$(cd "$BUILD_ARG" && pwd)
+elif [ -d "$REPO/$BUILD_ARG" ]; then
+    BUILD=$(cd "$REPO/$BUILD_ARG" && pwd)
+else
+    die "build directory $BUILD_ARG not found (build first: make build)"
+fi
+[ -x "$BUILD/gateway" ] && [ -x "$BUILD/backend_app" ] ||
+    die "$BUILD/gateway or $BUILD/backend_app missing (build first)"
+
+SECS=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-2}
+CONNS=${BENCH_CONNS:-"50 200"}
+WORKER_PASSES=${BENCH_WORKERS:-"1 2"}
+WRK_THREADS=${BENCH_WRK_THREADS:-2}
+UPSTREAM_KEEPALIVE=${BENCH_UPSTREAM_KEEPALIVE:-256}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+STREAM_BYTES=${BENCH_STREAM_BYTES:-1073741824}
+PARTS=${BENCH_PARTS:-"table cap memory"}
+OUT=${BENCH_OUT:-$BUILD/bench}
+for v in SECS ROUNDS WRK_THREADS UPSTREAM_KEEPALIVE IDLE_CONNS STREAM_BYTES; do
+    [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v}: must be a positive integer"
+done
+
+ensure_tools
+raise_nofile
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$OUT/work
+rm -rf "$WORK"
+mkdir -p "$WORK"
+chmod 755 "$OUT" "$WORK"
+
+cleanup() {
+    trap - EXIT INT TERM
+    stop_all
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -o "$WORK/bench_client" "$BENCH_DIR/bench_client.c" ||
+    die "cannot compile bench_client.c"
+
+RESULTS=$OUT/results.tsv
+printf 'workers\tconns\tround\ttarget\trps\treqs\tp50_ms\tp99_ms\tcpu_proxy_us\tcpu_redis_us\tredis_cmds_per_req\tredis_reads_per_req\tnon2xx\tsockerr\n' >"$RESULTS"
+
+MACHINE=$(machine_description)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "== gateway benchmark: $(date -u '+%Y-%m-%d %H:%M UTC')"
+log "$MACHINE"
+log "wrk: $WRK_THREADS thread(s), keep-alive, ${SECS}s per run, $ROUNDS round(s), connections: $CONNS"
+log "gateway: $BUILD/gateway; results and logs: $OUT"
+
+start_redis
+start_backend_nginx
+log "backend nginx on :$BACKEND_PORT (pid $BACKEND_PID), redis on :$REDIS_PORT (pid $REDIS_PID)"
+
+# ---- part 1: the side-by-side table ---------------------------------------------------
+
+# Targets of one pass, parallel arrays. T_PIDS: PIDs whose CPU counts ("" for direct);
+# for nginx the master's children are added at each reading.
+T_NAMES=() T_PORTS=() T_PIDS=() T_NGINX=()
+
+add_target() {
+    T_NAMES+=("$1")
+    T_PORTS+=("$2")
+    T_PIDS+=("$3")
+    T_NGINX+=("$4")
+}
+
+target_pids() {
+    local i=$1
+    if [ "${T_NGINX[$i]}" = 1 ]; then pid_tree "${T_PIDS[$i]}"; else echo "${T_PIDS[$i]}"; fi
+}
+
+# measure WORKERS CONNS ROUND INDEX: one wrk run on target INDEX, one results.tsv line.
+declare -A NGINX_RPS NGINX_P99 NGINX_CPU
+measure() {
+    local w=$1 c=$2 r=$3 i=$4 name=${T_NAMES[$i]} pids=() t0 t1 rc0 rc1 c0 c1 s0 s1
+    local cpu_p cpu_r cmds reads out=$WORK/wrk-w$1-c$2-r$3-${T_NAMES[$i]}.txt
+    [ -n "${T_PIDS[$i]}" ] && mapfile -t pids < <(target_pids "$i")
+    t0=$(cpu_ticks "${pids[@]}")
+    rc0=$(cpu_ticks "$REDIS_PID")
+    c0=$(redis_calls)
+    s0=$(syscr "$REDIS_PID")
+    run_wrk "${T_PORTS[$i]}" "$c" "$SECS" "$out"
+    t1=$(cpu_ticks "${pids[@]}")
+    rc1=$(cpu_ticks "$REDIS_PID")
+    c1=$(redis_calls)
+    s1=$(syscr "$REDIS_PID")
+    local reqs=$W_REQS
+    [ "$reqs" -gt 0 ] || reqs=1
+    cpu_p=$(awk -v d=$((t1 - t0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    cpu_r=$(awk -v d=$((rc1 - rc0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    cmds=$(awk -v d=$((c1 - c0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
+    reads=$(awk -v d=$((s1 - s0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
+    [ -n "${T_PIDS[$i]}" ] || cpu_p=0
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "$name" \
+        "$W_RPS" "$W_REQS" "$W_P50" "$W_P99" "$cpu_p" "$cpu_r" "$cmds" "$reads" "$W_NON2XX" \
+        "$W_SOCKERR" >>"$RESULTS"
+    [ "$((c1 - c0))" -gt 0 ] && echo "w=$w c=$c r=$r $name: $(redis_breakdown)" >>"$WORK/redis-commandstats.log"
+    local key="$w/$c/$r" ratio=""
+    if [ "$name" = nginx ]; then
+        NGINX_RPS[$key]=$W_RPS NGINX_P99[$key]=$W_P99
+        NGINX_CPU[$key]=$(awk -v a="$cpu_p" -v b="$cpu_r" 'BEGIN { print a + b }')
+    elif [ -n "${NGINX_RPS[$key]:-}" ]; then
+        ratio=$(awk -v r="$W_RPS" -v nr="${NGINX_RPS[$key]}" -v p="$W_P99" -v np="${NGINX_P99[$key]}" \
+            -v cp="$cpu_p" -v cr="$cpu_r" -v nc="${NGINX_CPU[$key]}" -v d="${T_PIDS[$i]}" 'BEGIN {
+            printf "  [×nginx: req/s %.2f, p99 %.2f", r / nr, (np > 0 ? p / np : 0)
+            if (d != "" && nc > 0) printf ", CPU %.2f", (cp + cr) / nc
+            printf "]" }')
+    fi
+    printf '  w=%s c=%-3s round %s %-13s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  CPU %6.2f + Redis %5.2f µs/req  Redis cmds %.2f reads %.2f /req  non-2xx %s err %s%s\n' \
+        "$w" "$c" "$r" "$name" "$W_RPS" "$W_P50" "$W_P99" "$cpu_p" "$cpu_r" "$cmds" "$reads" \
+        "$W_NON2XX" "$W_SOCKERR" "$ratio" >&2
+}
+
+# check_target INDEX: one request must succeed before we measure (429 allowed for the
+# over-limit target); the Redis gateways must report Redis connected.
+check_target() {
+    local i=$1 name=${T_NAMES[$1]} port=${T_PORTS[$1]} resp
+    resp=$(http_get "$port" /users/1)
+    case "$resp" in
+    "HTTP/1.1 200"* | "HTTP/1.1 429"*) ;;
+    *) die "$name on :$port did not answer a GET (got: ${resp:0:80})" ;;
+    esac
+    if [[ $name == gw-redis* ]]; then
+        resp=$(http_get "$port" /health)
+        [[ $resp == *'"redis":"connected"'* ]] || die "$name: Redis not connected: ${resp##*$'\r\n\r\n'}"
+    fi
+}
+
+run_pass() {
+    local w=$1 pass_pids=() i r c
+    T_NAMES=() T_PORTS=() T_PIDS=() T_NGINX=()
+    local redis_url="redis://127.0.0.1:$REDIS_PORT"
+    start_nginx_proxy "nginx-proxy-w$w" "$w"
+    add_target nginx "$PROXY_PORT" "$PROXY_PID" 1
+    pass_pids+=("$PROXY_PID")
+    add_target direct "$BACKEND_PORT" "" 0
+    start_haproxy "haproxy-w$w" "$w"
+    add_target haproxy "$PROXY_PORT" "$PROXY_PID" 0
+    pass_pids+=("$PROXY_PID")
+    start_gateway "gw-memory-w$w" "$BACKEND_PORT" WORKER_THREADS="$w"
+    add_target gw-memory "$PROXY_PORT" "$PROXY_PID" 0
+    pass_pids+=("$PROXY_PID")
+    start_gateway "gw-redis-w$w" "$BACKEND_PORT" WORKER_THREADS="$w" REDIS_URL="$redis_url"
+    add_target gw-redis "$PROXY_PORT" "$PROXY_PID" 0
+    pass_pids+=("$PROXY_PID")
+    start_gateway "gw-redis-429-w$w" "$BACKEND_PORT" WORKER_THREADS="$w" REDIS_URL="$redis_url" \
+        RATE_LIMIT_REQUESTS=1
+    add_target gw-redis-429 "$PROXY_PORT" "$PROXY_PID" 0
+    pass_pids+=("$PROXY_PID")
+
+    for i in "${!T_NAMES[@]}"; do check_target "$i"; done
+    log "-- pass: $w worker(s) per proxy; warm-up 1 s per target"
+    for i in "${!T_NAMES[@]}"; do run_wrk "${T_PORTS[$i]}" 50 1 "$WORK/warmup.txt"; done
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $CONNS; do
+            for i in "${!T_NAMES[@]}"; do measure "$w" "$c" "$r" "$i"; done
+        done
+    done
+    stop_pids "${pass_pids[@]}"
+}
+
+if [[ " $PARTS " == *" table "* ]]; then
+    for w in $WORKER_PASSES; do run_pass "$w"; done
+fi
+
+# ---- part 2: in-flight cap overhead ----------------------------------------------------
+
+CAP_TSV=$OUT/cap.tsv
+printf 'round\ttarget\trps\treqs\tp50_ms\tp99_ms\tcpu_us\tnon2xx\tsockerr\n' >"$CAP_TSV"
+if [[ " $PARTS " == *" cap "* ]]; then
+    log "-- in-flight cap: memory store, 1 worker, 200 connections, cap 100 vs 1000000"
+    start_gateway gw-nocap "$BACKEND_PORT" MAX_CONCURRENT_REQUESTS=1000000
+    nocap_port=$PROXY_PORT nocap_pid=$PROXY_PID
+    start_gateway gw-cap100 "$BACKEND_PORT" MAX_CONCURRENT_REQUESTS=100
+    cap_port=$PROXY_PORT cap_pid=$PROXY_PID
+    run_wrk "$nocap_port" 50 1 "$WORK/warmup.txt"
+    run_wrk "$cap_port" 50 1 "$WORK/warmup.txt"
+    for r in $(seq 1 "$ROUNDS"); do
+        for t in nocap cap100; do
+            if [ $t = nocap ]; then port=$nocap_port pid=$nocap_pid; else port=$cap_port pid=$cap_pid; fi
+            t0=$(cpu_ticks "$pid")
+            run_wrk "$port" 200 "$SECS" "$WORK/wrk-cap-r$r-$t.txt"
+            t1=$(cpu_ticks "$pid")
+            reqs=$W_REQS
+            [ "$reqs" -gt 0 ] || reqs=1
+            cpu=$(awk -v d=$((t1 - t0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$W_RPS" "$W_REQS" "$W_P50" \
+                "$W_P99" "$cpu" "$W_NON2XX" "$W_SOCKERR" >>"$CAP_TSV"
+            printf '  round %s %-7s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  CPU %6.2f µs/req  non-2xx %s err %s\n' \
+                "$r" "$t" "$W_RPS" "$W_P50" "$W_P99" "$cpu" "$W_NON2XX" "$W_SOCKERR" >&2
+        done
+    done
+    stop_pids "$nocap_pid" "$cap_pid"
+fi
+
+# ---- part 3: memory ------------------------------------------------------------------------
+
+MEM_TSV=$OUT/memory.tsv
+printf 'test\tbaseline_kib\tpeak_kib\tgrowth_kib\tok\tseconds\tnote\n' >"$MEM_TSV"
+
+# sample_rss PID WATCH_PID MAX_SAMPLES: VmRSS of PID every 100 ms while WATCH_PID runs;
+# prints the highest value (KiB).
+sample_rss() {
+    local pid=$1 watch=$2 max=0 v i
+    for i in $(seq 1 "$3"); do
+        v=$(rss_kib "$pid")
+        [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
+        kill -0 "$watch" 2>/dev/null || break
+        [ "$(awk '{ print $3 }' "/proc/$watch/stat" 2>/dev/null)" = Z ] && break
+        sleep 0.1
+    done
+    echo "$max"
+}
+
+if [[ " $PARTS " == *" memory "* ]]; then
+    log "-- memory: $IDLE_CONNS idle keep-alive connections (memory store, 1 worker)"
+    start_gateway gw-idle "$BACKEND_PORT" MAX_CONNECTIONS=$((IDLE_CONNS + 1000))
+    idle_pid=$PROXY_PID idle_port=$PROXY_PORT
+    http_get "$idle_port" /users/1 >/dev/null
+    base=$(rss_kib "$idle_pid")
+    start_bg idle-client "$WORK/bench_client" idle 127.0.0.1 "$idle_port" "$IDLE_CONNS" 300
+    client_pid=$BG_PID
+    t_start=$(date +%s)
+    ok=0
+    for _ in $(seq 1 1800); do # up to 180 s to open and use them
+        grep -q '^ready' "$WORK/idle-client.out" 2>/dev/null && break
+        kill -0 "$client_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    opened=$(awk '/^ready/ { print $2 }' "$WORK/idle-client.out")
+    sleep 1 # let the gateway finish any work on the last connections
+    peak=$(rss_kib "$idle_pid")
+    active=$(http_get "$idle_port" /stats | grep -o '"connections_active":[0-9]*' | cut -d: -f2)
+    [ "${opened:-0}" -eq "$IDLE_CONNS" ] && ok=1
+    printf 'idle-%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$IDLE_CONNS" "$base" "$peak" $((peak - base)) "$ok" \
+        $(($(date +%s) - t_start)) "opened ${opened:-0}, gateway connections_active ${active:-?}" >>"$MEM_TSV"
+    log "  idle: baseline $base KiB, with ${opened:-0} idle connections $peak KiB (gateway reports ${active:-?} active)"
+    stop_pids "$client_pid" "$idle_pid"
+
+    log "-- memory: $STREAM_BYTES bytes up and down through the gateway (backend_app)"
+    pick_port
+    app_port=$PORT
+    start_bg backend-app env -i PATH="$PATH" BACKEND_HOST=127.0.0.1 BACKEND_PORT="$app_port" \
+        "$BUILD/backend_app"
+    app_pid=$BG_PID
+    wait_port "$app_port" "$app_pid" backend-app
+    start_gateway gw-stream "$app_port" MAX_BODY_BYTES=0 UPSTREAM_TIMEOUT_MS=120000
+    st_pid=$PROXY_PID st_port=$PROXY_PORT
+    http_get "$st_port" /users/1 >/dev/null
+    for dir in upload download; do
+        base=$(rss_kib "$st_pid")
+        t_start=$(date +%s)
+        start_bg "$dir-client" timeout 600 "$WORK/bench_client" "$dir" 127.0.0.1 "$st_port" \
+            "$STREAM_BYTES"
+        client_pid=$BG_PID
+        peak=$(sample_rss "$st_pid" "$client_pid" 6000)
+        wait "$client_pid"
+        rc=$?
+        stop_pids "$client_pid"
+        secs=$(($(date +%s) - t_start))
+        ok=$([ $rc -eq 0 ] && echo 1 || echo 0)
+        printf '%s-%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$dir" "$STREAM_BYTES" "$base" "$peak" \
+            $((peak - base)) "$ok" "$secs" "$(tr '\n' ' ' <"$WORK/$dir-client.out")" >>"$MEM_TSV"
+        log "  $dir: baseline $base KiB, peak $peak KiB, growth $((peak - base)) KiB, ${secs}s, client exit $rc"
+    done
+    stop_pids "$st_pid" "$app_pid"
+fi
+
+# ---- summary ----------------------------------------------------------------------------------
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+{
+    echo "Machine: $(echo "$MACHINE" | head -1); load average at start $LOAD_START, at end $LOAD_END" \
+        "(anything else running on the box shows up as noise; ratios come from the same round)."
+    echo
+    echo "Versions: $(echo "$MACHINE" | tail -1)"
+    echo
+    echo "Command: \`make bench\` (\`bash test/bench/run.sh build\`), wrk $WRK_THREADS thread(s), keep-alive," \
+        "${SECS} s per run, $ROUNDS rounds, targets in turn; medians over rounds; ratios to nginx" \
+        "in the same round. Proxies: nginx \`worker_processes N\`, HAProxy \`nbthread N\`, gateway" \
+        "\`WORKER_THREADS=N\`; upstream keep-alive $UPSTREAM_KEEPALIVE (nginx, gateway). CPU = utime+stime" \
+        "from /proc of the proxy process (nginx: master + workers) / requests; Redis reads = read(2)" \
+        "calls of redis-server (≈ round trips); Redis cmds = INFO commandstats calls (commands a Lua script" \
+        "runs count too)."
+    echo
+    if [ "$(wc -l <"$RESULTS")" -gt 1 ]; then
+        awk -f "$BENCH_DIR/summary.awk" "$RESULTS"
+        echo
+    fi
+    if [ "$(wc -l <"$CAP_TSV")" -gt 1 ]; then
+        echo "In-flight cap (memory store, 1 worker, 200 connections; medians):"
+        echo
+        echo "| MAX_CONCURRENT_REQUESTS | req/s | p50 ms | p99 ms | CPU µs/req | non-2xx |"
+        echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
+        awk -F'\t' 'NR > 1 { n[$2]++; rps[$2, n[$2]] = $3; p50[$2, n[$2]] = $5; p99[$2, n[$2]] = $6
+                cpu[$2, n[$2]] = $7; e[$2] += $8 + $9 }
+            function med(a, t, k, i, j, x, v) { k = n[t]; for (i = 1; i <= k; i++) v[i] = a[t, i]
+                for (i = 2; i <= k; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+                return (k % 2) ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2 }
+            END { for (t in n) { R[t] = med(rps, t); C[t] = med(cpu, t) }
+                split("nocap cap100", ts, " ")
+                for (i = 1; i <= 2; i++) { t = ts[i]; if (!(t in n)) continue
+                    printf "| %s | %.0f | %.2f | %.2f | %.1f | %d |\n", (t == "nocap" ? "1000000" : "100"),
+                        R[t], med(p50, t), med(p99, t), C[t], e[t] }
+                if (("nocap" in n) && ("cap100" in n) && R["nocap"] > 0)
+                    printf "\nCap 100 vs no contention: req/s %.3f×, CPU per request %.3f×\n",
+                        R["cap100"] / R["nocap"], C["cap100"] / C["nocap"] }' "$CAP_TSV"
+        echo
+    fi
+    if [ "$(wc -l <"$MEM_TSV")" -gt 1 ]; then
+        echo "Gateway memory (VmRSS, memory store, 1 worker; streams sampled every 100 ms):"
+        echo
+        echo "| test | baseline MiB | peak MiB | growth MiB | target | result | notes |"
+        echo "| --- | ---: | ---: | ---: | --- | --- | --- |"
+        awk -F'\t' 'NR > 1 {
+            idle = ($1 ~ /^idle/)
+            tgt = idle ? "< 64 MiB RSS" : "< 16 MiB growth"
+            x = idle ? $3 / 1024 : $4 / 1024
+            res = ($5 != 1) ? "**failed**" : ((x < (idle ? 64 : 16)) ? "met" : "**missed**")
+            printf "| %s | %.1f | %.1f | %.1f | %s | %s | %s%s |\n", $1, $2 / 1024, $3 / 1024, $4 / 1024,
+                tgt, res, $7, ($6 > 0 ? sprintf(" (%d s)", $6) : "") }' "$MEM_TSV"
+        echo
+    fi
+} >"$OUT/table.md"
+
+echo
+echo "## Benchmark results"
+echo
+cat "$OUT/table.md"
+log "bench: done; table in $OUT/table.md, raw results in $OUT/*.tsv, wrk outputs in $WORK"

@@ -1,0 +1,916 @@
+/*
+ * HTTP/1.1 proxy conformance (SPEC.md section 6, issue 3 item 1): every
+ * framing in both directions (Content-Length, chunked with extensions and
+ * trailers, read-until-close), HEAD/1xx/204/304 without bodies, exactly one
+ * 100 Continue (none when the gateway refuses first), pipelining in order,
+ * HTTP/1.0 clients, Set-Cookie and hop-by-hop fields. Raw bytes in, exact
+ * bytes checked at backend_app (/echo) or a scripted fake upstream.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "gwt_fault.h"
+#include "gwtest.h"
+
+static struct gwt_proc backend;
+static int bport;
+static struct gwt_proc gw; /* in front of backend_app, default settings */
+static int gport;
+static struct gwt_fault *fake; /* scripted upstream */
+static struct gwt_proc gwf;    /* in front of the fake, one worker */
+static int fport;
+static struct gwt_proc gw2; /* per-test settings */
+static int gport2;
+
+static int group_setup(void **state)
+{
+    if (gwt_backend_start(&backend, &bport, NULL) != 0)
+        return -1;
+    if (gwt_gateway_for(&gw, &gport, bport, NULL) != 0)
+        return -1;
+    if (gwt_fault_start(&fake) != 0)
+        return -1;
+    const char *env[] = {"WORKER_THREADS=1", "UPSTREAM_TIMEOUT_MS=3000", NULL};
+    return gwt_gateway_for(&gwf, &fport, gwt_fault_port(fake), env) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    int rc = gwt_stop_tracked();
+    gwt_stop(&backend, SIGTERM, 5000);
+    gwt_proc_cleanup(&backend);
+    gwt_fault_stop(fake);
+    return rc;
+}
+
+static int test_teardown(void **state)
+{
+    int rc = 0;
+    if (gw2.pid > 0) {
+        int st = gwt_stop(&gw2, SIGTERM, 5000);
+        if (st != 0) {
+            fprintf(stderr, "per-test gateway ended with %d, expected 0\n", st);
+            gwt_log_dump(&gw2, 6000);
+            rc = -1;
+        }
+        gwt_proc_cleanup(&gw2);
+    }
+    return rc;
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static long long backend_requests(void)
+{
+    long long n = -1;
+    assert_int_equal(gwt_backend_stats(bport, &n, NULL), 0);
+    return n;
+}
+
+static void must_read(int fd, struct gwt_response *r, bool head, const char *what)
+{
+    int rc = gwt_read_response(fd, r, head);
+    if (rc != 0) {
+        fprintf(stderr, "partial head: %s\n", r->raw_head ? r->raw_head : "(none)");
+        gwt_response_free(r);
+        fail_msg("%s: no complete response (%s)", what, strerror(-rc));
+    }
+}
+
+/* Reads the /users/<id> reply for id from fd. */
+static void expect_user(int fd, int id)
+{
+    char what[64];
+    snprintf(what, sizeof(what), "GET /users/%d", id);
+    struct gwt_response r;
+    must_read(fd, &r, false, what);
+    assert_int_equal(r.status, 200);
+    json_t *j = gwt_json(&r);
+    assert_non_null(j);
+    assert_int_equal(gwt_json_int(j, "id", -1), id);
+    json_decref(j);
+    gwt_response_free(&r);
+}
+
+/* A normal request is served (and reaches backend_app when port fronts it). */
+static void assert_serves(int port)
+{
+    struct gwt_response r;
+    assert_int_equal(gwt_get(port, "/users/42", &r), 0);
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+}
+
+static void read_echo(int fd, struct gwt_echo *e, const char *what)
+{
+    struct gwt_response r;
+    must_read(fd, &r, false, what);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(gwt_echo_parse(&r, e), 0);
+    gwt_response_free(&r);
+}
+
+/* backend_app bodies are 'a'..'z' repeating from offset 0. */
+static void assert_pattern(const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] != (char)('a' + i % 26))
+            fail_msg("body byte %zu is 0x%02x, want '%c'", i, (unsigned char)b[i],
+                     (char)('a' + i % 26));
+    }
+}
+
+static void assert_sha(const struct gwt_echo *e, const char *body, size_t n)
+{
+    char sha[65];
+    gwt_sha256_hex(body, n, sha);
+    assert_int_equal(e->body_length, (long long)n);
+    assert_string_equal(e->body_sha256, sha);
+}
+
+static void script(const struct gwt_fault_step *steps, size_t n)
+{
+    assert_int_equal(gwt_fault_script(fake, steps, n), 0);
+}
+
+/* ---- request framing ---------------------------------------------------- */
+
+/* Content-Length body, raw target and repeated fields reach the backend
+ * byte for byte. */
+static void test_cl_request_exact(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo?a=1&b=%20x;y HTTP/1.1\r\nHost: h\r\n"
+                                      "X-Dup: first\r\nContent-Length: 11\r\nX-Dup: second\r\n"
+                                      "Cookie: c=1\r\n\r\nhello world"),
+                     0);
+    struct gwt_echo e;
+    read_echo(fd, &e, "POST /echo with Content-Length");
+    assert_string_equal(e.method, "POST");
+    assert_string_equal(e.target, "/echo?a=1&b=%20x;y");
+    assert_sha(&e, "hello world", 11);
+    const char *cl = gwt_echo_header(&e, "Content-Length");
+    assert_non_null(cl);
+    assert_string_equal(cl, "11");
+    assert_int_equal(gwt_echo_count(&e, "Content-Length"), 1);
+    assert_int_equal(gwt_echo_count(&e, "Transfer-Encoding"), 0);
+    assert_int_equal(gwt_echo_count(&e, "X-Dup"), 2);
+    int i = gwt_echo_index(&e, "X-Dup");
+    assert_string_equal(gwt_echo_value(&e, (size_t)i), "first");
+    bool second = false;
+    for (size_t k = (size_t)i + 1; k < gwt_echo_nheaders(&e); k++)
+        second |= strcasecmp(gwt_echo_name(&e, k), "X-Dup") == 0 &&
+                  strcmp(gwt_echo_value(&e, k), "second") == 0;
+    assert_true(second);
+    gwt_echo_free(&e);
+    /* The connection is in sync: a second request on it is answered. */
+    assert_int_equal(gwt_send_str(fd, "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    expect_user(fd, 2);
+    close(fd);
+}
+
+/* Chunked body with chunk extensions and a trailer section: the backend
+ * gets exactly the payload, and the next request on the connection parses
+ * (the trailers were consumed, not left as a bogus request). */
+static void test_chunked_request_ext_trailers(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\n"
+                                      "Transfer-Encoding: chunked\r\n\r\n"
+                                      "5;name=value\r\nhello\r\n"
+                                      "1;a;b=\"q\"\r\n \r\n"
+                                      "5\r\nworld\r\n"
+                                      "0;last=1\r\nX-Trailer: t\r\nX-Other: o\r\n\r\n"
+                                      "GET /users/3 HTTP/1.1\r\nHost: h\r\n\r\n"),
+                     0);
+    struct gwt_echo e;
+    read_echo(fd, &e, "chunked POST /echo with extensions and trailers");
+    assert_sha(&e, "hello world", 11);
+    for (size_t i = 0; i < gwt_echo_nheaders(&e); i++) {
+        assert_null(strstr(gwt_echo_value(&e, i), "name=value"));
+        assert_true(strcasecmp(gwt_echo_name(&e, i), "X-Trailer") != 0);
+    }
+    gwt_echo_free(&e);
+    expect_user(fd, 3);
+    close(fd);
+}
+
+/* Many tiny chunks and one large one add up exactly. */
+static void test_chunked_request_sizes(void **state)
+{
+    size_t cap = 300000, off = 0;
+    char *req = malloc(cap);
+    char *body = malloc(cap);
+    assert_non_null(req);
+    assert_non_null(body);
+    size_t blen = 0;
+    off += (size_t)snprintf(req, cap,
+                            "POST /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                            "Transfer-Encoding: chunked\r\n\r\n");
+    for (int i = 1; i <= 200; i++) {
+        size_t n = (size_t)(i % 7 + 1);
+        off += (size_t)snprintf(req + off, cap - off, "%zX\r\n", n);
+        for (size_t k = 0; k < n; k++)
+            body[blen++] = req[off++] = (char)('A' + (i + (int)k) % 26);
+        memcpy(req + off, "\r\n", 2);
+        off += 2;
+    }
+    size_t big = 100000;
+    off += (size_t)snprintf(req + off, cap - off, "%zx\r\n", big);
+    for (size_t k = 0; k < big; k++)
+        body[blen++] = req[off++] = (char)('0' + k % 10);
+    off += (size_t)snprintf(req + off, cap - off, "\r\n0\r\n\r\n");
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_all(fd, req, off), 0);
+    struct gwt_echo e;
+    read_echo(fd, &e, "chunked POST with 201 chunks");
+    assert_sha(&e, body, blen);
+    gwt_echo_free(&e);
+    close(fd);
+    free(req);
+    free(body);
+}
+
+/* ---- response framing --------------------------------------------------- */
+
+static void test_cl_response_exact(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /bytes?n=70001 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "GET /bytes?n=70001");
+    assert_int_equal(r.status, 200);
+    assert_false(r.chunked);
+    assert_non_null(gwt_header(&r, "Content-Length"));
+    assert_string_equal(gwt_header(&r, "Content-Length"), "70001");
+    assert_int_equal(r.body_len, 70001);
+    assert_pattern(r.body, r.body_len);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_send_str(fd, "GET /users/4 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    expect_user(fd, 4);
+    close(fd);
+}
+
+static void test_chunked_response(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /stream?chunks=7&size=1000 HTTP/1.1\r\nHost: h\r\n\r\n"),
+                     0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "GET /stream?chunks=7&size=1000");
+    assert_int_equal(r.status, 200);
+    assert_true(r.chunked);
+    assert_int_equal(gwt_header_count(&r, "Content-Length"), 0);
+    assert_int_equal(r.body_len, 7000);
+    assert_pattern(r.body, r.body_len);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_send_str(fd, "GET /users/5 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    expect_user(fd, 5);
+    close(fd);
+}
+
+/* The backend delimits the body by closing: an HTTP/1.1 client gets every
+ * byte, framed so the end is unambiguous (chunked, or close). */
+static void test_close_delimited_response(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(
+        gwt_send_str(fd, "GET /stream?chunks=3&size=1000&close=1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "GET /stream?close=1 (read-until-close upstream)");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 3000);
+    assert_pattern(r.body, r.body_len);
+    bool closed = r.conn_closed;
+    assert_true(r.chunked || closed);
+    gwt_response_free(&r);
+    if (!closed) {
+        assert_int_equal(gwt_send_str(fd, "GET /users/6 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+        expect_user(fd, 6);
+    }
+    close(fd);
+}
+
+/* A fake upstream with a body delimited by close, and an HTTP/1.0 upstream
+ * response: both arrive complete; the fake's connection is not reused. */
+static void test_close_delimited_from_fake(void **state)
+{
+    const struct gwt_fault_step steps[] = {
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-close body", 0, GWT_FAULT_CLOSE},
+        {"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!", 0, GWT_FAULT_CLOSE},
+    };
+    script(steps, 2);
+    int fd = gwt_connect(fport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "read-until-close response from the fake");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 16);
+    assert_string_equal(r.body, "until-close body");
+    bool closed = r.conn_closed;
+    gwt_response_free(&r);
+    if (closed) {
+        close(fd);
+        fd = gwt_connect(fport);
+        assert_true(fd >= 0);
+    }
+    assert_int_equal(gwt_send_str(fd, "GET /b HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    must_read(fd, &r, false, "HTTP/1.0 response from the fake");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "old!");
+    closed = r.conn_closed;
+    gwt_response_free(&r);
+    /* Both upstream connections were closed by the fake: a third request
+     * needs a new one and gets the default reply. */
+    if (closed) {
+        close(fd);
+        fd = gwt_connect(fport);
+        assert_true(fd >= 0);
+    }
+    assert_int_equal(gwt_send_str(fd, "GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+                     0);
+    must_read(fd, &r, false, "default reply from the fake");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"fake\":true}");
+    gwt_response_free(&r);
+    close(fd);
+    assert_int_equal(gwt_fault_connections(fake), 3);
+}
+
+/* ---- HTTP/1.0 clients --------------------------------------------------- */
+
+/* No chunked coding towards HTTP/1.0: the gateway delimits by close. */
+static void test_http10_no_chunked(void **state)
+{
+    static const char *const reqs[] = {
+        "GET /stream?chunks=4&size=50 HTTP/1.0\r\nHost: h\r\n\r\n",
+        "GET /stream?chunks=4&size=50 HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        struct gwt_response r;
+        assert_int_equal(gwt_http(gport, reqs[i], &r), 0);
+        assert_int_equal(r.status, 200);
+        assert_false(r.chunked);
+        assert_null(strcasestr(r.raw_head, "Transfer-Encoding"));
+        assert_int_equal(r.body_len, 200);
+        assert_pattern(r.body, r.body_len);
+        assert_true(r.conn_closed);
+        gwt_response_free(&r);
+    }
+}
+
+/* HTTP/1.0 keep-alive with a Content-Length response: the connection is
+ * kept and says so; without keep-alive it closes after the response. */
+static void test_http10_keepalive(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    for (int i = 1; i <= 2; i++) {
+        char req[128];
+        snprintf(req, sizeof(req), "GET /users/%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", i);
+        assert_int_equal(gwt_send_str(fd, req), 0);
+        struct gwt_response r;
+        must_read(fd, &r, false, "HTTP/1.0 keep-alive request");
+        assert_int_equal(r.status, 200);
+        assert_non_null(gwt_header(&r, "Content-Length"));
+        const char *conn = gwt_header(&r, "Connection");
+        assert_non_null(conn);
+        assert_true(strcasecmp(conn, "keep-alive") == 0);
+        assert_false(r.chunked);
+        gwt_response_free(&r);
+    }
+    close(fd);
+
+    fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /users/3 HTTP/1.0\r\n\r\n"), 0);
+    expect_user(fd, 3);
+    assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
+    close(fd);
+}
+
+/* HTTP/1.0 request bodies use Content-Length; the backend gets them whole. */
+static void test_http10_post(void **state)
+{
+    struct gwt_response r;
+    assert_int_equal(gwt_http(gport, "POST /echo HTTP/1.0\r\nContent-Length: 6\r\n\r\nfoobar", &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    assert_sha(&e, "foobar", 6);
+    gwt_echo_free(&e);
+    assert_true(r.conn_closed);
+    gwt_response_free(&r);
+}
+
+/* ---- bodiless responses ------------------------------------------------- */
+
+/* HEAD keeps Content-Length and sends no body; pipelined after it, the next
+ * responses parse, which they would not if a body byte had slipped out. */
+static void test_head_keeps_content_length(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "HEAD /bytes?n=12345 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                      "HEAD /stream?chunks=2&size=10 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                      "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"),
+                     0);
+    struct gwt_response r;
+    must_read(fd, &r, true, "HEAD /bytes?n=12345");
+    assert_int_equal(r.status, 200);
+    assert_non_null(gwt_header(&r, "Content-Length"));
+    assert_string_equal(gwt_header(&r, "Content-Length"), "12345");
+    assert_int_equal(r.body_len, 0);
+    gwt_response_free(&r);
+    must_read(fd, &r, true, "HEAD /stream");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 0);
+    gwt_response_free(&r);
+    expect_user(fd, 2);
+    close(fd);
+}
+
+/* 204 and 304 from backend_app: no body, and 204 carries no Content-Length
+ * (RFC 9110 §8.6). */
+static void test_204_304(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /status/204 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                      "GET /status/304 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                      "GET /users/7 HTTP/1.1\r\nHost: h\r\n\r\n"),
+                     0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "GET /status/204");
+    assert_int_equal(r.status, 204);
+    assert_int_equal(r.body_len, 0);
+    assert_int_equal(gwt_header_count(&r, "Content-Length"), 0);
+    assert_int_equal(gwt_header_count(&r, "Transfer-Encoding"), 0);
+    gwt_response_free(&r);
+    must_read(fd, &r, false, "GET /status/304");
+    assert_int_equal(r.status, 304);
+    assert_int_equal(r.body_len, 0);
+    assert_int_equal(gwt_header_count(&r, "Transfer-Encoding"), 0);
+    gwt_response_free(&r);
+    expect_user(fd, 7);
+    close(fd);
+}
+
+/* Upstream bodiless responses whose framing headers promise a body: 304
+ * with Content-Length, HEAD with Content-Length, and a 204 followed by
+ * stray bytes. The client gets each at once without a body, and the stray
+ * bytes never reach it (the dirty upstream connection is not reused). */
+static void test_bodiless_from_fake(void **state)
+{
+    const struct gwt_fault_step steps[] = {
+        {"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 1234\r\n\r\n", 0,
+         GWT_FAULT_KEEP},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n", 0, GWT_FAULT_KEEP},
+        {"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", 0, GWT_FAULT_KEEP},
+    };
+    script(steps, 3);
+    int fd = gwt_connect(fport);
+    assert_true(fd >= 0);
+    long long t0 = gwt_now_ms();
+    assert_int_equal(
+        gwt_send_str(fd, "GET /a HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"v1\"\r\n\r\n"), 0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "304 with Content-Length");
+    assert_int_equal(r.status, 304);
+    assert_int_equal(r.body_len, 0);
+    assert_true(gwt_now_ms() - t0 < 2000);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_send_str(fd, "HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    must_read(fd, &r, true, "HEAD answered with Content-Length 999");
+    assert_int_equal(r.status, 200);
+    assert_non_null(gwt_header(&r, "Content-Length"));
+    assert_string_equal(gwt_header(&r, "Content-Length"), "999");
+    assert_int_equal(r.body_len, 0);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_send_str(fd, "GET /c HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    must_read(fd, &r, false, "204 followed by stray bytes");
+    assert_int_equal(r.status, 204);
+    assert_int_equal(r.body_len, 0);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_send_str(fd, "GET /d HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    must_read(fd, &r, false, "request after the dirty 204");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"fake\":true}");
+    gwt_response_free(&r);
+    close(fd);
+    assert_int_equal(gwt_fault_requests(fake), 4);
+}
+
+/* Interim 1xx responses from the upstream: an HTTP/1.1 client may see them
+ * (without bodies) before the final response; an HTTP/1.0 client never
+ * does (RFC 9110 §15.2). The final response is intact either way. */
+static void test_1xx_from_upstream(void **state)
+{
+    static const char interim[] = "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                                  "HTTP/1.1 100 Continue\r\n\r\n"
+                                  "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    const struct gwt_fault_step steps[] = {{interim, 0, GWT_FAULT_KEEP},
+                                           {interim, 0, GWT_FAULT_KEEP}};
+    script(steps, 2);
+    int fd = gwt_connect(fport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    struct gwt_response r;
+    int interims = 0;
+    for (;;) {
+        must_read(fd, &r, false, "response after upstream 103 + 100");
+        if (r.status >= 200)
+            break;
+        assert_int_equal(r.body_len, 0);
+        interims++;
+        gwt_response_free(&r);
+        assert_true(interims <= 2);
+    }
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "ok");
+    gwt_response_free(&r);
+    close(fd);
+
+    fd = gwt_connect(fport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /b HTTP/1.0\r\n\r\n"), 0);
+    must_read(fd, &r, false, "HTTP/1.0 request answered after upstream 1xx");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "ok");
+    gwt_response_free(&r);
+    close(fd);
+}
+
+/* ---- Expect: 100-continue ----------------------------------------------- */
+
+/* Exactly one 100 Continue (backend_app sends its own, which must not be
+ * relayed as a second one), for Content-Length and chunked bodies. */
+static void test_expect_continue_once(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n"
+                                      "Expect: 100-continue\r\n\r\n"),
+                     0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "interim response to Expect: 100-continue");
+    assert_int_equal(r.status, 100);
+    assert_int_equal(r.body_len, 0);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_send_str(fd, "0123456789"), 0);
+    must_read(fd, &r, false, "final response after the body");
+    if (r.status == 100)
+        fail_msg("a second 100 Continue was sent");
+    assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    assert_sha(&e, "0123456789", 10);
+    assert_int_equal(gwt_echo_count(&e, "Expect"), 0);
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+
+    /* The same on the kept connection with a chunked body. */
+    assert_int_equal(gwt_send_str(fd, "PUT /echo HTTP/1.1\r\nHost: h\r\n"
+                                      "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"),
+                     0);
+    must_read(fd, &r, false, "interim response to a chunked Expect request");
+    assert_int_equal(r.status, 100);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_send_str(fd, "3\r\nabc\r\n0\r\n\r\n"), 0);
+    must_read(fd, &r, false, "final response to the chunked Expect request");
+    if (r.status == 100)
+        fail_msg("a second 100 Continue was sent (chunked)");
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    close(fd);
+}
+
+/* A client that sends the body without waiting: at most one 100, then the
+ * final response. */
+static void test_expect_body_sent_at_once(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+                                      "Expect: 100-continue\r\nConnection: close\r\n\r\nhello"),
+                     0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "Expect with the body already sent");
+    int interims = 0;
+    while (r.status == 100) {
+        interims++;
+        gwt_response_free(&r);
+        must_read(fd, &r, false, "final response (Expect, body sent at once)");
+    }
+    assert_true(interims <= 1);
+    assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    assert_sha(&e, "hello", 5);
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+    close(fd);
+}
+
+/* A body carrying requests, sent after the gateway refused without a 100:
+ * the bytes must never be parsed as requests. key names the rate-limit key
+ * header value the embedded requests carry. */
+static char *smuggling_body(size_t len, const char *key)
+{
+    char *b = malloc(len + 1);
+    assert_non_null(b);
+    char one[128];
+    int n =
+        snprintf(one, sizeof(one), "GET /users/77 HTTP/1.1\r\nHost: h\r\nX-Key: %s\r\n\r\n", key);
+    for (size_t i = 0; i < len; i++)
+        b[i] = one[i % (size_t)n];
+    b[len] = '\0';
+    return b;
+}
+
+/* Sends the refused request's body anyway; ignores errors (the gateway may
+ * have closed already). */
+static void send_anyway(int fd, const char *b, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w <= 0)
+            return;
+        b += w;
+        n -= (size_t)w;
+    }
+}
+
+/* 413 for a Content-Length over MAX_BODY_BYTES comes instead of 100; the
+ * body sent after it is not parsed as requests. */
+static void test_expect_refused_413(void **state)
+{
+    const char *env[] = {"MAX_BODY_BYTES=100", NULL};
+    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
+    long long before = backend_requests();
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n"
+                                      "Expect: 100-continue\r\n\r\n"),
+                     0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "Expect with Content-Length over MAX_BODY_BYTES");
+    if (r.status == 100)
+        fail_msg("100 Continue sent for a request refused with 413");
+    gwt_assert_problem(&r, 413, NULL);
+    gwt_response_free(&r);
+    char *body = smuggling_body(1000, "k");
+    send_anyway(fd, body, 1000);
+    free(body);
+    long extra = gwt_fault_bytes_until_eof(fd, 3000);
+    close(fd);
+    if (extra != 0)
+        fail_msg("after the 413: %s", extra < 0 ? "connection left open" : "more responses sent");
+    assert_serves(gport2);
+    assert_int_equal(backend_requests(), before + 1);
+}
+
+/* 429 comes instead of 100; the body sent after it carries requests under
+ * another rate-limit key, which would be allowed: none is answered or
+ * reaches the backend. */
+static void test_expect_refused_429(void **state)
+{
+    const char *env[] = {"RATE_LIMIT_REQUESTS=1", "RATE_LIMIT_WINDOW_SECONDS=60",
+                         "RATE_LIMIT_KEY=header:X-Key", NULL};
+    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
+    gwt_avoid_window_edge(60, 10);
+    struct gwt_response r;
+    assert_int_equal(gwt_http(gport2,
+                              "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Key: spent\r\n"
+                              "Connection: close\r\n\r\n",
+                              &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    long long before = backend_requests();
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nX-Key: spent\r\n"
+                                      "Content-Length: 500\r\nExpect: 100-continue\r\n\r\n"),
+                     0);
+    must_read(fd, &r, false, "Expect from a client over its limit");
+    if (r.status == 100)
+        fail_msg("100 Continue sent for a request refused with 429");
+    gwt_assert_problem(&r, 429, "https://iana.org/assignments/http-problem-types#quota-exceeded");
+    gwt_response_free(&r);
+    char *body = smuggling_body(500, "fresh");
+    send_anyway(fd, body, 500);
+    free(body);
+    long extra = gwt_fault_bytes_until_eof(fd, 3000);
+    close(fd);
+    if (extra != 0)
+        fail_msg("after the 429: %s", extra < 0 ? "connection left open" : "more responses sent");
+    assert_int_equal(backend_requests(), before);
+    /* A request under a fresh key still goes through. */
+    assert_int_equal(gwt_http(gport2,
+                              "GET /users/2 HTTP/1.1\r\nHost: h\r\nX-Key: other\r\n"
+                              "Connection: close\r\n\r\n",
+                              &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    assert_int_equal(backend_requests(), before + 1);
+}
+
+/* ---- pipelining ---------------------------------------------------------- */
+
+/* Mixed pipelined requests in one write: a slow one first, bodies of both
+ * framings, HEAD, a chunked response, and Connection: close last. */
+static void test_pipelining_in_order(void **state)
+{
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd,
+                                  "GET /slow?ms=200 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                  "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+                                  "chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+                                  "HEAD /bytes?n=10 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                  "GET /stream?chunks=2&size=5 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                  "PUT /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
+                                  "GET /users/8 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+                     0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "pipelined 1: GET /slow?ms=200");
+    assert_int_equal(r.status, 200);
+    json_t *j = gwt_json(&r);
+    assert_non_null(j);
+    assert_int_equal(gwt_json_int(j, "slept_ms", -1), 200);
+    json_decref(j);
+    gwt_response_free(&r);
+    struct gwt_echo e;
+    read_echo(fd, &e, "pipelined 2: chunked POST /echo");
+    assert_string_equal(e.method, "POST");
+    assert_sha(&e, "abcd", 4);
+    gwt_echo_free(&e);
+    must_read(fd, &r, true, "pipelined 3: HEAD /bytes?n=10");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 0);
+    gwt_response_free(&r);
+    must_read(fd, &r, false, "pipelined 4: GET /stream");
+    assert_int_equal(r.body_len, 10);
+    assert_pattern(r.body, 10);
+    gwt_response_free(&r);
+    read_echo(fd, &e, "pipelined 5: PUT /echo");
+    assert_string_equal(e.method, "PUT");
+    assert_sha(&e, "xyz", 3);
+    gwt_echo_free(&e);
+    expect_user(fd, 8);
+    assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
+    close(fd);
+}
+
+/* 50 requests in one write, answered in order. */
+static void test_pipelining_depth(void **state)
+{
+    enum { N = 50 };
+    char *req = malloc(N * 64);
+    assert_non_null(req);
+    size_t off = 0;
+    for (int i = 0; i < N; i++)
+        off += (size_t)sprintf(req + off, "GET /users/%d HTTP/1.1\r\nHost: h\r\n\r\n", 100 + i);
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_all(fd, req, off), 0);
+    free(req);
+    for (int i = 0; i < N; i++)
+        expect_user(fd, 100 + i);
+    close(fd);
+}
+
+/* ---- fields -------------------------------------------------------------- */
+
+/* Several Set-Cookie fields (one with commas in Expires) pass as separate,
+ * byte-exact fields in order (RFC 6265 §3: never folded into one). */
+static void test_set_cookie_intact(void **state)
+{
+    const struct gwt_fault_step steps[] = {
+        {"HTTP/1.1 200 OK\r\nSet-Cookie: a=1; Path=/; HttpOnly\r\n"
+         "Set-Cookie: b=2; Expires=Wed, 21 Oct 2015 07:28:00 GMT; Secure\r\n"
+         "X-Between: x\r\nset-cookie: c=3; SameSite=Strict\r\nContent-Length: 2\r\n\r\nok",
+         0, GWT_FAULT_KEEP},
+    };
+    script(steps, 1);
+    struct gwt_response r;
+    assert_int_equal(gwt_get(fport, "/cookies", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "ok");
+    assert_int_equal(gwt_header_count(&r, "Set-Cookie"), 3);
+    static const char *const want[] = {"a=1; Path=/; HttpOnly",
+                                       "b=2; Expires=Wed, 21 Oct 2015 07:28:00 GMT; Secure",
+                                       "c=3; SameSite=Strict"};
+    size_t k = 0;
+    for (size_t i = 0; i < r.header_count; i++) {
+        if (strcasecmp(r.header_names[i], "Set-Cookie") == 0)
+            assert_string_equal(r.header_values[i], want[k++]);
+    }
+    assert_non_null(strstr(r.raw_head, "\r\nSet-Cookie: b=2; Expires=Wed, 21 Oct 2015 07:28:00 "
+                                       "GMT; Secure\r\n"));
+    gwt_response_free(&r);
+}
+
+/* Hop-by-hop fields of the response (fixed list and those Connection
+ * names) are removed; end-to-end ones pass. */
+static void test_response_hop_by_hop(void **state)
+{
+    const struct gwt_fault_step steps[] = {
+        {"HTTP/1.1 200 OK\r\nConnection: X-Up-Hop\r\nX-Up-Hop: secret\r\n"
+         "Keep-Alive: timeout=5\r\nX-End: e\r\nUpgrade: h2c\r\nTrailer: X-T\r\n"
+         "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
+         0, GWT_FAULT_KEEP},
+    };
+    script(steps, 1);
+    struct gwt_response r;
+    assert_int_equal(gwt_get(fport, "/hop", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "ok");
+    assert_null(gwt_header(&r, "X-Up-Hop"));
+    assert_null(gwt_header(&r, "Keep-Alive"));
+    assert_null(gwt_header(&r, "Upgrade"));
+    assert_null(gwt_header(&r, "Trailer"));
+    assert_non_null(gwt_header(&r, "X-End"));
+    gwt_response_free(&r);
+}
+
+/* Hop-by-hop fields of the request never reach the upstream. */
+static void test_request_hop_by_hop(void **state)
+{
+    struct gwt_response r;
+    assert_int_equal(gwt_http(gport,
+                              "GET /echo HTTP/1.1\r\nHost: h\r\n"
+                              "Connection: X-Hop, keep-alive, close\r\nX-Hop: 1\r\n"
+                              "Keep-Alive: 300\r\nTE: trailers\r\nUpgrade: h2c\r\n"
+                              "Proxy-Connection: keep-alive\r\nTrailer: X-T\r\n"
+                              "X-Keep: k\r\n\r\n",
+                              &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    static const char *const gone[] = {"X-Hop",   "Keep-Alive", "TE",
+                                       "Upgrade", "Trailer",    "Proxy-Connection"};
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        if (gwt_echo_header(&e, gone[i]))
+            fail_msg("hop-by-hop field %s reached the backend", gone[i]);
+    }
+    const char *conn = gwt_echo_header(&e, "Connection");
+    assert_true(conn == NULL || strstr(conn, "X-Hop") == NULL);
+    assert_non_null(gwt_echo_header(&e, "X-Keep"));
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+    assert_serves(gport);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_cl_request_exact, test_teardown),
+        cmocka_unit_test_teardown(test_chunked_request_ext_trailers, test_teardown),
+        cmocka_unit_test_teardown(test_chunked_request_sizes, test_teardown),
+        cmocka_unit_test_teardown(test_cl_response_exact, test_teardown),
+        cmocka_unit_test_teardown(test_chunked_response, test_teardown),
+        cmocka_unit_test_teardown(test_close_delimited_response, test_teardown),
+        cmocka_unit_test_teardown(test_close_delimited_from_fake, test_teardown),
+        cmocka_unit_test_teardown(test_http10_no_chunked, test_teardown),
+        cmocka_unit_test_teardown(test_http10_keepalive, test_teardown),
+        cmocka_unit_test_teardown(test_http10_post, test_teardown),
+        cmocka_unit_test_teardown(test_head_keeps_content_length, test_teardown),
+        cmocka_unit_test_teardown(test_204_304, test_teardown),
+        cmocka_unit_test_teardown(test_bodiless_from_fake, test_teardown),
+        cmocka_unit_test_teardown(test_1xx_from_upstream, test_teardown),
+        cmocka_unit_test_teardown(test_expect_continue_once, test_teardown),
+        cmocka_unit_test_teardown(test_expect_body_sent_at_once, test_teardown),
+        cmocka_unit_test_teardown(test_expect_refused_413, test_teardown),
+        cmocka_unit_test_teardown(test_expect_refused_429, test_teardown),
+        cmocka_unit_test_teardown(test_pipelining_in_order, test_teardown),
+        cmocka_unit_test_teardown(test_pipelining_depth, test_teardown),
+        cmocka_unit_test_teardown(test_set_cookie_intact, test_teardown),
+        cmocka_unit_test_teardown(test_response_hop_by_hop, test_teardown),
+        cmocka_unit_test_teardown(test_request_hop_by_hop, test_teardown),
+    };
+    return cmocka_run_group_tests_name("conformance", tests, group_setup, group_teardown);
+}
