@@ -102,9 +102,10 @@ static int respond_health(struct gw_worker *w, struct gw_slice target, struct gw
         bool ok = be && rs != GW_RL_STORE_DISCONNECTED;
         *status = ok ? 200 : 503;
         json_object_set_new(o, "status", json_string(ok ? "ok" : "degraded"));
-        json_object_set_new(o, "redis", json_string(rs == GW_RL_STORE_DISABLED    ? "disabled"
-                                                    : rs == GW_RL_STORE_CONNECTED ? "connected"
-                                                                                  : "disconnected"));
+        json_object_set_new(o, "redis",
+                            json_string(rs == GW_RL_STORE_DISABLED    ? "disabled"
+                                        : rs == GW_RL_STORE_CONNECTED ? "connected"
+                                                                      : "disconnected"));
         json_object_set_new(o, "backend", json_string(be ? "connected" : "disconnected"));
         json_object_set_new(o, "uptime_seconds", json_integer(uptime));
     }

@@ -83,6 +83,12 @@ struct gw_conn {
     uint64_t start_us;              /* first byte of the request */
     uint64_t upstream_start_us;     /* upstream phase start, 0 = not proxied */
     uint64_t queue_start_us;        /* gate wait start */
+    uint64_t client_rx_ms;          /* last request bytes read (loop clock) */
+    uint64_t client_tx_ms;          /* last response bytes written */
+    uint64_t up_rx_ms;              /* last response bytes read from the upstream */
+    uint64_t up_tx_ms;              /* last request bytes written to the upstream */
+    uint64_t req_done_ms;           /* when the request was fully read */
+    uint64_t proxy_start_ms;        /* when the exchange entered PROXY */
     bool keep_alive;                /* client wants and may keep the connection */
     bool req_done;                  /* request message fully parsed */
     bool discard_body;              /* body bytes are read and dropped */
@@ -109,6 +115,7 @@ static void maybe_send_continue(struct gw_conn *c);
 static void response_complete(struct gw_conn *c);
 static bool pump_request(struct gw_conn *c);
 static void buf_prepare(struct gw_worker *w, struct gw_buf *b);
+static void enter_proxy(struct gw_conn *c);
 
 static const struct gw_config *cfg_of(const struct gw_conn *c)
 {
@@ -349,6 +356,10 @@ static void next_request(struct gw_conn *c)
 
 static void start_linger(struct gw_conn *c)
 {
+    if (c->client_eof) {
+        conn_close(c); /* the client sent its FIN: nothing to drain */
+        return;
+    }
     set_state(c, CS_LINGER);
     shutdown(c->io.fd, SHUT_WR);
     free_parser(c);
@@ -574,6 +585,7 @@ static void start_upstream(struct gw_conn *c)
         .forwarded_proto = "http",
     };
     gw_buf_clear(&u->out);
+    buf_prepare(w, &u->out);
     if (gw_proxy_write_request_head(&u->out, &c->req->head, &ctx, &c->up_framing) != 0) {
         upstream_failed(c, 502, "the request could not be forwarded");
         return;
@@ -582,8 +594,7 @@ static void start_upstream(struct gw_conn *c)
     c->proxied = true;
     maybe_send_continue(c);
     if (u->connected) {
-        set_state(c, CS_PROXY);
-        arm(c, (uint64_t)cfg->upstream_timeout_ms);
+        enter_proxy(c);
     } else {
         set_state(c, CS_CONNECT);
         arm(c, (uint64_t)cfg->upstream_connect_timeout_ms);
@@ -740,16 +751,18 @@ static bool flush_upstream(struct gw_conn *c)
         ssize_t n = send(u->io.fd, gw_buf_head(&u->out), gw_buf_len(&u->out), MSG_NOSIGNAL);
         if (n > 0) {
             gw_buf_consume(&u->out, (size_t)n);
+            c->up_tx_ms = c->w->loop.now_ms;
             progress = true;
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             break;
-        /* The upstream closed: if it already answered, the response path
-         * decides; otherwise this exchange failed. */
+        /* The upstream stopped reading (it may have answered early and
+         * closed). What it sent before is still readable: read_upstream
+         * relays a complete response or fails the exchange. The rest of the
+         * request body is dropped. */
         gw_buf_clear(&u->out);
-        if (!c->resp_started)
-            upstream_failed(c, 502, "the upstream server closed the connection");
+        c->discard_body = true;
         return true;
     }
     return progress;
@@ -761,7 +774,8 @@ static bool read_upstream(struct gw_conn *c)
     struct gw_upstream *u = c->up;
     if (!u || gw_buf_len(&u->in) >= GW_STREAM_WINDOW)
         return false;
-    if (gw_buf_reserve(&u->in, GW_READ_CHUNK) != 0) {
+    buf_prepare(c->w, &u->in);
+    if (gw_buf_reserve(&u->in, GW_READ_MIN) != 0) {
         conn_close(c);
         return true;
     }
@@ -769,7 +783,7 @@ static bool read_upstream(struct gw_conn *c)
     if (n > 0) {
         gw_buf_commit(&u->in, (size_t)n);
         c->resp_started = true;
-        arm(c, (uint64_t)cfg_of(c)->upstream_timeout_ms);
+        c->up_rx_ms = c->w->loop.now_ms; /* the deadline moves lazily (proxy_timeout) */
         return true;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -866,6 +880,7 @@ static bool pump_request(struct gw_conn *c)
         case GW_HTTP_DONE:
             progress = true;
             c->req_done = true;
+            c->req_done_ms = c->w->loop.now_ms;
             if (c->up && c->up_framing == GW_FRAMING_CHUNKED && !c->discard_body &&
                 gw_proxy_write_last_chunk(&c->up->out) != 0)
                 conn_close(c);
@@ -906,6 +921,7 @@ static bool flush_client(struct gw_conn *c)
         ssize_t n = send(c->io.fd, gw_buf_head(&c->out), gw_buf_len(&c->out), MSG_NOSIGNAL);
         if (n > 0) {
             gw_buf_consume(&c->out, (size_t)n);
+            c->client_tx_ms = c->w->loop.now_ms;
             progress = true;
             continue;
         }
@@ -914,10 +930,8 @@ static bool flush_client(struct gw_conn *c)
         conn_close(c); /* the client went away */
         return true;
     }
-    if (progress && c->state != CS_PROXY && c->state != CS_LINGER)
+    if (progress && c->state == CS_RESPOND)
         arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
-    if (progress && c->state == CS_PROXY)
-        arm(c, (uint64_t)cfg_of(c)->upstream_timeout_ms);
     return progress;
 }
 
@@ -953,28 +967,31 @@ static bool read_client(struct gw_conn *c)
         return n > 0;
     }
     buf_prepare(c->w, &c->in);
-    if (gw_buf_reserve(&c->in, GW_READ_CHUNK) != 0) {
+    /* Ask for a little room, read as much as the block holds: asking for a
+     * whole chunk would grow the block whenever a few bytes are pending. */
+    if (gw_buf_reserve(&c->in, GW_READ_MIN) != 0) {
         conn_close(c);
         return true;
     }
     ssize_t n = recv(c->io.fd, c->in.data + c->in.end, gw_buf_tail_room(&c->in), 0);
     if (n > 0) {
         gw_buf_commit(&c->in, (size_t)n);
+        c->client_rx_ms = c->w->loop.now_ms;
         return true;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return false;
-    /* EOF or reset from the client. */
-    if (n < 0 || c->state == CS_IDLE || c->state == CS_HEAD || !c->req_done ||
-        gw_buf_len(&c->in) > 0) {
+    if (n < 0) {
+        /* Reset by the client: nothing more can be delivered. */
         if (c->state == CS_WAIT_SLOT)
             leave_queue(c); /* conn_close returns the slot if one was granted */
         conn_close(c);
         return true;
     }
-    /* A half-close after a complete request: answer it, then close. */
+    /* FIN: the client finished sending. Buffered bytes may still complete
+     * its request, which is then answered before closing (half-close);
+     * check_client_eof closes once nothing more can come of it. */
     c->client_eof = true;
-    c->must_close = true;
     return true;
 }
 
@@ -1022,6 +1039,32 @@ static void update_interest(struct gw_conn *c)
     }
 }
 
+/* After a client FIN: close once the connection can produce nothing more
+ * for the client, i.e. no request can complete from what is buffered. */
+static void check_client_eof(struct gw_conn *c)
+{
+    if (!c->client_eof || c->closing)
+        return;
+    bool buffered = gw_buf_len(&c->in) > 0;
+    switch (c->state) {
+    case CS_IDLE:
+        if (!buffered && gw_buf_len(&c->out) == 0)
+            conn_close(c); /* the last response is out; nothing else was asked */
+        return;
+    case CS_HEAD:
+        conn_close(c); /* everything buffered was parsed: the head stays incomplete */
+        return;
+    case CS_PROXY:
+    case CS_RESPOND:
+        /* The body can no longer complete once the buffer is drained. */
+        if (!c->req_done && !buffered && !gw_http_parser_done_pending(c->req))
+            conn_close(c);
+        return;
+    default:
+        return; /* LIMIT, WAIT_SLOT, CONNECT: the buffered body waits its turn */
+    }
+}
+
 static void conn_drive(struct gw_conn *c)
 {
     for (int round = 0; round < 64 && !c->closing; round++) {
@@ -1055,6 +1098,7 @@ static void conn_drive(struct gw_conn *c)
         if (!progress)
             break;
     }
+    check_client_eof(c);
     update_interest(c);
 }
 
@@ -1075,13 +1119,10 @@ void gw_conn_on_upstream(struct gw_conn *c, uint32_t events)
             return;
         }
         u->connected = true;
-        set_state(c, CS_PROXY);
-        arm(c, (uint64_t)cfg_of(c)->upstream_timeout_ms);
-    } else if (c->state == CS_PROXY && u && (events & EPOLLERR) && !c->resp_started) {
-        upstream_failed(c, 502, "the upstream server closed the connection");
-        update_interest(c);
-        return;
+        enter_proxy(c);
     }
+    /* Errors and hang-ups are found by the reads and writes of the drive:
+     * bytes the upstream sent before a reset are still delivered. */
     conn_drive(c);
 }
 
@@ -1097,6 +1138,29 @@ static void conn_io_cb(struct gw_loop *loop, struct gw_io *io, uint32_t events)
         return;
     }
     conn_drive(c);
+}
+
+/* The PROXY deadline moves with progress instead of re-arming the timer on
+ * every read and write: while the request body flows, CLIENT_TIMEOUT_MS
+ * without progress on it; afterwards, UPSTREAM_TIMEOUT_MS without response
+ * bytes from the upstream or written to the client (a slow reader of a
+ * large response is not an upstream timeout). */
+static uint64_t proxy_due(const struct gw_conn *c)
+{
+    const struct gw_config *cfg = cfg_of(c);
+    if (!c->req_done)
+        return GW_MAX(GW_MAX(c->client_rx_ms, c->up_tx_ms), c->proxy_start_ms) +
+               (uint64_t)cfg->client_timeout_ms;
+    uint64_t last = GW_MAX(GW_MAX(c->up_rx_ms, c->client_tx_ms), c->req_done_ms);
+    return GW_MAX(last, c->proxy_start_ms) + (uint64_t)cfg->upstream_timeout_ms;
+}
+
+static void enter_proxy(struct gw_conn *c)
+{
+    const struct gw_config *cfg = cfg_of(c);
+    set_state(c, CS_PROXY);
+    c->proxy_start_ms = c->w->loop.now_ms;
+    arm(c, (uint64_t)GW_MIN(cfg->client_timeout_ms, cfg->upstream_timeout_ms));
 }
 
 static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
@@ -1135,20 +1199,32 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
     case CS_CONNECT:
         upstream_failed(c, 502, "timed out connecting to the upstream server");
         break;
-    case CS_PROXY:
-        if (c->resp_head_sent) {
-            conn_close(c);
+    case CS_PROXY: {
+        uint64_t due = proxy_due(c);
+        if (due > loop->now_ms) {
+            arm(c, due - loop->now_ms); /* there was progress since it was armed */
             return;
         }
-        {
-            struct gw_upstream *u = c->up;
-            c->up = NULL;
-            if (u)
-                gw_upstream_close(u);
-            c->retried = true;
+        if (c->resp_head_sent) {
+            conn_close(c); /* stalled mid-response: never let it look complete */
+            return;
+        }
+        struct gw_upstream *u = c->up;
+        bool upstream_stalled = u && gw_buf_len(&u->out) > 0;
+        c->up = NULL;
+        if (u)
+            gw_upstream_close(u);
+        c->retried = true;
+        if (!c->req_done && !upstream_stalled) {
+            /* The client stopped sending its body. */
+            c->req_done = true; /* nothing more is read: the connection closes */
+            c->must_close = true;
+            upstream_failed(c, 408, "the request body was not received in time");
+        } else {
             upstream_failed(c, 504, "the upstream server did not answer in time");
         }
         break;
+    }
     case CS_RESPOND:
         conn_close(c); /* the client stopped reading or sending */
         return;

@@ -26,13 +26,14 @@
 #include <string.h>
 #include <time.h>
 
-#define OLC_SHARDS     64    /* over-limit cache shards, one mutex each (power of two) */
+#define OLC_SHARDS      64   /* over-limit cache shards, one mutex each (power of two) */
 #define OLC_SHARD_SLOTS 2048 /* entries per shard (power of two): 131072 in all */
-#define OLC_PROBE      8     /* slots looked at per key; a full run is overwritten */
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 2000
-#define TICK_IDLE_MS   1000
-#define CONNECT_POLL_MS 5    /* tick period while a reconnect is in progress */
+#define OLC_PROBE       8    /* slots looked at per key; a full run is overwritten */
+#define BACKOFF_MIN_MS  100
+#define BACKOFF_MAX_MS  2000
+#define TICK_IDLE_MS    1000
+#define CONNECT_POLL_MS 5  /* tick period while a reconnect is in progress */
+#define CHUNK           64 /* checks pipelined to Redis in one round trip */
 
 /* One client known to be over its limit until its window ends. */
 struct olc_slot {
@@ -49,18 +50,17 @@ struct olc_shard {
 };
 
 struct gw_ratelimit {
-    const struct gw_config *cfg;  /* borrowed */
-    int64_t limit;                /* RATE_LIMIT_REQUESTS */
-    int64_t window_s;             /* RATE_LIMIT_WINDOW_SECONDS */
-    enum gw_rl_failure_mode mode; /* RATE_LIMIT_FAILURE_MODE */
-    bool dry_run;                 /* RATE_LIMIT_DRY_RUN */
-    bool use_redis;               /* REDIS_URL set */
+    const struct gw_config *cfg;   /* borrowed */
+    int64_t limit;                 /* RATE_LIMIT_REQUESTS */
+    int64_t window_s;              /* RATE_LIMIT_WINDOW_SECONDS */
+    enum gw_rl_failure_mode mode;  /* RATE_LIMIT_FAILURE_MODE */
+    bool dry_run;                  /* RATE_LIMIT_DRY_RUN */
+    bool use_redis;                /* REDIS_URL set */
     struct gw_redis_target target; /* parsed REDIS_URL (the configuration's parser) */
-    struct gw_rl_memory *mem;     /* without Redis, or for failure mode local; else NULL */
-    _Atomic int workers;          /* live worker handles */
-    struct olc_shard *olc;        /* OLC_SHARDS shards, heap */
+    struct gw_rl_memory *mem;      /* without Redis, or for failure mode local; else NULL */
+    _Atomic int workers;           /* live worker handles */
+    struct olc_shard *olc;         /* OLC_SHARDS shards, heap */
 };
-
 
 struct gw_ratelimit_worker {
     struct gw_ratelimit *rl;
@@ -70,7 +70,7 @@ struct gw_ratelimit_worker {
     uint64_t backoff_ms;       /* current reconnect delay */
     uint64_t retry_at_ms;      /* gw_now_ms() of the next reconnect attempt */
     uint64_t warned_at_ms;     /* last error-reply warning, to rate-limit the log */
-    char *key;                 /* store-key scratch, key_cap bytes */
+    char *keys;                /* store-key scratch: CHUNK keys of key_cap bytes */
     size_t key_cap;
 };
 
@@ -290,7 +290,7 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
         return -ENOMEM;
     w->rl = rl;
     w->key_cap = strlen(rl->cfg->rate_limit_key_prefix) + GW_RL_KEY_HASH_HEX + 4;
-    if ((w->key = malloc(w->key_cap)) == NULL)
+    if ((w->keys = malloc(w->key_cap * CHUNK)) == NULL)
         goto fail;
     if (rl->use_redis) {
         if (gw_rl_redis_create(&w->redis, &rl->target, rl->cfg->redis_timeout_ms) != 0)
@@ -308,7 +308,7 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     return 0;
 
 fail:
-    free(w->key);
+    free(w->keys);
     free(w);
     return -ENOMEM;
 }
@@ -320,63 +320,17 @@ void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w)
     if (w->redis != NULL)
         gw_rl_redis_ops.destroy(w->redis);
     atomic_fetch_sub(&w->rl->workers, 1);
-    free(w->key);
+    free(w->keys);
     free(w);
 }
 
-void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t key_len,
-                        struct gw_rl_decision *out)
+/* The in-process store decides (no Redis, or failure mode local). */
+static void memory_decide(struct gw_ratelimit_worker *w, const char *skey, size_t sklen,
+                          uint64_t hash, uint64_t mono, struct gw_rl_decision *out)
 {
     const struct gw_ratelimit *rl = w->rl;
-    memset(out, 0, sizeof(*out));
-    out->verdict = GW_RL_ALLOW;
-
-    uint64_t hash = 0;
-    int klen =
-        gw_rl_store_key(rl->cfg->rate_limit_key_prefix, key, key_len, w->key, w->key_cap, &hash);
-    assert(klen > 0); /* key_cap was sized for this prefix */
-    uint64_t mono = gw_now_ms();
-
-    struct olc_slot hit;
-    if (olc_find(rl, hash, mono, &hit)) {
-        from_cache(rl, &hit, mono, out);
-        return;
-    }
-
     int64_t n = 0, now_ms = wall_ms();
-    int rc;
-    if (w->redis != NULL) {
-        if (w->redis_up) {
-            rc = gw_rl_redis_ops.check(w->redis, w->key, (size_t)klen, rl->limit, rl->window_s, &n,
-                                       &now_ms);
-            if (rc == 0) {
-                decide(w, hash, n, now_ms, mono, out);
-                return;
-            }
-            if (rc == -EPROTO) {
-                /* At most one line per second per worker: the server is
-                 * answering errors to every check, the log must not flood. */
-                if (mono >= w->warned_at_ms + 1000) {
-                    w->warned_at_ms = mono;
-                    gw_warn("rate limit: redis refused the check (%s)",
-                            gw_rl_redis_last_error(w->redis));
-                }
-            } else {
-                mark_down(w, mono);
-            }
-        }
-        out->store_error = true;
-        if (rl->mode == GW_RL_FAIL_OPEN)
-            return; /* ALLOW, no info: nothing trustworthy to report */
-        if (rl->mode == GW_RL_FAIL_CLOSED) {
-            out->verdict = GW_RL_UNAVAILABLE;
-            return;
-        }
-        now_ms = wall_ms(); /* local: the in-process store below decides */
-    }
-
-    rc =
-        gw_rl_memory_ops.check(rl->mem, w->key, (size_t)klen, rl->limit, rl->window_s, &n, &now_ms);
+    int rc = gw_rl_memory_ops.check(rl->mem, skey, sklen, rl->limit, rl->window_s, &n, &now_ms);
     if (rc != 0) {
         /* Only when a shard cannot allocate its first entries. */
         out->store_error = true;
@@ -385,6 +339,94 @@ void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t k
         return;
     }
     decide(w, hash, n, now_ms, mono, out);
+}
+
+/* Redis did not answer this check: RATE_LIMIT_FAILURE_MODE decides. */
+static void store_failed(struct gw_ratelimit_worker *w, const char *skey, size_t sklen,
+                         uint64_t hash, uint64_t mono, struct gw_rl_decision *out)
+{
+    out->store_error = true;
+    if (w->rl->mode == GW_RL_FAIL_OPEN)
+        return; /* ALLOW, no info: nothing trustworthy to report */
+    if (w->rl->mode == GW_RL_FAIL_CLOSED) {
+        out->verdict = GW_RL_UNAVAILABLE;
+        return;
+    }
+    memory_decide(w, skey, sklen, hash, mono, out);
+}
+
+/* Up to CHUNK checks: the over-limit cache first, then one pipelined
+ * round trip to Redis for the rest (or the in-process store). */
+static void check_chunk(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t n)
+{
+    const struct gw_ratelimit *rl = w->rl;
+    const char *skeys[CHUNK];
+    size_t sklens[CHUNK], pending[CHUNK], m = 0;
+    uint64_t hashes[CHUNK];
+    uint64_t mono = gw_now_ms();
+
+    for (size_t i = 0; i < n; i++) {
+        struct gw_rl_decision *out = items[i].out;
+        memset(out, 0, sizeof(*out));
+        out->verdict = GW_RL_ALLOW;
+        char *skey = w->keys + i * w->key_cap;
+        int klen = gw_rl_store_key(rl->cfg->rate_limit_key_prefix, items[i].key, items[i].key_len,
+                                   skey, w->key_cap, &hashes[i]);
+        assert(klen > 0); /* key_cap was sized for this prefix */
+        skeys[i] = skey;
+        sklens[i] = (size_t)klen;
+        struct olc_slot hit;
+        if (olc_find(rl, hashes[i], mono, &hit))
+            from_cache(rl, &hit, mono, out);
+        else if (w->redis == NULL)
+            memory_decide(w, skey, sklens[i], hashes[i], mono, out);
+        else if (!w->redis_up)
+            store_failed(w, skey, sklens[i], hashes[i], mono, out);
+        else
+            pending[m++] = i;
+    }
+    if (m == 0)
+        return;
+
+    const char *pk[CHUNK];
+    size_t pl[CHUNK];
+    int64_t counts[CHUNK], store_ms[CHUNK];
+    int rcs[CHUNK];
+    for (size_t j = 0; j < m; j++) {
+        pk[j] = skeys[pending[j]];
+        pl[j] = sklens[pending[j]];
+    }
+    int rc = gw_rl_redis_check_many(w->redis, pk, pl, m, rl->window_s, counts, store_ms, rcs);
+    if (rc != 0)
+        mark_down(w, mono);
+    for (size_t j = 0; j < m; j++) {
+        size_t i = pending[j];
+        if (rcs[j] == 0) {
+            decide(w, hashes[i], counts[j], store_ms[j], mono, items[i].out);
+            continue;
+        }
+        if (rcs[j] == -EPROTO && mono >= w->warned_at_ms + 1000) {
+            /* At most one line per second per worker: the server is
+             * answering errors to every check, the log must not flood. */
+            w->warned_at_ms = mono;
+            gw_warn("rate limit: redis refused the check (%s)", gw_rl_redis_last_error(w->redis));
+        }
+        store_failed(w, skeys[i], sklens[i], hashes[i], mono, items[i].out);
+    }
+}
+
+void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t key_len,
+                        struct gw_rl_decision *out)
+{
+    struct gw_rl_batch_item item = {.key = key, .key_len = key_len, .out = out};
+    check_chunk(w, &item, 1);
+}
+
+void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
+                              size_t n)
+{
+    for (size_t off = 0; off < n; off += CHUNK)
+        check_chunk(w, items + off, GW_MIN(n - off, (size_t)CHUNK));
 }
 
 enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w)
@@ -403,8 +445,16 @@ enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w)
 
 uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms)
 {
-    if (w->redis == NULL || w->redis_up)
+    if (w->redis == NULL)
         return TICK_IDLE_MS;
+    if (w->redis_up) {
+        /* A worker without traffic would otherwise learn of a Redis
+         * restart only from the next request's failed check. */
+        if (gw_rl_redis_probe(w->redis) == 0)
+            return TICK_IDLE_MS;
+        mark_down(w, now_ms);
+        return BACKOFF_MIN_MS;
+    }
     int rc;
     if (w->connecting) {
         rc = gw_rl_redis_connect_poll(w->redis, now_ms);
@@ -435,12 +485,4 @@ uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms
 bool gw_ratelimit_worker_redis_up(const struct gw_ratelimit_worker *w)
 {
     return w->redis != NULL && w->redis_up;
-}
-
-void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
-                              size_t n)
-{
-    /* First version: one check after the other (correct; not yet pipelined). */
-    for (size_t i = 0; i < n; i++)
-        gw_ratelimit_check(w, items[i].key, items[i].key_len, items[i].out);
 }

@@ -129,6 +129,11 @@ GW_MUSTCHECK int gw_rl_redis_connect_poll(struct gw_rl_redis *r, uint64_t now_ms
  * (details in gw_rl_redis_last_error). */
 GW_MUSTCHECK int gw_rl_redis_connect(struct gw_rl_redis *r);
 
+/* Checks, without blocking, that an idle ready connection is still open:
+ * 0 when it is (or looks it), else -errno after disconnecting (EOF after a
+ * server restart, a reset, unexpected bytes). -ENOTCONN when not ready. */
+GW_MUSTCHECK int gw_rl_redis_probe(struct gw_rl_redis *r);
+
 /* Closes the connection or drops the attempt in progress, if any. */
 void gw_rl_redis_disconnect(struct gw_rl_redis *r);
 
@@ -137,6 +142,18 @@ bool gw_rl_redis_connected(const struct gw_rl_redis *r);
 
 /* Text of the last failure, for logs (never contains the password). */
 const char *gw_rl_redis_last_error(const struct gw_rl_redis *r);
+
+/* n checks in one round trip: one EVALSHA per key (keys[i], key_lens[i]
+ * bytes) pipelined, then every reply read in order; keys answered NOSCRIPT
+ * are sent again together with EVAL. For each i, rcs[i] is 0 with
+ * counts[i] and now_ms[i] (as the vtable's check), or -EPROTO when the
+ * server refused that check, or the connection's -errno for the checks
+ * that got no reply. Returns 0 when the connection survived (some rcs[i]
+ * may still be -EPROTO), else the -errno of the failure, the store then
+ * disconnected. Each read is bounded by timeout_ms. */
+GW_MUSTCHECK int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[],
+                                        const size_t key_lens[], size_t n, int64_t window_s,
+                                        int64_t counts[], int64_t now_ms[], int rcs[]);
 
 /* Vtable: check is one EVALSHA round trip (EVAL once on NOSCRIPT), each
  * bounded by timeout_ms; a store that is not ready answers -ENOTCONN at

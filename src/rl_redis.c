@@ -60,7 +60,7 @@ const char gw_rl_redis_script[] =
 /* Where a connection attempt stands. READY is the only state in which
  * checks run; the others answer -ENOTCONN at once. */
 enum phase {
-    PH_DOWN = 0,  /* no socket */
+    PH_DOWN = 0,   /* no socket */
     PH_CONNECTING, /* non-blocking connect(2) in progress */
     PH_HANDSHAKE,  /* AUTH / SELECT / SCRIPT LOAD sent, replies pending */
     PH_READY,      /* blocking socket with timeouts, script loaded */
@@ -78,11 +78,11 @@ struct gw_rl_redis {
     int timeout_ms;                       /* connect and command timeout */
     redisContext *c;                      /* NULL while PH_DOWN */
     enum phase phase;
-    uint64_t deadline_ms;         /* gw_now_ms() at which the current phase times out */
-    enum setup_cmd pending[3];    /* setup replies still expected, in order */
-    int npending, next_pending;   /* pending[next_pending .. npending) are outstanding */
-    char sha[41];                 /* SHA1 of the script, from SCRIPT LOAD */
-    char err[160];                /* last failure, for logs (never the password) */
+    uint64_t deadline_ms;       /* gw_now_ms() at which the current phase times out */
+    enum setup_cmd pending[3];  /* setup replies still expected, in order */
+    int npending, next_pending; /* pending[next_pending .. npending) are outstanding */
+    char sha[41];               /* SHA1 of the script, from SCRIPT LOAD */
+    char err[160];              /* last failure, for logs (never the password) */
 };
 
 /* ---- connection ------------------------------------------------------------ */
@@ -245,8 +245,7 @@ static int connect_step(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
                 want |= POLLOUT;
         }
         if (now_ms >= r->deadline_ms)
-            return errno_failure(r, r->phase == PH_CONNECTING ? "connect" : "handshake",
-                                 ETIMEDOUT);
+            return errno_failure(r, r->phase == PH_CONNECTING ? "connect" : "handshake", ETIMEDOUT);
         struct pollfd pfd = {.fd = r->c->fd, .events = want};
         int left = (int)GW_MIN((uint64_t)wait_ms, r->deadline_ms - now_ms);
         int n = poll(&pfd, 1, left);
@@ -320,6 +319,29 @@ int gw_rl_redis_connect_poll(struct gw_rl_redis *r, uint64_t now_ms)
     return connect_step(r, now_ms, 0);
 }
 
+int gw_rl_redis_probe(struct gw_rl_redis *r)
+{
+    if (r->phase != PH_READY)
+        return -ENOTCONN;
+    /* Between commands a healthy connection has nothing to read: RESP2
+     * sends no unsolicited data. Readable means EOF (the server died or
+     * closed us for idleness), an error, or a desynchronised stream. */
+    struct pollfd pfd = {.fd = r->c->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 0) <= 0)
+        return 0;
+    char byte;
+    ssize_t n = recv(r->c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    int err = n == 0 ? ECONNRESET : n < 0 ? errno : EPROTO;
+    snprintf(r->err, sizeof(r->err), "idle connection: %s",
+             n == 0  ? "closed by the server"
+             : n < 0 ? strerror(err)
+                     : "unexpected data");
+    gw_rl_redis_disconnect(r);
+    return -err;
+}
+
 int gw_rl_redis_connect(struct gw_rl_redis *r)
 {
     uint64_t now = gw_now_ms();
@@ -332,53 +354,123 @@ int gw_rl_redis_connect(struct gw_rl_redis *r)
 
 /* ---- store operations ------------------------------------------------------ */
 
+/* argv of one check: EVALSHA <sha> 1 <key> <window>, or EVAL <body> ... */
+static void check_argv(const struct gw_rl_redis *r, bool eval, const char *key, size_t key_len,
+                       const char *wbuf, size_t wlen, const char *argv[5], size_t lens[5])
+{
+    argv[0] = eval ? "EVAL" : "EVALSHA";
+    lens[0] = eval ? 4 : 7;
+    argv[1] = eval ? gw_rl_redis_script : r->sha;
+    lens[1] = eval ? sizeof(gw_rl_redis_script) - 1 : 40;
+    argv[2] = "1";
+    lens[2] = 1;
+    argv[3] = key;
+    lens[3] = key_len;
+    argv[4] = wbuf;
+    lens[4] = wlen;
+}
+
+static bool is_noscript(const redisReply *rep)
+{
+    return rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0;
+}
+
+/* Takes one check reply (freed here): 0 with *count and *now_ms, or
+ * -EPROTO when the server refused (OOM, BUSY, READONLY, ...) or answered
+ * something else: not a broken connection, the caller applies its failure
+ * mode. */
+static int take_check_reply(struct gw_rl_redis *r, redisReply *rep, int64_t *count, int64_t *now_ms)
+{
+    int rc = 0;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        snprintf(r->err, sizeof(r->err), "check: %s", rep->str);
+        rc = -EPROTO;
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+               rep->element[0]->type != REDIS_REPLY_INTEGER ||
+               rep->element[1]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < 1) {
+        snprintf(r->err, sizeof(r->err), "check: unexpected reply type %d", rep->type);
+        rc = -EPROTO;
+    } else {
+        *count = rep->element[0]->integer;
+        *now_ms = rep->element[1]->integer;
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
+#define RC_NOSCRIPT 1 /* internal mark in rcs[]: answered NOSCRIPT, to resend */
+
+/* After an I/O failure at reply i: that check, every later one and every
+ * one still waiting for its EVAL get rc. */
+static int fail_rest(int rcs[], size_t from, size_t n, int rc)
+{
+    for (size_t j = 0; j < n; j++)
+        if (j >= from || rcs[j] == RC_NOSCRIPT)
+            rcs[j] = rc;
+    return rc;
+}
+
+int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[], const size_t key_lens[],
+                           size_t n, int64_t window_s, int64_t counts[], int64_t now_ms[],
+                           int rcs[])
+{
+    if (r->phase != PH_READY)
+        return fail_rest(rcs, 0, n, -ENOTCONN);
+    char wbuf[24];
+    size_t wlen = (size_t)snprintf(wbuf, sizeof(wbuf), "%lld", (long long)window_s);
+    const char *argv[5];
+    size_t lens[5];
+
+    /* Every command is buffered first; the first read flushes them all
+     * (one write, one round trip), each read bounded by the timeout. */
+    for (size_t i = 0; i < n; i++) {
+        check_argv(r, false, keys[i], key_lens[i], wbuf, wlen, argv, lens);
+        if (redisAppendCommandArgv(r->c, 5, argv, lens) != REDIS_OK)
+            return fail_rest(rcs, 0, n, io_failure(r, "EVALSHA"));
+    }
+    size_t noscript = 0;
+    for (size_t i = 0; i < n; i++) {
+        void *rep = NULL;
+        if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+            return fail_rest(rcs, i, n, io_failure(r, "EVALSHA"));
+        if (is_noscript(rep)) {
+            /* Script cache flushed (SCRIPT FLUSH, restart behind a proxy,
+             * failover): EVAL runs the body and caches it again, so the
+             * next check is back to EVALSHA with the same SHA1. */
+            freeReplyObject(rep);
+            rcs[i] = RC_NOSCRIPT;
+            noscript++;
+            continue;
+        }
+        rcs[i] = take_check_reply(r, rep, &counts[i], &now_ms[i]);
+    }
+    if (noscript == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (rcs[i] != RC_NOSCRIPT)
+            continue;
+        check_argv(r, true, keys[i], key_lens[i], wbuf, wlen, argv, lens);
+        if (redisAppendCommandArgv(r->c, 5, argv, lens) != REDIS_OK)
+            return fail_rest(rcs, n, n, io_failure(r, "EVAL"));
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (rcs[i] != RC_NOSCRIPT)
+            continue;
+        void *rep = NULL;
+        if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+            return fail_rest(rcs, n, n, io_failure(r, "EVAL"));
+        rcs[i] = take_check_reply(r, rep, &counts[i], &now_ms[i]);
+    }
+    return 0;
+}
+
 static int redis_check(void *store, const char *key, size_t key_len, int64_t limit,
                        int64_t window_s, int64_t *count, int64_t *now_ms)
 {
-    struct gw_rl_redis *r = store;
     (void)limit; /* fixed window counts every request */
-    if (r->phase != PH_READY)
-        return -ENOTCONN;
-
-    char wbuf[24];
-    int wlen = snprintf(wbuf, sizeof(wbuf), "%lld", (long long)window_s);
-    const char *argv[5] = {"EVALSHA", r->sha, "1", key, wbuf};
-    size_t lens[5] = {7, 40, 1, key_len, (size_t)wlen};
-
-    redisReply *rep = redisCommandArgv(r->c, 5, argv, lens);
-    if (rep == NULL)
-        return io_failure(r, "EVALSHA");
-    if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
-        /* Script cache flushed (SCRIPT FLUSH, restart behind a proxy,
-         * failover): EVAL runs the body and caches it again, so the next
-         * check is back to EVALSHA with the same SHA1. */
-        freeReplyObject(rep);
-        argv[0] = "EVAL";
-        lens[0] = 4;
-        argv[1] = gw_rl_redis_script;
-        lens[1] = sizeof(gw_rl_redis_script) - 1;
-        rep = redisCommandArgv(r->c, 5, argv, lens);
-        if (rep == NULL)
-            return io_failure(r, "EVAL");
-    }
-    if (rep->type == REDIS_REPLY_ERROR) {
-        /* The server is there but refused (OOM, BUSY, READONLY, ...): not a
-         * broken connection, the caller applies its failure mode. */
-        snprintf(r->err, sizeof(r->err), "check: %s", rep->str);
-        freeReplyObject(rep);
-        return -EPROTO;
-    }
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
-        rep->element[0]->type != REDIS_REPLY_INTEGER ||
-        rep->element[1]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < 1) {
-        snprintf(r->err, sizeof(r->err), "check: unexpected reply type %d", rep->type);
-        freeReplyObject(rep);
-        return -EPROTO;
-    }
-    *count = rep->element[0]->integer;
-    *now_ms = rep->element[1]->integer;
-    freeReplyObject(rep);
-    return 0;
+    int rc1 = 0;
+    int rc = gw_rl_redis_check_many(store, &key, &key_len, 1, window_s, count, now_ms, &rc1);
+    return rc != 0 ? rc : rc1;
 }
 
 static int redis_ping(void *store)

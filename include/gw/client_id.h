@@ -13,7 +13,7 @@
 
 /* Longest identity key written by gw_client_id: "k:" + 64 hex digits, or
  * "ip:" + an IPv6 text address. */
-#define GW_CLIENT_KEY_MAX 72
+#define GW_CLIENT_KEY_MAX  72
 #define GW_CLIENT_ADDR_MAX 64
 
 /* Identifies the client of request h received from peer (peer_bin is the

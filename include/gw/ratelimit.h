@@ -82,16 +82,19 @@ void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t k
 /* One request of a batch: the client key (borrowed for the call) and where
  * the decision goes. */
 struct gw_rl_batch_item {
-    const char *key;             /* client key bytes */
-    size_t key_len;              /* bytes */
-    struct gw_rl_decision *out;  /* filled by the call */
+    const char *key;            /* client key bytes */
+    size_t key_len;             /* bytes */
+    struct gw_rl_decision *out; /* filled by the call */
 };
 
-/* Decides n requests at once, each exactly as gw_ratelimit_check would, in
- * order (two items of one client count twice). Items answered by the
- * over-limit cache cost nothing; the others go to Redis as one pipeline
- * (all commands written, then all replies read): one round trip for the
- * batch, bounded by REDIS_TIMEOUT_MS. Never fails; worker thread only. */
+/* Decides n requests at once, each as gw_ratelimit_check would, in order
+ * (two items of one client count twice; the second is not answered from
+ * the over-limit cache the first may fill, but gets the same verdict from
+ * Redis). Items answered by the over-limit cache cost nothing; the others
+ * go to Redis as one pipeline per 64 items (all commands written, then all
+ * replies read): one round trip, each read bounded by REDIS_TIMEOUT_MS. A
+ * failure part-way leaves the answered items decided and applies the
+ * failure mode to the rest. Never fails; worker thread only. */
 void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
                               size_t n);
 
@@ -99,8 +102,9 @@ void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_
  * (when connected) and reports the outcome. Worker thread only. */
 enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w);
 
-/* Background upkeep from the worker loop: reconnects a down Redis
- * connection when its backoff has elapsed (100 ms after the failure, then
+/* Background upkeep from the worker loop: notices a connection the server
+ * closed while idle (a non-blocking poll, no command), and reconnects a
+ * down Redis connection when its backoff has elapsed (100 ms after the failure, then
  * doubling to 2 s while attempts fail). now_ms is gw_now_ms(). Never
  * blocks: the attempt is a non-blocking connect with AUTH/SELECT/SCRIPT
  * LOAD pipelined, advanced by later ticks (every 5 ms while in progress)

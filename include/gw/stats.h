@@ -95,8 +95,8 @@ struct gw_stats_snapshot {
     bool redis_up; /* meaningful when redis_enabled */
     bool redis_enabled;
     bool backend_up;
-    uint64_t in_flight_max;    /* MAX_CONCURRENT_REQUESTS */
-    uint64_t queue_length_max; /* MAX_QUEUE_LENGTH */
+    uint64_t in_flight_max;                           /* MAX_CONCURRENT_REQUESTS */
+    uint64_t queue_length_max;                        /* MAX_QUEUE_LENGTH */
     int64_t worker_connections[GW_STATS_MAX_WORKERS]; /* per worker, first worker_threads used */
 };
 

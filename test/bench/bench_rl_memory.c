@@ -55,11 +55,11 @@ static int make_key(uint64_t i, char out[48])
 
 struct job {
     struct gw_rl_memory *m;
-    uint64_t from, to;  /* client indices [from, to) */
-    int64_t want;       /* expected count of every check (1 first pass, 2 second) */
-    uint64_t errors;    /* checks that failed or counted wrong */
-    volatile int sink;  /* keeps the format-only loop from being optimised away */
-    bool format_only;   /* measure key formatting alone */
+    uint64_t from, to; /* client indices [from, to) */
+    int64_t want;      /* expected count of every check (1 first pass, 2 second) */
+    uint64_t errors;   /* checks that failed or counted wrong */
+    volatile int sink; /* keeps the format-only loop from being optimised away */
+    bool format_only;  /* measure key formatting alone */
 };
 
 static void *run(void *p)
@@ -162,8 +162,7 @@ int main(int argc, char **argv)
     printf("  ns per check        new key %.0f, known key %.0f per thread (best of %d; key "
            "formatting, %.0f ns, subtracted)\n",
            ((double)ins_ns - (double)fmt_ns) * threads / per,
-           ((double)hit_ns - (double)fmt_ns) * threads / per, REPS,
-           (double)fmt_ns * threads / per);
+           ((double)hit_ns - (double)fmt_ns) * threads / per, REPS, (double)fmt_ns * threads / per);
     printf("  throughput          %.2f M new-key checks/s, %.2f M known-key checks/s (all "
            "threads, formatting included)\n",
            per / ((double)ins_ns / 1e3), per / ((double)hit_ns / 1e3));

@@ -76,18 +76,21 @@ if [ $perf_ok -eq 1 ]; then
     stat_events=task-clock,context-switches,cpu-migrations,page-faults
     timeout 20 perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 &&
         stat_events=$stat_events,raw_syscalls:sys_enter
+    q0=$(http_get "$PROXY_PORT" /stats | grep -o '"requests_total":[0-9]*' | cut -d: -f2)
     c0=$(redis_calls)
     t0=$(cpu_ticks "$gw")
     timeout $((PSECS + 30)) perf stat -e "$stat_events" -p "$gw" -o "$WORK/perf-stat.txt" -- sleep "$PSECS" \
         >/dev/null 2>&1
     t1=$(cpu_ticks "$gw")
     c1=$(redis_calls)
+    q1=$(http_get "$PROXY_PORT" /stats | grep -o '"requests_total":[0-9]*' | cut -d: -f2)
+    nreq=$((${q1:-0} - ${q0:-0}))
     wait "$wrk_pid"
     stop_pids "$wrk_pid"
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.out")
-    echo "## Gateway profile: mode $MODE, $WORKERS worker(s), $CONNS connections, perf record ${ev[*]:-cycles} -g ${PSECS} s"
+    echo "## Gateway profile: mode $MODE, $WORKERS worker(s), $CONNS connections, perf record ${ev[*]:-(cycles)} --call-graph ${PROFILE_CALLGRAPH:-dwarf}, ${PSECS} s"
     echo
-    echo "wrk over the whole run: ${rps:-?} req/s; $(machine_description | head -1)"
+    echo "wrk over the whole run (slowed while perf record runs): ${rps:-?} req/s; during perf stat: $((nreq / PSECS)) req/s; $(machine_description | head -1)"
     echo
     echo "Top $TOP symbols (perf report --no-children, self time):"
     echo
@@ -104,16 +107,16 @@ if [ $perf_ok -eq 1 ]; then
         grep -v -E ' (clone3|start_thread|__libc_start_main|_start|main)$' | head -n 25
     echo '```'
     echo
-    echo "perf stat over ${PSECS} s (per request: divide by req/s × ${PSECS}):"
+    echo "perf stat over ${PSECS} s ($nreq requests by the gateway's /stats):"
     echo
     echo '```'
     grep -E 'task-clock|context-switches|cpu-migrations|page-faults|sys_enter' "$WORK/perf-stat.txt"
     echo '```'
-    if [ -n "${rps:-}" ]; then
-        awk -v rps="$rps" -v s="$PSECS" -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" -v calls=$((c1 - c0)) '
+    if [ "$nreq" -gt 0 ]; then
+        awk -v n="$nreq" -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" -v calls=$((c1 - c0)) '
             /raw_syscalls:sys_enter/ { gsub(",", "", $1); sc = $1 }
             /context-switches/ { gsub(",", "", $1); cs = $1 }
-            END { n = rps * s; if (n <= 0) exit
+            END {
                 printf "\nApprox. per request: %.1f syscalls, %.2f context switches, %.1f µs gateway CPU, %.2f Redis commands\n",
                     sc / n, cs / n, ticks * 1e6 / hz / n, calls / n }' "$WORK/perf-stat.txt"
     fi

@@ -1,10 +1,8 @@
 /*
- * Integration tests of the gateway's observability (SPEC.md §4, issue 5):
- * after a known sequence of outcomes /stats and /metrics show exactly those
- * numbers and the live exposition passes `promtool check metrics`; dry-run
- * counting; per-worker connection counts; bounded label cardinality; the
- * liveness and readiness probes; and a real Prometheus scraping the gateway,
- * with every Grafana dashboard query of deploy/ evaluated against it.
+ * Observability end to end (SPEC.md §4, issue 5): exact /stats and /metrics
+ * after a known sequence (promtool on the live output), dry run, per-worker
+ * connections, bounded cardinality, liveness vs readiness, and a real
+ * Prometheus scraping the gateway and answering every dashboard query.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,10 +19,13 @@
 #include "gwtest.h"
 
 #define CAPACITY_TYPE "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
-#define DASHBOARD GW_SOURCE_DIR "/deploy/grafana/gateway-dashboard.json"
+#define DASHBOARD     GW_SOURCE_DIR "/deploy/grafana/gateway-dashboard.json"
 
 static struct gwt_proc backend;
 static int bport;
+/* Processes of one test, tracked for the teardown: static, since the
+ * teardown runs after the test function returned. */
+static struct gwt_proc gw, gw2, be, redis;
 
 static int group_setup(void **state)
 {
@@ -71,8 +72,7 @@ static json_t *stats(struct gwt_admin *a)
 }
 
 /* Polls /stats (each poll counted in a->n) until field == want. */
-static void wait_stats_field(struct gwt_admin *a, const char *field, long long want,
-                             int timeout_ms)
+static void wait_stats_field(struct gwt_admin *a, const char *field, long long want, int timeout_ms)
 {
     long long deadline = gwt_now_ms() + timeout_ms, last = GWT_NO_VALUE;
     while (gwt_now_ms() < deadline) {
@@ -146,7 +146,6 @@ enum { N_PROXIED = 3, K_REJECTED = 2, M_LIMITED = 2, N_BAD = 1 };
  * requests_total counts every request including the admin ones. */
 static void test_known_sequence_exact(void **state)
 {
-    struct gwt_proc be;
     int port_be;
     assert_int_equal(gwt_backend_start(&be, &port_be, NULL), 0);
     gwt_track(&be);
@@ -159,7 +158,6 @@ static void test_known_sequence_exact(void **state)
                          "RATE_LIMIT_WINDOW_SECONDS=3600",
                          limit,
                          NULL};
-    struct gwt_proc gw;
     int gport;
     assert_int_equal(gwt_gateway_for(&gw, &gport, port_be, env), 0);
     gwt_avoid_window_edge(3600, 30);
@@ -220,8 +218,8 @@ static void test_known_sequence_exact(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "redis")), "disabled");
     json_t *wc = json_object_get(j, "worker_connections");
     assert_int_equal(json_array_size(wc), 2);
-    long long per_worker = json_integer_value(json_array_get(wc, 0)) +
-                           json_integer_value(json_array_get(wc, 1));
+    long long per_worker =
+        json_integer_value(json_array_get(wc, 0)) + json_integer_value(json_array_get(wc, 1));
     expect_int(j, "connections_active", per_worker);
     assert_true(per_worker >= 1); /* this admin connection at least */
     /* Latency of the 4 proxied requests: 3 fast, one of 1.5 s. The
@@ -276,7 +274,6 @@ static void test_dry_run_counts(void **state)
 {
     const char *env[] = {"RATE_LIMIT_DRY_RUN=on", "RATE_LIMIT_REQUESTS=1",
                          "RATE_LIMIT_WINDOW_SECONDS=3600", NULL};
-    struct gwt_proc gw;
     int gport;
     assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
     gwt_avoid_window_edge(3600, 30);
@@ -305,7 +302,6 @@ static void test_dry_run_counts(void **state)
 static void test_worker_connections(void **state)
 {
     const char *env[] = {"WORKER_THREADS=3", NULL};
-    struct gwt_proc gw;
     int gport;
     assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
     struct gwt_admin a;
@@ -343,7 +339,6 @@ static void test_worker_connections(void **state)
 static void test_cardinality_bounded(void **state)
 {
     const char *env[] = {"RATE_LIMIT_KEY=header:X-API-Key", "RATE_LIMIT_REQUESTS=2", NULL};
-    struct gwt_proc gw;
     int gport;
     assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
     struct gwt_admin a;
@@ -403,7 +398,6 @@ static void test_health_live_vs_ready(void **state)
     char burl[64];
     snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
     const char *env[] = {burl, NULL};
-    struct gwt_proc gw;
     int gport;
     assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
 
@@ -417,8 +411,7 @@ static void test_health_live_vs_ready(void **state)
     json_decref(j);
     gwt_response_free(&r);
 
-    assert_int_equal(gwt_http(gport, "HEAD /health?probe=live HTTP/1.1\r\nHost: h\r\n\r\n", &r),
-                     0);
+    assert_int_equal(gwt_http(gport, "HEAD /health?probe=live HTTP/1.1\r\nHost: h\r\n\r\n", &r), 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     gwt_response_free(&r);
@@ -442,7 +435,6 @@ static void test_health_live_vs_ready(void **state)
     char good[64];
     snprintf(good, sizeof(good), "BACKEND_URL=http://127.0.0.1:%d", bport);
     const char *env2[] = {good, NULL};
-    struct gwt_proc gw2;
     int gport2;
     assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env2), 0);
     assert_int_equal(gwt_get(gport2, "/health", &r), 0);
@@ -526,14 +518,12 @@ static void test_real_prometheus(void **state)
 {
     if (access("/usr/bin/prometheus", X_OK) != 0)
         fail_msg("/usr/bin/prometheus is missing: install Debian's prometheus (make deps)");
-    struct gwt_proc redis;
     int rport;
     assert_int_equal(gwt_redis_start(&redis, &rport), 0);
     gwt_track(&redis);
     char rurl[64];
     snprintf(rurl, sizeof(rurl), "REDIS_URL=redis://127.0.0.1:%d", rport);
     const char *env[] = {rurl, "RATE_LIMIT_REQUESTS=3", "RATE_LIMIT_WINDOW_SECONDS=3600", NULL};
-    struct gwt_proc gw;
     int gport;
     assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
     gwt_avoid_window_edge(3600, 30);

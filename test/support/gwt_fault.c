@@ -90,14 +90,17 @@ static bool header_value(const char *head, size_t hlen, const char *name, char *
     return false;
 }
 
-/* Length of the complete request at the start of buf, 0 when more bytes are
- * needed, or -1 when it can never complete (the connection is dropped). */
-static long request_length(const char *buf, size_t len)
+/* Length of the complete request at the start of buf (of its head only
+ * when head_only), 0 when more bytes are needed, or -1 when it can never
+ * complete (the connection is dropped). */
+static long request_length(const char *buf, size_t len, bool head_only)
 {
     const char *e = find_mem(buf, len, "\r\n\r\n", 4);
     if (!e)
         return len >= CONN_BUF ? -1 : 0;
     size_t hlen = (size_t)(e - buf) + 4;
+    if (head_only)
+        return (long)hlen;
     char v[64];
     if (header_value(buf, hlen, "content-length", v, sizeof(v))) {
         char *end;
@@ -162,7 +165,10 @@ static void write_all(int fd, const char *p, size_t n)
 static void serve(struct gwt_fault *f, struct fconn *c)
 {
     while (c->fd >= 0 && !c->held) {
-        long n = request_length(c->buf, c->len);
+        pthread_mutex_lock(&f->mu);
+        bool at_head = f->next_step < f->nsteps && f->steps[f->next_step].at_head;
+        pthread_mutex_unlock(&f->mu);
+        long n = request_length(c->buf, c->len, at_head);
         if (n < 0) {
             conn_drop(c, false);
             return;
@@ -174,7 +180,8 @@ static void serve(struct gwt_fault *f, struct fconn *c)
         f->last_len = GW_MIN((size_t)n, sizeof(f->last) - 1);
         memcpy(f->last, c->buf, f->last_len);
         f->last[f->last_len] = '\0';
-        struct gwt_fault_step st = {default_reply, sizeof(default_reply) - 1, GWT_FAULT_KEEP};
+        struct gwt_fault_step st = {default_reply, sizeof(default_reply) - 1, GWT_FAULT_KEEP,
+                                    false};
         char *copy = NULL;
         if (f->next_step < f->nsteps) {
             st = f->steps[f->next_step++];
@@ -346,6 +353,7 @@ int gwt_fault_script(struct gwt_fault *f, const struct gwt_fault_step *steps, si
         return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         copy[i].after = steps[i].after;
+        copy[i].at_head = steps[i].at_head;
         if (!steps[i].reply)
             continue;
         size_t len = steps[i].len ? steps[i].len : strlen(steps[i].reply);

@@ -29,6 +29,10 @@ struct gwt_fault_step {
     const char *reply;          /* bytes written at once; NULL = write nothing */
     size_t len;                 /* bytes of reply; 0 = strlen(reply) */
     enum gwt_fault_after after; /* then what happens to the connection */
+    bool at_head;               /* answer as soon as the request head is in,
+                                   without waiting for its body; the rest of
+                                   the request is then dropped, so use it with
+                                   HOLD, CLOSE or RESET */
 };
 
 struct gwt_fault; /* opaque; one listening socket and its thread */

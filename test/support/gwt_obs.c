@@ -285,8 +285,7 @@ int gwt_prometheus_start(struct gwt_prometheus *p, const char *job, int target_p
         rc = gwt_spawn(&p->proc, argv, NULL);
         if (rc != 0)
             break;
-        rc = gwt_wait_log(&p->proc, "Server is ready to receive web requests", timeout_ms, NULL,
-                          0);
+        rc = gwt_wait_log(&p->proc, "Server is ready to receive web requests", timeout_ms, NULL, 0);
         if (rc == 0) {
             p->port = port;
             return 0;
@@ -692,6 +691,10 @@ json_t *gwt_yaml_load(const char *text, char *err, size_t cap)
         json_t *doc = ynode(&y, 0);
         if (json_array_append_new(docs, doc) != 0)
             yfail(&y, y.lines[y.i < y.n ? y.i : y.n - 1].lineno, "out of memory");
+        /* A document ends at "---" or the end, never at a sibling node of
+         * another kind ("- a" then "b: 1"). */
+        if (!y.failed && y.i < y.n && !y.lines[y.i].docsep)
+            yfail(&y, y.lines[y.i].lineno, "mapping and sequence mixed at one level");
     }
     if (y.failed)
         goto fail;

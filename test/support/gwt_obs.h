@@ -83,8 +83,8 @@ GW_MUSTCHECK int gwt_url_encode(const char *s, char *out, size_t cap);
  * every request sent, so a test can predict requests_total exactly. */
 struct gwt_admin {
     int port;
-    int fd;       /* -1 when not connected */
-    long long n;  /* requests sent so far */
+    int fd;      /* -1 when not connected */
+    long long n; /* requests sent so far */
 };
 
 void gwt_admin_init(struct gwt_admin *a, int port);

@@ -8,12 +8,12 @@
 
 #include <string.h>
 
-static struct gw_slice S(const char *s)
-{
+static struct gw_slice S(const char *s) {
     return (struct gw_slice){s, strlen(s)};
 }
 
-static void add_header(struct gw_http_head *h, const char *name, const char *value)
+static void
+add_header(struct gw_http_head *h, const char *name, const char *value)
 {
     h->headers[h->header_count].name = S(name);
     h->headers[h->header_count].value = S(value);
@@ -27,8 +27,8 @@ static void trust(struct gw_config *cfg, const char *addr, int prefix)
     assert_true(gw_client_parse_addr(addr, strlen(addr), bin, text));
     struct gw_cidr *c = &cfg->trusted[cfg->trusted_count++];
     memcpy(c->addr, bin, 16);
-    c->prefix = (uint8_t)(memcmp(bin, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0 ? 96 + prefix
-                                                                               : prefix);
+    c->prefix =
+        (uint8_t)(memcmp(bin, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0 ? 96 + prefix : prefix);
 }
 
 static void peer(const char *text, uint8_t bin[16])
@@ -125,8 +125,7 @@ static void test_api_key_hashed(void **state)
     char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
     gw_client_id(&cfg, bin, "127.0.0.1", &h, key, addr);
     /* SHA-256("abc") */
-    assert_string_equal(key,
-                        "k:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_string_equal(key, "k:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_string_equal(addr, "127.0.0.1");
     struct gw_http_head empty = {0};
     add_header(&empty, "X-API-Key", "");

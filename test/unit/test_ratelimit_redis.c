@@ -326,9 +326,9 @@ static void test_limiter_uses_config_url_parser(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "localhost:6379",   "rediss://localhost", "redis://secret@host", /* legacy userinfo */
-        "redis://host:0",   "redis://:@host",     "unix://relative.sock",
-        "redis://host/db",  "redis://h?x=1",
+        "localhost:6379",  "rediss://localhost", "redis://secret@host", /* legacy userinfo */
+        "redis://host:0",  "redis://:@host",     "unix://relative.sock",
+        "redis://host/db", "redis://h?x=1",
     };
     for (size_t i = 0; i < GW_ARRAY_LEN(bad); i++) {
         struct setup s;
@@ -853,6 +853,112 @@ static void test_unix_socket(void **state)
     unlink(p.sock);
 }
 
+/* ---- batches ------------------------------------------------------------- */
+
+/* A batch decides like single checks in order, with one EVALSHA per item
+ * not answered by the over-limit cache; more than 64 items span several
+ * pipelines; NOSCRIPT inside a pipeline still counts each item once. */
+static void test_batch_matches_single_checks(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 3, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    struct gw_rl_decision d;
+    for (int i = 0; i < 4; i++)
+        check(w, "blocked", &d); /* now in the over-limit cache */
+    assert_int_equal(d.verdict, GW_RL_LIMITED);
+
+    static const char *const keys[] = {"a", "b", "a", "blocked", "a", "a", "b", "c"};
+    static const int want_remaining[] = {2, 2, 1, 0, 0, 0, 1, 2};
+    static const enum gw_rl_verdict want_verdict[] = {GW_RL_ALLOW,   GW_RL_ALLOW, GW_RL_ALLOW,
+                                                      GW_RL_LIMITED, GW_RL_ALLOW, GW_RL_LIMITED,
+                                                      GW_RL_ALLOW,   GW_RL_ALLOW};
+    enum { N = GW_ARRAY_LEN(keys) };
+    struct gw_rl_decision out[N];
+    struct gw_rl_batch_item items[N];
+    for (size_t i = 0; i < N; i++)
+        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i]};
+    redisContext *c = admin(&g_main, 0);
+    long long evalsha = cmd_calls(c, "evalsha");
+    gw_ratelimit_check_batch(w, items, N);
+    for (size_t i = 0; i < N; i++) {
+        assert_false(out[i].store_error);
+        assert_true(out[i].has_info);
+        if (out[i].verdict != want_verdict[i] || out[i].info.remaining != want_remaining[i])
+            fail_msg("item %zu (%s): verdict %d remaining %lld, want %d and %d", i, keys[i],
+                     out[i].verdict, (long long)out[i].info.remaining, want_verdict[i],
+                     want_remaining[i]);
+        assert_int_equal(out[i].info.reset_epoch_s, out[0].info.reset_epoch_s);
+    }
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + N - 1); /* "blocked" was cached */
+    /* "a" is over its limit now: cached, no Redis call */
+    check(w, "a", &d);
+    assert_int_equal(d.verdict, GW_RL_LIMITED);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + N - 1);
+
+    /* 150 distinct clients: three pipelines, every one counted once. */
+    enum { M = 150 };
+    static char names[M][16];
+    static struct gw_rl_decision many[M];
+    static struct gw_rl_batch_item mitems[M];
+    for (int i = 0; i < M; i++) {
+        int len = snprintf(names[i], sizeof(names[i]), "many-%d", i);
+        mitems[i] = (struct gw_rl_batch_item){names[i], (size_t)len, &many[i]};
+    }
+    gw_ratelimit_check_batch(w, mitems, M);
+    for (int i = 0; i < M; i++) {
+        assert_int_equal(many[i].verdict, GW_RL_ALLOW);
+        assert_int_equal(many[i].info.remaining, 2);
+    }
+    /* After SCRIPT FLUSH every item of a pipeline gets NOSCRIPT and is
+     * resent with EVAL: still one count each. */
+    redisReply *r = redisCommand(c, "SCRIPT FLUSH");
+    freeReplyObject(r);
+    gw_ratelimit_check_batch(w, mitems, 10);
+    for (int i = 0; i < 10; i++) {
+        assert_false(many[i].store_error);
+        assert_int_equal(many[i].info.remaining, 1);
+    }
+    assert_true(gw_ratelimit_worker_redis_up(w));
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+/* A batch while Redis is down applies the failure mode to every item
+ * (local: the in-process store, in order). */
+static void test_batch_store_down(void **state)
+{
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", free_port());
+    struct setup s;
+    make_cfg(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_LOCAL);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    assert_false(gw_ratelimit_worker_redis_up(w));
+    struct gw_rl_decision out[4];
+    struct gw_rl_batch_item items[4];
+    for (int i = 0; i < 4; i++)
+        items[i] = (struct gw_rl_batch_item){"x", 1, &out[i]};
+    gw_ratelimit_check_batch(w, items, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_true(out[i].store_error || i == 3); /* the 4th: over-limit cache */
+        assert_int_equal(out[i].verdict, i < 2 ? GW_RL_ALLOW : GW_RL_LIMITED);
+    }
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
 /* ---- REDIS_TIMEOUT_MS bounds every step ----------------------------------- */
 
 /* A TCP listener on 127.0.0.1 with the given backlog that never accepts:
@@ -1035,6 +1141,8 @@ int main(void)
         cmocka_unit_test(test_redis_killed_and_restarted),
         cmocka_unit_test(test_password_and_db),
         cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_batch_matches_single_checks),
+        cmocka_unit_test(test_batch_store_down),
         cmocka_unit_test(test_timeout_bounds_connect_and_handshake),
         cmocka_unit_test(test_timeout_bounds_connect_syscall),
         cmocka_unit_test(test_hung_redis_command_timeout),

@@ -1,0 +1,958 @@
+/*
+ * Limits, slow and vanishing clients, upstream faults and descriptor
+ * exhaustion (SPEC.md sections 3, 6, 7; issue 3 items 3, 4 and 7): 431,
+ * 413 (chunked counted as it streams), 408, silent idle close; released
+ * in-flight slots and no dirty upstream reuse after a client vanishes;
+ * 502/504 and truncation from the upstream, malformed upstream responses,
+ * the one retry of a stale pooled connection, and EMFILE without spinning.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "gwt_fault.h"
+#include "gwtest.h"
+
+static struct gwt_proc backend;
+static int bport;
+static struct gwt_fault *fake;
+static struct gwt_proc gw2; /* per-test gateway */
+static int gport2;
+
+static int group_setup(void **state)
+{
+    if (gwt_backend_start(&backend, &bport, NULL) != 0)
+        return -1;
+    return gwt_fault_start(&fake) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    int rc = gwt_stop_tracked();
+    gwt_stop(&backend, SIGTERM, 5000);
+    gwt_proc_cleanup(&backend);
+    gwt_fault_stop(fake);
+    return rc;
+}
+
+static int test_teardown(void **state)
+{
+    int rc = 0;
+    if (gw2.pid > 0) {
+        int st = gwt_stop(&gw2, SIGTERM, 5000);
+        if (st != 0) {
+            fprintf(stderr, "per-test gateway ended with %d, expected 0\n", st);
+            gwt_log_dump(&gw2, 6000);
+            rc = -1;
+        }
+        gwt_proc_cleanup(&gw2);
+    }
+    return rc;
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static void start_gw(const char *const env[])
+{
+    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
+}
+
+/* A gateway in front of the fake upstream, one worker (one pool). */
+static void start_gw_fake(const char *const extra[])
+{
+    char burl[64];
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fault_port(fake));
+    const char *env[16] = {burl, "WORKER_THREADS=1", "UPSTREAM_TIMEOUT_MS=3000"};
+    size_t k = 3;
+    for (size_t i = 0; extra && extra[i] && k < 15; i++)
+        env[k++] = extra[i];
+    env[k] = NULL;
+    /* BACKEND_URL of gwt_gateway_for is overridden by ours (later wins). */
+    assert_int_equal(gwt_gateway_for(&gw2, &gport2, gwt_fault_port(fake), env), 0);
+}
+
+static void script(const struct gwt_fault_step *steps, size_t n)
+{
+    assert_int_equal(gwt_fault_script(fake, steps, n), 0);
+}
+
+static long long backend_requests(void)
+{
+    long long n = -1;
+    assert_int_equal(gwt_backend_stats(bport, &n, NULL), 0);
+    return n;
+}
+
+/* Polls a JSON counter of port's path until it equals want (bounded). */
+static void wait_stat(int port, const char *path, const char *field, long long want,
+                      const char *what)
+{
+    if (gwt_wait_stat(port, path, field, want, 3000) != 0)
+        fail_msg("%s: %s %s stayed %lld, want %lld", what, path, field, gwt_stat(port, path, field),
+                 want);
+}
+
+static void must_read(int fd, struct gwt_response *r, bool head, const char *what)
+{
+    int rc = gwt_read_response(fd, r, head);
+    if (rc != 0) {
+        gwt_response_free(r);
+        fail_msg("%s: no complete response (%s)", what, strerror(-rc));
+    }
+}
+
+/* A normal request through port gets 200 (and reaches backend_app). */
+static void assert_serves(int port)
+{
+    struct gwt_response r;
+    int rc = gwt_get(port, "/users/42", &r);
+    if (rc != 0 || r.status != 200)
+        fail_msg("normal request: rc %d status %d", rc, r.status);
+    gwt_response_free(&r);
+}
+
+/* POST /echo with a small body: the echo is exact, proving the upstream
+ * connection used was clean. */
+static void assert_echo_clean(int port)
+{
+    struct gwt_response r;
+    assert_int_equal(gwt_http(port,
+                              "POST /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                              "Content-Length: 7\r\n\r\ncleanly",
+                              &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    char sha[65];
+    gwt_sha256_hex("cleanly", 7, sha);
+    assert_int_equal(e.body_length, 7);
+    assert_string_equal(e.body_sha256, sha);
+    assert_string_equal(e.method, "POST");
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+}
+
+/* Sends bytes on a new connection and expects a gateway problem response
+ * with status, then the connection closed. */
+static void expect_problem_close(int port, const char *bytes, size_t len, int status,
+                                 const char *what)
+{
+    int fd = gwt_connect(port);
+    assert_true(fd >= 0);
+    if (gwt_send_all(fd, bytes, len) != 0) {
+        /* The gateway may refuse and close before reading everything. */
+    }
+    struct gwt_response r;
+    int rc = gwt_read_response(fd, &r, false);
+    if (rc != 0 || r.status != status) {
+        int st = r.status;
+        gwt_response_free(&r);
+        close(fd);
+        fail_msg("%s: want %d, got rc %d status %d", what, status, rc, st);
+    }
+    gwt_assert_problem(&r, status, NULL);
+    gwt_response_free(&r);
+    long extra = gwt_fault_bytes_until_eof(fd, 3000);
+    close(fd);
+    if (extra != 0)
+        fail_msg("%s: %s after the %d", what, extra < 0 ? "connection left open" : "more bytes",
+                 status);
+}
+
+static void set_rst(int fd)
+{
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+/* ---- limits --------------------------------------------------------------- */
+
+static void test_431_header_limits(void **state)
+{
+    const char *env[] = {"MAX_HEADER_BYTES=1024", NULL};
+    start_gw(env);
+    long long before = backend_requests();
+    char *req = malloc(8192);
+    assert_non_null(req);
+
+    int n = snprintf(req, 8192, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Big: ");
+    memset(req + n, 'a', 2000);
+    n += 2000;
+    n += snprintf(req + n, 64, "\r\n\r\n");
+    expect_problem_close(gport2, req, (size_t)n, 431, "one 2000-byte field");
+
+    /* The limit applies while the head streams: no end of line ever comes. */
+    n = snprintf(req, 8192, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Endless: ");
+    memset(req + n, 'b', 4000);
+    expect_problem_close(gport2, req, (size_t)n + 4000, 431, "a field that never ends");
+
+    n = snprintf(req, 8192, "GET /");
+    memset(req + n, 'c', 2000);
+    n += 2000;
+    n += snprintf(req + n, 64, " HTTP/1.1\r\nHost: h\r\n\r\n");
+    expect_problem_close(gport2, req, (size_t)n, 431, "a 2000-byte request-target");
+
+    /* More fields than GW_HTTP_MAX_HEADERS (128), well under the bytes. */
+    n = snprintf(req, 8192, "GET /users/1 HTTP/1.1\r\nHost: h\r\n");
+    for (int i = 0; i < 140; i++)
+        n += snprintf(req + n, 64, "A:%d\r\n", i % 10);
+    n += snprintf(req + n, 64, "\r\n");
+    assert_true(n < 1024);
+    expect_problem_close(gport2, req, (size_t)n, 431, "140 short fields");
+
+    /* A 700-byte field fits. */
+    n = snprintf(req, 8192, "GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Fits: ");
+    memset(req + n, 'd', 700);
+    n += 700;
+    snprintf(req + n, 64, "\r\n\r\n");
+    struct gwt_response r;
+    assert_int_equal(gwt_http(gport2, req, &r), 0);
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    free(req);
+    assert_int_equal(backend_requests(), before + 1);
+    assert_serves(gport2);
+}
+
+static void test_413_content_length(void **state)
+{
+    const char *env[] = {"MAX_BODY_BYTES=1000", NULL};
+    start_gw(env);
+    long long before = backend_requests();
+    /* Refused on the head alone: the body is never awaited. */
+    static const char head[] = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n";
+    expect_problem_close(gport2, head, sizeof(head) - 1, 413, "Content-Length 1001 > 1000");
+    assert_int_equal(backend_requests(), before);
+
+    char *req = malloc(2048);
+    assert_non_null(req);
+    int n = snprintf(req, 2048,
+                     "POST /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                     "Content-Length: 1000\r\n\r\n");
+    memset(req + n, 'z', 1000);
+    req[n + 1000] = '\0';
+    struct gwt_response r;
+    assert_int_equal(gwt_http(gport2, req, &r), 0);
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    free(req);
+    assert_serves(gport2);
+}
+
+/* A chunked body over the limit, all in one write: 413, nothing reaches
+ * the backend. */
+static void test_413_chunked_one_write(void **state)
+{
+    const char *env[] = {"MAX_BODY_BYTES=1000", NULL};
+    start_gw(env);
+    long long before = backend_requests();
+    char req[4096];
+    int n = snprintf(req, sizeof(req),
+                     "POST /echo HTTP/1.1\r\nHost: h\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n258\r\n");
+    memset(req + n, 'q', 600);
+    n += 600;
+    n += snprintf(req + n, 64, "\r\n258\r\n");
+    memset(req + n, 'r', 600);
+    n += 600;
+    n += snprintf(req + n, 64, "\r\n0\r\n\r\n");
+    expect_problem_close(gport2, req, (size_t)n, 413, "chunked 1200 > 1000 in one write");
+    assert_serves(gport2);
+    assert_int_equal(backend_requests(), before + 1);
+}
+
+/* A chunked body that crosses the limit after its head went upstream: 413
+ * to the client, the upstream connection closed (backend_app sees the
+ * request abort), the slot freed, and the next request uses a clean
+ * upstream connection. */
+static void test_413_chunked_streamed(void **state)
+{
+    const char *env[] = {"MAX_BODY_BYTES=1000", "WORKER_THREADS=1", NULL};
+    start_gw(env);
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    char chunk[700];
+    int n = snprintf(chunk, sizeof(chunk), "258\r\n");
+    memset(chunk + n, 'q', 600);
+    memcpy(chunk + n + 600, "\r\n", 2);
+    size_t clen = (size_t)n + 602;
+    assert_int_equal(
+        gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        0);
+    assert_int_equal(gwt_send_all(fd, chunk, clen), 0);
+    wait_stat(bport, "/stats", "in_flight", 1, "head forwarded before the limit");
+    assert_int_equal(gwt_send_all(fd, chunk, clen), 0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "chunked body crossing MAX_BODY_BYTES");
+    gwt_assert_problem(&r, 413, NULL);
+    gwt_response_free(&r);
+    assert_true(gwt_peer_closed(fd, 3000));
+    close(fd);
+    wait_stat(bport, "/stats", "in_flight", 0, "upstream of the refused body closed");
+    wait_stat(gport2, "/stats", "in_flight", 0, "slot of the refused body released");
+    assert_echo_clean(gport2);
+}
+
+/* ---- slow and idle clients -------------------------------------------- */
+
+/* Slowloris: header bytes trickle in; each byte must not extend the
+ * deadline. 408 comes about CLIENT_TIMEOUT_MS after the first byte. */
+static void test_408_slow_headers(void **state)
+{
+    const char *env[] = {"CLIENT_TIMEOUT_MS=400", NULL};
+    start_gw(env);
+    long long before = backend_requests();
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    long long t0 = gwt_now_ms();
+    assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Slow: "), 0);
+    bool readable = false;
+    for (int i = 0; i < 100 && !readable; i++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        readable = poll(&p, 1, 50) == 1; /* pacing of the trickle */
+        if (!readable && send(fd, "x", 1, MSG_NOSIGNAL) != 1)
+            break;
+    }
+    struct gwt_response r;
+    must_read(fd, &r, false, "slowloris head");
+    long long ms = gwt_now_ms() - t0;
+    gwt_assert_problem(&r, 408, NULL);
+    gwt_response_free(&r);
+    if (ms < 300 || ms > 2000)
+        fail_msg("408 after %lld ms, want about 400", ms);
+    assert_true(gwt_peer_closed(fd, 3000));
+    close(fd);
+    assert_int_equal(backend_requests(), before);
+    assert_serves(gport2);
+}
+
+/* Idle connections, new or kept alive, close after CLIENT_TIMEOUT_MS
+ * without a byte (no 408 when no request was started). */
+static void test_idle_closed_silently(void **state)
+{
+    const char *env[] = {"CLIENT_TIMEOUT_MS=300", NULL};
+    start_gw(env);
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    long long t0 = gwt_now_ms();
+    assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
+    assert_true(gwt_now_ms() - t0 >= 250);
+    close(fd);
+
+    fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "request before idling");
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    t0 = gwt_now_ms();
+    assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
+    assert_true(gwt_now_ms() - t0 >= 250);
+    close(fd);
+    assert_serves(gport2);
+}
+
+/* ---- vanishing clients ---------------------------------------------------- */
+
+static const char *const one_slot_env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=3000",
+                                           "WORKER_THREADS=1", NULL};
+
+/* After a vanished client: both in-flight counts back to 0, no descriptor
+ * left behind, the single slot serves the next request at once, and the
+ * upstream connection used next is clean. */
+static void assert_released(int fds_before, const char *what)
+{
+    wait_stat(gport2, "/stats", "in_flight", 0, what);
+    wait_stat(bport, "/stats", "in_flight", 0, what);
+    int fds = gwt_fault_wait_fds(gw2.pid, fds_before, 3000);
+    if (fds > fds_before)
+        fail_msg("%s: gateway holds %d descriptors, %d before", what, fds, fds_before);
+    long long t0 = gwt_now_ms();
+    assert_serves(gport2);
+    if (gwt_now_ms() - t0 > 2000)
+        fail_msg("%s: the next request waited for a slot", what);
+    assert_echo_clean(gport2);
+}
+
+static void vanish_mid_upload(bool reset)
+{
+    start_gw(one_slot_env);
+    assert_echo_clean(gport2); /* warm: one pooled upstream connection */
+    int fds_before = gwt_fault_fd_count(gw2.pid);
+    assert_true(fds_before > 0);
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(
+        gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10000000\r\n\r\n"), 0);
+    char *part = malloc(256 * 1024);
+    assert_non_null(part);
+    memset(part, 'u', 256 * 1024);
+    assert_int_equal(gwt_send_all(fd, part, 256 * 1024), 0);
+    free(part);
+    wait_stat(bport, "/stats", "in_flight", 1, "upload reached the backend");
+    if (reset)
+        set_rst(fd);
+    close(fd);
+    assert_released(fds_before, reset ? "client reset mid-upload" : "client closed mid-upload");
+}
+
+static void test_vanish_mid_upload(void **state)
+{
+    vanish_mid_upload(false);
+}
+
+static void test_reset_mid_upload(void **state)
+{
+    vanish_mid_upload(true);
+}
+
+static void test_vanish_mid_download(void **state)
+{
+    start_gw(one_slot_env);
+    assert_echo_clean(gport2);
+    int fds_before = gwt_fault_fd_count(gw2.pid);
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /bytes?n=500000000 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    char buf[65536];
+    size_t got = 0;
+    while (got < 200000) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        assert_true(n > 0);
+        got += (size_t)n;
+    }
+    close(fd);
+    assert_released(fds_before, "client closed mid-download");
+    /* And a download after it is exact. */
+    struct gwt_response r;
+    assert_int_equal(gwt_get(gport2, "/bytes?n=3000", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 3000);
+    for (size_t i = 0; i < r.body_len; i++)
+        assert_int_equal(r.body[i], 'a' + (int)(i % 26));
+    gwt_response_free(&r);
+}
+
+/* A client that resets while the upstream has not answered yet: the slot
+ * and the upstream connection are released at once, long before
+ * UPSTREAM_TIMEOUT_MS. */
+static void test_reset_while_awaiting_response(void **state)
+{
+    start_gw(one_slot_env);
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /noresponse HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    wait_stat(bport, "/stats", "in_flight", 1, "request waiting on /noresponse");
+    set_rst(fd);
+    close(fd);
+    wait_stat(gport2, "/stats", "in_flight", 0, "client reset while awaiting the response");
+    wait_stat(bport, "/stats", "in_flight", 0, "upstream of the reset client closed");
+    assert_serves(gport2);
+}
+
+/* A request parked for the single slot whose client leaves: it leaves the
+ * queue, and the slot goes to the next request when the first finishes. */
+static void test_vanish_while_queued(void **state)
+{
+    start_gw(one_slot_env);
+    struct gwt_async slow;
+    assert_int_equal(gwt_async_start(&slow, gport2,
+                                     "GET /slow?ms=700 HTTP/1.1\r\nHost: h\r\n"
+                                     "Connection: close\r\n\r\n"),
+                     0);
+    wait_stat(bport, "/stats", "in_flight", 1, "slow request holding the slot");
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    wait_stat(gport2, "/stats", "queue_length", 1, "second request queued");
+    close(fd);
+    wait_stat(gport2, "/stats", "queue_length", 0, "vanished request left the queue");
+    assert_int_equal(gwt_async_join(&slow), 0);
+    assert_int_equal(slow.resp.status, 200);
+    gwt_async_free(&slow);
+    wait_stat(gport2, "/stats", "in_flight", 0, "slot back after the slow request");
+    assert_serves(gport2);
+}
+
+/* ---- upstream faults ----------------------------------------------------- */
+
+static void test_502_backend_refuses(void **state)
+{
+    int dead = gwt_free_port();
+    assert_true(dead > 0);
+    char burl[64];
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
+    const char *env[] = {burl, NULL};
+    start_gw(env);
+    struct gwt_response r;
+    assert_int_equal(gwt_get(gport2, "/users/1", &r), 0);
+    gwt_assert_problem(&r, 502, NULL);
+    gwt_response_free(&r);
+    /* Failed connects leave no descriptor behind. */
+    int fds_before = gwt_fault_fd_count(gw2.pid);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(gwt_get(gport2, "/users/1", &r), 0);
+        assert_int_equal(r.status, 502);
+        gwt_response_free(&r);
+    }
+    int fds = gwt_fault_wait_fds(gw2.pid, fds_before, 3000);
+    assert_true(fds <= fds_before);
+    /* The gateway itself still answers. */
+    assert_int_equal(gwt_get(gport2, "/stats", &r), 0);
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_stat(gport2, "/stats", "requests_failed_upstream"), 21);
+}
+
+/* UPSTREAM_TIMEOUT_MS bounds silence from the upstream, not the length of
+ * an upload: a body that keeps arriving for longer than the timeout, with
+ * the upstream reading it, is not a 504. */
+static void test_slow_upload_not_timed_out(void **state)
+{
+    const char *env[] = {"UPSTREAM_TIMEOUT_MS=500", NULL};
+    start_gw(env);
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(
+        gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n"), 0);
+    char piece[100];
+    memset(piece, 'p', sizeof(piece));
+    for (int i = 0; i < 10; i++) {
+        /* Pacing of the upload (150 ms per tenth, 1.5 s in all), not a wait. */
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 150) == 1)
+            break; /* the gateway answered early: read it below */
+        if (send(fd, piece, sizeof(piece), MSG_NOSIGNAL) != (ssize_t)sizeof(piece))
+            break;
+    }
+    struct gwt_response r;
+    must_read(fd, &r, false, "upload lasting 3x UPSTREAM_TIMEOUT_MS");
+    if (r.status != 200) {
+        int st = r.status;
+        gwt_response_free(&r);
+        close(fd);
+        fail_msg("a steady 1.5 s upload got %d with UPSTREAM_TIMEOUT_MS=500", st);
+    }
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    assert_int_equal(e.body_length, 1000);
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+    close(fd);
+}
+
+/* Backend accepts and never answers: 504 after UPSTREAM_TIMEOUT_MS, and the
+ * hung upstream connection is closed (never pooled for the next request). */
+static void test_504_no_response(void **state)
+{
+    const char *env[] = {"UPSTREAM_TIMEOUT_MS=500", "WORKER_THREADS=1", NULL};
+    start_gw(env);
+    struct gwt_response r;
+    long long t0 = gwt_now_ms();
+    assert_int_equal(gwt_get(gport2, "/noresponse", &r), 0);
+    long long ms = gwt_now_ms() - t0;
+    gwt_assert_problem(&r, 504, NULL);
+    gwt_response_free(&r);
+    if (ms < 400 || ms > 3000)
+        fail_msg("504 after %lld ms, want about 500", ms);
+    wait_stat(bport, "/stats", "in_flight", 0, "hung upstream connection closed");
+    assert_echo_clean(gport2);
+}
+
+/* backend_app /close promises 100 bytes, sends 5 and closes: the client
+ * connection is closed without a complete response, for HTTP/1.1 and 1.0,
+ * and a request pipelined behind it is not answered on that connection. */
+static void test_truncated_by_backend(void **state)
+{
+    start_gw(NULL);
+    static const char *const reqs[] = {
+        "GET /close HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /close HTTP/1.0\r\n\r\n",
+        "GET /close HTTP/1.1\r\nHost: h\r\n\r\nGET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+        int fd = gwt_connect(gport2);
+        assert_true(fd >= 0);
+        assert_int_equal(gwt_send_str(fd, reqs[i]), 0);
+        struct gwt_response r;
+        int rc = gwt_read_response(fd, &r, false);
+        int st = r.status;
+        size_t body = r.body_len;
+        bool closed = r.conn_closed;
+        gwt_response_free(&r);
+        if (rc == 0)
+            fail_msg("case %zu: a truncated upstream response reached the client as complete "
+                     "(status %d, %zu body bytes)",
+                     i, st, body);
+        assert_true(rc == -EPROTO || rc == -ECONNRESET);
+        assert_true(closed);
+        close(fd);
+    }
+    assert_serves(gport2);
+}
+
+/* The fake cuts responses short: chunked without its last chunk, and
+ * Content-Length with too few bytes. Same expectation. */
+static void test_truncated_by_fake(void **state)
+{
+    const struct gwt_fault_step steps[] = {
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", 0, GWT_FAULT_CLOSE,
+         false},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 0, GWT_FAULT_CLOSE, false},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", 0, GWT_FAULT_RESET,
+         false},
+    };
+    script(steps, 3);
+    start_gw_fake(NULL);
+    for (int i = 0; i < 3; i++) {
+        struct gwt_response r;
+        int rc = gwt_get(gport2, "/cut", &r);
+        int st = r.status;
+        bool closed = r.conn_closed;
+        gwt_response_free(&r);
+        /* Cut short and closed, or (nothing relayed yet) an honest 502. */
+        if (rc == 0 && st != 502)
+            fail_msg("cut %d: truncated response reached the client as complete (status %d)", i,
+                     st);
+        if (rc != 0 && !closed)
+            fail_msg("cut %d: connection left open after a truncated response", i);
+    }
+    struct gwt_response r;
+    assert_int_equal(gwt_get(gport2, "/after", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"fake\":true}");
+    gwt_response_free(&r);
+}
+
+/* The upstream sends a complete response and resets the connection right
+ * after (what a server does when it answers early and closes with request
+ * bytes unread: the kernel turns the close into an RST). The response had
+ * arrived before the reset: the client must get it, not a 502. Whether the
+ * gateway sees the data and the reset in one wake-up is a race, so each
+ * case runs ROUNDS times and every round must pass. */
+static void test_complete_response_then_reset(void **state)
+{
+    enum { ROUNDS = 10 };
+    static const char forbidden[] = "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
+                                    "Content-Length: 6\r\nConnection: close\r\n\r\ndenied";
+    static const char too_large[] = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n"
+                                    "Connection: close\r\n\r\nnope";
+    struct gwt_fault_step steps[2 * ROUNDS];
+    for (int i = 0; i < ROUNDS; i++) {
+        steps[i] = (struct gwt_fault_step){forbidden, 0, GWT_FAULT_RESET, false};
+        steps[ROUNDS + i] = (struct gwt_fault_step){too_large, 0, GWT_FAULT_RESET, true};
+    }
+    script(steps, 2 * ROUNDS);
+    const char *env[] = {"UPSTREAM_KEEPALIVE=0", NULL};
+    start_gw_fake(env);
+    int bad_get = 0, bad_post = 0, last = 0;
+    for (int i = 0; i < ROUNDS; i++) {
+        struct gwt_response r;
+        int rc = gwt_get(gport2, "/forbidden", &r);
+        if (rc != 0 || r.status != 403) {
+            bad_get++;
+            last = rc ? rc : r.status;
+        }
+        gwt_response_free(&r);
+    }
+    for (int i = 0; i < ROUNDS; i++) {
+        int fd = gwt_connect(gport2);
+        assert_true(fd >= 0);
+        assert_int_equal(gwt_send_str(fd, "POST /upload HTTP/1.1\r\nHost: h\r\n"
+                                          "Content-Length: 100000\r\n\r\nsome-of-it"),
+                         0);
+        struct gwt_response r;
+        int rc = gwt_read_response(fd, &r, false);
+        if (rc != 0 || r.status != 413) {
+            bad_post++;
+            last = rc ? rc : r.status;
+        }
+        gwt_response_free(&r);
+        close(fd);
+    }
+    if (bad_get || bad_post)
+        fail_msg("complete response then RST: %d/%d GET (403) and %d/%d early POST (413) rounds "
+                 "lost the response (last got %d)",
+                 bad_get, ROUNDS, bad_post, ROUNDS, last);
+}
+
+/* Malformed upstream responses: 502 problem+json when nothing was sent to
+ * the client yet. After each, the gateway serves the next request. */
+static void test_malformed_upstream(void **state)
+{
+    static char big[80000];
+    int n = snprintf(big, sizeof(big), "HTTP/1.1 200 OK\r\nX-Huge: ");
+    memset(big + n, 'h', 70000);
+    snprintf(big + n + 70000, 64, "\r\nContent-Length: 0\r\n\r\n");
+#define BAD(n, lit)                                                                                \
+    {                                                                                              \
+        n, lit, sizeof(lit) - 1                                                                    \
+    }
+    static const struct {
+        const char *name;
+        const char *reply;
+        size_t len; /* 0: strlen */
+    } bad[] = {
+        BAD("garbage", "garbage\r\n\r\n"),
+        BAD("status 2000", "HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n"),
+        BAD("status 99", "HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n"),
+        BAD("version 9.9", "HTTP/9.9 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        BAD("CL and TE",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "0\r\n\r\n"),
+        BAD("two different CL", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+                                "hello!"),
+        BAD("CL not a number", "HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello"),
+        BAD("space before colon", "HTTP/1.1 200 OK\r\nX-Bad : 1\r\nContent-Length: 0\r\n\r\n"),
+        BAD("NUL in a field", "HTTP/1.1 200 OK\r\nX-Bad: a\0b\r\nContent-Length: 0\r\n\r\n"),
+        BAD("obs-fold", "HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n"),
+        BAD("101 Switching Protocols", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                       "Connection: Upgrade\r\n\r\n"),
+        {"head over 64 KiB", big, 0},
+        {"closed without a byte", NULL, 0},
+    };
+#undef BAD
+    /* No pooling: every request on a fresh upstream connection, so none is
+     * retried (the retry of a stale pooled one is tested below). */
+    const char *env[] = {"UPSTREAM_KEEPALIVE=0", NULL};
+    start_gw_fake(env);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        size_t len = bad[i].len ? bad[i].len : bad[i].reply ? strlen(bad[i].reply) : 0;
+        struct gwt_fault_step st = {bad[i].reply, len, GWT_FAULT_CLOSE, false};
+        script(&st, 1);
+        struct gwt_response r;
+        int rc = gwt_get(gport2, "/bad", &r);
+        if (rc != 0 || r.status != 502) {
+            fprintf(stderr, "got head: %s\n", r.raw_head ? r.raw_head : "(none)");
+            int s = r.status;
+            gwt_response_free(&r);
+            fail_msg("malformed upstream \"%s\": want 502, got rc %d status %d", bad[i].name, rc,
+                     s);
+        }
+        gwt_assert_problem(&r, 502, NULL);
+        gwt_response_free(&r);
+        assert_int_equal(gwt_get(gport2, "/good", &r), 0);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(r.body, "{\"fake\":true}");
+        gwt_response_free(&r);
+    }
+}
+
+/* A chunked response whose framing breaks after the head was relayed: the
+ * client must not get a response that looks complete. */
+static void test_malformed_upstream_body(void **state)
+{
+    const struct gwt_fault_step steps[] = {
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", 0,
+         GWT_FAULT_HOLD, false},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 0,
+         GWT_FAULT_HOLD, false},
+    };
+    script(steps, 2);
+    start_gw_fake(NULL);
+    for (int i = 0; i < 2; i++) {
+        struct gwt_response r;
+        int rc = gwt_get(gport2, "/badbody", &r);
+        bool ok = (rc == 0 && r.status == 502) || (rc != 0 && r.conn_closed);
+        if (!ok)
+            fail_msg("bad chunked body %d: rc %d status %d (want 502, or cut and closed)", i, rc,
+                     r.status);
+        gwt_response_free(&r);
+    }
+    struct gwt_response r;
+    assert_int_equal(gwt_get(gport2, "/good", &r), 0);
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+}
+
+/* ---- stale pooled upstream connections ----------------------------------- */
+
+static const char keepalive_reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst";
+
+/* Two requests on one client connection; returns the second's status. */
+static int two_requests(const char *second)
+{
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /one HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    struct gwt_response r;
+    must_read(fd, &r, false, "first request (pooled afterwards)");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "first");
+    gwt_response_free(&r);
+    assert_int_equal(gwt_send_str(fd, second), 0);
+    must_read(fd, &r, false, "second request (on the stale pooled connection)");
+    int st = r.status;
+    if (st == 200)
+        assert_string_equal(r.body, "{\"fake\":true}");
+    gwt_response_free(&r);
+    close(fd);
+    return st;
+}
+
+/* The backend closes a pooled connection right after answering on it: the
+ * next request still succeeds (detected idle, or retried on reuse). */
+static void test_pooled_closed_while_idle(void **state)
+{
+    const struct gwt_fault_step steps[] = {{keepalive_reply, 0, GWT_FAULT_CLOSE, false}};
+    script(steps, 1);
+    start_gw_fake(NULL);
+    assert_int_equal(two_requests("GET /two HTTP/1.1\r\nHost: h\r\n\r\n"), 200);
+    assert_int_equal(gwt_fault_requests(fake), 2);
+    assert_int_equal(gwt_fault_connections(fake), 2);
+}
+
+/* The backend takes the reused connection's request and closes it without
+ * a byte (FIN, then RST): an idempotent request is retried once on a fresh
+ * connection and succeeds. */
+static void pooled_closed_on_reuse(enum gwt_fault_after how)
+{
+    const struct gwt_fault_step steps[] = {{keepalive_reply, 0, GWT_FAULT_KEEP, false},
+                                           {NULL, 0, how, false}};
+    script(steps, 2);
+    start_gw_fake(NULL);
+    assert_int_equal(two_requests("GET /two HTTP/1.1\r\nHost: h\r\n\r\n"), 200);
+    assert_int_equal(gwt_fault_requests(fake), 3);
+    assert_int_equal(gwt_fault_connections(fake), 2);
+}
+
+static void test_pooled_closed_on_reuse_fin(void **state)
+{
+    pooled_closed_on_reuse(GWT_FAULT_CLOSE);
+}
+
+static void test_pooled_closed_on_reuse_rst(void **state)
+{
+    pooled_closed_on_reuse(GWT_FAULT_RESET);
+}
+
+/* Non-idempotent requests are not retried: 502, the backend saw it once. */
+static void test_pooled_closed_post_not_retried(void **state)
+{
+    const struct gwt_fault_step steps[] = {{keepalive_reply, 0, GWT_FAULT_KEEP, false},
+                                           {NULL, 0, GWT_FAULT_CLOSE, false}};
+    script(steps, 2);
+    start_gw_fake(NULL);
+    assert_int_equal(two_requests("POST /two HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"),
+                     502);
+    assert_int_equal(gwt_fault_requests(fake), 2);
+}
+
+/* The retry happens once: when the fresh connection fails too, 502. */
+static void test_pooled_retry_only_once(void **state)
+{
+    const struct gwt_fault_step steps[] = {{keepalive_reply, 0, GWT_FAULT_KEEP, false},
+                                           {NULL, 0, GWT_FAULT_CLOSE, false},
+                                           {NULL, 0, GWT_FAULT_CLOSE, false}};
+    script(steps, 3);
+    start_gw_fake(NULL);
+    assert_int_equal(two_requests("GET /two HTTP/1.1\r\nHost: h\r\n\r\n"), 502);
+    assert_int_equal(gwt_fault_requests(fake), 3);
+}
+
+/* ---- EMFILE ------------------------------------------------------------- */
+
+/* With 64 descriptors and more connections than that, the acceptor must
+ * neither spin the CPU nor die, and service resumes once they close. */
+static void test_emfile(void **state)
+{
+    if (!gwt_fault_have_command("prlimit")) {
+        fprintf(stderr, "prlimit (util-linux) not found: skipping\n");
+        skip();
+    }
+    char burl[64];
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", bport);
+    const char *env[] = {burl, "WORKER_THREADS=1", "RATE_LIMIT_REQUESTS=100000", NULL};
+    const char *wrapper[] = {"prlimit", "--nofile=64:64", NULL};
+    assert_int_equal(gwt_fault_gateway_wrapped(&gw2, &gport2, wrapper, env), 0);
+    assert_serves(gport2);
+
+    enum { N = 100 };
+    int fds[N];
+    int opened = 0;
+    for (int i = 0; i < N; i++) {
+        fds[i] = gwt_connect(gport2);
+        if (fds[i] >= 0)
+            opened++;
+    }
+    assert_true(opened > 64);
+    /* The acceptor must have met EMFILE, or this test proves nothing
+     * (bounded wait for its warning). */
+    if (gwt_wait_log(&gw2, "Too many open files", 3000, NULL, 0) != 0)
+        fail_msg("the gateway never reported EMFILE with %d connections and 64 descriptors",
+                 opened);
+    long long c0 = gwt_fault_cpu_ms(gw2.pid);
+    long long t0 = gwt_now_ms();
+    assert_true(c0 >= 0);
+    usleep(1000 * 1000); /* the measurement window itself */
+    long long c1 = gwt_fault_cpu_ms(gw2.pid);
+    long long wall = gwt_now_ms() - t0;
+    fprintf(stderr, "EMFILE: gateway used %lld ms CPU in %lld ms\n", c1 - c0, wall);
+    if (c1 - c0 > 250)
+        fail_msg("gateway spins at EMFILE: %lld ms CPU in %lld ms", c1 - c0, wall);
+    assert_true(gwt_proc_alive(&gw2));
+
+    for (int i = 0; i < N; i++) {
+        if (fds[i] >= 0)
+            close(fds[i]);
+    }
+    /* Serves again once descriptors are free (no client timeout needed:
+     * the gateway sees the closes). */
+    long long deadline = gwt_now_ms() + 5000;
+    int status = 0;
+    while (gwt_now_ms() < deadline) {
+        struct gwt_response r;
+        int rc = gwt_get(gport2, "/users/9", &r);
+        status = rc == 0 ? r.status : rc;
+        gwt_response_free(&r);
+        if (status == 200)
+            break;
+        usleep(20000);
+    }
+    assert_int_equal(status, 200);
+    assert_true(gwt_proc_alive(&gw2));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_431_header_limits, test_teardown),
+        cmocka_unit_test_teardown(test_413_content_length, test_teardown),
+        cmocka_unit_test_teardown(test_413_chunked_one_write, test_teardown),
+        cmocka_unit_test_teardown(test_413_chunked_streamed, test_teardown),
+        cmocka_unit_test_teardown(test_408_slow_headers, test_teardown),
+        cmocka_unit_test_teardown(test_idle_closed_silently, test_teardown),
+        cmocka_unit_test_teardown(test_vanish_mid_upload, test_teardown),
+        cmocka_unit_test_teardown(test_reset_mid_upload, test_teardown),
+        cmocka_unit_test_teardown(test_vanish_mid_download, test_teardown),
+        cmocka_unit_test_teardown(test_reset_while_awaiting_response, test_teardown),
+        cmocka_unit_test_teardown(test_vanish_while_queued, test_teardown),
+        cmocka_unit_test_teardown(test_502_backend_refuses, test_teardown),
+        cmocka_unit_test_teardown(test_slow_upload_not_timed_out, test_teardown),
+        cmocka_unit_test_teardown(test_504_no_response, test_teardown),
+        cmocka_unit_test_teardown(test_truncated_by_backend, test_teardown),
+        cmocka_unit_test_teardown(test_truncated_by_fake, test_teardown),
+        cmocka_unit_test_teardown(test_complete_response_then_reset, test_teardown),
+        cmocka_unit_test_teardown(test_malformed_upstream, test_teardown),
+        cmocka_unit_test_teardown(test_malformed_upstream_body, test_teardown),
+        cmocka_unit_test_teardown(test_pooled_closed_while_idle, test_teardown),
+        cmocka_unit_test_teardown(test_pooled_closed_on_reuse_fin, test_teardown),
+        cmocka_unit_test_teardown(test_pooled_closed_on_reuse_rst, test_teardown),
+        cmocka_unit_test_teardown(test_pooled_closed_post_not_retried, test_teardown),
+        cmocka_unit_test_teardown(test_pooled_retry_only_once, test_teardown),
+        cmocka_unit_test_teardown(test_emfile, test_teardown),
+    };
+    return cmocka_run_group_tests_name("faults", tests, group_setup, group_teardown);
+}
