@@ -43,12 +43,22 @@ static bool backend_up(struct gw_server *srv)
 {
     uint64_t now = gw_now_ms();
     pthread_mutex_lock(&srv->health_mu);
-    if (srv->backend_checked_ms == 0 || now - srv->backend_checked_ms >= PROBE_CACHE_MS) {
-        int timeout = GW_MIN(srv->cfg->upstream_connect_timeout_ms, 500);
-        srv->backend_up = gw_net_probe(&srv->backend, srv->backend_len, timeout);
-        srv->backend_checked_ms = gw_now_ms();
-    }
+    bool fresh = srv->backend_checked_ms != 0 && now - srv->backend_checked_ms < PROBE_CACHE_MS;
     bool up = srv->backend_up;
+    bool probe = !fresh && !srv->backend_probing;
+    if (probe)
+        srv->backend_probing = true;
+    pthread_mutex_unlock(&srv->health_mu);
+    if (!probe)
+        return up; /* fresh, or another worker is probing: its last answer stands */
+    /* The probe runs without the lock, so other workers answering /health
+     * meanwhile are not held up by a slow or silent backend. */
+    int timeout = GW_MIN(srv->cfg->upstream_connect_timeout_ms, 500);
+    up = gw_net_probe(&srv->backend, srv->backend_len, timeout);
+    pthread_mutex_lock(&srv->health_mu);
+    srv->backend_up = up;
+    srv->backend_checked_ms = gw_now_ms();
+    srv->backend_probing = false;
     pthread_mutex_unlock(&srv->health_mu);
     return up;
 }

@@ -710,8 +710,9 @@ int gw_config_parse_redis_url(const char *url, struct gw_redis_target *t, char *
         if ((unsigned char)*c <= 0x20 || *c == 0x7f)
             return redis_fail(t, why, why_len, "spaces and control characters are not allowed");
 
-    /* Schemes are matched in lower case only, exactly as the Redis store
-     * (src/rl_redis.c) parses them, so what passes here also connects. */
+    /* Schemes are matched in lower case only. This is the one REDIS_URL
+     * parser: the Redis store (src/ratelimit.c, src/rl_redis.c) connects to
+     * exactly what it returns. */
     if (strncmp(url, "unix://", 7) == 0) {
         const char *path = url + 7;
         if (path[0] != '/' || path[1] == '\0')

@@ -2,7 +2,10 @@
  * The rate limiter (SPEC.md §5): turns a client key into a store key,
  * answers repeat offenders from the process-wide over-limit cache, asks the
  * store (Redis per worker, or the shared in-process store) otherwise, and
- * applies RATE_LIMIT_FAILURE_MODE and RATE_LIMIT_DRY_RUN.
+ * applies RATE_LIMIT_FAILURE_MODE and RATE_LIMIT_DRY_RUN. Checks come one
+ * by one or in batches; a batch goes to Redis as one pipeline per CHUNK.
+ * A worker whose Redis failed stops asking it and reconnects from its tick,
+ * without blocking, with a doubling backoff (100 ms to 2 s).
  *
  * Threads: struct gw_ratelimit is immutable after create except for the
  * over-limit cache, whose shards each have a mutex (a slot is only read or

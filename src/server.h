@@ -79,6 +79,7 @@ struct gw_server {
     pthread_mutex_t health_mu;         /* guards the backend probe cache */
     uint64_t backend_checked_ms;       /* last probe, 0 = never */
     bool backend_up;                   /* last probe result */
+    bool backend_probing;              /* a worker is probing now (under health_mu) */
 };
 
 struct gw_worker {

@@ -104,8 +104,9 @@ GW_MUSTCHECK int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn geten
 /* Frees the strings owned by *cfg and zeroes it. Safe on a zeroed struct. */
 void gw_config_deinit(struct gw_config *cfg);
 
-/* REDIS_URL taken apart by gw_config_parse_redis_url. Strings are owned by
- * the struct (heap), released by gw_config_redis_target_deinit. */
+/* REDIS_URL taken apart by gw_config_parse_redis_url; the rate limiter's
+ * Redis store connects with it. Strings are owned by the struct (heap),
+ * released by gw_config_redis_target_deinit. */
 struct gw_redis_target {
     char *host;      /* TCP host, IPv6 without brackets; NULL for a Unix socket */
     int port;        /* TCP port, 6379 when not given; 0 for a Unix socket */

@@ -235,8 +235,8 @@ static int cmd_upload(const char *host, int port, long long bytes)
     size_t have = got - (size_t)rhl;
     memcpy(body, head + rhl, have < sizeof(body) - 1 ? have : sizeof(body) - 1);
     body[have < sizeof(body) - 1 ? have : sizeof(body) - 1] = '\0';
-    if (cl > (long long)have && drain_body(fd, cl - (long long)have, body + strlen(body),
-                                           sizeof(body) - strlen(body)) < 0)
+    if (cl > (long long)have &&
+        drain_body(fd, cl - (long long)have, body + strlen(body), sizeof(body) - strlen(body)) < 0)
         return 1;
     char want[64];
     snprintf(want, sizeof(want), "%lld", bytes);

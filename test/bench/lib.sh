@@ -5,6 +5,7 @@
 # Callers set BENCH_DIR (this folder), BUILD (absolute build dir) and WORK (a temp dir).
 
 BENCH_PKGS="wrk nginx haproxy redis-server redis-tools"
+# shellcheck disable=SC2034 # used by the scripts that source this file
 CLK_TCK=$(getconf CLK_TCK)
 PIDS=()         # every background process we started, stopped by stop_all
 NEXT_PORT=${BENCH_PORT_BASE:-18400}
@@ -54,9 +55,9 @@ used_ports_hex() {
 # Prints a port >= NEXT_PORT that nothing uses, and advances NEXT_PORT past it.
 # Must run in the current shell (not $(...)) so NEXT_PORT advances: sets PORT.
 pick_port() {
-    local used tries hex
+    local used hex
     used=$(used_ports_hex)
-    for tries in $(seq 1 2000); do
+    for _ in $(seq 1 2000); do
         hex=$(printf '%04X' "$NEXT_PORT")
         NEXT_PORT=$((NEXT_PORT + 1))
         if ! grep -qx "$hex" <<<"$used"; then
@@ -134,7 +135,7 @@ stop_all() {
 pid_tree() {
     local pid=$1
     echo "$pid"
-    cat "/proc/$pid/task/$pid/children" 2>/dev/null | tr ' ' '\n' | grep -v '^$'
+    tr ' ' '\n' <"/proc/$pid/task/$pid/children" 2>/dev/null | grep -v '^$'
 }
 
 # Sum of utime+stime (clock ticks, all threads) of the given PIDs.

@@ -337,6 +337,34 @@ static void test_408_slow_headers(void **state)
     assert_serves(gport2);
 }
 
+/* A request body that stalls past CLIENT_TIMEOUT_MS after its head went
+ * upstream: 408, the connection closed, the upstream connection and the
+ * in-flight slot released. */
+static void test_408_stalled_body(void **state)
+{
+    const char *env[] = {"CLIENT_TIMEOUT_MS=400", "MAX_CONCURRENT_REQUESTS=1",
+                         "QUEUE_TIMEOUT_MS=3000", NULL};
+    start_gw(env);
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n"
+                                      "\r\nten bytes."),
+                     0);
+    long long t0 = gwt_now_ms();
+    struct gwt_response r;
+    must_read(fd, &r, false, "stalled request body");
+    long long ms = gwt_now_ms() - t0;
+    gwt_assert_problem(&r, 408, NULL);
+    gwt_response_free(&r);
+    if (ms < 300 || ms > 3000)
+        fail_msg("408 for a stalled body after %lld ms, want about 400", ms);
+    assert_true(gwt_peer_closed(fd, 3000));
+    close(fd);
+    wait_stat(bport, "/stats", "in_flight", 0, "upstream of the stalled body closed");
+    wait_stat(gport2, "/stats", "in_flight", 0, "slot of the stalled body released");
+    assert_echo_clean(gport2);
+}
+
 /* Idle connections, new or kept alive, close after CLIENT_TIMEOUT_MS
  * without a byte (no 408 when no request was started). */
 static void test_idle_closed_silently(void **state)
@@ -551,6 +579,48 @@ static void test_slow_upload_not_timed_out(void **state)
     gwt_echo_free(&e);
     gwt_response_free(&r);
     close(fd);
+}
+
+/* A client that reads a large response slowly but steadily (128 KiB every
+ * 50 ms while the socket buffers stay full) for twice UPSTREAM_TIMEOUT_MS
+ * gets all of it: backpressure from the client is not upstream silence.
+ * (The gateway can only write when the kernel reports a third of its send
+ * buffer free, so the pace must keep that under the timeout.) */
+static void test_slow_reader_not_timed_out(void **state)
+{
+    const char *env[] = {"UPSTREAM_TIMEOUT_MS=1500", NULL};
+    start_gw(env);
+    enum { TOTAL = 64 * 1024 * 1024, SLOW_READS = 60, PIECE = 128 * 1024 };
+    int fd = gwt_connect(gport2);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /bytes?n=67108864 HTTP/1.1\r\nHost: h\r\n"
+                                      "Connection: close\r\n\r\n"),
+                     0);
+    static char buf[PIECE + 1];
+    size_t got = 0, head_len = 0;
+    int reads = 0;
+    long long t0 = gwt_now_ms();
+    for (;;) {
+        if (reads > 0 && reads <= SLOW_READS)
+            usleep(50 * 1000); /* pacing of the slow reader, not a wait for an event */
+        ssize_t n = recv(fd, buf, PIECE, reads <= SLOW_READS ? MSG_WAITALL : 0);
+        if (n <= 0)
+            break;
+        if (reads == 0) {
+            buf[n] = '\0';
+            char *e = strstr(buf, "\r\n\r\n");
+            assert_non_null(e);
+            assert_true(strncmp(buf, "HTTP/1.1 200 ", 13) == 0);
+            head_len = (size_t)(e + 4 - buf);
+        }
+        reads++;
+        got += (size_t)n;
+    }
+    close(fd);
+    long long ms = gwt_now_ms() - t0;
+    if (got < head_len || got - head_len != TOTAL)
+        fail_msg("slow reader got %zu of %d body bytes in %lld ms", got - head_len, TOTAL, ms);
+    assert_true(ms > SLOW_READS * 50);
 }
 
 /* Backend accepts and never answers: 504 after UPSTREAM_TIMEOUT_MS, and the
@@ -933,6 +1003,7 @@ int main(void)
         cmocka_unit_test_teardown(test_413_chunked_one_write, test_teardown),
         cmocka_unit_test_teardown(test_413_chunked_streamed, test_teardown),
         cmocka_unit_test_teardown(test_408_slow_headers, test_teardown),
+        cmocka_unit_test_teardown(test_408_stalled_body, test_teardown),
         cmocka_unit_test_teardown(test_idle_closed_silently, test_teardown),
         cmocka_unit_test_teardown(test_vanish_mid_upload, test_teardown),
         cmocka_unit_test_teardown(test_reset_mid_upload, test_teardown),
@@ -941,6 +1012,7 @@ int main(void)
         cmocka_unit_test_teardown(test_vanish_while_queued, test_teardown),
         cmocka_unit_test_teardown(test_502_backend_refuses, test_teardown),
         cmocka_unit_test_teardown(test_slow_upload_not_timed_out, test_teardown),
+        cmocka_unit_test_teardown(test_slow_reader_not_timed_out, test_teardown),
         cmocka_unit_test_teardown(test_504_no_response, test_teardown),
         cmocka_unit_test_teardown(test_truncated_by_backend, test_teardown),
         cmocka_unit_test_teardown(test_truncated_by_fake, test_teardown),
