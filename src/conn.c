@@ -646,11 +646,27 @@ static void on_response_head(struct gw_conn *c)
     struct gw_upstream *u = c->up;
     const struct gw_http_head *rh = &u->resp.head;
     if (rh->status >= 100 && rh->status < 200) {
-        /* Interim responses: the gateway answers Expect itself, and 101 would
-         * need a tunnel the gateway does not offer. */
+        /* Interim responses: 101 would need a tunnel the gateway does not
+         * offer; 100 is the gateway's own business (it answers Expect itself);
+         * others (103 Early Hints) go to HTTP/1.1 clients, never to HTTP/1.0
+         * ones (RFC 9110 §15.2). */
         if (rh->status == 101) {
             upstream_failed(c, 502, "the upstream switched protocols");
             return;
+        }
+        if (rh->status != 100 && c->req->head.http_minor >= 1) {
+            struct gw_proxy_response_ctx ictx = {.client_minor = c->req->head.http_minor,
+                                                 .keep_alive = true};
+            enum gw_framing unused_framing;
+            bool unused_close = false;
+            buf_prepare(c->w, &c->out);
+            size_t before = gw_buf_len(&c->out);
+            if (gw_proxy_write_response_head(&c->out, rh, &ictx, &unused_framing,
+                                             &unused_close) != 0) {
+                conn_close(c);
+                return;
+            }
+            c->resp_bytes += gw_buf_len(&c->out) - before;
         }
         return; /* the DONE of the interim message resets the parser */
     }
