@@ -41,6 +41,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Rounds of one drive before other connections get their turn. */
+#define GW_DRIVE_ROUNDS 64
+
 enum conn_state {
     CS_IDLE = 0,  /* keep-alive, waiting for a request's first byte */
     CS_HEAD,      /* reading a request head */
@@ -62,6 +65,7 @@ struct gw_conn {
     struct gw_conn *prev, *next;    /* worker's live list */
     struct gw_conn *reap_next;      /* worker's reap list */
     struct gw_conn *limit_next;     /* worker's pending rate-limit batch */
+    struct gw_conn *redrive_next;   /* worker's redrive list */
     enum conn_state state;
     struct gw_timer timer;          /* the one deadline of the current state */
     char client_addr[64];           /* peer address text */
@@ -75,6 +79,9 @@ struct gw_conn {
     struct gw_gate_waiter waiter;   /* in-flight gate FIFO entry */
     bool slot_held;                 /* holds an in-flight slot */
     bool closing;                   /* closed; waiting for the reaper */
+    bool rd_ready;                  /* epoll said readable and no EAGAIN since: a read
+                                       is attempted only then (no empty recv calls) */
+    bool redrive_queued;            /* on the worker's redrive list */
     bool client_eof;                /* client shut its write side */
     bool must_close;                /* close after the current response */
     bool draining;                  /* worker draining: no keep-alive */
@@ -533,6 +540,21 @@ void gw_conn_run_limit_batch(struct gw_worker *w)
     }
 }
 
+void gw_conn_run_redrive(struct gw_worker *w)
+{
+    struct gw_conn *list = w->redrive;
+    w->redrive = NULL;
+    while (list) {
+        struct gw_conn *c = list;
+        list = c->redrive_next;
+        c->redrive_queued = false;
+        if (!c->closing)
+            conn_drive(c); /* may queue itself again */
+    }
+    if (w->redrive)
+        gw_loop_wake(&w->loop); /* still busy: poll without sleeping */
+}
+
 /* ---- upstream side ---- */
 
 static void upstream_failed(struct gw_conn *c, int status, const char *detail)
@@ -788,22 +810,28 @@ static bool flush_upstream(struct gw_conn *c)
 static bool read_upstream(struct gw_conn *c)
 {
     struct gw_upstream *u = c->up;
-    if (!u || gw_buf_len(&u->in) >= GW_STREAM_WINDOW)
+    if (!u || !u->rd_ready || gw_buf_len(&u->in) >= GW_STREAM_WINDOW)
         return false;
     buf_prepare(c->w, &u->in);
     if (gw_buf_reserve(&u->in, GW_READ_MIN) != 0) {
         conn_close(c);
         return true;
     }
-    ssize_t n = recv(u->io.fd, u->in.data + u->in.end, gw_buf_tail_room(&u->in), 0);
+    size_t room = gw_buf_tail_room(&u->in);
+    ssize_t n = recv(u->io.fd, u->in.data + u->in.end, room, 0);
     if (n > 0) {
+        if ((size_t)n < room)
+            u->rd_ready = false;
         gw_buf_commit(&u->in, (size_t)n);
         c->resp_started = true;
         c->up_rx_ms = c->w->loop.now_ms; /* the deadline moves lazily (proxy_timeout) */
         return true;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        if (errno == EAGAIN)
+            u->rd_ready = false;
         return false;
+    }
     /* EOF or error from the upstream. */
     if (n == 0 && c->resp_started && gw_buf_len(&u->in) == 0) {
         enum gw_http_result r = gw_http_parser_finish(&u->resp);
@@ -946,6 +974,8 @@ static bool flush_client(struct gw_conn *c)
         conn_close(c); /* the client went away */
         return true;
     }
+    if (progress && gw_buf_len(&c->out) == 0)
+        buf_recycle(c->w, &c->out);
     if (progress && c->state == CS_RESPOND)
         arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
     return progress;
@@ -973,12 +1003,14 @@ static bool want_client_read(const struct gw_conn *c)
 
 static bool read_client(struct gw_conn *c)
 {
-    if (!want_client_read(c))
+    if (!c->rd_ready || !want_client_read(c))
         return false;
     if (c->state == CS_LINGER) {
         char sink[4096];
         ssize_t n = recv(c->io.fd, sink, sizeof(sink), 0);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+        if (n < 0 && errno == EAGAIN)
+            c->rd_ready = false;
+        else if (n == 0 || (n < 0 && errno != EINTR))
             conn_close(c);
         return n > 0;
     }
@@ -989,14 +1021,23 @@ static bool read_client(struct gw_conn *c)
         conn_close(c);
         return true;
     }
-    ssize_t n = recv(c->io.fd, c->in.data + c->in.end, gw_buf_tail_room(&c->in), 0);
+    size_t room = gw_buf_tail_room(&c->in);
+    ssize_t n = recv(c->io.fd, c->in.data + c->in.end, room, 0);
     if (n > 0) {
         gw_buf_commit(&c->in, (size_t)n);
         c->client_rx_ms = c->w->loop.now_ms;
+        if ((size_t)n < room)
+            c->rd_ready = false; /* drained; level-triggered epoll says when more comes */
         return true;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        if (errno == EAGAIN) {
+            c->rd_ready = false;
+            if (gw_buf_len(&c->in) == 0)
+                buf_recycle(c->w, &c->in); /* an idle connection holds no block */
+        }
         return false;
+    }
     if (n < 0) {
         /* Reset by the client: nothing more can be delivered. */
         if (c->state == CS_WAIT_SLOT)
@@ -1083,8 +1124,9 @@ static void check_client_eof(struct gw_conn *c)
 
 static void conn_drive(struct gw_conn *c)
 {
-    for (int round = 0; round < 64 && !c->closing; round++) {
-        bool progress = false;
+    bool progress = false;
+    for (int round = 0; round < GW_DRIVE_ROUNDS && !c->closing; round++) {
+        progress = false;
         progress |= flush_client(c);
         if (c->closing)
             break;
@@ -1114,6 +1156,14 @@ static void conn_drive(struct gw_conn *c)
         if (!progress)
             break;
     }
+    if (progress && !c->closing && !c->redrive_queued) {
+        /* Out of rounds while still moving: no event may come for what is
+         * left (e.g. a full input buffer waiting for the upstream window
+         * just emptied), so drive it again before the worker sleeps. */
+        c->redrive_queued = true;
+        c->redrive_next = c->w->redrive;
+        c->w->redrive = c;
+    }
     check_client_eof(c);
     update_interest(c);
 }
@@ -1125,6 +1175,8 @@ void gw_conn_on_upstream(struct gw_conn *c, uint32_t events)
     if (c->closing)
         return;
     struct gw_upstream *u = c->up;
+    if (u && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        u->rd_ready = true; /* an error is found by reading */
     if (c->state == CS_CONNECT && u && !u->connected) {
         int rc = gw_net_connect_result(u->io.fd);
         if (rc != 0) {
@@ -1153,6 +1205,8 @@ static void conn_io_cb(struct gw_loop *loop, struct gw_io *io, uint32_t events)
         conn_close(c);
         return;
     }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))
+        c->rd_ready = true;
     conn_drive(c);
 }
 
@@ -1279,6 +1333,7 @@ int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *pee
     gw_net_format_addr(peer, c->client_addr, sizeof(c->client_addr), c->client_bin);
     gw_net_nodelay(fd);
     c->draining = w->draining;
+    c->rd_ready = true; /* the request may already be waiting */
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;

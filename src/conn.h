@@ -31,6 +31,11 @@ void gw_conn_drain(struct gw_conn *c, bool force);
  * reaper runs. */
 void gw_conn_run_limit_batch(struct gw_worker *w);
 
+/* Drives again the connections whose last drive ran out of rounds while
+ * still making progress. Called by the worker before it sleeps; wakes the
+ * loop when some still have work, so epoll_wait does not block. */
+void gw_conn_run_redrive(struct gw_worker *w);
+
 /* The next connection in the worker's list (closed ones stay listed until
  * the reaper runs), NULL at the end. */
 struct gw_conn *gw_conn_next(struct gw_conn *c);

@@ -57,6 +57,7 @@ struct gw_upstream {
     bool connected;              /* the TCP connect completed */
     bool reused;                 /* taken from the idle pool */
     bool closing;                /* unwatched; closed at reap */
+    bool rd_ready;               /* epoll said readable and no EAGAIN since */
     uint64_t idle_since_ms;      /* when it entered the pool */
 };
 
@@ -97,6 +98,7 @@ struct gw_worker {
     struct gw_conn *reap;              /* connections closed this iteration */
     struct gw_conn *limit_head;        /* requests waiting for the batched rate-limit check */
     struct gw_conn *limit_tail;
+    struct gw_conn *redrive;           /* connections to drive again before sleeping */
     struct gw_upstream *idle;          /* idle upstream pool (LIFO) */
     int idle_count;
     struct gw_upstream *up_reap;       /* upstreams closed this iteration */

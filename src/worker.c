@@ -78,6 +78,7 @@ static void before_sleep(struct gw_loop *loop, void *ctx)
 {
     struct gw_worker *w = ctx;
     gw_conn_run_limit_batch(w); /* before the reaper: the batch may name closed connections */
+    gw_conn_run_redrive(w);
     gw_conn_reap(w);
     gw_upstream_reap(w);
     if (w->draining && w->conns == NULL && !w->stop) {
@@ -113,6 +114,7 @@ static void *worker_main(void *arg)
         gw_conn_drain(it, true);
     gw_upstream_close_idle(w);
     w->limit_head = w->limit_tail = NULL; /* every connection is closed: no decision is needed */
+    w->redrive = NULL;
     gw_conn_reap(w);
     gw_upstream_reap(w);
     atomic_store_explicit(&w->finished, true, memory_order_release);

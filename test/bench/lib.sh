@@ -135,7 +135,7 @@ stop_all() {
 pid_tree() {
     local pid=$1
     echo "$pid"
-    tr ' ' '\n' <"/proc/$pid/task/$pid/children" 2>/dev/null | grep -v '^$'
+    tr ' ' '\n' 2>/dev/null <"/proc/$pid/task/$pid/children" | grep -v '^$'
 }
 
 # Sum of utime+stime (clock ticks, all threads) of the given PIDs.

@@ -102,8 +102,9 @@ target_pids() {
 # measure WORKERS CONNS ROUND INDEX: one wrk run on target INDEX, one results.tsv line.
 declare -A NGINX_RPS NGINX_P99 NGINX_CPU
 measure() {
-    local w=$1 c=$2 r=$3 i=$4 name=${T_NAMES[$i]} pids=() t0 t1 rc0 rc1 c0 c1 s0 s1
-    local cpu_p cpu_r cmds reads out=$WORK/wrk-w$1-c$2-r$3-${T_NAMES[$i]}.txt
+    local w=$1 c=$2 r=$3 i=$4
+    local name=${T_NAMES[$4]} pids=() t0 t1 rc0 rc1 c0 c1 s0 s1 cpu_p cpu_r cmds reads
+    local out=$WORK/wrk-w$1-c$2-r$3-${T_NAMES[$4]}.txt
     [ -n "${T_PIDS[$i]}" ] && mapfile -t pids < <(target_pids "$i")
     t0=$(cpu_ticks "${pids[@]}")
     rc0=$(cpu_ticks "$REDIS_PID")

@@ -1,0 +1,697 @@
+/*
+ * Resilience tests from the breaker run: hostile input, clients that vanish
+ * or half-close, slow and stalled uploads, Redis killed with -9 under load,
+ * SIGTERM under load and an exact rate limit under concurrency. A failing
+ * test here reproduces a gateway bug found by attacking the real binaries
+ * (SPEC.md sections 3, 6 and 7); it stays failing until the gateway is fixed.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "gwt_breaker.h"
+#include "gwtest.h"
+
+static struct gwt_proc backend;
+static int bport;
+static struct gwt_proc gw;
+static int gport;
+
+static int group_setup(void **state)
+{
+    return gwt_backend_start(&backend, &bport, NULL) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    gwt_stop(&backend, SIGTERM, 5000);
+    gwt_proc_cleanup(&backend);
+    return 0;
+}
+
+static int test_setup(void **state)
+{
+    return gwt_backend_reset(bport) == 0 ? 0 : -1;
+}
+
+static int test_teardown(void **state)
+{
+    return gwt_stop_tracked();
+}
+
+static void start_gw(const char *const env[])
+{
+    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+}
+
+/* Fails with the whole /stats when field does not reach want in time. */
+static void wait_stat_on(int port, const char *field, long long want, int timeout_ms)
+{
+    if (gwt_wait_stat(port, "/stats", field, want, timeout_ms) == 0)
+        return;
+    struct gwt_response r;
+    int rc = gwt_get(port, "/stats", &r);
+    char body[1200];
+    snprintf(body, sizeof(body), "%s", rc == 0 && r.body ? r.body : "(no /stats)");
+    gwt_response_free(&r);
+    fail_msg("port %d /stats %s did not become %lld within %d ms: %s", port, field, want,
+             timeout_ms, body);
+}
+
+static void assert_no_sanitizer(const struct gwt_proc *p)
+{
+    char what[300];
+    if (gwt_brk_log_has_sanitizer(p, what, sizeof(what)))
+        fail_msg("sanitizer report in %s's log: %s", p->name, what);
+}
+
+static void assert_serves(int port, const char *target)
+{
+    struct gwt_response r;
+    assert_int_equal(gwt_get(port, target, &r), 0);
+    if (r.status != 200) {
+        int st = r.status;
+        gwt_response_free(&r);
+        fail_msg("GET %s answered %d, want 200", target, st);
+    }
+    gwt_response_free(&r);
+}
+
+/* ---- half-close after a complete request (RFC 9112 §9.6) ---------------- */
+
+/* Sends req, shuts the write side, and requires exactly want_200 responses
+ * with status 200 before the gateway closes. */
+static void expect_answered_after_fin(int port, const char *req, int want_200, const char *what)
+{
+    char *out = NULL;
+    size_t n = 0;
+    int rc = gwt_brk_exchange(port, req, strlen(req), 0, true, 8000, &out, &n);
+    int got = gwt_brk_count(out ? out : "", n, "HTTP/1.1 200 ");
+    if (rc != 0 || got != want_200) {
+        char shown[240];
+        snprintf(shown, sizeof(shown), "%.200s", out ? out : "");
+        free(out);
+        fail_msg("%s: %d of %d responses before the close (exchange rc %d); received %zu "
+                 "bytes: '%s'",
+                 what, got, want_200, rc, n, shown);
+    }
+    free(out);
+}
+
+/* BUG (found by the breaker): a client that sends a complete POST and then
+ * shuts its write side (printf ... | nc -N, many HTTP/1.0 tools) gets no
+ * response at all when the request has to wait for a fresh upstream
+ * connection: read_client sees the FIN while the body still sits unparsed
+ * in the input buffer (state CONNECT) and closes the connection.
+ * Repro: UPSTREAM_KEEPALIVE=0, then
+ *   printf 'POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello' | nc -N gw port
+ * prints nothing. */
+static void test_post_then_fin_without_pool(void **state)
+{
+    const char *env[] = {"UPSTREAM_KEEPALIVE=0", NULL};
+    start_gw(env);
+    expect_answered_after_fin(gport,
+                              "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello", 1,
+                              "POST with body then FIN (UPSTREAM_KEEPALIVE=0)");
+    assert_serves(gport, "/users/1");
+}
+
+/* BUG, same root cause: a POST whose client half-closes while the request
+ * is queued for an in-flight slot is dropped without an answer, although
+ * the slot frees well within QUEUE_TIMEOUT_MS. */
+static void test_post_then_fin_while_queued(void **state)
+{
+    const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=5000", NULL};
+    start_gw(env);
+    struct gwt_async hold;
+    assert_int_equal(gwt_async_start(&hold, gport,
+                                     "GET /slow?ms=600 HTTP/1.1\r\nHost: h\r\n"
+                                     "Connection: close\r\n\r\n"),
+                     0);
+    wait_stat_on(gport, "in_flight", 1, 3000);
+    const char req[] = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+    char *out = NULL;
+    size_t n = 0;
+    int rc = gwt_brk_exchange(gport, req, strlen(req), 0, true, 8000, &out, &n);
+    int st = gwt_brk_final_status(out ? out : "", n);
+    assert_int_equal(gwt_async_join(&hold), 0);
+    assert_int_equal(hold.resp.status, 200);
+    gwt_async_free(&hold);
+    char shown[200];
+    snprintf(shown, sizeof(shown), "%.150s", out ? out : "");
+    free(out);
+    if (rc != 0 || st != 200)
+        fail_msg("queued POST then FIN: status %d (exchange rc %d), received '%s'", st, rc, shown);
+    wait_stat_on(gport, "in_flight", 0, 3000);
+}
+
+/* BUG, same root cause: pipelined requests followed by a FIN get no
+ * response at all (not even the first, already proxied, one): the FIN is
+ * read while the second request still waits in the input buffer.
+ * Repro: printf 'GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\nGET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n'
+ *        | nc -N gw port   prints nothing. */
+static void test_pipelined_then_fin(void **state)
+{
+    start_gw(NULL);
+    expect_answered_after_fin(gport,
+                              "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"
+                              "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n",
+                              2, "two pipelined GETs then FIN");
+}
+
+/* ---- request bodies and the upstream timeout ---------------------------- */
+
+/* BUG: UPSTREAM_TIMEOUT_MS runs from the moment the request head goes
+ * upstream and is re-armed only by response bytes or client writes, never
+ * by request-body progress, so an upload that keeps streaming for longer
+ * than the timeout is cut with 504 (with the default 30 s, any upload over
+ * 30 s: a 1 GiB body below ~35 MB/s). Repro: UPSTREAM_TIMEOUT_MS=500, POST
+ * /echo Content-Length: 1000 sent as 100 bytes every 150 ms: 504 at 0.5 s. */
+static void test_upload_outlasts_upstream_timeout(void **state)
+{
+    const char *env[] = {"UPSTREAM_TIMEOUT_MS=500", NULL};
+    start_gw(env);
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n"
+                                      "Connection: close\r\n\r\n"),
+                     0);
+    char piece[100];
+    memset(piece, 'u', sizeof(piece));
+    long long t0 = gwt_now_ms();
+    int sent = 0;
+    for (int i = 0; i < 10; i++) {
+        /* Pacing of the upload (150 ms per piece); poll returns early if
+         * the gateway answers before the body is complete. */
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 150) == 1)
+            break;
+        if (send(fd, piece, sizeof(piece), MSG_NOSIGNAL) != (ssize_t)sizeof(piece))
+            break;
+        sent += (int)sizeof(piece);
+    }
+    struct gwt_response r;
+    int rc = gwt_read_response(fd, &r, false);
+    close(fd);
+    long long ms = gwt_now_ms() - t0;
+    if (rc != 0 || r.status != 200) {
+        int st = rc == 0 ? r.status : rc;
+        gwt_response_free(&r);
+        fail_msg("a steady upload (%d of 1000 bytes sent, 100 B / 150 ms) got %d after %lld ms "
+                 "with UPSTREAM_TIMEOUT_MS=500",
+                 sent, st, ms);
+    }
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    assert_int_equal(e.body_length, 1000);
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+}
+
+/* A request whose body stalls is the client's fault. Reads the final
+ * response of fd and requires 408, not a 504 blamed on the upstream (the
+ * gateway today answers 504 "the upstream server did not answer in time"
+ * after UPSTREAM_TIMEOUT_MS and counts requests_failed_upstream). */
+static void expect_client_timeout(int fd, const char *what)
+{
+    struct gwt_response r;
+    int rc;
+    do {
+        rc = gwt_read_response(fd, &r, false);
+        if (rc == 0 && r.status >= 100 && r.status < 200) {
+            gwt_response_free(&r);
+            continue;
+        }
+        break;
+    } while (true);
+    int st = rc == 0 ? r.status : rc;
+    gwt_response_free(&r);
+    long long failed = gwt_stat(gport, "/stats", "requests_failed_upstream");
+    if (st != 408 || failed != 0)
+        fail_msg("%s: got %d with requests_failed_upstream=%lld; want 408 and 0 (the client "
+                 "stalled, the upstream did nothing wrong)",
+                 what, st, failed);
+}
+
+/* BUG: a request body that stalls gets 504 and is counted as an upstream
+ * failure (requests_failed_upstream) as soon as UPSTREAM_TIMEOUT_MS passes,
+ * even when CLIENT_TIMEOUT_MS is longer; nginx answers 408 here
+ * (client_body_timeout). Repro: UPSTREAM_TIMEOUT_MS=400
+ * CLIENT_TIMEOUT_MS=1200, POST /echo Content-Length: 100 with 10 bytes,
+ * then nothing: 504 after 0.4 s. */
+static void test_stalled_body_is_408(void **state)
+{
+    const char *env[] = {"UPSTREAM_TIMEOUT_MS=400", "CLIENT_TIMEOUT_MS=1200", NULL};
+    start_gw(env);
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(
+        gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nten bytes."),
+        0);
+    expect_client_timeout(fd, "POST body stalled after 10 of 100 bytes");
+    close(fd);
+    wait_stat_on(gport, "in_flight", 0, 3000);
+}
+
+/* BUG, same root cause: Expect: 100-continue, the gateway sends 100
+ * Continue, the client never sends the body: 504 blamed on the upstream. */
+static void test_expect_without_body_is_408(void **state)
+{
+    const char *env[] = {"UPSTREAM_TIMEOUT_MS=400", "CLIENT_TIMEOUT_MS=1200", NULL};
+    start_gw(env);
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+                                      "Expect: 100-continue\r\n\r\n"),
+                     0);
+    expect_client_timeout(fd, "Expect: 100-continue and no body");
+    close(fd);
+    wait_stat_on(gport, "in_flight", 0, 3000);
+}
+
+/* ---- hostile input ------------------------------------------------------ */
+
+/* A string literal with embedded NULs, as bytes and length. */
+#define LIT(s) s, sizeof(s) - 1
+
+struct hostile {
+    const char *name;
+    const char *bytes;
+    size_t len;   /* 0 = strlen(bytes) */
+    size_t piece; /* send in pieces of this many bytes (0 = one write) */
+    int status;   /* the one response expected before the close */
+};
+
+/* Each hostile input gets one 4xx problem response and a close; the
+ * gateway survives all of them (no sanitizer report), leaks no slot or
+ * connection, and still proxies. */
+static void test_hostile_inputs_keep_serving(void **state)
+{
+    const char *env[] = {"CLIENT_TIMEOUT_MS=1000", NULL};
+    start_gw(env);
+    static char big_header[20100], long_target[17100], many_headers[200 * 12 + 64];
+    int k = snprintf(big_header, sizeof(big_header), "GET / HTTP/1.1\r\nHost: h\r\nX-Big: ");
+    memset(big_header + k, 'a', 20000);
+    memcpy(big_header + k + 20000, "\r\n\r\n", 5);
+    k = snprintf(long_target, sizeof(long_target), "GET /");
+    memset(long_target + k, 'a', 17000);
+    snprintf(long_target + k + 17000, sizeof(long_target) - (size_t)k - 17000,
+             " HTTP/1.1\r\nHost: h\r\n\r\n");
+    k = snprintf(many_headers, sizeof(many_headers), "GET /echo HTTP/1.1\r\nHost: h\r\n");
+    for (int i = 0; i < 200; i++)
+        k += snprintf(many_headers + k, sizeof(many_headers) - (size_t)k, "X-%03d: v\r\n", i);
+    snprintf(many_headers + k, sizeof(many_headers) - (size_t)k, "\r\n");
+
+    const struct hostile cases[] = {
+        {"TLS ClientHello", LIT("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x00\x00"), 0, 400},
+        {"HTTP/0.9", "GET /\r\n\r\n", 0, 0, 400},
+        {"HTTP/2.0 line", "GET / HTTP/2.0\r\nHost: h\r\n\r\n", 0, 0, 400},
+        {"h2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0, 0, 400},
+        {"NUL in target", LIT("GET /a\0b HTTP/1.1\r\nHost: h\r\n\r\n"), 0, 400},
+        {"NUL in value, 1-byte writes", LIT("GET / HTTP/1.1\r\nHost: h\r\nX: a\0b\r\n\r\n"), 1,
+         400},
+        {"20 KB header", big_header, 0, 0, 431},
+        {"200 header fields", many_headers, 0, 0, 431},
+        {"17 KB request-target", long_target, 0, 0, 431},
+        {"invalid chunk size",
+         "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+         "chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+         0, 0, 400},
+        {"overflowing chunk size",
+         "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "ffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+         0, 0, 400},
+        {"chunk over MAX_BODY_BYTES",
+         "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n7fffffffffffffff\r\nab",
+         0, 0, 413},
+        {"CL and TE",
+         "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "0\r\n\r\n",
+         0, 0, 400},
+        {"two Content-Length",
+         "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+         0, 0, 400},
+        {"negative Content-Length", "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: -5\r\n\r\n",
+         0, 0, 400},
+        {"Content-Length over MAX_BODY_BYTES",
+         "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 20000000\r\n\r\nabc", 0, 0, 413},
+        {"obs-fold", "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\r\n b\r\n\r\n", 0, 0, 400},
+        {"bare LF", "GET / HTTP/1.1\nHost: h\n\n", 0, 0, 400},
+        {"bare CR", "GET / HTTP/1.1\r\nHost: h\rX: y\r\n\r\n", 0, 0, 400},
+        {"no Host", "GET /users/1 HTTP/1.1\r\n\r\n", 0, 0, 400},
+        {"CONNECT", "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: h\r\n\r\n", 0, 0, 400},
+        {"truncated head", "GET /users/1 HTTP/1.1\r\nHost: h\r\n", 0, 0, 408},
+        {"slowloris, 3-byte writes", "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Slow: aaaa", 0, 3, 408},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct hostile *c = &cases[i];
+        size_t len = c->len ? c->len : strlen(c->bytes);
+        char *out = NULL;
+        size_t n = 0;
+        int rc = gwt_brk_exchange(gport, c->bytes, len, c->piece, false, 4000, &out, &n);
+        int st = gwt_brk_final_status(out ? out : "", n);
+        int responses = gwt_brk_count(out ? out : "", n, "HTTP/1.1 ");
+        char shown[160];
+        snprintf(shown, sizeof(shown), "%.120s", out ? out : "");
+        free(out);
+        if (rc != 0 || st != c->status || responses != 1)
+            fail_msg("%s: status %d, %d responses, exchange rc %d (want %d then close): '%s'",
+                     c->name, st, responses, rc, c->status, shown);
+    }
+
+    /* A valid request, then bytes that are no request: 200, 400, close. */
+    const char smuggle[] = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"
+                           "helloEXTRA-NOT-HTTP\r\n\r\n";
+    char *out = NULL;
+    size_t n = 0;
+    assert_int_equal(gwt_brk_exchange(gport, smuggle, strlen(smuggle), 0, false, 4000, &out, &n),
+                     0);
+    assert_int_equal(gwt_brk_count(out, n, "HTTP/1.1 200 "), 1);
+    assert_int_equal(gwt_brk_count(out, n, "HTTP/1.1 400 "), 1);
+    free(out);
+
+    assert_serves(gport, "/users/1");
+    wait_stat_on(gport, "in_flight", 0, 2000);
+    wait_stat_on(gport, "connections_active", 1, 3000);
+    assert_no_sanitizer(&gw);
+}
+
+/* ---- clients that vanish ------------------------------------------------ */
+
+/* 36 clients of six kinds (mid-upload by length and chunked, mid-download,
+ * queued for one of 2 slots, in the middle of a head, waiting on a slow
+ * response) vanish, half of them with a reset. Afterwards nothing is left:
+ * no slot, no queue entry, no connection, no descriptor, and both slots
+ * serve again. */
+static void test_vanishing_clients_leave_nothing(void **state)
+{
+    const char *env[] = {"MAX_CONCURRENT_REQUESTS=2", "QUEUE_TIMEOUT_MS=2000",
+                         "UPSTREAM_KEEPALIVE=0", "CLIENT_TIMEOUT_MS=5000", NULL};
+    start_gw(env);
+    assert_serves(gport, "/users/1");
+    wait_stat_on(gport, "connections_active", 1, 2000);
+    int base_fds = gwt_brk_fd_count(gw.pid);
+    assert_true(base_fds > 0);
+
+    static char upload[64 * 1024];
+    memset(upload, 'v', sizeof(upload));
+    enum { N = 36 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = gwt_connect(gport);
+        assert_true(fds[i] >= 0);
+        switch (i % 6) {
+        case 0:
+            assert_int_equal(gwt_send_str(fds[i], "POST /echo HTTP/1.1\r\nHost: h\r\n"
+                                                  "Content-Length: 10000000\r\n\r\n"),
+                             0);
+            assert_int_equal(gwt_send_all(fds[i], upload, sizeof(upload)), 0);
+            break;
+        case 1:
+            assert_int_equal(gwt_send_str(fds[i], "POST /echo HTTP/1.1\r\nHost: h\r\n"
+                                                  "Transfer-Encoding: chunked\r\n\r\n10000\r\n"),
+                             0);
+            assert_int_equal(gwt_send_all(fds[i], upload, 30000), 0);
+            break;
+        case 2:
+            assert_int_equal(
+                gwt_send_str(fds[i], "GET /bytes?n=50000000 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+            break;
+        case 3:
+            assert_int_equal(gwt_send_str(fds[i], "GET /slow?ms=300 HTTP/1.1\r\nHost: h\r\n\r\n"),
+                             0);
+            break;
+        case 4:
+            assert_int_equal(gwt_send_str(fds[i], "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Pa"), 0);
+            break;
+        default:
+            assert_int_equal(gwt_send_str(fds[i],
+                                          "POST /slow?ms=300 HTTP/1.1\r\nHost: h\r\n"
+                                          "Content-Length: 4\r\nExpect: 100-continue\r\n\r\n"),
+                             0);
+            break;
+        }
+    }
+    /* Both slots taken and others queued before anyone leaves. */
+    wait_stat_on(gport, "in_flight", 2, 3000);
+    long long queued = 0, until = gwt_now_ms() + 3000;
+    while ((queued = gwt_stat(gport, "/stats", "queue_length")) < 20 && gwt_now_ms() < until)
+        usleep(5 * 1000);
+    if (queued < 20)
+        fail_msg("only %lld of 28 requests queued behind the 2 slots", queued);
+    for (int i = 0; i < N; i++) {
+        int j = (i * 7) % N; /* leave in an order unrelated to arrival */
+        if (j % 2) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            (void)setsockopt(fds[j], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        close(fds[j]);
+    }
+    wait_stat_on(gport, "in_flight", 0, 5000);
+    wait_stat_on(gport, "queue_length", 0, 3000);
+    wait_stat_on(gport, "connections_active", 1, 3000);
+    int fds_now = gwt_brk_wait_fds(gw.pid, base_fds, 3000);
+    if (fds_now > base_fds)
+        fail_msg("gateway holds %d descriptors after every client left, %d before", fds_now,
+                 base_fds);
+    wait_stat_on(bport, "in_flight", 0, 3000);
+    /* Both slots (and the queue) still work: three in a row. */
+    for (int i = 0; i < 3; i++)
+        assert_serves(gport, "/slow?ms=10");
+    assert_no_sanitizer(&gw);
+}
+
+/* ---- faults ------------------------------------------------------------- */
+
+static long long health_status(int port, char *body, size_t cap)
+{
+    struct gwt_response r;
+    if (gwt_get(port, "/health", &r) != 0)
+        return -1;
+    int st = r.status;
+    snprintf(body, cap, "%s", r.body ? r.body : "");
+    gwt_response_free(&r);
+    return st;
+}
+
+static int status_of_get(int port, const char *target)
+{
+    struct gwt_response r;
+    int rc = gwt_get(port, target, &r);
+    int st = rc == 0 ? r.status : rc;
+    gwt_response_free(&r);
+    return st;
+}
+
+/* kill -9 of Redis while three gateways (failure modes open, closed,
+ * local) are under keep-alive load: each mode answers as specified while
+ * Redis is gone, no request hangs or gets an unexpected status, and all
+ * three reconnect by themselves when Redis is back on the same address.
+ * The first failure is recorded and reported after the load threads are
+ * stopped, so they never outlive the test. */
+static void test_redis_kill9_under_load(void **state)
+{
+    static struct gwt_proc redis, redis2, gws[3];
+    static struct gwt_brk_load load[3];
+    static const char *const modes[3] = {"open", "closed", "local"};
+    static const int want_down[3] = {200, 503, 200};
+    char failure[600] = "";
+    int rport = 0, ports[3], nload = 0;
+    long before_restart[3] = {0};
+    assert_int_equal(gwt_redis_start(&redis, &rport), 0);
+    char url[64];
+    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", rport);
+    for (int i = 0; i < 3; i++) {
+        char mode[64];
+        snprintf(mode, sizeof(mode), "RATE_LIMIT_FAILURE_MODE=%s", modes[i]);
+        const char *env[] = {url, mode, "REDIS_TIMEOUT_MS=100", NULL};
+        assert_int_equal(gwt_gateway_for(&gws[i], &ports[i], bport, env), 0);
+    }
+    for (; nload < 3; nload++) {
+        if (gwt_brk_load_start(&load[nload], ports[nload], "/users/1", 3) != 0) {
+            snprintf(failure, sizeof(failure), "could not start the load");
+            goto out;
+        }
+    }
+    long long deadline = gwt_now_ms() + 5000;
+    for (int i = 0; i < 3; i++) {
+        while (gwt_brk_load_responses(&load[i]) < 50 && gwt_now_ms() < deadline)
+            usleep(5 * 1000);
+        if (gwt_brk_load_responses(&load[i]) < 50) {
+            snprintf(failure, sizeof(failure), "mode %s: load got %ld responses in 5 s", modes[i],
+                     gwt_brk_load_responses(&load[i]));
+            goto out;
+        }
+    }
+
+    int st = gwt_stop(&redis, SIGKILL, 3000);
+    if (st != -SIGKILL) {
+        snprintf(failure, sizeof(failure), "redis-server did not die of SIGKILL (%d)", st);
+        goto out;
+    }
+    for (int i = 0; i < 3; i++) {
+        st = status_of_get(ports[i], "/users/1");
+        if (st != want_down[i]) {
+            snprintf(failure, sizeof(failure),
+                     "RATE_LIMIT_FAILURE_MODE=%s with Redis killed: %d, want %d", modes[i], st,
+                     want_down[i]);
+            goto out;
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        before_restart[i] = gwt_brk_load_responses(&load[i]);
+
+    if (gwt_brk_redis_start_on(&redis2, rport, 5000) != 0) {
+        snprintf(failure, sizeof(failure), "could not restart redis-server on port %d", rport);
+        goto out;
+    }
+    for (int i = 0; i < 3; i++) {
+        char body[300] = "";
+        long long until = gwt_now_ms() + 8000;
+        while (!(health_status(ports[i], body, sizeof(body)) == 200 &&
+                 strstr(body, "\"redis\":\"connected\"")) &&
+               gwt_now_ms() < until)
+            usleep(20 * 1000);
+        if (!strstr(body, "\"redis\":\"connected\"")) {
+            snprintf(failure, sizeof(failure),
+                     "mode %s: /health did not recover within 8 s of Redis coming back: %s",
+                     modes[i], body);
+            goto out;
+        }
+        st = status_of_get(ports[i], "/users/1");
+        if (st != 200) {
+            snprintf(failure, sizeof(failure), "mode %s after Redis came back: %d", modes[i], st);
+            goto out;
+        }
+    }
+    char **keys = NULL;
+    int nkeys = gwt_redis_keys(rport, "rl:*", &keys);
+    gwt_strv_free(keys, nkeys > 0 ? nkeys : 0);
+    if (nkeys <= 0)
+        snprintf(failure, sizeof(failure), "no rate-limit key in the restarted Redis (%d)", nkeys);
+
+out:
+    for (int i = 0; i < nload; i++)
+        gwt_brk_load_stop(&load[i]);
+    for (int i = 0; i < nload && !failure[0]; i++) {
+        long other = atomic_load(&load[i].other), timeouts = atomic_load(&load[i].timeouts);
+        long unavailable = atomic_load(&load[i].unavailable);
+        if (other != 0 || timeouts != 0 || (i != 1 && unavailable != 0))
+            snprintf(failure, sizeof(failure),
+                     "mode %s under load: %ld unexpected statuses, %ld 503, %ld hung reads",
+                     modes[i], other, unavailable, timeouts);
+        else if (gwt_brk_load_responses(&load[i]) <= before_restart[i])
+            snprintf(failure, sizeof(failure), "mode %s: no answer after Redis came back",
+                     modes[i]);
+    }
+    if (redis2.pid > 0)
+        gwt_stop(&redis2, SIGTERM, 3000);
+    gwt_proc_cleanup(&redis2);
+    gwt_proc_cleanup(&redis);
+    if (failure[0])
+        fail_msg("%s", failure);
+    for (int i = 0; i < 3; i++) {
+        wait_stat_on(ports[i], "in_flight", 0, 3000);
+        assert_no_sanitizer(&gws[i]);
+    }
+}
+
+/* SIGTERM while requests are in flight, queued and under keep-alive load:
+ * every started request is answered 200, the process exits 0 well within
+ * SHUTDOWN_TIMEOUT_MS and stops accepting. */
+static void test_sigterm_under_load(void **state)
+{
+    const char *env[] = {"MAX_CONCURRENT_REQUESTS=4", "SHUTDOWN_TIMEOUT_MS=5000", NULL};
+    start_gw(env);
+    enum { N = 6 };
+    struct gwt_async a[N];
+    for (int i = 0; i < N; i++)
+        assert_int_equal(gwt_async_start(&a[i], gport,
+                                         "GET /slow?ms=600 HTTP/1.1\r\nHost: h\r\n"
+                                         "Connection: close\r\n\r\n"),
+                         0);
+    wait_stat_on(gport, "in_flight", 4, 3000);
+    wait_stat_on(gport, "queue_length", 2, 3000);
+    struct gwt_brk_load load;
+    assert_int_equal(gwt_brk_load_start(&load, gport, "/users/1", 4), 0);
+    long long t0 = gwt_now_ms();
+    int st = gwt_stop(&gw, SIGTERM, 8000);
+    long long ms = gwt_now_ms() - t0;
+    gwt_brk_load_stop(&load);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        if (gwt_async_join(&a[i]) == 0 && a[i].resp.status == 200)
+            ok++;
+        gwt_async_free(&a[i]);
+    }
+    assert_no_sanitizer(&gw);
+    if (st != 0 || ok != N || ms > 4000)
+        fail_msg("SIGTERM under load: exit %d after %lld ms, %d of %d started requests answered "
+                 "200",
+                 st, ms, ok, N);
+    assert_true(atomic_load(&load.other) == 0);
+    assert_true(atomic_load(&load.timeouts) == 0);
+    assert_true(gwt_connect(gport) < 0);
+}
+
+/* ---- load --------------------------------------------------------------- */
+
+/* 16 keep-alive clients on 2 workers hammer one rate-limited client key:
+ * exactly RATE_LIMIT_REQUESTS pass in the window (counted by the gateway
+ * and by the backend), everything else is 429, and nothing stays in
+ * flight or connected afterwards. */
+static void test_exact_limit_under_concurrency(void **state)
+{
+    const char *env[] = {"RATE_LIMIT_REQUESTS=50", "RATE_LIMIT_WINDOW_SECONDS=3600", NULL};
+    gwt_avoid_window_edge(3600, 5);
+    start_gw(env);
+    struct gwt_brk_load load;
+    assert_int_equal(gwt_brk_load_start(&load, gport, "/users/1", 16), 0);
+    long long deadline = gwt_now_ms() + 5000;
+    while (gwt_brk_load_responses(&load) < 2000 && gwt_now_ms() < deadline)
+        usleep(5 * 1000);
+    gwt_brk_load_stop(&load);
+    assert_int_equal(atomic_load(&load.ok), 50);
+    assert_true(atomic_load(&load.limited) > 0);
+    assert_int_equal(atomic_load(&load.other) + atomic_load(&load.unavailable), 0);
+    assert_int_equal(atomic_load(&load.timeouts), 0);
+    long long backend_requests = 0;
+    assert_int_equal(gwt_backend_stats(bport, &backend_requests, NULL), 0);
+    assert_int_equal(backend_requests, 50);
+    assert_int_equal(gwt_stat(gport, "/stats", "requests_proxied"), 50);
+    wait_stat_on(gport, "in_flight", 0, 2000);
+    wait_stat_on(gport, "connections_active", 1, 3000);
+    assert_no_sanitizer(&gw);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_post_then_fin_without_pool, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_post_then_fin_while_queued, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_then_fin, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_upload_outlasts_upstream_timeout, test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_stalled_body_is_408, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_expect_without_body_is_408, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_inputs_keep_serving, test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_vanishing_clients_leave_nothing, test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_redis_kill9_under_load, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_under_load, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_exact_limit_under_concurrency, test_setup,
+                                        test_teardown),
+    };
+    return cmocka_run_group_tests_name("resilience", tests, group_setup, group_teardown);
+}
