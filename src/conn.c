@@ -538,6 +538,8 @@ void gw_conn_run_limit_batch(struct gw_worker *w)
             }
         }
     }
+    if (w->limit_head)
+        gw_loop_wake(&w->loop); /* more pipelined checks: poll without sleeping */
 }
 
 void gw_conn_run_redrive(struct gw_worker *w)

@@ -3,9 +3,13 @@
  * answers repeat offenders from the process-wide over-limit cache, asks the
  * store (Redis per worker, or the shared in-process store) otherwise, and
  * applies RATE_LIMIT_FAILURE_MODE and RATE_LIMIT_DRY_RUN. Checks come one
- * by one or in batches; a batch goes to Redis as one pipeline per CHUNK.
- * A worker whose Redis failed stops asking it and reconnects from its tick,
- * without blocking, with a doubling backoff (100 ms to 2 s).
+ * by one or in batches; the items of a batch are grouped by client, each
+ * client's k requests are counted by one store call (INCRBY k) and handed
+ * the numbers n-k+1 .. n in batch order, and the groups go to Redis as one
+ * pipeline per PASS items. Store keys are SHA-256 of the client key, kept
+ * in a small per-worker cache (a connection sends many requests with one
+ * key). A worker whose Redis failed stops asking it and reconnects from its
+ * tick, without blocking, with a doubling backoff (100 ms to 2 s).
  *
  * Threads: struct gw_ratelimit is immutable after create except for the
  * over-limit cache, whose shards each have a mutex (a slot is only read or
@@ -20,13 +24,15 @@
 #include "ratelimit_int.h"
 
 #include <assert.h>
-#include <pthread.h>
 #include <errno.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #define OLC_SHARDS      64   /* over-limit cache shards, one mutex each (power of two) */
@@ -35,8 +41,11 @@
 #define BACKOFF_MIN_MS  100
 #define BACKOFF_MAX_MS  2000
 #define TICK_IDLE_MS    1000
-#define CONNECT_POLL_MS 5  /* tick period while a reconnect is in progress */
-#define CHUNK           64 /* checks pipelined to Redis in one round trip */
+#define CONNECT_POLL_MS 5   /* tick period while a reconnect is in progress */
+#define PASS            256 /* items grouped together; their groups share one round trip */
+#define SKC_SLOTS       128 /* per-worker cache of client key -> digest (power of two) */
+#define SKC_KEY_MAX     64  /* longer client keys are hashed on every request */
+#define MD_BYTES        16  /* digest bytes in a store key (GW_RL_KEY_HASH_HEX / 2) */
 
 /* One client known to be over its limit until its window ends. */
 struct olc_slot {
@@ -52,8 +61,32 @@ struct olc_shard {
     struct olc_slot slots[OLC_SHARD_SLOTS];
 };
 
+/* A cached store-key digest of one client key (the worker's own). */
+struct skc_slot {
+    uint64_t khash;             /* key_hash() of the client key */
+    uint32_t len;               /* client key bytes; UINT32_MAX = empty slot */
+    unsigned char md[MD_BYTES]; /* first bytes of SHA-256(client key) */
+    char key[SKC_KEY_MAX];      /* the client key */
+};
+
+/* The items of one client in a pass: counted by one store call. Items are
+ * chained first .. last in batch order through next_item[]. */
+struct group {
+    const char *key; /* client key (borrowed from its first item) */
+    size_t key_len;  /* bytes */
+    uint64_t khash;  /* key_hash() of key */
+    uint64_t hash;   /* first 8 digest bytes: the over-limit cache's key */
+    size_t skey_len; /* store key at keys + index * key_cap */
+    uint16_t first;  /* first item */
+    uint16_t last;   /* last item */
+    uint16_t k;      /* items */
+};
+
 struct gw_ratelimit {
     const struct gw_config *cfg;   /* borrowed */
+    size_t prefix_len;             /* strlen(RATE_LIMIT_KEY_PREFIX) */
+    uint64_t seed;                 /* key_hash() seed, random per process */
+    EVP_MD *sha256;                /* fetched once (NULL: one-shot SHA256()); shared */
     int64_t limit;                 /* RATE_LIMIT_REQUESTS */
     int64_t window_s;              /* RATE_LIMIT_WINDOW_SECONDS */
     enum gw_rl_failure_mode mode;  /* RATE_LIMIT_FAILURE_MODE */
@@ -73,25 +106,30 @@ struct gw_ratelimit_worker {
     uint64_t backoff_ms;       /* current reconnect delay */
     uint64_t retry_at_ms;      /* gw_now_ms() of the next reconnect attempt */
     uint64_t warned_at_ms;     /* last error-reply warning, to rate-limit the log */
-    char *keys;                /* store-key scratch: CHUNK keys of key_cap bytes */
+    char *keys;                /* store-key scratch: PASS keys of key_cap bytes */
     size_t key_cap;
+    EVP_MD_CTX *md_ctx; /* reused SHA-256 context; NULL: one-shot SHA256() */
+    struct skc_slot skc[SKC_SLOTS];
+    /* One pass (PASS items) of gw_ratelimit_check_batch: */
+    struct group groups[PASS];
+    uint16_t next_item[PASS]; /* next item of the same group */
+    uint16_t table[2 * PASS]; /* open addressing: group index + 1, 0 = empty */
+    uint16_t pending[PASS];   /* groups sent to Redis */
+    const char *pkeys[PASS];  /* their store keys ... */
+    size_t pklens[PASS];
+    int64_t incrs[PASS];  /* ... requests ... */
+    int64_t counts[PASS]; /* ... and the answers */
+    int64_t store_ms[PASS];
+    int rcs[PASS];
 };
 
 /* ---- store keys ------------------------------------------------------------ */
 
-int gw_rl_store_key(const char *prefix, const char *key, size_t key_len, char *out, size_t cap,
-                    uint64_t *hash64)
+/* "<prefix>:{<hex of md>}" into out; its length, or -ENOSPC. */
+static int format_store_key(const char *prefix, size_t plen, const unsigned char md[MD_BYTES],
+                            char *out, size_t cap)
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)key, key_len, md);
-    if (hash64 != NULL) {
-        uint64_t h = 0;
-        for (int i = 0; i < 8; i++)
-            h = h << 8 | md[i];
-        *hash64 = h;
-    }
-    size_t plen = strlen(prefix);
     size_t need = plen + 3 + GW_RL_KEY_HASH_HEX; /* ":{" hex "}" */
     if (need + 1 > cap || need > INT32_MAX)
         return -ENOSPC;
@@ -100,13 +138,97 @@ int gw_rl_store_key(const char *prefix, const char *key, size_t key_len, char *o
     p += plen;
     *p++ = ':';
     *p++ = '{';
-    for (int i = 0; i < GW_RL_KEY_HASH_HEX / 2; i++) {
+    for (int i = 0; i < MD_BYTES; i++) {
         *p++ = hex[md[i] >> 4];
         *p++ = hex[md[i] & 15];
     }
     *p++ = '}';
     *p = '\0';
     return (int)need;
+}
+
+static uint64_t md_hash64(const unsigned char *md)
+{
+    uint64_t h = 0;
+    for (int i = 0; i < 8; i++)
+        h = h << 8 | md[i];
+    return h;
+}
+
+int gw_rl_store_key(const char *prefix, const char *key, size_t key_len, char *out, size_t cap,
+                    uint64_t *hash64)
+{
+    unsigned char md[SHA256_DIGEST_LENGTH] = {0};
+    SHA256((const unsigned char *)key, key_len, md);
+    if (hash64 != NULL)
+        *hash64 = md_hash64(md);
+    return format_store_key(prefix, strlen(prefix), md, out, cap);
+}
+
+/* 64-bit mixer (murmur3 finaliser). */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+/* A fast seeded hash of a client key, for the per-worker tables only (the
+ * store key is SHA-256). Collisions cost a compare or a cache miss. */
+static uint64_t key_hash(uint64_t seed, const char *p, size_t n)
+{
+    uint64_t h = mix64(seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL));
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        h = mix64(h ^ v) + 0x9e3779b97f4a7c15ULL;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t v = 0;
+    memcpy(&v, p, n);
+    return mix64(h ^ v ^ ((uint64_t)n << 59));
+}
+
+/* SHA-256 of key with the worker's reused context (no digest fetch, no
+ * allocation), falling back to the one-shot call. */
+static void sha256(struct gw_ratelimit_worker *w, const char *key, size_t len,
+                   unsigned char md[SHA256_DIGEST_LENGTH])
+{
+    unsigned int mdlen = 0;
+    if (w->md_ctx != NULL && EVP_DigestInit_ex(w->md_ctx, w->rl->sha256, NULL) == 1 &&
+        EVP_DigestUpdate(w->md_ctx, key, len) == 1 &&
+        EVP_DigestFinal_ex(w->md_ctx, md, &mdlen) == 1 && mdlen == SHA256_DIGEST_LENGTH)
+        return;
+    memset(md, 0, SHA256_DIGEST_LENGTH);
+    SHA256((const unsigned char *)key, len, md);
+}
+
+/* The store-key digest of a client key, from the worker's cache when it
+ * holds the key (direct-mapped on khash; the key bytes are compared). */
+static void client_digest(struct gw_ratelimit_worker *w, const char *key, size_t len,
+                          uint64_t khash, unsigned char out[MD_BYTES])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    if (len > SKC_KEY_MAX) {
+        sha256(w, key, len, md);
+        memcpy(out, md, MD_BYTES);
+        return;
+    }
+    struct skc_slot *s = &w->skc[khash & (SKC_SLOTS - 1)];
+    if (s->len == len && s->khash == khash && memcmp(s->key, key, len) == 0) {
+        memcpy(out, s->md, MD_BYTES);
+        return;
+    }
+    sha256(w, key, len, md);
+    s->khash = khash;
+    s->len = (uint32_t)len;
+    memcpy(s->key, key, len);
+    memcpy(s->md, md, MD_BYTES);
+    memcpy(out, md, MD_BYTES);
 }
 
 /* ---- over-limit cache -------------------------------------------------------- */
@@ -179,25 +301,35 @@ static void limited(const struct gw_ratelimit *rl, struct gw_rl_decision *out)
     out->verdict = rl->dry_run ? GW_RL_ALLOW : GW_RL_LIMITED;
 }
 
-/* Request n counted by a store whose clock read store_ms. */
-static void decide(struct gw_ratelimit_worker *w, uint64_t hash, int64_t n, int64_t store_ms,
-                   uint64_t mono_ms, struct gw_rl_decision *out)
+/* The k items of group g were counted by a store whose clock read store_ms,
+ * the last as request n: they are requests n-k+1 .. n, in batch order. */
+static void decide_group(struct gw_ratelimit_worker *w, const struct group *g,
+                         struct gw_rl_batch_item *items, int64_t n, int64_t store_ms,
+                         uint64_t mono_ms)
 {
     const struct gw_ratelimit *rl = w->rl;
     int64_t now_s = floor_div(store_ms, 1000);
-    out->has_info = true;
-    if (gw_rl_algo_fixed_window(n, rl->limit, now_s, rl->window_s, &out->info)) {
-        out->verdict = GW_RL_ALLOW;
-        return;
+    int64_t num = n - g->k + 1;
+    const struct gw_rl_decision *over = NULL;
+    for (size_t c = 0, i = g->first; c < g->k; c++, i = w->next_item[i]) {
+        struct gw_rl_decision *out = items[i].out;
+        out->has_info = true;
+        if (gw_rl_algo_fixed_window(num++, rl->limit, now_s, rl->window_s, &out->info)) {
+            out->verdict = GW_RL_ALLOW;
+        } else {
+            limited(rl, out);
+            over = out;
+        }
     }
-    limited(rl, out);
+    if (over == NULL)
+        return;
     /* Remember the client until its window ends. The deadline is measured
      * on our monotonic clock from the time left on the store's clock, so a
      * skew between this host and Redis cannot stretch or shorten it. */
-    int64_t left_ms = out->info.reset_epoch_s * 1000 - store_ms;
+    int64_t left_ms = over->info.reset_epoch_s * 1000 - store_ms;
     if (left_ms < 1)
         left_ms = 1;
-    olc_put(rl, hash, mono_ms + (uint64_t)left_ms, out->info.reset_epoch_s, mono_ms);
+    olc_put(rl, g->hash, mono_ms + (uint64_t)left_ms, over->info.reset_epoch_s, mono_ms);
 }
 
 static void from_cache(const struct gw_ratelimit *rl, const struct olc_slot *s, uint64_t mono_ms,
@@ -243,6 +375,11 @@ int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg)
     rl->mode = cfg->rate_limit_failure_mode;
     rl->dry_run = cfg->rate_limit_dry_run;
     rl->use_redis = cfg->redis_url != NULL && cfg->redis_url[0] != '\0';
+    rl->prefix_len = strlen(cfg->rate_limit_key_prefix);
+    if (getrandom(&rl->seed, sizeof(rl->seed), GRND_NONBLOCK) != (ssize_t)sizeof(rl->seed))
+        rl->seed = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)rl;
+    /* Fetched once: SHA256() would look the digest up on every call. */
+    rl->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     atomic_init(&rl->workers, 0);
 
     int rc = 0;
@@ -264,6 +401,7 @@ int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg)
 
 fail:
     gw_config_redis_target_deinit(&rl->target);
+    EVP_MD_free(rl->sha256);
     if (rl->olc != NULL) {
         for (int i = 0; i < OLC_SHARDS; i++)
             pthread_mutex_destroy(&rl->olc[i].mu);
@@ -280,6 +418,7 @@ void gw_ratelimit_destroy(struct gw_ratelimit *rl)
     assert(atomic_load(&rl->workers) == 0);
     gw_rl_memory_destroy(rl->mem);
     gw_config_redis_target_deinit(&rl->target);
+    EVP_MD_free(rl->sha256);
     for (int i = 0; i < OLC_SHARDS; i++)
         pthread_mutex_destroy(&rl->olc[i].mu);
     free(rl->olc);
@@ -292,9 +431,13 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     if (w == NULL)
         return -ENOMEM;
     w->rl = rl;
-    w->key_cap = strlen(rl->cfg->rate_limit_key_prefix) + GW_RL_KEY_HASH_HEX + 4;
-    if ((w->keys = malloc(w->key_cap * CHUNK)) == NULL)
+    w->key_cap = rl->prefix_len + GW_RL_KEY_HASH_HEX + 4;
+    if ((w->keys = malloc(w->key_cap * PASS)) == NULL)
         goto fail;
+    for (size_t i = 0; i < SKC_SLOTS; i++)
+        w->skc[i].len = UINT32_MAX;
+    /* NULL (no digest, or no memory) falls back to one-shot SHA256(). */
+    w->md_ctx = rl->sha256 != NULL ? EVP_MD_CTX_new() : NULL;
     if (rl->use_redis) {
         if (gw_rl_redis_create(&w->redis, &rl->target, rl->cfg->redis_timeout_ms) != 0)
             goto fail;
@@ -311,6 +454,7 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     return 0;
 
 fail:
+    EVP_MD_CTX_free(w->md_ctx);
     free(w->keys);
     free(w);
     return -ENOMEM;
@@ -323,98 +467,148 @@ void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w)
     if (w->redis != NULL)
         gw_rl_redis_ops.destroy(w->redis);
     atomic_fetch_sub(&w->rl->workers, 1);
+    EVP_MD_CTX_free(w->md_ctx);
     free(w->keys);
     free(w);
 }
 
-/* The in-process store decides (no Redis, or failure mode local). */
-static void memory_decide(struct gw_ratelimit_worker *w, const char *skey, size_t sklen,
-                          uint64_t hash, uint64_t mono, struct gw_rl_decision *out)
+static const char *group_skey(const struct gw_ratelimit_worker *w, const struct group *g)
+{
+    return w->keys + (size_t)(g - w->groups) * w->key_cap;
+}
+
+/* The in-process store decides (no Redis, or failure mode local): the
+ * group's k requests in one increment. */
+static void memory_decide(struct gw_ratelimit_worker *w, const struct group *g,
+                          struct gw_rl_batch_item *items, uint64_t mono)
 {
     const struct gw_ratelimit *rl = w->rl;
     int64_t n = 0, now_ms = wall_ms();
-    int rc = gw_rl_memory_ops.check(rl->mem, skey, sklen, rl->limit, rl->window_s, &n, &now_ms);
-    if (rc != 0) {
-        /* Only when a shard cannot allocate its first entries. */
-        out->store_error = true;
+    int rc = gw_rl_memory_ops.check(rl->mem, group_skey(w, g), g->skey_len, g->k, rl->limit,
+                                    rl->window_s, &n, &now_ms);
+    if (rc == 0) {
+        decide_group(w, g, items, n, now_ms, mono);
+        return;
+    }
+    /* Only when a shard cannot allocate its first entries. */
+    for (size_t c = 0, i = g->first; c < g->k; c++, i = w->next_item[i]) {
+        items[i].out->store_error = true;
         if (rl->mode == GW_RL_FAIL_CLOSED)
-            out->verdict = GW_RL_UNAVAILABLE;
-        return;
+            items[i].out->verdict = GW_RL_UNAVAILABLE;
     }
-    decide(w, hash, n, now_ms, mono, out);
 }
 
-/* Redis did not answer this check: RATE_LIMIT_FAILURE_MODE decides. */
-static void store_failed(struct gw_ratelimit_worker *w, const char *skey, size_t sklen,
-                         uint64_t hash, uint64_t mono, struct gw_rl_decision *out)
+/* Redis did not count this group: RATE_LIMIT_FAILURE_MODE decides. */
+static void store_failed(struct gw_ratelimit_worker *w, const struct group *g,
+                         struct gw_rl_batch_item *items, uint64_t mono)
 {
-    out->store_error = true;
-    if (w->rl->mode == GW_RL_FAIL_OPEN)
-        return; /* ALLOW, no info: nothing trustworthy to report */
-    if (w->rl->mode == GW_RL_FAIL_CLOSED) {
-        out->verdict = GW_RL_UNAVAILABLE;
-        return;
+    for (size_t c = 0, i = g->first; c < g->k; c++, i = w->next_item[i]) {
+        items[i].out->store_error = true;
+        if (w->rl->mode == GW_RL_FAIL_CLOSED)
+            items[i].out->verdict = GW_RL_UNAVAILABLE;
+        /* open: ALLOW, no info: nothing trustworthy to report */
     }
-    memory_decide(w, skey, sklen, hash, mono, out);
+    if (w->rl->mode == GW_RL_FAIL_LOCAL)
+        memory_decide(w, g, items, mono);
 }
 
-/* Up to CHUNK checks: the over-limit cache first, then one pipelined
- * round trip to Redis for the rest (or the in-process store). */
-static void check_chunk(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t n)
+/* Clears the decisions and groups the items by client key (n <= PASS):
+ * returns the number of groups, each with its store key built. */
+static size_t group_items(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t n)
 {
     const struct gw_ratelimit *rl = w->rl;
-    const char *skeys[CHUNK];
-    size_t sklens[CHUNK], pending[CHUNK], m = 0;
-    uint64_t hashes[CHUNK];
-    uint64_t mono = gw_now_ms();
-
+    size_t tsize = 4;
+    while (tsize < 2 * n)
+        tsize <<= 1;
+    memset(w->table, 0, tsize * sizeof(w->table[0]));
+    size_t ng = 0;
     for (size_t i = 0; i < n; i++) {
         struct gw_rl_decision *out = items[i].out;
         memset(out, 0, sizeof(*out));
         out->verdict = GW_RL_ALLOW;
-        char *skey = w->keys + i * w->key_cap;
-        int klen = gw_rl_store_key(rl->cfg->rate_limit_key_prefix, items[i].key, items[i].key_len,
-                                   skey, w->key_cap, &hashes[i]);
+        const char *key = items[i].key;
+        size_t len = items[i].key_len;
+        uint64_t kh = key_hash(rl->seed, key, len);
+        size_t t = kh & (tsize - 1);
+        for (; w->table[t] != 0; t = (t + 1) & (tsize - 1)) {
+            struct group *g = &w->groups[w->table[t] - 1];
+            if (g->khash == kh && g->key_len == len && memcmp(g->key, key, len) == 0)
+                break;
+        }
+        if (w->table[t] != 0) {
+            struct group *g = &w->groups[w->table[t] - 1];
+            w->next_item[g->last] = (uint16_t)i;
+            g->last = (uint16_t)i;
+            g->k++;
+            continue;
+        }
+        struct group *g = &w->groups[ng];
+        w->table[t] = (uint16_t)(++ng);
+        g->key = key;
+        g->key_len = len;
+        g->khash = kh;
+        g->first = g->last = (uint16_t)i;
+        g->k = 1;
+        unsigned char md[MD_BYTES];
+        client_digest(w, key, len, kh, md);
+        g->hash = md_hash64(md);
+        int klen = format_store_key(rl->cfg->rate_limit_key_prefix, rl->prefix_len, md,
+                                    w->keys + (ng - 1) * w->key_cap, w->key_cap);
         assert(klen > 0); /* key_cap was sized for this prefix */
-        skeys[i] = skey;
-        sklens[i] = (size_t)klen;
+        g->skey_len = (size_t)klen;
+    }
+    return ng;
+}
+
+/* Up to PASS checks: grouped by client; per group the over-limit cache
+ * first, then one pipelined round trip to Redis for all the groups left
+ * (or the in-process store). */
+static void check_pass(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t n)
+{
+    const struct gw_ratelimit *rl = w->rl;
+    uint64_t mono = gw_now_ms();
+    size_t ng = group_items(w, items, n), m = 0;
+
+    for (size_t gi = 0; gi < ng; gi++) {
+        const struct group *g = &w->groups[gi];
         struct olc_slot hit;
-        if (olc_find(rl, hashes[i], mono, &hit))
-            from_cache(rl, &hit, mono, out);
-        else if (w->redis == NULL)
-            memory_decide(w, skey, sklens[i], hashes[i], mono, out);
-        else if (!w->redis_up)
-            store_failed(w, skey, sklens[i], hashes[i], mono, out);
-        else
-            pending[m++] = i;
+        if (olc_find(rl, g->hash, mono, &hit)) {
+            struct gw_rl_decision *first = items[g->first].out;
+            from_cache(rl, &hit, mono, first);
+            for (size_t c = 1, i = w->next_item[g->first]; c < g->k; c++, i = w->next_item[i])
+                *items[i].out = *first;
+        } else if (w->redis == NULL) {
+            memory_decide(w, g, items, mono);
+        } else if (!w->redis_up) {
+            store_failed(w, g, items, mono);
+        } else {
+            w->pending[m] = (uint16_t)gi;
+            w->pkeys[m] = group_skey(w, g);
+            w->pklens[m] = g->skey_len;
+            w->incrs[m] = g->k;
+            m++;
+        }
     }
     if (m == 0)
         return;
 
-    const char *pk[CHUNK];
-    size_t pl[CHUNK];
-    int64_t counts[CHUNK], store_ms[CHUNK];
-    int rcs[CHUNK];
-    for (size_t j = 0; j < m; j++) {
-        pk[j] = skeys[pending[j]];
-        pl[j] = sklens[pending[j]];
-    }
-    int rc = gw_rl_redis_check_many(w->redis, pk, pl, m, rl->window_s, counts, store_ms, rcs);
+    int rc = gw_rl_redis_check_many(w->redis, w->pkeys, w->pklens, w->incrs, m, rl->window_s,
+                                    w->counts, w->store_ms, w->rcs);
     if (rc != 0)
         mark_down(w, mono);
     for (size_t j = 0; j < m; j++) {
-        size_t i = pending[j];
-        if (rcs[j] == 0) {
-            decide(w, hashes[i], counts[j], store_ms[j], mono, items[i].out);
+        const struct group *g = &w->groups[w->pending[j]];
+        if (w->rcs[j] == 0) {
+            decide_group(w, g, items, w->counts[j], w->store_ms[j], mono);
             continue;
         }
-        if (rcs[j] == -EPROTO && mono >= w->warned_at_ms + 1000) {
+        if (w->rcs[j] == -EPROTO && mono >= w->warned_at_ms + 1000) {
             /* At most one line per second per worker: the server is
              * answering errors to every check, the log must not flood. */
             w->warned_at_ms = mono;
             gw_warn("rate limit: redis refused the check (%s)", gw_rl_redis_last_error(w->redis));
         }
-        store_failed(w, skeys[i], sklens[i], hashes[i], mono, items[i].out);
+        store_failed(w, g, items, mono);
     }
 }
 
@@ -422,14 +616,14 @@ void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t k
                         struct gw_rl_decision *out)
 {
     struct gw_rl_batch_item item = {.key = key, .key_len = key_len, .out = out};
-    check_chunk(w, &item, 1);
+    check_pass(w, &item, 1);
 }
 
 void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
                               size_t n)
 {
-    for (size_t off = 0; off < n; off += CHUNK)
-        check_chunk(w, items + off, GW_MIN(n - off, (size_t)CHUNK));
+    for (size_t off = 0; off < n; off += PASS)
+        check_pass(w, items + off, GW_MIN(n - off, (size_t)PASS));
 }
 
 enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w)

@@ -11,13 +11,15 @@
 #include "gw/config.h"
 
 /* A counter store. The contract of check():
- *  - counts one request for key (key_len bytes, opaque) in the fixed window
- *    of window_s seconds that contains the store's clock, atomically;
+ *  - counts incr >= 1 requests for key (key_len bytes, opaque) at once in
+ *    the fixed window of window_s seconds that contains the store's clock,
+ *    atomically (the requests of one client in one batch);
  *  - *now_ms is in/out: on entry the caller's wall clock (Unix ms); on
  *    return the clock the store used to pick the window (Redis TIME for
  *    Redis, the given value for memory), so the caller reports edges that
  *    match the count;
- *  - returns 0 with *count = the post-increment request number n (>= 1);
+ *  - returns 0 with *count = the post-increment request number n (>= incr):
+ *    the requests counted are numbers n - incr + 1 .. n of the window;
  *    -EPROTO when the store answered with an error but stays usable;
  *    any other -errno when the connection is unusable (the caller marks
  *    the store down and reconnects later).
@@ -26,8 +28,8 @@
  * destroy() frees the store. Thread-safety is per implementation. */
 struct gw_rl_store_ops {
     const char *name;
-    int (*check)(void *store, const char *key, size_t key_len, int64_t limit, int64_t window_s,
-                 int64_t *count, int64_t *now_ms);
+    int (*check)(void *store, const char *key, size_t key_len, int64_t incr, int64_t limit,
+                 int64_t window_s, int64_t *count, int64_t *now_ms);
     int (*ping)(void *store);
     void (*destroy)(void *store);
 };
@@ -67,13 +69,20 @@ GW_MUSTCHECK int gw_rl_memory_create(struct gw_rl_memory **out, size_t max_entri
 /* Frees the store and its entries. No other thread may use it. */
 void gw_rl_memory_destroy(struct gw_rl_memory *m);
 
-/* Counts one request of key at now_s (Unix seconds, the injected clock) in
- * the window floor(now_s / window_s); *count gets n. An entry of a past
- * window is reset lazily. A full shard reuses its oldest entry (which is
- * an expired one whenever any is expired). A request whose time falls
- * before its entry's window (clocks of racing workers) is counted in the
- * entry's newer window. One window length per store. Returns 0, or
- * -ENOMEM if a shard could not allocate its first entries. Thread-safe. */
+/* Counts incr >= 1 requests of key at once at now_s (Unix seconds, the
+ * injected clock) in the window floor(now_s / window_s); *count gets n, the
+ * number of the last of them (they are n - incr + 1 .. n; n saturates at
+ * UINT32_MAX). An entry of a past window is reset lazily. A full shard
+ * reuses its oldest entry (which is an expired one whenever any is
+ * expired). A request whose time falls before its entry's window (clocks of
+ * racing workers) is counted in the entry's newer window. One window length
+ * per store. Returns 0, or -ENOMEM if a shard could not allocate its first
+ * entries (-EINVAL for incr < 1). Thread-safe. */
+GW_MUSTCHECK int gw_rl_memory_incr_by(struct gw_rl_memory *m, const char *key, size_t key_len,
+                                      int64_t incr, int64_t window_s, int64_t now_s,
+                                      int64_t *count);
+
+/* gw_rl_memory_incr_by with incr 1. */
 GW_MUSTCHECK int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len,
                                    int64_t window_s, int64_t now_s, int64_t *count);
 
@@ -94,7 +103,7 @@ size_t gw_rl_memory_shard_cap(const struct gw_rl_memory *m);
 /* Shard index of a key, for tests that need keys sharing a shard. */
 unsigned gw_rl_memory_shard_of(const char *key, size_t key_len);
 
-/* Vtable over gw_rl_memory_incr (check uses floor(*now_ms / 1000)). */
+/* Vtable over gw_rl_memory_incr_by (check uses floor(*now_ms / 1000)). */
 extern const struct gw_rl_store_ops gw_rl_memory_ops;
 
 /* ---- Redis store (rl_redis.c) -------------------------------------------- */
@@ -144,16 +153,19 @@ bool gw_rl_redis_connected(const struct gw_rl_redis *r);
 const char *gw_rl_redis_last_error(const struct gw_rl_redis *r);
 
 /* n checks in one round trip: one EVALSHA per key (keys[i], key_lens[i]
- * bytes) pipelined, then every reply read in order; keys answered NOSCRIPT
- * are sent again together with EVAL. For each i, rcs[i] is 0 with
- * counts[i] and now_ms[i] (as the vtable's check), or -EPROTO when the
- * server refused that check, or the connection's -errno for the checks
- * that got no reply. Returns 0 when the connection survived (some rcs[i]
- * may still be -EPROTO), else the -errno of the failure, the store then
- * disconnected. Each read is bounded by timeout_ms. */
+ * bytes, counting incrs[i] >= 1 requests; incrs NULL = 1 each), rendered
+ * into one RESP buffer and pipelined, then every reply read in order; keys
+ * answered NOSCRIPT (nothing counted) are sent again together with EVAL.
+ * For each i, rcs[i] is 0 with counts[i] (the number of the last of the
+ * incrs[i] requests) and now_ms[i] (as the vtable's check), or -EPROTO
+ * when the server refused that check, or the connection's -errno for the
+ * checks that got no reply. Returns 0 when the connection survived (some
+ * rcs[i] may still be -EPROTO), else the -errno of the failure, the store
+ * then disconnected. Each read is bounded by timeout_ms. */
 GW_MUSTCHECK int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[],
-                                        const size_t key_lens[], size_t n, int64_t window_s,
-                                        int64_t counts[], int64_t now_ms[], int rcs[]);
+                                        const size_t key_lens[], const int64_t incrs[], size_t n,
+                                        int64_t window_s, int64_t counts[], int64_t now_ms[],
+                                        int rcs[]);
 
 /* Vtable: check is one EVALSHA round trip (EVAL once on NOSCRIPT), each
  * bounded by timeout_ms; a store that is not ready answers -ENOTCONN at

@@ -322,9 +322,17 @@ static int32_t slot_get(struct shard *s, uint32_t cap, int64_t window)
     return NIL;
 }
 
-int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len, int64_t window_s,
-                      int64_t now_s, int64_t *count)
+/* count + incr, saturating at UINT32_MAX: past 4e9 the verdict is the same. */
+static uint32_t add_sat(uint32_t count, int64_t incr)
 {
+    return (uint64_t)incr >= UINT32_MAX - count ? UINT32_MAX : count + (uint32_t)incr;
+}
+
+int gw_rl_memory_incr_by(struct gw_rl_memory *m, const char *key, size_t key_len, int64_t incr,
+                         int64_t window_s, int64_t now_s, int64_t *count)
+{
+    if (incr < 1)
+        return -EINVAL;
     uint64_t h1 = hash_bytes(key, key_len, SEED1);
     uint64_t h2 = hash_bytes(key, key_len, SEED2);
     struct shard *s = &m->shards[(unsigned)(h1 >> 58) % GW_RL_MEMORY_SHARDS];
@@ -339,11 +347,11 @@ int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len, i
             /* Lazy expiry: the key's old window is over, start the new one
              * and make it the newest on the age list. */
             e->window = window;
-            e->count = 1;
+            e->count = add_sat(0, incr);
             age_unlink(s, i);
             age_push_newest(s, i);
-        } else if (e->count < UINT32_MAX) {
-            e->count++; /* saturates: past 4e9 the verdict is the same */
+        } else {
+            e->count = add_sat(e->count, incr);
         }
         *count = e->count;
     } else {
@@ -355,26 +363,32 @@ int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len, i
             e->h1 = h1;
             e->h2 = h2;
             e->window = window;
-            e->count = 1;
+            e->count = add_sat(0, incr);
             uint32_t b = bucket_of(s, h2);
             e->next = s->buckets[b];
             s->buckets[b] = i;
             age_push_newest(s, i);
             s->used++;
-            *count = 1;
+            *count = e->count;
         }
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
-static int memory_check(void *store, const char *key, size_t key_len, int64_t limit,
+int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len, int64_t window_s,
+                      int64_t now_s, int64_t *count)
+{
+    return gw_rl_memory_incr_by(m, key, key_len, 1, window_s, now_s, count);
+}
+
+static int memory_check(void *store, const char *key, size_t key_len, int64_t incr, int64_t limit,
                         int64_t window_s, int64_t *count, int64_t *now_ms)
 {
     (void)limit; /* fixed window counts every request */
     int64_t ms = *now_ms;
     int64_t now_s = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
-    return gw_rl_memory_incr(store, key, key_len, window_s, now_s, count);
+    return gw_rl_memory_incr_by(store, key, key_len, incr, window_s, now_s, count);
 }
 
 static int memory_ping(void *store)

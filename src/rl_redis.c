@@ -25,21 +25,26 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/types.h>
 
 /*
  * The check. KEYS[1] is "<prefix>:{<client hash>}"; ARGV[1] is the window
- * in seconds. The window index comes from Redis's own clock (TIME), so
- * every gateway on this Redis agrees on window edges whatever its local
- * clock says. The counter key is KEYS[1] .. ":" .. index, derived inside
- * the script; it is not declared in KEYS, which a single Redis (and
- * Redis 7 with effects replication) accepts. The {hash tag} keeps it in
- * KEYS[1]'s cluster slot, but Redis Cluster is not a supported target.
+ * in seconds, ARGV[2] the number k >= 1 of requests counted at once (the
+ * requests of one client in one batch). The window index comes from
+ * Redis's own clock (TIME), so every gateway on this Redis agrees on window
+ * edges whatever its local clock says. The counter key is KEYS[1] .. ":" ..
+ * index, derived inside the script; it is not declared in KEYS, which a
+ * single Redis (and Redis 7 with effects replication) accepts. The {hash
+ * tag} keeps it in KEYS[1]'s cluster slot, but Redis Cluster is not a
+ * supported target.
  *
- * The TTL is the time left to the window end in ms: > 0 and <= the window.
- * It is set on the first request of the window, and again whenever the key
- * has none (PTTL -1), so a key without TTL cannot survive a crash between
- * INCR and PEXPIRE (there is no such gap anyway: scripts are atomic).
- * Returns {n, now_ms}.
+ * Commands: TIME and INCRBY on every call, PEXPIRE only when INCRBY
+ * created the key (n == k: counters only grow, and only by k >= 1, so the
+ * key was absent). The TTL is the time left to the window end in ms, in
+ * (0, W*1000]: TIME's seconds are < (idx + 1) * W. The script is atomic,
+ * so no other client, and no crash, can see the key between INCRBY and
+ * PEXPIRE: no key ever exists without a TTL. Returns {n, now_ms}: the
+ * requests counted are n - k + 1 .. n.
  */
 const char gw_rl_redis_script[] =
     "if redis.replicate_commands then redis.replicate_commands() end\n"
@@ -47,10 +52,11 @@ const char gw_rl_redis_script[] =
     "local s = tonumber(t[1])\n"
     "local now_ms = s * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local w = tonumber(ARGV[1])\n"
+    "local k = tonumber(ARGV[2])\n"
     "local idx = math.floor(s / w)\n"
     "local key = KEYS[1] .. ':' .. string.format('%d', idx)\n"
-    "local n = redis.call('INCR', key)\n"
-    "if n == 1 or redis.call('PTTL', key) < 0 then\n"
+    "local n = redis.call('INCRBY', key, k)\n"
+    "if n == k then\n"
     "  local ttl = (idx + 1) * w * 1000 - now_ms\n"
     "  if ttl < 1 then ttl = 1 end\n"
     "  redis.call('PEXPIRE', key, ttl)\n"
@@ -83,6 +89,8 @@ struct gw_rl_redis {
     int npending, next_pending; /* pending[next_pending .. npending) are outstanding */
     char sha[41];               /* SHA1 of the script, from SCRIPT LOAD */
     char err[160];              /* last failure, for logs (never the password) */
+    char *cmds;                 /* RESP of a pipeline of checks, built here (heap) */
+    size_t cmds_cap;            /* bytes allocated at cmds */
 };
 
 /* ---- connection ------------------------------------------------------------ */
@@ -354,20 +362,70 @@ int gw_rl_redis_connect(struct gw_rl_redis *r)
 
 /* ---- store operations ------------------------------------------------------ */
 
-/* argv of one check: EVALSHA <sha> 1 <key> <window>, or EVAL <body> ... */
-static void check_argv(const struct gw_rl_redis *r, bool eval, const char *key, size_t key_len,
-                       const char *wbuf, size_t wlen, const char *argv[5], size_t lens[5])
+/* Decimal digits of v (no sign: every number sent is >= 0) at p; returns
+ * the count. */
+static size_t put_u64(char *p, uint64_t v)
 {
-    argv[0] = eval ? "EVAL" : "EVALSHA";
-    lens[0] = eval ? 4 : 7;
-    argv[1] = eval ? gw_rl_redis_script : r->sha;
-    lens[1] = eval ? sizeof(gw_rl_redis_script) - 1 : 40;
-    argv[2] = "1";
-    lens[2] = 1;
-    argv[3] = key;
-    lens[3] = key_len;
-    argv[4] = wbuf;
-    lens[4] = wlen;
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* One RESP bulk string: "$<len>\r\n<bytes>\r\n". */
+static char *put_bulk(char *p, const char *s, size_t len)
+{
+    *p++ = '$';
+    p += put_u64(p, len);
+    *p++ = '\r';
+    *p++ = '\n';
+    memcpy(p, s, len);
+    p += len;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* Bytes put_bulk writes at most for len bytes. */
+#define BULK_MAX(len) ((len) + 26)
+
+/* Renders "EVALSHA <sha> 1 <key> <window> <incr>" for every check into
+ * r->cmds (grown as needed) and queues it in one append: hiredis formats
+ * nothing and allocates nothing per command. Returns the bytes or -ENOMEM. */
+static ssize_t render_evalsha(struct gw_rl_redis *r, const char *const keys[],
+                              const size_t key_lens[], const int64_t incrs[], size_t n,
+                              const char *wbuf, size_t wlen)
+{
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++)
+        need += 4 + BULK_MAX(7) + BULK_MAX(40) + BULK_MAX(1) + BULK_MAX(key_lens[i]) +
+                BULK_MAX(wlen) + BULK_MAX(20);
+    if (need > r->cmds_cap) {
+        size_t cap = GW_MAX(need, r->cmds_cap * 2);
+        char *nb = realloc(r->cmds, cap);
+        if (nb == NULL)
+            return -ENOMEM;
+        r->cmds = nb;
+        r->cmds_cap = cap;
+    }
+    char *p = r->cmds, num[20];
+    for (size_t i = 0; i < n; i++) {
+        memcpy(p, "*6\r\n", 4);
+        p += 4;
+        p = put_bulk(p, "EVALSHA", 7);
+        p = put_bulk(p, r->sha, 40);
+        p = put_bulk(p, "1", 1);
+        p = put_bulk(p, keys[i], key_lens[i]);
+        p = put_bulk(p, wbuf, wlen);
+        size_t il = put_u64(num, incrs != NULL ? (uint64_t)incrs[i] : 1);
+        p = put_bulk(p, num, il);
+    }
+    return p - r->cmds;
 }
 
 static bool is_noscript(const redisReply *rep)
@@ -375,11 +433,12 @@ static bool is_noscript(const redisReply *rep)
     return rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0;
 }
 
-/* Takes one check reply (freed here): 0 with *count and *now_ms, or
- * -EPROTO when the server refused (OOM, BUSY, READONLY, ...) or answered
- * something else: not a broken connection, the caller applies its failure
- * mode. */
-static int take_check_reply(struct gw_rl_redis *r, redisReply *rep, int64_t *count, int64_t *now_ms)
+/* Takes one check reply (freed here) for an increment of incr: 0 with
+ * *count (>= incr) and *now_ms, or -EPROTO when the server refused (OOM,
+ * BUSY, READONLY, ...) or answered something else: not a broken
+ * connection, the caller applies its failure mode. */
+static int take_check_reply(struct gw_rl_redis *r, redisReply *rep, int64_t incr, int64_t *count,
+                            int64_t *now_ms)
 {
     int rc = 0;
     if (rep->type == REDIS_REPLY_ERROR) {
@@ -387,7 +446,7 @@ static int take_check_reply(struct gw_rl_redis *r, redisReply *rep, int64_t *cou
         rc = -EPROTO;
     } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
                rep->element[0]->type != REDIS_REPLY_INTEGER ||
-               rep->element[1]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < 1) {
+               rep->element[1]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < incr) {
         snprintf(r->err, sizeof(r->err), "check: unexpected reply type %d", rep->type);
         rc = -EPROTO;
     } else {
@@ -411,23 +470,26 @@ static int fail_rest(int rcs[], size_t from, size_t n, int rc)
 }
 
 int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[], const size_t key_lens[],
-                           size_t n, int64_t window_s, int64_t counts[], int64_t now_ms[],
-                           int rcs[])
+                           const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
+                           int64_t now_ms[], int rcs[])
 {
     if (r->phase != PH_READY)
         return fail_rest(rcs, 0, n, -ENOTCONN);
+    if (n == 0)
+        return 0;
     char wbuf[24];
-    size_t wlen = (size_t)snprintf(wbuf, sizeof(wbuf), "%lld", (long long)window_s);
-    const char *argv[5];
-    size_t lens[5];
+    size_t wlen = put_u64(wbuf, (uint64_t)window_s);
 
     /* Every command is buffered first; the first read flushes them all
      * (one write, one round trip), each read bounded by the timeout. */
-    for (size_t i = 0; i < n; i++) {
-        check_argv(r, false, keys[i], key_lens[i], wbuf, wlen, argv, lens);
-        if (redisAppendCommandArgv(r->c, 5, argv, lens) != REDIS_OK)
-            return fail_rest(rcs, 0, n, io_failure(r, "EVALSHA"));
+    ssize_t len = render_evalsha(r, keys, key_lens, incrs, n, wbuf, wlen);
+    if (len < 0) {
+        snprintf(r->err, sizeof(r->err), "EVALSHA: out of memory");
+        gw_rl_redis_disconnect(r); /* nothing was sent: the next connect starts clean */
+        return fail_rest(rcs, 0, n, -ENOMEM);
     }
+    if (redisAppendFormattedCommand(r->c, r->cmds, (size_t)len) != REDIS_OK)
+        return fail_rest(rcs, 0, n, io_failure(r, "EVALSHA"));
     size_t noscript = 0;
     for (size_t i = 0; i < n; i++) {
         void *rep = NULL;
@@ -435,22 +497,26 @@ int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[], cons
             return fail_rest(rcs, i, n, io_failure(r, "EVALSHA"));
         if (is_noscript(rep)) {
             /* Script cache flushed (SCRIPT FLUSH, restart behind a proxy,
-             * failover): EVAL runs the body and caches it again, so the
-             * next check is back to EVALSHA with the same SHA1. */
+             * failover): the script did not run, nothing was counted. EVAL
+             * runs the body and caches it again, so the next check is back
+             * to EVALSHA with the same SHA1. */
             freeReplyObject(rep);
             rcs[i] = RC_NOSCRIPT;
             noscript++;
             continue;
         }
-        rcs[i] = take_check_reply(r, rep, &counts[i], &now_ms[i]);
+        rcs[i] = take_check_reply(r, rep, incrs != NULL ? incrs[i] : 1, &counts[i], &now_ms[i]);
     }
     if (noscript == 0)
         return 0;
     for (size_t i = 0; i < n; i++) {
         if (rcs[i] != RC_NOSCRIPT)
             continue;
-        check_argv(r, true, keys[i], key_lens[i], wbuf, wlen, argv, lens);
-        if (redisAppendCommandArgv(r->c, 5, argv, lens) != REDIS_OK)
+        char num[20];
+        size_t il = put_u64(num, incrs != NULL ? (uint64_t)incrs[i] : 1);
+        const char *argv[] = {"EVAL", gw_rl_redis_script, "1", keys[i], wbuf, num};
+        const size_t lens[] = {4, sizeof(gw_rl_redis_script) - 1, 1, key_lens[i], wlen, il};
+        if (redisAppendCommandArgv(r->c, 6, argv, lens) != REDIS_OK)
             return fail_rest(rcs, n, n, io_failure(r, "EVAL"));
     }
     for (size_t i = 0; i < n; i++) {
@@ -459,17 +525,17 @@ int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[], cons
         void *rep = NULL;
         if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
             return fail_rest(rcs, n, n, io_failure(r, "EVAL"));
-        rcs[i] = take_check_reply(r, rep, &counts[i], &now_ms[i]);
+        rcs[i] = take_check_reply(r, rep, incrs != NULL ? incrs[i] : 1, &counts[i], &now_ms[i]);
     }
     return 0;
 }
 
-static int redis_check(void *store, const char *key, size_t key_len, int64_t limit,
+static int redis_check(void *store, const char *key, size_t key_len, int64_t incr, int64_t limit,
                        int64_t window_s, int64_t *count, int64_t *now_ms)
 {
     (void)limit; /* fixed window counts every request */
     int rc1 = 0;
-    int rc = gw_rl_redis_check_many(store, &key, &key_len, 1, window_s, count, now_ms, &rc1);
+    int rc = gw_rl_redis_check_many(store, &key, &key_len, &incr, 1, window_s, count, now_ms, &rc1);
     return rc != 0 ? rc : rc1;
 }
 
@@ -495,6 +561,7 @@ static void redis_destroy(void *store)
     if (r == NULL)
         return;
     gw_rl_redis_disconnect(r);
+    free(r->cmds);
     free(r);
 }
 

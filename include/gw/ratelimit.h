@@ -87,14 +87,20 @@ struct gw_rl_batch_item {
     struct gw_rl_decision *out; /* filled by the call */
 };
 
-/* Decides n requests at once, each as gw_ratelimit_check would, in order
- * (two items of one client count twice; the second is not answered from
- * the over-limit cache the first may fill, but gets the same verdict from
- * Redis). Items answered by the over-limit cache cost nothing; the others
- * go to Redis as one pipeline per 64 items (all commands written, then all
- * replies read): one round trip, each read bounded by REDIS_TIMEOUT_MS. A
- * failure part-way leaves the answered items decided and applies the
- * failure mode to the rest. Never fails; worker thread only. */
+/* Decides n requests at once, with exactly the decisions of n
+ * gw_ratelimit_check calls in order, except that an item is never answered
+ * from the over-limit cache an earlier item of the same batch fills (it
+ * gets the same verdict from the store instead). The items are grouped by
+ * client key: the k requests of one client are counted by one store call
+ * (Redis: one EVALSHA doing INCRBY k, atomic, so exact across instances)
+ * and get the request numbers n-k+1 .. n in their batch order; so the first
+ * RATE_LIMIT_REQUESTS of the window pass, the later ones are refused and
+ * the over-limit cache learns the client. Clients answered by the
+ * over-limit cache cost nothing; the others go to Redis as one pipeline per
+ * 256 items (all commands written, then all replies read): one round trip,
+ * each read bounded by REDIS_TIMEOUT_MS. A failure part-way leaves the
+ * answered clients decided and applies the failure mode to the rest. Never
+ * fails; worker thread only; items[i].key is only read during the call. */
 void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
                               size_t n);
 

@@ -644,6 +644,118 @@ static void test_sigterm_under_load(void **state)
     assert_true(gwt_connect(gport) < 0);
 }
 
+/* ---- pipelined requests over the rate limit ----------------------------- */
+
+/* Builds n pipelined GET requests (caller frees). */
+static char *pipeline_of(int n, size_t *len)
+{
+    char *req = malloc((size_t)n * 48 + 1);
+    assert_non_null(req);
+    size_t off = 0;
+    for (int i = 0; i < n; i++)
+        off += (size_t)sprintf(req + off, "GET /users/%d HTTP/1.1\r\nHost: h\r\n\r\n", i % 10);
+    *len = off;
+    return req;
+}
+
+/* Pipelined requests of a client over its limit are answered at once.
+ * BUG (found by the breaker): gw_conn_run_limit_batch stops after 16 rounds
+ * per loop iteration, and the requests left on the worker's limit list wait
+ * for the next wake-up (the 100 ms upkeep tick when nothing else happens):
+ * 480 pipelined 429s take about 3 s where 480 proxied requests take 0.2 s.
+ * Repro: RATE_LIMIT_REQUESTS=1 WORKER_THREADS=1, one write of 480
+ * "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n", time the 480 answers. */
+static void test_pipelined_429s_not_throttled(void **state)
+{
+    const char *env[] = {"RATE_LIMIT_REQUESTS=1", "RATE_LIMIT_WINDOW_SECONDS=3600",
+                         "WORKER_THREADS=1", NULL};
+    gwt_avoid_window_edge(3600, 5);
+    start_gw(env);
+    enum { N = 480 };
+    size_t len = 0;
+    char *req = pipeline_of(N, &len);
+    int fd = gwt_connect(gport);
+    assert_true(fd >= 0);
+    long long t0 = gwt_now_ms();
+    assert_int_equal(gwt_send_all(fd, req, len), 0);
+    free(req);
+    int got = 0, limited = 0;
+    for (; got < N; got++) {
+        struct gwt_response r;
+        if (gwt_read_response(fd, &r, false) != 0) {
+            gwt_response_free(&r);
+            break;
+        }
+        limited += r.status == 429;
+        gwt_response_free(&r);
+    }
+    long long ms = gwt_now_ms() - t0;
+    close(fd);
+    assert_int_equal(got, N);
+    assert_true(limited >= N - 1);
+    if (ms > 1500)
+        fail_msg("%d pipelined requests over the limit took %lld ms to answer (429s are sent "
+                 "16 per loop wake-up)",
+                 N, ms);
+}
+
+/* BUG (found by the breaker): heap use-after-free of a connection. When
+ * gw_conn_run_limit_batch stops after its 16 rounds, connections are left on
+ * the worker's limit list; one that is closed (client reset) in the round
+ * that re-queued it is freed by the reaper while still on that list, and
+ * the next request of any client writes through the stale
+ * w->limit_tail->limit_next (conn.c handle_request_head). ASan:
+ * heap-use-after-free in handle_request_head, freed by gw_conn_reap. Repro
+ * (crashes the ASan build within seconds): RATE_LIMIT_REQUESTS=1
+ * WORKER_THREADS=1; rounds of 40 clients that each write 800 pipelined GETs
+ * with a 2 KiB receive buffer and then close with SO_LINGER 0, a few ms
+ * apart. This test runs such rounds for at most 8 s and requires the
+ * gateway alive and free of sanitizer reports. */
+static void test_pipelined_resets_over_limit(void **state)
+{
+    const char *env[] = {"RATE_LIMIT_REQUESTS=1", "WORKER_THREADS=1", NULL};
+    start_gw(env);
+    enum { CLIENTS = 40, DEPTH = 800 };
+    size_t len = 0;
+    char *req = pipeline_of(DEPTH, &len);
+    unsigned seed = 12345;
+    long long t0 = gwt_now_ms();
+    int rounds = 0;
+    while (gwt_now_ms() - t0 < 8000 && gwt_proc_alive(&gw)) {
+        int fds[CLIENTS];
+        for (int i = 0; i < CLIENTS; i++) {
+            fds[i] = gwt_connect(gport);
+            if (fds[i] < 0)
+                break;
+            int small = 2048;
+            (void)setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+            (void)send(fds[i], req, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
+        for (int i = 0; i < CLIENTS; i++) {
+            if (fds[i] < 0)
+                continue;
+            seed = seed * 1103515245u + 12345u;
+            /* The attack's own pacing: resets spread over the gateway's
+             * batch rounds (0-4 ms apart), not a wait for an event. */
+            usleep((seed >> 16) % 4000);
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            (void)setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            close(fds[i]);
+        }
+        rounds++;
+    }
+    free(req);
+    char what[300] = "";
+    bool report = gwt_brk_log_has_sanitizer(&gw, what, sizeof(what));
+    if (!gwt_proc_alive(&gw) || report)
+        fail_msg("gateway %s after %d rounds of pipelined requests over the limit closed with a "
+                 "reset: %s",
+                 gwt_proc_alive(&gw) ? "reported" : "died", rounds,
+                 report ? what : "(no sanitizer line)");
+    assert_serves(gport, "/health?probe=live");
+    wait_stat_on(gport, "connections_active", 1, 5000);
+}
+
 /* ---- load --------------------------------------------------------------- */
 
 /* 16 keep-alive clients on 2 workers hammer one rate-limited client key:
@@ -691,6 +803,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_redis_kill9_under_load, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_under_load, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_exact_limit_under_concurrency, test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_429s_not_throttled, test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_resets_over_limit, test_setup,
                                         test_teardown),
     };
     return cmocka_run_group_tests_name("resilience", tests, group_setup, group_teardown);

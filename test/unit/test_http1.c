@@ -32,7 +32,8 @@ struct run {
     int fail_body; /* on_body returns -1 when set */
     int heads;     /* GW_HTTP_HEAD events */
     int error_status;
-    const char *error_detail;
+    const char *error_detail; /* points at detail_buf: the parser dies with run_stream */
+    char detail_buf[256];
 };
 
 struct opts {
@@ -158,8 +159,9 @@ static void run_stream(const struct opts *o, const char *data, size_t len, enum 
         } else {
             assert_int_equal(res, GW_HTTP_ERROR);
             r->error_status = p.error_status;
-            r->error_detail = p.error_detail;
             assert_non_null(p.error_detail);
+            snprintf(r->detail_buf, sizeof(r->detail_buf), "%s", p.error_detail);
+            r->error_detail = r->detail_buf;
             assert_true(strlen(p.error_detail) > 0);
             /* No parser internals in text meant for clients. */
             assert_null(strstr(p.error_detail, "HPE_"));
@@ -179,7 +181,8 @@ static void run_stream(const struct opts *o, const char *data, size_t len, enum 
             record_done(r);
         } else if (res == GW_HTTP_ERROR) {
             r->error_status = p.error_status;
-            r->error_detail = p.error_detail;
+            snprintf(r->detail_buf, sizeof(r->detail_buf), "%s", p.error_detail ? p.error_detail : "");
+            r->error_detail = p.error_detail ? r->detail_buf : NULL;
             out(r, "EOF ERROR %d\n", p.error_status);
         } else {
             out(r, "EOF IDLE\n");

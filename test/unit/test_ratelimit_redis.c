@@ -855,9 +855,9 @@ static void test_unix_socket(void **state)
 
 /* ---- batches ------------------------------------------------------------- */
 
-/* A batch decides like single checks in order, with one EVALSHA per item
- * not answered by the over-limit cache; more than 64 items span several
- * pipelines; NOSCRIPT inside a pipeline still counts each item once. */
+/* A batch decides like single checks in order, with one EVALSHA per client
+ * not answered by the over-limit cache (its requests merged into one
+ * INCRBY); more than 64 clients still go in one pipeline. */
 static void test_batch_matches_single_checks(void **state)
 {
     (void)state;
@@ -896,13 +896,14 @@ static void test_batch_matches_single_checks(void **state)
                      want_remaining[i]);
         assert_int_equal(out[i].info.reset_epoch_s, out[0].info.reset_epoch_s);
     }
-    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + N - 1); /* "blocked" was cached */
+    /* a, b and c: one call each; "blocked" was cached */
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 3);
     /* "a" is over its limit now: cached, no Redis call */
     check(w, "a", &d);
     assert_int_equal(d.verdict, GW_RL_LIMITED);
-    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + N - 1);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 3);
 
-    /* 150 distinct clients: three pipelines, every one counted once. */
+    /* 150 distinct clients: one pipeline, every one counted once. */
     enum { M = 150 };
     static char names[M][16];
     static struct gw_rl_decision many[M];
@@ -911,21 +912,416 @@ static void test_batch_matches_single_checks(void **state)
         int len = snprintf(names[i], sizeof(names[i]), "many-%d", i);
         mitems[i] = (struct gw_rl_batch_item){names[i], (size_t)len, &many[i]};
     }
+    evalsha = cmd_calls(c, "evalsha");
     gw_ratelimit_check_batch(w, mitems, M);
     for (int i = 0; i < M; i++) {
         assert_int_equal(many[i].verdict, GW_RL_ALLOW);
         assert_int_equal(many[i].info.remaining, 2);
     }
-    /* After SCRIPT FLUSH every item of a pipeline gets NOSCRIPT and is
-     * resent with EVAL: still one count each. */
-    redisReply *r = redisCommand(c, "SCRIPT FLUSH");
-    freeReplyObject(r);
-    gw_ratelimit_check_batch(w, mitems, 10);
-    for (int i = 0; i < 10; i++) {
-        assert_false(many[i].store_error);
-        assert_int_equal(many[i].info.remaining, 1);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + M);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+/* ---- merged checks: a batch equals the same checks one by one ------------ */
+
+/* Runs keys[0..n) through lim as one batch (batch true) or as n single
+ * checks, decisions to out. */
+static void run_checks(struct gw_ratelimit_worker *w, const char *const keys[], size_t n,
+                       bool batch, struct gw_rl_decision out[])
+{
+    struct gw_rl_batch_item *items = calloc(n, sizeof(*items));
+    assert_non_null(items);
+    for (size_t i = 0; i < n; i++) {
+        if (batch)
+            items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i]};
+        else
+            gw_ratelimit_check(w, keys[i], strlen(keys[i]), &out[i]);
     }
+    if (batch)
+        gw_ratelimit_check_batch(w, items, n);
+    free(items);
+}
+
+/* The decision a client sees, field by field (reset_after_s may differ by a
+ * second: a cached answer rounds the time left on another clock). */
+static void expect_same_decision(const struct gw_rl_decision *got,
+                                 const struct gw_rl_decision *want, size_t i, const char *key)
+{
+    if (got->verdict != want->verdict || got->over_limit != want->over_limit ||
+        got->store_error != want->store_error || got->has_info != want->has_info ||
+        got->info.remaining != want->info.remaining || got->info.limit != want->info.limit ||
+        got->info.reset_epoch_s != want->info.reset_epoch_s ||
+        got->info.window_s != want->info.window_s ||
+        llabs((long long)(got->info.reset_after_s - want->info.reset_after_s)) > 1)
+        fail_msg("item %zu (%s): batch gave verdict %d over %d remaining %lld reset %lld, "
+                 "single checks gave verdict %d over %d remaining %lld reset %lld",
+                 i, key, got->verdict, got->over_limit, (long long)got->info.remaining,
+                 (long long)got->info.reset_epoch_s, want->verdict, want->over_limit,
+                 (long long)want->info.remaining, (long long)want->info.reset_epoch_s);
+}
+
+/* GET of the counter of a client under prefix (0 when absent). */
+static long long counter_of(redisContext *c, const char *prefix, const char *client,
+                            int64_t window_s)
+{
+    char base[128], key[160];
+    assert_true(gw_rl_store_key(prefix, client, strlen(client), base, sizeof(base), NULL) > 0);
+    snprintf(key, sizeof(key), "%s:%lld", base, (long long)(gw_wall_s() / window_s));
+    redisReply *r = redisCommand(c, "GET %s", key);
+    assert_non_null(r);
+    long long v = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
+    freeReplyObject(r);
+    return v;
+}
+
+/* Two limiters on one Redis (two prefixes): one gets a sequence of
+ * batches, the other the same checks one by one. Every decision matches,
+ * across the limit boundary (inside a batch and between batches, and past
+ * a 256-item pass), with a client already cached before the batch; the
+ * batch counts every request once; afterwards the over-limit cache holds
+ * every client the batches refused (no Redis call for them). */
+static void test_batch_merged_equals_sequential(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup sb, sq;
+    const int LIMIT = 5;
+    make_cfg(&sb, main_url(url, sizeof(url)), LIMIT, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    make_cfg(&sq, url, LIMIT, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 5);
+    struct gw_ratelimit *rlb, *rlq;
+    struct gw_ratelimit_worker *wb, *wq;
+    assert_int_equal(gw_ratelimit_create(&rlb, &sb.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&wb, rlb), 0);
+    assert_int_equal(gw_ratelimit_create(&rlq, &sq.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&wq, rlq), 0);
+
+    /* Client names: short ones, one of 100 bytes (past the per-worker
+     * store-key cache's key size) and one differing from it in its last
+     * byte only. */
+    char long1[101], long2[101];
+    memset(long1, 'x', 100);
+    long1[100] = '\0';
+    memcpy(long2, long1, sizeof(long1));
+    long2[99] = 'y';
+    const char *const clients[] = {"c0", "c1", "c2", "c3", "pre", long1, long2};
+    enum { NC = GW_ARRAY_LEN(clients) };
+    long long sent[NC] = {0};
+
+    /* "pre" is over its limit (and cached) in both limiters beforehand. */
+    struct gw_rl_decision d;
+    for (int i = 0; i <= LIMIT; i++) {
+        check(wb, "pre", &d);
+        check(wq, "pre", &d);
+    }
+    assert_int_equal(d.verdict, GW_RL_LIMITED);
+
+    /* Four batches from a fixed pseudo-random stream of clients. */
+    static const size_t sizes[] = {7, 12, 3, 20};
+    uint32_t x = 12345;
+    redisContext *c = admin(&g_main, 0);
+    for (size_t b = 0; b < GW_ARRAY_LEN(sizes); b++) {
+        const char *keys[32];
+        struct gw_rl_decision got[32], want[32];
+        size_t n = sizes[b];
+        for (size_t i = 0; i < n; i++) {
+            x = x * 1103515245u + 12345u;
+            size_t ci = (x >> 16) % NC;
+            keys[i] = clients[ci];
+            if (strcmp(clients[ci], "pre") != 0)
+                sent[ci]++;
+        }
+        run_checks(wb, keys, n, true, got);
+        run_checks(wq, keys, n, false, want);
+        for (size_t i = 0; i < n; i++)
+            expect_same_decision(&got[i], &want[i], i, keys[i]);
+    }
+    /* The batch limiter counted each request of a client not cached before
+     * its batch exactly once (a cached client costs nothing). */
+    for (size_t ci = 0; ci < NC; ci++) {
+        if (strcmp(clients[ci], "pre") == 0)
+            continue;
+        long long v = counter_of(c, sb.prefix, clients[ci], LONG_WINDOW);
+        assert_true(v >= (sent[ci] > LIMIT ? LIMIT + 1 : sent[ci]));
+        assert_true(v <= sent[ci]);
+    }
+    /* Every client over its limit now is cached: no Redis call at all. */
+    long long evalsha = cmd_calls(c, "evalsha");
+    for (size_t ci = 0; ci < NC; ci++) {
+        if (sent[ci] <= LIMIT && strcmp(clients[ci], "pre") != 0)
+            continue;
+        check(wb, clients[ci], &d);
+        assert_int_equal(d.verdict, GW_RL_LIMITED);
+        assert_int_equal(d.info.remaining, 0);
+    }
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha);
+
+    /* One client, 300 requests in one batch (two passes of 256 and 44)
+     * with a limit that falls in the second pass: same decisions. */
+    enum { BIG = 300 };
+    struct setup sb2, sq2;
+    make_cfg(&sb2, url, 260, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    make_cfg(&sq2, url, 260, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    struct gw_ratelimit *rlb2, *rlq2;
+    struct gw_ratelimit_worker *wb2, *wq2;
+    assert_int_equal(gw_ratelimit_create(&rlb2, &sb2.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&wb2, rlb2), 0);
+    assert_int_equal(gw_ratelimit_create(&rlq2, &sq2.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&wq2, rlq2), 0);
+    static const char *bkeys[BIG];
+    static struct gw_rl_decision bgot[BIG], bwant[BIG];
+    for (size_t i = 0; i < BIG; i++)
+        bkeys[i] = "big";
+    evalsha = cmd_calls(c, "evalsha");
+    run_checks(wb2, bkeys, BIG, true, bgot);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 2); /* one call per pass */
+    run_checks(wq2, bkeys, BIG, false, bwant);
+    int allowed = 0;
+    for (size_t i = 0; i < BIG; i++) {
+        expect_same_decision(&bgot[i], &bwant[i], i, "big");
+        allowed += bgot[i].verdict == GW_RL_ALLOW;
+    }
+    assert_int_equal(allowed, 260);
+    assert_int_equal(counter_of(c, sb2.prefix, "big", LONG_WINDOW), BIG);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(wb2);
+    gw_ratelimit_destroy(rlb2);
+    gw_ratelimit_worker_destroy(wq2);
+    gw_ratelimit_destroy(rlq2);
+    gw_ratelimit_worker_destroy(wb);
+    gw_ratelimit_destroy(rlb);
+    gw_ratelimit_worker_destroy(wq);
+    gw_ratelimit_destroy(rlq);
+}
+
+/* The calls= delta of each command the check may run, over one action. */
+struct cmd_counts {
+    long long evalsha, eval, time, incrby, incr, pexpire, pttl, expire, set;
+};
+
+static void read_counts(redisContext *c, struct cmd_counts *out)
+{
+    out->evalsha = cmd_calls(c, "evalsha");
+    out->eval = cmd_calls(c, "eval");
+    out->time = cmd_calls(c, "time");
+    out->incrby = cmd_calls(c, "incrby");
+    out->incr = cmd_calls(c, "incr");
+    out->pexpire = cmd_calls(c, "pexpire");
+    out->pttl = cmd_calls(c, "pttl");
+    out->expire = cmd_calls(c, "expire");
+    out->set = cmd_calls(c, "set");
+}
+
+static long long counts_total(const struct cmd_counts *a, const struct cmd_counts *b)
+{
+    return (b->evalsha - a->evalsha) + (b->eval - a->eval) + (b->time - a->time) +
+           (b->incrby - a->incrby) + (b->incr - a->incr) + (b->pexpire - a->pexpire) +
+           (b->pttl - a->pttl) + (b->expire - a->expire) + (b->set - a->set);
+}
+
+/* k checks of one client in one batch cost Redis one EVALSHA running TIME,
+ * INCRBY and, only when the key is new, PEXPIRE: 4 commands for a new
+ * key, 3 for an existing one, whatever k is (INFO commandstats counts the
+ * commands a script runs). The new key has its TTL in (0, W] and holds k. */
+static void test_batch_command_counts_and_ttl(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    enum { K = 20 };
+    make_cfg(&s, main_url(url, sizeof(url)), 1000, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    struct gw_rl_decision out[K];
+    struct gw_rl_batch_item items[K];
+    for (int i = 0; i < K; i++)
+        items[i] = (struct gw_rl_batch_item){"203.0.113.50", 12, &out[i]};
+
+    redisContext *c = admin(&g_main, 0);
+    struct cmd_counts a, b;
+    read_counts(c, &a);
+    gw_ratelimit_check_batch(w, items, K); /* a new key */
+    read_counts(c, &b);
+    for (int i = 0; i < K; i++)
+        expect_counted(&out[i], i + 1, 1000, LONG_WINDOW);
+    assert_int_equal(b.evalsha - a.evalsha, 1);
+    assert_int_equal(b.time - a.time, 1);
+    assert_int_equal(b.incrby - a.incrby, 1);
+    assert_int_equal(b.pexpire - a.pexpire, 1);
+    assert_int_equal(counts_total(&a, &b), 4);
+
+    char key[160];
+    only_key(c, s.prefix, key, sizeof(key));
+    long long pttl = cmd_integer(c, "PTTL %s", key);
+    assert_in_range(pttl, 1, LONG_WINDOW * 1000);
+    assert_int_equal(counter_of(c, s.prefix, "203.0.113.50", LONG_WINDOW), K);
+
+    read_counts(c, &a);
+    gw_ratelimit_check_batch(w, items, K); /* the key exists: no PEXPIRE */
+    read_counts(c, &b);
+    for (int i = 0; i < K; i++)
+        expect_counted(&out[i], K + i + 1, 1000, LONG_WINDOW);
+    assert_int_equal(b.evalsha - a.evalsha, 1);
+    assert_int_equal(b.pexpire - a.pexpire, 0);
+    assert_int_equal(counts_total(&a, &b), 3);
+    /* the TTL was not touched: still the window end */
+    long long pttl2 = cmd_integer(c, "PTTL %s", key);
+    assert_in_range(pttl2, 1, pttl);
+
+    /* A single check costs the same 3 commands (1 request: 3 per request;
+     * the bound of 1 per request needs 3 requests of a client per batch). */
+    read_counts(c, &a);
+    check(w, "203.0.113.50", &out[0]);
+    read_counts(c, &b);
+    expect_counted(&out[0], 2 * K + 1, 1000, LONG_WINDOW);
+    assert_int_equal(counts_total(&a, &b), 3);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+/* With a 1 s window, every key a merged batch creates carries a TTL in
+ * (0, 1000] ms, checked right away, over many windows' worth of keys (the
+ * TTL is set in the same script call that creates the key, never later). */
+static void test_batch_ttl_short_window(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    const int W = 1;
+    make_cfg(&s, main_url(url, sizeof(url)), 3, W, GW_RL_FAIL_OPEN);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    redisContext *c = admin(&g_main, 0);
+    enum { K = 5 };
+    struct gw_rl_decision out[K];
+    struct gw_rl_batch_item items[K];
+    int checked = 0;
+    for (int round = 0; round < 40; round++) {
+        char name[32];
+        snprintf(name, sizeof(name), "ttl-%d", round);
+        for (int i = 0; i < K; i++)
+            items[i] = (struct gw_rl_batch_item){name, strlen(name), &out[i]};
+        gw_ratelimit_check_batch(w, items, K);
+        int allowed = 0;
+        for (int i = 0; i < K; i++) {
+            assert_false(out[i].store_error);
+            allowed += out[i].verdict == GW_RL_ALLOW;
+        }
+        assert_int_equal(allowed, 3);
+        redisReply *keys = redisCommand(c, "KEYS %s:*", s.prefix);
+        assert_non_null(keys);
+        assert_int_equal(keys->type, REDIS_REPLY_ARRAY);
+        for (size_t i = 0; i < keys->elements; i++) {
+            long long pttl = cmd_integer(c, "PTTL %s", keys->element[i]->str);
+            if (pttl == -2)
+                continue; /* expired between KEYS and PTTL */
+            if (pttl < 1 || pttl > W * 1000)
+                fail_msg("key %s: PTTL %lld, want (0, %d]", keys->element[i]->str, pttl, W * 1000);
+            checked++;
+        }
+        freeReplyObject(keys);
+        pause_ms(25);
+    }
+    assert_true(checked >= 40);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+/* After SCRIPT FLUSH, a merged batch gets NOSCRIPT for every client and is
+ * resent with EVAL, one per client: every request still counted once and
+ * decided as in order; the next batch is back to EVALSHA. */
+static void test_batch_noscript_merged(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 4, LONG_WINDOW, GW_RL_FAIL_CLOSED);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    struct gw_rl_decision d;
+    check(w, "ns-a", &d); /* ns-a: 1 */
+    expect_counted(&d, 1, 4, LONG_WINDOW);
+
+    redisContext *c = admin(&g_main, 0);
+    redisReply *r = redisCommand(c, "SCRIPT FLUSH");
+    assert_non_null(r);
+    freeReplyObject(r);
+    static const char *const keys[] = {"ns-a", "ns-b", "ns-a", "ns-a", "ns-b", "ns-a", "ns-c"};
+    static const int64_t want_n[] = {2, 1, 3, 4, 2, 5, 1};
+    enum { N = GW_ARRAY_LEN(keys) };
+    struct gw_rl_decision out[N];
+    struct gw_rl_batch_item items[N];
+    for (size_t i = 0; i < N; i++)
+        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i]};
+    struct cmd_counts a, b;
+    read_counts(c, &a);
+    gw_ratelimit_check_batch(w, items, N);
+    read_counts(c, &b);
+    for (size_t i = 0; i < N; i++)
+        expect_counted(&out[i], want_n[i], 4, LONG_WINDOW);
     assert_true(gw_ratelimit_worker_redis_up(w));
+    assert_int_equal(b.evalsha - a.evalsha, 3); /* all three answered NOSCRIPT */
+    assert_int_equal(b.eval - a.eval, 3);
+    assert_int_equal(b.incrby - a.incrby, 3);
+    assert_int_equal(counter_of(c, s.prefix, "ns-a", LONG_WINDOW), 5);
+    assert_int_equal(counter_of(c, s.prefix, "ns-b", LONG_WINDOW), 2);
+    assert_int_equal(counter_of(c, s.prefix, "ns-c", LONG_WINDOW), 1);
+
+    read_counts(c, &a);
+    items[0] = (struct gw_rl_batch_item){"ns-b", 4, &out[0]};
+    items[1] = (struct gw_rl_batch_item){"ns-b", 4, &out[1]};
+    gw_ratelimit_check_batch(w, items, 2);
+    read_counts(c, &b);
+    expect_counted(&out[0], 3, 4, LONG_WINDOW);
+    expect_counted(&out[1], 4, 4, LONG_WINDOW);
+    assert_int_equal(b.evalsha - a.evalsha, 1);
+    assert_int_equal(b.eval - a.eval, 0);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+/* The per-worker store-key cache is exact: more clients than its slots,
+ * asked twice in several orders, each counted under its own SHA-256 key
+ * (as gw_rl_store_key names it), never another client's. */
+static void test_store_key_cache_exact(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 100, LONG_WINDOW, GW_RL_FAIL_OPEN);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    enum { M = 400 };
+    static char names[M][24];
+    for (int i = 0; i < M; i++)
+        snprintf(names[i], sizeof(names[i]), "10.0.%d.%d", i / 256, i % 256);
+    struct gw_rl_decision d;
+    for (int pass = 0; pass < 3; pass++)
+        for (int j = 0; j < M; j++) {
+            int i = pass == 1 ? M - 1 - j : (j * 7) % M; /* 7 is prime to 400 */
+            gw_ratelimit_check(w, names[i], strlen(names[i]), &d);
+            assert_false(d.store_error);
+            assert_int_equal(d.info.remaining, 100 - (pass + 1));
+        }
+    redisContext *c = admin(&g_main, 0);
+    for (int i = 0; i < M; i += 37)
+        assert_int_equal(counter_of(c, s.prefix, names[i], LONG_WINDOW), 3);
     redisFree(c);
     gw_ratelimit_worker_destroy(w);
     gw_ratelimit_destroy(rl);
@@ -1142,6 +1538,11 @@ int main(void)
         cmocka_unit_test(test_password_and_db),
         cmocka_unit_test(test_unix_socket),
         cmocka_unit_test(test_batch_matches_single_checks),
+        cmocka_unit_test(test_batch_merged_equals_sequential),
+        cmocka_unit_test(test_batch_command_counts_and_ttl),
+        cmocka_unit_test(test_batch_ttl_short_window),
+        cmocka_unit_test(test_batch_noscript_merged),
+        cmocka_unit_test(test_store_key_cache_exact),
         cmocka_unit_test(test_batch_store_down),
         cmocka_unit_test(test_timeout_bounds_connect_and_handshake),
         cmocka_unit_test(test_timeout_bounds_connect_syscall),

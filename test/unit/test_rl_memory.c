@@ -14,6 +14,7 @@
 
 #include "ratelimit_int.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,17 +71,50 @@ static void test_ops_vtable_uses_now_ms(void **state)
     struct gw_rl_memory *m;
     assert_int_equal(gw_rl_memory_create(&m, 0), 0);
     int64_t n = 0, now_ms = 1700000009999; /* 1700000009.999 s, W = 10 */
-    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 5, 10, &n, &now_ms), 0);
+    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 1, 5, 10, &n, &now_ms), 0);
     assert_int_equal(n, 1);
     assert_int_equal(now_ms, 1700000009999); /* memory keeps the caller's clock */
     now_ms = 1700000009000;
-    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 5, 10, &n, &now_ms), 0);
+    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 1, 5, 10, &n, &now_ms), 0);
     assert_int_equal(n, 2);
     now_ms = 1700000010000;
-    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 5, 10, &n, &now_ms), 0);
+    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 1, 5, 10, &n, &now_ms), 0);
     assert_int_equal(n, 1);
+    /* an increment of k counts k requests at once: n is the last of them */
+    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 4, 5, 10, &n, &now_ms), 0);
+    assert_int_equal(n, 5);
     assert_int_equal(gw_rl_memory_ops.ping(m), 0);
     gw_rl_memory_ops.destroy(m);
+}
+
+/* incr_by: k requests in one call are numbered like k single calls, in a
+ * new entry, an existing one and one whose window just ended; the count
+ * saturates instead of wrapping; incr < 1 is refused. */
+static void test_incr_by_matches_single_increments(void **state)
+{
+    (void)state;
+    struct gw_rl_memory *m;
+    assert_int_equal(gw_rl_memory_create(&m, 0), 0);
+    const int64_t W = 10, base = 1700000000;
+    int64_t n = 0;
+    assert_int_equal(gw_rl_memory_incr_by(m, "a", 1, 3, W, base, &n), 0); /* new: 1..3 */
+    assert_int_equal(n, 3);
+    assert_int_equal(incr(m, "a", W, base + 1), 4);
+    assert_int_equal(gw_rl_memory_incr_by(m, "a", 1, 5, W, base + 2, &n), 0); /* 5..9 */
+    assert_int_equal(n, 9);
+    assert_int_equal(gw_rl_memory_incr_by(m, "a", 1, 2, W, base + W, &n), 0); /* new window */
+    assert_int_equal(n, 2);
+    assert_int_equal(gw_rl_memory_entries(m), 1);
+    assert_int_equal(gw_rl_memory_incr_by(m, "a", 1, 0, W, base + W, &n), -EINVAL);
+    assert_int_equal(gw_rl_memory_incr_by(m, "a", 1, -1, W, base + W, &n), -EINVAL);
+    /* saturation at UINT32_MAX (four billion requests in one window) */
+    assert_int_equal(gw_rl_memory_incr_by(m, "s", 1, (int64_t)UINT32_MAX - 1, W, base, &n), 0);
+    assert_int_equal(n, (int64_t)UINT32_MAX - 1);
+    assert_int_equal(gw_rl_memory_incr_by(m, "s", 1, 5, W, base, &n), 0);
+    assert_int_equal(n, (int64_t)UINT32_MAX);
+    assert_int_equal(gw_rl_memory_incr_by(m, "t", 1, INT64_MAX, W, base, &n), 0);
+    assert_int_equal(n, (int64_t)UINT32_MAX);
+    gw_rl_memory_destroy(m);
 }
 
 /* ---- concurrency ---------------------------------------------------------- */
@@ -279,6 +313,7 @@ int main(void)
         cmocka_unit_test(test_counts_per_key),
         cmocka_unit_test(test_expiry_at_window_change),
         cmocka_unit_test(test_ops_vtable_uses_now_ms),
+        cmocka_unit_test(test_incr_by_matches_single_increments),
         cmocka_unit_test(test_concurrent_exact_totals),
         cmocka_unit_test(test_bound_holds),
         cmocka_unit_test(test_eviction_order),
