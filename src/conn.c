@@ -1158,6 +1158,7 @@ static void conn_drive(struct gw_conn *c)
         if (!progress)
             break;
     }
+    check_client_eof(c);
     if (progress && !c->closing && !c->redrive_queued) {
         /* Out of rounds while still moving: no event may come for what is
          * left (e.g. a full input buffer waiting for the upstream window
@@ -1166,7 +1167,6 @@ static void conn_drive(struct gw_conn *c)
         c->redrive_next = c->w->redrive;
         c->w->redrive = c;
     }
-    check_client_eof(c);
     update_interest(c);
 }
 
@@ -1387,6 +1387,30 @@ void gw_conn_drain(struct gw_conn *c, bool force)
 
 void gw_conn_reap(struct gw_worker *w)
 {
+    if (!w->reap)
+        return;
+    /* A closed connection may still be listed for a rate-limit decision or
+     * a redrive; unlink those before anything is freed. */
+    struct gw_conn **pp = &w->redrive;
+    while (*pp) {
+        if ((*pp)->closing) {
+            (*pp)->redrive_queued = false;
+            *pp = (*pp)->redrive_next;
+        } else {
+            pp = &(*pp)->redrive_next;
+        }
+    }
+    struct gw_conn *tail = NULL;
+    pp = &w->limit_head;
+    while (*pp) {
+        if ((*pp)->closing) {
+            *pp = (*pp)->limit_next;
+        } else {
+            tail = *pp;
+            pp = &(*pp)->limit_next;
+        }
+    }
+    w->limit_tail = tail;
     while (w->reap) {
         struct gw_conn *c = w->reap;
         w->reap = c->reap_next;

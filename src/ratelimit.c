@@ -5,8 +5,8 @@
  * applies RATE_LIMIT_FAILURE_MODE and RATE_LIMIT_DRY_RUN. Checks come one
  * by one or in batches; the items of a batch are grouped by client, each
  * client's k requests are counted by one store call (INCRBY k) and handed
- * the numbers n-k+1 .. n in batch order, and the groups go to Redis as one
- * pipeline per PASS items. Store keys are SHA-256 of the client key, kept
+ * the numbers n-k+1 .. n in batch order, and the groups go to Redis in one
+ * script call per PASS items (one round trip). Store keys are SHA-256 of the client key, kept
  * in a small per-worker cache (a connection sends many requests with one
  * key). A worker whose Redis failed stops asking it and reconnects from its
  * tick, without blocking, with a doubling backoff (100 ms to 2 s).
@@ -42,7 +42,7 @@
 #define BACKOFF_MAX_MS  2000
 #define TICK_IDLE_MS    1000
 #define CONNECT_POLL_MS 5   /* tick period while a reconnect is in progress */
-#define PASS            256 /* items grouped together; their groups share one round trip */
+#define PASS            256 /* items grouped together; their clients share one script call */
 #define SKC_SLOTS       128 /* per-worker cache of client key -> digest (power of two) */
 #define SKC_KEY_MAX     64  /* longer client keys are hashed on every request */
 #define MD_BYTES        16  /* digest bytes in a store key (GW_RL_KEY_HASH_HEX / 2) */
@@ -189,7 +189,8 @@ static uint64_t key_hash(uint64_t seed, const char *p, size_t n)
         n -= 8;
     }
     uint64_t v = 0;
-    memcpy(&v, p, n);
+    if (n > 0)
+        memcpy(&v, p, n);
     return mix64(h ^ v ^ ((uint64_t)n << 59));
 }
 
@@ -561,8 +562,8 @@ static size_t group_items(struct gw_ratelimit_worker *w, struct gw_rl_batch_item
 }
 
 /* Up to PASS checks: grouped by client; per group the over-limit cache
- * first, then one pipelined round trip to Redis for all the groups left
- * (or the in-process store). */
+ * first, then one script call to Redis for all the groups left (or the
+ * in-process store). */
 static void check_pass(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t n)
 {
     const struct gw_ratelimit *rl = w->rl;

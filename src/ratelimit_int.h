@@ -152,16 +152,17 @@ bool gw_rl_redis_connected(const struct gw_rl_redis *r);
 /* Text of the last failure, for logs (never contains the password). */
 const char *gw_rl_redis_last_error(const struct gw_rl_redis *r);
 
-/* n checks in one round trip: one EVALSHA per key (keys[i], key_lens[i]
- * bytes, counting incrs[i] >= 1 requests; incrs NULL = 1 each), rendered
- * into one RESP buffer and pipelined, then every reply read in order; keys
- * answered NOSCRIPT (nothing counted) are sent again together with EVAL.
- * For each i, rcs[i] is 0 with counts[i] (the number of the last of the
- * incrs[i] requests) and now_ms[i] (as the vtable's check), or -EPROTO
- * when the server refused that check, or the connection's -errno for the
- * checks that got no reply. Returns 0 when the connection survived (some
- * rcs[i] may still be -EPROTO), else the -errno of the failure, the store
- * then disconnected. Each read is bounded by timeout_ms. */
+/* n checks in one round trip: one EVALSHA of the script for all n keys
+ * (keys[i], key_lens[i] bytes, counting incrs[i] >= 1 requests; incrs NULL
+ * = 1 each; keys should be distinct: a repeated key is counted twice),
+ * rendered into one RESP buffer; after NOSCRIPT (nothing counted) the same
+ * call is sent once more with EVAL. For each i, rcs[i] is 0 with counts[i]
+ * (the number of the last of the incrs[i] requests) and now_ms[i] (as the
+ * vtable's check), or -EPROTO when the server refused the call or that
+ * key's increment, or the connection's -errno when there was no reply.
+ * Returns 0 when the connection survived (some rcs[i] may still be
+ * -EPROTO), else the -errno of the failure, the store then disconnected.
+ * The reply read is bounded by timeout_ms. */
 GW_MUSTCHECK int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[],
                                         const size_t key_lens[], const int64_t incrs[], size_t n,
                                         int64_t window_s, int64_t counts[], int64_t now_ms[],

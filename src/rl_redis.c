@@ -1,9 +1,10 @@
 /*
  * Redis store of the rate limiter: one synchronous hiredis connection per
- * worker (SPEC.md §1), one atomic round trip per check. The counting runs
- * in a Lua script loaded once per connection (SCRIPT LOAD) and called with
- * EVALSHA; after a SCRIPT FLUSH or a failover, NOSCRIPT makes us send the
- * body once with EVAL, which also caches it again on the server.
+ * worker (SPEC.md §1), one atomic round trip per batch of checks. The
+ * counting runs in a Lua script loaded once per connection (SCRIPT LOAD)
+ * and called with EVALSHA, once for all the clients of a batch; after a
+ * SCRIPT FLUSH or a failover, NOSCRIPT makes us send the body once with
+ * EVAL, which also caches it again on the server.
  *
  * A connection is set up without blocking (non-blocking connect, AUTH,
  * SELECT and SCRIPT LOAD pipelined, replies polled), so a worker can
@@ -28,23 +29,26 @@
 #include <sys/types.h>
 
 /*
- * The check. KEYS[1] is "<prefix>:{<client hash>}"; ARGV[1] is the window
- * in seconds, ARGV[2] the number k >= 1 of requests counted at once (the
- * requests of one client in one batch). The window index comes from
- * Redis's own clock (TIME), so every gateway on this Redis agrees on window
- * edges whatever its local clock says. The counter key is KEYS[1] .. ":" ..
- * index, derived inside the script; it is not declared in KEYS, which a
- * single Redis (and Redis 7 with effects replication) accepts. The {hash
- * tag} keeps it in KEYS[1]'s cluster slot, but Redis Cluster is not a
- * supported target.
+ * The check, for m clients at once. KEYS[i] is "<prefix>:{<client hash>}";
+ * ARGV[1] is the window in seconds, ARGV[i + 1] the number k >= 1 of
+ * requests of client i counted at once (its requests in one batch). The
+ * window index comes from Redis's own clock (TIME, read once), so every
+ * gateway on this Redis agrees on window edges whatever its local clock
+ * says. Client i's counter key is KEYS[i] .. ":" .. index, derived inside
+ * the script; it is not declared in KEYS, which a single Redis (and
+ * Redis 7 with effects replication) accepts. The {hash tag} keeps it in
+ * KEYS[i]'s cluster slot, but Redis Cluster is not a supported target
+ * (nor are several clients per call there).
  *
- * Commands: TIME and INCRBY on every call, PEXPIRE only when INCRBY
- * created the key (n == k: counters only grow, and only by k >= 1, so the
- * key was absent). The TTL is the time left to the window end in ms, in
- * (0, W*1000]: TIME's seconds are < (idx + 1) * W. The script is atomic,
- * so no other client, and no crash, can see the key between INCRBY and
- * PEXPIRE: no key ever exists without a TTL. Returns {n, now_ms}: the
- * requests counted are n - k + 1 .. n.
+ * Commands: TIME once per call, INCRBY once per client, and PEXPIRE only
+ * when INCRBY created the key (n == k: counters only grow, and only by
+ * k >= 1, so the key was absent). The TTL is the time left to the window
+ * end in ms, in (0, W*1000]: TIME's seconds are < (idx + 1) * W. The script
+ * is atomic, so no other client, and no crash, can see a key between its
+ * INCRBY and PEXPIRE: no key ever exists without a TTL. INCRBY runs under
+ * pcall so that one bad key (WRONGTYPE) fails only its own client.
+ * Returns {now_ms, n_1, ..., n_m}: the requests counted for client i are
+ * n_i - k_i + 1 .. n_i; n_i is an error reply when its INCRBY failed.
  */
 const char gw_rl_redis_script[] =
     "if redis.replicate_commands then redis.replicate_commands() end\n"
@@ -52,16 +56,19 @@ const char gw_rl_redis_script[] =
     "local s = tonumber(t[1])\n"
     "local now_ms = s * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local w = tonumber(ARGV[1])\n"
-    "local k = tonumber(ARGV[2])\n"
     "local idx = math.floor(s / w)\n"
-    "local key = KEYS[1] .. ':' .. string.format('%d', idx)\n"
-    "local n = redis.call('INCRBY', key, k)\n"
-    "if n == k then\n"
-    "  local ttl = (idx + 1) * w * 1000 - now_ms\n"
-    "  if ttl < 1 then ttl = 1 end\n"
-    "  redis.call('PEXPIRE', key, ttl)\n"
+    "local suffix = ':' .. string.format('%d', idx)\n"
+    "local ttl = (idx + 1) * w * 1000 - now_ms\n"
+    "if ttl < 1 then ttl = 1 end\n"
+    "local out = {now_ms}\n"
+    "for i = 1, #KEYS do\n"
+    "  local k = tonumber(ARGV[i + 1])\n"
+    "  local key = KEYS[i] .. suffix\n"
+    "  local n = redis.pcall('INCRBY', key, k)\n"
+    "  if n == k then redis.call('PEXPIRE', key, ttl) end\n"
+    "  out[i + 1] = n\n"
     "end\n"
-    "return {n, now_ms}\n";
+    "return out\n";
 
 /* Where a connection attempt stands. READY is the only state in which
  * checks run; the others answer -ENOTCONN at once. */
@@ -89,7 +96,7 @@ struct gw_rl_redis {
     int npending, next_pending; /* pending[next_pending .. npending) are outstanding */
     char sha[41];               /* SHA1 of the script, from SCRIPT LOAD */
     char err[160];              /* last failure, for logs (never the password) */
-    char *cmds;                 /* RESP of a pipeline of checks, built here (heap) */
+    char *cmds;                 /* RESP of a check call, built here (heap) */
     size_t cmds_cap;            /* bytes allocated at cmds */
 };
 
@@ -394,17 +401,19 @@ static char *put_bulk(char *p, const char *s, size_t len)
 /* Bytes put_bulk writes at most for len bytes. */
 #define BULK_MAX(len) ((len) + 26)
 
-/* Renders "EVALSHA <sha> 1 <key> <window> <incr>" for every check into
- * r->cmds (grown as needed) and queues it in one append: hiredis formats
- * nothing and allocates nothing per command. Returns the bytes or -ENOMEM. */
-static ssize_t render_evalsha(struct gw_rl_redis *r, const char *const keys[],
-                              const size_t key_lens[], const int64_t incrs[], size_t n,
-                              const char *wbuf, size_t wlen)
+/* Renders "<cmd> <script> <n> <key>... <window> <incr>..." (EVALSHA <sha>
+ * or EVAL <body>) into r->cmds, grown as needed: hiredis then formats
+ * nothing and allocates nothing per argument. Returns the bytes or
+ * -ENOMEM. */
+static ssize_t render_check(struct gw_rl_redis *r, bool eval, const char *const keys[],
+                            const size_t key_lens[], const int64_t incrs[], size_t n,
+                            const char *wbuf, size_t wlen)
 {
-    size_t need = 0;
+    const char *script = eval ? gw_rl_redis_script : r->sha;
+    size_t slen = eval ? sizeof(gw_rl_redis_script) - 1 : 40;
+    size_t need = 24 + BULK_MAX(7) + BULK_MAX(slen) + BULK_MAX(20) + BULK_MAX(wlen);
     for (size_t i = 0; i < n; i++)
-        need += 4 + BULK_MAX(7) + BULK_MAX(40) + BULK_MAX(1) + BULK_MAX(key_lens[i]) +
-                BULK_MAX(wlen) + BULK_MAX(20);
+        need += BULK_MAX(key_lens[i]) + BULK_MAX(20);
     if (need > r->cmds_cap) {
         size_t cap = GW_MAX(need, r->cmds_cap * 2);
         char *nb = realloc(r->cmds, cap);
@@ -414,17 +423,18 @@ static ssize_t render_evalsha(struct gw_rl_redis *r, const char *const keys[],
         r->cmds_cap = cap;
     }
     char *p = r->cmds, num[20];
-    for (size_t i = 0; i < n; i++) {
-        memcpy(p, "*6\r\n", 4);
-        p += 4;
-        p = put_bulk(p, "EVALSHA", 7);
-        p = put_bulk(p, r->sha, 40);
-        p = put_bulk(p, "1", 1);
+    *p++ = '*';
+    p += put_u64(p, 4 + 2 * (uint64_t)n);
+    *p++ = '\r';
+    *p++ = '\n';
+    p = eval ? put_bulk(p, "EVAL", 4) : put_bulk(p, "EVALSHA", 7);
+    p = put_bulk(p, script, slen);
+    p = put_bulk(p, num, put_u64(num, n));
+    for (size_t i = 0; i < n; i++)
         p = put_bulk(p, keys[i], key_lens[i]);
-        p = put_bulk(p, wbuf, wlen);
-        size_t il = put_u64(num, incrs != NULL ? (uint64_t)incrs[i] : 1);
-        p = put_bulk(p, num, il);
-    }
+    p = put_bulk(p, wbuf, wlen);
+    for (size_t i = 0; i < n; i++)
+        p = put_bulk(p, num, put_u64(num, incrs != NULL ? (uint64_t)incrs[i] : 1));
     return p - r->cmds;
 }
 
@@ -433,100 +443,98 @@ static bool is_noscript(const redisReply *rep)
     return rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0;
 }
 
-/* Takes one check reply (freed here) for an increment of incr: 0 with
- * *count (>= incr) and *now_ms, or -EPROTO when the server refused (OOM,
- * BUSY, READONLY, ...) or answered something else: not a broken
- * connection, the caller applies its failure mode. */
-static int take_check_reply(struct gw_rl_redis *r, redisReply *rep, int64_t incr, int64_t *count,
-                            int64_t *now_ms)
+/* Takes the reply of one call for n clients (freed here). Per client rcs[i]
+ * is 0 with counts[i] (>= its incr) and now_ms[i], or -EPROTO when its
+ * INCRBY failed; every client gets -EPROTO when the server refused the
+ * call (OOM, BUSY, READONLY, ...) or answered something else. -EPROTO is
+ * not a broken connection: the caller applies its failure mode. */
+static void take_check_reply(struct gw_rl_redis *r, redisReply *rep, const int64_t incrs[],
+                             size_t n, int64_t counts[], int64_t now_ms[], int rcs[])
 {
-    int rc = 0;
     if (rep->type == REDIS_REPLY_ERROR) {
         snprintf(r->err, sizeof(r->err), "check: %s", rep->str);
-        rc = -EPROTO;
-    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
-               rep->element[0]->type != REDIS_REPLY_INTEGER ||
-               rep->element[1]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < incr) {
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != n + 1 ||
+               rep->element[0]->type != REDIS_REPLY_INTEGER) {
         snprintf(r->err, sizeof(r->err), "check: unexpected reply type %d", rep->type);
-        rc = -EPROTO;
     } else {
-        *count = rep->element[0]->integer;
-        *now_ms = rep->element[1]->integer;
+        for (size_t i = 0; i < n; i++) {
+            const redisReply *e = rep->element[i + 1];
+            if (e->type == REDIS_REPLY_INTEGER && e->integer >= (incrs != NULL ? incrs[i] : 1)) {
+                counts[i] = e->integer;
+                now_ms[i] = rep->element[0]->integer;
+                rcs[i] = 0;
+            } else {
+                snprintf(r->err, sizeof(r->err), "check: %s",
+                         e->type == REDIS_REPLY_ERROR ? e->str : "unexpected count");
+                rcs[i] = -EPROTO;
+            }
+        }
+        freeReplyObject(rep);
+        return;
     }
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = -EPROTO;
     freeReplyObject(rep);
-    return rc;
 }
 
-#define RC_NOSCRIPT 1 /* internal mark in rcs[]: answered NOSCRIPT, to resend */
-
-/* After an I/O failure at reply i: that check, every later one and every
- * one still waiting for its EVAL get rc. */
-static int fail_rest(int rcs[], size_t from, size_t n, int rc)
+static void fail_all(int rcs[], size_t n, int rc)
 {
-    for (size_t j = 0; j < n; j++)
-        if (j >= from || rcs[j] == RC_NOSCRIPT)
-            rcs[j] = rc;
-    return rc;
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = rc;
+}
+
+/* Sends one call (EVALSHA, or EVAL when eval) for the n clients and reads
+ * its reply into *rep. 0, or the connection's -errno (then disconnected). */
+static int call_check(struct gw_rl_redis *r, bool eval, const char *const keys[],
+                      const size_t key_lens[], const int64_t incrs[], size_t n, int64_t window_s,
+                      redisReply **rep)
+{
+    const char *what = eval ? "EVAL" : "EVALSHA";
+    char wbuf[24];
+    size_t wlen = put_u64(wbuf, (uint64_t)window_s);
+    ssize_t len = render_check(r, eval, keys, key_lens, incrs, n, wbuf, wlen);
+    if (len < 0) {
+        snprintf(r->err, sizeof(r->err), "%s: out of memory", what);
+        gw_rl_redis_disconnect(r); /* nothing was sent: the next connect starts clean */
+        return -ENOMEM;
+    }
+    /* One buffer, one write, one round trip; the read is bounded by the
+     * socket timeout. */
+    if (redisAppendFormattedCommand(r->c, r->cmds, (size_t)len) != REDIS_OK)
+        return io_failure(r, what);
+    void *reply = NULL;
+    if (redisGetReply(r->c, &reply) != REDIS_OK || reply == NULL)
+        return io_failure(r, what);
+    *rep = reply;
+    return 0;
 }
 
 int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[], const size_t key_lens[],
                            const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
                            int64_t now_ms[], int rcs[])
 {
-    if (r->phase != PH_READY)
-        return fail_rest(rcs, 0, n, -ENOTCONN);
+    if (r->phase != PH_READY) {
+        fail_all(rcs, n, -ENOTCONN);
+        return -ENOTCONN;
+    }
     if (n == 0)
         return 0;
-    char wbuf[24];
-    size_t wlen = put_u64(wbuf, (uint64_t)window_s);
-
-    /* Every command is buffered first; the first read flushes them all
-     * (one write, one round trip), each read bounded by the timeout. */
-    ssize_t len = render_evalsha(r, keys, key_lens, incrs, n, wbuf, wlen);
-    if (len < 0) {
-        snprintf(r->err, sizeof(r->err), "EVALSHA: out of memory");
-        gw_rl_redis_disconnect(r); /* nothing was sent: the next connect starts clean */
-        return fail_rest(rcs, 0, n, -ENOMEM);
+    redisReply *rep = NULL;
+    int rc = call_check(r, false, keys, key_lens, incrs, n, window_s, &rep);
+    if (rc == 0 && is_noscript(rep)) {
+        /* Script cache flushed (SCRIPT FLUSH, restart behind a proxy,
+         * failover): the script did not run, nothing was counted. EVAL
+         * runs the body and caches it again, so the next call is back to
+         * EVALSHA with the same SHA1. */
+        freeReplyObject(rep);
+        rep = NULL;
+        rc = call_check(r, true, keys, key_lens, incrs, n, window_s, &rep);
     }
-    if (redisAppendFormattedCommand(r->c, r->cmds, (size_t)len) != REDIS_OK)
-        return fail_rest(rcs, 0, n, io_failure(r, "EVALSHA"));
-    size_t noscript = 0;
-    for (size_t i = 0; i < n; i++) {
-        void *rep = NULL;
-        if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
-            return fail_rest(rcs, i, n, io_failure(r, "EVALSHA"));
-        if (is_noscript(rep)) {
-            /* Script cache flushed (SCRIPT FLUSH, restart behind a proxy,
-             * failover): the script did not run, nothing was counted. EVAL
-             * runs the body and caches it again, so the next check is back
-             * to EVALSHA with the same SHA1. */
-            freeReplyObject(rep);
-            rcs[i] = RC_NOSCRIPT;
-            noscript++;
-            continue;
-        }
-        rcs[i] = take_check_reply(r, rep, incrs != NULL ? incrs[i] : 1, &counts[i], &now_ms[i]);
+    if (rc != 0) {
+        fail_all(rcs, n, rc);
+        return rc;
     }
-    if (noscript == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        if (rcs[i] != RC_NOSCRIPT)
-            continue;
-        char num[20];
-        size_t il = put_u64(num, incrs != NULL ? (uint64_t)incrs[i] : 1);
-        const char *argv[] = {"EVAL", gw_rl_redis_script, "1", keys[i], wbuf, num};
-        const size_t lens[] = {4, sizeof(gw_rl_redis_script) - 1, 1, key_lens[i], wlen, il};
-        if (redisAppendCommandArgv(r->c, 6, argv, lens) != REDIS_OK)
-            return fail_rest(rcs, n, n, io_failure(r, "EVAL"));
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (rcs[i] != RC_NOSCRIPT)
-            continue;
-        void *rep = NULL;
-        if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
-            return fail_rest(rcs, n, n, io_failure(r, "EVAL"));
-        rcs[i] = take_check_reply(r, rep, incrs != NULL ? incrs[i] : 1, &counts[i], &now_ms[i]);
-    }
+    take_check_reply(r, rep, incrs, n, counts, now_ms, rcs);
     return 0;
 }
 

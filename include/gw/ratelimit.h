@@ -58,7 +58,8 @@ void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w);
 
 /* Counts one request of the client identified by key (key_len bytes, any
  * bytes; the limiter hashes it before it reaches a store key) and decides
- * (SPEC.md §5). One Redis round trip at most, none when the client is in
+ * (SPEC.md §5). One Redis round trip at most (one EVALSHA running TIME,
+ * INCRBY and, for the window's first request, PEXPIRE), none when the client is in
  * the over-limit cache or Redis is marked down. Never blocks longer than
  * REDIS_TIMEOUT_MS (send and receive each). Fills *out; never fails.
  * Worker thread only (the shared parts lock themselves).
@@ -91,16 +92,16 @@ struct gw_rl_batch_item {
  * gw_ratelimit_check calls in order, except that an item is never answered
  * from the over-limit cache an earlier item of the same batch fills (it
  * gets the same verdict from the store instead). The items are grouped by
- * client key: the k requests of one client are counted by one store call
- * (Redis: one EVALSHA doing INCRBY k, atomic, so exact across instances)
- * and get the request numbers n-k+1 .. n in their batch order; so the first
+ * client key: the k requests of one client are counted at once (Redis:
+ * INCRBY k inside the atomic script, so exact across instances) and get
+ * the request numbers n-k+1 .. n in their batch order; so the first
  * RATE_LIMIT_REQUESTS of the window pass, the later ones are refused and
  * the over-limit cache learns the client. Clients answered by the
- * over-limit cache cost nothing; the others go to Redis as one pipeline per
- * 256 items (all commands written, then all replies read): one round trip,
- * each read bounded by REDIS_TIMEOUT_MS. A failure part-way leaves the
- * answered clients decided and applies the failure mode to the rest. Never
- * fails; worker thread only; items[i].key is only read during the call. */
+ * over-limit cache cost nothing; the others go to Redis as one script call
+ * (EVALSHA, all clients) per 256 items: one round trip, bounded by
+ * REDIS_TIMEOUT_MS. A failure leaves the items already answered decided
+ * and applies the failure mode to the rest. Never fails; worker thread
+ * only; items[i].key is only read during the call. */
 void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
                               size_t n);
 

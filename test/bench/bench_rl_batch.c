@@ -181,7 +181,7 @@ int main(int argc, char **argv)
     struct gw_config cfg = {
         .redis_url = url,
         .redis_timeout_ms = 1000,
-        .rate_limit_requests = 1000000000000LL, /* never over: the gw-redis steady state */
+        .rate_limit_requests = 2000000000, /* never over: the gw-redis steady state */
         .rate_limit_window_s = 3600,
         .rate_limit_algorithm = GW_RL_FIXED_WINDOW,
         .rate_limit_key_prefix = "bench",

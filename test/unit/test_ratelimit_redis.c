@@ -855,9 +855,9 @@ static void test_unix_socket(void **state)
 
 /* ---- batches ------------------------------------------------------------- */
 
-/* A batch decides like single checks in order, with one EVALSHA per client
- * not answered by the over-limit cache (its requests merged into one
- * INCRBY); more than 64 clients still go in one pipeline. */
+/* A batch decides like single checks in order, with one EVALSHA for all
+ * the clients not answered by the over-limit cache (one INCRBY each, their
+ * requests merged); 150 clients still go in one call. */
 static void test_batch_matches_single_checks(void **state)
 {
     (void)state;
@@ -896,14 +896,14 @@ static void test_batch_matches_single_checks(void **state)
                      want_remaining[i]);
         assert_int_equal(out[i].info.reset_epoch_s, out[0].info.reset_epoch_s);
     }
-    /* a, b and c: one call each; "blocked" was cached */
-    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 3);
+    /* a, b and c: one call for the three; "blocked" was cached */
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 1);
     /* "a" is over its limit now: cached, no Redis call */
     check(w, "a", &d);
     assert_int_equal(d.verdict, GW_RL_LIMITED);
-    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 3);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 1);
 
-    /* 150 distinct clients: one pipeline, every one counted once. */
+    /* 150 distinct clients: one call, every one counted once. */
     enum { M = 150 };
     static char names[M][16];
     static struct gw_rl_decision many[M];
@@ -913,12 +913,14 @@ static void test_batch_matches_single_checks(void **state)
         mitems[i] = (struct gw_rl_batch_item){names[i], (size_t)len, &many[i]};
     }
     evalsha = cmd_calls(c, "evalsha");
+    long long incrby = cmd_calls(c, "incrby");
     gw_ratelimit_check_batch(w, mitems, M);
     for (int i = 0; i < M; i++) {
         assert_int_equal(many[i].verdict, GW_RL_ALLOW);
         assert_int_equal(many[i].info.remaining, 2);
     }
-    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + M);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 1);
+    assert_int_equal(cmd_calls(c, "incrby"), incrby + M);
     redisFree(c);
     gw_ratelimit_worker_destroy(w);
     gw_ratelimit_destroy(rl);
@@ -1180,6 +1182,30 @@ static void test_batch_command_counts_and_ttl(void **state)
     read_counts(c, &b);
     expect_counted(&out[0], 2 * K + 1, 1000, LONG_WINDOW);
     assert_int_equal(counts_total(&a, &b), 3);
+
+    /* 10 new clients, 3 requests each, in one batch: one EVALSHA and one
+     * TIME for all, one INCRBY and one PEXPIRE per client (22 commands for
+     * 30 requests); again: no PEXPIRE (12 commands, 0.4 per request). */
+    enum { C = 10, R = 3 };
+    char names[C][16];
+    struct gw_rl_decision mout[C * R];
+    struct gw_rl_batch_item mitems[C * R];
+    for (int i = 0; i < C * R; i++) {
+        int len = snprintf(names[i % C], sizeof(names[i % C]), "mc-%d", i % C);
+        mitems[i] = (struct gw_rl_batch_item){names[i % C], (size_t)len, &mout[i]};
+    }
+    for (int round = 0; round < 2; round++) {
+        read_counts(c, &a);
+        gw_ratelimit_check_batch(w, mitems, C * R);
+        read_counts(c, &b);
+        for (int i = 0; i < C * R; i++)
+            expect_counted(&mout[i], round * R + i / C + 1, 1000, LONG_WINDOW);
+        assert_int_equal(b.evalsha - a.evalsha, 1);
+        assert_int_equal(b.time - a.time, 1);
+        assert_int_equal(b.incrby - a.incrby, C);
+        assert_int_equal(b.pexpire - a.pexpire, round == 0 ? C : 0);
+        assert_int_equal(counts_total(&a, &b), round == 0 ? 2 + 2 * C : 2 + C);
+    }
     redisFree(c);
     gw_ratelimit_worker_destroy(w);
     gw_ratelimit_destroy(rl);
@@ -1236,9 +1262,9 @@ static void test_batch_ttl_short_window(void **state)
     gw_ratelimit_destroy(rl);
 }
 
-/* After SCRIPT FLUSH, a merged batch gets NOSCRIPT for every client and is
- * resent with EVAL, one per client: every request still counted once and
- * decided as in order; the next batch is back to EVALSHA. */
+/* After SCRIPT FLUSH, a merged batch gets NOSCRIPT (nothing counted) and
+ * is resent once with EVAL: every request still counted once and decided
+ * as in order; the next batch is back to EVALSHA. */
 static void test_batch_noscript_merged(void **state)
 {
     (void)state;
@@ -1272,9 +1298,9 @@ static void test_batch_noscript_merged(void **state)
     for (size_t i = 0; i < N; i++)
         expect_counted(&out[i], want_n[i], 4, LONG_WINDOW);
     assert_true(gw_ratelimit_worker_redis_up(w));
-    assert_int_equal(b.evalsha - a.evalsha, 3); /* all three answered NOSCRIPT */
-    assert_int_equal(b.eval - a.eval, 3);
-    assert_int_equal(b.incrby - a.incrby, 3);
+    assert_int_equal(b.evalsha - a.evalsha, 1); /* answered NOSCRIPT */
+    assert_int_equal(b.eval - a.eval, 1);
+    assert_int_equal(b.incrby - a.incrby, 3); /* one per client, in the EVAL */
     assert_int_equal(counter_of(c, s.prefix, "ns-a", LONG_WINDOW), 5);
     assert_int_equal(counter_of(c, s.prefix, "ns-b", LONG_WINDOW), 2);
     assert_int_equal(counter_of(c, s.prefix, "ns-c", LONG_WINDOW), 1);
@@ -1288,6 +1314,52 @@ static void test_batch_noscript_merged(void **state)
     expect_counted(&out[1], 4, 4, LONG_WINDOW);
     assert_int_equal(b.evalsha - a.evalsha, 1);
     assert_int_equal(b.eval - a.eval, 0);
+    redisFree(c);
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
+/* One client's counter broken (a non-integer value under its key, as a
+ * stray write would leave): only that client's checks fail (failure mode
+ * closed: 503 with store_error); the other clients of the same script
+ * call are counted and decided; the connection stays up. */
+static void test_batch_bad_key_fails_alone(void **state)
+{
+    (void)state;
+    char url[64];
+    struct setup s;
+    make_cfg(&s, main_url(url, sizeof(url)), 5, LONG_WINDOW, GW_RL_FAIL_CLOSED);
+    avoid_edge(LONG_WINDOW, 3);
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    char base[128], key[160];
+    assert_true(gw_rl_store_key(s.prefix, "broken", 6, base, sizeof(base), NULL) > 0);
+    snprintf(key, sizeof(key), "%s:%lld", base, (long long)(gw_wall_s() / LONG_WINDOW));
+    redisContext *c = admin(&g_main, 0);
+    redisReply *r = redisCommand(c, "SET %s not-a-number EX 60", key);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+
+    static const char *const keys[] = {"fine-1", "broken", "fine-2", "broken", "fine-1"};
+    enum { N = GW_ARRAY_LEN(keys) };
+    struct gw_rl_decision out[N];
+    struct gw_rl_batch_item items[N];
+    for (size_t i = 0; i < N; i++)
+        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i]};
+    gw_ratelimit_check_batch(w, items, N);
+    expect_counted(&out[0], 1, 5, LONG_WINDOW);
+    expect_counted(&out[2], 1, 5, LONG_WINDOW);
+    expect_counted(&out[4], 2, 5, LONG_WINDOW);
+    for (size_t i = 1; i < N; i += 2) {
+        assert_true(out[i].store_error);
+        assert_int_equal(out[i].verdict, GW_RL_UNAVAILABLE);
+        assert_false(out[i].has_info);
+    }
+    assert_true(gw_ratelimit_worker_redis_up(w));
+    assert_int_equal(counter_of(c, s.prefix, "fine-1", LONG_WINDOW), 2);
     redisFree(c);
     gw_ratelimit_worker_destroy(w);
     gw_ratelimit_destroy(rl);
@@ -1542,6 +1614,7 @@ int main(void)
         cmocka_unit_test(test_batch_command_counts_and_ttl),
         cmocka_unit_test(test_batch_ttl_short_window),
         cmocka_unit_test(test_batch_noscript_merged),
+        cmocka_unit_test(test_batch_bad_key_fails_alone),
         cmocka_unit_test(test_store_key_cache_exact),
         cmocka_unit_test(test_batch_store_down),
         cmocka_unit_test(test_timeout_bounds_connect_and_handshake),
