@@ -738,6 +738,8 @@ static void response_complete(struct gw_conn *c)
 static bool pump_response(struct gw_conn *c)
 {
     bool progress = false;
+    if (c->state != CS_PROXY)
+        return false; /* the upstream is used only once connected and proxying */
     /* A message without a body completes on one more execute call with no
      * input, so the loop also runs while DONE is pending. */
     while (c->up && !c->closing &&
@@ -785,7 +787,7 @@ static bool pump_response(struct gw_conn *c)
 /* Writes pending request bytes to the upstream. Returns true on progress. */
 static bool flush_upstream(struct gw_conn *c)
 {
-    struct gw_upstream *u = c->up;
+    struct gw_upstream *u = c->state == CS_PROXY ? c->up : NULL;
     bool progress = false;
     while (u && gw_buf_len(&u->out) > 0) {
         ssize_t n = send(u->io.fd, gw_buf_head(&u->out), gw_buf_len(&u->out), MSG_NOSIGNAL);
@@ -811,7 +813,7 @@ static bool flush_upstream(struct gw_conn *c)
 /* Reads response bytes from the upstream. Returns true on progress. */
 static bool read_upstream(struct gw_conn *c)
 {
-    struct gw_upstream *u = c->up;
+    struct gw_upstream *u = c->state == CS_PROXY ? c->up : NULL;
     if (!u || !u->rd_ready || gw_buf_len(&u->in) >= GW_STREAM_WINDOW)
         return false;
     buf_prepare(c->w, &u->in);
@@ -1126,35 +1128,16 @@ static void check_client_eof(struct gw_conn *c)
 
 static void conn_drive(struct gw_conn *c)
 {
+    /* One round runs every step once; each step says whether it moved
+     * anything, and the steps after a close are skipped. */
+    typedef bool (*drive_step)(struct gw_conn *);
+    static const drive_step steps[] = {flush_client,   read_client,   pump_request, flush_upstream,
+                                       pump_response, read_upstream, pump_response, respond_progress};
     bool progress = false;
     for (int round = 0; round < GW_DRIVE_ROUNDS && !c->closing; round++) {
         progress = false;
-        progress |= flush_client(c);
-        if (c->closing)
-            break;
-        progress |= read_client(c);
-        if (c->closing)
-            break;
-        progress |= pump_request(c);
-        if (c->closing)
-            break;
-        if (c->state == CS_PROXY && c->up) {
-            progress |= flush_upstream(c);
-            if (c->closing)
-                break;
-            progress |= pump_response(c);
-            if (c->closing)
-                break;
-            if (c->state == CS_PROXY && c->up) {
-                progress |= read_upstream(c);
-                if (c->closing)
-                    break;
-                progress |= pump_response(c);
-            }
-        }
-        if (c->closing)
-            break;
-        progress |= respond_progress(c);
+        for (size_t i = 0; i < GW_ARRAY_LEN(steps) && !c->closing; i++)
+            progress |= steps[i](c);
         if (!progress)
             break;
     }
