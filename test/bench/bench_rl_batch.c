@@ -71,8 +71,8 @@ static void redis_start(void)
         int null = open("/dev/null", O_RDWR);
         dup2(null, 1);
         dup2(null, 2);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", (char *)NULL);
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 500; i++) {
@@ -136,8 +136,8 @@ static double self_cpu_us(void)
 
 /* One case: batches of `batch` items over `clients` client keys (item i
  * of a batch is client i % clients), `total` checks in all. */
-static void run_case(struct gw_ratelimit_worker *w, redisContext *c, const char *name,
-                     size_t batch, size_t clients, long total)
+static void run_case(struct gw_ratelimit_worker *w, redisContext *c, const char *name, size_t batch,
+                     size_t clients, long total)
 {
     static char names[BATCH_MAX][32];
     static struct gw_rl_decision out[BATCH_MAX];

@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "gwt_fault.h"
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 static struct gwt_proc backend;
@@ -49,78 +50,17 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     int rc = gwt_stop_tracked();
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     gwt_fault_stop(fake);
     return rc;
 }
 
 static int test_teardown(void **state)
 {
-    int rc = 0;
-    if (gw2.pid > 0) {
-        int st = gwt_stop(&gw2, SIGTERM, 5000);
-        if (st != 0) {
-            fprintf(stderr, "per-test gateway ended with %d, expected 0\n", st);
-            gwt_log_dump(&gw2, 6000);
-            rc = -1;
-        }
-        gwt_proc_cleanup(&gw2);
-    }
-    return rc;
+    return gwt_stop_expect_exit0(&gw2);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static long long backend_requests(void)
-{
-    long long n = -1;
-    assert_int_equal(gwt_backend_stats(bport, &n, NULL), 0);
-    return n;
-}
-
-static void must_read(int fd, struct gwt_response *r, bool head, const char *what)
-{
-    int rc = gwt_read_response(fd, r, head);
-    if (rc != 0) {
-        fprintf(stderr, "partial head: %s\n", r->raw_head ? r->raw_head : "(none)");
-        gwt_response_free(r);
-        fail_msg("%s: no complete response (%s)", what, strerror(-rc));
-    }
-}
-
-/* Reads the /users/<id> reply for id from fd. */
-static void expect_user(int fd, int id)
-{
-    char what[64];
-    snprintf(what, sizeof(what), "GET /users/%d", id);
-    struct gwt_response r;
-    must_read(fd, &r, false, what);
-    assert_int_equal(r.status, 200);
-    json_t *j = gwt_json(&r);
-    assert_non_null(j);
-    assert_int_equal(gwt_json_int(j, "id", -1), id);
-    json_decref(j);
-    gwt_response_free(&r);
-}
-
-/* A normal request is served (and reaches backend_app when port fronts it). */
-static void assert_serves(int port)
-{
-    struct gwt_response r;
-    assert_int_equal(gwt_get(port, "/users/42", &r), 0);
-    assert_int_equal(r.status, 200);
-    gwt_response_free(&r);
-}
-
-static void read_echo(int fd, struct gwt_echo *e, const char *what)
-{
-    struct gwt_response r;
-    must_read(fd, &r, false, what);
-    assert_int_equal(r.status, 200);
-    assert_int_equal(gwt_echo_parse(&r, e), 0);
-    gwt_response_free(&r);
-}
 
 /* backend_app bodies are 'a'..'z' repeating from offset 0. */
 static void assert_pattern(const char *b, size_t n)
@@ -175,7 +115,7 @@ static void test_cl_request_exact(void **state)
                                       "Cookie: c=1\r\n\r\nhello world"),
                      0);
     struct gwt_echo e;
-    read_echo(fd, &e, "POST /echo with Content-Length");
+    gwt_read_echo(fd, &e, "POST /echo with Content-Length");
     assert_string_equal(e.method, "POST");
     assert_string_equal(e.target, "/echo?a=1&b=%20x;y");
     assert_sha(&e, "hello world", 11);
@@ -195,7 +135,7 @@ static void test_cl_request_exact(void **state)
     gwt_echo_free(&e);
     /* The connection is in sync: a second request on it is answered. */
     assert_int_equal(gwt_send_str(fd, "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    expect_user(fd, 2);
+    gwt_expect_user(fd, 2, NULL);
     close(fd);
 }
 
@@ -215,14 +155,14 @@ static void test_chunked_request_ext_trailers(void **state)
                                       "GET /users/3 HTTP/1.1\r\nHost: h\r\n\r\n"),
                      0);
     struct gwt_echo e;
-    read_echo(fd, &e, "chunked POST /echo with extensions and trailers");
+    gwt_read_echo(fd, &e, "chunked POST /echo with extensions and trailers");
     assert_sha(&e, "hello world", 11);
     for (size_t i = 0; i < gwt_echo_nheaders(&e); i++) {
         assert_null(strstr(gwt_echo_value(&e, i), "name=value"));
         assert_true(strcasecmp(gwt_echo_name(&e, i), "X-Trailer") != 0);
     }
     gwt_echo_free(&e);
-    expect_user(fd, 3);
+    gwt_expect_user(fd, 3, NULL);
     close(fd);
 }
 
@@ -255,7 +195,7 @@ static void test_chunked_request_sizes(void **state)
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_all(fd, req, off), 0);
     struct gwt_echo e;
-    read_echo(fd, &e, "chunked POST with 201 chunks");
+    gwt_read_echo(fd, &e, "chunked POST with 201 chunks");
     assert_sha(&e, body, blen);
     gwt_echo_free(&e);
     close(fd);
@@ -271,7 +211,7 @@ static void test_cl_response_exact(void **state)
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /bytes?n=70001 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
-    must_read(fd, &r, false, "GET /bytes?n=70001");
+    gwt_must_read(fd, &r, false, "GET /bytes?n=70001");
     assert_int_equal(r.status, 200);
     assert_false(r.chunked);
     assert_non_null(gwt_header(&r, "Content-Length"));
@@ -280,7 +220,7 @@ static void test_cl_response_exact(void **state)
     assert_pattern(r.body, r.body_len);
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, "GET /users/4 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    expect_user(fd, 4);
+    gwt_expect_user(fd, 4, NULL);
     close(fd);
 }
 
@@ -291,7 +231,7 @@ static void test_chunked_response(void **state)
     assert_int_equal(gwt_send_str(fd, "GET /stream?chunks=7&size=1000 HTTP/1.1\r\nHost: h\r\n\r\n"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "GET /stream?chunks=7&size=1000");
+    gwt_must_read(fd, &r, false, "GET /stream?chunks=7&size=1000");
     assert_int_equal(r.status, 200);
     assert_true(r.chunked);
     assert_int_equal(gwt_header_count(&r, "Content-Length"), 0);
@@ -299,7 +239,7 @@ static void test_chunked_response(void **state)
     assert_pattern(r.body, r.body_len);
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, "GET /users/5 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    expect_user(fd, 5);
+    gwt_expect_user(fd, 5, NULL);
     close(fd);
 }
 
@@ -312,7 +252,7 @@ static void test_close_delimited_response(void **state)
     assert_int_equal(
         gwt_send_str(fd, "GET /stream?chunks=3&size=1000&close=1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
-    must_read(fd, &r, false, "GET /stream?close=1 (read-until-close upstream)");
+    gwt_must_read(fd, &r, false, "GET /stream?close=1 (read-until-close upstream)");
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 3000);
     assert_pattern(r.body, r.body_len);
@@ -321,7 +261,7 @@ static void test_close_delimited_response(void **state)
     gwt_response_free(&r);
     if (!closed) {
         assert_int_equal(gwt_send_str(fd, "GET /users/6 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-        expect_user(fd, 6);
+        gwt_expect_user(fd, 6, NULL);
     }
     close(fd);
 }
@@ -340,7 +280,7 @@ static void test_close_delimited_from_fake(void **state)
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
-    must_read(fd, &r, false, "read-until-close response from the fake");
+    gwt_must_read(fd, &r, false, "read-until-close response from the fake");
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 16);
     assert_string_equal(r.body, "until-close body");
@@ -352,7 +292,7 @@ static void test_close_delimited_from_fake(void **state)
         assert_true(fd >= 0);
     }
     assert_int_equal(gwt_send_str(fd, "GET /b HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    must_read(fd, &r, false, "HTTP/1.0 response from the fake");
+    gwt_must_read(fd, &r, false, "HTTP/1.0 response from the fake");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "old!");
     closed = r.conn_closed;
@@ -366,7 +306,7 @@ static void test_close_delimited_from_fake(void **state)
     }
     assert_int_equal(gwt_send_str(fd, "GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
                      0);
-    must_read(fd, &r, false, "default reply from the fake");
+    gwt_must_read(fd, &r, false, "default reply from the fake");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "{\"fake\":true}");
     gwt_response_free(&r);
@@ -407,7 +347,7 @@ static void test_http10_keepalive(void **state)
         snprintf(req, sizeof(req), "GET /users/%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", i);
         assert_int_equal(gwt_send_str(fd, req), 0);
         struct gwt_response r;
-        must_read(fd, &r, false, "HTTP/1.0 keep-alive request");
+        gwt_must_read(fd, &r, false, "HTTP/1.0 keep-alive request");
         assert_int_equal(r.status, 200);
         assert_non_null(gwt_header(&r, "Content-Length"));
         const char *conn = gwt_header(&r, "Connection");
@@ -421,7 +361,7 @@ static void test_http10_keepalive(void **state)
     fd = gwt_connect(gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/3 HTTP/1.0\r\n\r\n"), 0);
-    expect_user(fd, 3);
+    gwt_expect_user(fd, 3, NULL);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
 }
@@ -434,7 +374,7 @@ static void test_http10_post(void **state)
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.0\r\nContent-Length: 6\r\n\r\nfoobar"), 0);
     struct gwt_echo e;
-    read_echo(fd, &e, "HTTP/1.0 POST /echo");
+    gwt_read_echo(fd, &e, "HTTP/1.0 POST /echo");
     assert_sha(&e, "foobar", 6);
     assert_string_equal(e.http_version, "1.1");
     gwt_echo_free(&e);
@@ -455,17 +395,17 @@ static void test_head_keeps_content_length(void **state)
                                       "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, true, "HEAD /bytes?n=12345");
+    gwt_must_read(fd, &r, true, "HEAD /bytes?n=12345");
     assert_int_equal(r.status, 200);
     assert_non_null(gwt_header(&r, "Content-Length"));
     assert_string_equal(gwt_header(&r, "Content-Length"), "12345");
     assert_int_equal(r.body_len, 0);
     gwt_response_free(&r);
-    must_read(fd, &r, true, "HEAD /stream");
+    gwt_must_read(fd, &r, true, "HEAD /stream");
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     gwt_response_free(&r);
-    expect_user(fd, 2);
+    gwt_expect_user(fd, 2, NULL);
     close(fd);
 }
 
@@ -480,18 +420,18 @@ static void test_204_304(void **state)
                                       "GET /users/7 HTTP/1.1\r\nHost: h\r\n\r\n"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "GET /status/204");
+    gwt_must_read(fd, &r, false, "GET /status/204");
     assert_int_equal(r.status, 204);
     assert_int_equal(r.body_len, 0);
     assert_int_equal(gwt_header_count(&r, "Content-Length"), 0);
     assert_int_equal(gwt_header_count(&r, "Transfer-Encoding"), 0);
     gwt_response_free(&r);
-    must_read(fd, &r, false, "GET /status/304");
+    gwt_must_read(fd, &r, false, "GET /status/304");
     assert_int_equal(r.status, 304);
     assert_int_equal(r.body_len, 0);
     assert_int_equal(gwt_header_count(&r, "Transfer-Encoding"), 0);
     gwt_response_free(&r);
-    expect_user(fd, 7);
+    gwt_expect_user(fd, 7, NULL);
     close(fd);
 }
 
@@ -523,19 +463,19 @@ static void test_bodiless_from_fake(void **state)
     assert_true(gwt_now_ms() - t0 < 2000);
     struct gwt_response r;
     assert_int_equal(gwt_send_str(fd, "HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    must_read(fd, &r, true, "HEAD answered with Content-Length 999");
+    gwt_must_read(fd, &r, true, "HEAD answered with Content-Length 999");
     assert_int_equal(r.status, 200);
     assert_non_null(gwt_header(&r, "Content-Length"));
     assert_string_equal(gwt_header(&r, "Content-Length"), "999");
     assert_int_equal(r.body_len, 0);
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, "GET /c HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    must_read(fd, &r, false, "204 followed by stray bytes");
+    gwt_must_read(fd, &r, false, "204 followed by stray bytes");
     assert_int_equal(r.status, 204);
     assert_int_equal(r.body_len, 0);
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, "GET /d HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    must_read(fd, &r, false, "request after the dirty 204");
+    gwt_must_read(fd, &r, false, "request after the dirty 204");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "{\"fake\":true}");
     gwt_response_free(&r);
@@ -560,7 +500,7 @@ static void test_1xx_from_upstream(void **state)
     struct gwt_response r;
     int interims = 0;
     for (;;) {
-        must_read(fd, &r, false, "response after upstream 103 + 100");
+        gwt_must_read(fd, &r, false, "response after upstream 103 + 100");
         if (r.status >= 200)
             break;
         assert_int_equal(r.body_len, 0);
@@ -579,7 +519,7 @@ static void test_1xx_from_upstream(void **state)
     fd = gwt_connect(fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /b HTTP/1.0\r\n\r\n"), 0);
-    must_read(fd, &r, false, "HTTP/1.0 request answered after upstream 1xx");
+    gwt_must_read(fd, &r, false, "HTTP/1.0 request answered after upstream 1xx");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok");
     gwt_response_free(&r);
@@ -598,12 +538,12 @@ static void test_expect_continue_once(void **state)
                                       "Expect: 100-continue\r\n\r\n"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "interim response to Expect: 100-continue");
+    gwt_must_read(fd, &r, false, "interim response to Expect: 100-continue");
     assert_int_equal(r.status, 100);
     assert_int_equal(r.body_len, 0);
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, "0123456789"), 0);
-    must_read(fd, &r, false, "final response after the body");
+    gwt_must_read(fd, &r, false, "final response after the body");
     if (r.status == 100)
         fail_msg("a second 100 Continue was sent");
     assert_int_equal(r.status, 200);
@@ -618,11 +558,11 @@ static void test_expect_continue_once(void **state)
     assert_int_equal(gwt_send_str(fd, "PUT /echo HTTP/1.1\r\nHost: h\r\n"
                                       "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"),
                      0);
-    must_read(fd, &r, false, "interim response to a chunked Expect request");
+    gwt_must_read(fd, &r, false, "interim response to a chunked Expect request");
     assert_int_equal(r.status, 100);
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, "3\r\nabc\r\n0\r\n\r\n"), 0);
-    must_read(fd, &r, false, "final response to the chunked Expect request");
+    gwt_must_read(fd, &r, false, "final response to the chunked Expect request");
     if (r.status == 100)
         fail_msg("a second 100 Continue was sent (chunked)");
     assert_int_equal(r.status, 200);
@@ -640,12 +580,12 @@ static void test_expect_body_sent_at_once(void **state)
                                       "Expect: 100-continue\r\nConnection: close\r\n\r\nhello"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "Expect with the body already sent");
+    gwt_must_read(fd, &r, false, "Expect with the body already sent");
     int interims = 0;
     while (r.status == 100) {
         interims++;
         gwt_response_free(&r);
-        must_read(fd, &r, false, "final response (Expect, body sent at once)");
+        gwt_must_read(fd, &r, false, "final response (Expect, body sent at once)");
     }
     assert_true(interims <= 1);
     assert_int_equal(r.status, 200);
@@ -692,14 +632,14 @@ static void test_expect_refused_413(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=100", NULL};
     assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n"
                                       "Expect: 100-continue\r\n\r\n"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "Expect with Content-Length over MAX_BODY_BYTES");
+    gwt_must_read(fd, &r, false, "Expect with Content-Length over MAX_BODY_BYTES");
     if (r.status == 100)
         fail_msg("100 Continue sent for a request refused with 413");
     gwt_assert_problem(&r, 413, NULL);
@@ -711,8 +651,8 @@ static void test_expect_refused_413(void **state)
     close(fd);
     if (extra != 0)
         fail_msg("after the 413: %s", extra < 0 ? "connection left open" : "more responses sent");
-    assert_serves(gport2);
-    assert_int_equal(backend_requests(), before + 1);
+    gwt_assert_serves(gport2, "/users/42");
+    assert_int_equal(gwt_backend_requests(bport), before + 1);
 }
 
 /* 429 comes instead of 100; the body sent after it carries requests under
@@ -732,13 +672,13 @@ static void test_expect_refused_429(void **state)
                      0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nX-Key: spent\r\n"
                                       "Content-Length: 500\r\nExpect: 100-continue\r\n\r\n"),
                      0);
-    must_read(fd, &r, false, "Expect from a client over its limit");
+    gwt_must_read(fd, &r, false, "Expect from a client over its limit");
     if (r.status == 100)
         fail_msg("100 Continue sent for a request refused with 429");
     gwt_assert_problem(&r, 429, "https://iana.org/assignments/http-problem-types#quota-exceeded");
@@ -750,7 +690,7 @@ static void test_expect_refused_429(void **state)
     close(fd);
     if (extra != 0)
         fail_msg("after the 429: %s", extra < 0 ? "connection left open" : "more responses sent");
-    assert_int_equal(backend_requests(), before);
+    assert_int_equal(gwt_backend_requests(bport), before);
     /* A request under a fresh key still goes through. */
     assert_int_equal(gwt_http(gport2,
                               "GET /users/2 HTTP/1.1\r\nHost: h\r\nX-Key: other\r\n"
@@ -759,7 +699,7 @@ static void test_expect_refused_429(void **state)
                      0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
-    assert_int_equal(backend_requests(), before + 1);
+    assert_int_equal(gwt_backend_requests(bport), before + 1);
 }
 
 /* ---- pipelining ---------------------------------------------------------- */
@@ -780,7 +720,7 @@ static void test_pipelining_in_order(void **state)
                                   "GET /users/8 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "pipelined 1: GET /slow?ms=200");
+    gwt_must_read(fd, &r, false, "pipelined 1: GET /slow?ms=200");
     assert_int_equal(r.status, 200);
     json_t *j = gwt_json(&r);
     assert_non_null(j);
@@ -788,23 +728,23 @@ static void test_pipelining_in_order(void **state)
     json_decref(j);
     gwt_response_free(&r);
     struct gwt_echo e;
-    read_echo(fd, &e, "pipelined 2: chunked POST /echo");
+    gwt_read_echo(fd, &e, "pipelined 2: chunked POST /echo");
     assert_string_equal(e.method, "POST");
     assert_sha(&e, "abcd", 4);
     gwt_echo_free(&e);
-    must_read(fd, &r, true, "pipelined 3: HEAD /bytes?n=10");
+    gwt_must_read(fd, &r, true, "pipelined 3: HEAD /bytes?n=10");
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     gwt_response_free(&r);
-    must_read(fd, &r, false, "pipelined 4: GET /stream");
+    gwt_must_read(fd, &r, false, "pipelined 4: GET /stream");
     assert_int_equal(r.body_len, 10);
     assert_pattern(r.body, 10);
     gwt_response_free(&r);
-    read_echo(fd, &e, "pipelined 5: PUT /echo");
+    gwt_read_echo(fd, &e, "pipelined 5: PUT /echo");
     assert_string_equal(e.method, "PUT");
     assert_sha(&e, "xyz", 3);
     gwt_echo_free(&e);
-    expect_user(fd, 8);
+    gwt_expect_user(fd, 8, NULL);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
 }
@@ -823,7 +763,7 @@ static void test_pipelining_depth(void **state)
     assert_int_equal(gwt_send_all(fd, req, off), 0);
     free(req);
     for (int i = 0; i < N; i++)
-        expect_user(fd, 100 + i);
+        gwt_expect_user(fd, 100 + i, NULL);
     close(fd);
 }
 
@@ -831,17 +771,17 @@ static void test_pipelining_depth(void **state)
  * neither answered nor forwarded. */
 static void test_pipelined_after_close(void **state)
 {
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd,
                                   "GET /users/1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
                                   "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"),
                      0);
-    expect_user(fd, 1);
+    gwt_expect_user(fd, 1, NULL);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
-    assert_int_equal(backend_requests(), before + 1);
+    assert_int_equal(gwt_backend_requests(bport), before + 1);
 }
 
 /* ---- half-close and early responses ------------------------------------- */
@@ -861,7 +801,7 @@ static void test_half_close_after_post(void **state)
         gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"), 0);
     assert_int_equal(shutdown(fd, SHUT_WR), 0);
     struct gwt_echo e;
-    read_echo(fd, &e, "POST /echo then FIN (UPSTREAM_KEEPALIVE=0)");
+    gwt_read_echo(fd, &e, "POST /echo then FIN (UPSTREAM_KEEPALIVE=0)");
     assert_sha(&e, "hello", 5);
     gwt_echo_free(&e);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
@@ -878,8 +818,8 @@ static void test_half_close_after_pipelined(void **state)
                                       "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"),
                      0);
     assert_int_equal(shutdown(fd, SHUT_WR), 0);
-    expect_user(fd, 1);
-    expect_user(fd, 2);
+    gwt_expect_user(fd, 1, NULL);
+    gwt_expect_user(fd, 2, NULL);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
 }
@@ -902,7 +842,7 @@ static void test_early_upstream_response(void **state)
                                       "Content-Length: 1000000\r\n\r\nfirst-bytes-only"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "early 413 from the upstream");
+    gwt_must_read(fd, &r, false, "early 413 from the upstream");
     assert_int_equal(r.status, 413);
     assert_string_equal(r.body, "nope");
     const char *ct = gwt_header(&r, "Content-Type");
@@ -935,7 +875,7 @@ static void test_expect_http10_no_continue(void **state)
     assert_int_equal(poll(&pfd, 1, 300), 0);
     assert_int_equal(gwt_send_str(fd, "abc"), 0);
     struct gwt_echo e;
-    read_echo(fd, &e, "HTTP/1.0 POST with Expect");
+    gwt_read_echo(fd, &e, "HTTP/1.0 POST with Expect");
     assert_sha(&e, "abc", 3);
     gwt_echo_free(&e);
     close(fd);
@@ -1021,7 +961,7 @@ static void test_request_hop_by_hop(void **state)
     assert_non_null(gwt_echo_header(&e, "X-Keep"));
     gwt_echo_free(&e);
     gwt_response_free(&r);
-    assert_serves(gport);
+    gwt_assert_serves(gport, "/users/42");
 }
 
 int main(void)

@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "gwt_fault.h"
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 static struct gwt_proc backend;
@@ -39,25 +40,14 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     int rc = gwt_stop_tracked();
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     gwt_fault_stop(fake);
     return rc;
 }
 
 static int test_teardown(void **state)
 {
-    int rc = 0;
-    if (gw2.pid > 0) {
-        int st = gwt_stop(&gw2, SIGTERM, 5000);
-        if (st != 0) {
-            fprintf(stderr, "per-test gateway ended with %d, expected 0\n", st);
-            gwt_log_dump(&gw2, 6000);
-            rc = -1;
-        }
-        gwt_proc_cleanup(&gw2);
-    }
-    return rc;
+    return gwt_stop_expect_exit0(&gw2);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -84,41 +74,6 @@ static void start_gw_fake(const char *const extra[])
 static void script(const struct gwt_fault_step *steps, size_t n)
 {
     assert_int_equal(gwt_fault_script(fake, steps, n), 0);
-}
-
-static long long backend_requests(void)
-{
-    long long n = -1;
-    assert_int_equal(gwt_backend_stats(bport, &n, NULL), 0);
-    return n;
-}
-
-/* Polls a JSON counter of port's path until it equals want (bounded). */
-static void wait_stat(int port, const char *path, const char *field, long long want,
-                      const char *what)
-{
-    if (gwt_wait_stat(port, path, field, want, 3000) != 0)
-        fail_msg("%s: %s %s stayed %lld, want %lld", what, path, field, gwt_stat(port, path, field),
-                 want);
-}
-
-static void must_read(int fd, struct gwt_response *r, bool head, const char *what)
-{
-    int rc = gwt_read_response(fd, r, head);
-    if (rc != 0) {
-        gwt_response_free(r);
-        fail_msg("%s: no complete response (%s)", what, strerror(-rc));
-    }
-}
-
-/* A normal request through port gets 200 (and reaches backend_app). */
-static void assert_serves(int port)
-{
-    struct gwt_response r;
-    int rc = gwt_get(port, "/users/42", &r);
-    if (rc != 0 || r.status != 200)
-        fail_msg("normal request: rc %d status %d", rc, r.status);
-    gwt_response_free(&r);
 }
 
 /* POST /echo with a small body: the echo is exact, proving the upstream
@@ -182,7 +137,7 @@ static void test_431_header_limits(void **state)
 {
     const char *env[] = {"MAX_HEADER_BYTES=1024", NULL};
     start_gw(env);
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     char *req = malloc(8192);
     assert_non_null(req);
 
@@ -221,19 +176,19 @@ static void test_431_header_limits(void **state)
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
     free(req);
-    assert_int_equal(backend_requests(), before + 1);
-    assert_serves(gport2);
+    assert_int_equal(gwt_backend_requests(bport), before + 1);
+    gwt_assert_serves(gport2, "/users/42");
 }
 
 static void test_413_content_length(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=1000", NULL};
     start_gw(env);
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     /* Refused on the head alone: the body is never awaited. */
     static const char head[] = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n";
     expect_problem_close(gport2, head, sizeof(head) - 1, 413, "Content-Length 1001 > 1000");
-    assert_int_equal(backend_requests(), before);
+    assert_int_equal(gwt_backend_requests(bport), before);
 
     char *req = malloc(2048);
     assert_non_null(req);
@@ -247,7 +202,7 @@ static void test_413_content_length(void **state)
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
     free(req);
-    assert_serves(gport2);
+    gwt_assert_serves(gport2, "/users/42");
 }
 
 /* A chunked body over the limit, all in one write: 413, nothing reaches
@@ -256,7 +211,7 @@ static void test_413_chunked_one_write(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=1000", NULL};
     start_gw(env);
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     char req[4096];
     int n = snprintf(req, sizeof(req),
                      "POST /echo HTTP/1.1\r\nHost: h\r\n"
@@ -268,8 +223,8 @@ static void test_413_chunked_one_write(void **state)
     n += 600;
     n += snprintf(req + n, 64, "\r\n0\r\n\r\n");
     expect_problem_close(gport2, req, (size_t)n, 413, "chunked 1200 > 1000 in one write");
-    assert_serves(gport2);
-    assert_int_equal(backend_requests(), before + 1);
+    gwt_assert_serves(gport2, "/users/42");
+    assert_int_equal(gwt_backend_requests(bport), before + 1);
 }
 
 /* A chunked body that crosses the limit after its head went upstream: 413
@@ -291,16 +246,19 @@ static void test_413_chunked_streamed(void **state)
         gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"),
         0);
     assert_int_equal(gwt_send_all(fd, chunk, clen), 0);
-    wait_stat(bport, "/stats", "in_flight", 1, "head forwarded before the limit");
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 1, 3000,
+                            "head forwarded before the limit");
     assert_int_equal(gwt_send_all(fd, chunk, clen), 0);
     struct gwt_response r;
-    must_read(fd, &r, false, "chunked body crossing MAX_BODY_BYTES");
+    gwt_must_read(fd, &r, false, "chunked body crossing MAX_BODY_BYTES");
     gwt_assert_problem(&r, 413, NULL);
     gwt_response_free(&r);
     assert_true(gwt_peer_closed(fd, 3000));
     close(fd);
-    wait_stat(bport, "/stats", "in_flight", 0, "upstream of the refused body closed");
-    wait_stat(gport2, "/stats", "in_flight", 0, "slot of the refused body released");
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 0, 3000,
+                            "upstream of the refused body closed");
+    gwt_assert_stat_becomes(gport2, "/stats", "in_flight", 0, 3000,
+                            "slot of the refused body released");
     assert_echo_clean(gport2);
 }
 
@@ -312,7 +270,7 @@ static void test_408_slow_headers(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=400", NULL};
     start_gw(env);
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(gport2);
     assert_true(fd >= 0);
     long long t0 = gwt_now_ms();
@@ -325,7 +283,7 @@ static void test_408_slow_headers(void **state)
             break;
     }
     struct gwt_response r;
-    must_read(fd, &r, false, "slowloris head");
+    gwt_must_read(fd, &r, false, "slowloris head");
     long long ms = gwt_now_ms() - t0;
     gwt_assert_problem(&r, 408, NULL);
     gwt_response_free(&r);
@@ -333,8 +291,8 @@ static void test_408_slow_headers(void **state)
         fail_msg("408 after %lld ms, want about 400", ms);
     assert_true(gwt_peer_closed(fd, 3000));
     close(fd);
-    assert_int_equal(backend_requests(), before);
-    assert_serves(gport2);
+    assert_int_equal(gwt_backend_requests(bport), before);
+    gwt_assert_serves(gport2, "/users/42");
 }
 
 /* A request body that stalls past CLIENT_TIMEOUT_MS after its head went
@@ -352,7 +310,7 @@ static void test_408_stalled_body(void **state)
                      0);
     long long t0 = gwt_now_ms();
     struct gwt_response r;
-    must_read(fd, &r, false, "stalled request body");
+    gwt_must_read(fd, &r, false, "stalled request body");
     long long ms = gwt_now_ms() - t0;
     gwt_assert_problem(&r, 408, NULL);
     gwt_response_free(&r);
@@ -360,8 +318,10 @@ static void test_408_stalled_body(void **state)
         fail_msg("408 for a stalled body after %lld ms, want about 400", ms);
     assert_true(gwt_peer_closed(fd, 3000));
     close(fd);
-    wait_stat(bport, "/stats", "in_flight", 0, "upstream of the stalled body closed");
-    wait_stat(gport2, "/stats", "in_flight", 0, "slot of the stalled body released");
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 0, 3000,
+                            "upstream of the stalled body closed");
+    gwt_assert_stat_becomes(gport2, "/stats", "in_flight", 0, 3000,
+                            "slot of the stalled body released");
     assert_echo_clean(gport2);
 }
 
@@ -382,14 +342,14 @@ static void test_idle_closed_silently(void **state)
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
-    must_read(fd, &r, false, "request before idling");
+    gwt_must_read(fd, &r, false, "request before idling");
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
     t0 = gwt_now_ms();
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     assert_true(gwt_now_ms() - t0 >= 250);
     close(fd);
-    assert_serves(gport2);
+    gwt_assert_serves(gport2, "/users/42");
 }
 
 /* ---- vanishing clients ---------------------------------------------------- */
@@ -402,13 +362,13 @@ static const char *const one_slot_env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_T
  * upstream connection used next is clean. */
 static void assert_released(int fds_before, const char *what)
 {
-    wait_stat(gport2, "/stats", "in_flight", 0, what);
-    wait_stat(bport, "/stats", "in_flight", 0, what);
+    gwt_assert_stat_becomes(gport2, "/stats", "in_flight", 0, 3000, what);
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 0, 3000, what);
     int fds = gwt_fault_wait_fds(gw2.pid, fds_before, 3000);
     if (fds > fds_before)
         fail_msg("%s: gateway holds %d descriptors, %d before", what, fds, fds_before);
     long long t0 = gwt_now_ms();
-    assert_serves(gport2);
+    gwt_assert_serves(gport2, "/users/42");
     if (gwt_now_ms() - t0 > 2000)
         fail_msg("%s: the next request waited for a slot", what);
     assert_echo_clean(gport2);
@@ -429,7 +389,7 @@ static void vanish_mid_upload(bool reset)
     memset(part, 'u', 256 * 1024);
     assert_int_equal(gwt_send_all(fd, part, 256 * 1024), 0);
     free(part);
-    wait_stat(bport, "/stats", "in_flight", 1, "upload reached the backend");
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 1, 3000, "upload reached the backend");
     if (reset)
         set_rst(fd);
     close(fd);
@@ -482,12 +442,15 @@ static void test_reset_while_awaiting_response(void **state)
     int fd = gwt_connect(gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /noresponse HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    wait_stat(bport, "/stats", "in_flight", 1, "request waiting on /noresponse");
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 1, 3000,
+                            "request waiting on /noresponse");
     set_rst(fd);
     close(fd);
-    wait_stat(gport2, "/stats", "in_flight", 0, "client reset while awaiting the response");
-    wait_stat(bport, "/stats", "in_flight", 0, "upstream of the reset client closed");
-    assert_serves(gport2);
+    gwt_assert_stat_becomes(gport2, "/stats", "in_flight", 0, 3000,
+                            "client reset while awaiting the response");
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 0, 3000,
+                            "upstream of the reset client closed");
+    gwt_assert_serves(gport2, "/users/42");
 }
 
 /* A request parked for the single slot whose client leaves: it leaves the
@@ -500,18 +463,20 @@ static void test_vanish_while_queued(void **state)
                                      "GET /slow?ms=700 HTTP/1.1\r\nHost: h\r\n"
                                      "Connection: close\r\n\r\n"),
                      0);
-    wait_stat(bport, "/stats", "in_flight", 1, "slow request holding the slot");
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 1, 3000, "slow request holding the slot");
     int fd = gwt_connect(gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    wait_stat(gport2, "/stats", "queue_length", 1, "second request queued");
+    gwt_assert_stat_becomes(gport2, "/stats", "queue_length", 1, 3000, "second request queued");
     close(fd);
-    wait_stat(gport2, "/stats", "queue_length", 0, "vanished request left the queue");
+    gwt_assert_stat_becomes(gport2, "/stats", "queue_length", 0, 3000,
+                            "vanished request left the queue");
     assert_int_equal(gwt_async_join(&slow), 0);
     assert_int_equal(slow.resp.status, 200);
     gwt_async_free(&slow);
-    wait_stat(gport2, "/stats", "in_flight", 0, "slot back after the slow request");
-    assert_serves(gport2);
+    gwt_assert_stat_becomes(gport2, "/stats", "in_flight", 0, 3000,
+                            "slot back after the slow request");
+    gwt_assert_serves(gport2, "/users/42");
 }
 
 /* ---- upstream faults ----------------------------------------------------- */
@@ -566,7 +531,7 @@ static void test_slow_upload_not_timed_out(void **state)
             break;
     }
     struct gwt_response r;
-    must_read(fd, &r, false, "upload lasting 3x UPSTREAM_TIMEOUT_MS");
+    gwt_must_read(fd, &r, false, "upload lasting 3x UPSTREAM_TIMEOUT_MS");
     if (r.status != 200) {
         int st = r.status;
         gwt_response_free(&r);
@@ -637,7 +602,8 @@ static void test_504_no_response(void **state)
     gwt_response_free(&r);
     if (ms < 400 || ms > 3000)
         fail_msg("504 after %lld ms, want about 500", ms);
-    wait_stat(bport, "/stats", "in_flight", 0, "hung upstream connection closed");
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 0, 3000,
+                            "hung upstream connection closed");
     assert_echo_clean(gport2);
 }
 
@@ -670,7 +636,7 @@ static void test_truncated_by_backend(void **state)
         assert_true(closed);
         close(fd);
     }
-    assert_serves(gport2);
+    gwt_assert_serves(gport2, "/users/42");
 }
 
 /* The fake cuts responses short: chunked without its last chunk, and
@@ -858,12 +824,12 @@ static int two_requests(const char *second)
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /one HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
-    must_read(fd, &r, false, "first request (pooled afterwards)");
+    gwt_must_read(fd, &r, false, "first request (pooled afterwards)");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "first");
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, second), 0);
-    must_read(fd, &r, false, "second request (on the stale pooled connection)");
+    gwt_must_read(fd, &r, false, "second request (on the stale pooled connection)");
     int st = r.status;
     if (st == 200)
         assert_string_equal(r.body, "{\"fake\":true}");
@@ -947,7 +913,7 @@ static void test_emfile(void **state)
     const char *env[] = {burl, "WORKER_THREADS=1", "RATE_LIMIT_REQUESTS=100000", NULL};
     const char *wrapper[] = {"prlimit", "--nofile=64:64", NULL};
     assert_int_equal(gwt_fault_gateway_wrapped(&gw2, &gport2, wrapper, env), 0);
-    assert_serves(gport2);
+    gwt_assert_serves(gport2, "/users/42");
 
     enum { N = 100 };
     int fds[N];

@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 #define CAPACITY_TYPE "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
@@ -32,8 +33,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     return 0;
 }
 
@@ -53,27 +53,6 @@ static const char *slow_req(int ms)
     snprintf(buf, sizeof(buf), "GET /slow?ms=%d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
              ms);
     return buf;
-}
-
-/* Waits for a /stats field to reach want, failing with the whole /stats. */
-static void wait_stat(const char *field, long long want, int timeout_ms)
-{
-    if (gwt_wait_stat(gport, "/stats", field, want, timeout_ms) == 0)
-        return;
-    struct gwt_response r;
-    int rc = gwt_get(gport, "/stats", &r);
-    char body[1024];
-    snprintf(body, sizeof(body), "%s", rc == 0 && r.body ? r.body : "(no /stats)");
-    gwt_response_free(&r);
-    fail_msg("/stats %s did not become %lld within %d ms: %s", field, want, timeout_ms, body);
-}
-
-static void assert_serves(int port)
-{
-    struct gwt_response r;
-    assert_int_equal(gwt_get(port, "/users/1", &r), 0);
-    assert_int_equal(r.status, 200);
-    gwt_response_free(&r);
 }
 
 /* MAX_CONCURRENT_REQUESTS=2: 8 concurrent slow requests all succeed, the
@@ -107,7 +86,7 @@ static void test_cap_limits_backend_concurrency(void **state)
     assert_int_equal(gwt_stat(gport, "/stats", "in_flight"), 0);
     assert_int_equal(gwt_stat(gport, "/stats", "queue_length"), 0);
     assert_int_equal(gwt_stat(gport, "/stats", "requests_rejected_queue"), 0);
-    assert_serves(gport);
+    gwt_assert_serves(gport, "/users/1");
 }
 
 /* Starts a /slow request holding the only slot and waits until the gateway
@@ -115,7 +94,7 @@ static void test_cap_limits_backend_concurrency(void **state)
 static void hold_slot(struct gwt_async *h, int ms)
 {
     assert_int_equal(gwt_async_start(h, gport, slow_req(ms)), 0);
-    wait_stat("in_flight", 1, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 1, 3000, NULL);
 }
 
 static void release_slot(struct gwt_async *h)
@@ -148,7 +127,7 @@ static void test_queue_timeout_503(void **state)
     long long reqs = -1;
     assert_int_equal(gwt_backend_stats(bport, &reqs, NULL), 0);
     assert_int_equal(reqs, 1); /* the 503 never reached the backend */
-    assert_serves(gport);
+    gwt_assert_serves(gport, "/users/1");
 }
 
 /* MAX_QUEUE_LENGTH=0: no waiting at all, 503 at once. */
@@ -168,7 +147,7 @@ static void test_queue_length_zero(void **state)
     gwt_response_free(&r);
     assert_true(ms < 500);
     release_slot(&h);
-    assert_serves(gport);
+    gwt_assert_serves(gport, "/users/1");
 }
 
 /* A queued request waits for the slot and is then served; the queue shows
@@ -184,7 +163,7 @@ static void test_queued_request_served(void **state)
                                      "GET /users/77 HTTP/1.1\r\nHost: h\r\nConnection: "
                                      "close\r\n\r\n"),
                      0);
-    wait_stat("queue_length", 1, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "queue_length", 1, 3000, NULL);
     release_slot(&h);
     assert_int_equal(gwt_async_join(&q), 0);
     long long ms = gwt_now_ms() - t0;
@@ -211,7 +190,7 @@ static void test_admin_while_saturated(void **state)
     hold_slot(&h, 1000);
     /* And one more waiting in the queue. */
     assert_int_equal(gwt_async_start(&q, gport, slow_req(10)), 0);
-    wait_stat("queue_length", 1, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "queue_length", 1, 3000, NULL);
 
     struct gwt_response r;
     long long t0 = gwt_now_ms();
@@ -260,19 +239,19 @@ static void test_slots_returned_on_client_abort(void **state)
     int fd = gwt_connect(gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, slow_req(300)), 0);
-    wait_stat("in_flight", 1, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 1, 3000, NULL);
     /* Queued, then the client goes away. */
     int fd2 = gwt_connect(gport);
     assert_true(fd2 >= 0);
     assert_int_equal(gwt_send_str(fd2, slow_req(10)), 0);
-    wait_stat("queue_length", 1, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "queue_length", 1, 3000, NULL);
     close(fd2);
     close(fd);
-    wait_stat("in_flight", 0, 3000);
-    wait_stat("queue_length", 0, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 3000, NULL);
+    gwt_assert_stat_becomes(gport, "/stats", "queue_length", 0, 3000, NULL);
     /* The single slot is usable again, twice in a row. */
-    assert_serves(gport);
-    assert_serves(gport);
+    gwt_assert_serves(gport, "/users/1");
+    gwt_assert_serves(gport, "/users/1");
 }
 
 int main(void)

@@ -6,7 +6,6 @@
  * ends by proving the gateway still serves.
  */
 #include <errno.h>
-#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "gwt_fault.h"
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 static struct gwt_proc backend;
@@ -38,49 +39,26 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     int rc = gwt_stop_tracked();
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     return rc;
 }
 
 static int test_teardown(void **state)
 {
-    int rc = 0;
-    if (gw2.pid > 0) {
-        int st = gwt_stop(&gw2, SIGTERM, 5000);
-        if (st != 0) {
-            fprintf(stderr, "per-test gateway ended with %d, expected 0\n", st);
-            gwt_log_dump(&gw2, 6000);
-            rc = -1;
-        }
-        gwt_proc_cleanup(&gw2);
-    }
-    return rc;
-}
-
-static long long backend_requests(void)
-{
-    long long n = -1;
-    assert_int_equal(gwt_backend_stats(bport, &n, NULL), 0);
-    return n;
+    return gwt_stop_expect_exit0(&gw2);
 }
 
 /* A normal request through port reaches the backend: the count grows by one. */
 static void assert_serves(int port)
 {
-    long long before = backend_requests();
-    struct gwt_response r;
-    assert_int_equal(gwt_get(port, "/users/5", &r), 0);
-    assert_int_equal(r.status, 200);
-    gwt_response_free(&r);
-    assert_int_equal(backend_requests(), before + 1);
+    gwt_assert_serves_counted(port, bport, "/users/5", NULL);
 }
 
 /* Sends len bytes on a fresh connection, expects a gateway-generated status,
  * the connection closed, and nothing of it at the backend. */
 static void expect_rejected(int port, const char *what, const char *bytes, size_t len, int status)
 {
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_all(fd, bytes, len), 0);
@@ -101,7 +79,7 @@ static void expect_rejected(int port, const char *what, const char *bytes, size_
     close(fd);
     /* A later request is the first thing the backend sees. */
     assert_serves(port);
-    long long after = backend_requests();
+    long long after = gwt_backend_requests(bport);
     if (after != before + 1)
         fail_msg("case \"%s\": reached the backend (%lld requests, want %lld)", what,
                  after - before - 1, 0LL);
@@ -155,7 +133,7 @@ static void test_smuggling_vectors(void **state)
  * reaches the backend. */
 static void test_smuggling_after_valid_request(void **state)
 {
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"
@@ -171,7 +149,7 @@ static void test_smuggling_after_valid_request(void **state)
     gwt_response_free(&r);
     assert_true(gwt_peer_closed(fd, 3000));
     close(fd);
-    assert_int_equal(backend_requests(), before + 1);
+    assert_int_equal(gwt_backend_requests(bport), before + 1);
     assert_serves(gport);
 }
 
@@ -243,7 +221,7 @@ static void test_408_slow_header(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=300", NULL};
     assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(gport2);
     assert_true(fd >= 0);
     long long t0 = gwt_now_ms();
@@ -257,30 +235,8 @@ static void test_408_slow_header(void **state)
     assert_true(ms < 3000);
     assert_true(gwt_peer_closed(fd, 3000));
     close(fd);
-    assert_int_equal(backend_requests(), before);
+    assert_int_equal(gwt_backend_requests(bport), before);
     assert_serves(gport2);
-}
-
-/* Reads fd until EOF within timeout_ms; returns the bytes received before
- * EOF, or -1 if the connection stayed open. */
-static long bytes_until_eof(int fd, int timeout_ms)
-{
-    long total = 0;
-    long long deadline = gwt_now_ms() + timeout_ms;
-    char buf[1024];
-    for (;;) {
-        long long left = deadline - gwt_now_ms();
-        if (left <= 0)
-            return -1;
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, (int)left) <= 0)
-            return -1;
-        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno == ECONNRESET))
-            return total;
-        if (n > 0)
-            total += n;
-    }
 }
 
 /* An idle connection (no request started, or between keep-alive requests)
@@ -292,7 +248,7 @@ static void test_idle_close_silent(void **state)
     int fd = gwt_connect(gport2);
     assert_true(fd >= 0);
     long long t0 = gwt_now_ms();
-    assert_int_equal(bytes_until_eof(fd, 3000), 0);
+    assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     long long ms = gwt_now_ms() - t0;
     assert_true(ms >= 250);
     close(fd);
@@ -304,7 +260,7 @@ static void test_idle_close_silent(void **state)
     assert_int_equal(gwt_read_response(fd, &r, false), 0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
-    assert_int_equal(bytes_until_eof(fd, 3000), 0);
+    assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
     assert_serves(gport2);
 }

@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 static struct gwt_proc backend;
@@ -29,8 +30,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     return 0;
 }
 
@@ -42,14 +42,6 @@ static int test_setup(void **state)
 static int test_teardown(void **state)
 {
     return gwt_stop_tracked();
-}
-
-static void assert_serves(int port)
-{
-    struct gwt_response r;
-    assert_int_equal(gwt_get(port, "/users/1", &r), 0);
-    assert_int_equal(r.status, 200);
-    gwt_response_free(&r);
 }
 
 static json_t *get_json(int port, const char *path, int want_status)
@@ -129,7 +121,7 @@ static void test_health_with_redis(void **state)
     json_decref(j);
     gwt_proc_cleanup(&redis);
     /* Fail open by default: still serving. */
-    assert_serves(gport);
+    gwt_assert_serves(gport, "/users/1");
 }
 
 static void test_health_backend_down(void **state)
@@ -241,7 +233,7 @@ static void test_stats_counters(void **state)
 static void test_metrics(void **state)
 {
     assert_int_equal(gwt_gateway_for(&gw, &gport, bport, NULL), 0);
-    assert_serves(gport);
+    gwt_assert_serves(gport, "/users/1");
     struct gwt_response r;
     assert_int_equal(gwt_get(gport, "/metrics", &r), 0);
     assert_int_equal(r.status, 200);
@@ -438,7 +430,7 @@ static void test_sigterm_idle_client(void **state)
 static void test_sigint_exit0(void **state)
 {
     assert_int_equal(gwt_gateway_for(&gw, &gport, bport, NULL), 0);
-    assert_serves(gport);
+    gwt_assert_serves(gport, "/users/1");
     assert_int_equal(gwt_stop(&gw, SIGINT, 5000), 0);
     gwt_proc_cleanup(&gw);
 }

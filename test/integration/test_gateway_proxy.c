@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 static struct gwt_proc backend;
@@ -37,25 +38,14 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     int rc = gwt_stop_tracked();
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     return rc;
 }
 
 /* Per-test: stop gw2 if a test started one (and check it exited 0). */
 static int test_teardown(void **state)
 {
-    int rc = 0;
-    if (gw2.pid > 0) {
-        int st = gwt_stop(&gw2, SIGTERM, 5000);
-        if (st != 0) {
-            fprintf(stderr, "per-test gateway ended with %d, expected 0\n", st);
-            gwt_log_dump(&gw2, 6000);
-            rc = -1;
-        }
-        gwt_proc_cleanup(&gw2);
-    }
-    return rc;
+    return gwt_stop_expect_exit0(&gw2);
 }
 
 /* Proves the shared gateway still serves a normal request. */
@@ -71,16 +61,6 @@ static void assert_serves(int port)
     gwt_response_free(&r);
 }
 
-/* Reads one response or fails saying which request went unanswered. */
-static void must_read(int fd, struct gwt_response *r, bool head, const char *what)
-{
-    int rc = gwt_read_response(fd, r, head);
-    if (rc != 0) {
-        gwt_response_free(r);
-        fail_msg("%s: no complete response (%s)", what, strerror(-rc));
-    }
-}
-
 static char *make_body(size_t n, unsigned seed)
 {
     char *b = malloc(n + 1);
@@ -89,15 +69,6 @@ static char *make_body(size_t n, unsigned seed)
         b[i] = (char)('a' + (i * 7 + seed) % 26);
     b[n] = '\0';
     return b;
-}
-
-static void read_echo(int fd, struct gwt_echo *e)
-{
-    struct gwt_response r;
-    must_read(fd, &r, false, "request to /echo");
-    assert_int_equal(r.status, 200);
-    assert_int_equal(gwt_echo_parse(&r, e), 0);
-    gwt_response_free(&r);
 }
 
 /* Method, raw request-target, header order and values, hop-by-hop removal
@@ -131,7 +102,7 @@ static void test_echo_headers_and_body(void **state)
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, req), 0);
     struct gwt_echo e;
-    read_echo(fd, &e);
+    gwt_read_echo(fd, &e, "request to /echo");
     close(fd);
 
     assert_string_equal(e.method, "POST");
@@ -203,7 +174,7 @@ static void test_methods_keepalive(void **state)
                  methods[i], i, with_body ? "Content-Length: 3\r\n" : "", with_body ? "abc" : "");
         assert_int_equal(gwt_send_str(fd, req), 0);
         struct gwt_response r;
-        must_read(fd, &r, false, req);
+        gwt_must_read(fd, &r, false, req);
         /* backend_app routes on the raw path: "/echo/../echo" is not /echo,
          * which proves the target is not normalised on the way. */
         assert_int_equal(r.status, 404);
@@ -214,7 +185,7 @@ static void test_methods_keepalive(void **state)
                  with_body ? "Content-Length: 3\r\n" : "", with_body ? "abc" : "");
         assert_int_equal(gwt_send_str(fd, req), 0);
         struct gwt_echo e;
-        read_echo(fd, &e);
+        gwt_read_echo(fd, &e, "request to /echo");
         assert_string_equal(e.method, methods[i]);
         char want[32];
         snprintf(want, sizeof(want), "/echo?i=%zu", i);
@@ -273,14 +244,14 @@ static void test_chunked_request(void **state)
     assert_int_equal(off, total);
     assert_int_equal(gwt_send_str(fd, "0\r\n\r\n"), 0);
     struct gwt_echo e;
-    read_echo(fd, &e);
+    gwt_read_echo(fd, &e, "request to /echo");
     assert_int_equal(e.body_length, (long long)total);
     assert_string_equal(e.body_sha256, sha);
     gwt_echo_free(&e);
     /* The connection is still usable afterwards. */
     assert_int_equal(gwt_send_str(fd, "GET /users/5 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
-    must_read(fd, &r, false, "GET /users/5 after a chunked upload (keep-alive)");
+    gwt_must_read(fd, &r, false, "GET /users/5 after a chunked upload (keep-alive)");
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
     close(fd);
@@ -302,7 +273,7 @@ static void test_large_upload(void **state)
     assert_int_equal(gwt_send_str(fd, head), 0);
     assert_int_equal(gwt_send_all(fd, body, total), 0);
     struct gwt_echo e;
-    read_echo(fd, &e);
+    gwt_read_echo(fd, &e, "request to /echo");
     assert_string_equal(e.method, "PUT");
     assert_int_equal(e.body_length, (long long)total);
     assert_string_equal(e.body_sha256, sha);
@@ -351,7 +322,7 @@ static void test_close_delimited_response(void **state)
                                       "Host: h\r\n\r\n"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "GET /stream?close=1");
+    gwt_must_read(fd, &r, false, "GET /stream?close=1");
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 2000);
     assert_memory_equal(r.body, d.body, d.body_len);
@@ -359,7 +330,7 @@ static void test_close_delimited_response(void **state)
     if (!r.conn_closed) {
         gwt_response_free(&r);
         assert_int_equal(gwt_send_str(fd, "GET /users/8 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-        must_read(fd, &r, false, "GET /users/8 after a re-framed close-delimited response");
+        gwt_must_read(fd, &r, false, "GET /users/8 after a re-framed close-delimited response");
         assert_int_equal(r.status, 200);
     }
     gwt_response_free(&r);
@@ -375,7 +346,7 @@ static void test_http10_client(void **state)
     assert_int_equal(gwt_send_str(fd, "GET /stream?chunks=3&size=100 HTTP/1.0\r\nHost: h\r\n\r\n"),
                      0);
     struct gwt_response r;
-    must_read(fd, &r, false, "HTTP/1.0 GET /stream");
+    gwt_must_read(fd, &r, false, "HTTP/1.0 GET /stream");
     assert_int_equal(r.status, 200);
     assert_false(r.chunked);
     assert_null(gwt_header(&r, "Transfer-Encoding"));
@@ -412,21 +383,6 @@ static void test_bytes_1mb(void **state)
     gwt_response_free(&d);
 }
 
-static void expect_user(int fd, int id)
-{
-    struct gwt_response r;
-    char what[64];
-    snprintf(what, sizeof(what), "GET /users/%d on a reused connection", id);
-    must_read(fd, &r, false, what);
-    assert_int_equal(r.status, 200);
-    json_t *j = gwt_json(&r);
-    assert_non_null(j);
-    assert_int_equal(gwt_json_int(j, "id", -1), id);
-    json_decref(j);
-    assert_false(r.conn_closed);
-    gwt_response_free(&r);
-}
-
 /* Several requests, one after the other, on one connection. */
 static void test_keepalive(void **state)
 {
@@ -436,18 +392,18 @@ static void test_keepalive(void **state)
         char req[128];
         snprintf(req, sizeof(req), "GET /users/%d HTTP/1.1\r\nHost: h\r\n\r\n", i);
         assert_int_equal(gwt_send_str(fd, req), 0);
-        expect_user(fd, i);
+        assert_false(gwt_expect_user(fd, i, "on a reused connection"));
     }
     /* A body in between does not desynchronise the stream. */
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: "
                                       "5\r\n\r\nabcde"),
                      0);
     struct gwt_echo e;
-    read_echo(fd, &e);
+    gwt_read_echo(fd, &e, "request to /echo");
     assert_int_equal(e.body_length, 5);
     gwt_echo_free(&e);
     assert_int_equal(gwt_send_str(fd, "GET /users/6 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    expect_user(fd, 6);
+    assert_false(gwt_expect_user(fd, 6, "on a reused connection"));
     close(fd);
 }
 
@@ -463,20 +419,20 @@ static void test_pipelining(void **state)
                        "GET /users/9 HTTP/1.1\r\nHost: h\r\n\r\n";
     assert_int_equal(gwt_send_str(fd, reqs), 0);
     struct gwt_response r;
-    must_read(fd, &r, false, "first pipelined request (GET /slow?ms=150)");
+    gwt_must_read(fd, &r, false, "first pipelined request (GET /slow?ms=150)");
     assert_int_equal(r.status, 200);
     json_t *j = gwt_json(&r);
     assert_non_null(j);
     assert_int_equal(gwt_json_int(j, "slept_ms", -1), 150);
     json_decref(j);
     gwt_response_free(&r);
-    expect_user(fd, 7);
+    assert_false(gwt_expect_user(fd, 7, "on a reused connection"));
     struct gwt_echo e;
-    read_echo(fd, &e);
+    gwt_read_echo(fd, &e, "request to /echo");
     assert_string_equal(e.target, "/echo?p=3");
     assert_int_equal(e.body_length, 4);
     gwt_echo_free(&e);
-    expect_user(fd, 9);
+    assert_false(gwt_expect_user(fd, 9, "on a reused connection"));
     close(fd);
 }
 
@@ -487,7 +443,7 @@ static void test_head(void **state)
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "HEAD /bytes?n=5000 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
-    must_read(fd, &r, true, "HEAD /bytes?n=5000");
+    gwt_must_read(fd, &r, true, "HEAD /bytes?n=5000");
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     const char *cl = gwt_header(&r, "Content-Length");
@@ -496,12 +452,12 @@ static void test_head(void **state)
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, "HEAD /stream?chunks=2&size=10 HTTP/1.1\r\nHost: h\r\n\r\n"),
                      0);
-    must_read(fd, &r, true, "HEAD /stream after HEAD /bytes on one connection");
+    gwt_must_read(fd, &r, true, "HEAD /stream after HEAD /bytes on one connection");
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
     /* Had any body byte followed a HEAD response, this parse would fail. */
     assert_int_equal(gwt_send_str(fd, "GET /users/3 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    expect_user(fd, 3);
+    assert_false(gwt_expect_user(fd, 3, "on a reused connection"));
     close(fd);
 }
 
@@ -516,7 +472,7 @@ static void test_bodiless_and_passthrough_statuses(void **state)
         snprintf(req, sizeof(req), "GET /status/%d HTTP/1.1\r\nHost: h\r\n\r\n", codes[i]);
         assert_int_equal(gwt_send_str(fd, req), 0);
         struct gwt_response r;
-        must_read(fd, &r, false, req);
+        gwt_must_read(fd, &r, false, req);
         assert_int_equal(r.status, codes[i]);
         if (codes[i] == 204 || codes[i] == 304) {
             assert_int_equal(r.body_len, 0);
@@ -529,7 +485,7 @@ static void test_bodiless_and_passthrough_statuses(void **state)
         gwt_response_free(&r);
     }
     assert_int_equal(gwt_send_str(fd, "GET /users/11 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    expect_user(fd, 11);
+    assert_false(gwt_expect_user(fd, 11, "on a reused connection"));
     close(fd);
 }
 
@@ -544,12 +500,12 @@ static void test_expect_continue(void **state)
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
     assert_int_equal(poll(&pfd, 1, 3000), 1);
     struct gwt_response r;
-    must_read(fd, &r, false, "100-continue interim response");
+    gwt_must_read(fd, &r, false, "100-continue interim response");
     assert_int_equal(r.status, 100);
     gwt_response_free(&r);
     assert_int_equal(gwt_send_str(fd, "0123456789"), 0);
     struct gwt_echo e;
-    read_echo(fd, &e);
+    gwt_read_echo(fd, &e, "request to /echo");
     assert_int_equal(e.body_length, 10);
     gwt_echo_free(&e);
     close(fd);
@@ -601,9 +557,9 @@ static void test_502_backend_closed(void **state)
     assert_true(fd >= 0);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(gwt_send_str(fd, "GET / HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-        must_read(fd, &r, false,
-                  i ? "second GET / on one connection (502 expected)"
-                    : "first GET / on one connection (502 expected)");
+        gwt_must_read(fd, &r, false,
+                      i ? "second GET / on one connection (502 expected)"
+                        : "first GET / on one connection (502 expected)");
         gwt_assert_problem(&r, 502, NULL);
         gwt_response_free(&r);
     }

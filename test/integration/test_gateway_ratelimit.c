@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 #define LIMIT      5
@@ -40,10 +41,8 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
-    gwt_stop(&redis, SIGTERM, 5000);
-    gwt_proc_cleanup(&redis);
+    gwt_stop_and_cleanup(&backend);
+    gwt_stop_and_cleanup(&redis);
     return 0;
 }
 
@@ -58,13 +57,6 @@ static int test_setup(void **state)
 static int test_teardown(void **state)
 {
     return gwt_stop_tracked();
-}
-
-static long long backend_requests(void)
-{
-    long long n = -1;
-    assert_int_equal(gwt_backend_stats(bport, &n, NULL), 0);
-    return n;
 }
 
 static long long header_ll(const struct gwt_response *r, const char *name)
@@ -149,7 +141,7 @@ static void run_limit_sequence(int port)
         assert_rl_headers(&r, LIMIT, n, t0, t1);
         gwt_response_free(&r);
     }
-    assert_int_equal(backend_requests(), LIMIT);
+    assert_int_equal(gwt_backend_requests(bport), LIMIT);
     for (int n = LIMIT + 1; n <= LIMIT + 3; n++) {
         struct gwt_response r;
         long long t0, t1;
@@ -159,7 +151,7 @@ static void run_limit_sequence(int port)
         gwt_response_free(&r);
     }
     /* Refused requests never reached the backend. */
-    assert_int_equal(backend_requests(), LIMIT);
+    assert_int_equal(gwt_backend_requests(bport), LIMIT);
     /* A refused request on a keep-alive connection leaves it usable. */
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
@@ -171,7 +163,7 @@ static void run_limit_sequence(int port)
         gwt_response_free(&r);
     }
     close(fd);
-    assert_int_equal(backend_requests(), LIMIT);
+    assert_int_equal(gwt_backend_requests(bport), LIMIT);
     /* The gateway's own endpoints are never rate limited. */
     struct gwt_response r;
     assert_int_equal(gwt_get(port, "/health", &r), 0);
@@ -258,7 +250,7 @@ static void test_redis_over_limit_remembered(void **state)
                      i + 1, r.status);
         gwt_response_free(&r);
     }
-    assert_int_equal(backend_requests(), 2);
+    assert_int_equal(gwt_backend_requests(bport), 2);
 }
 
 /* Two gateways on one Redis: exactly LIMIT requests pass in total. */
@@ -282,7 +274,7 @@ static void test_redis_global_limit(void **state)
     }
     assert_int_equal(ok, LIMIT);
     assert_int_equal(limited, 12 - LIMIT);
-    assert_int_equal(backend_requests(), LIMIT);
+    assert_int_equal(gwt_backend_requests(bport), LIMIT);
 }
 
 /* RATE_LIMIT_KEY=header:X-API-Key: each key has its own budget; no header
@@ -315,7 +307,7 @@ static void test_key_by_header(void **state)
                      r.status, seq[i].status);
         gwt_response_free(&r);
     }
-    assert_int_equal(backend_requests(), 6);
+    assert_int_equal(gwt_backend_requests(bport), 6);
 }
 
 /* RATE_LIMIT_HEADERS=off: no rate-limit fields, but 429 keeps Retry-After. */
@@ -356,7 +348,7 @@ static void test_dry_run(void **state)
             assert_non_null(strstr(rl, ";r=0;"));
         gwt_response_free(&r);
     }
-    assert_int_equal(backend_requests(), 3);
+    assert_int_equal(gwt_backend_requests(bport), 3);
     assert_int_equal(gwt_stat(pa, "/stats", "requests_rate_limited_dry_run"), 2);
     assert_int_equal(gwt_stat(pa, "/stats", "requests_rate_limited"), 0);
 }
@@ -403,7 +395,7 @@ static void test_redis_down_closed(void **state)
     assert_int_equal(r.status, 503);
     assert_non_null(strstr(gwt_header(&r, "Content-Type"), "application/problem+json"));
     gwt_response_free(&r);
-    assert_int_equal(backend_requests(), 0);
+    assert_int_equal(gwt_backend_requests(bport), 0);
 }
 
 /* Failure mode local: the same limit is enforced from the in-process store. */

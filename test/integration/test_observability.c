@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "gwt_obs.h"
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 #define CAPACITY_TYPE "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
@@ -34,8 +35,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     return 0;
 }
 

@@ -19,6 +19,8 @@
 #include <cmocka.h>
 
 #include "gwt_breaker.h"
+#include "gwt_fault.h"
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 static struct gwt_proc backend;
@@ -33,8 +35,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     return 0;
 }
 
@@ -53,37 +54,11 @@ static void start_gw(const char *const env[])
     assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
 }
 
-/* Fails with the whole /stats when field does not reach want in time. */
-static void wait_stat_on(int port, const char *field, long long want, int timeout_ms)
-{
-    if (gwt_wait_stat(port, "/stats", field, want, timeout_ms) == 0)
-        return;
-    struct gwt_response r;
-    int rc = gwt_get(port, "/stats", &r);
-    char body[1200];
-    snprintf(body, sizeof(body), "%s", rc == 0 && r.body ? r.body : "(no /stats)");
-    gwt_response_free(&r);
-    fail_msg("port %d /stats %s did not become %lld within %d ms: %s", port, field, want,
-             timeout_ms, body);
-}
-
 static void assert_no_sanitizer(const struct gwt_proc *p)
 {
     char what[300];
     if (gwt_brk_log_has_sanitizer(p, what, sizeof(what)))
         fail_msg("sanitizer report in %s's log: %s", p->name, what);
-}
-
-static void assert_serves(int port, const char *target)
-{
-    struct gwt_response r;
-    assert_int_equal(gwt_get(port, target, &r), 0);
-    if (r.status != 200) {
-        int st = r.status;
-        gwt_response_free(&r);
-        fail_msg("GET %s answered %d, want 200", target, st);
-    }
-    gwt_response_free(&r);
 }
 
 /* ---- half-close after a complete request (RFC 9112 §9.6) ---------------- */
@@ -123,7 +98,7 @@ static void test_post_then_fin_without_pool(void **state)
     expect_answered_after_fin(gport,
                               "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello", 1,
                               "POST with body then FIN (UPSTREAM_KEEPALIVE=0)");
-    assert_serves(gport, "/users/1");
+    gwt_assert_serves(gport, "/users/1");
 }
 
 /* Regression (14588ac, fixed in f5455cb), same root cause: a POST whose
@@ -139,7 +114,7 @@ static void test_post_then_fin_while_queued(void **state)
                                      "GET /slow?ms=600 HTTP/1.1\r\nHost: h\r\n"
                                      "Connection: close\r\n\r\n"),
                      0);
-    wait_stat_on(gport, "in_flight", 1, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 1, 3000, NULL);
     const char req[] = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
     char *out = NULL;
     size_t n = 0;
@@ -153,7 +128,7 @@ static void test_post_then_fin_while_queued(void **state)
     free(out);
     if (rc != 0 || st != 200)
         fail_msg("queued POST then FIN: status %d (exchange rc %d), received '%s'", st, rc, shown);
-    wait_stat_on(gport, "in_flight", 0, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 3000, NULL);
 }
 
 /* Regression (14588ac, fixed in f5455cb), same root cause: pipelined
@@ -264,7 +239,7 @@ static void test_stalled_body_is_408(void **state)
         0);
     expect_client_timeout(fd, "POST body stalled after 10 of 100 bytes");
     close(fd);
-    wait_stat_on(gport, "in_flight", 0, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 3000, NULL);
 }
 
 /* Regression (14588ac, fixed in f5455cb), same root cause: Expect:
@@ -281,7 +256,7 @@ static void test_expect_without_body_is_408(void **state)
                      0);
     expect_client_timeout(fd, "Expect: 100-continue and no body");
     close(fd);
-    wait_stat_on(gport, "in_flight", 0, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 3000, NULL);
 }
 
 /* ---- hostile input ------------------------------------------------------ */
@@ -386,9 +361,9 @@ static void test_hostile_inputs_keep_serving(void **state)
     assert_int_equal(gwt_brk_count(out, n, "HTTP/1.1 400 "), 1);
     free(out);
 
-    assert_serves(gport, "/users/1");
-    wait_stat_on(gport, "in_flight", 0, 2000);
-    wait_stat_on(gport, "connections_active", 1, 3000);
+    gwt_assert_serves(gport, "/users/1");
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 2000, NULL);
+    gwt_assert_stat_becomes(gport, "/stats", "connections_active", 1, 3000, NULL);
     assert_no_sanitizer(&gw);
 }
 
@@ -404,9 +379,9 @@ static void test_vanishing_clients_leave_nothing(void **state)
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=2", "QUEUE_TIMEOUT_MS=2000",
                          "UPSTREAM_KEEPALIVE=0", "CLIENT_TIMEOUT_MS=5000", NULL};
     start_gw(env);
-    assert_serves(gport, "/users/1");
-    wait_stat_on(gport, "connections_active", 1, 2000);
-    int base_fds = gwt_brk_fd_count(gw.pid);
+    gwt_assert_serves(gport, "/users/1");
+    gwt_assert_stat_becomes(gport, "/stats", "connections_active", 1, 2000, NULL);
+    int base_fds = gwt_fault_fd_count(gw.pid);
     assert_true(base_fds > 0);
 
     static char upload[64 * 1024];
@@ -449,7 +424,7 @@ static void test_vanishing_clients_leave_nothing(void **state)
         }
     }
     /* Both slots taken and others queued before anyone leaves. */
-    wait_stat_on(gport, "in_flight", 2, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 2, 3000, NULL);
     long long queued = 0, until = gwt_now_ms() + 3000;
     while ((queued = gwt_stat(gport, "/stats", "queue_length")) < 20 && gwt_now_ms() < until)
         usleep(5 * 1000);
@@ -463,17 +438,17 @@ static void test_vanishing_clients_leave_nothing(void **state)
         }
         close(fds[j]);
     }
-    wait_stat_on(gport, "in_flight", 0, 5000);
-    wait_stat_on(gport, "queue_length", 0, 3000);
-    wait_stat_on(gport, "connections_active", 1, 3000);
-    int fds_now = gwt_brk_wait_fds(gw.pid, base_fds, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 5000, NULL);
+    gwt_assert_stat_becomes(gport, "/stats", "queue_length", 0, 3000, NULL);
+    gwt_assert_stat_becomes(gport, "/stats", "connections_active", 1, 3000, NULL);
+    int fds_now = gwt_fault_wait_fds(gw.pid, base_fds, 3000);
     if (fds_now > base_fds)
         fail_msg("gateway holds %d descriptors after every client left, %d before", fds_now,
                  base_fds);
-    wait_stat_on(bport, "in_flight", 0, 3000);
+    gwt_assert_stat_becomes(bport, "/stats", "in_flight", 0, 3000, NULL);
     /* Both slots (and the queue) still work: three in a row. */
     for (int i = 0; i < 3; i++)
-        assert_serves(gport, "/slow?ms=10");
+        gwt_assert_serves(gport, "/slow?ms=10");
     assert_no_sanitizer(&gw);
 }
 
@@ -607,7 +582,7 @@ out:
     if (failure[0])
         fail_msg("%s", failure);
     for (int i = 0; i < 3; i++) {
-        wait_stat_on(ports[i], "in_flight", 0, 3000);
+        gwt_assert_stat_becomes(ports[i], "/stats", "in_flight", 0, 3000, NULL);
         assert_no_sanitizer(&gws[i]);
     }
 }
@@ -626,8 +601,8 @@ static void test_sigterm_under_load(void **state)
                                          "GET /slow?ms=600 HTTP/1.1\r\nHost: h\r\n"
                                          "Connection: close\r\n\r\n"),
                          0);
-    wait_stat_on(gport, "in_flight", 4, 3000);
-    wait_stat_on(gport, "queue_length", 2, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 4, 3000, NULL);
+    gwt_assert_stat_becomes(gport, "/stats", "queue_length", 2, 3000, NULL);
     struct gwt_brk_load load;
     assert_int_equal(gwt_brk_load_start(&load, gport, "/users/1", 4), 0);
     long long t0 = gwt_now_ms();
@@ -762,8 +737,8 @@ static void test_pipelined_resets_over_limit(void **state)
                  "reset: %s",
                  gwt_proc_alive(&gw) ? "reported" : "died", rounds,
                  report ? what : "(no sanitizer line)");
-    assert_serves(gport, "/health?probe=live");
-    wait_stat_on(gport, "connections_active", 1, 5000);
+    gwt_assert_serves(gport, "/health?probe=live");
+    gwt_assert_stat_becomes(gport, "/stats", "connections_active", 1, 5000, NULL);
 }
 
 /* BUG (found by the breaker on 8b70b40): heap use-after-free in
@@ -808,7 +783,7 @@ static void test_pipelined_then_fin_redrive(void **state)
                      n, got, rc, gwt_proc_alive(&gw) ? "alive" : "dead",
                      report ? what : "no sanitizer report");
     }
-    wait_stat_on(gport, "connections_active", 1, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "connections_active", 1, 3000, NULL);
 }
 
 /* ---- load --------------------------------------------------------------- */
@@ -836,8 +811,8 @@ static void test_exact_limit_under_concurrency(void **state)
     assert_int_equal(gwt_backend_stats(bport, &backend_requests, NULL), 0);
     assert_int_equal(backend_requests, 50);
     assert_int_equal(gwt_stat(gport, "/stats", "requests_proxied"), 50);
-    wait_stat_on(gport, "in_flight", 0, 2000);
-    wait_stat_on(gport, "connections_active", 1, 3000);
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 2000, NULL);
+    gwt_assert_stat_becomes(gport, "/stats", "connections_active", 1, 3000, NULL);
     assert_no_sanitizer(&gw);
 }
 

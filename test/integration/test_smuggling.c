@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "gwt_fault.h"
+#include "gwt_suite.h"
 #include "gwtest.h"
 
 static struct gwt_proc backend;
@@ -190,30 +191,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     int rc = gwt_stop_tracked();
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
+    gwt_stop_and_cleanup(&backend);
     return rc;
-}
-
-static long long backend_requests(void)
-{
-    long long n = -1;
-    assert_int_equal(gwt_backend_stats(bport, &n, NULL), 0);
-    return n;
-}
-
-/* A normal request through the gateway reaches the backend (count + 1). */
-static void assert_serves(int port, const char *after)
-{
-    long long before = backend_requests();
-    struct gwt_response r;
-    int rc = gwt_get(port, "/users/5", &r);
-    if (rc != 0 || r.status != 200) {
-        gwt_response_free(&r);
-        fail_msg("after \"%s\": normal request failed (rc %d, status %d)", after, rc, r.status);
-    }
-    gwt_response_free(&r);
-    assert_int_equal(backend_requests(), before + 1);
 }
 
 /* Prints the bytes of a request with escapes, for failure messages. */
@@ -239,7 +218,7 @@ static void print_escaped(const char *what, const char *b, size_t n)
 static void run_row(void **state)
 {
     const struct row *rw = *state;
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_all(fd, rw->bytes, rw->len), 0);
@@ -261,8 +240,8 @@ static void run_row(void **state)
     if (extra != 0)
         fail_msg("\"%s\": %s after the %d", rw->name,
                  extra < 0 ? "connection left open" : "more bytes", rw->status);
-    assert_serves(gport, rw->name);
-    long long after = backend_requests();
+    gwt_assert_serves_counted(gport, bport, "/users/5", rw->name);
+    long long after = gwt_backend_requests(bport);
     if (after != before + 1) {
         print_escaped("request", rw->bytes, rw->len);
         fail_msg("\"%s\": %lld request(s) of it reached the backend", rw->name, after - before - 1);
@@ -292,7 +271,7 @@ static void test_leading_zero_chunk_size_normalised(void **state)
  * backend (the "G" would prefix a smuggled request on a confused peer). */
 static void test_desync_after_valid_request(void **state)
 {
-    long long before = backend_requests();
+    long long before = gwt_backend_requests(bport);
     int fd = gwt_connect(gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, GET_H "\r\n" POST_H "Content-Length: 6\r\n"
@@ -308,8 +287,8 @@ static void test_desync_after_valid_request(void **state)
     gwt_response_free(&r);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
-    assert_int_equal(backend_requests(), before + 1);
-    assert_serves(gport, "desync after a valid request");
+    assert_int_equal(gwt_backend_requests(bport), before + 1);
+    gwt_assert_serves_counted(gport, bport, "/users/5", "desync after a valid request");
 }
 
 /* Head-level vectors sent one byte per write: the verdict must not depend
@@ -324,7 +303,7 @@ static void test_vectors_byte_by_byte(void **state)
         for (size_t i = 0; i < NROWS && !rw; i++)
             rw = strcmp(rows[i].name, names[k]) == 0 ? &rows[i] : NULL;
         assert_non_null(rw);
-        long long before = backend_requests();
+        long long before = gwt_backend_requests(bport);
         int fd = gwt_connect(gport);
         assert_true(fd >= 0);
         int one = 1;
@@ -342,8 +321,8 @@ static void test_vectors_byte_by_byte(void **state)
         gwt_response_free(&r);
         assert_true(gwt_peer_closed(fd, 3000));
         close(fd);
-        assert_serves(gport, rw->name);
-        if (backend_requests() != before + 1)
+        gwt_assert_serves_counted(gport, bport, "/users/5", rw->name);
+        if (gwt_backend_requests(bport) != before + 1)
             fail_msg("\"%s\" byte by byte reached the backend", rw->name);
     }
 }

@@ -5,7 +5,6 @@
  */
 #include "gwt_breaker.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -143,34 +142,6 @@ int gwt_brk_final_status(const char *buf, size_t len)
         p = hit + 12; /* interim response: look for the next status line */
     }
     return -1;
-}
-
-int gwt_brk_fd_count(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    if (!d)
-        return -errno;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] != '.')
-            n++;
-    }
-    closedir(d);
-    return n;
-}
-
-int gwt_brk_wait_fds(pid_t pid, int max_fds, int timeout_ms)
-{
-    long long deadline = gwt_now_ms() + timeout_ms;
-    for (;;) {
-        int n = gwt_brk_fd_count(pid);
-        if (n < 0 || n <= max_fds || gwt_now_ms() >= deadline)
-            return n;
-        sleep_ms(POLL_STEP_MS);
-    }
 }
 
 bool gwt_brk_log_has_sanitizer(const struct gwt_proc *p, char *what, size_t cap)

@@ -34,12 +34,8 @@ int gwt_brk_count(const char *buf, size_t len, const char *needle);
 /* Status code of the first final (non-1xx) response in buf, or -1. */
 int gwt_brk_final_status(const char *buf, size_t len);
 
-/* Open descriptors of pid (entries of /proc/pid/fd), or -errno. */
-int gwt_brk_fd_count(pid_t pid);
-
-/* Polls until pid has at most max_fds descriptors, for at most timeout_ms.
- * Returns the last count seen (<= max_fds on success), or -errno. */
-int gwt_brk_wait_fds(pid_t pid, int max_fds, int timeout_ms);
+/* Descriptor counts of a process: see gwt_fault_fd_count and
+ * gwt_fault_wait_fds in gwt_fault.h. */
 
 /* True when the child's log holds a sanitizer report (AddressSanitizer,
  * LeakSanitizer, UndefinedBehaviorSanitizer or "runtime error:"); the

@@ -73,27 +73,27 @@ int gwt_dist_redis_start_at(struct gwt_proc *p, int port, const char *const extr
     return rc;
 }
 
+/* Sends the two-word command argv and tells whether redis replied with a
+ * status (+OK). */
+static bool status_reply(redisContext *c, const char *const argv[2])
+{
+    redisReply *r = redisCommandArgv(c, 2, (const char **)argv, NULL);
+    bool ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+    if (r != NULL)
+        freeReplyObject(r);
+    return ok;
+}
+
 redisContext *gwt_dist_redis(int port, const char *password, int db)
 {
     redisContext *c = open_ctx(port, 2000);
     if (c == NULL)
         return NULL;
-    redisReply *r;
-    if (password != NULL) {
-        r = redisCommand(c, "AUTH %s", password);
-        bool ok = r != NULL && r->type == REDIS_REPLY_STATUS;
-        if (r != NULL)
-            freeReplyObject(r);
-        if (!ok) {
-            redisFree(c);
-            return NULL;
-        }
-    }
-    r = redisCommand(c, "SELECT %d", db);
-    bool ok = r != NULL && r->type == REDIS_REPLY_STATUS;
-    if (r != NULL)
-        freeReplyObject(r);
-    if (!ok) {
+    char dbs[16];
+    snprintf(dbs, sizeof(dbs), "%d", db);
+    const char *auth[] = {"AUTH", password};
+    const char *select[] = {"SELECT", dbs};
+    if ((password != NULL && !status_reply(c, auth)) || !status_reply(c, select)) {
         redisFree(c);
         return NULL;
     }

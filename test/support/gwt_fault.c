@@ -21,10 +21,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_CONNS  64
-#define CONN_BUF   (256 * 1024) /* bytes of one request the fake holds at most */
-#define LAST_REQ   (64 * 1024)  /* bytes of the last request kept for inspection */
-#define START_WAIT 10000        /* ms to wait for the wrapped gateway's port line */
+#define MAX_CONNS 64
+#define CONN_BUF  (256 * 1024) /* bytes of one request the fake holds at most */
+#define LAST_REQ  (64 * 1024)  /* bytes of the last request kept for inspection */
 
 static const char default_reply[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                     "Content-Length: 13\r\n\r\n{\"fake\":true}";
@@ -444,75 +443,10 @@ void gwt_fault_stop(struct gwt_fault *f)
 
 /* ---- gateway under a wrapper ------------------------------------------- */
 
-/* Every variable that configures the gateway is removed from the inherited
- * environment (a bare name removes it), as gwt_gateway_start does. */
-static const char *const hermetic_env[] = {
-    "GATEWAY_HOST=127.0.0.1",
-    "GATEWAY_PORT=0",
-    "BACKEND_URL",
-    "WORKER_THREADS",
-    "MAX_CONNECTIONS",
-    "REDIS_URL",
-    "REDIS_TIMEOUT_MS",
-    "RATE_LIMIT_REQUESTS",
-    "RATE_LIMIT_WINDOW_SECONDS",
-    "RATE_LIMIT_ALGORITHM",
-    "RATE_LIMIT_KEY",
-    "RATE_LIMIT_KEY_PREFIX",
-    "RATE_LIMIT_FAILURE_MODE",
-    "RATE_LIMIT_DRY_RUN",
-    "RATE_LIMIT_HEADERS",
-    "TRUSTED_PROXIES",
-    "MAX_CONCURRENT_REQUESTS",
-    "MAX_QUEUE_LENGTH",
-    "QUEUE_TIMEOUT_MS",
-    "UPSTREAM_CONNECT_TIMEOUT_MS",
-    "UPSTREAM_TIMEOUT_MS",
-    "UPSTREAM_KEEPALIVE",
-    "CLIENT_TIMEOUT_MS",
-    "MAX_HEADER_BYTES",
-    "MAX_BODY_BYTES",
-    "PRESERVE_HOST",
-    "HEALTH_PATH",
-    "STATS_PATH",
-    "METRICS_PATH",
-    "SHUTDOWN_TIMEOUT_MS",
-    "LOG_LEVEL",
-    "ACCESS_LOG",
-    NULL,
-};
-
 int gwt_fault_gateway_wrapped(struct gwt_proc *p, int *port, const char *const wrapper[],
                               const char *const env[])
 {
-    const char *argv[32];
-    size_t k = 0;
-    for (size_t i = 0; wrapper && wrapper[i] && k < 30; i++)
-        argv[k++] = wrapper[i];
-    argv[k++] = GW_BIN_DIR "/gateway";
-    argv[k] = NULL;
-    const char *merged[128];
-    size_t m = 0;
-    for (size_t i = 0; hermetic_env[i]; i++)
-        merged[m++] = hermetic_env[i];
-    for (size_t i = 0; env && env[i] && m < 127; i++)
-        merged[m++] = env[i];
-    merged[m] = NULL;
-    int rc = gwt_spawn(p, argv, merged);
-    if (rc != 0)
-        return rc;
-    char line[512];
-    rc = gwt_wait_log(p, "gateway listening on ", START_WAIT, line, sizeof(line));
-    if (rc != 0) {
-        gwt_log_dump(p, 4000);
-        return rc;
-    }
-    const char *c = strrchr(line, ':');
-    long v = c ? strtol(c + 1, NULL, 10) : 0;
-    if (v <= 0 || v > 65535)
-        return -EPROTO;
-    *port = (int)v;
-    return gwt_wait_port(*port, 2000);
+    return gwt_gateway_start_wrapped(p, port, wrapper, env);
 }
 
 bool gwt_fault_have_command(const char *name)

@@ -499,6 +499,20 @@ static int decode_status(int st)
     return -EINVAL;
 }
 
+/* SIGKILLs the child and its process group, reaps it (recording how it
+ * ended) and forgets it. */
+static void kill_and_reap(struct gwt_proc *p)
+{
+    kill(-p->pid, SIGKILL);
+    kill(p->pid, SIGKILL);
+    int st;
+    if (waitpid(p->pid, &st, 0) == p->pid) {
+        p->exited = true;
+        p->status = st;
+    }
+    children_del(p->pid);
+}
+
 int gwt_stop(struct gwt_proc *p, int sig, int timeout_ms)
 {
     if (p->pid <= 0)
@@ -523,28 +537,14 @@ int gwt_stop(struct gwt_proc *p, int sig, int timeout_ms)
     }
     fprintf(stderr, "gwtest: %s (pid %d) ignored signal %d for %d ms: SIGKILL\n", p->name,
             (int)p->pid, sig, timeout_ms);
-    kill(-p->pid, SIGKILL);
-    kill(p->pid, SIGKILL);
-    int st;
-    if (waitpid(p->pid, &st, 0) == p->pid) {
-        p->exited = true;
-        p->status = st;
-    }
-    children_del(p->pid);
+    kill_and_reap(p);
     return GWT_STOP_KILLED;
 }
 
 void gwt_proc_cleanup(struct gwt_proc *p)
 {
     if (p->pid > 0 && !p->exited) {
-        kill(-p->pid, SIGKILL);
-        kill(p->pid, SIGKILL);
-        int st;
-        if (waitpid(p->pid, &st, 0) == p->pid) {
-            p->exited = true;
-            p->status = st;
-        }
-        children_del(p->pid);
+        kill_and_reap(p);
     }
     if (p->log_path[0] && getenv("GWT_KEEP_LOGS") == NULL)
         unlink(p->log_path);
@@ -751,26 +751,36 @@ int gwt_gateway_run(const char *const args[], const char *const env[], int timeo
     return gwt_run(argv, merged, timeout_ms, out, err);
 }
 
-static int gateway_start(struct gwt_proc *p, int *port, const char *const env[],
-                         const char *const extra_args[], bool split)
+/* Runs wrapper[0..] (may be NULL), then the gateway binary, then extra_args. */
+static int gateway_start(struct gwt_proc *p, int *port, const char *const wrapper[],
+                         const char *const env[], const char *const extra_args[], bool split)
 {
-    const char *argv[32] = {GW_BIN_DIR "/gateway"};
-    size_t k = 1;
-    for (size_t i = 0; extra_args && extra_args[i] && k < 31; i++)
+    const char *argv[48];
+    size_t k = 0;
+    for (size_t i = 0; wrapper && wrapper[i] && k < 15; i++)
+        argv[k++] = wrapper[i];
+    argv[k++] = GW_BIN_DIR "/gateway";
+    for (size_t i = 0; extra_args && extra_args[i] && k < 47; i++)
         argv[k++] = extra_args[i];
     argv[k] = NULL;
     return start_and_parse(p, port, argv, gateway_base_env, env, "gateway listening on ", split);
 }
 
+int gwt_gateway_start_wrapped(struct gwt_proc *p, int *port, const char *const wrapper[],
+                              const char *const env[])
+{
+    return gateway_start(p, port, wrapper, env, NULL, false);
+}
+
 int gwt_gateway_start_args(struct gwt_proc *p, int *port, const char *const env[],
                            const char *const extra_args[])
 {
-    return gateway_start(p, port, env, extra_args, false);
+    return gateway_start(p, port, NULL, env, extra_args, false);
 }
 
 int gwt_gateway_start_split(struct gwt_proc *p, int *port, const char *const env[])
 {
-    return gateway_start(p, port, env, NULL, true);
+    return gateway_start(p, port, NULL, env, NULL, true);
 }
 
 int gwt_gateway_start(struct gwt_proc *p, int *port, const char *const env[])

@@ -119,6 +119,11 @@ GW_MUSTCHECK int gwt_gateway_start(struct gwt_proc *p, int *port, const char *co
 GW_MUSTCHECK int gwt_gateway_start_split(struct gwt_proc *p, int *port, const char *const env[]);
 GW_MUSTCHECK int gwt_gateway_start_args(struct gwt_proc *p, int *port, const char *const env[],
                                         const char *const extra_args[]);
+/* gwt_gateway_start running wrapper[0..] (NULL-terminated, e.g.
+ * {"prlimit", "--nofile=64:64", NULL}) followed by the gateway binary. The
+ * wrapper must exec the gateway so that p->pid is the gateway's pid. */
+GW_MUSTCHECK int gwt_gateway_start_wrapped(struct gwt_proc *p, int *port,
+                                           const char *const wrapper[], const char *const env[]);
 
 /* Runs a command to completion (bounded by timeout_ms, then SIGKILL) with
  * env as in gwt_spawn, capturing stdout and stderr separately into malloc'd

@@ -1,0 +1,120 @@
+/*
+ * Scaffolding shared by the integration test files (see gwt_suite.h):
+ * teardown helpers and common cmocka assertions on the gateway and
+ * backend_app, so each test file does not redefine them.
+ */
+#include "gwt_suite.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+void gwt_stop_and_cleanup(struct gwt_proc *p)
+{
+    gwt_stop(p, SIGTERM, 5000);
+    gwt_proc_cleanup(p);
+}
+
+int gwt_stop_expect_exit0(struct gwt_proc *p)
+{
+    if (p->pid <= 0)
+        return 0;
+    int rc = 0;
+    int st = gwt_stop(p, SIGTERM, 5000);
+    if (st != 0) {
+        fprintf(stderr, "per-test %s ended with %d, expected 0\n", p->name, st);
+        gwt_log_dump(p, 6000);
+        rc = -1;
+    }
+    gwt_proc_cleanup(p);
+    return rc;
+}
+
+long long gwt_backend_requests(int backend_port)
+{
+    long long n = -1;
+    assert_int_equal(gwt_backend_stats(backend_port, &n, NULL), 0);
+    return n;
+}
+
+void gwt_must_read(int fd, struct gwt_response *r, bool head, const char *what)
+{
+    int rc = gwt_read_response(fd, r, head);
+    if (rc != 0) {
+        fprintf(stderr, "partial head: %s\n", r->raw_head ? r->raw_head : "(none)");
+        gwt_response_free(r);
+        fail_msg("%s: no complete response (%s)", what, strerror(-rc));
+    }
+}
+
+void gwt_read_echo(int fd, struct gwt_echo *e, const char *what)
+{
+    struct gwt_response r;
+    gwt_must_read(fd, &r, false, what);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(gwt_echo_parse(&r, e), 0);
+    gwt_response_free(&r);
+}
+
+bool gwt_expect_user(int fd, int id, const char *context)
+{
+    char what[128];
+    snprintf(what, sizeof(what), "GET /users/%d%s%s", id, context ? " " : "",
+             context ? context : "");
+    struct gwt_response r;
+    gwt_must_read(fd, &r, false, what);
+    assert_int_equal(r.status, 200);
+    json_t *j = gwt_json(&r);
+    assert_non_null(j);
+    assert_int_equal(gwt_json_int(j, "id", -1), id);
+    json_decref(j);
+    bool closed = r.conn_closed;
+    gwt_response_free(&r);
+    return closed;
+}
+
+void gwt_assert_serves(int port, const char *target)
+{
+    struct gwt_response r;
+    int rc = gwt_get(port, target, &r);
+    if (rc != 0 || r.status != 200) {
+        int st = r.status;
+        gwt_response_free(&r);
+        fail_msg("GET %s: rc %d status %d, want 200", target, rc, st);
+    }
+    gwt_response_free(&r);
+}
+
+void gwt_assert_serves_counted(int port, int backend_port, const char *target, const char *context)
+{
+    long long before = gwt_backend_requests(backend_port);
+    struct gwt_response r;
+    int rc = gwt_get(port, target, &r);
+    if (rc != 0 || r.status != 200) {
+        int st = r.status;
+        gwt_response_free(&r);
+        fail_msg("%s%s%snormal request GET %s failed (rc %d, status %d)", context ? "after \"" : "",
+                 context ? context : "", context ? "\": " : "", target, rc, st);
+    }
+    gwt_response_free(&r);
+    assert_int_equal(gwt_backend_requests(backend_port), before + 1);
+}
+
+void gwt_assert_stat_becomes(int port, const char *path, const char *field, long long want,
+                             int timeout_ms, const char *what)
+{
+    if (gwt_wait_stat(port, path, field, want, timeout_ms) == 0)
+        return;
+    struct gwt_response r;
+    int rc = gwt_get(port, path, &r);
+    char body[1200];
+    snprintf(body, sizeof(body), "%s", rc == 0 && r.body ? r.body : "(no reply)");
+    gwt_response_free(&r);
+    fail_msg("%s%sport %d %s %s did not become %lld within %d ms: %s", what ? what : "",
+             what ? ": " : "", port, path, field, want, timeout_ms, body);
+}
