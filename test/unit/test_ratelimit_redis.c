@@ -44,6 +44,7 @@ struct redis_proc {
     char pass[64];  /* requirepass, "" for none */
 };
 
+static pid_t g_live[16];         /* servers started and not yet stopped */
 static char g_dir[64];           /* scratch dir: redis --dir and sockets */
 static struct redis_proc g_main; /* the server most tests share */
 static int g_seq;                /* makes every test's key prefix unique */
@@ -125,11 +126,19 @@ static void redis_start(struct redis_proc *p)
         _exit(127);
     }
     p->pid = pid;
+    for (size_t i = 0; i < GW_ARRAY_LEN(g_live); i++)
+        if (g_live[i] == 0) {
+            g_live[i] = pid; /* a failing test skips its redis_stop: teardown stops it */
+            break;
+        }
 
     uint64_t deadline = gw_now_ms() + WAIT_READY_MS;
     for (;;) {
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) {
+            for (size_t i = 0; i < GW_ARRAY_LEN(g_live); i++)
+                if (g_live[i] == pid)
+                    g_live[i] = 0;
             p->pid = 0;
             fail_msg("redis-server exited early (status %d)", status);
         }
@@ -152,6 +161,9 @@ static void redis_wait_exit(struct redis_proc *p, int sig)
 {
     if (p->pid <= 0)
         return;
+    for (size_t i = 0; i < GW_ARRAY_LEN(g_live); i++)
+        if (g_live[i] == p->pid)
+            g_live[i] = 0;
     kill(p->pid, sig);
     uint64_t deadline = gw_now_ms() + 5000;
     while (waitpid(p->pid, NULL, WNOHANG) == 0) {
@@ -313,6 +325,12 @@ static int group_teardown(void **state)
 {
     (void)state;
     redis_stop(&g_main);
+    for (size_t i = 0; i < GW_ARRAY_LEN(g_live); i++) {
+        struct redis_proc left = {.pid = g_live[i]};
+        if (left.pid > 0)
+            kill(left.pid, SIGCONT); /* in case the test stopped it */
+        redis_stop(&left);           /* started by a test that failed before stopping it */
+    }
     rmdir(g_dir);
     return 0;
 }
