@@ -1490,14 +1490,14 @@ static void test_timeout_bounds_connect_and_handshake(void **state)
     uint64_t now = gw_now_ms();
     t0 = gw_now_us();
     assert_int_equal(gw_rl_redis_connect_start(r, now), -EINPROGRESS);
-    assert_true(elapsed_ms_since(t0) < 20);
+    assert_true(elapsed_ms_since(t0) < T / 2); /* far below one timeout, with slack for a loaded CI */
     int rc = -EINPROGRESS;
     int polls = 0;
     while (rc == -EINPROGRESS && polls < 1000) {
         pause_ms(2);
         uint64_t p0 = gw_now_us();
         rc = gw_rl_redis_connect_poll(r, gw_now_ms());
-        assert_true(elapsed_ms_since(p0) < 20); /* a poll never waits */
+        assert_true(elapsed_ms_since(p0) < T / 2); /* a poll never waits */
         polls++;
     }
     assert_int_equal(rc, -ETIMEDOUT);
@@ -1579,7 +1579,7 @@ static void test_hung_redis_command_timeout(void **state)
         check(w, "hung", &d);
         assert_true(d.store_error);
     }
-    assert_true(elapsed_ms_since(t0) < 20);
+    assert_true(elapsed_ms_since(t0) < T / 2); /* far below one timeout, with slack for a loaded CI */
 
     /* Reconnect attempts against the stopped server (the kernel still
      * accepts) run for a while; no single tick blocks. */
@@ -1593,7 +1593,7 @@ static void test_hung_redis_command_timeout(void **state)
         ticks++;
         pause_ms(1);
     }
-    assert_true(worst_us < 20000);
+    assert_true(worst_us < (uint64_t)T * 1000 / 2);
     assert_false(gw_ratelimit_worker_redis_up(w));
 
     assert_int_equal(kill(p.pid, SIGCONT), 0);
