@@ -196,14 +196,67 @@ static int write_complete(struct gw_buf *out, int status, const char *content_ty
     return 0;
 }
 
+/* Problem bodies repeat (every 429 of a flood is the same text), so each
+ * thread keeps the last few it rendered; a hit compares the inputs by value,
+ * never by pointer, and skips jansson entirely. */
+#define PROBLEM_CACHE_SLOTS 8
+#define PROBLEM_CACHE_TEXT  256
+#define PROBLEM_CACHE_BODY  1024
+
+struct problem_cache_slot {
+    int status;                        /* 0 = empty */
+    bool violated_default;
+    char type[PROBLEM_CACHE_TEXT];
+    char detail[PROBLEM_CACHE_TEXT];
+    char body[PROBLEM_CACHE_BODY];
+    size_t body_len;
+};
+
+static _Thread_local struct problem_cache_slot problem_cache[PROBLEM_CACHE_SLOTS];
+static _Thread_local unsigned problem_cache_next;
+
+static struct problem_cache_slot *problem_cache_find(const struct gw_problem *pb, const char *type,
+                                                     const char *detail)
+{
+    for (unsigned i = 0; i < PROBLEM_CACHE_SLOTS; i++) {
+        struct problem_cache_slot *e = &problem_cache[i];
+        if (e->status == pb->status && e->violated_default == pb->violated_default &&
+            strcmp(e->type, type) == 0 && strcmp(e->detail, detail) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static void problem_cache_put(const struct gw_problem *pb, const char *type, const char *detail,
+                              const char *body, size_t len)
+{
+    if (strlen(type) >= PROBLEM_CACHE_TEXT || strlen(detail) >= PROBLEM_CACHE_TEXT ||
+        len > PROBLEM_CACHE_BODY)
+        return; /* unusual sizes are simply rendered each time */
+    struct problem_cache_slot *e = &problem_cache[problem_cache_next++ % PROBLEM_CACHE_SLOTS];
+    e->status = pb->status;
+    e->violated_default = pb->violated_default;
+    memcpy(e->type, type, strlen(type) + 1);
+    memcpy(e->detail, detail, strlen(detail) + 1);
+    memcpy(e->body, body, len);
+    e->body_len = len;
+}
+
 int gw_response_write_problem(struct gw_buf *out, const struct gw_problem *pb,
                               struct gw_slice extra, bool keep_alive, uint8_t http_minor,
                               bool head_only)
 {
     const char *title = gw_response_reason(pb->status);
-    json_t *obj =
-        json_pack("{s:s, s:s, s:i, s:s}", "type", pb->type ? pb->type : "about:blank", "title",
-                  title, "status", pb->status, "detail", pb->detail ? pb->detail : title);
+    const char *type = pb->type ? pb->type : "about:blank";
+    const char *detail = pb->detail ? pb->detail : title;
+    const struct problem_cache_slot *hit = problem_cache_find(pb, type, detail);
+    if (hit)
+        return write_complete(out, pb->status, "application/problem+json", hit->body,
+                              hit->body_len, pb->retry_after_s, extra, keep_alive, http_minor,
+                              head_only);
+
+    json_t *obj = json_pack("{s:s, s:s, s:i, s:s}", "type", type, "title", title, "status",
+                            pb->status, "detail", detail);
     if (!obj)
         return -EINVAL; /* type or detail not UTF-8, or out of memory */
     if (pb->violated_default &&
@@ -224,6 +277,7 @@ int gw_response_write_problem(struct gw_buf *out, const struct gw_problem *pb,
     json_decref(obj);
     if (!body || len == 0)
         return -ENOMEM;
+    problem_cache_put(pb, type, detail, body, len);
 
     int rc = write_complete(out, pb->status, "application/problem+json", body, len,
                             pb->retry_after_s, extra, keep_alive, http_minor, head_only);

@@ -424,6 +424,39 @@ static void test_date(void **state)
     gw_buf_release(&b);
 }
 
+/* The per-thread cache of rendered problem bodies matches inputs by value:
+ * the same text in another buffer hits, changed text in the same buffer
+ * does not. */
+static void test_problem_cache_by_value(void **state)
+{
+    (void)state;
+    char detail[64];
+    struct gw_problem pb = {.status = 429, .detail = detail, .violated_default = true};
+    struct gw_buf a = {0}, b = {0}, c = {0};
+    snprintf(detail, sizeof(detail), "first text");
+    assert_int_equal(gw_response_write_problem(&a, &pb, (struct gw_slice){NULL, 0}, true, 1, false),
+                     0);
+    assert_int_equal(gw_response_write_problem(&b, &pb, (struct gw_slice){NULL, 0}, true, 1, false),
+                     0);
+    assert_int_equal(gw_buf_len(&a), gw_buf_len(&b));
+    assert_memory_equal(gw_buf_head(&a), gw_buf_head(&b), gw_buf_len(&a));
+    snprintf(detail, sizeof(detail), "other text!");
+    assert_int_equal(gw_response_write_problem(&c, &pb, (struct gw_slice){NULL, 0}, true, 1, false),
+                     0);
+    c.data[c.end] = '\0';
+    assert_non_null(strstr(gw_buf_head(&c), "\"detail\":\"other text!\""));
+    assert_null(strstr(gw_buf_head(&c), "first text"));
+    pb.violated_default = false;
+    gw_buf_clear(&c);
+    assert_int_equal(gw_response_write_problem(&c, &pb, (struct gw_slice){NULL, 0}, true, 1, false),
+                     0);
+    c.data[c.end] = '\0';
+    assert_null(strstr(gw_buf_head(&c), "violated-policies"));
+    gw_buf_release(&a);
+    gw_buf_release(&b);
+    gw_buf_release(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +472,7 @@ int main(void)
         cmocka_unit_test(test_write_body),
         cmocka_unit_test(test_continue),
         cmocka_unit_test(test_date),
+        cmocka_unit_test(test_problem_cache_by_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
