@@ -76,6 +76,7 @@ GW_MUSTCHECK int gw_timer_arm(struct gw_loop *loop, struct gw_timer *t, uint64_t
 /* Disarms t if armed. */
 void gw_timer_cancel(struct gw_loop *loop, struct gw_timer *t);
 
+/* True while t waits in a loop's heap. Loop thread only. */
 static inline bool gw_timer_armed(const struct gw_timer *t)
 {
     return t->heap_index != SIZE_MAX;

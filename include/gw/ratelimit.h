@@ -54,6 +54,8 @@ void gw_ratelimit_destroy(struct gw_ratelimit *rl);
 GW_MUSTCHECK int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out,
                                             struct gw_ratelimit *rl);
 
+/* Closes the worker's Redis connection and frees the handle (NULL is a
+ * no-op). Call on the owning thread, or after it has stopped. */
 void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w);
 
 /* Counts one request of the client identified by key (key_len bytes, any
