@@ -37,20 +37,37 @@ static void peer(const char *text, uint8_t bin[16])
     assert_true(gw_client_parse_addr(text, strlen(text), bin, canon));
 }
 
+/* Identifies the client of a request with head `h` arriving from the peer
+ * whose textual address is `peer_text`; fills `key` and `addr`. */
+static void identify(const struct gw_config *cfg, const char *peer_text,
+                     const struct gw_http_head *h, char key[GW_CLIENT_KEY_MAX],
+                     char addr[GW_CLIENT_ADDR_MAX])
+{
+    uint8_t bin[16];
+    peer(peer_text, bin);
+    gw_client_id(cfg, bin, peer_text, h, key, addr);
+}
+
+/* Identifies a request from peer_text carrying the one X-Forwarded-For
+ * field xff; asserts the address, and the key when want_key != NULL. */
+static void expect_xff(const struct gw_config *cfg, const char *peer_text, const char *xff,
+                       const char *want_addr, const char *want_key)
+{
+    struct gw_http_head h = {0};
+    add_header(&h, "X-Forwarded-For", xff);
+    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
+    identify(cfg, peer_text, &h, key, addr);
+    assert_string_equal(addr, want_addr);
+    if (want_key != NULL)
+        assert_string_equal(key, want_key);
+}
+
 static void test_untrusted_peer_ignores_xff(void **state)
 {
     struct gw_config cfg = {0};
-    struct gw_http_head h = {0};
-    add_header(&h, "X-Forwarded-For", "1.2.3.4");
-    uint8_t bin[16];
-    peer("10.0.0.9", bin);
-    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
-    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
-    assert_string_equal(addr, "10.0.0.9");
-    assert_string_equal(key, "ip:10.0.0.9");
+    expect_xff(&cfg, "10.0.0.9", "1.2.3.4", "10.0.0.9", "ip:10.0.0.9");
     trust(&cfg, "127.0.0.1", 32); /* a different proxy is trusted, not this peer */
-    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
-    assert_string_equal(addr, "10.0.0.9");
+    expect_xff(&cfg, "10.0.0.9", "1.2.3.4", "10.0.0.9", NULL);
 }
 
 static void test_trusted_peer_rightmost_untrusted(void **state)
@@ -61,10 +78,8 @@ static void test_trusted_peer_rightmost_untrusted(void **state)
     add_header(&h, "X-Forwarded-For", "9.9.9.9, 5.6.7.8");
     add_header(&h, "Accept", "*/*");
     add_header(&h, "x-forwarded-for", "10.1.1.1 , 10.2.2.2");
-    uint8_t bin[16];
-    peer("10.0.0.9", bin);
     char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
-    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
+    identify(&cfg, "10.0.0.9", &h, key, addr);
     assert_string_equal(addr, "5.6.7.8"); /* spoofed 9.9.9.9 on the left is ignored */
     assert_string_equal(key, "ip:5.6.7.8");
 }
@@ -73,45 +88,24 @@ static void test_all_trusted_takes_leftmost(void **state)
 {
     struct gw_config cfg = {0};
     trust(&cfg, "10.0.0.0", 8);
-    struct gw_http_head h = {0};
-    add_header(&h, "X-Forwarded-For", "10.3.3.3, 10.2.2.2");
-    uint8_t bin[16];
-    peer("10.0.0.9", bin);
-    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
-    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
-    assert_string_equal(addr, "10.3.3.3");
+    expect_xff(&cfg, "10.0.0.9", "10.3.3.3, 10.2.2.2", "10.3.3.3", NULL);
 }
 
 static void test_malformed_stops_walk(void **state)
 {
     struct gw_config cfg = {0};
     trust(&cfg, "10.0.0.0", 8);
-    struct gw_http_head h = {0};
-    add_header(&h, "X-Forwarded-For", "1.1.1.1, garbage, 10.4.4.4");
-    uint8_t bin[16];
-    peer("10.0.0.9", bin);
-    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
-    gw_client_id(&cfg, bin, "10.0.0.9", &h, key, addr);
-    assert_string_equal(addr, "10.4.4.4");
+    expect_xff(&cfg, "10.0.0.9", "1.1.1.1, garbage, 10.4.4.4", "10.4.4.4", NULL);
     /* a malformed rightmost entry leaves the peer itself */
-    struct gw_http_head h2 = {0};
-    add_header(&h2, "X-Forwarded-For", "1.1.1.1, not-an-ip");
-    gw_client_id(&cfg, bin, "10.0.0.9", &h2, key, addr);
-    assert_string_equal(addr, "10.0.0.9");
+    expect_xff(&cfg, "10.0.0.9", "1.1.1.1, not-an-ip", "10.0.0.9", NULL);
 }
 
 static void test_ipv6(void **state)
 {
     struct gw_config cfg = {0};
     trust(&cfg, "fd00::", 8);
-    struct gw_http_head h = {0};
-    add_header(&h, "X-Forwarded-For", "2001:db8::1:2:3:4, [fd00::7]");
-    uint8_t bin[16];
-    peer("fd00::1", bin);
-    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
-    gw_client_id(&cfg, bin, "fd00::1", &h, key, addr);
-    assert_string_equal(addr, "2001:db8::1:2:3:4");
-    assert_string_equal(key, "ip:2001:db8::1:2:3:4");
+    expect_xff(&cfg, "fd00::1", "2001:db8::1:2:3:4, [fd00::7]", "2001:db8::1:2:3:4",
+               "ip:2001:db8::1:2:3:4");
 }
 
 static void test_api_key_hashed(void **state)
@@ -120,16 +114,14 @@ static void test_api_key_hashed(void **state)
     cfg.rate_limit_key_header = "X-API-Key";
     struct gw_http_head h = {0};
     add_header(&h, "x-api-key", "abc");
-    uint8_t bin[16];
-    peer("127.0.0.1", bin);
     char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
-    gw_client_id(&cfg, bin, "127.0.0.1", &h, key, addr);
+    identify(&cfg, "127.0.0.1", &h, key, addr);
     /* SHA-256("abc") */
     assert_string_equal(key, "k:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_string_equal(addr, "127.0.0.1");
     struct gw_http_head empty = {0};
     add_header(&empty, "X-API-Key", "");
-    gw_client_id(&cfg, bin, "127.0.0.1", &empty, key, addr);
+    identify(&cfg, "127.0.0.1", &empty, key, addr);
     assert_string_equal(key, "ip:127.0.0.1"); /* empty header falls back to the address */
 }
 
@@ -144,21 +136,13 @@ static void test_fields_form_one_list(void **state)
     add_header(&h, "X-Forwarded-For", "6.6.6.6, ::ffff:203.0.113.5");
     add_header(&h, "X-Forwarded-For", "fd00::9");
     add_header(&h, "X-Forwarded-For", "10.9.9.9,10.8.8.8");
-    uint8_t bin[16];
-    peer("10.0.0.1", bin);
     char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
-    gw_client_id(&cfg, bin, "10.0.0.1", &h, key, addr);
+    identify(&cfg, "10.0.0.1", &h, key, addr);
     assert_string_equal(addr, "203.0.113.5");
     assert_string_equal(key, "ip:203.0.113.5");
     /* a port or an empty element is malformed: the walk stops before it */
-    struct gw_http_head h2 = {0};
-    add_header(&h2, "X-Forwarded-For", "7.7.7.7, 203.0.113.5:443, 10.1.1.1");
-    gw_client_id(&cfg, bin, "10.0.0.1", &h2, key, addr);
-    assert_string_equal(addr, "10.1.1.1");
-    struct gw_http_head h3 = {0};
-    add_header(&h3, "X-Forwarded-For", "7.7.7.7,,10.1.1.2");
-    gw_client_id(&cfg, bin, "10.0.0.1", &h3, key, addr);
-    assert_string_equal(addr, "10.1.1.2");
+    expect_xff(&cfg, "10.0.0.1", "7.7.7.7, 203.0.113.5:443, 10.1.1.1", "10.1.1.1", NULL);
+    expect_xff(&cfg, "10.0.0.1", "7.7.7.7,,10.1.1.2", "10.1.1.2", NULL);
 }
 
 /* A header packed with trusted hops is walked in one pass: 200 requests
@@ -181,7 +165,7 @@ static void test_long_trusted_chain_is_linear(void **state)
     char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
     uint64_t t0 = gw_now_us();
     for (int i = 0; i < 200; i++)
-        gw_client_id(&cfg, bin, "10.0.0.2", &h, key, addr);
+        identify(&cfg, "10.0.0.2", &h, key, addr);
     uint64_t took_ms = (gw_now_us() - t0) / 1000;
     assert_string_equal(addr, "10.0.0.1"); /* all trusted: the leftmost */
     if (took_ms > 1000)

@@ -279,6 +279,42 @@ static void avoid_edge(int64_t window_s, int64_t margin_s)
     }
 }
 
+/* Creates a limiter from cfg and one worker of it (both must succeed). */
+static void lim_create(const struct gw_config *cfg, struct gw_ratelimit **rl,
+                       struct gw_ratelimit_worker **w)
+{
+    assert_int_equal(gw_ratelimit_create(rl, cfg), 0);
+    assert_int_equal(gw_ratelimit_worker_create(w, *rl), 0);
+}
+
+/* Builds the configuration of a limiter on url into s, waits (when
+ * edge_margin_s > 0) until that many seconds remain in the window, then
+ * creates the limiter and one worker of it. */
+static void lim_open(struct setup *s, const char *url, int limit, int window_s,
+                     enum gw_rl_failure_mode mode, int64_t edge_margin_s, struct gw_ratelimit **rl,
+                     struct gw_ratelimit_worker **w)
+{
+    make_cfg(s, url, limit, window_s, mode);
+    if (edge_margin_s > 0)
+        avoid_edge(window_s, edge_margin_s);
+    lim_create(&s->cfg, rl, w);
+}
+
+/* lim_open on g_main. */
+static void lim_main(struct setup *s, int limit, int window_s, enum gw_rl_failure_mode mode,
+                     int64_t edge_margin_s, struct gw_ratelimit **rl,
+                     struct gw_ratelimit_worker **w)
+{
+    char url[64];
+    lim_open(s, main_url(url, sizeof(url)), limit, window_s, mode, edge_margin_s, rl, w);
+}
+
+static void lim_destroy(struct gw_ratelimit *rl, struct gw_ratelimit_worker *w)
+{
+    gw_ratelimit_worker_destroy(w);
+    gw_ratelimit_destroy(rl);
+}
+
 static void check(struct gw_ratelimit_worker *w, const char *key, struct gw_rl_decision *d)
 {
     gw_ratelimit_check(w, key, strlen(key), d);
@@ -304,6 +340,17 @@ static void expect_counted(const struct gw_rl_decision *d, int64_t n, int64_t li
     } else {
         assert_int_equal(d->verdict, GW_RL_LIMITED);
         assert_true(d->over_limit);
+    }
+}
+
+/* Sends checks n = from..to of client key through w, each counted by the
+ * store against limit/window_s (expect_counted); d holds the last. */
+static void count_through(struct gw_ratelimit_worker *w, const char *key, int from, int to,
+                          int64_t limit, int64_t window_s, struct gw_rl_decision *d)
+{
+    for (int n = from; n <= to; n++) {
+        check(w, key, d);
+        expect_counted(d, n, limit, window_s);
     }
 }
 
@@ -363,14 +410,11 @@ static void test_limiter_uses_config_url_parser(void **state)
     char url[64];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d/3", free_port());
     struct setup s;
-    make_cfg(&s, url, 1, 60, GW_RL_FAIL_OPEN);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_open(&s, url, 1, 60, GW_RL_FAIL_OPEN, 0, &rl, &w);
     assert_false(gw_ratelimit_worker_redis_up(w));
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 static void test_store_key_hides_client_bytes(void **state)
@@ -402,20 +446,15 @@ static void test_memory_only_limiter(void **state)
     avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_create(&s.cfg, &rl, &w);
     assert_int_equal(gw_ratelimit_worker_ping(w), GW_RL_STORE_DISABLED);
     assert_false(gw_ratelimit_worker_redis_up(w));
     assert_int_equal(gw_ratelimit_worker_tick(w, gw_now_ms()), 1000);
     struct gw_rl_decision d;
-    for (int n = 1; n <= 5; n++) {
-        check(w, "198.51.100.7", &d);
-        expect_counted(&d, n, 3, LONG_WINDOW);
-    }
+    count_through(w, "198.51.100.7", 1, 5, 3, LONG_WINDOW, &d);
     check(w, "198.51.100.8", &d); /* another client has its own budget */
     expect_counted(&d, 1, 3, LONG_WINDOW);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* ---- against Redis ------------------------------------------------------------------ */
@@ -423,14 +462,10 @@ static void test_memory_only_limiter(void **state)
 static void test_exact_limit_key_and_ttl(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
-    make_cfg(&s, main_url(url, sizeof(url)), 5, LONG_WINDOW, GW_RL_FAIL_OPEN);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 5, LONG_WINDOW, GW_RL_FAIL_OPEN, 3, &rl, &w);
     assert_true(gw_ratelimit_worker_redis_up(w));
     assert_int_equal(gw_ratelimit_worker_ping(w), GW_RL_STORE_CONNECTED);
 
@@ -466,21 +501,17 @@ static void test_exact_limit_key_and_ttl(void **state)
     freeReplyObject(r);
     redisFree(c);
 
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 static void test_short_window_ttl_and_rollover(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
     const int W = 2;
-    make_cfg(&s, main_url(url, sizeof(url)), 1, W, GW_RL_FAIL_OPEN);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 1, W, GW_RL_FAIL_OPEN, 0, &rl, &w);
 
     /* Up to three tries in case a window edge falls between the checks. */
     struct gw_rl_decision d1, d2;
@@ -524,26 +555,18 @@ static void test_short_window_ttl_and_rollover(void **state)
     assert_int_equal(d.info.remaining, 0);
     assert_false(d.over_limit);
 
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 static void test_over_limit_cache_skips_redis(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
-    make_cfg(&s, main_url(url, sizeof(url)), 2, LONG_WINDOW, GW_RL_FAIL_OPEN);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 2, LONG_WINDOW, GW_RL_FAIL_OPEN, 3, &rl, &w);
     struct gw_rl_decision d;
-    for (int n = 1; n <= 3; n++) {
-        check(w, "cached-client", &d);
-        expect_counted(&d, n, 2, LONG_WINDOW);
-    }
+    count_through(w, "cached-client", 1, 3, 2, LONG_WINDOW, &d);
     int64_t reset = d.info.reset_epoch_s;
 
     redisContext *c = admin(&g_main, 0);
@@ -569,21 +592,16 @@ static void test_over_limit_cache_skips_redis(void **state)
     expect_counted(&d, 1, 2, LONG_WINDOW);
     assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 1);
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 static void test_noscript_after_script_flush(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
-    make_cfg(&s, main_url(url, sizeof(url)), 10, LONG_WINDOW, GW_RL_FAIL_CLOSED);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 10, LONG_WINDOW, GW_RL_FAIL_CLOSED, 3, &rl, &w);
     struct gw_rl_decision d;
     check(w, "flushed", &d);
     expect_counted(&d, 1, 10, LONG_WINDOW);
@@ -606,8 +624,7 @@ static void test_noscript_after_script_flush(void **state)
     assert_int_equal(cmd_calls(c, "eval"), eval + 1);
     assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 2);
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 static void test_two_workers_share_budget(void **state)
@@ -619,8 +636,7 @@ static void test_two_workers_share_budget(void **state)
     avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w1, *w2;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w1, rl), 0);
+    lim_create(&s.cfg, &rl, &w1);
     assert_int_equal(gw_ratelimit_worker_create(&w2, rl), 0);
     int allowed = 0;
     struct gw_rl_decision d;
@@ -652,8 +668,7 @@ static void test_dry_run(void **state)
     avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_create(&s.cfg, &rl, &w);
     struct gw_rl_decision d;
     for (int n = 1; n <= 5; n++) { /* 3 from Redis, then 4 and 5 from the cache */
         check(w, "dry", &d);
@@ -662,8 +677,7 @@ static void test_dry_run(void **state)
         assert_int_equal(d.over_limit, n > 2);
         assert_int_equal(d.info.remaining, n >= 2 ? 0 : 2 - n);
     }
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* One limiter + worker per failure mode, all on g_main. */
@@ -675,17 +689,13 @@ struct mode_rig {
 
 static void rig_open(struct mode_rig *m, enum gw_rl_failure_mode mode, int limit)
 {
-    char url[64];
-    make_cfg(&m->s, main_url(url, sizeof(url)), limit, LONG_WINDOW, mode);
-    assert_int_equal(gw_ratelimit_create(&m->rl, &m->s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&m->w, m->rl), 0);
+    lim_main(&m->s, limit, LONG_WINDOW, mode, 0, &m->rl, &m->w);
     assert_true(gw_ratelimit_worker_redis_up(m->w));
 }
 
 static void rig_close(struct mode_rig *m)
 {
-    gw_ratelimit_worker_destroy(m->w);
-    gw_ratelimit_destroy(m->rl);
+    lim_destroy(m->rl, m->w);
 }
 
 static void test_redis_killed_and_restarted(void **state)
@@ -777,10 +787,7 @@ static void test_redis_killed_and_restarted(void **state)
     for (size_t r = 0; r < GW_ARRAY_LEN(rigs); r++) {
         assert_true(gw_ratelimit_worker_redis_up(rigs[r]->w));
         assert_int_equal(gw_ratelimit_worker_ping(rigs[r]->w), GW_RL_STORE_CONNECTED);
-        for (int n = 1; n <= 4; n++) {
-            check(rigs[r]->w, "after-restart", &d);
-            expect_counted(&d, n, 3, LONG_WINDOW);
-        }
+        count_through(rigs[r]->w, "after-restart", 1, 4, 3, LONG_WINDOW, &d);
         redisContext *c = admin(&g_main, 0);
         char key[160];
         only_key(c, rigs[r]->s.prefix, key, sizeof(key)); /* counted in Redis, not locally */
@@ -801,39 +808,29 @@ static void test_password_and_db(void **state)
     char url[128];
     snprintf(url, sizeof(url), "redis://:p%%40ss%%2Fw%%3Ard@127.0.0.1:%d/5", p.port);
     struct setup s;
-    make_cfg(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_OPEN);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_open(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_OPEN, 3, &rl, &w);
     assert_true(gw_ratelimit_worker_redis_up(w));
     struct gw_rl_decision d;
-    for (int n = 1; n <= 3; n++) {
-        check(w, "authed", &d);
-        expect_counted(&d, n, 2, LONG_WINDOW);
-    }
+    count_through(w, "authed", 1, 3, 2, LONG_WINDOW, &d);
     redisContext *c5 = admin(&p, 5), *c0 = admin(&p, 0);
     char key[160];
     only_key(c5, s.prefix, key, sizeof(key));
     assert_int_equal(cmd_integer(c0, "EXISTS %s", key), 0); /* not in db 0 */
     redisFree(c5);
     redisFree(c0);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 
     /* A wrong password is a store failure, not a crash or a hang. */
     snprintf(url, sizeof(url), "redis://:wrong@127.0.0.1:%d/5", p.port);
-    make_cfg(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_OPEN);
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_open(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_OPEN, 0, &rl, &w);
     assert_false(gw_ratelimit_worker_redis_up(w));
     assert_int_equal(gw_ratelimit_worker_ping(w), GW_RL_STORE_DISCONNECTED);
     check(w, "authed", &d);
     assert_int_equal(d.verdict, GW_RL_ALLOW);
     assert_true(d.store_error);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
     redis_stop(&p);
 }
 
@@ -847,26 +844,19 @@ static void test_unix_socket(void **state)
     char url[160];
     snprintf(url, sizeof(url), "unix://%s", p.sock);
     struct setup s;
-    make_cfg(&s, url, 3, LONG_WINDOW, GW_RL_FAIL_CLOSED);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_open(&s, url, 3, LONG_WINDOW, GW_RL_FAIL_CLOSED, 3, &rl, &w);
     assert_true(gw_ratelimit_worker_redis_up(w));
     struct gw_rl_decision d;
-    for (int n = 1; n <= 4; n++) {
-        check(w, "via-unix", &d);
-        expect_counted(&d, n, 3, LONG_WINDOW);
-    }
+    count_through(w, "via-unix", 1, 4, 3, LONG_WINDOW, &d);
     redisContext *c = admin(&p, 0);
     char key[160];
     only_key(c, s.prefix, key, sizeof(key));
     long long pttl = cmd_integer(c, "PTTL %s", key);
     assert_in_range(pttl, 1, LONG_WINDOW * 1000);
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
     redis_stop(&p);
     unlink(p.sock);
 }
@@ -879,14 +869,10 @@ static void test_unix_socket(void **state)
 static void test_batch_matches_single_checks(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
-    make_cfg(&s, main_url(url, sizeof(url)), 3, LONG_WINDOW, GW_RL_FAIL_OPEN);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 3, LONG_WINDOW, GW_RL_FAIL_OPEN, 3, &rl, &w);
     struct gw_rl_decision d;
     for (int i = 0; i < 4; i++)
         check(w, "blocked", &d); /* now in the over-limit cache */
@@ -940,8 +926,7 @@ static void test_batch_matches_single_checks(void **state)
     assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 1);
     assert_int_equal(cmd_calls(c, "incrby"), incrby + M);
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* ---- merged checks: a batch equals the same checks one by one ------------ */
@@ -1013,10 +998,8 @@ static void test_batch_merged_equals_sequential(void **state)
     avoid_edge(LONG_WINDOW, 5);
     struct gw_ratelimit *rlb, *rlq;
     struct gw_ratelimit_worker *wb, *wq;
-    assert_int_equal(gw_ratelimit_create(&rlb, &sb.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&wb, rlb), 0);
-    assert_int_equal(gw_ratelimit_create(&rlq, &sq.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&wq, rlq), 0);
+    lim_create(&sb.cfg, &rlb, &wb);
+    lim_create(&sq.cfg, &rlq, &wq);
 
     /* Client names: short ones, one of 100 bytes (past the per-worker
      * store-key cache's key size) and one differing from it in its last
@@ -1086,10 +1069,8 @@ static void test_batch_merged_equals_sequential(void **state)
     make_cfg(&sq2, url, 260, LONG_WINDOW, GW_RL_FAIL_OPEN);
     struct gw_ratelimit *rlb2, *rlq2;
     struct gw_ratelimit_worker *wb2, *wq2;
-    assert_int_equal(gw_ratelimit_create(&rlb2, &sb2.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&wb2, rlb2), 0);
-    assert_int_equal(gw_ratelimit_create(&rlq2, &sq2.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&wq2, rlq2), 0);
+    lim_create(&sb2.cfg, &rlb2, &wb2);
+    lim_create(&sq2.cfg, &rlq2, &wq2);
     static const char *bkeys[BIG];
     static struct gw_rl_decision bgot[BIG], bwant[BIG];
     for (size_t i = 0; i < BIG; i++)
@@ -1148,15 +1129,11 @@ static long long counts_total(const struct cmd_counts *a, const struct cmd_count
 static void test_batch_command_counts_and_ttl(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
     enum { K = 20 };
-    make_cfg(&s, main_url(url, sizeof(url)), 1000, LONG_WINDOW, GW_RL_FAIL_OPEN);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 1000, LONG_WINDOW, GW_RL_FAIL_OPEN, 3, &rl, &w);
     struct gw_rl_decision out[K];
     struct gw_rl_batch_item items[K];
     for (int i = 0; i < K; i++)
@@ -1225,8 +1202,7 @@ static void test_batch_command_counts_and_ttl(void **state)
         assert_int_equal(counts_total(&a, &b), round == 0 ? 2 + 2 * C : 2 + C);
     }
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* With a 1 s window, every key a merged batch creates carries a TTL in
@@ -1235,14 +1211,11 @@ static void test_batch_command_counts_and_ttl(void **state)
 static void test_batch_ttl_short_window(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
     const int W = 1;
-    make_cfg(&s, main_url(url, sizeof(url)), 3, W, GW_RL_FAIL_OPEN);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 3, W, GW_RL_FAIL_OPEN, 0, &rl, &w);
     redisContext *c = admin(&g_main, 0);
     enum { K = 5 };
     struct gw_rl_decision out[K];
@@ -1276,8 +1249,7 @@ static void test_batch_ttl_short_window(void **state)
     }
     assert_true(checked >= 40);
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* After SCRIPT FLUSH, a merged batch gets NOSCRIPT (nothing counted) and
@@ -1286,14 +1258,10 @@ static void test_batch_ttl_short_window(void **state)
 static void test_batch_noscript_merged(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
-    make_cfg(&s, main_url(url, sizeof(url)), 4, LONG_WINDOW, GW_RL_FAIL_CLOSED);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 4, LONG_WINDOW, GW_RL_FAIL_CLOSED, 3, &rl, &w);
     struct gw_rl_decision d;
     check(w, "ns-a", &d); /* ns-a: 1 */
     expect_counted(&d, 1, 4, LONG_WINDOW);
@@ -1333,8 +1301,7 @@ static void test_batch_noscript_merged(void **state)
     assert_int_equal(b.evalsha - a.evalsha, 1);
     assert_int_equal(b.eval - a.eval, 0);
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* One client's counter broken (a non-integer value under its key, as a
@@ -1344,14 +1311,10 @@ static void test_batch_noscript_merged(void **state)
 static void test_batch_bad_key_fails_alone(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
-    make_cfg(&s, main_url(url, sizeof(url)), 5, LONG_WINDOW, GW_RL_FAIL_CLOSED);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 5, LONG_WINDOW, GW_RL_FAIL_CLOSED, 3, &rl, &w);
     char base[128], key[160];
     assert_true(gw_rl_store_key(s.prefix, "broken", 6, base, sizeof(base), NULL) > 0);
     snprintf(key, sizeof(key), "%s:%lld", base, (long long)(gw_wall_s() / LONG_WINDOW));
@@ -1379,8 +1342,7 @@ static void test_batch_bad_key_fails_alone(void **state)
     assert_true(gw_ratelimit_worker_redis_up(w));
     assert_int_equal(counter_of(c, s.prefix, "fine-1", LONG_WINDOW), 2);
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* The per-worker store-key cache is exact: more clients than its slots,
@@ -1389,14 +1351,10 @@ static void test_batch_bad_key_fails_alone(void **state)
 static void test_store_key_cache_exact(void **state)
 {
     (void)state;
-    char url[64];
     struct setup s;
-    make_cfg(&s, main_url(url, sizeof(url)), 100, LONG_WINDOW, GW_RL_FAIL_OPEN);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_main(&s, 100, LONG_WINDOW, GW_RL_FAIL_OPEN, 3, &rl, &w);
     enum { M = 400 };
     static char names[M][24];
     for (int i = 0; i < M; i++)
@@ -1413,8 +1371,7 @@ static void test_store_key_cache_exact(void **state)
     for (int i = 0; i < M; i += 37)
         assert_int_equal(counter_of(c, s.prefix, names[i], LONG_WINDOW), 3);
     redisFree(c);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* A batch while Redis is down applies the failure mode to every item
@@ -1425,12 +1382,9 @@ static void test_batch_store_down(void **state)
     char url[64];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", free_port());
     struct setup s;
-    make_cfg(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_LOCAL);
-    avoid_edge(LONG_WINDOW, 3);
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_open(&s, url, 2, LONG_WINDOW, GW_RL_FAIL_LOCAL, 3, &rl, &w);
     assert_false(gw_ratelimit_worker_redis_up(w));
     struct gw_rl_decision out[4];
     struct gw_rl_batch_item items[4];
@@ -1441,8 +1395,7 @@ static void test_batch_store_down(void **state)
         assert_true(out[i].store_error || i == 3); /* the 4th: over-limit cache */
         assert_int_equal(out[i].verdict, i < 2 ? GW_RL_ALLOW : GW_RL_LIMITED);
     }
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
 }
 
 /* ---- REDIS_TIMEOUT_MS bounds every step ----------------------------------- */
@@ -1490,7 +1443,8 @@ static void test_timeout_bounds_connect_and_handshake(void **state)
     uint64_t now = gw_now_ms();
     t0 = gw_now_us();
     assert_int_equal(gw_rl_redis_connect_start(r, now), -EINPROGRESS);
-    assert_true(elapsed_ms_since(t0) < T / 2); /* far below one timeout, with slack for a loaded CI */
+    assert_true(elapsed_ms_since(t0) <
+                T / 2); /* far below one timeout, with slack for a loaded CI */
     int rc = -EINPROGRESS;
     int polls = 0;
     while (rc == -EINPROGRESS && polls < 1000) {
@@ -1557,8 +1511,7 @@ static void test_hung_redis_command_timeout(void **state)
     s.cfg.redis_timeout_ms = T;
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
-    assert_int_equal(gw_ratelimit_create(&rl, &s.cfg), 0);
-    assert_int_equal(gw_ratelimit_worker_create(&w, rl), 0);
+    lim_create(&s.cfg, &rl, &w);
     assert_true(gw_ratelimit_worker_redis_up(w));
     struct gw_rl_decision d;
     check(w, "hung", &d);
@@ -1579,7 +1532,8 @@ static void test_hung_redis_command_timeout(void **state)
         check(w, "hung", &d);
         assert_true(d.store_error);
     }
-    assert_true(elapsed_ms_since(t0) < T / 2); /* far below one timeout, with slack for a loaded CI */
+    assert_true(elapsed_ms_since(t0) <
+                T / 2); /* far below one timeout, with slack for a loaded CI */
 
     /* Reconnect attempts against the stopped server (the kernel still
      * accepts) run for a while; no single tick blocks. */
@@ -1607,8 +1561,7 @@ static void test_hung_redis_command_timeout(void **state)
     check(w, "hung", &d);
     assert_false(d.store_error);
     assert_true(d.has_info);
-    gw_ratelimit_worker_destroy(w);
-    gw_ratelimit_destroy(rl);
+    lim_destroy(rl, w);
     redis_stop(&p);
 }
 
