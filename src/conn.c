@@ -56,61 +56,61 @@ enum conn_state {
     CS_CLOSED,
 };
 
-static const char *const state_names[] = {"idle",    "head",   "limit",  "wait_slot", "connect",
-                                          "proxy",   "respond", "linger", "closed"};
+static const char *const state_names[] = {"idle",  "head",    "limit",  "wait_slot", "connect",
+                                          "proxy", "respond", "linger", "closed"};
 
 struct gw_conn {
-    struct gw_io io;                /* client socket */
-    struct gw_worker *w;            /* owning worker */
-    struct gw_conn *prev, *next;    /* worker's live list */
-    struct gw_conn *reap_next;      /* worker's reap list */
-    struct gw_conn *limit_next;     /* worker's pending rate-limit batch */
-    struct gw_conn *redrive_next;   /* worker's redrive list */
+    struct gw_io io;              /* client socket */
+    struct gw_worker *w;          /* owning worker */
+    struct gw_conn *prev, *next;  /* worker's live list */
+    struct gw_conn *reap_next;    /* worker's reap list */
+    struct gw_conn *limit_next;   /* worker's pending rate-limit batch */
+    struct gw_conn *redrive_next; /* worker's redrive list */
     enum conn_state state;
-    struct gw_timer timer;          /* the one deadline of the current state */
-    char client_addr[64];           /* peer address text */
+    struct gw_timer timer;                 /* the one deadline of the current state */
+    char client_addr[64];                  /* peer address text */
     char client_ident[GW_CLIENT_ADDR_MAX]; /* identified client (XFF-aware), for logs */
-    char rl_key[GW_CLIENT_KEY_MAX]; /* rate-limit key of the current request */
-    uint8_t client_bin[16];         /* peer address, IPv4-mapped */
-    struct gw_buf in;               /* client bytes not yet parsed */
-    struct gw_buf out;              /* bytes not yet written to the client */
-    struct gw_http_parser *req;     /* request parser, allocated while a request is open */
-    struct gw_upstream *up;         /* upstream of the current exchange */
-    struct gw_gate_waiter waiter;   /* in-flight gate FIFO entry */
-    bool slot_held;                 /* holds an in-flight slot */
-    bool closing;                   /* closed; waiting for the reaper */
-    bool rd_ready;                  /* epoll said readable and no EAGAIN since: a read
-                                       is attempted only then (no empty recv calls) */
-    bool redrive_queued;            /* on the worker's redrive list */
-    bool client_eof;                /* client shut its write side */
-    bool must_close;                /* close after the current response */
-    bool draining;                  /* worker draining: no keep-alive */
+    char rl_key[GW_CLIENT_KEY_MAX];        /* rate-limit key of the current request */
+    uint8_t client_bin[16];                /* peer address, IPv4-mapped */
+    struct gw_buf in;                      /* client bytes not yet parsed */
+    struct gw_buf out;                     /* bytes not yet written to the client */
+    struct gw_http_parser *req;            /* request parser, allocated while a request is open */
+    struct gw_upstream *up;                /* upstream of the current exchange */
+    struct gw_gate_waiter waiter;          /* in-flight gate FIFO entry */
+    bool slot_held;                        /* holds an in-flight slot */
+    bool closing;                          /* closed; waiting for the reaper */
+    bool rd_ready;                         /* epoll said readable and no EAGAIN since: a read
+                                              is attempted only then (no empty recv calls) */
+    bool redrive_queued;                   /* on the worker's redrive list */
+    bool client_eof;                       /* client shut its write side */
+    bool must_close;                       /* close after the current response */
+    bool draining;                         /* worker draining: no keep-alive */
 
     /* the current exchange */
-    uint64_t start_us;              /* first byte of the request */
-    uint64_t upstream_start_us;     /* upstream phase start, 0 = not proxied */
-    uint64_t queue_start_us;        /* gate wait start */
-    uint64_t client_rx_ms;          /* last request bytes read (loop clock) */
-    uint64_t client_tx_ms;          /* last response bytes written */
-    uint64_t up_rx_ms;              /* last response bytes read from the upstream */
-    uint64_t up_tx_ms;              /* last request bytes written to the upstream */
-    uint64_t req_done_ms;           /* when the request was fully read */
-    uint64_t proxy_start_ms;        /* when the exchange entered PROXY */
-    bool keep_alive;                /* client wants and may keep the connection */
-    bool req_done;                  /* request message fully parsed */
-    bool discard_body;              /* body bytes are read and dropped */
-    bool resp_head_sent;            /* response head queued: no error page possible now */
-    bool resp_done;                 /* response fully queued */
-    bool resp_started;              /* upstream sent at least one response byte */
-    bool retried;                   /* the one retry on a fresh connection was used */
-    bool limited;                   /* the limiter refused it (or would, dry run) */
-    bool proxied;                   /* response came from the upstream */
-    enum gw_framing up_framing;     /* request body framing towards the upstream */
-    enum gw_framing cl_framing;     /* response body framing towards the client */
-    int status;                     /* status sent to the client */
-    uint64_t resp_bytes;            /* response bytes queued for the client */
-    struct gw_rl_decision rl;       /* rate-limit decision */
-    char rl_headers[512];           /* rendered rate-limit header lines */
+    uint64_t start_us;          /* first byte of the request */
+    uint64_t upstream_start_us; /* upstream phase start, 0 = not proxied */
+    uint64_t queue_start_us;    /* gate wait start */
+    uint64_t client_rx_ms;      /* last request bytes read (loop clock) */
+    uint64_t client_tx_ms;      /* last response bytes written */
+    uint64_t up_rx_ms;          /* last response bytes read from the upstream */
+    uint64_t up_tx_ms;          /* last request bytes written to the upstream */
+    uint64_t req_done_ms;       /* when the request was fully read */
+    uint64_t proxy_start_ms;    /* when the exchange entered PROXY */
+    bool keep_alive;            /* client wants and may keep the connection */
+    bool req_done;              /* request message fully parsed */
+    bool discard_body;          /* body bytes are read and dropped */
+    bool resp_head_sent;        /* response head queued: no error page possible now */
+    bool resp_done;             /* response fully queued */
+    bool resp_started;          /* upstream sent at least one response byte */
+    bool retried;               /* the one retry on a fresh connection was used */
+    bool limited;               /* the limiter refused it (or would, dry run) */
+    bool proxied;               /* response came from the upstream */
+    enum gw_framing up_framing; /* request body framing towards the upstream */
+    enum gw_framing cl_framing; /* response body framing towards the client */
+    int status;                 /* status sent to the client */
+    uint64_t resp_bytes;        /* response bytes queued for the client */
+    struct gw_rl_decision rl;   /* rate-limit decision */
+    char rl_headers[512];       /* rendered rate-limit header lines */
     size_t rl_headers_len;
 };
 
@@ -406,8 +406,8 @@ static void handle_admin(struct gw_conn *c, enum gw_admin_endpoint ep)
     buf_prepare(c->w, &c->out);
     size_t before = gw_buf_len(&c->out);
     int status = 0;
-    if (gw_admin_respond(c->w, ep, h->target, &c->out, keep, h->http_minor,
-                         h->method == HTTP_HEAD, &status) != 0) {
+    if (gw_admin_respond(c->w, ep, h->target, &c->out, keep, h->http_minor, h->method == HTTP_HEAD,
+                         &status) != 0) {
         conn_close(c);
         return;
     }
@@ -476,9 +476,8 @@ static void after_limit(struct gw_conn *c)
         return;
     }
     if (c->rl.verdict == GW_RL_UNAVAILABLE) {
-        struct gw_problem pb = {.status = 503,
-                                .detail = "rate limiter unavailable",
-                                .retry_after_s = 1};
+        struct gw_problem pb = {
+            .status = 503, .detail = "rate limiter unavailable", .retry_after_s = 1};
         respond_problem(c, &pb, false);
         return;
     }
@@ -522,8 +521,7 @@ void gw_conn_run_limit_batch(struct gw_worker *w)
                 if (list->closing || list->state != CS_LIMIT)
                     continue;
                 conns[n] = list;
-                items[n] = (struct gw_rl_batch_item){list->rl_key, strlen(list->rl_key),
-                                                     &list->rl};
+                items[n] = (struct gw_rl_batch_item){list->rl_key, strlen(list->rl_key), &list->rl};
                 n++;
             }
             if (n == 0)
@@ -592,7 +590,8 @@ static void start_upstream(struct gw_conn *c)
     struct gw_upstream *u = gw_upstream_get(w, c->retried, &err);
     if (!u) {
         release_slot(c);
-        gw_warn("upstream connect to %s failed: %s", w->srv->backend_hostport, strerror(-err));
+        gw_warn("upstream connect to %s failed: %s", w->srv->cfg->backend_authority,
+                strerror(-err));
         respond_error(c, 502, "the upstream server could not be reached", false);
         return;
     }
@@ -603,7 +602,7 @@ static void start_upstream(struct gw_conn *c)
     struct gw_proxy_request_ctx ctx = {
         .client_addr = c->client_addr,
         .base_path = cfg->backend_base_path ? cfg->backend_base_path : "",
-        .backend_hostport = w->srv->backend_hostport,
+        .backend_hostport = w->srv->cfg->backend_authority,
         .preserve_host = cfg->preserve_host,
         .upstream_keepalive = cfg->upstream_keepalive > 0,
         .forwarded_proto = "http",
@@ -685,8 +684,8 @@ static void on_response_head(struct gw_conn *c)
             bool unused_close = false;
             buf_prepare(c->w, &c->out);
             size_t before = gw_buf_len(&c->out);
-            if (gw_proxy_write_response_head(&c->out, rh, &ictx, &unused_framing,
-                                             &unused_close) != 0) {
+            if (gw_proxy_write_response_head(&c->out, rh, &ictx, &unused_framing, &unused_close) !=
+                0) {
                 conn_close(c);
                 return;
             }
@@ -952,8 +951,7 @@ static bool pump_request(struct gw_conn *c)
             }
             c->req_done = true; /* nothing more is read: the connection closes */
             respond_error(c, c->req->error_status ? c->req->error_status : 400,
-                          c->req->error_detail ? c->req->error_detail : "malformed request",
-                          true);
+                          c->req->error_detail ? c->req->error_detail : "malformed request", true);
             return progress;
         }
     }
@@ -1131,8 +1129,9 @@ static void conn_drive(struct gw_conn *c)
     /* One round runs every step once; each step says whether it moved
      * anything, and the steps after a close are skipped. */
     typedef bool (*drive_step)(struct gw_conn *);
-    static const drive_step steps[] = {flush_client,   read_client,   pump_request, flush_upstream,
-                                       pump_response, read_upstream, pump_response, respond_progress};
+    static const drive_step steps[] = {flush_client,   read_client,     pump_request,
+                                       flush_upstream, pump_response,   read_upstream,
+                                       pump_response,  respond_progress};
     bool progress = false;
     for (int round = 0; round < GW_DRIVE_ROUNDS && !c->closing; round++) {
         progress = false;
@@ -1165,7 +1164,7 @@ void gw_conn_on_upstream(struct gw_conn *c, uint32_t events)
     if (c->state == CS_CONNECT && u && !u->connected) {
         int rc = gw_net_connect_result(u->io.fd);
         if (rc != 0) {
-            gw_warn("upstream connect to %s failed: %s", c->w->srv->backend_hostport,
+            gw_warn("upstream connect to %s failed: %s", c->w->srv->cfg->backend_authority,
                     strerror(-rc));
             upstream_failed(c, 502, "the upstream server could not be reached");
             update_interest(c);

@@ -80,7 +80,6 @@ int gw_server_run(struct gw_config *cfg)
         gw_error("cannot resolve BACKEND_URL host %s", cfg->backend_host);
         goto out;
     }
-    snprintf(srv->backend_hostport, sizeof(srv->backend_hostport), "%s", cfg->backend_authority);
     rc = gw_gate_create(&srv->gate, (unsigned)cfg->max_concurrent_requests,
                         (unsigned)cfg->max_queue_length);
     if (rc) {
@@ -126,7 +125,7 @@ int gw_server_run(struct gw_config *cfg)
     gw_info(v6l ? "gateway listening on [%s]:%d" : "gateway listening on %s:%d", cfg->gateway_host,
             srv->port);
     gw_info("upstream %s, %d workers, rate limit %d per %d s (%s store), in-flight cap %d",
-            srv->backend_hostport, srv->nworkers, cfg->rate_limit_requests,
+            cfg->backend_authority, srv->nworkers, cfg->rate_limit_requests,
             cfg->rate_limit_window_s, cfg->redis_url ? "redis" : "memory",
             cfg->max_concurrent_requests);
 

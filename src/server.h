@@ -67,7 +67,6 @@ struct gw_server {
     struct gw_ratelimit *rl;           /* rate limiter */
     struct sockaddr_storage backend;   /* resolved upstream address */
     socklen_t backend_len;
-    char backend_hostport[300];        /* "host:port" for Host when !PRESERVE_HOST */
     int listen_fd;                     /* listening socket */
     int port;                          /* bound port */
     struct gw_worker **workers;        /* worker_threads entries */

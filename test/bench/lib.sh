@@ -296,3 +296,15 @@ machine_description() {
     echo "$(nproc) CPU ($cpu), $mem RAM, Linux $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
     echo "$(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }'), Redis $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/'), wrk $(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
 }
+
+# Prints the absolute path of build dir $1 (as given, or relative to the
+# repository); dies when it does not exist. Needs REPO set.
+resolve_build_dir() {
+    if [ -d "$1" ]; then
+        (cd "$1" && pwd)
+    elif [ -d "$REPO/$1" ]; then
+        (cd "$REPO/$1" && pwd)
+    else
+        die "build directory $1 not found (build first: make build)"
+    fi
+}

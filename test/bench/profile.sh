@@ -16,14 +16,7 @@ REPO=$(cd "$BENCH_DIR/../.." && pwd)
 # shellcheck source=lib.sh
 . "$BENCH_DIR/lib.sh"
 
-BUILD_ARG=${1:-build}
-if [ -d "$BUILD_ARG" ]; then
-    BUILD=$(cd "$BUILD_ARG" && pwd)
-elif [ -d "$REPO/$BUILD_ARG" ]; then
-    BUILD=$(cd "$REPO/$BUILD_ARG" && pwd)
-else
-    die "build directory $BUILD_ARG not found"
-fi
+BUILD=$(resolve_build_dir "${1:-build}") || exit 1
 [ -x "$BUILD/gateway" ] || die "$BUILD/gateway missing (build first)"
 
 MODE=${PROFILE_MODE:-redis}
