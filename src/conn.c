@@ -325,8 +325,15 @@ static bool get_parser(struct gw_conn *c)
 /* Gives an empty buffer a recycled block before its first reserve. */
 static void buf_prepare(struct gw_worker *w, struct gw_buf *b)
 {
-    if (b->data == NULL && w->block_free_len > 0) {
-        b->data = w->block_free[--w->block_free_len];
+    if (b->data != NULL)
+        return;
+    /* Every buffer starts as a standard block so buf_recycle can keep it;
+     * when no spare is left, a new block (a failed malloc is seen again by
+     * the reserve that follows). */
+    char *block =
+        w->block_free_len > 0 ? w->block_free[--w->block_free_len] : malloc(GW_BLOCK_SIZE);
+    if (block) {
+        b->data = block;
         b->cap = GW_BLOCK_SIZE;
         b->start = b->end = 0;
     }

@@ -319,7 +319,7 @@ static int spawn_common(struct gwt_proc *p, const char *const argv[], const char
             return ofd;
         }
     }
-    pid_t pid;
+    pid_t pid = -1;
     int rc = spawn_fds(argv, env, ofd, fd, &pid);
     close(fd);
     if (split)
