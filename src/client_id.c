@@ -8,7 +8,6 @@
 
 #include <arpa/inet.h>
 #include <openssl/evp.h>
-#include <stdio.h>
 #include <string.h>
 
 bool gw_client_parse_addr(const char *s, size_t len, uint8_t out_bin[16], char *out_text)
@@ -48,6 +47,20 @@ bool gw_client_parse_addr(const char *s, size_t len, uint8_t out_bin[16], char *
     return false;
 }
 
+/* Copies the string src into dst (cap bytes), truncating; no printf on the
+ * per-request path. */
+static void copy_text(char *dst, size_t cap, const char *prefix, const char *src)
+{
+    size_t p = strlen(prefix), n = strlen(src);
+    if (p >= cap)
+        p = cap - 1;
+    if (n > cap - 1 - p)
+        n = cap - 1 - p;
+    memcpy(dst, prefix, p);
+    memcpy(dst + p, src, n);
+    dst[p + n] = '\0';
+}
+
 /* The client address of a request from a trusted peer (SPEC.md §3
  * TRUSTED_PROXIES): X-Forwarded-For elements are walked once, from the
  * right, across every XFF field in reverse order (several fields are one
@@ -58,7 +71,7 @@ bool gw_client_parse_addr(const char *s, size_t len, uint8_t out_bin[16], char *
 static void resolve_addr(const struct gw_config *cfg, const uint8_t peer_bin[16],
                          const char *peer_text, const struct gw_http_head *h, char *addr_out)
 {
-    snprintf(addr_out, GW_CLIENT_ADDR_MAX, "%s", peer_text);
+    copy_text(addr_out, GW_CLIENT_ADDR_MAX, "", peer_text);
     if (!h || cfg->trusted_count == 0 || !gw_config_is_trusted(cfg, peer_bin))
         return;
     for (size_t i = h->header_count; i-- > 0;) {
@@ -75,7 +88,7 @@ static void resolve_addr(const struct gw_config *cfg, const uint8_t peer_bin[16]
             char text[GW_CLIENT_ADDR_MAX];
             if (!gw_client_parse_addr(v + start, end - start, bin, text))
                 return; /* malformed: keep the last good address */
-            snprintf(addr_out, GW_CLIENT_ADDR_MAX, "%s", text);
+            copy_text(addr_out, GW_CLIENT_ADDR_MAX, "", text);
             if (!gw_config_is_trusted(cfg, bin))
                 return; /* the rightmost untrusted address: the client */
             if (start == 0)
@@ -107,5 +120,5 @@ void gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16], const
             }
         }
     }
-    snprintf(key_out, GW_CLIENT_KEY_MAX, "ip:%s", addr_out);
+    copy_text(key_out, GW_CLIENT_KEY_MAX, "ip:", addr_out);
 }

@@ -25,9 +25,3 @@ int64_t gw_wall_s(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec;
 }
-
-bool gw_slice_eq_nocase(struct gw_slice s, const char *token)
-{
-    size_t n = strlen(token);
-    return s.len == n && (n == 0 || strncasecmp(s.ptr, token, n) == 0);
-}

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,10 +292,9 @@ static int check_framing(struct gw_http_parser *p, llhttp_t *ll)
                     return fail(p, 400, "Connection header names a framing or Host field");
                 /* Nor may a client ask us to drop the forwarding fields the
                  * gateway itself vouches for. */
-                if (p->kind == GW_HTTP_REQUEST &&
-                    (gw_slice_eq_nocase(w.el, "x-forwarded-for") ||
-                     gw_slice_eq_nocase(w.el, "x-forwarded-host") ||
-                     gw_slice_eq_nocase(w.el, "x-forwarded-proto")))
+                if (p->kind == GW_HTTP_REQUEST && (gw_slice_eq_nocase(w.el, "x-forwarded-for") ||
+                                                   gw_slice_eq_nocase(w.el, "x-forwarded-host") ||
+                                                   gw_slice_eq_nocase(w.el, "x-forwarded-proto")))
                     return fail(p, 400, "Connection header names a forwarding field");
             }
         }
@@ -472,17 +472,24 @@ static const llhttp_settings_t settings = {
 
 /* ---- raw framing scan -------------------------------------------------- */
 
+/* Bytes scan_framing must look at one by one; runs of other bytes (after
+ * anything but CR) cannot offend and are skipped in bulk. */
+static const bool framing_special[256] = {
+    ['\r'] = true, ['\n'] = true, ['\0'] = true, [' '] = true, ['\t'] = true,
+};
+
 /* Checks line structure over raw head or trailer bytes, which llhttp strict
  * mode lets through: a line ending in bare LF (accepted after the start
  * line, at the end of the header section and of the trailers), a folded
  * line (obs-fold, accepted as part of the value), a bare CR, NUL, and
  * repeated spaces in the request line. RFC 9112 §2.2, §5.2.
- * Returns the index of the first offending byte (n when none) with *why
- * set, having advanced the state over the bytes before it. The state
- * carries over between execute calls, so the verdict does not depend on
- * how the input is sliced. The scan may run past the end of the head into
- * body bytes; execute() only acts on it if llhttp has not finished the
- * head before the offending byte. */
+ * Returns the index of the first offending byte with *why set, or, with
+ * *why NULL, the index just past the empty line that ends the head (or the
+ * trailers), or n; the state is advanced over the bytes before that index.
+ * The state carries over between execute calls, so the verdict does not
+ * depend on how the input is sliced. Bytes after the head are never
+ * scanned: llhttp pauses at the end of every head, so they are body or the
+ * next message. */
 static size_t scan_framing(struct gw_http_parser *p, const char *s, size_t n, const char **why)
 {
     char prev = p->scan_prev;
@@ -492,6 +499,15 @@ static size_t scan_framing(struct gw_http_parser *p, const char *s, size_t n, co
     *why = NULL;
     for (i = 0; i < n; i++) {
         char c = s[i];
+        if (!framing_special[(unsigned char)c] && prev != '\r') {
+            size_t j = i + 1;
+            while (j < n && !framing_special[(unsigned char)s[j]])
+                j++;
+            p->scan_col += (unsigned)(j - i);
+            prev = s[j - 1];
+            i = j - 1;
+            continue;
+        }
         if (c == '\n' && prev != '\r')
             *why = "line terminated by a bare LF";
         else if (prev == '\r' && c != '\n')
@@ -504,14 +520,21 @@ static size_t scan_framing(struct gw_http_parser *p, const char *s, size_t n, co
             *why = "malformed request line";
         if (*why)
             break;
+        prev = c;
         if (c == '\n') {
-            if (p->scan_col > 0)
+            bool empty = p->scan_col == 0;
+            if (!empty)
                 p->scan_lines++;
             p->scan_col = 0;
+            /* The empty line ends the head (or trailers): what follows is
+             * body or the next message, not judged here. */
+            if (empty && (p->phase == PH_TRAILERS || p->scan_lines > 0)) {
+                i++;
+                break;
+            }
         } else if (c != '\r') {
             p->scan_col++;
         }
-        prev = c;
     }
     p->scan_prev = prev;
     return i;
@@ -572,8 +595,12 @@ static enum gw_http_result parse_error(struct gw_http_parser *p, llhttp_errno_t 
 
 static void clear_message(struct gw_http_parser *p)
 {
-    memset(&p->head, 0, sizeof(p->head));
-    p->head.content_length = -1;
+    /* headers[] (4 KiB) is not cleared: entries past header_count are never
+     * read, and this runs twice per proxied request. */
+    struct gw_http_head *h = &p->head;
+    memset(h, 0, offsetof(struct gw_http_head, headers));
+    memset(&h->header_count, 0, sizeof(*h) - offsetof(struct gw_http_head, header_count));
+    h->content_length = -1;
     p->storage_used = 0;
     p->elem_off = 0;
     p->head_bytes = 0;

@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <strings.h>
 
 /* Return conventions (STYLE.md "Errors"):
  *  - setup and syscall-like calls return 0 or -errno;
@@ -21,8 +23,8 @@ enum gw_io_result {
     GW_IO_ERR = 3,   /* fatal error on this descriptor; errno is kept */
 };
 
-#define GW_MUSTCHECK __attribute__((warn_unused_result))
-#define GW_UNUSED    __attribute__((unused))
+#define GW_MUSTCHECK         __attribute__((warn_unused_result))
+#define GW_UNUSED            __attribute__((unused))
 #define GW_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 
 #define GW_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -51,7 +53,13 @@ uint64_t gw_now_us(void);
 int64_t gw_wall_s(void);
 
 /* Case-insensitive ASCII comparison of a slice with a NUL-terminated token
- * (header names, RFC 9110 §5.1 field names are case-insensitive). */
-bool gw_slice_eq_nocase(struct gw_slice s, const char *token);
+ * (header names, RFC 9110 §5.1 field names are case-insensitive). Neither
+ * pointer is kept. Thread-safe. Inline so that a literal token's length is
+ * a constant and a length mismatch costs one comparison. */
+static inline bool gw_slice_eq_nocase(struct gw_slice s, const char *token)
+{
+    size_t n = strlen(token);
+    return s.len == n && (n == 0 || strncasecmp(s.ptr, token, n) == 0);
+}
 
 #endif

@@ -18,21 +18,31 @@ bool gw_log_enabled(enum gw_log_level level);
 /* Writes one diagnostic line to stderr. Thread-safe (one write per line). */
 void gw_log(enum gw_log_level level, const char *fmt, ...) GW_PRINTF(2, 3);
 
-#define gw_debug(...) gw_log(GW_LOG_DEBUG, __VA_ARGS__)
-#define gw_info(...)  gw_log(GW_LOG_INFO, __VA_ARGS__)
+/* Debug and info lines are checked before the call: they sit on per-request
+ * paths, where a filtered varargs call would still cost its set-up. */
+#define gw_debug(...)                                                                              \
+    do {                                                                                           \
+        if (gw_log_enabled(GW_LOG_DEBUG))                                                          \
+            gw_log(GW_LOG_DEBUG, __VA_ARGS__);                                                     \
+    } while (0)
+#define gw_info(...)                                                                               \
+    do {                                                                                           \
+        if (gw_log_enabled(GW_LOG_INFO))                                                           \
+            gw_log(GW_LOG_INFO, __VA_ARGS__);                                                      \
+    } while (0)
 #define gw_warn(...)  gw_log(GW_LOG_WARN, __VA_ARGS__)
 #define gw_error(...) gw_log(GW_LOG_ERROR, __VA_ARGS__)
 
 /* One access-log record. Strings are borrowed for the duration of the call. */
 struct gw_access_entry {
-    const char *client;      /* client address (rate-limit identity source) */
-    struct gw_slice method;  /* request method */
-    struct gw_slice path;    /* raw request-target */
-    int status;              /* status sent to the client */
-    uint64_t bytes_sent;     /* bytes written to the client for this response */
-    double duration_ms;      /* request start to response end */
-    double upstream_ms;      /* upstream connect+response time, < 0 when not proxied */
-    bool limited;            /* the rate limiter refused it (or would, in dry run) */
+    const char *client;     /* client address (rate-limit identity source) */
+    struct gw_slice method; /* request method */
+    struct gw_slice path;   /* raw request-target */
+    int status;             /* status sent to the client */
+    uint64_t bytes_sent;    /* bytes written to the client for this response */
+    double duration_ms;     /* request start to response end */
+    double upstream_ms;     /* upstream connect+response time, < 0 when not proxied */
+    bool limited;           /* the rate limiter refused it (or would, in dry run) */
 };
 
 /* Writes one JSON line to stdout: ts, client, method, path, status,

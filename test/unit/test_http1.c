@@ -181,7 +181,8 @@ static void run_stream(const struct opts *o, const char *data, size_t len, enum 
             record_done(r);
         } else if (res == GW_HTTP_ERROR) {
             r->error_status = p.error_status;
-            snprintf(r->detail_buf, sizeof(r->detail_buf), "%s", p.error_detail ? p.error_detail : "");
+            snprintf(r->detail_buf, sizeof(r->detail_buf), "%s",
+                     p.error_detail ? p.error_detail : "");
             r->error_detail = p.error_detail ? r->detail_buf : NULL;
             out(r, "EOF ERROR %d\n", p.error_status);
         } else {
@@ -243,6 +244,10 @@ static const struct valid_case valid_requests[] = {
      S("PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\na\nb\r c\n\t "),
      "REQ PUT /x 1.1 cl=9 te=0 ka=1 body=1 ec=0 up=0\n"
      "  Host=[a]\n  Content-Length=[9]\nBODY 9 [a\nb\r c\n\t ]\nDONE\n"},
+    {"CL body with NUL, bare CR and fold-like bytes right after the head",
+     S("PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nz\0\n \r\r"),
+     "REQ PUT /x 1.1 cl=6 te=0 ka=1 body=1 ec=0 up=0\n"
+     "  Host=[a]\n  Content-Length=[6]\nBODY 6 [z]\nDONE\n"},
     {"chunked with extensions and trailers",
      S("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
        "5;name=val\r\nhello\r\n6;flag\r\n world\r\n3;q=\"a b\"\r\n!\n!\r\n"
