@@ -11,7 +11,7 @@ BUILD_DIR ?= build
 ASAN_DIR  ?= build-asan
 TSAN_DIR  ?= build-tsan
 FUZZ_DIR  ?= build-fuzz
-FUZZ_SECONDS ?= 60
+FUZZ_SECONDS ?= $(or $(GW_FUZZ_SECONDS),60)
 JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 CTEST_ARGS ?= --output-on-failure
 

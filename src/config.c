@@ -105,7 +105,9 @@ static const struct opt opts[] = {
     INT("RATE_LIMIT_WINDOW_SECONDS", "60", 1, 86400 * 366, rate_limit_window_s,
         "Window length in seconds."),
     ENUM("RATE_LIMIT_ALGORITHM", "fixed_window", algorithm_names, GW_RL_FIXED_WINDOW,
-         rate_limit_algorithm, "Rate-limit algorithm; only fixed_window is implemented yet."),
+         rate_limit_algorithm,
+         "Rate-limit algorithm (sliding_window, token_bucket and gcra are reserved names, refused "
+         "at start-up until implemented)."),
     STR("RATE_LIMIT_KEY", T_RLKEY, "ip", 0, 0, rate_limit_key, 0,
         "Client identity: ip, or header:<Name> (e.g. header:X-API-Key; the client IP when the "
         "header is absent)."),
@@ -1118,11 +1120,12 @@ int gw_config_print_env_example(FILE *out)
             fprintf(out, " Range %lld..%lld.", (long long)o->min, (long long)o->max);
         else if (o->type == T_BOOL)
             fputs(" on/off.", out);
-        else if (o->type == T_ENUM)
-            for (int c = 0; o->choices[c] != NULL; c++)
+        else if (o->type == T_ENUM) {
+            /* Only the implemented choices; reserved names are refused. */
+            for (int c = 0; o->choices[c] != NULL && c <= o->max; c++)
                 fprintf(out, "%s%s", c == 0 ? " One of: " : ", ", o->choices[c]);
-        if (o->type == T_ENUM)
             fputc('.', out);
+        }
         fprintf(out, "\n%s=%s\n", o->name, o->def != NULL ? o->def : "");
     }
     if (ferror(out) || fflush(out) == EOF)

@@ -483,6 +483,7 @@ static void after_limit(struct gw_conn *c)
         return;
     }
     if (c->rl.verdict == GW_RL_UNAVAILABLE) {
+        GW_STAT_INC(&w->stats, requests_rejected_store);
         struct gw_problem pb = {
             .status = 503, .detail = "rate limiter unavailable", .retry_after_s = 1};
         respond_problem(c, &pb, false);

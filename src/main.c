@@ -65,9 +65,10 @@ static int healthcheck(const struct gw_config *cfg)
         close(fd);
         return 1;
     }
-    char buf[64];
+    /* Connection: close: read to EOF, bounded in size and time. */
+    char buf[2048];
     size_t got = 0;
-    while (got < 12) {
+    while (got < sizeof(buf) - 1) {
         p.events = POLLIN;
         if (poll(&p, 1, timeout_ms) != 1)
             break;
@@ -79,7 +80,18 @@ static int healthcheck(const struct gw_config *cfg)
     close(fd);
     buf[got] = '\0';
     bool ok = got >= 12 && strncmp(buf, "HTTP/1.", 7) == 0 && strncmp(buf + 9, "200", 3) == 0;
-    printf("%s\n", ok ? "healthy" : "unhealthy");
+    if (ok) {
+        printf("healthy\n");
+    } else if (got >= 12 && strncmp(buf, "HTTP/1.", 7) == 0) {
+        /* Say why: the status and the health body ("redis", "backend"). */
+        const char *body = strstr(buf, "\r\n\r\n");
+        body = body ? body + 4 : "";
+        size_t blen = strcspn(body, "\r\n");
+        printf("unhealthy: %s answered %.3s: %.*s\n", cfg->health_path, buf + 9, (int)blen, body);
+    } else {
+        printf("unhealthy: no HTTP answer from %s:%d within %d ms\n", host, cfg->gateway_port,
+               timeout_ms);
+    }
     return ok ? 0 : 1;
 }
 

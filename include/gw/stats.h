@@ -21,7 +21,7 @@
  * because the family owns the gateway_requests_total name. The labels are
  * this fixed list, never a client-controlled value (bounded cardinality).
  * Every finished request is counted under exactly one of proxied,
- * rate_limited, rejected_queue, failed_upstream, bad_request; a dry-run hit
+ * rate_limited, rejected_queue, rejected_store, failed_upstream, bad_request; a dry-run hit
  * is counted under rate_limited_dry_run AND under its eventual outcome
  * (proxied or failed_upstream), so a sum over result must exclude
  * result="rate_limited_dry_run". requests_total also counts requests to the
@@ -33,6 +33,8 @@
     X(requests_rate_limited_dry_run, "rate_limited_dry_run",                                       \
       "Requests over the limit let through by dry run (also counted under their outcome)")         \
     X(requests_rejected_queue, "rejected_queue", "Requests refused with 503 by the in-flight cap") \
+    X(requests_rejected_store, "rejected_store",                                                   \
+      "Requests refused with 503 because the rate-limit store failed (failure mode closed)")       \
     X(requests_failed_upstream, "failed_upstream", "Requests answered 502 or 504")                 \
     X(requests_bad, "bad_request", "Gateway-generated 4xx other than 429")                         \
     X(redis_errors, NULL, "Rate-limit store calls that failed")

@@ -137,6 +137,17 @@ static void test_health_backend_down(void **state)
     assert_string_equal(jstr(j, "backend"), "disconnected");
     assert_string_equal(jstr(j, "redis"), "disabled");
     json_decref(j);
+    /* --healthcheck fails with the reason on one line. */
+    char p[32];
+    snprintf(p, sizeof(p), "GATEWAY_PORT=%d", gport);
+    const char *henv[] = {p, NULL};
+    const char *args[] = {"--healthcheck", NULL};
+    char *out = NULL;
+    assert_int_equal(gwt_gateway_run(args, henv, 5000, &out, NULL), 1);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "unhealthy: /health answered 503: "));
+    assert_non_null(strstr(out, "\"backend\":\"disconnected\""));
+    free(out);
 }
 
 /* Custom endpoint paths; the default paths are then proxied. */

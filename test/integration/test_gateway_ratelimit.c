@@ -396,6 +396,12 @@ static void test_redis_down_closed(void **state)
     assert_non_null(strstr(gwt_header(&r, "Content-Type"), "application/problem+json"));
     gwt_response_free(&r);
     assert_int_equal(gwt_backend_requests(bport), 0);
+    /* Counted under its own result, in /stats and in /metrics. */
+    assert_int_equal(gwt_stat(pa, "/stats", "requests_rejected_store"), 1);
+    assert_int_equal(gwt_stat(pa, "/stats", "requests_bad"), 0);
+    assert_int_equal(gwt_get(pa, "/metrics", &r), 0);
+    assert_non_null(strstr(r.body, "gateway_requests_total{result=\"rejected_store\"} 1\n"));
+    gwt_response_free(&r);
 }
 
 /* Failure mode local: the same limit is enforced from the in-process store. */

@@ -118,7 +118,7 @@ static void test_sum_three_workers(void **state)
 #define CHECK(name, label, help) assert_int_equal(s.name, 6 * (++k));
     GW_STATS_COUNTERS(CHECK)
 #undef CHECK
-    assert_int_equal(k, 8);
+    assert_int_equal(k, 9);
     assert_int_equal(s.connections_active, 60);
     assert_int_equal(s.worker_connections[0], 10);
     assert_int_equal(s.worker_connections[1], 20);
@@ -228,6 +228,7 @@ static void known_snapshot(struct gw_stats_snapshot *s)
     s->requests_rate_limited = 7;
     s->requests_rate_limited_dry_run = 2;
     s->requests_rejected_queue = 3;
+    s->requests_rejected_store = 5;
     s->requests_failed_upstream = 4;
     s->requests_bad = 6;
     s->redis_errors = 1;
@@ -266,7 +267,8 @@ static void test_render_json_exact(void **state)
      * (2.5, 5] -> 4.333; p99: rank 79.2 -> 4.933 (rounded to 1 us). */
     const char *expect = "{\"requests_total\":100,\"requests_proxied\":80,"
                          "\"requests_rate_limited\":7,\"requests_rate_limited_dry_run\":2,"
-                         "\"requests_rejected_queue\":3,\"requests_failed_upstream\":4,"
+                         "\"requests_rejected_queue\":3,\"requests_rejected_store\":5,"
+                         "\"requests_failed_upstream\":4,"
                          "\"requests_bad\":6,\"redis_errors\":1,\"in_flight\":2,"
                          "\"queue_length\":1,\"connections_active\":5,\"uptime_seconds\":42,"
                          "\"worker_threads\":2,\"redis\":\"connected\","
@@ -282,6 +284,7 @@ static void test_render_json_exact(void **state)
                                            "requests_proxied",
                                            "requests_rate_limited",
                                            "requests_rejected_queue",
+                                           "requests_rejected_store",
                                            "requests_failed_upstream",
                                            "requests_bad",
                                            "in_flight",
@@ -338,13 +341,15 @@ static const char expect_prom[] =
     "upstream; rate_limited=Requests refused with 429; rate_limited_dry_run=Requests over the "
     "limit let through by dry run (also counted under their outcome); rejected_queue=Requests "
     "refused with 503 "
-    "by the in-flight cap; failed_upstream=Requests answered 502 or 504; "
+    "by the in-flight cap; rejected_store=Requests refused with 503 because the rate-limit store "
+    "failed (failure mode closed); failed_upstream=Requests answered 502 or 504; "
     "bad_request=Gateway-generated 4xx other than 429\n"
     "# TYPE gateway_requests_total counter\n"
     "gateway_requests_total{result=\"proxied\"} 80\n"
     "gateway_requests_total{result=\"rate_limited\"} 7\n"
     "gateway_requests_total{result=\"rate_limited_dry_run\"} 2\n"
     "gateway_requests_total{result=\"rejected_queue\"} 3\n"
+    "gateway_requests_total{result=\"rejected_store\"} 5\n"
     "gateway_requests_total{result=\"failed_upstream\"} 4\n"
     "gateway_requests_total{result=\"bad_request\"} 6\n"
     "# HELP gateway_in_flight Upstream requests holding an in-flight slot\n"
