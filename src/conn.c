@@ -1367,6 +1367,32 @@ void gw_conn_drain(struct gw_conn *c, bool force)
     if (c->closing)
         return;
     c->draining = true;
+    if (force && (c->state == CS_WAIT_SLOT || c->state == CS_CONNECT)) {
+        /* Still queued, or granted a slot (perhaps one a closing peer just
+         * freed) but not yet connected: nothing reached the backend, so it
+         * gets a 503 it may retry elsewhere, not a bare close. One
+         * non-blocking send; the connection closes either way. */
+        if (c->state == CS_WAIT_SLOT) {
+            leave_queue(c);
+            gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->queue_start_us);
+        }
+        if (c->up) {
+            gw_upstream_close(c->up);
+            c->up = NULL;
+        }
+        release_slot(c);
+        GW_STAT_INC(&c->w->stats, requests_rejected_queue);
+        struct gw_problem pb = {.status = 503,
+                                .type = GW_PROBLEM_REDUCED_CAPACITY,
+                                .detail = "the gateway is shutting down",
+                                .retry_after_s = 1};
+        respond_problem(c, &pb, true);
+        if (!c->closing)
+            flush_client(c);
+        if (!c->closing)
+            conn_close(c);
+        return;
+    }
     if (force || c->state == CS_IDLE) {
         conn_close(c);
         return;

@@ -419,6 +419,33 @@ static void test_sigterm_drains(void **state)
     gwt_proc_cleanup(&gw);
 }
 
+/* When SHUTDOWN_TIMEOUT_MS runs out, a request still queued for an in-flight
+ * slot gets a 503 (it never reached the backend), not a bare close. */
+static void test_forced_shutdown_answers_queued(void **state)
+{
+    const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=30000",
+                         "SHUTDOWN_TIMEOUT_MS=300", NULL};
+    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    struct gwt_async holder, queued;
+    assert_int_equal(
+        gwt_async_start(&holder, gport, "GET /slow?ms=3000 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    assert_int_equal(gwt_wait_stat(gport, "/stats", "in_flight", 1, 3000), 0);
+    assert_int_equal(gwt_async_start(&queued, gport, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"),
+                     0);
+    assert_int_equal(gwt_wait_stat(gport, "/stats", "queue_length", 1, 3000), 0);
+    long long t0 = gwt_now_ms();
+    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
+    assert_true(gwt_now_ms() - t0 < 2500);
+    assert_int_equal(gwt_async_join(&queued), 0);
+    assert_int_equal(queued.resp.status, 503);
+    assert_string_equal(gwt_header(&queued.resp, "Retry-After"), "1");
+    assert_string_equal(gwt_header(&queued.resp, "Connection"), "close");
+    gwt_async_free(&queued);
+    gwt_async_join(&holder); /* cut off by the forced close: no answer expected */
+    gwt_async_free(&holder);
+    gwt_proc_cleanup(&gw);
+}
+
 /* SIGTERM on an idle keep-alive client does not wait for it. */
 static void test_sigterm_idle_client(void **state)
 {
@@ -593,6 +620,7 @@ int main(void)
         T(test_access_log_off),
         T(test_sigterm_drains),
         T(test_sigterm_idle_client),
+        T(test_forced_shutdown_answers_queued),
         T(test_sigint_exit0),
         T(test_check_config_bad_value),
         T(test_check_config_accumulates),
