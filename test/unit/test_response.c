@@ -137,6 +137,27 @@ static void test_ratelimit_headers(void **state)
                    "X-RateLimit-Reset: 4102444800\r\n"
                    "RateLimit-Policy: \"default\";q=1000000000000;w=86400\r\n"
                    "RateLimit: \"default\";r=0;t=1\r\n");
+
+    /* Digit-pair edges and the int64 extremes print like printf would. */
+    static const int64_t values[] = {0,   9,    10,         99,        100,       101,
+                                     999, 1000, 1234567890, INT64_MAX, INT64_MIN, -7};
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        rl = (struct gw_rl_info){.limit = values[i],
+                                 .remaining = values[i],
+                                 .reset_epoch_s = values[i],
+                                 .reset_after_s = values[i],
+                                 .window_s = values[i]};
+        gw_buf_clear(&b);
+        assert_int_equal(gw_response_write_ratelimit_headers(&b, &rl), 0);
+        char want[512];
+        long long v = (long long)values[i];
+        snprintf(want, sizeof(want),
+                 "X-RateLimit-Limit: %lld\r\nX-RateLimit-Remaining: %lld\r\n"
+                 "X-RateLimit-Reset: %lld\r\nRateLimit-Policy: \"default\";q=%lld;w=%lld\r\n"
+                 "RateLimit: \"default\";r=%lld;t=%lld\r\n",
+                 v, v, v, v, v, v, v);
+        assert_buf(&b, want);
+    }
     gw_buf_release(&b);
 }
 
