@@ -1,6 +1,7 @@
 /*
  * The rate limiter (SPEC.md §5): turns a client key into a store key,
- * answers repeat offenders from the process-wide over-limit cache, asks the
+ * answers repeat offenders from the process-wide over-limit cache (behind a
+ * small lock-free per-worker front), asks the
  * store (Redis per worker, or the shared in-process store) otherwise, and
  * applies RATE_LIMIT_FAILURE_MODE and RATE_LIMIT_DRY_RUN. Checks come one
  * by one or in batches; the items of a batch are grouped by client, each
@@ -38,6 +39,7 @@
 #define OLC_SHARDS      64   /* over-limit cache shards, one mutex each (power of two) */
 #define OLC_SHARD_SLOTS 2048 /* entries per shard (power of two): 131072 in all */
 #define OLC_PROBE       8    /* slots looked at per key; a full run is overwritten */
+#define OLC_LOCAL_SLOTS 64   /* per-worker front of the over-limit cache (power of two) */
 #define BACKOFF_MIN_MS  100
 #define BACKOFF_MAX_MS  2000
 #define TICK_IDLE_MS    1000
@@ -110,6 +112,12 @@ struct gw_ratelimit_worker {
     size_t key_cap;
     EVP_MD_CTX *md_ctx; /* reused SHA-256 context; NULL: one-shot SHA256() */
     struct skc_slot skc[SKC_SLOTS];
+    /* Clients this worker saw over their limit, direct-mapped on hash: a
+     * flood from one client is refused without taking a shard lock that
+     * every worker contends for. An entry only ever says "over the limit
+     * until deadline_ms", as the shared cache does, so it needs no
+     * invalidation. */
+    struct olc_slot olc_local[OLC_LOCAL_SLOTS];
     /* One pass (PASS items) of gw_ratelimit_check_batch: */
     struct group groups[PASS];
     uint16_t next_item[PASS]; /* next item of the same group */
@@ -260,6 +268,22 @@ static bool olc_find(const struct gw_ratelimit *rl, uint64_t hash, uint64_t now_
 
 /* Takes the key's own slot, else an expired one, else the one ending
  * soonest in the probe run: the table never grows. */
+/* The worker's own front of the cache, then the shared one (which then
+ * fills the front). */
+static bool olc_find_local(struct gw_ratelimit_worker *w, uint64_t hash, uint64_t now_ms,
+                           struct olc_slot *out)
+{
+    struct olc_slot *l = &w->olc_local[hash & (OLC_LOCAL_SLOTS - 1)];
+    if (l->hash == hash && l->deadline_ms > now_ms) {
+        *out = *l;
+        return true;
+    }
+    if (!olc_find(w->rl, hash, now_ms, out))
+        return false;
+    *l = *out;
+    return true;
+}
+
 static void olc_put(const struct gw_ratelimit *rl, uint64_t hash, uint64_t deadline_ms,
                     int64_t reset_epoch_s, uint64_t now_ms)
 {
@@ -330,7 +354,10 @@ static void decide_group(struct gw_ratelimit_worker *w, const struct group *g,
     int64_t left_ms = over->info.reset_epoch_s * 1000 - store_ms;
     if (left_ms < 1)
         left_ms = 1;
-    olc_put(rl, g->hash, mono_ms + (uint64_t)left_ms, over->info.reset_epoch_s, mono_ms);
+    uint64_t deadline_ms = mono_ms + (uint64_t)left_ms;
+    olc_put(rl, g->hash, deadline_ms, over->info.reset_epoch_s, mono_ms);
+    w->olc_local[g->hash & (OLC_LOCAL_SLOTS - 1)] = (struct olc_slot){
+        .hash = g->hash, .deadline_ms = deadline_ms, .reset_epoch_s = over->info.reset_epoch_s};
 }
 
 static void from_cache(const struct gw_ratelimit *rl, const struct olc_slot *s, uint64_t mono_ms,
@@ -573,7 +600,7 @@ static void check_pass(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *i
     for (size_t gi = 0; gi < ng; gi++) {
         const struct group *g = &w->groups[gi];
         struct olc_slot hit;
-        if (olc_find(rl, g->hash, mono, &hit)) {
+        if (olc_find_local(w, g->hash, mono, &hit)) {
             struct gw_rl_decision *first = items[g->first].out;
             from_cache(rl, &hit, mono, first);
             for (size_t c = 1, i = w->next_item[g->first]; c < g->k; c++, i = w->next_item[i])

@@ -587,6 +587,19 @@ static void test_over_limit_cache_skips_redis(void **state)
     assert_int_equal(cmd_calls(c, "evalsha"), evalsha);
     assert_int_equal(cmd_calls(c, "eval"), eval);
 
+    /* Another worker of the process, which never saw the client, refuses
+     * it from the shared cache too, with the same window end. */
+    struct gw_ratelimit_worker *w2;
+    assert_int_equal(gw_ratelimit_worker_create(&w2, rl), 0);
+    for (int i = 0; i < 3; i++) {
+        check(w2, "cached-client", &d);
+        assert_int_equal(d.verdict, GW_RL_LIMITED);
+        assert_int_equal(d.info.reset_epoch_s, reset);
+    }
+    gw_ratelimit_worker_destroy(w2);
+    assert_int_equal(cmd_calls(c, "evalsha"), evalsha);
+    assert_int_equal(cmd_calls(c, "eval"), eval);
+
     /* other clients still go to Redis */
     check(w, "other-client", &d);
     expect_counted(&d, 1, 2, LONG_WINDOW);
