@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Where the current message is. Only execute() and finish() change it, from
  * the events the llhttp callbacks flag (ev_head, ev_last_chunk, ev_done). */
@@ -337,6 +338,65 @@ static int check_framing(struct gw_http_parser *p, llhttp_t *ll)
     return 0;
 }
 
+/* The four request-target forms of RFC 9112 §3.2, strictly: origin-form
+ * ("/path?query"); absolute-form only with the http or https scheme, a
+ * non-empty host, an optional port of 1..65535 and no userinfo (RFC 9110
+ * §4.2.4: a recipient treats it as an error); asterisk-form only for
+ * OPTIONS (authority-form belongs to CONNECT, refused before this). A
+ * fragment is never part of a request-target. Anything else would reach
+ * the backend outside the configured base path. Returns NULL or what is
+ * wrong, for the 400's detail. */
+static const char *check_target(struct gw_slice t, int method)
+{
+    if (t.len == 0)
+        return "empty request-target";
+    if (memchr(t.ptr, '#', t.len))
+        return "fragment in the request-target";
+    if (t.ptr[0] == '/')
+        return NULL;
+    if (t.len == 1 && t.ptr[0] == '*')
+        return method == HTTP_OPTIONS ? NULL : "asterisk-form request-target outside OPTIONS";
+    size_t skip = 0;
+    if (t.len >= 7 && strncasecmp(t.ptr, "http://", 7) == 0)
+        skip = 7;
+    else if (t.len >= 8 && strncasecmp(t.ptr, "https://", 8) == 0)
+        skip = 8;
+    else
+        return "request-target is not origin-form or an http(s) absolute-URI";
+    const char *a = t.ptr + skip, *end = t.ptr + t.len, *e = a;
+    while (e < end && *e != '/' && *e != '?')
+        e++;
+    if (memchr(a, '@', (size_t)(e - a)))
+        return "userinfo in the request-target";
+    const char *colon = NULL;
+    if (a < e && *a == '[') { /* IP-literal */
+        const char *rb = memchr(a, ']', (size_t)(e - a));
+        if (!rb || rb == a + 1)
+            return "malformed host in the request-target";
+        colon = rb + 1 < e ? rb + 1 : NULL;
+        if (colon && *colon != ':')
+            return "malformed host in the request-target";
+    } else {
+        colon = memchr(a, ':', (size_t)(e - a));
+        if ((colon ? colon : e) == a)
+            return "empty host in the request-target";
+    }
+    if (colon) {
+        const char *d = colon + 1;
+        unsigned long port = 0;
+        if (d == e || e - d > 5)
+            return "invalid port in the request-target";
+        for (; d < e; d++) {
+            if (*d < '0' || *d > '9')
+                return "invalid port in the request-target";
+            port = port * 10 + (unsigned long)(*d - '0');
+        }
+        if (port == 0 || port > 65535)
+            return "invalid port in the request-target";
+    }
+    return NULL;
+}
+
 /* The head is complete: validate it, fill in the framing summary, and
  * either pause (a body follows) or tell llhttp to skip the body (1), which
  * runs on_message_complete in the same execute call. */
@@ -358,6 +418,9 @@ static int on_headers_complete(llhttp_t *ll)
          * and what follows is a tunnel: refuse rather than mis-frame. */
         if (ll->method == HTTP_CONNECT)
             return fail(p, 400, "the CONNECT method is not supported");
+        const char *bad = check_target(h->target, (int)ll->method);
+        if (bad)
+            return fail(p, 400, bad);
     } else {
         h->status = ll->status_code;
         if (h->status < 100 || h->status > 599)

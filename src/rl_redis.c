@@ -399,6 +399,10 @@ static char *put_bulk(char *p, const char *s, size_t len)
 }
 
 /* Bytes put_bulk writes at most for len bytes. */
+/* Sanity bounds on what a store reply may carry: a Redis clock before year
+ * 142,000 and a count far below int64 overflow. */
+#define STORE_MS_MAX  ((int64_t)1 << 52)
+#define COUNT_MAX     ((int64_t)1 << 62)
 #define BULK_MAX(len) ((len) + 26)
 
 /* Renders "<cmd> <script> <n> <key>... <window> <incr>..." (EVALSHA <sha>
@@ -454,12 +458,16 @@ static void take_check_reply(struct gw_rl_redis *r, redisReply *rep, const int64
     if (rep->type == REDIS_REPLY_ERROR) {
         snprintf(r->err, sizeof(r->err), "check: %s", rep->str);
     } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != n + 1 ||
-               rep->element[0]->type != REDIS_REPLY_INTEGER) {
+               rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer <= 0 ||
+               rep->element[0]->integer > STORE_MS_MAX) {
         snprintf(r->err, sizeof(r->err), "check: unexpected reply type %d", rep->type);
     } else {
         for (size_t i = 0; i < n; i++) {
             const redisReply *e = rep->element[i + 1];
-            if (e->type == REDIS_REPLY_INTEGER && e->integer >= (incrs != NULL ? incrs[i] : 1)) {
+            /* A count no real Redis reaches is refused too: the caller
+             * numbers requests from it and must not overflow. */
+            if (e->type == REDIS_REPLY_INTEGER && e->integer >= (incrs != NULL ? incrs[i] : 1) &&
+                e->integer <= COUNT_MAX) {
                 counts[i] = e->integer;
                 now_ms[i] = rep->element[0]->integer;
                 rcs[i] = 0;

@@ -37,7 +37,8 @@
       "Requests refused with 503 because the rate-limit store failed (failure mode closed)")       \
     X(requests_failed_upstream, "failed_upstream", "Requests answered 502 or 504")                 \
     X(requests_bad, "bad_request", "Gateway-generated 4xx other than 429")                         \
-    X(redis_errors, NULL, "Rate-limit store calls that failed")
+    X(redis_errors, NULL,                                                                          \
+      "Rate-limit checks the store did not answer (failed, or skipped while it was down)")
 
 /* Most workers a snapshot reports one by one (WORKER_THREADS' maximum). */
 #define GW_STATS_MAX_WORKERS 256

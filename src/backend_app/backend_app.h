@@ -128,6 +128,12 @@ GW_MUSTCHECK int backend_write_json(struct backend_conn *c, int status, json_t *
 /* Waits up to ms milliseconds for shutdown. Returns true if shutdown began. */
 bool backend_sleep_ms(int ms);
 
+/* backend_sleep_ms that also ends when the peer on client_fd hangs up
+ * (closes, resets or shuts down its write side), as a real handler whose
+ * request context is cancelled would: an abandoned request stops counting
+ * towards /stats concurrency. Returns true on shutdown or hang-up. */
+bool backend_sleep_or_hangup_ms(int client_fd, int ms);
+
 /* Request-target helpers for the routes. */
 static inline struct gw_slice backend_target(const struct backend_request *r)
 {

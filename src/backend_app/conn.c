@@ -266,7 +266,8 @@ int backend_write_json(struct backend_conn *c, int status, json_t *j, const char
     return rc ? -1 : 0;
 }
 
-bool backend_sleep_ms(int ms)
+/* Sleeps until the deadline, shutdown, or (client_fd >= 0) a hang-up. */
+static bool sleep_watching(int client_fd, int ms)
 {
     uint64_t deadline = gw_now_ms() + (uint64_t)(ms > 0 ? ms : 0);
     for (;;) {
@@ -275,10 +276,22 @@ bool backend_sleep_ms(int ms)
         uint64_t now = gw_now_ms();
         if (now >= deadline)
             return false;
-        struct pollfd pfd = {.fd = backend_cfg.stop_fd, .events = POLLIN};
-        if (poll(&pfd, 1, (int)(deadline - now)) > 0)
+        struct pollfd pfd[2] = {{.fd = backend_cfg.stop_fd, .events = POLLIN},
+                                {.fd = client_fd, .events = POLLRDHUP}};
+        int n = poll(pfd, client_fd >= 0 ? 2 : 1, (int)(deadline - now));
+        if (n > 0 && (pfd[0].revents || (client_fd >= 0 && pfd[1].revents)))
             return true;
     }
+}
+
+bool backend_sleep_ms(int ms)
+{
+    return sleep_watching(-1, ms);
+}
+
+bool backend_sleep_or_hangup_ms(int client_fd, int ms)
+{
+    return sleep_watching(client_fd, ms);
 }
 
 /* Waits until the client socket is readable. Returns 1 when readable, 0 on

@@ -253,7 +253,7 @@ static enum backend_after route_slow(struct backend_conn *c)
     if (!query_u64(&c->req, "ms", 1000, UINT64_MAX, &ms))
         return done(reply_error(c, 400, "ms must be a non-negative integer"));
     ms = GW_MIN(ms, (uint64_t)BACKEND_MAX_DELAY_MS);
-    if (backend_sleep_ms((int)ms))
+    if (backend_sleep_or_hangup_ms(c->fd, (int)ms))
         return BACKEND_CLOSE;
     return done(backend_write_json(c, 200, json_pack("{s:I}", "slept_ms", (json_int_t)ms), NULL));
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -254,6 +255,42 @@ static void test_slots_returned_on_client_abort(void **state)
     gwt_assert_serves(gport, "/users/1");
 }
 
+/* Clients that reset mid-request: the gateway closes their upstream
+ * connections, backend_app stops the abandoned work (as a handler whose
+ * request was cancelled would), and the backend still never sees more than
+ * MAX_CONCURRENT_REQUESTS at once when new requests take the freed slots. */
+static void test_cap_holds_after_client_resets(void **state)
+{
+    const char *env[] = {"MAX_CONCURRENT_REQUESTS=2", NULL};
+    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    int fds[2];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = gwt_connect(gport);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(gwt_send_str(fds[i], slow_req(5000)), 0);
+    }
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 2, 3000, NULL);
+    assert_int_equal(gwt_wait_stat(bport, "/stats", "in_flight", 2, 3000), 0);
+    for (int i = 0; i < 2; i++) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close sends RST */
+        assert_int_equal(setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+        close(fds[i]);
+    }
+    gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 3000, NULL);
+    assert_int_equal(gwt_wait_stat(bport, "/stats", "in_flight", 0, 3000), 0);
+    struct gwt_async a[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(gwt_async_start(&a[i], gport, slow_req(300)), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(gwt_async_join(&a[i]), 0);
+        assert_int_equal(a[i].resp.status, 200);
+        gwt_async_free(&a[i]);
+    }
+    long long maxc = 0;
+    assert_int_equal(gwt_backend_stats(bport, NULL, &maxc), 0);
+    assert_true(maxc <= 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -264,6 +301,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queued_request_served, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_admin_while_saturated, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_slots_returned_on_client_abort, test_setup,
+                                        test_teardown),
+        cmocka_unit_test_setup_teardown(test_cap_holds_after_client_resets, test_setup,
                                         test_teardown),
     };
     return cmocka_run_group_tests_name("gateway_cap", tests, group_setup, group_teardown);

@@ -158,6 +158,14 @@ static struct row rows[] = {
     ROW("lower-case method", "get /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"),
     ROW("CONNECT", "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"),
     ROW("garbage instead of a request line", "HELLO\r\n\r\n"),
+    /* request-targets that would reach the backend outside the base path */
+    ROW("ftp absolute-form", "GET ftp://h/admin HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ROW("unknown scheme", "GET foo://h/admin HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ROW("asterisk-form with GET", "GET * HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ROW("absolute-form without host", "GET http:///echo HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ROW("absolute-form with a bad port", "GET http://h:abc/echo HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ROW("absolute-form with userinfo", "GET http://u:p@h/echo HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ROW("fragment in the request-target", "GET /echo#f HTTP/1.1\r\nHost: h\r\n\r\n"),
 };
 
 #define NROWS (sizeof(rows) / sizeof(rows[0]))

@@ -259,6 +259,13 @@ static const struct valid_case valid_requests[] = {
        "A\r\n0123456789\r\n00\r\n\r\n"),
      "REQ POST / 1.1 cl=-1 te=1 ka=1 body=1 ec=0 up=0\n"
      "  Host=[a]\n  Transfer-Encoding=[Chunked]\nBODY 10 [0123456789]\nDONE\n"},
+    {"request-target forms: absolute http/https with port and IP literal, OPTIONS *",
+     S("GET HTTP://h:8080/a?b HTTP/1.1\r\nHost: a\r\n\r\n"
+       "GET https://[::1]:443 HTTP/1.1\r\nHost: a\r\n\r\n"
+       "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
+     "REQ GET HTTP://h:8080/a?b 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[a]\nBODY 0 []\nDONE\n"
+     "REQ GET https://[::1]:443 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[a]\nBODY 0 []\nDONE\n"
+     "REQ OPTIONS * 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[a]\nBODY 0 []\nDONE\n"},
     {"two pipelined requests",
      S("GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
        "POST /two HTTP/1.1\r\nHost: b\r\nContent-Length: 3\r\n\r\nabc"),
@@ -622,6 +629,33 @@ static const struct bad_case bad_requests[] = {
     {"lower-case http", S("GET / http/1.1\r\nHost: a\r\n\r\n"), 400, false, "malformed start line"},
     {"HTTP/2 preface", S("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 400, false,
      "HTTP/2 is not supported"},
+    /* request-target forms (RFC 9112 §3.2) */
+    {"ftp absolute-form", S("GET ftp://h/admin HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "request-target is not origin-form or an http(s) absolute-URI"},
+    {"unknown scheme", S("GET foo://h/admin HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "request-target is not origin-form or an http(s) absolute-URI"},
+    {"asterisk-form with GET", S("GET * HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "asterisk-form request-target outside OPTIONS"},
+    {"absolute-form without host", S("GET http:///echo HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "empty host in the request-target"},
+    {"absolute-form, scheme only", S("GET http:// HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "empty host in the request-target"},
+    {"absolute-form, empty host before port", S("GET http://:80/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400,
+     false, "empty host in the request-target"},
+    {"absolute-form, port not a number", S("GET http://h:abc/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400,
+     false, "invalid port in the request-target"},
+    {"absolute-form, port too large", S("GET http://h:99999/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400,
+     false, "invalid port in the request-target"},
+    {"absolute-form, port 0", S("GET http://h:0/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "invalid port in the request-target"},
+    {"absolute-form, empty port", S("GET http://h:/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "invalid port in the request-target"},
+    {"absolute-form with userinfo", S("GET http://u:pw@h/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "userinfo in the request-target"},
+    {"absolute-form, unclosed IP literal", S("GET http://[::1/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400,
+     false, "malformed host in the request-target"},
+    {"fragment in origin-form", S("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "fragment in the request-target"},
     /* pipelining after a message that closes the connection */
     {"data after Connection: close",
      S(GET "Connection: close\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 400, true,

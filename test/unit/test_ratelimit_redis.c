@@ -608,6 +608,40 @@ static void test_over_limit_cache_skips_redis(void **state)
     lim_destroy(rl, w);
 }
 
+/* A count beyond any real traffic (a key someone set by hand, or a broken
+ * store) is a store error: the request is let through in open mode and
+ * requests are never numbered near INT64_MAX, where numbering them would
+ * overflow (a fake Redis answering INT64_MAX made UBSan trap). */
+static void test_absurd_count_is_store_error(void **state)
+{
+    (void)state;
+    struct setup s;
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    lim_main(&s, 5, LONG_WINDOW, GW_RL_FAIL_OPEN, 3, &rl, &w);
+    struct gw_rl_decision d;
+    check(w, "198.51.100.7", &d);
+    expect_counted(&d, 1, 5, LONG_WINDOW);
+    char key[160], base[128];
+    assert_true(gw_rl_store_key(s.prefix, "198.51.100.7", 12, base, sizeof(base), NULL) > 0);
+    snprintf(key, sizeof(key), "%s:%lld", base,
+             (long long)(d.info.reset_epoch_s / LONG_WINDOW - 1));
+    redisContext *c = admin(&g_main, 0);
+    /* 2^62 + 1023: the script's Lua numbers are doubles, so the sum must be
+     * exact in one (2^62 + 1024) to reach the gateway unchanged. */
+    redisReply *r = redisCommand(c, "SET %s 4611686018427388927 KEEPTTL", key);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    redisFree(c);
+    check(w, "198.51.100.7", &d);
+    fprintf(stderr, "DBG store_error=%d verdict=%d remaining=%lld\n", d.store_error, d.verdict, (long long)d.info.remaining);
+    c = admin(&g_main, 0); r = redisCommand(c, "GET %s", key); fprintf(stderr, "DBG val=%s\n", r->str ? r->str : "(nil)"); freeReplyObject(r); redisFree(c);
+    assert_true(d.store_error);
+    assert_int_equal(d.verdict, GW_RL_ALLOW);
+    lim_destroy(rl, w);
+}
+
 static void test_noscript_after_script_flush(void **state)
 {
     (void)state;
@@ -1587,6 +1621,7 @@ int main(void)
         cmocka_unit_test(test_exact_limit_key_and_ttl),
         cmocka_unit_test(test_short_window_ttl_and_rollover),
         cmocka_unit_test(test_over_limit_cache_skips_redis),
+        cmocka_unit_test(test_absurd_count_is_store_error),
         cmocka_unit_test(test_noscript_after_script_flush),
         cmocka_unit_test(test_two_workers_share_budget),
         cmocka_unit_test(test_dry_run),

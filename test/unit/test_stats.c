@@ -334,7 +334,7 @@ static const char expect_prom[] =
     "# HELP gateway_requests_received_total Requests received from clients, any outcome\n"
     "# TYPE gateway_requests_received_total counter\n"
     "gateway_requests_received_total 100\n"
-    "# HELP gateway_redis_errors_total Rate-limit store calls that failed\n"
+    "# HELP gateway_redis_errors_total Rate-limit checks the store did not answer (failed, or skipped while it was down)\n"
     "# TYPE gateway_redis_errors_total counter\n"
     "gateway_redis_errors_total 1\n"
     "# HELP gateway_requests_total Finished requests by result: proxied=Requests answered by the "
