@@ -105,6 +105,7 @@ struct gw_conn {
     bool retried;               /* the one retry on a fresh connection was used */
     bool limited;               /* the limiter refused it (or would, dry run) */
     bool proxied;               /* response came from the upstream */
+    bool awaiting_outcome;      /* counted in requests_total, not yet under a result */
     enum gw_framing up_framing; /* request body framing towards the upstream */
     enum gw_framing cl_framing; /* response body framing towards the client */
     int status;                 /* status sent to the client */
@@ -166,9 +167,12 @@ static void respond_problem(struct gw_conn *c, const struct gw_problem *pb, bool
     if (c->resp_head_sent) {
         /* Part of a response already left: the only honest signal left is
          * closing without completing it. */
+        count_status(c, pb->status);
+        c->awaiting_outcome = false;
         conn_close(c);
         return;
     }
+    c->awaiting_outcome = false; /* counted below or by the caller (503s) */
     if (close_after || !c->req)
         c->must_close = true;
     if (c->req && !c->req_done) {
@@ -245,6 +249,7 @@ static void log_access(struct gw_conn *c)
 static void finish_response(struct gw_conn *c)
 {
     c->resp_done = true;
+    c->awaiting_outcome = false;
     uint64_t now = gw_now_us();
     if (c->proxied) {
         GW_STAT_INC(&c->w->stats, requests_proxied);
@@ -274,7 +279,7 @@ static void reset_exchange(struct gw_conn *c)
     c->start_us = c->upstream_start_us = c->queue_start_us = 0;
     c->keep_alive = c->req_done = c->discard_body = false;
     c->resp_head_sent = c->resp_done = c->resp_started = c->retried = false;
-    c->limited = c->proxied = false;
+    c->limited = c->proxied = c->awaiting_outcome = false;
     c->up_framing = c->cl_framing = GW_FRAMING_NONE;
     c->status = 0;
     c->resp_bytes = 0;
@@ -440,6 +445,7 @@ static void handle_request_head(struct gw_conn *c)
         handle_admin(c, ep);
         return;
     }
+    c->awaiting_outcome = true; /* until a result counts it, or the connection closes */
     if (h->method == HTTP_CONNECT) {
         respond_error(c, 400, "CONNECT is not supported by this gateway", true);
         return;
@@ -584,6 +590,8 @@ static void upstream_failed(struct gw_conn *c, int status, const char *detail)
     c->proxied = false;
     release_slot(c);
     if (c->resp_head_sent) {
+        GW_STAT_INC(&c->w->stats, requests_failed_upstream);
+        c->awaiting_outcome = false;
         conn_close(c); /* truncated: never let it look complete */
         return;
     }
@@ -1343,6 +1351,12 @@ static void conn_close(struct gw_conn *c)
 {
     if (c->closing)
         return;
+    if (c->awaiting_outcome) {
+        /* The client went away (or a forced shutdown cut it) before its
+         * response was complete: nginx's 499. */
+        c->awaiting_outcome = false;
+        GW_STAT_INC(&c->w->stats, requests_closed);
+    }
     c->closing = true;
     c->state = CS_CLOSED;
     gw_loop_unwatch(&c->w->loop, &c->io);

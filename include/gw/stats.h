@@ -21,7 +21,8 @@
  * because the family owns the gateway_requests_total name. The labels are
  * this fixed list, never a client-controlled value (bounded cardinality).
  * Every finished request is counted under exactly one of proxied,
- * rate_limited, rejected_queue, rejected_store, failed_upstream, bad_request; a dry-run hit
+ * rate_limited, rejected_queue, rejected_store, failed_upstream, closed,
+ * bad_request (a response cut off by the upstream is failed_upstream); a dry-run hit
  * is counted under rate_limited_dry_run AND under its eventual outcome
  * (proxied or failed_upstream), so a sum over result must exclude
  * result="rate_limited_dry_run". requests_total also counts requests to the
@@ -36,6 +37,9 @@
     X(requests_rejected_store, "rejected_store",                                                   \
       "Requests refused with 503 because the rate-limit store failed (failure mode closed)")       \
     X(requests_failed_upstream, "failed_upstream", "Requests answered 502 or 504")                 \
+    X(requests_closed, "closed",                                                                   \
+      "Requests whose connection closed before their response was complete (client gone, forced "  \
+      "shutdown)")                                                                                 \
     X(requests_bad, "bad_request", "Gateway-generated 4xx other than 429")                         \
     X(redis_errors, NULL,                                                                          \
       "Rate-limit checks the store did not answer (failed, or skipped while it was down)")

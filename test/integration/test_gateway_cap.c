@@ -278,6 +278,10 @@ static void test_cap_holds_after_client_resets(void **state)
     }
     gwt_assert_stat_becomes(gport, "/stats", "in_flight", 0, 3000, NULL);
     assert_int_equal(gwt_wait_stat(bport, "/stats", "in_flight", 0, 3000), 0);
+    /* Both are counted under result "closed" (nginx's 499), nothing else. */
+    gwt_assert_stat_becomes(gport, "/stats", "requests_closed", 2, 3000, NULL);
+    assert_int_equal(gwt_stat(gport, "/stats", "requests_proxied"), 0);
+    assert_int_equal(gwt_stat(gport, "/stats", "requests_failed_upstream"), 0);
     struct gwt_async a[3];
     for (int i = 0; i < 3; i++)
         assert_int_equal(gwt_async_start(&a[i], gport, slow_req(300)), 0);

@@ -118,7 +118,7 @@ static void test_sum_three_workers(void **state)
 #define CHECK(name, label, help) assert_int_equal(s.name, 6 * (++k));
     GW_STATS_COUNTERS(CHECK)
 #undef CHECK
-    assert_int_equal(k, 9);
+    assert_int_equal(k, 10);
     assert_int_equal(s.connections_active, 60);
     assert_int_equal(s.worker_connections[0], 10);
     assert_int_equal(s.worker_connections[1], 20);
@@ -230,6 +230,7 @@ static void known_snapshot(struct gw_stats_snapshot *s)
     s->requests_rejected_queue = 3;
     s->requests_rejected_store = 5;
     s->requests_failed_upstream = 4;
+    s->requests_closed = 9;
     s->requests_bad = 6;
     s->redis_errors = 1;
     s->connections_active = 5;
@@ -268,7 +269,7 @@ static void test_render_json_exact(void **state)
     const char *expect = "{\"requests_total\":100,\"requests_proxied\":80,"
                          "\"requests_rate_limited\":7,\"requests_rate_limited_dry_run\":2,"
                          "\"requests_rejected_queue\":3,\"requests_rejected_store\":5,"
-                         "\"requests_failed_upstream\":4,"
+                         "\"requests_failed_upstream\":4,\"requests_closed\":9,"
                          "\"requests_bad\":6,\"redis_errors\":1,\"in_flight\":2,"
                          "\"queue_length\":1,\"connections_active\":5,\"uptime_seconds\":42,"
                          "\"worker_threads\":2,\"redis\":\"connected\","
@@ -286,6 +287,7 @@ static void test_render_json_exact(void **state)
                                            "requests_rejected_queue",
                                            "requests_rejected_store",
                                            "requests_failed_upstream",
+                                           "requests_closed",
                                            "requests_bad",
                                            "in_flight",
                                            "queue_length",
@@ -334,7 +336,8 @@ static const char expect_prom[] =
     "# HELP gateway_requests_received_total Requests received from clients, any outcome\n"
     "# TYPE gateway_requests_received_total counter\n"
     "gateway_requests_received_total 100\n"
-    "# HELP gateway_redis_errors_total Rate-limit checks the store did not answer (failed, or skipped while it was down)\n"
+    "# HELP gateway_redis_errors_total Rate-limit checks the store did not answer (failed, or "
+    "skipped while it was down)\n"
     "# TYPE gateway_redis_errors_total counter\n"
     "gateway_redis_errors_total 1\n"
     "# HELP gateway_requests_total Finished requests by result: proxied=Requests answered by the "
@@ -343,6 +346,8 @@ static const char expect_prom[] =
     "refused with 503 "
     "by the in-flight cap; rejected_store=Requests refused with 503 because the rate-limit store "
     "failed (failure mode closed); failed_upstream=Requests answered 502 or 504; "
+    "closed=Requests whose connection closed before their response was complete (client gone, "
+    "forced shutdown); "
     "bad_request=Gateway-generated 4xx other than 429\n"
     "# TYPE gateway_requests_total counter\n"
     "gateway_requests_total{result=\"proxied\"} 80\n"
@@ -351,6 +356,7 @@ static const char expect_prom[] =
     "gateway_requests_total{result=\"rejected_queue\"} 3\n"
     "gateway_requests_total{result=\"rejected_store\"} 5\n"
     "gateway_requests_total{result=\"failed_upstream\"} 4\n"
+    "gateway_requests_total{result=\"closed\"} 9\n"
     "gateway_requests_total{result=\"bad_request\"} 6\n"
     "# HELP gateway_in_flight Upstream requests holding an in-flight slot\n"
     "# TYPE gateway_in_flight gauge\n"
