@@ -650,6 +650,7 @@ static void maybe_send_continue(struct gw_conn *c)
     const struct gw_http_head *h = &c->req->head;
     if (h->expect_continue && !c->req_done && h->http_minor >= 1 && c->req->body_bytes == 0 &&
         gw_buf_len(&c->in) == 0) {
+        buf_prepare(c->w, &c->out);
         if (gw_response_write_continue(&c->out) != 0)
             conn_close(c);
         c->req->head.expect_continue = false; /* once */
@@ -662,6 +663,10 @@ int gw_conn_upstream_body(void *ctx, const char *data, size_t len)
     struct gw_conn *c = u->conn;
     if (!c)
         return -1;
+    /* c->out may have been emptied and recycled by a flush since the head:
+     * take a standard block again, or the body would grow a buffer of its
+     * own size per read (a malloc per window while streaming). */
+    buf_prepare(c->w, &c->out);
     size_t before = gw_buf_len(&c->out);
     int rc = 0;
     switch (c->cl_framing) {
@@ -733,6 +738,7 @@ static void on_response_head(struct gw_conn *c)
 static void response_complete(struct gw_conn *c)
 {
     if (c->cl_framing == GW_FRAMING_CHUNKED) {
+        buf_prepare(c->w, &c->out);
         size_t before = gw_buf_len(&c->out);
         if (gw_proxy_write_last_chunk(&c->out) != 0) {
             conn_close(c);
