@@ -183,7 +183,11 @@ int gw_loop_run_once(struct gw_loop *loop, int max_wait_ms)
     if (loop->before_sleep)
         loop->before_sleep(loop, loop->before_sleep_ctx);
     int timeout = max_wait_ms;
-    if (loop->heap_len > 0) {
+    if (loop->poll_once) {
+        loop->poll_once = false;
+        timeout = 0;
+    }
+    if (timeout != 0 && loop->heap_len > 0) {
         uint64_t now = gw_now_ms();
         uint64_t d = loop->heap[0]->deadline_ms;
         int until = d <= now ? 0 : (int)GW_MIN(d - now, (uint64_t)INT32_MAX);

@@ -47,39 +47,39 @@ struct gw_handoff {
 
 /* One connection to the upstream (backend). */
 struct gw_upstream {
-    struct gw_io io;             /* backend socket */
-    struct gw_worker *w;         /* owning worker */
-    struct gw_conn *conn;        /* client connection using it; NULL while idle */
-    struct gw_upstream *next;    /* idle-pool / reap list link */
-    struct gw_buf out;           /* request bytes not yet written */
-    struct gw_buf in;            /* response bytes read, not yet parsed */
-    struct gw_http_parser resp;  /* response parser */
-    bool connected;              /* the TCP connect completed */
-    bool reused;                 /* taken from the idle pool */
-    bool closing;                /* unwatched; closed at reap */
-    bool rd_ready;               /* epoll said readable and no EAGAIN since */
-    uint64_t idle_since_ms;      /* when it entered the pool */
+    struct gw_io io;            /* backend socket */
+    struct gw_worker *w;        /* owning worker */
+    struct gw_conn *conn;       /* client connection using it; NULL while idle */
+    struct gw_upstream *next;   /* idle-pool / reap list link */
+    struct gw_buf out;          /* request bytes not yet written */
+    struct gw_buf in;           /* response bytes read, not yet parsed */
+    struct gw_http_parser resp; /* response parser */
+    bool connected;             /* the TCP connect completed */
+    bool reused;                /* taken from the idle pool */
+    bool closing;               /* unwatched; closed at reap */
+    bool rd_ready;              /* epoll said readable and no EAGAIN since */
+    uint64_t idle_since_ms;     /* when it entered the pool */
 };
 
 struct gw_server {
-    struct gw_config *cfg;             /* effective configuration (owned by main) */
-    struct gw_gate *gate;              /* in-flight cap */
-    struct gw_ratelimit *rl;           /* rate limiter */
-    struct sockaddr_storage backend;   /* resolved upstream address */
+    struct gw_config *cfg;           /* effective configuration (owned by main) */
+    struct gw_gate *gate;            /* in-flight cap */
+    struct gw_ratelimit *rl;         /* rate limiter */
+    struct sockaddr_storage backend; /* resolved upstream address */
     socklen_t backend_len;
-    int listen_fd;                     /* listening socket */
-    int port;                          /* bound port */
-    struct gw_worker **workers;        /* worker_threads entries */
+    int listen_fd;              /* listening socket */
+    int port;                   /* bound port */
+    struct gw_worker **workers; /* worker_threads entries */
     int nworkers;
-    pthread_t acceptor;                /* acceptor thread */
-    int acceptor_wake_fd;              /* eventfd: stop the acceptor */
-    _Atomic int64_t connections;       /* client connections open, all workers */
-    _Atomic bool draining;             /* SIGTERM received */
-    uint64_t start_ms;                 /* monotonic start time */
-    pthread_mutex_t health_mu;         /* guards the backend probe cache */
-    uint64_t backend_checked_ms;       /* last probe, 0 = never */
-    bool backend_up;                   /* last probe result */
-    bool backend_probing;              /* a worker is probing now (under health_mu) */
+    pthread_t acceptor;          /* acceptor thread */
+    int acceptor_wake_fd;        /* eventfd: stop the acceptor */
+    _Atomic int64_t connections; /* client connections open, all workers */
+    _Atomic bool draining;       /* SIGTERM received */
+    uint64_t start_ms;           /* monotonic start time */
+    pthread_mutex_t health_mu;   /* guards the backend probe cache */
+    uint64_t backend_checked_ms; /* last probe, 0 = never */
+    bool backend_up;             /* last probe result */
+    bool backend_probing;        /* a worker is probing now (under health_mu) */
 };
 
 struct gw_worker {
@@ -87,31 +87,32 @@ struct gw_worker {
     int id;
     pthread_t thread;
     struct gw_loop loop;
-    pthread_mutex_t inbox_mu;          /* guards inbox */
-    struct gw_handoff *inbox;          /* accepted sockets waiting for this worker */
+    pthread_mutex_t inbox_mu; /* guards inbox */
+    struct gw_handoff *inbox; /* accepted sockets waiting for this worker */
     size_t inbox_len, inbox_cap;
-    struct gw_stats_worker stats;      /* this worker's counters */
-    struct gw_ratelimit_worker *rl;    /* own Redis connection */
-    struct gw_gate_owner gate_owner;   /* grants from the in-flight gate */
-    struct gw_conn *conns;             /* live client connections (list head) */
-    struct gw_conn *reap;              /* connections closed this iteration */
-    struct gw_conn *limit_head;        /* requests waiting for the batched rate-limit check */
+    struct gw_stats_worker stats;    /* this worker's counters */
+    struct gw_ratelimit_worker *rl;  /* own Redis connection */
+    struct gw_gate_owner gate_owner; /* grants from the in-flight gate */
+    struct gw_conn *conns;           /* live client connections (list head) */
+    struct gw_conn *reap;            /* connections closed this iteration */
+    struct gw_conn *limit_head;      /* requests waiting for the batched rate-limit check */
+    bool limit_deferred;             /* the batch waited one non-blocking poll already */
     struct gw_conn *limit_tail;
-    struct gw_conn *redrive;           /* connections to drive again before sleeping */
-    struct gw_upstream *idle;          /* idle upstream pool (LIFO) */
+    struct gw_conn *redrive;  /* connections to drive again before sleeping */
+    struct gw_upstream *idle; /* idle upstream pool (LIFO) */
     int idle_count;
-    struct gw_upstream *up_reap;       /* upstreams closed this iteration */
-    struct gw_timer tick;              /* periodic upkeep: Redis reconnect, drain */
-    bool draining;                     /* stop keeping connections alive */
-    bool stop;                         /* leave the loop */
-    _Atomic int drain_request;         /* set by main: 1 drain, 2 force close */
-    _Atomic bool finished;             /* the thread left its loop */
+    struct gw_upstream *up_reap;         /* upstreams closed this iteration */
+    struct gw_timer tick;                /* periodic upkeep: Redis reconnect, drain */
+    bool draining;                       /* stop keeping connections alive */
+    bool stop;                           /* leave the loop */
+    _Atomic int drain_request;           /* set by main: 1 drain, 2 force close */
+    _Atomic bool finished;               /* the thread left its loop */
     struct gw_http_parser **parser_free; /* spare request parsers, storage kept */
     int parser_free_len;
-    char **block_free;                 /* spare GW_BLOCK_SIZE buffer blocks */
+    char **block_free; /* spare GW_BLOCK_SIZE buffer blocks */
     int block_free_len;
-    struct gw_buf scratch;             /* per-request rendering scratch, kept */
-    uint64_t redis_checked_ms;         /* /health Redis PING cache */
+    struct gw_buf scratch;     /* per-request rendering scratch, kept */
+    uint64_t redis_checked_ms; /* /health Redis PING cache */
     enum gw_rl_store_state redis_state;
 };
 

@@ -38,16 +38,17 @@ struct gw_timer {
 };
 
 struct gw_loop {
-    int epfd;                     /* epoll instance */
-    int wake_fd;                  /* eventfd for gw_loop_wake */
-    struct gw_io wake_io;         /* registration of wake_fd */
-    gw_loop_hook_fn on_wake;      /* called in the loop thread after a wake */
+    int epfd;                /* epoll instance */
+    int wake_fd;             /* eventfd for gw_loop_wake */
+    struct gw_io wake_io;    /* registration of wake_fd */
+    gw_loop_hook_fn on_wake; /* called in the loop thread after a wake */
     void *on_wake_ctx;
     gw_loop_hook_fn before_sleep; /* called before each epoll_wait, may be NULL */
     void *before_sleep_ctx;
-    struct gw_timer **heap;       /* min-heap of armed timers */
+    struct gw_timer **heap; /* min-heap of armed timers */
     size_t heap_len, heap_cap;
-    uint64_t now_ms;              /* cached clock, updated each iteration */
+    uint64_t now_ms; /* cached clock, updated each iteration */
+    bool poll_once;  /* the next epoll_wait does not block (then cleared) */
 };
 
 /* Creates the epoll set and the eventfd. Returns 0 or -errno. */
