@@ -173,33 +173,11 @@ int gw_rl_store_key(const char *prefix, const char *key, size_t key_len, char *o
     return format_store_key(prefix, strlen(prefix), md, out, cap);
 }
 
-/* 64-bit mixer (murmur3 finaliser). */
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
-
 /* A fast seeded hash of a client key, for the per-worker tables only (the
  * store key is SHA-256). Collisions cost a compare or a cache miss. */
 static uint64_t key_hash(uint64_t seed, const char *p, size_t n)
 {
-    uint64_t h = mix64(seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL));
-    while (n >= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        h = mix64(h ^ v) + 0x9e3779b97f4a7c15ULL;
-        p += 8;
-        n -= 8;
-    }
-    uint64_t v = 0;
-    if (n > 0)
-        memcpy(&v, p, n);
-    return mix64(h ^ v ^ ((uint64_t)n << 59));
+    return gw_hash64(seed, p, n);
 }
 
 /* SHA-256 of key with the worker's reused context (no digest fetch, no

@@ -61,32 +61,11 @@ struct gw_rl_memory {
     uint32_t cap; /* entries per shard */
 };
 
-/* 64-bit mixer (murmur3 finaliser): a bijection with good avalanche. */
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
-
 /* Keys reaching the store are hex of SHA-256 (ratelimit.c), so a fast
  * non-cryptographic hash cannot be flooded; two seeds make a 128-bit id. */
 static uint64_t hash_bytes(const char *p, size_t n, uint64_t seed)
 {
-    uint64_t h = mix64(seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL));
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
-        p += 8;
-        n -= 8;
-    }
-    uint64_t w = 0;
-    memcpy(&w, p, n);
-    return mix64(h ^ w ^ ((uint64_t)n << 59));
+    return gw_hash64(seed, p, n);
 }
 
 #define SEED1 0x243f6a8885a308d3ULL

@@ -52,6 +52,13 @@ uint64_t gw_now_us(void);
  * and Retry-After when no shared clock (Redis TIME) is in use. Thread-safe. */
 int64_t gw_wall_s(void);
 
+/* A fast seeded 64-bit hash of n bytes at p (murmur3-style mixing, 8 bytes
+ * per step), for in-process tables only: not cryptographic, so callers
+ * hash only keys a client cannot choose freely (SHA-256 digests) or use a
+ * secret per-process seed. p is only read during the call (NULL allowed
+ * when n is 0). Pure and thread-safe. */
+uint64_t gw_hash64(uint64_t seed, const void *p, size_t n);
+
 /* Case-insensitive ASCII comparison of a slice with a NUL-terminated token
  * (header names, RFC 9110 §5.1 field names are case-insensitive). Neither
  * pointer is kept. Thread-safe. Inline so that a literal token's length is
