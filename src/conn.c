@@ -754,6 +754,18 @@ static void response_complete(struct gw_conn *c)
         finish_response(c);
 }
 
+/* Runs parser p over the first feed bytes of in and consumes what it used
+ * (*used); sets *progress when it used any. */
+static enum gw_http_result feed_parser(struct gw_http_parser *p, struct gw_buf *in, size_t feed,
+                                       size_t *used, bool *progress)
+{
+    enum gw_http_result r = gw_http_parser_execute(p, gw_buf_head(in), feed, used);
+    gw_buf_consume(in, *used);
+    if (*used)
+        *progress = true;
+    return r;
+}
+
 /* Feeds buffered upstream bytes into the response parser while the client's
  * output has room. Returns true on progress. */
 static bool pump_response(struct gw_conn *c)
@@ -772,10 +784,7 @@ static bool pump_response(struct gw_conn *c)
         size_t room = c->resp_head_sent ? GW_STREAM_WINDOW - out_len : gw_buf_len(&u->in);
         size_t feed = GW_MIN(gw_buf_len(&u->in), GW_MAX(room, (size_t)1));
         size_t used = 0;
-        enum gw_http_result r = gw_http_parser_execute(&u->resp, gw_buf_head(&u->in), feed, &used);
-        gw_buf_consume(&u->in, used);
-        if (used)
-            progress = true;
+        enum gw_http_result r = feed_parser(&u->resp, &u->in, feed, &used, &progress);
         switch (r) {
         case GW_HTTP_NEED_MORE:
             if (used == 0)
@@ -805,21 +814,33 @@ static bool pump_response(struct gw_conn *c)
     return progress;
 }
 
+/* Sends what b holds to fd until it is empty or the socket is full;
+ * *progress when any byte left. Returns 0, or -1 when the peer is gone
+ * (errno other than EAGAIN/EINTR). */
+static int send_buffered(int fd, struct gw_buf *b, bool *progress)
+{
+    while (gw_buf_len(b) > 0) {
+        ssize_t n = send(fd, gw_buf_head(b), gw_buf_len(b), MSG_NOSIGNAL);
+        if (n > 0) {
+            gw_buf_consume(b, (size_t)n);
+            *progress = true;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        return -1;
+    }
+    return 0;
+}
+
 /* Writes pending request bytes to the upstream. Returns true on progress. */
 static bool flush_upstream(struct gw_conn *c)
 {
     struct gw_upstream *u = c->state == CS_PROXY ? c->up : NULL;
     bool progress = false;
-    while (u && gw_buf_len(&u->out) > 0) {
-        ssize_t n = send(u->io.fd, gw_buf_head(&u->out), gw_buf_len(&u->out), MSG_NOSIGNAL);
-        if (n > 0) {
-            gw_buf_consume(&u->out, (size_t)n);
-            c->up_tx_ms = c->w->loop.now_ms;
-            progress = true;
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            break;
+    if (!u)
+        return false;
+    if (send_buffered(u->io.fd, &u->out, &progress) != 0) {
         /* The upstream stopped reading (it may have answered early and
          * closed). What it sent before is still readable: read_upstream
          * relays a complete response or fails the exchange. The rest of the
@@ -828,6 +849,8 @@ static bool flush_upstream(struct gw_conn *c)
         c->discard_body = true;
         return true;
     }
+    if (progress)
+        c->up_tx_ms = c->w->loop.now_ms;
     return progress;
 }
 
@@ -931,10 +954,7 @@ static bool pump_request(struct gw_conn *c)
             return progress;
         }
         size_t used = 0;
-        enum gw_http_result r = gw_http_parser_execute(c->req, gw_buf_head(&c->in), feed, &used);
-        gw_buf_consume(&c->in, used);
-        if (used)
-            progress = true;
+        enum gw_http_result r = feed_parser(c->req, &c->in, feed, &used, &progress);
         switch (r) {
         case GW_HTTP_NEED_MORE:
             if (used == 0)
@@ -985,19 +1005,12 @@ static bool pump_request(struct gw_conn *c)
 static bool flush_client(struct gw_conn *c)
 {
     bool progress = false;
-    while (gw_buf_len(&c->out) > 0) {
-        ssize_t n = send(c->io.fd, gw_buf_head(&c->out), gw_buf_len(&c->out), MSG_NOSIGNAL);
-        if (n > 0) {
-            gw_buf_consume(&c->out, (size_t)n);
-            c->client_tx_ms = c->w->loop.now_ms;
-            progress = true;
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            break;
+    if (send_buffered(c->io.fd, &c->out, &progress) != 0) {
         conn_close(c); /* the client went away */
         return true;
     }
+    if (progress)
+        c->client_tx_ms = c->w->loop.now_ms;
     if (progress && gw_buf_len(&c->out) == 0)
         buf_recycle(c->w, &c->out);
     if (progress && c->state == CS_RESPOND)
