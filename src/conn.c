@@ -207,6 +207,16 @@ static void respond_error(struct gw_conn *c, int status, const char *detail, boo
     respond_problem(c, &pb, close_after);
 }
 
+/* The in-flight cap's answer (SPEC.md §6): 503 with the reduced-capacity
+ * type and Retry-After: 1, counted as rejected_queue. */
+static void respond_no_capacity(struct gw_conn *c, const char *detail, bool close_after)
+{
+    GW_STAT_INC(&c->w->stats, requests_rejected_queue);
+    struct gw_problem pb = {
+        .status = 503, .type = GW_PROBLEM_REDUCED_CAPACITY, .detail = detail, .retry_after_s = 1};
+    respond_problem(c, &pb, close_after);
+}
+
 /* ---- exchange lifecycle ---- */
 
 /* Leaves the gate's FIFO. A waiter granted in the meantime holds a slot
@@ -508,15 +518,9 @@ static void after_limit(struct gw_conn *c)
         arm(c, (uint64_t)cfg->queue_timeout_ms);
         return;
     case GW_GATE_FULL:
-    default: {
-        GW_STAT_INC(&w->stats, requests_rejected_queue);
-        struct gw_problem pb = {.status = 503,
-                                .type = GW_PROBLEM_REDUCED_CAPACITY,
-                                .detail = "too many requests in flight; queue is full",
-                                .retry_after_s = 1};
-        respond_problem(c, &pb, false);
+    default:
+        respond_no_capacity(c, "too many requests in flight; queue is full", false);
         return;
-    }
     }
 }
 
@@ -1275,15 +1279,8 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
             start_upstream(c);
             break;
         }
-        GW_STAT_INC(&c->w->stats, requests_rejected_queue);
         gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->queue_start_us);
-        {
-            struct gw_problem pb = {.status = 503,
-                                    .type = GW_PROBLEM_REDUCED_CAPACITY,
-                                    .detail = "timed out waiting for an in-flight slot",
-                                    .retry_after_s = 1};
-            respond_problem(c, &pb, false);
-        }
+        respond_no_capacity(c, "timed out waiting for an in-flight slot", false);
         break;
     case CS_CONNECT:
         upstream_failed(c, 502, "timed out connecting to the upstream server");
@@ -1414,12 +1411,7 @@ void gw_conn_drain(struct gw_conn *c, bool force)
             c->up = NULL;
         }
         release_slot(c);
-        GW_STAT_INC(&c->w->stats, requests_rejected_queue);
-        struct gw_problem pb = {.status = 503,
-                                .type = GW_PROBLEM_REDUCED_CAPACITY,
-                                .detail = "the gateway is shutting down",
-                                .retry_after_s = 1};
-        respond_problem(c, &pb, true);
+        respond_no_capacity(c, "the gateway is shutting down", true);
         if (!c->closing)
             flush_client(c);
         if (!c->closing)

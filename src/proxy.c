@@ -8,6 +8,7 @@
 #include "gw/proxy.h"
 
 #include "gw/response.h"
+#include "put.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -126,31 +127,6 @@ static void classify_all(const struct gw_http_head *h, size_t count, uint8_t *ki
 
 /* ---- raw writers: the caller has reserved room ------------------------- */
 
-/* n may be 0 with s NULL (empty slices). */
-static inline char *put(char *p, const void *s, size_t n)
-{
-    if (n)
-        memcpy(p, s, n);
-    return p + n;
-}
-
-#define PUT_LIT(p, s) put((p), (s), sizeof(s) - 1)
-
-#define U64_DIGITS 20 /* decimal digits of UINT64_MAX */
-
-static char *put_u64(char *p, uint64_t v)
-{
-    char tmp[U64_DIGITS];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
 static inline char *put_field(char *p, struct gw_slice name, struct gw_slice value)
 {
     p = put(p, name.ptr, name.len);
@@ -184,8 +160,9 @@ static bool has_prefix_nocase(struct gw_slice s, const char *lit, size_t lit_len
 /* origin-form ("/p?q") gets the base path prefixed. absolute-form
  * ("http://host/p?q", what clients send to proxies) is reduced to origin-form
  * with the base path, its authority (userinfo dropped) becoming the client's
- * Host. asterisk-form ("*", OPTIONS) and anything else (authority-form of
- * CONNECT, which the connection layer refuses before this) go unchanged. */
+ * Host. asterisk-form ("*", OPTIONS) goes unchanged. The request parser
+ * admits nothing else (http1.c check_target, RFC 9112 §3.2); userinfo is
+ * still dropped here for heads built by other callers. */
 static void split_target(struct gw_slice t, struct target_parts *out)
 {
     out->path = t;
@@ -267,7 +244,7 @@ int gw_proxy_write_request_head(struct gw_buf *out, const struct gw_http_head *r
     bound += sizeof("X-Forwarded-For: \r\n") + 2 * xff_count + client_len;
     bound += sizeof("X-Forwarded-Proto: \r\n") + proto_len;
     bound += sizeof("X-Forwarded-Host: \r\n") + client_host.len;
-    bound += sizeof("Content-Length: \r\n") + U64_DIGITS; /* > "Transfer-Encoding: chunked" */
+    bound += sizeof("Content-Length: \r\n") + PUT_U64_DIGITS; /* > "Transfer-Encoding: chunked" */
     bound += sizeof("Connection: close\r\n") + 2;
 
     int rc = gw_buf_reserve(out, bound);
@@ -369,7 +346,7 @@ int gw_proxy_write_response_head(struct gw_buf *out, const struct gw_http_head *
     for (size_t i = 0; i < count; i++)
         bound += field_size(&resp->headers[i]);
     bound += ctx->extra.len;
-    bound += sizeof("Content-Length: \r\n") + U64_DIGITS; /* > "Transfer-Encoding: chunked" */
+    bound += sizeof("Content-Length: \r\n") + PUT_U64_DIGITS; /* > "Transfer-Encoding: chunked" */
     bound += sizeof("Connection: keep-alive\r\n") + 2;
 
     int rc = gw_buf_reserve(out, bound);

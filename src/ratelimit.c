@@ -65,7 +65,7 @@ struct olc_shard {
 
 /* A cached store-key digest of one client key (the worker's own). */
 struct skc_slot {
-    uint64_t khash;             /* key_hash() of the client key */
+    uint64_t khash;             /* gw_hash64(seed, client key) */
     uint32_t len;               /* client key bytes; UINT32_MAX = empty slot */
     unsigned char md[MD_BYTES]; /* first bytes of SHA-256(client key) */
     char key[SKC_KEY_MAX];      /* the client key */
@@ -76,7 +76,7 @@ struct skc_slot {
 struct group {
     const char *key; /* client key (borrowed from its first item) */
     size_t key_len;  /* bytes */
-    uint64_t khash;  /* key_hash() of key */
+    uint64_t khash;  /* gw_hash64(seed, key) */
     uint64_t hash;   /* first 8 digest bytes: the over-limit cache's key */
     size_t skey_len; /* store key at keys + index * key_cap */
     uint16_t first;  /* first item */
@@ -87,7 +87,7 @@ struct group {
 struct gw_ratelimit {
     const struct gw_config *cfg;   /* borrowed */
     size_t prefix_len;             /* strlen(RATE_LIMIT_KEY_PREFIX) */
-    uint64_t seed;                 /* key_hash() seed, random per process */
+    uint64_t seed;                 /* gw_hash64 seed of the per-worker tables, random per process */
     EVP_MD *sha256;                /* fetched once (NULL: one-shot SHA256()); shared */
     int64_t limit;                 /* RATE_LIMIT_REQUESTS */
     int64_t window_s;              /* RATE_LIMIT_WINDOW_SECONDS */
@@ -171,13 +171,6 @@ int gw_rl_store_key(const char *prefix, const char *key, size_t key_len, char *o
     if (hash64 != NULL)
         *hash64 = md_hash64(md);
     return format_store_key(prefix, strlen(prefix), md, out, cap);
-}
-
-/* A fast seeded hash of a client key, for the per-worker tables only (the
- * store key is SHA-256). Collisions cost a compare or a cache miss. */
-static uint64_t key_hash(uint64_t seed, const char *p, size_t n)
-{
-    return gw_hash64(seed, p, n);
 }
 
 /* SHA-256 of key with the worker's reused context (no digest fetch, no
@@ -534,7 +527,7 @@ static size_t group_items(struct gw_ratelimit_worker *w, struct gw_rl_batch_item
         out->verdict = GW_RL_ALLOW;
         const char *key = items[i].key;
         size_t len = items[i].key_len;
-        uint64_t kh = key_hash(rl->seed, key, len);
+        uint64_t kh = gw_hash64(rl->seed, key, len);
         size_t t = kh & (tsize - 1);
         for (; w->table[t] != 0; t = (t + 1) & (tsize - 1)) {
             struct group *g = &w->groups[w->table[t] - 1];

@@ -5,6 +5,7 @@
  * Continue and the Date field. Pure functions, no I/O, no shared state.
  */
 #include "gw/response.h"
+#include "put.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -127,46 +128,6 @@ const char *gw_response_reason(int status)
     }
 }
 
-/* Writes v in decimal at p; returns the end. 20 bytes are always enough.
- * Two digits per division: these numbers go out on every response. */
-static char *put_i64(char *p, int64_t v)
-{
-    static const char pairs[] = "00010203040506070809101112131415161718192021222324"
-                                "25262728293031323334353637383940414243444546474849"
-                                "50515253545556575859606162636465666768697071727374"
-                                "75767778798081828384858687888990919293949596979899";
-    char tmp[20];
-    char *t = tmp + sizeof(tmp);
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    while (u >= 100) {
-        unsigned d = (unsigned)(u % 100);
-        u /= 100;
-        t -= 2;
-        memcpy(t, pairs + 2 * d, 2);
-    }
-    if (u >= 10) {
-        t -= 2;
-        memcpy(t, pairs + 2 * u, 2);
-    } else {
-        *--t = (char)('0' + u);
-    }
-    if (v < 0)
-        *p++ = '-';
-    size_t n = (size_t)(tmp + sizeof(tmp) - t);
-    memcpy(p, t, n);
-    return p + n;
-}
-
-/* n may be 0 with s NULL (empty slices). */
-static char *put_lit(char *p, const char *s, size_t n)
-{
-    if (n)
-        memcpy(p, s, n);
-    return p + n;
-}
-
-#define PUT_LIT(p, s) put_lit((p), (s), sizeof(s) - 1)
-
 int gw_response_write_ratelimit_headers(struct gw_buf *out, const struct gw_rl_info *rl)
 {
     /* RateLimit-Policy and RateLimit are structured-field lists (RFC 8941):
@@ -224,16 +185,16 @@ static int write_complete(struct gw_buf *out, int status, const char *content_ty
     char *p = out->data + out->end;
     p = put_i64(PUT_LIT(p, "HTTP/1.1 "), status);
     *p++ = ' ';
-    p = put_lit(p, reason, reason_len);
-    p = put_lit(PUT_LIT(p, "\r\nContent-Type: "), content_type, type_len);
+    p = put(p, reason, reason_len);
+    p = put(PUT_LIT(p, "\r\nContent-Type: "), content_type, type_len);
     p = put_i64(PUT_LIT(p, "\r\nContent-Length: "), (int64_t)body_len);
     p = PUT_LIT(p, "\r\nCache-Control: no-store\r\n");
     if (retry_after_s > 0)
         p = PUT_LIT(put_i64(PUT_LIT(p, "Retry-After: "), retry_after_s), "\r\n");
-    p = put_lit(p, extra.ptr, extra.len);
-    p = put_lit(p, conn, conn_len);
+    p = put(p, extra.ptr, extra.len);
+    p = put(p, conn, conn_len);
     p = PUT_LIT(p, "\r\n");
-    p = put_lit(p, body, send_body);
+    p = put(p, body, send_body);
     out->end = (size_t)(p - out->data);
     return 0;
 }

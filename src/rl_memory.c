@@ -61,19 +61,15 @@ struct gw_rl_memory {
     uint32_t cap; /* entries per shard */
 };
 
-/* Keys reaching the store are hex of SHA-256 (ratelimit.c), so a fast
- * non-cryptographic hash cannot be flooded; two seeds make a 128-bit id. */
-static uint64_t hash_bytes(const char *p, size_t n, uint64_t seed)
-{
-    return gw_hash64(seed, p, n);
-}
-
+/* Keys reaching the store are hex of SHA-256 (ratelimit.c), so the fast
+ * non-cryptographic gw_hash64 cannot be flooded; two seeds make a 128-bit
+ * id. */
 #define SEED1 0x243f6a8885a308d3ULL
 #define SEED2 0x13198a2e03707344ULL
 
 unsigned gw_rl_memory_shard_of(const char *key, size_t key_len)
 {
-    return (unsigned)(hash_bytes(key, key_len, SEED1) >> 58) % GW_RL_MEMORY_SHARDS;
+    return (unsigned)(gw_hash64(SEED1, key, key_len) >> 58) % GW_RL_MEMORY_SHARDS;
 }
 
 static uint32_t pow2_at_least(uint32_t n)
@@ -312,8 +308,8 @@ int gw_rl_memory_incr_by(struct gw_rl_memory *m, const char *key, size_t key_len
 {
     if (incr < 1)
         return -EINVAL;
-    uint64_t h1 = hash_bytes(key, key_len, SEED1);
-    uint64_t h2 = hash_bytes(key, key_len, SEED2);
+    uint64_t h1 = gw_hash64(SEED1, key, key_len);
+    uint64_t h2 = gw_hash64(SEED2, key, key_len);
     struct shard *s = &m->shards[(unsigned)(h1 >> 58) % GW_RL_MEMORY_SHARDS];
     int64_t window = gw_rl_algo_window_index(now_s, window_s);
     int rc = 0;

@@ -131,7 +131,9 @@ bool backend_sleep_ms(int ms);
 /* backend_sleep_ms that also ends when the peer on client_fd hangs up
  * (closes, resets or shuts down its write side), as a real handler whose
  * request context is cancelled would: an abandoned request stops counting
- * towards /stats concurrency. Returns true on shutdown or hang-up. */
+ * towards /stats concurrency. client_fd < 0 watches nothing; the fd stays
+ * the caller's. Returns true on shutdown or hang-up, false once ms
+ * milliseconds passed. Thread-safe (one call per connection thread). */
 bool backend_sleep_or_hangup_ms(int client_fd, int ms);
 
 /* Request-target helpers for the routes. */

@@ -266,8 +266,7 @@ int backend_write_json(struct backend_conn *c, int status, json_t *j, const char
     return rc ? -1 : 0;
 }
 
-/* Sleeps until the deadline, shutdown, or (client_fd >= 0) a hang-up. */
-static bool sleep_watching(int client_fd, int ms)
+bool backend_sleep_or_hangup_ms(int client_fd, int ms)
 {
     uint64_t deadline = gw_now_ms() + (uint64_t)(ms > 0 ? ms : 0);
     for (;;) {
@@ -286,12 +285,7 @@ static bool sleep_watching(int client_fd, int ms)
 
 bool backend_sleep_ms(int ms)
 {
-    return sleep_watching(-1, ms);
-}
-
-bool backend_sleep_or_hangup_ms(int client_fd, int ms)
-{
-    return sleep_watching(client_fd, ms);
+    return backend_sleep_or_hangup_ms(-1, ms);
 }
 
 /* Waits until the client socket is readable. Returns 1 when readable, 0 on
