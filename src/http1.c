@@ -5,6 +5,7 @@
  * the smuggling checks llhttp leaves to its user (RFC 9112 §2.2, §3, §6, §7).
  */
 #include "gw/http1.h"
+#include "gw/path.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -346,6 +347,17 @@ static int check_framing(struct gw_http_parser *p, llhttp_t *ll)
  * fragment is never part of a request-target. Anything else would reach
  * the backend outside the configured base path. Returns NULL or what is
  * wrong, for the 400's detail. */
+/* The path of a request-target (up to '?'), from p to end: refused when its
+ * dot-segments would climb above the root (RFC 3986 §5.2.4), so that no
+ * request reaches the backend outside BACKEND_URL's base path. */
+static const char *check_path(const char *p, const char *end)
+{
+    const char *q = memchr(p, '?', (size_t)(end - p));
+    if (gw_path_climbs_above_root(p, (size_t)((q ? q : end) - p)))
+        return "request-target path climbs above the root";
+    return NULL;
+}
+
 static const char *check_target(struct gw_slice t, int method)
 {
     if (t.len == 0)
@@ -353,7 +365,7 @@ static const char *check_target(struct gw_slice t, int method)
     if (memchr(t.ptr, '#', t.len))
         return "fragment in the request-target";
     if (t.ptr[0] == '/')
-        return NULL;
+        return check_path(t.ptr, t.ptr + t.len);
     if (t.len == 1 && t.ptr[0] == '*')
         return method == HTTP_OPTIONS ? NULL : "asterisk-form request-target outside OPTIONS";
     size_t skip = 0;
@@ -394,7 +406,7 @@ static const char *check_target(struct gw_slice t, int method)
         if (port == 0 || port > 65535)
             return "invalid port in the request-target";
     }
-    return NULL;
+    return check_path(e, end);
 }
 
 /* The head is complete: validate it, fill in the framing summary, and

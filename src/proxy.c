@@ -6,6 +6,7 @@
  * computes an upper bound, reserves once and memcpy's straight into the buffer.
  */
 #include "gw/proxy.h"
+#include "gw/path.h"
 
 #include "gw/response.h"
 #include "put.h"
@@ -194,6 +195,21 @@ static void split_target(struct gw_slice t, struct target_parts *out)
     out->use_base = true;
 }
 
+/* Writes the target's path with its dot-segments removed (RFC 3986 §5.2.4),
+ * then its query unchanged; other forms ("*") go as they are. Never longer
+ * than the target, so the caller's bound holds. */
+static char *put_target_path(char *p, const struct target_parts *tp)
+{
+    const char *s = tp->path.ptr;
+    size_t n = tp->path.len;
+    if (n == 0 || s[0] != '/')
+        return put(p, s, n);
+    const char *q = memchr(s, '?', n);
+    size_t plen = q ? (size_t)(q - s) : n;
+    p += gw_path_remove_dots(s, plen, p);
+    return put(p, s + plen, n - plen);
+}
+
 /* Methods that define a meaning for content: a bodiless one still gets
  * Content-Length: 0 so strict backends do not answer 411 (RFC 9110 §8.6). */
 static bool method_wants_length(struct gw_slice m)
@@ -259,7 +275,7 @@ int gw_proxy_write_request_head(struct gw_buf *out, const struct gw_http_head *r
     p = put(p, base, base_len);
     if (tp.root)
         *p++ = '/';
-    p = put(p, tp.path.ptr, tp.path.len);
+    p = put_target_path(p, &tp);
     p = PUT_LIT(p, " HTTP/1.1\r\n");
 
     /* Host first (RFC 9112 §3.2), then the end-to-end fields in order. */

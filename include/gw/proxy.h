@@ -40,7 +40,9 @@ struct gw_proxy_request_ctx {
  *   Content-Length: <n> | Transfer-Encoding: chunked   (framing)
  *   Connection: close                              (only when !upstream_keepalive)
  *
- * Target: origin-form "/p?q" becomes base_path + "/p?q"; absolute-form
+ * Target: origin-form "/p?q" becomes base_path + "/p?q" with the path's
+ * dot-segments removed first (RFC 3986 §5.2.4, gw_path_remove_dots; the
+ * parser already refused a path that climbs above the root); absolute-form
  * "http(s)://host[:port]/p?q" becomes base_path + "/p?q" ("/" when the path
  * is empty) and its authority, userinfo dropped, is the client's host instead
  * of the Host field (RFC 9112 §3.2.2); "*" and any other form go unchanged.

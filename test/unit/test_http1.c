@@ -656,6 +656,15 @@ static const struct bad_case bad_requests[] = {
      false, "malformed host in the request-target"},
     {"fragment in origin-form", S("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
      "fragment in the request-target"},
+    /* dot-segments climbing above the root (RFC 3986 §5.2.4) */
+    {"/../ above the root", S("GET /../admin HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "request-target path climbs above the root"},
+    {"%2e%2e above the root", S("GET /%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "request-target path climbs above the root"},
+    {"climb after a segment", S("GET /a/../../admin?x HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "request-target path climbs above the root"},
+    {"absolute-form climbing", S("GET http://h/../admin HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "request-target path climbs above the root"},
     /* pipelining after a message that closes the connection */
     {"data after Connection: close",
      S(GET "Connection: close\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 400, true,
