@@ -55,6 +55,7 @@ enum opt_type {
 
 #define F_SECRET      0x1u /* may hold a password: masked in every output */
 #define F_EMPTY_UNSET 0x2u /* an empty value means unset, not invalid */
+#define F_AUTO        0x4u /* T_INT: "auto" is accepted and stored as -1 (resolved after load) */
 
 struct opt {
     const char *name;           /* environment variable */
@@ -93,6 +94,9 @@ static const struct opt opts[] = {
         "https."),
     INT("WORKER_THREADS", "0", 0, 256, worker_threads,
         "Epoll worker threads; 0 = number of online CPUs."),
+    INT("MAX_CONNECTIONS_PER_CLIENT", "0", 0, 1000000, max_connections_per_client,
+        "Client connections from one address (IPv6: one /64) at once; beyond, closed at accept; 0 "
+        "= no cap."),
     INT("MAX_CONNECTIONS", "10000", 1, 1000000, max_connections,
         "Client connections held at once; beyond, new ones are closed at accept."),
     STR("REDIS_URL", T_REDIS, NULL, 0, 0, redis_url, F_SECRET | F_EMPTY_UNSET,
@@ -134,8 +138,11 @@ static const struct opt opts[] = {
         "Backend connect timeout in ms; failure = 502."),
     INT("UPSTREAM_TIMEOUT_MS", "30000", 1, MS_MAX, upstream_timeout_ms,
         "No response bytes from the backend for this long = 504, in ms."),
-    INT("UPSTREAM_KEEPALIVE", "32", 0, 100000, upstream_keepalive,
-        "Idle pooled backend connections per worker; 0 disables pooling."),
+    {"UPSTREAM_KEEPALIVE", T_INT, "auto", 0, 1000000, OFF(upstream_keepalive), F_AUTO, NULL,
+     "Idle pooled backend connections per worker; auto = MAX_CONCURRENT_REQUESTS; 0 disables "
+     "pooling."},
+    INT("UPSTREAM_IDLE_TIMEOUT_MS", "60000", 1, MS_MAX, upstream_idle_timeout_ms,
+        "A pooled backend connection idle this long (ms) is closed."),
     INT("CLIENT_TIMEOUT_MS", "60000", 1, MS_MAX, client_timeout_ms,
         "Idle keep-alive and slow request-header limit in ms (408 if a request was started)."),
     INT("MAX_HEADER_BYTES", "16384", 1024, 1048576, max_header_bytes,
@@ -383,6 +390,10 @@ static bool split_hostport(const char *s, size_t n, int def_port, struct hostpor
 
 static bool parse_int(const struct opt *o, const char *v, int64_t *out, char *why, size_t cap)
 {
+    if ((o->flags & F_AUTO) && strcmp(v, "auto") == 0) {
+        *out = -1;
+        return true;
+    }
     /* strtoll alone would accept leading spaces, '+' and "0x" prefixes. */
     const char *d = v[0] == '-' ? v + 1 : v;
     if (!is_digit(d[0]))
@@ -897,6 +908,10 @@ int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn getenv_fn, void *c
     }
     if (workers_ok && cfg->worker_threads == 0)
         cfg->worker_threads = online_cpus();
+    /* auto: room for every in-flight request in each worker's pool, so that
+     * below the cap no request pays for a new backend connection. */
+    if (cfg->upstream_keepalive < 0)
+        cfg->upstream_keepalive = cfg->max_concurrent_requests;
     errors += check_cross(cfg, err);
     return errors;
 }

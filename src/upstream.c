@@ -49,8 +49,9 @@ struct gw_upstream *gw_upstream_get(struct gw_worker *w, bool fresh, int *err)
         return NULL;
     }
     const struct gw_config *cfg = w->srv->cfg;
-    if (gw_http_parser_init(&u->resp, GW_HTTP_RESPONSE, (size_t)GW_MAX(cfg->max_header_bytes, 65536),
-                            0, gw_conn_upstream_body, NULL)) {
+    if (gw_http_parser_init(&u->resp, GW_HTTP_RESPONSE,
+                            (size_t)GW_MAX(cfg->max_header_bytes, 65536), 0, gw_conn_upstream_body,
+                            NULL)) {
         free(u);
         *err = -ENOMEM;
         return NULL;
@@ -62,6 +63,7 @@ struct gw_upstream *gw_upstream_get(struct gw_worker *w, bool fresh, int *err)
         *err = fd;
         return NULL;
     }
+    GW_STAT_INC(&w->stats, upstream_connections_opened);
     gw_io_init(&u->io, fd, upstream_cb);
     u->w = w;
     u->resp.ctx = u;
@@ -116,6 +118,22 @@ void gw_upstream_reap(struct gw_worker *w)
         gw_buf_release(&u->out);
         gw_http_parser_deinit(&u->resp);
         free(u);
+    }
+}
+
+void gw_upstream_close_expired(struct gw_worker *w, uint64_t now_ms)
+{
+    uint64_t timeout = (uint64_t)w->srv->cfg->upstream_idle_timeout_ms;
+    /* The pool is LIFO: once one entry has expired, every one after it
+     * entered the pool earlier and has expired too. */
+    struct gw_upstream **pp = &w->idle;
+    while (*pp && now_ms - (*pp)->idle_since_ms < timeout)
+        pp = &(*pp)->next;
+    while (*pp) {
+        struct gw_upstream *u = *pp;
+        *pp = u->next;
+        w->idle_count--;
+        gw_upstream_close(u);
     }
 }
 

@@ -25,6 +25,11 @@ void gw_upstream_close(struct gw_upstream *u);
 /* Frees upstreams closed during this iteration. */
 void gw_upstream_reap(struct gw_worker *w);
 
+/* Closes the pooled connections idle for UPSTREAM_IDLE_TIMEOUT_MS or longer
+ * at now_ms (monotonic ms), so a quiet gateway does not hold backend
+ * connections forever. Called from the worker's upkeep tick (every 100 ms). */
+void gw_upstream_close_expired(struct gw_worker *w, uint64_t now_ms);
+
 /* Closes every idle pooled connection (shutdown). */
 void gw_upstream_close_idle(struct gw_worker *w);
 

@@ -105,6 +105,7 @@ static void tick_cb(struct gw_loop *loop, struct gw_timer *t)
     if (next == 0 || next > TICK_MS)
         next = TICK_MS;
     check_drain(w);
+    gw_upstream_close_expired(w, loop->now_ms);
     if (gw_timer_arm(loop, &w->tick, loop->now_ms + next) != 0)
         gw_error("worker %d: cannot arm the upkeep timer", w->id);
 }

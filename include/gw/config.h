@@ -52,6 +52,7 @@ struct gw_config {
                                          itself has no brackets (for getaddrinfo) */
     int worker_threads;               /* WORKER_THREADS, resolved: 0 becomes online CPUs */
     int max_connections;              /* MAX_CONNECTIONS */
+    int max_connections_per_client;   /* MAX_CONNECTIONS_PER_CLIENT, 0 = no per-client cap */
     char *redis_url;                  /* REDIS_URL, NULL when unset */
     int redis_timeout_ms;             /* REDIS_TIMEOUT_MS */
     int rate_limit_requests;          /* RATE_LIMIT_REQUESTS */
@@ -71,7 +72,9 @@ struct gw_config {
     int queue_timeout_ms;             /* QUEUE_TIMEOUT_MS */
     int upstream_connect_timeout_ms;  /* UPSTREAM_CONNECT_TIMEOUT_MS */
     int upstream_timeout_ms;          /* UPSTREAM_TIMEOUT_MS */
-    int upstream_keepalive;           /* UPSTREAM_KEEPALIVE, idle pooled per worker */
+    int upstream_keepalive;           /* UPSTREAM_KEEPALIVE, idle pooled per worker ("auto"
+                                         resolved to max_concurrent_requests at load) */
+    int upstream_idle_timeout_ms;     /* UPSTREAM_IDLE_TIMEOUT_MS */
     int client_timeout_ms;            /* CLIENT_TIMEOUT_MS */
     int max_header_bytes;             /* MAX_HEADER_BYTES */
     int64_t max_body_bytes;           /* MAX_BODY_BYTES, 0 = unlimited */

@@ -42,7 +42,9 @@
       "shutdown)")                                                                                 \
     X(requests_bad, "bad_request", "Gateway-generated 4xx other than 429")                         \
     X(redis_errors, NULL,                                                                          \
-      "Rate-limit checks the store did not answer (failed, or skipped while it was down)")
+      "Rate-limit checks the store did not answer (failed, or skipped while it was down)")         \
+    X(upstream_connections_opened, NULL,                                                           \
+      "Connections opened to the upstream (a pool that is too small shows as a high rate)")
 
 /* Most workers a snapshot reports one by one (WORKER_THREADS' maximum). */
 #define GW_STATS_MAX_WORKERS 256

@@ -44,6 +44,7 @@ struct gwt_fault {
     struct gwt_fault_step *steps;
     size_t nsteps, next_step;
     long requests, connections;
+    long peer_closes; /* connections the peer (the gateway) closed or reset */
     char last[LAST_REQ];
     size_t last_len;
     struct fconn conns[MAX_CONNS]; /* thread-owned */
@@ -267,6 +268,9 @@ static void *fault_main(void *arg)
                 continue;
             if (got <= 0) {
                 conn_drop(c, false);
+                pthread_mutex_lock(&f->mu);
+                f->peer_closes++;
+                pthread_mutex_unlock(&f->mu);
                 continue;
             }
             if (!c->held) {
@@ -373,6 +377,7 @@ int gwt_fault_script(struct gwt_fault *f, const struct gwt_fault_step *steps, si
     f->next_step = 0;
     f->requests = 0;
     f->connections = 0;
+    f->peer_closes = 0;
     f->last_len = 0;
     f->last[0] = '\0';
     pthread_mutex_unlock(&f->mu);
@@ -397,6 +402,14 @@ long gwt_fault_connections(struct gwt_fault *f)
 {
     pthread_mutex_lock(&f->mu);
     long n = f->connections;
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
+
+long gwt_fault_peer_closes(struct gwt_fault *f)
+{
+    pthread_mutex_lock(&f->mu);
+    long n = f->peer_closes;
     pthread_mutex_unlock(&f->mu);
     return n;
 }

@@ -62,6 +62,10 @@ long gwt_fault_requests(struct gwt_fault *f);
 /* Connections accepted since the last gwt_fault_script. */
 long gwt_fault_connections(struct gwt_fault *f);
 
+/* Connections the peer closed (EOF or reset seen by the fake) since the last
+ * gwt_fault_script; a connection the fake closed itself is not counted. */
+long gwt_fault_peer_closes(struct gwt_fault *f);
+
 /* Polls until gwt_fault_requests(f) >= want, for at most timeout_ms.
  * Returns 0, or -ETIMEDOUT. */
 GW_MUSTCHECK int gwt_fault_wait_requests(struct gwt_fault *f, long want, int timeout_ms);

@@ -216,7 +216,9 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.queue_timeout_ms, 5000);
     assert_int_equal(cfg.upstream_connect_timeout_ms, 2000);
     assert_int_equal(cfg.upstream_timeout_ms, 30000);
-    assert_int_equal(cfg.upstream_keepalive, 32);
+    assert_int_equal(cfg.upstream_keepalive, 100); /* auto = MAX_CONCURRENT_REQUESTS */
+    assert_int_equal(cfg.upstream_idle_timeout_ms, 60000);
+    assert_int_equal(cfg.max_connections_per_client, 0);
     assert_int_equal(cfg.client_timeout_ms, 60000);
     assert_int_equal(cfg.max_header_bytes, 16384);
     assert_true(cfg.max_body_bytes == 10485760);
@@ -261,6 +263,24 @@ static void test_int_valid(void **state)
     expect_ok(&cfg, "RATE_LIMIT_REQUESTS", "1000000000");
     assert_int_equal(cfg.rate_limit_requests, 1000000000);
     gw_config_deinit(&cfg);
+    expect_ok(&cfg, "UPSTREAM_KEEPALIVE", "0");
+    assert_int_equal(cfg.upstream_keepalive, 0);
+    gw_config_deinit(&cfg);
+    expect_ok(&cfg, "UPSTREAM_KEEPALIVE", "7");
+    assert_int_equal(cfg.upstream_keepalive, 7);
+    gw_config_deinit(&cfg);
+    expect_ok(&cfg, "MAX_CONNECTIONS_PER_CLIENT", "64");
+    assert_int_equal(cfg.max_connections_per_client, 64);
+    gw_config_deinit(&cfg);
+
+    /* auto follows MAX_CONCURRENT_REQUESTS wherever that row stands. */
+    char *err = NULL;
+    assert_int_equal(
+        load_kv(&cfg, KV({"UPSTREAM_KEEPALIVE", "auto"}, {"MAX_CONCURRENT_REQUESTS", "333"}), &err),
+        0);
+    assert_int_equal(cfg.upstream_keepalive, 333);
+    free(err);
+    gw_config_deinit(&cfg);
 }
 
 static void test_int_invalid(void **state)
@@ -282,6 +302,12 @@ static void test_int_invalid(void **state)
     expect_bad("UPSTREAM_TIMEOUT_MS", "0", "out of range (1..3600000)");
     expect_bad("SHUTDOWN_TIMEOUT_MS", "3600001", "out of range");
     expect_bad("RATE_LIMIT_WINDOW_SECONDS", "31622401", "out of range");
+    expect_bad("UPSTREAM_KEEPALIVE", "-1", "out of range (0..1000000)");
+    expect_bad("UPSTREAM_KEEPALIVE", "AUTO", "not an integer");
+    expect_bad("UPSTREAM_KEEPALIVE", "autox", "not an integer");
+    expect_bad("GATEWAY_PORT", "auto", "not an integer"); /* only rows that say so */
+    expect_bad("UPSTREAM_IDLE_TIMEOUT_MS", "0", "out of range (1..3600000)");
+    expect_bad("MAX_CONNECTIONS_PER_CLIENT", "-1", "out of range");
 
     /* A bad value never falls back to the default, and the exact line. */
     struct gw_config cfg;

@@ -118,7 +118,7 @@ static void test_sum_three_workers(void **state)
 #define CHECK(name, label, help) assert_int_equal(s.name, 6 * (++k));
     GW_STATS_COUNTERS(CHECK)
 #undef CHECK
-    assert_int_equal(k, 10);
+    assert_int_equal(k, 11);
     assert_int_equal(s.connections_active, 60);
     assert_int_equal(s.worker_connections[0], 10);
     assert_int_equal(s.worker_connections[1], 20);
@@ -233,6 +233,7 @@ static void known_snapshot(struct gw_stats_snapshot *s)
     s->requests_closed = 9;
     s->requests_bad = 6;
     s->redis_errors = 1;
+    s->upstream_connections_opened = 12;
     s->connections_active = 5;
     s->latency_buckets[2] = 50; /* (1, 2.5] ms */
     s->latency_buckets[3] = 30; /* (2.5, 5] ms */
@@ -270,7 +271,8 @@ static void test_render_json_exact(void **state)
                          "\"requests_rate_limited\":7,\"requests_rate_limited_dry_run\":2,"
                          "\"requests_rejected_queue\":3,\"requests_rejected_store\":5,"
                          "\"requests_failed_upstream\":4,\"requests_closed\":9,"
-                         "\"requests_bad\":6,\"redis_errors\":1,\"in_flight\":2,"
+                         "\"requests_bad\":6,\"redis_errors\":1,"
+                         "\"upstream_connections_opened\":12,\"in_flight\":2,"
                          "\"queue_length\":1,\"connections_active\":5,\"uptime_seconds\":42,"
                          "\"worker_threads\":2,\"redis\":\"connected\","
                          "\"worker_connections\":[3,2],"
@@ -293,6 +295,7 @@ static void test_render_json_exact(void **state)
                                            "queue_length",
                                            "connections_active",
                                            "redis_errors",
+                                           "upstream_connections_opened",
                                            "uptime_seconds",
                                            "worker_threads",
                                            "requests_rate_limited_dry_run"};
@@ -340,6 +343,10 @@ static const char expect_prom[] =
     "skipped while it was down)\n"
     "# TYPE gateway_redis_errors_total counter\n"
     "gateway_redis_errors_total 1\n"
+    "# HELP gateway_upstream_connections_opened_total Connections opened to the upstream (a pool "
+    "that is too small shows as a high rate)\n"
+    "# TYPE gateway_upstream_connections_opened_total counter\n"
+    "gateway_upstream_connections_opened_total 12\n"
     "# HELP gateway_requests_total Finished requests by result: proxied=Requests answered by the "
     "upstream; rate_limited=Requests refused with 429; rate_limited_dry_run=Requests over the "
     "limit let through by dry run (also counted under their outcome); rejected_queue=Requests "
