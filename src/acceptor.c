@@ -2,6 +2,7 @@
 #include "acceptor.h"
 
 #include "gw/log.h"
+#include "gw/net.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -30,6 +31,33 @@ static struct gw_worker *pick_worker(struct gw_server *srv, unsigned *rr)
     }
     (*rr)++;
     return best;
+}
+
+/* Takes a place for a new client connection under MAX_CONNECTIONS and its
+ * client's MAX_CONNECTIONS_PER_CLIENT; false (counted) when either is full.
+ * addr receives the peer's 16-byte form for gw_acceptor_release. */
+static bool admit(struct gw_server *srv, const struct sockaddr_storage *peer, uint8_t addr[16])
+{
+    int64_t open_now = atomic_fetch_add_explicit(&srv->connections, 1, memory_order_relaxed);
+    if (open_now >= srv->cfg->max_connections) {
+        atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
+        GW_STAT_INC(&srv->acceptor_stats, connections_rejected);
+        return false;
+    }
+    gw_net_addr_bin(peer, addr);
+    if (srv->client_conns && !gw_client_conns_acquire(srv->client_conns, addr)) {
+        atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
+        GW_STAT_INC(&srv->acceptor_stats, connections_rejected_per_client);
+        return false;
+    }
+    return true;
+}
+
+void gw_acceptor_release(struct gw_server *srv, const uint8_t addr[16])
+{
+    if (srv->client_conns)
+        gw_client_conns_release(srv->client_conns, addr);
+    atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
 }
 
 static void *acceptor_main(void *arg)
@@ -64,8 +92,8 @@ static void *acceptor_main(void *arg)
                     /* Out of descriptors: use the spare one to accept and
                      * close the head of the backlog, then pause the
                      * listener instead of spinning on it. */
-                    gw_warn("accept: %s; shedding a connection and pausing %d ms",
-                            strerror(errno), EMFILE_PAUSE_MS);
+                    gw_warn("accept: %s; shedding a connection and pausing %d ms", strerror(errno),
+                            EMFILE_PAUSE_MS);
                     if (spare >= 0) {
                         close(spare);
                         int shed = accept(srv->listen_fd, NULL, NULL);
@@ -79,16 +107,14 @@ static void *acceptor_main(void *arg)
                 gw_warn("accept: %s", strerror(errno));
                 break;
             }
-            int64_t open_now =
-                atomic_fetch_add_explicit(&srv->connections, 1, memory_order_relaxed);
-            if (open_now >= srv->cfg->max_connections) {
-                atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
-                close(fd); /* over MAX_CONNECTIONS: closed at accept */
+            uint8_t addr[16];
+            if (!admit(srv, &peer, addr)) {
+                close(fd); /* over a connection cap: closed at accept */
                 continue;
             }
             struct gw_worker *w = pick_worker(srv, &rr);
             if (gw_worker_handoff(w, fd, &peer) != 0) {
-                atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
+                gw_acceptor_release(srv, addr);
                 close(fd);
             }
         }

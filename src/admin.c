@@ -80,6 +80,7 @@ void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
      * worker_connections lists one by one). */
     for (int i = 0; i < srv->nworkers; i++)
         gw_stats_add_worker(s, (size_t)i, &srv->workers[i]->stats);
+    gw_stats_add_worker(s, GW_STATS_MAX_WORKERS, &srv->acceptor_stats); /* listed in no slot */
     s->in_flight = gw_gate_in_flight(srv->gate);
     s->queue_length = gw_gate_queue_length(srv->gate);
     s->in_flight_max = (uint64_t)srv->cfg->max_concurrent_requests;

@@ -26,6 +26,7 @@
  */
 #include "conn.h"
 
+#include "acceptor.h"
 #include "admin.h"
 #include "gw/client_id.h"
 #include "gw/log.h"
@@ -1339,8 +1340,10 @@ int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *pee
 {
     struct gw_conn *c = calloc(1, sizeof(*c));
     if (!c) {
+        uint8_t addr[16];
+        gw_net_addr_bin(peer, addr);
         close(fd);
-        atomic_fetch_sub_explicit(&w->srv->connections, 1, memory_order_relaxed);
+        gw_acceptor_release(w->srv, addr);
         return -ENOMEM;
     }
     c->w = w;
@@ -1466,7 +1469,7 @@ void gw_conn_reap(struct gw_worker *w)
         buf_recycle(w, &c->out);
         free_parser(c);
         atomic_fetch_sub_explicit(&w->stats.connections_active, 1, memory_order_relaxed);
-        atomic_fetch_sub_explicit(&w->srv->connections, 1, memory_order_relaxed);
+        gw_acceptor_release(w->srv, c->client_bin);
         free(c);
     }
 }

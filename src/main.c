@@ -154,7 +154,12 @@ int main(int argc, char **argv)
         return rc;
     }
     gw_log_set_level(cfg.log_level);
+    /* SIGPIPE: a peer that vanished is an I/O error, not a reason to die.
+     * SIGUSR1/SIGUSR2 have no use yet; their default action would end the
+     * process (SPEC.md §7: ignored). */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
     /* Block the shutdown signals before any thread starts: every thread
      * inherits the mask and the main thread takes them with sigwait. */
     sigset_t set;

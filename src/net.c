@@ -110,18 +110,27 @@ int gw_net_connect_result(int fd)
     return -err;
 }
 
-void gw_net_format_addr(const struct sockaddr_storage *ss, char *out_text, size_t cap,
-                        uint8_t out_bin[16])
+void gw_net_addr_bin(const struct sockaddr_storage *ss, uint8_t out_bin[16])
 {
     memset(out_bin, 0, 16);
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *in4 = (const struct sockaddr_in *)ss;
         out_bin[10] = out_bin[11] = 0xff;
         memcpy(out_bin + 12, &in4->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        memcpy(out_bin, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    }
+}
+
+void gw_net_format_addr(const struct sockaddr_storage *ss, char *out_text, size_t cap,
+                        uint8_t out_bin[16])
+{
+    gw_net_addr_bin(ss, out_bin);
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)ss;
         inet_ntop(AF_INET, &in4->sin_addr, out_text, (socklen_t)cap);
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-        memcpy(out_bin, &in6->sin6_addr, 16);
         if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
             inet_ntop(AF_INET, out_bin + 12, out_text, (socklen_t)cap);
         else

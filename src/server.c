@@ -74,8 +74,7 @@ int gw_server_run(struct gw_config *cfg)
     srv->start_ms = gw_now_ms();
     pthread_mutex_init(&srv->health_mu, NULL);
 
-    int rc = gw_net_resolve(cfg->backend_host, cfg->backend_port, &srv->backend,
-                            &srv->backend_len);
+    int rc = gw_net_resolve(cfg->backend_host, cfg->backend_port, &srv->backend, &srv->backend_len);
     if (rc) {
         gw_error("cannot resolve BACKEND_URL host %s", cfg->backend_host);
         goto out;
@@ -90,6 +89,13 @@ int gw_server_run(struct gw_config *cfg)
     if (rc) {
         gw_error("cannot create the rate limiter: %s", strerror(-rc));
         goto out;
+    }
+    if (cfg->max_connections_per_client > 0) {
+        rc = gw_client_conns_create(&srv->client_conns, cfg->max_connections_per_client);
+        if (rc) {
+            gw_error("cannot create the per-client connection table: %s", strerror(-rc));
+            goto out;
+        }
     }
     srv->listen_fd = gw_net_listen(cfg->gateway_host, cfg->gateway_port, LISTEN_BACKLOG);
     if (srv->listen_fd < 0) {
@@ -157,6 +163,7 @@ out:
         gw_ratelimit_destroy(srv->rl);
     if (srv->gate)
         gw_gate_destroy(srv->gate);
+    gw_client_conns_destroy(srv->client_conns);
     pthread_mutex_destroy(&srv->health_mu);
     free(srv);
     return exit_code;

@@ -8,6 +8,7 @@
 #define GW_SERVER_H
 
 #include "gw/buf.h"
+#include "gw/client_conns.h"
 #include "gw/config.h"
 #include "gw/gate.h"
 #include "gw/http1.h"
@@ -74,6 +75,9 @@ struct gw_server {
     pthread_t acceptor;          /* acceptor thread */
     int acceptor_wake_fd;        /* eventfd: stop the acceptor */
     _Atomic int64_t connections; /* client connections open, all workers */
+    struct gw_client_conns *client_conns; /* per-client counts; NULL when
+                                             MAX_CONNECTIONS_PER_CLIENT is 0 */
+    struct gw_stats_worker acceptor_stats; /* written by the acceptor thread only */
     _Atomic bool draining;       /* SIGTERM received */
     uint64_t start_ms;           /* monotonic start time */
     pthread_mutex_t health_mu;   /* guards the backend probe cache */

@@ -6,8 +6,10 @@
  */
 #include "worker.h"
 
+#include "acceptor.h"
 #include "conn.h"
 #include "gw/log.h"
+#include "gw/net.h"
 #include "upstream.h"
 
 #include <errno.h>
@@ -38,8 +40,10 @@ static void take_inbox(struct gw_worker *w)
             return;
         for (size_t i = 0; i < n; i++) {
             if (w->draining) {
+                uint8_t addr[16];
+                gw_net_addr_bin(&batch[i].peer, addr);
                 close(batch[i].fd);
-                atomic_fetch_sub_explicit(&w->srv->connections, 1, memory_order_relaxed);
+                gw_acceptor_release(w->srv, addr);
                 continue;
             }
             if (gw_conn_open(w, batch[i].fd, &batch[i].peer) != 0)

@@ -36,6 +36,12 @@ GW_MUSTCHECK int gw_net_connect_result(int fd);
 /* Sets TCP_NODELAY. Errors are ignored (not all sockets are TCP). */
 void gw_net_nodelay(int fd);
 
+/* The address of ss in its 16-byte IPv6 form, IPv4 as IPv4-mapped
+ * (::ffff:a.b.c.d, RFC 4291 §2.5.5.2), so one comparison serves both
+ * families; all zero for another family. Neither pointer is kept.
+ * Thread-safe. */
+void gw_net_addr_bin(const struct sockaddr_storage *ss, uint8_t out_bin[16]);
+
 /* Formats the peer address into text ("1.2.3.4" or "2001:db8::1", IPv4-mapped
  * IPv6 shown as IPv4) and its 16-byte IPv4-mapped form. out_text needs
  * INET6_ADDRSTRLEN bytes. */

@@ -44,7 +44,10 @@
     X(redis_errors, NULL,                                                                          \
       "Rate-limit checks the store did not answer (failed, or skipped while it was down)")         \
     X(upstream_connections_opened, NULL,                                                           \
-      "Connections opened to the upstream (a pool that is too small shows as a high rate)")
+      "Connections opened to the upstream (a pool that is too small shows as a high rate)")       \
+    X(connections_rejected, NULL, "Client connections closed at accept by MAX_CONNECTIONS")        \
+    X(connections_rejected_per_client, NULL,                                                       \
+      "Client connections closed at accept by MAX_CONNECTIONS_PER_CLIENT")
 
 /* Most workers a snapshot reports one by one (WORKER_THREADS' maximum). */
 #define GW_STATS_MAX_WORKERS 256

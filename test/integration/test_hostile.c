@@ -14,7 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -132,10 +135,112 @@ static void test_base_path_escape(void **state)
     }
 }
 
+/* A blocking TCP connection to 127.0.0.1:port from source address src
+ * (any 127/8 address works on Linux loopback), with 10 s timeouts. */
+static int connect_from(int port, const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, src, &a.sin_addr);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    return fd;
+}
+
+/* A request on fd answers 200 (the connection was admitted and served). */
+static void assert_fd_serves(int fd, const char *what)
+{
+    assert_int_equal(gwt_send_str(fd, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+    struct gwt_response r;
+    gwt_must_read(fd, &r, false, what);
+    if (r.status != 200)
+        fail_msg("%s: status %d", what, r.status);
+    gwt_response_free(&r);
+}
+
+/* Finding 6: MAX_CONNECTIONS_PER_CLIENT closes a client's connections
+ * beyond the cap at accept, counts them, leaves other clients (and the
+ * health probe) served, and gives a place back when a connection closes. */
+static void test_connections_per_client(void **state)
+{
+    (void)state;
+    enum { CAP = 5 };
+    const char *env[] = {"MAX_CONNECTIONS_PER_CLIENT=5", NULL};
+    int port;
+    start_gateway_base(&gw, &port, "", env);
+    int fds[CAP];
+    for (int i = 0; i < CAP; i++) {
+        fds[i] = connect_from(port, "127.0.0.3");
+        assert_fd_serves(fds[i], "a connection within the cap");
+    }
+    for (int i = 0; i < 3; i++) {
+        int extra = connect_from(port, "127.0.0.3");
+        if (!gwt_peer_closed(extra, 5000))
+            fail_msg("connection %d over the per-client cap was not closed", CAP + 1 + i);
+        close(extra);
+    }
+    /* Another address, and the gateway's own endpoints, are unaffected. */
+    int other = connect_from(port, "127.0.0.4");
+    assert_fd_serves(other, "another client");
+    close(other);
+    gwt_assert_serves(port, "/health");
+    assert_int_equal(gwt_stat(port, "/stats", "connections_rejected_per_client"), 3);
+
+    /* A closed connection gives its place back (the worker notices the
+     * close asynchronously, so retry for a bounded time). */
+    close(fds[0]);
+    bool admitted = false;
+    for (int i = 0; i < 100 && !admitted; i++) { /* at most ~5 s */
+        int again = connect_from(port, "127.0.0.3");
+        assert_int_equal(gwt_send_str(again, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+        struct gwt_response r;
+        admitted = gwt_read_response(again, &r, false) == 0 && r.status == 200;
+        gwt_response_free(&r);
+        close(again);
+        if (!admitted)
+            usleep(50000);
+    }
+    if (!admitted)
+        fail_msg("the place of a closed connection was never given back");
+    for (int i = 1; i < CAP; i++)
+        close(fds[i]);
+    /* Retries refused before the close was noticed count too: /metrics
+     * shows what /stats shows, at least the three above. */
+    long long rejected = gwt_stat(port, "/stats", "connections_rejected_per_client");
+    assert_true(rejected >= 3);
+    char line[96];
+    snprintf(line, sizeof(line), "\ngateway_connections_rejected_per_client_total %lld\n",
+             rejected);
+    struct gwt_response m;
+    assert_int_equal(gwt_get(port, "/metrics", &m), 0);
+    assert_non_null(strstr(m.body, line));
+    gwt_response_free(&m);
+}
+
+/* Finding 8: SIGUSR1 and SIGUSR2 are ignored, not fatal. */
+static void test_sigusr_survived(void **state)
+{
+    (void)state;
+    int port;
+    start_gateway_base(&gw, &port, "", NULL);
+    assert_int_equal(kill(gw.pid, SIGUSR1), 0);
+    assert_int_equal(kill(gw.pid, SIGUSR2), 0);
+    gwt_assert_serves(port, "/health");
+    assert_true(gwt_proc_alive(&gw));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_base_path_escape, test_teardown),
+        cmocka_unit_test_teardown(test_connections_per_client, test_teardown),
+        cmocka_unit_test_teardown(test_sigusr_survived, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -118,7 +118,7 @@ static void test_sum_three_workers(void **state)
 #define CHECK(name, label, help) assert_int_equal(s.name, 6 * (++k));
     GW_STATS_COUNTERS(CHECK)
 #undef CHECK
-    assert_int_equal(k, 11);
+    assert_int_equal(k, 13);
     assert_int_equal(s.connections_active, 60);
     assert_int_equal(s.worker_connections[0], 10);
     assert_int_equal(s.worker_connections[1], 20);
@@ -234,6 +234,8 @@ static void known_snapshot(struct gw_stats_snapshot *s)
     s->requests_bad = 6;
     s->redis_errors = 1;
     s->upstream_connections_opened = 12;
+    s->connections_rejected = 13;
+    s->connections_rejected_per_client = 14;
     s->connections_active = 5;
     s->latency_buckets[2] = 50; /* (1, 2.5] ms */
     s->latency_buckets[3] = 30; /* (2.5, 5] ms */
@@ -272,7 +274,8 @@ static void test_render_json_exact(void **state)
                          "\"requests_rejected_queue\":3,\"requests_rejected_store\":5,"
                          "\"requests_failed_upstream\":4,\"requests_closed\":9,"
                          "\"requests_bad\":6,\"redis_errors\":1,"
-                         "\"upstream_connections_opened\":12,\"in_flight\":2,"
+                         "\"upstream_connections_opened\":12,\"connections_rejected\":13,"
+                         "\"connections_rejected_per_client\":14,\"in_flight\":2,"
                          "\"queue_length\":1,\"connections_active\":5,\"uptime_seconds\":42,"
                          "\"worker_threads\":2,\"redis\":\"connected\","
                          "\"worker_connections\":[3,2],"
@@ -296,6 +299,8 @@ static void test_render_json_exact(void **state)
                                            "connections_active",
                                            "redis_errors",
                                            "upstream_connections_opened",
+                                           "connections_rejected",
+                                           "connections_rejected_per_client",
                                            "uptime_seconds",
                                            "worker_threads",
                                            "requests_rate_limited_dry_run"};
@@ -347,6 +352,14 @@ static const char expect_prom[] =
     "that is too small shows as a high rate)\n"
     "# TYPE gateway_upstream_connections_opened_total counter\n"
     "gateway_upstream_connections_opened_total 12\n"
+    "# HELP gateway_connections_rejected_total Client connections closed at accept by "
+    "MAX_CONNECTIONS\n"
+    "# TYPE gateway_connections_rejected_total counter\n"
+    "gateway_connections_rejected_total 13\n"
+    "# HELP gateway_connections_rejected_per_client_total Client connections closed at accept by "
+    "MAX_CONNECTIONS_PER_CLIENT\n"
+    "# TYPE gateway_connections_rejected_per_client_total counter\n"
+    "gateway_connections_rejected_per_client_total 14\n"
     "# HELP gateway_requests_total Finished requests by result: proxied=Requests answered by the "
     "upstream; rate_limited=Requests refused with 429; rate_limited_dry_run=Requests over the "
     "limit let through by dry run (also counted under their outcome); rejected_queue=Requests "
