@@ -81,18 +81,17 @@ static void client_key(const uint8_t addr[16], uint8_t key[16])
         memset(key + 8, 0, 8);
 }
 
-/* The shard that holds key; *h receives the key's hash. */
-static struct shard *shard_of(struct gw_client_conns *t, const uint8_t key[16], uint64_t *h)
+/* Locks the shard of addr's client and returns the slot holding its entry,
+ * or the NULL slot ending its chain; *sh receives the shard to unlock. */
+static struct entry **lock_slot(struct gw_client_conns *t, const uint8_t addr[16],
+                                struct shard **sh)
 {
-    *h = gw_hash64(t->seed, key, 16);
-    return &t->shards[*h % SHARDS];
-}
-
-/* The slot holding key's entry, or the NULL slot ending its chain. The
- * caller holds the shard's mutex. */
-static struct entry **slot(struct shard *sh, uint64_t h, const uint8_t key[16])
-{
-    struct entry **pp = &sh->buckets[(h / SHARDS) % BUCKETS];
+    uint8_t key[16];
+    client_key(addr, key);
+    uint64_t h = gw_hash64(t->seed, key, 16);
+    *sh = &t->shards[h % SHARDS];
+    pthread_mutex_lock(&(*sh)->mu);
+    struct entry **pp = &(*sh)->buckets[(h / SHARDS) % BUCKETS];
     while (*pp && memcmp((*pp)->key, key, 16) != 0)
         pp = &(*pp)->next;
     return pp;
@@ -100,12 +99,8 @@ static struct entry **slot(struct shard *sh, uint64_t h, const uint8_t key[16])
 
 bool gw_client_conns_acquire(struct gw_client_conns *t, const uint8_t addr[16])
 {
-    uint8_t key[16];
-    uint64_t h;
-    client_key(addr, key);
-    struct shard *sh = shard_of(t, key, &h);
-    pthread_mutex_lock(&sh->mu);
-    struct entry **pp = slot(sh, h, key);
+    struct shard *sh;
+    struct entry **pp = lock_slot(t, addr, &sh);
     bool ok = true;
     if (*pp) {
         ok = (*pp)->count < t->cap;
@@ -115,7 +110,7 @@ bool gw_client_conns_acquire(struct gw_client_conns *t, const uint8_t addr[16])
         struct entry *e = malloc(sizeof(*e));
         ok = e != NULL;
         if (ok) {
-            memcpy(e->key, key, 16);
+            client_key(addr, e->key);
             e->count = 1;
             e->next = NULL;
             *pp = e;
@@ -127,12 +122,8 @@ bool gw_client_conns_acquire(struct gw_client_conns *t, const uint8_t addr[16])
 
 void gw_client_conns_release(struct gw_client_conns *t, const uint8_t addr[16])
 {
-    uint8_t key[16];
-    uint64_t h;
-    client_key(addr, key);
-    struct shard *sh = shard_of(t, key, &h);
-    pthread_mutex_lock(&sh->mu);
-    struct entry **pp = slot(sh, h, key);
+    struct shard *sh;
+    struct entry **pp = lock_slot(t, addr, &sh);
     struct entry *e = *pp;
     if (e && --e->count == 0) {
         *pp = e->next;
@@ -143,12 +134,8 @@ void gw_client_conns_release(struct gw_client_conns *t, const uint8_t addr[16])
 
 int gw_client_conns_count(struct gw_client_conns *t, const uint8_t addr[16])
 {
-    uint8_t key[16];
-    uint64_t h;
-    client_key(addr, key);
-    struct shard *sh = shard_of(t, key, &h);
-    pthread_mutex_lock(&sh->mu);
-    struct entry **pp = slot(sh, h, key);
+    struct shard *sh;
+    struct entry **pp = lock_slot(t, addr, &sh);
     int n = *pp ? (*pp)->count : 0;
     pthread_mutex_unlock(&sh->mu);
     return n;
