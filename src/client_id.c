@@ -98,12 +98,21 @@ static void resolve_addr(const struct gw_config *cfg, const uint8_t peer_bin[16]
     }
 }
 
-void gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16], const char *peer_text,
+bool gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16], const char *peer_text,
                   const struct gw_http_head *h, char *key_out, char *addr_out)
 {
     resolve_addr(cfg, peer_bin, peer_text, h, addr_out);
     if (cfg->rate_limit_key_header && h) {
-        const struct gw_http_header *f = gw_http_head_find(h, cfg->rate_limit_key_header);
+        const struct gw_http_header *f = NULL;
+        for (size_t i = 0; i < h->header_count; i++) {
+            if (!gw_slice_eq_nocase(h->headers[i].name, cfg->rate_limit_key_header))
+                continue;
+            if (f) { /* two lines: which budget is the client's is ambiguous */
+                copy_text(key_out, GW_CLIENT_KEY_MAX, "ip:", addr_out);
+                return false;
+            }
+            f = &h->headers[i];
+        }
         if (f && f->value.len > 0) {
             unsigned char md[EVP_MAX_MD_SIZE];
             unsigned int md_len = 0;
@@ -116,9 +125,10 @@ void gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16], const
                     key_out[2 + 2 * i + 1] = hex[md[i] & 15];
                 }
                 key_out[2 + 2 * md_len] = '\0';
-                return;
+                return true;
             }
         }
     }
     copy_text(key_out, GW_CLIENT_KEY_MAX, "ip:", addr_out);
+    return true;
 }

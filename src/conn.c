@@ -462,7 +462,10 @@ static void handle_request_head(struct gw_conn *c)
         return;
     }
 
-    gw_client_id(cfg, c->client_bin, c->client_addr, h, c->rl_key, c->client_ident);
+    if (!gw_client_id(cfg, c->client_bin, c->client_addr, h, c->rl_key, c->client_ident)) {
+        respond_error(c, 400, "more than one field line of the rate-limit key header", false);
+        return;
+    }
     /* The check is batched: every request whose head completed in this loop
      * iteration is checked together before the worker sleeps, so a Redis
      * store sees one pipelined round trip for all of them. */

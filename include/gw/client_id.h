@@ -28,9 +28,12 @@
  *    RATE_LIMIT_KEY=header:<Name> with a non-empty header, "k:" + lowercase
  *    hex SHA-256 of the value (no client bytes reach a store key or a log);
  *    otherwise "ip:" + addr_out.
- * Never fails. */
-void gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16], const char *peer_text,
-                  const struct gw_http_head *h, char *key_out, char *addr_out);
+ * Returns false when the request carries more than one field line of the
+ * key header (its identity is ambiguous: the caller answers 400, SPEC.md
+ * §6); key_out then holds the "ip:" key. Both outputs are always filled. */
+GW_MUSTCHECK bool gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16],
+                               const char *peer_text, const struct gw_http_head *h, char *key_out,
+                               char *addr_out);
 
 /* Parses an IPv4 or IPv6 literal (IPv6 may be in brackets) of len bytes
  * into 16-byte IPv4-mapped form and canonical text (GW_CLIENT_ADDR_MAX).

@@ -223,6 +223,35 @@ static void test_connections_per_client(void **state)
     gwt_response_free(&m);
 }
 
+/* Finding 7: with RATE_LIMIT_KEY=header:X-API-Key, a request with two
+ * lines of that header is refused 400 and reaches nobody; the connection
+ * stays usable and a request with one line goes through. */
+static void test_repeated_key_header(void **state)
+{
+    (void)state;
+    const char *env[] = {"RATE_LIMIT_KEY=header:X-API-Key", NULL};
+    int port;
+    start_gateway_base(&gw, &port, "", env);
+    assert_int_equal(gwt_fault_script(fake, NULL, 0), 0);
+    int fd = gwt_connect(port);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /x HTTP/1.1\r\nHost: t\r\nX-API-Key: gold\r\n"
+                                      "Accept: */*\r\nx-api-key: silver\r\n\r\n"),
+                     0);
+    struct gwt_response r;
+    gwt_must_read(fd, &r, false, "two X-API-Key lines");
+    gwt_assert_problem(&r, 400, NULL);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_fault_requests(fake), 0);
+    assert_int_equal(gwt_send_str(fd, "GET /x HTTP/1.1\r\nHost: t\r\nX-API-Key: gold\r\n\r\n"), 0);
+    gwt_must_read(fd, &r, false, "one X-API-Key line");
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    close(fd);
+    assert_int_equal(gwt_fault_requests(fake), 1);
+    assert_int_equal(gwt_stat(port, "/stats", "requests_bad"), 1);
+}
+
 /* Finding 8: SIGUSR1 and SIGUSR2 are ignored, not fatal. */
 static void test_sigusr_survived(void **state)
 {
@@ -240,6 +269,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_base_path_escape, test_teardown),
         cmocka_unit_test_teardown(test_connections_per_client, test_teardown),
+        cmocka_unit_test_teardown(test_repeated_key_header, test_teardown),
         cmocka_unit_test_teardown(test_sigusr_survived, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -45,7 +45,7 @@ static void identify(const struct gw_config *cfg, const char *peer_text,
 {
     uint8_t bin[16];
     peer(peer_text, bin);
-    gw_client_id(cfg, bin, peer_text, h, key, addr);
+    assert_true(gw_client_id(cfg, bin, peer_text, h, key, addr));
 }
 
 /* Identifies a request from peer_text carrying the one X-Forwarded-For
@@ -125,6 +125,26 @@ static void test_api_key_hashed(void **state)
     assert_string_equal(key, "ip:127.0.0.1"); /* empty header falls back to the address */
 }
 
+/* Two lines of the key header make the identity ambiguous (issue 18: the
+ * first line used to win, so a client could pick its budget): refused. */
+static void test_api_key_repeated(void **state)
+{
+    struct gw_config cfg = {0};
+    cfg.rate_limit_key_header = "X-API-Key";
+    struct gw_http_head h = {0};
+    add_header(&h, "X-API-Key", "gold");
+    add_header(&h, "Accept", "*/*");
+    add_header(&h, "x-api-key", "silver");
+    uint8_t bin[16];
+    peer("127.0.0.1", bin);
+    char key[GW_CLIENT_KEY_MAX], addr[GW_CLIENT_ADDR_MAX];
+    assert_false(gw_client_id(&cfg, bin, "127.0.0.1", &h, key, addr));
+    assert_string_equal(key, "ip:127.0.0.1");
+    /* Without a header key, repeats of some header do not matter. */
+    cfg.rate_limit_key_header = NULL;
+    assert_true(gw_client_id(&cfg, bin, "127.0.0.1", &h, key, addr));
+}
+
 /* Several XFF fields are one list; the rightmost untrusted address may sit
  * in an earlier field; an IPv4-mapped IPv6 entry is the IPv4 client. */
 static void test_fields_form_one_list(void **state)
@@ -181,6 +201,7 @@ int main(void)
         cmocka_unit_test(test_malformed_stops_walk),
         cmocka_unit_test(test_ipv6),
         cmocka_unit_test(test_api_key_hashed),
+        cmocka_unit_test(test_api_key_repeated),
         cmocka_unit_test(test_fields_form_one_list),
         cmocka_unit_test(test_long_trusted_chain_is_linear),
     };
