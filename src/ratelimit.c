@@ -344,6 +344,13 @@ static void from_cache(const struct gw_ratelimit *rl, const struct olc_slot *s, 
     limited(rl, out);
 }
 
+/* The connection failed: decide by RATE_LIMIT_FAILURE_MODE until a
+ * background reconnect succeeds. A reconnect counts as a success only once
+ * its handshake has run the script itself (rl_redis.c CMD_PROBE), so a Redis
+ * that accepts connections but holds script calls (CLIENT PAUSE WRITE during
+ * a failover) keeps failing in the background, with a doubling backoff,
+ * while requests are decided at once: each worker waits a full
+ * REDIS_TIMEOUT_MS only on the request that found the stall. */
 static void mark_down(struct gw_ratelimit_worker *w, uint64_t mono_ms)
 {
     gw_warn("rate limit: redis unavailable, reconnecting in background (%s)",

@@ -7,7 +7,8 @@
  * EVAL, which also caches it again on the server.
  *
  * A connection is set up without blocking (non-blocking connect, AUTH,
- * SELECT and SCRIPT LOAD pipelined, replies polled), so a worker can
+ * SELECT, SCRIPT LOAD and one key-less call of the script pipelined,
+ * replies polled), so a worker can
  * reconnect from its loop while it keeps serving; once ready the socket is
  * switched to blocking with SO_RCVTIMEO/SO_SNDTIMEO = REDIS_TIMEOUT_MS, so
  * no command waits longer. The address comes from the configuration's one
@@ -84,6 +85,7 @@ enum setup_cmd {
     CMD_AUTH,
     CMD_SELECT,
     CMD_SCRIPT_LOAD,
+    CMD_PROBE, /* the script itself, with no key: proves writes are served */
 };
 
 struct gw_rl_redis {
@@ -92,7 +94,7 @@ struct gw_rl_redis {
     redisContext *c;                      /* NULL while PH_DOWN */
     enum phase phase;
     uint64_t deadline_ms;       /* gw_now_ms() at which the current phase times out */
-    enum setup_cmd pending[3];  /* setup replies still expected, in order */
+    enum setup_cmd pending[4];  /* setup replies still expected, in order */
     int npending, next_pending; /* pending[next_pending .. npending) are outstanding */
     char sha[41];               /* SHA1 of the script, from SCRIPT LOAD */
     char err[160];              /* last failure, for logs (never the password) */
@@ -181,7 +183,7 @@ static bool reply_ok(const redisReply *rep)
     return rep != NULL && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0;
 }
 
-static const char *const setup_name[] = {"AUTH", "SELECT", "SCRIPT LOAD"};
+static const char *const setup_name[] = {"AUTH", "SELECT", "SCRIPT LOAD", "probe EVAL"};
 
 /* Checks one setup reply (owned: freed here). 0, or the failure's -errno. */
 static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisReply *rep)
@@ -200,6 +202,11 @@ static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisRepl
             return reply_failure(r, setup_name[cmd], rep, -EPROTO);
         memcpy(r->sha, rep->str, 40);
         r->sha[40] = '\0';
+        break;
+    case CMD_PROBE:
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
+            rep->element[0]->type != REDIS_REPLY_INTEGER)
+            return reply_failure(r, setup_name[cmd], rep, -EPROTO);
         break;
     }
     freeReplyObject(rep);
@@ -321,6 +328,16 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
     if (rc == REDIS_OK) {
         rc = redisAppendCommand(r->c, "SCRIPT LOAD %s", gw_rl_redis_script);
         r->pending[r->npending++] = CMD_SCRIPT_LOAD;
+    }
+    /* A connection that answers AUTH and SCRIPT LOAD may still not run the
+     * check: a Redis under CLIENT PAUSE WRITE (as during a failover) holds
+     * every script call. Running the script once, with no key (TIME only,
+     * nothing stored), is the proof; until it answers within the handshake
+     * deadline the connection is not ready and requests are decided by
+     * RATE_LIMIT_FAILURE_MODE without waiting. */
+    if (rc == REDIS_OK) {
+        rc = redisAppendCommand(r->c, "EVAL %s 0 1", gw_rl_redis_script);
+        r->pending[r->npending++] = CMD_PROBE;
     }
     if (rc != REDIS_OK)
         return io_failure(r, "setup");

@@ -252,6 +252,54 @@ static void test_repeated_key_header(void **state)
     assert_int_equal(gwt_stat(port, "/stats", "requests_bad"), 1);
 }
 
+/* Finding 5: a Redis that accepts connections and answers the handshake but
+ * holds every script call (CLIENT PAUSE ... WRITE, what a failover does)
+ * costs each worker one REDIS_TIMEOUT_MS wait, not one per request or per
+ * reconnect: a worker marks Redis up only after the script itself ran. */
+static void test_redis_write_pause(void **state)
+{
+    (void)state;
+    struct gwt_proc redis = {0};
+    int rport;
+    assert_int_equal(gwt_redis_start(&redis, &rport), 0);
+    char url[64];
+    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", rport);
+    const char *env[] = {url, "REDIS_TIMEOUT_MS=100", "RATE_LIMIT_FAILURE_MODE=open",
+                         "LOG_LEVEL=info", NULL};
+    int port;
+    start_gateway_base(&gw, &port, "", env);
+    gwt_assert_serves(port, "/warm-up");
+    assert_int_equal(gwt_fault_script(fake, NULL, 0), 0);
+
+    assert_int_equal(gwt_redis_cmd(rport, "CLIENT PAUSE 2500 WRITE"), 0);
+    long long start = gwt_now_ms(), slow = 0, total = 0;
+    while (gwt_now_ms() - start < 2000 && total < 2000) {
+        long long t0 = gwt_now_ms();
+        gwt_assert_serves(port, "/during-pause"); /* open mode: served */
+        if (gwt_now_ms() - t0 >= 80)
+            slow++;
+        total++;
+    }
+    gwt_stop_and_cleanup(&redis);
+    fprintf(stderr, "write pause: %lld of %lld requests waited >= 80 ms\n", slow, total);
+    /* Two workers: each may find the stall once. */
+    if (slow > 2)
+        fail_msg("%lld of %lld requests waited for the Redis timeout during the pause", slow,
+                 total);
+    assert_true(total >= 10);
+    long long errors = gwt_stat(port, "/stats", "redis_errors");
+    assert_true(errors >= total - 2);
+    /* The log does not flap between "unavailable" and "restored". */
+    char *log = gwt_log_read(&gw);
+    assert_non_null(log);
+    int restored = 0;
+    for (const char *p = log; (p = strstr(p, "redis connection restored")) != NULL; p++)
+        restored++;
+    free(log);
+    if (restored > 0)
+        fail_msg("redis marked restored %d times while its writes were paused", restored);
+}
+
 /* Finding 8: SIGUSR1 and SIGUSR2 are ignored, not fatal. */
 static void test_sigusr_survived(void **state)
 {
@@ -270,6 +318,7 @@ int main(void)
         cmocka_unit_test_teardown(test_base_path_escape, test_teardown),
         cmocka_unit_test_teardown(test_connections_per_client, test_teardown),
         cmocka_unit_test_teardown(test_repeated_key_header, test_teardown),
+        cmocka_unit_test_teardown(test_redis_write_pause, test_teardown),
         cmocka_unit_test_teardown(test_sigusr_survived, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
