@@ -1331,6 +1331,14 @@ void gw_conn_on_granted(struct gw_worker *w, struct gw_gate_waiter *waiter)
         gw_gate_release(w->srv->gate); /* nobody to use it */
         return;
     }
+    if (atomic_load_explicit(&w->srv->forced_close, memory_order_acquire)) {
+        /* The slot was freed by a forced close of its holder: the request
+         * must not start now, it gets the shutdown 503 like every queued
+         * one (gw_conn_drain, whatever order the workers see the stop). */
+        gw_gate_release(w->srv->gate);
+        gw_conn_drain(c, true);
+        return;
+    }
     c->slot_held = true;
     gw_histogram_observe(&w->stats.queue_wait, gw_now_us() - c->queue_start_us);
     start_upstream(c);

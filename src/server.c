@@ -32,6 +32,8 @@ static void drain_and_join(struct gw_server *srv)
             break;
         if (gw_now_ms() >= deadline) {
             gw_warn("shutdown timeout reached; closing remaining connections");
+            /* Before any worker closes a holder and so frees its slot. */
+            atomic_store_explicit(&srv->forced_close, true, memory_order_release);
             for (int i = 0; i < srv->nworkers; i++)
                 gw_worker_request_drain(srv->workers[i], true);
             break;

@@ -79,6 +79,7 @@ struct gw_server {
                                              MAX_CONNECTIONS_PER_CLIENT is 0 */
     struct gw_stats_worker acceptor_stats; /* written by the acceptor thread only */
     _Atomic bool draining;       /* SIGTERM received */
+    _Atomic bool forced_close;   /* SHUTDOWN_TIMEOUT_MS ran out: no new exchange starts */
     uint64_t start_ms;           /* monotonic start time */
     pthread_mutex_t health_mu;   /* guards the backend probe cache */
     uint64_t backend_checked_ms; /* last probe, 0 = never */

@@ -72,10 +72,10 @@ static void on_wake(struct gw_loop *loop, void *ctx)
 {
     struct gw_worker *w = ctx;
     take_inbox(w);
+    check_drain(w); /* first: a forced drain answers its queued requests 503 */
     struct gw_gate_waiter *waiter;
     while ((waiter = gw_gate_pop_granted(w->srv->gate, &w->gate_owner)) != NULL)
         gw_conn_on_granted(w, waiter);
-    check_drain(w);
 }
 
 static void before_sleep(struct gw_loop *loop, void *ctx)
