@@ -117,6 +117,7 @@ struct gw_worker {
     char **block_free; /* spare GW_BLOCK_SIZE buffer blocks */
     int block_free_len;
     struct gw_buf scratch;     /* per-request rendering scratch, kept */
+    int64_t trim_peak;         /* most connections held since the last memory trim */
     uint64_t redis_checked_ms; /* /health Redis PING cache */
     enum gw_rl_store_state redis_state;
 };

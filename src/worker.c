@@ -13,11 +13,16 @@
 #include "upstream.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define TICK_MS 100
+/* A burst worth trimming after: this many connections held at once. */
+#define TRIM_MIN_PEAK 256
+/* Spare parsers and blocks kept (each) when trimming. */
+#define TRIM_KEEP_SPARES 4
 
 static void gate_wake(struct gw_gate_owner *owner)
 {
@@ -102,6 +107,38 @@ static void before_sleep(struct gw_loop *loop, void *ctx)
     }
 }
 
+/* Frees spare parsers and blocks beyond keep of each. */
+static void release_spares(struct gw_worker *w, int keep)
+{
+    while (w->parser_free_len > keep) {
+        struct gw_http_parser *p = w->parser_free[--w->parser_free_len];
+        gw_http_parser_deinit(p);
+        free(p);
+    }
+    while (w->block_free_len > keep)
+        free(w->block_free[--w->block_free_len]);
+}
+
+/* After a burst of connections has gone, give the memory it used back to
+ * the kernel: the spares beyond a few, then whatever the allocator keeps
+ * free in its arenas (glibc does not return freed memory below the top of
+ * a heap by itself, so a 10,000-connection burst would otherwise leave the
+ * RSS at its peak for good). Runs from the upkeep tick: at most once per
+ * burst, once the worker holds a quarter of its peak or less. */
+static void trim_after_burst(struct gw_worker *w)
+{
+    int64_t active = atomic_load_explicit(&w->stats.connections_active, memory_order_relaxed);
+    if (active > w->trim_peak)
+        w->trim_peak = active;
+    if (w->trim_peak < TRIM_MIN_PEAK || active * 4 > w->trim_peak)
+        return;
+    release_spares(w, TRIM_KEEP_SPARES);
+    malloc_trim(0);
+    gw_debug("worker %d: memory trimmed after a burst of %lld connections", w->id,
+             (long long)w->trim_peak);
+    w->trim_peak = active;
+}
+
 static void tick_cb(struct gw_loop *loop, struct gw_timer *t)
 {
     struct gw_worker *w = gw_container_of(t, struct gw_worker, tick);
@@ -110,6 +147,7 @@ static void tick_cb(struct gw_loop *loop, struct gw_timer *t)
         next = TICK_MS;
     check_drain(w);
     gw_upstream_close_expired(w, loop->now_ms);
+    trim_after_burst(w);
     if (gw_timer_arm(loop, &w->tick, loop->now_ms + next) != 0)
         gw_error("worker %d: cannot arm the upkeep timer", w->id);
 }
@@ -225,13 +263,8 @@ void gw_worker_destroy(struct gw_worker *w)
     for (size_t i = 0; i < w->inbox_len; i++)
         close(w->inbox[i].fd);
     free(w->inbox);
-    for (int i = 0; i < w->parser_free_len; i++) {
-        gw_http_parser_deinit(w->parser_free[i]);
-        free(w->parser_free[i]);
-    }
+    release_spares(w, 0);
     free(w->parser_free);
-    for (int i = 0; i < w->block_free_len; i++)
-        free(w->block_free[i]);
     free(w->block_free);
     gw_buf_release(&w->scratch);
     gw_ratelimit_worker_destroy(w->rl);
