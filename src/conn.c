@@ -118,6 +118,7 @@ struct gw_conn {
 
 static void conn_drive(struct gw_conn *c);
 static void conn_close(struct gw_conn *c);
+static bool flush_client(struct gw_conn *c);
 static void start_upstream(struct gw_conn *c);
 static void finish_response(struct gw_conn *c);
 static void maybe_send_continue(struct gw_conn *c);
@@ -600,7 +601,13 @@ static void upstream_failed(struct gw_conn *c, int status, const char *detail)
     if (c->resp_head_sent) {
         GW_STAT_INC(&c->w->stats, requests_failed_upstream);
         c->awaiting_outcome = false;
-        conn_close(c); /* truncated: never let it look complete */
+        /* Truncated: hand over what the client already has of it (the head
+         * and whole chunks, never the last chunk), then close, so the client
+         * sees a response cut short rather than an empty reply, and can
+         * never take it for a complete one. */
+        flush_client(c);
+        if (!c->closing)
+            conn_close(c);
         return;
     }
     respond_error(c, status, detail, false); /* an unread body is discarded or closes */

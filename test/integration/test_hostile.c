@@ -301,6 +301,54 @@ static void test_redis_write_pause(void **state)
         fail_msg("redis marked restored %d times while its writes were paused", restored);
 }
 
+/* Reads fd until EOF (or reset, or 5 s) into buf (NUL-terminated). */
+static size_t read_until_eof(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    long long deadline = gwt_now_ms() + 5000;
+    while (n + 1 < cap && gwt_now_ms() < deadline) {
+        ssize_t got = recv(fd, buf + n, cap - 1 - n, 0);
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+/* Finding 8: an upstream response whose body turns malformed after a valid
+ * head reaches the client as what it is, a response cut short: the head and
+ * the whole chunks before the fault, never a last chunk, then a close; it
+ * counts as failed_upstream. (The client used to get an empty reply.) */
+static void test_malformed_chunk_after_head(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *reply, *must_have;
+    } rows[] = {
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\n",
+         "\r\n\r\n5\r\nhello\r\n"},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n", "\r\n\r\n"},
+    };
+    int port;
+    start_gateway_base(&gw, &port, "", NULL);
+    for (size_t i = 0; i < GW_ARRAY_LEN(rows); i++) {
+        struct gwt_fault_step step = {.reply = rows[i].reply, .after = GWT_FAULT_CLOSE};
+        assert_int_equal(gwt_fault_script(fake, &step, 1), 0);
+        int fd = gwt_connect(port);
+        assert_true(fd >= 0);
+        assert_int_equal(gwt_send_str(fd, "GET /x HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+        char got[4096];
+        read_until_eof(fd, got, sizeof(got));
+        close(fd);
+        if (strncmp(got, "HTTP/1.1 200 ", 13) != 0 || !strstr(got, "Transfer-Encoding: chunked") ||
+            !strstr(got, rows[i].must_have) || strstr(got, "\r\n0\r\n"))
+            fail_msg("row %zu: the client got \"%s\"", i, got);
+    }
+    assert_int_equal(gwt_stat(port, "/stats", "requests_failed_upstream"), 2);
+    assert_int_equal(gwt_stat(port, "/stats", "requests_proxied"), 0);
+}
+
 /* VmRSS of pid in KiB, or -1. */
 static long rss_kib(pid_t pid)
 {
@@ -395,6 +443,7 @@ int main(void)
         cmocka_unit_test_teardown(test_repeated_key_header, test_teardown),
         cmocka_unit_test_teardown(test_redis_write_pause, test_teardown),
         cmocka_unit_test_teardown(test_sigusr_survived, test_teardown),
+        cmocka_unit_test_teardown(test_malformed_chunk_after_head, test_teardown),
         cmocka_unit_test_teardown(test_rss_after_burst, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
