@@ -1,7 +1,9 @@
 /* Diagnostic log on stderr and JSON access log on stdout (see gw/log.h). */
 #include "gw/log.h"
 
-#include <jansson.h>
+#include "put.h"
+
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -66,38 +68,199 @@ void gw_log(enum gw_log_level level, const char *fmt, ...)
     write_all(STDERR_FILENO, line, n);
 }
 
+/* ---- access log ---------------------------------------------------------
+ *
+ * Lines are rendered by hand into a per-thread buffer and written in batches:
+ * when the buffer fills, and when its thread calls gw_log_access_flush (a
+ * worker does before it sleeps, so a line waits at most one loop iteration
+ * and a busy worker writes once per iteration, not once per request, as
+ * nginx does with access_log buffer=). Batches from different threads go out
+ * under one mutex, each in one write(2) loop, so lines never interleave even
+ * on a pipe, where writes above PIPE_BUF are not atomic. */
+
+#define ACCESS_BUF       (64 * 1024)
+#define ACCESS_FLUSH_AT  (48 * 1024) /* flush once this much is buffered */
+#define ACCESS_FIXED_MAX 320         /* the line without its strings */
+
+static pthread_mutex_t g_out_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static __thread char t_access[ACCESS_BUF];
+static __thread size_t t_access_len;
+static __thread time_t t_ts_sec = -1; /* second that t_ts_text shows */
+static __thread char t_ts_text[24];   /* "YYYY-MM-DDTHH:MM:SS" */
+
+static void write_out(const char *p, size_t n)
+{
+    pthread_mutex_lock(&g_out_mu);
+    write_all(STDOUT_FILENO, p, n);
+    pthread_mutex_unlock(&g_out_mu);
+}
+
+void gw_log_access_flush(void)
+{
+    if (t_access_len == 0)
+        return;
+    write_out(t_access, t_access_len);
+    t_access_len = 0;
+}
+
+/* True when s[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF). */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            len = 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            if (c == 0xe0)
+                lo = 0xa0; /* overlong */
+            else if (c == 0xed)
+                hi = 0x9f; /* surrogates */
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            if (c == 0xf0)
+                lo = 0x90; /* overlong */
+            else if (c == 0xf4)
+                hi = 0x8f; /* above U+10FFFF */
+        } else {
+            return false;
+        }
+        if (n - i < len || s[i + 1] < lo || s[i + 1] > hi)
+            return false;
+        for (size_t k = 2; k < len; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xbf)
+                return false;
+        i += len;
+    }
+    return true;
+}
+
+/* A JSON string (RFC 8259 §7) of s, quotes included: '"', '\' and control
+ * characters escaped; bytes that are not UTF-8 replaced by a marker, as the
+ * request-target is client bytes. Needs 2 + 6 * n bytes at p at most. */
+static char *put_json_string(char *p, struct gw_slice s)
+{
+    static const char hex[] = "0123456789abcdef";
+    *p++ = '"';
+    if (s.len && !utf8_valid((const unsigned char *)s.ptr, s.len)) {
+        p = PUT_LIT(p, "<non-utf8>\"");
+        return p;
+    }
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.ptr[i];
+        if (c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = (char)c;
+        } else if (c < 0x20) {
+            p = PUT_LIT(p, "\\u00");
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 15];
+        } else {
+            *p++ = (char)c;
+        }
+    }
+    *p++ = '"';
+    return p;
+}
+
+/* ms with three decimals ("12.345"), always with a decimal point so that
+ * JSON readers see a real number, as before. Negative values print 0. */
+static char *put_ms(char *p, double ms)
+{
+    uint64_t us = ms > 0 ? (uint64_t)(ms * 1000.0 + 0.5) : 0;
+    p = put_u64(p, us / 1000);
+    *p++ = '.';
+    unsigned frac = (unsigned)(us % 1000);
+    *p++ = (char)('0' + frac / 100);
+    *p++ = (char)('0' + frac / 10 % 10);
+    *p++ = (char)('0' + frac % 10);
+    return p;
+}
+
+static char *put_timestamp(char *p)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (ts.tv_sec != t_ts_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        if (strftime(t_ts_text, sizeof(t_ts_text), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+            t_ts_text[0] = '\0';
+        t_ts_sec = ts.tv_sec;
+    }
+    p = put(p, t_ts_text, strlen(t_ts_text));
+    unsigned msec = (unsigned)(ts.tv_nsec / 1000000L);
+    *p++ = '.';
+    *p++ = (char)('0' + msec / 100);
+    *p++ = (char)('0' + msec / 10 % 10);
+    *p++ = (char)('0' + msec % 10);
+    *p++ = 'Z';
+    return p;
+}
+
+/* Renders e's line (with its newline) at p, which has room for
+ * line_bound(e) bytes; returns the end. */
+static char *render_access(char *p, const struct gw_access_entry *e)
+{
+    const char *client = e->client ? e->client : "";
+    p = PUT_LIT(p, "{\"ts\":\"");
+    p = put_timestamp(p);
+    p = PUT_LIT(p, "\",\"client\":");
+    p = put_json_string(p, (struct gw_slice){client, strlen(client)});
+    p = PUT_LIT(p, ",\"method\":");
+    p = put_json_string(p, e->method);
+    p = PUT_LIT(p, ",\"path\":");
+    p = put_json_string(p, e->path);
+    p = PUT_LIT(p, ",\"status\":");
+    p = put_i64(p, e->status);
+    p = PUT_LIT(p, ",\"bytes_sent\":");
+    p = put_u64(p, e->bytes_sent);
+    p = PUT_LIT(p, ",\"duration_ms\":");
+    p = put_ms(p, e->duration_ms);
+    p = PUT_LIT(p, ",\"upstream_ms\":");
+    if (e->upstream_ms < 0)
+        p = PUT_LIT(p, "null");
+    else
+        p = put_ms(p, e->upstream_ms);
+    p = PUT_LIT(p, ",\"limited\":");
+    if (e->limited)
+        p = PUT_LIT(p, "true}\n");
+    else
+        p = PUT_LIT(p, "false}\n");
+    return p;
+}
+
+static size_t line_bound(const struct gw_access_entry *e)
+{
+    size_t client = e->client ? strlen(e->client) : 0;
+    return ACCESS_FIXED_MAX + 6 * (client + e->method.len + e->path.len);
+}
+
 void gw_log_access(const struct gw_access_entry *e)
 {
-    char ts[40];
-    format_time(ts, sizeof(ts));
-    json_t *o = json_object();
-    if (!o)
-        return;
-    json_object_set_new(o, "ts", json_string(ts));
-    json_object_set_new(o, "client", json_string(e->client ? e->client : ""));
-    json_object_set_new(o, "method", json_stringn_nocheck(e->method.ptr ? e->method.ptr : "",
-                                                          e->method.len));
-    /* The request-target is client bytes: json_stringn would reject invalid
-     * UTF-8, so fall back to a marker rather than losing the whole line. */
-    json_t *path = json_stringn(e->path.ptr ? e->path.ptr : "", e->path.len);
-    json_object_set_new(o, "path", path ? path : json_string("<non-utf8>"));
-    json_object_set_new(o, "status", json_integer(e->status));
-    json_object_set_new(o, "bytes_sent", json_integer((json_int_t)e->bytes_sent));
-    json_object_set_new(o, "duration_ms", json_real(e->duration_ms));
-    json_object_set_new(o, "upstream_ms",
-                        e->upstream_ms < 0 ? json_null() : json_real(e->upstream_ms));
-    json_object_set_new(o, "limited", json_boolean(e->limited));
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
-    json_decref(o);
-    if (!s)
-        return;
-    size_t n = strlen(s);
-    char *line = realloc(s, n + 2);
-    if (!line) {
-        free(s);
+    size_t bound = line_bound(e);
+    if (bound > ACCESS_BUF - t_access_len)
+        gw_log_access_flush();
+    if (bound > ACCESS_BUF) {
+        /* A huge request-target: its own allocation, written at once. */
+        char *line = malloc(bound);
+        if (!line)
+            return;
+        write_out(line, (size_t)(render_access(line, e) - line));
+        free(line);
         return;
     }
-    line[n] = '\n';
-    write_all(STDOUT_FILENO, line, n + 1);
-    free(line);
+    char *end = render_access(t_access + t_access_len, e);
+    t_access_len = (size_t)(end - t_access);
+    if (t_access_len >= ACCESS_FLUSH_AT)
+        gw_log_access_flush();
 }

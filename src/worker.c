@@ -101,6 +101,7 @@ static void before_sleep(struct gw_loop *loop, void *ctx)
     gw_conn_run_redrive(w);
     gw_conn_reap(w);
     gw_upstream_reap(w);
+    gw_log_access_flush(); /* the iteration's access-log lines, in one write */
     if (w->draining && w->conns == NULL && !w->stop) {
         w->stop = true;
         gw_loop_wake(&w->loop); /* do not sleep: leave the loop now */
@@ -171,6 +172,7 @@ static void *worker_main(void *arg)
     w->redrive = NULL;
     gw_conn_reap(w);
     gw_upstream_reap(w);
+    gw_log_access_flush();
     atomic_store_explicit(&w->finished, true, memory_order_release);
     gw_debug("worker %d stopped", w->id);
     return NULL;

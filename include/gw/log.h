@@ -45,10 +45,21 @@ struct gw_access_entry {
     bool limited;           /* the rate limiter refused it (or would, in dry run) */
 };
 
-/* Writes one JSON line to stdout: ts, client, method, path, status,
- * bytes_sent, duration_ms, upstream_ms (null when not proxied), limited.
- * Uses jansson for escaping. Thread-safe. Errors are ignored (logging must
- * never fail a request). */
+/* Appends one JSON line (RFC 8259) for e to the calling thread's access-log
+ * buffer: ts (UTC, ms), client, method, path (a request-target that is not
+ * UTF-8 is logged as "<non-utf8>"), status, bytes_sent, duration_ms and
+ * upstream_ms (3 decimals; null when not proxied), limited. The buffer goes
+ * to stdout when it holds 48 KiB, or when the thread calls
+ * gw_log_access_flush: a thread that logs must call it before it idles (a
+ * worker does before each epoll_wait) and before it exits. Lines are never
+ * split or interleaved between threads. No allocation, no syscall per line.
+ * Thread-safe (per-thread buffers). Errors are ignored (logging must never
+ * fail a request). */
 void gw_log_access(const struct gw_access_entry *e);
+
+/* Writes the calling thread's buffered access-log lines to stdout (one
+ * write(2) loop, under a process-wide lock). Cheap when nothing is
+ * buffered. Thread-safe. */
+void gw_log_access_flush(void);
 
 #endif
