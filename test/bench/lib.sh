@@ -199,9 +199,10 @@ start_backend_nginx() {
     wait_port "$BACKEND_PORT" "$BACKEND_PID" nginx-backend
 }
 
-# start_nginx_proxy NAME WORKERS: sets PROXY_PORT, PROXY_PID.
+# start_nginx_proxy NAME WORKERS [ACCESS_LOG_FILE]: sets PROXY_PORT, PROXY_PID. With a
+# file, nginx writes its default access log (combined format, unbuffered) there.
 start_nginx_proxy() {
-    local name=$1 workers=$2
+    local name=$1 workers=$2 access=${3:-}
     pick_port
     PROXY_PORT=$PORT
     mkdir -p "$WORK/$name-tmp"
@@ -210,6 +211,7 @@ start_nginx_proxy() {
     # The pid and tmp paths in the template are nginx-proxy*; give each instance its own.
     sed -i -e "s|nginx-proxy\.pid|$name.pid|; s|nginx-proxy\.err|$name.err|" \
         -e "s|nginx-proxy-tmp|$name-tmp|g" "$WORK/$name.conf"
+    [ -n "$access" ] && sed -i -e "s|access_log off;|access_log $access;|" "$WORK/$name.conf"
     start_bg "$name" nginx -p "$WORK" -c "$WORK/$name.conf"
     PROXY_PID=$BG_PID
     wait_port "$PROXY_PORT" "$PROXY_PID" "$name"
@@ -231,8 +233,12 @@ start_haproxy() {
 }
 
 # start_gateway NAME BACKEND_PORT VAR=VALUE...: the gateway with a clean environment (so
-# nothing from the caller's environment, such as REDIS_URL, leaks in) plus the benchmark
-# defaults, overridden by the given variables. Sets PROXY_PORT, PROXY_PID.
+# nothing from the caller's environment, such as REDIS_URL, leaks in) at its DEFAULT
+# settings except: where it listens and what it proxies, WORKER_THREADS=1 (the table
+# sets 1 and 2), RATE_LIMIT_REQUESTS=1000000000 (no request is over the limit),
+# ACCESS_LOG=off (the access-log part turns it on) and a key prefix per target (so
+# targets sharing one Redis keep apart counters); then the given variables. Sets
+# PROXY_PORT, PROXY_PID.
 start_gateway() {
     local name=$1 bport=$2
     shift 2
@@ -241,13 +247,17 @@ start_gateway() {
     start_bg "$name" env -i PATH="$PATH" \
         GATEWAY_HOST=127.0.0.1 GATEWAY_PORT="$PROXY_PORT" \
         BACKEND_URL="http://127.0.0.1:$bport" \
-        WORKER_THREADS=1 RATE_LIMIT_REQUESTS=1000000000 RATE_LIMIT_WINDOW_SECONDS=60 \
-        ACCESS_LOG=off LOG_LEVEL=warn MAX_CONCURRENT_REQUESTS=10000 MAX_QUEUE_LENGTH=10000 \
-        MAX_CONNECTIONS=20000 UPSTREAM_KEEPALIVE="$UPSTREAM_KEEPALIVE" \
+        WORKER_THREADS=1 RATE_LIMIT_REQUESTS=1000000000 ACCESS_LOG=off \
         RATE_LIMIT_KEY_PREFIX="bench-$name" \
         "$@" "$BUILD/gateway"
     PROXY_PID=$BG_PID
     wait_port "$PROXY_PORT" "$PROXY_PID" "$name"
+}
+
+# backend_accepts: connections the nginx backend has accepted so far (stub_status). The
+# reading itself is one of them.
+backend_accepts() {
+    http_get "$BACKEND_PORT" /nginx_status | awk '/^ *[0-9]+ +[0-9]+ +[0-9]+ *$/ { print $1; exit }'
 }
 
 # http_get PORT PATH: the status line and body of one HTTP/1.1 request (bash only).

@@ -8,7 +8,8 @@
 # Usage: bash test/bench/profile.sh [build-dir]
 # Environment: PROFILE_MODE [redis] (redis | memory | redis-429), PROFILE_CONNS [200],
 #   PROFILE_SECONDS [5], PROFILE_WORKERS [1], PROFILE_TOP [15], BENCH_WRK_THREADS [2],
-#   BENCH_UPSTREAM_KEEPALIVE [256], BENCH_OUT [<build-dir>/bench-profile]
+#   BENCH_OUT [<build-dir>/bench-profile]. The gateway runs at its defaults but
+#   RATE_LIMIT_REQUESTS=1000000000 and ACCESS_LOG=off, as in run.sh.
 set -uo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +26,7 @@ PSECS=${PROFILE_SECONDS:-5}
 WORKERS=${PROFILE_WORKERS:-1}
 TOP=${PROFILE_TOP:-15}
 WRK_THREADS=${BENCH_WRK_THREADS:-2}
-UPSTREAM_KEEPALIVE=${BENCH_UPSTREAM_KEEPALIVE:-256}
+UPSTREAM_KEEPALIVE=${BENCH_UPSTREAM_KEEPALIVE:-256} # nginx backend side only (lib.sh)
 OUT=${BENCH_OUT:-$BUILD/bench-profile}
 case "$MODE" in redis | memory | redis-429) ;; *) die "PROFILE_MODE=$MODE: redis, memory or redis-429" ;; esac
 
@@ -122,7 +123,6 @@ else
     port=$PORT
     start_bg gw-callgrind env -i PATH="$PATH" GATEWAY_HOST=127.0.0.1 GATEWAY_PORT="$port" \
         BACKEND_URL="http://127.0.0.1:$BACKEND_PORT" RATE_LIMIT_REQUESTS=1000000000 ACCESS_LOG=off \
-        LOG_LEVEL=warn MAX_CONCURRENT_REQUESTS=10000 UPSTREAM_KEEPALIVE="$UPSTREAM_KEEPALIVE" \
         RATE_LIMIT_KEY_PREFIX=bench-callgrind "${gw_env[@]}" \
         valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" "$BUILD/gateway"
     gw=$BG_PID

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# `make bench`: the gateway side by side with nginx and HAProxy (issue 6). Starts on
+# `make bench`: the gateway side by side with nginx and HAProxy (issues 6 and 16). Starts on
 # loopback an nginx backend with a fixed small JSON body, Redis, and the targets (direct,
 # nginx proxy, HAProxy, gateway with memory store / Redis store / every request over the
 # limit), runs wrk on them in turn for several rounds, measures CPU per request from /proc,
-# Redis commands and reads per request, the in-flight cap's overhead and the gateway's RSS
+# Redis commands and reads per request, backend connections opened per 1,000 requests, the
+# in-flight cap's overhead, the access log's cost beside nginx's, and the gateway's RSS
 # with 10k idle connections and through 1 GiB streamed each way; prints Markdown tables.
+# The gateway runs at its DEFAULT settings except RATE_LIMIT_REQUESTS=1000000000 and
+# ACCESS_LOG=off (see start_gateway in lib.sh); rows that change more say so.
 #
 # Usage: bash test/bench/run.sh [build-dir]      (build-dir holds gateway and backend_app)
 # Environment (defaults in brackets):
 #   BENCH_SECONDS [10]  seconds per wrk run      BENCH_ROUNDS [2]       rounds (A B C A B C)
 #   BENCH_CONNS ["50 200"]  connection counts    BENCH_WORKERS ["1 2"]  worker passes
-#   BENCH_WRK_THREADS [2]   wrk threads          BENCH_UPSTREAM_KEEPALIVE [256] idle upstream
+#   BENCH_WRK_THREADS [2]   wrk threads          BENCH_UPSTREAM_KEEPALIVE [256] nginx's
+#                                                 upstream keepalive (the gateway: its default)
 #   BENCH_IDLE_CONNS [10000]                     BENCH_STREAM_BYTES [1073741824]
-#   BENCH_PARTS ["table cap memory"]  which parts to run
+#   BENCH_PARTS ["table cap accesslog memory"]  which parts to run
 #   BENCH_OUT [<build-dir>/bench]  results, logs and table.md
 #   BENCH_PORT_BASE [18400]  first port tried (each port is checked to be free)
 set -uo pipefail
@@ -34,7 +38,7 @@ WRK_THREADS=${BENCH_WRK_THREADS:-2}
 UPSTREAM_KEEPALIVE=${BENCH_UPSTREAM_KEEPALIVE:-256}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 STREAM_BYTES=${BENCH_STREAM_BYTES:-1073741824}
-PARTS=${BENCH_PARTS:-"table cap memory"}
+PARTS=${BENCH_PARTS:-"table cap accesslog memory"}
 OUT=${BENCH_OUT:-$BUILD/bench}
 for v in SECS ROUNDS WRK_THREADS UPSTREAM_KEEPALIVE IDLE_CONNS STREAM_BYTES; do
     [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v}: must be a positive integer"
@@ -61,7 +65,7 @@ cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -o "$WORK/bench_client" "$BENCH_DIR/
     die "cannot compile bench_client.c"
 
 RESULTS=$OUT/results.tsv
-printf 'workers\tconns\tround\ttarget\trps\treqs\tp50_ms\tp99_ms\tcpu_proxy_us\tcpu_redis_us\tredis_cmds_per_req\tredis_reads_per_req\tnon2xx\tsockerr\n' >"$RESULTS"
+printf 'workers\tconns\tround\ttarget\trps\treqs\tp50_ms\tp99_ms\tcpu_proxy_us\tcpu_redis_us\tredis_cmds_per_req\tredis_reads_per_req\tnon2xx\tsockerr\tbackend_conns_per_1k\n' >"$RESULTS"
 
 MACHINE=$(machine_description)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -96,14 +100,16 @@ target_pids() {
 declare -A NGINX_RPS NGINX_P99 NGINX_CPU
 measure() {
     local w=$1 c=$2 r=$3 i=$4
-    local name=${T_NAMES[$4]} pids=() t0 t1 rc0 rc1 c0 c1 s0 s1 cpu_p cpu_r cmds reads
+    local name=${T_NAMES[$4]} pids=() t0 t1 rc0 rc1 c0 c1 s0 s1 a0 a1 cpu_p cpu_r cmds reads bconn
     local out=$WORK/wrk-w$1-c$2-r$3-${T_NAMES[$4]}.txt
     [ -n "${T_PIDS[$i]}" ] && mapfile -t pids < <(target_pids "$i")
     t0=$(cpu_ticks "${pids[@]}")
     rc0=$(cpu_ticks "$REDIS_PID")
     c0=$(redis_calls)
     s0=$(syscr "$REDIS_PID")
+    a0=$(backend_accepts)
     run_wrk "${T_PORTS[$i]}" "$c" "$SECS" "$out"
+    a1=$(backend_accepts)
     t1=$(cpu_ticks "${pids[@]}")
     rc1=$(cpu_ticks "$REDIS_PID")
     c1=$(redis_calls)
@@ -114,10 +120,12 @@ measure() {
     cpu_r=$(awk -v d=$((rc1 - rc0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
     cmds=$(awk -v d=$((c1 - c0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
     reads=$(awk -v d=$((s1 - s0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
+    # The second reading is one of the connections counted.
+    bconn=$(awk -v d=$((${a1:-0} - ${a0:-0} - 1)) -v n="$reqs" 'BEGIN { printf "%.3f", (d < 0 ? 0 : d) * 1000 / n }')
     [ -n "${T_PIDS[$i]}" ] || cpu_p=0
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "$name" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "$name" \
         "$W_RPS" "$W_REQS" "$W_P50" "$W_P99" "$cpu_p" "$cpu_r" "$cmds" "$reads" "$W_NON2XX" \
-        "$W_SOCKERR" >>"$RESULTS"
+        "$W_SOCKERR" "$bconn" >>"$RESULTS"
     [ "$((c1 - c0))" -gt 0 ] && echo "w=$w c=$c r=$r $name: $(redis_breakdown)" >>"$WORK/redis-commandstats.log"
     local key="$w/$c/$r" ratio=""
     if [ "$name" = nginx ]; then
@@ -130,9 +138,9 @@ measure() {
             if (d != "" && nc > 0) printf ", CPU %.2f", (cp + cr) / nc
             printf "]" }')
     fi
-    printf '  w=%s c=%-3s round %s %-13s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  CPU %6.2f + Redis %5.2f µs/req  Redis cmds %.2f reads %.2f /req  non-2xx %s err %s%s\n' \
+    printf '  w=%s c=%-3s round %s %-13s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  CPU %6.2f + Redis %5.2f µs/req  Redis cmds %.2f reads %.2f /req  backend conns %.2f /1k  non-2xx %s err %s%s\n' \
         "$w" "$c" "$r" "$name" "$W_RPS" "$W_P50" "$W_P99" "$cpu_p" "$cpu_r" "$cmds" "$reads" \
-        "$W_NON2XX" "$W_SOCKERR" "$ratio" >&2
+        "$bconn" "$W_NON2XX" "$W_SOCKERR" "$ratio" >&2
 }
 
 # check_target INDEX: one request must succeed before we measure (429 allowed for the
@@ -215,6 +223,47 @@ if [[ " $PARTS " == *" cap "* ]]; then
         done
     done
     stop_pids "$nocap_pid" "$cap_pid"
+fi
+
+# ---- part 2b: the access log's cost --------------------------------------------------------
+
+# Both sides log every request (SPEC §7: ACCESS_LOG=on is the gateway's default): the
+# gateway its JSON lines to stdout (a file here), nginx its default combined log to a file.
+# The same pair with logging off gives each side's cost per logged request.
+LOG_TSV=$OUT/accesslog.tsv
+printf 'round\ttarget\trps\treqs\tcpu_us\n' >"$LOG_TSV"
+if [[ " $PARTS " == *" accesslog "* ]]; then
+    log "-- access log: memory store, 1 worker, 200 connections, log on and off, gateway and nginx"
+    start_nginx_proxy nginx-log 1 "$WORK/nginx-access.log"
+    nlog_port=$PROXY_PORT nlog_pid=$PROXY_PID
+    start_nginx_proxy nginx-nolog 1
+    nnolog_port=$PROXY_PORT nnolog_pid=$PROXY_PID
+    start_gateway gw-log "$BACKEND_PORT" ACCESS_LOG=on
+    glog_port=$PROXY_PORT glog_pid=$PROXY_PID
+    start_gateway gw-nolog "$BACKEND_PORT"
+    gnolog_port=$PROXY_PORT gnolog_pid=$PROXY_PID
+    declare -A LOG_PORT=([nginx-log]=$nlog_port [nginx-nolog]=$nnolog_port [gw-log]=$glog_port
+        [gw-nolog]=$gnolog_port)
+    declare -A LOG_PID=([nginx-log]=$nlog_pid [nginx-nolog]=$nnolog_pid [gw-log]=$glog_pid
+        [gw-nolog]=$gnolog_pid)
+    for t in nginx-log nginx-nolog gw-log gw-nolog; do
+        run_wrk "${LOG_PORT[$t]}" 50 1 "$WORK/warmup.txt"
+    done
+    for r in $(seq 1 "$ROUNDS"); do
+        for t in nginx-log nginx-nolog gw-log gw-nolog; do
+            if [[ $t == nginx* ]]; then mapfile -t pids < <(pid_tree "${LOG_PID[$t]}"); else pids=("${LOG_PID[$t]}"); fi
+            t0=$(cpu_ticks "${pids[@]}")
+            run_wrk "${LOG_PORT[$t]}" 200 "$SECS" "$WORK/wrk-log-r$r-$t.txt"
+            t1=$(cpu_ticks "${pids[@]}")
+            reqs=$W_REQS
+            [ "$reqs" -gt 0 ] || reqs=1
+            cpu=$(awk -v d=$((t1 - t0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+            printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$W_RPS" "$W_REQS" "$cpu" >>"$LOG_TSV"
+            printf '  round %s %-11s %8.0f req/s  CPU %6.2f µs/req\n' "$r" "$t" "$W_RPS" "$cpu" >&2
+        done
+    done
+    log "  log lines written: gateway $(grep -c '^{' "$WORK/gw-log.out"), nginx $(wc -l <"$WORK/nginx-access.log")"
+    stop_pids "$nlog_pid" "$nnolog_pid" "$glog_pid" "$gnolog_pid"
 fi
 
 # ---- part 3: memory ------------------------------------------------------------------------
@@ -302,7 +351,10 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "Command: \`make bench\` (\`bash test/bench/run.sh build\`), wrk $WRK_THREADS thread(s), keep-alive," \
         "${SECS} s per run, $ROUNDS rounds, targets in turn; medians over rounds; ratios to nginx" \
         "in the same round. Proxies: nginx \`worker_processes N\`, HAProxy \`nbthread N\`, gateway" \
-        "\`WORKER_THREADS=N\`; upstream keep-alive $UPSTREAM_KEEPALIVE (nginx, gateway). CPU = utime+stime" \
+        "\`WORKER_THREADS=N\`; the gateway at its defaults (\`UPSTREAM_KEEPALIVE=auto\`," \
+        "\`MAX_CONCURRENT_REQUESTS=100\`) but \`RATE_LIMIT_REQUESTS=1000000000\` and \`ACCESS_LOG=off\`;" \
+        "nginx \`keepalive $UPSTREAM_KEEPALIVE\` to the backend. Backend conns = connections the backend" \
+        "accepted per 1,000 requests (nginx stub_status). CPU = utime+stime" \
         "from /proc of the proxy process (nginx: master + workers) / requests; Redis reads = read(2)" \
         "calls of redis-server (≈ round trips); Redis cmds = INFO commandstats calls (commands a Lua script" \
         "runs count too)."
@@ -329,6 +381,26 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
                 if (("nocap" in n) && ("cap100" in n) && R["nocap"] > 0)
                     printf "\nCap 100 vs no contention: req/s %.3f×, CPU per request %.3f×\n",
                         R["cap100"] / R["nocap"], C["cap100"] / C["nocap"] }' "$CAP_TSV"
+        echo
+    fi
+    if [ "$(wc -l <"$LOG_TSV")" -gt 1 ]; then
+        echo "Access log (memory store, 1 worker, 200 connections; medians; gateway JSON lines to a" \
+            "file, nginx's default combined log to a file, unbuffered):"
+        echo
+        echo "| target | req/s | CPU µs/req | cost of logging µs/req |"
+        echo "| --- | ---: | ---: | ---: |"
+        awk -F'\t' 'NR > 1 { n[$2]++; rps[$2, n[$2]] = $3; cpu[$2, n[$2]] = $5 }
+            function med(a, t, k, i, j, x, v) { k = n[t]; for (i = 1; i <= k; i++) v[i] = a[t, i]
+                for (i = 2; i <= k; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+                return (k % 2) ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2 }
+            END { split("nginx-log nginx-nolog gw-log gw-nolog", ts, " ")
+                for (i = 1; i <= 4; i++) { t = ts[i]; if (!(t in n)) continue; C[t] = med(cpu, t)
+                    printf "| %s | %.0f | %.1f | %s |\n", t, med(rps, t), C[t],
+                        (t ~ /-log$/) ? sprintf("%.2f", C[t] - C[(t == "gw-log") ? "gw-nolog" : "nginx-nolog"]) : "" }
+                if (C["nginx-log"] > 0) {
+                    x = C["gw-log"] / C["nginx-log"]
+                    printf "\nAccess log on, both sides: gateway CPU per request %.2f× nginx → %s\n", x,
+                        (x <= 1.0 ? "met" : "**missed**") } }' "$LOG_TSV"
         echo
     fi
     if [ "$(wc -l <"$MEM_TSV")" -gt 1 ]; then
