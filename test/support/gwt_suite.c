@@ -14,6 +14,64 @@
 
 #include <cmocka.h>
 
+struct gwt_fixture gwt_fx;
+
+/* Tracked processes below this index belong to the group (see
+ * gwt_stop_tracked_from). */
+static int group_tracked;
+
+int gwt_suite_setup(unsigned what)
+{
+    if (gwt_backend_start(&gwt_fx.backend, &gwt_fx.bport, NULL) != 0)
+        return -1;
+    if ((what & GWT_FX_GATEWAY) &&
+        gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, NULL) != 0)
+        return -1;
+    if ((what & (GWT_FX_FAKE | GWT_FX_FAKE_GATEWAY)) && gwt_fault_start(&gwt_fx.fake) != 0)
+        return -1;
+    if (what & GWT_FX_FAKE_GATEWAY) {
+        const char *env[] = {"WORKER_THREADS=1", "UPSTREAM_TIMEOUT_MS=3000", NULL};
+        if (gwt_gateway_for(&gwt_fx.gwf, &gwt_fx.fport, gwt_fault_port(gwt_fx.fake), env) != 0)
+            return -1;
+    }
+    if (what & GWT_FX_REDIS) {
+        if (gwt_redis_start(&gwt_fx.redis, &gwt_fx.rport) != 0)
+            return -1;
+        snprintf(gwt_fx.redis_url, sizeof(gwt_fx.redis_url), "REDIS_URL=redis://127.0.0.1:%d",
+                 gwt_fx.rport);
+    }
+    group_tracked = gwt_tracked_count();
+    return 0;
+}
+
+int gwt_suite_setup_backend(void **state)
+{
+    return gwt_suite_setup(0);
+}
+
+int gwt_suite_teardown(void **state)
+{
+    int rc = gwt_stop_tracked();
+    group_tracked = 0;
+    gwt_stop_and_cleanup(&gwt_fx.backend);
+    gwt_stop_and_cleanup(&gwt_fx.redis);
+    gwt_fault_stop(gwt_fx.fake);
+    gwt_fx.fake = NULL;
+    return rc;
+}
+
+int gwt_suite_test_setup(void **state)
+{
+    if (gwt_fx.rport > 0 && gwt_redis_cmd(gwt_fx.rport, "FLUSHALL") != 0)
+        return -1;
+    return gwt_backend_reset(gwt_fx.bport) == 0 ? 0 : -1;
+}
+
+int gwt_suite_test_teardown(void **state)
+{
+    return gwt_stop_tracked_from(group_tracked);
+}
+
 void gwt_stop_and_cleanup(struct gwt_proc *p)
 {
     gwt_stop(p, SIGTERM, 5000);

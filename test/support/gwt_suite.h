@@ -9,7 +9,64 @@
 
 #include <stdbool.h>
 
+#include "gwt_fault.h"
 #include "gwtest.h"
+
+/* ---- the shared fixture -------------------------------------------------- */
+
+/* What gwt_suite_setup starts for a group (backend_app always). */
+enum {
+    GWT_FX_GATEWAY = 1u << 0,      /* a gateway with gwt_gateway_for defaults (gw) */
+    GWT_FX_FAKE = 1u << 1,         /* the scripted fake upstream (fake) */
+    GWT_FX_FAKE_GATEWAY = 1u << 2, /* + a one-worker gateway in front of it (gwf) */
+    GWT_FX_REDIS = 1u << 3,        /* redis-server, emptied before each test */
+};
+
+/* The processes of one test binary's group fixture. Fields a group did not
+ * ask for stay zero. gw2 is the usual slot for a per-test gateway. */
+struct gwt_fixture {
+    struct gwt_proc backend; /* backend_app, for the whole group */
+    int bport;
+    struct gwt_proc gw; /* GWT_FX_GATEWAY: shared gateway; else a per-test one */
+    int gport;
+    struct gwt_proc gw2; /* per-test gateway with its own settings */
+    int gport2;
+    struct gwt_fault *fake; /* GWT_FX_FAKE: scripted upstream */
+    struct gwt_proc gwf;    /* GWT_FX_FAKE_GATEWAY: WORKER_THREADS=1, UPSTREAM_TIMEOUT_MS=3000 */
+    int fport;
+    struct gwt_proc redis; /* GWT_FX_REDIS */
+    int rport;
+    char redis_url[64]; /* "REDIS_URL=redis://127.0.0.1:<rport>" */
+};
+
+extern struct gwt_fixture gwt_fx;
+
+/* Group setup: starts backend_app and what (GWT_FX_* flags) into gwt_fx.
+ * Processes started here outlive the tests (gwt_suite_test_teardown leaves
+ * them). Returns 0 or -1 (a cmocka group setup's value). */
+int gwt_suite_setup(unsigned what);
+
+/* cmocka group setup of the commonest fixture: backend_app only. */
+int gwt_suite_setup_backend(void **state);
+
+/* cmocka group teardown: stops every tracked process (exit 0 expected),
+ * then backend_app, redis-server and the fake. Returns 0 or -1. */
+int gwt_suite_teardown(void **state);
+
+/* cmocka per-test setup: empties redis (when the group has one) and zeroes
+ * backend_app's counters. Returns 0 or -1. */
+int gwt_suite_test_setup(void **state);
+
+/* cmocka per-test teardown: stops the processes tracked since the group
+ * setup (the test's gateways, see gwt_gateway_for), each expected to exit 0
+ * after SIGTERM. Returns 0 or -1. */
+int gwt_suite_test_teardown(void **state);
+
+/* A test entry with the fixture's per-test setup and teardown. */
+#define GWT_TEST(f)                                                                                \
+    cmocka_unit_test_setup_teardown(f, gwt_suite_test_setup, gwt_suite_test_teardown)
+
+/* ---- helpers ------------------------------------------------------------- */
 
 /* Stops p with SIGTERM (waiting up to 5 s) and cleans it up, ignoring how it
  * ended. For group teardown of processes the tests did not need to check. */
