@@ -22,43 +22,17 @@
 #include "gwt_suite.h"
 #include "gwtest.h"
 
-static struct gwt_proc backend;
-static int bport;
-static struct gwt_proc gw; /* default limits */
-static int gport;
-static struct gwt_proc gw2; /* per-test settings */
-static int gport2;
-
-static int group_setup(void **state)
-{
-    if (gwt_backend_start(&backend, &bport, NULL) != 0)
-        return -1;
-    return gwt_gateway_for(&gw, &gport, bport, NULL) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    int rc = gwt_stop_tracked();
-    gwt_stop_and_cleanup(&backend);
-    return rc;
-}
-
-static int test_teardown(void **state)
-{
-    return gwt_stop_expect_exit0(&gw2);
-}
-
 /* A normal request through port reaches the backend: the count grows by one. */
 static void assert_serves(int port)
 {
-    gwt_assert_serves_counted(port, bport, "/users/5", NULL);
+    gwt_assert_serves_counted(port, gwt_fx.bport, "/users/5", NULL);
 }
 
 /* Sends len bytes on a fresh connection, expects a gateway-generated status,
  * the connection closed, and nothing of it at the backend. */
 static void expect_rejected(int port, const char *what, const char *bytes, size_t len, int status)
 {
-    long long before = gwt_backend_requests(bport);
+    long long before = gwt_backend_requests(gwt_fx.bport);
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_all(fd, bytes, len), 0);
@@ -79,7 +53,7 @@ static void expect_rejected(int port, const char *what, const char *bytes, size_
     close(fd);
     /* A later request is the first thing the backend sees. */
     assert_serves(port);
-    long long after = gwt_backend_requests(bport);
+    long long after = gwt_backend_requests(gwt_fx.bport);
     if (after != before + 1)
         fail_msg("case \"%s\": reached the backend (%lld requests, want %lld)", what,
                  after - before - 1, 0LL);
@@ -122,9 +96,9 @@ static void test_smuggling_vectors(void **state)
         {"bad version", CASE("GET /users/1 HTTP/1.7x\r\nHost: h\r\n\r\n")},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        expect_rejected(gport, cases[i].name, cases[i].bytes, cases[i].len, 400);
+        expect_rejected(gwt_fx.gport, cases[i].name, cases[i].bytes, cases[i].len, 400);
     /* 400s are counted as bad requests, none as proxied failures. */
-    assert_true(gwt_stat(gport, "/stats", "requests_bad") >=
+    assert_true(gwt_stat(gwt_fx.gport, "/stats", "requests_bad") >=
                 (long long)(sizeof(cases) / sizeof(cases[0])));
 }
 
@@ -133,8 +107,8 @@ static void test_smuggling_vectors(void **state)
  * reaches the backend. */
 static void test_smuggling_after_valid_request(void **state)
 {
-    long long before = gwt_backend_requests(bport);
-    int fd = gwt_connect(gport);
+    long long before = gwt_backend_requests(gwt_fx.bport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"
                                       "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
@@ -149,8 +123,8 @@ static void test_smuggling_after_valid_request(void **state)
     gwt_response_free(&r);
     assert_true(gwt_peer_closed(fd, 3000));
     close(fd);
-    assert_int_equal(gwt_backend_requests(bport), before + 1);
-    assert_serves(gport);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), before + 1);
+    assert_serves(gwt_fx.gport);
 }
 
 /* A header section over MAX_HEADER_BYTES (default 16384): 431. One under
@@ -163,21 +137,21 @@ static void test_431_huge_header(void **state)
     int n = snprintf(req, 256, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Big: ");
     memset(req + n, 'a', big);
     memcpy(req + n + big, "\r\n\r\n", 5);
-    expect_rejected(gport, "20000-byte header", req, strlen(req), 431);
+    expect_rejected(gwt_fx.gport, "20000-byte header", req, strlen(req), 431);
 
     /* Many headers adding up beyond the limit. */
     size_t off = (size_t)snprintf(req, 256, "GET /users/1 HTTP/1.1\r\nHost: h\r\n");
     for (int i = 0; off + 64 < big; i++)
         off += (size_t)sprintf(req + off, "X-H%d: %040d\r\n", i, i);
     memcpy(req + off, "\r\n", 3);
-    expect_rejected(gport, "many headers", req, strlen(req), 431);
+    expect_rejected(gwt_fx.gport, "many headers", req, strlen(req), 431);
 
     /* 12 KB of headers is fine. */
     n = snprintf(req, 256, "GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Big: ");
     memset(req + n, 'b', 12000);
     memcpy(req + n + 12000, "\r\n\r\n", 5);
     struct gwt_response r;
-    assert_int_equal(gwt_http(gport, req, &r), 0);
+    assert_int_equal(gwt_http(gwt_fx.gport, req, &r), 0);
     assert_int_equal(r.status, 200);
     struct gwt_echo e;
     assert_int_equal(gwt_echo_parse(&r, &e), 0);
@@ -185,19 +159,19 @@ static void test_431_huge_header(void **state)
     gwt_echo_free(&e);
     gwt_response_free(&r);
     free(req);
-    assert_serves(gport);
+    assert_serves(gwt_fx.gport);
 }
 
 /* A body over MAX_BODY_BYTES: 413, not forwarded; exactly the limit passes. */
 static void test_413_body_too_large(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=1000", NULL};
-    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
     char *req = malloc(4096);
     assert_non_null(req);
     int n = snprintf(req, 256, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n");
     memset(req + n, 'x', 2000);
-    expect_rejected(gport2, "CL 2000 > 1000", req, (size_t)n + 2000, 413);
+    expect_rejected(gwt_fx.gport2, "CL 2000 > 1000", req, (size_t)n + 2000, 413);
 
     n = snprintf(req, 256,
                  "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\nConnection: "
@@ -205,7 +179,7 @@ static void test_413_body_too_large(void **state)
     memset(req + n, 'y', 1000);
     req[n + 1000] = '\0';
     struct gwt_response r;
-    assert_int_equal(gwt_http(gport2, req, &r), 0);
+    assert_int_equal(gwt_http(gwt_fx.gport2, req, &r), 0);
     assert_int_equal(r.status, 200);
     struct gwt_echo e;
     assert_int_equal(gwt_echo_parse(&r, &e), 0);
@@ -213,16 +187,16 @@ static void test_413_body_too_large(void **state)
     gwt_echo_free(&e);
     gwt_response_free(&r);
     free(req);
-    assert_serves(gport2);
+    assert_serves(gwt_fx.gport2);
 }
 
 /* A request head that stalls: 408 after CLIENT_TIMEOUT_MS, then close. */
 static void test_408_slow_header(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=300", NULL};
-    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
-    long long before = gwt_backend_requests(bport);
-    int fd = gwt_connect(gport2);
+    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+    long long before = gwt_backend_requests(gwt_fx.bport);
+    int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     long long t0 = gwt_now_ms();
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Slow: "), 0);
@@ -235,8 +209,8 @@ static void test_408_slow_header(void **state)
     assert_true(ms < 3000);
     assert_true(gwt_peer_closed(fd, 3000));
     close(fd);
-    assert_int_equal(gwt_backend_requests(bport), before);
-    assert_serves(gport2);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), before);
+    assert_serves(gwt_fx.gport2);
 }
 
 /* An idle connection (no request started, or between keep-alive requests)
@@ -244,8 +218,8 @@ static void test_408_slow_header(void **state)
 static void test_idle_close_silent(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=300", NULL};
-    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
-    int fd = gwt_connect(gport2);
+    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+    int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     long long t0 = gwt_now_ms();
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
@@ -253,7 +227,7 @@ static void test_idle_close_silent(void **state)
     assert_true(ms >= 250);
     close(fd);
 
-    fd = gwt_connect(gport2);
+    fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
@@ -262,7 +236,7 @@ static void test_idle_close_silent(void **state)
     gwt_response_free(&r);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
-    assert_serves(gport2);
+    assert_serves(gwt_fx.gport2);
 }
 
 /* Many connections opened and dropped at once leave nothing behind. */
@@ -271,19 +245,19 @@ static void test_connection_churn(void **state)
     enum { N = 50 };
     int fds[N];
     for (int i = 0; i < N; i++) {
-        fds[i] = gwt_connect(gport);
+        fds[i] = gwt_connect(gwt_fx.gport);
         assert_true(fds[i] >= 0);
         if (i % 3 == 0)
             assert_int_equal(gwt_send_str(fds[i], "GET /users/1 HTTP/1.1\r\nHo"), 0);
     }
     for (int i = 0; i < N; i++)
         close(fds[i]);
-    assert_serves(gport);
+    assert_serves(gwt_fx.gport);
     /* connections_active comes back down to just the /stats connection. */
     long long deadline = gwt_now_ms() + 3000;
     long long active = -1;
     while (gwt_now_ms() < deadline) {
-        active = gwt_stat(gport, "/stats", "connections_active");
+        active = gwt_stat(gwt_fx.gport, "/stats", "connections_active");
         if (active == 1)
             break;
         usleep(10000);
@@ -291,16 +265,18 @@ static void test_connection_churn(void **state)
     assert_int_equal(active, 1);
 }
 
+static int group_setup(void **state)
+{
+    return gwt_suite_setup(GWT_FX_GATEWAY);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_smuggling_vectors, test_teardown),
-        cmocka_unit_test_teardown(test_smuggling_after_valid_request, test_teardown),
-        cmocka_unit_test_teardown(test_431_huge_header, test_teardown),
-        cmocka_unit_test_teardown(test_413_body_too_large, test_teardown),
-        cmocka_unit_test_teardown(test_408_slow_header, test_teardown),
-        cmocka_unit_test_teardown(test_idle_close_silent, test_teardown),
-        cmocka_unit_test_teardown(test_connection_churn, test_teardown),
+        GWT_TEST(test_smuggling_vectors), GWT_TEST(test_smuggling_after_valid_request),
+        GWT_TEST(test_431_huge_header),   GWT_TEST(test_413_body_too_large),
+        GWT_TEST(test_408_slow_header),   GWT_TEST(test_idle_close_silent),
+        GWT_TEST(test_connection_churn),
     };
-    return cmocka_run_group_tests_name("gateway_errors", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("gateway_errors", tests, group_setup, gwt_suite_teardown);
 }

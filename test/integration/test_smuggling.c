@@ -25,11 +25,6 @@
 #include "gwt_suite.h"
 #include "gwtest.h"
 
-static struct gwt_proc backend;
-static int bport;
-static struct gwt_proc gw;
-static int gport;
-
 /* One row: the bytes sent on a fresh connection and the expected status. */
 struct row {
     const char *name;
@@ -188,21 +183,6 @@ static void build_runtime_rows(void)
     }
 }
 
-static int group_setup(void **state)
-{
-    build_runtime_rows();
-    if (gwt_backend_start(&backend, &bport, NULL) != 0)
-        return -1;
-    return gwt_gateway_for(&gw, &gport, bport, NULL) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    int rc = gwt_stop_tracked();
-    gwt_stop_and_cleanup(&backend);
-    return rc;
-}
-
 /* Prints the bytes of a request with escapes, for failure messages. */
 static void print_escaped(const char *what, const char *b, size_t n)
 {
@@ -226,8 +206,8 @@ static void print_escaped(const char *what, const char *b, size_t n)
 static void run_row(void **state)
 {
     const struct row *rw = *state;
-    long long before = gwt_backend_requests(bport);
-    int fd = gwt_connect(gport);
+    long long before = gwt_backend_requests(gwt_fx.bport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_all(fd, rw->bytes, rw->len), 0);
     struct gwt_response r;
@@ -248,8 +228,8 @@ static void run_row(void **state)
     if (extra != 0)
         fail_msg("\"%s\": %s after the %d", rw->name,
                  extra < 0 ? "connection left open" : "more bytes", rw->status);
-    gwt_assert_serves_counted(gport, bport, "/users/5", rw->name);
-    long long after = gwt_backend_requests(bport);
+    gwt_assert_serves_counted(gwt_fx.gport, gwt_fx.bport, "/users/5", rw->name);
+    long long after = gwt_backend_requests(gwt_fx.bport);
     if (after != before + 1) {
         print_escaped("request", rw->bytes, rw->len);
         fail_msg("\"%s\": %lld request(s) of it reached the backend", rw->name, after - before - 1);
@@ -262,7 +242,7 @@ static void run_row(void **state)
 static void test_leading_zero_chunk_size_normalised(void **state)
 {
     struct gwt_response r;
-    assert_int_equal(gwt_http(gport, long_size, &r), 0);
+    assert_int_equal(gwt_http(gwt_fx.gport, long_size, &r), 0);
     assert_int_equal(r.status, 200);
     struct gwt_echo e;
     assert_int_equal(gwt_echo_parse(&r, &e), 0);
@@ -279,8 +259,8 @@ static void test_leading_zero_chunk_size_normalised(void **state)
  * backend (the "G" would prefix a smuggled request on a confused peer). */
 static void test_desync_after_valid_request(void **state)
 {
-    long long before = gwt_backend_requests(bport);
-    int fd = gwt_connect(gport);
+    long long before = gwt_backend_requests(gwt_fx.bport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, GET_H "\r\n" POST_H "Content-Length: 6\r\n"
                                             "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nG"
@@ -295,8 +275,9 @@ static void test_desync_after_valid_request(void **state)
     gwt_response_free(&r);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
-    assert_int_equal(gwt_backend_requests(bport), before + 1);
-    gwt_assert_serves_counted(gport, bport, "/users/5", "desync after a valid request");
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), before + 1);
+    gwt_assert_serves_counted(gwt_fx.gport, gwt_fx.bport, "/users/5",
+                              "desync after a valid request");
 }
 
 /* Head-level vectors sent one byte per write: the verdict must not depend
@@ -311,8 +292,8 @@ static void test_vectors_byte_by_byte(void **state)
         for (size_t i = 0; i < NROWS && !rw; i++)
             rw = strcmp(rows[i].name, names[k]) == 0 ? &rows[i] : NULL;
         assert_non_null(rw);
-        long long before = gwt_backend_requests(bport);
-        int fd = gwt_connect(gport);
+        long long before = gwt_backend_requests(gwt_fx.bport);
+        int fd = gwt_connect(gwt_fx.gport);
         assert_true(fd >= 0);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -329,8 +310,8 @@ static void test_vectors_byte_by_byte(void **state)
         gwt_response_free(&r);
         assert_true(gwt_peer_closed(fd, 3000));
         close(fd);
-        gwt_assert_serves_counted(gport, bport, "/users/5", rw->name);
-        if (gwt_backend_requests(bport) != before + 1)
+        gwt_assert_serves_counted(gwt_fx.gport, gwt_fx.bport, "/users/5", rw->name);
+        if (gwt_backend_requests(gwt_fx.bport) != before + 1)
             fail_msg("\"%s\" byte by byte reached the backend", rw->name);
     }
 }
@@ -392,6 +373,12 @@ static void test_bad_chunk_mid_stream(void **state)
     gwt_fault_stop(f);
 }
 
+static int group_setup(void **state)
+{
+    build_runtime_rows();
+    return gwt_suite_setup(GWT_FX_GATEWAY);
+}
+
 int main(void)
 {
     struct CMUnitTest tests[NROWS + 4];
@@ -400,9 +387,9 @@ int main(void)
         tests[n++] = (struct CMUnitTest){
             .name = rows[i].name, .test_func = run_row, .initial_state = &rows[i]};
     }
-    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_leading_zero_chunk_size_normalised);
-    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_desync_after_valid_request);
-    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_vectors_byte_by_byte);
-    tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_bad_chunk_mid_stream);
-    return cmocka_run_group_tests_name("smuggling", tests, group_setup, group_teardown);
+    tests[n++] = (struct CMUnitTest)GWT_TEST(test_leading_zero_chunk_size_normalised);
+    tests[n++] = (struct CMUnitTest)GWT_TEST(test_desync_after_valid_request);
+    tests[n++] = (struct CMUnitTest)GWT_TEST(test_vectors_byte_by_byte);
+    tests[n++] = (struct CMUnitTest)GWT_TEST(test_bad_chunk_mid_stream);
+    return cmocka_run_group_tests_name("smuggling", tests, group_setup, gwt_suite_teardown);
 }
