@@ -73,37 +73,46 @@ static void assert_echo_clean(int port)
     gwt_response_free(&r);
 }
 
-/* Sends bytes on a new connection and expects a gateway problem response
- * with status, then the connection closed. */
-static void expect_problem_close(int port, const char *bytes, size_t len, int status,
-                                 const char *what)
-{
-    int fd = gwt_connect(port);
-    assert_true(fd >= 0);
-    if (gwt_send_all(fd, bytes, len) != 0) {
-        /* The gateway may refuse and close before reading everything. */
-    }
-    struct gwt_response r;
-    int rc = gwt_read_response(fd, &r, false);
-    if (rc != 0 || r.status != status) {
-        int st = r.status;
-        gwt_response_free(&r);
-        close(fd);
-        fail_msg("%s: want %d, got rc %d status %d", what, status, rc, st);
-    }
-    gwt_assert_problem(&r, status, NULL);
-    gwt_response_free(&r);
-    long extra = gwt_fault_bytes_until_eof(fd, 3000);
-    close(fd);
-    if (extra != 0)
-        fail_msg("%s: %s after the %d", what, extra < 0 ? "connection left open" : "more bytes",
-                 status);
-}
-
 static void set_rst(int fd)
 {
     struct linger lg = {1, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+/* A header section over MAX_HEADER_BYTES (default 16384): 431. One under
+ * the limit passes. */
+static void test_431_default_limit(void **state)
+{
+    size_t big = 20000;
+    char *req = malloc(big + 256);
+    assert_non_null(req);
+    int n = snprintf(req, 256, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Big: ");
+    memset(req + n, 'a', big);
+    memcpy(req + n + big, "\r\n\r\n", 5);
+    gwt_expect_refused(gwt_fx.gport, "20000-byte header", req, strlen(req), 431,
+                       GWT_REFUSED_COUNTED);
+
+    /* Many headers adding up beyond the limit. */
+    size_t off = (size_t)snprintf(req, 256, "GET /users/1 HTTP/1.1\r\nHost: h\r\n");
+    for (int i = 0; off + 64 < big; i++)
+        off += (size_t)sprintf(req + off, "X-H%d: %040d\r\n", i, i);
+    memcpy(req + off, "\r\n", 3);
+    gwt_expect_refused(gwt_fx.gport, "many headers", req, strlen(req), 431, GWT_REFUSED_COUNTED);
+
+    /* 12 KB of headers is fine. */
+    n = snprintf(req, 256, "GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Big: ");
+    memset(req + n, 'b', 12000);
+    memcpy(req + n + 12000, "\r\n\r\n", 5);
+    struct gwt_response r;
+    assert_int_equal(gwt_http(gwt_fx.gport, req, &r), 0);
+    assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    assert_int_equal(strlen(gwt_echo_header(&e, "X-Big")), 12000);
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+    free(req);
+    gwt_assert_serves_counted(gwt_fx.gport, gwt_fx.bport, "/users/5", NULL);
 }
 
 /* ---- limits --------------------------------------------------------------- */
@@ -120,18 +129,21 @@ static void test_431_header_limits(void **state)
     memset(req + n, 'a', 2000);
     n += 2000;
     n += snprintf(req + n, 64, "\r\n\r\n");
-    expect_problem_close(gwt_fx.gport2, req, (size_t)n, 431, "one 2000-byte field");
+    gwt_expect_refused(gwt_fx.gport2, "one 2000-byte field", req, (size_t)n, 431,
+                       GWT_REFUSED_MAY_CLOSE);
 
     /* The limit applies while the head streams: no end of line ever comes. */
     n = snprintf(req, 8192, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Endless: ");
     memset(req + n, 'b', 4000);
-    expect_problem_close(gwt_fx.gport2, req, (size_t)n + 4000, 431, "a field that never ends");
+    gwt_expect_refused(gwt_fx.gport2, "a field that never ends", req, (size_t)n + 4000, 431,
+                       GWT_REFUSED_MAY_CLOSE);
 
     n = snprintf(req, 8192, "GET /");
     memset(req + n, 'c', 2000);
     n += 2000;
     n += snprintf(req + n, 64, " HTTP/1.1\r\nHost: h\r\n\r\n");
-    expect_problem_close(gwt_fx.gport2, req, (size_t)n, 431, "a 2000-byte request-target");
+    gwt_expect_refused(gwt_fx.gport2, "a 2000-byte request-target", req, (size_t)n, 431,
+                       GWT_REFUSED_MAY_CLOSE);
 
     /* More fields than GW_HTTP_MAX_HEADERS (128), well under the bytes. */
     n = snprintf(req, 8192, "GET /users/1 HTTP/1.1\r\nHost: h\r\n");
@@ -139,7 +151,8 @@ static void test_431_header_limits(void **state)
         n += snprintf(req + n, 64, "A:%d\r\n", i % 10);
     n += snprintf(req + n, 64, "\r\n");
     assert_true(n < 1024);
-    expect_problem_close(gwt_fx.gport2, req, (size_t)n, 431, "140 short fields");
+    gwt_expect_refused(gwt_fx.gport2, "140 short fields", req, (size_t)n, 431,
+                       GWT_REFUSED_MAY_CLOSE);
 
     /* A 700-byte field fits. */
     n = snprintf(req, 8192, "GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Fits: ");
@@ -162,22 +175,35 @@ static void test_413_content_length(void **state)
     long long before = gwt_backend_requests(gwt_fx.bport);
     /* Refused on the head alone: the body is never awaited. */
     static const char head[] = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n";
-    expect_problem_close(gwt_fx.gport2, head, sizeof(head) - 1, 413, "Content-Length 1001 > 1000");
+    gwt_expect_refused(gwt_fx.gport2, "Content-Length 1001 > 1000", head, sizeof(head) - 1, 413,
+                       GWT_REFUSED_MAY_CLOSE);
     assert_int_equal(gwt_backend_requests(gwt_fx.bport), before);
 
-    char *req = malloc(2048);
+    /* The same with the body sent after the head: not forwarded either. */
+    char *req = malloc(4096);
     assert_non_null(req);
-    int n = snprintf(req, 2048,
-                     "POST /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
-                     "Content-Length: 1000\r\n\r\n");
+    int n = snprintf(req, 256, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n");
+    memset(req + n, 'x', 2000);
+    gwt_expect_refused(gwt_fx.gport2, "CL 2000 > 1000", req, (size_t)n + 2000, 413,
+                       GWT_REFUSED_COUNTED);
+
+    /* Exactly the limit passes, whole. */
+    n = snprintf(req, 2048,
+                 "POST /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                 "Content-Length: 1000\r\n\r\n");
     memset(req + n, 'z', 1000);
     req[n + 1000] = '\0';
     struct gwt_response r;
     assert_int_equal(gwt_http(gwt_fx.gport2, req, &r), 0);
     assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    assert_int_equal(e.body_length, 1000);
+    gwt_echo_free(&e);
     gwt_response_free(&r);
     free(req);
     gwt_assert_serves(gwt_fx.gport2, "/users/42");
+    gwt_assert_serves_counted(gwt_fx.gport2, gwt_fx.bport, "/users/5", NULL);
 }
 
 /* A chunked body over the limit, all in one write: 413, nothing reaches
@@ -197,7 +223,8 @@ static void test_413_chunked_one_write(void **state)
     memset(req + n, 'r', 600);
     n += 600;
     n += snprintf(req + n, 64, "\r\n0\r\n\r\n");
-    expect_problem_close(gwt_fx.gport2, req, (size_t)n, 413, "chunked 1200 > 1000 in one write");
+    gwt_expect_refused(gwt_fx.gport2, "chunked 1200 > 1000 in one write", req, (size_t)n, 413,
+                       GWT_REFUSED_MAY_CLOSE);
     gwt_assert_serves(gwt_fx.gport2, "/users/42");
     assert_int_equal(gwt_backend_requests(gwt_fx.bport), before + 1);
 }
@@ -239,35 +266,47 @@ static void test_413_chunked_streamed(void **state)
 
 /* ---- slow and idle clients -------------------------------------------- */
 
-/* Slowloris: header bytes trickle in; each byte must not extend the
- * deadline. 408 comes about CLIENT_TIMEOUT_MS after the first byte. */
+/* A request head that never completes, whether its bytes trickle in
+ * (slowloris: each byte must not extend the deadline) or stop: 408 about
+ * CLIENT_TIMEOUT_MS after the first byte, then close, nothing forwarded. */
 static void test_408_slow_headers(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=400", NULL};
     start_gw(env);
-    long long before = gwt_backend_requests(gwt_fx.bport);
-    int fd = gwt_connect(gwt_fx.gport2);
-    assert_true(fd >= 0);
-    long long t0 = gwt_now_ms();
-    assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Slow: "), 0);
-    bool readable = false;
-    for (int i = 0; i < 100 && !readable; i++) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        readable = poll(&p, 1, 50) == 1; /* pacing of the trickle */
-        if (!readable && send(fd, "x", 1, MSG_NOSIGNAL) != 1)
-            break;
+    static const struct {
+        const char *what;
+        bool trickle; /* one byte every 50 ms, else nothing after the first bytes */
+        long long min_ms, max_ms;
+    } rows[] = {
+        {"slowloris head", true, 300, 2000},
+        {"stalled head", false, 250, 3000},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        long long before = gwt_backend_requests(gwt_fx.bport);
+        int fd = gwt_connect(gwt_fx.gport2);
+        assert_true(fd >= 0);
+        long long t0 = gwt_now_ms();
+        assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Slow: "), 0);
+        bool readable = false;
+        for (int k = 0; rows[i].trickle && k < 100 && !readable; k++) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            readable = poll(&p, 1, 50) == 1; /* pacing of the trickle */
+            if (!readable && send(fd, "x", 1, MSG_NOSIGNAL) != 1)
+                break;
+        }
+        struct gwt_response r;
+        gwt_must_read(fd, &r, false, rows[i].what);
+        long long ms = gwt_now_ms() - t0;
+        gwt_assert_problem(&r, 408, NULL);
+        gwt_response_free(&r);
+        if (ms < rows[i].min_ms || ms > rows[i].max_ms)
+            fail_msg("%s: 408 after %lld ms, want about 400", rows[i].what, ms);
+        assert_true(gwt_peer_closed(fd, 3000));
+        close(fd);
+        assert_int_equal(gwt_backend_requests(gwt_fx.bport), before);
+        gwt_assert_serves(gwt_fx.gport2, "/users/42");
+        gwt_assert_serves_counted(gwt_fx.gport2, gwt_fx.bport, "/users/5", rows[i].what);
     }
-    struct gwt_response r;
-    gwt_must_read(fd, &r, false, "slowloris head");
-    long long ms = gwt_now_ms() - t0;
-    gwt_assert_problem(&r, 408, NULL);
-    gwt_response_free(&r);
-    if (ms < 300 || ms > 2000)
-        fail_msg("408 after %lld ms, want about 400", ms);
-    assert_true(gwt_peer_closed(fd, 3000));
-    close(fd);
-    assert_int_equal(gwt_backend_requests(gwt_fx.bport), before);
-    gwt_assert_serves(gwt_fx.gport2, "/users/42");
 }
 
 /* A request body that stalls past CLIENT_TIMEOUT_MS after its head went
@@ -325,6 +364,33 @@ static void test_idle_closed_silently(void **state)
     assert_true(gwt_now_ms() - t0 >= 250);
     close(fd);
     gwt_assert_serves(gwt_fx.gport2, "/users/42");
+    gwt_assert_serves_counted(gwt_fx.gport2, gwt_fx.bport, "/users/5", NULL);
+}
+
+/* Many connections opened and dropped at once leave nothing behind. */
+static void test_connection_churn(void **state)
+{
+    enum { N = 50 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = gwt_connect(gwt_fx.gport);
+        assert_true(fds[i] >= 0);
+        if (i % 3 == 0)
+            assert_int_equal(gwt_send_str(fds[i], "GET /users/1 HTTP/1.1\r\nHo"), 0);
+    }
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    gwt_assert_serves_counted(gwt_fx.gport, gwt_fx.bport, "/users/5", NULL);
+    /* connections_active comes back down to just the /stats connection. */
+    long long deadline = gwt_now_ms() + 3000;
+    long long active = -1;
+    while (gwt_now_ms() < deadline) {
+        active = gwt_stat(gwt_fx.gport, "/stats", "connections_active");
+        if (active == 1)
+            break;
+        usleep(10000);
+    }
+    assert_int_equal(active, 1);
 }
 
 /* ---- vanishing clients ---------------------------------------------------- */
@@ -941,19 +1007,21 @@ static void test_emfile(void **state)
 
 static int group_setup(void **state)
 {
-    return gwt_suite_setup(GWT_FX_FAKE);
+    return gwt_suite_setup(GWT_FX_GATEWAY | GWT_FX_FAKE);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         GWT_TEST(test_431_header_limits),
+        GWT_TEST(test_431_default_limit),
         GWT_TEST(test_413_content_length),
         GWT_TEST(test_413_chunked_one_write),
         GWT_TEST(test_413_chunked_streamed),
         GWT_TEST(test_408_slow_headers),
         GWT_TEST(test_408_stalled_body),
         GWT_TEST(test_idle_closed_silently),
+        GWT_TEST(test_connection_churn),
         GWT_TEST(test_vanish_mid_upload),
         GWT_TEST(test_reset_mid_upload),
         GWT_TEST(test_vanish_mid_download),

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -175,4 +176,61 @@ void gwt_assert_stat_becomes(int port, const char *path, const char *field, long
     gwt_response_free(&r);
     fail_msg("%s%sport %d %s %s did not become %lld within %d ms: %s", what ? what : "",
              what ? ": " : "", port, path, field, want, timeout_ms, body);
+}
+
+void gwt_print_escaped(const char *what, const char *b, size_t n)
+{
+    fprintf(stderr, "%s (%zu bytes): \"", what, n);
+    for (size_t i = 0; i < n && i < 400; i++) {
+        unsigned char c = (unsigned char)b[i];
+        if (c == '\r')
+            fputs("\\r", stderr);
+        else if (c == '\n')
+            fputs("\\n", stderr);
+        else if (c == '\t')
+            fputs("\\t", stderr);
+        else if (c < 0x20 || c >= 0x7f)
+            fprintf(stderr, "\\x%02x", c);
+        else
+            fputc(c, stderr);
+    }
+    fputs(n > 400 ? "...\"\n" : "\"\n", stderr);
+}
+
+void gwt_expect_refused(int port, const char *what, const void *bytes, size_t len, int status,
+                        unsigned flags)
+{
+    bool counted = flags & GWT_REFUSED_COUNTED;
+    long long before = counted ? gwt_backend_requests(gwt_fx.bport) : 0;
+    int fd = gwt_connect(port);
+    assert_true(fd >= 0);
+    int sent = gwt_send_all(fd, bytes, len);
+    if (!(flags & GWT_REFUSED_MAY_CLOSE))
+        assert_int_equal(sent, 0);
+    struct gwt_response r;
+    int rc = gwt_read_response(fd, &r, false);
+    if (rc != 0 || r.status != status) {
+        gwt_print_escaped("request", bytes, len);
+        fprintf(stderr, "response head: %s\n", r.raw_head ? r.raw_head : "(none)");
+        int st = r.status;
+        gwt_response_free(&r);
+        close(fd);
+        fail_msg("\"%s\": expected %d, got %s %d", what, status, rc ? strerror(-rc) : "status",
+                 rc ? rc : st);
+    }
+    gwt_assert_problem(&r, status, NULL);
+    gwt_response_free(&r);
+    long extra = gwt_fault_bytes_until_eof(fd, 3000);
+    close(fd);
+    if (extra != 0)
+        fail_msg("\"%s\": %s after the %d", what, extra < 0 ? "connection left open" : "more bytes",
+                 status);
+    if (!counted)
+        return;
+    gwt_assert_serves_counted(port, gwt_fx.bport, "/users/5", what);
+    long long after = gwt_backend_requests(gwt_fx.bport);
+    if (after != before + 1) {
+        gwt_print_escaped("request", bytes, len);
+        fail_msg("\"%s\": %lld request(s) of it reached the backend", what, after - before - 1);
+    }
 }

@@ -108,4 +108,23 @@ void gwt_assert_serves_counted(int port, int backend_port, const char *target, c
 void gwt_assert_stat_becomes(int port, const char *path, const char *field, long long want,
                              int timeout_ms, const char *what);
 
+/* Prints what and the first 400 bytes of b[0..n) to stderr, with \r, \n,
+ * \t and other control bytes escaped (for failure messages). */
+void gwt_print_escaped(const char *what, const char *b, size_t n);
+
+/* How gwt_expect_refused judges an exchange (flags, or 0). */
+enum {
+    GWT_REFUSED_COUNTED = 1u << 0,   /* none of it reached gwt_fx.backend, and a
+                                        normal GET /users/5 is served and counted after it */
+    GWT_REFUSED_MAY_CLOSE = 1u << 1, /* the gateway may close before reading every
+                                        byte: a failed send is not an error */
+};
+
+/* Sends len bytes on a fresh connection to port and requires the gateway's
+ * own problem+json response with status, then the connection closed with
+ * nothing after it; what names the case in failure messages (the bytes are
+ * printed, escaped, when the status is wrong). */
+void gwt_expect_refused(int port, const char *what, const void *bytes, size_t len, int status,
+                        unsigned flags);
+
 #endif
