@@ -71,11 +71,6 @@ static long read_head_raw(int fd, char *buf, size_t cap)
     return -1;
 }
 
-static void script(const struct gwt_fault_step *steps, size_t n)
-{
-    assert_int_equal(gwt_fault_script(gwt_fx.fake, steps, n), 0);
-}
-
 /* Proves the shared gateway still serves a normal request. */
 static void assert_serves(int port)
 {
@@ -340,7 +335,7 @@ static void test_methods_keepalive(void **state)
 static void test_preserve_host_off(void **state)
 {
     const char *env[] = {"PRESERVE_HOST=off", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw2(env);
     struct gwt_response r;
     assert_int_equal(gwt_http(gwt_fx.gport2,
                               "GET /echo HTTP/1.1\r\nHost: client.example\r\nConnection: "
@@ -525,7 +520,7 @@ static void test_close_delimited_from_fake(void **state)
          false},
         {"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!", 0, GWT_FAULT_CLOSE, false},
     };
-    script(steps, 2);
+    gwt_suite_script(steps, 2);
     int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
@@ -793,7 +788,7 @@ static void test_bodiless_from_fake(void **state)
         {"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n", 0, GWT_FAULT_KEEP, false},
         {"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", 0, GWT_FAULT_KEEP, false},
     };
-    script(steps, 3);
+    gwt_suite_script(steps, 3);
     int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     long long t0 = gwt_now_ms();
@@ -839,7 +834,7 @@ static void test_1xx_from_upstream(void **state)
                                   "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     const struct gwt_fault_step steps[] = {{interim, 0, GWT_FAULT_KEEP, false},
                                            {interim, 0, GWT_FAULT_KEEP, false}};
-    script(steps, 2);
+    gwt_suite_script(steps, 2);
     int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
@@ -980,7 +975,7 @@ static void send_anyway(int fd, const char *b, size_t n)
 static void test_expect_refused_413(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=100", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw2(env);
     long long before = gwt_backend_requests(gwt_fx.bport);
     int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
@@ -1011,7 +1006,7 @@ static void test_expect_refused_429(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", "RATE_LIMIT_WINDOW_SECONDS=60",
                          "RATE_LIMIT_KEY=header:X-Key", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw2(env);
     gwt_avoid_window_edge(60, 10);
     struct gwt_response r;
     assert_int_equal(gwt_http(gwt_fx.gport2,
@@ -1178,7 +1173,7 @@ static void test_keepalive(void **state)
 static void test_half_close_after_post(void **state)
 {
     const char *env[] = {"UPSTREAM_KEEPALIVE=0", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw2(env);
     int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     assert_int_equal(
@@ -1219,7 +1214,7 @@ static void test_early_upstream_response(void **state)
          "Content-Length: 4\r\n\r\nnope",
          0, GWT_FAULT_HOLD, true},
     };
-    script(steps, 1);
+    gwt_suite_script(steps, 1);
     int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /upload HTTP/1.1\r\nHost: h\r\n"
@@ -1303,7 +1298,7 @@ static void test_502_backend_closed(void **state)
     char burl[64];
     snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
     const char *env[] = {burl, NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw2(env);
     struct gwt_response r;
     assert_int_equal(gwt_get(gwt_fx.gport2, "/users/1", &r), 0);
     gwt_assert_problem(&r, 502, NULL);
@@ -1327,7 +1322,7 @@ static void test_502_backend_closed(void **state)
 static void test_504_upstream_timeout(void **state)
 {
     const char *env[] = {"UPSTREAM_TIMEOUT_MS=200", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw2(env);
     struct gwt_response r;
     long long t0 = gwt_now_ms();
     assert_int_equal(gwt_get(gwt_fx.gport2, "/noresponse", &r), 0);
@@ -1352,7 +1347,7 @@ static void test_set_cookie_intact(void **state)
          "X-Between: x\r\nset-cookie: c=3; SameSite=Strict\r\nContent-Length: 2\r\n\r\nok",
          0, GWT_FAULT_KEEP, false},
     };
-    script(steps, 1);
+    gwt_suite_script(steps, 1);
     struct gwt_response r;
     assert_int_equal(gwt_get(gwt_fx.fport, "/cookies", &r), 0);
     assert_int_equal(r.status, 200);
@@ -1381,7 +1376,7 @@ static void test_response_hop_by_hop(void **state)
          "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
          0, GWT_FAULT_KEEP, false},
     };
-    script(steps, 1);
+    gwt_suite_script(steps, 1);
     struct gwt_response r;
     assert_int_equal(gwt_get(gwt_fx.fport, "/hop", &r), 0);
     assert_int_equal(r.status, 200);

@@ -26,11 +26,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static void start_gw(const char *const env[])
-{
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
-}
-
 /* A gateway in front of the fake upstream, one worker (one pool). */
 static void start_gw_fake(const char *const extra[])
 {
@@ -44,11 +39,6 @@ static void start_gw_fake(const char *const extra[])
     /* BACKEND_URL of gwt_gateway_for is overridden by ours (later wins). */
     assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fault_port(gwt_fx.fake), env),
                      0);
-}
-
-static void script(const struct gwt_fault_step *steps, size_t n)
-{
-    assert_int_equal(gwt_fault_script(gwt_fx.fake, steps, n), 0);
 }
 
 /* POST /echo with a small body: the echo is exact, proving the upstream
@@ -120,7 +110,7 @@ static void test_431_default_limit(void **state)
 static void test_431_header_limits(void **state)
 {
     const char *env[] = {"MAX_HEADER_BYTES=1024", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     long long before = gwt_backend_requests(gwt_fx.bport);
     char *req = malloc(8192);
     assert_non_null(req);
@@ -171,7 +161,7 @@ static void test_431_header_limits(void **state)
 static void test_413_content_length(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=1000", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     long long before = gwt_backend_requests(gwt_fx.bport);
     /* Refused on the head alone: the body is never awaited. */
     static const char head[] = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n";
@@ -211,7 +201,7 @@ static void test_413_content_length(void **state)
 static void test_413_chunked_one_write(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=1000", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     long long before = gwt_backend_requests(gwt_fx.bport);
     char req[4096];
     int n = snprintf(req, sizeof(req),
@@ -236,7 +226,7 @@ static void test_413_chunked_one_write(void **state)
 static void test_413_chunked_streamed(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=1000", "WORKER_THREADS=1", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     char chunk[700];
@@ -272,7 +262,7 @@ static void test_413_chunked_streamed(void **state)
 static void test_408_slow_headers(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=400", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     static const struct {
         const char *what;
         bool trickle; /* one byte every 50 ms, else nothing after the first bytes */
@@ -316,7 +306,7 @@ static void test_408_stalled_body(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=400", "MAX_CONCURRENT_REQUESTS=1",
                          "QUEUE_TIMEOUT_MS=3000", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n"
@@ -344,7 +334,7 @@ static void test_408_stalled_body(void **state)
 static void test_idle_closed_silently(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=300", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     long long t0 = gwt_now_ms();
@@ -417,7 +407,7 @@ static void assert_released(int fds_before, const char *what)
 
 static void vanish_mid_upload(bool reset)
 {
-    start_gw(one_slot_env);
+    gwt_suite_start_gw2(one_slot_env);
     assert_echo_clean(gwt_fx.gport2); /* warm: one pooled upstream connection */
     int fds_before = gwt_fault_fd_count(gwt_fx.gw2.pid);
     assert_true(fds_before > 0);
@@ -450,7 +440,7 @@ static void test_reset_mid_upload(void **state)
 
 static void test_vanish_mid_download(void **state)
 {
-    start_gw(one_slot_env);
+    gwt_suite_start_gw2(one_slot_env);
     assert_echo_clean(gwt_fx.gport2);
     int fds_before = gwt_fault_fd_count(gwt_fx.gw2.pid);
     int fd = gwt_connect(gwt_fx.gport2);
@@ -480,7 +470,7 @@ static void test_vanish_mid_download(void **state)
  * UPSTREAM_TIMEOUT_MS. */
 static void test_reset_while_awaiting_response(void **state)
 {
-    start_gw(one_slot_env);
+    gwt_suite_start_gw2(one_slot_env);
     int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /noresponse HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
@@ -499,7 +489,7 @@ static void test_reset_while_awaiting_response(void **state)
  * queue, and the slot goes to the next request when the first finishes. */
 static void test_vanish_while_queued(void **state)
 {
-    start_gw(one_slot_env);
+    gwt_suite_start_gw2(one_slot_env);
     struct gwt_async slow;
     assert_int_equal(gwt_async_start(&slow, gwt_fx.gport2,
                                      "GET /slow?ms=700 HTTP/1.1\r\nHost: h\r\n"
@@ -532,7 +522,7 @@ static void test_502_backend_refuses(void **state)
     char burl[64];
     snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
     const char *env[] = {burl, NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     struct gwt_response r;
     assert_int_equal(gwt_get(gwt_fx.gport2, "/users/1", &r), 0);
     gwt_assert_problem(&r, 502, NULL);
@@ -559,7 +549,7 @@ static void test_502_backend_refuses(void **state)
 static void test_slow_upload_not_timed_out(void **state)
 {
     const char *env[] = {"UPSTREAM_TIMEOUT_MS=500", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     assert_int_equal(
@@ -598,7 +588,7 @@ static void test_slow_upload_not_timed_out(void **state)
 static void test_slow_reader_not_timed_out(void **state)
 {
     const char *env[] = {"UPSTREAM_TIMEOUT_MS=1500", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     enum { TOTAL = 64 * 1024 * 1024, SLOW_READS = 60, PIECE = 128 * 1024 };
     int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
@@ -637,7 +627,7 @@ static void test_slow_reader_not_timed_out(void **state)
 static void test_504_no_response(void **state)
 {
     const char *env[] = {"UPSTREAM_TIMEOUT_MS=500", "WORKER_THREADS=1", NULL};
-    start_gw(env);
+    gwt_suite_start_gw2(env);
     struct gwt_response r;
     long long t0 = gwt_now_ms();
     assert_int_equal(gwt_get(gwt_fx.gport2, "/noresponse", &r), 0);
@@ -656,7 +646,7 @@ static void test_504_no_response(void **state)
  * and a request pipelined behind it is not answered on that connection. */
 static void test_truncated_by_backend(void **state)
 {
-    start_gw(NULL);
+    gwt_suite_start_gw2(NULL);
     static const char *const reqs[] = {
         "GET /close HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET /close HTTP/1.0\r\n\r\n",
@@ -694,7 +684,7 @@ static void test_truncated_by_fake(void **state)
         {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", 0, GWT_FAULT_RESET,
          false},
     };
-    script(steps, 3);
+    gwt_suite_script(steps, 3);
     start_gw_fake(NULL);
     for (int i = 0; i < 3; i++) {
         struct gwt_response r;
@@ -734,7 +724,7 @@ static void test_complete_response_then_reset(void **state)
         steps[i] = (struct gwt_fault_step){forbidden, 0, GWT_FAULT_RESET, false};
         steps[ROUNDS + i] = (struct gwt_fault_step){too_large, 0, GWT_FAULT_RESET, true};
     }
-    script(steps, 2 * ROUNDS);
+    gwt_suite_script(steps, 2 * ROUNDS);
     const char *env[] = {"UPSTREAM_KEEPALIVE=0", NULL};
     start_gw_fake(env);
     int bad_get = 0, bad_post = 0, last = 0;
@@ -811,7 +801,7 @@ static void test_malformed_upstream(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         size_t len = bad[i].len ? bad[i].len : bad[i].reply ? strlen(bad[i].reply) : 0;
         struct gwt_fault_step st = {bad[i].reply, len, GWT_FAULT_CLOSE, false};
-        script(&st, 1);
+        gwt_suite_script(&st, 1);
         struct gwt_response r;
         int rc = gwt_get(gwt_fx.gport2, "/bad", &r);
         if (rc != 0 || r.status != 502) {
@@ -840,7 +830,7 @@ static void test_malformed_upstream_body(void **state)
         {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 0,
          GWT_FAULT_HOLD, false},
     };
-    script(steps, 2);
+    gwt_suite_script(steps, 2);
     start_gw_fake(NULL);
     for (int i = 0; i < 2; i++) {
         struct gwt_response r;
@@ -887,7 +877,7 @@ static int two_requests(const char *second)
 static void test_pooled_closed_while_idle(void **state)
 {
     const struct gwt_fault_step steps[] = {{keepalive_reply, 0, GWT_FAULT_CLOSE, false}};
-    script(steps, 1);
+    gwt_suite_script(steps, 1);
     start_gw_fake(NULL);
     assert_int_equal(two_requests("GET /two HTTP/1.1\r\nHost: h\r\n\r\n"), 200);
     assert_int_equal(gwt_fault_requests(gwt_fx.fake), 2);
@@ -901,7 +891,7 @@ static void pooled_closed_on_reuse(enum gwt_fault_after how)
 {
     const struct gwt_fault_step steps[] = {{keepalive_reply, 0, GWT_FAULT_KEEP, false},
                                            {NULL, 0, how, false}};
-    script(steps, 2);
+    gwt_suite_script(steps, 2);
     start_gw_fake(NULL);
     assert_int_equal(two_requests("GET /two HTTP/1.1\r\nHost: h\r\n\r\n"), 200);
     assert_int_equal(gwt_fault_requests(gwt_fx.fake), 3);
@@ -923,7 +913,7 @@ static void test_pooled_closed_post_not_retried(void **state)
 {
     const struct gwt_fault_step steps[] = {{keepalive_reply, 0, GWT_FAULT_KEEP, false},
                                            {NULL, 0, GWT_FAULT_CLOSE, false}};
-    script(steps, 2);
+    gwt_suite_script(steps, 2);
     start_gw_fake(NULL);
     assert_int_equal(two_requests("POST /two HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"),
                      502);
@@ -936,7 +926,7 @@ static void test_pooled_retry_only_once(void **state)
     const struct gwt_fault_step steps[] = {{keepalive_reply, 0, GWT_FAULT_KEEP, false},
                                            {NULL, 0, GWT_FAULT_CLOSE, false},
                                            {NULL, 0, GWT_FAULT_CLOSE, false}};
-    script(steps, 3);
+    gwt_suite_script(steps, 3);
     start_gw_fake(NULL);
     assert_int_equal(two_requests("GET /two HTTP/1.1\r\nHost: h\r\n\r\n"), 502);
     assert_int_equal(gwt_fault_requests(gwt_fx.fake), 3);

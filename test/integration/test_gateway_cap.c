@@ -35,7 +35,7 @@ static const char *slow_req(int ms)
 static void test_cap_limits_backend_concurrency(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=2", "WORKER_THREADS=4", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     enum { N = 8 };
     struct gwt_async a[N];
     long long t0 = gwt_now_ms();
@@ -84,7 +84,7 @@ static void release_slot(struct gwt_async *h)
 static void test_queue_timeout_503(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=100", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     struct gwt_async h;
     hold_slot(&h, 1000);
     struct gwt_response r;
@@ -110,7 +110,7 @@ static void test_queue_length_zero(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "MAX_QUEUE_LENGTH=0", "QUEUE_TIMEOUT_MS=5000",
                          NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     struct gwt_async h;
     hold_slot(&h, 800);
     struct gwt_response r;
@@ -130,7 +130,7 @@ static void test_queue_length_zero(void **state)
 static void test_queued_request_served(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=5000", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     struct gwt_async h, q;
     hold_slot(&h, 600);
     long long t0 = gwt_now_ms();
@@ -160,7 +160,7 @@ static void test_admin_while_saturated(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=5000",
                          "MAX_QUEUE_LENGTH=10", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     struct gwt_async h, q;
     hold_slot(&h, 1000);
     /* And one more waiting in the queue. */
@@ -209,7 +209,7 @@ static void test_admin_while_saturated(void **state)
 static void test_slots_returned_on_client_abort(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=3000", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     /* In flight, then the client goes away. */
     int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
@@ -236,7 +236,7 @@ static void test_slots_returned_on_client_abort(void **state)
 static void test_cap_holds_after_client_resets(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=2", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     int fds[2];
     for (int i = 0; i < 2; i++) {
         fds[i] = gwt_connect(gwt_fx.gport);

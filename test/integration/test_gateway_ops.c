@@ -43,7 +43,7 @@ static const char *jstr(json_t *j, const char *key)
 
 static void test_health_ok(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, NULL), 0);
+    gwt_suite_start_gw(NULL);
     json_t *j = get_json(gwt_fx.gport, "/health", 200);
     assert_string_equal(jstr(j, "status"), "ok");
     assert_string_equal(jstr(j, "redis"), "disabled");
@@ -67,7 +67,7 @@ static void test_health_with_redis(void **state)
     char url[64];
     snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", rport);
     const char *env[] = {url, NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     json_t *j = get_json(gwt_fx.gport, "/health", 200);
     assert_string_equal(jstr(j, "status"), "ok");
     assert_string_equal(jstr(j, "redis"), "connected");
@@ -105,7 +105,7 @@ static void test_health_backend_down(void **state)
     char burl[64];
     snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
     const char *env[] = {burl, NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     json_t *j = get_json(gwt_fx.gport, "/health", 503);
     assert_string_equal(jstr(j, "status"), "degraded");
     assert_string_equal(jstr(j, "backend"), "disconnected");
@@ -129,7 +129,7 @@ static void test_custom_admin_paths(void **state)
 {
     const char *env[] = {"HEALTH_PATH=/_gw/health", "STATS_PATH=/_gw/stats",
                          "METRICS_PATH=/_gw/metrics", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     json_t *j = get_json(gwt_fx.gport, "/_gw/health", 200);
     assert_string_equal(jstr(j, "status"), "ok");
     json_decref(j);
@@ -162,7 +162,7 @@ static const char *stats_fields[] = {
 static void test_stats_counters(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=3", "WORKER_THREADS=3", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     gwt_avoid_window_edge(60, 5);
     struct gwt_response r;
     for (int i = 0; i < 3; i++) {
@@ -217,7 +217,7 @@ static void test_stats_counters(void **state)
 /* Prometheus text format with the gateway_ prefix; promtool when present. */
 static void test_metrics(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, NULL), 0);
+    gwt_suite_start_gw(NULL);
     gwt_assert_serves(gwt_fx.gport, "/users/1");
     struct gwt_response r;
     assert_int_equal(gwt_get(gwt_fx.gport, "/metrics", &r), 0);
@@ -333,7 +333,7 @@ static void test_access_log(void **state)
     assert_int_equal(gwt_stop(&gwt_fx.gw, SIGTERM, 5000), 0);
     gwt_proc_cleanup(&gwt_fx.gw);
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     gwt_avoid_window_edge(60, 3);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(gwt_get(gwt_fx.gport, "/users/4343", &r), 0);
@@ -351,7 +351,7 @@ static void test_access_log(void **state)
 static void test_access_log_off(void **state)
 {
     const char *env[] = {"ACCESS_LOG=off", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     struct gwt_response r;
     assert_int_equal(gwt_get(gwt_fx.gport, "/users/5151", &r), 0);
     assert_int_equal(r.status, 200);
@@ -369,7 +369,7 @@ static void test_access_log_off(void **state)
  * connections are refused, and the gateway exits 0. */
 static void test_sigterm_drains(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, NULL), 0);
+    gwt_suite_start_gw(NULL);
     struct gwt_async a;
     assert_int_equal(gwt_async_start(&a, gwt_fx.gport,
                                      "GET /slow?ms=500 HTTP/1.1\r\nHost: h\r\nConnection: "
@@ -399,7 +399,7 @@ static void test_forced_shutdown_answers_queued(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=30000",
                          "SHUTDOWN_TIMEOUT_MS=300", NULL};
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+    gwt_suite_start_gw(env);
     struct gwt_async holder, queued;
     assert_int_equal(
         gwt_async_start(&holder, gwt_fx.gport, "GET /slow?ms=3000 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
@@ -423,7 +423,7 @@ static void test_forced_shutdown_answers_queued(void **state)
 /* SIGTERM on an idle keep-alive client does not wait for it. */
 static void test_sigterm_idle_client(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, NULL), 0);
+    gwt_suite_start_gw(NULL);
     int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
@@ -441,7 +441,7 @@ static void test_sigterm_idle_client(void **state)
 
 static void test_sigint_exit0(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, NULL), 0);
+    gwt_suite_start_gw(NULL);
     gwt_assert_serves(gwt_fx.gport, "/users/1");
     assert_int_equal(gwt_stop(&gwt_fx.gw, SIGINT, 5000), 0);
     gwt_proc_cleanup(&gwt_fx.gw);
@@ -568,7 +568,7 @@ static void test_env_file(void **state)
 /* --healthcheck: 0 against a healthy gateway, 1 when nothing listens. */
 static void test_healthcheck_command(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, NULL), 0);
+    gwt_suite_start_gw(NULL);
     char p[32];
     snprintf(p, sizeof(p), "GATEWAY_PORT=%d", gwt_fx.gport);
     const char *env[] = {p, NULL};

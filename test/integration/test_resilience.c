@@ -23,11 +23,6 @@
 #include "gwt_suite.h"
 #include "gwtest.h"
 
-static void start_gw(const char *const env[])
-{
-    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
-}
-
 static void assert_no_sanitizer(const struct gwt_proc *p)
 {
     char what[300];
@@ -68,7 +63,7 @@ static void expect_answered_after_fin(int port, const char *req, int want_200, c
 static void test_post_then_fin_without_pool(void **state)
 {
     const char *env[] = {"UPSTREAM_KEEPALIVE=0", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     expect_answered_after_fin(gwt_fx.gport,
                               "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello", 1,
                               "POST with body then FIN (UPSTREAM_KEEPALIVE=0)");
@@ -82,7 +77,7 @@ static void test_post_then_fin_without_pool(void **state)
 static void test_post_then_fin_while_queued(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=5000", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     struct gwt_async hold;
     assert_int_equal(gwt_async_start(&hold, gwt_fx.gport,
                                      "GET /slow?ms=600 HTTP/1.1\r\nHost: h\r\n"
@@ -113,7 +108,7 @@ static void test_post_then_fin_while_queued(void **state)
  *        | nc -N gw port   prints nothing. */
 static void test_pipelined_then_fin(void **state)
 {
-    start_gw(NULL);
+    gwt_suite_start_gw(NULL);
     expect_answered_after_fin(gwt_fx.gport,
                               "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"
                               "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -132,7 +127,7 @@ static void test_pipelined_then_fin(void **state)
 static void test_upload_outlasts_upstream_timeout(void **state)
 {
     const char *env[] = {"UPSTREAM_TIMEOUT_MS=500", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n"
@@ -205,7 +200,7 @@ static void expect_client_timeout(int fd, const char *what)
 static void test_stalled_body_is_408(void **state)
 {
     const char *env[] = {"UPSTREAM_TIMEOUT_MS=400", "CLIENT_TIMEOUT_MS=1200", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(
@@ -222,7 +217,7 @@ static void test_stalled_body_is_408(void **state)
 static void test_expect_without_body_is_408(void **state)
 {
     const char *env[] = {"UPSTREAM_TIMEOUT_MS=400", "CLIENT_TIMEOUT_MS=1200", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
@@ -252,7 +247,7 @@ struct hostile {
 static void test_hostile_inputs_keep_serving(void **state)
 {
     const char *env[] = {"CLIENT_TIMEOUT_MS=1000", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     static char big_header[20100], long_target[17100], many_headers[200 * 12 + 64];
     int k = snprintf(big_header, sizeof(big_header), "GET / HTTP/1.1\r\nHost: h\r\nX-Big: ");
     memset(big_header + k, 'a', 20000);
@@ -352,7 +347,7 @@ static void test_vanishing_clients_leave_nothing(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=2", "QUEUE_TIMEOUT_MS=2000",
                          "UPSTREAM_KEEPALIVE=0", "CLIENT_TIMEOUT_MS=5000", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     gwt_assert_serves(gwt_fx.gport, "/users/1");
     gwt_assert_stat_becomes(gwt_fx.gport, "/stats", "connections_active", 1, 2000, NULL);
     int base_fds = gwt_fault_fd_count(gwt_fx.gw.pid);
@@ -567,7 +562,7 @@ out:
 static void test_sigterm_under_load(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=4", "SHUTDOWN_TIMEOUT_MS=5000", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     enum { N = 6 };
     struct gwt_async a[N];
     for (int i = 0; i < N; i++)
@@ -626,7 +621,7 @@ static void test_pipelined_429s_not_throttled(void **state)
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", "RATE_LIMIT_WINDOW_SECONDS=3600",
                          "WORKER_THREADS=1", NULL};
     gwt_avoid_window_edge(3600, 5);
-    start_gw(env);
+    gwt_suite_start_gw(env);
     enum { N = 480 };
     size_t len = 0;
     char *req = pipeline_of(N, &len);
@@ -673,7 +668,7 @@ static void test_pipelined_429s_not_throttled(void **state)
 static void test_pipelined_resets_over_limit(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", "WORKER_THREADS=1", "MALLOC_PERTURB_=165", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     enum { CLIENTS = 40, DEPTH = 800 };
     size_t len = 0;
     char *req = pipeline_of(DEPTH, &len);
@@ -735,7 +730,7 @@ static void test_pipelined_then_fin_redrive(void **state)
     /* MALLOC_PERTURB_ fills freed memory, so that the normal build crashes
      * on the stale list too instead of reading leftovers. */
     const char *env[] = {"WORKER_THREADS=1", "MALLOC_PERTURB_=165", NULL};
-    start_gw(env);
+    gwt_suite_start_gw(env);
     static const char one[] = "GET /health?probe=live HTTP/1.1\r\nHost: h\r\n\r\n";
     static char req[300 * sizeof(one)];
     for (int n = 248; n <= 264; n++) {
@@ -770,7 +765,7 @@ static void test_exact_limit_under_concurrency(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=50", "RATE_LIMIT_WINDOW_SECONDS=3600", NULL};
     gwt_avoid_window_edge(3600, 5);
-    start_gw(env);
+    gwt_suite_start_gw(env);
     struct gwt_brk_load load;
     assert_int_equal(gwt_brk_load_start(&load, gwt_fx.gport, "/users/1", 16), 0);
     long long deadline = gwt_now_ms() + 5000;

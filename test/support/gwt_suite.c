@@ -178,6 +178,21 @@ void gwt_assert_stat_becomes(int port, const char *path, const char *field, long
              what ? ": " : "", port, path, field, want, timeout_ms, body);
 }
 
+void gwt_suite_start_gw(const char *const env[])
+{
+    assert_int_equal(gwt_gateway_for(&gwt_fx.gw, &gwt_fx.gport, gwt_fx.bport, env), 0);
+}
+
+void gwt_suite_start_gw2(const char *const env[])
+{
+    assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
+}
+
+void gwt_suite_script(const struct gwt_fault_step *steps, size_t n)
+{
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, steps, n), 0);
+}
+
 void gwt_print_escaped(const char *what, const char *b, size_t n)
 {
     fprintf(stderr, "%s (%zu bytes): \"", what, n);

@@ -62,6 +62,15 @@ int gwt_suite_test_setup(void **state);
  * after SIGTERM. Returns 0 or -1. */
 int gwt_suite_test_teardown(void **state);
 
+/* Start a gateway in front of gwt_fx.backend with gwt_gateway_for's test
+ * defaults plus env, into gwt_fx.gw (gport) or gwt_fx.gw2 (gport2), or fail
+ * the test. Tracked: gwt_suite_test_teardown stops it. */
+void gwt_suite_start_gw(const char *const env[]);
+void gwt_suite_start_gw2(const char *const env[]);
+
+/* gwt_fault_script on gwt_fx.fake, or fail the test. */
+void gwt_suite_script(const struct gwt_fault_step *steps, size_t n);
+
 /* A test entry with the fixture's per-test setup and teardown. */
 #define GWT_TEST(f)                                                                                \
     cmocka_unit_test_setup_teardown(f, gwt_suite_test_setup, gwt_suite_test_teardown)
