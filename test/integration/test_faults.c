@@ -515,18 +515,29 @@ static void test_vanish_while_queued(void **state)
 
 /* ---- upstream faults ----------------------------------------------------- */
 
+/* BACKEND_URL pointing at a closed port: 502 problem+json, also twice on
+ * one kept connection; failed connects leave no descriptor behind. */
 static void test_502_backend_refuses(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char burl[64];
-    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
-    const char *env[] = {burl, NULL};
+    const char *env[] = {gwt_dead_url("BACKEND_URL", "http"), NULL};
     gwt_suite_start_gw2(env);
     struct gwt_response r;
     assert_int_equal(gwt_get(gwt_fx.gport2, "/users/1", &r), 0);
     gwt_assert_problem(&r, 502, NULL);
     gwt_response_free(&r);
+    /* Keep-alive still works after an upstream failure. */
+    int fd = gwt_connect(gwt_fx.gport2);
+    assert_true(fd >= 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(gwt_send_str(fd, "GET / HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+        gwt_must_read(fd, &r, false,
+                      i ? "second GET / on one connection (502 expected)"
+                        : "first GET / on one connection (502 expected)");
+        gwt_assert_problem(&r, 502, NULL);
+        gwt_response_free(&r);
+    }
+    close(fd);
+    assert_int_equal(gwt_stat(gwt_fx.gport2, "/stats", "requests_failed_upstream"), 3);
     /* Failed connects leave no descriptor behind. */
     int fds_before = gwt_fault_fd_count(gwt_fx.gw2.pid);
     for (int i = 0; i < 20; i++) {
@@ -540,7 +551,7 @@ static void test_502_backend_refuses(void **state)
     assert_int_equal(gwt_get(gwt_fx.gport2, "/stats", &r), 0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
-    assert_int_equal(gwt_stat(gwt_fx.gport2, "/stats", "requests_failed_upstream"), 21);
+    assert_int_equal(gwt_stat(gwt_fx.gport2, "/stats", "requests_failed_upstream"), 23);
 }
 
 /* UPSTREAM_TIMEOUT_MS bounds silence from the upstream, not the length of
@@ -636,9 +647,11 @@ static void test_504_no_response(void **state)
     gwt_response_free(&r);
     if (ms < 400 || ms > 3000)
         fail_msg("504 after %lld ms, want about 500", ms);
+    assert_int_equal(gwt_stat(gwt_fx.gport2, "/stats", "requests_failed_upstream"), 1);
     gwt_assert_stat_becomes(gwt_fx.bport, "/stats", "in_flight", 0, 3000,
                             "hung upstream connection closed");
     assert_echo_clean(gwt_fx.gport2);
+    gwt_assert_serves_user(gwt_fx.gport2, 42);
 }
 
 /* backend_app /close promises 100 bytes, sends 5 and closes: the client
@@ -651,6 +664,7 @@ static void test_truncated_by_backend(void **state)
         "GET /close HTTP/1.1\r\nHost: h\r\n\r\n",
         "GET /close HTTP/1.0\r\n\r\n",
         "GET /close HTTP/1.1\r\nHost: h\r\n\r\nGET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /close HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
         int fd = gwt_connect(gwt_fx.gport2);
@@ -662,6 +676,8 @@ static void test_truncated_by_backend(void **state)
         size_t body = r.body_len;
         bool closed = r.conn_closed;
         gwt_response_free(&r);
+        bool complete_200 = rc == 0 && st == 200 && body == 100;
+        assert_false(complete_200);
         if (rc == 0)
             fail_msg("case %zu: a truncated upstream response reached the client as complete "
                      "(status %d, %zu body bytes)",
@@ -671,6 +687,7 @@ static void test_truncated_by_backend(void **state)
         close(fd);
     }
     gwt_assert_serves(gwt_fx.gport2, "/users/42");
+    gwt_assert_serves_user(gwt_fx.gport2, 42);
 }
 
 /* The fake cuts responses short: chunked without its last chunk, and

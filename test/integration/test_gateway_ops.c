@@ -100,11 +100,7 @@ static void test_health_with_redis(void **state)
 
 static void test_health_backend_down(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char burl[64];
-    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
-    const char *env[] = {burl, NULL};
+    const char *env[] = {gwt_dead_url("BACKEND_URL", "http"), NULL};
     gwt_suite_start_gw(env);
     json_t *j = get_json(gwt_fx.gport, "/health", 503);
     assert_string_equal(jstr(j, "status"), "degraded");

@@ -327,10 +327,7 @@ static void test_dry_run(void **state)
  * /health says degraded. */
 static void test_redis_down_open(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char url[64];
-    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", dead);
+    const char *url = gwt_dead_url("REDIS_URL", "redis");
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", url, "RATE_LIMIT_FAILURE_MODE=open", NULL};
     assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     for (int i = 0; i < 3; i++) {
@@ -354,10 +351,7 @@ static void test_redis_down_open(void **state)
 /* Failure mode closed: 503 while Redis is unreachable, nothing proxied. */
 static void test_redis_down_closed(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char url[64];
-    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", dead);
+    const char *url = gwt_dead_url("REDIS_URL", "redis");
     const char *env[] = {url, "RATE_LIMIT_FAILURE_MODE=closed", NULL};
     assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     struct gwt_response r;
@@ -377,10 +371,7 @@ static void test_redis_down_closed(void **state)
 /* Failure mode local: the same limit is enforced from the in-process store. */
 static void test_redis_down_local(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char url[64];
-    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", dead);
+    const char *url = gwt_dead_url("REDIS_URL", "redis");
     const char *env[] = {url, "RATE_LIMIT_FAILURE_MODE=local", "RATE_LIMIT_REQUESTS=2", NULL};
     assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(WINDOW, 5);

@@ -188,6 +188,29 @@ void gwt_suite_start_gw2(const char *const env[])
     assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, gwt_fx.bport, env), 0);
 }
 
+const char *gwt_dead_url(const char *var, const char *scheme)
+{
+    static char url[96];
+    int dead = gwt_free_port();
+    assert_true(dead > 0);
+    snprintf(url, sizeof(url), "%s=%s://127.0.0.1:%d", var, scheme, dead);
+    return url;
+}
+
+void gwt_assert_serves_user(int port, int id)
+{
+    char target[32];
+    snprintf(target, sizeof(target), "/users/%d", id);
+    struct gwt_response r;
+    assert_int_equal(gwt_get(port, target, &r), 0);
+    assert_int_equal(r.status, 200);
+    json_t *j = gwt_json(&r);
+    assert_non_null(j);
+    assert_int_equal(gwt_json_int(j, "id", -1), id);
+    json_decref(j);
+    gwt_response_free(&r);
+}
+
 void gwt_suite_script(const struct gwt_fault_step *steps, size_t n)
 {
     assert_int_equal(gwt_fault_script(gwt_fx.fake, steps, n), 0);

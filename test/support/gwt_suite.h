@@ -68,6 +68,16 @@ int gwt_suite_test_teardown(void **state);
 void gwt_suite_start_gw(const char *const env[]);
 void gwt_suite_start_gw2(const char *const env[]);
 
+/* "<var>=<scheme>://127.0.0.1:<port>" for a loopback port nothing listens
+ * on (gwt_free_port), e.g. gwt_dead_url("REDIS_URL", "redis"), in a static
+ * buffer overwritten by the next call; fails the test when no port could
+ * be had. */
+const char *gwt_dead_url(const char *var, const char *scheme);
+
+/* GET /users/<id> on port (own connection) is backend_app's 200 reply for
+ * that id, else the test fails. */
+void gwt_assert_serves_user(int port, int id);
+
 /* gwt_fault_script on gwt_fx.fake, or fail the test. */
 void gwt_suite_script(const struct gwt_fault_step *steps, size_t n);
 
