@@ -1156,7 +1156,9 @@ static void test_keepalive(void **state)
  * §9.6 only says the server closes after answering): the request sent
  * before the FIN is answered, then the connection closes. Run on a gateway
  * without upstream pooling, so the request needs a fresh upstream connect
- * while the FIN is already waiting. */
+ * while the FIN is already waiting (regression found by the breaker on
+ * 14588ac, fixed in f5455cb: no response at all, as with
+ * printf 'POST ...' | nc -N). */
 static void test_half_close_after_post(void **state)
 {
     const char *env[] = {"UPSTREAM_KEEPALIVE=0", NULL};
@@ -1172,10 +1174,11 @@ static void test_half_close_after_post(void **state)
     gwt_echo_free(&e);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
+    gwt_assert_serves(gwt_fx.gport2, "/users/1");
 }
 
 /* Pipelined requests followed by a FIN: every one is answered, in order,
- * then the connection closes. */
+ * then the connection closes (same regression as above: none was). */
 static void test_half_close_after_pipelined(void **state)
 {
     int fd = gwt_connect(gwt_fx.gport);
