@@ -1,10 +1,14 @@
 /*
- * HTTP/1.1 proxy conformance (SPEC.md section 6, issue 3 item 1): every
- * framing in both directions (Content-Length, chunked with extensions and
- * trailers, read-until-close), HEAD/1xx/204/304 without bodies, exactly one
- * 100 Continue (none when the gateway refuses first), pipelining in order,
- * HTTP/1.0 clients, Set-Cookie and hop-by-hop fields. Raw bytes in, exact
- * bytes checked at backend_app (/echo) or a scripted fake upstream.
+ * HTTP/1.1 proxy semantics and conformance (SPEC.md section 6, issue 3 item
+ * 1) against a real backend_app and a scripted fake upstream: what reaches
+ * the backend (method, raw target, header order, hop-by-hop removal,
+ * X-Forwarded-*, Host), every framing in both directions (Content-Length,
+ * chunked with extensions and trailers, read-until-close), keep-alive,
+ * HEAD/1xx/204/304 without bodies, exactly one 100 Continue (none when the
+ * gateway refuses first), pipelining in order, HTTP/1.0 clients,
+ * half-close, Set-Cookie, and the 502/504 the gateway generates for
+ * upstream failures. Raw bytes in, exact bytes checked at backend_app
+ * (/echo) or the fake.
  */
 #include <errno.h>
 #include <poll.h>
@@ -25,39 +29,9 @@
 #include "gwt_suite.h"
 #include "gwtest.h"
 
-static struct gwt_proc backend;
-static int bport;
-static struct gwt_proc gw; /* in front of backend_app, default settings */
-static int gport;
-static struct gwt_fault *fake; /* scripted upstream */
-static struct gwt_proc gwf;    /* in front of the fake, one worker */
-static int fport;
-static struct gwt_proc gw2; /* per-test settings */
-static int gport2;
-
 static int group_setup(void **state)
 {
-    if (gwt_backend_start(&backend, &bport, NULL) != 0)
-        return -1;
-    if (gwt_gateway_for(&gw, &gport, bport, NULL) != 0)
-        return -1;
-    if (gwt_fault_start(&fake) != 0)
-        return -1;
-    const char *env[] = {"WORKER_THREADS=1", "UPSTREAM_TIMEOUT_MS=3000", NULL};
-    return gwt_gateway_for(&gwf, &fport, gwt_fault_port(fake), env) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    int rc = gwt_stop_tracked();
-    gwt_stop_and_cleanup(&backend);
-    gwt_fault_stop(fake);
-    return rc;
-}
-
-static int test_teardown(void **state)
-{
-    return gwt_stop_expect_exit0(&gw2);
+    return gwt_suite_setup(GWT_FX_GATEWAY | GWT_FX_FAKE_GATEWAY);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -97,9 +71,21 @@ static long read_head_raw(int fd, char *buf, size_t cap)
     return -1;
 }
 
-static void script(const struct gwt_fault_step *steps, size_t n)
+static char *make_body(size_t n, unsigned seed)
 {
-    assert_int_equal(gwt_fault_script(fake, steps, n), 0);
+    char *b = malloc(n + 1);
+    assert_non_null(b);
+    for (size_t i = 0; i < n; i++)
+        b[i] = (char)('a' + (i * 7 + seed) % 26);
+    b[n] = '\0';
+    return b;
+}
+
+/* Fetches target from the backend directly, for comparison. */
+static void direct_get(const char *target, struct gwt_response *r)
+{
+    assert_int_equal(gwt_get(gwt_fx.bport, target, r), 0);
+    assert_int_equal(r->status, 200);
 }
 
 /* ---- request framing ---------------------------------------------------- */
@@ -108,7 +94,7 @@ static void script(const struct gwt_fault_step *steps, size_t n)
  * byte for byte. */
 static void test_cl_request_exact(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo?a=1&b=%20x;y HTTP/1.1\r\nHost: h\r\n"
                                       "X-Dup: first\r\nContent-Length: 11\r\nX-Dup: second\r\n"
@@ -144,7 +130,7 @@ static void test_cl_request_exact(void **state)
  * (the trailers were consumed, not left as a bogus request). */
 static void test_chunked_request_ext_trailers(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\n"
                                       "Transfer-Encoding: chunked\r\n\r\n"
@@ -191,7 +177,7 @@ static void test_chunked_request_sizes(void **state)
     for (size_t k = 0; k < big; k++)
         body[blen++] = req[off++] = (char)('0' + k % 10);
     off += (size_t)snprintf(req + off, cap - off, "\r\n0\r\n\r\n");
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_all(fd, req, off), 0);
     struct gwt_echo e;
@@ -203,11 +189,227 @@ static void test_chunked_request_sizes(void **state)
     free(body);
 }
 
+/* Method, raw request-target, header order and values, hop-by-hop removal
+ * (fixed list plus what Connection names), X-Forwarded-*, Host, body digest. */
+static void test_echo_headers_and_body(void **state)
+{
+    const char *body = "hello, backend: 0123456789";
+    char sha[65];
+    gwt_sha256_hex(body, strlen(body), sha);
+    char req[2048];
+    snprintf(req, sizeof(req),
+             "POST /echo?a=1&b=%%20x&c=%%2F HTTP/1.1\r\n"
+             "Host: example.test:8080\r\n"
+             "X-Custom-B: second-defined-first\r\n"
+             "Connection: keep-alive, X-Drop-Me\r\n"
+             "X-Drop-Me: secret\r\n"
+             "Keep-Alive: timeout=5\r\n"
+             "Proxy-Connection: keep-alive\r\n"
+             "TE: trailers\r\n"
+             "Trailer: X-Checksum\r\n"
+             "Upgrade: h2c\r\n"
+             "X-Custom-A: value with  inner  spaces\r\n"
+             "X-Forwarded-For: 203.0.113.9\r\n"
+             "Content-Type: text/plain\r\n"
+             "X-Dup: 1\r\n"
+             "X-Dup: 2\r\n"
+             "Content-Length: %zu\r\n"
+             "\r\n%s",
+             strlen(body), body);
+    int fd = gwt_connect(gwt_fx.gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, req), 0);
+    struct gwt_echo e;
+    gwt_read_echo(fd, &e, "request to /echo");
+    close(fd);
+
+    assert_string_equal(e.method, "POST");
+    assert_string_equal(e.target, "/echo?a=1&b=%20x&c=%2F");
+    assert_int_equal(e.body_length, (long long)strlen(body));
+    assert_string_equal(e.body_sha256, sha);
+
+    /* End-to-end headers arrive unchanged and in order. */
+    assert_string_equal(gwt_echo_header(&e, "X-Custom-B"), "second-defined-first");
+    assert_string_equal(gwt_echo_header(&e, "X-Custom-A"), "value with  inner  spaces");
+    assert_string_equal(gwt_echo_header(&e, "Content-Type"), "text/plain");
+    assert_true(gwt_echo_index(&e, "X-Custom-B") < gwt_echo_index(&e, "X-Custom-A"));
+    assert_int_equal(gwt_echo_count(&e, "X-Dup"), 2);
+    int d1 = gwt_echo_index(&e, "X-Dup");
+    assert_string_equal(gwt_echo_value(&e, (size_t)d1), "1");
+    assert_string_equal(gwt_echo_value(&e, (size_t)d1 + 1), "2");
+
+    /* Hop-by-hop headers removed, including the one Connection names. */
+    assert_null(gwt_echo_header(&e, "X-Drop-Me"));
+    assert_null(gwt_echo_header(&e, "Keep-Alive"));
+    assert_null(gwt_echo_header(&e, "Proxy-Connection"));
+    assert_null(gwt_echo_header(&e, "TE"));
+    assert_null(gwt_echo_header(&e, "Trailer"));
+    assert_null(gwt_echo_header(&e, "Upgrade"));
+    const char *conn = gwt_echo_header(&e, "Connection");
+    if (conn != NULL)
+        assert_null(strcasestr(conn, "X-Drop-Me"));
+
+    /* X-Forwarded-For: client address appended to the existing list. */
+    assert_int_equal(gwt_echo_count(&e, "X-Forwarded-For"), 1);
+    assert_string_equal(gwt_echo_header(&e, "X-Forwarded-For"), "203.0.113.9, 127.0.0.1");
+    assert_string_equal(gwt_echo_header(&e, "X-Forwarded-Proto"), "http");
+    assert_string_equal(gwt_echo_header(&e, "X-Forwarded-Host"), "example.test:8080");
+    /* PRESERVE_HOST defaults to on. */
+    assert_int_equal(gwt_echo_count(&e, "Host"), 1);
+    assert_string_equal(gwt_echo_header(&e, "Host"), "example.test:8080");
+    gwt_echo_free(&e);
+    gwt_assert_serves_user(gwt_fx.gport, 42);
+}
+
+/* Without a client X-Forwarded-For the header is just the client address. */
+static void test_xff_set_when_absent(void **state)
+{
+    struct gwt_response r;
+    assert_int_equal(gwt_get(gwt_fx.gport, "/echo", &r), 0);
+    assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    assert_string_equal(e.method, "GET");
+    assert_string_equal(e.target, "/echo");
+    assert_string_equal(gwt_echo_header(&e, "X-Forwarded-For"), "127.0.0.1");
+    assert_string_equal(gwt_echo_header(&e, "X-Forwarded-Host"), "127.0.0.1");
+    assert_int_equal(e.body_length, 0);
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+}
+
+/* Several methods on one keep-alive connection reach the backend as sent. */
+static void test_methods_keepalive(void **state)
+{
+    static const char *methods[] = {"GET", "PUT", "DELETE", "PATCH", "OPTIONS", "POST"};
+    int fd = gwt_connect(gwt_fx.gport);
+    assert_true(fd >= 0);
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        char req[512];
+        bool with_body = strcmp(methods[i], "PUT") == 0 || strcmp(methods[i], "PATCH") == 0 ||
+                         strcmp(methods[i], "POST") == 0;
+        snprintf(req, sizeof(req), "%s /echo/../echo?i=%zu HTTP/1.1\r\nHost: h\r\n%s\r\n%s",
+                 methods[i], i, with_body ? "Content-Length: 3\r\n" : "", with_body ? "abc" : "");
+        assert_int_equal(gwt_send_str(fd, req), 0);
+        struct gwt_response r;
+        gwt_must_read(fd, &r, false, req);
+        /* Dot-segments are removed on the way (SPEC.md §6, RFC 3986
+         * §5.2.4): "/echo/../echo" reaches the backend as "/echo", the
+         * query unchanged. */
+        assert_int_equal(r.status, 200);
+        assert_false(r.conn_closed);
+        struct gwt_echo e;
+        assert_int_equal(gwt_echo_parse(&r, &e), 0);
+        gwt_response_free(&r);
+        char want[32];
+        snprintf(want, sizeof(want), "/echo?i=%zu", i);
+        assert_string_equal(e.method, methods[i]);
+        assert_string_equal(e.target, want);
+        gwt_echo_free(&e);
+
+        snprintf(req, sizeof(req), "%s /echo?i=%zu HTTP/1.1\r\nHost: h\r\n%s\r\n%s", methods[i], i,
+                 with_body ? "Content-Length: 3\r\n" : "", with_body ? "abc" : "");
+        assert_int_equal(gwt_send_str(fd, req), 0);
+        gwt_read_echo(fd, &e, "request to /echo");
+        assert_string_equal(e.method, methods[i]);
+        assert_string_equal(e.target, want);
+        assert_int_equal(e.body_length, with_body ? 3 : 0);
+        gwt_echo_free(&e);
+    }
+    close(fd);
+}
+
+static void test_preserve_host_off(void **state)
+{
+    const char *env[] = {"PRESERVE_HOST=off", NULL};
+    gwt_suite_start_gw2(env);
+    struct gwt_response r;
+    assert_int_equal(gwt_http(gwt_fx.gport2,
+                              "GET /echo HTTP/1.1\r\nHost: client.example\r\nConnection: "
+                              "close\r\n\r\n",
+                              &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    struct gwt_echo e;
+    assert_int_equal(gwt_echo_parse(&r, &e), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "127.0.0.1:%d", gwt_fx.bport);
+    assert_int_equal(gwt_echo_count(&e, "Host"), 1);
+    assert_string_equal(gwt_echo_header(&e, "Host"), want);
+    /* The client's host is still told to the backend. */
+    assert_string_equal(gwt_echo_header(&e, "X-Forwarded-Host"), "client.example");
+    gwt_echo_free(&e);
+    gwt_response_free(&r);
+    gwt_assert_serves_user(gwt_fx.gport2, 42);
+}
+
+/* A chunked upload sent in pieces reaches the backend intact. */
+static void test_chunked_request(void **state)
+{
+    size_t total = 100000;
+    char *body = make_body(total, 3);
+    char sha[65];
+    gwt_sha256_hex(body, total, sha);
+    int fd = gwt_connect(gwt_fx.gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\n"
+                                      "Transfer-Encoding: chunked\r\n\r\n"),
+                     0);
+    size_t off = 0, sizes[] = {1, 4095, 30000, 7, 65897};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        char line[32];
+        snprintf(line, sizeof(line), "%zx\r\n", sizes[i]);
+        assert_int_equal(gwt_send_str(fd, line), 0);
+        assert_int_equal(gwt_send_all(fd, body + off, sizes[i]), 0);
+        assert_int_equal(gwt_send_str(fd, "\r\n"), 0);
+        off += sizes[i];
+    }
+    assert_int_equal(off, total);
+    assert_int_equal(gwt_send_str(fd, "0\r\n\r\n"), 0);
+    struct gwt_echo e;
+    gwt_read_echo(fd, &e, "request to /echo");
+    assert_int_equal(e.body_length, (long long)total);
+    assert_string_equal(e.body_sha256, sha);
+    gwt_echo_free(&e);
+    /* The connection is still usable afterwards. */
+    assert_int_equal(gwt_send_str(fd, "GET /users/5 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    struct gwt_response r;
+    gwt_must_read(fd, &r, false, "GET /users/5 after a chunked upload (keep-alive)");
+    assert_int_equal(r.status, 200);
+    gwt_response_free(&r);
+    close(fd);
+    free(body);
+}
+
+/* A 2 MB Content-Length upload streams through intact. */
+static void test_large_upload(void **state)
+{
+    size_t total = 2 * 1024 * 1024;
+    char *body = make_body(total, 11);
+    char sha[65];
+    gwt_sha256_hex(body, total, sha);
+    int fd = gwt_connect(gwt_fx.gport);
+    assert_true(fd >= 0);
+    char head[256];
+    snprintf(head, sizeof(head), "PUT /echo HTTP/1.1\r\nHost: h\r\nContent-Length: %zu\r\n\r\n",
+             total);
+    assert_int_equal(gwt_send_str(fd, head), 0);
+    assert_int_equal(gwt_send_all(fd, body, total), 0);
+    struct gwt_echo e;
+    gwt_read_echo(fd, &e, "request to /echo");
+    assert_string_equal(e.method, "PUT");
+    assert_int_equal(e.body_length, (long long)total);
+    assert_string_equal(e.body_sha256, sha);
+    gwt_echo_free(&e);
+    close(fd);
+    free(body);
+}
+
 /* ---- response framing --------------------------------------------------- */
 
 static void test_cl_response_exact(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /bytes?n=70001 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
@@ -224,46 +426,76 @@ static void test_cl_response_exact(void **state)
     close(fd);
 }
 
+/* The backend's chunked response reaches an HTTP/1.1 client chunked and
+ * byte-identical to what the backend sends directly, without a
+ * Content-Length, and the connection stays usable. */
 static void test_chunked_response(void **state)
 {
-    int fd = gwt_connect(gport);
+    struct gwt_response d, r;
+    direct_get("/stream?chunks=7&size=1000", &d);
+    assert_true(d.chunked);
+    assert_int_equal(d.body_len, 7000);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /stream?chunks=7&size=1000 HTTP/1.1\r\nHost: h\r\n\r\n"),
                      0);
-    struct gwt_response r;
     gwt_must_read(fd, &r, false, "GET /stream?chunks=7&size=1000");
     assert_int_equal(r.status, 200);
     assert_true(r.chunked);
+    assert_true(r.chunk_count >= 1);
+    assert_null(gwt_header(&r, "Content-Length"));
     assert_int_equal(gwt_header_count(&r, "Content-Length"), 0);
     assert_int_equal(r.body_len, 7000);
+    assert_int_equal(r.body_len, d.body_len);
+    assert_memory_equal(r.body, d.body, d.body_len);
     assert_pattern(r.body, r.body_len);
     gwt_response_free(&r);
+    gwt_response_free(&d);
     assert_int_equal(gwt_send_str(fd, "GET /users/5 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     gwt_expect_user(fd, 5, NULL);
     close(fd);
 }
 
 /* The backend delimits the body by closing: an HTTP/1.1 client gets every
- * byte, framed so the end is unambiguous (chunked, or close). */
+ * byte (the same as the backend sends directly), re-framed so the end is
+ * unambiguous (chunked, or close); a kept connection is reusable. */
 static void test_close_delimited_response(void **state)
 {
-    int fd = gwt_connect(gport);
-    assert_true(fd >= 0);
-    assert_int_equal(
-        gwt_send_str(fd, "GET /stream?chunks=3&size=1000&close=1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    struct gwt_response r;
-    gwt_must_read(fd, &r, false, "GET /stream?close=1 (read-until-close upstream)");
-    assert_int_equal(r.status, 200);
-    assert_int_equal(r.body_len, 3000);
-    assert_pattern(r.body, r.body_len);
-    bool closed = r.conn_closed;
-    assert_true(r.chunked || closed);
-    gwt_response_free(&r);
-    if (!closed) {
-        assert_int_equal(gwt_send_str(fd, "GET /users/6 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-        gwt_expect_user(fd, 6, NULL);
+    static const struct {
+        const char *target;
+        size_t len;
+        int next_user;
+    } rows[] = {
+        {"/stream?chunks=3&size=1000&close=1", 3000, 6},
+        {"/stream?chunks=4&size=500&close=1", 2000, 8},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        struct gwt_response d, r;
+        direct_get(rows[i].target, &d);
+        assert_false(d.chunked);
+        assert_int_equal(d.body_len, rows[i].len);
+        int fd = gwt_connect(gwt_fx.gport);
+        assert_true(fd >= 0);
+        char req[256];
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: h\r\n\r\n", rows[i].target);
+        assert_int_equal(gwt_send_str(fd, req), 0);
+        gwt_must_read(fd, &r, false, req);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(r.body_len, rows[i].len);
+        assert_memory_equal(r.body, d.body, d.body_len);
+        assert_pattern(r.body, r.body_len);
+        bool closed = r.conn_closed;
+        assert_true(r.chunked || closed);
+        gwt_response_free(&r);
+        gwt_response_free(&d);
+        if (!closed) {
+            snprintf(req, sizeof(req), "GET /users/%d HTTP/1.1\r\nHost: h\r\n\r\n",
+                     rows[i].next_user);
+            assert_int_equal(gwt_send_str(fd, req), 0);
+            gwt_expect_user(fd, rows[i].next_user, "after a re-framed close-delimited response");
+        }
+        close(fd);
     }
-    close(fd);
 }
 
 /* A fake upstream with a body delimited by close, and an HTTP/1.0 upstream
@@ -275,8 +507,8 @@ static void test_close_delimited_from_fake(void **state)
          false},
         {"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!", 0, GWT_FAULT_CLOSE, false},
     };
-    script(steps, 2);
-    int fd = gwt_connect(fport);
+    gwt_suite_script(steps, 2);
+    int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
@@ -288,7 +520,7 @@ static void test_close_delimited_from_fake(void **state)
     gwt_response_free(&r);
     if (closed) {
         close(fd);
-        fd = gwt_connect(fport);
+        fd = gwt_connect(gwt_fx.fport);
         assert_true(fd >= 0);
     }
     assert_int_equal(gwt_send_str(fd, "GET /b HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
@@ -301,7 +533,7 @@ static void test_close_delimited_from_fake(void **state)
      * needs a new one and gets the default reply. */
     if (closed) {
         close(fd);
-        fd = gwt_connect(fport);
+        fd = gwt_connect(gwt_fx.fport);
         assert_true(fd >= 0);
     }
     assert_int_equal(gwt_send_str(fd, "GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
@@ -311,36 +543,74 @@ static void test_close_delimited_from_fake(void **state)
     assert_string_equal(r.body, "{\"fake\":true}");
     gwt_response_free(&r);
     close(fd);
-    assert_int_equal(gwt_fault_connections(fake), 3);
+    assert_int_equal(gwt_fault_connections(gwt_fx.fake), 3);
+}
+
+/* One megabyte with Content-Length arrives intact. */
+static void test_bytes_1mb(void **state)
+{
+    struct gwt_response d, r;
+    direct_get("/bytes?n=1000000", &d);
+    assert_int_equal(d.body_len, 1000000);
+    assert_int_equal(gwt_get(gwt_fx.gport, "/bytes?n=1000000", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 1000000);
+    const char *cl = gwt_header(&r, "Content-Length");
+    if (cl != NULL)
+        assert_string_equal(cl, "1000000");
+    else
+        assert_true(r.chunked);
+    char s1[65], s2[65];
+    gwt_sha256_hex(d.body, d.body_len, s1);
+    gwt_sha256_hex(r.body, r.body_len, s2);
+    assert_string_equal(s1, s2);
+    gwt_response_free(&r);
+    gwt_response_free(&d);
 }
 
 /* ---- HTTP/1.0 clients --------------------------------------------------- */
 
-/* No chunked coding towards HTTP/1.0: the gateway delimits by close. */
+/* No chunked coding towards HTTP/1.0: the gateway delimits by close, and
+ * the connection closes after the response. */
 static void test_http10_no_chunked(void **state)
 {
-    static const char *const reqs[] = {
-        "GET /stream?chunks=4&size=50 HTTP/1.0\r\nHost: h\r\n\r\n",
-        "GET /stream?chunks=4&size=50 HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+    static const struct {
+        const char *req;
+        size_t len;
+    } rows[] = {
+        {"GET /stream?chunks=4&size=50 HTTP/1.0\r\nHost: h\r\n\r\n", 200},
+        {"GET /stream?chunks=4&size=50 HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n", 200},
+        {"GET /stream?chunks=3&size=100 HTTP/1.0\r\nHost: h\r\n\r\n", 300},
     };
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        int fd = gwt_connect(gwt_fx.gport);
+        assert_true(fd >= 0);
+        assert_int_equal(gwt_send_str(fd, rows[i].req), 0);
         struct gwt_response r;
-        assert_int_equal(gwt_http(gport, reqs[i], &r), 0);
+        gwt_must_read(fd, &r, false, rows[i].req);
         assert_int_equal(r.status, 200);
         assert_false(r.chunked);
+        assert_null(gwt_header(&r, "Transfer-Encoding"));
         assert_null(strcasestr(r.raw_head, "Transfer-Encoding"));
-        assert_int_equal(r.body_len, 200);
+        assert_int_equal(r.body_len, rows[i].len);
         assert_pattern(r.body, r.body_len);
         assert_true(r.conn_closed);
         gwt_response_free(&r);
+        assert_true(gwt_peer_closed(fd, 3000));
+        close(fd);
     }
+    struct gwt_response r;
+    assert_int_equal(gwt_http(gwt_fx.gport, "GET /users/10 HTTP/1.0\r\n\r\n", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_false(r.chunked);
+    gwt_response_free(&r);
 }
 
 /* HTTP/1.0 keep-alive with a Content-Length response: the connection is
  * kept and says so; without keep-alive it closes after the response. */
 static void test_http10_keepalive(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     for (int i = 1; i <= 2; i++) {
         char req[128];
@@ -358,7 +628,7 @@ static void test_http10_keepalive(void **state)
     }
     close(fd);
 
-    fd = gwt_connect(gport);
+    fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/3 HTTP/1.0\r\n\r\n"), 0);
     gwt_expect_user(fd, 3, NULL);
@@ -370,7 +640,7 @@ static void test_http10_keepalive(void **state)
  * and without keep-alive the connection closes after the response. */
 static void test_http10_post(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.0\r\nContent-Length: 6\r\n\r\nfoobar"), 0);
     struct gwt_echo e;
@@ -384,55 +654,113 @@ static void test_http10_post(void **state)
 
 /* ---- bodiless responses ------------------------------------------------- */
 
-/* HEAD keeps Content-Length and sends no body; pipelined after it, the next
- * responses parse, which they would not if a body byte had slipped out. */
-static void test_head_keeps_content_length(void **state)
+/* Sends request i of reqs[0..n) on fd: when pipelined, all of them in one
+ * write before the first response is read; else each one just before its
+ * own response is read. */
+static void send_nth(int fd, const char *const reqs[], size_t n, size_t i, bool pipelined)
 {
-    int fd = gwt_connect(gport);
-    assert_true(fd >= 0);
-    assert_int_equal(gwt_send_str(fd, "HEAD /bytes?n=12345 HTTP/1.1\r\nHost: h\r\n\r\n"
-                                      "HEAD /stream?chunks=2&size=10 HTTP/1.1\r\nHost: h\r\n\r\n"
-                                      "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"),
-                     0);
-    struct gwt_response r;
-    gwt_must_read(fd, &r, true, "HEAD /bytes?n=12345");
-    assert_int_equal(r.status, 200);
-    assert_non_null(gwt_header(&r, "Content-Length"));
-    assert_string_equal(gwt_header(&r, "Content-Length"), "12345");
-    assert_int_equal(r.body_len, 0);
-    gwt_response_free(&r);
-    gwt_must_read(fd, &r, true, "HEAD /stream");
-    assert_int_equal(r.status, 200);
-    assert_int_equal(r.body_len, 0);
-    gwt_response_free(&r);
-    gwt_expect_user(fd, 2, NULL);
-    close(fd);
+    if (!pipelined) {
+        assert_int_equal(gwt_send_str(fd, reqs[i]), 0);
+        return;
+    }
+    if (i > 0)
+        return;
+    char buf[2048];
+    size_t off = 0;
+    for (size_t k = 0; k < n; k++)
+        off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s", reqs[k]);
+    assert_true(off < sizeof(buf));
+    assert_int_equal(gwt_send_all(fd, buf, off), 0);
 }
 
-/* 204 and 304 from backend_app: no body, and 204 carries no Content-Length
- * (RFC 9110 §8.6). */
+/* HEAD keeps Content-Length and sends no body; after it, the next responses
+ * on the connection parse, which they would not if a body byte had slipped
+ * out. Pipelined in one write and one request at a time. */
+static void test_head_keeps_content_length(void **state)
+{
+    static const struct {
+        bool pipelined;
+        const char *reqs[3];
+        const char *length;
+        int user;
+    } rows[] = {
+        {true,
+         {"HEAD /bytes?n=12345 HTTP/1.1\r\nHost: h\r\n\r\n",
+          "HEAD /stream?chunks=2&size=10 HTTP/1.1\r\nHost: h\r\n\r\n",
+          "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"},
+         "12345",
+         2},
+        {false,
+         {"HEAD /bytes?n=5000 HTTP/1.1\r\nHost: h\r\n\r\n",
+          "HEAD /stream?chunks=2&size=10 HTTP/1.1\r\nHost: h\r\n\r\n",
+          "GET /users/3 HTTP/1.1\r\nHost: h\r\n\r\n"},
+         "5000",
+         3},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        int fd = gwt_connect(gwt_fx.gport);
+        assert_true(fd >= 0);
+        struct gwt_response r;
+        send_nth(fd, rows[i].reqs, 3, 0, rows[i].pipelined);
+        gwt_must_read(fd, &r, true, rows[i].reqs[0]);
+        assert_int_equal(r.status, 200);
+        assert_non_null(gwt_header(&r, "Content-Length"));
+        assert_string_equal(gwt_header(&r, "Content-Length"), rows[i].length);
+        assert_int_equal(r.body_len, 0);
+        gwt_response_free(&r);
+        send_nth(fd, rows[i].reqs, 3, 1, rows[i].pipelined);
+        gwt_must_read(fd, &r, true, rows[i].reqs[1]);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(r.body_len, 0);
+        gwt_response_free(&r);
+        send_nth(fd, rows[i].reqs, 3, 2, rows[i].pipelined);
+        assert_false(gwt_expect_user(fd, rows[i].user, "on a reused connection after HEAD"));
+        close(fd);
+    }
+}
+
+/* Statuses from backend_app on one connection, pipelined in one write and
+ * one at a time: 204 and 304 carry no body and no Transfer-Encoding, 204
+ * no Content-Length either (RFC 9110 §8.6); other statuses pass through
+ * with the backend's own body, not a gateway problem document. */
 static void test_204_304(void **state)
 {
-    int fd = gwt_connect(gport);
-    assert_true(fd >= 0);
-    assert_int_equal(gwt_send_str(fd, "GET /status/204 HTTP/1.1\r\nHost: h\r\n\r\n"
-                                      "GET /status/304 HTTP/1.1\r\nHost: h\r\n\r\n"
-                                      "GET /users/7 HTTP/1.1\r\nHost: h\r\n\r\n"),
-                     0);
-    struct gwt_response r;
-    gwt_must_read(fd, &r, false, "GET /status/204");
-    assert_int_equal(r.status, 204);
-    assert_int_equal(r.body_len, 0);
-    assert_int_equal(gwt_header_count(&r, "Content-Length"), 0);
-    assert_int_equal(gwt_header_count(&r, "Transfer-Encoding"), 0);
-    gwt_response_free(&r);
-    gwt_must_read(fd, &r, false, "GET /status/304");
-    assert_int_equal(r.status, 304);
-    assert_int_equal(r.body_len, 0);
-    assert_int_equal(gwt_header_count(&r, "Transfer-Encoding"), 0);
-    gwt_response_free(&r);
-    gwt_expect_user(fd, 7, NULL);
-    close(fd);
+    static const int codes[] = {204, 304, 404, 500, 503};
+    enum { NCODES = sizeof(codes) / sizeof(codes[0]) };
+    char reqs[NCODES + 1][64];
+    const char *reqp[NCODES + 1];
+    for (size_t k = 0; k < NCODES; k++) {
+        snprintf(reqs[k], sizeof(reqs[k]), "GET /status/%d HTTP/1.1\r\nHost: h\r\n\r\n", codes[k]);
+        reqp[k] = reqs[k];
+    }
+    for (int pipelined = 1; pipelined >= 0; pipelined--) {
+        int user = pipelined ? 7 : 11;
+        snprintf(reqs[NCODES], sizeof(reqs[NCODES]), "GET /users/%d HTTP/1.1\r\nHost: h\r\n\r\n",
+                 user);
+        reqp[NCODES] = reqs[NCODES];
+        int fd = gwt_connect(gwt_fx.gport);
+        assert_true(fd >= 0);
+        for (size_t k = 0; k < NCODES; k++) {
+            send_nth(fd, reqp, NCODES + 1, k, pipelined);
+            struct gwt_response r;
+            gwt_must_read(fd, &r, false, reqp[k]);
+            assert_int_equal(r.status, codes[k]);
+            if (codes[k] == 204 || codes[k] == 304) {
+                assert_int_equal(r.body_len, 0);
+                assert_int_equal(gwt_header_count(&r, "Transfer-Encoding"), 0);
+                if (codes[k] == 204)
+                    assert_int_equal(gwt_header_count(&r, "Content-Length"), 0);
+            } else {
+                const char *ct = gwt_header(&r, "Content-Type");
+                assert_non_null(ct);
+                assert_null(strstr(ct, "problem+json"));
+            }
+            gwt_response_free(&r);
+        }
+        send_nth(fd, reqp, NCODES + 1, NCODES, pipelined);
+        assert_false(gwt_expect_user(fd, user, "on a reused connection after bodiless statuses"));
+        close(fd);
+    }
 }
 
 /* Upstream bodiless responses whose framing headers promise a body: 304
@@ -447,8 +775,8 @@ static void test_bodiless_from_fake(void **state)
         {"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n", 0, GWT_FAULT_KEEP, false},
         {"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", 0, GWT_FAULT_KEEP, false},
     };
-    script(steps, 3);
-    int fd = gwt_connect(fport);
+    gwt_suite_script(steps, 3);
+    int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     long long t0 = gwt_now_ms();
     assert_int_equal(
@@ -480,7 +808,7 @@ static void test_bodiless_from_fake(void **state)
     assert_string_equal(r.body, "{\"fake\":true}");
     gwt_response_free(&r);
     close(fd);
-    assert_int_equal(gwt_fault_requests(fake), 4);
+    assert_int_equal(gwt_fault_requests(gwt_fx.fake), 4);
 }
 
 /* Interim 1xx responses from the upstream: an HTTP/1.1 client sees 103
@@ -493,8 +821,8 @@ static void test_1xx_from_upstream(void **state)
                                   "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     const struct gwt_fault_step steps[] = {{interim, 0, GWT_FAULT_KEEP, false},
                                            {interim, 0, GWT_FAULT_KEEP, false}};
-    script(steps, 2);
-    int fd = gwt_connect(fport);
+    gwt_suite_script(steps, 2);
+    int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
@@ -516,7 +844,7 @@ static void test_1xx_from_upstream(void **state)
     assert_int_equal(interims, 1);
     close(fd);
 
-    fd = gwt_connect(fport);
+    fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /b HTTP/1.0\r\n\r\n"), 0);
     gwt_must_read(fd, &r, false, "HTTP/1.0 request answered after upstream 1xx");
@@ -532,11 +860,14 @@ static void test_1xx_from_upstream(void **state)
  * relayed as a second one), for Content-Length and chunked bodies. */
 static void test_expect_continue_once(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n"
                                       "Expect: 100-continue\r\n\r\n"),
                      0);
+    /* The 100 comes before any body byte is sent. */
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    assert_int_equal(poll(&pfd, 1, 3000), 1);
     struct gwt_response r;
     gwt_must_read(fd, &r, false, "interim response to Expect: 100-continue");
     assert_int_equal(r.status, 100);
@@ -574,7 +905,7 @@ static void test_expect_continue_once(void **state)
  * final response. */
 static void test_expect_body_sent_at_once(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
                                       "Expect: 100-continue\r\nConnection: close\r\n\r\nhello"),
@@ -631,9 +962,9 @@ static void send_anyway(int fd, const char *b, size_t n)
 static void test_expect_refused_413(void **state)
 {
     const char *env[] = {"MAX_BODY_BYTES=100", NULL};
-    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
-    long long before = gwt_backend_requests(bport);
-    int fd = gwt_connect(gport2);
+    gwt_suite_start_gw2(env);
+    long long before = gwt_backend_requests(gwt_fx.bport);
+    int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n"
                                       "Expect: 100-continue\r\n\r\n"),
@@ -651,8 +982,8 @@ static void test_expect_refused_413(void **state)
     close(fd);
     if (extra != 0)
         fail_msg("after the 413: %s", extra < 0 ? "connection left open" : "more responses sent");
-    gwt_assert_serves(gport2, "/users/42");
-    assert_int_equal(gwt_backend_requests(bport), before + 1);
+    gwt_assert_serves(gwt_fx.gport2, "/users/42");
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), before + 1);
 }
 
 /* 429 comes instead of 100; the body sent after it carries requests under
@@ -662,18 +993,18 @@ static void test_expect_refused_429(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", "RATE_LIMIT_WINDOW_SECONDS=60",
                          "RATE_LIMIT_KEY=header:X-Key", NULL};
-    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
+    gwt_suite_start_gw2(env);
     gwt_avoid_window_edge(60, 10);
     struct gwt_response r;
-    assert_int_equal(gwt_http(gport2,
+    assert_int_equal(gwt_http(gwt_fx.gport2,
                               "GET /users/1 HTTP/1.1\r\nHost: h\r\nX-Key: spent\r\n"
                               "Connection: close\r\n\r\n",
                               &r),
                      0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
-    long long before = gwt_backend_requests(bport);
-    int fd = gwt_connect(gport2);
+    long long before = gwt_backend_requests(gwt_fx.bport);
+    int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nX-Key: spent\r\n"
                                       "Content-Length: 500\r\nExpect: 100-continue\r\n\r\n"),
@@ -690,16 +1021,16 @@ static void test_expect_refused_429(void **state)
     close(fd);
     if (extra != 0)
         fail_msg("after the 429: %s", extra < 0 ? "connection left open" : "more responses sent");
-    assert_int_equal(gwt_backend_requests(bport), before);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), before);
     /* A request under a fresh key still goes through. */
-    assert_int_equal(gwt_http(gport2,
+    assert_int_equal(gwt_http(gwt_fx.gport2,
                               "GET /users/2 HTTP/1.1\r\nHost: h\r\nX-Key: other\r\n"
                               "Connection: close\r\n\r\n",
                               &r),
                      0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
-    assert_int_equal(gwt_backend_requests(bport), before + 1);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), before + 1);
 }
 
 /* ---- pipelining ---------------------------------------------------------- */
@@ -708,15 +1039,19 @@ static void test_expect_refused_429(void **state)
  * framings, HEAD, a chunked response, and Connection: close last. */
 static void test_pipelining_in_order(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd,
                                   "GET /slow?ms=200 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                  "GET /users/7 HTTP/1.1\r\nHost: h\r\n\r\n"
+                                  "POST /echo?p=3 HTTP/1.1\r\nHost: h\r\nContent-Length: "
+                                  "4\r\n\r\nwxyz"
                                   "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
                                   "chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
                                   "HEAD /bytes?n=10 HTTP/1.1\r\nHost: h\r\n\r\n"
                                   "GET /stream?chunks=2&size=5 HTTP/1.1\r\nHost: h\r\n\r\n"
                                   "PUT /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
+                                  "GET /users/9 HTTP/1.1\r\nHost: h\r\n\r\n"
                                   "GET /users/8 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
                      0);
     struct gwt_response r;
@@ -727,23 +1062,30 @@ static void test_pipelining_in_order(void **state)
     assert_int_equal(gwt_json_int(j, "slept_ms", -1), 200);
     json_decref(j);
     gwt_response_free(&r);
+    assert_false(gwt_expect_user(fd, 7, "pipelined 2, on a reused connection"));
     struct gwt_echo e;
-    gwt_read_echo(fd, &e, "pipelined 2: chunked POST /echo");
+    gwt_read_echo(fd, &e, "pipelined 3: POST /echo?p=3 with Content-Length");
+    assert_string_equal(e.target, "/echo?p=3");
+    assert_int_equal(e.body_length, 4);
+    assert_sha(&e, "wxyz", 4);
+    gwt_echo_free(&e);
+    gwt_read_echo(fd, &e, "pipelined 4: chunked POST /echo");
     assert_string_equal(e.method, "POST");
     assert_sha(&e, "abcd", 4);
     gwt_echo_free(&e);
-    gwt_must_read(fd, &r, true, "pipelined 3: HEAD /bytes?n=10");
+    gwt_must_read(fd, &r, true, "pipelined 5: HEAD /bytes?n=10");
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     gwt_response_free(&r);
-    gwt_must_read(fd, &r, false, "pipelined 4: GET /stream");
+    gwt_must_read(fd, &r, false, "pipelined 6: GET /stream");
     assert_int_equal(r.body_len, 10);
     assert_pattern(r.body, 10);
     gwt_response_free(&r);
-    gwt_read_echo(fd, &e, "pipelined 5: PUT /echo");
+    gwt_read_echo(fd, &e, "pipelined 7: PUT /echo");
     assert_string_equal(e.method, "PUT");
     assert_sha(&e, "xyz", 3);
     gwt_echo_free(&e);
+    assert_false(gwt_expect_user(fd, 9, "pipelined 8, on a reused connection"));
     gwt_expect_user(fd, 8, NULL);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
@@ -758,7 +1100,7 @@ static void test_pipelining_depth(void **state)
     size_t off = 0;
     for (int i = 0; i < N; i++)
         off += (size_t)sprintf(req + off, "GET /users/%d HTTP/1.1\r\nHost: h\r\n\r\n", 100 + i);
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_all(fd, req, off), 0);
     free(req);
@@ -771,8 +1113,8 @@ static void test_pipelining_depth(void **state)
  * neither answered nor forwarded. */
 static void test_pipelined_after_close(void **state)
 {
-    long long before = gwt_backend_requests(bport);
-    int fd = gwt_connect(gport);
+    long long before = gwt_backend_requests(gwt_fx.bport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd,
                                   "GET /users/1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
@@ -781,7 +1123,31 @@ static void test_pipelined_after_close(void **state)
     gwt_expect_user(fd, 1, NULL);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
-    assert_int_equal(gwt_backend_requests(bport), before + 1);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), before + 1);
+}
+
+/* Several requests, one after the other, on one connection. */
+static void test_keepalive(void **state)
+{
+    int fd = gwt_connect(gwt_fx.gport);
+    assert_true(fd >= 0);
+    for (int i = 1; i <= 5; i++) {
+        char req[128];
+        snprintf(req, sizeof(req), "GET /users/%d HTTP/1.1\r\nHost: h\r\n\r\n", i);
+        assert_int_equal(gwt_send_str(fd, req), 0);
+        assert_false(gwt_expect_user(fd, i, "on a reused connection"));
+    }
+    /* A body in between does not desynchronise the stream. */
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: "
+                                      "5\r\n\r\nabcde"),
+                     0);
+    struct gwt_echo e;
+    gwt_read_echo(fd, &e, "request to /echo");
+    assert_int_equal(e.body_length, 5);
+    gwt_echo_free(&e);
+    assert_int_equal(gwt_send_str(fd, "GET /users/6 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    assert_false(gwt_expect_user(fd, 6, "on a reused connection"));
+    close(fd);
 }
 
 /* ---- half-close and early responses ------------------------------------- */
@@ -790,12 +1156,14 @@ static void test_pipelined_after_close(void **state)
  * §9.6 only says the server closes after answering): the request sent
  * before the FIN is answered, then the connection closes. Run on a gateway
  * without upstream pooling, so the request needs a fresh upstream connect
- * while the FIN is already waiting. */
+ * while the FIN is already waiting (regression found by the breaker on
+ * 14588ac, fixed in f5455cb: no response at all, as with
+ * printf 'POST ...' | nc -N). */
 static void test_half_close_after_post(void **state)
 {
     const char *env[] = {"UPSTREAM_KEEPALIVE=0", NULL};
-    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env), 0);
-    int fd = gwt_connect(gport2);
+    gwt_suite_start_gw2(env);
+    int fd = gwt_connect(gwt_fx.gport2);
     assert_true(fd >= 0);
     assert_int_equal(
         gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"), 0);
@@ -806,13 +1174,14 @@ static void test_half_close_after_post(void **state)
     gwt_echo_free(&e);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
+    gwt_assert_serves(gwt_fx.gport2, "/users/1");
 }
 
 /* Pipelined requests followed by a FIN: every one is answered, in order,
- * then the connection closes. */
+ * then the connection closes (same regression as above: none was). */
 static void test_half_close_after_pipelined(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"
                                       "GET /users/2 HTTP/1.1\r\nHost: h\r\n\r\n"),
@@ -835,8 +1204,8 @@ static void test_early_upstream_response(void **state)
          "Content-Length: 4\r\n\r\nnope",
          0, GWT_FAULT_HOLD, true},
     };
-    script(steps, 1);
-    int fd = gwt_connect(fport);
+    gwt_suite_script(steps, 1);
+    int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /upload HTTP/1.1\r\nHost: h\r\n"
                                       "Content-Length: 1000000\r\n\r\nfirst-bytes-only"),
@@ -854,18 +1223,18 @@ static void test_early_upstream_response(void **state)
     free(body);
     assert_int_equal(gwt_fault_bytes_until_eof(fd, 3000), 0);
     close(fd);
-    assert_int_equal(gwt_get(fport, "/next", &r), 0);
+    assert_int_equal(gwt_get(gwt_fx.fport, "/next", &r), 0);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "{\"fake\":true}");
     gwt_response_free(&r);
-    assert_int_equal(gwt_fault_requests(fake), 2);
+    assert_int_equal(gwt_fault_requests(gwt_fx.fake), 2);
 }
 
 /* No 100 Continue to an HTTP/1.0 client (RFC 9110 §10.1.1), which sends
  * its body anyway after a while. */
 static void test_expect_http10_no_continue(void **state)
 {
-    int fd = gwt_connect(gport);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.0\r\nContent-Length: 3\r\n"
                                       "Expect: 100-continue\r\n\r\n"),
@@ -881,6 +1250,24 @@ static void test_expect_http10_no_continue(void **state)
     close(fd);
 }
 
+/* ---- upstream failures and vanishing clients ---------------------------- */
+
+/* A client that vanishes mid-body does not disturb the gateway. */
+static void test_client_vanishes(void **state)
+{
+    int fd = gwt_connect(gwt_fx.gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: "
+                                      "100000\r\n\r\nonly-a-little"),
+                     0);
+    close(fd);
+    fd = gwt_connect(gwt_fx.gport);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /slow?ms=2000 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    close(fd);
+    gwt_assert_serves_user(gwt_fx.gport, 42);
+}
+
 /* ---- fields -------------------------------------------------------------- */
 
 /* Several Set-Cookie fields (one with commas in Expires) pass as separate,
@@ -893,9 +1280,9 @@ static void test_set_cookie_intact(void **state)
          "X-Between: x\r\nset-cookie: c=3; SameSite=Strict\r\nContent-Length: 2\r\n\r\nok",
          0, GWT_FAULT_KEEP, false},
     };
-    script(steps, 1);
+    gwt_suite_script(steps, 1);
     struct gwt_response r;
-    assert_int_equal(gwt_get(fport, "/cookies", &r), 0);
+    assert_int_equal(gwt_get(gwt_fx.fport, "/cookies", &r), 0);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok");
     assert_int_equal(gwt_header_count(&r, "Set-Cookie"), 3);
@@ -922,9 +1309,9 @@ static void test_response_hop_by_hop(void **state)
          "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
          0, GWT_FAULT_KEEP, false},
     };
-    script(steps, 1);
+    gwt_suite_script(steps, 1);
     struct gwt_response r;
-    assert_int_equal(gwt_get(fport, "/hop", &r), 0);
+    assert_int_equal(gwt_get(gwt_fx.fport, "/hop", &r), 0);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok");
     assert_null(gwt_header(&r, "X-Up-Hop"));
@@ -939,7 +1326,7 @@ static void test_response_hop_by_hop(void **state)
 static void test_request_hop_by_hop(void **state)
 {
     struct gwt_response r;
-    assert_int_equal(gwt_http(gport,
+    assert_int_equal(gwt_http(gwt_fx.gport,
                               "GET /echo HTTP/1.1\r\nHost: h\r\n"
                               "Connection: X-Hop, keep-alive, close\r\nX-Hop: 1\r\n"
                               "Keep-Alive: 300\r\nTE: trailers\r\nUpgrade: h2c\r\n"
@@ -961,40 +1348,49 @@ static void test_request_hop_by_hop(void **state)
     assert_non_null(gwt_echo_header(&e, "X-Keep"));
     gwt_echo_free(&e);
     gwt_response_free(&r);
-    gwt_assert_serves(gport, "/users/42");
+    gwt_assert_serves(gwt_fx.gport, "/users/42");
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_cl_request_exact, test_teardown),
-        cmocka_unit_test_teardown(test_chunked_request_ext_trailers, test_teardown),
-        cmocka_unit_test_teardown(test_chunked_request_sizes, test_teardown),
-        cmocka_unit_test_teardown(test_cl_response_exact, test_teardown),
-        cmocka_unit_test_teardown(test_chunked_response, test_teardown),
-        cmocka_unit_test_teardown(test_close_delimited_response, test_teardown),
-        cmocka_unit_test_teardown(test_close_delimited_from_fake, test_teardown),
-        cmocka_unit_test_teardown(test_http10_no_chunked, test_teardown),
-        cmocka_unit_test_teardown(test_http10_keepalive, test_teardown),
-        cmocka_unit_test_teardown(test_http10_post, test_teardown),
-        cmocka_unit_test_teardown(test_head_keeps_content_length, test_teardown),
-        cmocka_unit_test_teardown(test_204_304, test_teardown),
-        cmocka_unit_test_teardown(test_bodiless_from_fake, test_teardown),
-        cmocka_unit_test_teardown(test_1xx_from_upstream, test_teardown),
-        cmocka_unit_test_teardown(test_expect_continue_once, test_teardown),
-        cmocka_unit_test_teardown(test_expect_body_sent_at_once, test_teardown),
-        cmocka_unit_test_teardown(test_expect_refused_413, test_teardown),
-        cmocka_unit_test_teardown(test_expect_refused_429, test_teardown),
-        cmocka_unit_test_teardown(test_pipelining_in_order, test_teardown),
-        cmocka_unit_test_teardown(test_pipelining_depth, test_teardown),
-        cmocka_unit_test_teardown(test_pipelined_after_close, test_teardown),
-        cmocka_unit_test_teardown(test_half_close_after_post, test_teardown),
-        cmocka_unit_test_teardown(test_half_close_after_pipelined, test_teardown),
-        cmocka_unit_test_teardown(test_early_upstream_response, test_teardown),
-        cmocka_unit_test_teardown(test_expect_http10_no_continue, test_teardown),
-        cmocka_unit_test_teardown(test_set_cookie_intact, test_teardown),
-        cmocka_unit_test_teardown(test_response_hop_by_hop, test_teardown),
-        cmocka_unit_test_teardown(test_request_hop_by_hop, test_teardown),
+        GWT_TEST(test_cl_request_exact),
+        GWT_TEST(test_chunked_request_ext_trailers),
+        GWT_TEST(test_chunked_request_sizes),
+        GWT_TEST(test_echo_headers_and_body),
+        GWT_TEST(test_xff_set_when_absent),
+        GWT_TEST(test_methods_keepalive),
+        GWT_TEST(test_preserve_host_off),
+        GWT_TEST(test_chunked_request),
+        GWT_TEST(test_large_upload),
+        GWT_TEST(test_cl_response_exact),
+        GWT_TEST(test_chunked_response),
+        GWT_TEST(test_close_delimited_response),
+        GWT_TEST(test_close_delimited_from_fake),
+        GWT_TEST(test_bytes_1mb),
+        GWT_TEST(test_http10_no_chunked),
+        GWT_TEST(test_http10_keepalive),
+        GWT_TEST(test_http10_post),
+        GWT_TEST(test_head_keeps_content_length),
+        GWT_TEST(test_204_304),
+        GWT_TEST(test_bodiless_from_fake),
+        GWT_TEST(test_1xx_from_upstream),
+        GWT_TEST(test_expect_continue_once),
+        GWT_TEST(test_expect_body_sent_at_once),
+        GWT_TEST(test_expect_refused_413),
+        GWT_TEST(test_expect_refused_429),
+        GWT_TEST(test_pipelining_in_order),
+        GWT_TEST(test_pipelining_depth),
+        GWT_TEST(test_pipelined_after_close),
+        GWT_TEST(test_keepalive),
+        GWT_TEST(test_half_close_after_post),
+        GWT_TEST(test_half_close_after_pipelined),
+        GWT_TEST(test_early_upstream_response),
+        GWT_TEST(test_expect_http10_no_continue),
+        GWT_TEST(test_client_vanishes),
+        GWT_TEST(test_set_cookie_intact),
+        GWT_TEST(test_response_hop_by_hop),
+        GWT_TEST(test_request_hop_by_hop),
     };
-    return cmocka_run_group_tests_name("conformance", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("conformance", tests, group_setup, gwt_suite_teardown);
 }

@@ -20,13 +20,11 @@
 #include <cmocka.h>
 
 #include "gwt_dist.h"
+#include "gwt_suite.h"
 
 #define W      60 /* window of most tests, seconds */
 #define PREFIX "rl"
 
-static struct gwt_proc backend, redis;
-static int bport, rport;
-static char redis_url[64];
 static struct gwt_proc gws[4];
 static int gp[4];
 
@@ -36,41 +34,10 @@ static void pause_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-static int group_setup(void **state)
-{
-    if (gwt_backend_start(&backend, &bport, NULL) != 0)
-        return -1;
-    if (gwt_redis_start(&redis, &rport) != 0)
-        return -1;
-    snprintf(redis_url, sizeof(redis_url), "REDIS_URL=redis://127.0.0.1:%d", rport);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    gwt_stop(&backend, SIGTERM, 5000);
-    gwt_proc_cleanup(&backend);
-    gwt_stop(&redis, SIGTERM, 5000);
-    gwt_proc_cleanup(&redis);
-    return 0;
-}
-
-static int test_setup(void **state)
-{
-    if (gwt_redis_cmd(rport, "FLUSHALL") != 0)
-        return -1;
-    return gwt_backend_reset(bport) == 0 ? 0 : -1;
-}
-
-static int test_teardown(void **state)
-{
-    return gwt_stop_tracked();
-}
-
 static long long backend_requests(void)
 {
     long long n = -1;
-    assert_int_equal(gwt_backend_stats(bport, &n, NULL), 0);
+    assert_int_equal(gwt_backend_stats(gwt_fx.bport, &n, NULL), 0);
     return n;
 }
 
@@ -118,9 +85,10 @@ static int count_keys(int port, const char *pattern)
  * Redis once more and then answers from its over-limit cache. */
 static void test_two_instances_one_budget(void **state)
 {
-    const char *env[] = {"RATE_LIMIT_REQUESTS=5", "RATE_LIMIT_WINDOW_SECONDS=60", redis_url, NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env), 0);
-    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], bport, env), 0);
+    const char *env[] = {"RATE_LIMIT_REQUESTS=5", "RATE_LIMIT_WINDOW_SECONDS=60", gwt_fx.redis_url,
+                         NULL};
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 5);
     long long end = window_end(W), reset0 = -1;
     for (int i = 0; i < 14; i++) {
@@ -145,17 +113,17 @@ static void test_two_instances_one_budget(void **state)
     char base[128], key[160];
     gwt_dist_store_key(PREFIX, "ip:127.0.0.1", base);
     snprintf(key, sizeof(key), "%s:%lld", base, end / W - 1);
-    assert_int_equal(gwt_dist_redis_get(rport, key), 7);
-    assert_int_equal(count_keys(rport, "*"), 1);
+    assert_int_equal(gwt_dist_redis_get(gwt_fx.rport, key), 7);
+    assert_int_equal(count_keys(gwt_fx.rport, "*"), 1);
 }
 
 /* The same client hits both instances at once: 40 concurrent requests, 20
  * to each, and still exactly LIMIT pass (the Redis check is atomic). */
 static void test_two_instances_concurrent_exact(void **state)
 {
-    const char *env[] = {"RATE_LIMIT_REQUESTS=7", "WORKER_THREADS=4", redis_url, NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env), 0);
-    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], bport, env), 0);
+    const char *env[] = {"RATE_LIMIT_REQUESTS=7", "WORKER_THREADS=4", gwt_fx.redis_url, NULL};
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 5);
     enum { N = 40 };
     int ports[N], statuses[N];
@@ -199,11 +167,11 @@ static void test_clock_skew_one_budget(void **state)
     const char *old_asan = getenv("ASAN_OPTIONS");
     snprintf(asan, sizeof(asan), "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
              old_asan != NULL ? old_asan : "", old_asan != NULL && *old_asan ? ":" : "");
-    const char *env_a[] = {"RATE_LIMIT_REQUESTS=4", "RATE_LIMIT_WINDOW_SECONDS=30", redis_url,
-                           NULL};
+    const char *env_a[] = {"RATE_LIMIT_REQUESTS=4", "RATE_LIMIT_WINDOW_SECONDS=30",
+                           gwt_fx.redis_url, NULL};
     const char *env_b[] = {"RATE_LIMIT_REQUESTS=4",
                            "RATE_LIMIT_WINDOW_SECONDS=30",
-                           redis_url,
+                           gwt_fx.redis_url,
                            preload,
                            "FAKETIME=+25s",
                            "FAKETIME_DONT_FAKE_MONOTONIC=1",
@@ -211,8 +179,8 @@ static void test_clock_skew_one_budget(void **state)
                            asan,
                            NULL};
     long long started = gwt_wall_s();
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env_a), 0);
-    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], bport, env_b), 0);
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env_a), 0);
+    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], gwt_fx.bport, env_b), 0);
     /* The preload took effect: instance B logs in the future. */
     long long b_clock = gwt_dist_first_log_epoch(&gws[1]);
     long long skew = b_clock - started;
@@ -256,7 +224,7 @@ static void test_clock_skew_one_budget(void **state)
         gwt_response_free(&r);
     }
     assert_int_equal(backend_requests(), 4);
-    assert_int_equal(count_keys(rport, "*"), 1);
+    assert_int_equal(count_keys(gwt_fx.rport, "*"), 1);
 }
 
 /* ---- keys and TTLs ---------------------------------------------------------- */
@@ -266,10 +234,10 @@ static void test_clock_skew_one_budget(void **state)
  * TTL in (0, window], each counted once. */
 static void test_burst_keys_have_ttl(void **state)
 {
-    const char *env[] = {redis_url, "TRUSTED_PROXIES=127.0.0.1/32", "RATE_LIMIT_REQUESTS=5",
+    const char *env[] = {gwt_fx.redis_url, "TRUSTED_PROXIES=127.0.0.1/32", "RATE_LIMIT_REQUESTS=5",
                          "WORKER_THREADS=4", NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env), 0);
-    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 5);
     enum { N = 200 };
     int ports[N], statuses[N];
@@ -293,11 +261,11 @@ static void test_burst_keys_have_ttl(void **state)
             fail_msg("request %d: status %d", i, statuses[i]);
 
     char **keys = NULL;
-    int n = gwt_dist_redis_scan(rport, NULL, 0, PREFIX ":*", &keys);
+    int n = gwt_dist_redis_scan(gwt_fx.rport, NULL, 0, PREFIX ":*", &keys);
     assert_int_equal(n, N);
     for (int i = 0; i < n; i++) {
-        long long pttl = gwt_dist_redis_pttl(rport, keys[i]);
-        long long v = gwt_dist_redis_get(rport, keys[i]);
+        long long pttl = gwt_dist_redis_pttl(gwt_fx.rport, keys[i]);
+        long long v = gwt_dist_redis_get(gwt_fx.rport, keys[i]);
         if (!(pttl > 0 && pttl <= W * 1000) || v != 1) {
             char k[160];
             snprintf(k, sizeof(k), "%s", keys[i]);
@@ -308,8 +276,8 @@ static void test_burst_keys_have_ttl(void **state)
     }
     gwt_strv_free(keys, n);
     /* Every key is the hash of its client: spot-check one of each family. */
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:198.18.0.1"), 1);
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:2001:db8::3"), 1);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:198.18.0.1"), 1);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:2001:db8::3"), 1);
     assert_int_equal(backend_requests(), N);
 }
 
@@ -319,9 +287,9 @@ static void test_burst_keys_have_ttl(void **state)
  * request does not give a new bucket; the only key is the peer's. */
 static void test_xff_spoof_from_untrusted_peer(void **state)
 {
-    const char *env[] = {redis_url, "RATE_LIMIT_REQUESTS=3", "TRUSTED_PROXIES=10.0.0.0/8,fd00::/8",
-                         NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env), 0);
+    const char *env[] = {gwt_fx.redis_url, "RATE_LIMIT_REQUESTS=3",
+                         "TRUSTED_PROXIES=10.0.0.0/8,fd00::/8", NULL};
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 5);
     for (int i = 0; i < 8; i++) {
         char xff[64];
@@ -330,8 +298,8 @@ static void test_xff_spoof_from_untrusted_peer(void **state)
         if (s != (i < 3 ? 200 : 429))
             fail_msg("request %d spoofing %s: status %d", i + 1, xff, s);
     }
-    assert_int_equal(count_keys(rport, "*"), 1);
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:127.0.0.1"), 1);
+    assert_int_equal(count_keys(gwt_fx.rport, "*"), 1);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:127.0.0.1"), 1);
     assert_int_equal(backend_requests(), 3);
 }
 
@@ -340,9 +308,9 @@ static void test_xff_spoof_from_untrusted_peer(void **state)
  * claims and change nothing. */
 static void test_xff_trusted_rightmost_untrusted(void **state)
 {
-    const char *env[] = {redis_url, "RATE_LIMIT_REQUESTS=2",
+    const char *env[] = {gwt_fx.redis_url, "RATE_LIMIT_REQUESTS=2",
                          "TRUSTED_PROXIES=127.0.0.1/32,10.0.0.0/8,fd00::/8", NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 5);
     static const struct {
         const char *xff;
@@ -359,8 +327,8 @@ static void test_xff_trusted_rightmost_untrusted(void **state)
         if (s != v4[i].status)
             fail_msg("X-Forwarded-For: %s: status %d, want %d", v4[i].xff, s, v4[i].status);
     }
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:203.0.113.50"), 1);
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:203.0.113.51"), 1);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:203.0.113.50"), 1);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:203.0.113.51"), 1);
 
     static const struct {
         const char *xff;
@@ -376,17 +344,17 @@ static void test_xff_trusted_rightmost_untrusted(void **state)
         if (s != v6[i].status)
             fail_msg("X-Forwarded-For: %s: status %d, want %d", v6[i].xff, s, v6[i].status);
     }
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:2001:db8::abcd"), 1);
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:2001:db8::abce"), 1);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:2001:db8::abcd"), 1);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:2001:db8::abce"), 1);
 
     /* Two X-Forwarded-For fields are one list. */
     assert_int_equal(status_as(gp[0], "203.0.113.60", "X-Forwarded-For: 10.0.0.5\r\n"), 200);
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:203.0.113.60"), 1);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:203.0.113.60"), 1);
     /* Nothing was keyed by the proxy or by a spoofed address. */
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:127.0.0.1"), 0);
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:6.6.6.6"), 0);
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:2001:db8::bad"), 0);
-    assert_int_equal(count_keys(rport, "*"), 5);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:127.0.0.1"), 0);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:6.6.6.6"), 0);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:2001:db8::bad"), 0);
+    assert_int_equal(count_keys(gwt_fx.rport, "*"), 5);
 }
 
 /* ---- Redis outages ----------------------------------------------------------- */
@@ -494,7 +462,7 @@ static void test_redis_killed_then_restarted(void **state)
                                         "RATE_LIMIT_FAILURE_MODE=local"};
     for (int g = 0; g < 3; g++) {
         const char *env[] = {common[0], common[1], common[2], common[3], modes[g], NULL};
-        assert_int_equal(gwt_gateway_for(&gws[g], &gp[g], bport, env), 0);
+        assert_int_equal(gwt_gateway_for(&gws[g], &gp[g], gwt_fx.bport, env), 0);
     }
     const int OPEN = gp[0], CLOSED = gp[1], LOCAL = gp[2];
     gwt_avoid_window_edge(W, 10);
@@ -622,7 +590,7 @@ static void test_redis_hung_no_added_wait(void **state)
                          "TRUSTED_PROXIES=127.0.0.1/32",
                          "RATE_LIMIT_REQUESTS=3",
                          NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 10);
     (void)p99_us(gp[0], 10, 200, "warm-up");
     long long base = best_p99_us(gp[0], 3, 100, 200, "baseline");
@@ -701,15 +669,15 @@ static void test_redis_hung_no_added_wait(void **state)
  * no new EVALSHA or EVAL. Another client still goes to Redis. */
 static void test_over_limit_cache_spares_redis(void **state)
 {
-    const char *env[] = {redis_url, "RATE_LIMIT_REQUESTS=3", "WORKER_THREADS=4",
+    const char *env[] = {gwt_fx.redis_url, "RATE_LIMIT_REQUESTS=3", "WORKER_THREADS=4",
                          "TRUSTED_PROXIES=127.0.0.1/32", NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 5);
     const char *blocked = "192.0.2.9";
     for (int i = 0; i < 4; i++)
         assert_int_equal(status_as(gp[0], blocked, NULL), i < 3 ? 200 : 429);
     static const char *const evals[] = {"evalsha", "eval", NULL};
-    long long before = gwt_dist_redis_calls(rport, evals);
+    long long before = gwt_dist_redis_calls(gwt_fx.rport, evals);
     assert_true(before >= 4);
 
     struct gwt_response first;
@@ -734,14 +702,14 @@ static void test_over_limit_cache_spares_redis(void **state)
         gwt_response_free(&r);
     }
     close(fd);
-    long long after = gwt_dist_redis_calls(rport, evals);
+    long long after = gwt_dist_redis_calls(gwt_fx.rport, evals);
     if (after != before)
         fail_msg("100 refused requests cost Redis %lld EVALSHA/EVAL calls, want 0", after - before);
     assert_int_equal(backend_requests(), 3);
     assert_int_equal(gwt_stat(gp[0], "/stats", "requests_rate_limited"), 101);
     /* Another client is still counted in Redis: exactly one more call. */
     assert_int_equal(status_as(gp[0], "192.0.2.10", NULL), 200);
-    assert_int_equal(gwt_dist_redis_calls(rport, evals), before + 1);
+    assert_int_equal(gwt_dist_redis_calls(gwt_fx.rport, evals), before + 1);
 }
 
 /* ---- API-key mode ----------------------------------------------------------------- */
@@ -753,9 +721,9 @@ static void test_over_limit_cache_spares_redis(void **state)
 static void test_api_key_mode(void **state)
 {
     const char *env[] = {
-        redis_url,         "RATE_LIMIT_REQUESTS=2", "RATE_LIMIT_KEY=header:X-API-Key",
+        gwt_fx.redis_url,  "RATE_LIMIT_REQUESTS=2", "RATE_LIMIT_KEY=header:X-API-Key",
         "LOG_LEVEL=debug", "ACCESS_LOG=on",         NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 5);
     static const char *const secrets[] = {"sk_live_Alpha7Secret", "sk_live_Bravo8Secret"};
     static const struct {
@@ -774,10 +742,10 @@ static void test_api_key_mode(void **state)
     for (int k = 0; k < 2; k++) {
         char client[72];
         gwt_dist_api_client_key(secrets[k], client);
-        assert_int_equal(gwt_dist_client_keys(rport, PREFIX, client), 1);
+        assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, client), 1);
     }
-    assert_int_equal(gwt_dist_client_keys(rport, PREFIX, "ip:127.0.0.1"), 1);
-    assert_int_equal(count_keys(rport, "*"), 3);
+    assert_int_equal(gwt_dist_client_keys(gwt_fx.rport, PREFIX, "ip:127.0.0.1"), 1);
+    assert_int_equal(count_keys(gwt_fx.rport, "*"), 3);
 
     /* Read /stats and /metrics, then stop the gateway so its log is complete. */
     struct gwt_response st, me;
@@ -790,7 +758,7 @@ static void test_api_key_mode(void **state)
     assert_non_null(log);
     assert_non_null(strstr(log, "\"status\":429")); /* the access log is there */
     char **keys = NULL;
-    int n = gwt_dist_redis_scan(rport, NULL, 0, "*", &keys);
+    int n = gwt_dist_redis_scan(gwt_fx.rport, NULL, 0, "*", &keys);
     assert_int_equal(n, 3);
     for (int k = 0; k < 2; k++) {
         const char *needle = secrets[k] + 8; /* "Alpha7Secret": any part of the value */
@@ -858,8 +826,8 @@ static void test_redis_url_password_db_and_unix(void **state)
     snprintf(url_unix, sizeof(url_unix), "REDIS_URL=unix://%s", sock5);
     const char *env_tcp[] = {url_tcp, "RATE_LIMIT_REQUESTS=2", NULL};
     const char *env_unix[] = {url_unix, "RATE_LIMIT_REQUESTS=2", NULL};
-    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], bport, env_tcp), 0);
-    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], bport, env_unix), 0);
+    assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env_tcp), 0);
+    assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], gwt_fx.bport, env_unix), 0);
     gwt_avoid_window_edge(W, 5);
     for (int g = 0; g < 2; g++) {
         for (int i = 0; i < 3; i++)
@@ -895,29 +863,28 @@ static void test_redis_url_password_db_and_unix(void **state)
     rmdir(dir);
 }
 
+static int group_setup(void **state)
+{
+    return gwt_suite_setup(GWT_FX_REDIS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_two_instances_one_budget, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_two_instances_concurrent_exact, test_setup,
-                                        test_teardown),
-        cmocka_unit_test_setup_teardown(test_clock_skew_one_budget, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_burst_keys_have_ttl, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_xff_spoof_from_untrusted_peer, test_setup,
-                                        test_teardown),
-        cmocka_unit_test_setup_teardown(test_xff_trusted_rightmost_untrusted, test_setup,
-                                        test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_killed_then_restarted, test_setup,
-                                        test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_hung_no_added_wait, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_over_limit_cache_spares_redis, test_setup,
-                                        test_teardown),
-        cmocka_unit_test_setup_teardown(test_api_key_mode, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_url_password_db_and_unix, test_setup,
-                                        test_teardown),
+        GWT_TEST(test_two_instances_one_budget),
+        GWT_TEST(test_two_instances_concurrent_exact),
+        GWT_TEST(test_clock_skew_one_budget),
+        GWT_TEST(test_burst_keys_have_ttl),
+        GWT_TEST(test_xff_spoof_from_untrusted_peer),
+        GWT_TEST(test_xff_trusted_rightmost_untrusted),
+        GWT_TEST(test_redis_killed_then_restarted),
+        GWT_TEST(test_redis_hung_no_added_wait),
+        GWT_TEST(test_over_limit_cache_spares_redis),
+        GWT_TEST(test_api_key_mode),
+        GWT_TEST(test_redis_url_password_db_and_unix),
     };
     /* GWT_FILTER=test_redis_* runs a subset (cmocka glob). */
     if (getenv("GWT_FILTER") != NULL)
         cmocka_set_test_filter(getenv("GWT_FILTER"));
-    return cmocka_run_group_tests_name("distributed_limit", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("distributed_limit", tests, group_setup, gwt_suite_teardown);
 }

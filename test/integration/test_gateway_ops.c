@@ -18,32 +18,6 @@
 #include "gwt_suite.h"
 #include "gwtest.h"
 
-static struct gwt_proc backend;
-static int bport;
-static struct gwt_proc gw;
-static int gport;
-
-static int group_setup(void **state)
-{
-    return gwt_backend_start(&backend, &bport, NULL) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    gwt_stop_and_cleanup(&backend);
-    return 0;
-}
-
-static int test_setup(void **state)
-{
-    return gwt_backend_reset(bport) == 0 ? 0 : -1;
-}
-
-static int test_teardown(void **state)
-{
-    return gwt_stop_tracked();
-}
-
 static json_t *get_json(int port, const char *path, int want_status)
 {
     struct gwt_response r;
@@ -69,8 +43,8 @@ static const char *jstr(json_t *j, const char *key)
 
 static void test_health_ok(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, NULL), 0);
-    json_t *j = get_json(gport, "/health", 200);
+    gwt_suite_start_gw(NULL);
+    json_t *j = get_json(gwt_fx.gport, "/health", 200);
     assert_string_equal(jstr(j, "status"), "ok");
     assert_string_equal(jstr(j, "redis"), "disabled");
     assert_string_equal(jstr(j, "backend"), "connected");
@@ -79,7 +53,7 @@ static void test_health_ok(void **state)
     json_decref(j);
     /* Never forwarded, never rate limited. */
     long long reqs = -1;
-    assert_int_equal(gwt_backend_stats(bport, &reqs, NULL), 0);
+    assert_int_equal(gwt_backend_stats(gwt_fx.bport, &reqs, NULL), 0);
     assert_int_equal(reqs, 0);
 }
 
@@ -93,8 +67,8 @@ static void test_health_with_redis(void **state)
     char url[64];
     snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", rport);
     const char *env[] = {url, NULL};
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
-    json_t *j = get_json(gport, "/health", 200);
+    gwt_suite_start_gw(env);
+    json_t *j = get_json(gwt_fx.gport, "/health", 200);
     assert_string_equal(jstr(j, "status"), "ok");
     assert_string_equal(jstr(j, "redis"), "connected");
     json_decref(j);
@@ -105,7 +79,7 @@ static void test_health_with_redis(void **state)
     j = NULL;
     while (j == NULL && gwt_now_ms() < deadline) {
         struct gwt_response r;
-        assert_int_equal(gwt_get(gport, "/health", &r), 0);
+        assert_int_equal(gwt_get(gwt_fx.gport, "/health", &r), 0);
         if (r.status == 503)
             j = gwt_json(&r);
         else
@@ -121,25 +95,21 @@ static void test_health_with_redis(void **state)
     json_decref(j);
     gwt_proc_cleanup(&redis);
     /* Fail open by default: still serving. */
-    gwt_assert_serves(gport, "/users/1");
+    gwt_assert_serves(gwt_fx.gport, "/users/1");
 }
 
 static void test_health_backend_down(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char burl[64];
-    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
-    const char *env[] = {burl, NULL};
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
-    json_t *j = get_json(gport, "/health", 503);
+    const char *env[] = {gwt_dead_url("BACKEND_URL", "http"), NULL};
+    gwt_suite_start_gw(env);
+    json_t *j = get_json(gwt_fx.gport, "/health", 503);
     assert_string_equal(jstr(j, "status"), "degraded");
     assert_string_equal(jstr(j, "backend"), "disconnected");
     assert_string_equal(jstr(j, "redis"), "disabled");
     json_decref(j);
     /* --healthcheck fails with the reason on one line. */
     char p[32];
-    snprintf(p, sizeof(p), "GATEWAY_PORT=%d", gport);
+    snprintf(p, sizeof(p), "GATEWAY_PORT=%d", gwt_fx.gport);
     const char *henv[] = {p, NULL};
     const char *args[] = {"--healthcheck", NULL};
     char *out = NULL;
@@ -155,15 +125,15 @@ static void test_custom_admin_paths(void **state)
 {
     const char *env[] = {"HEALTH_PATH=/_gw/health", "STATS_PATH=/_gw/stats",
                          "METRICS_PATH=/_gw/metrics", NULL};
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
-    json_t *j = get_json(gport, "/_gw/health", 200);
+    gwt_suite_start_gw(env);
+    json_t *j = get_json(gwt_fx.gport, "/_gw/health", 200);
     assert_string_equal(jstr(j, "status"), "ok");
     json_decref(j);
-    j = get_json(gport, "/_gw/stats", 200);
+    j = get_json(gwt_fx.gport, "/_gw/stats", 200);
     assert_true(json_is_integer(json_object_get(j, "requests_total")));
     json_decref(j);
     /* /stats now belongs to the backend (its own counters). */
-    j = get_json(gport, "/stats", 200);
+    j = get_json(gwt_fx.gport, "/stats", 200);
     assert_true(json_is_integer(json_object_get(j, "max_concurrency")));
     json_decref(j);
 }
@@ -188,20 +158,20 @@ static const char *stats_fields[] = {
 static void test_stats_counters(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=3", "WORKER_THREADS=3", NULL};
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    gwt_suite_start_gw(env);
     gwt_avoid_window_edge(60, 5);
     struct gwt_response r;
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(gwt_get(gport, "/users/1", &r), 0);
+        assert_int_equal(gwt_get(gwt_fx.gport, "/users/1", &r), 0);
         assert_int_equal(r.status, 200);
         gwt_response_free(&r);
     }
     for (int i = 0; i < 2; i++) {
-        assert_int_equal(gwt_get(gport, "/users/1", &r), 0);
+        assert_int_equal(gwt_get(gwt_fx.gport, "/users/1", &r), 0);
         assert_int_equal(r.status, 429);
         gwt_response_free(&r);
     }
-    assert_int_equal(gwt_http(gport,
+    assert_int_equal(gwt_http(gwt_fx.gport,
                               "GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n"
                               "Content-Length: 2\r\n\r\nab",
                               &r),
@@ -209,7 +179,7 @@ static void test_stats_counters(void **state)
     assert_int_equal(r.status, 400);
     gwt_response_free(&r);
 
-    json_t *j = get_json(gport, "/stats", 200);
+    json_t *j = get_json(gwt_fx.gport, "/stats", 200);
     for (size_t i = 0; i < sizeof(stats_fields) / sizeof(stats_fields[0]); i++) {
         if (!json_is_integer(json_object_get(j, stats_fields[i])))
             fail_msg("/stats: %s missing or not an integer", stats_fields[i]);
@@ -243,10 +213,10 @@ static void test_stats_counters(void **state)
 /* Prometheus text format with the gateway_ prefix; promtool when present. */
 static void test_metrics(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, NULL), 0);
-    gwt_assert_serves(gport, "/users/1");
+    gwt_suite_start_gw(NULL);
+    gwt_assert_serves(gwt_fx.gport, "/users/1");
     struct gwt_response r;
-    assert_int_equal(gwt_get(gport, "/metrics", &r), 0);
+    assert_int_equal(gwt_get(gwt_fx.gport, "/metrics", &r), 0);
     assert_int_equal(r.status, 200);
     const char *ct = gwt_header(&r, "Content-Type");
     assert_non_null(ct);
@@ -316,18 +286,18 @@ static void assert_stdout_all_json(const struct gwt_proc *p)
 static void test_access_log(void **state)
 {
     char burl[64];
-    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", bport);
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fx.bport);
     const char *env0[] = {burl, "WORKER_THREADS=2", "RATE_LIMIT_REQUESTS=100000", NULL};
-    int rc = gwt_gateway_start_split(&gw, &gport, env0);
-    gwt_track(&gw);
+    int rc = gwt_gateway_start_split(&gwt_fx.gw, &gwt_fx.gport, env0);
+    gwt_track(&gwt_fx.gw);
     assert_int_equal(rc, 0);
     struct gwt_response r;
-    assert_int_equal(gwt_get(gport, "/users/4242?probe=access-log", &r), 0);
+    assert_int_equal(gwt_get(gwt_fx.gport, "/users/4242?probe=access-log", &r), 0);
     assert_int_equal(r.status, 200);
     size_t body_len = r.body_len;
     gwt_response_free(&r);
     char line[4096];
-    assert_int_equal(gwt_wait_out(&gw, "/users/4242", 3000, line, sizeof(line)), 0);
+    assert_int_equal(gwt_wait_out(&gwt_fx.gw, "/users/4242", 3000, line, sizeof(line)), 0);
     json_error_t err;
     json_t *j = json_loads(line, 0, &err);
     if (j == NULL)
@@ -348,25 +318,25 @@ static void test_access_log(void **state)
     assert_true(json_is_false(json_object_get(j, "limited")));
     json_decref(j);
     /* Not on stderr. */
-    char *stderr_text = gwt_log_read(&gw);
+    char *stderr_text = gwt_log_read(&gwt_fx.gw);
     assert_non_null(stderr_text);
     bool on_stderr = strstr(stderr_text, "/users/4242") != NULL;
     free(stderr_text);
     assert_false(on_stderr);
-    assert_stdout_all_json(&gw);
+    assert_stdout_all_json(&gwt_fx.gw);
 
     /* A 429 is logged with limited=true. */
-    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
-    gwt_proc_cleanup(&gw);
+    assert_int_equal(gwt_stop(&gwt_fx.gw, SIGTERM, 5000), 0);
+    gwt_proc_cleanup(&gwt_fx.gw);
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", NULL};
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    gwt_suite_start_gw(env);
     gwt_avoid_window_edge(60, 3);
     for (int i = 0; i < 2; i++) {
-        assert_int_equal(gwt_get(gport, "/users/4343", &r), 0);
+        assert_int_equal(gwt_get(gwt_fx.gport, "/users/4343", &r), 0);
         assert_int_equal(r.status, i == 0 ? 200 : 429);
         gwt_response_free(&r);
     }
-    assert_int_equal(gwt_wait_log(&gw, "\"status\":429", 3000, line, sizeof(line)), 0);
+    assert_int_equal(gwt_wait_log(&gwt_fx.gw, "\"status\":429", 3000, line, sizeof(line)), 0);
     j = json_loads(line, 0, &err);
     assert_non_null(j);
     assert_true(json_is_true(json_object_get(j, "limited")));
@@ -377,17 +347,17 @@ static void test_access_log(void **state)
 static void test_access_log_off(void **state)
 {
     const char *env[] = {"ACCESS_LOG=off", NULL};
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    gwt_suite_start_gw(env);
     struct gwt_response r;
-    assert_int_equal(gwt_get(gport, "/users/5151", &r), 0);
+    assert_int_equal(gwt_get(gwt_fx.gport, "/users/5151", &r), 0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
-    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
-    char *log = gwt_log_read(&gw);
+    assert_int_equal(gwt_stop(&gwt_fx.gw, SIGTERM, 5000), 0);
+    char *log = gwt_log_read(&gwt_fx.gw);
     assert_non_null(log);
     bool found = strstr(log, "/users/5151") != NULL;
     free(log);
-    gwt_proc_cleanup(&gw);
+    gwt_proc_cleanup(&gwt_fx.gw);
     assert_false(found);
 }
 
@@ -395,15 +365,15 @@ static void test_access_log_off(void **state)
  * connections are refused, and the gateway exits 0. */
 static void test_sigterm_drains(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, NULL), 0);
+    gwt_suite_start_gw(NULL);
     struct gwt_async a;
-    assert_int_equal(gwt_async_start(&a, gport,
+    assert_int_equal(gwt_async_start(&a, gwt_fx.gport,
                                      "GET /slow?ms=500 HTTP/1.1\r\nHost: h\r\nConnection: "
                                      "close\r\n\r\n"),
                      0);
-    assert_int_equal(gwt_wait_stat(gport, "/stats", "in_flight", 1, 3000), 0);
+    assert_int_equal(gwt_wait_stat(gwt_fx.gport, "/stats", "in_flight", 1, 3000), 0);
     long long t0 = gwt_now_ms();
-    int st = gwt_stop(&gw, SIGTERM, 5000);
+    int st = gwt_stop(&gwt_fx.gw, SIGTERM, 5000);
     long long ms = gwt_now_ms() - t0;
     assert_int_equal(gwt_async_join(&a), 0);
     assert_int_equal(a.resp.status, 200);
@@ -415,8 +385,8 @@ static void test_sigterm_drains(void **state)
     assert_int_equal(st, 0);
     assert_true(ms < 4000);
     /* Gone: the port no longer accepts. */
-    assert_true(gwt_connect(gport) < 0);
-    gwt_proc_cleanup(&gw);
+    assert_true(gwt_connect(gwt_fx.gport) < 0);
+    gwt_proc_cleanup(&gwt_fx.gw);
 }
 
 /* When SHUTDOWN_TIMEOUT_MS runs out, a request still queued for an in-flight
@@ -425,16 +395,16 @@ static void test_forced_shutdown_answers_queued(void **state)
 {
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=1", "QUEUE_TIMEOUT_MS=30000",
                          "SHUTDOWN_TIMEOUT_MS=300", NULL};
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    gwt_suite_start_gw(env);
     struct gwt_async holder, queued;
     assert_int_equal(
-        gwt_async_start(&holder, gport, "GET /slow?ms=3000 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
-    assert_int_equal(gwt_wait_stat(gport, "/stats", "in_flight", 1, 3000), 0);
-    assert_int_equal(gwt_async_start(&queued, gport, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"),
-                     0);
-    assert_int_equal(gwt_wait_stat(gport, "/stats", "queue_length", 1, 3000), 0);
+        gwt_async_start(&holder, gwt_fx.gport, "GET /slow?ms=3000 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    assert_int_equal(gwt_wait_stat(gwt_fx.gport, "/stats", "in_flight", 1, 3000), 0);
+    assert_int_equal(
+        gwt_async_start(&queued, gwt_fx.gport, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    assert_int_equal(gwt_wait_stat(gwt_fx.gport, "/stats", "queue_length", 1, 3000), 0);
     long long t0 = gwt_now_ms();
-    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
+    assert_int_equal(gwt_stop(&gwt_fx.gw, SIGTERM, 5000), 0);
     assert_true(gwt_now_ms() - t0 < 2500);
     assert_int_equal(gwt_async_join(&queued), 0);
     assert_int_equal(queued.resp.status, 503);
@@ -443,14 +413,14 @@ static void test_forced_shutdown_answers_queued(void **state)
     gwt_async_free(&queued);
     gwt_async_join(&holder); /* cut off by the forced close: no answer expected */
     gwt_async_free(&holder);
-    gwt_proc_cleanup(&gw);
+    gwt_proc_cleanup(&gwt_fx.gw);
 }
 
 /* SIGTERM on an idle keep-alive client does not wait for it. */
 static void test_sigterm_idle_client(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, NULL), 0);
-    int fd = gwt_connect(gport);
+    gwt_suite_start_gw(NULL);
+    int fd = gwt_connect(gwt_fx.gport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     struct gwt_response r;
@@ -458,19 +428,19 @@ static void test_sigterm_idle_client(void **state)
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
     long long t0 = gwt_now_ms();
-    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
+    assert_int_equal(gwt_stop(&gwt_fx.gw, SIGTERM, 5000), 0);
     assert_true(gwt_now_ms() - t0 < 3000);
     assert_true(gwt_peer_closed(fd, 1000));
     close(fd);
-    gwt_proc_cleanup(&gw);
+    gwt_proc_cleanup(&gwt_fx.gw);
 }
 
 static void test_sigint_exit0(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, NULL), 0);
-    gwt_assert_serves(gport, "/users/1");
-    assert_int_equal(gwt_stop(&gw, SIGINT, 5000), 0);
-    gwt_proc_cleanup(&gw);
+    gwt_suite_start_gw(NULL);
+    gwt_assert_serves(gwt_fx.gport, "/users/1");
+    assert_int_equal(gwt_stop(&gwt_fx.gw, SIGINT, 5000), 0);
+    gwt_proc_cleanup(&gwt_fx.gw);
 }
 
 static void test_check_config_bad_value(void **state)
@@ -578,25 +548,25 @@ static void test_env_file(void **state)
     close(fd);
     const char *args[] = {"--env-file", path, NULL};
     char burl[64];
-    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", bport);
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fx.bport);
     /* gwt_gateway_for sets WORKER_THREADS=2 in the environment. */
     const char *env[] = {burl, "WORKER_THREADS=2", "RATE_LIMIT_REQUESTS=100000", NULL};
-    int rc = gwt_gateway_start_args(&gw, &gport, env, args);
-    gwt_track(&gw);
+    int rc = gwt_gateway_start_args(&gwt_fx.gw, &gwt_fx.gport, env, args);
+    gwt_track(&gwt_fx.gw);
     unlink(path);
     assert_int_equal(rc, 0);
-    json_t *j = get_json(gport, "/from-file-health", 200);
+    json_t *j = get_json(gwt_fx.gport, "/from-file-health", 200);
     assert_string_equal(jstr(j, "status"), "ok");
     json_decref(j);
-    assert_int_equal(gwt_stat(gport, "/stats", "worker_threads"), 2);
+    assert_int_equal(gwt_stat(gwt_fx.gport, "/stats", "worker_threads"), 2);
 }
 
 /* --healthcheck: 0 against a healthy gateway, 1 when nothing listens. */
 static void test_healthcheck_command(void **state)
 {
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, NULL), 0);
+    gwt_suite_start_gw(NULL);
     char p[32];
-    snprintf(p, sizeof(p), "GATEWAY_PORT=%d", gport);
+    snprintf(p, sizeof(p), "GATEWAY_PORT=%d", gwt_fx.gport);
     const char *env[] = {p, NULL};
     const char *args[] = {"--healthcheck", NULL};
     assert_int_equal(gwt_gateway_run(args, env, 5000, NULL, NULL), 0);
@@ -608,27 +578,27 @@ static void test_healthcheck_command(void **state)
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
+#define T(f) GWT_TEST(f)
     const struct CMUnitTest tests[] = {
-        T(test_health_ok),
-        T(test_health_with_redis),
-        T(test_health_backend_down),
-        T(test_custom_admin_paths),
-        T(test_stats_counters),
-        T(test_metrics),
-        T(test_access_log),
-        T(test_access_log_off),
-        T(test_sigterm_drains),
-        T(test_sigterm_idle_client),
-        T(test_forced_shutdown_answers_queued),
-        T(test_sigint_exit0),
-        T(test_check_config_bad_value),
-        T(test_check_config_accumulates),
-        T(test_check_config_ok),
-        T(test_version_help),
-        T(test_env_file),
-        T(test_healthcheck_command),
+        GWT_TEST(test_health_ok),
+        GWT_TEST(test_health_with_redis),
+        GWT_TEST(test_health_backend_down),
+        GWT_TEST(test_custom_admin_paths),
+        GWT_TEST(test_stats_counters),
+        GWT_TEST(test_metrics),
+        GWT_TEST(test_access_log),
+        GWT_TEST(test_access_log_off),
+        GWT_TEST(test_sigterm_drains),
+        GWT_TEST(test_sigterm_idle_client),
+        GWT_TEST(test_forced_shutdown_answers_queued),
+        GWT_TEST(test_sigint_exit0),
+        GWT_TEST(test_check_config_bad_value),
+        GWT_TEST(test_check_config_accumulates),
+        GWT_TEST(test_check_config_ok),
+        GWT_TEST(test_version_help),
+        GWT_TEST(test_env_file),
+        GWT_TEST(test_healthcheck_command),
     };
-#undef T
-    return cmocka_run_group_tests_name("gateway_ops", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("gateway_ops", tests, gwt_suite_setup_backend,
+                                       gwt_suite_teardown);
 }

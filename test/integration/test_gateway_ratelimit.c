@@ -23,41 +23,8 @@
 #define WINDOW     60
 #define QUOTA_TYPE "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
-static struct gwt_proc backend, redis;
-static int bport, rport;
 static struct gwt_proc gwa, gwb;
 static int pa, pb;
-static char redis_url[64];
-
-static int group_setup(void **state)
-{
-    if (gwt_backend_start(&backend, &bport, NULL) != 0)
-        return -1;
-    if (gwt_redis_start(&redis, &rport) != 0)
-        return -1;
-    snprintf(redis_url, sizeof(redis_url), "REDIS_URL=redis://127.0.0.1:%d", rport);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    gwt_stop_and_cleanup(&backend);
-    gwt_stop_and_cleanup(&redis);
-    return 0;
-}
-
-static int test_setup(void **state)
-{
-    /* Each test starts with an empty Redis and the backend's counters at 0. */
-    if (gwt_redis_cmd(rport, "FLUSHALL") != 0)
-        return -1;
-    return gwt_backend_reset(bport) == 0 ? 0 : -1;
-}
-
-static int test_teardown(void **state)
-{
-    return gwt_stop_tracked();
-}
 
 static long long header_ll(const struct gwt_response *r, const char *name)
 {
@@ -141,7 +108,7 @@ static void run_limit_sequence(int port)
         assert_rl_headers(&r, LIMIT, n, t0, t1);
         gwt_response_free(&r);
     }
-    assert_int_equal(gwt_backend_requests(bport), LIMIT);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), LIMIT);
     for (int n = LIMIT + 1; n <= LIMIT + 3; n++) {
         struct gwt_response r;
         long long t0, t1;
@@ -151,7 +118,7 @@ static void run_limit_sequence(int port)
         gwt_response_free(&r);
     }
     /* Refused requests never reached the backend. */
-    assert_int_equal(gwt_backend_requests(bport), LIMIT);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), LIMIT);
     /* A refused request on a keep-alive connection leaves it usable. */
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
@@ -163,7 +130,7 @@ static void run_limit_sequence(int port)
         gwt_response_free(&r);
     }
     close(fd);
-    assert_int_equal(gwt_backend_requests(bport), LIMIT);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), LIMIT);
     /* The gateway's own endpoints are never rate limited. */
     struct gwt_response r;
     assert_int_equal(gwt_get(port, "/health", &r), 0);
@@ -176,21 +143,22 @@ static void run_limit_sequence(int port)
 static void test_memory_store(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=5", "RATE_LIMIT_WINDOW_SECONDS=60", NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     run_limit_sequence(pa);
 }
 
 static void test_redis_store(void **state)
 {
-    const char *env[] = {"RATE_LIMIT_REQUESTS=5", "RATE_LIMIT_WINDOW_SECONDS=60", redis_url, NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    const char *env[] = {"RATE_LIMIT_REQUESTS=5", "RATE_LIMIT_WINDOW_SECONDS=60", gwt_fx.redis_url,
+                         NULL};
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     run_limit_sequence(pa);
     /* Every key under the prefix carries a TTL no longer than the window. */
     char **keys = NULL;
-    int n = gwt_redis_keys(rport, "rl*", &keys);
+    int n = gwt_redis_keys(gwt_fx.rport, "rl*", &keys);
     assert_true(n >= 1);
     for (int i = 0; i < n; i++) {
-        long long ttl = gwt_redis_ttl(rport, keys[i]);
+        long long ttl = gwt_redis_ttl(gwt_fx.rport, keys[i]);
         if (!(ttl > 0 && ttl <= WINDOW)) {
             char k[256];
             snprintf(k, sizeof(k), "%s", keys[i]);
@@ -200,9 +168,9 @@ static void test_redis_store(void **state)
     }
     gwt_strv_free(keys, n);
     /* Nothing outside the prefix. */
-    n = gwt_redis_keys(rport, "*", &keys);
+    n = gwt_redis_keys(gwt_fx.rport, "*", &keys);
     gwt_strv_free(keys, n > 0 ? n : 0);
-    int m = gwt_redis_keys(rport, "rl*", &keys);
+    int m = gwt_redis_keys(gwt_fx.rport, "rl*", &keys);
     gwt_strv_free(keys, m > 0 ? m : 0);
     assert_int_equal(n, m);
     assert_int_equal(gwt_stat(pa, "/stats", "redis_errors"), 0);
@@ -211,17 +179,18 @@ static void test_redis_store(void **state)
 /* A custom prefix is used for every key. */
 static void test_redis_key_prefix(void **state)
 {
-    const char *env[] = {"RATE_LIMIT_REQUESTS=5", redis_url, "RATE_LIMIT_KEY_PREFIX=tst9", NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    const char *env[] = {"RATE_LIMIT_REQUESTS=5", gwt_fx.redis_url, "RATE_LIMIT_KEY_PREFIX=tst9",
+                         NULL};
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     struct gwt_response r;
     assert_int_equal(gwt_get(pa, "/users/1", &r), 0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
     char **keys = NULL;
-    int n = gwt_redis_keys(rport, "tst9*", &keys);
+    int n = gwt_redis_keys(gwt_fx.rport, "tst9*", &keys);
     gwt_strv_free(keys, n > 0 ? n : 0);
     assert_true(n >= 1);
-    int all = gwt_redis_keys(rport, "*", &keys);
+    int all = gwt_redis_keys(gwt_fx.rport, "*", &keys);
     gwt_strv_free(keys, all > 0 ? all : 0);
     assert_int_equal(all, n);
 }
@@ -230,8 +199,8 @@ static void test_redis_key_prefix(void **state)
  * emptying Redis does not let it through again. */
 static void test_redis_over_limit_remembered(void **state)
 {
-    const char *env[] = {"RATE_LIMIT_REQUESTS=2", redis_url, NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    const char *env[] = {"RATE_LIMIT_REQUESTS=2", gwt_fx.redis_url, NULL};
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(WINDOW, 5);
     int want[] = {200, 200, 429};
     for (int i = 0; i < 3; i++) {
@@ -240,7 +209,7 @@ static void test_redis_over_limit_remembered(void **state)
         assert_int_equal(r.status, want[i]);
         gwt_response_free(&r);
     }
-    assert_int_equal(gwt_redis_cmd(rport, "FLUSHALL"), 0);
+    assert_int_equal(gwt_redis_cmd(gwt_fx.rport, "FLUSHALL"), 0);
     for (int i = 0; i < 6; i++) {
         struct gwt_response r;
         assert_int_equal(gwt_get(pa, "/users/1", &r), 0);
@@ -250,15 +219,16 @@ static void test_redis_over_limit_remembered(void **state)
                      i + 1, r.status);
         gwt_response_free(&r);
     }
-    assert_int_equal(gwt_backend_requests(bport), 2);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), 2);
 }
 
 /* Two gateways on one Redis: exactly LIMIT requests pass in total. */
 static void test_redis_global_limit(void **state)
 {
-    const char *env[] = {"RATE_LIMIT_REQUESTS=5", "RATE_LIMIT_WINDOW_SECONDS=60", redis_url, NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
-    assert_int_equal(gwt_gateway_for(&gwb, &pb, bport, env), 0);
+    const char *env[] = {"RATE_LIMIT_REQUESTS=5", "RATE_LIMIT_WINDOW_SECONDS=60", gwt_fx.redis_url,
+                         NULL};
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwb, &pb, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(WINDOW, 5);
     int ok = 0, limited = 0;
     for (int i = 0; i < 12; i++) {
@@ -274,7 +244,7 @@ static void test_redis_global_limit(void **state)
     }
     assert_int_equal(ok, LIMIT);
     assert_int_equal(limited, 12 - LIMIT);
-    assert_int_equal(gwt_backend_requests(bport), LIMIT);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), LIMIT);
 }
 
 /* RATE_LIMIT_KEY=header:X-API-Key: each key has its own budget; no header
@@ -282,7 +252,7 @@ static void test_redis_global_limit(void **state)
 static void test_key_by_header(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=2", "RATE_LIMIT_KEY=header:X-API-Key", NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(WINDOW, 5);
     static const struct {
         const char *hdr;
@@ -307,14 +277,14 @@ static void test_key_by_header(void **state)
                      r.status, seq[i].status);
         gwt_response_free(&r);
     }
-    assert_int_equal(gwt_backend_requests(bport), 6);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), 6);
 }
 
 /* RATE_LIMIT_HEADERS=off: no rate-limit fields, but 429 keeps Retry-After. */
 static void test_headers_off(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", "RATE_LIMIT_HEADERS=off", NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(WINDOW, 5);
     static const char *fields[] = {"X-RateLimit-Limit", "X-RateLimit-Remaining",
                                    "X-RateLimit-Reset", "RateLimit-Policy", "RateLimit"};
@@ -336,7 +306,7 @@ static void test_headers_off(void **state)
 static void test_dry_run(void **state)
 {
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", "RATE_LIMIT_DRY_RUN=on", NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(WINDOW, 5);
     for (int i = 0; i < 3; i++) {
         struct gwt_response r;
@@ -348,7 +318,7 @@ static void test_dry_run(void **state)
             assert_non_null(strstr(rl, ";r=0;"));
         gwt_response_free(&r);
     }
-    assert_int_equal(gwt_backend_requests(bport), 3);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), 3);
     assert_int_equal(gwt_stat(pa, "/stats", "requests_rate_limited_dry_run"), 2);
     assert_int_equal(gwt_stat(pa, "/stats", "requests_rate_limited"), 0);
 }
@@ -357,12 +327,9 @@ static void test_dry_run(void **state)
  * /health says degraded. */
 static void test_redis_down_open(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char url[64];
-    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", dead);
+    const char *url = gwt_dead_url("REDIS_URL", "redis");
     const char *env[] = {"RATE_LIMIT_REQUESTS=1", url, "RATE_LIMIT_FAILURE_MODE=open", NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     for (int i = 0; i < 3; i++) {
         struct gwt_response r;
         assert_int_equal(gwt_get(pa, "/users/1", &r), 0);
@@ -384,18 +351,15 @@ static void test_redis_down_open(void **state)
 /* Failure mode closed: 503 while Redis is unreachable, nothing proxied. */
 static void test_redis_down_closed(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char url[64];
-    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", dead);
+    const char *url = gwt_dead_url("REDIS_URL", "redis");
     const char *env[] = {url, "RATE_LIMIT_FAILURE_MODE=closed", NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     struct gwt_response r;
     assert_int_equal(gwt_get(pa, "/users/1", &r), 0);
     assert_int_equal(r.status, 503);
     assert_non_null(strstr(gwt_header(&r, "Content-Type"), "application/problem+json"));
     gwt_response_free(&r);
-    assert_int_equal(gwt_backend_requests(bport), 0);
+    assert_int_equal(gwt_backend_requests(gwt_fx.bport), 0);
     /* Counted under its own result, in /stats and in /metrics. */
     assert_int_equal(gwt_stat(pa, "/stats", "requests_rejected_store"), 1);
     assert_int_equal(gwt_stat(pa, "/stats", "requests_bad"), 0);
@@ -407,12 +371,9 @@ static void test_redis_down_closed(void **state)
 /* Failure mode local: the same limit is enforced from the in-process store. */
 static void test_redis_down_local(void **state)
 {
-    int dead = gwt_free_port();
-    assert_true(dead > 0);
-    char url[64];
-    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", dead);
+    const char *url = gwt_dead_url("REDIS_URL", "redis");
     const char *env[] = {url, "RATE_LIMIT_FAILURE_MODE=local", "RATE_LIMIT_REQUESTS=2", NULL};
-    assert_int_equal(gwt_gateway_for(&gwa, &pa, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gwa, &pa, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(WINDOW, 5);
     int want[] = {200, 200, 429};
     for (int i = 0; i < 3; i++) {
@@ -423,21 +384,25 @@ static void test_redis_down_local(void **state)
     }
 }
 
+static int group_setup(void **state)
+{
+    return gwt_suite_setup(GWT_FX_REDIS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_memory_store, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_store, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_key_prefix, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_global_limit, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_over_limit_remembered, test_setup,
-                                        test_teardown),
-        cmocka_unit_test_setup_teardown(test_key_by_header, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_headers_off, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_dry_run, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_down_open, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_down_closed, test_setup, test_teardown),
-        cmocka_unit_test_setup_teardown(test_redis_down_local, test_setup, test_teardown),
+        GWT_TEST(test_memory_store),
+        GWT_TEST(test_redis_store),
+        GWT_TEST(test_redis_key_prefix),
+        GWT_TEST(test_redis_global_limit),
+        GWT_TEST(test_redis_over_limit_remembered),
+        GWT_TEST(test_key_by_header),
+        GWT_TEST(test_headers_off),
+        GWT_TEST(test_dry_run),
+        GWT_TEST(test_redis_down_open),
+        GWT_TEST(test_redis_down_closed),
+        GWT_TEST(test_redis_down_local),
     };
-    return cmocka_run_group_tests_name("gateway_ratelimit", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("gateway_ratelimit", tests, group_setup, gwt_suite_teardown);
 }

@@ -22,27 +22,9 @@
 #define CAPACITY_TYPE "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
 #define DASHBOARD     GW_SOURCE_DIR "/deploy/grafana/gateway-dashboard.json"
 
-static struct gwt_proc backend;
-static int bport;
 /* Processes of one test, tracked for the teardown: static, since the
  * teardown runs after the test function returned. */
 static struct gwt_proc gw, gw2, be, redis;
-
-static int group_setup(void **state)
-{
-    return gwt_backend_start(&backend, &bport, NULL) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    gwt_stop_and_cleanup(&backend);
-    return 0;
-}
-
-static int test_teardown(void **state)
-{
-    return gwt_stop_tracked();
-}
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -275,7 +257,7 @@ static void test_dry_run_counts(void **state)
     const char *env[] = {"RATE_LIMIT_DRY_RUN=on", "RATE_LIMIT_REQUESTS=1",
                          "RATE_LIMIT_WINDOW_SECONDS=3600", NULL};
     int gport;
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gw, &gport, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(3600, 30);
     for (int i = 0; i < 3; i++)
         get_path(gport, "/users/7", 200);
@@ -303,7 +285,7 @@ static void test_worker_connections(void **state)
 {
     const char *env[] = {"WORKER_THREADS=3", NULL};
     int gport;
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gw, &gport, gwt_fx.bport, env), 0);
     struct gwt_admin a;
     gwt_admin_init(&a, gport);
     wait_stats_field(&a, "connections_active", 1, 3000); /* the admin one */
@@ -340,7 +322,7 @@ static void test_cardinality_bounded(void **state)
 {
     const char *env[] = {"RATE_LIMIT_KEY=header:X-API-Key", "RATE_LIMIT_REQUESTS=2", NULL};
     int gport;
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gw, &gport, gwt_fx.bport, env), 0);
     struct gwt_admin a;
     gwt_admin_init(&a, gport);
     char *before = metrics(&a);
@@ -399,7 +381,7 @@ static void test_health_live_vs_ready(void **state)
     snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", dead);
     const char *env[] = {burl, NULL};
     int gport;
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gw, &gport, gwt_fx.bport, env), 0);
 
     struct gwt_response r;
     assert_int_equal(gwt_get(gport, "/health?probe=live", &r), 0);
@@ -433,10 +415,10 @@ static void test_health_live_vs_ready(void **state)
 
     /* The same gateway in front of a live backend is ready. */
     char good[64];
-    snprintf(good, sizeof(good), "BACKEND_URL=http://127.0.0.1:%d", bport);
+    snprintf(good, sizeof(good), "BACKEND_URL=http://127.0.0.1:%d", gwt_fx.bport);
     const char *env2[] = {good, NULL};
     int gport2;
-    assert_int_equal(gwt_gateway_for(&gw2, &gport2, bport, env2), 0);
+    assert_int_equal(gwt_gateway_for(&gw2, &gport2, gwt_fx.bport, env2), 0);
     assert_int_equal(gwt_get(gport2, "/health", &r), 0);
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
@@ -525,7 +507,7 @@ static void test_real_prometheus(void **state)
     snprintf(rurl, sizeof(rurl), "REDIS_URL=redis://127.0.0.1:%d", rport);
     const char *env[] = {rurl, "RATE_LIMIT_REQUESTS=3", "RATE_LIMIT_WINDOW_SECONDS=3600", NULL};
     int gport;
-    assert_int_equal(gwt_gateway_for(&gw, &gport, bport, env), 0);
+    assert_int_equal(gwt_gateway_for(&gw, &gport, gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(3600, 30);
     for (int i = 0; i < 5; i++)
         get_path(gport, "/users/3", i < 3 ? 200 : 429);
@@ -613,12 +595,9 @@ static void test_real_prometheus(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_known_sequence_exact, test_teardown),
-        cmocka_unit_test_teardown(test_dry_run_counts, test_teardown),
-        cmocka_unit_test_teardown(test_worker_connections, test_teardown),
-        cmocka_unit_test_teardown(test_cardinality_bounded, test_teardown),
-        cmocka_unit_test_teardown(test_health_live_vs_ready, test_teardown),
-        cmocka_unit_test_teardown(test_real_prometheus, test_teardown),
+        GWT_TEST(test_known_sequence_exact), GWT_TEST(test_dry_run_counts),
+        GWT_TEST(test_worker_connections),   GWT_TEST(test_cardinality_bounded),
+        GWT_TEST(test_health_live_vs_ready), GWT_TEST(test_real_prometheus),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, gwt_suite_setup_backend, gwt_suite_teardown);
 }

@@ -280,10 +280,22 @@ void gwt_track(struct gwt_proc *p)
         tracked[ntracked++] = p;
 }
 
+int gwt_tracked_count(void)
+{
+    return ntracked;
+}
+
 int gwt_stop_tracked(void)
 {
+    return gwt_stop_tracked_from(0);
+}
+
+int gwt_stop_tracked_from(int mark)
+{
     int rc = 0;
-    for (int i = 0; i < ntracked; i++) {
+    if (mark < 0 || mark > ntracked)
+        mark = 0;
+    for (int i = mark; i < ntracked; i++) {
         struct gwt_proc *p = tracked[i];
         if (p->pid <= 0)
             continue;
@@ -304,7 +316,7 @@ int gwt_stop_tracked(void)
         }
         gwt_proc_cleanup(p);
     }
-    ntracked = 0;
+    ntracked = mark;
     return rc;
 }
 

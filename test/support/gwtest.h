@@ -319,4 +319,11 @@ void gwt_track(struct gwt_proc *p);
  * all exited 0 (or had been stopped and checked by the test), else -1. */
 int gwt_stop_tracked(void);
 
+/* How many processes are tracked now (a mark for gwt_stop_tracked_from). */
+int gwt_tracked_count(void);
+
+/* As gwt_stop_tracked, for the processes tracked after mark only; the
+ * earlier ones stay tracked and running. */
+int gwt_stop_tracked_from(int mark);
+
 #endif
