@@ -168,6 +168,11 @@ static struct row rows[] = {
     ROW("absolute-form with a bad port", "GET http://h:abc/echo HTTP/1.1\r\nHost: h\r\n\r\n"),
     ROW("absolute-form with userinfo", "GET http://u:p@h/echo HTTP/1.1\r\nHost: h\r\n\r\n"),
     ROW("fragment in the request-target", "GET /echo#f HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ROW("Host with a space", "GET /echo HTTP/1.1\r\nHost: bad host.example\r\n\r\n"),
+    ROW("Host with a slash", "GET /echo HTTP/1.1\r\nHost: h/admin\r\n\r\n"),
+    ROW("Host with userinfo", "GET /echo HTTP/1.1\r\nHost: u@h\r\n\r\n"),
+    ROW("/../ above the root", "GET /../echo HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ROW("%2e%2e above the root", "GET /%2e%2e/echo HTTP/1.1\r\nHost: h\r\n\r\n"),
 };
 
 #define NROWS (sizeof(rows) / sizeof(rows[0]))

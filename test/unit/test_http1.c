@@ -322,6 +322,18 @@ static const struct valid_case valid_requests[] = {
      "REQ GET http://a.example/p?q 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n"
      "  Host=[a.example]\nBODY 0 []\nDONE\n"
      "REQ OPTIONS * 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[a]\nBODY 0 []\nDONE\n"},
+    {"every valid Host form (RFC 9110 §7.2, RFC 3986 §3.2.2)",
+     S("GET / HTTP/1.1\r\nHost: Example.COM:8080\r\n\r\n"
+       "GET / HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n"
+       "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+       "GET / HTTP/1.1\r\nHost: a_b~c!$&'()*+,;=%41:\r\n\r\n"
+       "GET / HTTP/1.1\r\nHost: \r\n\r\n"),
+     "REQ GET / 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[Example.COM:8080]\nBODY 0 []\nDONE\n"
+     "REQ GET / 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[[2001:db8::1]:80]\nBODY 0 []\nDONE\n"
+     "REQ GET / 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[127.0.0.1]\nBODY 0 []\nDONE\n"
+     "REQ GET / 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[a_b~c!$&'()*+,;=%41:]\nBODY 0 "
+     "[]\nDONE\n"
+     "REQ GET / 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n  Host=[]\nBODY 0 []\nDONE\n"},
     {"obs-text in a value, repeated fields kept in order",
      S("GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\r\nAccept: a\r\naccept: b\r\n\r\n"),
      "REQ GET / 1.1 cl=-1 te=0 ka=1 body=0 ec=0 up=0\n"
@@ -656,6 +668,25 @@ static const struct bad_case bad_requests[] = {
      false, "malformed host in the request-target"},
     {"fragment in origin-form", S("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
      "fragment in the request-target"},
+    /* Host (RFC 9110 §7.2, RFC 3986 §3.2.2) */
+    {"Host with a space", S("GET / HTTP/1.1\r\nHost: bad host.example\r\n\r\n"), 400, false,
+     "invalid Host header"},
+    {"Host with a slash", S("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"), 400, false,
+     "invalid Host header"},
+    {"Host with userinfo", S("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"), 400, false,
+     "invalid Host header"},
+    {"Host port not a number", S("GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n"), 400, false,
+     "invalid Host header"},
+    {"Host port too large", S("GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n"), 400, false,
+     "invalid Host header"},
+    {"Host two colons", S("GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n"), 400, false,
+     "invalid Host header"},
+    {"Host bad IPv6 literal", S("GET / HTTP/1.1\r\nHost: [::g]\r\n\r\n"), 400, false,
+     "invalid Host header"},
+    {"Host unbracketed IPv6", S("GET / HTTP/1.1\r\nHost: ::1\r\n\r\n"), 400, false,
+     "invalid Host header"},
+    {"Host bad pct-encoding", S("GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n"), 400, false,
+     "invalid Host header"},
     /* dot-segments climbing above the root (RFC 3986 §5.2.4) */
     {"/../ above the root", S("GET /../admin HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
      "request-target path climbs above the root"},
@@ -817,11 +848,18 @@ static void test_head_limits(void **state)
     expect_status("padding", GW_HTTP_REQUEST, 1024, 0, b, len, 431, &r);
     free(b);
 
-    /* A long request-target. */
+    /* A request line longer than the limit: 414 (RFC 9110 §15.5.15); a
+     * request line within it followed by too many header bytes stays 431. */
     {
         char t[2100];
         int n = snprintf(t, sizeof(t), "GET /%0*d HTTP/1.1\r\nHost: a\r\n\r\n", 2000, 7);
-        expect_status("long target", GW_HTTP_REQUEST, 1024, 0, t, (size_t)n, 431, &r);
+        expect_status("long target", GW_HTTP_REQUEST, 1024, 0, t, (size_t)n, 414, &r);
+        n = snprintf(t, sizeof(t), "GET /%0*d HTTP/1.1\r\nHost: a\r\nX: %0*d\r\n\r\n", 900, 7, 500,
+                     1);
+        expect_status("short line, long head", GW_HTTP_REQUEST, 1024, 0, t, (size_t)n, 431, &r);
+        /* The line ends exactly at the limit: the header section trips it. */
+        n = snprintf(t, sizeof(t), "GET /%0*d HTTP/1.1\r\nHost: a\r\n\r\n", 1024 - 16, 7);
+        expect_status("line at the limit", GW_HTTP_REQUEST, 1024, 0, t, (size_t)n, 431, &r);
     }
 
     /* Exactly at the limit passes; one byte more fails. */
