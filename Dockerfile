@@ -19,8 +19,9 @@ COPY third_party ./third_party
 COPY include ./include
 COPY src ./src
 # CMake configures the test targets too (cmocka is required), so test/
-# comes along; only the gateway is built.
+# and the scripts a test runs come along; only the gateway is built.
 COPY test ./test
+COPY scripts ./scripts
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release \
  && cmake --build build -j"$(nproc)" --target gateway
 

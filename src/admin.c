@@ -1,19 +1,17 @@
 /*
- * /health, /stats and /metrics (SPEC.md §4). Health probes are cached for
- * 1 s so a probe storm never becomes a backend or Redis storm: the backend
- * probe process-wide under health_mu, the Redis PING per worker.
+ * /health, /stats and /metrics (SPEC.md §4). The dependency probes run in
+ * the prober thread of src/health.c; an answer here only reads its
+ * snapshot, so no endpoint waits for the backend or Redis.
  */
 #include "admin.h"
 
+#include "gw/health.h"
 #include "gw/log.h"
-#include "gw/net.h"
 #include "gw/response.h"
 
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define PROBE_CACHE_MS 1000
 
 static struct gw_slice target_path(struct gw_slice target)
 {
@@ -41,36 +39,21 @@ enum gw_admin_endpoint gw_admin_match(const struct gw_config *cfg, struct gw_sli
 
 static bool backend_up(struct gw_server *srv)
 {
-    uint64_t now = gw_now_ms();
-    pthread_mutex_lock(&srv->health_mu);
-    bool fresh = srv->backend_checked_ms != 0 && now - srv->backend_checked_ms < PROBE_CACHE_MS;
-    bool up = srv->backend_up;
-    bool probe = !fresh && !srv->backend_probing;
-    if (probe)
-        srv->backend_probing = true;
-    pthread_mutex_unlock(&srv->health_mu);
-    if (!probe)
-        return up; /* fresh, or another worker is probing: its last answer stands */
-    /* The probe runs without the lock, so other workers answering /health
-     * meanwhile are not held up by a slow or silent backend. */
-    int timeout = GW_MIN(srv->cfg->upstream_connect_timeout_ms, 500);
-    up = gw_net_probe(&srv->backend, srv->backend_len, timeout);
-    pthread_mutex_lock(&srv->health_mu);
-    srv->backend_up = up;
-    srv->backend_checked_ms = gw_now_ms();
-    srv->backend_probing = false;
-    pthread_mutex_unlock(&srv->health_mu);
-    return up;
+    struct gw_health_snapshot h;
+    gw_health_read(srv->health, &h);
+    return h.backend_up;
 }
 
 static enum gw_rl_store_state redis_state(struct gw_worker *w)
 {
-    uint64_t now = gw_now_ms();
-    if (w->redis_checked_ms == 0 || now - w->redis_checked_ms >= PROBE_CACHE_MS) {
-        w->redis_state = gw_ratelimit_worker_ping(w->rl);
-        w->redis_checked_ms = gw_now_ms();
-    }
-    return w->redis_state;
+    struct gw_health_snapshot h;
+    gw_health_read(w->srv->health, &h);
+    /* A worker whose own connection is down fails its checks now and
+     * reconnects in the background (SPEC.md §5): it says so, whatever the
+     * prober's PING saw. */
+    if (h.redis == GW_RL_STORE_CONNECTED && !gw_ratelimit_worker_redis_up(w->rl))
+        return GW_RL_STORE_DISCONNECTED;
+    return h.redis;
 }
 
 void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)

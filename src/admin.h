@@ -24,10 +24,14 @@ enum gw_admin_endpoint gw_admin_match(const struct gw_config *cfg, struct gw_sli
  * the liveness answer (200 while the process serves, no dependency probed;
  * for a Kubernetes livenessProbe), any other query the readiness answer
  * (200 only when the backend and, if configured, Redis answer; for a
- * readinessProbe and the container HEALTHCHECK). The dependency probes are
- * cached for 1 s: the backend connect probe process-wide, the Redis PING per
- * worker; /metrics uses the same caches for gateway_backend_up and
- * gateway_redis_up. Returns 0 or -ENOMEM. Worker thread only. */
+ * readinessProbe and the container HEALTHCHECK). The dependency states come
+ * from the prober's snapshot (gw/health.h, at most about 1 s old), never from
+ * I/O here; Redis also reads disconnected while this worker's own connection
+ * is down. /metrics uses the same snapshot for gateway_backend_up and
+ * gateway_redis_up. Does not block while the gateway is monitored; the first
+ * /health or /metrics after GW_HEALTH_DEMAND_MS without one waits for one
+ * probe round (see gw_health_read). Returns 0 or -ENOMEM. Worker thread
+ * only. */
 GW_MUSTCHECK int gw_admin_respond(struct gw_worker *w, enum gw_admin_endpoint ep,
                                   struct gw_slice target, struct gw_buf *out, bool keep_alive,
                                   uint8_t http_minor, bool head_only, int *status);

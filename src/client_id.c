@@ -6,7 +6,8 @@
  */
 #include "gw/client_id.h"
 
-#include <arpa/inet.h>
+#include "gw/net.h"
+
 #include <openssl/evp.h>
 #include <string.h>
 
@@ -22,29 +23,10 @@ bool gw_client_parse_addr(const char *s, size_t len, uint8_t out_bin[16], char *
         s++;
         len -= 2;
     }
-    char tmp[GW_CLIENT_ADDR_MAX];
-    if (len == 0 || len >= sizeof(tmp))
+    if (!gw_net_parse_addr(s, len, out_bin, NULL))
         return false;
-    memcpy(tmp, s, len);
-    tmp[len] = '\0';
-    struct in_addr a4;
-    struct in6_addr a6;
-    memset(out_bin, 0, 16);
-    if (inet_pton(AF_INET, tmp, &a4) == 1) {
-        out_bin[10] = out_bin[11] = 0xff;
-        memcpy(out_bin + 12, &a4, 4);
-        inet_ntop(AF_INET, &a4, out_text, GW_CLIENT_ADDR_MAX);
-        return true;
-    }
-    if (inet_pton(AF_INET6, tmp, &a6) == 1) {
-        memcpy(out_bin, &a6, 16);
-        if (IN6_IS_ADDR_V4MAPPED(&a6))
-            inet_ntop(AF_INET, out_bin + 12, out_text, GW_CLIENT_ADDR_MAX);
-        else
-            inet_ntop(AF_INET6, &a6, out_text, GW_CLIENT_ADDR_MAX);
-        return true;
-    }
-    return false;
+    gw_net_addr_text(out_bin, out_text, GW_CLIENT_ADDR_MAX);
+    return true;
 }
 
 /* Copies the string src into dst (cap bytes), truncating; no printf on the

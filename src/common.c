@@ -1,8 +1,10 @@
-/* Clocks and slice helpers shared by every module. */
+/* Clocks, hashing and parsing helpers shared by every module. */
 #include "gw/common.h"
 
-#include <strings.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 uint64_t gw_now_ms(void)
@@ -52,4 +54,32 @@ uint64_t gw_hash64(uint64_t seed, const void *p, size_t n)
     if (n > 0)
         memcpy(&v, b, n);
     return mix64(h ^ v ^ ((uint64_t)n << 59));
+}
+
+bool gw_fail(char *why, size_t why_len, const char *fmt, ...)
+{
+    if (why != NULL && why_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return false;
+}
+
+bool gw_parse_digits(const char *s, size_t n, int64_t min, int64_t max, int64_t *out)
+{
+    /* 18 digits cannot overflow int64_t. */
+    if (n == 0 || n > 18)
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < min || v > max)
+        return false;
+    *out = v;
+    return true;
 }

@@ -23,11 +23,9 @@
  */
 #include "gw/config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -166,21 +164,6 @@ static const struct opt opts[] = {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-/* Writes a reason into why (may be NULL) and returns false, so parsers can
- * `return fail(...)`. */
-static bool fail(char *why, size_t cap, const char *fmt, ...) GW_PRINTF(3, 4);
-
-static bool fail(char *why, size_t cap, const char *fmt, ...)
-{
-    if (why != NULL && cap > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, cap, fmt, ap);
-        va_end(ap);
-    }
-    return false;
-}
-
 static void *field(struct gw_config *cfg, const struct opt *o)
 {
     return (char *)cfg + o->off;
@@ -204,23 +187,6 @@ static bool is_digit(char c)
 static bool is_visible(char c)
 {
     return c > 0x20 && c < 0x7f;
-}
-
-/* Strict decimal of exactly n digits (no sign, no spaces) in [min, max]. */
-static bool parse_digits(const char *s, size_t n, int64_t min, int64_t max, int64_t *out)
-{
-    if (n == 0 || n > 18)
-        return false;
-    int64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!is_digit(s[i]))
-            return false;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v < min || v > max)
-        return false;
-    *out = v;
-    return true;
 }
 
 /* RFC 9110 §5.6.2 tchar. */
@@ -265,127 +231,6 @@ static char *mask_userinfo(const char *url)
     return out;
 }
 
-/* ---- addresses ---------------------------------------------------------- */
-
-/* Parses an IPv4 or IPv6 literal of n bytes into the 16-byte form (IPv4
- * mapped). *v4 tells which it was. */
-static bool parse_addr16(const char *s, size_t n, uint8_t out[16], bool *v4)
-{
-    char buf[INET6_ADDRSTRLEN + 1];
-    if (n == 0 || n >= sizeof(buf))
-        return false;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    struct in_addr a4;
-    if (inet_pton(AF_INET, buf, &a4) == 1) {
-        memset(out, 0, 10);
-        out[10] = 0xff;
-        out[11] = 0xff;
-        memcpy(out + 12, &a4, 4);
-        *v4 = true;
-        return true;
-    }
-    if (inet_pton(AF_INET6, buf, out) == 1) {
-        *v4 = false;
-        return true;
-    }
-    return false;
-}
-
-/* A host name of n bytes: dot-separated non-empty labels of letters,
- * digits, '-' and '_' (a final dot allowed). All-numeric names must be a
- * valid IPv4 literal, so "300.1.1.1" is refused here, not at connect. */
-static bool check_hostname(const char *s, size_t n, char *why, size_t cap)
-{
-    if (n > 253)
-        return fail(why, cap, "host name longer than 253 characters");
-    bool numeric = true;
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == '.') {
-            if (label == 0)
-                return fail(why, cap, "empty label in host name");
-            label = 0;
-            continue;
-        }
-        if (!(is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
-              c == '_'))
-            return fail(why, cap, "invalid character '%c' in host name", is_visible(c) ? c : '?');
-        if (!is_digit(c))
-            numeric = false;
-        label++;
-    }
-    if (numeric) {
-        uint8_t a[16];
-        bool v4;
-        if (!parse_addr16(s, n, a, &v4) || !v4)
-            return fail(why, cap, "invalid IPv4 address");
-    }
-    return true;
-}
-
-struct hostport {
-    const char *host; /* inside the input, without brackets */
-    size_t host_len;
-    bool v6;  /* host is an IPv6 literal */
-    int port; /* given or default */
-};
-
-/* Splits "host[:port]" or "[v6][:port]" of n bytes. */
-static bool split_hostport(const char *s, size_t n, int def_port, struct hostport *hp, char *why,
-                           size_t cap)
-{
-    const char *port = NULL;
-    size_t port_len = 0;
-    hp->v6 = false;
-    if (n > 0 && s[0] == '[') {
-        const char *close = memchr(s, ']', n);
-        if (close == NULL)
-            return fail(why, cap, "missing ']' after IPv6 address");
-        hp->host = s + 1;
-        hp->host_len = (size_t)(close - s) - 1;
-        uint8_t a[16];
-        bool v4 = false;
-        /* Brackets are for IPv6 only; an IPv4 literal inside is malformed. */
-        if (!parse_addr16(hp->host, hp->host_len, a, &v4) || v4)
-            return fail(why, cap, "invalid IPv6 address in brackets");
-        hp->v6 = true;
-        const char *rest = close + 1;
-        size_t rest_len = n - (size_t)(rest - s);
-        if (rest_len > 0) {
-            if (rest[0] != ':')
-                return fail(why, cap, "unexpected characters after ']'");
-            port = rest + 1;
-            port_len = rest_len - 1;
-        }
-    } else {
-        const char *colon = memchr(s, ':', n);
-        hp->host = s;
-        hp->host_len = colon != NULL ? (size_t)(colon - s) : n;
-        if (colon != NULL) {
-            port = colon + 1;
-            port_len = n - hp->host_len - 1;
-            if (memchr(port, ':', port_len) != NULL)
-                return fail(why, cap, "an IPv6 address must be written in brackets, e.g. [::1]");
-        }
-        if (hp->host_len == 0)
-            return fail(why, cap, "missing host");
-        if (!check_hostname(hp->host, hp->host_len, why, cap))
-            return false;
-    }
-    hp->port = def_port;
-    if (port != NULL) {
-        int64_t p;
-        if (port_len == 0)
-            return fail(why, cap, "missing port after ':'");
-        if (!parse_digits(port, port_len, 1, 65535, &p))
-            return fail(why, cap, "port must be a number between 1 and 65535");
-        hp->port = (int)p;
-    }
-    return true;
-}
-
 /* ---- per-type parsers --------------------------------------------------- */
 
 static bool parse_int(const struct opt *o, const char *v, int64_t *out, char *why, size_t cap)
@@ -397,14 +242,14 @@ static bool parse_int(const struct opt *o, const char *v, int64_t *out, char *wh
     /* strtoll alone would accept leading spaces, '+' and "0x" prefixes. */
     const char *d = v[0] == '-' ? v + 1 : v;
     if (!is_digit(d[0]))
-        return fail(why, cap, "not an integer");
+        return gw_fail(why, cap, "not an integer");
     errno = 0;
     char *end = NULL;
     long long x = strtoll(v, &end, 10);
     if (*end != '\0')
-        return fail(why, cap, "not an integer");
+        return gw_fail(why, cap, "not an integer");
     if (errno == ERANGE || x < o->min || x > o->max)
-        return fail(why, cap, "out of range (%lld..%lld)", (long long)o->min, (long long)o->max);
+        return gw_fail(why, cap, "out of range (%lld..%lld)", (long long)o->min, (long long)o->max);
     *out = x;
     return true;
 }
@@ -433,7 +278,7 @@ static bool parse_enum(const struct opt *o, const char *v, int *out, char *why, 
             continue;
         *out = i;
         if (i > o->max)
-            return fail(why, cap, "not implemented yet (only %s)", o->choices[0]);
+            return gw_fail(why, cap, "not implemented yet (only %s)", o->choices[0]);
         return true;
     }
     char list[160];
@@ -441,79 +286,56 @@ static bool parse_enum(const struct opt *o, const char *v, int *out, char *why, 
     list[0] = '\0';
     for (int i = 0; o->choices[i] != NULL && n < sizeof(list); i++)
         n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", i ? ", " : "", o->choices[i]);
-    return fail(why, cap, "must be one of %s", list);
+    return gw_fail(why, cap, "must be one of %s", list);
 }
 
 static bool check_string(const struct opt *o, const char *v, char *why, size_t cap)
 {
     size_t n = strlen(v);
     if ((int64_t)n < o->min || (int64_t)n > o->max)
-        return fail(why, cap, "length must be %lld..%lld characters", (long long)o->min,
-                    (long long)o->max);
+        return gw_fail(why, cap, "length must be %lld..%lld characters", (long long)o->min,
+                       (long long)o->max);
     for (size_t i = 0; i < n; i++)
         if (!is_visible(v[i]))
-            return fail(why, cap, "must not contain spaces, control or non-ASCII characters");
+            return gw_fail(why, cap, "must not contain spaces, control or non-ASCII characters");
     return true;
 }
 
 static bool check_path(const struct opt *o, const char *v, char *why, size_t cap)
 {
     if (v[0] != '/')
-        return fail(why, cap, "must start with '/'");
+        return gw_fail(why, cap, "must start with '/'");
     if (!check_string(o, v, why, cap))
         return false;
     if (strpbrk(v, "?#") != NULL)
-        return fail(why, cap, "must not contain '?' or '#'");
+        return gw_fail(why, cap, "must not contain '?' or '#'");
     return true;
 }
 
 static bool check_listen(const char *v, char *why, size_t cap)
 {
     uint8_t a[16];
-    bool v4;
-    if (strcasecmp(v, "localhost") == 0 || parse_addr16(v, strlen(v), a, &v4))
+    if (strcasecmp(v, "localhost") == 0 || gw_net_parse_addr(v, strlen(v), a, NULL))
         return true;
-    return fail(why, cap,
-                "must be an IPv4 or IPv6 address literal (e.g. 0.0.0.0 or ::) or "
-                "localhost");
+    return gw_fail(why, cap,
+                   "must be an IPv4 or IPv6 address literal (e.g. 0.0.0.0 or ::) or "
+                   "localhost");
 }
 
 static bool parse_backend(const char *v, struct gw_config *cfg, char *why, size_t cap)
 {
-    if (strncasecmp(v, "https://", 8) == 0)
-        return fail(why, cap,
-                    "https is not supported (the gateway speaks plain HTTP/1.1 to the "
-                    "backend; use http://)");
-    if (strncasecmp(v, "http://", 7) != 0)
-        return fail(why, cap, "%s (expected http://host[:port][/base-path])",
-                    strstr(v, "://") != NULL ? "unsupported scheme" : "not a URL");
-    const char *auth = v + 7;
-    size_t alen = strcspn(auth, "/?#");
-    if (memchr(auth, '@', alen) != NULL)
-        return fail(why, cap, "user information (user@) is not allowed");
-    struct hostport hp;
-    if (!split_hostport(auth, alen, 80, &hp, why, cap))
+    struct gw_net_http_url u;
+    if (!gw_net_parse_http_url(v, &u, why, cap))
         return false;
-    const char *path = auth + alen;
-    size_t plen = strlen(path);
-    if (strpbrk(path, "?#") != NULL)
-        return fail(why, cap, "query and fragment are not allowed in the base path");
-    for (size_t i = 0; i < plen; i++)
-        if (!is_visible(path[i]))
-            return fail(why, cap, "spaces and control characters are not allowed in the base path");
-    while (plen > 0 && path[plen - 1] == '/')
-        plen--;
-
     char authority[INET6_ADDRSTRLEN + 256 + 10];
-    snprintf(authority, sizeof(authority), "%s%.*s%s:%d", hp.v6 ? "[" : "", (int)hp.host_len,
-             hp.host, hp.v6 ? "]" : "", hp.port);
-    cfg->backend_host = dup_n(hp.host, hp.host_len);
-    cfg->backend_base_path = dup_n(path, plen);
+    gw_net_format_hostport(&u.hp, authority, sizeof(authority));
+    cfg->backend_host = dup_n(u.hp.host, u.hp.host_len);
+    cfg->backend_base_path = dup_n(u.path, u.path_len);
     cfg->backend_authority = strdup(authority);
-    cfg->backend_port = hp.port;
+    cfg->backend_port = u.hp.port;
     if (cfg->backend_host == NULL || cfg->backend_base_path == NULL ||
         cfg->backend_authority == NULL)
-        return fail(why, cap, "out of memory");
+        return gw_fail(why, cap, "out of memory");
     return true;
 }
 
@@ -522,45 +344,30 @@ static bool parse_rlkey(const char *v, struct gw_config *cfg, char *why, size_t 
     if (strcasecmp(v, "ip") == 0)
         return true;
     if (strncasecmp(v, "header:", 7) != 0)
-        return fail(why, cap, "must be ip or header:<Name>");
+        return gw_fail(why, cap, "must be ip or header:<Name>");
     const char *name = v + 7;
     size_t n = strlen(name);
     if (n == 0)
-        return fail(why, cap, "missing header name after 'header:'");
+        return gw_fail(why, cap, "missing header name after 'header:'");
     if (n > 256)
-        return fail(why, cap, "header name longer than 256 characters");
+        return gw_fail(why, cap, "header name longer than 256 characters");
     for (size_t i = 0; i < n; i++)
         if (!is_tchar(name[i]))
-            return fail(why, cap, "header name is not a valid HTTP token (RFC 9110 section 5.6.2)");
+            return gw_fail(why, cap,
+                           "header name is not a valid HTTP token (RFC 9110 section 5.6.2)");
     cfg->rate_limit_key_header = strdup(name);
     if (cfg->rate_limit_key_header == NULL)
-        return fail(why, cap, "out of memory");
+        return gw_fail(why, cap, "out of memory");
     return true;
 }
 
 /* One entry of TRUSTED_PROXIES: "addr" or "addr/prefix", n bytes. */
 static bool parse_cidr(const char *s, size_t n, struct gw_cidr *c, char *why, size_t cap)
 {
-    const char *slash = memchr(s, '/', n);
-    size_t alen = slash != NULL ? (size_t)(slash - s) : n;
-    bool v4;
-    if (!parse_addr16(s, alen, c->addr, &v4))
-        return fail(why, cap, "entry \"%.*s\": not an IPv4 or IPv6 address", (int)GW_MIN(n, 64), s);
-    int bits = v4 ? 32 : 128;
-    int64_t prefix = bits;
-    if (slash != NULL && !parse_digits(slash + 1, n - alen - 1, 0, bits, &prefix))
-        return fail(why, cap, "entry \"%.*s\": prefix length must be 0..%d", (int)GW_MIN(n, 64), s,
-                    bits);
-    c->prefix = (uint8_t)(v4 ? prefix + 96 : prefix);
-    /* Clear the host bits so matching is a plain prefix compare. */
-    for (int i = 0; i < 16; i++) {
-        int keep = c->prefix - i * 8;
-        if (keep <= 0)
-            c->addr[i] = 0;
-        else if (keep < 8)
-            c->addr[i] &= (uint8_t)(0xff << (8 - keep));
-    }
-    return true;
+    char reason[64];
+    if (gw_net_parse_cidr(s, n, c, reason, sizeof(reason)))
+        return true;
+    return gw_fail(why, cap, "entry \"%.*s\": %s", (int)GW_MIN(n, 64), s, reason);
 }
 
 static bool parse_proxies(const char *v, struct gw_config *cfg, char *why, size_t cap)
@@ -580,9 +387,9 @@ static bool parse_proxies(const char *v, struct gw_config *cfg, char *why, size_
         while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
             len--;
         if (len == 0)
-            return fail(why, cap, "empty entry in the list");
+            return gw_fail(why, cap, "empty entry in the list");
         if (cfg->trusted_count == GW_CONFIG_MAX_TRUSTED)
-            return fail(why, cap, "more than %d entries", GW_CONFIG_MAX_TRUSTED);
+            return gw_fail(why, cap, "more than %d entries", GW_CONFIG_MAX_TRUSTED);
         if (!parse_cidr(s, len, &cfg->trusted[cfg->trusted_count], why, cap))
             return false;
         cfg->trusted_count++;
@@ -611,7 +418,7 @@ static bool parse_value(const struct opt *o, const char *v, struct gw_config *cf
         return true;
     case T_BOOL:
         if (!gw_config_parse_bool(v, (bool *)field(cfg, o)))
-            return fail(why, cap, "not a boolean (on/off, true/false, 1/0)");
+            return gw_fail(why, cap, "not a boolean (on/off, true/false, 1/0)");
         return true;
     case T_ENUM:
         return parse_enum(o, v, (int *)field(cfg, o), why, cap);
@@ -647,20 +454,15 @@ static bool parse_value(const struct opt *o, const char *v, struct gw_config *cf
     char **slot = (char **)field(cfg, o);
     *slot = strdup(v);
     if (*slot == NULL)
-        return fail(why, cap, "out of memory");
+        return gw_fail(why, cap, "out of memory");
     return true;
 }
 
 bool gw_config_is_trusted(const struct gw_config *cfg, const uint8_t addr[16])
 {
-    for (int i = 0; i < cfg->trusted_count; i++) {
-        const struct gw_cidr *c = &cfg->trusted[i];
-        int whole = c->prefix / 8, rest = c->prefix % 8;
-        if (memcmp(c->addr, addr, (size_t)whole) != 0)
-            continue;
-        if (rest == 0 || ((addr[whole] ^ c->addr[whole]) & (uint8_t)(0xff << (8 - rest))) == 0)
+    for (int i = 0; i < cfg->trusted_count; i++)
+        if (gw_net_cidr_contains(&cfg->trusted[i], addr))
             return true;
-    }
     return false;
 }
 
@@ -711,7 +513,7 @@ static int redis_fail(struct gw_redis_target *t, char *why, size_t cap, const ch
 {
     static const char oom[] = "out of memory";
     gw_config_redis_target_deinit(t);
-    fail(why, cap, "%s", msg);
+    gw_fail(why, cap, "%s", msg);
     return strcmp(msg, oom) == 0 ? -ENOMEM : -EINVAL;
 }
 
@@ -765,16 +567,16 @@ int gw_config_parse_redis_url(const char *url, struct gw_redis_target *t, char *
         a = at + 1;
     }
     size_t alen = strcspn(a, "/?#");
-    struct hostport hp;
+    struct gw_net_hostport hp;
     char reason[128];
-    if (!split_hostport(a, alen, 6379, &hp, reason, sizeof(reason)))
+    if (!gw_net_parse_hostport(a, alen, 6379, &hp, reason, sizeof(reason)))
         return redis_fail(t, why, why_len, reason);
     const char *rest = a + alen;
     if (rest[0] == '?' || rest[0] == '#')
         return redis_fail(t, why, why_len, "query parameters and fragments are not supported");
     if (rest[0] == '/' && rest[1] != '\0') {
         int64_t db;
-        if (!parse_digits(rest + 1, strlen(rest + 1), 0, INT_MAX, &db))
+        if (!gw_parse_digits(rest + 1, strlen(rest + 1), 0, INT_MAX, &db))
             return redis_fail(t, why, why_len, "database must be a non-negative number, e.g. /0");
         t->db = (int)db;
     }
@@ -888,8 +690,9 @@ int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn getenv_fn, void *c
         char why[256];
         bool ok;
         if (v[0] == '\0' && !is_default)
-            ok = fail(why, sizeof(why), "empty value (unset the variable for the default%s%s)",
-                      o->def != NULL && o->def[0] != '\0' ? " " : "", o->def != NULL ? o->def : "");
+            ok = gw_fail(why, sizeof(why), "empty value (unset the variable for the default%s%s)",
+                         o->def != NULL && o->def[0] != '\0' ? " " : "",
+                         o->def != NULL ? o->def : "");
         else
             ok = parse_value(o, v, cfg, why, sizeof(why));
         if (!ok) {

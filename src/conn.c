@@ -29,6 +29,7 @@
 #include "acceptor.h"
 #include "admin.h"
 #include "gw/client_id.h"
+#include "gw/health.h"
 #include "gw/log.h"
 #include "gw/net.h"
 #include "gw/response.h"
@@ -621,6 +622,8 @@ static void start_upstream(struct gw_conn *c)
     struct gw_upstream *u = gw_upstream_get(w, c->retried, &err);
     if (!u) {
         release_slot(c);
+        if (err != -ENOMEM)
+            gw_health_note_backend(w->srv->health, false);
         gw_warn("upstream connect to %s failed: %s", w->srv->cfg->backend_authority,
                 strerror(-err));
         respond_error(c, 502, "the upstream server could not be reached", false);
@@ -1213,6 +1216,7 @@ void gw_conn_on_upstream(struct gw_conn *c, uint32_t events)
         u->rd_ready = true; /* an error is found by reading */
     if (c->state == CS_CONNECT && u && !u->connected) {
         int rc = gw_net_connect_result(u->io.fd);
+        gw_health_note_backend(c->w->srv->health, rc == 0);
         if (rc != 0) {
             gw_warn("upstream connect to %s failed: %s", c->w->srv->cfg->backend_authority,
                     strerror(-rc));

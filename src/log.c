@@ -152,7 +152,7 @@ static char *put_json_string(char *p, struct gw_slice s)
     static const char hex[] = "0123456789abcdef";
     *p++ = '"';
     if (s.len && !utf8_valid((const unsigned char *)s.ptr, s.len)) {
-        p = PUT_LIT(p, "<non-utf8>\"");
+        p = GW_PUT_LIT(p, "<non-utf8>\"");
         return p;
     }
     for (size_t i = 0; i < s.len; i++) {
@@ -161,7 +161,7 @@ static char *put_json_string(char *p, struct gw_slice s)
             *p++ = '\\';
             *p++ = (char)c;
         } else if (c < 0x20) {
-            p = PUT_LIT(p, "\\u00");
+            p = GW_PUT_LIT(p, "\\u00");
             *p++ = hex[c >> 4];
             *p++ = hex[c & 15];
         } else {
@@ -177,7 +177,7 @@ static char *put_json_string(char *p, struct gw_slice s)
 static char *put_ms(char *p, double ms)
 {
     uint64_t us = ms > 0 ? (uint64_t)(ms * 1000.0 + 0.5) : 0;
-    p = put_u64(p, us / 1000);
+    p = gw_put_u64(p, us / 1000);
     *p++ = '.';
     unsigned frac = (unsigned)(us % 1000);
     *p++ = (char)('0' + frac / 100);
@@ -197,7 +197,7 @@ static char *put_timestamp(char *p)
             t_ts_text[0] = '\0';
         t_ts_sec = ts.tv_sec;
     }
-    p = put(p, t_ts_text, strlen(t_ts_text));
+    p = gw_put(p, t_ts_text, strlen(t_ts_text));
     unsigned msec = (unsigned)(ts.tv_nsec / 1000000L);
     *p++ = '.';
     *p++ = (char)('0' + msec / 100);
@@ -212,30 +212,30 @@ static char *put_timestamp(char *p)
 static char *render_access(char *p, const struct gw_access_entry *e)
 {
     const char *client = e->client ? e->client : "";
-    p = PUT_LIT(p, "{\"ts\":\"");
+    p = GW_PUT_LIT(p, "{\"ts\":\"");
     p = put_timestamp(p);
-    p = PUT_LIT(p, "\",\"client\":");
+    p = GW_PUT_LIT(p, "\",\"client\":");
     p = put_json_string(p, (struct gw_slice){client, strlen(client)});
-    p = PUT_LIT(p, ",\"method\":");
+    p = GW_PUT_LIT(p, ",\"method\":");
     p = put_json_string(p, e->method);
-    p = PUT_LIT(p, ",\"path\":");
+    p = GW_PUT_LIT(p, ",\"path\":");
     p = put_json_string(p, e->path);
-    p = PUT_LIT(p, ",\"status\":");
-    p = put_i64(p, e->status);
-    p = PUT_LIT(p, ",\"bytes_sent\":");
-    p = put_u64(p, e->bytes_sent);
-    p = PUT_LIT(p, ",\"duration_ms\":");
+    p = GW_PUT_LIT(p, ",\"status\":");
+    p = gw_put_i64(p, e->status);
+    p = GW_PUT_LIT(p, ",\"bytes_sent\":");
+    p = gw_put_u64(p, e->bytes_sent);
+    p = GW_PUT_LIT(p, ",\"duration_ms\":");
     p = put_ms(p, e->duration_ms);
-    p = PUT_LIT(p, ",\"upstream_ms\":");
+    p = GW_PUT_LIT(p, ",\"upstream_ms\":");
     if (e->upstream_ms < 0)
-        p = PUT_LIT(p, "null");
+        p = GW_PUT_LIT(p, "null");
     else
         p = put_ms(p, e->upstream_ms);
-    p = PUT_LIT(p, ",\"limited\":");
+    p = GW_PUT_LIT(p, ",\"limited\":");
     if (e->limited)
-        p = PUT_LIT(p, "true}\n");
+        p = GW_PUT_LIT(p, "true}\n");
     else
-        p = PUT_LIT(p, "false}\n");
+        p = GW_PUT_LIT(p, "false}\n");
     return p;
 }
 

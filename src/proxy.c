@@ -130,10 +130,10 @@ static void classify_all(const struct gw_http_head *h, size_t count, uint8_t *ki
 
 static inline char *put_field(char *p, struct gw_slice name, struct gw_slice value)
 {
-    p = put(p, name.ptr, name.len);
-    p = PUT_LIT(p, ": ");
-    p = put(p, value.ptr, value.len);
-    return PUT_LIT(p, "\r\n");
+    p = gw_put(p, name.ptr, name.len);
+    p = GW_PUT_LIT(p, ": ");
+    p = gw_put(p, value.ptr, value.len);
+    return GW_PUT_LIT(p, "\r\n");
 }
 
 /* Bytes put_field writes. */
@@ -203,11 +203,11 @@ static char *put_target_path(char *p, const struct target_parts *tp)
     const char *s = tp->path.ptr;
     size_t n = tp->path.len;
     if (n == 0 || s[0] != '/')
-        return put(p, s, n);
+        return gw_put(p, s, n);
     const char *q = memchr(s, '?', n);
     size_t plen = q ? (size_t)(q - s) : n;
     p += gw_path_remove_dots(s, plen, p);
-    return put(p, s + plen, n - plen);
+    return gw_put(p, s + plen, n - plen);
 }
 
 /* Methods that define a meaning for content: a bodiless one still gets
@@ -260,7 +260,8 @@ int gw_proxy_write_request_head(struct gw_buf *out, const struct gw_http_head *r
     bound += sizeof("X-Forwarded-For: \r\n") + 2 * xff_count + client_len;
     bound += sizeof("X-Forwarded-Proto: \r\n") + proto_len;
     bound += sizeof("X-Forwarded-Host: \r\n") + client_host.len;
-    bound += sizeof("Content-Length: \r\n") + PUT_U64_DIGITS; /* > "Transfer-Encoding: chunked" */
+    bound +=
+        sizeof("Content-Length: \r\n") + GW_PUT_U64_DIGITS; /* > "Transfer-Encoding: chunked" */
     bound += sizeof("Connection: close\r\n") + 2;
 
     int rc = gw_buf_reserve(out, bound);
@@ -270,18 +271,18 @@ int gw_proxy_write_request_head(struct gw_buf *out, const struct gw_http_head *r
     char *p = start;
 
     /* Request line (RFC 9112 §3): always HTTP/1.1 upstream. */
-    p = put(p, req->method_name.ptr, req->method_name.len);
+    p = gw_put(p, req->method_name.ptr, req->method_name.len);
     *p++ = ' ';
-    p = put(p, base, base_len);
+    p = gw_put(p, base, base_len);
     if (tp.root)
         *p++ = '/';
     p = put_target_path(p, &tp);
-    p = PUT_LIT(p, " HTTP/1.1\r\n");
+    p = GW_PUT_LIT(p, " HTTP/1.1\r\n");
 
     /* Host first (RFC 9112 §3.2), then the end-to-end fields in order. */
-    p = PUT_LIT(p, "Host: ");
-    p = put(p, host.ptr, host.len);
-    p = PUT_LIT(p, "\r\n");
+    p = GW_PUT_LIT(p, "Host: ");
+    p = gw_put(p, host.ptr, host.len);
+    p = GW_PUT_LIT(p, "\r\n");
     for (size_t i = 0; i < count; i++) {
         if (kinds[i] == FK_OTHER)
             p = put_field(p, req->headers[i].name, req->headers[i].value);
@@ -290,49 +291,49 @@ int gw_proxy_write_request_head(struct gw_buf *out, const struct gw_http_head *r
     /* X-Forwarded-For: every earlier hop the client listed, in order, then
      * the client itself as one field line. */
     if (xff_count || client_len) {
-        p = PUT_LIT(p, "X-Forwarded-For: ");
+        p = GW_PUT_LIT(p, "X-Forwarded-For: ");
         bool first = true;
         for (size_t i = 0; i < count; i++) {
             if (kinds[i] != FK_XFF || req->headers[i].value.len == 0)
                 continue;
             if (!first)
-                p = PUT_LIT(p, ", ");
-            p = put(p, req->headers[i].value.ptr, req->headers[i].value.len);
+                p = GW_PUT_LIT(p, ", ");
+            p = gw_put(p, req->headers[i].value.ptr, req->headers[i].value.len);
             first = false;
         }
         if (client_len) {
             if (!first)
-                p = PUT_LIT(p, ", ");
-            p = put(p, client, client_len);
+                p = GW_PUT_LIT(p, ", ");
+            p = gw_put(p, client, client_len);
         }
-        p = PUT_LIT(p, "\r\n");
+        p = GW_PUT_LIT(p, "\r\n");
     }
-    p = PUT_LIT(p, "X-Forwarded-Proto: ");
-    p = put(p, proto, proto_len);
-    p = PUT_LIT(p, "\r\n");
+    p = GW_PUT_LIT(p, "X-Forwarded-Proto: ");
+    p = gw_put(p, proto, proto_len);
+    p = GW_PUT_LIT(p, "\r\n");
     if (client_host.len) {
-        p = PUT_LIT(p, "X-Forwarded-Host: ");
-        p = put(p, client_host.ptr, client_host.len);
-        p = PUT_LIT(p, "\r\n");
+        p = GW_PUT_LIT(p, "X-Forwarded-Host: ");
+        p = gw_put(p, client_host.ptr, client_host.len);
+        p = GW_PUT_LIT(p, "\r\n");
     }
 
     /* Framing (RFC 9112 §6.1-6.3): the parser already rejected CL+TE. */
     if (req->chunked) {
-        p = PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
+        p = GW_PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
         *framing = GW_FRAMING_CHUNKED;
     } else if (req->content_length >= 0) {
-        p = PUT_LIT(p, "Content-Length: ");
-        p = put_u64(p, (uint64_t)req->content_length);
-        p = PUT_LIT(p, "\r\n");
+        p = GW_PUT_LIT(p, "Content-Length: ");
+        p = gw_put_u64(p, (uint64_t)req->content_length);
+        p = GW_PUT_LIT(p, "\r\n");
         *framing = req->content_length > 0 ? GW_FRAMING_LENGTH : GW_FRAMING_NONE;
     } else {
         if (method_wants_length(req->method_name))
-            p = PUT_LIT(p, "Content-Length: 0\r\n");
+            p = GW_PUT_LIT(p, "Content-Length: 0\r\n");
         *framing = GW_FRAMING_NONE;
     }
     if (!ctx->upstream_keepalive)
-        p = PUT_LIT(p, "Connection: close\r\n");
-    p = PUT_LIT(p, "\r\n");
+        p = GW_PUT_LIT(p, "Connection: close\r\n");
+    p = GW_PUT_LIT(p, "\r\n");
 
     assert((size_t)(p - start) <= bound);
     gw_buf_commit(out, (size_t)(p - start));
@@ -362,7 +363,8 @@ int gw_proxy_write_response_head(struct gw_buf *out, const struct gw_http_head *
     for (size_t i = 0; i < count; i++)
         bound += field_size(&resp->headers[i]);
     bound += ctx->extra.len;
-    bound += sizeof("Content-Length: \r\n") + PUT_U64_DIGITS; /* > "Transfer-Encoding: chunked" */
+    bound +=
+        sizeof("Content-Length: \r\n") + GW_PUT_U64_DIGITS; /* > "Transfer-Encoding: chunked" */
     bound += sizeof("Connection: keep-alive\r\n") + 2;
 
     int rc = gw_buf_reserve(out, bound);
@@ -372,11 +374,11 @@ int gw_proxy_write_response_head(struct gw_buf *out, const struct gw_http_head *
     char *p = start;
 
     /* Status line: our version, not the upstream's (RFC 9110 §6.2). */
-    p = PUT_LIT(p, "HTTP/1.1 ");
-    p = put_u64(p, status < 0 ? 0u : (uint64_t)status);
+    p = GW_PUT_LIT(p, "HTTP/1.1 ");
+    p = gw_put_u64(p, status < 0 ? 0u : (uint64_t)status);
     *p++ = ' ';
-    p = put(p, reason.ptr, reason.len);
-    p = PUT_LIT(p, "\r\n");
+    p = gw_put(p, reason.ptr, reason.len);
+    p = GW_PUT_LIT(p, "\r\n");
 
     /* End-to-end fields in order; in a response Host, Expect and X-Forwarded-*
      * mean nothing to us and pass like any other field. */
@@ -401,33 +403,33 @@ int gw_proxy_write_response_head(struct gw_buf *out, const struct gw_http_head *
          * response (RFC 9110 §15.2). */
         *framing = GW_FRAMING_NONE;
         *must_close = false;
-        p = PUT_LIT(p, "\r\n");
+        p = GW_PUT_LIT(p, "\r\n");
         assert((size_t)(p - start) <= bound);
         gw_buf_commit(out, (size_t)(p - start));
         return 0;
     }
 
-    p = put(p, ctx->extra.ptr, ctx->extra.len);
+    p = gw_put(p, ctx->extra.ptr, ctx->extra.len);
     bool close = !ctx->keep_alive;
     if (bodiless) {
         /* HEAD and 304 advertise the length the GET would have had
          * (RFC 9110 §8.6); 204 must not carry one. */
         if (status != 204 && resp->content_length >= 0 && !resp->chunked) {
-            p = PUT_LIT(p, "Content-Length: ");
-            p = put_u64(p, (uint64_t)resp->content_length);
-            p = PUT_LIT(p, "\r\n");
+            p = GW_PUT_LIT(p, "Content-Length: ");
+            p = gw_put_u64(p, (uint64_t)resp->content_length);
+            p = GW_PUT_LIT(p, "\r\n");
         }
         *framing = GW_FRAMING_NONE;
     } else if (!resp->chunked && resp->content_length >= 0) {
-        p = PUT_LIT(p, "Content-Length: ");
-        p = put_u64(p, (uint64_t)resp->content_length);
-        p = PUT_LIT(p, "\r\n");
+        p = GW_PUT_LIT(p, "Content-Length: ");
+        p = gw_put_u64(p, (uint64_t)resp->content_length);
+        p = GW_PUT_LIT(p, "\r\n");
         *framing = resp->content_length > 0 ? GW_FRAMING_LENGTH : GW_FRAMING_NONE;
     } else if (resp->chunked || resp->body_until_close || resp->has_body) {
         /* Length unknown: re-chunk for HTTP/1.1, delimit by close for 1.0
          * (RFC 9112 §6.3 item 8, §7). */
         if (ctx->client_minor >= 1) {
-            p = PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
+            p = GW_PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
             *framing = GW_FRAMING_CHUNKED;
         } else {
             *framing = GW_FRAMING_CLOSE;
@@ -435,15 +437,15 @@ int gw_proxy_write_response_head(struct gw_buf *out, const struct gw_http_head *
         }
     } else {
         /* No body at all: say so, so a kept connection stays in sync. */
-        p = PUT_LIT(p, "Content-Length: 0\r\n");
+        p = GW_PUT_LIT(p, "Content-Length: 0\r\n");
         *framing = GW_FRAMING_NONE;
     }
 
     if (close)
-        p = PUT_LIT(p, "Connection: close\r\n");
+        p = GW_PUT_LIT(p, "Connection: close\r\n");
     else if (ctx->client_minor == 0)
-        p = PUT_LIT(p, "Connection: keep-alive\r\n");
-    p = PUT_LIT(p, "\r\n");
+        p = GW_PUT_LIT(p, "Connection: keep-alive\r\n");
+    p = GW_PUT_LIT(p, "\r\n");
     *must_close = close;
 
     assert((size_t)(p - start) <= bound);
@@ -469,9 +471,9 @@ int gw_proxy_write_chunk(struct gw_buf *out, const char *data, size_t len)
     char *p = start;
     while (n)
         *p++ = tmp[--n];
-    p = PUT_LIT(p, "\r\n");
-    p = put(p, data, len);
-    p = PUT_LIT(p, "\r\n");
+    p = GW_PUT_LIT(p, "\r\n");
+    p = gw_put(p, data, len);
+    p = GW_PUT_LIT(p, "\r\n");
     gw_buf_commit(out, (size_t)(p - start));
     return 0;
 }

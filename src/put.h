@@ -11,26 +11,26 @@
 #include <stdint.h>
 #include <string.h>
 
-#define PUT_U64_DIGITS 20 /* decimal digits of UINT64_MAX; put_i64 needs one more */
+#define GW_PUT_U64_DIGITS 20 /* decimal digits of UINT64_MAX; gw_put_i64 needs one more */
 
 /* n may be 0 with s NULL (empty slices). */
-static inline char *put(char *p, const void *s, size_t n)
+static inline char *gw_put(char *p, const void *s, size_t n)
 {
     if (n)
         memcpy(p, s, n);
     return p + n;
 }
 
-#define PUT_LIT(p, s) put((p), (s), sizeof(s) - 1)
+#define GW_PUT_LIT(p, s) gw_put((p), (s), sizeof(s) - 1)
 
 /* u in decimal, two digits per division. */
-static inline char *put_u64(char *p, uint64_t u)
+static inline char *gw_put_u64(char *p, uint64_t u)
 {
     static const char pairs[] = "00010203040506070809101112131415161718192021222324"
                                 "25262728293031323334353637383940414243444546474849"
                                 "50515253545556575859606162636465666768697071727374"
                                 "75767778798081828384858687888990919293949596979899";
-    char tmp[PUT_U64_DIGITS];
+    char tmp[GW_PUT_U64_DIGITS];
     char *t = tmp + sizeof(tmp);
     while (u >= 100) {
         unsigned d = (unsigned)(u % 100);
@@ -44,16 +44,16 @@ static inline char *put_u64(char *p, uint64_t u)
     } else {
         *--t = (char)('0' + u);
     }
-    return put(p, t, (size_t)(tmp + sizeof(tmp) - t));
+    return gw_put(p, t, (size_t)(tmp + sizeof(tmp) - t));
 }
 
 /* v in decimal, with a leading '-' when negative (INT64_MIN included). */
-static inline char *put_i64(char *p, int64_t v)
+static inline char *gw_put_i64(char *p, int64_t v)
 {
     if (v >= 0)
-        return put_u64(p, (uint64_t)v);
+        return gw_put_u64(p, (uint64_t)v);
     *p++ = '-';
-    return put_u64(p, (uint64_t)0 - (uint64_t)v);
+    return gw_put_u64(p, (uint64_t)0 - (uint64_t)v);
 }
 
 #endif

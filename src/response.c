@@ -143,14 +143,14 @@ int gw_response_write_ratelimit_headers(struct gw_buf *out, const struct gw_rl_i
     if (rc)
         return rc;
     char *p = out->data + out->end;
-    p = put_i64(PUT_LIT(p, l1), rl->limit);
-    p = put_i64(PUT_LIT(p, l2), rl->remaining);
-    p = put_i64(PUT_LIT(p, l3), rl->reset_epoch_s);
-    p = put_i64(PUT_LIT(p, l4), rl->limit);
-    p = put_i64(PUT_LIT(p, l5), rl->window_s);
-    p = put_i64(PUT_LIT(p, l6), rl->remaining);
-    p = put_i64(PUT_LIT(p, l7), rl->reset_after_s);
-    p = PUT_LIT(p, l8);
+    p = gw_put_i64(GW_PUT_LIT(p, l1), rl->limit);
+    p = gw_put_i64(GW_PUT_LIT(p, l2), rl->remaining);
+    p = gw_put_i64(GW_PUT_LIT(p, l3), rl->reset_epoch_s);
+    p = gw_put_i64(GW_PUT_LIT(p, l4), rl->limit);
+    p = gw_put_i64(GW_PUT_LIT(p, l5), rl->window_s);
+    p = gw_put_i64(GW_PUT_LIT(p, l6), rl->remaining);
+    p = gw_put_i64(GW_PUT_LIT(p, l7), rl->reset_after_s);
+    p = GW_PUT_LIT(p, l8);
     out->end = (size_t)(p - out->data);
     return 0;
 }
@@ -183,18 +183,18 @@ static int write_complete(struct gw_buf *out, int status, const char *content_ty
     if (rc)
         return rc;
     char *p = out->data + out->end;
-    p = put_i64(PUT_LIT(p, "HTTP/1.1 "), status);
+    p = gw_put_i64(GW_PUT_LIT(p, "HTTP/1.1 "), status);
     *p++ = ' ';
-    p = put(p, reason, reason_len);
-    p = put(PUT_LIT(p, "\r\nContent-Type: "), content_type, type_len);
-    p = put_i64(PUT_LIT(p, "\r\nContent-Length: "), (int64_t)body_len);
-    p = PUT_LIT(p, "\r\nCache-Control: no-store\r\n");
+    p = gw_put(p, reason, reason_len);
+    p = gw_put(GW_PUT_LIT(p, "\r\nContent-Type: "), content_type, type_len);
+    p = gw_put_i64(GW_PUT_LIT(p, "\r\nContent-Length: "), (int64_t)body_len);
+    p = GW_PUT_LIT(p, "\r\nCache-Control: no-store\r\n");
     if (retry_after_s > 0)
-        p = PUT_LIT(put_i64(PUT_LIT(p, "Retry-After: "), retry_after_s), "\r\n");
-    p = put(p, extra.ptr, extra.len);
-    p = put(p, conn, conn_len);
-    p = PUT_LIT(p, "\r\n");
-    p = put(p, body, send_body);
+        p = GW_PUT_LIT(gw_put_i64(GW_PUT_LIT(p, "Retry-After: "), retry_after_s), "\r\n");
+    p = gw_put(p, extra.ptr, extra.len);
+    p = gw_put(p, conn, conn_len);
+    p = GW_PUT_LIT(p, "\r\n");
+    p = gw_put(p, body, send_body);
     out->end = (size_t)(p - out->data);
     return 0;
 }

@@ -16,6 +16,7 @@
  *
  * Requires the process to ignore SIGPIPE (hiredis writes with write(2)).
  */
+#include "put.h"
 #include "ratelimit_int.h"
 
 #include <errno.h>
@@ -386,26 +387,11 @@ int gw_rl_redis_connect(struct gw_rl_redis *r)
 
 /* ---- store operations ------------------------------------------------------ */
 
-/* Decimal digits of v (no sign: every number sent is >= 0) at p; returns
- * the count. */
-static size_t put_u64(char *p, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++)
-        p[i] = tmp[n - 1 - i];
-    return n;
-}
-
 /* One RESP bulk string: "$<len>\r\n<bytes>\r\n". */
 static char *put_bulk(char *p, const char *s, size_t len)
 {
     *p++ = '$';
-    p += put_u64(p, len);
+    p = gw_put_u64(p, len);
     *p++ = '\r';
     *p++ = '\n';
     memcpy(p, s, len);
@@ -415,11 +401,18 @@ static char *put_bulk(char *p, const char *s, size_t len)
     return p;
 }
 
-/* Bytes put_bulk writes at most for len bytes. */
+/* One RESP bulk string holding v in decimal. */
+static char *put_bulk_u64(char *p, uint64_t v)
+{
+    char num[GW_PUT_U64_DIGITS];
+    return put_bulk(p, num, (size_t)(gw_put_u64(num, v) - num));
+}
+
 /* Sanity bounds on what a store reply may carry: a Redis clock before year
  * 142,000 and a count far below int64 overflow. */
-#define STORE_MS_MAX  ((int64_t)1 << 52)
-#define COUNT_MAX     ((int64_t)1 << 62)
+#define STORE_MS_MAX ((int64_t)1 << 52)
+#define COUNT_MAX    ((int64_t)1 << 62)
+/* Bytes put_bulk writes at most for len bytes. */
 #define BULK_MAX(len) ((len) + 26)
 
 /* Renders "<cmd> <script> <n> <key>... <window> <incr>..." (EVALSHA <sha>
@@ -443,19 +436,19 @@ static ssize_t render_check(struct gw_rl_redis *r, bool eval, const char *const 
         r->cmds = nb;
         r->cmds_cap = cap;
     }
-    char *p = r->cmds, num[20];
+    char *p = r->cmds;
     *p++ = '*';
-    p += put_u64(p, 4 + 2 * (uint64_t)n);
+    p = gw_put_u64(p, 4 + 2 * (uint64_t)n);
     *p++ = '\r';
     *p++ = '\n';
     p = eval ? put_bulk(p, "EVAL", 4) : put_bulk(p, "EVALSHA", 7);
     p = put_bulk(p, script, slen);
-    p = put_bulk(p, num, put_u64(num, n));
+    p = put_bulk_u64(p, n);
     for (size_t i = 0; i < n; i++)
         p = put_bulk(p, keys[i], key_lens[i]);
     p = put_bulk(p, wbuf, wlen);
     for (size_t i = 0; i < n; i++)
-        p = put_bulk(p, num, put_u64(num, incrs != NULL ? (uint64_t)incrs[i] : 1));
+        p = put_bulk_u64(p, incrs != NULL ? (uint64_t)incrs[i] : 1);
     return p - r->cmds;
 }
 
@@ -516,7 +509,7 @@ static int call_check(struct gw_rl_redis *r, bool eval, const char *const keys[]
 {
     const char *what = eval ? "EVAL" : "EVALSHA";
     char wbuf[24];
-    size_t wlen = put_u64(wbuf, (uint64_t)window_s);
+    size_t wlen = (size_t)(gw_put_u64(wbuf, (uint64_t)window_s) - wbuf);
     ssize_t len = render_check(r, eval, keys, key_lens, incrs, n, wbuf, wlen);
     if (len < 0) {
         snprintf(r->err, sizeof(r->err), "%s: out of memory", what);

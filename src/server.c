@@ -5,6 +5,7 @@
 #include "server.h"
 
 #include "acceptor.h"
+#include "gw/health.h"
 #include "gw/log.h"
 #include "gw/net.h"
 #include "worker.h"
@@ -74,7 +75,6 @@ int gw_server_run(struct gw_config *cfg)
     srv->listen_fd = -1;
     srv->acceptor_wake_fd = -1;
     srv->start_ms = gw_now_ms();
-    pthread_mutex_init(&srv->health_mu, NULL);
 
     int rc = gw_net_resolve(cfg->backend_host, cfg->backend_port, &srv->backend, &srv->backend_len);
     if (rc) {
@@ -98,6 +98,11 @@ int gw_server_run(struct gw_config *cfg)
             gw_error("cannot create the per-client connection table: %s", strerror(-rc));
             goto out;
         }
+    }
+    rc = gw_health_start(&srv->health, cfg, &srv->backend, srv->backend_len, srv->rl);
+    if (rc) {
+        gw_error("cannot start the health prober: %s", strerror(-rc));
+        goto out;
     }
     srv->listen_fd = gw_net_listen(cfg->gateway_host, cfg->gateway_port, LISTEN_BACKLOG);
     if (srv->listen_fd < 0) {
@@ -161,12 +166,12 @@ out:
     free(srv->workers);
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
+    gw_health_stop(srv->health);
     if (srv->rl)
         gw_ratelimit_destroy(srv->rl);
     if (srv->gate)
         gw_gate_destroy(srv->gate);
     gw_client_conns_destroy(srv->client_conns);
-    pthread_mutex_destroy(&srv->health_mu);
     free(srv);
     return exit_code;
 }

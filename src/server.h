@@ -39,6 +39,7 @@
 
 struct gw_worker;
 struct gw_conn;
+struct gw_health;
 
 /* An accepted socket travelling from the acceptor to a worker. */
 struct gw_handoff {
@@ -81,10 +82,7 @@ struct gw_server {
     _Atomic bool draining;       /* SIGTERM received */
     _Atomic bool forced_close;   /* SHUTDOWN_TIMEOUT_MS ran out: no new exchange starts */
     uint64_t start_ms;           /* monotonic start time */
-    pthread_mutex_t health_mu;   /* guards the backend probe cache */
-    uint64_t backend_checked_ms; /* last probe, 0 = never */
-    bool backend_up;             /* last probe result */
-    bool backend_probing;        /* a worker is probing now (under health_mu) */
+    struct gw_health *health;    /* dependency prober for /health (gw/health.h) */
 };
 
 struct gw_worker {
@@ -118,8 +116,6 @@ struct gw_worker {
     int block_free_len;
     struct gw_buf scratch;     /* per-request rendering scratch, kept */
     int64_t trim_peak;         /* most connections held since the last memory trim */
-    uint64_t redis_checked_ms; /* /health Redis PING cache */
-    enum gw_rl_store_state redis_state;
 };
 
 /* Runs the gateway until SIGTERM/SIGINT: resolves the upstream, listens,

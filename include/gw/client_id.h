@@ -35,9 +35,12 @@ GW_MUSTCHECK bool gw_client_id(const struct gw_config *cfg, const uint8_t peer_b
                                const char *peer_text, const struct gw_http_head *h, char *key_out,
                                char *addr_out);
 
-/* Parses an IPv4 or IPv6 literal (IPv6 may be in brackets) of len bytes
- * into 16-byte IPv4-mapped form and canonical text (GW_CLIENT_ADDR_MAX).
- * Returns true on success. */
+/* Parses one X-Forwarded-For element of len bytes: spaces and tabs around
+ * it are ignored and IPv6 may be in brackets; the literal itself goes
+ * through gw_net_parse_addr (RFC 4291 §2.2). Writes the 16-byte
+ * IPv4-mapped form to out_bin and the canonical text (gw_net_addr_text) to
+ * out_text (GW_CLIENT_ADDR_MAX bytes). Returns false for anything that is
+ * not an address (names, ports, empty). Pure and thread-safe. */
 bool gw_client_parse_addr(const char *s, size_t len, uint8_t out_bin[16], char *out_text);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * Shared definitions for every gateway module: return conventions, the
- * must-check attribute, the monotonic and wall clocks, and a string slice.
+ * must-check attribute, the monotonic and wall clocks, a string slice, and
+ * the two helpers every start-up parser uses (reasons, strict decimals).
  * Leaf of the include graph: includes nothing of ours.
  */
 #ifndef GW_COMMON_H
@@ -68,5 +69,15 @@ static inline bool gw_slice_eq_nocase(struct gw_slice s, const char *token)
     size_t n = strlen(token);
     return s.len == n && (n == 0 || strncasecmp(s.ptr, token, n) == 0);
 }
+
+/* Writes a one-line printf-formatted reason into why (why_len bytes,
+ * truncated; why may be NULL) and returns false, so a validating parser can
+ * `return gw_fail(why, why_len, "...")`. Only why is written. Thread-safe. */
+bool gw_fail(char *why, size_t why_len, const char *fmt, ...) GW_PRINTF(3, 4);
+
+/* Strict decimal of exactly n bytes at s (digits only: no sign, spaces or
+ * prefix; 1..18 digits) within [min, max]. Returns true with *out set;
+ * false leaves *out alone. Pure and thread-safe. */
+bool gw_parse_digits(const char *s, size_t n, int64_t min, int64_t max, int64_t *out);
 
 #endif

@@ -7,6 +7,7 @@
 #define GW_CONFIG_H
 
 #include "gw/common.h"
+#include "gw/net.h"
 
 #include <stdio.h>
 
@@ -31,12 +32,6 @@ enum gw_log_level {
 };
 
 #define GW_CONFIG_MAX_TRUSTED 64
-
-/* One trusted-proxy CIDR, IPv4 stored as IPv4-mapped IPv6 (::ffff:a.b.c.d). */
-struct gw_cidr {
-    uint8_t addr[16]; /* network address, network byte order */
-    uint8_t prefix;   /* prefix length in bits over the 128-bit form */
-};
 
 /* The effective configuration. Strings are owned by the struct (heap, freed
  * by gw_config_deinit). Times are milliseconds unless the name says seconds. */
@@ -159,7 +154,7 @@ GW_MUSTCHECK int gw_config_print_env_example(FILE *out);
 bool gw_config_parse_bool(const char *s, bool *out);
 
 /* True when the 16-byte address (IPv4 as IPv4-mapped) is inside any of
- * cfg->trusted. IPv4 entries are stored mapped (prefix + 96), so
+ * cfg->trusted (gw_net_cidr_contains). IPv4 entries are stored mapped (prefix + 96), so
  * "0.0.0.0/0" trusts every IPv4 peer and no IPv6 one, while "::/0" trusts
  * everybody. Thread-safe for a const cfg. */
 bool gw_config_is_trusted(const struct gw_config *cfg, const uint8_t addr[16]);

@@ -1,8 +1,10 @@
 /*
  * Fixed-window rate limiter (SPEC.md §5). One process-wide struct
  * gw_ratelimit holds the configuration and the in-process store; each worker
- * thread owns a struct gw_ratelimit_worker with its own synchronous hiredis
- * connection (when REDIS_URL is set); the over-limit cache is process-wide. The store is
+ * thread owns a struct gw_ratelimit_worker with its own hiredis connection
+ * (when REDIS_URL is set: checks are blocking round trips bounded by
+ * REDIS_TIMEOUT_MS, reconnects are non-blocking and advanced by
+ * gw_ratelimit_worker_tick); the over-limit cache is process-wide. The store is
  * a small vtable (src/ratelimit_int.h): Redis (src/rl_redis.c) or memory
  * (src/rl_memory.c). Window math lives in gw/rl_algo.h.
  */

@@ -2,8 +2,11 @@
  * Responses the gateway writes itself: problem+json errors (RFC 9457), the
  * rate-limit header block (SPEC.md §5: X-RateLimit-*, IETF
  * draft-ietf-httpapi-ratelimit-headers-11 RateLimit/RateLimit-Policy) and
- * JSON or text bodies of the gateway's own endpoints. Pure, no I/O.
- * Thread-safe (no shared state).
+ * JSON or text bodies of the gateway's own endpoints. No I/O.
+ * Thread-safe, though not stateless: each thread keeps its own small cache
+ * of rendered problem+json bodies (_Thread_local, 8 entries, matched by the
+ * value of status, type, detail and violated_default), so threads never
+ * share it and a hit returns exactly the bytes a fresh rendering would.
  */
 #ifndef GW_RESPONSE_H
 #define GW_RESPONSE_H
