@@ -372,6 +372,11 @@ static int check_framing(struct gw_http_parser *p, llhttp_t *ll)
     }
 
     h->content_length = -1;
+    if (!req && n_cl > 0 && n_te > 0 && n_chunked == 1 && chunked_last && n_empty == 0) {
+        /* An origin sending both: chunked wins and Content-Length is
+         * dropped (RFC 9112 §6.3 rule 3); the client gets one framing. */
+        n_cl = 0;
+    }
     if (n_cl > 1)
         return fail(p, 400, "more than one Content-Length header");
     if (n_cl == 1) {
@@ -630,11 +635,14 @@ static const bool framing_special[256] = {
  * Returns the index of the first offending byte with *why set, or, with
  * *why NULL, the index just past the empty line that ends the head (or the
  * trailers), or n; the state is advanced over the bytes before that index.
+ * In a response a bare LF is no offence: the scan stops at it with
+ * *inject_cr set, and the caller feeds llhttp a CR before the LF.
  * The state carries over between execute calls, so the verdict does not
  * depend on how the input is sliced. Bytes after the head are never
  * scanned: llhttp pauses at the end of every head, so they are body or the
  * next message. */
-static size_t scan_framing(struct gw_http_parser *p, const char *s, size_t n, const char **why)
+static size_t scan_framing(struct gw_http_parser *p, const char *s, size_t n, const char **why,
+                           bool *inject_cr)
 {
     char prev = p->scan_prev;
     bool request_line = p->kind == GW_HTTP_REQUEST && p->phase == PH_HEAD;
@@ -652,9 +660,16 @@ static size_t scan_framing(struct gw_http_parser *p, const char *s, size_t n, co
             i = j - 1;
             continue;
         }
-        if (c == '\n' && prev != '\r')
-            *why = "line terminated by a bare LF";
-        else if (prev == '\r' && c != '\n')
+        if (c == '\n' && prev != '\r') {
+            if (p->kind == GW_HTTP_REQUEST) {
+                *why = "line terminated by a bare LF";
+            } else {
+                /* From an origin a bare LF ends a line (RFC 9112 §2.2):
+                 * the caller hands llhttp a CR before it. */
+                *inject_cr = true;
+                break;
+            }
+        } else if (prev == '\r' && c != '\n')
             *why = "bare CR not followed by LF";
         else if (c == '\0')
             *why = "NUL byte in the start line or header fields";
@@ -770,6 +785,11 @@ static void init_llhttp(struct gw_http_parser *p)
 {
     llhttp_init(&p->llhttp, p->kind == GW_HTTP_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
     p->llhttp.data = p;
+    /* Responses only: let llhttp frame "Transfer-Encoding: chunked" with a
+     * Content-Length as chunked (check_framing drops the length); requests
+     * carrying both stay refused. */
+    if (p->kind == GW_HTTP_RESPONSE)
+        llhttp_set_lenient_chunked_length(&p->llhttp, 1);
 }
 
 int gw_http_parser_init(struct gw_http_parser *p, enum gw_http_kind kind, size_t max_head_bytes,
@@ -874,8 +894,9 @@ enum gw_http_result gw_http_parser_execute(struct gw_http_parser *p, const char 
          * message and is not judged here; otherwise the offence is the
          * first error of the message, at the same byte however sliced. */
         const char *why = NULL;
+        bool inject_cr = false;
         if (phase0 == PH_HEAD || phase0 == PH_TRAILERS)
-            n = scan_framing(p, start, n, &why);
+            n = scan_framing(p, start, n, &why, &inject_cr);
 
         p->ev_head = p->ev_done = p->ev_last_chunk = false;
         llhttp_errno_t err = llhttp_execute(&p->llhttp, start, n);
@@ -884,6 +905,16 @@ enum gw_http_result gw_http_parser_execute(struct gw_http_parser *p, const char 
             return parse_error(p, err);
         }
         size_t used = err == HPE_OK ? n : (size_t)(llhttp_get_error_pos(&p->llhttp) - start);
+        if (err == HPE_OK && inject_cr) {
+            /* An origin's bare LF: llhttp (strict) sees CRLF. The CR is
+             * not input, so it counts toward nothing. */
+            err = llhttp_execute(&p->llhttp, "\r", 1);
+            if (err != HPE_OK) {
+                *consumed = off;
+                return parse_error(p, err);
+            }
+            p->scan_prev = '\r';
+        }
         if (err == HPE_OK && why) {
             fail(p, 400, why);
             *consumed = off;
