@@ -3,6 +3,7 @@
  * from the environment (and --env-file), then runs the server. Exit codes:
  * 0 clean (or drained), 1 runtime failure, 2 bad configuration or usage.
  */
+#include "gw/common.h"
 #include "gw/config.h"
 #include "gw/log.h"
 #include "gw/net.h"
@@ -11,6 +12,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,22 +22,33 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: gateway [--env-file PATH] [--check-config | --healthcheck]\n"
+            "usage: gateway [--env-file PATH] [--check-config | --healthcheck[=live|ready]]\n"
             "       gateway --version | --help | --print-env-example\n"
             "\n"
             "A rate-limiting, traffic-shaping HTTP/1.1 reverse proxy. Configuration\n"
             "comes from environment variables (see gateway.env.example).\n"
             "\n"
-            "  --env-file PATH      load KEY=VALUE lines first (the real environment wins)\n"
+            "  --env-file PATH      load KEY=VALUE lines first (the real environment wins);\n"
+            "                       without it, the file GATEWAY_ENV_FILE names, if set\n"
             "  --check-config       validate, print the effective configuration as JSON, exit\n"
-            "  --healthcheck        GET the health endpoint on GATEWAY_PORT; exit 0 on 200\n"
+            "  --healthcheck[=live|ready]\n"
+            "                       GET the health endpoint on GATEWAY_PORT, exit 0 on 200:\n"
+            "                       live (default) HEALTH_PATH?probe=live, ready HEALTH_PATH\n"
             "  --print-env-example  print gateway.env.example generated from the defaults\n"
             "  --version            print the version\n");
 }
 
+/* The checker's own waits: the Dockerfile's HEALTHCHECK --timeout must
+ * exceed their sum (test_container.c reads these two lines). */
+#define GW_HEALTHCHECK_CONNECT_MS 2000
+#define GW_HEALTHCHECK_READ_MS    2000
+
 /* GETs HEALTH_PATH on the configured port over loopback (the container
- * HEALTHCHECK: the image has no curl). 0 on 200, 1 otherwise. */
-static int healthcheck(const struct gw_config *cfg)
+ * HEALTHCHECK: the image has no curl): with ready, the readiness probe
+ * (backend and Redis); otherwise the liveness probe (?probe=live: the
+ * process serves). 0 on 200, 1 otherwise. The connect and the whole
+ * response are each bounded in time. */
+static int healthcheck(const struct gw_config *cfg, bool ready)
 {
     const char *host = cfg->gateway_host;
     if (strcmp(host, "0.0.0.0") == 0)
@@ -47,30 +60,35 @@ static int healthcheck(const struct gw_config *cfg)
     if (gw_net_resolve(host, cfg->gateway_port, &ss, &len) != 0)
         return 1;
     int fd = gw_net_connect(&ss, len);
-    int timeout_ms = 3000;
     struct pollfd p = {.fd = fd, .events = POLLOUT};
-    int rc = fd < 0 ? fd : poll(&p, 1, timeout_ms) != 1 ? -ETIMEDOUT : gw_net_connect_result(fd);
+    int rc = fd < 0                                        ? fd
+             : poll(&p, 1, GW_HEALTHCHECK_CONNECT_MS) != 1 ? -ETIMEDOUT
+                                                           : gw_net_connect_result(fd);
     if (rc != 0) {
         printf("unhealthy: connect to %s:%d: %s\n", host, cfg->gateway_port, strerror(-rc));
         if (fd >= 0)
             close(fd);
         return 1;
     }
+    char target[300];
+    snprintf(target, sizeof(target), "%s%s", cfg->health_path, ready ? "" : "?probe=live");
     char req[512];
     int n = snprintf(req, sizeof(req),
                      "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                      "User-Agent: gateway-healthcheck\r\n\r\n",
-                     cfg->health_path);
-    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+                     target);
+    if (n < 0 || (size_t)n >= sizeof(req) || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
         close(fd);
         return 1;
     }
-    /* Connection: close: read to EOF, bounded in size and time. */
+    /* Connection: close: read to EOF, bounded in size and in total time. */
     char buf[2048];
     size_t got = 0;
+    int64_t deadline = (int64_t)gw_now_ms() + GW_HEALTHCHECK_READ_MS;
     while (got < sizeof(buf) - 1) {
+        int64_t left = deadline - (int64_t)gw_now_ms();
         p.events = POLLIN;
-        if (poll(&p, 1, timeout_ms) != 1)
+        if (left <= 0 || poll(&p, 1, (int)left) != 1)
             break;
         ssize_t r = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
         if (r <= 0)
@@ -87,10 +105,10 @@ static int healthcheck(const struct gw_config *cfg)
         const char *body = strstr(buf, "\r\n\r\n");
         body = body ? body + 4 : "";
         size_t blen = strcspn(body, "\r\n");
-        printf("unhealthy: %s answered %.3s: %.*s\n", cfg->health_path, buf + 9, (int)blen, body);
+        printf("unhealthy: %s answered %.3s: %.*s\n", target, buf + 9, (int)blen, body);
     } else {
         printf("unhealthy: no HTTP answer from %s:%d within %d ms\n", host, cfg->gateway_port,
-               timeout_ms);
+               GW_HEALTHCHECK_READ_MS);
     }
     return ok ? 0 : 1;
 }
@@ -98,7 +116,7 @@ static int healthcheck(const struct gw_config *cfg)
 int main(int argc, char **argv)
 {
     const char *env_file = NULL;
-    bool check = false, health = false;
+    bool check = false, health = false, ready = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -111,8 +129,15 @@ int main(int argc, char **argv)
             return gw_config_print_env_example(stdout) == 0 ? 0 : 1;
         } else if (strcmp(a, "--check-config") == 0) {
             check = true;
-        } else if (strcmp(a, "--healthcheck") == 0) {
+        } else if (strcmp(a, "--healthcheck") == 0 || strcmp(a, "--healthcheck=live") == 0) {
             health = true;
+            ready = false;
+        } else if (strcmp(a, "--healthcheck=ready") == 0) {
+            health = true;
+            ready = true;
+        } else if (strncmp(a, "--healthcheck=", 14) == 0) {
+            fprintf(stderr, "gateway: --healthcheck=%s: want live or ready\n", a + 14);
+            return 2;
         } else if (strcmp(a, "--env-file") == 0) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "gateway: --env-file needs a PATH\n");
@@ -127,10 +152,17 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    /* GATEWAY_ENV_FILE names the file for every mode (a container's
+     * HEALTHCHECK reads what the server read); --env-file wins. */
+    const char *env_from = "--env-file";
+    if (!env_file && getenv("GATEWAY_ENV_FILE") && *getenv("GATEWAY_ENV_FILE")) {
+        env_file = getenv("GATEWAY_ENV_FILE");
+        env_from = "GATEWAY_ENV_FILE";
+    }
     if (env_file) {
         int rc = gw_config_load_env_file(env_file, stderr);
         if (rc) {
-            fprintf(stderr, "gateway: --env-file %s: %s\n", env_file,
+            fprintf(stderr, "gateway: %s %s: %s\n", env_from, env_file,
                     rc == -EINVAL ? "malformed lines (see above)" : strerror(-rc));
             return 2;
         }
@@ -149,7 +181,7 @@ int main(int argc, char **argv)
         return rc == 0 ? 0 : 1;
     }
     if (health) {
-        int rc = healthcheck(&cfg);
+        int rc = healthcheck(&cfg, ready);
         gw_config_deinit(&cfg);
         return rc;
     }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -107,17 +108,35 @@ static void test_health_backend_down(void **state)
     assert_string_equal(jstr(j, "backend"), "disconnected");
     assert_string_equal(jstr(j, "redis"), "disabled");
     json_decref(j);
-    /* --healthcheck fails with the reason on one line. */
+    /* --healthcheck checks liveness by default: the gateway serves, so it
+     * passes with the backend down (a restart would not bring it back);
+     * =live says the same. */
     char p[32];
     snprintf(p, sizeof(p), "GATEWAY_PORT=%d", gwt_fx.gport);
     const char *henv[] = {p, NULL};
-    const char *args[] = {"--healthcheck", NULL};
+    const char *live[] = {"--healthcheck", NULL};
+    const char *live2[] = {"--healthcheck=live", NULL};
     char *out = NULL;
-    assert_int_equal(gwt_gateway_run(args, henv, 5000, &out, NULL), 1);
+    assert_int_equal(gwt_gateway_run(live, henv, 8000, &out, NULL), 0);
+    assert_non_null(out);
+    assert_string_equal(out, "healthy\n");
+    free(out);
+    assert_int_equal(gwt_gateway_run(live2, henv, 8000, NULL, NULL), 0);
+    /* --healthcheck=ready is readiness: fails with the reason on one line. */
+    const char *ready[] = {"--healthcheck=ready", NULL};
+    out = NULL;
+    assert_int_equal(gwt_gateway_run(ready, henv, 8000, &out, NULL), 1);
     assert_non_null(out);
     assert_non_null(strstr(out, "unhealthy: /health answered 503: "));
     assert_non_null(strstr(out, "\"backend\":\"disconnected\""));
     free(out);
+    /* Any other mode is a usage error (SPEC.md §2: exit 2). */
+    const char *bad[] = {"--healthcheck=deep", NULL};
+    char *err = NULL;
+    assert_int_equal(gwt_gateway_run(bad, henv, 5000, NULL, &err), 2);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "--healthcheck=deep"));
+    free(err);
 }
 
 /* Custom endpoint paths; the default paths are then proxied. */
@@ -534,18 +553,23 @@ static void test_version_help(void **state)
     free(err);
 }
 
+/* Writes text to a new temporary file; path gets its name. */
+static void write_temp(char path[], const char *text)
+{
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+}
+
 /* --env-file: file values apply, the real environment wins. */
 static void test_env_file(void **state)
 {
     char path[] = "/tmp/gwtest-envfile-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    const char *text = "# comment line\n"
-                       "HEALTH_PATH=/from-file-health\n"
-                       "WORKER_THREADS=3\n"
-                       "\n";
-    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
+    write_temp(path, "# comment line\n"
+                     "HEALTH_PATH=/from-file-health\n"
+                     "WORKER_THREADS=3\n"
+                     "\n");
     const char *args[] = {"--env-file", path, NULL};
     char burl[64];
     snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fx.bport);
@@ -561,6 +585,70 @@ static void test_env_file(void **state)
     assert_int_equal(gwt_stat(gwt_fx.gport, "/stats", "worker_threads"), 2);
 }
 
+/* GATEWAY_ENV_FILE names the env file for every mode: the server and
+ * --healthcheck read the same GATEWAY_PORT (and HEALTH_PATH) from it;
+ * --env-file wins over it; a missing file is a start-up error. */
+static void test_env_file_variable(void **state)
+{
+    int port = gwt_free_port();
+    assert_true(port > 0);
+    char path[] = "/tmp/gwtest-envvar-XXXXXX";
+    char text[256];
+    snprintf(text, sizeof(text),
+             "GATEWAY_PORT=%d\nBACKEND_URL=http://127.0.0.1:%d\nHEALTH_PATH=/file-health\n", port,
+             gwt_fx.bport);
+    write_temp(path, text);
+    char var[64];
+    snprintf(var, sizeof(var), "GATEWAY_ENV_FILE=%s", path);
+    /* A bare GATEWAY_PORT removes the harness's GATEWAY_PORT=0, which as
+     * real environment would win over the file. */
+    const char *env[] = {"GATEWAY_PORT", var, "WORKER_THREADS=2", NULL};
+    int rc = gwt_gateway_start(&gwt_fx.gw, &gwt_fx.gport, env);
+    gwt_track(&gwt_fx.gw);
+    assert_int_equal(rc, 0);
+    assert_int_equal(gwt_fx.gport, port);
+    json_t *j = get_json(gwt_fx.gport, "/file-health", 200);
+    assert_string_equal(jstr(j, "backend"), "connected");
+    json_decref(j);
+
+    /* Both probes find the gateway through the file alone. */
+    const char *henv[] = {"GATEWAY_PORT", var, NULL};
+    const char *live[] = {"--healthcheck", NULL};
+    const char *ready[] = {"--healthcheck=ready", NULL};
+    assert_int_equal(gwt_gateway_run(live, henv, 8000, NULL, NULL), 0);
+    assert_int_equal(gwt_gateway_run(ready, henv, 8000, NULL, NULL), 0);
+    const char *cc[] = {"--check-config", NULL};
+    char *out = NULL;
+    assert_int_equal(gwt_gateway_run(cc, henv, 5000, &out, NULL), 0);
+    json_t *eff = json_loads(out, 0, NULL);
+    assert_non_null(eff);
+    assert_int_equal(json_integer_value(json_object_get(eff, "GATEWAY_PORT")), port);
+    json_decref(eff);
+    free(out);
+
+    /* --env-file wins: its port has no listener, so the check fails. */
+    int dead = gwt_free_port();
+    assert_true(dead > 0);
+    char other[] = "/tmp/gwtest-envvar2-XXXXXX";
+    snprintf(text, sizeof(text), "GATEWAY_PORT=%d\n", dead);
+    write_temp(other, text);
+    const char *with_flag[] = {"--healthcheck", "--env-file", other, NULL};
+    out = NULL;
+    assert_int_equal(gwt_gateway_run(with_flag, henv, 8000, &out, NULL), 1);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "unhealthy: connect to"));
+    free(out);
+    unlink(other);
+
+    /* A file that cannot be read: exit 2, naming the variable. */
+    unlink(path);
+    char *err = NULL;
+    assert_int_equal(gwt_gateway_run(live, henv, 5000, NULL, &err), 2);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "GATEWAY_ENV_FILE"));
+    free(err);
+}
+
 /* --healthcheck: 0 against a healthy gateway, 1 when nothing listens. */
 static void test_healthcheck_command(void **state)
 {
@@ -569,6 +657,20 @@ static void test_healthcheck_command(void **state)
     snprintf(p, sizeof(p), "GATEWAY_PORT=%d", gwt_fx.gport);
     const char *env[] = {p, NULL};
     const char *args[] = {"--healthcheck", NULL};
+    assert_int_equal(gwt_gateway_run(args, env, 5000, NULL, NULL), 0);
+    /* A wedged gateway (stopped: the kernel still completes the connect)
+     * fails within the checker's own bounded wait. */
+    assert_int_equal(kill(gwt_fx.gw.pid, SIGSTOP), 0);
+    long long t0 = gwt_now_ms();
+    char *out = NULL;
+    int rc = gwt_gateway_run(args, env, 8000, &out, NULL);
+    long long took = gwt_now_ms() - t0;
+    assert_int_equal(kill(gwt_fx.gw.pid, SIGCONT), 0);
+    assert_int_equal(rc, 1);
+    assert_non_null(out);
+    assert_non_null(strstr(out, "unhealthy: no HTTP answer"));
+    free(out);
+    assert_true(took < 4000);
     assert_int_equal(gwt_gateway_run(args, env, 5000, NULL, NULL), 0);
     int dead = gwt_free_port();
     assert_true(dead > 0);
@@ -598,6 +700,7 @@ int main(void)
         GWT_TEST(test_version_help),
         GWT_TEST(test_env_file),
         GWT_TEST(test_healthcheck_command),
+        GWT_TEST(test_env_file_variable),
     };
     return cmocka_run_group_tests_name("gateway_ops", tests, gwt_suite_setup_backend,
                                        gwt_suite_teardown);

@@ -701,6 +701,7 @@ int gwt_backend_start(struct gwt_proc *p, int *port, const char *const env[])
  * (a bare name removes the variable), then the test's values. */
 static const char *const gateway_base_env[] = {"GATEWAY_HOST=127.0.0.1",
                                                "GATEWAY_PORT=0",
+                                               "GATEWAY_ENV_FILE",
                                                "BACKEND_URL",
                                                "WORKER_THREADS",
                                                "MAX_CONNECTIONS",
