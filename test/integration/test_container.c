@@ -27,17 +27,24 @@
 #define DOCKERFILE   GW_SOURCE_DIR "/Dockerfile"
 #define MAKEFILE     GW_SOURCE_DIR "/Makefile"
 #define CMAKELISTS   GW_SOURCE_DIR "/CMakeLists.txt"
+#define MAIN_C       GW_SOURCE_DIR "/src/main.c"
 #define LLHTTP_CMAKE GW_SOURCE_DIR "/third_party/llhttp/CMakeLists.txt"
 #define K8S_MANIFEST GW_SOURCE_DIR "/deploy/kubernetes/gateway-sidecar.yaml"
 #define PROM_DIR     GW_SOURCE_DIR "/deploy/prometheus"
 #define DASHBOARD    GW_SOURCE_DIR "/deploy/grafana/gateway-dashboard.json"
 #define BASE_IMAGE   "debian:bookworm-slim"
 
-/* Packages every build needs, whatever the Makefile says (issue 5);
- * libcmocka-dev because CMake's configure step requires cmocka. */
-static const char *const core_build[] = {"build-essential", "cmake",         "pkg-config",
-                                         "libhiredis-dev",  "node-llhttp",   "libjansson-dev",
-                                         "libssl-dev",      "libcmocka-dev", NULL};
+/* Packages every build needs, whatever the Makefile says (issue 5).
+ * libcmocka-dev is needed only where CMake configures the tests: the
+ * CMakeLists.txt facts below decide it from the Dockerfile's cmake line. */
+static const char *const core_build[] = {"build-essential", "cmake",       "pkg-config",
+                                         "libhiredis-dev",  "node-llhttp", "libjansson-dev",
+                                         "libssl-dev",      NULL};
+
+/* OCI labels the runtime stage must carry. */
+static const char *const oci_labels[] = {"org.opencontainers.image.source",
+                                         "org.opencontainers.image.version",
+                                         "org.opencontainers.image.licenses", NULL};
 
 /* Packages of `make deps` that only the tests, fuzzing or `make run` use:
  * servers and clients the integration tests start (redis-server,
@@ -357,16 +364,155 @@ static bool df_run_has(const struct dockerfile *d, int s, const char *needle)
 
 /* ---- what the build really needs ------------------------------------------------ */
 
+/* Something the build needs (a package, a top-level source path) and the
+ * CMake options guarding it: "" always, else space-separated names of the
+ * options of every enclosing if(GW_...) block, all of which must be ON. */
+struct need {
+    char what[128];
+    char opts[128];
+};
+
+struct needs {
+    struct need v[256];
+    int n;
+};
+
+static void need_add(struct needs *n, const char *what, const char *opts)
+{
+    for (int i = 0; i < n->n; i++) {
+        if (strcmp(n->v[i].what, what) == 0 && strcmp(n->v[i].opts, opts) == 0)
+            return;
+    }
+    assert_true(n->n < 256);
+    snprintf(n->v[n->n].what, sizeof(n->v[0].what), "%s", what);
+    snprintf(n->v[n->n].opts, sizeof(n->v[0].opts), "%s", opts);
+    n->n++;
+}
+
 struct facts {
-    struct strset deps;        /* Makefile DEPS */
-    struct strset build_needs; /* packages owning headers / .pc / llhttp sources */
-    char build_why[4096];      /* "pkg (path)" lines, for messages */
-    struct strset lib_pkgs;    /* packages owning ldd's libraries of the gateway */
+    struct strset deps;       /* Makefile DEPS */
+    struct needs build_needs; /* packages owning headers / .pc / llhttp sources */
+    char build_why[4096];     /* "pkg (path)" lines, for messages */
+    struct strset lib_pkgs;   /* packages owning ldd's libraries of the gateway */
     char lib_why[2048];
-    struct strset cmake_dirs; /* top-level source paths CMake reads */
+    struct needs cmake_dirs;  /* top-level source paths CMake reads */
+    struct strset options;    /* CMakeLists.txt option() defaults, "GW_X=ON" */
+    long healthcheck_wait_ms; /* the checker's connect + response waits */
+    char version[32];         /* project(... VERSION x.y.z) */
 };
 
 static struct facts facts;
+
+/* Whether CMake option opt is ON for a configure with the -D flags of
+ * cmake_line (else its option() default; an unknown option counts as ON). */
+static bool option_on(const char *opt, const char *cmake_line)
+{
+    char flag[96];
+    snprintf(flag, sizeof(flag), "-D%s", opt);
+    size_t fl = strlen(flag);
+    const char *val = NULL;
+    for (const char *p = strstr(cmake_line, flag); p; p = strstr(p + 1, flag)) {
+        const char *q = p + fl;
+        if (strncmp(q, ":BOOL", 5) == 0)
+            q += 5;
+        if (*q == '=')
+            val = q + 1; /* the last -D wins, as in CMake */
+    }
+    char def[96];
+    if (!val) {
+        for (int i = 0; i < facts.options.n && !val; i++) {
+            size_t l = strlen(opt);
+            if (strncmp(facts.options.v[i], opt, l) == 0 && facts.options.v[i][l] == '=')
+                val = facts.options.v[i] + l + 1;
+        }
+        if (!val)
+            return true;
+    }
+    snprintf(def, sizeof(def), "%.*s", (int)strcspn(val, " \t\"'"), val);
+    static const char *const off[] = {"OFF", "FALSE", "0", "NO", "N", "IGNORE", ""};
+    for (size_t i = 0; i < sizeof(off) / sizeof(off[0]); i++) {
+        if (strcasecmp(def, off[i]) == 0)
+            return false;
+    }
+    return true;
+}
+
+/* Whether a need applies to a build configured with cmake_line. */
+static bool need_active(const struct need *n, const char *cmake_line)
+{
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", n->opts);
+    for (char *save = NULL, *o = strtok_r(buf, " ", &save); o; o = strtok_r(NULL, " ", &save)) {
+        if (!option_on(o, cmake_line))
+            return false;
+    }
+    return true;
+}
+
+/* 1: what is needed by the build of cmake_line; 0: only under options it
+ * turns off (the first such need in *off); -1: not a need at all. */
+static int needs_state(const struct needs *n, const char *what, const char *cmake_line,
+                       const struct need **off)
+{
+    int state = -1;
+    for (int i = 0; i < n->n; i++) {
+        if (strcmp(n->v[i].what, what) != 0)
+            continue;
+        if (need_active(&n->v[i], cmake_line))
+            return 1;
+        if (state < 0 && off)
+            *off = &n->v[i];
+        state = 0;
+    }
+    return state;
+}
+
+/* The option names of the if(GW_...) blocks enclosing each line of a CMake
+ * file: guards[line] (0-based), space-separated; else()/elseif() blocks
+ * count as unguarded (conservative: needed). Returns the line count. */
+static int cmake_guards(const char *text, char guards[][128], int max_lines)
+{
+    char stack[32][64];
+    int depth = 0, line = 0;
+    for (const char *p = text; p && *p && line < max_lines; line++) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p) : strlen(p);
+        char buf[512];
+        snprintf(buf, sizeof(buf), "%.*s", (int)len, p);
+        buf[strcspn(buf, "#")] = '\0';
+        char *t = buf;
+        while (isspace((unsigned char)*t))
+            t++;
+        guards[line][0] = '\0';
+        for (int i = 0; i < depth; i++) {
+            if (stack[i][0]) {
+                size_t l = strlen(guards[line]);
+                snprintf(guards[line] + l, 128 - l, "%s%s", l ? " " : "", stack[i]);
+            }
+        }
+        if (strncmp(t, "if(", 3) == 0 && depth < 32) {
+            char cond[64] = "";
+            sscanf(t + 3, "%63[A-Za-z0-9_]", cond);
+            bool opt = strncmp(cond, "GW_", 3) == 0 && t[3 + strlen(cond)] == ')';
+            snprintf(stack[depth++], sizeof(stack[0]), "%s", opt ? cond : "");
+        } else if ((strncmp(t, "else(", 5) == 0 || strncmp(t, "elseif(", 7) == 0) && depth > 0) {
+            stack[depth - 1][0] = '\0';
+        } else if (strncmp(t, "endif(", 6) == 0 && depth > 0) {
+            depth--;
+        }
+        p = eol ? eol + 1 : NULL;
+    }
+    return line;
+}
+
+/* The guards of the line holding text + off. */
+static const char *guard_at(const char *text, const char *at, char guards[][128], int lines)
+{
+    int line = 0;
+    for (const char *p = text; p < at; p++)
+        line += *p == '\n';
+    return line < lines ? guards[line] : "";
+}
 
 /* Reads a `set(VAR "value" ...)` from a CMake file. */
 static bool cmake_set(const char *text, const char *var, char *out, size_t cap)
@@ -466,7 +612,10 @@ static void find_build_needs(void)
     const char *incdirs[] = {"/usr/include", multi, ll_inc};
 
     char *paths[256];
+    const char *path_opts[256]; /* guards of each path's need */
     int n = 0;
+    for (int i = 0; i < 256; i++)
+        path_opts[i] = "";
     for (int i = 0; i < headers.n && n < 250; i++) {
         for (size_t k = 0; k < 3; k++) {
             char p[600];
@@ -484,6 +633,8 @@ static void find_build_needs(void)
      * IMPORTED_TARGET <module>). */
     char *cm = gwt_obs_read_file(CMAKELISTS, NULL);
     assert_non_null(cm);
+    static char guards[2048][128];
+    int lines = cmake_guards(cm, guards, 2048);
     for (char *p = strstr(cm, "pkg_check_modules("); p && n < 250;
          p = strstr(p + 1, "pkg_check_modules(")) {
         char *end = strchr(p, ')');
@@ -505,25 +656,41 @@ static void find_build_needs(void)
         free(dir);
         /* /usr/lib/<multiarch>/pkgconfig is what dpkg records. */
         char real[PATH_MAX];
+        path_opts[n] = guard_at(cm, p, guards, lines);
         paths[n++] = strdup(realpath(pc, real) ? real : pc);
     }
     /* Top-level source paths CMake reads: ${CMAKE_SOURCE_DIR}/<dir>/...
      * and add_subdirectory(<dir>...). */
-    set_add(&facts.cmake_dirs, "CMakeLists.txt");
-    for (char *p = strstr(cm, "${CMAKE_SOURCE_DIR}/"); p;
-         p = strstr(p + 1, "${CMAKE_SOURCE_DIR}/")) {
-        char comp[128];
-        size_t l = strcspn(p + 20, "/ )\"\n");
-        snprintf(comp, sizeof(comp), "%.*s", (int)l, p + 20);
-        if (*comp)
-            set_add(&facts.cmake_dirs, comp);
+    need_add(&facts.cmake_dirs, "CMakeLists.txt", "");
+    static const char *const refs[] = {"${CMAKE_SOURCE_DIR}/", "add_subdirectory("};
+    for (size_t r = 0; r < 2; r++) {
+        size_t rl = strlen(refs[r]);
+        for (char *p = strstr(cm, refs[r]); p; p = strstr(p + 1, refs[r])) {
+            char comp[128];
+            size_t l = strcspn(p + rl, "/ )\"\n");
+            snprintf(comp, sizeof(comp), "%.*s", (int)l, p + rl);
+            if (*comp)
+                need_add(&facts.cmake_dirs, comp, guard_at(cm, p, guards, lines));
+        }
     }
-    for (char *p = strstr(cm, "add_subdirectory("); p; p = strstr(p + 1, "add_subdirectory(")) {
-        char comp[128];
-        size_t l = strcspn(p + 17, "/ )\"\n");
-        snprintf(comp, sizeof(comp), "%.*s", (int)l, p + 17);
-        set_add(&facts.cmake_dirs, comp);
+    /* option(GW_X "..." ON|OFF) defaults, and the project's version. */
+    for (char *p = strstr(cm, "\noption("); p; p = strstr(p + 1, "\noption(")) {
+        char name[64] = "", val[16] = "", line[512];
+        snprintf(line, sizeof(line), "%.*s", (int)strcspn(p + 1, "\n"), p + 1);
+        const char *q = strrchr(line, ')');
+        const char *sp = q;
+        while (sp && sp > line && !isspace((unsigned char)sp[-1]))
+            sp--;
+        if (q && sscanf(line + 7, "%63[A-Za-z0-9_]", name) == 1 && q - sp < 16) {
+            snprintf(val, sizeof(val), "%.*s", (int)(q - sp), sp);
+            char kv[96];
+            snprintf(kv, sizeof(kv), "%s=%s", name, val);
+            set_add(&facts.options, kv);
+        }
     }
+    const char *ver = strstr(cm, " VERSION ");
+    assert_non_null(ver);
+    sscanf(ver + 9, "%31[0-9.]", facts.version);
     free(cm);
 
     char *owner[256];
@@ -532,7 +699,7 @@ static void find_build_needs(void)
         if (!owner[i])
             fail_msg("dpkg knows no package owning %s (installed by hand?)", paths[i]);
         if (!list_has(toolchain_header_pkgs, owner[i])) {
-            set_add(&facts.build_needs, owner[i]);
+            need_add(&facts.build_needs, owner[i], path_opts[i]);
             why_add(facts.build_why, sizeof(facts.build_why), owner[i], paths[i]);
         }
         free(owner[i]);
@@ -655,9 +822,19 @@ static int check_dockerfile(const char *text, struct errs *e)
     struct strset build = {0}, runtime = {0};
     df_apt_packages(&d, 0, &build);
     df_apt_packages(&d, 1, &runtime);
+    /* The build stage's cmake lines: their -D options decide which
+     * guarded needs apply (GW_BUILD_TESTS=OFF: no cmocka, no test/). */
+    char cmake_line[2048] = "";
+    for (int k = 0; k < d.n; k++) {
+        size_t l = strlen(cmake_line);
+        if (d.v[k].stage == 0 && strcmp(d.v[k].kw, "RUN") == 0 && strstr(d.v[k].args, "cmake"))
+            snprintf(cmake_line + l, sizeof(cmake_line) - l, "%s ", d.v[k].args);
+    }
+    const struct need *off = NULL;
     for (int i = 0; i < facts.deps.n; i++) {
         const char *p = facts.deps.v[i];
-        if (!list_has(test_only, p) && !set_has(&build, p))
+        if (!list_has(test_only, p) && !set_has(&build, p) &&
+            needs_state(&facts.build_needs, p, cmake_line, NULL) != 0)
             err_add(e, "build stage lacks %s, which `make deps` installs for the build", p);
     }
     for (int i = 0; i < build.n; i++) {
@@ -665,32 +842,46 @@ static int check_dockerfile(const char *text, struct errs *e)
             err_add(e, "build stage installs %s, which `make deps` does not", build.v[i]);
         else if (list_has(test_only, build.v[i]))
             err_add(e, "build stage installs %s, which only the tests use", build.v[i]);
+        else if (needs_state(&facts.build_needs, build.v[i], cmake_line, &off) == 0)
+            err_add(e, "build stage installs %s, which the build does not need with %s OFF",
+                    build.v[i], off->opts);
     }
     for (const char *const *p = core_build; *p; p++) {
         if (!set_has(&build, *p))
             err_add(e, "build stage lacks core build package %s", *p);
     }
     for (int i = 0; i < facts.build_needs.n; i++) {
-        if (!set_has(&build, facts.build_needs.v[i]))
-            err_add(e, "build stage lacks %s (the build reads its %s)", facts.build_needs.v[i],
-                    why_for(facts.build_why, facts.build_needs.v[i]));
+        const char *p = facts.build_needs.v[i].what;
+        if (need_active(&facts.build_needs.v[i], cmake_line) && !set_has(&build, p))
+            err_add(e, "build stage lacks %s (the build reads its %s)", p,
+                    why_for(facts.build_why, p));
     }
     if (!df_run_has(&d, 0, "-DCMAKE_BUILD_TYPE=Release"))
         err_add(e, "build stage does not configure -DCMAKE_BUILD_TYPE=Release");
     for (int i = 0; i < facts.cmake_dirs.n; i++) {
-        const char *need = facts.cmake_dirs.v[i];
-        bool copied = false;
+        const char *need = facts.cmake_dirs.v[i].what;
+        bool seen = false; /* one message per path */
+        for (int j = 0; j < i; j++)
+            seen |= strcmp(facts.cmake_dirs.v[j].what, need) == 0;
+        if (seen)
+            continue;
+        bool copied = false, named = false;
         for (int k = 0; k < d.n; k++) {
             if (d.v[k].stage != 0 || strcmp(d.v[k].kw, "COPY") != 0)
                 continue;
             char src[256] = "";
             sscanf(d.v[k].args, "%255s", src);
             size_t l = strlen(need);
-            copied |= strcmp(src, ".") == 0 ||
-                      (strncmp(src, need, l) == 0 && (src[l] == '\0' || src[l] == '/'));
+            bool it = strncmp(src, need, l) == 0 && (src[l] == '\0' || src[l] == '/');
+            copied |= strcmp(src, ".") == 0 || it;
+            named |= it;
         }
-        if (!copied)
+        int state = needs_state(&facts.cmake_dirs, need, cmake_line, &off);
+        if (state == 1 && !copied)
             err_add(e, "build stage does not COPY %s, which CMakeLists.txt reads", need);
+        else if (state == 0 && named)
+            err_add(e, "build stage copies %s, which CMakeLists.txt does not read with %s OFF",
+                    need, off->opts);
     }
 
     /* Runtime stage: exactly the packages owning the gateway's libraries
@@ -778,6 +969,45 @@ static int check_dockerfile(const char *text, struct errs *e)
         strcmp(jsv(json_array_get(hcj, 1)), "--healthcheck") != 0)
         err_add(e, "HEALTHCHECK is not CMD [\"gateway\", \"--healthcheck\"] (exec form)");
     json_decref(hcj);
+    /* The engine's timeout (default 30 s) must outlast the checker's own
+     * bounded waits, or a slow answer is killed instead of reported. */
+    const char *to = hc ? strstr(hc->args, "--timeout=") : NULL;
+    if (to) {
+        char unit[8] = "";
+        double v = 0;
+        sscanf(to + 10, "%lf%7[a-z]", &v, unit);
+        double ms = strcmp(unit, "ms") == 0  ? v
+                    : strcmp(unit, "s") == 0 ? v * 1000
+                    : strcmp(unit, "m") == 0 ? v * 60000
+                                             : -1;
+        if (!(ms > (double)facts.healthcheck_wait_ms))
+            err_add(e,
+                    "HEALTHCHECK --timeout=%.*s is not longer than the checker's own waits "
+                    "(%ld ms, src/main.c)",
+                    (int)strcspn(to + 10, " "), to + 10, facts.healthcheck_wait_ms);
+    }
+    /* OCI labels; the version is the project's. */
+    for (const char *const *l = oci_labels; *l; l++) {
+        char want[96];
+        snprintf(want, sizeof(want), "%s=", *l);
+        const char *at = NULL;
+        for (int k = 0; k < d.n && !at; k++) {
+            if (d.v[k].stage == 1 && strcmp(d.v[k].kw, "LABEL") == 0)
+                at = strstr(d.v[k].args, want);
+        }
+        if (!at) {
+            err_add(e, "runtime stage lacks LABEL %s", *l);
+            continue;
+        }
+        at += strlen(want);
+        char val[128];
+        snprintf(val, sizeof(val), "%.*s", (int)strcspn(at + (*at == '"'), "\" "),
+                 at + (*at == '"'));
+        if (!*val)
+            err_add(e, "LABEL %s is empty", *l);
+        if (strstr(*l, ".version") && strcmp(val, facts.version) != 0)
+            err_add(e, "LABEL %s=%s, but CMakeLists.txt says VERSION %s", *l, val, facts.version);
+    }
     const struct dinstr *ep = df_find(&d, 1, "ENTRYPOINT");
     json_t *epj = ep ? json_loads(ep->args, 0, NULL) : NULL;
     if (!json_is_array(epj) || json_array_size(epj) < 1 ||
@@ -813,9 +1043,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     set_free(&facts.deps);
-    set_free(&facts.build_needs);
     set_free(&facts.lib_pkgs);
-    set_free(&facts.cmake_dirs);
+    set_free(&facts.options);
     return 0;
 }
 
@@ -825,6 +1054,17 @@ static void load_facts(void)
     if (loaded)
         return;
     find_build_needs();
+    char *mainc = gwt_obs_read_file(MAIN_C, NULL);
+    assert_non_null(mainc);
+    static const char *const waits[] = {"#define GW_HEALTHCHECK_CONNECT_MS ",
+                                        "#define GW_HEALTHCHECK_READ_MS "};
+    for (size_t i = 0; i < 2; i++) {
+        const char *w = strstr(mainc, waits[i]);
+        if (!w)
+            fail_msg("src/main.c has no \"%s\"", waits[i]);
+        facts.healthcheck_wait_ms += strtol(w + strlen(waits[i]), NULL, 10);
+    }
+    free(mainc);
     find_lib_pkgs(GW_BIN_DIR "/gateway", &facts.lib_pkgs, facts.lib_why, sizeof(facts.lib_why));
     loaded = true;
 }
@@ -850,14 +1090,26 @@ static void test_facts(void **state)
     assert_true(set_has(&facts.lib_pkgs, "libjansson4"));
     assert_true(set_has(&facts.lib_pkgs, "libssl3")); /* libcrypto.so.3 */
     /* The headers and modules the build reads map to the -dev packages. */
-    assert_true(set_has(&facts.build_needs, "libhiredis-dev"));
-    assert_true(set_has(&facts.build_needs, "libjansson-dev"));
-    assert_true(set_has(&facts.build_needs, "libssl-dev"));
-    assert_true(set_has(&facts.build_needs, "libcmocka-dev"));
-    assert_true(set_has(&facts.build_needs, "node-llhttp"));
-    assert_true(set_has(&facts.cmake_dirs, "src"));
-    assert_true(set_has(&facts.cmake_dirs, "test"));
-    assert_true(set_has(&facts.cmake_dirs, "third_party"));
+    const char *def = ""; /* a configure with the option() defaults */
+    assert_int_equal(needs_state(&facts.build_needs, "libhiredis-dev", def, NULL), 1);
+    assert_int_equal(needs_state(&facts.build_needs, "libjansson-dev", def, NULL), 1);
+    assert_int_equal(needs_state(&facts.build_needs, "libssl-dev", def, NULL), 1);
+    assert_int_equal(needs_state(&facts.build_needs, "node-llhttp", def, NULL), 1);
+    assert_int_equal(needs_state(&facts.cmake_dirs, "src", def, NULL), 1);
+    assert_int_equal(needs_state(&facts.cmake_dirs, "third_party", def, NULL), 1);
+    /* cmocka and test/ only when the tests are configured (the default). */
+    assert_true(set_has(&facts.options, "GW_BUILD_TESTS=ON"));
+    assert_true(set_has(&facts.options, "GW_FUZZ=OFF"));
+    const char *no_tests = "cmake -S . -B build -DGW_BUILD_TESTS=OFF";
+    assert_int_equal(needs_state(&facts.build_needs, "libcmocka-dev", def, NULL), 1);
+    assert_int_equal(needs_state(&facts.build_needs, "libcmocka-dev", no_tests, NULL), 0);
+    assert_int_equal(needs_state(&facts.cmake_dirs, "test", def, NULL), 1);
+    assert_int_equal(needs_state(&facts.cmake_dirs, "test", no_tests, NULL), 0);
+    assert_int_equal(
+        needs_state(&facts.cmake_dirs, "test", "-DGW_BUILD_TESTS=OFF -DGW_FUZZ=ON", NULL), 1);
+    assert_int_equal(needs_state(&facts.cmake_dirs, "src", no_tests, NULL), 1);
+    assert_true(facts.healthcheck_wait_ms > 0);
+    assert_non_null(strchr(facts.version, '.'));
 }
 
 static void test_dockerfile_consistent(void **state)
@@ -910,7 +1162,15 @@ static void test_dockerfile_checker_catches_drift(void **state)
         {1, "libjansson4 libssl3", "libjansson4 libssl3 curl", "installs curl, which no library"},
         {1, "recommends libhiredis0.14", "recommends libhiredis-dev",
          "development package libhiredis-dev"},
-        {0, " libcmocka-dev", "", "build stage lacks libcmocka-dev"},
+        /* Without GW_BUILD_TESTS=OFF, CMake needs cmocka and test/. */
+        {0, " -DGW_BUILD_TESTS=OFF", "", "build stage lacks libcmocka-dev"},
+        {0, " -DGW_BUILD_TESTS=OFF", " -DGW_BUILD_TESTS=ON", "does not COPY test"},
+        {0, " -DGW_BUILD_TESTS=OFF", " -DGW_BUILD_TESTS=OFF -DGW_FUZZ=ON", "does not COPY test"},
+        /* With it, they are dead weight. */
+        {0, " libssl-dev", " libssl-dev libcmocka-dev",
+         "libcmocka-dev, which the build does not need with GW_BUILD_TESTS OFF"},
+        {0, "COPY src ./src", "COPY src ./src\nCOPY test ./test",
+         "copies test, which CMakeLists.txt does not read with GW_BUILD_TESTS OFF"},
         {0, " libssl-dev", " libssl-dev redis-server", "redis-server, which only the tests"},
         {0, "node-llhttp", "nodejs", "build stage lacks node-llhttp"},
         {0, "Release", "Debug", "CMAKE_BUILD_TYPE=Release"},
@@ -921,6 +1181,13 @@ static void test_dockerfile_checker_catches_drift(void **state)
         {1, "EXPOSE 8000", "EXPOSE 8080", "EXPOSE 8000"},
         {1, "STOPSIGNAL SIGTERM", "STOPSIGNAL SIGKILL", "STOPSIGNAL"},
         {1, "\"--healthcheck\"", "\"--version\"", "HEALTHCHECK"},
+        {1, "--timeout=5s", "--timeout=3s", "HEALTHCHECK --timeout=3s is not longer"},
+        {1, "--timeout=5s", "--timeout=4000ms", "HEALTHCHECK --timeout=4000ms is not longer"},
+        {1, "image.version=\"", "image.version=\"9", "but CMakeLists.txt says VERSION"},
+        {1, "org.opencontainers.image.licenses=", "org.example.licenses=",
+         "lacks LABEL org.opencontainers.image.licenses"},
+        {1, "org.opencontainers.image.source=\"", "org.opencontainers.image.source=\"\" x=\"",
+         "LABEL org.opencontainers.image.source is empty"},
         {1, "ENTRYPOINT [\"gateway\"]", "ENTRYPOINT gateway > /var/log/gw.log", "ENTRYPOINT"},
         {1, "ENTRYPOINT [\"gateway\"]", "ENTRYPOINT [\"gateway\", \"--env-file\", \"/gw.env\"]",
          "--env-file"},
