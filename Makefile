@@ -3,6 +3,7 @@
 #   make build  Release-with-debug-info build in build/
 #   make run    backend_app + redis-server (if installed) + gateway, Ctrl-C stops all
 #   make test   every test (unit + integration) in the normal and ASan/UBSan builds
+#   make test-container  build the image with podman and run it (scripts/container-test.sh)
 #   make tsan   the tests under ThreadSanitizer (build-tsan/)
 #   make fuzz   libFuzzer targets (clang) for a bounded time each (build-fuzz/)
 #   make bench  the benchmark of test/bench/ (gateway vs nginx vs HAProxy vs direct)
@@ -20,7 +21,8 @@ DEPS = build-essential cmake pkg-config libhiredis-dev node-llhttp libjansson-de
        libcmocka-dev libssl-dev redis-server redis-tools curl prometheus faketime \
        clang libclang-rt-14-dev
 
-.PHONY: all deps build run test test-release test-asan test-fuzz tsan fuzz bench clean env-example
+.PHONY: all deps build run test test-release test-asan test-fuzz test-container tsan fuzz bench \
+	clean env-example
 
 all: build
 
@@ -64,6 +66,11 @@ test-fuzz: deps
 
 fuzz:
 	@$(MAKE) test-fuzz
+
+# The Dockerfile built into an image (podman, no daemon, no registry) and run
+# beside backend_app; skips with the reason where podman cannot run.
+test-container:
+	@bash scripts/container-test.sh $(BUILD_DIR)
 
 bench: build
 	@bash test/bench/run.sh $(BUILD_DIR)
