@@ -275,7 +275,7 @@ fi
 size=$(inspect '{{.Size}}')
 size_mb=$(((size + 524288) / 1048576))
 base_mb=$((($(podman image inspect --format '{{.Size}}' "$BASE") + 524288) / 1048576))
-check "image size ${size_mb} MB (base ${base_mb} MB, +$((size_mb - base_mb)) MB) within 150 MB" \
+check "image size ${size_mb} MiB (base ${base_mb} MiB, +$((size_mb - base_mb)) MiB) within 150 MiB" \
   test "$size_mb" -le 150
 
 # ---- run it beside backend_app ------------------------------------------------
