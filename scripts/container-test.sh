@@ -119,6 +119,9 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 
+# Every podman call is bounded (a tighter timeout where one is given).
+podman() { timeout 300 podman "$@"; }
+
 # Private podman configuration. No CAP_SYS_RESOURCE here: podman's default
 # rlimits (1048576) fail with EPERM, so explicit ones (nproc at most 32768,
 # where podman lowers itself); cgroupfs (no systemd); runc.
