@@ -71,6 +71,13 @@ tail_of() { tail -n "${2:-5}" "$1" 2>/dev/null | sed 's/^/      /' || true; }
 be_pid=""
 gw_host_pid=""
 cgroups_before=""
+# What podman and runc create outside $W whatever they are told (runc's
+# state root, the blob-info cache of containers/image): removed at the end
+# when this run made them and they hold nothing else.
+made_runc_root=false
+made_var_lib=false
+[ -e /run/runc ] || made_runc_root=true
+[ -e /var/lib/containers ] || made_var_lib=true
 cleanup() {
   set +e
   [ -n "$gw_host_pid" ] && kill -CONT "$gw_host_pid" 2>/dev/null
@@ -89,6 +96,11 @@ cleanup() {
     case " $cgroups_before " in *" $d "*) continue ;; esac
     find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
+  if $made_runc_root; then rmdir /run/runc 2>/dev/null; fi
+  if $made_var_lib; then
+    rm -f /var/lib/containers/cache/blob-info-cache-v1.boltdb
+    rmdir /var/lib/containers/cache /var/lib/containers 2>/dev/null
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -125,7 +137,7 @@ podman() { timeout 300 podman "$@"; }
 # Private podman configuration. No CAP_SYS_RESOURCE here: podman's default
 # rlimits (1048576) fail with EPERM, so explicit ones (nproc at most 32768,
 # where podman lowers itself); cgroupfs (no systemd); runc.
-mkdir -p "$W/tmp" "$W/etc"
+mkdir -p "$W/tmp" "$W/etc" "$W/net.d"
 nofile=$(ulimit -Hn)
 nproc=$(ulimit -Hu)
 if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
@@ -139,7 +151,10 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "$W/events.log"
 tmp_dir = "$W/tmp"
+image_copy_tmp_dir = "$W/tmp"
 volume_path = "$W/volumes"
+[network]
+network_config_dir = "$W/net.d"
 EOF
 cat >"$W/storage.conf" <<EOF
 [storage]
