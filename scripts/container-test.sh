@@ -120,7 +120,8 @@ if [ "${#need[@]}" -gt 0 ]; then
   say "installing ${need[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt_install() {
-    timeout 900 apt-get install -y -q -o DPkg::Lock::Timeout=300 "${need[@]}" \
+    timeout 900 apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 \
+      "${need[@]}" \
       >"$BUILD_DIR/container-apt.log" 2>&1
   }
   mkdir -p "$BUILD_DIR"
