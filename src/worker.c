@@ -19,8 +19,8 @@
 #include <unistd.h>
 
 #define TICK_MS 100
-/* A burst worth trimming after: this many connections held at once. */
-#define TRIM_MIN_PEAK 256
+/* Connections that must have gone since the last trim for another one. */
+#define TRIM_MIN_FREED 64
 /* Spare parsers and blocks kept (each) when trimming. */
 #define TRIM_KEEP_SPARES 4
 
@@ -124,14 +124,16 @@ static void release_spares(struct gw_worker *w, int keep)
  * the kernel: the spares beyond a few, then whatever the allocator keeps
  * free in its arenas (glibc does not return freed memory below the top of
  * a heap by itself, so a 10,000-connection burst would otherwise leave the
- * RSS at its peak for good). Runs from the upkeep tick: at most once per
- * burst, once the worker holds a quarter of its peak or less. */
+ * RSS at its peak for good). Runs from the upkeep tick whenever at least
+ * TRIM_MIN_FREED connections have gone since the last trim and the worker
+ * holds a quarter or less of its most since then: a few times per burst as
+ * it winds down (the last ones freed are trimmed too), never while steady. */
 static void trim_after_burst(struct gw_worker *w)
 {
     int64_t active = atomic_load_explicit(&w->stats.connections_active, memory_order_relaxed);
     if (active > w->trim_peak)
         w->trim_peak = active;
-    if (w->trim_peak < TRIM_MIN_PEAK || active * 4 > w->trim_peak)
+    if (w->trim_peak - active < TRIM_MIN_FREED || active * 4 > w->trim_peak)
         return;
     release_spares(w, TRIM_KEEP_SPARES);
     malloc_trim(0);
