@@ -1,35 +1,52 @@
 /*
  * Client connection state machine (memcached drive_machine shape). One
  * request at a time per connection; pipelined bytes wait in the input
- * buffer, so responses leave in request order.
+ * buffer, so responses leave in request order. The upstream half of a
+ * proxied exchange belongs to the upstream client (upstream.c), which
+ * reports through the up_* callbacks below.
  *
- *            first byte                head parsed
- *   IDLE ───────────────▶ HEAD ───────────────────┐
- *    ▲                     │ 408/400/431           ▼
- *    │                     ▼               rate limit ─▶ 429/503 ──┐
- *    │                  RESPOND ◀──────────────────┤               │
- *    │                     ▲                     gate              │
- *    │                     │ 502/503/504          │ no slot        │
- *    │                     │               WAIT_SLOT ─timeout─▶ 503┤
- *    │                     │                      │ slot           │
- *    │                     ├──────────────── CONNECT               │
- *    │                     │                      │                │
- *    │                     │                    PROXY ─────────────┤
- *    │   response queued,  │                                       ▼
- *    └──── request done ───┴──────────── must close ─▶ LINGER ─▶ closed
+ *            first byte          head parsed, proxied
+ *   IDLE ─────────────▶ HEAD ─────────────────────▶ LIMIT (batched rate-limit check)
+ *    ▲                   │ admin answer,              │ 429/503      │ allowed: gate
+ *    │                   │ 400/408/431                ▼              ├──────────────┐
+ *    │                   └──────────────────────▶ RESPOND ◀── 503 ── WAIT_SLOT      │
+ *    │                                           ▲  ▲  ▲    timeout   │ slot        │ slot
+ *    │                             502 (connect) │  │  │              ▼             │
+ *    │                                  CONNECT ─┘  │  │   ┌───── CONNECT ◀── new ──┤
+ *    │                                              │  │   │ connected              │ pooled
+ *    │             response complete, 408/502/504   │  │   ▼                        │
+ *    │                                     PROXY ───┘  └── PROXY ◀──────────────────┘
+ *    │  request done, response flushed                      (a stale pooled socket is
+ *    └──────────────────────────────────── RESPOND           retried once inside the
+ *                                             │ must close    upstream client: PROXY
+ *                                             ▼               stays PROXY)
+ *                                          LINGER ─▶ CLOSED (from every state)
  *
- * The request and the response keep separate half-states (req_done,
- * resp_head_sent, resp_done) so an early upstream response or a client that
- * keeps sending stay sane. Closing only marks the connection; the reaper
- * frees it at the end of the loop iteration, returns its in-flight slot and
- * closes the descriptor.
+ * Transitions, one line per state; conn_next[] below is this list and
+ * test_conn checks that the two agree:
+ *   IDLE      -> HEAD CLOSED
+ *   HEAD      -> LIMIT RESPOND CLOSED
+ *   LIMIT     -> WAIT_SLOT CONNECT PROXY RESPOND CLOSED
+ *   WAIT_SLOT -> CONNECT PROXY RESPOND CLOSED
+ *   CONNECT   -> PROXY RESPOND CLOSED
+ *   PROXY     -> RESPOND CLOSED
+ *   RESPOND   -> IDLE LINGER CLOSED
+ *   LINGER    -> CLOSED
+ *   CLOSED    ->
+ *
+ * The request and the response keep separate half-states (struct exchange:
+ * req NONE/HEAD/BODY/DONE, resp NONE/HEAD_SENT/DONE) so an early upstream
+ * response or a client that keeps sending stay sane. Every exchange ends in
+ * finish_exchange, exactly once: one result counter, the histograms, the
+ * upstream and the in-flight slot given back, the access log line. Closing
+ * only marks the connection; the reaper frees it at the end of the loop
+ * iteration and closes the descriptor.
  */
 #include "conn.h"
 
 #include "acceptor.h"
 #include "admin.h"
 #include "gw/client_id.h"
-#include "gw/health.h"
 #include "gw/log.h"
 #include "gw/net.h"
 #include "gw/response.h"
@@ -51,15 +68,70 @@ enum conn_state {
     CS_HEAD,      /* reading a request head */
     CS_LIMIT,     /* waiting for the worker's batched rate-limit check */
     CS_WAIT_SLOT, /* parked in the in-flight gate's FIFO */
-    CS_CONNECT,   /* connecting to the upstream */
+    CS_CONNECT,   /* the upstream client is connecting */
     CS_PROXY,     /* streaming request and response */
     CS_RESPOND,   /* response queued; flushing it, reading what is left of the request */
     CS_LINGER,    /* last response written, write side shut, draining input */
     CS_CLOSED,
+    CS_COUNT
 };
 
-static const char *const state_names[] = {"idle",  "head",    "limit",  "wait_slot", "connect",
-                                          "proxy", "respond", "linger", "closed"};
+static const char *const state_names[CS_COUNT] = {
+    "IDLE", "HEAD", "LIMIT", "WAIT_SLOT", "CONNECT", "PROXY", "RESPOND", "LINGER", "CLOSED"};
+
+#define TO(s) (1u << (s))
+/* Legal transitions: conn_next[from] has bit `to` set. */
+static const unsigned conn_next[CS_COUNT] = {
+    [CS_IDLE] = TO(CS_HEAD) | TO(CS_CLOSED),
+    [CS_HEAD] = TO(CS_LIMIT) | TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_LIMIT] = TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_WAIT_SLOT] = TO(CS_CONNECT) | TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_CONNECT] = TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_PROXY] = TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_RESPOND] = TO(CS_IDLE) | TO(CS_LINGER) | TO(CS_CLOSED),
+    [CS_LINGER] = TO(CS_CLOSED),
+    [CS_CLOSED] = 0,
+};
+#undef TO
+
+enum req_half { REQ_NONE = 0, REQ_HEAD, REQ_BODY, REQ_DONE };
+enum resp_half { RESP_NONE = 0, RESP_HEAD_SENT, RESP_DONE };
+
+/* How an exchange ended: the one counter finish_exchange increments. */
+enum exchange_result {
+    RESULT_NONE = 0,        /* the gateway's own endpoints: requests_total only */
+    RESULT_PROXIED,         /* response relayed from the upstream */
+    RESULT_RATE_LIMITED,    /* 429 */
+    RESULT_REJECTED_QUEUE,  /* 503 from the in-flight cap */
+    RESULT_REJECTED_STORE,  /* 503, rate limiter unavailable */
+    RESULT_FAILED_UPSTREAM, /* 502/504 */
+    RESULT_BAD,             /* other 4xx the gateway generated */
+    RESULT_CLOSED,          /* the client went away first (nginx 499) */
+};
+
+/* Everything of one request/response exchange; cleared as a whole between
+ * requests (next_request). */
+struct exchange {
+    enum req_half req;                     /* request half-state */
+    enum resp_half resp;                   /* response half-state */
+    bool counted;                          /* counted in requests_total */
+    bool finished;                         /* finish_exchange ran */
+    bool keep_alive;                       /* client wants and may keep the connection */
+    bool discard_body;                     /* body bytes are read and dropped */
+    bool limited;                          /* the limiter refused it (or would, dry run) */
+    enum gw_framing cl_framing;            /* response body framing towards the client */
+    int status;                            /* status sent to the client */
+    uint64_t resp_bytes;                   /* response bytes queued for the client */
+    uint64_t start_us;                     /* first byte of the request */
+    uint64_t upstream_start_us;            /* upstream phase start, 0 = not proxied */
+    uint64_t queue_start_us;               /* gate wait start */
+    uint64_t proxy_start_ms;               /* when the exchange entered PROXY */
+    struct gw_rl_decision rl;              /* rate-limit decision */
+    size_t rl_headers_len;                 /* bytes of rl_headers */
+    char rl_key[GW_CLIENT_KEY_MAX];        /* rate-limit key */
+    char client_ident[GW_CLIENT_ADDR_MAX]; /* identified client (XFF-aware), for logs */
+    char rl_headers[512];                  /* rendered rate-limit header lines */
+};
 
 struct gw_conn {
     struct gw_io io;              /* client socket */
@@ -68,73 +140,51 @@ struct gw_conn {
     struct gw_conn *reap_next;    /* worker's reap list */
     struct gw_conn *limit_next;   /* worker's pending rate-limit batch */
     struct gw_conn *redrive_next; /* worker's redrive list */
-    enum conn_state state;
-    struct gw_timer timer;                 /* the one deadline of the current state */
-    char client_addr[64];                  /* peer address text */
-    char client_ident[GW_CLIENT_ADDR_MAX]; /* identified client (XFF-aware), for logs */
-    char rl_key[GW_CLIENT_KEY_MAX];        /* rate-limit key of the current request */
-    uint8_t client_bin[16];                /* peer address, IPv4-mapped */
-    struct gw_buf in;                      /* client bytes not yet parsed */
-    struct gw_buf out;                     /* bytes not yet written to the client */
-    struct gw_http_parser *req;            /* request parser, allocated while a request is open */
-    struct gw_upstream *up;                /* upstream of the current exchange */
-    struct gw_gate_waiter waiter;          /* in-flight gate FIFO entry */
-    bool slot_held;                        /* holds an in-flight slot */
-    bool closing;                          /* closed; waiting for the reaper */
-    bool rd_ready;                         /* epoll said readable and no EAGAIN since: a read
-                                              is attempted only then (no empty recv calls) */
-    bool redrive_queued;                   /* on the worker's redrive list */
-    bool client_eof;                       /* client shut its write side */
-    bool must_close;                       /* close after the current response */
-    bool draining;                         /* worker draining: no keep-alive */
-
-    /* the current exchange */
-    uint64_t start_us;          /* first byte of the request */
-    uint64_t upstream_start_us; /* upstream phase start, 0 = not proxied */
-    uint64_t queue_start_us;    /* gate wait start */
-    uint64_t client_rx_ms;      /* last request bytes read (loop clock) */
-    uint64_t client_tx_ms;      /* last response bytes written */
-    uint64_t up_rx_ms;          /* last response bytes read from the upstream */
-    uint64_t up_tx_ms;          /* last request bytes written to the upstream */
-    uint64_t req_done_ms;       /* when the request was fully read */
-    uint64_t proxy_start_ms;    /* when the exchange entered PROXY */
-    bool keep_alive;            /* client wants and may keep the connection */
-    bool req_done;              /* request message fully parsed */
-    bool discard_body;          /* body bytes are read and dropped */
-    bool resp_head_sent;        /* response head queued: no error page possible now */
-    bool resp_done;             /* response fully queued */
-    bool resp_started;          /* upstream sent at least one response byte */
-    bool retried;               /* the one retry on a fresh connection was used */
-    bool limited;               /* the limiter refused it (or would, dry run) */
-    bool proxied;               /* response came from the upstream */
-    bool awaiting_outcome;      /* counted in requests_total, not yet under a result */
-    enum gw_framing up_framing; /* request body framing towards the upstream */
-    enum gw_framing cl_framing; /* response body framing towards the client */
-    int status;                 /* status sent to the client */
-    uint64_t resp_bytes;        /* response bytes queued for the client */
-    struct gw_rl_decision rl;   /* rate-limit decision */
-    char rl_headers[512];       /* rendered rate-limit header lines */
-    size_t rl_headers_len;
+    enum conn_state state;        /* changed only by set_state */
+    struct gw_timer timer;        /* the one deadline of the current state */
+    char client_addr[64];         /* peer address text */
+    uint8_t client_bin[16];       /* peer address, IPv4-mapped */
+    struct gw_buf in;             /* client bytes not yet parsed */
+    struct gw_buf out;            /* bytes not yet written to the client */
+    struct gw_http_parser *req;   /* request parser, allocated while a request is open */
+    struct gw_upstream *up;       /* upstream client of the current exchange */
+    struct gw_gate_waiter waiter; /* in-flight gate FIFO entry */
+    uint64_t client_rx_ms;        /* last request bytes read (loop clock) */
+    bool slot_held;               /* holds an in-flight slot */
+    bool closing;                 /* closed; waiting for the reaper */
+    bool rd_ready;                /* epoll said readable and no EAGAIN since: a read
+                                     is attempted only then (no empty recv calls) */
+    bool redrive_queued;          /* on the worker's redrive list */
+    bool client_eof;              /* client shut its write side */
+    bool must_close;              /* close after the current response */
+    bool draining;                /* worker draining: no keep-alive */
+    struct exchange ex;           /* the current exchange */
 };
 
 static void conn_drive(struct gw_conn *c);
 static void conn_close(struct gw_conn *c);
 static bool flush_client(struct gw_conn *c);
 static void start_upstream(struct gw_conn *c);
-static void finish_response(struct gw_conn *c);
-static void maybe_send_continue(struct gw_conn *c);
-static void response_complete(struct gw_conn *c);
 static bool pump_request(struct gw_conn *c);
 static void buf_prepare(struct gw_worker *w, struct gw_buf *b);
-static void enter_proxy(struct gw_conn *c);
 
 static const struct gw_config *cfg_of(const struct gw_conn *c)
 {
     return c->w->srv->cfg;
 }
 
+/* The one way to change state: asserts the transition is in conn_next[].
+ * A state entered again is a no-op. */
 static void set_state(struct gw_conn *c, enum conn_state s)
 {
+    if (c->state == s)
+        return;
+    if (!(conn_next[c->state] & (1u << s))) {
+        /* A bug, not a run-time condition: stop before state is corrupted. */
+        gw_error("conn %d: illegal transition %s -> %s", c->io.fd, state_names[c->state],
+                 state_names[s]);
+        abort();
+    }
     gw_debug("conn %d: %s -> %s", c->io.fd, state_names[c->state], state_names[s]);
     c->state = s;
 }
@@ -145,82 +195,7 @@ static void arm(struct gw_conn *c, uint64_t after_ms)
         conn_close(c); /* out of memory for the heap: cannot keep a deadline */
 }
 
-/* ---- writing responses the gateway generates ---- */
-
-static void count_status(struct gw_conn *c, int status)
-{
-    struct gw_stats_worker *st = &c->w->stats;
-    if (status == 429)
-        GW_STAT_INC(st, requests_rate_limited);
-    else if (status == 502 || status == 504)
-        GW_STAT_INC(st, requests_failed_upstream);
-    else if (status >= 400 && status < 500)
-        GW_STAT_INC(st, requests_bad);
-}
-
-static struct gw_slice rl_extra(const struct gw_conn *c)
-{
-    return (struct gw_slice){c->rl_headers, c->rl_headers_len};
-}
-
-/* Queues a problem+json response. close_after: the framing of the request is
- * in doubt (or the body will not be read), so the connection closes after. */
-static void respond_problem(struct gw_conn *c, const struct gw_problem *pb, bool close_after)
-{
-    if (c->resp_head_sent) {
-        /* Part of a response already left: the only honest signal left is
-         * closing without completing it. */
-        count_status(c, pb->status);
-        c->awaiting_outcome = false;
-        conn_close(c);
-        return;
-    }
-    c->awaiting_outcome = false; /* counted below or by the caller (503s) */
-    if (close_after || !c->req)
-        c->must_close = true;
-    if (c->req && !c->req_done) {
-        /* The body was not consumed. Reading it on to keep the connection is
-         * only safe when the client will send it (no unanswered Expect). */
-        if (c->req->head.expect_continue || pb->status == 413)
-            c->must_close = true;
-        else
-            c->discard_body = true;
-    }
-    bool keep = c->keep_alive && !c->must_close && !c->draining;
-    if (!keep)
-        c->must_close = true;
-    buf_prepare(c->w, &c->out);
-    size_t before = gw_buf_len(&c->out);
-    uint8_t minor = c->req ? c->req->head.http_minor : 1;
-    bool head_only = c->req && c->req->head.method == HTTP_HEAD;
-    if (gw_response_write_problem(&c->out, pb, rl_extra(c), keep, minor, head_only) != 0) {
-        conn_close(c);
-        return;
-    }
-    c->resp_bytes += gw_buf_len(&c->out) - before;
-    c->status = pb->status;
-    c->resp_head_sent = true;
-    count_status(c, pb->status);
-    finish_response(c);
-}
-
-static void respond_error(struct gw_conn *c, int status, const char *detail, bool close_after)
-{
-    struct gw_problem pb = {.status = status, .detail = detail};
-    respond_problem(c, &pb, close_after);
-}
-
-/* The in-flight cap's answer (SPEC.md §6): 503 with the reduced-capacity
- * type and Retry-After: 1, counted as rejected_queue. */
-static void respond_no_capacity(struct gw_conn *c, const char *detail, bool close_after)
-{
-    GW_STAT_INC(&c->w->stats, requests_rejected_queue);
-    struct gw_problem pb = {
-        .status = 503, .type = GW_PROBLEM_REDUCED_CAPACITY, .detail = detail, .retry_after_s = 1};
-    respond_problem(c, &pb, close_after);
-}
-
-/* ---- exchange lifecycle ---- */
+/* ---- the end of an exchange ---- */
 
 /* Leaves the gate's FIFO. A waiter granted in the meantime holds a slot
  * from now on (slot_held), which release_slot or the upstream phase uses. */
@@ -238,67 +213,181 @@ static void release_slot(struct gw_conn *c)
     }
 }
 
+/* Gives the upstream client back (it pools the socket when the exchange
+ * ended cleanly, else closes it). */
+static void drop_upstream(struct gw_conn *c)
+{
+    if (c->up) {
+        struct gw_upstream *u = c->up;
+        c->up = NULL;
+        gw_upstream_put(u);
+    }
+}
+
+static void count_request(struct gw_conn *c)
+{
+    if (!c->ex.counted) {
+        c->ex.counted = true;
+        GW_STAT_INC(&c->w->stats, requests_total);
+    }
+}
+
+static enum exchange_result result_of_status(int status)
+{
+    if (status == 429)
+        return RESULT_RATE_LIMITED;
+    if (status == 502 || status == 504)
+        return RESULT_FAILED_UPSTREAM;
+    if (status >= 400 && status < 500)
+        return RESULT_BAD;
+    return RESULT_NONE;
+}
+
 static void log_access(struct gw_conn *c)
 {
     if (!cfg_of(c)->access_log || !c->req)
         return;
     uint64_t now = gw_now_us();
+    const struct exchange *ex = &c->ex;
     struct gw_access_entry e = {
-        .client = c->client_ident[0] ? c->client_ident : c->client_addr,
+        .client = ex->client_ident[0] ? ex->client_ident : c->client_addr,
         .method = c->req->head.method_name,
         .path = c->req->head.target,
-        .status = c->status,
-        .bytes_sent = c->resp_bytes,
-        .duration_ms = (double)(now - c->start_us) / 1000.0,
-        .upstream_ms = c->upstream_start_us ? (double)(now - c->upstream_start_us) / 1000.0 : -1,
-        .limited = c->limited,
+        .status = ex->status,
+        .bytes_sent = ex->resp_bytes,
+        .duration_ms = (double)(now - ex->start_us) / 1000.0,
+        .upstream_ms = ex->upstream_start_us ? (double)(now - ex->upstream_start_us) / 1000.0 : -1,
+        .limited = ex->limited,
     };
     gw_log_access(&e);
 }
 
-/* The response is fully queued: account for it, give back the upstream and
- * the slot. What happens to the connection next is decided once the output
- * is flushed and the request fully read (respond_progress). */
-static void finish_response(struct gw_conn *c)
+/* Ends the current exchange: the one place where its result is counted, the
+ * latency histograms observed and the access log written (each at most once
+ * per request), and where the upstream client, the gate entry and the
+ * in-flight slot are given back (every time: idempotent). */
+static void finish_exchange(struct gw_conn *c, enum exchange_result result)
 {
-    c->resp_done = true;
-    c->awaiting_outcome = false;
-    uint64_t now = gw_now_us();
-    if (c->proxied) {
-        GW_STAT_INC(&c->w->stats, requests_proxied);
-        gw_histogram_observe(&c->w->stats.request_latency, now - c->start_us);
-        if (c->upstream_start_us)
-            gw_histogram_observe(&c->w->stats.upstream_latency, now - c->upstream_start_us);
+    struct exchange *ex = &c->ex;
+    bool first = !ex->finished;
+    if (first) {
+        ex->finished = true;
+        struct gw_stats_worker *st = &c->w->stats;
+        switch (result) {
+        case RESULT_PROXIED: {
+            GW_STAT_INC(st, requests_proxied);
+            uint64_t now = gw_now_us();
+            gw_histogram_observe(&st->request_latency, now - ex->start_us);
+            if (ex->upstream_start_us)
+                gw_histogram_observe(&st->upstream_latency, now - ex->upstream_start_us);
+            break;
+        }
+        case RESULT_RATE_LIMITED:
+            GW_STAT_INC(st, requests_rate_limited);
+            break;
+        case RESULT_REJECTED_QUEUE:
+            GW_STAT_INC(st, requests_rejected_queue);
+            break;
+        case RESULT_REJECTED_STORE:
+            GW_STAT_INC(st, requests_rejected_store);
+            break;
+        case RESULT_FAILED_UPSTREAM:
+            GW_STAT_INC(st, requests_failed_upstream);
+            break;
+        case RESULT_BAD:
+            GW_STAT_INC(st, requests_bad);
+            break;
+        case RESULT_CLOSED:
+            if (ex->counted)
+                GW_STAT_INC(st, requests_closed);
+            break;
+        case RESULT_NONE:
+        default:
+            break;
+        }
     }
-    if (c->up) {
-        struct gw_upstream *u = c->up;
-        c->up = NULL;
-        bool reusable = c->proxied && c->req_done && u->resp.head.keep_alive &&
-                        !u->resp.head.body_until_close && gw_buf_len(&u->out) == 0;
-        if (reusable)
-            gw_upstream_put(u);
-        else
-            gw_upstream_close(u);
-    }
+    drop_upstream(c);
+    leave_queue(c);
     release_slot(c);
-    log_access(c);
-    if (c->state != CS_CLOSED)
-        set_state(c, CS_RESPOND);
+    if (first && ex->resp == RESP_DONE)
+        log_access(c);
+}
+
+/* The response is fully queued: finish the exchange. What happens to the
+ * connection next is decided once the output is flushed and the request
+ * fully read (respond_progress). */
+static void complete_response(struct gw_conn *c, enum exchange_result result)
+{
+    c->ex.resp = RESP_DONE;
+    finish_exchange(c, result);
+    if (c->closing)
+        return;
+    set_state(c, CS_RESPOND);
     arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
 }
 
-static void reset_exchange(struct gw_conn *c)
+/* ---- writing responses the gateway generates ---- */
+
+static struct gw_slice rl_extra(const struct gw_conn *c)
 {
-    c->start_us = c->upstream_start_us = c->queue_start_us = 0;
-    c->keep_alive = c->req_done = c->discard_body = false;
-    c->resp_head_sent = c->resp_done = c->resp_started = c->retried = false;
-    c->limited = c->proxied = c->awaiting_outcome = false;
-    c->up_framing = c->cl_framing = GW_FRAMING_NONE;
-    c->status = 0;
-    c->resp_bytes = 0;
-    c->rl_headers_len = 0;
-    c->client_ident[0] = '\0';
-    memset(&c->rl, 0, sizeof(c->rl));
+    return (struct gw_slice){c->ex.rl_headers, c->ex.rl_headers_len};
+}
+
+/* Queues a problem+json response that ends the exchange with result.
+ * close_after: the framing of the request is in doubt (or the body will not
+ * be read), so the connection closes after. */
+static void respond_problem(struct gw_conn *c, const struct gw_problem *pb, bool close_after,
+                            enum exchange_result result)
+{
+    struct exchange *ex = &c->ex;
+    if (c->closing)
+        return;
+    if (ex->resp != RESP_NONE) {
+        /* Part of a response already left: the only honest signal left is
+         * closing without completing it. */
+        finish_exchange(c, result);
+        conn_close(c);
+        return;
+    }
+    if (close_after || !c->req)
+        c->must_close = true;
+    if (c->req && ex->req != REQ_DONE) {
+        /* The body was not consumed. Reading it on to keep the connection is
+         * only safe when the client will send it (no unanswered Expect). */
+        if (c->req->head.expect_continue || pb->status == 413)
+            c->must_close = true;
+        else
+            ex->discard_body = true;
+    }
+    bool keep = ex->keep_alive && !c->must_close && !c->draining;
+    if (!keep)
+        c->must_close = true;
+    buf_prepare(c->w, &c->out);
+    size_t before = gw_buf_len(&c->out);
+    uint8_t minor = c->req ? c->req->head.http_minor : 1;
+    bool head_only = c->req && c->req->head.method == HTTP_HEAD;
+    if (gw_response_write_problem(&c->out, pb, rl_extra(c), keep, minor, head_only) != 0) {
+        conn_close(c);
+        return;
+    }
+    ex->resp_bytes += gw_buf_len(&c->out) - before;
+    ex->status = pb->status;
+    complete_response(c, result);
+}
+
+static void respond_error(struct gw_conn *c, int status, const char *detail, bool close_after)
+{
+    struct gw_problem pb = {.status = status, .detail = detail};
+    respond_problem(c, &pb, close_after, result_of_status(status));
+}
+
+/* The in-flight cap's answer (SPEC.md §6): 503 with the reduced-capacity
+ * type and Retry-After: 1, counted as rejected_queue. */
+static void respond_no_capacity(struct gw_conn *c, const char *detail, bool close_after)
+{
+    struct gw_problem pb = {
+        .status = 503, .type = GW_PROBLEM_REDUCED_CAPACITY, .detail = detail, .retry_after_s = 1};
+    respond_problem(c, &pb, close_after, RESULT_REJECTED_QUEUE);
 }
 
 /* ---- per-worker spares: no malloc per keep-alive request ---- */
@@ -373,7 +462,7 @@ static void buf_recycle(struct gw_worker *w, struct gw_buf *b)
  * connection holds no buffers and no parser. */
 static void next_request(struct gw_conn *c)
 {
-    reset_exchange(c);
+    memset(&c->ex, 0, sizeof(c->ex));
     if (gw_buf_len(&c->in) == 0) {
         free_parser(c);
         buf_recycle(c->w, &c->in);
@@ -400,23 +489,18 @@ static void start_linger(struct gw_conn *c)
 
 /* ---- request head ---- */
 
-static bool method_idempotent(int m)
-{
-    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
-           m == HTTP_OPTIONS || m == HTTP_TRACE;
-}
-
 static void render_rl_headers(struct gw_conn *c)
 {
-    c->rl_headers_len = 0;
-    if (!c->rl.has_info || !cfg_of(c)->rate_limit_headers)
+    struct exchange *ex = &c->ex;
+    ex->rl_headers_len = 0;
+    if (!ex->rl.has_info || !cfg_of(c)->rate_limit_headers)
         return;
     struct gw_buf *b = &c->w->scratch; /* kept across requests: no malloc */
     gw_buf_clear(b);
-    if (gw_response_write_ratelimit_headers(b, &c->rl.info) == 0 &&
-        gw_buf_len(b) <= sizeof(c->rl_headers)) {
-        memcpy(c->rl_headers, gw_buf_head(b), gw_buf_len(b));
-        c->rl_headers_len = gw_buf_len(b);
+    if (gw_response_write_ratelimit_headers(b, &ex->rl.info) == 0 &&
+        gw_buf_len(b) <= sizeof(ex->rl_headers)) {
+        memcpy(ex->rl_headers, gw_buf_head(b), gw_buf_len(b));
+        ex->rl_headers_len = gw_buf_len(b);
     }
 }
 
@@ -427,7 +511,7 @@ static void handle_admin(struct gw_conn *c, enum gw_admin_endpoint ep)
         respond_error(c, 405, "only GET and HEAD are allowed on this endpoint", false);
         return;
     }
-    bool keep = c->keep_alive && !c->draining;
+    bool keep = c->ex.keep_alive && !c->draining;
     buf_prepare(c->w, &c->out);
     size_t before = gw_buf_len(&c->out);
     int status = 0;
@@ -438,11 +522,10 @@ static void handle_admin(struct gw_conn *c, enum gw_admin_endpoint ep)
     }
     if (!keep)
         c->must_close = true;
-    c->discard_body = true;
-    c->resp_bytes += gw_buf_len(&c->out) - before;
-    c->status = status;
-    c->resp_head_sent = true;
-    finish_response(c);
+    c->ex.discard_body = true;
+    c->ex.resp_bytes += gw_buf_len(&c->out) - before;
+    c->ex.status = status;
+    complete_response(c, RESULT_NONE);
 }
 
 static void handle_request_head(struct gw_conn *c)
@@ -450,21 +533,21 @@ static void handle_request_head(struct gw_conn *c)
     struct gw_worker *w = c->w;
     const struct gw_config *cfg = cfg_of(c);
     const struct gw_http_head *h = &c->req->head;
-    GW_STAT_INC(&w->stats, requests_total);
-    c->keep_alive = h->keep_alive && !c->draining && !c->must_close;
+    count_request(c);
+    c->ex.req = REQ_BODY;
+    c->ex.keep_alive = h->keep_alive && !c->draining && !c->must_close;
 
     enum gw_admin_endpoint ep = gw_admin_match(cfg, h->target);
     if (ep != GW_ADMIN_NONE) {
         handle_admin(c, ep);
         return;
     }
-    c->awaiting_outcome = true; /* until a result counts it, or the connection closes */
     if (h->method == HTTP_CONNECT) {
         respond_error(c, 400, "CONNECT is not supported by this gateway", true);
         return;
     }
 
-    if (!gw_client_id(cfg, c->client_bin, c->client_addr, h, c->rl_key, c->client_ident)) {
+    if (!gw_client_id(cfg, c->client_bin, c->client_addr, h, c->ex.rl_key, c->ex.client_ident)) {
         respond_error(c, 400, "more than one field line of the rate-limit key header", false);
         return;
     }
@@ -485,30 +568,30 @@ static void after_limit(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
     const struct gw_config *cfg = cfg_of(c);
-    if (c->rl.store_error)
+    struct exchange *ex = &c->ex;
+    if (ex->rl.store_error)
         GW_STAT_INC(&w->stats, redis_errors);
-    if (c->rl.over_limit) {
-        c->limited = true;
+    if (ex->rl.over_limit) {
+        ex->limited = true;
         if (cfg->rate_limit_dry_run)
             GW_STAT_INC(&w->stats, requests_rate_limited_dry_run);
     }
     render_rl_headers(c);
-    if (c->rl.verdict == GW_RL_LIMITED) {
+    if (ex->rl.verdict == GW_RL_LIMITED) {
         struct gw_problem pb = {
             .status = 429,
             .type = GW_PROBLEM_QUOTA_EXCEEDED,
             .detail = "rate limit exceeded; retry after the window resets",
-            .retry_after_s = (int)GW_MAX(1, c->rl.info.reset_after_s),
+            .retry_after_s = (int)GW_MAX(1, ex->rl.info.reset_after_s),
             .violated_default = true,
         };
-        respond_problem(c, &pb, false);
+        respond_problem(c, &pb, false, RESULT_RATE_LIMITED);
         return;
     }
-    if (c->rl.verdict == GW_RL_UNAVAILABLE) {
-        GW_STAT_INC(&w->stats, requests_rejected_store);
+    if (ex->rl.verdict == GW_RL_UNAVAILABLE) {
         struct gw_problem pb = {
             .status = 503, .detail = "rate limiter unavailable", .retry_after_s = 1};
-        respond_problem(c, &pb, false);
+        respond_problem(c, &pb, false, RESULT_REJECTED_STORE);
         return;
     }
 
@@ -519,7 +602,7 @@ static void after_limit(struct gw_conn *c)
         start_upstream(c);
         return;
     case GW_GATE_QUEUED:
-        c->queue_start_us = gw_now_us();
+        ex->queue_start_us = gw_now_us();
         set_state(c, CS_WAIT_SLOT);
         arm(c, (uint64_t)cfg->queue_timeout_ms);
         return;
@@ -545,7 +628,8 @@ void gw_conn_run_limit_batch(struct gw_worker *w)
                 if (list->closing || list->state != CS_LIMIT)
                     continue;
                 conns[n] = list;
-                items[n] = (struct gw_rl_batch_item){list->rl_key, strlen(list->rl_key), &list->rl};
+                items[n] = (struct gw_rl_batch_item){list->ex.rl_key, strlen(list->ex.rl_key),
+                                                     &list->ex.rl};
                 n++;
             }
             if (n == 0)
@@ -579,95 +663,15 @@ void gw_conn_run_redrive(struct gw_worker *w)
         gw_loop_wake(&w->loop); /* still busy: poll without sleeping */
 }
 
-/* ---- upstream side ---- */
-
-static void upstream_failed(struct gw_conn *c, int status, const char *detail)
-{
-    struct gw_upstream *u = c->up;
-    const struct gw_http_head *h = &c->req->head;
-    bool can_retry = u && u->reused && !c->resp_started && !c->retried && !h->has_body &&
-                     method_idempotent(h->method) && status == 502;
-    if (u) {
-        c->up = NULL;
-        gw_upstream_close(u);
-    }
-    if (can_retry) {
-        c->retried = true;
-        gw_debug("conn %d: pooled upstream closed before answering; retrying", c->io.fd);
-        start_upstream(c);
-        return;
-    }
-    c->proxied = false;
-    release_slot(c);
-    if (c->resp_head_sent) {
-        GW_STAT_INC(&c->w->stats, requests_failed_upstream);
-        c->awaiting_outcome = false;
-        /* Truncated: hand over what the client already has of it (the head
-         * and whole chunks, never the last chunk), then close, so the client
-         * sees a response cut short rather than an empty reply, and can
-         * never take it for a complete one. */
-        flush_client(c);
-        if (!c->closing)
-            conn_close(c);
-        return;
-    }
-    respond_error(c, status, detail, false); /* an unread body is discarded or closes */
-}
-
-static void start_upstream(struct gw_conn *c)
-{
-    struct gw_worker *w = c->w;
-    const struct gw_config *cfg = cfg_of(c);
-    int err = 0;
-    struct gw_upstream *u = gw_upstream_get(w, c->retried, &err);
-    if (!u) {
-        release_slot(c);
-        if (err != -ENOMEM)
-            gw_health_note_backend(w->srv->health, false);
-        gw_warn("upstream connect to %s failed: %s", w->srv->cfg->backend_authority,
-                strerror(-err));
-        respond_error(c, 502, "the upstream server could not be reached", false);
-        return;
-    }
-    u->conn = c;
-    c->up = u;
-    if (!c->upstream_start_us)
-        c->upstream_start_us = gw_now_us();
-    struct gw_proxy_request_ctx ctx = {
-        .client_addr = c->client_addr,
-        .base_path = cfg->backend_base_path ? cfg->backend_base_path : "",
-        .backend_hostport = w->srv->cfg->backend_authority,
-        .preserve_host = cfg->preserve_host,
-        .upstream_keepalive = cfg->upstream_keepalive > 0,
-        .forwarded_proto = "http",
-    };
-    gw_buf_clear(&u->out);
-    buf_prepare(w, &u->out);
-    if (gw_proxy_write_request_head(&u->out, &c->req->head, &ctx, &c->up_framing) != 0) {
-        upstream_failed(c, 502, "the request could not be forwarded");
-        return;
-    }
-    gw_http_parser_set_no_body(&u->resp, c->req->head.method == HTTP_HEAD);
-    c->proxied = true;
-    maybe_send_continue(c);
-    if (u->connected) {
-        enter_proxy(c);
-    } else {
-        set_state(c, CS_CONNECT);
-        arm(c, (uint64_t)cfg->upstream_connect_timeout_ms);
-    }
-    /* No epoll_ctl here: the drive loop writes the head at once and
-     * update_interest registers only what is still needed (a pooled
-     * connection usually keeps its EPOLLIN interest unchanged). */
-}
+/* ---- the upstream half: callbacks of the upstream client ---- */
 
 /* The client expects 100 Continue before sending the body: send it once we
  * are ready to forward (RFC 9110 §10.1.1). */
 static void maybe_send_continue(struct gw_conn *c)
 {
     const struct gw_http_head *h = &c->req->head;
-    if (h->expect_continue && !c->req_done && h->http_minor >= 1 && c->req->body_bytes == 0 &&
-        gw_buf_len(&c->in) == 0) {
+    if (h->expect_continue && c->ex.req != REQ_DONE && h->http_minor >= 1 &&
+        c->req->body_bytes == 0 && gw_buf_len(&c->in) == 0) {
         buf_prepare(c->w, &c->out);
         if (gw_response_write_continue(&c->out) != 0)
             conn_close(c);
@@ -675,19 +679,78 @@ static void maybe_send_continue(struct gw_conn *c)
     }
 }
 
-int gw_conn_upstream_body(void *ctx, const char *data, size_t len)
+/* While the request body flows, the PROXY deadline is CLIENT_TIMEOUT_MS
+ * without progress on it; it moves with progress instead of being re-armed
+ * on every read. Once the request is complete, the upstream client's
+ * response deadline takes over. */
+static void enter_proxy(struct gw_conn *c)
 {
-    struct gw_upstream *u = ctx;
-    struct gw_conn *c = u->conn;
-    if (!c)
+    set_state(c, CS_PROXY);
+    c->ex.proxy_start_ms = c->w->loop.now_ms;
+    if (c->ex.req == REQ_DONE)
+        gw_timer_cancel(&c->w->loop, &c->timer);
+    else
+        arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
+}
+
+static void up_on_connect(void *ctx)
+{
+    struct gw_conn *c = ctx;
+    if (c->state == CS_CONNECT)
+        enter_proxy(c);
+}
+
+static int up_on_head(void *ctx, const struct gw_http_head *rh)
+{
+    struct gw_conn *c = ctx;
+    struct exchange *ex = &c->ex;
+    buf_prepare(c->w, &c->out);
+    size_t before = gw_buf_len(&c->out);
+    if (rh->status < 200) {
+        /* Interim responses (103 Early Hints) go to HTTP/1.1 clients, never
+         * to HTTP/1.0 ones (RFC 9110 §15.2). */
+        if (c->req->head.http_minor < 1)
+            return 0;
+        struct gw_proxy_response_ctx ictx = {.client_minor = c->req->head.http_minor,
+                                             .keep_alive = true};
+        enum gw_framing unused_framing;
+        bool unused_close = false;
+        if (gw_proxy_write_response_head(&c->out, rh, &ictx, &unused_framing, &unused_close) != 0) {
+            conn_close(c);
+            return -1;
+        }
+        ex->resp_bytes += gw_buf_len(&c->out) - before;
+        return 0;
+    }
+    struct gw_proxy_response_ctx pctx = {
+        .client_minor = c->req->head.http_minor,
+        .request_is_head = c->req->head.method == HTTP_HEAD,
+        .keep_alive = ex->keep_alive && !c->draining && !c->must_close,
+        .extra = rl_extra(c),
+    };
+    bool must_close = false;
+    if (gw_proxy_write_response_head(&c->out, rh, &pctx, &ex->cl_framing, &must_close) != 0) {
+        conn_close(c);
         return -1;
+    }
+    ex->resp_bytes += gw_buf_len(&c->out) - before;
+    if (must_close)
+        c->must_close = true;
+    ex->status = rh->status;
+    ex->resp = RESP_HEAD_SENT;
+    return 0;
+}
+
+static int up_on_body(void *ctx, const char *data, size_t len)
+{
+    struct gw_conn *c = ctx;
     /* c->out may have been emptied and recycled by a flush since the head:
      * take a standard block again, or the body would grow a buffer of its
      * own size per read (a malloc per window while streaming). */
     buf_prepare(c->w, &c->out);
     size_t before = gw_buf_len(&c->out);
     int rc = 0;
-    switch (c->cl_framing) {
+    switch (c->ex.cl_framing) {
     case GW_FRAMING_CHUNKED:
         rc = gw_proxy_write_chunk(&c->out, data, len);
         break;
@@ -699,77 +762,134 @@ int gw_conn_upstream_body(void *ctx, const char *data, size_t len)
     default:
         break;
     }
-    c->resp_bytes += gw_buf_len(&c->out) - before;
-    return rc ? -1 : 0;
-}
-
-static void on_response_head(struct gw_conn *c)
-{
-    struct gw_upstream *u = c->up;
-    const struct gw_http_head *rh = &u->resp.head;
-    if (rh->status >= 100 && rh->status < 200) {
-        /* Interim responses: 101 would need a tunnel the gateway does not
-         * offer; 100 is the gateway's own business (it answers Expect itself);
-         * others (103 Early Hints) go to HTTP/1.1 clients, never to HTTP/1.0
-         * ones (RFC 9110 §15.2). */
-        if (rh->status == 101) {
-            upstream_failed(c, 502, "the upstream switched protocols");
-            return;
-        }
-        if (rh->status != 100 && c->req->head.http_minor >= 1) {
-            struct gw_proxy_response_ctx ictx = {.client_minor = c->req->head.http_minor,
-                                                 .keep_alive = true};
-            enum gw_framing unused_framing;
-            bool unused_close = false;
-            buf_prepare(c->w, &c->out);
-            size_t before = gw_buf_len(&c->out);
-            if (gw_proxy_write_response_head(&c->out, rh, &ictx, &unused_framing, &unused_close) !=
-                0) {
-                conn_close(c);
-                return;
-            }
-            c->resp_bytes += gw_buf_len(&c->out) - before;
-        }
-        return; /* the DONE of the interim message resets the parser */
-    }
-    struct gw_proxy_response_ctx ctx = {
-        .client_minor = c->req->head.http_minor,
-        .request_is_head = c->req->head.method == HTTP_HEAD,
-        .keep_alive = c->keep_alive && !c->draining && !c->must_close,
-        .extra = rl_extra(c),
-    };
-    bool must_close = false;
-    buf_prepare(c->w, &c->out);
-    size_t before = gw_buf_len(&c->out);
-    if (gw_proxy_write_response_head(&c->out, rh, &ctx, &c->cl_framing, &must_close) != 0) {
+    c->ex.resp_bytes += gw_buf_len(&c->out) - before;
+    if (rc != 0) {
         conn_close(c);
-        return;
+        return -1;
     }
-    c->resp_bytes += gw_buf_len(&c->out) - before;
-    if (must_close)
-        c->must_close = true;
-    c->status = rh->status;
-    c->resp_head_sent = true;
+    return 0;
 }
 
 /* The upstream response ended: close the client framing and finish. */
-static void response_complete(struct gw_conn *c)
+static void up_on_done(void *ctx)
 {
-    if (c->cl_framing == GW_FRAMING_CHUNKED) {
+    struct gw_conn *c = ctx;
+    struct exchange *ex = &c->ex;
+    if (ex->cl_framing == GW_FRAMING_CHUNKED) {
         buf_prepare(c->w, &c->out);
         size_t before = gw_buf_len(&c->out);
         if (gw_proxy_write_last_chunk(&c->out) != 0) {
             conn_close(c);
             return;
         }
-        c->resp_bytes += gw_buf_len(&c->out) - before;
+        ex->resp_bytes += gw_buf_len(&c->out) - before;
     }
-    if (!c->req_done)
+    if (gw_upstream_send_failed(c->up))
+        ex->discard_body = true;
+    if (ex->req != REQ_DONE)
         pump_request(c); /* the request may be complete but not yet parsed to its end */
-    if (!c->req_done)
+    if (ex->req != REQ_DONE)
         c->must_close = true; /* early response: the rest of the body is unread */
     if (!c->closing)
-        finish_response(c);
+        complete_response(c, RESULT_PROXIED);
+}
+
+static void up_on_error(void *ctx, int status, const char *detail)
+{
+    struct gw_conn *c = ctx;
+    if (gw_upstream_send_failed(c->up))
+        c->ex.discard_body = true;
+    drop_upstream(c);
+    release_slot(c);
+    if (c->ex.resp == RESP_HEAD_SENT) {
+        /* Truncated: never let it look complete. A response that stalled
+         * mid-body counts as closed, one the upstream cut as failed. */
+        finish_exchange(c, status == 504 ? RESULT_CLOSED : RESULT_FAILED_UPSTREAM);
+        /* Hand over what the client already has of it (the head and whole
+         * chunks, never the last chunk), then close, so the client sees a
+         * response cut short rather than an empty reply, and can never take
+         * it for a complete one. */
+        flush_client(c);
+        if (!c->closing)
+            conn_close(c);
+        return;
+    }
+    respond_error(c, status, detail, false); /* an unread body is discarded or closes */
+}
+
+static void up_on_event(void *ctx)
+{
+    struct gw_conn *c = ctx;
+    if (!c->closing)
+        conn_drive(c);
+}
+
+static const struct gw_upstream_cbs up_cbs = {
+    .on_connect = up_on_connect,
+    .on_head = up_on_head,
+    .on_body = up_on_body,
+    .on_done = up_on_done,
+    .on_error = up_on_error,
+    .on_event = up_on_event,
+};
+
+static void start_upstream(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_config *cfg = cfg_of(c);
+    int err = 0;
+    struct gw_upstream *u = gw_upstream_get(w->upstreams, &up_cbs, c, &c->out, &err);
+    if (!u) {
+        gw_warn("upstream connect to %s failed: %s", cfg->backend_authority, strerror(-err));
+        respond_error(c, 502, "the upstream server could not be reached", false);
+        return;
+    }
+    c->up = u;
+    if (!c->ex.upstream_start_us)
+        c->ex.upstream_start_us = gw_now_us();
+    struct gw_proxy_request_ctx ctx = {
+        .client_addr = c->client_addr,
+        .base_path = cfg->backend_base_path ? cfg->backend_base_path : "",
+        .backend_hostport = cfg->backend_authority,
+        .preserve_host = cfg->preserve_host,
+        .upstream_keepalive = cfg->upstream_keepalive > 0,
+        .forwarded_proto = "http",
+    };
+    if (gw_upstream_send_head(u, &c->req->head, &ctx) != 0 ||
+        (c->ex.req == REQ_DONE && gw_upstream_send_end(u) != 0)) {
+        drop_upstream(c);
+        respond_error(c, 502, "the request could not be forwarded", false);
+        return;
+    }
+    maybe_send_continue(c);
+    if (c->closing)
+        return;
+    if (gw_upstream_connected(u)) {
+        enter_proxy(c);
+    } else {
+        set_state(c, CS_CONNECT);
+        gw_timer_cancel(&w->loop, &c->timer); /* the upstream client times the connect */
+    }
+    /* No epoll_ctl here: the drive loop writes the head at once and
+     * update_interest registers only what is still needed (a pooled
+     * connection usually keeps its EPOLLIN interest unchanged). */
+}
+
+static bool drive_upstream(struct gw_conn *c)
+{
+    if (c->state != CS_PROXY || !c->up)
+        return false; /* the upstream is used only once connected and proxying */
+    return gw_upstream_drive(c->up);
+}
+
+/* ---- request body ---- */
+
+static int request_body(void *ctx, const char *data, size_t len)
+{
+    struct gw_conn *c = ctx;
+    if (c->ex.discard_body || !c->up)
+        return 0;
+    return gw_upstream_send_body(c->up, data, len) != 0 ? -1 : 0;
 }
 
 /* Runs parser p over the first feed bytes of in and consumes what it used
@@ -784,147 +904,28 @@ static enum gw_http_result feed_parser(struct gw_http_parser *p, struct gw_buf *
     return r;
 }
 
-/* Feeds buffered upstream bytes into the response parser while the client's
- * output has room. Returns true on progress. */
-static bool pump_response(struct gw_conn *c)
+/* The request message is complete (RFC 9112 §6). */
+static void request_done(struct gw_conn *c)
 {
-    bool progress = false;
-    if (c->state != CS_PROXY)
-        return false; /* the upstream is used only once connected and proxying */
-    /* A message without a body completes on one more execute call with no
-     * input, so the loop also runs while DONE is pending. */
-    while (c->up && !c->closing &&
-           (gw_buf_len(&c->up->in) > 0 || gw_http_parser_done_pending(&c->up->resp))) {
-        size_t out_len = gw_buf_len(&c->out);
-        if (c->resp_head_sent && out_len >= GW_STREAM_WINDOW)
-            break;
-        struct gw_upstream *u = c->up;
-        size_t room = c->resp_head_sent ? GW_STREAM_WINDOW - out_len : gw_buf_len(&u->in);
-        size_t feed = GW_MIN(gw_buf_len(&u->in), GW_MAX(room, (size_t)1));
-        size_t used = 0;
-        enum gw_http_result r = feed_parser(&u->resp, &u->in, feed, &used, &progress);
-        switch (r) {
-        case GW_HTTP_NEED_MORE:
-            if (used == 0)
-                return progress;
-            break;
-        case GW_HTTP_HEAD:
-            progress = true;
-            on_response_head(c);
-            break;
-        case GW_HTTP_DONE:
-            progress = true;
-            if (u->resp.head.status >= 100 && u->resp.head.status < 200) {
-                gw_http_parser_reset(&u->resp);
-                gw_http_parser_set_no_body(&u->resp, c->req->head.method == HTTP_HEAD);
-                break;
-            }
-            response_complete(c);
-            return progress;
-        case GW_HTTP_ERROR:
-        default:
-            gw_warn("upstream sent a malformed response: %s",
-                    u->resp.error_detail ? u->resp.error_detail : "?");
-            upstream_failed(c, 502, "the upstream server sent an invalid response");
-            return progress;
-        }
-    }
-    return progress;
-}
-
-/* Sends what b holds to fd until it is empty or the socket is full;
- * *progress when any byte left. Returns 0, or -1 when the peer is gone
- * (errno other than EAGAIN/EINTR). */
-static int send_buffered(int fd, struct gw_buf *b, bool *progress)
-{
-    while (gw_buf_len(b) > 0) {
-        ssize_t n = send(fd, gw_buf_head(b), gw_buf_len(b), MSG_NOSIGNAL);
-        if (n > 0) {
-            gw_buf_consume(b, (size_t)n);
-            *progress = true;
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return 0;
-        return -1;
-    }
-    return 0;
-}
-
-/* Writes pending request bytes to the upstream. Returns true on progress. */
-static bool flush_upstream(struct gw_conn *c)
-{
-    struct gw_upstream *u = c->state == CS_PROXY ? c->up : NULL;
-    bool progress = false;
-    if (!u)
-        return false;
-    if (send_buffered(u->io.fd, &u->out, &progress) != 0) {
-        /* The upstream stopped reading (it may have answered early and
-         * closed). What it sent before is still readable: read_upstream
-         * relays a complete response or fails the exchange. The rest of the
-         * request body is dropped. */
-        gw_buf_clear(&u->out);
-        c->discard_body = true;
-        return true;
-    }
-    if (progress)
-        c->up_tx_ms = c->w->loop.now_ms;
-    return progress;
-}
-
-/* Reads response bytes from the upstream. Returns true on progress. */
-static bool read_upstream(struct gw_conn *c)
-{
-    struct gw_upstream *u = c->state == CS_PROXY ? c->up : NULL;
-    if (!u || !u->rd_ready || gw_buf_len(&u->in) >= GW_STREAM_WINDOW)
-        return false;
-    buf_prepare(c->w, &u->in);
-    if (gw_buf_reserve(&u->in, GW_READ_MIN) != 0) {
+    c->ex.req = REQ_DONE;
+    if (c->up && gw_upstream_send_end(c->up) != 0)
         conn_close(c);
-        return true;
-    }
-    size_t room = gw_buf_tail_room(&u->in);
-    ssize_t n = recv(u->io.fd, u->in.data + u->in.end, room, 0);
-    if (n > 0) {
-        if ((size_t)n < room)
-            u->rd_ready = false;
-        gw_buf_commit(&u->in, (size_t)n);
-        c->resp_started = true;
-        c->up_rx_ms = c->w->loop.now_ms; /* the deadline moves lazily (proxy_timeout) */
-        return true;
-    }
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        if (errno == EAGAIN)
-            u->rd_ready = false;
-        return false;
-    }
-    /* EOF or error from the upstream. */
-    if (n == 0 && c->resp_started && gw_buf_len(&u->in) == 0) {
-        enum gw_http_result r = gw_http_parser_finish(&u->resp);
-        if (r == GW_HTTP_DONE) {
-            if (!c->resp_head_sent)
-                on_response_head(c);
-            if (!c->closing)
-                response_complete(c);
-            return true;
-        }
-    }
-    if (n == 0 && gw_buf_len(&u->in) > 0)
-        return false; /* parse what is buffered first; EOF is seen again */
-    upstream_failed(c, 502, "the upstream server closed the connection");
-    return true;
+    if (!c->closing && c->state == CS_PROXY)
+        gw_timer_cancel(&c->w->loop, &c->timer); /* the response deadline is upstream's */
 }
 
-/* ---- request body ---- */
-
-static int request_body(void *ctx, const char *data, size_t len)
+/* A request the parser refused (RFC 9112 §2.2, §6.3): answered and closed. */
+static void request_error(struct gw_conn *c)
 {
-    struct gw_conn *c = ctx;
-    if (c->discard_body || !c->up)
-        return 0;
-    int rc = c->up_framing == GW_FRAMING_CHUNKED ? gw_proxy_write_chunk(&c->up->out, data, len)
-                                                 : gw_buf_append(&c->up->out, data, len);
-    return rc ? -1 : 0;
+    count_request(c);
+    gw_debug("conn %d: bad request: %s", c->io.fd,
+             c->req->error_detail ? c->req->error_detail : "?");
+    drop_upstream(c); /* never let a half-sent request be reused */
+    leave_queue(c);
+    release_slot(c);
+    c->ex.req = REQ_DONE; /* nothing more is read: the connection closes */
+    respond_error(c, c->req->error_status ? c->req->error_status : 400,
+                  c->req->error_detail ? c->req->error_detail : "malformed request", true);
 }
 
 /* Feeds buffered client bytes to the request parser: the head in
@@ -944,20 +945,23 @@ static bool pump_request(struct gw_conn *c)
                 return true;
             }
             if (c->state == CS_IDLE) {
-                c->start_us = gw_now_us();
+                c->ex.start_us = gw_now_us();
+                c->ex.req = REQ_HEAD;
                 set_state(c, CS_HEAD);
                 arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
             }
             break;
-        case CS_PROXY:
-            if (c->req_done || !c->up)
+        case CS_PROXY: {
+            if (c->ex.req == REQ_DONE || !c->up)
                 return progress;
-            if (gw_buf_len(&c->up->out) + 64 >= GW_STREAM_WINDOW)
+            size_t room = gw_upstream_send_room(c->up);
+            if (room == 0)
                 return progress;
-            feed = GW_MIN(feed, GW_STREAM_WINDOW - gw_buf_len(&c->up->out) - 64);
+            feed = GW_MIN(feed, room);
             break;
+        }
         case CS_RESPOND:
-            if (c->req_done || !c->discard_body)
+            if (c->ex.req == REQ_DONE || !c->ex.discard_body)
                 return progress;
             break;
         case CS_WAIT_SLOT:
@@ -986,39 +990,36 @@ static bool pump_request(struct gw_conn *c)
             break;
         case GW_HTTP_DONE:
             progress = true;
-            c->req_done = true;
-            c->req_done_ms = c->w->loop.now_ms;
-            if (c->up && c->up_framing == GW_FRAMING_CHUNKED && !c->discard_body &&
-                gw_proxy_write_last_chunk(&c->up->out) != 0)
-                conn_close(c);
+            request_done(c);
             return progress;
         case GW_HTTP_ERROR:
         default:
-            progress = true;
-            if (c->state == CS_HEAD)
-                GW_STAT_INC(&c->w->stats, requests_total);
-            gw_debug("conn %d: bad request: %s", c->io.fd,
-                     c->req->error_detail ? c->req->error_detail : "?");
-            if (c->up) {
-                struct gw_upstream *u = c->up;
-                c->up = NULL;
-                gw_upstream_close(u); /* never let a half-sent request be reused */
-                release_slot(c);
-            }
-            if (c->state == CS_WAIT_SLOT) {
-                leave_queue(c);
-                release_slot(c);
-            }
-            c->req_done = true; /* nothing more is read: the connection closes */
-            respond_error(c, c->req->error_status ? c->req->error_status : 400,
-                          c->req->error_detail ? c->req->error_detail : "malformed request", true);
-            return progress;
+            request_error(c);
+            return true;
         }
     }
     return progress;
 }
 
 /* ---- client socket ---- */
+
+/* Sends what b holds to fd until it is empty or the socket is full;
+ * *progress when any byte left. Returns 0, or -1 when the peer is gone. */
+static int send_buffered(int fd, struct gw_buf *b, bool *progress)
+{
+    while (gw_buf_len(b) > 0) {
+        ssize_t n = send(fd, gw_buf_head(b), gw_buf_len(b), MSG_NOSIGNAL);
+        if (n > 0) {
+            gw_buf_consume(b, (size_t)n);
+            *progress = true;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        return -1;
+    }
+    return 0;
+}
 
 static bool flush_client(struct gw_conn *c)
 {
@@ -1027,8 +1028,6 @@ static bool flush_client(struct gw_conn *c)
         conn_close(c); /* the client went away */
         return true;
     }
-    if (progress)
-        c->client_tx_ms = c->w->loop.now_ms;
     if (progress && gw_buf_len(&c->out) == 0)
         buf_recycle(c->w, &c->out);
     if (progress && c->state == CS_RESPOND)
@@ -1048,7 +1047,7 @@ static bool want_client_read(const struct gw_conn *c)
     case CS_LINGER:
         return true;
     case CS_RESPOND:
-        if (!c->req_done && c->discard_body)
+        if (c->ex.req != REQ_DONE && c->ex.discard_body)
             return len < GW_STREAM_WINDOW;
         return len < GW_STREAM_WINDOW && !c->must_close;
     default:
@@ -1094,10 +1093,7 @@ static bool read_client(struct gw_conn *c)
         return false;
     }
     if (n < 0) {
-        /* Reset by the client: nothing more can be delivered. */
-        if (c->state == CS_WAIT_SLOT)
-            leave_queue(c); /* conn_close returns the slot if one was granted */
-        conn_close(c);
+        conn_close(c); /* reset by the client: nothing more can be delivered */
         return true;
     }
     /* FIN: the client finished sending. Buffered bytes may still complete
@@ -1120,7 +1116,7 @@ static bool respond_progress(struct gw_conn *c)
         }
         return false;
     }
-    if (!c->req_done || gw_buf_len(&c->out) >= GW_STREAM_WINDOW)
+    if (c->ex.req != REQ_DONE || gw_buf_len(&c->out) >= GW_STREAM_WINDOW)
         return false;
     next_request(c);
     return true;
@@ -1139,16 +1135,8 @@ static void update_interest(struct gw_conn *c)
         conn_close(c);
         return;
     }
-    struct gw_upstream *u = c->up;
-    if (u && !u->closing) {
-        uint32_t uev = 0;
-        if (!u->connected || gw_buf_len(&u->out) > 0)
-            uev |= EPOLLOUT;
-        if (u->connected && gw_buf_len(&u->in) < GW_STREAM_WINDOW && !c->resp_done &&
-            gw_buf_len(&c->out) < GW_STREAM_WINDOW)
-            uev |= EPOLLIN;
-        gw_upstream_watch(u, uev);
-    }
+    if (c->up)
+        gw_upstream_update_interest(c->up);
 }
 
 /* After a client FIN: close once the connection can produce nothing more
@@ -1169,7 +1157,7 @@ static void check_client_eof(struct gw_conn *c)
     case CS_PROXY:
     case CS_RESPOND:
         /* The body can no longer complete once the buffer is drained. */
-        if (!c->req_done && !buffered && !gw_http_parser_done_pending(c->req))
+        if (c->ex.req != REQ_DONE && !buffered && !gw_http_parser_done_pending(c->req))
             conn_close(c);
         return;
     default:
@@ -1182,9 +1170,8 @@ static void conn_drive(struct gw_conn *c)
     /* One round runs every step once; each step says whether it moved
      * anything, and the steps after a close are skipped. */
     typedef bool (*drive_step)(struct gw_conn *);
-    static const drive_step steps[] = {flush_client,   read_client,     pump_request,
-                                       flush_upstream, pump_response,   read_upstream,
-                                       pump_response,  respond_progress};
+    static const drive_step steps[] = {flush_client, read_client, pump_request, drive_upstream,
+                                       respond_progress};
     bool progress = false;
     for (int round = 0; round < GW_DRIVE_ROUNDS && !c->closing; round++) {
         progress = false;
@@ -1207,39 +1194,12 @@ static void conn_drive(struct gw_conn *c)
 
 /* ---- callbacks ---- */
 
-void gw_conn_on_upstream(struct gw_conn *c, uint32_t events)
-{
-    if (c->closing)
-        return;
-    struct gw_upstream *u = c->up;
-    if (u && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
-        u->rd_ready = true; /* an error is found by reading */
-    if (c->state == CS_CONNECT && u && !u->connected) {
-        int rc = gw_net_connect_result(u->io.fd);
-        gw_health_note_backend(c->w->srv->health, rc == 0);
-        if (rc != 0) {
-            gw_warn("upstream connect to %s failed: %s", c->w->srv->cfg->backend_authority,
-                    strerror(-rc));
-            upstream_failed(c, 502, "the upstream server could not be reached");
-            update_interest(c);
-            return;
-        }
-        u->connected = true;
-        enter_proxy(c);
-    }
-    /* Errors and hang-ups are found by the reads and writes of the drive:
-     * bytes the upstream sent before a reset are still delivered. */
-    conn_drive(c);
-}
-
 static void conn_io_cb(struct gw_loop *loop, struct gw_io *io, uint32_t events)
 {
     struct gw_conn *c = gw_container_of(io, struct gw_conn, io);
     if (c->closing)
         return;
     if ((events & EPOLLERR) || ((events & EPOLLHUP) && !(events & EPOLLIN))) {
-        if (c->state == CS_WAIT_SLOT)
-            leave_queue(c);
         conn_close(c);
         return;
     }
@@ -1248,27 +1208,36 @@ static void conn_io_cb(struct gw_loop *loop, struct gw_io *io, uint32_t events)
     conn_drive(c);
 }
 
-/* The PROXY deadline moves with progress instead of re-arming the timer on
- * every read and write: while the request body flows, CLIENT_TIMEOUT_MS
- * without progress on it; afterwards, UPSTREAM_TIMEOUT_MS without response
- * bytes from the upstream or written to the client (a slow reader of a
- * large response is not an upstream timeout). */
-static uint64_t proxy_due(const struct gw_conn *c)
+/* PROXY while the request body flows: CLIENT_TIMEOUT_MS without body bytes
+ * read from the client or written to the upstream. */
+static void proxy_timeout(struct gw_conn *c)
 {
-    const struct gw_config *cfg = cfg_of(c);
-    if (!c->req_done)
-        return GW_MAX(GW_MAX(c->client_rx_ms, c->up_tx_ms), c->proxy_start_ms) +
-               (uint64_t)cfg->client_timeout_ms;
-    uint64_t last = GW_MAX(GW_MAX(c->up_rx_ms, c->client_tx_ms), c->req_done_ms);
-    return GW_MAX(last, c->proxy_start_ms) + (uint64_t)cfg->upstream_timeout_ms;
-}
-
-static void enter_proxy(struct gw_conn *c)
-{
-    const struct gw_config *cfg = cfg_of(c);
-    set_state(c, CS_PROXY);
-    c->proxy_start_ms = c->w->loop.now_ms;
-    arm(c, (uint64_t)GW_MIN(cfg->client_timeout_ms, cfg->upstream_timeout_ms));
+    struct exchange *ex = &c->ex;
+    if (ex->req == REQ_DONE)
+        return; /* the upstream client's response deadline runs */
+    uint64_t now = c->w->loop.now_ms;
+    uint64_t last = GW_MAX(c->client_rx_ms, ex->proxy_start_ms);
+    if (c->up)
+        last = GW_MAX(last, gw_upstream_send_ms(c->up));
+    uint64_t due = last + (uint64_t)cfg_of(c)->client_timeout_ms;
+    if (due > now) {
+        arm(c, due - now); /* there was progress since it was armed */
+        return;
+    }
+    if (ex->resp == RESP_HEAD_SENT) {
+        conn_close(c); /* stalled mid-response: never let it look complete */
+        return;
+    }
+    bool upstream_stalled = c->up && gw_upstream_send_stalled(c->up);
+    drop_upstream(c);
+    if (upstream_stalled) {
+        respond_error(c, 504, "the upstream server did not answer in time", false);
+        return;
+    }
+    /* The client stopped sending its body. */
+    ex->req = REQ_DONE; /* nothing more is read: the connection closes */
+    c->must_close = true;
+    respond_error(c, 408, "the request body was not received in time", false);
 }
 
 static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
@@ -1279,60 +1248,30 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
     switch (c->state) {
     case CS_IDLE:
     case CS_LINGER:
+    case CS_RESPOND: /* the client stopped reading or sending */
         conn_close(c);
         return;
     case CS_HEAD:
-        GW_STAT_INC(&c->w->stats, requests_total);
-        c->req_done = true; /* the rest is never read */
+        count_request(c);
+        c->ex.req = REQ_DONE; /* the rest is never read */
         respond_error(c, 408, "the request was not received in time", true);
         break;
     case CS_WAIT_SLOT:
         leave_queue(c);
-        if (c->slot_held) {
-            /* Granted just now: go ahead with the slot. */
-            gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->queue_start_us);
-            start_upstream(c);
-            break;
-        }
-        gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->queue_start_us);
-        respond_no_capacity(c, "timed out waiting for an in-flight slot", false);
+        gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->ex.queue_start_us);
+        if (c->slot_held)
+            start_upstream(c); /* granted just now: go ahead with the slot */
+        else
+            respond_no_capacity(c, "timed out waiting for an in-flight slot", false);
         break;
-    case CS_CONNECT:
-        upstream_failed(c, 502, "timed out connecting to the upstream server");
+    case CS_PROXY:
+        proxy_timeout(c);
         break;
-    case CS_PROXY: {
-        uint64_t due = proxy_due(c);
-        if (due > loop->now_ms) {
-            arm(c, due - loop->now_ms); /* there was progress since it was armed */
-            return;
-        }
-        if (c->resp_head_sent) {
-            conn_close(c); /* stalled mid-response: never let it look complete */
-            return;
-        }
-        struct gw_upstream *u = c->up;
-        bool upstream_stalled = u && gw_buf_len(&u->out) > 0;
-        c->up = NULL;
-        if (u)
-            gw_upstream_close(u);
-        c->retried = true;
-        if (!c->req_done && !upstream_stalled) {
-            /* The client stopped sending its body. */
-            c->req_done = true; /* nothing more is read: the connection closes */
-            c->must_close = true;
-            upstream_failed(c, 408, "the request body was not received in time");
-        } else {
-            upstream_failed(c, 504, "the upstream server did not answer in time");
-        }
-        break;
-    }
-    case CS_RESPOND:
-        conn_close(c); /* the client stopped reading or sending */
-        return;
     default:
         return;
     }
-    conn_drive(c);
+    if (!c->closing)
+        conn_drive(c);
 }
 
 void gw_conn_on_granted(struct gw_worker *w, struct gw_gate_waiter *waiter)
@@ -1351,9 +1290,10 @@ void gw_conn_on_granted(struct gw_worker *w, struct gw_gate_waiter *waiter)
         return;
     }
     c->slot_held = true;
-    gw_histogram_observe(&w->stats.queue_wait, gw_now_us() - c->queue_start_us);
+    gw_histogram_observe(&w->stats.queue_wait, gw_now_us() - c->ex.queue_start_us);
     start_upstream(c);
-    conn_drive(c);
+    if (!c->closing)
+        conn_drive(c);
 }
 
 /* ---- open / close / reap ---- */
@@ -1380,7 +1320,7 @@ int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *pee
         w->conns->prev = c;
     w->conns = c;
     atomic_fetch_add_explicit(&w->stats.connections_active, 1, memory_order_relaxed);
-    set_state(c, CS_IDLE);
+    c->state = CS_IDLE; /* calloc'd: the initial state */
     arm(c, (uint64_t)w->srv->cfg->client_timeout_ms);
     if (c->closing)
         return -ENOMEM;
@@ -1388,26 +1328,17 @@ int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *pee
     return 0;
 }
 
+/* The single close path: ends the exchange (a request without its response
+ * counts as closed), marks the connection and lists it for the reaper. */
 static void conn_close(struct gw_conn *c)
 {
     if (c->closing)
         return;
-    if (c->awaiting_outcome) {
-        /* The client went away (or a forced shutdown cut it) before its
-         * response was complete: nginx's 499. */
-        c->awaiting_outcome = false;
-        GW_STAT_INC(&c->w->stats, requests_closed);
-    }
+    finish_exchange(c, RESULT_CLOSED);
     c->closing = true;
-    c->state = CS_CLOSED;
+    set_state(c, CS_CLOSED);
     gw_loop_unwatch(&c->w->loop, &c->io);
     gw_timer_cancel(&c->w->loop, &c->timer);
-    if (c->up) {
-        gw_upstream_close(c->up);
-        c->up = NULL;
-    }
-    leave_queue(c);
-    release_slot(c);
     c->reap_next = c->w->reap;
     c->w->reap = c;
 }
@@ -1429,12 +1360,9 @@ void gw_conn_drain(struct gw_conn *c, bool force)
          * non-blocking send; the connection closes either way. */
         if (c->state == CS_WAIT_SLOT) {
             leave_queue(c);
-            gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->queue_start_us);
+            gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->ex.queue_start_us);
         }
-        if (c->up) {
-            gw_upstream_close(c->up);
-            c->up = NULL;
-        }
+        drop_upstream(c);
         release_slot(c);
         respond_no_capacity(c, "the gateway is shutting down", true);
         if (!c->closing)

@@ -44,12 +44,4 @@ struct gw_conn *gw_conn_next(struct gw_conn *c);
  * that returns slots, updates connection counts and closes descriptors). */
 void gw_conn_reap(struct gw_worker *w);
 
-/* Upstream readiness, dispatched from the upstream module while a client
- * connection owns the upstream. */
-void gw_conn_on_upstream(struct gw_conn *c, uint32_t events);
-
-/* Response body sink of an upstream's parser (ctx is the struct gw_upstream):
- * re-frames the bytes into the owning client connection's output. */
-int gw_conn_upstream_body(void *ctx, const char *data, size_t len);
-
 #endif

@@ -21,17 +21,6 @@
 #include <stdatomic.h>
 #include <sys/socket.h>
 
-/* Per-direction streaming window: a side stops reading when the other
- * side's pending output reaches this many bytes (backpressure). */
-#define GW_STREAM_WINDOW (64 * 1024)
-/* Bytes read from a socket per read(2) at most. */
-#define GW_READ_CHUNK (16 * 1024)
-/* Free room a buffer must have before a read; the read takes all the room
- * there is, so steady traffic never grows a recycled block. */
-#define GW_READ_MIN 4096
-/* Buffer blocks of this size are recycled through a per-worker free list,
- * so keep-alive requests do not call malloc. */
-#define GW_BLOCK_SIZE (16 * 1024)
 /* Spare parsers and blocks a worker keeps (bounded memory when idle). */
 #define GW_WORKER_SPARES 256
 /* Longest a closing connection keeps draining input after its last write. */
@@ -40,27 +29,12 @@
 struct gw_worker;
 struct gw_conn;
 struct gw_health;
+struct gw_upstream_pool;
 
 /* An accepted socket travelling from the acceptor to a worker. */
 struct gw_handoff {
     int fd;
     struct sockaddr_storage peer;
-};
-
-/* One connection to the upstream (backend). */
-struct gw_upstream {
-    struct gw_io io;            /* backend socket */
-    struct gw_worker *w;        /* owning worker */
-    struct gw_conn *conn;       /* client connection using it; NULL while idle */
-    struct gw_upstream *next;   /* idle-pool / reap list link */
-    struct gw_buf out;          /* request bytes not yet written */
-    struct gw_buf in;           /* response bytes read, not yet parsed */
-    struct gw_http_parser resp; /* response parser */
-    bool connected;             /* the TCP connect completed */
-    bool reused;                /* taken from the idle pool */
-    bool closing;               /* unwatched; closed at reap */
-    bool rd_ready;              /* epoll said readable and no EAGAIN since */
-    uint64_t idle_since_ms;     /* when it entered the pool */
 };
 
 struct gw_server {
@@ -73,16 +47,16 @@ struct gw_server {
     int port;                   /* bound port */
     struct gw_worker **workers; /* worker_threads entries */
     int nworkers;
-    pthread_t acceptor;          /* acceptor thread */
-    int acceptor_wake_fd;        /* eventfd: stop the acceptor */
-    _Atomic int64_t connections; /* client connections open, all workers */
-    struct gw_client_conns *client_conns; /* per-client counts; NULL when
-                                             MAX_CONNECTIONS_PER_CLIENT is 0 */
+    pthread_t acceptor;                    /* acceptor thread */
+    int acceptor_wake_fd;                  /* eventfd: stop the acceptor */
+    _Atomic int64_t connections;           /* client connections open, all workers */
+    struct gw_client_conns *client_conns;  /* per-client counts; NULL when
+                                              MAX_CONNECTIONS_PER_CLIENT is 0 */
     struct gw_stats_worker acceptor_stats; /* written by the acceptor thread only */
-    _Atomic bool draining;       /* SIGTERM received */
-    _Atomic bool forced_close;   /* SHUTDOWN_TIMEOUT_MS ran out: no new exchange starts */
-    uint64_t start_ms;           /* monotonic start time */
-    struct gw_health *health;    /* dependency prober for /health (gw/health.h) */
+    _Atomic bool draining;                 /* SIGTERM received */
+    _Atomic bool forced_close;             /* SHUTDOWN_TIMEOUT_MS ran out: no new exchange starts */
+    uint64_t start_ms;                     /* monotonic start time */
+    struct gw_health *health;              /* dependency prober for /health (gw/health.h) */
 };
 
 struct gw_worker {
@@ -101,10 +75,8 @@ struct gw_worker {
     struct gw_conn *limit_head;      /* requests waiting for the batched rate-limit check */
     bool limit_deferred;             /* the batch waited one non-blocking poll already */
     struct gw_conn *limit_tail;
-    struct gw_conn *redrive;  /* connections to drive again before sleeping */
-    struct gw_upstream *idle; /* idle upstream pool (LIFO) */
-    int idle_count;
-    struct gw_upstream *up_reap;         /* upstreams closed this iteration */
+    struct gw_conn *redrive;             /* connections to drive again before sleeping */
+    struct gw_upstream_pool *upstreams;  /* keep-alive pool and upstream clients */
     struct gw_timer tick;                /* periodic upkeep: Redis reconnect, drain */
     bool draining;                       /* stop keeping connections alive */
     bool stop;                           /* leave the loop */
@@ -114,8 +86,8 @@ struct gw_worker {
     int parser_free_len;
     char **block_free; /* spare GW_BLOCK_SIZE buffer blocks */
     int block_free_len;
-    struct gw_buf scratch;     /* per-request rendering scratch, kept */
-    int64_t trim_peak;         /* most connections held since the last memory trim */
+    struct gw_buf scratch; /* per-request rendering scratch, kept */
+    int64_t trim_peak;     /* most connections held since the last memory trim */
 };
 
 /* Runs the gateway until SIGTERM/SIGINT: resolves the upstream, listens,

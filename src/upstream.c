@@ -1,148 +1,720 @@
-/* Per-worker keep-alive pool of upstream connections (see upstream.h). */
+/*
+ * Upstream HTTP/1.1 client and per-worker keep-alive pool (see upstream.h).
+ * A socket (struct up_sock) lives in the pool while idle and is lent to one
+ * client (struct gw_upstream) per exchange; the client keeps its parser and
+ * buffers across exchanges on a spare list, so a keep-alive request costs no
+ * malloc. Sockets and clients are freed or recycled only at reap, so a
+ * callback that puts a client never pulls memory from under its caller.
+ */
 #include "upstream.h"
 
-#include "conn.h"
 #include "gw/log.h"
 #include "gw/net.h"
 
 #include <errno.h>
-#include <string.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
-static void upstream_cb(struct gw_loop *loop, struct gw_io *io, uint32_t events)
+/* Spare clients a pool keeps (bounded memory when idle). */
+#define UP_SPARES 256
+
+/* One backend socket. */
+struct up_sock {
+    struct gw_io io;               /* backend socket */
+    struct gw_upstream_pool *pool; /* owning pool */
+    struct gw_upstream *client;    /* client using it; NULL while idle */
+    struct up_sock *next;          /* idle list / reap list link */
+    uint64_t idle_since_ms;        /* when it entered the idle list */
+    bool connected;                /* the TCP connect completed */
+    bool closing;                  /* unwatched; closed at reap */
+};
+
+enum up_phase {
+    UP_SPARE = 0,  /* on the spare list */
+    UP_CONNECTING, /* waiting for the TCP connect */
+    UP_ACTIVE,     /* request and response flowing */
+    UP_DONE,       /* response complete, waiting for put */
+    UP_FAILED,     /* reported on_error, socket closed, waiting for put */
+    UP_PUT,        /* given back; recycled at reap */
+};
+
+struct gw_upstream {
+    struct gw_upstream_pool *pool;
+    struct up_sock *sock;              /* the socket of this exchange, NULL once closed */
+    const struct gw_upstream_cbs *cbs; /* owner's callbacks */
+    void *ctx;                         /* owner */
+    const struct gw_buf *sink;         /* owner's output towards its client */
+    struct gw_upstream *next;          /* spare list / reap list link */
+    struct gw_timer timer;             /* connect deadline, then response deadline */
+    struct gw_buf out;                 /* request bytes not yet written */
+    struct gw_buf in;                  /* response bytes read, not yet parsed */
+    struct gw_http_parser resp;        /* response parser */
+    const struct gw_http_head *req;    /* request head (borrowed; for the retry) */
+    struct gw_proxy_request_ctx pctx;  /* its rewrite context (for the retry) */
+    enum gw_framing framing;           /* request body framing towards the backend */
+    enum up_phase phase;
+    bool reused;         /* the socket came from the idle list */
+    bool retried;        /* the one retry on a new connection was used */
+    bool retryable;      /* idempotent and body-less: may be sent twice */
+    bool rd_ready;       /* epoll said readable and no EAGAIN since */
+    bool head_delivered; /* the final response head went to the owner */
+    bool resp_started;   /* at least one response byte was read */
+    bool req_ended;      /* send_end was called */
+    bool send_failed;    /* the backend stopped reading the request */
+    uint64_t rx_ms;      /* last response bytes read (loop clock) */
+    uint64_t tx_ms;      /* last request bytes written */
+    uint64_t deliver_ms; /* last response bytes handed to the owner */
+    uint64_t end_ms;     /* when the request was complete */
+};
+
+struct gw_upstream_pool {
+    struct gw_loop *loop;
+    struct gw_upstream_settings s;
+    struct up_sock *idle; /* idle sockets (LIFO) */
+    int idle_count;
+    struct up_sock *sock_reap; /* sockets closed this iteration */
+    struct gw_upstream *spare; /* spare clients */
+    int spare_count;
+    struct gw_upstream *client_reap; /* clients put this iteration */
+    bool draining;                   /* pool nothing from now on */
+};
+
+static void client_event(struct gw_upstream *u, uint32_t events);
+
+/* ---- sockets ---- */
+
+static void sock_close(struct up_sock *s)
 {
-    struct gw_upstream *u = gw_container_of(io, struct gw_upstream, io);
-    if (u->closing)
+    if (s->closing)
         return;
-    if (u->conn) {
-        gw_conn_on_upstream(u->conn, events);
-        return;
-    }
-    /* Idle in the pool: any readiness means the backend closed it or sent
-     * bytes nobody asked for. Either way it cannot be reused. */
-    struct gw_worker *w = u->w;
-    struct gw_upstream **pp = &w->idle;
-    while (*pp && *pp != u)
-        pp = &(*pp)->next;
-    if (*pp) {
-        *pp = u->next;
-        w->idle_count--;
-    }
-    gw_upstream_close(u);
+    s->closing = true;
+    s->client = NULL;
+    gw_loop_unwatch(s->pool->loop, &s->io);
+    s->next = s->pool->sock_reap;
+    s->pool->sock_reap = s;
 }
 
-struct gw_upstream *gw_upstream_get(struct gw_worker *w, bool fresh, int *err)
+static void unlink_idle(struct up_sock *s)
 {
-    struct gw_upstream *u = fresh ? NULL : w->idle;
-    if (u) {
-        w->idle = u->next;
-        w->idle_count--;
-        u->next = NULL;
-        u->reused = true;
-        return u;
+    struct gw_upstream_pool *pool = s->pool;
+    struct up_sock **pp = &pool->idle;
+    while (*pp && *pp != s)
+        pp = &(*pp)->next;
+    if (*pp) {
+        *pp = s->next;
+        pool->idle_count--;
     }
-    u = calloc(1, sizeof(*u));
-    if (!u) {
+}
+
+static void sock_cb(struct gw_loop *loop, struct gw_io *io, uint32_t events)
+{
+    struct up_sock *s = gw_container_of(io, struct up_sock, io);
+    if (s->closing)
+        return;
+    if (s->client) {
+        client_event(s->client, events);
+        return;
+    }
+    /* Idle: any readiness means the backend closed it or sent bytes nobody
+     * asked for. Either way it cannot be reused. */
+    unlink_idle(s);
+    sock_close(s);
+}
+
+static void note_connect(struct gw_upstream_pool *pool, bool ok)
+{
+    if (pool->s.note_connect)
+        pool->s.note_connect(pool->s.note_arg, ok);
+}
+
+/* A pooled socket, or a new one with its connect started. */
+static struct up_sock *sock_get(struct gw_upstream_pool *pool, bool fresh, int *err)
+{
+    struct up_sock *s = fresh ? NULL : pool->idle;
+    if (s) {
+        pool->idle = s->next;
+        pool->idle_count--;
+        s->next = NULL;
+        return s;
+    }
+    s = calloc(1, sizeof(*s));
+    if (!s) {
         *err = -ENOMEM;
         return NULL;
     }
-    const struct gw_config *cfg = w->srv->cfg;
-    if (gw_http_parser_init(&u->resp, GW_HTTP_RESPONSE,
-                            (size_t)GW_MAX(cfg->max_header_bytes, 65536), 0, gw_conn_upstream_body,
-                            NULL)) {
-        free(u);
-        *err = -ENOMEM;
-        return NULL;
-    }
-    int fd = gw_net_connect(&w->srv->backend, w->srv->backend_len);
+    int fd = gw_net_connect(pool->s.addr, pool->s.addr_len);
     if (fd < 0) {
-        gw_http_parser_deinit(&u->resp);
-        free(u);
+        free(s);
         *err = fd;
+        if (fd != -ENOMEM)
+            note_connect(pool, false);
         return NULL;
     }
-    GW_STAT_INC(&w->stats, upstream_connections_opened);
-    gw_io_init(&u->io, fd, upstream_cb);
-    u->w = w;
-    u->resp.ctx = u;
+    GW_STAT_INC(pool->s.stats, upstream_connections_opened);
+    gw_io_init(&s->io, fd, sock_cb);
+    s->pool = pool;
+    return s;
+}
+
+static void sock_put(struct up_sock *s)
+{
+    struct gw_upstream_pool *pool = s->pool;
+    s->client = NULL;
+    if (pool->draining || pool->idle_count >= pool->s.keepalive) {
+        sock_close(s);
+        return;
+    }
+    s->idle_since_ms = pool->loop->now_ms;
+    s->next = pool->idle;
+    pool->idle = s;
+    pool->idle_count++;
+    /* Stay watched: a close by the backend is noticed before reuse. */
+    if (gw_loop_watch(pool->loop, &s->io, EPOLLIN) != 0)
+        sock_close(s);
+}
+
+/* ---- the pool ---- */
+
+static void timer_cb(struct gw_loop *loop, struct gw_timer *t);
+static int body_cb(void *ctx, const char *data, size_t len);
+
+int gw_upstream_pool_create(struct gw_upstream_pool **out, struct gw_loop *loop,
+                            const struct gw_upstream_settings *s)
+{
+    struct gw_upstream_pool *pool = calloc(1, sizeof(*pool));
+    if (!pool)
+        return -ENOMEM;
+    pool->loop = loop;
+    pool->s = *s;
+    *out = pool;
+    return 0;
+}
+
+static void client_free(struct gw_upstream *u)
+{
+    gw_buf_release(&u->in);
+    gw_buf_release(&u->out);
+    gw_http_parser_deinit(&u->resp);
+    free(u);
+}
+
+void gw_upstream_pool_reap(struct gw_upstream_pool *pool)
+{
+    while (pool->sock_reap) {
+        struct up_sock *s = pool->sock_reap;
+        pool->sock_reap = s->next;
+        close(s->io.fd);
+        free(s);
+    }
+    while (pool->client_reap) {
+        struct gw_upstream *u = pool->client_reap;
+        pool->client_reap = u->next;
+        if (pool->spare_count >= UP_SPARES) {
+            client_free(u);
+            continue;
+        }
+        /* Buffers keep their storage while spare: the next exchange reuses
+         * them without malloc. */
+        gw_buf_clear(&u->in);
+        gw_buf_clear(&u->out);
+        gw_http_parser_recycle(&u->resp); /* the next exchange may be on another socket */
+        u->phase = UP_SPARE;
+        u->next = pool->spare;
+        pool->spare = u;
+        pool->spare_count++;
+    }
+}
+
+void gw_upstream_pool_drain(struct gw_upstream_pool *pool)
+{
+    pool->draining = true;
+    while (pool->idle) {
+        struct up_sock *s = pool->idle;
+        pool->idle = s->next;
+        pool->idle_count--;
+        sock_close(s);
+    }
+}
+
+void gw_upstream_pool_destroy(struct gw_upstream_pool *pool)
+{
+    if (!pool)
+        return;
+    gw_upstream_pool_drain(pool);
+    gw_upstream_pool_reap(pool);
+    while (pool->spare) {
+        struct gw_upstream *u = pool->spare;
+        pool->spare = u->next;
+        client_free(u);
+    }
+    free(pool);
+}
+
+void gw_upstream_pool_close_expired(struct gw_upstream_pool *pool, uint64_t now_ms)
+{
+    uint64_t timeout = (uint64_t)pool->s.idle_timeout_ms;
+    /* The pool is LIFO: once one entry has expired, every one after it
+     * entered the pool earlier and has expired too. */
+    struct up_sock **pp = &pool->idle;
+    while (*pp && now_ms - (*pp)->idle_since_ms < timeout)
+        pp = &(*pp)->next;
+    while (*pp) {
+        struct up_sock *s = *pp;
+        *pp = s->next;
+        pool->idle_count--;
+        sock_close(s);
+    }
+}
+
+void gw_upstream_pool_trim(struct gw_upstream_pool *pool, int keep)
+{
+    while (pool->spare_count > keep) {
+        struct gw_upstream *u = pool->spare;
+        pool->spare = u->next;
+        pool->spare_count--;
+        client_free(u);
+    }
+}
+
+int gw_upstream_pool_idle(const struct gw_upstream_pool *pool)
+{
+    return pool->idle_count;
+}
+
+/* ---- the client ---- */
+
+static void arm(struct gw_upstream *u, int after_ms)
+{
+    struct gw_loop *loop = u->pool->loop;
+    if (gw_timer_arm(loop, &u->timer, loop->now_ms + (uint64_t)after_ms) != 0)
+        gw_warn("upstream: cannot arm a deadline (out of memory)");
+}
+
+/* Lends socket s to u and starts waiting for its connect if needed. */
+static void attach(struct gw_upstream *u, struct up_sock *s, bool reused)
+{
+    u->sock = s;
+    s->client = u;
+    u->reused = reused;
+    u->rd_ready = false;
+    if (s->connected) {
+        u->phase = UP_ACTIVE;
+        return;
+    }
+    u->phase = UP_CONNECTING;
+    arm(u, u->pool->s.connect_timeout_ms);
+}
+
+static void detach_close(struct gw_upstream *u)
+{
+    if (u->sock) {
+        sock_close(u->sock);
+        u->sock = NULL;
+    }
+}
+
+struct gw_upstream *gw_upstream_get(struct gw_upstream_pool *pool,
+                                    const struct gw_upstream_cbs *cbs, void *ctx,
+                                    const struct gw_buf *sink, int *err)
+{
+    struct gw_upstream *u = pool->spare;
+    if (u) {
+        pool->spare = u->next;
+        pool->spare_count--;
+    } else {
+        u = calloc(1, sizeof(*u));
+        if (!u) {
+            *err = -ENOMEM;
+            return NULL;
+        }
+        if (gw_http_parser_init(&u->resp, GW_HTTP_RESPONSE,
+                                GW_MAX(pool->s.max_head_bytes, (size_t)65536), 0, body_cb,
+                                u) != 0) {
+            free(u);
+            *err = -ENOMEM;
+            return NULL;
+        }
+        u->pool = pool;
+        gw_timer_init(&u->timer, timer_cb);
+    }
+    struct up_sock *s = sock_get(pool, false, err);
+    if (!s) {
+        u->next = pool->client_reap; /* recycled at reap like any put client */
+        u->phase = UP_PUT;
+        pool->client_reap = u;
+        return NULL;
+    }
+    /* Every per-exchange field back to zero; the parser, buffers, timer and
+     * pool link survive. */
+    u->cbs = cbs;
+    u->ctx = ctx;
+    u->sink = sink;
+    u->next = NULL;
+    u->req = NULL;
+    u->framing = GW_FRAMING_NONE;
+    u->retried = u->retryable = u->head_delivered = u->resp_started = false;
+    u->req_ended = u->send_failed = false;
+    u->rx_ms = u->tx_ms = u->deliver_ms = u->end_ms = 0;
+    attach(u, s, s->connected);
     return u;
 }
 
-void gw_upstream_watch(struct gw_upstream *u, uint32_t events)
+static bool method_idempotent(int m)
 {
-    if (gw_loop_watch(&u->w->loop, &u->io, events) != 0)
-        gw_warn("upstream: epoll_ctl failed: %s", strerror(errno));
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
+           m == HTTP_OPTIONS || m == HTTP_TRACE;
 }
 
-void gw_upstream_close(struct gw_upstream *u)
+static int render_head(struct gw_upstream *u)
 {
-    if (u->closing)
+    gw_buf_clear(&u->out);
+    gw_http_parser_set_no_body(&u->resp, u->req->method == HTTP_HEAD);
+    return gw_proxy_write_request_head(&u->out, u->req, &u->pctx, &u->framing) != 0 ? -ENOMEM : 0;
+}
+
+int gw_upstream_send_head(struct gw_upstream *u, const struct gw_http_head *req,
+                          const struct gw_proxy_request_ctx *pctx)
+{
+    u->req = req;
+    u->pctx = *pctx;
+    u->retryable = !req->has_body && method_idempotent(req->method);
+    return render_head(u);
+}
+
+int gw_upstream_send_body(struct gw_upstream *u, const char *data, size_t len)
+{
+    if (u->send_failed)
+        return 0;
+    int rc = u->framing == GW_FRAMING_CHUNKED ? gw_proxy_write_chunk(&u->out, data, len)
+                                              : gw_buf_append(&u->out, data, len);
+    return rc ? -ENOMEM : 0;
+}
+
+int gw_upstream_send_end(struct gw_upstream *u)
+{
+    u->req_ended = true;
+    u->end_ms = u->pool->loop->now_ms;
+    if (u->phase == UP_ACTIVE)
+        arm(u, u->pool->s.response_timeout_ms);
+    if (u->framing == GW_FRAMING_CHUNKED && !u->send_failed &&
+        gw_proxy_write_last_chunk(&u->out) != 0)
+        return -ENOMEM;
+    return 0;
+}
+
+size_t gw_upstream_send_room(const struct gw_upstream *u)
+{
+    size_t len = gw_buf_len(&u->out) + 64;
+    return len >= GW_STREAM_WINDOW ? 0 : GW_STREAM_WINDOW - len;
+}
+
+bool gw_upstream_connected(const struct gw_upstream *u)
+{
+    return u->phase != UP_CONNECTING;
+}
+
+uint64_t gw_upstream_send_ms(const struct gw_upstream *u)
+{
+    return u->tx_ms;
+}
+
+bool gw_upstream_send_stalled(const struct gw_upstream *u)
+{
+    return gw_buf_len(&u->out) > 0;
+}
+
+bool gw_upstream_send_failed(const struct gw_upstream *u)
+{
+    return u->send_failed;
+}
+
+/* The exchange cannot go on on this socket: retry once on a new connection
+ * when nothing can have been processed (a pooled socket the backend closed
+ * while idle, RFC 9112 §9.3.1), else report to the owner. */
+static void fail(struct gw_upstream *u, int status, const char *detail)
+{
+    bool can_retry = u->reused && !u->resp_started && !u->retried && u->retryable &&
+                     status == 502 && u->req != NULL;
+    detach_close(u);
+    if (can_retry) {
+        u->retried = true;
+        gw_debug("upstream: pooled connection closed before answering; retrying");
+        int err = 0;
+        struct up_sock *s = sock_get(u->pool, true, &err);
+        if (s) {
+            gw_buf_clear(&u->in);
+            gw_http_parser_recycle(&u->resp);
+            if (render_head(u) == 0 && (!u->req_ended || gw_upstream_send_end(u) == 0)) {
+                attach(u, s, false);
+                return;
+            }
+            sock_close(s);
+            detail = "the request could not be forwarded";
+        } else {
+            gw_warn("upstream connect failed: %s", strerror(-err));
+            detail = "the upstream server could not be reached";
+        }
+    }
+    u->phase = UP_FAILED;
+    gw_timer_cancel(u->pool->loop, &u->timer);
+    u->cbs->on_error(u->ctx, status, detail);
+}
+
+static void client_event(struct gw_upstream *u, uint32_t events)
+{
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        u->rd_ready = true; /* an error is found by reading */
+    if (u->phase == UP_CONNECTING) {
+        int rc = gw_net_connect_result(u->sock->io.fd);
+        note_connect(u->pool, rc == 0);
+        if (rc != 0) {
+            gw_warn("upstream connect failed: %s", strerror(-rc));
+            fail(u, 502, "the upstream server could not be reached");
+            u->cbs->on_event(u->ctx);
+            return;
+        }
+        u->sock->connected = true;
+        u->phase = UP_ACTIVE;
+        gw_timer_cancel(u->pool->loop, &u->timer);
+        if (u->req_ended)
+            arm(u, u->pool->s.response_timeout_ms);
+        u->cbs->on_connect(u->ctx);
+    }
+    /* Errors and hang-ups are found by the reads and writes of the drive:
+     * bytes the backend sent before a reset are still delivered. */
+    u->cbs->on_event(u->ctx);
+}
+
+/* The deadline moves with progress instead of being re-armed on every read:
+ * UPSTREAM_TIMEOUT_MS without response bytes read, or handed to the owner
+ * (a slow reader of a large response is not an upstream timeout). */
+static void timer_cb(struct gw_loop *loop, struct gw_timer *t)
+{
+    struct gw_upstream *u = gw_container_of(t, struct gw_upstream, timer);
+    if (u->phase == UP_CONNECTING) {
+        fail(u, 502, "timed out connecting to the upstream server");
+        u->cbs->on_event(u->ctx);
         return;
-    u->closing = true;
-    u->conn = NULL;
-    gw_loop_unwatch(&u->w->loop, &u->io);
-    u->next = u->w->up_reap;
-    u->w->up_reap = u;
+    }
+    if (u->phase != UP_ACTIVE || !u->req_ended)
+        return;
+    uint64_t due = GW_MAX(GW_MAX(u->rx_ms, u->deliver_ms), u->end_ms) +
+                   (uint64_t)u->pool->s.response_timeout_ms;
+    if (due > loop->now_ms) {
+        arm(u, (int)(due - loop->now_ms));
+        return;
+    }
+    u->retried = true;
+    fail(u, 504, "the upstream server did not answer in time");
+    u->cbs->on_event(u->ctx);
+}
+
+static int body_cb(void *ctx, const char *data, size_t len)
+{
+    struct gw_upstream *u = ctx;
+    if (u->phase != UP_ACTIVE)
+        return -1;
+    u->deliver_ms = u->pool->loop->now_ms;
+    return u->cbs->on_body(u->ctx, data, len);
+}
+
+/* Sends what b holds to fd until it is empty or the socket is full;
+ * *progress when any byte left. Returns 0, or -1 when the peer is gone. */
+static int send_buffered(int fd, struct gw_buf *b, bool *progress)
+{
+    while (gw_buf_len(b) > 0) {
+        ssize_t n = send(fd, gw_buf_head(b), gw_buf_len(b), MSG_NOSIGNAL);
+        if (n > 0) {
+            gw_buf_consume(b, (size_t)n);
+            *progress = true;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        return -1;
+    }
+    return 0;
+}
+
+static bool flush(struct gw_upstream *u)
+{
+    bool progress = false;
+    if (u->phase != UP_ACTIVE || gw_buf_len(&u->out) == 0)
+        return false;
+    if (send_buffered(u->sock->io.fd, &u->out, &progress) != 0) {
+        /* The backend stopped reading (it may have answered early and
+         * closed). What it sent before is still readable: the reads relay a
+         * complete response or fail the exchange. The rest of the request is
+         * dropped. */
+        gw_buf_clear(&u->out);
+        u->send_failed = true;
+        return true;
+    }
+    if (progress)
+        u->tx_ms = u->pool->loop->now_ms;
+    return progress;
+}
+
+/* Hands a final or interim head to the owner. Returns false when the
+ * exchange ended meanwhile. */
+static bool deliver_head(struct gw_upstream *u)
+{
+    const struct gw_http_head *rh = &u->resp.head;
+    if (rh->status == 101) {
+        /* A tunnel would be needed; the gateway offers none. */
+        fail(u, 502, "the upstream switched protocols");
+        return false;
+    }
+    if (rh->status == 100)
+        return true; /* the gateway answers Expect itself */
+    if (rh->status >= 200)
+        u->head_delivered = true;
+    if (u->cbs->on_head(u->ctx, rh) != 0)
+        return false;
+    return u->phase == UP_ACTIVE;
+}
+
+static void complete(struct gw_upstream *u)
+{
+    u->phase = UP_DONE;
+    gw_timer_cancel(u->pool->loop, &u->timer);
+    u->cbs->on_done(u->ctx);
+}
+
+/* Feeds buffered response bytes into the parser while the owner has room. */
+static bool pump(struct gw_upstream *u)
+{
+    bool progress = false;
+    /* A message without a body completes on one more execute call with no
+     * input, so the loop also runs while DONE is pending. */
+    while (u->phase == UP_ACTIVE &&
+           (gw_buf_len(&u->in) > 0 || gw_http_parser_done_pending(&u->resp))) {
+        size_t sink_len = gw_buf_len(u->sink);
+        if (u->head_delivered && sink_len >= GW_STREAM_WINDOW)
+            break;
+        size_t room = u->head_delivered ? GW_STREAM_WINDOW - sink_len : gw_buf_len(&u->in);
+        size_t feed = GW_MIN(gw_buf_len(&u->in), GW_MAX(room, (size_t)1));
+        size_t used = 0;
+        enum gw_http_result r = gw_http_parser_execute(&u->resp, gw_buf_head(&u->in), feed, &used);
+        gw_buf_consume(&u->in, used);
+        if (used)
+            progress = true;
+        switch (r) {
+        case GW_HTTP_NEED_MORE:
+            if (used == 0)
+                return progress;
+            break;
+        case GW_HTTP_HEAD:
+            if (!deliver_head(u))
+                return true;
+            progress = true;
+            break;
+        case GW_HTTP_DONE:
+            progress = true;
+            if (u->resp.head.status >= 100 && u->resp.head.status < 200) {
+                gw_http_parser_reset(&u->resp);
+                gw_http_parser_set_no_body(&u->resp, u->req && u->req->method == HTTP_HEAD);
+                break;
+            }
+            complete(u);
+            return true;
+        case GW_HTTP_ERROR:
+        default:
+            if (u->phase != UP_ACTIVE)
+                return true; /* the owner refused the body and gave the client up */
+            gw_warn("upstream sent a malformed response: %s",
+                    u->resp.error_detail ? u->resp.error_detail : "?");
+            fail(u, 502, "the upstream server sent an invalid response");
+            return true;
+        }
+    }
+    return progress;
+}
+
+static bool read_some(struct gw_upstream *u)
+{
+    if (u->phase != UP_ACTIVE || !u->rd_ready || gw_buf_len(&u->in) >= GW_STREAM_WINDOW)
+        return false;
+    if (gw_buf_reserve(&u->in, GW_READ_MIN) != 0) {
+        fail(u, 502, "the upstream response could not be buffered");
+        return true;
+    }
+    size_t room = gw_buf_tail_room(&u->in);
+    ssize_t n = recv(u->sock->io.fd, u->in.data + u->in.end, room, 0);
+    if (n > 0) {
+        if ((size_t)n < room)
+            u->rd_ready = false;
+        gw_buf_commit(&u->in, (size_t)n);
+        u->resp_started = true;
+        u->rx_ms = u->pool->loop->now_ms; /* the deadline moves lazily (timer_cb) */
+        return true;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        if (errno == EAGAIN)
+            u->rd_ready = false;
+        return false;
+    }
+    /* EOF or error from the backend. */
+    if (n == 0 && u->resp_started && gw_buf_len(&u->in) == 0) {
+        if (gw_http_parser_finish(&u->resp) == GW_HTTP_DONE) {
+            if (!u->head_delivered && !deliver_head(u))
+                return true;
+            complete(u);
+            return true;
+        }
+    }
+    if (n == 0 && gw_buf_len(&u->in) > 0)
+        return false; /* parse what is buffered first; EOF is seen again */
+    fail(u, 502, "the upstream server closed the connection");
+    return true;
+}
+
+bool gw_upstream_drive(struct gw_upstream *u)
+{
+    bool progress = flush(u);
+    progress |= pump(u);
+    if (read_some(u)) {
+        progress = true;
+        pump(u);
+    }
+    return progress;
+}
+
+void gw_upstream_update_interest(struct gw_upstream *u)
+{
+    struct up_sock *s = u->sock;
+    if (!s || s->closing || u->phase == UP_PUT)
+        return;
+    uint32_t ev = 0;
+    if (u->phase == UP_CONNECTING || gw_buf_len(&u->out) > 0)
+        ev |= EPOLLOUT;
+    if (u->phase == UP_ACTIVE && gw_buf_len(&u->in) < GW_STREAM_WINDOW &&
+        gw_buf_len(u->sink) < GW_STREAM_WINDOW)
+        ev |= EPOLLIN;
+    if (gw_loop_watch(u->pool->loop, &s->io, ev) != 0)
+        gw_warn("upstream: epoll_ctl failed: %s", strerror(errno));
 }
 
 void gw_upstream_put(struct gw_upstream *u)
 {
-    struct gw_worker *w = u->w;
-    u->conn = NULL;
-    if (w->draining || w->idle_count >= w->srv->cfg->upstream_keepalive || gw_buf_len(&u->in) ||
-        gw_buf_len(&u->out)) {
-        gw_upstream_close(u);
+    if (u->phase == UP_PUT)
         return;
+    struct gw_upstream_pool *pool = u->pool;
+    gw_timer_cancel(pool->loop, &u->timer);
+    if (u->sock) {
+        bool clean = u->phase == UP_DONE && u->req_ended && !u->send_failed &&
+                     u->resp.head.keep_alive && !u->resp.head.body_until_close &&
+                     gw_buf_len(&u->out) == 0 && gw_buf_len(&u->in) == 0;
+        if (clean)
+            sock_put(u->sock);
+        else
+            sock_close(u->sock);
+        u->sock = NULL;
     }
-    /* Buffers keep their storage while pooled: the pool is small and the
-     * next request reuses them without malloc. */
-    gw_buf_clear(&u->in);
-    gw_buf_clear(&u->out);
-    gw_http_parser_reset(&u->resp);
-    u->idle_since_ms = w->loop.now_ms;
-    u->next = w->idle;
-    w->idle = u;
-    w->idle_count++;
-    gw_upstream_watch(u, EPOLLIN);
-}
-
-void gw_upstream_reap(struct gw_worker *w)
-{
-    while (w->up_reap) {
-        struct gw_upstream *u = w->up_reap;
-        w->up_reap = u->next;
-        close(u->io.fd);
-        gw_buf_release(&u->in);
-        gw_buf_release(&u->out);
-        gw_http_parser_deinit(&u->resp);
-        free(u);
-    }
-}
-
-void gw_upstream_close_expired(struct gw_worker *w, uint64_t now_ms)
-{
-    uint64_t timeout = (uint64_t)w->srv->cfg->upstream_idle_timeout_ms;
-    /* The pool is LIFO: once one entry has expired, every one after it
-     * entered the pool earlier and has expired too. */
-    struct gw_upstream **pp = &w->idle;
-    while (*pp && now_ms - (*pp)->idle_since_ms < timeout)
-        pp = &(*pp)->next;
-    while (*pp) {
-        struct gw_upstream *u = *pp;
-        *pp = u->next;
-        w->idle_count--;
-        gw_upstream_close(u);
-    }
-}
-
-void gw_upstream_close_idle(struct gw_worker *w)
-{
-    while (w->idle) {
-        struct gw_upstream *u = w->idle;
-        w->idle = u->next;
-        w->idle_count--;
-        gw_upstream_close(u);
-    }
+    u->phase = UP_PUT;
+    u->req = NULL;
+    u->next = pool->client_reap;
+    pool->client_reap = u;
 }

@@ -1,40 +1,158 @@
 /*
- * Per-worker pool of keep-alive upstream connections (UPSTREAM_KEEPALIVE
- * idle sockets at most). Idle sockets stay watched so a close by the backend
- * is noticed before reuse. Worker thread only.
+ * Upstream HTTP/1.1 client and the per-worker keep-alive pool it draws its
+ * sockets from. A client owns its half of one exchange: the backend socket,
+ * the request bytes on their way out, the response parser and buffer, the
+ * connect and response deadlines and the retry-once rule. It reports to its
+ * owner only through struct gw_upstream_cbs (the shape of h2o's
+ * http1client callbacks) and never includes or calls the owner's module.
+ * Worker (loop) thread only: nothing here is thread-safe.
  */
 #ifndef GW_UPSTREAM_H
 #define GW_UPSTREAM_H
 
-#include "server.h"
+#include "gw/buf.h"
+#include "gw/http1.h"
+#include "gw/loop.h"
+#include "gw/proxy.h"
+#include "gw/stats.h"
 
-/* Returns a pooled connection (reused = true) or starts a new non-blocking
- * connect (connected = false; wait for EPOLLOUT). The caller owns it until
- * gw_upstream_put / gw_upstream_close. Returns NULL with *err = -errno when
- * the connect failed at once. fresh skips the pool (retry after a pooled
- * connection failed). */
-struct gw_upstream *gw_upstream_get(struct gw_worker *w, bool fresh, int *err);
+#include <sys/socket.h>
 
-/* Returns a clean connection (response complete, no unread bytes) to the
- * pool, or closes it when the pool is full or disabled. */
-void gw_upstream_put(struct gw_upstream *u);
+struct gw_upstream_pool;
+struct gw_upstream; /* opaque: one exchange with the backend */
 
-/* Closes a connection now (unwatched at once, freed at reap). */
-void gw_upstream_close(struct gw_upstream *u);
+/* What a pool connects to and how long it waits. Copied at create, except
+ * addr, which is borrowed and must outlive the pool. */
+struct gw_upstream_settings {
+    const struct sockaddr_storage *addr; /* resolved backend address */
+    socklen_t addr_len;                  /* bytes of *addr */
+    int keepalive;                       /* idle sockets kept at most; 0 disables pooling */
+    int idle_timeout_ms;                 /* UPSTREAM_IDLE_TIMEOUT_MS: an idle socket's life */
+    int connect_timeout_ms;              /* UPSTREAM_CONNECT_TIMEOUT_MS */
+    int response_timeout_ms;             /* UPSTREAM_TIMEOUT_MS: no response progress */
+    size_t max_head_bytes;               /* response head limit */
+    struct gw_stats_worker *stats;       /* the worker's counters (connections opened) */
+    /* Told every connect outcome (ok: the TCP connect completed; !ok: it
+     * failed), e.g. for /health; may be NULL. Loop thread. */
+    void (*note_connect)(void *arg, bool ok);
+    void *note_arg;
+};
 
-/* Frees upstreams closed during this iteration. */
-void gw_upstream_reap(struct gw_worker *w);
+/* How a client reports to its owner; ctx is the owner's pointer given at
+ * gw_upstream_get. A callback may call gw_upstream_put on the client (the
+ * client touches nothing of it afterwards), but must not free ctx before the
+ * loop iteration ends. */
+struct gw_upstream_cbs {
+    /* The TCP connect completed (not called for a pooled socket). */
+    void (*on_connect)(void *ctx);
+    /* A response head was parsed: an interim 1xx other than 100 and 101
+     * (RFC 9110 §15.2), or the final head (status >= 200). head is valid until
+     * the next callback. Returns 0, or -1 when the owner gave the client up. */
+    int (*on_head)(void *ctx, const struct gw_http_head *head);
+    /* Decoded response body bytes (framing removed), at most the owner's room
+     * (GW_STREAM_WINDOW minus its pending output). Returns 0, or -1 when the
+     * owner cannot take them (the client then fails the exchange). */
+    int (*on_body)(void *ctx, const char *data, size_t len);
+    /* The response is complete (RFC 9112 §6.3). The owner now calls
+     * gw_upstream_put, which pools the socket when it is clean. */
+    void (*on_done)(void *ctx);
+    /* The exchange failed and cannot be retried: status is 502 (connect
+     * failed, closed, invalid response) or 504 (no response progress for
+     * UPSTREAM_TIMEOUT_MS); detail is a static text for the client. The
+     * socket is already closed; the owner calls gw_upstream_put. */
+    void (*on_error)(void *ctx, int status, const char *detail);
+    /* The socket became ready: the owner runs its drive, which calls
+     * gw_upstream_drive. */
+    void (*on_event)(void *ctx);
+};
 
-/* Closes the pooled connections idle for UPSTREAM_IDLE_TIMEOUT_MS or longer
- * at now_ms (monotonic ms), so a quiet gateway does not hold backend
+/* Creates worker-local pool state on loop. Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_upstream_pool_create(struct gw_upstream_pool **out, struct gw_loop *loop,
+                                         const struct gw_upstream_settings *s);
+
+/* Closes every socket and frees the pool. No client may be in use. */
+void gw_upstream_pool_destroy(struct gw_upstream_pool *pool);
+
+/* Shutdown: closes the idle sockets now and pools none from now on. */
+void gw_upstream_pool_drain(struct gw_upstream_pool *pool);
+
+/* Frees what was closed or put during this loop iteration. Call it where no
+ * callback of the iteration can still run (the worker's before_sleep). */
+void gw_upstream_pool_reap(struct gw_upstream_pool *pool);
+
+/* Closes the idle sockets pooled for UPSTREAM_IDLE_TIMEOUT_MS or longer at
+ * now_ms (monotonic ms), so a quiet gateway does not hold backend
  * connections forever. Called from the worker's upkeep tick (every 100 ms). */
-void gw_upstream_close_expired(struct gw_worker *w, uint64_t now_ms);
+void gw_upstream_pool_close_expired(struct gw_upstream_pool *pool, uint64_t now_ms);
 
-/* Closes every idle pooled connection (shutdown). */
-void gw_upstream_close_idle(struct gw_worker *w);
+/* Frees spare clients beyond keep (memory back after a burst). */
+void gw_upstream_pool_trim(struct gw_upstream_pool *pool, int keep);
 
-/* Sets the upstream socket's epoll interest; errors close it on the next
- * event. */
-void gw_upstream_watch(struct gw_upstream *u, uint32_t events);
+/* Idle pooled sockets now (tests, stats). */
+int gw_upstream_pool_idle(const struct gw_upstream_pool *pool);
+
+/* Starts an exchange: takes a pooled idle socket, or starts a non-blocking
+ * connect (on_connect follows). cbs (static storage) and ctx are the owner;
+ * sink is the owner's output buffer towards its client, read only to apply
+ * backpressure (the response is read and parsed only while sink holds less
+ * than GW_STREAM_WINDOW bytes). The owner holds the client until
+ * gw_upstream_put. Returns NULL with *err = -errno when the connect failed at
+ * once (nothing to put). */
+struct gw_upstream *gw_upstream_get(struct gw_upstream_pool *pool,
+                                    const struct gw_upstream_cbs *cbs, void *ctx,
+                                    const struct gw_buf *sink, int *err);
+
+/* Queues the request head for req rewritten for the backend (RFC 9110 §7.6,
+ * gw_proxy_write_request_head) and chooses the body framing towards it.
+ * req and pctx's strings are borrowed until gw_upstream_put: an idempotent
+ * request without a body (RFC 9110 §9.2.2) that finds its pooled socket
+ * closed before any response byte is sent once more on a new connection,
+ * and its head is rendered again. A HEAD request expects no response body.
+ * Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_upstream_send_head(struct gw_upstream *u, const struct gw_http_head *req,
+                                       const struct gw_proxy_request_ctx *pctx);
+
+/* Queues len request body bytes, framed as chosen by send_head (chunked
+ * re-encoding, RFC 9112 §7.1). Bytes are dropped once the backend stopped
+ * reading (gw_upstream_send_failed). Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_upstream_send_body(struct gw_upstream *u, const char *data, size_t len);
+
+/* The request is complete: queues the last chunk when chunked and starts the
+ * response deadline. Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_upstream_send_end(struct gw_upstream *u);
+
+/* Request body bytes the owner may still queue before the outgoing window
+ * (GW_STREAM_WINDOW, framing included) is full: backpressure on the client. */
+size_t gw_upstream_send_room(const struct gw_upstream *u);
+
+/* True once the TCP connect completed (at once for a pooled socket). */
+bool gw_upstream_connected(const struct gw_upstream *u);
+
+/* Loop time (ms) request bytes last left for the backend, 0 = none yet:
+ * progress of an upload the owner times. */
+uint64_t gw_upstream_send_ms(const struct gw_upstream *u);
+
+/* True while queued request bytes wait for the backend to read them. */
+bool gw_upstream_send_stalled(const struct gw_upstream *u);
+
+/* True once the backend stopped accepting request bytes (it may have
+ * answered early and closed); later body bytes are dropped. */
+bool gw_upstream_send_failed(const struct gw_upstream *u);
+
+/* One step of the exchange: writes queued request bytes, reads response
+ * bytes (while under the window) and parses them into callbacks. Returns true
+ * when anything moved. The client may have been put when it returns. */
+bool gw_upstream_drive(struct gw_upstream *u);
+
+/* Sets the socket's epoll interest from what is pending (write while request
+ * bytes wait or the connect runs; read while under the window). Call it at
+ * the end of the owner's drive. */
+void gw_upstream_update_interest(struct gw_upstream *u);
+
+/* Ends the owner's use of u: the socket goes back to the pool when the
+ * exchange finished cleanly (response complete and keep-alive, request sent
+ * whole, nothing unread), else it is closed (an exchange cut short never
+ * leaves a half-sent request on a reusable socket). u is invalid after. */
+void gw_upstream_put(struct gw_upstream *u);
 
 #endif

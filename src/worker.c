@@ -8,6 +8,7 @@
 
 #include "acceptor.h"
 #include "conn.h"
+#include "gw/health.h"
 #include "gw/log.h"
 #include "gw/net.h"
 #include "upstream.h"
@@ -23,6 +24,13 @@
 #define TRIM_MIN_FREED 64
 /* Spare parsers and blocks kept (each) when trimming. */
 #define TRIM_KEEP_SPARES 4
+
+/* Upstream connect outcomes feed /health between probe rounds. */
+static void note_backend(void *arg, bool ok)
+{
+    struct gw_server *srv = arg;
+    gw_health_note_backend(srv->health, ok);
+}
 
 static void gate_wake(struct gw_gate_owner *owner)
 {
@@ -65,7 +73,7 @@ static void check_drain(struct gw_worker *w)
     bool force = req == 2;
     if (!w->draining || force) {
         w->draining = true;
-        gw_upstream_close_idle(w);
+        gw_upstream_pool_drain(w->upstreams);
         /* gw_conn_drain may close a connection; closed ones stay linked
          * until the reaper runs, so the walk stays valid. */
         for (struct gw_conn *it = w->conns; it; it = gw_conn_next(it))
@@ -100,7 +108,7 @@ static void before_sleep(struct gw_loop *loop, void *ctx)
     }
     gw_conn_run_redrive(w);
     gw_conn_reap(w);
-    gw_upstream_reap(w);
+    gw_upstream_pool_reap(w->upstreams);
     gw_log_access_flush(); /* the iteration's access-log lines, in one write */
     if (w->draining && w->conns == NULL && !w->stop) {
         w->stop = true;
@@ -118,6 +126,8 @@ static void release_spares(struct gw_worker *w, int keep)
     }
     while (w->block_free_len > keep)
         free(w->block_free[--w->block_free_len]);
+    if (w->upstreams)
+        gw_upstream_pool_trim(w->upstreams, keep);
 }
 
 /* After a burst of connections has gone, give the memory it used back to
@@ -149,7 +159,7 @@ static void tick_cb(struct gw_loop *loop, struct gw_timer *t)
     if (next == 0 || next > TICK_MS)
         next = TICK_MS;
     check_drain(w);
-    gw_upstream_close_expired(w, loop->now_ms);
+    gw_upstream_pool_close_expired(w->upstreams, loop->now_ms);
     trim_after_burst(w);
     if (gw_timer_arm(loop, &w->tick, loop->now_ms + next) != 0)
         gw_error("worker %d: cannot arm the upkeep timer", w->id);
@@ -169,11 +179,11 @@ static void *worker_main(void *arg)
     /* Leaving: anything still open is closed (forced drain or loop error). */
     for (struct gw_conn *it = w->conns; it; it = gw_conn_next(it))
         gw_conn_drain(it, true);
-    gw_upstream_close_idle(w);
+    gw_upstream_pool_drain(w->upstreams);
     w->limit_head = w->limit_tail = NULL; /* every connection is closed: no decision is needed */
     w->redrive = NULL;
     gw_conn_reap(w);
-    gw_upstream_reap(w);
+    gw_upstream_pool_reap(w->upstreams);
     gw_log_access_flush();
     atomic_store_explicit(&w->finished, true, memory_order_release);
     gw_debug("worker %d stopped", w->id);
@@ -205,6 +215,23 @@ int gw_worker_create(struct gw_worker **out, struct gw_server *srv, int id)
         pthread_mutex_destroy(&w->inbox_mu);
         free(w);
         return rc;
+    }
+    const struct gw_config *cfg = srv->cfg;
+    struct gw_upstream_settings us = {
+        .addr = &srv->backend,
+        .addr_len = srv->backend_len,
+        .keepalive = cfg->upstream_keepalive,
+        .idle_timeout_ms = cfg->upstream_idle_timeout_ms,
+        .connect_timeout_ms = cfg->upstream_connect_timeout_ms,
+        .response_timeout_ms = cfg->upstream_timeout_ms,
+        .max_head_bytes = (size_t)cfg->max_header_bytes,
+        .stats = &w->stats,
+        .note_connect = note_backend,
+        .note_arg = srv,
+    };
+    if (gw_upstream_pool_create(&w->upstreams, &w->loop, &us) != 0) {
+        gw_worker_destroy(w);
+        return -ENOMEM;
     }
     w->parser_free = calloc(GW_WORKER_SPARES, sizeof(*w->parser_free));
     w->block_free = calloc(GW_WORKER_SPARES, sizeof(*w->block_free));
@@ -271,6 +298,7 @@ void gw_worker_destroy(struct gw_worker *w)
     free(w->parser_free);
     free(w->block_free);
     gw_buf_release(&w->scratch);
+    gw_upstream_pool_destroy(w->upstreams);
     gw_ratelimit_worker_destroy(w->rl);
     gw_loop_deinit(&w->loop);
     pthread_mutex_destroy(&w->inbox_mu);

@@ -11,6 +11,18 @@
 
 #include <stdarg.h>
 
+/* Per-direction streaming window: a side stops reading when the other
+ * side's pending output reaches this many bytes (backpressure). */
+#define GW_STREAM_WINDOW (64 * 1024)
+/* Bytes read from a socket per read(2) at most. */
+#define GW_READ_CHUNK (16 * 1024)
+/* Free room a buffer must have before a read; the read takes all the room
+ * there is, so steady traffic never grows a recycled block. */
+#define GW_READ_MIN 4096
+/* Buffer blocks of this size are recycled through a per-worker pool, so
+ * keep-alive requests do not call malloc. */
+#define GW_BLOCK_SIZE (16 * 1024)
+
 struct gw_buf {
     char *data;   /* heap storage owned by the buffer, NULL until needed */
     size_t start; /* first pending byte */
