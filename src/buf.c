@@ -99,3 +99,52 @@ void gw_buf_release(struct gw_buf *b)
     b->data = NULL;
     b->start = b->end = b->cap = 0;
 }
+
+/* ---- block pool ---- */
+
+int gw_buf_pool_init(struct gw_buf_pool *pool, size_t cap)
+{
+    pool->blocks = calloc(cap ? cap : 1, sizeof(*pool->blocks));
+    pool->len = 0;
+    pool->cap = cap;
+    return pool->blocks ? 0 : -ENOMEM;
+}
+
+void gw_buf_pool_deinit(struct gw_buf_pool *pool)
+{
+    gw_buf_pool_trim(pool, 0);
+    free(pool->blocks);
+    pool->blocks = NULL;
+    pool->len = pool->cap = 0;
+}
+
+void gw_buf_pool_trim(struct gw_buf_pool *pool, size_t keep)
+{
+    while (pool->len > keep)
+        free(pool->blocks[--pool->len]);
+}
+
+void gw_buf_pool_get(struct gw_buf_pool *pool, struct gw_buf *b)
+{
+    if (b->data != NULL)
+        return;
+    /* Every buffer starts as a standard block so gw_buf_pool_put can keep
+     * it; a failed malloc is seen again by the reserve that follows. */
+    char *block = pool->len > 0 ? pool->blocks[--pool->len] : malloc(GW_BLOCK_SIZE);
+    if (block) {
+        b->data = block;
+        b->cap = GW_BLOCK_SIZE;
+        b->start = b->end = 0;
+    }
+}
+
+void gw_buf_pool_put(struct gw_buf_pool *pool, struct gw_buf *b)
+{
+    if (b->data && b->cap == GW_BLOCK_SIZE && pool->len < pool->cap) {
+        pool->blocks[pool->len++] = b->data;
+        b->data = NULL;
+        b->start = b->end = b->cap = 0;
+        return;
+    }
+    gw_buf_release(b);
+}

@@ -138,7 +138,7 @@ struct gw_conn {
     struct gw_worker *w;          /* owning worker */
     struct gw_conn *prev, *next;  /* worker's live list */
     struct gw_conn *reap_next;    /* worker's reap list */
-    struct gw_conn *limit_next;   /* worker's pending rate-limit batch */
+    struct gw_rl_waiter limit;    /* entry in the worker's rate-limit batch */
     struct gw_conn *redrive_next; /* worker's redrive list */
     enum conn_state state;        /* changed only by set_state */
     struct gw_timer timer;        /* the one deadline of the current state */
@@ -390,72 +390,32 @@ static void respond_no_capacity(struct gw_conn *c, const char *detail, bool clos
     respond_problem(c, &pb, close_after, RESULT_REJECTED_QUEUE);
 }
 
-/* ---- per-worker spares: no malloc per keep-alive request ---- */
+/* ---- per-worker pools: no malloc per keep-alive request ---- */
 
 static void free_parser(struct gw_conn *c)
 {
-    struct gw_http_parser *p = c->req;
-    if (!p)
-        return;
-    c->req = NULL;
-    struct gw_worker *w = c->w;
-    if (w->parser_free_len < GW_WORKER_SPARES) {
-        gw_http_parser_recycle(p);
-        w->parser_free[w->parser_free_len++] = p;
-        return;
+    if (c->req) {
+        gw_http_parser_pool_put(&c->w->parsers, c->req);
+        c->req = NULL;
     }
-    gw_http_parser_deinit(p);
-    free(p);
 }
 
 static int request_body(void *ctx, const char *data, size_t len);
 
 static bool get_parser(struct gw_conn *c)
 {
-    struct gw_worker *w = c->w;
-    if (w->parser_free_len > 0) {
-        c->req = w->parser_free[--w->parser_free_len];
-        c->req->ctx = c;
-        return true;
-    }
-    const struct gw_config *cfg = cfg_of(c);
-    struct gw_http_parser *p = calloc(1, sizeof(*p));
-    if (!p || gw_http_parser_init(p, GW_HTTP_REQUEST, (size_t)cfg->max_header_bytes,
-                                  (uint64_t)cfg->max_body_bytes, request_body, c) != 0) {
-        free(p);
-        return false;
-    }
-    c->req = p;
-    return true;
+    c->req = gw_http_parser_pool_get(&c->w->parsers, request_body, c);
+    return c->req != NULL;
 }
 
-/* Gives an empty buffer a recycled block before its first reserve. */
 static void buf_prepare(struct gw_worker *w, struct gw_buf *b)
 {
-    if (b->data != NULL)
-        return;
-    /* Every buffer starts as a standard block so buf_recycle can keep it;
-     * when no spare is left, a new block (a failed malloc is seen again by
-     * the reserve that follows). */
-    char *block =
-        w->block_free_len > 0 ? w->block_free[--w->block_free_len] : malloc(GW_BLOCK_SIZE);
-    if (block) {
-        b->data = block;
-        b->cap = GW_BLOCK_SIZE;
-        b->start = b->end = 0;
-    }
+    gw_buf_pool_get(&w->blocks, b);
 }
 
-/* Releases a buffer's storage, keeping standard-size blocks as spares. */
 static void buf_recycle(struct gw_worker *w, struct gw_buf *b)
 {
-    if (b->data && b->cap == GW_BLOCK_SIZE && w->block_free_len < GW_WORKER_SPARES) {
-        w->block_free[w->block_free_len++] = b->data;
-        b->data = NULL;
-        b->start = b->end = b->cap = 0;
-        return;
-    }
-    gw_buf_release(b);
+    gw_buf_pool_put(&w->blocks, b);
 }
 
 /* After a complete exchange on a kept connection: back to IDLE; an idle
@@ -555,12 +515,10 @@ static void handle_request_head(struct gw_conn *c)
      * iteration is checked together before the worker sleeps, so a Redis
      * store sees one pipelined round trip for all of them. */
     set_state(c, CS_LIMIT);
-    c->limit_next = NULL;
-    if (w->limit_tail)
-        w->limit_tail->limit_next = c;
-    else
-        w->limit_head = c;
-    w->limit_tail = c;
+    c->limit.key = c->ex.rl_key;
+    c->limit.key_len = strlen(c->ex.rl_key);
+    c->limit.out = &c->ex.rl;
+    gw_ratelimit_batch_enqueue(w->limits, &c->limit);
 }
 
 /* The rate-limit decision arrived: answer 429/503 or go on to the gate. */
@@ -613,39 +571,15 @@ static void after_limit(struct gw_conn *c)
     }
 }
 
-void gw_conn_run_limit_batch(struct gw_worker *w)
+/* The batch decided: go on, and drive what the decision unblocked. */
+static void limit_done(struct gw_rl_waiter *wt)
 {
-    /* Bounded: each round can only add requests that were pipelined behind
-     * the ones just answered. */
-    for (int round = 0; round < 16 && w->limit_head; round++) {
-        struct gw_conn *list = w->limit_head;
-        w->limit_head = w->limit_tail = NULL;
-        struct gw_rl_batch_item items[GW_LIMIT_BATCH_MAX];
-        struct gw_conn *conns[GW_LIMIT_BATCH_MAX];
-        while (list) {
-            size_t n = 0;
-            for (; list && n < GW_LIMIT_BATCH_MAX; list = list->limit_next) {
-                if (list->closing || list->state != CS_LIMIT)
-                    continue;
-                conns[n] = list;
-                items[n] = (struct gw_rl_batch_item){list->ex.rl_key, strlen(list->ex.rl_key),
-                                                     &list->ex.rl};
-                n++;
-            }
-            if (n == 0)
-                break;
-            gw_ratelimit_check_batch(w->rl, items, n);
-            for (size_t i = 0; i < n; i++) {
-                struct gw_conn *c = conns[i];
-                if (c->closing)
-                    continue;
-                after_limit(c);
-                conn_drive(c);
-            }
-        }
-    }
-    if (w->limit_head)
-        gw_loop_wake(&w->loop); /* more pipelined checks: poll without sleeping */
+    struct gw_conn *c = gw_container_of(wt, struct gw_conn, limit);
+    if (c->closing || c->state != CS_LIMIT)
+        return;
+    after_limit(c);
+    if (!c->closing)
+        conn_drive(c);
 }
 
 void gw_conn_run_redrive(struct gw_worker *w)
@@ -1311,6 +1245,7 @@ int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *pee
     c->w = w;
     gw_io_init(&c->io, fd, conn_io_cb);
     gw_timer_init(&c->timer, conn_timer_cb);
+    c->limit.done = limit_done;
     gw_net_format_addr(peer, c->client_addr, sizeof(c->client_addr), c->client_bin);
     gw_net_nodelay(fd);
     c->draining = w->draining;
@@ -1335,6 +1270,7 @@ static void conn_close(struct gw_conn *c)
     if (c->closing)
         return;
     finish_exchange(c, RESULT_CLOSED);
+    gw_ratelimit_batch_cancel(c->w->limits, &c->limit);
     c->closing = true;
     set_state(c, CS_CLOSED);
     gw_loop_unwatch(&c->w->loop, &c->io);
@@ -1383,8 +1319,8 @@ void gw_conn_reap(struct gw_worker *w)
 {
     if (!w->reap)
         return;
-    /* A closed connection may still be listed for a rate-limit decision or
-     * a redrive; unlink those before anything is freed. */
+    /* A closed connection may still be listed for a redrive; unlink it
+     * before anything is freed. */
     struct gw_conn **pp = &w->redrive;
     while (*pp) {
         if ((*pp)->closing) {
@@ -1394,17 +1330,6 @@ void gw_conn_reap(struct gw_worker *w)
             pp = &(*pp)->redrive_next;
         }
     }
-    struct gw_conn *tail = NULL;
-    pp = &w->limit_head;
-    while (*pp) {
-        if ((*pp)->closing) {
-            *pp = (*pp)->limit_next;
-        } else {
-            tail = *pp;
-            pp = &(*pp)->limit_next;
-        }
-    }
-    w->limit_tail = tail;
     while (w->reap) {
         struct gw_conn *c = w->reap;
         w->reap = c->reap_next;

@@ -22,15 +22,6 @@ void gw_conn_on_granted(struct gw_worker *w, struct gw_gate_waiter *waiter);
  * force closes even mid-exchange (shutdown timeout). */
 void gw_conn_drain(struct gw_conn *c, bool force);
 
-/* Most rate-limit checks sent to the store in one batch. */
-#define GW_LIMIT_BATCH_MAX 256
-
-/* Runs the rate-limit checks of every request whose head completed since
- * the last call, in one batch (one pipelined Redis round trip), and moves
- * each connection on. Called by the worker before it sleeps and before the
- * reaper runs. */
-void gw_conn_run_limit_batch(struct gw_worker *w);
-
 /* Drives again the connections whose last drive ran out of rounds while
  * still making progress. Called by the worker before it sleeps; wakes the
  * loop when some still have work, so epoll_wait does not block. */

@@ -689,3 +689,108 @@ bool gw_ratelimit_worker_redis_up(const struct gw_ratelimit_worker *w)
 {
     return w->redis != NULL && w->redis_up;
 }
+
+/* ---- the worker's batch of pending checks ---------------------------------------- */
+
+enum { WAITER_IDLE = 0, WAITER_QUEUED, WAITER_DECIDING };
+
+struct gw_rl_batch {
+    struct gw_ratelimit_worker *w;
+    struct gw_rl_waiter *head, *tail; /* queued, in arrival order */
+    size_t len;                       /* waiters queued */
+    bool deferred;                    /* the batch waited one non-blocking poll already */
+    struct gw_rl_batch_item items[GW_RL_BATCH_MAX];
+    struct gw_rl_waiter *deciding[GW_RL_BATCH_MAX];
+};
+
+int gw_ratelimit_batch_create(struct gw_rl_batch **out, struct gw_ratelimit_worker *w)
+{
+    struct gw_rl_batch *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return -ENOMEM;
+    b->w = w;
+    *out = b;
+    return 0;
+}
+
+void gw_ratelimit_batch_destroy(struct gw_rl_batch *b)
+{
+    free(b);
+}
+
+void gw_ratelimit_batch_enqueue(struct gw_rl_batch *b, struct gw_rl_waiter *wt)
+{
+    wt->state = WAITER_QUEUED;
+    wt->next = NULL;
+    wt->prev = b->tail;
+    if (b->tail)
+        b->tail->next = wt;
+    else
+        b->head = wt;
+    b->tail = wt;
+    b->len++;
+}
+
+static void unlink_waiter(struct gw_rl_batch *b, struct gw_rl_waiter *wt)
+{
+    if (wt->prev)
+        wt->prev->next = wt->next;
+    else
+        b->head = wt->next;
+    if (wt->next)
+        wt->next->prev = wt->prev;
+    else
+        b->tail = wt->prev;
+    wt->prev = wt->next = NULL;
+    b->len--;
+}
+
+void gw_ratelimit_batch_cancel(struct gw_rl_batch *b, struct gw_rl_waiter *wt)
+{
+    if (wt->state == WAITER_QUEUED)
+        unlink_waiter(b, wt);
+    wt->state = WAITER_IDLE; /* DECIDING: its done is skipped */
+}
+
+bool gw_ratelimit_batch_run(struct gw_rl_batch *b)
+{
+    if (b->head == NULL) {
+        b->deferred = false;
+        return false;
+    }
+    /* Before a Redis round trip, look once more, without sleeping, for
+     * requests that became ready meanwhile: they join the same batch (one
+     * epoll_wait(0) against a round trip; at 2 workers x 25 connections it
+     * cut round trips per request by about a quarter). */
+    if (!b->deferred && gw_ratelimit_worker_redis_up(b->w)) {
+        b->deferred = true;
+        return true;
+    }
+    b->deferred = false;
+    /* Bounded: each round can only add requests that were pipelined behind
+     * the ones just answered. */
+    for (int round = 0; round < 16 && b->head; round++) {
+        size_t left = b->len; /* those queued before this round */
+        while (left > 0 && b->head) {
+            size_t n = 0;
+            while (b->head && n < GW_RL_BATCH_MAX && left > 0) {
+                struct gw_rl_waiter *wt = b->head;
+                left--;
+                unlink_waiter(b, wt);
+                wt->state = WAITER_DECIDING;
+                b->deciding[n] = wt;
+                b->items[n] = (struct gw_rl_batch_item){wt->key, wt->key_len, wt->out};
+                n++;
+            }
+            gw_ratelimit_check_batch(b->w, b->items, n);
+            for (size_t i = 0; i < n; i++) {
+                struct gw_rl_waiter *wt = b->deciding[i];
+                if (wt->state != WAITER_DECIDING)
+                    continue; /* cancelled by an earlier done */
+                wt->state = WAITER_IDLE;
+                wt->done(wt);
+            }
+        }
+    }
+    return b->head != NULL;
+}

@@ -67,27 +67,23 @@ struct gw_worker {
     pthread_mutex_t inbox_mu; /* guards inbox */
     struct gw_handoff *inbox; /* accepted sockets waiting for this worker */
     size_t inbox_len, inbox_cap;
-    struct gw_stats_worker stats;    /* this worker's counters */
-    struct gw_ratelimit_worker *rl;  /* own Redis connection */
-    struct gw_gate_owner gate_owner; /* grants from the in-flight gate */
-    struct gw_conn *conns;           /* live client connections (list head) */
-    struct gw_conn *reap;            /* connections closed this iteration */
-    struct gw_conn *limit_head;      /* requests waiting for the batched rate-limit check */
-    bool limit_deferred;             /* the batch waited one non-blocking poll already */
-    struct gw_conn *limit_tail;
-    struct gw_conn *redrive;             /* connections to drive again before sleeping */
-    struct gw_upstream_pool *upstreams;  /* keep-alive pool and upstream clients */
-    struct gw_timer tick;                /* periodic upkeep: Redis reconnect, drain */
-    bool draining;                       /* stop keeping connections alive */
-    bool stop;                           /* leave the loop */
-    _Atomic int drain_request;           /* set by main: 1 drain, 2 force close */
-    _Atomic bool finished;               /* the thread left its loop */
-    struct gw_http_parser **parser_free; /* spare request parsers, storage kept */
-    int parser_free_len;
-    char **block_free; /* spare GW_BLOCK_SIZE buffer blocks */
-    int block_free_len;
-    struct gw_buf scratch; /* per-request rendering scratch, kept */
-    int64_t trim_peak;     /* most connections held since the last memory trim */
+    struct gw_stats_worker stats;       /* this worker's counters */
+    struct gw_ratelimit_worker *rl;     /* own Redis connection */
+    struct gw_gate_owner gate_owner;    /* grants from the in-flight gate */
+    struct gw_conn *conns;              /* live client connections (list head) */
+    struct gw_conn *reap;               /* connections closed this iteration */
+    struct gw_rl_batch *limits;         /* requests waiting for the batched rate-limit check */
+    struct gw_conn *redrive;            /* connections to drive again before sleeping */
+    struct gw_upstream_pool *upstreams; /* keep-alive pool and upstream clients */
+    struct gw_timer tick;               /* periodic upkeep: Redis reconnect, drain */
+    bool draining;                      /* stop keeping connections alive */
+    bool stop;                          /* leave the loop */
+    _Atomic int drain_request;          /* set by main: 1 drain, 2 force close */
+    _Atomic bool finished;              /* the thread left its loop */
+    struct gw_http_parser_pool parsers; /* spare request parsers */
+    struct gw_buf_pool blocks;          /* spare buffer blocks */
+    struct gw_buf scratch;              /* per-request rendering scratch, kept */
+    int64_t trim_peak;                  /* most connections held since the last memory trim */
 };
 
 /* Runs the gateway until SIGTERM/SIGINT: resolves the upstream, listens,

@@ -94,18 +94,11 @@ static void on_wake(struct gw_loop *loop, void *ctx)
 static void before_sleep(struct gw_loop *loop, void *ctx)
 {
     struct gw_worker *w = ctx;
-    /* Before a Redis round trip, look once more, without sleeping, for
-     * requests that became ready meanwhile: they join the same batch (one
-     * epoll_wait(0) against a round trip; at 2 workers x 25 connections it
-     * cut round trips per request by about a quarter). While it waits, the
-     * reaper unlinks connections that close from the batch. */
-    if (w->limit_head && !w->limit_deferred && gw_ratelimit_worker_redis_up(w->rl)) {
-        w->limit_deferred = true;
+    /* The rate-limit batch may ask for one more non-blocking poll first (to
+     * gather requests into one Redis round trip) or have pipelined checks
+     * left: then the next epoll_wait does not sleep. */
+    if (gw_ratelimit_batch_run(w->limits))
         w->loop.poll_once = true;
-    } else {
-        w->limit_deferred = false;
-        gw_conn_run_limit_batch(w);
-    }
     gw_conn_run_redrive(w);
     gw_conn_reap(w);
     gw_upstream_pool_reap(w->upstreams);
@@ -119,15 +112,9 @@ static void before_sleep(struct gw_loop *loop, void *ctx)
 /* Frees spare parsers and blocks beyond keep of each. */
 static void release_spares(struct gw_worker *w, int keep)
 {
-    while (w->parser_free_len > keep) {
-        struct gw_http_parser *p = w->parser_free[--w->parser_free_len];
-        gw_http_parser_deinit(p);
-        free(p);
-    }
-    while (w->block_free_len > keep)
-        free(w->block_free[--w->block_free_len]);
-    if (w->upstreams)
-        gw_upstream_pool_trim(w->upstreams, keep);
+    gw_http_parser_pool_trim(&w->parsers, (size_t)keep);
+    gw_buf_pool_trim(&w->blocks, (size_t)keep);
+    gw_upstream_pool_trim(w->upstreams, keep);
 }
 
 /* After a burst of connections has gone, give the memory it used back to
@@ -180,8 +167,6 @@ static void *worker_main(void *arg)
     for (struct gw_conn *it = w->conns; it; it = gw_conn_next(it))
         gw_conn_drain(it, true);
     gw_upstream_pool_drain(w->upstreams);
-    w->limit_head = w->limit_tail = NULL; /* every connection is closed: no decision is needed */
-    w->redrive = NULL;
     gw_conn_reap(w);
     gw_upstream_pool_reap(w->upstreams);
     gw_log_access_flush();
@@ -233,9 +218,11 @@ int gw_worker_create(struct gw_worker **out, struct gw_server *srv, int id)
         gw_worker_destroy(w);
         return -ENOMEM;
     }
-    w->parser_free = calloc(GW_WORKER_SPARES, sizeof(*w->parser_free));
-    w->block_free = calloc(GW_WORKER_SPARES, sizeof(*w->block_free));
-    if (!w->parser_free || !w->block_free) {
+    if (gw_ratelimit_batch_create(&w->limits, w->rl) != 0 ||
+        gw_http_parser_pool_init(&w->parsers, GW_WORKER_SPARES, GW_HTTP_REQUEST,
+                                 (size_t)cfg->max_header_bytes,
+                                 (uint64_t)cfg->max_body_bytes) != 0 ||
+        gw_buf_pool_init(&w->blocks, GW_WORKER_SPARES) != 0) {
         gw_worker_destroy(w);
         return -ENOMEM;
     }
@@ -294,9 +281,9 @@ void gw_worker_destroy(struct gw_worker *w)
     for (size_t i = 0; i < w->inbox_len; i++)
         close(w->inbox[i].fd);
     free(w->inbox);
-    release_spares(w, 0);
-    free(w->parser_free);
-    free(w->block_free);
+    gw_http_parser_pool_deinit(&w->parsers);
+    gw_buf_pool_deinit(&w->blocks);
+    gw_ratelimit_batch_destroy(w->limits);
     gw_buf_release(&w->scratch);
     gw_upstream_pool_destroy(w->upstreams);
     gw_ratelimit_worker_destroy(w->rl);

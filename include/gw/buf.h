@@ -76,4 +76,34 @@ void gw_buf_clear(struct gw_buf *b);
 /* Frees the storage; the buffer becomes empty and reusable. */
 void gw_buf_release(struct gw_buf *b);
 
+/* ---- block pool ----
+ * Spare GW_BLOCK_SIZE storage blocks (twemproxy mbuf free list): buffers take
+ * a block before their first reserve and give it back when they empty, so a
+ * keep-alive request does not call malloc. One pool per worker thread; not
+ * thread-safe. */
+struct gw_buf_pool {
+    char **blocks; /* spare blocks, blocks[0..len) */
+    size_t len;    /* spare blocks now */
+    size_t cap;    /* most spare blocks kept (bounded memory when idle) */
+};
+
+/* Prepares a pool keeping at most cap spare blocks. Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_buf_pool_init(struct gw_buf_pool *pool, size_t cap);
+
+/* Frees every spare block. Buffers still holding blocks free them with
+ * gw_buf_release (or put them back first). */
+void gw_buf_pool_deinit(struct gw_buf_pool *pool);
+
+/* Gives a buffer without storage a standard block (a spare, or a new one);
+ * a buffer with storage is left alone. On a failed malloc the buffer stays
+ * without storage and its next reserve reports -ENOMEM. */
+void gw_buf_pool_get(struct gw_buf_pool *pool, struct gw_buf *b);
+
+/* Frees spare blocks beyond keep (memory back after a burst). */
+void gw_buf_pool_trim(struct gw_buf_pool *pool, size_t keep);
+
+/* Releases b's storage: a standard block goes back to the pool while it has
+ * room, anything else is freed. b becomes empty without storage. */
+void gw_buf_pool_put(struct gw_buf_pool *pool, struct gw_buf *b);
+
 #endif

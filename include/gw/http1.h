@@ -195,4 +195,38 @@ const struct gw_http_header *gw_http_head_find(const struct gw_http_head *h, con
  * trimmed of OWS; empty elements are skipped. RFC 9110 §5.6.1. */
 bool gw_http_head_has_token(const struct gw_http_head *h, const char *name, const char *token);
 
+/* ---- parser pool (src/http1_pool.c) ----
+ * Spare parsers of one kind and limits, storage kept, so a keep-alive
+ * request does not call malloc. One pool per worker thread; not
+ * thread-safe. */
+struct gw_http_parser_pool {
+    struct gw_http_parser **spare; /* spare[0..len) */
+    size_t len;                    /* spare parsers now */
+    size_t cap;                    /* most spares kept (bounded memory when idle) */
+    enum gw_http_kind kind;        /* what the parsers parse */
+    size_t max_head_bytes;         /* their limits (gw_http_parser_init) */
+    uint64_t max_body_bytes;
+};
+
+/* Prepares a pool of parsers of kind with the given limits, keeping at most
+ * cap spares. Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_http_parser_pool_init(struct gw_http_parser_pool *pool, size_t cap,
+                                          enum gw_http_kind kind, size_t max_head_bytes,
+                                          uint64_t max_body_bytes);
+
+/* Frees every spare parser. */
+void gw_http_parser_pool_deinit(struct gw_http_parser_pool *pool);
+
+/* A parser ready for a new connection (gw_http_parser_recycle state) whose
+ * body sink is on_body(ctx, ...); the caller owns it until
+ * gw_http_parser_pool_put. NULL when out of memory. */
+struct gw_http_parser *gw_http_parser_pool_get(struct gw_http_parser_pool *pool,
+                                               gw_http_body_fn on_body, void *ctx);
+
+/* Frees spare parsers beyond keep (memory back after a burst). */
+void gw_http_parser_pool_trim(struct gw_http_parser_pool *pool, size_t keep);
+
+/* Gives p back: kept as a spare while the pool has room, else freed. */
+void gw_http_parser_pool_put(struct gw_http_parser_pool *pool, struct gw_http_parser *p);
+
 #endif

@@ -128,4 +128,48 @@ uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms
  * I/O, unlike gw_ratelimit_worker_ping). Worker thread only. */
 bool gw_ratelimit_worker_redis_up(const struct gw_ratelimit_worker *w);
 
+/* ---- the worker's batch of pending checks ----
+ * Requests whose head completed during one loop iteration wait here and are
+ * decided together before the worker sleeps, so a Redis store sees one
+ * pipelined round trip for all of them. Worker thread only. */
+
+/* Most checks sent to the store in one batch. */
+#define GW_RL_BATCH_MAX 256
+
+struct gw_rl_batch;
+
+/* A request waiting for its decision; embed it in the owner. The owner sets
+ * key, key_len, out and done before gw_ratelimit_batch_enqueue. */
+struct gw_rl_waiter {
+    struct gw_rl_waiter *prev, *next;      /* private: queue links */
+    const char *key;                       /* client key, borrowed until done or cancel */
+    size_t key_len;                        /* bytes */
+    struct gw_rl_decision *out;            /* where the decision goes */
+    void (*done)(struct gw_rl_waiter *wt); /* called once, out filled */
+    int state;                             /* private: idle, queued, deciding */
+};
+
+/* Creates worker w's batch. Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_ratelimit_batch_create(struct gw_rl_batch **out, struct gw_ratelimit_worker *w);
+
+/* Frees a batch; waiters still queued are forgotten without a call. */
+void gw_ratelimit_batch_destroy(struct gw_rl_batch *b);
+
+/* Queues wt (not already queued) for the next run. */
+void gw_ratelimit_batch_enqueue(struct gw_rl_batch *b, struct gw_rl_waiter *wt);
+
+/* Takes wt out: it is not decided, or if its decision is being made, its
+ * done is not called. No-op for a waiter that is not waiting. Call it
+ * before the owner is freed. */
+void gw_ratelimit_batch_cancel(struct gw_rl_batch *b, struct gw_rl_waiter *wt);
+
+/* Before the worker sleeps: decides every queued waiter (in batches of
+ * GW_RL_BATCH_MAX, one gw_ratelimit_check_batch each) and calls its done;
+ * waiters queued by those calls (pipelined requests) are decided in further
+ * rounds, 16 at most. With Redis up, a non-empty batch is first deferred
+ * once by one non-blocking poll, so requests that became ready meanwhile
+ * join the same round trip. Returns true when the caller must poll again
+ * without sleeping (deferred, or waiters left). */
+bool gw_ratelimit_batch_run(struct gw_rl_batch *b);
+
 #endif
