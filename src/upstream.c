@@ -152,7 +152,8 @@ static struct up_sock *sock_get(struct gw_upstream_pool *pool, bool fresh, int *
             note_connect(pool, false);
         return NULL;
     }
-    GW_STAT_INC(pool->s.stats, upstream_connections_opened);
+    if (pool->s.stats)
+        GW_STAT_INC(pool->s.stats, upstream_connections_opened);
     gw_io_init(&s->io, fd, sock_cb);
     s->pool = pool;
     return s;

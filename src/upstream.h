@@ -31,7 +31,7 @@ struct gw_upstream_settings {
     int connect_timeout_ms;              /* UPSTREAM_CONNECT_TIMEOUT_MS */
     int response_timeout_ms;             /* UPSTREAM_TIMEOUT_MS: no response progress */
     size_t max_head_bytes;               /* response head limit */
-    struct gw_stats_worker *stats;       /* the worker's counters (connections opened) */
+    struct gw_stats_worker *stats;       /* the worker's counters (connections opened), or NULL */
     /* Told every connect outcome (ok: the TCP connect completed; !ok: it
      * failed), e.g. for /health; may be NULL. Loop thread. */
     void (*note_connect)(void *arg, bool ok);

@@ -1,0 +1,163 @@
+/*
+ * Private to the client connection module (conn.c: the connection and its
+ * state machine; exchange.c: one request's way through the gateway): the
+ * connection and exchange types and the functions the two files share.
+ * Worker thread only. Nothing outside conn.c, exchange.c and their unit
+ * test includes this file.
+ */
+#ifndef GW_CONN_INT_H
+#define GW_CONN_INT_H
+
+#include "conn.h"
+
+#include "gw/client_id.h"
+#include "upstream.h"
+
+enum conn_state {
+    CS_IDLE = 0,  /* keep-alive, waiting for a request's first byte */
+    CS_HEAD,      /* reading a request head */
+    CS_LIMIT,     /* waiting for the worker's batched rate-limit check */
+    CS_WAIT_SLOT, /* parked in the in-flight gate's FIFO */
+    CS_CONNECT,   /* the upstream client is connecting */
+    CS_PROXY,     /* streaming request and response */
+    CS_RESPOND,   /* response queued; flushing it, reading what is left of the request */
+    CS_LINGER,    /* last response written, write side shut, draining input */
+    CS_CLOSED,
+    CS_COUNT
+};
+
+enum req_half { REQ_NONE = 0, REQ_HEAD, REQ_BODY, REQ_DONE };
+enum resp_half { RESP_NONE = 0, RESP_HEAD_SENT, RESP_DONE };
+
+/* How an exchange ended: the one counter finish_exchange increments. */
+enum exchange_result {
+    RESULT_NONE = 0,        /* the gateway's own endpoints: requests_total only */
+    RESULT_PROXIED,         /* response relayed from the upstream */
+    RESULT_RATE_LIMITED,    /* 429 */
+    RESULT_REJECTED_QUEUE,  /* 503 from the in-flight cap */
+    RESULT_REJECTED_STORE,  /* 503, rate limiter unavailable */
+    RESULT_FAILED_UPSTREAM, /* 502/504 */
+    RESULT_BAD,             /* other 4xx the gateway generated */
+    RESULT_CLOSED,          /* the client went away first (nginx 499) */
+};
+
+/* Everything of one request/response exchange; cleared as a whole between
+ * requests (next_request). */
+struct exchange {
+    enum req_half req;                     /* request half-state */
+    enum resp_half resp;                   /* response half-state */
+    bool counted;                          /* counted in requests_total */
+    bool finished;                         /* finish_exchange ran */
+    bool keep_alive;                       /* client wants and may keep the connection */
+    bool discard_body;                     /* body bytes are read and dropped */
+    bool limited;                          /* the limiter refused it (or would, dry run) */
+    enum gw_framing cl_framing;            /* response body framing towards the client */
+    int status;                            /* status sent to the client */
+    uint64_t resp_bytes;                   /* response bytes queued for the client */
+    uint64_t start_us;                     /* first byte of the request */
+    uint64_t upstream_start_us;            /* upstream phase start, 0 = not proxied */
+    uint64_t queue_start_us;               /* gate wait start */
+    uint64_t proxy_start_ms;               /* when the exchange entered PROXY */
+    struct gw_rl_decision rl;              /* rate-limit decision */
+    size_t rl_headers_len;                 /* bytes of rl_headers */
+    char rl_key[GW_CLIENT_KEY_MAX];        /* rate-limit key */
+    char client_ident[GW_CLIENT_ADDR_MAX]; /* identified client (XFF-aware), for logs */
+    char rl_headers[512];                  /* rendered rate-limit header lines */
+};
+
+struct gw_conn {
+    struct gw_io io;              /* client socket */
+    struct gw_worker *w;          /* owning worker */
+    struct gw_conn *prev, *next;  /* worker's live list */
+    struct gw_conn *reap_next;    /* worker's reap list */
+    struct gw_rl_waiter limit;    /* entry in the worker's rate-limit batch */
+    struct gw_conn *redrive_next; /* worker's redrive list */
+    enum conn_state state;        /* changed only by set_state */
+    struct gw_timer timer;        /* the one deadline of the current state */
+    char client_addr[64];         /* peer address text */
+    uint8_t client_bin[16];       /* peer address, IPv4-mapped */
+    struct gw_buf in;             /* client bytes not yet parsed */
+    struct gw_buf out;            /* bytes not yet written to the client */
+    struct gw_http_parser *req;   /* request parser, allocated while a request is open */
+    struct gw_upstream *up;       /* upstream client of the current exchange */
+    struct gw_gate_waiter waiter; /* in-flight gate FIFO entry */
+    uint64_t client_rx_ms;        /* last request bytes read (loop clock) */
+    bool slot_held;               /* holds an in-flight slot */
+    bool closing;                 /* closed; waiting for the reaper */
+    bool rd_ready;                /* epoll said readable and no EAGAIN since: a read
+                                     is attempted only then (no empty recv calls) */
+    bool redrive_queued;          /* on the worker's redrive list */
+    bool client_eof;              /* client shut its write side */
+    bool must_close;              /* close after the current response */
+    bool draining;                /* worker draining: no keep-alive */
+    struct exchange ex;           /* the current exchange */
+};
+
+static inline const struct gw_config *cfg_of(const struct gw_conn *c)
+{
+    return c->w->srv->cfg;
+}
+
+/* ---- conn.c ---- */
+
+/* The one way to change state: aborts on a transition missing from the
+ * table atop conn.c (a bug); entering the current state again is a no-op. */
+void gw_conn_set_state(struct gw_conn *c, enum conn_state s);
+
+/* (Re)arms the connection's one deadline after_ms from now (loop clock);
+ * closes the connection when the timer heap cannot grow. */
+void gw_conn_arm(struct gw_conn *c, uint64_t after_ms);
+
+/* The single close path (see conn.c). */
+void gw_conn_close(struct gw_conn *c);
+
+/* Runs the connection's steps until nothing moves (bounded), then sets
+ * its epoll interest and its upstream client's. */
+void gw_conn_drive(struct gw_conn *c);
+
+/* Writes pending output to the client; true on progress (or a close). */
+bool gw_conn_flush_client(struct gw_conn *c);
+
+/* Feeds buffered client bytes to the request parser; true on progress. */
+bool gw_conn_pump_request(struct gw_conn *c);
+
+/* ---- exchange.c ---- */
+
+/* Counts the request in requests_total, once per exchange. */
+void gw_exchange_count(struct gw_conn *c);
+
+/* Ends the exchange with result (counted once) and gives back the upstream
+ * client, the gate entry and the in-flight slot (idempotent). */
+void gw_exchange_finish(struct gw_conn *c, enum exchange_result result);
+
+/* Queues a problem+json error response (RFC 9457) ending the exchange. */
+void gw_exchange_respond_error(struct gw_conn *c, int status, const char *detail, bool close_after);
+
+/* The request head was parsed (RFC 9112 §2): admin answer, or on to the
+ * rate-limit batch. */
+void gw_exchange_on_head(struct gw_conn *c);
+
+/* The request message is complete (RFC 9112 §6). */
+void gw_exchange_on_request_done(struct gw_conn *c);
+
+/* The parser refused the request: answered and closed. */
+void gw_exchange_on_request_error(struct gw_conn *c);
+
+/* Request body sink of the parser (ctx is the connection). 0 or -1. */
+int gw_exchange_request_body(void *ctx, const char *data, size_t len);
+
+/* Drive step: the upstream client's I/O while proxying; true on progress. */
+bool gw_exchange_drive_upstream(struct gw_conn *c);
+
+/* Deadlines of WAIT_SLOT and PROXY. */
+void gw_exchange_queue_timeout(struct gw_conn *c);
+void gw_exchange_proxy_timeout(struct gw_conn *c);
+
+/* The rate-limit batch decided c's request. */
+void gw_exchange_limit_done(struct gw_rl_waiter *wt);
+
+/* Forced shutdown of a request that has not reached the backend (queued,
+ * or connecting): 503 reduced capacity, then close. */
+void gw_exchange_shutdown(struct gw_conn *c);
+
+#endif

@@ -1,0 +1,685 @@
+/*
+ * One request's way through the gateway (the exchange half of the client
+ * connection module, see the state diagram atop conn.c): the head handed
+ * to the admin endpoints or to the rate-limit batch, the in-flight gate,
+ * the upstream client and its callbacks, the responses the gateway writes
+ * itself, and finish_exchange, where every exchange ends exactly once.
+ * Worker thread only.
+ */
+#include "conn_int.h"
+
+#include "admin.h"
+#include "gw/log.h"
+#include "gw/response.h"
+
+#include <string.h>
+
+static void start_upstream(struct gw_conn *c);
+
+/* ---- the end of an exchange ---- */
+
+/* Leaves the gate's FIFO. A waiter granted in the meantime holds a slot
+ * from now on (slot_held), which release_slot or the upstream phase uses. */
+static void leave_queue(struct gw_conn *c)
+{
+    if (gw_gate_cancel(c->w->srv->gate, &c->waiter))
+        c->slot_held = true;
+}
+
+static void release_slot(struct gw_conn *c)
+{
+    if (c->slot_held) {
+        c->slot_held = false;
+        gw_gate_release(c->w->srv->gate);
+    }
+}
+
+/* Gives the upstream client back (it pools the socket when the exchange
+ * ended cleanly, else closes it). */
+static void drop_upstream(struct gw_conn *c)
+{
+    if (c->up) {
+        struct gw_upstream *u = c->up;
+        c->up = NULL;
+        gw_upstream_put(u);
+    }
+}
+
+void gw_exchange_count(struct gw_conn *c)
+{
+    if (!c->ex.counted) {
+        c->ex.counted = true;
+        GW_STAT_INC(&c->w->stats, requests_total);
+    }
+}
+
+static enum exchange_result result_of_status(int status)
+{
+    if (status == 429)
+        return RESULT_RATE_LIMITED;
+    if (status == 502 || status == 504)
+        return RESULT_FAILED_UPSTREAM;
+    if (status >= 400 && status < 500)
+        return RESULT_BAD;
+    return RESULT_NONE;
+}
+
+static void log_access(struct gw_conn *c)
+{
+    if (!cfg_of(c)->access_log || !c->req)
+        return;
+    uint64_t now = gw_now_us();
+    const struct exchange *ex = &c->ex;
+    struct gw_access_entry e = {
+        .client = ex->client_ident[0] ? ex->client_ident : c->client_addr,
+        .method = c->req->head.method_name,
+        .path = c->req->head.target,
+        .status = ex->status,
+        .bytes_sent = ex->resp_bytes,
+        .duration_ms = (double)(now - ex->start_us) / 1000.0,
+        .upstream_ms = ex->upstream_start_us ? (double)(now - ex->upstream_start_us) / 1000.0 : -1,
+        .limited = ex->limited,
+    };
+    gw_log_access(&e);
+}
+
+/* Ends the current exchange: the one place where its result is counted, the
+ * latency histograms observed and the access log written (each at most once
+ * per request), and where the upstream client, the gate entry and the
+ * in-flight slot are given back (every time: idempotent). */
+void gw_exchange_finish(struct gw_conn *c, enum exchange_result result)
+{
+    struct exchange *ex = &c->ex;
+    bool first = !ex->finished;
+    if (first) {
+        ex->finished = true;
+        struct gw_stats_worker *st = &c->w->stats;
+        switch (result) {
+        case RESULT_PROXIED: {
+            GW_STAT_INC(st, requests_proxied);
+            uint64_t now = gw_now_us();
+            gw_histogram_observe(&st->request_latency, now - ex->start_us);
+            if (ex->upstream_start_us)
+                gw_histogram_observe(&st->upstream_latency, now - ex->upstream_start_us);
+            break;
+        }
+        case RESULT_RATE_LIMITED:
+            GW_STAT_INC(st, requests_rate_limited);
+            break;
+        case RESULT_REJECTED_QUEUE:
+            GW_STAT_INC(st, requests_rejected_queue);
+            break;
+        case RESULT_REJECTED_STORE:
+            GW_STAT_INC(st, requests_rejected_store);
+            break;
+        case RESULT_FAILED_UPSTREAM:
+            GW_STAT_INC(st, requests_failed_upstream);
+            break;
+        case RESULT_BAD:
+            GW_STAT_INC(st, requests_bad);
+            break;
+        case RESULT_CLOSED:
+            if (ex->counted)
+                GW_STAT_INC(st, requests_closed);
+            break;
+        case RESULT_NONE:
+        default:
+            break;
+        }
+    }
+    drop_upstream(c);
+    leave_queue(c);
+    release_slot(c);
+    if (first && ex->resp == RESP_DONE)
+        log_access(c);
+}
+
+/* The response is fully queued: finish the exchange. What happens to the
+ * connection next is decided once the output is flushed and the request
+ * fully read (respond_progress). */
+static void complete_response(struct gw_conn *c, enum exchange_result result)
+{
+    c->ex.resp = RESP_DONE;
+    gw_exchange_finish(c, result);
+    if (c->closing)
+        return;
+    gw_conn_set_state(c, CS_RESPOND);
+    gw_conn_arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
+}
+
+/* ---- writing responses the gateway generates ---- */
+
+static struct gw_slice rl_extra(const struct gw_conn *c)
+{
+    return (struct gw_slice){c->ex.rl_headers, c->ex.rl_headers_len};
+}
+
+/* Queues a problem+json response that ends the exchange with result.
+ * close_after: the framing of the request is in doubt (or the body will not
+ * be read), so the connection closes after. */
+static void respond_problem(struct gw_conn *c, const struct gw_problem *pb, bool close_after,
+                            enum exchange_result result)
+{
+    struct exchange *ex = &c->ex;
+    if (c->closing)
+        return;
+    if (ex->resp != RESP_NONE) {
+        /* Part of a response already left: the only honest signal left is
+         * closing without completing it. */
+        gw_exchange_finish(c, result);
+        gw_conn_close(c);
+        return;
+    }
+    if (close_after || !c->req)
+        c->must_close = true;
+    if (c->req && ex->req != REQ_DONE) {
+        /* The body was not consumed. Reading it on to keep the connection is
+         * only safe when the client will send it (no unanswered Expect). */
+        if (c->req->head.expect_continue || pb->status == 413)
+            c->must_close = true;
+        else
+            ex->discard_body = true;
+    }
+    bool keep = ex->keep_alive && !c->must_close && !c->draining;
+    if (!keep)
+        c->must_close = true;
+    gw_buf_pool_get(&c->w->blocks, &c->out);
+    size_t before = gw_buf_len(&c->out);
+    uint8_t minor = c->req ? c->req->head.http_minor : 1;
+    bool head_only = c->req && c->req->head.method == HTTP_HEAD;
+    if (gw_response_write_problem(&c->out, pb, rl_extra(c), keep, minor, head_only) != 0) {
+        gw_conn_close(c);
+        return;
+    }
+    ex->resp_bytes += gw_buf_len(&c->out) - before;
+    ex->status = pb->status;
+    complete_response(c, result);
+}
+
+void gw_exchange_respond_error(struct gw_conn *c, int status, const char *detail, bool close_after)
+{
+    struct gw_problem pb = {.status = status, .detail = detail};
+    respond_problem(c, &pb, close_after, result_of_status(status));
+}
+
+/* The in-flight cap's answer (SPEC.md §6): 503 with the reduced-capacity
+ * type and Retry-After: 1, counted as rejected_queue. */
+static void respond_no_capacity(struct gw_conn *c, const char *detail, bool close_after)
+{
+    struct gw_problem pb = {
+        .status = 503, .type = GW_PROBLEM_REDUCED_CAPACITY, .detail = detail, .retry_after_s = 1};
+    respond_problem(c, &pb, close_after, RESULT_REJECTED_QUEUE);
+}
+
+/* ---- request head ---- */
+
+static void render_rl_headers(struct gw_conn *c)
+{
+    struct exchange *ex = &c->ex;
+    ex->rl_headers_len = 0;
+    if (!ex->rl.has_info || !cfg_of(c)->rate_limit_headers)
+        return;
+    struct gw_buf *b = &c->w->scratch; /* kept across requests: no malloc */
+    gw_buf_clear(b);
+    if (gw_response_write_ratelimit_headers(b, &ex->rl.info) == 0 &&
+        gw_buf_len(b) <= sizeof(ex->rl_headers)) {
+        memcpy(ex->rl_headers, gw_buf_head(b), gw_buf_len(b));
+        ex->rl_headers_len = gw_buf_len(b);
+    }
+}
+
+static void handle_admin(struct gw_conn *c, enum gw_admin_endpoint ep)
+{
+    const struct gw_http_head *h = &c->req->head;
+    if (h->method != HTTP_GET && h->method != HTTP_HEAD) {
+        gw_exchange_respond_error(c, 405, "only GET and HEAD are allowed on this endpoint", false);
+        return;
+    }
+    bool keep = c->ex.keep_alive && !c->draining;
+    gw_buf_pool_get(&c->w->blocks, &c->out);
+    size_t before = gw_buf_len(&c->out);
+    int status = 0;
+    if (gw_admin_respond(c->w, ep, h->target, &c->out, keep, h->http_minor, h->method == HTTP_HEAD,
+                         &status) != 0) {
+        gw_conn_close(c);
+        return;
+    }
+    if (!keep)
+        c->must_close = true;
+    c->ex.discard_body = true;
+    c->ex.resp_bytes += gw_buf_len(&c->out) - before;
+    c->ex.status = status;
+    complete_response(c, RESULT_NONE);
+}
+
+void gw_exchange_on_head(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_config *cfg = cfg_of(c);
+    const struct gw_http_head *h = &c->req->head;
+    gw_exchange_count(c);
+    c->ex.req = REQ_BODY;
+    c->ex.keep_alive = h->keep_alive && !c->draining && !c->must_close;
+
+    enum gw_admin_endpoint ep = gw_admin_match(cfg, h->target);
+    if (ep != GW_ADMIN_NONE) {
+        handle_admin(c, ep);
+        return;
+    }
+    if (h->method == HTTP_CONNECT) {
+        gw_exchange_respond_error(c, 400, "CONNECT is not supported by this gateway", true);
+        return;
+    }
+
+    if (!gw_client_id(cfg, c->client_bin, c->client_addr, h, c->ex.rl_key, c->ex.client_ident)) {
+        gw_exchange_respond_error(c, 400, "more than one field line of the rate-limit key header",
+                                  false);
+        return;
+    }
+    /* The check is batched: every request whose head completed in this loop
+     * iteration is checked together before the worker sleeps, so a Redis
+     * store sees one pipelined round trip for all of them. */
+    gw_conn_set_state(c, CS_LIMIT);
+    c->limit.key = c->ex.rl_key;
+    c->limit.key_len = strlen(c->ex.rl_key);
+    c->limit.out = &c->ex.rl;
+    gw_ratelimit_batch_enqueue(w->limits, &c->limit);
+}
+
+/* The rate-limit decision arrived: answer 429/503 or go on to the gate. */
+static void after_limit(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_config *cfg = cfg_of(c);
+    struct exchange *ex = &c->ex;
+    if (ex->rl.store_error)
+        GW_STAT_INC(&w->stats, redis_errors);
+    if (ex->rl.over_limit) {
+        ex->limited = true;
+        if (cfg->rate_limit_dry_run)
+            GW_STAT_INC(&w->stats, requests_rate_limited_dry_run);
+    }
+    render_rl_headers(c);
+    if (ex->rl.verdict == GW_RL_LIMITED) {
+        struct gw_problem pb = {
+            .status = 429,
+            .type = GW_PROBLEM_QUOTA_EXCEEDED,
+            .detail = "rate limit exceeded; retry after the window resets",
+            .retry_after_s = (int)GW_MAX(1, ex->rl.info.reset_after_s),
+            .violated_default = true,
+        };
+        respond_problem(c, &pb, false, RESULT_RATE_LIMITED);
+        return;
+    }
+    if (ex->rl.verdict == GW_RL_UNAVAILABLE) {
+        struct gw_problem pb = {
+            .status = 503, .detail = "rate limiter unavailable", .retry_after_s = 1};
+        respond_problem(c, &pb, false, RESULT_REJECTED_STORE);
+        return;
+    }
+
+    switch (gw_gate_acquire(w->srv->gate, &c->waiter, &w->gate_owner)) {
+    case GW_GATE_ACQUIRED:
+        c->slot_held = true;
+        gw_histogram_observe(&w->stats.queue_wait, 0);
+        start_upstream(c);
+        return;
+    case GW_GATE_QUEUED:
+        ex->queue_start_us = gw_now_us();
+        gw_conn_set_state(c, CS_WAIT_SLOT);
+        gw_conn_arm(c, (uint64_t)cfg->queue_timeout_ms);
+        return;
+    case GW_GATE_FULL:
+    default:
+        respond_no_capacity(c, "too many requests in flight; queue is full", false);
+        return;
+    }
+}
+
+/* The batch decided: go on, and drive what the decision unblocked. */
+void gw_exchange_limit_done(struct gw_rl_waiter *wt)
+{
+    struct gw_conn *c = gw_container_of(wt, struct gw_conn, limit);
+    if (c->closing || c->state != CS_LIMIT)
+        return;
+    after_limit(c);
+    if (!c->closing)
+        gw_conn_drive(c);
+}
+
+/* ---- the upstream half: callbacks of the upstream client ---- */
+
+/* The client expects 100 Continue before sending the body: send it once we
+ * are ready to forward (RFC 9110 §10.1.1). */
+static void maybe_send_continue(struct gw_conn *c)
+{
+    const struct gw_http_head *h = &c->req->head;
+    if (h->expect_continue && c->ex.req != REQ_DONE && h->http_minor >= 1 &&
+        c->req->body_bytes == 0 && gw_buf_len(&c->in) == 0) {
+        gw_buf_pool_get(&c->w->blocks, &c->out);
+        if (gw_response_write_continue(&c->out) != 0)
+            gw_conn_close(c);
+        c->req->head.expect_continue = false; /* once */
+    }
+}
+
+/* While the request body flows, the PROXY deadline is CLIENT_TIMEOUT_MS
+ * without progress on it; it moves with progress instead of being re-armed
+ * on every read. Once the request is complete, the upstream client's
+ * response deadline takes over. */
+static void enter_proxy(struct gw_conn *c)
+{
+    gw_conn_set_state(c, CS_PROXY);
+    c->ex.proxy_start_ms = c->w->loop.now_ms;
+    if (c->ex.req == REQ_DONE)
+        gw_timer_cancel(&c->w->loop, &c->timer);
+    else
+        gw_conn_arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
+}
+
+static void up_on_connect(void *ctx)
+{
+    struct gw_conn *c = ctx;
+    if (c->state == CS_CONNECT)
+        enter_proxy(c);
+}
+
+static int up_on_head(void *ctx, const struct gw_http_head *rh)
+{
+    struct gw_conn *c = ctx;
+    struct exchange *ex = &c->ex;
+    gw_buf_pool_get(&c->w->blocks, &c->out);
+    size_t before = gw_buf_len(&c->out);
+    if (rh->status < 200) {
+        /* Interim responses (103 Early Hints) go to HTTP/1.1 clients, never
+         * to HTTP/1.0 ones (RFC 9110 §15.2). */
+        if (c->req->head.http_minor < 1)
+            return 0;
+        struct gw_proxy_response_ctx ictx = {.client_minor = c->req->head.http_minor,
+                                             .keep_alive = true};
+        enum gw_framing unused_framing;
+        bool unused_close = false;
+        if (gw_proxy_write_response_head(&c->out, rh, &ictx, &unused_framing, &unused_close) != 0) {
+            gw_conn_close(c);
+            return -1;
+        }
+        ex->resp_bytes += gw_buf_len(&c->out) - before;
+        return 0;
+    }
+    struct gw_proxy_response_ctx pctx = {
+        .client_minor = c->req->head.http_minor,
+        .request_is_head = c->req->head.method == HTTP_HEAD,
+        .keep_alive = ex->keep_alive && !c->draining && !c->must_close,
+        .extra = rl_extra(c),
+    };
+    bool must_close = false;
+    if (gw_proxy_write_response_head(&c->out, rh, &pctx, &ex->cl_framing, &must_close) != 0) {
+        gw_conn_close(c);
+        return -1;
+    }
+    ex->resp_bytes += gw_buf_len(&c->out) - before;
+    if (must_close)
+        c->must_close = true;
+    ex->status = rh->status;
+    ex->resp = RESP_HEAD_SENT;
+    return 0;
+}
+
+static int up_on_body(void *ctx, const char *data, size_t len)
+{
+    struct gw_conn *c = ctx;
+    /* c->out may have been emptied and recycled by a flush since the head:
+     * take a standard block again, or the body would grow a buffer of its
+     * own size per read (a malloc per window while streaming). */
+    gw_buf_pool_get(&c->w->blocks, &c->out);
+    size_t before = gw_buf_len(&c->out);
+    int rc = 0;
+    switch (c->ex.cl_framing) {
+    case GW_FRAMING_CHUNKED:
+        rc = gw_proxy_write_chunk(&c->out, data, len);
+        break;
+    case GW_FRAMING_LENGTH:
+    case GW_FRAMING_CLOSE:
+        rc = gw_buf_append(&c->out, data, len);
+        break;
+    case GW_FRAMING_NONE:
+    default:
+        break;
+    }
+    c->ex.resp_bytes += gw_buf_len(&c->out) - before;
+    if (rc != 0) {
+        gw_conn_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* The upstream response ended: close the client framing and finish. */
+static void up_on_done(void *ctx)
+{
+    struct gw_conn *c = ctx;
+    struct exchange *ex = &c->ex;
+    if (ex->cl_framing == GW_FRAMING_CHUNKED) {
+        gw_buf_pool_get(&c->w->blocks, &c->out);
+        size_t before = gw_buf_len(&c->out);
+        if (gw_proxy_write_last_chunk(&c->out) != 0) {
+            gw_conn_close(c);
+            return;
+        }
+        ex->resp_bytes += gw_buf_len(&c->out) - before;
+    }
+    if (gw_upstream_send_failed(c->up))
+        ex->discard_body = true;
+    if (ex->req != REQ_DONE)
+        gw_conn_pump_request(c); /* the request may be complete but not yet parsed to its end */
+    if (ex->req != REQ_DONE)
+        c->must_close = true; /* early response: the rest of the body is unread */
+    if (!c->closing)
+        complete_response(c, RESULT_PROXIED);
+}
+
+static void up_on_error(void *ctx, int status, const char *detail)
+{
+    struct gw_conn *c = ctx;
+    if (gw_upstream_send_failed(c->up))
+        c->ex.discard_body = true;
+    drop_upstream(c);
+    release_slot(c);
+    if (c->ex.resp == RESP_HEAD_SENT) {
+        /* Truncated: never let it look complete. A response that stalled
+         * mid-body counts as closed, one the upstream cut as failed. */
+        gw_exchange_finish(c, status == 504 ? RESULT_CLOSED : RESULT_FAILED_UPSTREAM);
+        /* Hand over what the client already has of it (the head and whole
+         * chunks, never the last chunk), then close, so the client sees a
+         * response cut short rather than an empty reply, and can never take
+         * it for a complete one. */
+        gw_conn_flush_client(c);
+        if (!c->closing)
+            gw_conn_close(c);
+        return;
+    }
+    gw_exchange_respond_error(c, status, detail, false); /* an unread body is discarded or closes */
+}
+
+static void up_on_event(void *ctx)
+{
+    struct gw_conn *c = ctx;
+    if (!c->closing)
+        gw_conn_drive(c);
+}
+
+static const struct gw_upstream_cbs up_cbs = {
+    .on_connect = up_on_connect,
+    .on_head = up_on_head,
+    .on_body = up_on_body,
+    .on_done = up_on_done,
+    .on_error = up_on_error,
+    .on_event = up_on_event,
+};
+
+static void start_upstream(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_config *cfg = cfg_of(c);
+    int err = 0;
+    struct gw_upstream *u = gw_upstream_get(w->upstreams, &up_cbs, c, &c->out, &err);
+    if (!u) {
+        gw_warn("upstream connect to %s failed: %s", cfg->backend_authority, strerror(-err));
+        gw_exchange_respond_error(c, 502, "the upstream server could not be reached", false);
+        return;
+    }
+    c->up = u;
+    if (!c->ex.upstream_start_us)
+        c->ex.upstream_start_us = gw_now_us();
+    struct gw_proxy_request_ctx ctx = {
+        .client_addr = c->client_addr,
+        .base_path = cfg->backend_base_path ? cfg->backend_base_path : "",
+        .backend_hostport = cfg->backend_authority,
+        .preserve_host = cfg->preserve_host,
+        .upstream_keepalive = cfg->upstream_keepalive > 0,
+        .forwarded_proto = "http",
+    };
+    if (gw_upstream_send_head(u, &c->req->head, &ctx) != 0 ||
+        (c->ex.req == REQ_DONE && gw_upstream_send_end(u) != 0)) {
+        drop_upstream(c);
+        gw_exchange_respond_error(c, 502, "the request could not be forwarded", false);
+        return;
+    }
+    maybe_send_continue(c);
+    if (c->closing)
+        return;
+    if (gw_upstream_connected(u)) {
+        enter_proxy(c);
+    } else {
+        gw_conn_set_state(c, CS_CONNECT);
+        gw_timer_cancel(&w->loop, &c->timer); /* the upstream client times the connect */
+    }
+    /* No epoll_ctl here: the drive loop writes the head at once and
+     * update_interest registers only what is still needed (a pooled
+     * connection usually keeps its EPOLLIN interest unchanged). */
+}
+
+bool gw_exchange_drive_upstream(struct gw_conn *c)
+{
+    if (c->state != CS_PROXY || !c->up)
+        return false; /* the upstream is used only once connected and proxying */
+    return gw_upstream_drive(c->up);
+}
+
+/* ---- request body ---- */
+
+int gw_exchange_request_body(void *ctx, const char *data, size_t len)
+{
+    struct gw_conn *c = ctx;
+    if (c->ex.discard_body || !c->up)
+        return 0;
+    return gw_upstream_send_body(c->up, data, len) != 0 ? -1 : 0;
+}
+
+/* The request message is complete (RFC 9112 §6). */
+void gw_exchange_on_request_done(struct gw_conn *c)
+{
+    c->ex.req = REQ_DONE;
+    if (c->up && gw_upstream_send_end(c->up) != 0)
+        gw_conn_close(c);
+    if (!c->closing && c->state == CS_PROXY)
+        gw_timer_cancel(&c->w->loop, &c->timer); /* the response deadline is upstream's */
+}
+
+/* A request the parser refused (RFC 9112 §2.2, §6.3): answered and closed. */
+void gw_exchange_on_request_error(struct gw_conn *c)
+{
+    gw_exchange_count(c);
+    gw_debug("conn %d: bad request: %s", c->io.fd,
+             c->req->error_detail ? c->req->error_detail : "?");
+    drop_upstream(c); /* never let a half-sent request be reused */
+    leave_queue(c);
+    release_slot(c);
+    c->ex.req = REQ_DONE; /* nothing more is read: the connection closes */
+    gw_exchange_respond_error(c, c->req->error_status ? c->req->error_status : 400,
+                              c->req->error_detail ? c->req->error_detail : "malformed request",
+                              true);
+}
+
+/* PROXY while the request body flows: CLIENT_TIMEOUT_MS without body bytes
+ * read from the client or written to the upstream. */
+void gw_exchange_proxy_timeout(struct gw_conn *c)
+{
+    struct exchange *ex = &c->ex;
+    if (ex->req == REQ_DONE)
+        return; /* the upstream client's response deadline runs */
+    uint64_t now = c->w->loop.now_ms;
+    uint64_t last = GW_MAX(c->client_rx_ms, ex->proxy_start_ms);
+    if (c->up)
+        last = GW_MAX(last, gw_upstream_send_ms(c->up));
+    uint64_t due = last + (uint64_t)cfg_of(c)->client_timeout_ms;
+    if (due > now) {
+        gw_conn_arm(c, due - now); /* there was progress since it was armed */
+        return;
+    }
+    if (ex->resp == RESP_HEAD_SENT) {
+        gw_conn_close(c); /* stalled mid-response: never let it look complete */
+        return;
+    }
+    bool upstream_stalled = c->up && gw_upstream_send_stalled(c->up);
+    drop_upstream(c);
+    if (upstream_stalled) {
+        gw_exchange_respond_error(c, 504, "the upstream server did not answer in time", false);
+        return;
+    }
+    /* The client stopped sending its body. */
+    ex->req = REQ_DONE; /* nothing more is read: the connection closes */
+    c->must_close = true;
+    gw_exchange_respond_error(c, 408, "the request body was not received in time", false);
+}
+
+void gw_exchange_queue_timeout(struct gw_conn *c)
+{
+    leave_queue(c);
+    gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->ex.queue_start_us);
+    if (c->slot_held)
+        start_upstream(c); /* granted just now: go ahead with the slot */
+    else
+        respond_no_capacity(c, "timed out waiting for an in-flight slot", false);
+}
+
+void gw_exchange_shutdown(struct gw_conn *c)
+{
+    /* Still queued, or granted a slot (perhaps one a closing peer just
+     * freed) but not yet connected: nothing reached the backend, so it gets
+     * a 503 it may retry elsewhere, not a bare close. One non-blocking send;
+     * the connection closes either way. */
+    if (c->state == CS_WAIT_SLOT) {
+        leave_queue(c);
+        gw_histogram_observe(&c->w->stats.queue_wait, gw_now_us() - c->ex.queue_start_us);
+    }
+    drop_upstream(c);
+    release_slot(c);
+    respond_no_capacity(c, "the gateway is shutting down", true);
+    if (!c->closing)
+        gw_conn_flush_client(c);
+    if (!c->closing)
+        gw_conn_close(c);
+}
+
+void gw_conn_on_granted(struct gw_worker *w, struct gw_gate_waiter *waiter)
+{
+    struct gw_conn *c = gw_container_of(waiter, struct gw_conn, waiter);
+    if (c->closing || c->state != CS_WAIT_SLOT) {
+        gw_gate_release(w->srv->gate); /* nobody to use it */
+        return;
+    }
+    if (atomic_load_explicit(&w->srv->forced_close, memory_order_acquire)) {
+        /* The slot was freed by a forced close of its holder: the request
+         * must not start now, it gets the shutdown 503 like every queued
+         * one (gw_conn_drain, whatever order the workers see the stop). */
+        gw_gate_release(w->srv->gate);
+        gw_conn_drain(c, true);
+        return;
+    }
+    c->slot_held = true;
+    gw_histogram_observe(&w->stats.queue_wait, gw_now_us() - c->ex.queue_start_us);
+    start_upstream(c);
+    if (!c->closing)
+        gw_conn_drive(c);
+}
