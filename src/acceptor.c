@@ -55,9 +55,7 @@ static bool admit(struct gw_server *srv, const struct sockaddr_storage *peer, ui
 
 void gw_acceptor_release(struct gw_server *srv, const uint8_t addr[16])
 {
-    if (srv->client_conns)
-        gw_client_conns_release(srv->client_conns, addr);
-    atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
+    gw_server_release_connection(srv, addr);
 }
 
 static void *acceptor_main(void *arg)

@@ -44,7 +44,6 @@
  */
 #include "conn_int.h"
 
-#include "acceptor.h"
 #include "gw/log.h"
 #include "gw/net.h"
 
@@ -488,7 +487,7 @@ int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *pee
         uint8_t addr[16];
         gw_net_addr_bin(peer, addr);
         close(fd);
-        gw_acceptor_release(w->srv, addr);
+        gw_server_release_connection(w->srv, addr);
         return -ENOMEM;
     }
     c->w = w;
@@ -579,7 +578,7 @@ void gw_conn_reap(struct gw_worker *w)
         gw_buf_pool_put(&w->blocks, &c->out);
         free_parser(c);
         atomic_fetch_sub_explicit(&w->stats.connections_active, 1, memory_order_relaxed);
-        gw_acceptor_release(w->srv, c->client_bin);
+        gw_server_release_connection(w->srv, c->client_bin);
         free(c);
     }
 }

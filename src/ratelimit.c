@@ -102,13 +102,14 @@ struct gw_ratelimit {
 
 struct gw_ratelimit_worker {
     struct gw_ratelimit *rl;
-    struct gw_rl_redis *redis; /* this worker's connection; NULL without Redis */
-    bool redis_up;             /* connected and not failed since */
-    bool connecting;           /* a non-blocking reconnect is in progress */
-    uint64_t backoff_ms;       /* current reconnect delay */
-    uint64_t retry_at_ms;      /* gw_now_ms() of the next reconnect attempt */
-    uint64_t warned_at_ms;     /* last error-reply warning, to rate-limit the log */
-    char *keys;                /* store-key scratch: PASS keys of key_cap bytes */
+    void *store;                       /* this worker's shared store (Redis); NULL without */
+    const struct gw_rl_store_ops *ops; /* its operations: the only way it is called */
+    bool redis_up;                     /* connected and not failed since */
+    bool connecting;                   /* a non-blocking reconnect is in progress */
+    uint64_t backoff_ms;               /* current reconnect delay */
+    uint64_t retry_at_ms;              /* gw_now_ms() of the next reconnect attempt */
+    uint64_t warned_at_ms;             /* last error-reply warning, to rate-limit the log */
+    char *keys;                        /* store-key scratch: PASS keys of key_cap bytes */
     size_t key_cap;
     EVP_MD_CTX *md_ctx; /* reused SHA-256 context; NULL: one-shot SHA256() */
     struct skc_slot skc[SKC_SLOTS];
@@ -354,8 +355,8 @@ static void from_cache(const struct gw_ratelimit *rl, const struct olc_slot *s, 
 static void mark_down(struct gw_ratelimit_worker *w, uint64_t mono_ms)
 {
     gw_warn("rate limit: redis unavailable, reconnecting in background (%s)",
-            gw_rl_redis_last_error(w->redis));
-    gw_rl_redis_disconnect(w->redis);
+            w->ops->last_error(w->store));
+    w->ops->disconnect(w->store);
     w->redis_up = false;
     w->connecting = false;
     w->backoff_ms = BACKOFF_MIN_MS;
@@ -422,7 +423,8 @@ void gw_ratelimit_destroy(struct gw_ratelimit *rl)
     if (rl == NULL)
         return;
     assert(atomic_load(&rl->workers) == 0);
-    gw_rl_memory_destroy(rl->mem);
+    if (rl->mem != NULL)
+        gw_rl_memory_ops.destroy(rl->mem);
     gw_config_redis_target_deinit(&rl->target);
     EVP_MD_free(rl->sha256);
     for (int i = 0; i < OLC_SHARDS; i++)
@@ -445,10 +447,13 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     /* NULL (no digest, or no memory) falls back to one-shot SHA256(). */
     w->md_ctx = rl->sha256 != NULL ? EVP_MD_CTX_new() : NULL;
     if (rl->use_redis) {
-        if (gw_rl_redis_create(&w->redis, &rl->target, rl->cfg->redis_timeout_ms) != 0)
+        struct gw_rl_redis *r = NULL;
+        if (gw_rl_redis_create(&r, &rl->target, rl->cfg->redis_timeout_ms) != 0)
             goto fail;
+        w->store = r;
+        w->ops = &gw_rl_redis_ops;
         uint64_t now = gw_now_ms();
-        if (gw_rl_redis_connect(w->redis) == 0) {
+        if (w->ops->connect(w->store) == 0) {
             w->redis_up = true;
             w->backoff_ms = BACKOFF_MIN_MS;
         } else {
@@ -470,8 +475,8 @@ void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w)
 {
     if (w == NULL)
         return;
-    if (w->redis != NULL)
-        gw_rl_redis_ops.destroy(w->redis);
+    if (w->store != NULL)
+        w->ops->destroy(w->store);
     atomic_fetch_sub(&w->rl->workers, 1);
     EVP_MD_CTX_free(w->md_ctx);
     free(w->keys);
@@ -583,7 +588,7 @@ static void check_pass(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *i
             from_cache(rl, &hit, mono, first);
             for (size_t c = 1, i = w->next_item[g->first]; c < g->k; c++, i = w->next_item[i])
                 *items[i].out = *first;
-        } else if (w->redis == NULL) {
+        } else if (w->store == NULL) {
             memory_decide(w, g, items, mono);
         } else if (!w->redis_up) {
             store_failed(w, g, items, mono);
@@ -598,8 +603,8 @@ static void check_pass(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *i
     if (m == 0)
         return;
 
-    int rc = gw_rl_redis_check_many(w->redis, w->pkeys, w->pklens, w->incrs, m, rl->window_s,
-                                    w->counts, w->store_ms, w->rcs);
+    int rc = w->ops->check_many(w->store, w->pkeys, w->pklens, w->incrs, m, rl->window_s, w->counts,
+                                w->store_ms, w->rcs);
     if (rc != 0)
         mark_down(w, mono);
     for (size_t j = 0; j < m; j++) {
@@ -612,7 +617,7 @@ static void check_pass(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *i
             /* At most one line per second per worker: the server is
              * answering errors to every check, the log must not flood. */
             w->warned_at_ms = mono;
-            gw_warn("rate limit: redis refused the check (%s)", gw_rl_redis_last_error(w->redis));
+            gw_warn("rate limit: redis refused the check (%s)", w->ops->last_error(w->store));
         }
         store_failed(w, g, items, mono);
     }
@@ -634,11 +639,11 @@ void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_
 
 enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w)
 {
-    if (w->redis == NULL)
+    if (w->store == NULL)
         return GW_RL_STORE_DISABLED;
     if (!w->redis_up)
         return GW_RL_STORE_DISCONNECTED;
-    int rc = gw_rl_redis_ops.ping(w->redis);
+    int rc = w->ops->ping(w->store);
     if (rc == 0)
         return GW_RL_STORE_CONNECTED;
     if (rc != -EPROTO)
@@ -648,23 +653,23 @@ enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w)
 
 uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms)
 {
-    if (w->redis == NULL)
+    if (w->store == NULL)
         return TICK_IDLE_MS;
     if (w->redis_up) {
         /* A worker without traffic would otherwise learn of a Redis
          * restart only from the next request's failed check. */
-        if (gw_rl_redis_probe(w->redis) == 0)
+        if (w->ops->probe(w->store) == 0)
             return TICK_IDLE_MS;
         mark_down(w, now_ms);
         return BACKOFF_MIN_MS;
     }
     int rc;
     if (w->connecting) {
-        rc = gw_rl_redis_connect_poll(w->redis, now_ms);
+        rc = w->ops->connect_poll(w->store, now_ms);
     } else {
         if (now_ms < w->retry_at_ms)
             return w->retry_at_ms - now_ms;
-        rc = gw_rl_redis_connect_start(w->redis, now_ms);
+        rc = w->ops->connect_start(w->store, now_ms);
     }
     if (rc == -EINPROGRESS) {
         /* Nothing here blocks: come back soon to move the attempt on. */
@@ -681,13 +686,13 @@ uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms
     w->backoff_ms = GW_MIN(w->backoff_ms * 2, (uint64_t)BACKOFF_MAX_MS);
     w->retry_at_ms = now_ms + w->backoff_ms;
     gw_debug("rate limit: redis reconnect failed (%s), next try in %llu ms",
-             gw_rl_redis_last_error(w->redis), (unsigned long long)w->backoff_ms);
+             w->ops->last_error(w->store), (unsigned long long)w->backoff_ms);
     return w->backoff_ms;
 }
 
 bool gw_ratelimit_worker_redis_up(const struct gw_ratelimit_worker *w)
 {
-    return w->redis != NULL && w->redis_up;
+    return w->store != NULL && w->redis_up;
 }
 
 /* ---- the worker's batch of pending checks ---------------------------------------- */

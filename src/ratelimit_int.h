@@ -24,13 +24,31 @@
  *    any other -errno when the connection is unusable (the caller marks
  *    the store down and reconnects later).
  * limit is passed for algorithms that need it; fixed window ignores it.
- * ping() returns 0 when the store answers, else -errno (same rule).
- * destroy() frees the store. Thread-safety is per implementation. */
+ * check_many() is n checks at once (one round trip for a networked store):
+ * rcs[i], counts[i] and now_ms[i] (in/out) per key as check() would give
+ * them; it returns 0 when the connection survived, else the -errno that
+ * made it unusable. ping() returns 0 when the store answers, else -errno
+ * (same rule). The connection calls (a store without one answers 0 and
+ * never fails): connect() is a blocking (re)connect for start-up;
+ * connect_start() begins a non-blocking one (0 ready, -EINPROGRESS: call
+ * connect_poll() later, else -errno); probe() checks without blocking
+ * that an idle connection is still open; disconnect() drops it;
+ * last_error() is the text of the last failure, for logs. destroy() frees
+ * the store. Thread-safety is per implementation. */
 struct gw_rl_store_ops {
     const char *name;
     int (*check)(void *store, const char *key, size_t key_len, int64_t incr, int64_t limit,
                  int64_t window_s, int64_t *count, int64_t *now_ms);
+    int (*check_many)(void *store, const char *const keys[], const size_t key_lens[],
+                      const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
+                      int64_t now_ms[], int rcs[]);
     int (*ping)(void *store);
+    int (*connect)(void *store);
+    int (*connect_start)(void *store, uint64_t mono_ms);
+    int (*connect_poll)(void *store, uint64_t mono_ms);
+    int (*probe)(void *store);
+    void (*disconnect)(void *store);
+    const char *(*last_error)(const void *store);
     void (*destroy)(void *store);
 };
 

@@ -377,9 +377,51 @@ static void memory_destroy(void *store)
     gw_rl_memory_destroy(store);
 }
 
+static int memory_check_many(void *store, const char *const keys[], const size_t key_lens[],
+                             const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
+                             int64_t now_ms[], int rcs[])
+{
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = memory_check(store, keys[i], key_lens[i], incrs ? incrs[i] : 1, 0, window_s,
+                              &counts[i], &now_ms[i]);
+    return 0; /* in-process: nothing to lose */
+}
+
+/* No connection: every connection call succeeds at once. */
+static int memory_nothing(void *store)
+{
+    (void)store;
+    return 0;
+}
+
+static int memory_nothing_at(void *store, uint64_t mono_ms)
+{
+    (void)store;
+    (void)mono_ms;
+    return 0;
+}
+
+static void memory_disconnect(void *store)
+{
+    (void)store;
+}
+
+static const char *memory_last_error(const void *store)
+{
+    (void)store;
+    return "";
+}
+
 const struct gw_rl_store_ops gw_rl_memory_ops = {
     .name = "memory",
     .check = memory_check,
+    .check_many = memory_check_many,
     .ping = memory_ping,
+    .connect = memory_nothing,
+    .connect_start = memory_nothing_at,
+    .connect_poll = memory_nothing_at,
+    .probe = memory_nothing,
+    .disconnect = memory_disconnect,
+    .last_error = memory_last_error,
     .destroy = memory_destroy,
 };

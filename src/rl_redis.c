@@ -591,9 +591,53 @@ static void redis_destroy(void *store)
     free(r);
 }
 
+static int redis_check_many(void *store, const char *const keys[], const size_t key_lens[],
+                            const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
+                            int64_t now_ms[], int rcs[])
+{
+    return gw_rl_redis_check_many(store, keys, key_lens, incrs, n, window_s, counts, now_ms, rcs);
+}
+
+static int redis_connect(void *store)
+{
+    return gw_rl_redis_connect(store);
+}
+
+static int redis_connect_start(void *store, uint64_t mono_ms)
+{
+    return gw_rl_redis_connect_start(store, mono_ms);
+}
+
+static int redis_connect_poll(void *store, uint64_t mono_ms)
+{
+    return gw_rl_redis_connect_poll(store, mono_ms);
+}
+
+static int redis_probe(void *store)
+{
+    return gw_rl_redis_probe(store);
+}
+
+static void redis_disconnect(void *store)
+{
+    gw_rl_redis_disconnect(store);
+}
+
+static const char *redis_last_error(const void *store)
+{
+    return gw_rl_redis_last_error(store);
+}
+
 const struct gw_rl_store_ops gw_rl_redis_ops = {
     .name = "redis",
     .check = redis_check,
+    .check_many = redis_check_many,
     .ping = redis_ping,
+    .connect = redis_connect,
+    .connect_start = redis_connect_start,
+    .connect_poll = redis_connect_poll,
+    .probe = redis_probe,
+    .disconnect = redis_disconnect,
+    .last_error = redis_last_error,
     .destroy = redis_destroy,
 };

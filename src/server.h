@@ -86,6 +86,18 @@ struct gw_worker {
     int64_t trim_peak;                  /* most connections held since the last memory trim */
 };
 
+/* Gives back what admitting a client connection took: its place under
+ * MAX_CONNECTIONS and, when MAX_CONNECTIONS_PER_CLIENT is set, under its
+ * client's cap. addr is the peer in gw_net_addr_bin form (only read). Call
+ * exactly once per connection the acceptor handed over, when its descriptor
+ * is closed. Thread-safe (atomics and the client table's locks). */
+static inline void gw_server_release_connection(struct gw_server *srv, const uint8_t addr[16])
+{
+    if (srv->client_conns)
+        gw_client_conns_release(srv->client_conns, addr);
+    atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
+}
+
 /* Runs the gateway until SIGTERM/SIGINT: resolves the upstream, listens,
  * starts the workers and the acceptor, logs "gateway listening on
  * <host>:<port>" on stderr, then drains within SHUTDOWN_TIMEOUT_MS on the
