@@ -402,7 +402,12 @@ static void check_client_eof(struct gw_conn *c)
             gw_conn_close(c);
         return;
     default:
-        return; /* LIMIT, WAIT_SLOT, CONNECT: the buffered body waits its turn */
+        /* LIMIT, WAIT_SLOT, CONNECT: the buffered request waits its turn. A
+         * FIN cannot be told from a close before anything is written, and a
+         * half-closed client is answered (RFC 9112 §9.6); a client that
+         * resets while queued or connecting is closed at once (conn_io_cb),
+         * its request never forwarded. */
+        return;
     }
 }
 

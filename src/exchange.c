@@ -45,6 +45,11 @@ static void drop_upstream(struct gw_conn *c)
     }
 }
 
+static void release_gate_slot(void *gate)
+{
+    gw_gate_release(gate);
+}
+
 void gw_exchange_count(struct gw_conn *c)
 {
     if (!c->ex.counted) {
@@ -126,6 +131,15 @@ void gw_exchange_finish(struct gw_conn *c, enum exchange_result result)
         default:
             break;
         }
+    }
+    if (result == RESULT_CLOSED && c->up && c->slot_held) {
+        /* The client is gone mid-exchange: the upstream socket is shut now,
+         * and the slot is held until the backend is really done with the
+         * request (SPEC.md §6), so the cap holds at the backend too. */
+        struct gw_upstream *u = c->up;
+        c->up = NULL;
+        c->slot_held = false;
+        gw_upstream_abort(u, release_gate_slot, c->w->srv->gate);
     }
     drop_upstream(c);
     leave_queue(c);

@@ -19,6 +19,8 @@
 
 /* Spare clients a pool keeps (bounded memory when idle). */
 #define UP_SPARES 256
+/* An aborted exchange waits this long at most for its response to end. */
+#define UP_ABORT_MS 2000
 
 /* One backend socket. */
 struct up_sock {
@@ -37,6 +39,7 @@ enum up_phase {
     UP_ACTIVE,     /* request and response flowing */
     UP_DONE,       /* response complete, waiting for put */
     UP_FAILED,     /* reported on_error, socket closed, waiting for put */
+    UP_ABORTING,   /* owner gone: waiting for the backend to close (gw_upstream_abort) */
     UP_PUT,        /* given back; recycled at reap */
 };
 
@@ -55,18 +58,21 @@ struct gw_upstream {
     struct gw_proxy_request_ctx pctx;  /* its rewrite context (for the retry) */
     enum gw_framing framing;           /* request body framing towards the backend */
     enum up_phase phase;
-    bool reused;         /* the socket came from the idle list */
-    bool retried;        /* the one retry on a new connection was used */
-    bool retryable;      /* idempotent and body-less: may be sent twice */
-    bool rd_ready;       /* epoll said readable and no EAGAIN since */
-    bool head_delivered; /* the final response head went to the owner */
-    bool resp_started;   /* at least one response byte was read */
-    bool req_ended;      /* send_end was called */
-    bool send_failed;    /* the backend stopped reading the request */
-    uint64_t rx_ms;      /* last response bytes read (loop clock) */
-    uint64_t tx_ms;      /* last request bytes written */
-    uint64_t deliver_ms; /* last response bytes handed to the owner */
-    uint64_t end_ms;     /* when the request was complete */
+    bool reused;                  /* the socket came from the idle list */
+    bool retried;                 /* the one retry on a new connection was used */
+    bool retryable;               /* idempotent and body-less: may be sent twice */
+    bool rd_ready;                /* epoll said readable and no EAGAIN since */
+    bool head_delivered;          /* the final response head went to the owner */
+    bool resp_started;            /* at least one response byte was read */
+    bool req_ended;               /* send_end was called */
+    bool send_failed;             /* the backend stopped reading the request */
+    bool req_is_head;             /* the request was HEAD: responses carry no body */
+    uint64_t rx_ms;               /* last response bytes read (loop clock) */
+    uint64_t tx_ms;               /* last request bytes written */
+    uint64_t deliver_ms;          /* last response bytes handed to the owner */
+    uint64_t end_ms;              /* when the request was complete */
+    void (*on_closed)(void *arg); /* aborting: called once the socket is closed */
+    void *closed_arg;
 };
 
 struct gw_upstream_pool {
@@ -78,10 +84,12 @@ struct gw_upstream_pool {
     struct gw_upstream *spare; /* spare clients */
     int spare_count;
     struct gw_upstream *client_reap; /* clients put this iteration */
+    struct gw_upstream *aborting;    /* clients waiting for the backend to close */
     bool draining;                   /* pool nothing from now on */
 };
 
 static void client_event(struct gw_upstream *u, uint32_t events);
+static void abort_end(struct gw_upstream *u, bool reset);
 
 /* ---- sockets ---- */
 
@@ -206,7 +214,8 @@ void gw_upstream_pool_reap(struct gw_upstream_pool *pool)
     while (pool->sock_reap) {
         struct up_sock *s = pool->sock_reap;
         pool->sock_reap = s->next;
-        close(s->io.fd);
+        if (s->io.fd >= 0)
+            close(s->io.fd);
         free(s);
     }
     while (pool->client_reap) {
@@ -231,6 +240,8 @@ void gw_upstream_pool_reap(struct gw_upstream_pool *pool)
 void gw_upstream_pool_drain(struct gw_upstream_pool *pool)
 {
     pool->draining = true;
+    while (pool->aborting)
+        abort_end(pool->aborting, true);
     while (pool->idle) {
         struct up_sock *s = pool->idle;
         pool->idle = s->next;
@@ -381,6 +392,7 @@ int gw_upstream_send_head(struct gw_upstream *u, const struct gw_http_head *req,
     u->req = req;
     u->pctx = *pctx;
     u->retryable = !req->has_body && method_idempotent(req->method);
+    u->req_is_head = req->method == HTTP_HEAD;
     return render_head(u);
 }
 
@@ -463,10 +475,16 @@ static void fail(struct gw_upstream *u, int status, const char *detail)
     u->cbs->on_error(u->ctx, status, detail);
 }
 
+static void abort_event(struct gw_upstream *u);
+
 static void client_event(struct gw_upstream *u, uint32_t events)
 {
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         u->rd_ready = true; /* an error is found by reading */
+    if (u->phase == UP_ABORTING) {
+        abort_event(u);
+        return;
+    }
     if (u->phase == UP_CONNECTING) {
         int rc = gw_net_connect_result(u->sock->io.fd);
         note_connect(u->pool, rc == 0);
@@ -494,6 +512,10 @@ static void client_event(struct gw_upstream *u, uint32_t events)
 static void timer_cb(struct gw_loop *loop, struct gw_timer *t)
 {
     struct gw_upstream *u = gw_container_of(t, struct gw_upstream, timer);
+    if (u->phase == UP_ABORTING) {
+        abort_end(u, true); /* the backend did not close in time */
+        return;
+    }
     if (u->phase == UP_CONNECTING) {
         fail(u, 502, "timed out connecting to the upstream server");
         u->cbs->on_event(u->ctx);
@@ -515,6 +537,8 @@ static void timer_cb(struct gw_loop *loop, struct gw_timer *t)
 static int body_cb(void *ctx, const char *data, size_t len)
 {
     struct gw_upstream *u = ctx;
+    if (u->phase == UP_ABORTING)
+        return 0; /* nobody wants it any more */
     if (u->phase != UP_ACTIVE)
         return -1;
     u->deliver_ms = u->pool->loop->now_ms;
@@ -616,7 +640,7 @@ static bool pump(struct gw_upstream *u)
             progress = true;
             if (u->resp.head.status >= 100 && u->resp.head.status < 200) {
                 gw_http_parser_reset(&u->resp);
-                gw_http_parser_set_no_body(&u->resp, u->req && u->req->method == HTTP_HEAD);
+                gw_http_parser_set_no_body(&u->resp, u->req_is_head);
                 break;
             }
             complete(u);
@@ -696,6 +720,119 @@ void gw_upstream_update_interest(struct gw_upstream *u)
         ev |= EPOLLIN;
     if (gw_loop_watch(u->pool->loop, &s->io, ev) != 0)
         gw_warn("upstream: epoll_ctl failed: %s", strerror(errno));
+}
+
+/* ---- aborted exchanges ---- */
+
+/* The wait is over: close the socket now (a reset when the backend may
+ * still be sending), give the resource back, recycle the client. */
+static void abort_end(struct gw_upstream *u, bool reset)
+{
+    struct gw_upstream_pool *pool = u->pool;
+    struct gw_upstream **pp = &pool->aborting;
+    while (*pp && *pp != u)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = u->next;
+    gw_timer_cancel(pool->loop, &u->timer);
+    struct up_sock *s = u->sock;
+    u->sock = NULL;
+    if (reset) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        (void)setsockopt(s->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    sock_close(s);
+    /* Closed now, not at reap: the backend must see it before the resource
+     * (the in-flight slot) can start another exchange. */
+    close(s->io.fd);
+    s->io.fd = -1;
+    u->phase = UP_PUT;
+    u->req = NULL;
+    u->next = pool->client_reap;
+    pool->client_reap = u;
+    void (*done)(void *) = u->on_closed;
+    u->on_closed = NULL;
+    if (done)
+        done(u->closed_arg);
+}
+
+/* Parses and drops buffered response bytes; ends the wait when the
+ * response is complete (or cannot be parsed). Returns true when it ended. */
+static bool abort_parse(struct gw_upstream *u)
+{
+    for (int i = 0; i < 1024 && (gw_buf_len(&u->in) > 0 || gw_http_parser_done_pending(&u->resp));
+         i++) {
+        size_t used = 0;
+        enum gw_http_result r =
+            gw_http_parser_execute(&u->resp, gw_buf_head(&u->in), gw_buf_len(&u->in), &used);
+        gw_buf_consume(&u->in, used);
+        if (r == GW_HTTP_DONE && u->resp.head.status >= 100 && u->resp.head.status < 200) {
+            gw_http_parser_reset(&u->resp);
+            gw_http_parser_set_no_body(&u->resp, u->req_is_head);
+            continue;
+        }
+        if (r == GW_HTTP_DONE || r == GW_HTTP_ERROR) {
+            abort_end(u, r == GW_HTTP_ERROR);
+            return true;
+        }
+        if (r == GW_HTTP_NEED_MORE && used == 0)
+            break;
+    }
+    return false;
+}
+
+/* Readable while aborting: drop what arrives until the response ends or
+ * the backend closes. */
+static void abort_event(struct gw_upstream *u)
+{
+    for (int i = 0; i < 64 && u->rd_ready; i++) {
+        if (gw_buf_reserve(&u->in, GW_READ_MIN) != 0) {
+            abort_end(u, true);
+            return;
+        }
+        size_t room = gw_buf_tail_room(&u->in);
+        ssize_t n = recv(u->sock->io.fd, u->in.data + u->in.end, room, 0);
+        if (n > 0) {
+            gw_buf_commit(&u->in, (size_t)n);
+            if (abort_parse(u))
+                return;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            u->rd_ready = false;
+            return;
+        }
+        abort_end(u, false); /* EOF or reset: the backend is done */
+        return;
+    }
+}
+
+void gw_upstream_abort(struct gw_upstream *u, void (*on_closed)(void *arg), void *arg)
+{
+    struct gw_upstream_pool *pool = u->pool;
+    if (u->phase != UP_ACTIVE || u->sock == NULL || pool->draining) {
+        gw_upstream_put(u);
+        on_closed(arg);
+        return;
+    }
+    u->phase = UP_ABORTING;
+    u->req = NULL; /* the owner's request head goes with the owner */
+    u->cbs = NULL;
+    u->ctx = NULL;
+    u->sink = NULL;
+    u->on_closed = on_closed;
+    u->closed_arg = arg;
+    gw_buf_clear(&u->out);
+    (void)shutdown(u->sock->io.fd, SHUT_WR);
+    u->next = pool->aborting;
+    pool->aborting = u;
+    arm(u, UP_ABORT_MS);
+    if (abort_parse(u)) /* what is buffered may complete it already */
+        return;
+    if (gw_loop_watch(pool->loop, &u->sock->io, EPOLLIN) != 0)
+        abort_end(u, true);
 }
 
 void gw_upstream_put(struct gw_upstream *u)

@@ -149,6 +149,19 @@ bool gw_upstream_drive(struct gw_upstream *u);
  * the end of the owner's drive. */
 void gw_upstream_update_interest(struct gw_upstream *u);
 
+/* The owner's client is gone mid-exchange: the request is withdrawn. When
+ * nothing can have reached the backend yet (still connecting) or the
+ * response is complete, this is gw_upstream_put followed by on_closed(arg).
+ * Otherwise the socket's write side is shut at once (the backend sees the
+ * client leave), and u lives on without its owner, reading, parsing and
+ * dropping what still arrives, until the response is complete, the backend
+ * closes its side (EOF or reset) or 2 s pass (then the socket is reset);
+ * only then is the socket closed and on_closed(arg) called, so a resource tied to
+ * the exchange (an in-flight slot) is held until the backend is really done
+ * with it. gw_upstream_pool_drain ends every such wait at once. The owner
+ * must not touch u after the call; cbs are never called again. */
+void gw_upstream_abort(struct gw_upstream *u, void (*on_closed)(void *arg), void *arg);
+
 /* Ends the owner's use of u: the socket goes back to the pool when the
  * exchange finished cleanly (response complete and keep-alive, request sent
  * whole, nothing unread), else it is closed (an exchange cut short never
