@@ -8,7 +8,7 @@
 #ifndef GW_ACCEPTOR_H
 #define GW_ACCEPTOR_H
 
-#include "server.h"
+#include "runtime.h"
 
 /* Starts the acceptor thread on srv->listen_fd. 0 or -errno. */
 GW_MUSTCHECK int gw_acceptor_start(struct gw_server *srv);

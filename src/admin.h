@@ -6,7 +6,7 @@
 #ifndef GW_ADMIN_H
 #define GW_ADMIN_H
 
-#include "server.h"
+#include "runtime.h"
 
 enum gw_admin_endpoint {
     GW_ADMIN_NONE = 0,

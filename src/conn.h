@@ -6,7 +6,7 @@
 #ifndef GW_CONN_H
 #define GW_CONN_H
 
-#include "server.h"
+#include "runtime.h"
 
 #include <netinet/in.h>
 

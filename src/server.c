@@ -4,6 +4,8 @@
  */
 #include "server.h"
 
+#include "runtime.h"
+
 #include "acceptor.h"
 #include "gw/health.h"
 #include "gw/log.h"

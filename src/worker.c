@@ -6,7 +6,6 @@
  */
 #include "worker.h"
 
-#include "acceptor.h"
 #include "conn.h"
 #include "gw/health.h"
 #include "gw/log.h"
@@ -56,7 +55,7 @@ static void take_inbox(struct gw_worker *w)
                 uint8_t addr[16];
                 gw_net_addr_bin(&batch[i].peer, addr);
                 close(batch[i].fd);
-                gw_acceptor_release(w->srv, addr);
+                gw_server_release_connection(w->srv, addr);
                 continue;
             }
             if (gw_conn_open(w, batch[i].fd, &batch[i].peer) != 0)

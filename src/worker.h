@@ -7,7 +7,7 @@
 #ifndef GW_WORKER_H
 #define GW_WORKER_H
 
-#include "server.h"
+#include "runtime.h"
 
 /* Allocates worker id of srv with its loop and Redis handle. 0 or -errno. */
 GW_MUSTCHECK int gw_worker_create(struct gw_worker **out, struct gw_server *srv, int id);
