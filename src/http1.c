@@ -5,9 +5,9 @@
  * the smuggling checks llhttp leaves to its user (RFC 9112 §2.2, §3, §6, §7).
  */
 #include "gw/http1.h"
+#include "gw/net.h"
 #include "gw/path.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
@@ -54,76 +54,18 @@ static int fail_body_limit(struct gw_http_parser *p)
 }
 
 /* The head passed the limit. A request whose request line alone is longer
- * (no line of it completed yet) gets 414 (RFC 9110 §15.5.15), any other
- * 431 (RFC 6585 §5). The framing scan runs ahead of llhttp over at most the
- * limit plus one byte, so a completed request line within the limit has
- * always been counted by then. */
+ * than the limit (no line completed yet, and more bytes of it than the
+ * limit, CRLF not counted) gets 414 (RFC 9110 §15.5.15), any other 431 (RFC
+ * 6585 §5). The framing scan runs ahead of llhttp over at most the limit
+ * plus one byte, so by then it has counted the request line's bytes. */
 static int fail_head_too_large(struct gw_http_parser *p)
 {
-    if (p->kind == GW_HTTP_REQUEST && p->phase == PH_HEAD && p->scan_lines == 0)
+    if (p->kind == GW_HTTP_REQUEST && p->phase == PH_HEAD && p->scan_lines == 0 &&
+        p->scan_col > p->max_head_bytes)
         return fail(p, 414, "request line too long");
     return fail(p, 431,
                 p->kind == GW_HTTP_REQUEST ? "request header section too large"
                                            : "response header section too large");
-}
-
-/* RFC 3986 §2.2-2.3 characters of a reg-name besides pct-encoding. */
-static bool is_host_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);
-}
-
-static bool is_hex(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
-}
-
-/* A Host field value (RFC 9110 §7.2): uri-host [ ":" port ], uri-host being
- * an IP-literal in brackets (IPv6, checked with inet_pton), an IPv4 address
- * or a reg-name (RFC 3986 §3.2.2), port at most 5 digits and 65535. Empty
- * is valid (a target without authority). */
-static bool valid_host(struct gw_slice v)
-{
-    const unsigned char *s = (const unsigned char *)v.ptr, *end = s + v.len;
-    if (s == end)
-        return true;
-    if (*s == '[') {
-        const unsigned char *rb = memchr(s, ']', v.len);
-        char lit[INET6_ADDRSTRLEN];
-        struct in6_addr a6;
-        size_t n = rb ? (size_t)(rb - s - 1) : 0;
-        if (!rb || n == 0 || n >= sizeof(lit))
-            return false;
-        memcpy(lit, s + 1, n);
-        lit[n] = '\0';
-        if (inet_pton(AF_INET6, lit, &a6) != 1)
-            return false;
-        s = rb + 1;
-    } else {
-        while (s < end && *s != ':') {
-            if (*s == '%') {
-                if (end - s < 3 || !is_hex(s[1]) || !is_hex(s[2]))
-                    return false;
-                s += 3;
-            } else if (is_host_char(*s)) {
-                s++;
-            } else {
-                return false;
-            }
-        }
-    }
-    if (s == end)
-        return true;
-    if (*s++ != ':' || end - s > 5)
-        return false;
-    unsigned long port = 0;
-    for (; s < end; s++) {
-        if (*s < '0' || *s > '9')
-            return false;
-        port = port * 10 + (unsigned long)(*s - '0');
-    }
-    return port <= 65535;
 }
 
 static bool is_ows(char c)
@@ -335,7 +277,7 @@ static int check_framing(struct gw_http_parser *p, llhttp_t *ll)
             cl = f->value;
         } else if (gw_slice_eq_nocase(f->name, "host")) {
             n_host++;
-            if (req && !valid_host(f->value))
+            if (req && !gw_net_valid_uri_host(f->value.ptr, f->value.len))
                 return fail(p, 400, "invalid Host header");
         } else if (gw_slice_eq_nocase(f->name, "transfer-encoding")) {
             struct list_walk w;
@@ -480,6 +422,9 @@ static const char *check_target(struct gw_slice t, int method)
         if (port == 0 || port > 65535)
             return "invalid port in the request-target";
     }
+    /* The authority replaces Host upstream: the same rules as a Host field. */
+    if (!gw_net_valid_uri_host(a, (size_t)(e - a)))
+        return "malformed host in the request-target";
     return check_path(e, end);
 }
 

@@ -10,6 +10,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -113,8 +114,26 @@ static int healthcheck(const struct gw_config *cfg, bool ready)
     return ok ? 0 : 1;
 }
 
+/* A parent may start us with stdin, stdout or stderr closed. The first
+ * sockets would then take descriptor 1 or 2 and access-log or diagnostic
+ * lines would go into a Redis connection or a client socket: point any
+ * closed one at /dev/null first. */
+static void ensure_stdio(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+            continue;
+        int n = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        if (n >= 0 && n != fd) {
+            dup2(n, fd);
+            close(n);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
+    ensure_stdio();
     const char *env_file = NULL;
     bool check = false, health = false, ready = false;
     for (int i = 1; i < argc; i++) {

@@ -1,6 +1,7 @@
 /* Addresses and sockets: address, authority, URL and CIDR parsing, listen,
  * connect, options (see gw/net.h). */
 #include "gw/net.h"
+#include "gw/path.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -9,6 +10,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <strings.h>
 #include <string.h>
 #include <unistd.h>
@@ -151,6 +153,22 @@ bool gw_net_parse_hostport(const char *s, size_t n, int default_port, struct gw_
     return true;
 }
 
+/* True when the base path (starting with '/') would change under dot-segment
+ * removal or could climb (RFC 3986 §5.2.4): the base path is the boundary no
+ * request may cross, so it must be spelled plainly. */
+static bool path_has_dot_segments(const char *path, size_t len)
+{
+    if (gw_path_climbs_above_root(path, len))
+        return true;
+    char *out = malloc(len + 1);
+    if (!out)
+        return true;
+    size_t n = gw_path_remove_dots(path, len, out);
+    bool changed = n != len || memcmp(out, path, len) != 0;
+    free(out);
+    return changed;
+}
+
 bool gw_net_parse_http_url(const char *v, struct gw_net_http_url *out, char *why, size_t cap)
 {
     if (strncasecmp(v, "https://", 8) == 0)
@@ -174,6 +192,8 @@ bool gw_net_parse_http_url(const char *v, struct gw_net_http_url *out, char *why
         if (!is_visible(path[i]))
             return gw_fail(why, cap,
                            "spaces and control characters are not allowed in the base path");
+    if (plen > 0 && path_has_dot_segments(path, plen))
+        return gw_fail(why, cap, "dot-segments (. or ..) are not allowed in the base path");
     while (plen > 0 && path[plen - 1] == '/')
         plen--;
     out->path = path;
@@ -350,4 +370,61 @@ bool gw_net_probe(const struct sockaddr_storage *addr, socklen_t len, int timeou
     bool ok = poll(&p, 1, timeout_ms) == 1 && gw_net_connect_result(fd) == 0;
     close(fd);
     return ok;
+}
+
+/* ---- uri-host (RFC 9110 §7.2) ---- */
+
+/* RFC 3986 §2.2-2.3 characters of a reg-name besides pct-encoding. */
+static bool is_host_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+static bool is_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+bool gw_net_valid_uri_host(const char *text, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)text, *end = s + len;
+    if (s == end)
+        return true;
+    if (*s == '[') {
+        const unsigned char *rb = memchr(s, ']', len);
+        char lit[INET6_ADDRSTRLEN];
+        struct in6_addr a6;
+        size_t n = rb ? (size_t)(rb - s - 1) : 0;
+        if (!rb || n == 0 || n >= sizeof(lit))
+            return false;
+        memcpy(lit, s + 1, n);
+        lit[n] = '\0';
+        if (inet_pton(AF_INET6, lit, &a6) != 1)
+            return false;
+        s = rb + 1;
+    } else {
+        while (s < end && *s != ':') {
+            if (*s == '%') {
+                if (end - s < 3 || !is_hex(s[1]) || !is_hex(s[2]))
+                    return false;
+                s += 3;
+            } else if (is_host_char(*s)) {
+                s++;
+            } else {
+                return false;
+            }
+        }
+    }
+    if (s == end)
+        return true;
+    if (*s++ != ':' || end - s > 5)
+        return false;
+    unsigned long port = 0;
+    for (; s < end; s++) {
+        if (*s < '0' || *s > '9')
+            return false;
+        port = port * 10 + (unsigned long)(*s - '0');
+    }
+    return port <= 65535;
 }

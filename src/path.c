@@ -26,14 +26,10 @@ static int dot_segment(const char *s, size_t n)
     return dots;
 }
 
-/* Length of the separator at s (n bytes left): 1 for '/', and with alt also
- * for '\', 3 for "%2F"/"%2f"/"%5C"/"%5c"; 0 when s is no separator. */
-static size_t separator(const char *s, size_t n, bool alt)
+/* Length of a separator that some backends decode at s (n bytes left):
+ * 1 for '\', 3 for "%2F"/"%2f"/"%5C"/"%5c"; 0 when s is none of them. */
+static size_t alt_separator(const char *s, size_t n)
 {
-    if (s[0] == '/')
-        return 1;
-    if (!alt)
-        return 0;
     if (s[0] == '\\')
         return 1;
     if (n >= 3 && s[0] == '%' &&
@@ -42,15 +38,15 @@ static size_t separator(const char *s, size_t n, bool alt)
     return 0;
 }
 
-/* Walks the segments after the leading '/' and tells whether a ".." finds no
- * segment left to remove. Empty segments ("//") count as segments, as in
- * the RFC's algorithm. */
-static bool climbs(const char *path, size_t len, bool alt)
+/* Walks the '/'-segments after the leading '/' and tells whether a ".."
+ * finds no segment left to remove. Empty segments ("//") count as segments,
+ * as in the RFC's algorithm. */
+static bool climbs(const char *path, size_t len)
 {
     size_t depth = 0, i = 1;
     while (i <= len) {
-        size_t start = i, sep = 0;
-        while (i < len && (sep = separator(path + i, len - i, alt)) == 0)
+        size_t start = i;
+        while (i < len && path[i] != '/')
             i++;
         int dots = dot_segment(path + start, i - start);
         if (dots == 2) {
@@ -60,7 +56,37 @@ static bool climbs(const char *path, size_t len, bool alt)
         } else if (dots == 0) {
             depth++;
         }
-        i += sep ? sep : 1; /* past the separator, or past the end */
+        i++;
+    }
+    return false;
+}
+
+/* True when a '/'-segment that holds a separator some backend may decode
+ * (\, %2F, %5C) also holds a ".." piece between such separators: whether
+ * that climbs depends on which of them the backend decodes (nginx decodes
+ * %2F, WHATWG URL parsers read '\' as '/'), so no reading is assumed. */
+static bool dotdot_beside_alt_separator(const char *path, size_t len)
+{
+    size_t i = 1;
+    while (i < len) {
+        size_t piece = i, seg_end = i;
+        bool alt = false, dotdot = false;
+        while (seg_end < len && path[seg_end] != '/')
+            seg_end++;
+        while (i <= seg_end) {
+            size_t sep = i < seg_end ? alt_separator(path + i, seg_end - i) : 0;
+            if (i == seg_end || sep) {
+                dotdot |= dot_segment(path + piece, i - piece) == 2;
+                alt |= sep != 0;
+                i += sep ? sep : 1;
+                piece = i;
+            } else {
+                i++;
+            }
+        }
+        if (alt && dotdot)
+            return true;
+        i = seg_end + 1;
     }
     return false;
 }
@@ -69,7 +95,7 @@ bool gw_path_climbs_above_root(const char *path, size_t len)
 {
     if (len == 0 || path[0] != '/')
         return false;
-    return climbs(path, len, false) || climbs(path, len, true);
+    return climbs(path, len) || dotdot_beside_alt_separator(path, len);
 }
 
 size_t gw_path_remove_dots(const char *path, size_t len, char *out)

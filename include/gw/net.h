@@ -69,6 +69,15 @@ bool gw_net_parse_addr(const char *s, size_t len, uint8_t out[16], bool *is_v4);
 bool gw_net_parse_hostport(const char *s, size_t n, int default_port, struct gw_net_hostport *out,
                            char *why, size_t why_len);
 
+/* True when text[0..len) is a valid Host field value or request-target
+ * authority: uri-host [ ":" port ] (RFC 9110 §7.2), uri-host being an
+ * IP-literal in brackets (IPv6, RFC 3986 §3.2.2), an IPv4 address or a
+ * reg-name of unreserved characters, sub-delims and pct-encodings; the port
+ * at most 5 digits and 65535, possibly empty. An empty value is valid (a
+ * target without authority). No userinfo, no whitespace. Pure, thread-safe;
+ * text is only read during the call (NULL allowed when len is 0). */
+bool gw_net_valid_uri_host(const char *text, size_t len);
+
 /* Parses "http://host[:port][/base-path]" (scheme case-insensitive; host as
  * gw_net_parse_hostport, port 80 by default; RFC 9110 §4.2.1). Refused with
  * a reason: https (no TLS), other schemes, userinfo, a query or fragment,

@@ -14,9 +14,11 @@
  * them, so that removing its dot-segments (RFC 3986 §5.2.4) would climb above
  * the root: "/../a", "/a/../../b". A segment counts as "." or ".." when it is
  * one or two dots each spelled '.', "%2e" or "%2E". Because backends differ in
- * whether they decode "%2F", "%5C" or '\' into a separator before
- * normalising, the climb is also checked with those counted as separators
- * ("/..%2fadmin" climbs). An empty or relative path (no leading '/') never
+ * which of "%2F", "%5C" and '\' they read as a separator before normalising
+ * (nginx decodes "%2F", WHATWG URL parsers read '\' as '/'), a "..", between
+ * such separators inside one '/'-segment, counts as climbing whatever its
+ * depth ("/..%2fadmin", "/a/..\b", "/x\y/..%2f..%2fadmin"): no reading of
+ * the path is assumed. An empty or relative path (no leading '/') never
  * climbs. path is only read during the call (NULL allowed when len is 0). */
 bool gw_path_climbs_above_root(const char *path, size_t len);
 

@@ -106,9 +106,21 @@ static void test_base_path_escape(void **state)
     start_gateway_base(&gw, &port, "/api", NULL);
 
     static const char *const escapes[] = {
-        "/../admin",     "/%2e%2e/admin", "/a/../../admin",         "/%2E%2e/admin",
-        "/.%2e/admin",   "/..%2fadmin",   "/a/%2e%2e/%2e%2e/admin", "http://t/../admin",
+        "/../admin",
+        "/%2e%2e/admin",
+        "/a/../../admin",
+        "/%2E%2e/admin",
+        "/.%2e/admin",
+        "/..%2fadmin",
+        "/a/%2e%2e/%2e%2e/admin",
+        "http://t/../admin",
         "/../admin?x=1",
+        /* found by the break-it run: backends differ in which of \, %2F and
+         * %5C they decode, so a ".." beside any of them is refused */
+        "/x\\y/..%2f..%2fadmin",
+        "/\\/..%2f..%2fadmin",
+        "/%5C/../..\\admin",
+        "/a%2fb\\..\\..\\admin",
     };
     char line[256];
     for (size_t i = 0; i < GW_ARRAY_LEN(escapes); i++) {
@@ -423,6 +435,29 @@ static void test_rss_after_burst(void **state)
         fail_msg("RSS %ld KiB after the burst, over 2 x the %ld KiB baseline", idle, base);
 }
 
+/* Started with stdout closed (found by the break-it run), the gateway used
+ * to take descriptor 1 for its first socket, and access-log lines went into
+ * it: now descriptor 1 is /dev/null and serving is unaffected. */
+static void test_started_with_stdout_closed(void **state)
+{
+    (void)state;
+    char burl[96];
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fault_port(fake));
+    const char *env[] = {burl, "WORKER_THREADS=2", "RATE_LIMIT_REQUESTS=100000", NULL};
+    const char *wrapper[] = {"sh", "-c", "exec \"$@\" 1>&-", "sh", NULL};
+    int port;
+    assert_int_equal(gwt_gateway_start_wrapped(&gw, &port, wrapper, env), 0);
+    gwt_track(&gw);
+    char link[64], target[256];
+    snprintf(link, sizeof(link), "/proc/%d/fd/1", (int)gw.pid);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    assert_true(n > 0);
+    target[n] = '\0';
+    assert_string_equal(target, "/dev/null");
+    for (int i = 0; i < 20; i++)
+        gwt_assert_serves(port, "/with-stdout-closed");
+}
+
 /* Finding 8: SIGUSR1 and SIGUSR2 are ignored, not fatal. */
 static void test_sigusr_survived(void **state)
 {
@@ -443,6 +478,7 @@ int main(void)
         cmocka_unit_test_teardown(test_repeated_key_header, test_teardown),
         cmocka_unit_test_teardown(test_redis_write_pause, test_teardown),
         cmocka_unit_test_teardown(test_sigusr_survived, test_teardown),
+        cmocka_unit_test_teardown(test_started_with_stdout_closed, test_teardown),
         cmocka_unit_test_teardown(test_malformed_chunk_after_head, test_teardown),
         cmocka_unit_test_teardown(test_rss_after_burst, test_teardown),
     };

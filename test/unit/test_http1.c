@@ -679,6 +679,13 @@ static const struct bad_case bad_requests[] = {
      "invalid port in the request-target"},
     {"absolute-form with userinfo", S("GET http://u:pw@h/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
      "userinfo in the request-target"},
+    /* the authority replaces Host upstream, so it meets the Host rules */
+    {"absolute-form, bad IP literal", S("GET http://[zz]/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "malformed host in the request-target"},
+    {"absolute-form, bad pct-encoding", S("GET http://a%/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "malformed host in the request-target"},
+    {"absolute-form, stray bracket", S("GET http://a]b/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
+     "malformed host in the request-target"},
     {"absolute-form, unclosed IP literal", S("GET http://[::1/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400,
      false, "malformed host in the request-target"},
     {"fragment in origin-form", S("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n"), 400, false,
@@ -866,7 +873,13 @@ static void test_head_limits(void **state)
         n = snprintf(t, sizeof(t), "GET /%0*d HTTP/1.1\r\nHost: a\r\nX: %0*d\r\n\r\n", 900, 7, 500,
                      1);
         expect_status("short line, long head", GW_HTTP_REQUEST, 1024, 0, t, (size_t)n, 431, &r);
-        /* The line ends exactly at the limit: the header section trips it. */
+        /* A request line of exactly the limit (CRLF not counted) is not
+         * longer than it: 431; one byte more: 414. */
+        n = snprintf(t, sizeof(t), "GET /%0*d HTTP/1.1\r\nHost: a\r\n\r\n", 1024 - 14, 7);
+        expect_status("line of exactly the limit", GW_HTTP_REQUEST, 1024, 0, t, (size_t)n, 431, &r);
+        n = snprintf(t, sizeof(t), "GET /%0*d HTTP/1.1\r\nHost: a\r\n\r\n", 1024 - 13, 7);
+        expect_status("line one over the limit", GW_HTTP_REQUEST, 1024, 0, t, (size_t)n, 414, &r);
+        /* The line ends within the limit: the header section trips it. */
         n = snprintf(t, sizeof(t), "GET /%0*d HTTP/1.1\r\nHost: a\r\n\r\n", 1024 - 16, 7);
         expect_status("line at the limit", GW_HTTP_REQUEST, 1024, 0, t, (size_t)n, 431, &r);
     }
