@@ -401,12 +401,16 @@ static void check_client_eof(struct gw_conn *c)
         if (c->ex.req != REQ_DONE && !buffered && !gw_http_parser_done_pending(c->req))
             gw_conn_close(c);
         return;
+    case CS_WAIT_SLOT:
+        /* Queued for an in-flight slot: a client that left is not worth the
+         * protected backend's capacity (SPEC.md §6, nginx's 499, HAProxy's
+         * abortonclose). Its request is never forwarded; result closed. */
+        gw_conn_close(c);
+        return;
     default:
-        /* LIMIT, WAIT_SLOT, CONNECT: the buffered request waits its turn. A
-         * FIN cannot be told from a close before anything is written, and a
-         * half-closed client is answered (RFC 9112 §9.6); a client that
-         * resets while queued or connecting is closed at once (conn_io_cb),
-         * its request never forwarded. */
+        /* LIMIT, CONNECT: the request is on its way; a half-closed client is
+         * answered (RFC 9112 §9.6). A client that resets is closed at once
+         * (conn_io_cb), its request never forwarded. */
         return;
     }
 }
