@@ -79,7 +79,7 @@ static void log_access(struct gw_conn *c)
         .client = ex->client_ident[0] ? ex->client_ident : c->client_addr,
         .method = c->req->head.method_name,
         .path = c->req->head.target,
-        .status = ex->status,
+        .status = ex->status ? ex->status : 499, /* 0: the client left before any answer */
         .bytes_sent = ex->resp_bytes,
         .duration_ms = (double)(now - ex->start_us) / 1000.0,
         .upstream_ms = ex->upstream_start_us ? (double)(now - ex->upstream_start_us) / 1000.0 : -1,
@@ -144,7 +144,11 @@ void gw_exchange_finish(struct gw_conn *c, enum exchange_result result)
     drop_upstream(c);
     leave_queue(c);
     release_slot(c);
-    if (first && ex->resp == RESP_DONE)
+    /* Every request gets its line: answered, cut short by the upstream, or
+     * abandoned by its client (status 499 when nothing was sent, as nginx
+     * logs it; else the status relayed and the bytes sent so far). */
+    if (first && (ex->resp == RESP_DONE || result == RESULT_FAILED_UPSTREAM ||
+                  (result == RESULT_CLOSED && ex->counted)))
         log_access(c);
 }
 

@@ -458,6 +458,50 @@ static void test_started_with_stdout_closed(void **state)
         gwt_assert_serves(port, "/with-stdout-closed");
 }
 
+/* Every request gets its access-log line (found by the break-it run):
+ * one abandoned by its client before any answer is logged with 499, one
+ * cut short by the upstream with the status relayed. */
+static void test_access_log_for_abandoned_and_cut(void **state)
+{
+    (void)state;
+    char burl[96];
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fault_port(fake));
+    const char *env[] = {burl, "WORKER_THREADS=1", "RATE_LIMIT_REQUESTS=100000", NULL};
+    int port;
+    assert_int_equal(gwt_gateway_start_split(&gw, &port, env), 0);
+    gwt_track(&gw);
+    struct gwt_fault_step steps[] = {
+        {.reply = NULL, .after = GWT_FAULT_HOLD},
+        {.reply = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
+         .after = GWT_FAULT_CLOSE},
+    };
+    assert_int_equal(gwt_fault_script(fake, steps, 2), 0);
+    int fd = gwt_connect(port);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /abandoned HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+    if (gwt_fault_wait_requests(fake, 1, 3000) != 0)
+        fail_msg("the upstream never got the request (requests %ld, connections %ld)",
+                 gwt_fault_requests(fake), gwt_fault_connections(fake));
+    /* Gone before any answer: a reset (a FIN alone would be a half-close,
+     * still owed its response, RFC 9112 §9.6). */
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+    char line[2048];
+    assert_int_equal(gwt_wait_out(&gw, "/abandoned", 3000, line, sizeof(line)), 0);
+    if (!strstr(line, "\"status\":499"))
+        fail_msg("abandoned request logged as: %s", line);
+    fd = gwt_connect(port);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "GET /cut HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+    char got[2048];
+    read_until_eof(fd, got, sizeof(got));
+    close(fd);
+    assert_int_equal(gwt_wait_out(&gw, "/cut", 3000, line, sizeof(line)), 0);
+    if (!strstr(line, "\"status\":200"))
+        fail_msg("cut response logged as: %s", line);
+}
+
 /* Finding 8: SIGUSR1 and SIGUSR2 are ignored, not fatal. */
 static void test_sigusr_survived(void **state)
 {
@@ -479,6 +523,7 @@ int main(void)
         cmocka_unit_test_teardown(test_redis_write_pause, test_teardown),
         cmocka_unit_test_teardown(test_sigusr_survived, test_teardown),
         cmocka_unit_test_teardown(test_started_with_stdout_closed, test_teardown),
+        cmocka_unit_test_teardown(test_access_log_for_abandoned_and_cut, test_teardown),
         cmocka_unit_test_teardown(test_malformed_chunk_after_head, test_teardown),
         cmocka_unit_test_teardown(test_rss_after_burst, test_teardown),
     };
