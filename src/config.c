@@ -141,6 +141,8 @@ static const struct opt opts[] = {
      "pooling."},
     INT("UPSTREAM_IDLE_TIMEOUT_MS", "60000", 1, MS_MAX, upstream_idle_timeout_ms,
         "A pooled backend connection idle this long (ms) is closed."),
+    INT("CLIENT_BODY_MIN_RATE", "1024", 0, 1000000000, client_body_min_rate,
+        "Bytes/s, averaged over 10 s, below which a request body upload is answered 408; 0 = off."),
     INT("CLIENT_TIMEOUT_MS", "60000", 1, MS_MAX, client_timeout_ms,
         "Idle keep-alive and slow request-header limit in ms (408 if a request was started)."),
     INT("MAX_HEADER_BYTES", "16384", 1024, 1048576, max_header_bytes,

@@ -5,26 +5,29 @@
  * the states and the drive; exchange.c takes a request from its head to
  * its result, and the upstream client (upstream.c) owns the upstream half.
  *
- *              first byte          head parsed
- *   +--> IDLE -----------> HEAD ---------------> LIMIT (batched rate-limit check)
- *   |                       |                     |  |  |
- *   |          admin answer,|              429/503|  |  +----- allowed, slot free -----+
- *   |           400/408/431 v                     |  |  allowed, no slot               |
- *   |                    RESPOND <----------------+  v                                 |
- *   |                     ^ ^ ^ <-- 503 timeout -- WAIT_SLOT -- slot granted --+       |
- *   |                     | | |                                                v       v
- *   |                     | | +------------ 502 connect failed ------------- CONNECT <-- new socket
- *   |                     | |                                                  | connected
- *   |                     | |                                                  v
- *   |                     | +-- response complete, 408/502/504 ----------- PROXY <---- pooled
- * socket |   request done,     |
+ *             first byte         head parsed
+ *   +--> IDLE -----------> HEAD ----------------> LIMIT (batched rate-limit check)
+ *   |                       |  admin answer,        |  |  allowed, body's first
+ *   |                       |  400/408/414/431      |  |  window not in yet
+ *   |                       v                       |  +----------> BODY_WAIT
+ *   |                    RESPOND <---- 429/503 -----+  |  allowed      |  window in
+ *   |                     ^ ^ ^                        v              v
+ *   |                     | | +-- 503 timeout ---- WAIT_SLOT <-- no free slot
+ *   |                     | |     408 too slow         | slot granted (or a free one)
+ *   |                     | |                          v
+ *   |                     | +-- 502 connect failed -- CONNECT  (new upstream socket)
+ *   |                     |                            | connected (or pooled: straight on)
+ *   |                     |                            v
+ *   |                     +-- response complete, --- PROXY
+ *   |   request done,     |   408/502/504
  *   +-- response flushed -+-- must close --> LINGER --> CLOSED    (any state --> CLOSED)
  *
  * Transitions, one line per state; conn_next[] below is this list and
  * test_conn checks that the two agree:
  *   IDLE      -> HEAD CLOSED
  *   HEAD      -> LIMIT RESPOND CLOSED
- *   LIMIT     -> WAIT_SLOT CONNECT PROXY RESPOND CLOSED
+ *   LIMIT     -> BODY_WAIT WAIT_SLOT CONNECT PROXY RESPOND CLOSED
+ *   BODY_WAIT -> WAIT_SLOT CONNECT PROXY RESPOND CLOSED
  *   WAIT_SLOT -> CONNECT PROXY RESPOND CLOSED
  *   CONNECT   -> PROXY RESPOND CLOSED
  *   PROXY     -> RESPOND CLOSED
@@ -57,15 +60,19 @@
 /* Rounds of one drive before other connections get their turn. */
 #define GW_DRIVE_ROUNDS 64
 
-static const char *const state_names[CS_COUNT] = {
-    "IDLE", "HEAD", "LIMIT", "WAIT_SLOT", "CONNECT", "PROXY", "RESPOND", "LINGER", "CLOSED"};
+static const char *const state_names[CS_COUNT] = {"IDLE",      "HEAD",    "LIMIT", "BODY_WAIT",
+                                                  "WAIT_SLOT", "CONNECT", "PROXY", "RESPOND",
+                                                  "LINGER",    "CLOSED"};
 
 #define TO(s) (1u << (s))
 /* Legal transitions: conn_next[from] has bit `to` set. */
 static const unsigned conn_next[CS_COUNT] = {
     [CS_IDLE] = TO(CS_HEAD) | TO(CS_CLOSED),
     [CS_HEAD] = TO(CS_LIMIT) | TO(CS_RESPOND) | TO(CS_CLOSED),
-    [CS_LIMIT] = TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_LIMIT] = TO(CS_BODY_WAIT) | TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) |
+                 TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_BODY_WAIT] =
+        TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_WAIT_SLOT] = TO(CS_CONNECT) | TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_CONNECT] = TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_PROXY] = TO(CS_RESPOND) | TO(CS_CLOSED),
@@ -321,6 +328,8 @@ static bool read_client(struct gw_conn *c)
     if (n > 0) {
         gw_buf_commit(&c->in, (size_t)n);
         c->client_rx_ms = c->w->loop.now_ms;
+        if (c->ex.req == REQ_BODY)
+            c->ex.body_rx += (uint64_t)n;
         if ((size_t)n < room)
             c->rd_ready = false; /* drained; level-triggered epoll says when more comes */
         return true;
@@ -401,6 +410,9 @@ static void check_client_eof(struct gw_conn *c)
         if (c->ex.req != REQ_DONE && !buffered && !gw_http_parser_done_pending(c->req))
             gw_conn_close(c);
         return;
+    case CS_BODY_WAIT:
+        /* Everything it sent is buffered and the window is still short:
+         * the body cannot complete. */
     case CS_WAIT_SLOT:
         /* Queued for an in-flight slot: a client that left is not worth the
          * protected backend's capacity (SPEC.md §6, nginx's 499, HAProxy's
@@ -420,7 +432,8 @@ void gw_conn_drive(struct gw_conn *c)
     /* One round runs every step once; each step says whether it moved
      * anything, and the steps after a close are skipped. */
     typedef bool (*drive_step)(struct gw_conn *);
-    static const drive_step steps[] = {gw_conn_flush_client, read_client, gw_conn_pump_request,
+    static const drive_step steps[] = {gw_conn_flush_client,       read_client,
+                                       gw_conn_pump_request,       gw_exchange_body_wait_step,
                                        gw_exchange_drive_upstream, respond_progress};
     bool progress = false;
     for (int round = 0; round < GW_DRIVE_ROUNDS && !c->closing; round++) {
@@ -473,6 +486,9 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
         gw_exchange_count(c);
         c->ex.req = REQ_DONE; /* the rest is never read */
         gw_exchange_respond_error(c, 408, "the request was not received in time", true);
+        break;
+    case CS_BODY_WAIT:
+        gw_exchange_body_wait_timeout(c);
         break;
     case CS_WAIT_SLOT:
         gw_exchange_queue_timeout(c);

@@ -17,6 +17,7 @@ enum conn_state {
     CS_IDLE = 0,  /* keep-alive, waiting for a request's first byte */
     CS_HEAD,      /* reading a request head */
     CS_LIMIT,     /* waiting for the worker's batched rate-limit check */
+    CS_BODY_WAIT, /* allowed; the body's first window is not in yet: no slot taken */
     CS_WAIT_SLOT, /* parked in the in-flight gate's FIFO */
     CS_CONNECT,   /* the upstream client is connecting */
     CS_PROXY,     /* streaming request and response */
@@ -58,6 +59,10 @@ struct exchange {
     uint64_t upstream_start_us;            /* upstream phase start, 0 = not proxied */
     uint64_t queue_start_us;               /* gate wait start */
     uint64_t proxy_start_ms;               /* when the exchange entered PROXY */
+    uint64_t body_rx;                      /* request body bytes read from the client (raw) */
+    uint64_t rate_next_ms;                 /* CLIENT_BODY_MIN_RATE: next 1 s sample (loop clock) */
+    uint64_t rate_ring[10];                /* body_rx sampled once a second, the last 10 s */
+    unsigned rate_n, rate_pos;             /* samples held; slot of the oldest (next written) */
     struct gw_rl_decision rl;              /* rate-limit decision */
     size_t rl_headers_len;                 /* bytes of rl_headers */
     char rl_key[GW_CLIENT_KEY_MAX];        /* rate-limit key */
@@ -148,6 +153,14 @@ int gw_exchange_request_body(void *ctx, const char *data, size_t len);
 
 /* Drive step: the upstream client's I/O while proxying; true on progress. */
 bool gw_exchange_drive_upstream(struct gw_conn *c);
+
+/* BODY_WAIT: once the body's first window is buffered, goes on to the
+ * in-flight gate. Returns true on progress. */
+bool gw_exchange_body_wait_step(struct gw_conn *c);
+
+/* BODY_WAIT's deadline: CLIENT_TIMEOUT_MS without a body byte, or a body
+ * slower than CLIENT_BODY_MIN_RATE, is answered 408 and closed. */
+void gw_exchange_body_wait_timeout(struct gw_conn *c);
 
 /* Deadlines of WAIT_SLOT and PROXY. */
 void gw_exchange_queue_timeout(struct gw_conn *c);

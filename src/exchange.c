@@ -14,6 +14,12 @@
 
 #include <string.h>
 
+/* CLIENT_BODY_MIN_RATE is averaged over 10 s (SPEC.md §3): 10 samples of
+ * the bytes received, one a second. */
+#define BODY_RATE_PERIOD_MS 10000
+#define BODY_RATE_SAMPLE_MS 1000
+#define BODY_RATE_SAMPLES   (BODY_RATE_PERIOD_MS / BODY_RATE_SAMPLE_MS)
+
 static void start_upstream(struct gw_conn *c);
 
 /* ---- the end of an exchange ---- */
@@ -277,6 +283,7 @@ void gw_exchange_on_head(struct gw_conn *c)
     const struct gw_http_head *h = &c->req->head;
     gw_exchange_count(c);
     c->ex.req = REQ_BODY;
+    c->ex.rate_next_ms = w->loop.now_ms + BODY_RATE_SAMPLE_MS;
     c->ex.keep_alive = h->keep_alive && !c->draining && !c->must_close;
 
     enum gw_admin_endpoint ep = gw_admin_match(cfg, h->target);
@@ -302,6 +309,149 @@ void gw_exchange_on_head(struct gw_conn *c)
     c->limit.key_len = strlen(c->ex.rl_key);
     c->limit.out = &c->ex.rl;
     gw_ratelimit_batch_enqueue(w->limits, &c->limit);
+}
+
+/* ---- the body's first window and CLIENT_BODY_MIN_RATE ---- */
+
+static void take_slot(struct gw_conn *c);
+static void maybe_send_continue(struct gw_conn *c);
+
+/* True when the chunked body in b[0..n) ends within it: the chunk sizes are
+ * walked up to the last chunk (trailers, if any, follow; they are small).
+ * Anything malformed also counts as "in": the request then goes on and the
+ * parser refuses it with its exact reason (RFC 9112 §7.1). */
+static bool chunked_body_ends_within(const char *b, size_t n)
+{
+    size_t pos = 0;
+    for (;;) {
+        uint64_t size = 0;
+        size_t digits = 0;
+        for (; pos < n; pos++) {
+            int ch = (unsigned char)b[pos] | 0x20;
+            int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+            if (v < 0)
+                break;
+            if (++digits > 15)
+                return true; /* absurd */
+            size = size * 16 + (uint64_t)v;
+        }
+        if (pos == n)
+            return false;
+        if (digits == 0)
+            return true;
+        /* Extensions up to CRLF; a bare CR or LF is malformed. */
+        for (; pos < n && b[pos] != '\r'; pos++)
+            if (b[pos] == '\n')
+                return true;
+        if (n - pos < 2)
+            return false;
+        if (b[pos + 1] != '\n')
+            return true;
+        pos += 2;
+        if (size == 0)
+            return true;
+        if (size + 2 > n - pos)
+            return false;
+        pos += (size_t)size;
+        if (b[pos] != '\r' || b[pos + 1] != '\n')
+            return true;
+        pos += 2;
+    }
+}
+
+/* The request's body is in far enough to take a slot: its first
+ * GW_STREAM_WINDOW bytes, or all of it when smaller (SPEC.md §6). */
+static bool first_window_ready(struct gw_conn *c)
+{
+    const struct gw_http_head *h = &c->req->head;
+    size_t have = gw_buf_len(&c->in);
+    uint64_t window = GW_STREAM_WINDOW, max_body = (uint64_t)cfg_of(c)->max_body_bytes;
+    if (max_body > 0 && max_body < window)
+        window = max_body + 1; /* a body can be no longer: past it, the parser says 413 */
+    if (!h->has_body || have >= window)
+        return true;
+    if (h->content_length >= 0)
+        return have >= (uint64_t)h->content_length;
+    return h->chunked ? chunked_body_ends_within(gw_buf_head(&c->in), have) : true;
+}
+
+/* CLIENT_BODY_MIN_RATE as a moving average: body_rx is sampled once a
+ * second, and once 10 s of samples exist, less than 10 s worth of the rate
+ * since the oldest one is too slow. Time in which the gateway itself did not
+ * read (backpressure from a slow upstream) is not held against the client:
+ * the samples start over. */
+static bool body_rate_ok(struct gw_conn *c)
+{
+    struct exchange *ex = &c->ex;
+    uint64_t rate = (uint64_t)cfg_of(c)->client_body_min_rate, now = c->w->loop.now_ms;
+    if (rate == 0 || ex->req != REQ_BODY || now < ex->rate_next_ms)
+        return true;
+    bool backpressure = gw_buf_len(&c->in) >= GW_STREAM_WINDOW ||
+                        (c->state == CS_PROXY && c->up && gw_upstream_send_room(c->up) == 0);
+    if (backpressure || now - ex->rate_next_ms >= BODY_RATE_PERIOD_MS) {
+        ex->rate_n = ex->rate_pos = 0; /* not the client's doing, or the loop slept: restart */
+        ex->rate_next_ms = now + BODY_RATE_SAMPLE_MS;
+        return true;
+    }
+    while (now >= ex->rate_next_ms) {
+        ex->rate_ring[ex->rate_pos] = ex->body_rx;
+        ex->rate_pos = (ex->rate_pos + 1) % BODY_RATE_SAMPLES;
+        if (ex->rate_n < BODY_RATE_SAMPLES)
+            ex->rate_n++;
+        ex->rate_next_ms += BODY_RATE_SAMPLE_MS;
+    }
+    if (ex->rate_n < BODY_RATE_SAMPLES)
+        return true;
+    uint64_t oldest = ex->rate_ring[ex->rate_pos];
+    return (ex->body_rx - oldest) * 1000 >= rate * (BODY_RATE_SAMPLES - 1) * BODY_RATE_SAMPLE_MS;
+}
+
+/* Milliseconds until the next CLIENT_BODY_MIN_RATE sample, or UINT64_MAX. */
+static uint64_t body_rate_due_in(const struct gw_conn *c)
+{
+    if (cfg_of(c)->client_body_min_rate == 0 || c->ex.req != REQ_BODY)
+        return UINT64_MAX;
+    uint64_t now = c->w->loop.now_ms;
+    return c->ex.rate_next_ms > now ? c->ex.rate_next_ms - now : 1;
+}
+
+/* Answers a body that stalled or trickles 408, closing (SPEC.md §3). */
+static void body_too_slow(struct gw_conn *c, const char *detail)
+{
+    drop_upstream(c);
+    c->ex.req = REQ_DONE; /* nothing more is read: the connection closes */
+    c->must_close = true;
+    gw_exchange_respond_error(c, 408, detail, false);
+}
+
+static void arm_body_wait(struct gw_conn *c)
+{
+    uint64_t now = c->w->loop.now_ms;
+    uint64_t idle_due = c->client_rx_ms + (uint64_t)cfg_of(c)->client_timeout_ms;
+    uint64_t in = idle_due > now ? idle_due - now : 1;
+    gw_conn_arm(c, GW_MIN(in, body_rate_due_in(c)));
+}
+
+bool gw_exchange_body_wait_step(struct gw_conn *c)
+{
+    if (c->state != CS_BODY_WAIT || !first_window_ready(c))
+        return false;
+    take_slot(c);
+    return true;
+}
+
+void gw_exchange_body_wait_timeout(struct gw_conn *c)
+{
+    uint64_t now = c->w->loop.now_ms;
+    if (now - c->client_rx_ms >= (uint64_t)cfg_of(c)->client_timeout_ms) {
+        body_too_slow(c, "the request body was not received in time");
+        return;
+    }
+    if (!body_rate_ok(c)) {
+        body_too_slow(c, "the request body arrived more slowly than CLIENT_BODY_MIN_RATE");
+        return;
+    }
+    arm_body_wait(c);
 }
 
 /* The rate-limit decision arrived: answer 429/503 or go on to the gate. */
@@ -336,6 +486,26 @@ static void after_limit(struct gw_conn *c)
         return;
     }
 
+    if (!first_window_ready(c)) {
+        /* The backend is not made to wait for a slow client: no slot until
+         * the body's first window is in (HAProxy's http-buffer-request).
+         * A client that waits for 100 Continue gets it now, once. */
+        maybe_send_continue(c);
+        if (c->closing)
+            return;
+        gw_conn_set_state(c, CS_BODY_WAIT);
+        arm_body_wait(c);
+        return;
+    }
+    take_slot(c);
+}
+
+/* Asks the in-flight gate for a slot: go on, queue, or 503. */
+static void take_slot(struct gw_conn *c)
+{
+    struct gw_worker *w = c->w;
+    const struct gw_config *cfg = cfg_of(c);
+    struct exchange *ex = &c->ex;
     switch (gw_gate_acquire(w->srv->gate, &c->waiter, &w->gate_owner)) {
     case GW_GATE_ACQUIRED:
         c->slot_held = true;
@@ -392,7 +562,7 @@ static void enter_proxy(struct gw_conn *c)
     if (c->ex.req == REQ_DONE)
         gw_timer_cancel(&c->w->loop, &c->timer);
     else
-        gw_conn_arm(c, (uint64_t)cfg_of(c)->client_timeout_ms);
+        gw_conn_arm(c, GW_MIN((uint64_t)cfg_of(c)->client_timeout_ms, body_rate_due_in(c)));
 }
 
 static void up_on_connect(void *ctx)
@@ -410,8 +580,10 @@ static int up_on_head(void *ctx, const struct gw_http_head *rh)
     size_t before = gw_buf_len(&c->out);
     if (rh->status < 200) {
         /* Interim responses (103 Early Hints) go to HTTP/1.1 clients, never
-         * to HTTP/1.0 ones (RFC 9110 §15.2). */
-        if (c->req->head.http_minor < 1)
+         * to HTTP/1.0 ones (RFC 9110 §15.2). A 100 Continue never: the
+         * gateway answered the client's Expect itself (it is not
+         * forwarded), so the client gets exactly one. */
+        if (c->req->head.http_minor < 1 || rh->status == 100)
             return 0;
         struct gw_proxy_response_ctx ictx = {.client_minor = c->req->head.http_minor,
                                              .keep_alive = true};
@@ -631,8 +803,13 @@ void gw_exchange_proxy_timeout(struct gw_conn *c)
     if (c->up)
         last = GW_MAX(last, gw_upstream_send_ms(c->up));
     uint64_t due = last + (uint64_t)cfg_of(c)->client_timeout_ms;
+    if (ex->resp != RESP_HEAD_SENT && !body_rate_ok(c)) {
+        body_too_slow(c, "the request body arrived more slowly than CLIENT_BODY_MIN_RATE");
+        return;
+    }
     if (due > now) {
-        gw_conn_arm(c, due - now); /* there was progress since it was armed */
+        /* There was progress since it was armed. */
+        gw_conn_arm(c, GW_MIN(due - now, body_rate_due_in(c)));
         return;
     }
     if (ex->resp == RESP_HEAD_SENT) {

@@ -71,6 +71,7 @@ struct gw_config {
                                          resolved to max_concurrent_requests at load) */
     int upstream_idle_timeout_ms;     /* UPSTREAM_IDLE_TIMEOUT_MS */
     int client_timeout_ms;            /* CLIENT_TIMEOUT_MS */
+    int client_body_min_rate;         /* CLIENT_BODY_MIN_RATE, bytes/s over 10 s, 0 = off */
     int max_header_bytes;             /* MAX_HEADER_BYTES */
     int64_t max_body_bytes;           /* MAX_BODY_BYTES, 0 = unlimited */
     bool preserve_host;               /* PRESERVE_HOST */

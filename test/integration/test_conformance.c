@@ -1193,7 +1193,8 @@ static void test_half_close_after_pipelined(void **state)
     close(fd);
 }
 
-/* The upstream answers (413) as soon as it has the head, before the body:
+/* The upstream answers (413) as soon as it has the head, before the rest
+ * of the body:
  * the client gets that response promptly and intact, the connection closes
  * (the rest of the body is never read as requests), and the gateway goes
  * on serving. */
@@ -1208,8 +1209,13 @@ static void test_early_upstream_response(void **state)
     int fd = gwt_connect(gwt_fx.fport);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /upload HTTP/1.1\r\nHost: h\r\n"
-                                      "Content-Length: 1000000\r\n\r\nfirst-bytes-only"),
+                                      "Content-Length: 1000000\r\n\r\n"),
                      0);
+    /* The body's first 64 KiB: only then does the request take a slot and
+     * reach the upstream (SPEC.md §6). */
+    char *first = smuggling_body(70000, "f");
+    send_anyway(fd, first, 70000);
+    free(first);
     struct gwt_response r;
     gwt_must_read(fd, &r, false, "early 413 from the upstream");
     assert_int_equal(r.status, 413);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/time.h>
@@ -30,9 +31,14 @@
 static struct gwt_fault *fake; /* scripted upstream: shows the forwarded request line */
 static struct gwt_proc gw;     /* the gateway under test (tracked, stopped per test) */
 
+static struct gwt_proc backend; /* backend_app: reads bodies as they come */
+static int bport;
+
 static int group_setup(void **state)
 {
     (void)state;
+    if (gwt_backend_start(&backend, &bport, NULL) != 0)
+        return -1;
     return gwt_fault_start(&fake) == 0 ? 0 : -1;
 }
 
@@ -40,6 +46,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     gwt_fault_stop(fake);
+    gwt_stop_and_cleanup(&backend);
     return 0;
 }
 
@@ -502,6 +509,122 @@ static void test_access_log_for_abandoned_and_cut(void **state)
         fail_msg("cut response logged as: %s", line);
 }
 
+/* Opens a connection and sends a POST head with Content-Length cl, then
+ * first bytes of its body. */
+static int start_upload(int port, size_t cl, size_t first)
+{
+    int fd = gwt_connect(port);
+    assert_true(fd >= 0);
+    char head[160];
+    snprintf(head, sizeof(head), "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n",
+             cl);
+    assert_int_equal(gwt_send_str(fd, head), 0);
+    static char body[80000];
+    memset(body, 'b', sizeof(body));
+    assert_true(first <= sizeof(body));
+    assert_int_equal(gwt_send_all(fd, body, first), 0);
+    return fd;
+}
+
+/* Finding 4: uploads trickling one byte at a time hold no in-flight slot
+ * while their body's first window is not in: with cap 2 and two such
+ * uploads, everyone else is served (it used to be 503 for all). */
+static void test_trickled_bodies_hold_no_slot(void **state)
+{
+    (void)state;
+    const char *env[] = {"MAX_CONCURRENT_REQUESTS=2", "QUEUE_TIMEOUT_MS=500", NULL};
+    int port;
+    start_gateway_base(&gw, &port, "", env);
+    assert_int_equal(gwt_fault_script(fake, NULL, 0), 0);
+    int a = start_upload(port, 200000, 1000), b = start_upload(port, 200000, 1000);
+    long long end = gwt_now_ms() + 2500;
+    int served = 0;
+    while (gwt_now_ms() < end) { /* bounded: 2.5 s */
+        assert_int_equal(gwt_send_all(a, "x", 1), 0);
+        assert_int_equal(gwt_send_all(b, "x", 1), 0);
+        gwt_assert_serves(port, "/others");
+        served++;
+        assert_int_equal(gwt_stat(port, "/stats", "in_flight"), 0);
+        usleep(100000);
+    }
+    assert_true(served >= 10);
+    assert_int_equal(gwt_stat(port, "/stats", "requests_rejected_queue"), 0);
+    assert_int_equal(gwt_fault_requests(fake), served); /* the uploads reached nobody */
+    close(a);
+    close(b);
+}
+
+/* Finding 4: a body slower than CLIENT_BODY_MIN_RATE (default 1024 B/s over
+ * 10 s) is answered 408 and closed, whether it still waits for its first
+ * window or is already streaming to the upstream with a slot. */
+static void test_body_min_rate(void **state)
+{
+    (void)state;
+    int port;
+    assert_int_equal(gwt_gateway_for(&gw, &port, bport, NULL), 0);
+    int fds[2] = {start_upload(port, 500000, 1000), start_upload(port, 500000, 70000)};
+    bool done[2] = {false, false};
+    int status[2] = {0, 0};
+    long long t0 = gwt_now_ms(), took[2] = {0, 0};
+    while ((!done[0] || !done[1]) && gwt_now_ms() - t0 < 16000) { /* bounded: 16 s */
+        for (int i = 0; i < 2; i++) {
+            if (done[i])
+                continue;
+            (void)send(fds[i], "0123456789", 10, MSG_NOSIGNAL); /* 100 B/s */
+            struct pollfd p = {.fd = fds[i], .events = POLLIN};
+            if (poll(&p, 1, 0) == 1) {
+                struct gwt_response r;
+                if (gwt_read_response(fds[i], &r, false) == 0)
+                    status[i] = r.status;
+                gwt_response_free(&r);
+                done[i] = true;
+                took[i] = gwt_now_ms() - t0;
+            }
+        }
+        usleep(100000);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (status[i] != 408)
+            fail_msg("%s upload at 100 B/s: status %d after %lld ms, want 408 about 10 s in",
+                     i ? "streaming" : "first-window", status[i], took[i]);
+        if (took[i] < 9000 || took[i] > 14000)
+            fail_msg("408 after %lld ms, want about 10 s", took[i]);
+        assert_true(gwt_peer_closed(fds[i], 3000));
+        close(fds[i]);
+    }
+    assert_int_equal(gwt_stat(port, "/stats", "in_flight"), 0);
+}
+
+/* Finding 4: with Expect: 100-continue the gateway sends exactly one 100
+ * Continue itself once the request passed the rate limit, and never relays
+ * another from the backend. */
+static void test_expect_continue_once(void **state)
+{
+    (void)state;
+    int port;
+    start_gateway_base(&gw, &port, "", NULL);
+    struct gwt_fault_step step = {
+        .reply = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        .after = GWT_FAULT_KEEP};
+    assert_int_equal(gwt_fault_script(fake, &step, 1), 0);
+    int fd = gwt_connect(port);
+    assert_true(fd >= 0);
+    assert_int_equal(gwt_send_str(fd, "POST /c HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                                      "Expect: 100-continue\r\n\r\n"),
+                     0);
+    struct gwt_response r;
+    gwt_must_read(fd, &r, false, "100 Continue from the gateway");
+    assert_int_equal(r.status, 100);
+    gwt_response_free(&r);
+    assert_int_equal(gwt_fault_requests(fake), 0); /* nothing forwarded before the body */
+    assert_int_equal(gwt_send_str(fd, "hello"), 0);
+    gwt_must_read(fd, &r, false, "the final response");
+    assert_int_equal(r.status, 200); /* not a second 100 */
+    assert_string_equal(r.body, "ok");
+    gwt_response_free(&r);
+    close(fd);
+}
+
 /* Finding 8: SIGUSR1 and SIGUSR2 are ignored, not fatal. */
 static void test_sigusr_survived(void **state)
 {
@@ -522,6 +645,9 @@ int main(void)
         cmocka_unit_test_teardown(test_repeated_key_header, test_teardown),
         cmocka_unit_test_teardown(test_redis_write_pause, test_teardown),
         cmocka_unit_test_teardown(test_sigusr_survived, test_teardown),
+        cmocka_unit_test_teardown(test_trickled_bodies_hold_no_slot, test_teardown),
+        cmocka_unit_test_teardown(test_body_min_rate, test_teardown),
+        cmocka_unit_test_teardown(test_expect_continue_once, test_teardown),
         cmocka_unit_test_teardown(test_started_with_stdout_closed, test_teardown),
         cmocka_unit_test_teardown(test_access_log_for_abandoned_and_cut, test_teardown),
         cmocka_unit_test_teardown(test_malformed_chunk_after_head, test_teardown),

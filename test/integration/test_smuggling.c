@@ -294,8 +294,9 @@ static void test_vectors_byte_by_byte(void **state)
     }
 }
 
-/* A chunked body whose framing breaks after a valid first chunk, delivered
- * in two writes so the head was already forwarded: the client gets 400 and
+/* A chunked body whose framing breaks after a valid first chunk (of the
+ * body's first 64 KiB window), delivered in two writes so the head was
+ * already forwarded: the client gets 400 and
  * a closed connection, and the upstream never receives a complete request
  * (no terminating chunk is invented). Uses a fake upstream that counts only
  * complete requests. */
@@ -316,9 +317,15 @@ static void test_bad_chunk_mid_stream(void **state)
         long conns_before = gwt_fault_connections(f);
         int fd = gwt_connect(p2);
         assert_true(fd >= 0);
+        /* A first chunk of 64 KiB: the body's first window is in, so the
+         * request takes its slot and its head goes out (SPEC.md §6). */
         assert_int_equal(gwt_send_str(fd, POST_H "Transfer-Encoding: chunked\r\n\r\n"
-                                                 "5\r\nhello\r\n"),
+                                                 "10000\r\n"),
                          0);
+        static char window[0x10000 + 2];
+        memset(window, 'w', 0x10000);
+        memcpy(window + 0x10000, "\r\n", 2);
+        assert_int_equal(gwt_send_all(fd, window, sizeof(window)), 0);
         /* Wait until the upstream connection exists (the head went out). */
         long long deadline = gwt_now_ms() + 3000;
         while (gwt_fault_connections(f) == conns_before && gwt_now_ms() < deadline)
