@@ -85,8 +85,8 @@ static const char bad_rules[] = "version: 1\n"
 
 static const char *const bad_lines[] = {
     "limits[0].match.size: unknown field",
-    "limits[0].match.methods[0]: \"post\": not an HTTP method (methods are upper case, e.g. "
-    "\"POST\")",
+    ("limits[0].match.methods[0]: \"post\": not an HTTP method (methods are upper case, e.g. "
+     "\"POST\")"),
     "limits[2].rates[0].window: \"0s\": must be at least 1 s",
     "limits[1].name: \"a\": duplicate limit name (first at limits[0].name)",
 };
