@@ -573,6 +573,7 @@ static void test_match_many(void **state)
             snprintf(target, sizeof(target), "/p/%d", t);
             char path[32];
             size_t n = gw_path_normalize(target, strlen(target), path);
+            path[n] = '\0'; /* for the reference checks below */
             uint8_t addr[16] = {0};
             struct gw_rules_request rq = {method, {path, n}, NULL, addr};
             const struct gw_rules_limit *got[GW_RULES_MAX_LIMITS];
