@@ -54,7 +54,8 @@ static void report(struct vctx *c, const char *place, const json_t *value, const
     va_start(ap, fmt);
     vsnprintf(reason, sizeof(reason), fmt, ap);
     va_end(ap);
-    char *v = value ? json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+    /* ASCII only, so that cutting it never splits a UTF-8 sequence. */
+    char *v = value ? json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     if (v != NULL && strlen(v) > 80)
         strcpy(v + 77, "...");
     fprintf(c->err, "%s%s%s%s: %s\n", c->prefix ? c->prefix : "", place, v ? ": " : "", v ? v : "",
@@ -83,6 +84,19 @@ static const char *type_name(const json_t *v)
     }
 }
 
+#define KEY_TEXT_MAX 68 /* a member name in a place: 64 bytes and "..." */
+
+/* A member name as a place shows it: control bytes as '?' (an error stays
+ * one line), cut to 64 bytes. Returns out. */
+static const char *key_text(const char *k, char out[KEY_TEXT_MAX])
+{
+    size_t i = 0;
+    for (; k[i] != '\0' && i < 64; i++)
+        out[i] = (unsigned char)k[i] < 0x20 || k[i] == 0x7f ? '?' : k[i];
+    strcpy(out + i, k[i] != '\0' ? "..." : "");
+    return out;
+}
+
 /* Reports every member of obj not in allowed (NULL-terminated). */
 static void check_fields(struct vctx *c, const char *place, json_t *obj, const char *const *allowed)
 {
@@ -95,7 +109,8 @@ static void check_fields(struct vctx *c, const char *place, json_t *obj, const c
             known = strcmp(k, *a) == 0;
         if (!known) {
             char p[PLACE_MAX];
-            at(p, "%s%s%.64s", place, place[0] ? "." : "", k);
+            char kt[KEY_TEXT_MAX];
+            at(p, "%s%s%s", place, place[0] ? "." : "", key_text(k, kt));
             report(c, p, NULL, "unknown field");
         }
     }
@@ -457,7 +472,8 @@ static void parse_headers(struct vctx *c, const char *place, json_t *v, struct g
     json_object_foreach(v, k, e)
     {
         char p[PLACE_MAX];
-        at(p, "%s.%.64s", place, k);
+        char kt[KEY_TEXT_MAX];
+        at(p, "%s.%s", place, key_text(k, kt));
         if (!is_token(k, 256)) {
             report(c, p, NULL, "not an HTTP field name (RFC 9110 section 5.1)");
             continue;

@@ -121,7 +121,10 @@ struct gw_rules {
  * "<prefix><place>: <value as JSON>: <reason>" (e.g.
  * "limits[2].rates[0].window: \"0s\": must be at least 1 s"; the value is
  * left out where there is none) written to err (may be NULL); prefix may be
- * NULL. Unknown fields are errors. On success *out gets new rules (one
+ * NULL. Unknown fields are errors. A document the JSON or YAML reader
+ * cannot read is one line "<prefix>line L, column C: <reason>". Values are
+ * shown as ASCII JSON cut to 80 bytes and field names with control bytes
+ * as '?', so an error is always one line. On success *out gets new rules (one
  * reference, source GW_RULES_SOURCE_FILE) and 0 is returned; otherwise
  * *out is NULL and the number of errors (> 0) is returned, or -ENOMEM.
  * text is only read during the call. Thread-safe (no shared state). */
@@ -190,8 +193,10 @@ enum gw_rules_verdict {
  * returns GW_RULES_LIMITED, or GW_RULES_NONE when none applies. The
  * pointers written point into r and live as long as the caller's
  * reference. Cost: per request, a few binary searches over the path table
- * plus the conditions of the candidate limits only. Lock-free; thread-safe
- * for any number of concurrent callers holding a reference. */
+ * plus the conditions of the candidate limits only. Thread-safe for any
+ * number of concurrent callers holding a reference; takes no lock of its
+ * own (glibc's regexec locks each compiled path_regex while it runs, so
+ * callers meeting the same regex take turns for its duration). */
 enum gw_rules_verdict gw_rules_match(const struct gw_rules *r, const struct gw_rules_request *req,
                                      const struct gw_rules_limit **out, size_t cap, size_t *count,
                                      const struct gw_rules_limit **allowed_by);

@@ -4,6 +4,7 @@
  * the same normal form and version, every error is named by its place,
  * defaults are filled in, and the matcher picks the limits a request meets.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -253,6 +254,9 @@ static const struct err_row err_rows[] = {
      "limits[0].rates[0].name)\n"
      "limits[2].rates[0].name: \"login-1m\": duplicate policy (rate) name (first at "
      "limits[0].rates[0].name)\n"},
+    /* an error stays one line, ASCII */
+    {"version: 1\nlimits: []\n\"a\\nb\": 1\n", "a?b: unknown field\n"},
+    {"version: \"\\u00e9\"\nlimits: []\n", "version: \"\\u00E9\": must be 1\n"},
     /* reader errors */
     {"version: 1\nversion: 1\nlimits: []\n", "line 2, column 10: key \"version\" given twice\n"},
     {"a: &x [1]\nb: *x\n", "line 2, column 4: aliases (*name) are not supported\n"},
@@ -530,6 +534,43 @@ static void test_match(void **state)
     gw_rules_put(r);
 }
 
+/* Readers on several threads share one rules set, each with its own
+ * reference; the last put (on whichever thread) frees it. */
+struct reader_arg {
+    struct gw_rules *rules; /* the reader's own reference */
+    int mismatches;
+};
+
+static void *reader(void *p)
+{
+    struct reader_arg *a = p;
+    static const struct req login = {POST, "//login?x"}, api = {GET, "/api/v1/users/7"};
+    for (int i = 0; i < 2000; i++) {
+        char got[256];
+        run_match(a->rules, i % 2 ? &login : &api, got, sizeof(got));
+        a->mismatches += strcmp(got, i % 2 ? "login,all,again" : "api,apiv1,all") != 0;
+    }
+    gw_rules_put(a->rules);
+    return NULL;
+}
+
+static void test_match_concurrent(void **state)
+{
+    (void)state;
+    struct gw_rules *r = parse_ok(match_rules, GW_RULES_YAML);
+    pthread_t t[4];
+    struct reader_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (struct reader_arg){gw_rules_get(r), 0};
+        assert_int_equal(pthread_create(&t[i], NULL, reader, &args[i]), 0);
+    }
+    gw_rules_put(r); /* the readers hold it now */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(args[i].mismatches, 0);
+    }
+}
+
 /* 200 limits of every kind: the tables give the same answers as checking
  * every limit by hand. */
 static void test_match_many(void **state)
@@ -615,6 +656,7 @@ int main(void)
         cmocka_unit_test(test_defaults_from_config),
         cmocka_unit_test(test_match),
         cmocka_unit_test(test_match_many),
+        cmocka_unit_test(test_match_concurrent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
