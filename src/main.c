@@ -158,18 +158,17 @@ static int path_flag(int argc, char **argv, int *i, const char *name, const char
 
 /* Loads RATE_LIMIT_RULES_FILE when set (SPEC.md §10) so that a bad file is
  * a start-up error like a bad variable; every error is one "config error:"
- * line on stderr. Returns 0, or the number of errors. The rules are not
- * used yet by the rate limiter: they are validated and released. */
-static int check_rules_file(const struct gw_config *cfg)
+ * line on stderr. Returns 0 with *out the rules (NULL without a file; the
+ * caller puts them), or the number of errors. */
+static int load_rules_file(const struct gw_config *cfg, struct gw_rules **out)
 {
+    *out = NULL;
     if (cfg->rate_limit_rules_file == NULL)
         return 0;
     char prefix[64 + 4096];
     snprintf(prefix, sizeof(prefix),
              "config error: RATE_LIMIT_RULES_FILE=%s: ", cfg->rate_limit_rules_file);
-    struct gw_rules *rules = NULL;
-    int rc = gw_rules_load_file(cfg->rate_limit_rules_file, cfg, &rules, stderr, prefix);
-    gw_rules_put(rules);
+    int rc = gw_rules_load_file(cfg->rate_limit_rules_file, cfg, out, stderr, prefix);
     if (rc == -ENOMEM)
         fprintf(stderr, "%sout of memory\n", prefix);
     return rc < 0 ? 1 : rc;
@@ -257,14 +256,19 @@ int main(int argc, char **argv)
         gw_config_deinit(&cfg);
         return rc;
     }
+    struct gw_rules *file_rules = NULL;
     if (!health) {
-        errors = check_rules_file(&cfg);
+        errors = load_rules_file(&cfg, &file_rules);
         if (errors) {
             fprintf(stderr, "gateway: %d error%s in RATE_LIMIT_RULES_FILE; not starting\n", errors,
                     errors == 1 ? "" : "s");
             gw_config_deinit(&cfg);
             return 2;
         }
+    }
+    if (check || health) {
+        gw_rules_put(file_rules);
+        file_rules = NULL;
     }
     if (check) {
         int rc = gw_config_print_json(&cfg, stdout);
@@ -277,6 +281,16 @@ int main(int argc, char **argv)
         return rc;
     }
     gw_log_set_level(cfg.log_level);
+    if (file_rules != NULL) {
+        /* Issue 11 lands in two halves: the file is read and validated
+         * now, the per-limit decision comes with the rate limiter's
+         * rework. Say so rather than let an operator believe it acts. */
+        gw_log(GW_LOG_WARN,
+               "RATE_LIMIT_RULES_FILE %s: rules version %s, %zu limits, valid; not enforced "
+               "yet: the default limit of the RATE_LIMIT_* variables applies",
+               cfg.rate_limit_rules_file, file_rules->version, file_rules->limit_count);
+        gw_rules_put(file_rules);
+    }
     /* SIGPIPE: a peer that vanished is an I/O error, not a reason to die.
      * SIGUSR1/SIGUSR2 have no use yet; their default action would end the
      * process (SPEC.md §7: ignored). */

@@ -5,6 +5,7 @@
  * RATE_LIMIT_RULES_FILE the same way.
  */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -183,6 +184,26 @@ static void test_check_config_with_rules(void **state)
     free(err);
 }
 
+/* A gateway started with a valid file runs, says the file is valid but
+ * not enforced yet (the decision is issue 11's second half), and stops
+ * cleanly. No request is sent. */
+static void test_start_with_rules(void **state)
+{
+    (void)state;
+    struct gwt_proc gw = {0};
+    int port = 0;
+    const char *env[] = {"RATE_LIMIT_RULES_FILE=" EXAMPLE, NULL};
+    assert_int_equal(gwt_gateway_start(&gw, &port, env), 0);
+    char line[512];
+    if (gwt_wait_log(&gw, "RATE_LIMIT_RULES_FILE", 5000, line, sizeof(line)) != 0) {
+        gwt_log_dump(&gw, 4000);
+        fail_msg("no rules line in the gateway's log");
+    }
+    assert_non_null(strstr(line, "4 limits, valid; not enforced yet"));
+    assert_int_equal(gwt_stop(&gw, SIGTERM, 10000), 0);
+    gwt_proc_cleanup(&gw);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +211,7 @@ int main(void)
         cmocka_unit_test(test_check_rules_errors),
         cmocka_unit_test(test_check_rules_unreadable),
         cmocka_unit_test(test_check_config_with_rules),
+        cmocka_unit_test(test_start_with_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
