@@ -212,7 +212,7 @@ static bool parse_duration(const json_t *v, int64_t *ms, const char **why)
     if (json_is_integer(v)) {
         json_int_t s = json_integer_value(v);
         if (s < 0 || s > GW_RULES_WINDOW_MAX_MS / 1000) {
-            *why = "out of range";
+            *why = "out of range (366d at most)";
             return false;
         }
         *ms = (int64_t)s * 1000;
@@ -261,7 +261,7 @@ static bool parse_duration(const json_t *v, int64_t *ms, const char **why)
     else
         return false;
     if (whole > GW_RULES_WINDOW_MAX_MS / unit) {
-        *why = "out of range";
+        *why = "out of range (366d at most)";
         return false;
     }
     if ((frac * unit) % scale != 0) {
@@ -270,7 +270,7 @@ static bool parse_duration(const json_t *v, int64_t *ms, const char **why)
     }
     *ms = whole * unit + frac * unit / scale;
     if (*ms > GW_RULES_WINDOW_MAX_MS) {
-        *why = "out of range";
+        *why = "out of range (366d at most)";
         return false;
     }
     return true;
@@ -1143,13 +1143,14 @@ int gw_rules_load_file(const char *path, const struct gw_config *cfg, struct gw_
         fclose(f);
         return -ENOMEM;
     }
+    errno = 0;
     size_t n = fread(buf, 1, GW_RULES_FILE_MAX + 1, f);
-    bool bad = ferror(f) != 0;
+    int read_errno = ferror(f) ? (errno ? errno : EIO) : 0; /* EISDIR for a directory */
     fclose(f);
-    if (bad || n > GW_RULES_FILE_MAX) {
+    if (read_errno != 0 || n > GW_RULES_FILE_MAX) {
         if (err != NULL)
             fprintf(err, "%s%s: %s\n", prefix ? prefix : "", path,
-                    bad ? "read error" : "larger than 4 MiB");
+                    read_errno ? strerror(read_errno) : "larger than 4 MiB");
         free(buf);
         return 1;
     }

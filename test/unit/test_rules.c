@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -188,7 +189,7 @@ static const struct err_row err_rows[] = {
      "limits[0].rates[3].window: \"-1s\": must be an integer of seconds or a number with ms, s, "
      "m, h or d (e.g. \"500ms\", \"1m\")\n"
      "limits[0].rates[4].window: \"1.0005s\": must be a whole number of milliseconds\n"
-     "limits[0].rates[5].window: \"367d\": out of range\n"
+     "limits[0].rates[5].window: \"367d\": out of range (366d at most)\n"
      "limits[0].rates[6].window: \"999ms\": must be at least 1 s\n"},
     {"version: 1\nlimits:\n- {name: a, rates: [{requests: 1, window: 0ms, algorithm: "
      "token_bucket}, {requests: 1000000000, window: 1ms, algorithm: gcra}, {requests: 1, window: "
@@ -314,6 +315,23 @@ static void test_json_reader_errors(void **state)
     assert_int_equal(gw_rules_load_file("/nonexistent/rules.json", NULL, &r, err, NULL), 1);
     fclose(err);
     assert_string_equal(errs, "/nonexistent/rules.json: No such file or directory\n");
+    free(errs);
+    /* a directory, and a file over the size limit */
+    err = open_memstream(&errs, &len);
+    assert_int_equal(gw_rules_load_file("/", NULL, &r, err, NULL), 1);
+    fclose(err);
+    assert_string_equal(errs, "/: Is a directory\n");
+    free(errs);
+    char big[] = "/tmp/gw-rules-big-XXXXXX";
+    int fd = mkstemp(big);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, GW_RULES_FILE_MAX + 1), 0);
+    close(fd);
+    err = open_memstream(&errs, &len);
+    assert_int_equal(gw_rules_load_file(big, NULL, &r, err, NULL), 1);
+    fclose(err);
+    unlink(big);
+    assert_non_null(strstr(errs, ": larger than 4 MiB\n"));
     free(errs);
 }
 
