@@ -14,7 +14,7 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential cmake pkg-config libhiredis-dev node-llhttp libjansson-dev \
+      build-essential cmake pkg-config libhiredis-dev node-llhttp libjansson-dev libyaml-dev \
       libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -29,9 +29,10 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DGW_BUILD_TESTS=OFF \
 
 FROM debian:bookworm-slim
 # Only the shared libraries the gateway links besides libc6 (ldd):
-# libhiredis.so.0.14, libjansson.so.4, libcrypto.so.3 (in libssl3).
+# libhiredis.so.0.14, libjansson.so.4, libcrypto.so.3 (in libssl3),
+# libyaml-0.so.2 (in libyaml-0-2).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libhiredis0.14 libjansson4 libssl3 \
+ && apt-get install -y --no-install-recommends libhiredis0.14 libjansson4 libssl3 libyaml-0-2 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --no-create-home --home-dir /nonexistent \

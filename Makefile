@@ -17,7 +17,7 @@ JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 CTEST_ARGS ?= --output-on-failure
 
 # Packages the build and the tests need (Debian 12 names).
-DEPS = build-essential cmake pkg-config libhiredis-dev node-llhttp libjansson-dev \
+DEPS = build-essential cmake pkg-config libhiredis-dev node-llhttp libjansson-dev libyaml-dev \
        libcmocka-dev libssl-dev redis-server redis-tools curl prometheus faketime \
        clang libclang-rt-14-dev
 

@@ -49,6 +49,7 @@ enum opt_type {
     T_REDIS,   /* char *: REDIS_URL, format checked, string kept */
     T_RLKEY,   /* char *: RATE_LIMIT_KEY, also fills rate_limit_key_header */
     T_PROXIES, /* char *: TRUSTED_PROXIES, also fills trusted[] */
+    T_FILE,    /* char *: a file path, length in [min, max], no control bytes */
 };
 
 #define F_SECRET      0x1u /* may hold a password: masked in every output */
@@ -110,6 +111,9 @@ static const struct opt opts[] = {
          rate_limit_algorithm,
          "Rate-limit algorithm (sliding_window, token_bucket and gcra are reserved names, refused "
          "at start-up until implemented)."),
+    STR("RATE_LIMIT_RULES_FILE", T_FILE, NULL, 1, 4096, rate_limit_rules_file, F_EMPTY_UNSET,
+        "Rules file (JSON, or YAML when it ends in .yaml/.yml) stating every limit; empty = one "
+        "limit named default made from the RATE_LIMIT_* variables."),
     STR("RATE_LIMIT_KEY", T_RLKEY, "ip", 0, 0, rate_limit_key, 0,
         "Client identity: ip, or header:<Name> (e.g. header:X-API-Key; the client IP when the "
         "header is absent)."),
@@ -291,16 +295,28 @@ static bool parse_enum(const struct opt *o, const char *v, int *out, char *why, 
     return gw_fail(why, cap, "must be one of %s", list);
 }
 
-static bool check_string(const struct opt *o, const char *v, char *why, size_t cap)
+/* v's length within the row's [min, max] and every byte passing ok. */
+static bool check_bytes(const struct opt *o, const char *v, bool (*ok)(char), const char *bad,
+                        char *why, size_t cap)
 {
     size_t n = strlen(v);
     if ((int64_t)n < o->min || (int64_t)n > o->max)
         return gw_fail(why, cap, "length must be %lld..%lld characters", (long long)o->min,
                        (long long)o->max);
     for (size_t i = 0; i < n; i++)
-        if (!is_visible(v[i]))
-            return gw_fail(why, cap, "must not contain spaces, control or non-ASCII characters");
+        if (!ok(v[i]))
+            return gw_fail(why, cap, "must not contain %s", bad);
     return true;
+}
+
+static bool check_string(const struct opt *o, const char *v, char *why, size_t cap)
+{
+    return check_bytes(o, v, is_visible, "spaces, control or non-ASCII characters", why, cap);
+}
+
+static bool not_control(char c)
+{
+    return (unsigned char)c >= 0x20 && c != 0x7f;
 }
 
 static bool check_path(const struct opt *o, const char *v, char *why, size_t cap)
@@ -312,6 +328,12 @@ static bool check_path(const struct opt *o, const char *v, char *why, size_t cap
     if (strpbrk(v, "?#") != NULL)
         return gw_fail(why, cap, "must not contain '?' or '#'");
     return true;
+}
+
+/* The file itself is read by its user (rules.c), which reports its errors. */
+static bool check_file(const struct opt *o, const char *v, char *why, size_t cap)
+{
+    return check_bytes(o, v, not_control, "control characters", why, cap);
 }
 
 static bool check_listen(const char *v, char *why, size_t cap)
@@ -444,6 +466,9 @@ static bool parse_value(const struct opt *o, const char *v, struct gw_config *cf
     }
     case T_RLKEY:
         ok = parse_rlkey(v, cfg, why, cap);
+        break;
+    case T_FILE:
+        ok = check_file(o, v, why, cap);
         break;
     case T_PROXIES:
         ok = parse_proxies(v, cfg, why, cap);

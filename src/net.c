@@ -30,7 +30,11 @@ void gw_net_addr_map(int family, const void *raw, uint8_t out[16])
 
 void gw_net_addr_text(const uint8_t addr[16], char *out, size_t cap)
 {
-    const char *text = IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)addr)
+    /* Compared as bytes, not through IN6_IS_ADDR_V4MAPPED: addr may sit
+     * unaligned (inside a packed array such as struct gw_cidr[]), and
+     * struct in6_addr needs 4-byte alignment. */
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    const char *text = memcmp(addr, mapped, sizeof(mapped)) == 0
                            ? inet_ntop(AF_INET, addr + 12, out, (socklen_t)cap)
                            : inet_ntop(AF_INET6, addr, out, (socklen_t)cap);
     if (text == NULL && cap > 0)

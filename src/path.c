@@ -1,7 +1,8 @@
 /*
  * Dot-segment removal and the above-the-root check for request paths
- * (RFC 3986 §5.2.4). A base path is only a boundary if no spelling of "../"
- * can cross it, so both functions treat "%2e" like '.'.
+ * (RFC 3986 §5.2.4), and the normal form rate-limit rules match (§6.2.2).
+ * A base path is only a boundary if no spelling of "../" can cross it, so
+ * the dot functions treat "%2e" like '.'.
  */
 #include "gw/path.h"
 
@@ -115,7 +116,7 @@ size_t gw_path_remove_dots(const char *path, size_t len, char *out)
         }
         if (dots == 0) {
             *o++ = '/';
-            memcpy(o, path + start, i - start);
+            memmove(o, path + start, i - start); /* out may be path (in place) */
             o += i - start;
         } else if (last) {
             *o++ = '/'; /* "/a/." and "/a/b/.." end in a directory: "/a/" */
@@ -125,4 +126,71 @@ size_t gw_path_remove_dots(const char *path, size_t len, char *out)
     if (o == out)
         *o++ = '/';
     return (size_t)(o - out);
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+        return (c | 0x20) - 'a' + 10;
+    return -1;
+}
+
+/* RFC 3986 §2.3 unreserved. */
+static bool unreserved(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
+size_t gw_path_normalize(const char *target, size_t len, char *out)
+{
+    size_t end = 0;
+    while (end < len && target[end] != '?' && target[end] != '#')
+        end++;
+    const char *p = target;
+    if (end > 0 && p[0] != '/') {
+        /* absolute-form: skip "scheme://authority"; anything else has no
+         * path to normalise (asterisk-form, authority-form). */
+        const char *sep = end >= 3 ? memchr(p, ':', end) : NULL;
+        if (sep == NULL || (size_t)(sep - p) + 3 > end || sep[1] != '/' || sep[2] != '/') {
+            memcpy(out, p, end);
+            return end;
+        }
+        const char *auth = sep + 3;
+        const char *slash = memchr(auth, '/', end - (size_t)(auth - p));
+        if (slash == NULL) {
+            out[0] = '/';
+            return 1;
+        }
+        end -= (size_t)(slash - p);
+        p = slash;
+    }
+    /* Pass 1: decode unreserved, upper-case the rest, merge '/' runs. */
+    size_t o = 0;
+    for (size_t i = 0; i < end; i++) {
+        char c = p[i];
+        if (c == '%' && i + 2 < end) {
+            int hi = hex_digit(p[i + 1]), lo = hex_digit(p[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                unsigned char v = (unsigned char)(hi * 16 + lo);
+                if (unreserved(v)) {
+                    out[o++] = (char)v;
+                } else {
+                    static const char hex[] = "0123456789ABCDEF";
+                    out[o++] = '%';
+                    out[o++] = hex[hi];
+                    out[o++] = hex[lo];
+                }
+                i += 2;
+                continue;
+            }
+        }
+        if (c == '/' && o > 0 && out[o - 1] == '/')
+            continue;
+        out[o++] = c;
+    }
+    /* Pass 2: dot-segments, in place (a decoded "%2e" is now a '.'). */
+    return gw_path_remove_dots(out, o, out);
 }

@@ -44,9 +44,11 @@ static void take_inbox(struct gw_worker *w)
         size_t n = 0;
         pthread_mutex_lock(&w->inbox_mu);
         n = GW_MIN(w->inbox_len, GW_ARRAY_LEN(batch));
-        memcpy(batch, w->inbox, n * sizeof(batch[0]));
-        memmove(w->inbox, w->inbox + n, (w->inbox_len - n) * sizeof(batch[0]));
-        w->inbox_len -= n;
+        if (n > 0) { /* an inbox never used is NULL: no memcpy from it */
+            memcpy(batch, w->inbox, n * sizeof(batch[0]));
+            memmove(w->inbox, w->inbox + n, (w->inbox_len - n) * sizeof(batch[0]));
+            w->inbox_len -= n;
+        }
         pthread_mutex_unlock(&w->inbox_mu);
         if (n == 0)
             return;

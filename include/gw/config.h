@@ -56,6 +56,7 @@ struct gw_config {
     char *rate_limit_key;             /* RATE_LIMIT_KEY as given: "ip" or "header:<Name>" */
     char *rate_limit_key_header;      /* <Name> of header:<Name>, NULL for "ip" */
     char *rate_limit_key_prefix;      /* RATE_LIMIT_KEY_PREFIX */
+    char *rate_limit_rules_file;      /* RATE_LIMIT_RULES_FILE, NULL when unset (rules.h) */
     enum gw_rl_failure_mode rate_limit_failure_mode; /* RATE_LIMIT_FAILURE_MODE */
     bool rate_limit_dry_run;          /* RATE_LIMIT_DRY_RUN */
     bool rate_limit_headers;          /* RATE_LIMIT_HEADERS */

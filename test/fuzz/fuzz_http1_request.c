@@ -11,17 +11,11 @@
 
 #include "gw/http1.h"
 
+#include "fuzz_check.h"
+
 #ifndef FUZZ_KIND
 #define FUZZ_KIND GW_HTTP_REQUEST
 #endif
-
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "invariant failed: %s (line %d)\n", #c, __LINE__);                     \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 struct digest {
     uint64_t h;         /* FNV-1a over the transcript */

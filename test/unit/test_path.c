@@ -14,14 +14,22 @@
 
 #include "gw/path.h"
 
-static void check_remove(const char *in, const char *want)
+/* fn(in) must give want and write no more than the input's length. */
+static void check_path_fn(size_t (*fn)(const char *, size_t, char *), const char *in,
+                          const char *want)
 {
     char out[256];
     memset(out, 'X', sizeof(out));
-    size_t n = gw_path_remove_dots(in, strlen(in), out);
+    size_t n = fn(in, strlen(in), out);
     assert_true(n <= (strlen(in) ? strlen(in) : 1));
     out[n] = '\0';
-    assert_string_equal(out, want);
+    if (strcmp(out, want) != 0)
+        fail_msg("\"%s\" gives \"%s\", want \"%s\"", in, out, want);
+}
+
+static void check_remove(const char *in, const char *want)
+{
+    check_path_fn(gw_path_remove_dots, in, want);
 }
 
 static void test_remove_dots(void **state)
@@ -103,11 +111,71 @@ static void test_climbs_above_root(void **state)
     }
 }
 
+static void check_norm(const char *in, const char *want)
+{
+    check_path_fn(gw_path_normalize, in, want);
+}
+
+/* Every spelling of /login a client might send reaches the same normal
+ * form (SPEC.md §10: no spelling of a path escapes its limit). */
+static void test_normalize_same_path(void **state)
+{
+    (void)state;
+    static const char *const login[] = {
+        "/login",
+        "//login",
+        "/./login",
+        "/%6Cogin",
+        "/%6cogin",
+        "/a/../login",
+        "/login?x",
+        "/login?",
+        "/login#f",
+        "///login?a=/../b",
+        "/%2e/login",
+        "/a/%2E%2E/login",
+        "/a/b/../../login",
+        "/../login",
+        "/%6C%6F%67%69%6E",
+        "http://example.com/login?q",
+        "http://h//./login",
+        "/.//login",
+    };
+    for (size_t i = 0; i < sizeof(login) / sizeof(login[0]); i++)
+        check_norm(login[i], "/login");
+}
+
+/* What must stay distinct: encoded reserved bytes, case, trailing '/'. */
+static void test_normalize_distinct(void **state)
+{
+    (void)state;
+    check_norm("/%2Flogin", "/%2Flogin"); /* an encoded '/' is no separator */
+    check_norm("/%2flogin", "/%2Flogin"); /* hex digits upper-cased (§6.2.2.1) */
+    check_norm("/Login", "/Login");       /* case is kept */
+    check_norm("/LOGIN/%7e", "/LOGIN/~");
+    check_norm("/login/", "/login/");
+    check_norm("/api//v1///x", "/api/v1/x");
+    check_norm("/a%20b", "/a%20b");
+    check_norm("/a%zzb%4", "/a%zzb%4"); /* malformed escapes kept */
+    check_norm("/a%2", "/a%2");
+    check_norm("/a/.", "/a/");
+    check_norm("/a//..", "/");
+    check_norm("", "/");
+    check_norm("?x", "/");
+    check_norm("*", "*");
+    check_norm("example.com:443", "example.com:443");
+    check_norm("http://example.com", "/");
+    check_norm("http://example.com?x", "/");
+    check_norm("/%41%5A%61%7A%30%39%2D%2E%5F%7E", "/AZaz09-._~");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_remove_dots),
         cmocka_unit_test(test_climbs_above_root),
+        cmocka_unit_test(test_normalize_same_path),
+        cmocka_unit_test(test_normalize_distinct),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
