@@ -13,6 +13,7 @@
 #include "gw/response.h"
 
 #include <string.h>
+#include <sys/socket.h>
 
 /* CLIENT_BODY_MIN_RATE is averaged over 10 s (SPEC.md §3): 10 samples of
  * the bytes received, one a second. */
@@ -668,6 +669,24 @@ static void up_on_done(void *ctx)
         complete_response(c, RESULT_PROXIED);
 }
 
+/* Ends a connection whose response was cut short: hands over what the
+ * client already has of it (the head and whole chunks, never the last
+ * chunk), then closes, so the client sees a response cut short rather than
+ * an empty reply. A client reading until close (an HTTP/1.0 client of a
+ * body without length) would take a FIN for the end of a complete
+ * response: it gets a reset instead (RFC 9112 §6.3, §9.6). */
+static void close_cut_response(struct gw_conn *c)
+{
+    gw_conn_flush_client(c);
+    if (c->closing)
+        return;
+    if (c->ex.cl_framing == GW_FRAMING_CLOSE) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        (void)setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    gw_conn_close(c);
+}
+
 static void up_on_error(void *ctx, int status, const char *detail)
 {
     struct gw_conn *c = ctx;
@@ -679,13 +698,7 @@ static void up_on_error(void *ctx, int status, const char *detail)
         /* Truncated: never let it look complete. A response that stalled
          * mid-body counts as closed, one the upstream cut as failed. */
         gw_exchange_finish(c, status == 504 ? RESULT_CLOSED : RESULT_FAILED_UPSTREAM);
-        /* Hand over what the client already has of it (the head and whole
-         * chunks, never the last chunk), then close, so the client sees a
-         * response cut short rather than an empty reply, and can never take
-         * it for a complete one. */
-        gw_conn_flush_client(c);
-        if (!c->closing)
-            gw_conn_close(c);
+        close_cut_response(c);
         return;
     }
     gw_exchange_respond_error(c, status, detail, false); /* an unread body is discarded or closes */
@@ -813,7 +826,7 @@ void gw_exchange_proxy_timeout(struct gw_conn *c)
         return;
     }
     if (ex->resp == RESP_HEAD_SENT) {
-        gw_conn_close(c); /* stalled mid-response: never let it look complete */
+        close_cut_response(c); /* stalled mid-response: never let it look complete */
         return;
     }
     bool upstream_stalled = c->up && gw_upstream_send_stalled(c->up);
