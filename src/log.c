@@ -3,6 +3,8 @@
 
 #include "put.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -74,26 +76,155 @@ void gw_log(enum gw_log_level level, const char *fmt, ...)
  * when the buffer fills, and when its thread calls gw_log_access_flush (a
  * worker does before it sleeps, so a line waits at most one loop iteration
  * and a busy worker writes once per iteration, not once per request, as
- * nginx does with access_log buffer=). Batches from different threads go out
- * under one mutex, each in one write(2) loop, so lines never interleave even
- * on a pipe, where writes above PIPE_BUF are not atomic. */
+ * nginx does with access_log buffer=). Batches go to a queue that one writer
+ * thread of the log's own empties into stdout, each batch in one write(2)
+ * loop, so lines never interleave even on a pipe (where writes above
+ * PIPE_BUF are not atomic), and a stdout that stalls (a full pipe, a paused
+ * log collector, a non-blocking descriptor) never stalls a worker: past
+ * ACCESS_QUEUE_MAX bytes queued, batches are dropped, counted and warned
+ * about.
+ *
+ * Locking: g_q_mu guards the queue and the writer's state; the per-thread
+ * buffers are the calling thread's own. */
 
 #define ACCESS_BUF       (64 * 1024)
 #define ACCESS_FLUSH_AT  (48 * 1024) /* flush once this much is buffered */
 #define ACCESS_FIXED_MAX 320         /* the line without its strings */
 
-static pthread_mutex_t g_out_mu = PTHREAD_MUTEX_INITIALIZER;
+#define ACCESS_QUEUE_MAX (8 * 1024 * 1024) /* bytes queued for the writer at most */
+
+struct batch {
+    struct batch *next;
+    size_t len;
+    char data[];
+};
+
+static pthread_mutex_t g_q_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_q_work = PTHREAD_COND_INITIALIZER; /* a batch was queued */
+static pthread_cond_t g_q_idle = PTHREAD_COND_INITIALIZER; /* the queue ran empty */
+static struct batch *g_q_head, *g_q_tail;
+static size_t g_q_bytes; /* bytes queued or being written */
+static bool g_writer_up; /* the writer thread runs */
+static _Atomic uint64_t g_dropped_lines;
+static _Atomic int64_t g_dropped_warned_s; /* last warning, Unix s */
 
 static __thread char t_access[ACCESS_BUF];
 static __thread size_t t_access_len;
 static __thread time_t t_ts_sec = -1; /* second that t_ts_text shows */
 static __thread char t_ts_text[24];   /* "YYYY-MM-DDTHH:MM:SS" */
 
+/* Writes all n bytes to fd, waiting for room when fd is non-blocking;
+ * gives up on any other error (the log must never stop the gateway). */
+static void write_blocking(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+        } else if (w < 0 && errno == EINTR) {
+            continue;
+        } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            (void)poll(&pfd, 1, 1000);
+        } else {
+            return;
+        }
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&g_q_mu);
+    for (;;) {
+        while (!g_q_head)
+            pthread_cond_wait(&g_q_work, &g_q_mu);
+        struct batch *b = g_q_head;
+        g_q_head = b->next;
+        if (!g_q_head)
+            g_q_tail = NULL;
+        pthread_mutex_unlock(&g_q_mu);
+        write_blocking(STDOUT_FILENO, b->data, b->len);
+        pthread_mutex_lock(&g_q_mu);
+        g_q_bytes -= b->len;
+        free(b);
+        if (!g_q_head)
+            pthread_cond_broadcast(&g_q_idle);
+    }
+    return NULL;
+}
+
+static void note_dropped(const char *p, size_t n)
+{
+    uint64_t lines = 0;
+    for (const char *q = p; (q = memchr(q, '\n', (size_t)(p + n - q))) != NULL; q++)
+        lines++;
+    uint64_t total = atomic_fetch_add(&g_dropped_lines, lines) + lines;
+    int64_t now = gw_wall_s(), last = atomic_load(&g_dropped_warned_s);
+    if (now - last >= 10 && atomic_compare_exchange_strong(&g_dropped_warned_s, &last, now))
+        gw_warn("access log: stdout is not keeping up; %llu lines dropped so far",
+                (unsigned long long)total);
+}
+
+/* Queues a copy of p[0..n) (whole lines) for the writer thread, starting it
+ * the first time. */
 static void write_out(const char *p, size_t n)
 {
-    pthread_mutex_lock(&g_out_mu);
-    write_all(STDOUT_FILENO, p, n);
-    pthread_mutex_unlock(&g_out_mu);
+    struct batch *b = malloc(sizeof(*b) + n);
+    if (!b) {
+        note_dropped(p, n);
+        return;
+    }
+    memcpy(b->data, p, n);
+    b->len = n;
+    b->next = NULL;
+    pthread_mutex_lock(&g_q_mu);
+    if (!g_writer_up) {
+        pthread_t t;
+        g_writer_up = pthread_create(&t, NULL, writer_main, NULL) == 0;
+        if (g_writer_up)
+            pthread_detach(t);
+    }
+    if (!g_writer_up || g_q_bytes + n > ACCESS_QUEUE_MAX) {
+        pthread_mutex_unlock(&g_q_mu);
+        note_dropped(p, n);
+        free(b);
+        return;
+    }
+    if (g_q_tail)
+        g_q_tail->next = b;
+    else
+        g_q_head = b;
+    g_q_tail = b;
+    g_q_bytes += n;
+    pthread_cond_signal(&g_q_work);
+    pthread_mutex_unlock(&g_q_mu);
+}
+
+bool gw_log_access_drain(int timeout_ms)
+{
+    gw_log_access_flush();
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&g_q_mu);
+    int rc = 0;
+    while (g_q_bytes > 0 && rc == 0)
+        rc = pthread_cond_timedwait(&g_q_idle, &g_q_mu, &until);
+    bool empty = g_q_bytes == 0;
+    pthread_mutex_unlock(&g_q_mu);
+    return empty;
+}
+
+uint64_t gw_log_access_dropped(void)
+{
+    return atomic_load(&g_dropped_lines);
 }
 
 void gw_log_access_flush(void)

@@ -152,6 +152,9 @@ int gw_server_run(struct gw_config *cfg)
     drain_and_join(srv);
     started = 0;
     exit_code = 0;
+    /* The last access-log lines, unless stdout is stalled. */
+    if (!gw_log_access_drain(1000))
+        gw_warn("access log: stdout did not take the last lines within 1 s");
     gw_info("drained; exiting");
 
 out:

@@ -48,18 +48,31 @@ struct gw_access_entry {
 /* Appends one JSON line (RFC 8259) for e to the calling thread's access-log
  * buffer: ts (UTC, ms), client, method, path (a request-target that is not
  * UTF-8 is logged as "<non-utf8>"), status, bytes_sent, duration_ms and
- * upstream_ms (3 decimals; null when not proxied), limited. The buffer goes
- * to stdout when it holds 48 KiB, or when the thread calls
- * gw_log_access_flush: a thread that logs must call it before it idles (a
- * worker does before each epoll_wait) and before it exits. Lines are never
- * split or interleaved between threads. No allocation, no syscall per line.
+ * upstream_ms (3 decimals; null when not proxied), limited. The buffer is
+ * handed to the writer thread (see gw_log_access_flush) when it holds 48
+ * KiB, or when the thread calls gw_log_access_flush: a thread that logs must
+ * call it before it idles (a worker does before each epoll_wait) and before
+ * it exits. Lines are never split or interleaved between threads. No
+ * allocation, no syscall per line (one copy per batch).
  * Thread-safe (per-thread buffers). Errors are ignored (logging must never
  * fail a request). */
 void gw_log_access(const struct gw_access_entry *e);
 
-/* Writes the calling thread's buffered access-log lines to stdout (one
- * write(2) loop, under a process-wide lock). Cheap when nothing is
- * buffered. Thread-safe. */
+/* Hands the calling thread's buffered access-log lines to the log's writer
+ * thread, which writes them to stdout in order, each batch whole. Never
+ * blocks on stdout: when 8 MiB are already queued (stdout stalled), the
+ * batch is dropped, counted (gw_log_access_dropped) and warned about at most
+ * every 10 s. Cheap when nothing is buffered. Thread-safe. */
 void gw_log_access_flush(void);
+
+/* Flushes the calling thread's lines, then waits up to timeout_ms (ms) until
+ * the writer has written everything queued. Returns true when it has; false
+ * when stdout did not take it in time (the lines stay queued). For shutdown
+ * and tests. Thread-safe. */
+bool gw_log_access_drain(int timeout_ms);
+
+/* Access-log lines dropped since start because stdout did not keep up.
+ * Thread-safe. */
+uint64_t gw_log_access_dropped(void);
 
 #endif

@@ -5,6 +5,8 @@
  * line larger than the buffer still comes out whole.
  */
 #include <fcntl.h>
+#include <signal.h>
+#include <time.h>
 #include <jansson.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -100,7 +102,7 @@ static void test_escaping_and_fields(void **state)
         e.limited = i == 2;
         gw_log_access(&e);
     }
-    gw_log_access_flush();
+    assert_true(gw_log_access_drain(5000));
     char *out = written(NULL);
     char *line = out;
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
@@ -146,12 +148,18 @@ static void test_buffered_until_flush(void **state)
     size_t len;
     free(written(&len));
     assert_int_equal(len, 0);
-    /* Enough lines to pass the flush threshold go out by themselves. */
+    /* Enough lines to pass the flush threshold go out by themselves (to the
+     * writer thread: wait for it, at most 5 s). */
     for (int i = 0; i < 1000; i++)
         gw_log_access(&e);
-    free(written(&len));
+    for (int i = 0; i < 500; i++) {
+        free(written(&len));
+        if (len >= 48 * 1024)
+            break;
+        usleep(10000);
+    }
     assert_true(len >= 48 * 1024);
-    gw_log_access_flush();
+    assert_true(gw_log_access_drain(5000));
     char *out = written(&len);
     size_t lines = 0;
     for (size_t i = 0; i < len; i++)
@@ -174,7 +182,7 @@ static void test_huge_line(void **state)
     big[0] = '/';
     struct gw_access_entry e = entry(big, n);
     gw_log_access(&e);
-    gw_log_access_flush();
+    assert_true(gw_log_access_drain(5000));
     char *out = written(NULL);
     char *nl = strchr(out, '\n');
     assert_non_null(nl);
@@ -189,12 +197,55 @@ static void test_huge_line(void **state)
     free(big);
 }
 
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A stdout nobody reads (a full pipe) never stalls the threads that log:
+ * past the queue's bound, lines are dropped and counted. */
+static void test_stalled_stdout_never_blocks(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_IGN);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    dup2(p[1], STDOUT_FILENO);
+    close(p[1]);
+    uint64_t before = gw_log_access_dropped();
+    struct gw_access_entry e = entry("/stalled", 8);
+    long long t0 = mono_ms();
+    for (int i = 0; i < 100000; i++) /* about 20 MB: more than the pipe and the queue */
+        gw_log_access(&e);
+    gw_log_access_flush();
+    long long took = mono_ms() - t0;
+    uint64_t dropped = gw_log_access_dropped() - before;
+    /* Unstall: the writer's blocked write fails (EPIPE), what is queued goes
+     * to /dev/null. */
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, STDOUT_FILENO);
+    close(null);
+    close(p[0]);
+    assert_true(gw_log_access_drain(10000));
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    if (took > 3000)
+        fail_msg("logging blocked for %lld ms on a stalled stdout", took);
+    if (dropped == 0)
+        fail_msg("nothing was dropped although stdout took nothing");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_escaping_and_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_buffered_until_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_huge_line, setup, teardown),
+        cmocka_unit_test(test_stalled_stdout_never_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
