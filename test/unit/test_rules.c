@@ -63,6 +63,8 @@ static const char example_json[] =
     " \"key\":\"HEADER:X-Api-Key\",\"rates\":[{\"requests\":10,\"window\":\"1000ms\","
     " \"algorithm\":\"gcra\",\"burst\":20,\"delay\":\"0.5s\"},"
     " {\"requests\":10000,\"window\":\"24h\",\"name\":\"api-daily\"}]},"
+    "{\"name\":\"api-per-address\",\"match\":{\"path_prefix\":\"/api/\"},\"key\":\"ip\","
+    " \"rates\":[{\"requests\":50,\"window\":1}]},"
     "{\"name\":\"api-new-tier\",\"match\":{\"path_prefix\":\"/api/\"},"
     " \"key\":[\"header:X-API-Key\",\"ip\"],\"mode\":\"shadow\","
     " \"rates\":[{\"requests\":100,\"window\":\"10s\",\"algorithm\":\"sliding_window\"}]}"
@@ -98,9 +100,10 @@ static void test_json_and_yaml_same_tree(void **state)
     gw_rules_put(f);
 
     /* the model of the example, defaults filled in */
-    assert_int_equal(y->limit_count, 4);
+    assert_int_equal(y->limit_count, 5);
     const struct gw_rules_limit *mon = &y->limits[0], *login = &y->limits[1];
-    const struct gw_rules_limit *free_ = &y->limits[2], *tier = &y->limits[3];
+    const struct gw_rules_limit *free_ = &y->limits[2], *tier = &y->limits[4];
+    assert_int_equal(y->limits[3].keys[0].kind, GW_RULES_KEY_IP); /* beside the header key */
     assert_true(mon->allow);
     assert_int_equal(mon->cidr_count, 1);
     assert_int_equal(mon->rate_count, 0);
