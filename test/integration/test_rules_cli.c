@@ -56,7 +56,7 @@ static void test_check_rules_ok(void **state)
         fail_msg("stdout is not JSON: %s\n%s", je.text, out);
     assert_int_equal(json_integer_value(json_object_get(j, "version")), 1);
     json_t *limits = json_object_get(j, "limits");
-    assert_int_equal(json_array_size(limits), 4);
+    assert_int_equal(json_array_size(limits), 5);
     json_t *login_1h = json_array_get(json_object_get(json_array_get(limits, 1), "rates"), 1);
     assert_string_equal(json_string_value(json_object_get(login_1h, "name")), "login-1h");
     assert_string_equal(json_string_value(json_object_get(login_1h, "window")), "1h");
@@ -199,7 +199,7 @@ static void test_start_with_rules(void **state)
         gwt_log_dump(&gw, 4000);
         fail_msg("no rules line in the gateway's log");
     }
-    assert_non_null(strstr(line, "4 limits, valid; not enforced yet"));
+    assert_non_null(strstr(line, "5 limits, valid; not enforced yet"));
     assert_int_equal(gwt_stop(&gw, SIGTERM, 10000), 0);
     gwt_proc_cleanup(&gw);
 }
