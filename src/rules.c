@@ -749,6 +749,17 @@ static void parse_limit(struct vctx *c, const char *place, json_t *v, struct gw_
             char w[32], buf[GW_RULES_NAME_MAX + 40];
             duration_text(r->window_ms, w, sizeof(w));
             snprintf(buf, sizeof(buf), "%s-%s", l->name, w);
+            if (!valid_name(buf)) {
+                /* Every policy name goes into headers and store keys, and
+                 * the normalised form must load again: too long a limit
+                 * name needs its rates named. */
+                char np[PLACE_MAX];
+                at(np, "%s.name", rp);
+                json_t *jv = json_string(buf);
+                report(c, np, jv, "the derived policy name is longer than 64; name the rate");
+                json_decref(jv);
+                continue;
+            }
             r->name = xstrdup(c, buf);
         }
     }

@@ -172,7 +172,9 @@ const char *gw_rules_algorithm_name(enum gw_rl_algorithm a);
 /* The parts of a request the match conditions read. Borrowed for the call. */
 struct gw_rules_request {
     int method;                      /* llhttp_method_t of the request */
-    struct gw_slice path;            /* normal form (gw_path_normalize) */
+    struct gw_slice path;            /* normal form (gw_path_normalize), followed by a NUL
+                                        byte (path.ptr[path.len] == 0: the sanitizers'
+                                        regexec reads up to it despite REG_STARTEND) */
     const struct gw_http_head *head; /* headers; may be NULL (no headers) */
     const uint8_t *client_addr;      /* 16 bytes, IPv4 mapped: the client address of
                                         SPEC.md §5 (after TRUSTED_PROXIES) */

@@ -67,6 +67,7 @@ static void check_match(const struct gw_rules *r, const char *s, size_t n)
         char *path = malloc(tl + 1);
         CHECK(path != NULL);
         size_t pl = gw_path_normalize(target, tl, path);
+        path[pl] = '\0'; /* as gw_rules_request asks */
         for (int method = 0; method < 70; method += 7) {
             struct gw_rules_request q = {method, {path, pl}, &h, addr};
             size_t count = 0;

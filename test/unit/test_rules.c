@@ -237,6 +237,14 @@ static const struct err_row err_rows[] = {
      "combined\n"
      "limits[1].key: []: must be a key (ip, global, header:<Name>) or a list of 1 to 8 keys\n"
      "limits[2].key: \"cookie:x\": must be ip, global or header:<Name> (Name an HTTP token)\n"},
+    /* a 64-character limit name leaves no room for "-1m" (found by fuzz_rules:
+     * the normalised form did not load again) */
+    {"version: 1\nlimits:\n- {name: "
+     "mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm, "
+     "rates: [{requests: 1, window: 1m}, {requests: 2, window: 1h, name: hourly}]}\n",
+     "limits[0].rates[0].name: "
+     "\"mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm-1m\": the derived "
+     "policy name is longer than 64; name the rate\n"},
     /* names, modes, actions */
     {"version: 1\nlimits:\n- {name: \"a b\", action: deny}\n- {mode: loud, rates: []}\n"
      "- {name: c, action: allow, mode: shadow, key: ip}\n",
@@ -446,6 +454,7 @@ static void run_match(const struct gw_rules *r, const struct req *q, char *out, 
     }
     char path[512];
     size_t n = gw_path_normalize(q->target, strlen(q->target), path);
+    path[n] = '\0'; /* as gw_rules_request asks */
     uint8_t addr[16];
     assert_true(gw_net_parse_addr(q->addr ? q->addr : "192.0.2.1",
                                   strlen(q->addr ? q->addr : "192.0.2.1"), addr, NULL));
