@@ -139,8 +139,9 @@ int gw_server_run(struct gw_config *cfg)
     bool v6l = strchr(cfg->gateway_host, ':') != NULL;
     gw_info(v6l ? "gateway listening on [%s]:%d" : "gateway listening on %s:%d", cfg->gateway_host,
             srv->port);
-    gw_info("upstream %s, %d workers, rate limit %d per %d s (%s store), in-flight cap %d",
-            cfg->backend_authority, srv->nworkers, cfg->rate_limit_requests,
+    gw_info("upstream %s%s, %d workers, rate limit %d per %d s (%s store), in-flight cap %d",
+            cfg->backend_authority, cfg->backend_base_path ? cfg->backend_base_path : "",
+            srv->nworkers, cfg->rate_limit_requests,
             cfg->rate_limit_window_s, cfg->redis_url ? "redis" : "memory",
             cfg->max_concurrent_requests);
 
