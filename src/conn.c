@@ -251,28 +251,10 @@ bool gw_conn_pump_request(struct gw_conn *c)
 
 /* ---- client socket ---- */
 
-/* Sends what b holds to fd until it is empty or the socket is full;
- * *progress when any byte left. Returns 0, or -1 when the peer is gone. */
-static int send_buffered(int fd, struct gw_buf *b, bool *progress)
-{
-    while (gw_buf_len(b) > 0) {
-        ssize_t n = send(fd, gw_buf_head(b), gw_buf_len(b), MSG_NOSIGNAL);
-        if (n > 0) {
-            gw_buf_consume(b, (size_t)n);
-            *progress = true;
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return 0;
-        return -1;
-    }
-    return 0;
-}
-
 bool gw_conn_flush_client(struct gw_conn *c)
 {
     bool progress = false;
-    if (send_buffered(c->io.fd, &c->out, &progress) != 0) {
+    if (gw_net_send_buf(c->io.fd, &c->out, &progress) != 0) {
         gw_conn_close(c); /* the client went away */
         return true;
     }

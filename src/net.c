@@ -432,3 +432,21 @@ bool gw_net_valid_uri_host(const char *text, size_t len)
     }
     return port <= 65535;
 }
+
+/* ---- buffered send ---- */
+
+int gw_net_send_buf(int fd, struct gw_buf *b, bool *progress)
+{
+    while (gw_buf_len(b) > 0) {
+        ssize_t n = send(fd, gw_buf_head(b), gw_buf_len(b), MSG_NOSIGNAL);
+        if (n > 0) {
+            gw_buf_consume(b, (size_t)n);
+            *progress = true;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        return -1;
+    }
+    return 0;
+}

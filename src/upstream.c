@@ -545,30 +545,12 @@ static int body_cb(void *ctx, const char *data, size_t len)
     return u->cbs->on_body(u->ctx, data, len);
 }
 
-/* Sends what b holds to fd until it is empty or the socket is full;
- * *progress when any byte left. Returns 0, or -1 when the peer is gone. */
-static int send_buffered(int fd, struct gw_buf *b, bool *progress)
-{
-    while (gw_buf_len(b) > 0) {
-        ssize_t n = send(fd, gw_buf_head(b), gw_buf_len(b), MSG_NOSIGNAL);
-        if (n > 0) {
-            gw_buf_consume(b, (size_t)n);
-            *progress = true;
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return 0;
-        return -1;
-    }
-    return 0;
-}
-
 static bool flush(struct gw_upstream *u)
 {
     bool progress = false;
     if (u->phase != UP_ACTIVE || gw_buf_len(&u->out) == 0)
         return false;
-    if (send_buffered(u->sock->io.fd, &u->out, &progress) != 0) {
+    if (gw_net_send_buf(u->sock->io.fd, &u->out, &progress) != 0) {
         /* The backend stopped reading (it may have answered early and
          * closed). What it sent before is still readable: the reads relay a
          * complete response or fail the exchange. The rest of the request is

@@ -9,6 +9,7 @@
 #ifndef GW_NET_H
 #define GW_NET_H
 
+#include "gw/buf.h"
 #include "gw/common.h"
 
 #include <netinet/in.h>
@@ -68,6 +69,13 @@ bool gw_net_parse_addr(const char *s, size_t len, uint8_t out[16], bool *is_v4);
  * bytes, may be NULL). */
 bool gw_net_parse_hostport(const char *s, size_t n, int default_port, struct gw_net_hostport *out,
                            char *why, size_t why_len);
+
+/* Sends what b holds to the non-blocking socket fd until b is empty or the
+ * socket is full, consuming what was sent; sets *progress when any byte
+ * left (never clears it). Returns 0, or -1 when the peer is gone (errno
+ * kept). MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE. b is the
+ * caller's; thread-safe for distinct sockets and buffers. */
+int gw_net_send_buf(int fd, struct gw_buf *b, bool *progress);
 
 /* True when text[0..len) is a valid Host field value or request-target
  * authority: uri-host [ ":" port ] (RFC 9110 §7.2), uri-host being an

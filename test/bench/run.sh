@@ -394,7 +394,8 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
                 for (i = 2; i <= k; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
                 return (k % 2) ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2 }
             END { split("nginx-log nginx-nolog gw-log gw-nolog", ts, " ")
-                for (i = 1; i <= 4; i++) { t = ts[i]; if (!(t in n)) continue; C[t] = med(cpu, t)
+                for (i = 1; i <= 4; i++) if (ts[i] in n) C[ts[i]] = med(cpu, ts[i])
+                for (i = 1; i <= 4; i++) { t = ts[i]; if (!(t in n)) continue
                     printf "| %s | %.0f | %.1f | %s |\n", t, med(rps, t), C[t],
                         (t ~ /-log$/) ? sprintf("%.2f", C[t] - C[(t == "gw-log") ? "gw-nolog" : "nginx-nolog"]) : "" }
                 if (C["nginx-log"] > 0) {
