@@ -51,6 +51,8 @@ static void test_post_then_fin_while_queued(void **state)
                                      "Connection: close\r\n\r\n"),
                      0);
     gwt_assert_stat_becomes(gwt_fx.gport, "/stats", "in_flight", 1, 3000, NULL);
+    /* The backend has the /slow request (counted) before the count is read. */
+    gwt_assert_stat_becomes(gwt_fx.bport, "/stats", "in_flight", 1, 3000, NULL);
     long long before = gwt_backend_requests(gwt_fx.bport);
     const char req[] = "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
     char *out = NULL;
