@@ -60,6 +60,8 @@ struct exchange {
     uint64_t queue_start_us;               /* gate wait start */
     uint64_t proxy_start_ms;               /* when the exchange entered PROXY */
     uint64_t body_rx;                      /* request body bytes read from the client (raw) */
+    size_t chunk_walked;                   /* BODY_WAIT: bytes of the buffered chunked body
+                                              checked as whole chunks (they stay buffered) */
     uint64_t rate_next_ms;                 /* CLIENT_BODY_MIN_RATE: next 1 s sample (loop clock) */
     uint64_t rate_ring[10];                /* body_rx sampled once a second, the last 10 s */
     unsigned rate_n, rate_pos;             /* samples held; slot of the oldest (next written) */

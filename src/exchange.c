@@ -319,12 +319,15 @@ static void maybe_send_continue(struct gw_conn *c);
 
 /* True when the chunked body in b[0..n) ends within it: the chunk sizes are
  * walked up to the last chunk (trailers, if any, follow; they are small).
+ * *walked is where the walk resumes: the bytes before it are whole chunks
+ * already checked, so a body trickling in many small chunks is walked once,
+ * not again on every read.
  * Anything malformed also counts as "in": the request then goes on and the
  * parser refuses it with its exact reason (RFC 9112 §7.1). */
-static bool chunked_body_ends_within(const char *b, size_t n)
+static bool chunked_body_ends_within(const char *b, size_t n, size_t *walked)
 {
-    size_t pos = 0;
-    for (;;) {
+    size_t pos = *walked;
+    for (;; *walked = pos) {
         uint64_t size = 0;
         size_t digits = 0;
         for (; pos < n; pos++) {
@@ -373,7 +376,8 @@ static bool first_window_ready(struct gw_conn *c)
         return true;
     if (h->content_length >= 0)
         return have >= (uint64_t)h->content_length;
-    return h->chunked ? chunked_body_ends_within(gw_buf_head(&c->in), have) : true;
+    return h->chunked ? chunked_body_ends_within(gw_buf_head(&c->in), have, &c->ex.chunk_walked)
+                      : true;
 }
 
 /* CLIENT_BODY_MIN_RATE as a moving average: body_rx is sampled once a

@@ -25,15 +25,7 @@ CONNS=${BENCH_CONNS:-"50 200"}
 WRK_THREADS=${BENCH_WRK_THREADS:-2}
 UPSTREAM_KEEPALIVE=256 # the nginx backend's side only
 OUT=${BENCH_OUT:-$B/bench-ab}
-ensure_tools
-raise_nofile
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-WORK=$OUT/work
-rm -rf "$WORK"
-mkdir -p "$WORK"
-trap 'trap - EXIT INT TERM; stop_all' EXIT
-trap 'exit 130' INT TERM
+prepare_run "$OUT"
 
 start_backend_nginx
 BUILD=$A start_gateway gw-a "$BACKEND_PORT" "$@"

@@ -37,6 +37,22 @@ ensure_tools() {
     fi
 }
 
+# prepare_run DIR: what every bench script does first: installs what is missing, raises
+# the descriptor limit, makes DIR (OUT, absolute) and a fresh DIR/work (WORK) that nginx's
+# workers can read, and stops everything started here when the script exits.
+prepare_run() {
+    ensure_tools
+    raise_nofile
+    mkdir -p "$1"
+    OUT=$(cd "$1" && pwd)
+    WORK=$OUT/work
+    rm -rf "$WORK"
+    mkdir -p "$WORK"
+    chmod 755 "$OUT" "$WORK"
+    trap 'trap - EXIT INT TERM; stop_all' EXIT
+    trap 'exit 130' INT TERM
+}
+
 # Raises the soft descriptor limit (inherited by everything we start) for the 10k test.
 raise_nofile() {
     local hard

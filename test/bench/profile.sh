@@ -30,16 +30,7 @@ UPSTREAM_KEEPALIVE=${BENCH_UPSTREAM_KEEPALIVE:-256} # nginx backend side only (l
 OUT=${BENCH_OUT:-$BUILD/bench-profile}
 case "$MODE" in redis | memory | redis-429) ;; *) die "PROFILE_MODE=$MODE: redis, memory or redis-429" ;; esac
 
-ensure_tools
-raise_nofile
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-WORK=$OUT/work
-rm -rf "$WORK"
-mkdir -p "$WORK"
-chmod 755 "$OUT" "$WORK"
-trap 'trap - EXIT INT TERM; stop_all' EXIT
-trap 'exit 130' INT TERM
+prepare_run "$OUT"
 
 start_redis
 start_backend_nginx

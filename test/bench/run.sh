@@ -44,22 +44,7 @@ for v in SECS ROUNDS WRK_THREADS UPSTREAM_KEEPALIVE IDLE_CONNS STREAM_BYTES; do
     [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v}: must be a positive integer"
 done
 
-ensure_tools
-raise_nofile
-
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-WORK=$OUT/work
-rm -rf "$WORK"
-mkdir -p "$WORK"
-chmod 755 "$OUT" "$WORK"
-
-cleanup() {
-    trap - EXIT INT TERM
-    stop_all
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+prepare_run "$OUT"
 
 cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -o "$WORK/bench_client" "$BENCH_DIR/bench_client.c" ||
     die "cannot compile bench_client.c"

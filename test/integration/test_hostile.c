@@ -28,32 +28,15 @@
 #include "gwt_suite.h"
 #include "gwtest.h"
 
-static struct gwt_fault *fake; /* scripted upstream: shows the forwarded request line */
-static struct gwt_proc gw;     /* the gateway under test (tracked, stopped per test) */
+static struct gwt_proc gw; /* the gateway under test (tracked, stopped per test) */
 
-static struct gwt_proc backend; /* backend_app: reads bodies as they come */
-static int bport;
-
+/* The shared fixture (test/support/gwt_suite): backend_app and the scripted
+ * fake upstream for the group; per test, backend counters zeroed and every
+ * gateway the test started stopped, each expected to exit 0. */
 static int group_setup(void **state)
 {
     (void)state;
-    if (gwt_backend_start(&backend, &bport, NULL) != 0)
-        return -1;
-    return gwt_fault_start(&fake) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    gwt_fault_stop(fake);
-    gwt_stop_and_cleanup(&backend);
-    return 0;
-}
-
-static int test_teardown(void **state)
-{
-    (void)state;
-    return gwt_stop_tracked();
+    return gwt_suite_setup(GWT_FX_FAKE);
 }
 
 /* Starts a gateway in front of the fake upstream with BACKEND_URL's base
@@ -62,7 +45,8 @@ static void start_gateway_base(struct gwt_proc *p, int *port, const char *base,
                                const char *const env[])
 {
     char burl[96];
-    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d%s", gwt_fault_port(fake), base);
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d%s", gwt_fault_port(gwt_fx.fake),
+             base);
     const char *merged[32] = {burl};
     size_t k = 1;
     for (size_t i = 0; env && env[i] && k < 31; i++)
@@ -76,7 +60,7 @@ static void start_gateway_base(struct gwt_proc *p, int *port, const char *base,
  * (empty when nothing reached it). */
 static int get_via(int port, const char *target, char *forwarded_line, size_t cap)
 {
-    assert_int_equal(gwt_fault_script(fake, NULL, 0), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, NULL, 0), 0);
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
     char req[512];
@@ -90,9 +74,9 @@ static int get_via(int port, const char *target, char *forwarded_line, size_t ca
     close(fd);
     if (forwarded_line) {
         forwarded_line[0] = '\0';
-        if (gwt_fault_requests(fake) > 0) {
+        if (gwt_fault_requests(gwt_fx.fake) > 0) {
             char raw[2048];
-            gwt_fault_last_request(fake, raw, sizeof(raw));
+            gwt_fault_last_request(gwt_fx.fake, raw, sizeof(raw));
             char *eol = strstr(raw, "\r\n");
             if (eol)
                 *eol = '\0';
@@ -252,7 +236,7 @@ static void test_repeated_key_header(void **state)
     const char *env[] = {"RATE_LIMIT_KEY=header:X-API-Key", NULL};
     int port;
     start_gateway_base(&gw, &port, "", env);
-    assert_int_equal(gwt_fault_script(fake, NULL, 0), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, NULL, 0), 0);
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /x HTTP/1.1\r\nHost: t\r\nX-API-Key: gold\r\n"
@@ -262,13 +246,13 @@ static void test_repeated_key_header(void **state)
     gwt_must_read(fd, &r, false, "two X-API-Key lines");
     gwt_assert_problem(&r, 400, NULL);
     gwt_response_free(&r);
-    assert_int_equal(gwt_fault_requests(fake), 0);
+    assert_int_equal(gwt_fault_requests(gwt_fx.fake), 0);
     assert_int_equal(gwt_send_str(fd, "GET /x HTTP/1.1\r\nHost: t\r\nX-API-Key: gold\r\n\r\n"), 0);
     gwt_must_read(fd, &r, false, "one X-API-Key line");
     assert_int_equal(r.status, 200);
     gwt_response_free(&r);
     close(fd);
-    assert_int_equal(gwt_fault_requests(fake), 1);
+    assert_int_equal(gwt_fault_requests(gwt_fx.fake), 1);
     assert_int_equal(gwt_stat(port, "/stats", "requests_bad"), 1);
 }
 
@@ -289,7 +273,7 @@ static void test_redis_write_pause(void **state)
     int port;
     start_gateway_base(&gw, &port, "", env);
     gwt_assert_serves(port, "/warm-up");
-    assert_int_equal(gwt_fault_script(fake, NULL, 0), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, NULL, 0), 0);
 
     assert_int_equal(gwt_redis_cmd(rport, "CLIENT PAUSE 2500 WRITE"), 0);
     long long start = gwt_now_ms(), slow = 0, total = 0;
@@ -363,7 +347,7 @@ static void test_malformed_chunk_after_head(void **state)
     start_gateway_base(&gw, &port, "", NULL);
     for (size_t i = 0; i < GW_ARRAY_LEN(rows); i++) {
         struct gwt_fault_step step = {.reply = rows[i].reply, .after = GWT_FAULT_CLOSE};
-        assert_int_equal(gwt_fault_script(fake, &step, 1), 0);
+        assert_int_equal(gwt_fault_script(gwt_fx.fake, &step, 1), 0);
         int fd = gwt_connect(port);
         assert_true(fd >= 0);
         assert_int_equal(gwt_send_str(fd, "GET /x HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
@@ -377,7 +361,7 @@ static void test_malformed_chunk_after_head(void **state)
     /* An HTTP/1.0 client reads the body until close: a FIN would make the
      * cut response look complete, so it gets a reset after the data. */
     struct gwt_fault_step step = {.reply = rows[0].reply, .after = GWT_FAULT_CLOSE};
-    assert_int_equal(gwt_fault_script(fake, &step, 1), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, &step, 1), 0);
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /x HTTP/1.0\r\n\r\n"), 0);
@@ -472,7 +456,7 @@ static void test_started_with_stdout_closed(void **state)
 {
     (void)state;
     char burl[96];
-    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fault_port(fake));
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fault_port(gwt_fx.fake));
     const char *env[] = {burl, "WORKER_THREADS=2", "RATE_LIMIT_REQUESTS=100000", NULL};
     const char *wrapper[] = {"sh", "-c", "exec \"$@\" 1>&-", "sh", NULL};
     int port;
@@ -495,7 +479,7 @@ static void test_access_log_for_abandoned_and_cut(void **state)
 {
     (void)state;
     char burl[96];
-    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fault_port(fake));
+    snprintf(burl, sizeof(burl), "BACKEND_URL=http://127.0.0.1:%d", gwt_fault_port(gwt_fx.fake));
     const char *env[] = {burl, "WORKER_THREADS=1", "RATE_LIMIT_REQUESTS=100000", NULL};
     int port;
     assert_int_equal(gwt_gateway_start_split(&gw, &port, env), 0);
@@ -505,13 +489,13 @@ static void test_access_log_for_abandoned_and_cut(void **state)
         {.reply = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
          .after = GWT_FAULT_CLOSE},
     };
-    assert_int_equal(gwt_fault_script(fake, steps, 2), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, steps, 2), 0);
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "GET /abandoned HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
-    if (gwt_fault_wait_requests(fake, 1, 3000) != 0)
+    if (gwt_fault_wait_requests(gwt_fx.fake, 1, 3000) != 0)
         fail_msg("the upstream never got the request (requests %ld, connections %ld)",
-                 gwt_fault_requests(fake), gwt_fault_connections(fake));
+                 gwt_fault_requests(gwt_fx.fake), gwt_fault_connections(gwt_fx.fake));
     /* Gone before any answer: a reset (a FIN alone would be a half-close,
      * still owed its response, RFC 9112 §9.6). */
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
@@ -558,7 +542,7 @@ static void test_trickled_bodies_hold_no_slot(void **state)
     const char *env[] = {"MAX_CONCURRENT_REQUESTS=2", "QUEUE_TIMEOUT_MS=500", NULL};
     int port;
     start_gateway_base(&gw, &port, "", env);
-    assert_int_equal(gwt_fault_script(fake, NULL, 0), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, NULL, 0), 0);
     int a = start_upload(port, 200000, 1000), b = start_upload(port, 200000, 1000);
     long long end = gwt_now_ms() + 2500;
     int served = 0;
@@ -572,7 +556,7 @@ static void test_trickled_bodies_hold_no_slot(void **state)
     }
     assert_true(served >= 10);
     assert_int_equal(gwt_stat(port, "/stats", "requests_rejected_queue"), 0);
-    assert_int_equal(gwt_fault_requests(fake), served); /* the uploads reached nobody */
+    assert_int_equal(gwt_fault_requests(gwt_fx.fake), served); /* the uploads reached nobody */
     close(a);
     close(b);
 }
@@ -584,7 +568,7 @@ static void test_body_min_rate(void **state)
 {
     (void)state;
     int port;
-    assert_int_equal(gwt_gateway_for(&gw, &port, bport, NULL), 0);
+    assert_int_equal(gwt_gateway_for(&gw, &port, gwt_fx.bport, NULL), 0);
     int fds[2] = {start_upload(port, 500000, 1000), start_upload(port, 500000, 70000)};
     bool done[2] = {false, false};
     int status[2] = {0, 0};
@@ -629,7 +613,7 @@ static void test_expect_continue_once(void **state)
     struct gwt_fault_step step = {
         .reply = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         .after = GWT_FAULT_KEEP};
-    assert_int_equal(gwt_fault_script(fake, &step, 1), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, &step, 1), 0);
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
     assert_int_equal(gwt_send_str(fd, "POST /c HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
@@ -639,7 +623,7 @@ static void test_expect_continue_once(void **state)
     gwt_must_read(fd, &r, false, "100 Continue from the gateway");
     assert_int_equal(r.status, 100);
     gwt_response_free(&r);
-    assert_int_equal(gwt_fault_requests(fake), 0); /* nothing forwarded before the body */
+    assert_int_equal(gwt_fault_requests(gwt_fx.fake), 0); /* nothing forwarded before the body */
     assert_int_equal(gwt_send_str(fd, "hello"), 0);
     gwt_must_read(fd, &r, false, "the final response");
     assert_int_equal(r.status, 200); /* not a second 100 */
@@ -663,18 +647,18 @@ static void test_sigusr_survived(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_base_path_escape, test_teardown),
-        cmocka_unit_test_teardown(test_connections_per_client, test_teardown),
-        cmocka_unit_test_teardown(test_repeated_key_header, test_teardown),
-        cmocka_unit_test_teardown(test_redis_write_pause, test_teardown),
-        cmocka_unit_test_teardown(test_sigusr_survived, test_teardown),
-        cmocka_unit_test_teardown(test_trickled_bodies_hold_no_slot, test_teardown),
-        cmocka_unit_test_teardown(test_body_min_rate, test_teardown),
-        cmocka_unit_test_teardown(test_expect_continue_once, test_teardown),
-        cmocka_unit_test_teardown(test_started_with_stdout_closed, test_teardown),
-        cmocka_unit_test_teardown(test_access_log_for_abandoned_and_cut, test_teardown),
-        cmocka_unit_test_teardown(test_malformed_chunk_after_head, test_teardown),
-        cmocka_unit_test_teardown(test_rss_after_burst, test_teardown),
+        GWT_TEST(test_base_path_escape),
+        GWT_TEST(test_connections_per_client),
+        GWT_TEST(test_repeated_key_header),
+        GWT_TEST(test_redis_write_pause),
+        GWT_TEST(test_sigusr_survived),
+        GWT_TEST(test_trickled_bodies_hold_no_slot),
+        GWT_TEST(test_body_min_rate),
+        GWT_TEST(test_expect_continue_once),
+        GWT_TEST(test_started_with_stdout_closed),
+        GWT_TEST(test_access_log_for_abandoned_and_cut),
+        GWT_TEST(test_malformed_chunk_after_head),
+        GWT_TEST(test_rss_after_burst),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, group_setup, gwt_suite_teardown);
 }

@@ -23,31 +23,15 @@
 #include "gwt_suite.h"
 #include "gwtest.h"
 
-static struct gwt_proc backend;
-static int bport;
-static struct gwt_fault *fake;
 static struct gwt_proc gw;
 
+/* The shared fixture (test/support/gwt_suite): backend_app and the scripted
+ * fake upstream for the group; per test, backend counters zeroed and every
+ * gateway the test started stopped, each expected to exit 0. */
 static int group_setup(void **state)
 {
     (void)state;
-    if (gwt_backend_start(&backend, &bport, NULL) != 0)
-        return -1;
-    return gwt_fault_start(&fake) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    gwt_fault_stop(fake);
-    gwt_stop_and_cleanup(&backend);
-    return 0;
-}
-
-static int test_teardown(void **state)
-{
-    (void)state;
-    return gwt_stop_tracked();
+    return gwt_suite_setup(GWT_FX_FAKE);
 }
 
 static long long opened(int port)
@@ -68,7 +52,7 @@ static long long burst_opened(struct gwt_proc *p, const char *keepalive)
     const char *const *e = env;
     if (!keepalive)
         env[1] = NULL;
-    assert_int_equal(gwt_gateway_for(p, &port, bport, e), 0);
+    assert_int_equal(gwt_gateway_for(p, &port, gwt_fx.bport, e), 0);
     int fds[CLIENTS];
     for (int i = 0; i < CLIENTS; i++) {
         fds[i] = gwt_connect(port);
@@ -107,18 +91,18 @@ static void test_default_pool_does_not_churn(void **state)
 static void test_idle_timeout_closes_pooled(void **state)
 {
     (void)state;
-    assert_int_equal(gwt_fault_script(fake, NULL, 0), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, NULL, 0), 0);
     const char *env[] = {"WORKER_THREADS=1", "UPSTREAM_IDLE_TIMEOUT_MS=300", NULL};
     int port;
-    assert_int_equal(gwt_gateway_for(&gw, &port, gwt_fault_port(fake), env), 0);
+    assert_int_equal(gwt_gateway_for(&gw, &port, gwt_fault_port(gwt_fx.fake), env), 0);
 
     gwt_assert_serves(port, "/a");
     long long t0 = gwt_now_ms();
     gwt_assert_serves(port, "/b"); /* within the timeout: the same connection */
-    assert_int_equal(gwt_fault_connections(fake), 1);
+    assert_int_equal(gwt_fault_connections(gwt_fx.fake), 1);
     long long waited = -1;
     for (int i = 0; i < 300; i++) { /* at most 3 s */
-        if (gwt_fault_peer_closes(fake) == 1) {
+        if (gwt_fault_peer_closes(gwt_fx.fake) == 1) {
             waited = gwt_now_ms() - t0;
             break;
         }
@@ -129,7 +113,7 @@ static void test_idle_timeout_closes_pooled(void **state)
     if (waited < 250)
         fail_msg("the pooled connection was closed after %lld ms, before its 300 ms", waited);
     gwt_assert_serves(port, "/c");
-    assert_int_equal(gwt_fault_connections(fake), 2);
+    assert_int_equal(gwt_fault_connections(gwt_fx.fake), 2);
     assert_int_equal(opened(port), 2);
 }
 
@@ -144,10 +128,10 @@ static void test_backend_closed_pooled_is_dropped(void **state)
     for (int i = 0; i < N; i++)
         steps[i] = (struct gwt_fault_step){
             .reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", .after = GWT_FAULT_CLOSE};
-    assert_int_equal(gwt_fault_script(fake, steps, N), 0);
+    assert_int_equal(gwt_fault_script(gwt_fx.fake, steps, N), 0);
     int port;
     const char *env[] = {"WORKER_THREADS=1", NULL};
-    assert_int_equal(gwt_gateway_for(&gw, &port, gwt_fault_port(fake), env), 0);
+    assert_int_equal(gwt_gateway_for(&gw, &port, gwt_fault_port(gwt_fx.fake), env), 0);
     int fd = gwt_connect(port);
     assert_true(fd >= 0);
     for (int i = 0; i < N; i++) {
@@ -166,9 +150,9 @@ static void test_backend_closed_pooled_is_dropped(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_default_pool_does_not_churn, test_teardown),
-        cmocka_unit_test_teardown(test_idle_timeout_closes_pooled, test_teardown),
-        cmocka_unit_test_teardown(test_backend_closed_pooled_is_dropped, test_teardown),
+        GWT_TEST(test_default_pool_does_not_churn),
+        GWT_TEST(test_idle_timeout_closes_pooled),
+        GWT_TEST(test_backend_closed_pooled_is_dropped),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, group_setup, gwt_suite_teardown);
 }
