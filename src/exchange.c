@@ -91,6 +91,7 @@ static void log_access(struct gw_conn *c)
         .duration_ms = (double)(now - ex->start_us) / 1000.0,
         .upstream_ms = ex->upstream_start_us ? (double)(now - ex->upstream_start_us) / 1000.0 : -1,
         .limited = ex->limited,
+        .policies = ex->rl_policies,
     };
     gw_log_access(&e);
 }
@@ -246,8 +247,7 @@ static void render_rl_headers(struct gw_conn *c)
         return;
     struct gw_buf *b = &c->w->scratch; /* kept across requests: no malloc */
     gw_buf_clear(b);
-    if (gw_response_write_ratelimit_headers(b, &ex->rl.info) == 0 &&
-        gw_buf_len(b) <= sizeof(ex->rl_headers)) {
+    if (gw_ratelimit_write_headers(&ex->rl, b) == 0 && gw_buf_len(b) <= sizeof(ex->rl_headers)) {
         memcpy(ex->rl_headers, gw_buf_head(b), gw_buf_len(b));
         ex->rl_headers_len = gw_buf_len(b);
     }
@@ -306,6 +306,9 @@ void gw_exchange_on_head(struct gw_conn *c)
      * iteration is checked together before the worker sleeps, so a Redis
      * store sees one pipelined round trip for all of them. */
     gw_conn_set_state(c, CS_LIMIT);
+    c->ex.rl_req.head = h;
+    c->ex.rl_req.client_addr = c->ex.client_ident[0] ? c->ex.client_ident : c->client_addr;
+    c->limit.req = &c->ex.rl_req;
     c->limit.key = c->ex.rl_key;
     c->limit.key_len = strlen(c->ex.rl_key);
     c->limit.out = &c->ex.rl;
@@ -473,13 +476,21 @@ static void after_limit(struct gw_conn *c)
             GW_STAT_INC(&w->stats, requests_rate_limited_dry_run);
     }
     render_rl_headers(c);
+    (void)gw_ratelimit_policy_names(&ex->rl, ex->rl_policies, sizeof(ex->rl_policies));
+    if (ex->rl.verdict == GW_RL_BAD_KEY) {
+        gw_exchange_respond_error(c, 400, "more than one field line of a rate-limit key header",
+                                  false);
+        return;
+    }
     if (ex->rl.verdict == GW_RL_LIMITED) {
+        char violated[256];
+        (void)gw_ratelimit_violated(&ex->rl, violated, sizeof(violated));
         struct gw_problem pb = {
             .status = 429,
             .type = GW_PROBLEM_QUOTA_EXCEEDED,
             .detail = "rate limit exceeded; retry after the window resets",
-            .retry_after_s = (int)GW_MAX(1, ex->rl.info.reset_after_s),
-            .violated_default = true,
+            .retry_after_s = (int)GW_MIN(GW_MAX(1, ex->rl.retry_after_s), INT32_MAX),
+            .violated = violated,
         };
         respond_problem(c, &pb, false, RESULT_RATE_LIMITED);
         return;

@@ -364,16 +364,29 @@ static char *render_access(char *p, const struct gw_access_entry *e)
         p = put_ms(p, e->upstream_ms);
     p = GW_PUT_LIT(p, ",\"limited\":");
     if (e->limited)
-        p = GW_PUT_LIT(p, "true}\n");
+        p = GW_PUT_LIT(p, "true");
     else
-        p = GW_PUT_LIT(p, "false}\n");
+        p = GW_PUT_LIT(p, "false");
+    if (e->policies != NULL && e->policies[0] != '\0') {
+        /* Names of [A-Za-z0-9_.-] (rules validation): no escaping. */
+        p = GW_PUT_LIT(p, ",\"policies\":[\"");
+        for (const char *q = e->policies; *q != '\0'; q++) {
+            if (*q == ',')
+                p = GW_PUT_LIT(p, "\",\"");
+            else
+                *p++ = *q;
+        }
+        p = GW_PUT_LIT(p, "\"]");
+    }
+    p = GW_PUT_LIT(p, "}\n");
     return p;
 }
 
 static size_t line_bound(const struct gw_access_entry *e)
 {
     size_t client = e->client ? strlen(e->client) : 0;
-    return ACCESS_FIXED_MAX + 6 * (client + e->method.len + e->path.len);
+    size_t pol = e->policies ? 16 + 3 * strlen(e->policies) : 0;
+    return ACCESS_FIXED_MAX + 6 * (client + e->method.len + e->path.len) + pol;
 }
 
 void gw_log_access(const struct gw_access_entry *e)

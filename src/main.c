@@ -281,16 +281,9 @@ int main(int argc, char **argv)
         return rc;
     }
     gw_log_set_level(cfg.log_level);
-    if (file_rules != NULL) {
-        /* Issue 11 lands in two halves: the file is read and validated
-         * now, the per-limit decision comes with the rate limiter's
-         * rework. Say so rather than let an operator believe it acts. */
-        gw_log(GW_LOG_WARN,
-               "RATE_LIMIT_RULES_FILE %s: rules version %s, %zu limits, valid; not enforced "
-               "yet: the default limit of the RATE_LIMIT_* variables applies",
-               cfg.rate_limit_rules_file, file_rules->version, file_rules->limit_count);
-        gw_rules_put(file_rules);
-    }
+    /* Validated here so a bad file exits 2 before anything starts; the
+     * server loads it again (the same bytes, or a newer valid file). */
+    gw_rules_put(file_rules);
     /* SIGPIPE: a peer that vanished is an I/O error, not a reason to die.
      * SIGUSR1/SIGUSR2 have no use yet; their default action would end the
      * process (SPEC.md §7: ignored). */

@@ -1,31 +1,38 @@
 /*
- * The rate limiter (SPEC.md §5): turns a client key into a store key,
- * answers repeat offenders from the process-wide over-limit cache (behind a
- * small lock-free per-worker front), asks the
- * store (Redis per worker, or the shared in-process store) otherwise, and
- * applies RATE_LIMIT_FAILURE_MODE and RATE_LIMIT_DRY_RUN. Checks come one
- * by one or in batches; the items of a batch are grouped by client, each
- * client's k requests are counted by one store call (INCRBY k) and handed
- * the numbers n-k+1 .. n in batch order, and the groups go to Redis in one
- * script call per PASS items (one round trip). Store keys are SHA-256 of the client key, kept
- * in a small per-worker cache (a connection sends many requests with one
- * key). A worker whose Redis failed stops asking it and reconnects from its
- * tick, without blocking, with a doubling backoff (100 ms to 2 s).
+ * The rate limiter (SPEC.md §5, §5.1, §10): for each request, finds the
+ * applicable limits of the rules in force, derives each limit's client
+ * identity from its key and turns it into a store-key digest (SHA-256,
+ * cached per worker), answers rates known to refuse from the process-wide
+ * over-limit cache (behind a small lock-free per-worker front), and
+ * decides the rest in one store call per pass: the request's enforce
+ * rates as one unit (check all, commit only if all allow), each shadow
+ * limit as a unit of its own. A pass holds the units of up to PASS
+ * requests in batch order; Redis decides them in one script call (one
+ * round trip), the in-process store under its shard locks. Then it applies
+ * RATE_LIMIT_FAILURE_MODE and RATE_LIMIT_DRY_RUN, picks the rate the
+ * headers describe, and counts each limit's outcome. A worker whose Redis
+ * failed stops asking it and reconnects from its tick, without blocking,
+ * with a doubling backoff (100 ms to 2 s).
  *
  * Threads: struct gw_ratelimit is immutable after create except for the
- * over-limit cache, whose shards each have a mutex (a slot is only read or
- * written under its shard's lock), and the memory store, which locks itself;
- * a struct gw_ratelimit_worker belongs to one worker thread and is never
- * locked.
+ * rules in force (a pointer under rules_mu, announced by an atomic
+ * generation), the per-limit counters (atomics; the name table grows under
+ * stats_mu), the over-limit cache, whose shards each have a mutex, and the
+ * memory store, which locks itself; a struct gw_ratelimit_worker belongs
+ * to one worker thread and is never locked.
  */
 #include "gw/ratelimit.h"
 
 #include "gw/log.h"
+#include "gw/net.h"
+#include "gw/path.h"
 #include "gw/rl_algo.h"
+#include "put.h"
 #include "ratelimit_int.h"
 
 #include <assert.h>
 #include <errno.h>
+#include <llhttp.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <pthread.h>
@@ -43,17 +50,20 @@
 #define BACKOFF_MIN_MS  100
 #define BACKOFF_MAX_MS  2000
 #define TICK_IDLE_MS    1000
-#define CONNECT_POLL_MS 5   /* tick period while a reconnect is in progress */
-#define PASS            256 /* items grouped together; their clients share one script call */
-#define SKC_SLOTS       128 /* per-worker cache of client key -> digest (power of two) */
-#define SKC_KEY_MAX     64  /* longer client keys are hashed on every request */
-#define MD_BYTES        16  /* digest bytes in a store key (GW_RL_KEY_HASH_HEX / 2) */
+#define CONNECT_POLL_MS 5    /* tick period while a reconnect is in progress */
+#define PASS            256  /* requests decided by one store call */
+#define PASS_OPS        4096 /* ops of one store call (a request has at most GW_RL_UNIT_OPS_MAX) */
+#define SKC_SLOTS       128  /* per-worker cache of identity -> digest (power of two) */
+#define SKC_KEY_MAX     96   /* longer identities are hashed on every request */
+#define MD_BYTES        16   /* digest bytes in a store key (GW_RL_KEY_HASH_HEX / 2) */
+#define IDENT_MAX       2048 /* longest identity hashed (longer header values are cut) */
+#define STATS_MAX       4096 /* limit names counted since start */
 
-/* One client known to be over its limit until its window ends. */
+/* One rate known to refuse a client until deadline_ms. */
 struct olc_slot {
-    uint64_t hash;         /* first 8 bytes of the client's SHA-256 */
-    uint64_t deadline_ms;  /* gw_now_ms() at which the window ends; 0 = empty */
-    int64_t reset_epoch_s; /* window end on the store's clock, for headers */
+    uint64_t hash;         /* mix of the identity digest and the rate's id */
+    uint64_t deadline_ms;  /* gw_now_ms() at which a request would pass again; 0 = empty */
+    int64_t reset_epoch_s; /* the rate's reset on the store's clock, for headers */
 };
 
 /* A shard of the over-limit cache: every worker of the process sees a
@@ -63,25 +73,18 @@ struct olc_shard {
     struct olc_slot slots[OLC_SHARD_SLOTS];
 };
 
-/* A cached store-key digest of one client key (the worker's own). */
+/* A cached store-key digest of one identity (the worker's own). */
 struct skc_slot {
-    uint64_t khash;             /* gw_hash64(seed, client key) */
-    uint32_t len;               /* client key bytes; UINT32_MAX = empty slot */
-    unsigned char md[MD_BYTES]; /* first bytes of SHA-256(client key) */
-    char key[SKC_KEY_MAX];      /* the client key */
+    uint64_t khash;             /* gw_hash64(seed, identity) */
+    uint32_t len;               /* identity bytes; UINT32_MAX = empty slot */
+    unsigned char md[MD_BYTES]; /* first bytes of SHA-256(identity) */
+    char key[SKC_KEY_MAX];      /* the identity */
 };
 
-/* The items of one client in a pass: counted by one store call. Items are
- * chained first .. last in batch order through next_item[]. */
-struct group {
-    const char *key; /* client key (borrowed from its first item) */
-    size_t key_len;  /* bytes */
-    uint64_t khash;  /* gw_hash64(seed, key) */
-    uint64_t hash;   /* first 8 digest bytes: the over-limit cache's key */
-    size_t skey_len; /* store key at keys + index * key_cap */
-    uint16_t first;  /* first item */
-    uint16_t last;   /* last item */
-    uint16_t k;      /* items */
+/* Counters of one limit name. */
+struct lim_stats {
+    char name[GW_RULES_NAME_MAX + 1];
+    _Atomic uint64_t count[GW_RL_OUT_COUNT];
 };
 
 struct gw_ratelimit {
@@ -89,8 +92,6 @@ struct gw_ratelimit {
     size_t prefix_len;             /* strlen(RATE_LIMIT_KEY_PREFIX) */
     uint64_t seed;                 /* gw_hash64 seed of the per-worker tables, random per process */
     EVP_MD *sha256;                /* fetched once (NULL: one-shot SHA256()); shared */
-    int64_t limit;                 /* RATE_LIMIT_REQUESTS */
-    int64_t window_s;              /* RATE_LIMIT_WINDOW_SECONDS */
     enum gw_rl_failure_mode mode;  /* RATE_LIMIT_FAILURE_MODE */
     bool dry_run;                  /* RATE_LIMIT_DRY_RUN */
     bool use_redis;                /* REDIS_URL set */
@@ -98,6 +99,49 @@ struct gw_ratelimit {
     struct gw_rl_memory *mem;      /* without Redis, or for failure mode local; else NULL */
     _Atomic int workers;           /* live worker handles */
     struct olc_shard *olc;         /* OLC_SHARDS shards, heap */
+    pthread_mutex_t rules_mu;      /* guards rules */
+    struct gw_rules *rules;        /* in force (one reference) */
+    _Atomic uint64_t rules_gen;    /* bumped by every publish */
+    pthread_mutex_t stats_mu;      /* guards adding to stats */
+    struct lim_stats *stats;       /* STATS_MAX entries */
+    _Atomic size_t nstats;         /* entries in use (published after the name is written) */
+};
+
+/* What a worker derives once from a rules version. */
+struct version {
+    struct gw_rules *rules;  /* one reference */
+    uint64_t gen;            /* rl->rules_gen it was taken at */
+    size_t nrates;           /* rates of all limits */
+    uint32_t *rate_base;     /* per limit: index of its first rate in the flat arrays */
+    struct gw_rl_spec *spec; /* per flat rate */
+    uint64_t *rate_id;       /* per flat rate: hash of limit, policy, algorithm, parameters */
+    uint16_t *stat;          /* per limit: its rl->stats entry (UINT16_MAX: none) */
+    uint32_t *spec_stamp;    /* per flat rate: pass number that last used spec_at */
+    uint16_t *spec_at;       /* per flat rate: its index in the pass's specs */
+    const struct gw_rules_limit **match; /* gw_rules_match output, limit_count entries */
+};
+
+/* An op's place in the request it belongs to. */
+struct op_ref {
+    uint16_t item;  /* item of the pass */
+    uint8_t app;    /* index into the item's decision applied[] */
+    uint8_t rate;   /* rate of that limit */
+    uint32_t flat;  /* flat rate index */
+    uint64_t ohash; /* over-limit cache key */
+};
+
+/* Results of the ops of a pass, beside the store's answer. */
+enum { OP_NONE = 0, OP_DECIDED, OP_CACHED };
+
+struct op_out {
+    uint8_t state; /* OP_* */
+    struct gw_rl_result res;
+};
+
+/* A request of the pass. */
+struct item_state {
+    uint32_t first_unit, nunits;
+    uint64_t md_hash[GW_RL_APPLY_MAX]; /* per applied limit: first 8 digest bytes */
 };
 
 struct gw_ratelimit_worker {
@@ -109,36 +153,50 @@ struct gw_ratelimit_worker {
     uint64_t backoff_ms;               /* current reconnect delay */
     uint64_t retry_at_ms;              /* gw_now_ms() of the next reconnect attempt */
     uint64_t warned_at_ms;             /* last error-reply warning, to rate-limit the log */
-    char *keys;                        /* store-key scratch: PASS keys of key_cap bytes */
-    size_t key_cap;
-    EVP_MD_CTX *md_ctx; /* reused SHA-256 context; NULL: one-shot SHA256() */
+    uint64_t warned_apply_ms;          /* last "too many limits" warning */
+    EVP_MD_CTX *md_ctx;                /* reused SHA-256 context; NULL: one-shot SHA256() */
     struct skc_slot skc[SKC_SLOTS];
-    /* Clients this worker saw over their limit, direct-mapped on hash: a
-     * flood from one client is refused without taking a shard lock that
-     * every worker contends for. An entry only ever says "over the limit
-     * until deadline_ms", as the shared cache does, so it needs no
-     * invalidation. */
+    /* Rates this worker saw refuse, direct-mapped on hash: a flood from
+     * one client is refused without taking a shard lock that every worker
+     * contends for. An entry only ever says "refusing until deadline_ms",
+     * as the shared cache does, so it needs no invalidation. */
     struct olc_slot olc_local[OLC_LOCAL_SLOTS];
-    /* One pass (PASS items) of gw_ratelimit_check_batch: */
-    struct group groups[PASS];
-    uint16_t next_item[PASS]; /* next item of the same group */
-    uint16_t table[2 * PASS]; /* open addressing: group index + 1, 0 = empty */
-    uint16_t pending[PASS];   /* groups sent to Redis */
-    const char *pkeys[PASS];  /* their store keys ... */
-    size_t pklens[PASS];
-    int64_t incrs[PASS];  /* ... requests ... */
-    int64_t counts[PASS]; /* ... and the answers */
-    int64_t store_ms[PASS];
-    int rcs[PASS];
+    struct version v; /* the rules version this worker decides with */
+    uint32_t pass_no; /* numbers passes for spec_stamp */
+    char *path;       /* normalised path scratch */
+    size_t path_cap;
+    char ident[IDENT_MAX];
+    /* One pass: */
+    char *keys;     /* store-key bases, key_cap bytes each */
+    size_t key_cap; /* bytes per key slot */
+    const char *kptr[PASS_OPS];
+    size_t klen[PASS_OPS];
+    uint16_t ktable[2 * PASS_OPS]; /* open addressing over key hashes: index + 1 */
+    uint64_t khash[PASS_OPS];
+    uint16_t kslot[PASS_OPS]; /* each key's ktable slot, cleared by pass_reset */
+    size_t nkeys;
+    struct gw_rl_spec specs[PASS_OPS];
+    size_t nspecs;
+    struct gw_rl_op pops[PASS_OPS];
+    struct op_ref oref[PASS_OPS];
+    size_t nops;
+    struct gw_rl_unit units[PASS_OPS];
+    bool unit_sent[PASS_OPS]; /* false: decided from the over-limit cache */
+    size_t nunits;
+    struct gw_rl_unit send_units[PASS_OPS]; /* the units sent to the store ... */
+    uint16_t send_map[PASS_OPS];            /* ... and where each came from */
+    struct op_out *oo;                      /* PASS_OPS results, heap */
+    struct item_state items[PASS];
 };
 
 /* ---- store keys ------------------------------------------------------------ */
+
+static const char hexd[] = "0123456789abcdef";
 
 /* "<prefix>:{<hex of md>}" into out; its length, or -ENOSPC. */
 static int format_store_key(const char *prefix, size_t plen, const unsigned char md[MD_BYTES],
                             char *out, size_t cap)
 {
-    static const char hex[] = "0123456789abcdef";
     size_t need = plen + 3 + GW_RL_KEY_HASH_HEX; /* ":{" hex "}" */
     if (need + 1 > cap || need > INT32_MAX)
         return -ENOSPC;
@@ -148,8 +206,8 @@ static int format_store_key(const char *prefix, size_t plen, const unsigned char
     *p++ = ':';
     *p++ = '{';
     for (int i = 0; i < MD_BYTES; i++) {
-        *p++ = hex[md[i] >> 4];
-        *p++ = hex[md[i] & 15];
+        *p++ = hexd[md[i] >> 4];
+        *p++ = hexd[md[i] & 15];
     }
     *p++ = '}';
     *p = '\0';
@@ -188,10 +246,10 @@ static void sha256(struct gw_ratelimit_worker *w, const char *key, size_t len,
     SHA256((const unsigned char *)key, len, md);
 }
 
-/* The store-key digest of a client key, from the worker's cache when it
- * holds the key (direct-mapped on khash; the key bytes are compared). */
+/* The store-key digest of an identity, from the worker's cache when it
+ * holds it (direct-mapped on khash; the bytes are compared). */
 static void client_digest(struct gw_ratelimit_worker *w, const char *key, size_t len,
-                          uint64_t khash, unsigned char out[MD_BYTES])
+                          unsigned char out[MD_BYTES])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     if (len > SKC_KEY_MAX) {
@@ -199,6 +257,7 @@ static void client_digest(struct gw_ratelimit_worker *w, const char *key, size_t
         memcpy(out, md, MD_BYTES);
         return;
     }
+    uint64_t khash = gw_hash64(w->rl->seed, key, len);
     struct skc_slot *s = &w->skc[khash & (SKC_SLOTS - 1)];
     if (s->len == len && s->khash == khash && memcmp(s->key, key, len) == 0) {
         memcpy(out, s->md, MD_BYTES);
@@ -211,7 +270,6 @@ static void client_digest(struct gw_ratelimit_worker *w, const char *key, size_t
     memcpy(s->md, md, MD_BYTES);
     memcpy(out, md, MD_BYTES);
 }
-
 /* ---- over-limit cache -------------------------------------------------------- */
 
 static struct olc_shard *olc_shard_of(const struct gw_ratelimit *rl, uint64_t hash)
@@ -277,72 +335,153 @@ static void olc_put(const struct gw_ratelimit *rl, uint64_t hash, uint64_t deadl
     pthread_mutex_unlock(&sh->mu);
 }
 
-/* ---- clocks and decisions -------------------------------------------------- */
+/* ---- clocks ------------------------------------------------------------------ */
 
-static int64_t wall_ms(void)
+static int64_t wall_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static int64_t floor_div(int64_t a, int64_t b)
+static int64_t ceil_div64(int64_t a, int64_t b)
 {
-    int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    return a / b + (a % b > 0);
 }
 
-static void limited(const struct gw_ratelimit *rl, struct gw_rl_decision *out)
+/* ---- per-limit counters -------------------------------------------------------- */
+
+/* The counters of a limit name, added when first seen; UINT16_MAX when the
+ * table is full (the limit is then not counted). */
+static uint16_t stats_slot(struct gw_ratelimit *rl, const char *name)
 {
-    out->over_limit = true;
-    out->verdict = rl->dry_run ? GW_RL_ALLOW : GW_RL_LIMITED;
+    size_t n = atomic_load_explicit(&rl->nstats, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rl->stats[i].name, name) == 0)
+            return (uint16_t)i;
+    pthread_mutex_lock(&rl->stats_mu);
+    n = atomic_load_explicit(&rl->nstats, memory_order_relaxed);
+    uint16_t slot = UINT16_MAX;
+    for (size_t i = 0; i < n && slot == UINT16_MAX; i++)
+        if (strcmp(rl->stats[i].name, name) == 0)
+            slot = (uint16_t)i;
+    if (slot == UINT16_MAX && n < STATS_MAX) {
+        snprintf(rl->stats[n].name, sizeof(rl->stats[n].name), "%s", name);
+        atomic_store_explicit(&rl->nstats, n + 1, memory_order_release);
+        slot = (uint16_t)n;
+    }
+    pthread_mutex_unlock(&rl->stats_mu);
+    return slot;
 }
 
-/* The k items of group g were counted by a store whose clock read store_ms,
- * the last as request n: they are requests n-k+1 .. n, in batch order. */
-static void decide_group(struct gw_ratelimit_worker *w, const struct group *g,
-                         struct gw_rl_batch_item *items, int64_t n, int64_t store_ms,
-                         uint64_t mono_ms)
+size_t gw_ratelimit_limit_stats(struct gw_ratelimit *rl, struct gw_rl_limit_stats *out, size_t cap)
 {
-    const struct gw_ratelimit *rl = w->rl;
-    int64_t now_s = floor_div(store_ms, 1000);
-    int64_t num = n - g->k + 1;
-    const struct gw_rl_decision *over = NULL;
-    for (size_t c = 0, i = g->first; c < g->k; c++, i = w->next_item[i]) {
-        struct gw_rl_decision *out = items[i].out;
-        out->has_info = true;
-        if (gw_rl_algo_fixed_window(num++, rl->limit, now_s, rl->window_s, &out->info)) {
-            out->verdict = GW_RL_ALLOW;
-        } else {
-            limited(rl, out);
-            over = out;
+    size_t n = atomic_load_explicit(&rl->nstats, memory_order_acquire);
+    for (size_t i = 0; i < n && i < cap; i++) {
+        memcpy(out[i].name, rl->stats[i].name, sizeof(out[i].name));
+        for (int k = 0; k < GW_RL_OUT_COUNT; k++)
+            out[i].count[k] = atomic_load_explicit(&rl->stats[i].count[k], memory_order_relaxed);
+    }
+    return n;
+}
+
+/* ---- rules versions ------------------------------------------------------------ */
+
+static void version_free(struct version *v)
+{
+    gw_rules_put(v->rules);
+    free(v->rate_base);
+    free(v->spec);
+    free(v->rate_id);
+    free(v->stat);
+    free(v->spec_stamp);
+    free(v->spec_at);
+    free((void *)v->match);
+    memset(v, 0, sizeof(*v));
+}
+
+/* What a worker needs of rules r, computed once: flat rate tables, the
+ * over-limit cache ids of the rates (so a changed limit misses its old
+ * entries) and the counters of the limits. Takes r's reference. */
+static int version_build(struct gw_ratelimit *rl, struct gw_rules *r, uint64_t gen,
+                         struct version *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->rules = r;
+    v->gen = gen;
+    size_t nl = r->limit_count, nr = 0;
+    for (size_t i = 0; i < nl; i++)
+        nr += r->limits[i].rate_count;
+    v->nrates = nr;
+    v->rate_base = calloc(nl + 1, sizeof(*v->rate_base));
+    v->stat = calloc(nl + 1, sizeof(*v->stat));
+    v->match = calloc(nl + 1, sizeof(*v->match));
+    v->spec = calloc(nr + 1, sizeof(*v->spec));
+    v->rate_id = calloc(nr + 1, sizeof(*v->rate_id));
+    v->spec_stamp = calloc(nr + 1, sizeof(*v->spec_stamp));
+    v->spec_at = calloc(nr + 1, sizeof(*v->spec_at));
+    if (!v->rate_base || !v->stat || !v->match || !v->spec || !v->rate_id || !v->spec_stamp ||
+        !v->spec_at) {
+        version_free(v);
+        return -ENOMEM;
+    }
+    size_t f = 0;
+    for (size_t i = 0; i < nl; i++) {
+        const struct gw_rules_limit *lim = &r->limits[i];
+        v->rate_base[i] = (uint32_t)f;
+        v->stat[i] = stats_slot(rl, lim->name);
+        for (size_t k = 0; k < lim->rate_count; k++, f++) {
+            const struct gw_rules_rate *rt = &lim->rates[k];
+            v->spec[f] = (struct gw_rl_spec){.algorithm = rt->algorithm,
+                                             .limit = rt->requests,
+                                             .window_ms = rt->window_ms,
+                                             .burst = rt->burst,
+                                             .delay_ms = rt->delay_ms};
+            char id[256];
+            int n = snprintf(id, sizeof(id), "%s|%s|%d|%lld|%lld|%lld|%lld", lim->name, rt->name,
+                             (int)rt->algorithm, (long long)rt->requests, (long long)rt->window_ms,
+                             (long long)rt->burst, (long long)rt->delay_ms);
+            v->rate_id[f] = gw_hash64(0x9e3779b97f4a7c15ULL, id, (size_t)GW_MAX(n, 0));
         }
     }
-    if (over == NULL)
-        return;
-    /* Remember the client until its window ends. The deadline is measured
-     * on our monotonic clock from the time left on the store's clock, so a
-     * skew between this host and Redis cannot stretch or shorten it. */
-    int64_t left_ms = over->info.reset_epoch_s * 1000 - store_ms;
-    if (left_ms < 1)
-        left_ms = 1;
-    uint64_t deadline_ms = mono_ms + (uint64_t)left_ms;
-    olc_put(rl, g->hash, deadline_ms, over->info.reset_epoch_s, mono_ms);
-    w->olc_local[g->hash & (OLC_LOCAL_SLOTS - 1)] = (struct olc_slot){
-        .hash = g->hash, .deadline_ms = deadline_ms, .reset_epoch_s = over->info.reset_epoch_s};
+    return 0;
 }
 
-static void from_cache(const struct gw_ratelimit *rl, const struct olc_slot *s, uint64_t mono_ms,
-                       struct gw_rl_decision *out)
+/* Picks up the rules in force when they changed since this worker's last
+ * pass. On ENOMEM the worker keeps deciding with the version it has. */
+static void version_sync(struct gw_ratelimit_worker *w)
 {
-    uint64_t left_ms = s->deadline_ms - mono_ms; /* > 0: the slot is live */
-    out->has_info = true;
-    out->info.limit = rl->limit;
-    out->info.remaining = 0;
-    out->info.reset_epoch_s = s->reset_epoch_s;
-    out->info.reset_after_s = (int64_t)((left_ms + 999) / 1000);
-    out->info.window_s = rl->window_s;
-    limited(rl, out);
+    struct gw_ratelimit *rl = w->rl;
+    uint64_t gen = atomic_load_explicit(&rl->rules_gen, memory_order_acquire);
+    if (gen == w->v.gen && w->v.rules != NULL)
+        return;
+    pthread_mutex_lock(&rl->rules_mu);
+    struct gw_rules *r = gw_rules_get(rl->rules);
+    gen = atomic_load_explicit(&rl->rules_gen, memory_order_relaxed);
+    pthread_mutex_unlock(&rl->rules_mu);
+    struct version nv;
+    if (version_build(rl, r, gen, &nv) != 0)
+        return; /* r's reference was dropped by version_build */
+    version_free(&w->v);
+    w->v = nv;
+}
+
+void gw_ratelimit_publish_rules(struct gw_ratelimit *rl, struct gw_rules *rules)
+{
+    pthread_mutex_lock(&rl->rules_mu);
+    struct gw_rules *old = rl->rules;
+    rl->rules = rules;
+    atomic_fetch_add_explicit(&rl->rules_gen, 1, memory_order_release);
+    pthread_mutex_unlock(&rl->rules_mu);
+    gw_rules_put(old);
+}
+
+struct gw_rules *gw_ratelimit_rules(struct gw_ratelimit *rl)
+{
+    pthread_mutex_lock(&rl->rules_mu);
+    struct gw_rules *r = gw_rules_get(rl->rules);
+    pthread_mutex_unlock(&rl->rules_mu);
+    return r;
 }
 
 /* The connection failed: decide by RATE_LIMIT_FAILURE_MODE until a
@@ -363,38 +502,38 @@ static void mark_down(struct gw_ratelimit_worker *w, uint64_t mono_ms)
     w->retry_at_ms = mono_ms + BACKOFF_MIN_MS;
 }
 
-/* ---- public API -------------------------------------------------------------- */
+/* ---- public API: life cycle ------------------------------------------------------ */
 
 int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg)
 {
     if (cfg->rate_limit_window_s < 1 || cfg->rate_limit_requests < 0 ||
         cfg->rate_limit_key_prefix == NULL)
         return -EINVAL;
-    if (cfg->rate_limit_algorithm != GW_RL_FIXED_WINDOW)
-        return -ENOTSUP;
 
     struct gw_ratelimit *rl = calloc(1, sizeof(*rl));
     if (rl == NULL)
         return -ENOMEM;
     rl->cfg = cfg;
-    rl->limit = cfg->rate_limit_requests;
-    rl->window_s = cfg->rate_limit_window_s;
     rl->mode = cfg->rate_limit_failure_mode;
     rl->dry_run = cfg->rate_limit_dry_run;
     rl->use_redis = cfg->redis_url != NULL && cfg->redis_url[0] != '\0';
     rl->prefix_len = strlen(cfg->rate_limit_key_prefix);
     if (getrandom(&rl->seed, sizeof(rl->seed), GRND_NONBLOCK) != (ssize_t)sizeof(rl->seed))
-        rl->seed = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)rl;
+        rl->seed = (uint64_t)wall_us() ^ (uint64_t)(uintptr_t)rl;
     /* Fetched once: SHA256() would look the digest up on every call. */
     rl->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     atomic_init(&rl->workers, 0);
+    atomic_init(&rl->rules_gen, 1);
+    atomic_init(&rl->nstats, 0);
+    pthread_mutex_init(&rl->rules_mu, NULL);
+    pthread_mutex_init(&rl->stats_mu, NULL);
 
-    int rc = 0;
+    int rc = -ENOMEM;
     rl->olc = calloc(OLC_SHARDS, sizeof(*rl->olc));
-    if (rl->olc == NULL) {
-        rc = -ENOMEM;
+    rl->stats = calloc(STATS_MAX, sizeof(*rl->stats));
+    rl->rules = gw_rules_from_config(cfg);
+    if (rl->olc == NULL || rl->stats == NULL || rl->rules == NULL)
         goto fail;
-    }
     for (int i = 0; i < OLC_SHARDS; i++)
         pthread_mutex_init(&rl->olc[i].mu, NULL);
     if (rl->use_redis &&
@@ -413,6 +552,10 @@ fail:
         for (int i = 0; i < OLC_SHARDS; i++)
             pthread_mutex_destroy(&rl->olc[i].mu);
     }
+    gw_rules_put(rl->rules);
+    pthread_mutex_destroy(&rl->rules_mu);
+    pthread_mutex_destroy(&rl->stats_mu);
+    free(rl->stats);
     free(rl->olc);
     free(rl);
     return rc;
@@ -429,6 +572,10 @@ void gw_ratelimit_destroy(struct gw_ratelimit *rl)
     EVP_MD_free(rl->sha256);
     for (int i = 0; i < OLC_SHARDS; i++)
         pthread_mutex_destroy(&rl->olc[i].mu);
+    gw_rules_put(rl->rules);
+    pthread_mutex_destroy(&rl->rules_mu);
+    pthread_mutex_destroy(&rl->stats_mu);
+    free(rl->stats);
     free(rl->olc);
     free(rl);
 }
@@ -439,13 +586,18 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     if (w == NULL)
         return -ENOMEM;
     w->rl = rl;
-    w->key_cap = rl->prefix_len + GW_RL_KEY_HASH_HEX + 4;
-    if ((w->keys = malloc(w->key_cap * PASS)) == NULL)
+    /* "<prefix>:{<hex>}:<limit>:<policy>" */
+    w->key_cap = rl->prefix_len + GW_RL_KEY_HASH_HEX + 6 + 2 * (GW_RULES_NAME_MAX + 16);
+    if ((w->keys = malloc(w->key_cap * PASS_OPS)) == NULL ||
+        (w->oo = calloc(PASS_OPS, sizeof(*w->oo))) == NULL)
         goto fail;
     for (size_t i = 0; i < SKC_SLOTS; i++)
         w->skc[i].len = UINT32_MAX;
     /* NULL (no digest, or no memory) falls back to one-shot SHA256(). */
     w->md_ctx = rl->sha256 != NULL ? EVP_MD_CTX_new() : NULL;
+    version_sync(w);
+    if (w->v.rules == NULL)
+        goto fail;
     if (rl->use_redis) {
         struct gw_rl_redis *r = NULL;
         if (gw_rl_redis_create(&r, &rl->target, rl->cfg->redis_timeout_ms) != 0)
@@ -465,7 +617,9 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     return 0;
 
 fail:
+    version_free(&w->v);
     EVP_MD_CTX_free(w->md_ctx);
+    free(w->oo);
     free(w->keys);
     free(w);
     return -ENOMEM;
@@ -478,163 +632,632 @@ void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w)
     if (w->store != NULL)
         w->ops->destroy(w->store);
     atomic_fetch_sub(&w->rl->workers, 1);
+    version_free(&w->v);
     EVP_MD_CTX_free(w->md_ctx);
+    free(w->path);
+    free(w->oo);
     free(w->keys);
     free(w);
 }
 
-static const char *group_skey(const struct gw_ratelimit_worker *w, const struct group *g)
+/* ---- building a pass ---------------------------------------------------------- */
+
+/* Appends src (len bytes) to the identity at *n, cut at IDENT_MAX. */
+static void ident_put(char *ident, size_t *n, const char *src, size_t len)
 {
-    return w->keys + (size_t)(g - w->groups) * w->key_cap;
+    size_t room = IDENT_MAX - *n;
+    if (len > room)
+        len = room;
+    memcpy(ident + *n, src, len);
+    *n += len;
 }
 
-/* The in-process store decides (no Redis, or failure mode local): the
- * group's k requests in one increment. */
-static void memory_decide(struct gw_ratelimit_worker *w, const struct group *g,
-                          struct gw_rl_batch_item *items, uint64_t mono)
+/* The identity of limit lim for a request (SPEC.md §10 "key"): parts
+ * joined by '|'. Returns its length, or -1 when a key header came in
+ * several field lines (which budget is the client's is ambiguous). */
+static ssize_t identity(struct gw_ratelimit_worker *w, const struct gw_rules_limit *lim,
+                        const struct gw_rl_batch_item *it)
 {
-    const struct gw_ratelimit *rl = w->rl;
-    int64_t n = 0, now_ms = wall_ms();
-    int rc = gw_rl_memory_ops.check(rl->mem, group_skey(w, g), g->skey_len, g->k, rl->limit,
-                                    rl->window_s, &n, &now_ms);
-    if (rc == 0) {
-        decide_group(w, g, items, n, now_ms, mono);
-        return;
-    }
-    /* Only when a shard cannot allocate its first entries. */
-    for (size_t c = 0, i = g->first; c < g->k; c++, i = w->next_item[i]) {
-        items[i].out->store_error = true;
-        if (rl->mode == GW_RL_FAIL_CLOSED)
-            items[i].out->verdict = GW_RL_UNAVAILABLE;
-    }
-}
-
-/* Redis did not count this group: RATE_LIMIT_FAILURE_MODE decides. */
-static void store_failed(struct gw_ratelimit_worker *w, const struct group *g,
-                         struct gw_rl_batch_item *items, uint64_t mono)
-{
-    for (size_t c = 0, i = g->first; c < g->k; c++, i = w->next_item[i]) {
-        items[i].out->store_error = true;
-        if (w->rl->mode == GW_RL_FAIL_CLOSED)
-            items[i].out->verdict = GW_RL_UNAVAILABLE;
-        /* open: ALLOW, no info: nothing trustworthy to report */
-    }
-    if (w->rl->mode == GW_RL_FAIL_LOCAL)
-        memory_decide(w, g, items, mono);
-}
-
-/* Clears the decisions and groups the items by client key (n <= PASS):
- * returns the number of groups, each with its store key built. */
-static size_t group_items(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t n)
-{
-    const struct gw_ratelimit *rl = w->rl;
-    size_t tsize = 4;
-    while (tsize < 2 * n)
-        tsize <<= 1;
-    memset(w->table, 0, tsize * sizeof(w->table[0]));
-    size_t ng = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct gw_rl_decision *out = items[i].out;
-        memset(out, 0, sizeof(*out));
-        out->verdict = GW_RL_ALLOW;
-        const char *key = items[i].key;
-        size_t len = items[i].key_len;
-        uint64_t kh = gw_hash64(rl->seed, key, len);
-        size_t t = kh & (tsize - 1);
-        for (; w->table[t] != 0; t = (t + 1) & (tsize - 1)) {
-            struct group *g = &w->groups[w->table[t] - 1];
-            if (g->khash == kh && g->key_len == len && memcmp(g->key, key, len) == 0)
-                break;
-        }
-        if (w->table[t] != 0) {
-            struct group *g = &w->groups[w->table[t] - 1];
-            w->next_item[g->last] = (uint16_t)i;
-            g->last = (uint16_t)i;
-            g->k++;
+    char *id = w->ident;
+    size_t n = 0;
+    for (size_t k = 0; k < lim->key_count; k++) {
+        const struct gw_rules_key *part = &lim->keys[k];
+        if (k > 0)
+            ident_put(id, &n, "|", 1);
+        if (part->kind == GW_RULES_KEY_GLOBAL) {
+            ident_put(id, &n, "global", 6);
             continue;
         }
-        struct group *g = &w->groups[ng];
-        w->table[t] = (uint16_t)(++ng);
-        g->key = key;
-        g->key_len = len;
-        g->khash = kh;
-        g->first = g->last = (uint16_t)i;
-        g->k = 1;
-        unsigned char md[MD_BYTES];
-        client_digest(w, key, len, kh, md);
-        g->hash = md_hash64(md);
-        int klen = format_store_key(rl->cfg->rate_limit_key_prefix, rl->prefix_len, md,
-                                    w->keys + (ng - 1) * w->key_cap, w->key_cap);
-        assert(klen > 0); /* key_cap was sized for this prefix */
-        g->skey_len = (size_t)klen;
+        if (it->req == NULL) { /* tests: the caller's key is the client */
+            ident_put(id, &n, it->key, it->key_len);
+            continue;
+        }
+        const struct gw_http_header *f = NULL;
+        if (part->kind == GW_RULES_KEY_HEADER && it->req->head != NULL) {
+            const struct gw_http_head *h = it->req->head;
+            for (size_t i = 0; i < h->header_count; i++) {
+                if (!gw_slice_eq_nocase(h->headers[i].name, part->header))
+                    continue;
+                if (f != NULL)
+                    return -1;
+                f = &h->headers[i];
+            }
+        }
+        if (f != NULL && f->value.len > 0) {
+            ident_put(id, &n, "header:", 7);
+            ident_put(id, &n, part->header, strlen(part->header));
+            ident_put(id, &n, "=", 1);
+            ident_put(id, &n, f->value.ptr, f->value.len);
+        } else {
+            const char *a = it->req->client_addr != NULL ? it->req->client_addr : "";
+            ident_put(id, &n, "ip:", 3);
+            ident_put(id, &n, a, strlen(a));
+        }
     }
-    return ng;
+    return (ssize_t)n;
 }
 
-/* Up to PASS checks: grouped by client; per group the over-limit cache
- * first, then one script call to Redis for all the groups left (or the
- * in-process store). */
-static void check_pass(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t n)
+static uint64_t mix64(uint64_t a, uint64_t b)
+{
+    uint64_t x = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
+    x ^= x >> 31;
+    x *= 0x7fb5d329728ea185ULL;
+    x ^= x >> 27;
+    return x;
+}
+
+/* The pass index of the store key "<prefix>:{<md>}:<limit>:<policy>",
+ * added when new (hash is mix64(md hash, rate id)). */
+static uint16_t pass_key(struct gw_ratelimit_worker *w, const unsigned char md[MD_BYTES],
+                         const struct gw_rules_limit *lim, const struct gw_rules_rate *rt,
+                         uint64_t hash)
+{
+    size_t t = hash & (2 * PASS_OPS - 1);
+    char *slot = w->keys + w->nkeys * w->key_cap;
+    int n = format_store_key(w->rl->cfg->rate_limit_key_prefix, w->rl->prefix_len, md, slot,
+                             w->key_cap);
+    size_t len = (size_t)n, nl = strlen(lim->name), pl = strlen(rt->name);
+    assert(n > 0 && len + nl + pl + 3 <= w->key_cap); /* key_cap was sized for this */
+    slot[len++] = ':';
+    memcpy(slot + len, lim->name, nl);
+    len += nl;
+    slot[len++] = ':';
+    memcpy(slot + len, rt->name, pl);
+    len += pl;
+    slot[len] = '\0';
+    for (; w->ktable[t] != 0; t = (t + 1) & (2 * PASS_OPS - 1)) {
+        uint16_t k = (uint16_t)(w->ktable[t] - 1);
+        if (w->khash[k] == hash && w->klen[k] == len && memcmp(w->kptr[k], slot, len) == 0)
+            return k;
+    }
+    uint16_t k = (uint16_t)w->nkeys++;
+    w->ktable[t] = (uint16_t)(k + 1);
+    w->kslot[k] = (uint16_t)t;
+    w->khash[k] = hash;
+    w->kptr[k] = slot;
+    w->klen[k] = len;
+    return k;
+}
+
+/* The pass index of flat rate f's spec, added when new in this pass. */
+static uint16_t pass_spec(struct gw_ratelimit_worker *w, size_t f)
+{
+    struct version *v = &w->v;
+    if (v->spec_stamp[f] == w->pass_no)
+        return v->spec_at[f];
+    v->spec_stamp[f] = w->pass_no;
+    v->spec_at[f] = (uint16_t)w->nspecs;
+    w->specs[w->nspecs] = v->spec[f];
+    return (uint16_t)w->nspecs++;
+}
+
+static void pass_reset(struct gw_ratelimit_worker *w)
+{
+    if (++w->pass_no == 0) { /* wrapped: no stale stamp may match */
+        memset(w->v.spec_stamp, 0, w->v.nrates * sizeof(*w->v.spec_stamp));
+        w->pass_no = 1;
+    }
+    for (size_t k = 0; k < w->nkeys; k++)
+        w->ktable[w->kslot[k]] = 0;
+    w->nkeys = w->nspecs = w->nops = w->nunits = 0;
+}
+
+/* The limits of a request that apply, in file order, into v->match;
+ * GW_RULES_NONE or ALLOW end the request's way through the limiter. */
+static enum gw_rules_verdict match_limits(struct gw_ratelimit_worker *w,
+                                          const struct gw_rl_batch_item *it, size_t *count)
+{
+    struct gw_rules_request rq = {.method = HTTP_GET};
+    uint8_t addr[16] = {0};
+    rq.client_addr = addr;
+    if (it->req != NULL && it->req->head != NULL) {
+        const struct gw_http_head *h = it->req->head;
+        size_t need = h->target.len + 2;
+        if (need > w->path_cap) {
+            char *np = realloc(w->path, need);
+            if (np == NULL)
+                return GW_RULES_NONE; /* no memory: not limited, as with no rules */
+            w->path = np;
+            w->path_cap = need;
+        }
+        size_t n = gw_path_normalize(h->target.ptr, h->target.len, w->path);
+        w->path[n] = '\0';
+        rq.method = h->method;
+        rq.path = (struct gw_slice){w->path, n};
+        rq.head = h;
+        const char *a = it->req->client_addr;
+        if (a != NULL)
+            (void)gw_net_parse_addr(a, strlen(a), addr, NULL);
+    } else {
+        rq.path = (struct gw_slice){"/", 1};
+    }
+    return gw_rules_match(w->v.rules, &rq, w->v.match, w->v.rules->limit_count, count, NULL);
+}
+
+/* A cached refusal of a rate: the info its headers show. */
+static void from_cache(const struct gw_rl_spec *sp, const struct olc_slot *s, uint64_t mono_ms,
+                       struct gw_rl_result *r)
+{
+    uint64_t left_ms = s->deadline_ms - mono_ms; /* > 0: the slot is live */
+    memset(r, 0, sizeof(*r));
+    r->info.limit = sp->limit;
+    r->info.remaining = 0;
+    r->info.reset_epoch_s = s->reset_epoch_s;
+    r->info.reset_after_s = GW_MAX(1, (int64_t)((left_ms + 999) / 1000));
+    r->info.window_s = ceil_div64(sp->window_ms, 1000);
+    r->retry_after_ms = (int64_t)left_ms;
+    r->retry_after_s = r->info.reset_after_s;
+}
+
+/* Adds item i's units to the pass. Returns false, adding nothing, when the
+ * pass has no room left for them (the caller runs the pass first). */
+static bool pass_add(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t i,
+                     uint64_t mono)
 {
     const struct gw_ratelimit *rl = w->rl;
-    uint64_t mono = gw_now_ms();
-    size_t ng = group_items(w, items, n), m = 0;
+    const struct gw_rules *r = w->v.rules;
+    struct gw_rl_batch_item *it = &items[i];
+    struct gw_rl_decision *d = it->out;
+    struct item_state *is = &w->items[i];
+    memset(d, 0, sizeof(*d));
+    d->verdict = GW_RL_ALLOW;
+    d->rules = r;
+    is->first_unit = (uint32_t)w->nunits;
+    is->nunits = 0;
 
-    for (size_t gi = 0; gi < ng; gi++) {
-        const struct group *g = &w->groups[gi];
-        struct olc_slot hit;
-        if (olc_find_local(w, g->hash, mono, &hit)) {
-            struct gw_rl_decision *first = items[g->first].out;
-            from_cache(rl, &hit, mono, first);
-            for (size_t c = 1, i = w->next_item[g->first]; c < g->k; c++, i = w->next_item[i])
-                *items[i].out = *first;
-        } else if (w->store == NULL) {
-            memory_decide(w, g, items, mono);
-        } else if (!w->redis_up) {
-            store_failed(w, g, items, mono);
-        } else {
-            w->pending[m] = (uint16_t)gi;
-            w->pkeys[m] = group_skey(w, g);
-            w->pklens[m] = g->skey_len;
-            w->incrs[m] = g->k;
-            m++;
+    size_t count = 0;
+    if (match_limits(w, it, &count) != GW_RULES_LIMITED)
+        return true; /* not rate limited: no headers */
+    /* Bounded work per request: at most GW_RL_APPLY_MAX limits and
+     * GW_RL_UNIT_OPS_MAX rates, the first in file order. */
+    size_t nops = 0, napp = 0;
+    for (; napp < count && napp < GW_RL_APPLY_MAX; napp++) {
+        if (nops + w->v.match[napp]->rate_count > GW_RL_UNIT_OPS_MAX)
+            break;
+        nops += w->v.match[napp]->rate_count;
+    }
+    if (napp < count && mono >= w->warned_apply_ms + 10000) {
+        w->warned_apply_ms = mono;
+        gw_warn("rate limit: a request matched %zu limits; only the first %zu are applied", count,
+                napp);
+    }
+    if (w->nops + nops > PASS_OPS || w->nunits + napp > PASS_OPS || w->nkeys + nops > PASS_OPS)
+        return false;
+
+    /* Identities first: a bad key header refuses the request before any
+     * rate is counted. */
+    unsigned char md[GW_RL_APPLY_MAX][MD_BYTES];
+    for (size_t j = 0; j < napp; j++) {
+        ssize_t n = identity(w, w->v.match[j], it);
+        if (n < 0) {
+            d->verdict = GW_RL_BAD_KEY;
+            return true;
         }
+        client_digest(w, w->ident, (size_t)n, md[j]);
+        is->md_hash[j] = md_hash64(md[j]);
+    }
+    d->napplied = (uint8_t)napp;
+    for (size_t j = 0; j < napp; j++)
+        d->applied[j].limit = (uint16_t)w->v.match[j]->index;
+
+    /* Units: every enforce limit together, each shadow limit alone (every
+     * limit alone in dry run). */
+    for (int pass = 0; pass < 2; pass++) {
+        bool enforce_pass = pass == 0;
+        struct gw_rl_unit *u = NULL;
+        for (size_t j = 0; j < napp; j++) {
+            const struct gw_rules_limit *lim = w->v.match[j];
+            bool alone = lim->shadow || rl->dry_run;
+            if (alone == enforce_pass)
+                continue;
+            if (u == NULL || alone) {
+                u = &w->units[w->nunits];
+                w->unit_sent[w->nunits] = true;
+                w->nunits++;
+                is->nunits++;
+                u->first = (uint16_t)w->nops;
+                u->n = 0;
+                u->result = GW_RL_UNIT_UNDECIDED;
+            }
+            size_t base = w->v.rate_base[lim->index];
+            for (size_t k = 0; k < lim->rate_count; k++) {
+                size_t o = w->nops++, f = base + k;
+                uint64_t h = mix64(is->md_hash[j], w->v.rate_id[f]);
+                w->oref[o] = (struct op_ref){.item = (uint16_t)i,
+                                             .app = (uint8_t)j,
+                                             .rate = (uint8_t)k,
+                                             .flat = (uint32_t)f,
+                                             .ohash = h};
+                w->pops[o].key = pass_key(w, md[j], lim, &lim->rates[k], h);
+                w->pops[o].spec = pass_spec(w, f);
+                w->pops[o].a = w->pops[o].b = 0;
+                w->oo[o].state = OP_NONE;
+                struct olc_slot hit;
+                if (olc_find_local(w, h, mono, &hit)) {
+                    from_cache(&w->v.spec[f], &hit, mono, &w->oo[o].res);
+                    w->oo[o].state = OP_CACHED;
+                    w->unit_sent[u - w->units] = false;
+                    u->result = GW_RL_UNIT_REFUSED;
+                }
+                u->n++;
+            }
+        }
+    }
+    return true;
+}
+
+/* ---- deciding a pass ------------------------------------------------------------ */
+
+/* Runs the units that were not answered by the cache through store ops
+ * (or the in-process store when ops is NULL), copying results back. */
+static int pass_apply(struct gw_ratelimit_worker *w, bool memory, int64_t *now_us)
+{
+    size_t m = 0;
+    for (size_t u = 0; u < w->nunits; u++) {
+        if (!w->unit_sent[u] || w->units[u].result != GW_RL_UNIT_UNDECIDED)
+            continue;
+        w->send_units[m] = w->units[u];
+        w->send_map[m++] = (uint16_t)u;
     }
     if (m == 0)
-        return;
+        return 0;
+    struct gw_rl_pass p = {.keys = w->kptr,
+                           .key_lens = w->klen,
+                           .nkeys = w->nkeys,
+                           .specs = w->specs,
+                           .nspecs = w->nspecs,
+                           .ops = w->pops,
+                           .nops = w->nops,
+                           .units = w->send_units,
+                           .nunits = m};
+    int rc = memory ? gw_rl_memory_apply(w->rl->mem, &p, wall_us()) : w->ops->apply(w->store, &p);
+    for (size_t j = 0; j < m; j++)
+        w->units[w->send_map[j]].result = w->send_units[j].result;
+    *now_us = p.now_us;
+    return rc;
+}
 
-    int rc = w->ops->check_many(w->store, w->pkeys, w->pklens, w->incrs, m, rl->window_s, w->counts,
-                                w->store_ms, w->rcs);
-    if (rc != 0)
-        mark_down(w, mono);
-    for (size_t j = 0; j < m; j++) {
-        const struct group *g = &w->groups[w->pending[j]];
-        if (w->rcs[j] == 0) {
-            decide_group(w, g, items, w->counts[j], w->store_ms[j], mono);
+/* The math of op o on the state the store decided it on. */
+static void op_result(struct gw_ratelimit_worker *w, size_t o, int64_t now_us)
+{
+    const struct gw_rl_op *op = &w->pops[o];
+    const struct gw_rl_spec *sp = &w->specs[op->spec];
+    struct op_out *out = &w->oo[o];
+    int64_t now_ms = now_us >= 0 ? now_us / 1000 : -((-now_us + 999) / 1000);
+    int64_t tat = 0;
+    if (sp->algorithm == GW_RL_TOKEN_BUCKET)
+        gw_rl_algo_gcra(sp->limit, sp->burst, sp->window_ms, sp->delay_ms, now_us, op->a, &tat,
+                        &out->res);
+    else if (sp->algorithm == GW_RL_SLIDING_WINDOW)
+        gw_rl_algo_sliding_window(sp->limit, sp->window_ms, now_ms, op->a, op->b, &out->res);
+    else
+        gw_rl_algo_fixed_window_ms(sp->limit, sp->window_ms, now_ms, op->a, &out->res);
+    out->state = OP_DECIDED;
+}
+
+/* Is rate choice a nearer to refusing than b (SPEC.md §10 "Headers")? */
+static bool nearer(const struct gw_rl_result *a, const struct gw_rl_result *b, bool refusing)
+{
+    if (refusing)
+        return a->retry_after_ms > b->retry_after_ms;
+    if (a->info.remaining != b->info.remaining)
+        return a->info.remaining < b->info.remaining;
+    return a->info.reset_after_s > b->info.reset_after_s;
+}
+
+/* Turns the units of item i into its decision; counts and caches. */
+static void finish_item(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t i,
+                        uint64_t mono)
+{
+    struct gw_ratelimit *rl = w->rl;
+    struct gw_rl_decision *d = items[i].out;
+    const struct item_state *is = &w->items[i];
+    if (d->verdict == GW_RL_BAD_KEY || is->nunits == 0)
+        return;
+    bool enforce_refused = false, any_refused = false, undecided = false;
+    int64_t delay = 0;
+    /* Per unit: refused, or not decided (the failure mode's case). */
+    for (uint32_t u = is->first_unit; u < is->first_unit + is->nunits; u++) {
+        const struct gw_rl_unit *un = &w->units[u];
+        bool alone =
+            w->v.rules->limits[d->applied[w->oref[un->first].app].limit].shadow || rl->dry_run;
+        if (un->result == GW_RL_UNIT_UNDECIDED || un->result == GW_RL_UNIT_ERROR) {
+            undecided = true;
             continue;
         }
-        if (w->rcs[j] == -EPROTO && mono >= w->warned_at_ms + 1000) {
+        bool refused = un->result == GW_RL_UNIT_REFUSED;
+        for (size_t o = un->first; o < (size_t)un->first + un->n; o++) {
+            const struct op_ref *ref = &w->oref[o];
+            const struct op_out *out = &w->oo[o];
+            if (out->state == OP_NONE || out->res.allowed)
+                continue;
+            d->applied[ref->app].refused |= (uint16_t)(1u << ref->rate);
+        }
+        if (!refused) {
+            if (!alone)
+                for (size_t o = un->first; o < (size_t)un->first + un->n; o++)
+                    delay = GW_MAX(delay, w->oo[o].res.delay_us);
+            continue;
+        }
+        any_refused = true;
+        if (!alone)
+            enforce_refused = true;
+    }
+    if (undecided) {
+        d->store_error = true;
+        if (rl->mode == GW_RL_FAIL_CLOSED)
+            d->verdict = GW_RL_UNAVAILABLE;
+    }
+    if (enforce_refused && d->verdict == GW_RL_ALLOW)
+        d->verdict = GW_RL_LIMITED;
+    d->over_limit = enforce_refused || (rl->dry_run && any_refused);
+    if (d->verdict == GW_RL_ALLOW && !d->over_limit)
+        d->delay_us = delay;
+
+    /* The rate the headers describe: among the rates of the limits that
+     * show in headers (not mode: shadow), the refusing one with the
+     * longest wait, else the one with the least remaining. */
+    const struct gw_rl_result *sel = NULL;
+    const char *sel_name = NULL;
+    bool refusing = d->over_limit;
+    for (uint32_t u = is->first_unit; u < is->first_unit + is->nunits; u++) {
+        const struct gw_rl_unit *un = &w->units[u];
+        for (size_t o = un->first; o < (size_t)un->first + un->n; o++) {
+            const struct op_ref *ref = &w->oref[o];
+            const struct gw_rules_limit *lim = &w->v.rules->limits[d->applied[ref->app].limit];
+            const struct op_out *out = &w->oo[o];
+            if (lim->shadow || out->state == OP_NONE || (refusing && out->res.allowed))
+                continue;
+            if (un->result != GW_RL_UNIT_ALLOWED && un->result != GW_RL_UNIT_REFUSED)
+                continue;
+            if (sel == NULL || nearer(&out->res, sel, refusing)) {
+                sel = &out->res;
+                sel_name = lim->rates[ref->rate].name;
+            }
+        }
+    }
+    if (sel != NULL) {
+        d->has_info = true;
+        d->info = sel->info;
+        d->policy = sel_name;
+        if (refusing) {
+            d->info.remaining = 0;
+            d->retry_after_s = GW_MAX(1, sel->retry_after_s);
+        }
+    }
+
+    /* Outcomes per limit, and the over-limit cache. */
+    for (size_t j = 0; j < d->napplied; j++) {
+        struct gw_rl_applied *ap = &d->applied[j];
+        const struct gw_rules_limit *lim = &w->v.rules->limits[ap->limit];
+        bool alone = lim->shadow || rl->dry_run;
+        if (ap->refused != 0)
+            ap->outcome = alone ? GW_RL_OUT_SHADOW_LIMITED : GW_RL_OUT_LIMITED;
+        else if (!alone && d->delay_us > 0)
+            ap->outcome = GW_RL_OUT_DELAYED;
+        else if (!alone && d->verdict == GW_RL_UNAVAILABLE)
+            ap->outcome = GW_RL_OUT_LIMITED;
+        else
+            ap->outcome = GW_RL_OUT_ALLOWED;
+        uint16_t slot = w->v.stat[ap->limit];
+        if (slot != UINT16_MAX)
+            atomic_fetch_add_explicit(&rl->stats[slot].count[ap->outcome], 1, memory_order_relaxed);
+    }
+    for (uint32_t u = is->first_unit; u < is->first_unit + is->nunits; u++) {
+        const struct gw_rl_unit *un = &w->units[u];
+        for (size_t o = un->first; o < (size_t)un->first + un->n; o++) {
+            const struct op_out *out = &w->oo[o];
+            if (out->state != OP_DECIDED || out->res.allowed)
+                continue;
+            /* Remembered until a request would pass again, measured on our
+             * monotonic clock from the wait on the store's clock, so a skew
+             * between this host and Redis cannot stretch or shorten it. */
+            uint64_t deadline = mono + (uint64_t)GW_MAX(1, out->res.retry_after_ms);
+            uint64_t h = w->oref[o].ohash;
+            olc_put(rl, h, deadline, out->res.info.reset_epoch_s, mono);
+            w->olc_local[h & (OLC_LOCAL_SLOTS - 1)] = (struct olc_slot){
+                .hash = h, .deadline_ms = deadline, .reset_epoch_s = out->res.info.reset_epoch_s};
+        }
+    }
+}
+
+/* Decides the pass built from items[from .. to). */
+static void pass_run(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t count,
+                     uint64_t mono)
+{
+    struct gw_ratelimit *rl = w->rl;
+    int64_t now_us = 0;
+    if (w->store == NULL) {
+        (void)pass_apply(w, true, &now_us); /* ENOMEM: units left undecided */
+    } else if (w->redis_up) {
+        int rc = pass_apply(w, false, &now_us);
+        if (rc != 0 && rc != -EPROTO)
+            mark_down(w, mono);
+        if (rc == -EPROTO && mono >= w->warned_at_ms + 1000) {
             /* At most one line per second per worker: the server is
              * answering errors to every check, the log must not flood. */
             w->warned_at_ms = mono;
             gw_warn("rate limit: redis refused the check (%s)", w->ops->last_error(w->store));
         }
-        store_failed(w, g, items, mono);
     }
+    /* Units Redis left undecided (or refused with a wrong-type key): the
+     * failure mode decides; local asks the in-process store. */
+    bool any_undecided = false;
+    for (size_t u = 0; u < w->nunits; u++)
+        if (w->unit_sent[u] &&
+            (w->units[u].result == GW_RL_UNIT_UNDECIDED || w->units[u].result == GW_RL_UNIT_ERROR))
+            any_undecided = true;
+    if (any_undecided && w->store != NULL && rl->mode == GW_RL_FAIL_LOCAL) {
+        bool local[PASS_OPS];
+        for (size_t u = 0; u < w->nunits; u++) {
+            if (w->units[u].result == GW_RL_UNIT_ERROR)
+                w->units[u].result = GW_RL_UNIT_UNDECIDED;
+            local[u] = w->unit_sent[u] && w->units[u].result == GW_RL_UNIT_UNDECIDED;
+        }
+        int64_t local_us = 0;
+        (void)pass_apply(w, true, &local_us);
+        if (now_us == 0)
+            now_us = local_us;
+        for (size_t i = 0; i < count; i++) {
+            const struct item_state *is = &w->items[i];
+            for (uint32_t u = is->first_unit; u < is->first_unit + is->nunits; u++)
+                if (local[u])
+                    items[i].out->store_error = true; /* Redis did not answer it */
+        }
+    }
+    for (size_t u = 0; u < w->nunits; u++) {
+        const struct gw_rl_unit *un = &w->units[u];
+        if (!w->unit_sent[u] ||
+            (un->result != GW_RL_UNIT_ALLOWED && un->result != GW_RL_UNIT_REFUSED))
+            continue;
+        for (size_t o = un->first; o < (size_t)un->first + un->n; o++)
+            op_result(w, o, now_us);
+    }
+    for (size_t i = 0; i < count; i++)
+        finish_item(w, items, i, mono);
 }
+
+static void check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items, size_t n)
+{
+    version_sync(w);
+    uint64_t mono = gw_now_ms();
+    size_t from = 0, k = 0; /* the pass holds items[from .. from + k) */
+    pass_reset(w);
+    while (from + k < n) {
+        if (k < PASS && pass_add(w, items + from, k, mono)) {
+            k++;
+            continue;
+        }
+        if (k == 0) {
+            /* Cannot happen: one request (<= GW_RL_UNIT_OPS_MAX ops) always
+             * fits an empty pass. Let it through rather than spin. */
+            assert(0);
+            from++;
+            continue;
+        }
+        pass_run(w, items + from, k, mono);
+        pass_reset(w);
+        from += k;
+        k = 0;
+    }
+    if (k > 0)
+        pass_run(w, items + from, k, mono);
+}
+
+/* ---- public API: checks and headers ------------------------------------------- */
 
 void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t key_len,
                         struct gw_rl_decision *out)
 {
     struct gw_rl_batch_item item = {.key = key, .key_len = key_len, .out = out};
-    check_pass(w, &item, 1);
+    check_batch(w, &item, 1);
 }
 
 void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
                               size_t n)
 {
-    for (size_t off = 0; off < n; off += PASS)
-        check_pass(w, items + off, GW_MIN(n - off, (size_t)PASS));
+    check_batch(w, items, n);
+}
+
+/* Calls fn for each rate of the enforce limits of d, file order. */
+#define FOR_ENFORCE_RATES(d, lim, k, ap)                                                           \
+    for (size_t j_ = 0; j_ < (d)->napplied; j_++)                                                  \
+        for (const struct gw_rl_applied *ap = &(d)->applied[j_]; ap != NULL; ap = NULL)            \
+            for (const struct gw_rules_limit *lim = &(d)->rules->limits[ap->limit];                \
+                 lim != NULL && !lim->shadow; lim = NULL)                                          \
+                for (size_t k = 0; k < lim->rate_count; k++)
+
+int gw_ratelimit_write_headers(const struct gw_rl_decision *d, struct gw_buf *out)
+{
+    if (!d->has_info || d->rules == NULL)
+        return 0;
+    char list[1536];
+    size_t n = 0;
+    FOR_ENFORCE_RATES(d, lim, k, ap)
+    {
+        (void)ap;
+        const struct gw_rules_rate *rt = &lim->rates[k];
+        char item[GW_RULES_NAME_MAX + 64];
+        int m = snprintf(item, sizeof(item), "%s\"%s\";q=%lld;w=%lld", n > 0 ? ", " : "", rt->name,
+                         (long long)rt->requests, (long long)((rt->window_ms + 999) / 1000));
+        if (m > 0 && n + (size_t)m < sizeof(list)) {
+            memcpy(list + n, item, (size_t)m);
+            n += (size_t)m;
+        }
+    }
+    return gw_response_write_ratelimit_headers(out, &d->info, d->policy, list, n);
+}
+
+size_t gw_ratelimit_violated(const struct gw_rl_decision *d, char *out, size_t cap)
+{
+    size_t n = 0;
+    if (cap == 0)
+        return 0;
+    out[0] = '\0';
+    if (d->rules == NULL)
+        return 0;
+    FOR_ENFORCE_RATES(d, lim, k, ap)
+    {
+        if (!(ap->refused & (1u << k)))
+            continue;
+        const char *name = lim->rates[k].name;
+        size_t len = strlen(name);
+        if (n + len + 2 > cap)
+            return n;
+        if (n > 0)
+            out[n++] = ',';
+        memcpy(out + n, name, len);
+        n += len;
+        out[n] = '\0';
+    }
+    return n;
+}
+
+size_t gw_ratelimit_policy_names(const struct gw_rl_decision *d, char *out, size_t cap)
+{
+    size_t n = 0;
+    if (cap == 0)
+        return 0;
+    out[0] = '\0';
+    if (d->rules == NULL)
+        return 0;
+    for (size_t j = 0; j < d->napplied; j++) {
+        const struct gw_rl_applied *ap = &d->applied[j];
+        const struct gw_rules_limit *lim = &d->rules->limits[ap->limit];
+        for (size_t k = 0; k < lim->rate_count; k++) {
+            if (!(ap->refused & (1u << k)))
+                continue;
+            size_t len = strlen(lim->rates[k].name);
+            if (n + len + 2 > cap)
+                return n;
+            if (n > 0)
+                out[n++] = ',';
+            memcpy(out + n, lim->rates[k].name, len);
+            n += len;
+            out[n] = '\0';
+        }
+    }
+    return n;
 }
 
 enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w)
@@ -784,7 +1407,7 @@ bool gw_ratelimit_batch_run(struct gw_rl_batch *b)
                 unlink_waiter(b, wt);
                 wt->state = WAITER_DECIDING;
                 b->deciding[n] = wt;
-                b->items[n] = (struct gw_rl_batch_item){wt->key, wt->key_len, wt->out};
+                b->items[n] = (struct gw_rl_batch_item){wt->key, wt->key_len, wt->out, wt->req};
                 n++;
             }
             gw_ratelimit_check_batch(b->w, b->items, n);

@@ -10,38 +10,80 @@
 #include "gw/common.h"
 #include "gw/config.h"
 
-/* A counter store. The contract of check():
- *  - counts incr >= 1 requests for key (key_len bytes, opaque) at once in
- *    the fixed window of window_s seconds that contains the store's clock,
- *    atomically (the requests of one client in one batch);
- *  - *now_ms is in/out: on entry the caller's wall clock (Unix ms); on
- *    return the clock the store used to pick the window (Redis TIME for
- *    Redis, the given value for memory), so the caller reports edges that
- *    match the count;
- *  - returns 0 with *count = the post-increment request number n (>= incr):
- *    the requests counted are numbers n - incr + 1 .. n of the window;
- *    -EPROTO when the store answered with an error but stays usable;
- *    any other -errno when the connection is unusable (the caller marks
- *    the store down and reconnects later).
- * limit is passed for algorithms that need it; fixed window ignores it.
- * check_many() is n checks at once (one round trip for a networked store):
- * rcs[i], counts[i] and now_ms[i] (in/out) per key as check() would give
- * them; it returns 0 when the connection survived, else the -errno that
- * made it unusable. ping() returns 0 when the store answers, else -errno
- * (same rule). The connection calls (a store without one answers 0 and
- * never fails): connect() is a blocking (re)connect for start-up;
- * connect_start() begins a non-blocking one (0 ready, -EINPROGRESS: call
- * connect_poll() later, else -errno); probe() checks without blocking
- * that an idle connection is still open; disconnect() drops it;
- * last_error() is the text of the last failure, for logs. destroy() frees
- * the store. Thread-safety is per implementation. */
+/* ---- passes: several rates decided at once (SPEC.md §5.1, §10) ----------- */
+
+/* Most ops in one unit (a request's rates of all its applicable limits). */
+#define GW_RL_UNIT_OPS_MAX 256
+
+/* One rate's parameters as a store sees them. */
+struct gw_rl_spec {
+    enum gw_rl_algorithm algorithm; /* FIXED_WINDOW, SLIDING_WINDOW or TOKEN_BUCKET */
+    int64_t limit;                  /* L, 1..10^9 (fixed window: 0 refuses all) */
+    int64_t window_ms;              /* W, 1 ms .. GW_RULES_WINDOW_MAX_MS */
+    int64_t burst;                  /* token bucket: B >= 1; else ignored */
+    int64_t delay_ms;               /* token bucket: shaping allowance >= 0; else ignored */
+};
+
+/* One rate check of a unit: the state of store key `key` under `spec`. */
+struct gw_rl_op {
+    uint16_t key;  /* index into gw_rl_pass.keys */
+    uint16_t spec; /* index into gw_rl_pass.specs */
+    int64_t a, b;  /* out: the state the unit was decided on: fixed window a = count;
+                      sliding window a = previous window's count, b = current's;
+                      token bucket a = TAT in µs (0 = none) */
+};
+
+/* The unit's verdict as the store gives it. */
+enum gw_rl_unit_result {
+    GW_RL_UNIT_UNDECIDED = 0, /* not decided (the call failed) */
+    GW_RL_UNIT_ALLOWED,       /* every op allowed: each committed */
+    GW_RL_UNIT_REFUSED,       /* some op refused: nothing committed */
+    GW_RL_UNIT_ERROR,         /* the store refused a key of it (WRONGTYPE): nothing committed */
+};
+
+/* Ops decided together: check all, then commit all iff all allow. */
+struct gw_rl_unit {
+    uint16_t first, n;             /* ops[first .. first + n) */
+    enum gw_rl_unit_result result; /* out */
+};
+
+/* A pass: units decided one after the other, in order, each seeing the
+ * commits of the ones before it (so a batch gives exactly the decisions of
+ * one-by-one checks), all on one reading of the store's clock. Key i is
+ * the base "<prefix>:{<hex>}:<limit>:<policy>"; the store appends the
+ * algorithm's state suffix (":fw:<W ms>:<index>", ":sw:<W ms>:<index>",
+ * ":tb"). Store keys get a TTL no longer than their state needs (fixed
+ * window: to the window end; sliding: to the end of the next window;
+ * token bucket: until the bucket is full again). */
+struct gw_rl_pass {
+    const char *const *keys;
+    const size_t *key_lens;
+    size_t nkeys;
+    const struct gw_rl_spec *specs;
+    size_t nspecs;
+    struct gw_rl_op *ops;
+    size_t nops;
+    struct gw_rl_unit *units;
+    size_t nunits;
+    int64_t now_us; /* out: the store's clock (Unix µs) the pass was decided at */
+};
+
+/* A rate-limit store. apply() decides a pass (below). ping() returns 0
+ * when the store answers, else -errno (same rule). The connection calls (a
+ * store without one answers 0 and never fails): connect() is a blocking
+ * (re)connect for start-up; connect_start() begins a non-blocking one (0
+ * ready, -EINPROGRESS: call connect_poll() later, else -errno); probe()
+ * checks without blocking that an idle connection is still open;
+ * disconnect() drops it; last_error() is the text of the last failure, for
+ * logs. destroy() frees the store. Thread-safety is per implementation. */
 struct gw_rl_store_ops {
     const char *name;
-    int (*check)(void *store, const char *key, size_t key_len, int64_t incr, int64_t limit,
-                 int64_t window_s, int64_t *count, int64_t *now_ms);
-    int (*check_many)(void *store, const char *const keys[], const size_t key_lens[],
-                      const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
-                      int64_t now_ms[], int rcs[]);
+    /* apply(): decides a pass (see struct gw_rl_pass) atomically (Redis:
+     * one script call, one round trip). Returns 0 (each unit's result
+     * set), -EPROTO when the server answered the call with an error but the
+     * connection stays usable (units UNDECIDED), any other -errno when the
+     * connection is unusable. */
+    int (*apply)(void *store, struct gw_rl_pass *pass);
     int (*ping)(void *store);
     int (*connect)(void *store);
     int (*connect_start)(void *store, uint64_t mono_ms);
@@ -71,7 +113,7 @@ GW_MUSTCHECK int gw_rl_store_key(const char *prefix, const char *key, size_t key
 
 #define GW_RL_MEMORY_SHARDS          64
 #define GW_RL_MEMORY_DEFAULT_ENTRIES (1u << 20) /* all shards together: 1,048,576 */
-#define GW_RL_MEMORY_ENTRY_BYTES     40         /* one client's entry */
+#define GW_RL_MEMORY_ENTRY_BYTES     48         /* one state key's entry */
 
 struct gw_rl_memory;
 
@@ -79,7 +121,7 @@ struct gw_rl_memory;
  * table with its own mutex holding at most max(1, max_entries / shards)
  * entries (0 = GW_RL_MEMORY_DEFAULT_ENTRIES). Memory grows with the
  * clients seen in a window, up to gw_rl_memory_max_bytes(max_entries)
- * (44 bytes per entry: 44 MiB for the default); beyond the cap the oldest
+ * (52 bytes per entry: 52 MiB for the default); beyond the cap the oldest
  * live entry of a shard is evicted. Returns 0 or -ENOMEM.
  * The store is thread-safe: every worker shares one. */
 GW_MUSTCHECK int gw_rl_memory_create(struct gw_rl_memory **out, size_t max_entries);
@@ -121,7 +163,16 @@ size_t gw_rl_memory_shard_cap(const struct gw_rl_memory *m);
 /* Shard index of a key, for tests that need keys sharing a shard. */
 unsigned gw_rl_memory_shard_of(const char *key, size_t key_len);
 
-/* Vtable over gw_rl_memory_incr_by (check uses floor(*now_ms / 1000)). */
+/* Decides a pass (struct gw_rl_pass) at now_us (Unix µs, the injected
+ * clock; pass->now_us is set to it) with the math of gw/rl_algo.h: the
+ * shards of a unit's keys are locked together (in index order, so no two
+ * callers deadlock), every op checked, then all committed iff all allow.
+ * Returns 0, or -ENOMEM when a shard could not allocate (units decided
+ * before stay decided, the rest UNDECIDED). Thread-safe. */
+GW_MUSTCHECK int gw_rl_memory_apply(struct gw_rl_memory *m, struct gw_rl_pass *pass,
+                                    int64_t now_us);
+
+/* Vtable: apply is gw_rl_memory_apply on the process's wall clock. */
 extern const struct gw_rl_store_ops gw_rl_memory_ops;
 
 /* ---- Redis store (rl_redis.c) -------------------------------------------- */
@@ -170,23 +221,17 @@ bool gw_rl_redis_connected(const struct gw_rl_redis *r);
 /* Text of the last failure, for logs (never contains the password). */
 const char *gw_rl_redis_last_error(const struct gw_rl_redis *r);
 
-/* n checks in one round trip: one EVALSHA of the script for all n keys
- * (keys[i], key_lens[i] bytes, counting incrs[i] >= 1 requests; incrs NULL
- * = 1 each; keys should be distinct: a repeated key is counted twice),
- * rendered into one RESP buffer; after NOSCRIPT (nothing counted) the same
- * call is sent once more with EVAL. For each i, rcs[i] is 0 with counts[i]
- * (the number of the last of the incrs[i] requests) and now_ms[i] (as the
- * vtable's check), or -EPROTO when the server refused the call or that
- * key's increment, or the connection's -errno when there was no reply.
- * Returns 0 when the connection survived (some rcs[i] may still be
- * -EPROTO), else the -errno of the failure, the store then disconnected.
- * The reply read is bounded by timeout_ms. */
-GW_MUSTCHECK int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[],
-                                        const size_t key_lens[], const int64_t incrs[], size_t n,
-                                        int64_t window_s, int64_t counts[], int64_t now_ms[],
-                                        int rcs[]);
+/* Decides a pass (struct gw_rl_pass) in one round trip: one EVALSHA of
+ * gw_rl_redis_script for every unit; after NOSCRIPT (nothing decided) the
+ * same call is sent once more with EVAL. Returns 0 with each unit's result
+ * (a unit whose key holds another type gets GW_RL_UNIT_ERROR alone) and
+ * pass->now_us set from Redis's TIME; -EPROTO when the server refused the
+ * call (units UNDECIDED, the connection usable); -ENOTCONN when not ready;
+ * else the -errno of the failure, the store then disconnected. The reply
+ * read is bounded by timeout_ms. */
+GW_MUSTCHECK int gw_rl_redis_apply(struct gw_rl_redis *r, struct gw_rl_pass *pass);
 
-/* Vtable: check is one EVALSHA round trip (EVAL once on NOSCRIPT), each
+/* Vtable: apply is one EVALSHA round trip (EVAL once on NOSCRIPT), each
  * bounded by timeout_ms; a store that is not ready answers -ENOTCONN at
  * once. An I/O failure or timeout disconnects the store. */
 extern const struct gw_rl_store_ops gw_rl_redis_ops;

@@ -128,17 +128,19 @@ const char *gw_response_reason(int status)
     }
 }
 
-int gw_response_write_ratelimit_headers(struct gw_buf *out, const struct gw_rl_info *rl)
+int gw_response_write_ratelimit_headers(struct gw_buf *out, const struct gw_rl_info *rl,
+                                        const char *policy, const char *policy_list,
+                                        size_t list_len)
 {
     /* RateLimit-Policy and RateLimit are structured-field lists (RFC 8941):
      * the policy name is an sf-string, q/w/r/t integer parameters. Written
      * by hand, not with printf: this runs on every proxied request. */
     static const char l1[] = "X-RateLimit-Limit: ", l2[] = "\r\nX-RateLimit-Remaining: ",
-                      l3[] = "\r\nX-RateLimit-Reset: ",
-                      l4[] = "\r\nRateLimit-Policy: \"default\";q=", l5[] = ";w=",
-                      l6[] = "\r\nRateLimit: \"default\";r=", l7[] = ";t=", l8[] = "\r\n";
-    size_t bound = sizeof(l1) + sizeof(l2) + sizeof(l3) + sizeof(l4) + sizeof(l5) + sizeof(l6) +
-                   sizeof(l7) + sizeof(l8) + 7 * 20;
+                      l3[] = "\r\nX-RateLimit-Reset: ", l4[] = "\r\nRateLimit-Policy: ",
+                      l6[] = "\r\nRateLimit: \"", l6b[] = "\";r=", l7[] = ";t=", l8[] = "\r\n";
+    size_t plen = strlen(policy);
+    size_t bound = sizeof(l1) + sizeof(l2) + sizeof(l3) + sizeof(l4) + list_len + sizeof(l6) +
+                   plen + sizeof(l6b) + sizeof(l7) + sizeof(l8) + 5 * 21;
     int rc = gw_buf_reserve(out, bound);
     if (rc)
         return rc;
@@ -146,9 +148,9 @@ int gw_response_write_ratelimit_headers(struct gw_buf *out, const struct gw_rl_i
     p = gw_put_i64(GW_PUT_LIT(p, l1), rl->limit);
     p = gw_put_i64(GW_PUT_LIT(p, l2), rl->remaining);
     p = gw_put_i64(GW_PUT_LIT(p, l3), rl->reset_epoch_s);
-    p = gw_put_i64(GW_PUT_LIT(p, l4), rl->limit);
-    p = gw_put_i64(GW_PUT_LIT(p, l5), rl->window_s);
-    p = gw_put_i64(GW_PUT_LIT(p, l6), rl->remaining);
+    p = gw_put(GW_PUT_LIT(p, l4), policy_list, list_len);
+    p = gw_put(GW_PUT_LIT(p, l6), policy, plen);
+    p = gw_put_i64(GW_PUT_LIT(p, l6b), rl->remaining);
     p = gw_put_i64(GW_PUT_LIT(p, l7), rl->reset_after_s);
     p = GW_PUT_LIT(p, l8);
     out->end = (size_t)(p - out->data);
@@ -208,7 +210,7 @@ static int write_complete(struct gw_buf *out, int status, const char *content_ty
 
 struct problem_cache_slot {
     int status; /* 0 = empty */
-    bool violated_default;
+    char violated[PROBLEM_CACHE_TEXT];
     char type[PROBLEM_CACHE_TEXT];
     char detail[PROBLEM_CACHE_TEXT];
     char body[PROBLEM_CACHE_BODY];
@@ -223,7 +225,8 @@ static struct problem_cache_slot *problem_cache_find(const struct gw_problem *pb
 {
     for (unsigned i = 0; i < PROBLEM_CACHE_SLOTS; i++) {
         struct problem_cache_slot *e = &problem_cache[i];
-        if (e->status == pb->status && e->violated_default == pb->violated_default &&
+        if (e->status == pb->status &&
+            strcmp(e->violated, pb->violated != NULL ? pb->violated : "") == 0 &&
             strcmp(e->type, type) == 0 && strcmp(e->detail, detail) == 0)
             return e;
     }
@@ -233,12 +236,13 @@ static struct problem_cache_slot *problem_cache_find(const struct gw_problem *pb
 static void problem_cache_put(const struct gw_problem *pb, const char *type, const char *detail,
                               const char *body, size_t len)
 {
+    const char *violated = pb->violated != NULL ? pb->violated : "";
     if (strlen(type) >= PROBLEM_CACHE_TEXT || strlen(detail) >= PROBLEM_CACHE_TEXT ||
-        len > PROBLEM_CACHE_BODY)
+        strlen(violated) >= PROBLEM_CACHE_TEXT || len > PROBLEM_CACHE_BODY)
         return; /* unusual sizes are simply rendered each time */
     struct problem_cache_slot *e = &problem_cache[problem_cache_next++ % PROBLEM_CACHE_SLOTS];
     e->status = pb->status;
-    e->violated_default = pb->violated_default;
+    memcpy(e->violated, violated, strlen(violated) + 1);
     memcpy(e->type, type, strlen(type) + 1);
     memcpy(e->detail, detail, strlen(detail) + 1);
     memcpy(e->body, body, len);
@@ -261,10 +265,22 @@ int gw_response_write_problem(struct gw_buf *out, const struct gw_problem *pb,
                             pb->status, "detail", detail);
     if (!obj)
         return -EINVAL; /* type or detail not UTF-8, or out of memory */
-    if (pb->violated_default &&
-        json_object_set_new(obj, "violated-policies", json_pack("[s]", "default")) != 0) {
-        json_decref(obj);
-        return -ENOMEM;
+    if (pb->violated != NULL) {
+        /* Comma-separated policy names, [A-Za-z0-9_.-] each. */
+        json_t *arr = json_array();
+        for (const char *p = pb->violated; arr != NULL && *p != '\0';) {
+            const char *end = strchr(p, ',');
+            size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+            if (n > 0 && json_array_append_new(arr, json_stringn(p, n)) != 0) {
+                json_decref(arr);
+                arr = NULL;
+            }
+            p += n + (end != NULL);
+        }
+        if (arr == NULL || json_object_set_new(obj, "violated-policies", arr) != 0) {
+            json_decref(obj);
+            return -ENOMEM;
+        }
     }
 
     /* Objects keep insertion order (jansson >= 2.8), so the keys come out as

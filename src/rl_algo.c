@@ -79,6 +79,28 @@ static int64_t clamp64(wide v)
     return v > INT64_MAX ? INT64_MAX : v < INT64_MIN ? INT64_MIN : (int64_t)v;
 }
 
+bool gw_rl_algo_fixed_window_ms(int64_t limit, int64_t window_ms, int64_t now_ms, int64_t count,
+                                struct gw_rl_result *out)
+{
+    assert(window_ms >= 1);
+    int64_t i = (int64_t)floor_div(now_ms, window_ms);
+    int64_t end_ms = clamp64((wide)(i + 1) * window_ms);
+    bool allowed = count < limit;
+    int64_t after = allowed ? count + 1 : count;
+    memset(out, 0, sizeof(*out));
+    out->allowed = allowed;
+    out->info.limit = limit;
+    out->info.remaining = after >= limit ? 0 : limit - after;
+    out->info.reset_epoch_s = ceil_div(end_ms, 1000);
+    out->info.reset_after_s = GW_MAX(1, ceil_div(end_ms - now_ms, 1000));
+    out->info.window_s = ceil_div(window_ms, 1000);
+    if (!allowed) {
+        out->retry_after_ms = GW_MAX(1, end_ms - now_ms);
+        out->retry_after_s = out->info.reset_after_s;
+    }
+    return allowed;
+}
+
 /* Earliest e' in [e, W) of the current window at which p*(W - e') + (c + 1)*W
  * <= L*W holds, or W when none does. */
 static int64_t earliest_in_window(int64_t L, int64_t W, int64_t e, int64_t p, int64_t c)
@@ -125,6 +147,7 @@ bool gw_rl_algo_sliding_window(int64_t limit, int64_t window_ms, int64_t now_ms,
             int64_t next = earliest_in_window(L, W, 0, cur, 0);
             wait_ms = (W - e) + next;
         }
+        out->retry_after_ms = GW_MAX(1, wait_ms);
         out->retry_after_s = GW_MAX(1, ceil_div(wait_ms, 1000));
     }
     return allowed;
@@ -162,7 +185,9 @@ bool gw_rl_algo_gcra(int64_t limit, int64_t burst, int64_t window_ms, int64_t de
         /* One token is back when max(tat, now') + T - now' <= B*T, that is
          * at now' = tat - (B - 1)*T (tat > now here: a refusal needs it). */
         wide wait = (wide)tat_us - (wide)(burst - 1) * T - now_us;
-        out->retry_after_s = GW_MAX(1, ceil_div(clamp64(wait < 0 ? 0 : wait), 1000000));
+        int64_t wait_us = clamp64(wait < 0 ? 0 : wait);
+        out->retry_after_ms = GW_MAX(1, ceil_div(wait_us, 1000));
+        out->retry_after_s = GW_MAX(1, ceil_div(wait_us, 1000000));
     }
     out->allowed = allowed;
     *new_tat_us = clamp64(tat_after);

@@ -1,23 +1,27 @@
 /*
- * In-process fixed-window store, shared by every worker: used when
- * REDIS_URL is unset, and by RATE_LIMIT_FAILURE_MODE=local while Redis is
- * down. Keys are spread over GW_RL_MEMORY_SHARDS shards so workers rarely
- * contend; memory is bounded by a per-shard entry cap.
+ * In-process rate-limit store, shared by every worker: used when REDIS_URL
+ * is unset, and by RATE_LIMIT_FAILURE_MODE=local while Redis is down. It
+ * holds the same state keys as the Redis script (fixed and sliding window
+ * counters, token bucket TATs; see ratelimit_int.h) with the same expiry,
+ * and decides with the math of gw/rl_algo.h, so both stores give the same
+ * decisions. Keys are spread over GW_RL_MEMORY_SHARDS shards so workers
+ * rarely contend; memory is bounded by a per-shard entry cap.
  *
  * Locking: each shard has one mutex guarding everything in the shard
- * (buckets, entries, age list, counters). No call holds two shard locks;
- * the store struct itself is immutable after creation.
+ * (buckets, entries, age list, counters). A unit of a pass locks the
+ * shards of all its keys at once, in address order, so two callers never
+ * deadlock; every other call holds one shard lock. The store struct itself
+ * is immutable after creation.
  *
- * A shard is a chained hash table over a pool of 40-byte entries (int32
+ * A shard is a chained hash table over a pool of 48-byte entries (int32
  * indices, so the pool can grow by realloc; the bucket array doubles with
- * it). Entries also sit on an age list ordered by when their current window
- * started: the head is the oldest, and since windows only move forward it
- * is expired whenever any entry is. A new key takes the head when expired,
- * else grows the pool up to the cap, else evicts the head (the oldest live
- * entry).
+ * it). Entries also sit on an age list ordered by when they were last
+ * written: the head is the least recently written. A new key takes the
+ * head when it has expired, else grows the pool up to the cap, else evicts
+ * the head. An expired entry found by a lookup reads as absent.
  *
- * Memory bound: 44 bytes per entry at most (40 for the entry, 4 for its
- * bucket), so the default cap of 1,048,576 entries is 44 MiB, reached only
+ * Memory bound: 52 bytes per entry at most (48 for the entry, 4 for its
+ * bucket), so the default cap of 1,048,576 entries is 52 MiB, reached only
  * when a million distinct clients arrive within one window; an idle store
  * holds 64 x 16 entries. test/bench/rl_memory.sh measures it.
  */
@@ -25,21 +29,24 @@
 
 #include "gw/rl_algo.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define NIL           (-1)
 #define INITIAL_ALLOC 16u
 
 struct mentry {
-    uint64_t h1, h2; /* 128-bit key identity (two independently seeded hashes) */
-    int64_t window;  /* window index of count */
-    uint32_t count;  /* requests counted in that window (saturates) */
-    int32_t next;    /* bucket chain, NIL ends */
-    int32_t older;   /* age list toward the head (oldest), NIL at head */
-    int32_t newer;   /* age list toward the tail (newest), NIL at tail */
+    uint64_t h1, h2;   /* 128-bit key identity (two independently seeded hashes) */
+    int64_t expire_ms; /* Unix ms at which the state is gone (Redis's PX) */
+    int64_t value;     /* a counter, or a token bucket's TAT in µs */
+    int32_t next;      /* bucket chain, NIL ends */
+    int32_t older;     /* age list toward the head (least recently written), NIL at head */
+    int32_t newer;     /* age list toward the tail (most recently written), NIL at tail */
 };
 
 _Static_assert(sizeof(struct mentry) == GW_RL_MEMORY_ENTRY_BYTES, "entry size is the memory bound");
@@ -275,9 +282,9 @@ static void grow(struct shard *s, uint32_t cap)
 
 /* A slot for a new key: see the file comment for the order of choices.
  * Returns NIL only when the pool cannot get its first slots. */
-static int32_t slot_get(struct shard *s, uint32_t cap, int64_t window)
+static int32_t slot_get(struct shard *s, uint32_t cap, int64_t now_ms)
 {
-    if (s->oldest != NIL && s->e[s->oldest].window < window) {
+    if (s->oldest != NIL && s->e[s->oldest].expire_ms <= now_ms) {
         int32_t i = s->oldest; /* expired: reuse before growing */
         entry_remove(s, i);
         return i;
@@ -298,9 +305,56 @@ static int32_t slot_get(struct shard *s, uint32_t cap, int64_t window)
 }
 
 /* count + incr, saturating at UINT32_MAX: past 4e9 the verdict is the same. */
-static uint32_t add_sat(uint32_t count, int64_t incr)
+static int64_t add_sat(int64_t count, int64_t incr)
 {
-    return (uint64_t)incr >= UINT32_MAX - count ? UINT32_MAX : count + (uint32_t)incr;
+    return incr >= (int64_t)UINT32_MAX - count ? (int64_t)UINT32_MAX : count + incr;
+}
+
+/* The entry of (h1, h2), created when absent (create) with value 0 and
+ * expire_ms 0; NIL when absent and not created, or out of memory. An
+ * expired entry reads as absent: its value is reset. Shard lock held. */
+static int32_t entry_at(struct gw_rl_memory *m, struct shard *s, uint64_t h1, uint64_t h2,
+                        int64_t now_ms, bool create)
+{
+    int32_t i = lookup(s, h1, h2);
+    if (i != NIL) {
+        if (s->e[i].expire_ms <= now_ms) {
+            s->e[i].value = 0;
+            s->e[i].expire_ms = 0;
+        }
+        return i;
+    }
+    if (!create)
+        return NIL;
+    if ((i = slot_get(s, m->cap, now_ms)) == NIL)
+        return NIL;
+    struct mentry *e = &s->e[i];
+    e->h1 = h1;
+    e->h2 = h2;
+    e->value = 0;
+    e->expire_ms = 0;
+    uint32_t b = bucket_of(s, h2);
+    e->next = s->buckets[b];
+    s->buckets[b] = i;
+    age_push_newest(s, i);
+    s->used++;
+    return i;
+}
+
+/* Writes entry i: value and expiry, and makes it the newest. */
+static void entry_write(struct shard *s, int32_t i, int64_t value, int64_t expire_ms)
+{
+    s->e[i].value = value;
+    s->e[i].expire_ms = expire_ms;
+    if (s->newest != i) {
+        age_unlink(s, i);
+        age_push_newest(s, i);
+    }
+}
+
+static struct shard *shard_of(struct gw_rl_memory *m, uint64_t h1)
+{
+    return &m->shards[(unsigned)(h1 >> 58) % GW_RL_MEMORY_SHARDS];
 }
 
 int gw_rl_memory_incr_by(struct gw_rl_memory *m, const char *key, size_t key_len, int64_t incr,
@@ -310,45 +364,173 @@ int gw_rl_memory_incr_by(struct gw_rl_memory *m, const char *key, size_t key_len
         return -EINVAL;
     uint64_t h1 = gw_hash64(SEED1, key, key_len);
     uint64_t h2 = gw_hash64(SEED2, key, key_len);
-    struct shard *s = &m->shards[(unsigned)(h1 >> 58) % GW_RL_MEMORY_SHARDS];
-    int64_t window = gw_rl_algo_window_index(now_s, window_s);
+    struct shard *s = shard_of(m, h1);
+    struct gw_rl_window win = gw_rl_algo_window(now_s, window_s);
+    int64_t now_ms = now_s * 1000, end_ms = win.end_s * 1000;
     int rc = 0;
 
     pthread_mutex_lock(&s->mu);
-    int32_t i = lookup(s, h1, h2);
-    if (i != NIL) {
-        struct mentry *e = &s->e[i];
-        if (e->window < window) {
-            /* Lazy expiry: the key's old window is over, start the new one
-             * and make it the newest on the age list. */
-            e->window = window;
-            e->count = add_sat(0, incr);
-            age_unlink(s, i);
-            age_push_newest(s, i);
-        } else {
-            e->count = add_sat(e->count, incr);
-        }
-        *count = e->count;
+    int32_t i = entry_at(m, s, h1, h2, now_ms, true);
+    if (i == NIL) {
+        rc = -ENOMEM;
     } else {
-        i = slot_get(s, m->cap, window);
-        if (i == NIL) {
-            rc = -ENOMEM;
-        } else {
-            struct mentry *e = &s->e[i];
-            e->h1 = h1;
-            e->h2 = h2;
-            e->window = window;
-            e->count = add_sat(0, incr);
-            uint32_t b = bucket_of(s, h2);
-            e->next = s->buckets[b];
-            s->buckets[b] = i;
-            age_push_newest(s, i);
-            s->used++;
-            *count = e->count;
-        }
+        /* A request whose time falls before the entry's window (clocks of
+         * racing workers) is counted in the entry's newer window. */
+        struct mentry *e = &s->e[i];
+        int64_t n = add_sat(e->value, incr);
+        entry_write(s, i, n, GW_MAX(e->expire_ms, end_ms));
+        *count = n;
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
+}
+
+/* ---- passes (several rates at once) ------------------------------------- */
+
+/* A unit's state keys: at most two per op (sliding window). */
+#define UNIT_STATES_MAX (2 * GW_RL_UNIT_OPS_MAX)
+
+struct state_ref {
+    uint64_t h1, h2;
+    struct shard *s;
+};
+
+/* Identity of state key "<key><suffix>" without building the string. */
+static void state_id(const char *key, size_t len, const char *suffix, size_t slen,
+                     struct state_ref *out, struct gw_rl_memory *m)
+{
+    out->h1 = gw_hash64(gw_hash64(SEED1, key, len), suffix, slen);
+    out->h2 = gw_hash64(gw_hash64(SEED2, key, len), suffix, slen);
+    out->s = shard_of(m, out->h1);
+}
+
+static int64_t floor_div64(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* The state keys of op (1 or 2) into refs; returns how many. The suffixes
+ * are those the Redis script uses (ratelimit_int.h). */
+static int op_states(struct gw_rl_memory *m, const struct gw_rl_pass *p, const struct gw_rl_op *op,
+                     int64_t now_ms, struct state_ref refs[2])
+{
+    const struct gw_rl_spec *sp = &p->specs[op->spec];
+    const char *key = p->keys[op->key];
+    size_t len = p->key_lens[op->key];
+    char suf[64];
+    int n;
+    if (sp->algorithm == GW_RL_TOKEN_BUCKET) {
+        state_id(key, len, ":tb", 3, &refs[0], m);
+        return 1;
+    }
+    int64_t idx = floor_div64(now_ms, sp->window_ms);
+    bool sliding = sp->algorithm == GW_RL_SLIDING_WINDOW;
+    n = snprintf(suf, sizeof(suf), ":%s:%lld:%lld", sliding ? "sw" : "fw", (long long)sp->window_ms,
+                 (long long)idx);
+    state_id(key, len, suf, (size_t)n, &refs[0], m);
+    if (!sliding)
+        return 1;
+    n = snprintf(suf, sizeof(suf), ":sw:%lld:%lld", (long long)sp->window_ms, (long long)(idx - 1));
+    state_id(key, len, suf, (size_t)n, &refs[1], m);
+    return 2;
+}
+
+static int64_t state_read(struct gw_rl_memory *m, const struct state_ref *r, int64_t now_ms)
+{
+    int32_t i = entry_at(m, r->s, r->h1, r->h2, now_ms, false);
+    return i == NIL ? 0 : r->s->e[i].value;
+}
+
+static int cmp_shard(const void *a, const void *b)
+{
+    const struct shard *x = *(struct shard *const *)a, *y = *(struct shard *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Decides one unit with its shards locked. */
+static int apply_unit(struct gw_rl_memory *m, struct gw_rl_pass *p, struct gw_rl_unit *u,
+                      int64_t now_us)
+{
+    int64_t now_ms = floor_div64(now_us, 1000);
+    struct state_ref refs[UNIT_STATES_MAX];
+    int nref[GW_RL_UNIT_OPS_MAX], at[GW_RL_UNIT_OPS_MAX];
+    struct shard *locks[UNIT_STATES_MAX];
+    size_t nr = 0, nl = 0, n = u->n;
+    assert(n <= GW_RL_UNIT_OPS_MAX);
+    for (size_t j = 0; j < n; j++) {
+        at[j] = (int)nr;
+        nref[j] = op_states(m, p, &p->ops[u->first + j], now_ms, &refs[nr]);
+        for (int k = 0; k < nref[j]; k++)
+            locks[nl++] = refs[nr + (size_t)k].s;
+        nr += (size_t)nref[j];
+    }
+    qsort(locks, nl, sizeof(locks[0]), cmp_shard);
+    size_t nu = 0;
+    for (size_t k = 0; k < nl; k++)
+        if (nu == 0 || locks[nu - 1] != locks[k])
+            locks[nu++] = locks[k];
+    for (size_t k = 0; k < nu; k++)
+        pthread_mutex_lock(&locks[k]->mu);
+
+    bool all = true;
+    int64_t new_tat[GW_RL_UNIT_OPS_MAX];
+    for (size_t j = 0; j < n; j++) {
+        struct gw_rl_op *op = &p->ops[u->first + j];
+        const struct gw_rl_spec *sp = &p->specs[op->spec];
+        struct gw_rl_result r;
+        op->a = state_read(m, &refs[at[j]], now_ms);
+        op->b = 0;
+        if (sp->algorithm == GW_RL_TOKEN_BUCKET) {
+            gw_rl_algo_gcra(sp->limit, sp->burst, sp->window_ms, sp->delay_ms, now_us, op->a,
+                            &new_tat[j], &r);
+        } else if (sp->algorithm == GW_RL_SLIDING_WINDOW) {
+            op->b = op->a; /* refs[at]: the current window; refs[at + 1]: the previous */
+            op->a = state_read(m, &refs[at[j] + 1], now_ms);
+            gw_rl_algo_sliding_window(sp->limit, sp->window_ms, now_ms, op->a, op->b, &r);
+        } else {
+            gw_rl_algo_fixed_window_ms(sp->limit, sp->window_ms, now_ms, op->a, &r);
+        }
+        if (!r.allowed)
+            all = false;
+    }
+    int rc = 0;
+    if (all) {
+        for (size_t j = 0; j < n && rc == 0; j++) {
+            const struct gw_rl_op *op = &p->ops[u->first + j];
+            const struct gw_rl_spec *sp = &p->specs[op->spec];
+            const struct state_ref *r = &refs[at[j]];
+            int32_t i = entry_at(m, r->s, r->h1, r->h2, now_ms, true);
+            if (i == NIL) {
+                rc = -ENOMEM;
+                break;
+            }
+            if (sp->algorithm == GW_RL_TOKEN_BUCKET) {
+                /* Kept until the bucket is full again: the TAT. */
+                entry_write(r->s, i, new_tat[j], floor_div64(new_tat[j] + 999, 1000));
+            } else {
+                int64_t idx = floor_div64(now_ms, sp->window_ms);
+                int64_t spans = sp->algorithm == GW_RL_SLIDING_WINDOW ? 2 : 1;
+                int64_t cnt = sp->algorithm == GW_RL_SLIDING_WINDOW ? op->b : op->a;
+                entry_write(r->s, i, add_sat(cnt, 1), (idx + spans) * sp->window_ms);
+            }
+        }
+    }
+    for (size_t k = nu; k-- > 0;)
+        pthread_mutex_unlock(&locks[k]->mu);
+    u->result = rc != 0 ? GW_RL_UNIT_UNDECIDED : all ? GW_RL_UNIT_ALLOWED : GW_RL_UNIT_REFUSED;
+    return rc;
+}
+
+int gw_rl_memory_apply(struct gw_rl_memory *m, struct gw_rl_pass *p, int64_t now_us)
+{
+    p->now_us = now_us;
+    for (size_t u = 0; u < p->nunits; u++) {
+        int rc = apply_unit(m, p, &p->units[u], now_us);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
 }
 
 int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len, int64_t window_s,
@@ -357,13 +539,11 @@ int gw_rl_memory_incr(struct gw_rl_memory *m, const char *key, size_t key_len, i
     return gw_rl_memory_incr_by(m, key, key_len, 1, window_s, now_s, count);
 }
 
-static int memory_check(void *store, const char *key, size_t key_len, int64_t incr, int64_t limit,
-                        int64_t window_s, int64_t *count, int64_t *now_ms)
+static int memory_apply(void *store, struct gw_rl_pass *pass)
 {
-    (void)limit; /* fixed window counts every request */
-    int64_t ms = *now_ms;
-    int64_t now_s = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
-    return gw_rl_memory_incr_by(store, key, key_len, incr, window_s, now_s, count);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return gw_rl_memory_apply(store, pass, (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
 }
 
 static int memory_ping(void *store)
@@ -375,16 +555,6 @@ static int memory_ping(void *store)
 static void memory_destroy(void *store)
 {
     gw_rl_memory_destroy(store);
-}
-
-static int memory_check_many(void *store, const char *const keys[], const size_t key_lens[],
-                             const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
-                             int64_t now_ms[], int rcs[])
-{
-    for (size_t i = 0; i < n; i++)
-        rcs[i] = memory_check(store, keys[i], key_lens[i], incrs ? incrs[i] : 1, 0, window_s,
-                              &counts[i], &now_ms[i]);
-    return 0; /* in-process: nothing to lose */
 }
 
 /* No connection: every connection call succeeds at once. */
@@ -414,8 +584,7 @@ static const char *memory_last_error(const void *store)
 
 const struct gw_rl_store_ops gw_rl_memory_ops = {
     .name = "memory",
-    .check = memory_check,
-    .check_many = memory_check_many,
+    .apply = memory_apply,
     .ping = memory_ping,
     .connect = memory_nothing,
     .connect_start = memory_nothing_at,

@@ -31,44 +31,136 @@
 #include <sys/types.h>
 
 /*
- * The check, for m clients at once. KEYS[i] is "<prefix>:{<client hash>}";
- * ARGV[1] is the window in seconds, ARGV[i + 1] the number k >= 1 of
- * requests of client i counted at once (its requests in one batch). The
- * window index comes from Redis's own clock (TIME, read once), so every
- * gateway on this Redis agrees on window edges whatever its local clock
- * says. Client i's counter key is KEYS[i] .. ":" .. index, derived inside
- * the script; it is not declared in KEYS, which a single Redis (and
- * Redis 7 with effects replication) accepts. The {hash tag} keeps it in
- * KEYS[i]'s cluster slot, but Redis Cluster is not a supported target
- * (nor are several clients per call there).
- *
- * Commands: TIME once per call, INCRBY once per client, and PEXPIRE only
- * when INCRBY created the key (n == k: counters only grow, and only by
- * k >= 1, so the key was absent). The TTL is the time left to the window
- * end in ms, in (0, W*1000]: TIME's seconds are < (idx + 1) * W. The script
- * is atomic, so no other client, and no crash, can see a key between its
- * INCRBY and PEXPIRE: no key ever exists without a TTL. INCRBY runs under
- * pcall so that one bad key (WRONGTYPE) fails only its own client.
- * Returns {now_ms, n_1, ..., n_m}: the requests counted for client i are
- * n_i - k_i + 1 .. n_i; n_i is an error reply when its INCRBY failed.
+ * The decision of a pass (ratelimit_int.h struct gw_rl_pass), for every
+ * unit of a batch in one call. KEYS are the state-key bases
+ * "<prefix>:{<client hash>}:<limit>:<policy>"; ARGV is
+ *   S, then S specs of 5 numbers (algorithm 0 fixed / 1 sliding / 2 token
+ *   bucket, L, W in ms, B, delay in ms),
+ *   U, then per unit: its op count n and n pairs (key index, spec index),
+ *   1-based.
+ * The clock is Redis's own (TIME, read once), so every gateway on this
+ * Redis agrees on window edges and bucket times whatever its local clock
+ * says. Units are decided in order, each seeing the commits of the ones
+ * before: every op of a unit is checked, and only when all allow are they
+ * all committed (a refused request consumes from no rate). State is read
+ * once per key (GET, under pcall so a WRONGTYPE key fails only its unit,
+ * answer 3) and written once at the end: a new key with SET PX (fixed
+ * window: to the window end; sliding: to the end of the next window; token
+ * bucket: until the bucket is full again), an existing counter with SET
+ * KEEPTTL, a bucket's TAT always with its new PX. The script is atomic, so
+ * nothing can see a key without its TTL. State keys are derived inside the
+ * script (":fw:<W>:<i>", ":sw:<W>:<i>", ":tb"); they share KEYS[i]'s hash
+ * tag, hence its cluster slot. Lua numbers are doubles: the sliding
+ * window's products (L*W up to 3.2e19) are compared exactly in base-2^24
+ * limbs; every other quantity stays below 2^53 (microsecond clocks, and
+ * B*T bounded by the rules' validation).
+ * Returns {sec, usec, then per unit: its result (1 allowed, 2 refused,
+ * 3 error) and two numbers per op: the state it was decided on (fixed:
+ * count, 0; sliding: previous and current counts; bucket: TAT in µs, 0)}.
  */
 const char gw_rl_redis_script[] =
     "if redis.replicate_commands then redis.replicate_commands() end\n"
     "local t = redis.call('TIME')\n"
-    "local s = tonumber(t[1])\n"
-    "local now_ms = s * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local w = tonumber(ARGV[1])\n"
-    "local idx = math.floor(s / w)\n"
-    "local suffix = ':' .. string.format('%d', idx)\n"
-    "local ttl = (idx + 1) * w * 1000 - now_ms\n"
-    "if ttl < 1 then ttl = 1 end\n"
-    "local out = {now_ms}\n"
-    "for i = 1, #KEYS do\n"
-    "  local k = tonumber(ARGV[i + 1])\n"
-    "  local key = KEYS[i] .. suffix\n"
-    "  local n = redis.pcall('INCRBY', key, k)\n"
-    "  if n == k then redis.call('PEXPIRE', key, ttl) end\n"
-    "  out[i + 1] = n\n"
+    "local sec, usec = tonumber(t[1]), tonumber(t[2])\n"
+    "local now_us = sec * 1000000 + usec\n"
+    "local now_ms = sec * 1000 + math.floor(usec / 1000)\n"
+    "local B24 = 16777216\n"
+    "local function mul(a, b)\n"
+    "  local ah, al = math.floor(a / B24), a % B24\n"
+    "  local bh, bl = math.floor(b / B24), b % B24\n"
+    "  local lo = al * bl\n"
+    "  local mid = ah * bl + al * bh + math.floor(lo / B24)\n"
+    "  return ah * bh + math.floor(mid / B24), mid % B24, lo % B24\n"
+    "end\n"
+    "local function le(a, b, c, d)\n"
+    "  local h1, m1, l1 = mul(a, b)\n"
+    "  local h2, m2, l2 = mul(c, d)\n"
+    "  if h1 ~= h2 then return h1 < h2 end\n"
+    "  if m1 ~= m2 then return m1 < m2 end\n"
+    "  return l1 <= l2\n"
+    "end\n"
+    "local cache, dirty = {}, {}\n"
+    "local function get(k)\n"
+    "  local e = cache[k]\n"
+    "  if e == nil then\n"
+    "    local v = redis.pcall('GET', k)\n"
+    "    if type(v) == 'table' then return nil end\n"
+    "    if v ~= false and tonumber(v) == nil then return nil end\n"
+    "    e = {k = k, v = tonumber(v) or 0, fresh = (v == false)}\n"
+    "    cache[k] = e\n"
+    "  end\n"
+    "  return e\n"
+    "end\n"
+    "local function fmt(x) return string.format('%d', x) end\n"
+    "local ns = tonumber(ARGV[1]) or 0\n"
+    "local sp, a = {}, 2\n"
+    "for s = 1, ns do\n"
+    "  sp[s] = {tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),\n"
+    "           tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])}\n"
+    "  a = a + 5\n"
+    "end\n"
+    "local nu = tonumber(ARGV[a]) or 0\n"
+    "a = a + 1\n"
+    "local out = {sec, usec}\n"
+    "for u = 1, nu do\n"
+    "  local n = tonumber(ARGV[a])\n"
+    "  a = a + 1\n"
+    "  local ok, bad, st = true, false, {}\n"
+    "  for j = 1, n do\n"
+    "    local key = KEYS[tonumber(ARGV[a])]\n"
+    "    local s = sp[tonumber(ARGV[a + 1])]\n"
+    "    a = a + 2\n"
+    "    local algo, L, W = s[1], s[2], s[3]\n"
+    "    local o = {sa = 0, sb = 0}\n"
+    "    if algo == 2 then\n"
+    "      local e = get(key .. ':tb')\n"
+    "      if e == nil then bad = true else\n"
+    "        local T = math.floor(W * 1000 / L)\n"
+    "        if T < 1 then T = 1 end\n"
+    "        local base = e.v\n"
+    "        if now_us > base then base = now_us end\n"
+    "        local nt = base + T\n"
+    "        if nt - now_us > s[4] * T + s[5] * 1000 then ok = false end\n"
+    "        o = {e = e, nv = nt, ttl = math.ceil((nt - now_us) / 1000), tb = true, sa = e.v, sb = "
+    "0}\n"
+    "      end\n"
+    "    else\n"
+    "      local idx = math.floor(now_ms / W)\n"
+    "      local pre = key .. (algo == 1 and ':sw:' or ':fw:') .. fmt(W) .. ':'\n"
+    "      local e = get(pre .. fmt(idx))\n"
+    "      if e == nil then bad = true\n"
+    "      elseif algo == 1 then\n"
+    "        local pe = get(pre .. fmt(idx - 1))\n"
+    "        if pe == nil then bad = true else\n"
+    "          local room = L - e.v - 1\n"
+    "          if room < 0 or not le(pe.v, W - (now_ms - idx * W), room, W) then ok = false end\n"
+    "          o = {e = e, nv = e.v + 1, ttl = (idx + 2) * W - now_ms, sa = pe.v, sb = e.v}\n"
+    "        end\n"
+    "      else\n"
+    "        if e.v + 1 > L then ok = false end\n"
+    "        o = {e = e, nv = e.v + 1, ttl = (idx + 1) * W - now_ms, sa = e.v, sb = 0}\n"
+    "      end\n"
+    "    end\n"
+    "    st[j] = o\n"
+    "  end\n"
+    "  out[#out + 1] = bad and 3 or (ok and 1 or 2)\n"
+    "  for j = 1, n do\n"
+    "    out[#out + 1] = st[j].sa\n"
+    "    out[#out + 1] = st[j].sb\n"
+    "  end\n"
+    "  if ok and not bad then\n"
+    "    for j = 1, n do\n"
+    "      local o = st[j]\n"
+    "      local e = o.e\n"
+    "      e.v = o.nv\n"
+    "      if o.tb or e.fresh then e.ttl = o.ttl end\n"
+    "      if not e.dirty then e.dirty = true; dirty[#dirty + 1] = e end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "for _, e in ipairs(dirty) do\n"
+    "  if e.ttl then redis.call('SET', e.k, fmt(e.v), 'PX', fmt(e.ttl))\n"
+    "  else redis.call('SET', e.k, fmt(e.v), 'KEEPTTL') end\n"
     "end\n"
     "return out\n";
 
@@ -337,7 +429,7 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
      * deadline the connection is not ready and requests are decided by
      * RATE_LIMIT_FAILURE_MODE without waiting. */
     if (rc == REDIS_OK) {
-        rc = redisAppendCommand(r->c, "EVAL %s 0 1", gw_rl_redis_script);
+        rc = redisAppendCommand(r->c, "EVAL %s 0 0 0", gw_rl_redis_script);
         r->pending[r->npending++] = CMD_PROBE;
     }
     if (rc != REDIS_OK)
@@ -409,25 +501,26 @@ static char *put_bulk_u64(char *p, uint64_t v)
 }
 
 /* Sanity bounds on what a store reply may carry: a Redis clock before year
- * 142,000 and a count far below int64 overflow. */
-#define STORE_MS_MAX ((int64_t)1 << 52)
-#define COUNT_MAX    ((int64_t)1 << 62)
+ * 142,000, and state far below int64 overflow. */
+#define STORE_SEC_MAX ((int64_t)1 << 42)
+#define STATE_MAX     (((int64_t)1 << 62) - 1)
 /* Bytes put_bulk writes at most for len bytes. */
 #define BULK_MAX(len) ((len) + 26)
 
-/* Renders "<cmd> <script> <n> <key>... <window> <incr>..." (EVALSHA <sha>
- * or EVAL <body>) into r->cmds, grown as needed: hiredis then formats
- * nothing and allocates nothing per argument. Returns the bytes or
- * -ENOMEM. */
-static ssize_t render_check(struct gw_rl_redis *r, bool eval, const char *const keys[],
-                            const size_t key_lens[], const int64_t incrs[], size_t n,
-                            const char *wbuf, size_t wlen)
+/* Renders "<cmd> <script> <nkeys> <key>... <S> <spec>... <U> <unit>..."
+ * (EVALSHA <sha> or EVAL <body>; see gw_rl_redis_script) into r->cmds,
+ * grown as needed: hiredis then formats nothing and allocates nothing per
+ * argument. Returns the bytes or -ENOMEM. */
+static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl_pass *p)
 {
     const char *script = eval ? gw_rl_redis_script : r->sha;
     size_t slen = eval ? sizeof(gw_rl_redis_script) - 1 : 40;
-    size_t need = 24 + BULK_MAX(7) + BULK_MAX(slen) + BULK_MAX(20) + BULK_MAX(wlen);
-    for (size_t i = 0; i < n; i++)
-        need += BULK_MAX(key_lens[i]) + BULK_MAX(20);
+    size_t nargs = 3 + p->nkeys + 1 + 5 * p->nspecs + 1;
+    for (size_t u = 0; u < p->nunits; u++)
+        nargs += 1 + 2 * (size_t)p->units[u].n;
+    size_t need = 24 + BULK_MAX(7) + BULK_MAX(slen) + (nargs - 2) * BULK_MAX(20);
+    for (size_t i = 0; i < p->nkeys; i++)
+        need += p->key_lens[i];
     if (need > r->cmds_cap) {
         size_t cap = GW_MAX(need, r->cmds_cap * 2);
         char *nb = realloc(r->cmds, cap);
@@ -436,20 +529,38 @@ static ssize_t render_check(struct gw_rl_redis *r, bool eval, const char *const 
         r->cmds = nb;
         r->cmds_cap = cap;
     }
-    char *p = r->cmds;
-    *p++ = '*';
-    p = gw_put_u64(p, 4 + 2 * (uint64_t)n);
-    *p++ = '\r';
-    *p++ = '\n';
-    p = eval ? put_bulk(p, "EVAL", 4) : put_bulk(p, "EVALSHA", 7);
-    p = put_bulk(p, script, slen);
-    p = put_bulk_u64(p, n);
-    for (size_t i = 0; i < n; i++)
-        p = put_bulk(p, keys[i], key_lens[i]);
-    p = put_bulk(p, wbuf, wlen);
-    for (size_t i = 0; i < n; i++)
-        p = put_bulk_u64(p, incrs != NULL ? (uint64_t)incrs[i] : 1);
-    return p - r->cmds;
+    char *o = r->cmds;
+    *o++ = '*';
+    o = gw_put_u64(o, nargs);
+    *o++ = '\r';
+    *o++ = '\n';
+    o = eval ? put_bulk(o, "EVAL", 4) : put_bulk(o, "EVALSHA", 7);
+    o = put_bulk(o, script, slen);
+    o = put_bulk_u64(o, p->nkeys);
+    for (size_t i = 0; i < p->nkeys; i++)
+        o = put_bulk(o, p->keys[i], p->key_lens[i]);
+    o = put_bulk_u64(o, p->nspecs);
+    for (size_t i = 0; i < p->nspecs; i++) {
+        const struct gw_rl_spec *sp = &p->specs[i];
+        unsigned algo = sp->algorithm == GW_RL_TOKEN_BUCKET     ? 2
+                        : sp->algorithm == GW_RL_SLIDING_WINDOW ? 1
+                                                                : 0;
+        o = put_bulk_u64(o, algo);
+        o = put_bulk_u64(o, (uint64_t)sp->limit);
+        o = put_bulk_u64(o, (uint64_t)sp->window_ms);
+        o = put_bulk_u64(o, (uint64_t)sp->burst);
+        o = put_bulk_u64(o, (uint64_t)sp->delay_ms);
+    }
+    o = put_bulk_u64(o, p->nunits);
+    for (size_t u = 0; u < p->nunits; u++) {
+        const struct gw_rl_unit *un = &p->units[u];
+        o = put_bulk_u64(o, un->n);
+        for (size_t j = 0; j < un->n; j++) {
+            o = put_bulk_u64(o, (uint64_t)p->ops[un->first + j].key + 1);
+            o = put_bulk_u64(o, (uint64_t)p->ops[un->first + j].spec + 1);
+        }
+    }
+    return o - r->cmds;
 }
 
 static bool is_noscript(const redisReply *rep)
@@ -457,60 +568,68 @@ static bool is_noscript(const redisReply *rep)
     return rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0;
 }
 
-/* Takes the reply of one call for n clients (freed here). Per client rcs[i]
- * is 0 with counts[i] (>= its incr) and now_ms[i], or -EPROTO when its
- * INCRBY failed; every client gets -EPROTO when the server refused the
- * call (OOM, BUSY, READONLY, ...) or answered something else. -EPROTO is
- * not a broken connection: the caller applies its failure mode. */
-static void take_check_reply(struct gw_rl_redis *r, redisReply *rep, const int64_t incrs[],
-                             size_t n, int64_t counts[], int64_t now_ms[], int rcs[])
+static bool int_in(const redisReply *e, int64_t lo, int64_t hi)
 {
+    return e->type == REDIS_REPLY_INTEGER && e->integer >= lo && e->integer <= hi;
+}
+
+/* Takes the reply of one call (freed here): 0 with every unit's result
+ * and ops' state, or -EPROTO (units left UNDECIDED) when the server refused
+ * the call (OOM, BUSY, READONLY, ...) or answered something else. -EPROTO
+ * is not a broken connection: the caller applies its failure mode. */
+static int take_apply_reply(struct gw_rl_redis *r, redisReply *rep, struct gw_rl_pass *p)
+{
+    int rc = -EPROTO;
+    size_t want = 2;
+    for (size_t u = 0; u < p->nunits; u++)
+        want += 1 + 2 * (size_t)p->units[u].n;
     if (rep->type == REDIS_REPLY_ERROR) {
         snprintf(r->err, sizeof(r->err), "check: %s", rep->str);
-    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != n + 1 ||
-               rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer <= 0 ||
-               rep->element[0]->integer > STORE_MS_MAX) {
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != want ||
+               !int_in(rep->element[0], 1, STORE_SEC_MAX) || !int_in(rep->element[1], 0, 999999)) {
         snprintf(r->err, sizeof(r->err), "check: unexpected reply type %d", rep->type);
     } else {
-        for (size_t i = 0; i < n; i++) {
-            const redisReply *e = rep->element[i + 1];
-            /* A count no real Redis reaches is refused too: the caller
-             * numbers requests from it and must not overflow. */
-            if (e->type == REDIS_REPLY_INTEGER && e->integer >= (incrs != NULL ? incrs[i] : 1) &&
-                e->integer <= COUNT_MAX) {
-                counts[i] = e->integer;
-                now_ms[i] = rep->element[0]->integer;
-                rcs[i] = 0;
-            } else {
-                snprintf(r->err, sizeof(r->err), "check: %s",
-                         e->type == REDIS_REPLY_ERROR ? e->str : "unexpected count");
-                rcs[i] = -EPROTO;
+        size_t at = 2;
+        bool good = true;
+        p->now_us = rep->element[0]->integer * 1000000 + rep->element[1]->integer;
+        for (size_t u = 0; u < p->nunits && good; u++) {
+            struct gw_rl_unit *un = &p->units[u];
+            const redisReply *res = rep->element[at++];
+            good = int_in(res, 1, 3);
+            for (size_t j = 0; j < un->n && good; j++, at += 2) {
+                /* State no real Redis holds is refused too: the math must
+                 * not overflow on it. */
+                good = int_in(rep->element[at], 0, STATE_MAX) &&
+                       int_in(rep->element[at + 1], 0, STATE_MAX);
+                p->ops[un->first + j].a = rep->element[at]->integer;
+                p->ops[un->first + j].b = rep->element[at + 1]->integer;
             }
+            if (good)
+                un->result = res->integer == 1   ? GW_RL_UNIT_ALLOWED
+                             : res->integer == 2 ? GW_RL_UNIT_REFUSED
+                                                 : GW_RL_UNIT_ERROR;
+            if (good && un->result == GW_RL_UNIT_ERROR)
+                snprintf(r->err, sizeof(r->err), "check: a state key holds another type");
         }
-        freeReplyObject(rep);
-        return;
+        if (good) {
+            rc = 0;
+        } else {
+            snprintf(r->err, sizeof(r->err), "check: unexpected state in the reply");
+            for (size_t u = 0; u < p->nunits; u++)
+                p->units[u].result = GW_RL_UNIT_UNDECIDED;
+        }
     }
-    for (size_t i = 0; i < n; i++)
-        rcs[i] = -EPROTO;
     freeReplyObject(rep);
+    return rc;
 }
 
-static void fail_all(int rcs[], size_t n, int rc)
-{
-    for (size_t i = 0; i < n; i++)
-        rcs[i] = rc;
-}
-
-/* Sends one call (EVALSHA, or EVAL when eval) for the n clients and reads
- * its reply into *rep. 0, or the connection's -errno (then disconnected). */
-static int call_check(struct gw_rl_redis *r, bool eval, const char *const keys[],
-                      const size_t key_lens[], const int64_t incrs[], size_t n, int64_t window_s,
+/* Sends one call (EVALSHA, or EVAL when eval) for the pass and reads its
+ * reply into *rep. 0, or the connection's -errno (then disconnected). */
+static int call_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl_pass *p,
                       redisReply **rep)
 {
     const char *what = eval ? "EVAL" : "EVALSHA";
-    char wbuf[24];
-    size_t wlen = (size_t)(gw_put_u64(wbuf, (uint64_t)window_s) - wbuf);
-    ssize_t len = render_check(r, eval, keys, key_lens, incrs, n, wbuf, wlen);
+    ssize_t len = render_apply(r, eval, p);
     if (len < 0) {
         snprintf(r->err, sizeof(r->err), "%s: out of memory", what);
         gw_rl_redis_disconnect(r); /* nothing was sent: the next connect starts clean */
@@ -527,18 +646,16 @@ static int call_check(struct gw_rl_redis *r, bool eval, const char *const keys[]
     return 0;
 }
 
-int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[], const size_t key_lens[],
-                           const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
-                           int64_t now_ms[], int rcs[])
+int gw_rl_redis_apply(struct gw_rl_redis *r, struct gw_rl_pass *p)
 {
-    if (r->phase != PH_READY) {
-        fail_all(rcs, n, -ENOTCONN);
+    for (size_t u = 0; u < p->nunits; u++)
+        p->units[u].result = GW_RL_UNIT_UNDECIDED;
+    if (r->phase != PH_READY)
         return -ENOTCONN;
-    }
-    if (n == 0)
+    if (p->nunits == 0)
         return 0;
     redisReply *rep = NULL;
-    int rc = call_check(r, false, keys, key_lens, incrs, n, window_s, &rep);
+    int rc = call_apply(r, false, p, &rep);
     if (rc == 0 && is_noscript(rep)) {
         /* Script cache flushed (SCRIPT FLUSH, restart behind a proxy,
          * failover): the script did not run, nothing was counted. EVAL
@@ -546,23 +663,11 @@ int gw_rl_redis_check_many(struct gw_rl_redis *r, const char *const keys[], cons
          * EVALSHA with the same SHA1. */
         freeReplyObject(rep);
         rep = NULL;
-        rc = call_check(r, true, keys, key_lens, incrs, n, window_s, &rep);
+        rc = call_apply(r, true, p, &rep);
     }
-    if (rc != 0) {
-        fail_all(rcs, n, rc);
+    if (rc != 0)
         return rc;
-    }
-    take_check_reply(r, rep, incrs, n, counts, now_ms, rcs);
-    return 0;
-}
-
-static int redis_check(void *store, const char *key, size_t key_len, int64_t incr, int64_t limit,
-                       int64_t window_s, int64_t *count, int64_t *now_ms)
-{
-    (void)limit; /* fixed window counts every request */
-    int rc1 = 0;
-    int rc = gw_rl_redis_check_many(store, &key, &key_len, &incr, 1, window_s, count, now_ms, &rc1);
-    return rc != 0 ? rc : rc1;
+    return take_apply_reply(r, rep, p);
 }
 
 static int redis_ping(void *store)
@@ -591,11 +696,9 @@ static void redis_destroy(void *store)
     free(r);
 }
 
-static int redis_check_many(void *store, const char *const keys[], const size_t key_lens[],
-                            const int64_t incrs[], size_t n, int64_t window_s, int64_t counts[],
-                            int64_t now_ms[], int rcs[])
+static int redis_apply(void *store, struct gw_rl_pass *pass)
 {
-    return gw_rl_redis_check_many(store, keys, key_lens, incrs, n, window_s, counts, now_ms, rcs);
+    return gw_rl_redis_apply(store, pass);
 }
 
 static int redis_connect(void *store)
@@ -630,8 +733,7 @@ static const char *redis_last_error(const void *store)
 
 const struct gw_rl_store_ops gw_rl_redis_ops = {
     .name = "redis",
-    .check = redis_check,
-    .check_many = redis_check_many,
+    .apply = redis_apply,
     .ping = redis_ping,
     .connect = redis_connect,
     .connect_start = redis_connect_start,

@@ -9,6 +9,7 @@
 #include "acceptor.h"
 #include "gw/health.h"
 #include "gw/log.h"
+#include "gw/rules.h"
 #include "gw/net.h"
 #include "worker.h"
 
@@ -94,6 +95,18 @@ int gw_server_run(struct gw_config *cfg)
         gw_error("cannot create the rate limiter: %s", strerror(-rc));
         goto out;
     }
+    if (cfg->rate_limit_rules_file != NULL) {
+        struct gw_rules *rules = NULL;
+        int errs = gw_rules_load_file(cfg->rate_limit_rules_file, cfg, &rules, stderr,
+                                      "config error: RATE_LIMIT_RULES_FILE: ");
+        if (errs != 0) {
+            rc = errs < 0 ? errs : -EINVAL;
+            goto out;
+        }
+        gw_info("rules version %s from %s: %zu limits", rules->version, cfg->rate_limit_rules_file,
+                rules->limit_count);
+        gw_ratelimit_publish_rules(srv->rl, rules);
+    }
     if (cfg->max_connections_per_client > 0) {
         rc = gw_client_conns_create(&srv->client_conns, cfg->max_connections_per_client);
         if (rc) {
@@ -141,9 +154,8 @@ int gw_server_run(struct gw_config *cfg)
             srv->port);
     gw_info("upstream %s%s, %d workers, rate limit %d per %d s (%s store), in-flight cap %d",
             cfg->backend_authority, cfg->backend_base_path ? cfg->backend_base_path : "",
-            srv->nworkers, cfg->rate_limit_requests,
-            cfg->rate_limit_window_s, cfg->redis_url ? "redis" : "memory",
-            cfg->max_concurrent_requests);
+            srv->nworkers, cfg->rate_limit_requests, cfg->rate_limit_window_s,
+            cfg->redis_url ? "redis" : "memory", cfg->max_concurrent_requests);
 
     int sig = wait_for_signal();
     gw_info("%s received: draining (up to %d ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",

@@ -1,33 +1,89 @@
 /*
- * Fixed-window rate limiter (SPEC.md §5). One process-wide struct
- * gw_ratelimit holds the configuration and the in-process store; each worker
- * thread owns a struct gw_ratelimit_worker with its own hiredis connection
- * (when REDIS_URL is set: checks are blocking round trips bounded by
- * REDIS_TIMEOUT_MS, reconnects are non-blocking and advanced by
- * gw_ratelimit_worker_tick); the over-limit cache is process-wide. The store is
- * a small vtable (src/ratelimit_int.h): Redis (src/rl_redis.c) or memory
- * (src/rl_memory.c). Window math lives in gw/rl_algo.h.
+ * The rate limiter (SPEC.md §5, §5.1, §10). One process-wide struct
+ * gw_ratelimit holds the configuration, the rules in force (a refcounted
+ * struct gw_rules, replaced atomically by gw_ratelimit_publish_rules), the
+ * in-process store, the over-limit cache and the per-limit decision
+ * counters; each worker thread owns a struct gw_ratelimit_worker with its
+ * own Redis connection (when REDIS_URL is set: checks are blocking round
+ * trips bounded by REDIS_TIMEOUT_MS, reconnects are non-blocking and
+ * advanced by gw_ratelimit_worker_tick). For every request the limiter
+ * finds the applicable limits (gw_rules_match), derives each limit's client
+ * identity from its key, and decides every rate of every applicable limit
+ * in one atomic step per batch (check all, commit only if all allow). The
+ * store is a small vtable (src/ratelimit_int.h): Redis (src/rl_redis.c) or
+ * memory (src/rl_memory.c). The math lives in gw/rl_algo.h.
  */
 #ifndef GW_RATELIMIT_H
 #define GW_RATELIMIT_H
 
+#include "gw/buf.h"
 #include "gw/common.h"
 #include "gw/config.h"
+#include "gw/http1.h"
 #include "gw/response.h"
+#include "gw/rules.h"
+
+/* Limits of one request that the limiter applies (the first ones in file
+ * order when more match; a warning is logged). */
+#define GW_RL_APPLY_MAX 32
 
 enum gw_rl_verdict {
-    GW_RL_ALLOW = 0,   /* forward the request */
+    GW_RL_ALLOW = 0,   /* forward the request (perhaps after delay_us) */
     GW_RL_LIMITED,     /* answer 429 */
     GW_RL_UNAVAILABLE, /* store failed and RATE_LIMIT_FAILURE_MODE=closed: answer 503 */
+    GW_RL_BAD_KEY,     /* a limit's key header came in several field lines: answer 400 */
+};
+
+/* What a limit did with one request (gateway_ratelimit_decisions_total). */
+enum gw_rl_outcome {
+    GW_RL_OUT_ALLOWED = 0,
+    GW_RL_OUT_LIMITED,
+    GW_RL_OUT_SHADOW_LIMITED,
+    GW_RL_OUT_DELAYED,
+    GW_RL_OUT_COUNT,
+};
+
+/* One applicable limit of a decision. */
+struct gw_rl_applied {
+    uint16_t limit;   /* index into rules->limits */
+    uint16_t refused; /* bit r: rate r refused (or would have, in shadow or dry run) */
+    uint8_t outcome;  /* enum gw_rl_outcome */
 };
 
 struct gw_rl_decision {
     enum gw_rl_verdict verdict;
-    bool over_limit;        /* n > limit; also true in dry run, where verdict is ALLOW */
-    bool store_error;       /* the shared store failed during this check */
-    bool has_info;          /* info is valid (false when no store could answer) */
-    struct gw_rl_info info; /* what the rate-limit headers report */
+    bool over_limit;              /* a rate refused; also true in dry run, where verdict is ALLOW */
+    bool store_error;             /* the shared store failed during this check */
+    bool has_info;                /* info and policy are valid (false: no rate-limit headers) */
+    struct gw_rl_info info;       /* the rate the headers describe (SPEC.md §10 "Headers") */
+    const char *policy;           /* its policy name (borrowed from rules) */
+    int64_t retry_after_s;        /* LIMITED: Retry-After, >= 1 */
+    int64_t delay_us;             /* ALLOW: hold the request this long first (token bucket delay) */
+    const struct gw_rules *rules; /* the version that decided (borrowed: valid until the
+                                     waiter's done returns, or the next check call) */
+    uint8_t napplied;             /* limits that applied, file order */
+    struct gw_rl_applied applied[GW_RL_APPLY_MAX];
 };
+
+/* Writes the rate-limit header lines of d (each ending in CRLF) to out:
+ * RateLimit-Policy listing every rate of every applicable enforce limit in
+ * file order ("login-1m";q=5;w=60, ...), then RateLimit and
+ * X-RateLimit-Limit/-Remaining/-Reset for the rate d selected
+ * (draft-ietf-httpapi-ratelimit-headers-11; GitHub's X- fields). Nothing
+ * when !d->has_info. Call while d->rules is valid. 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_ratelimit_write_headers(const struct gw_rl_decision *d, struct gw_buf *out);
+
+/* Writes the policy names of every refusing rate of the enforce limits
+ * (file order), comma-separated ("login-1m,login-1h"), NUL-ended, to out
+ * (cap bytes, cut at a name): the problem body's "violated-policies".
+ * Returns the length. Call while d->rules is valid. */
+size_t gw_ratelimit_violated(const struct gw_rl_decision *d, char *out, size_t cap);
+
+/* Writes the policy names of every refusing and shadow-refusing rate,
+ * comma-separated ("login-1m,api-new-tier"), NUL-ended, to out (cap bytes,
+ * cut at a name). For the access log. Returns the length. Call while
+ * d->rules is valid. */
+size_t gw_ratelimit_policy_names(const struct gw_rl_decision *d, char *out, size_t cap);
 
 enum gw_rl_store_state {
     GW_RL_STORE_DISABLED = 0, /* no REDIS_URL: in-process store */
@@ -38,12 +94,34 @@ enum gw_rl_store_state {
 struct gw_ratelimit;
 struct gw_ratelimit_worker;
 
-/* Creates the process-wide limiter from cfg (borrowed; must outlive it).
+/* Creates the process-wide limiter from cfg (borrowed; must outlive it),
+ * enforcing the rules made from the RATE_LIMIT_* variables
+ * (gw_rules_from_config) until gw_ratelimit_publish_rules replaces them.
  * REDIS_URL is parsed with gw_config_parse_redis_url (the one parser).
- * Returns 0, -EINVAL for a bad window/limit/prefix or REDIS_URL, -ENOTSUP
- * for an algorithm not built yet, -ENOMEM. Thread-safe to use after
- * creation. */
+ * Returns 0, -EINVAL for a bad window/limit/prefix or REDIS_URL, -ENOMEM.
+ * Thread-safe to use after creation. */
 GW_MUSTCHECK int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg);
+
+/* Makes rules the rules in force (takes the caller's reference). Each
+ * worker picks them up before its next batch, so a request is decided
+ * entirely by one version; the old version is freed when the last worker
+ * lets go of it. The over-limit cache forgets the limits whose name, rate
+ * or algorithm changed (its entries are keyed by them). Thread-safe. */
+void gw_ratelimit_publish_rules(struct gw_ratelimit *rl, struct gw_rules *rules);
+
+/* A new reference to the rules in force (gw_rules_put it). Thread-safe. */
+struct gw_rules *gw_ratelimit_rules(struct gw_ratelimit *rl);
+
+/* Decisions of one limit since start, all workers (SPEC.md §10). */
+struct gw_rl_limit_stats {
+    char name[GW_RULES_NAME_MAX + 1];
+    uint64_t count[GW_RL_OUT_COUNT]; /* indexed by enum gw_rl_outcome */
+};
+
+/* Copies the counters of every limit seen since start (limits of earlier
+ * rules versions included, first seen first) to out, up to cap entries;
+ * returns how many there are. Thread-safe (relaxed reads). */
+size_t gw_ratelimit_limit_stats(struct gw_ratelimit *rl, struct gw_rl_limit_stats *out, size_t cap);
 
 /* Destroys it; every worker handle must be destroyed first. */
 void gw_ratelimit_destroy(struct gw_ratelimit *rl);
@@ -60,52 +138,54 @@ GW_MUSTCHECK int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out,
  * no-op). Call on the owning thread, or after it has stopped. */
 void gw_ratelimit_worker_destroy(struct gw_ratelimit_worker *w);
 
-/* Counts one request of the client identified by key (key_len bytes, any
- * bytes; the limiter hashes it before it reaches a store key) and decides
- * (SPEC.md §5). One Redis round trip at most (one EVALSHA running TIME,
- * INCRBY and, for the window's first request, PEXPIRE), none when the client is in
- * the over-limit cache or Redis is marked down. Never blocks longer than
- * REDIS_TIMEOUT_MS (send and receive each). Fills *out; never fails.
- * Worker thread only (the shared parts lock themselves).
+/* The parts of a request the limiter reads, borrowed for the check. */
+struct gw_rl_request {
+    const struct gw_http_head *head; /* method, request-target, headers */
+    const char *client_addr;         /* the client address of SPEC.md §5, canonical text */
+};
+
+/* Decides one request (SPEC.md §5, §5.1, §10): with req, the applicable
+ * limits are found by gw_rules_match on the normalised path and each
+ * limit's client identity is derived from its key ("ip:<addr>",
+ * "header:<name>=<value>", "global", joined by '|'); without req (tests),
+ * every limit that matches "GET /" applies and key (key_len bytes) is the
+ * identity for every limit. Every rate of every applicable enforce limit
+ * is decided in one atomic step (check all, commit only if all allow);
+ * each shadow limit (every limit under RATE_LIMIT_DRY_RUN) is decided as
+ * if alone. One Redis round trip at most (one EVALSHA), none when an
+ * enforce rate is in the over-limit cache or Redis is marked down. Never
+ * blocks longer than REDIS_TIMEOUT_MS (send and receive each). Fills *out;
+ * never fails. Worker thread only.
  *
  * Store keys are "<RATE_LIMIT_KEY_PREFIX>:{<hex of 16 bytes of
- * SHA-256(key)>}"; Redis appends ":<window index>" (see src/rl_redis.c).
- * A client over its limit is cached until its window ends, in one
- * process-wide table of 131,072 slots (64 locked shards; when a probe run
- * is full the entry ending soonest is overwritten): it gets LIMITED with
- * remaining 0 and the same reset epoch, without a store call.
- * store_error is set when the shared store did not answer this check (the
- * call failed, or Redis is marked down and no call was made): count it as
- * redis_errors, and call gw_ratelimit_worker_tick soon after, since a
- * failure starts the reconnect backoff. The failure mode then decides:
- * open = ALLOW without info, closed = UNAVAILABLE without info, local = the
- * in-process store decides (info valid). Dry run: ALLOW, over_limit set,
- * info.remaining 0. */
+ * SHA-256(identity)>}:<limit>:<policy>" plus the algorithm's suffix (see
+ * src/ratelimit_int.h). A refused rate is cached in-process until the
+ * instant a request would pass again (131,072 slots in 64 locked shards,
+ * keyed by identity and rate): such a rate refuses without a store call.
+ * store_error is set when the shared store did not answer: count it as
+ * redis_errors. The failure mode then decides: open = ALLOW without info,
+ * closed = UNAVAILABLE without info, local = the in-process store decides.
+ * Dry run: ALLOW, over_limit set, the refusing rate's remaining 0. */
 void gw_ratelimit_check(struct gw_ratelimit_worker *w, const char *key, size_t key_len,
                         struct gw_rl_decision *out);
 
-/* One request of a batch: the client key (borrowed for the call) and where
- * the decision goes. */
+/* One request of a batch: where the decision goes and what it is about. */
 struct gw_rl_batch_item {
-    const char *key;            /* client key bytes */
-    size_t key_len;             /* bytes */
-    struct gw_rl_decision *out; /* filled by the call */
+    const char *key;                 /* identity when req is NULL (tests); else unused */
+    size_t key_len;                  /* bytes */
+    struct gw_rl_decision *out;      /* filled by the call */
+    const struct gw_rl_request *req; /* the request, or NULL */
 };
 
 /* Decides n requests at once, with exactly the decisions of n
  * gw_ratelimit_check calls in order, except that an item is never answered
  * from the over-limit cache an earlier item of the same batch fills (it
- * gets the same verdict from the store instead). The items are grouped by
- * client key: the k requests of one client are counted at once (Redis:
- * INCRBY k inside the atomic script, so exact across instances) and get
- * the request numbers n-k+1 .. n in their batch order; so the first
- * RATE_LIMIT_REQUESTS of the window pass, the later ones are refused and
- * the over-limit cache learns the client. Clients answered by the
- * over-limit cache cost nothing; the others go to Redis as one script call
- * (EVALSHA, all clients) per 256 items: one round trip, bounded by
- * REDIS_TIMEOUT_MS. A failure leaves the items already answered decided
- * and applies the failure mode to the rest. Never fails; worker thread
- * only; items[i].key is only read during the call. */
+ * gets the same verdict from the store instead). The store sees one
+ * script call (one round trip, bounded by REDIS_TIMEOUT_MS) per pass of up
+ * to 256 items, in which the requests' units are decided in batch order.
+ * A failure applies the failure mode to the undecided items. Never fails;
+ * worker thread only; the items' key and req are only read during the
+ * call; out->rules stays valid until the next call on this worker. */
 void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
                               size_t n);
 
@@ -139,11 +219,13 @@ bool gw_ratelimit_worker_redis_up(const struct gw_ratelimit_worker *w);
 struct gw_rl_batch;
 
 /* A request waiting for its decision; embed it in the owner. The owner sets
- * key, key_len, out and done before gw_ratelimit_batch_enqueue. */
+ * req (or key and key_len), out and done before gw_ratelimit_batch_enqueue;
+ * done may use out->rules until it returns. */
 struct gw_rl_waiter {
     struct gw_rl_waiter *prev, *next;      /* private: queue links */
-    const char *key;                       /* client key, borrowed until done or cancel */
+    const char *key;                       /* identity when req is NULL (tests) */
     size_t key_len;                        /* bytes */
+    const struct gw_rl_request *req;       /* the request, borrowed until done or cancel */
     struct gw_rl_decision *out;            /* where the decision goes */
     void (*done)(struct gw_rl_waiter *wt); /* called once, out filled */
     int state;                             /* private: idle, queued, deciding */

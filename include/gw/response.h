@@ -5,7 +5,7 @@
  * JSON or text bodies of the gateway's own endpoints. No I/O.
  * Thread-safe, though not stateless: each thread keeps its own small cache
  * of rendered problem+json bodies (_Thread_local, 8 entries, matched by the
- * value of status, type, detail and violated_default), so threads never
+ * value of status, type, detail and violated), so threads never
  * share it and a hit returns exactly the bytes a fresh rendering would.
  */
 #ifndef GW_RESPONSE_H
@@ -33,19 +33,26 @@ struct gw_rl_info {
     int64_t window_s;      /* RATE_LIMIT_WINDOW_SECONDS */
 };
 
-/* Appends the five rate-limit header lines, each ending in CRLF:
- * X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset,
- * RateLimit-Policy: "default";q=<limit>;w=<window>,
- * RateLimit: "default";r=<remaining>;t=<reset_after>. 0 or -ENOMEM. */
+/* Appends the five rate-limit header lines, each ending in CRLF
+ * (draft-ietf-httpapi-ratelimit-headers-11 and GitHub's X- fields):
+ * X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset of rl,
+ * RateLimit-Policy: <policy_list> (list_len bytes, the rendered sf-list,
+ * e.g. "login-1m";q=5;w=60, "login-1h";q=20;w=3600),
+ * RateLimit: "<policy>";r=<remaining>;t=<reset_after>. policy is a name
+ * of [A-Za-z0-9_.-] (no escaping needed). Pointers are read during the call
+ * only. 0 or -ENOMEM. */
 GW_MUSTCHECK int gw_response_write_ratelimit_headers(struct gw_buf *out,
-                                                     const struct gw_rl_info *rl);
+                                                     const struct gw_rl_info *rl,
+                                                     const char *policy, const char *policy_list,
+                                                     size_t list_len);
 
 struct gw_problem {
-    int status;            /* 400, 408, 413, 429, 431, 502, 503, 504 */
-    const char *type;      /* problem type URI, NULL = "about:blank" */
-    const char *detail;    /* what happened, for humans, no internals */
-    int retry_after_s;     /* > 0 adds Retry-After (RFC 9110 §10.2.3), 0 none */
-    bool violated_default; /* 429: body gets "violated-policies":["default"] */
+    int status;           /* 400, 408, 413, 429, 431, 502, 503, 504 */
+    const char *type;     /* problem type URI, NULL = "about:blank" */
+    const char *detail;   /* what happened, for humans, no internals */
+    int retry_after_s;    /* > 0 adds Retry-After (RFC 9110 §10.2.3), 0 none */
+    const char *violated; /* 429: comma-separated policy names for the body's
+                             "violated-policies" array; NULL = no such member */
 };
 
 /* Appends a complete response (RFC 9457):

@@ -53,8 +53,23 @@ struct gw_rl_result {
     bool allowed;           /* admitted (perhaps after delay_us) */
     int64_t delay_us;       /* token bucket with delay: hold this long first; else 0 */
     int64_t retry_after_s;  /* refused: Retry-After, >= 1 (RFC 9110 §10.2.3); else 0 */
+    int64_t retry_after_ms; /* refused: the exact wait in ms (rounded up, >= 1) until one
+                               request would pass if no other came; the over-limit cache
+                               remembers the client this long; else 0 */
     struct gw_rl_info info; /* headers: limit (L), remaining, reset epoch, t, window */
 };
+
+/* Fixed window in ms (SPEC.md §5 and §5.1): limit L >= 0, window_ms W >= 1,
+ * now_ms the store's clock (Unix ms), count the requests counted in window
+ * floor(now / W) before this one. Allowed iff count + 1 <= L (an allowed
+ * request is counted by the caller; a refused one changes nothing).
+ * remaining = max(0, L - count'), count' the count after the decision;
+ * reset = the window end (t = ceil((end - now) / 1 s), at least 1; reset
+ * epoch = ceil(end / 1 s)); refused: retry_after_ms = end - now and
+ * retry_after_s = t. Returns out->allowed; *out is overwritten.
+ * Thread-safe. */
+bool gw_rl_algo_fixed_window_ms(int64_t limit, int64_t window_ms, int64_t now_ms, int64_t count,
+                                struct gw_rl_result *out);
 
 /* Sliding window (SPEC.md §5.1; Cloudflare's and HAProxy freq_ctr's
  * two-window estimate). limit L >= 1, window_ms W >= 1, now_ms >= 0 the

@@ -215,9 +215,15 @@ void gwt_dist_store_key(const char *prefix, const char *client_key, char out[128
 
 void gwt_dist_api_client_key(const char *api_key, char out[72])
 {
-    char hex[65];
-    gwt_sha256_hex(api_key, strlen(api_key), hex);
-    snprintf(out, 72, "k:%s", hex);
+    snprintf(out, 72, "header:x-api-key=%s", api_key);
+}
+
+void gwt_dist_fw_key(const char *prefix, const char *client_key, long long window_s,
+                     long long index, char out[192])
+{
+    char base[128];
+    gwt_dist_store_key(prefix, client_key, base);
+    snprintf(out, 192, "%s:default:default:fw:%lld:%lld", base, window_s * 1000, index);
 }
 
 int gwt_dist_client_keys(int port, const char *prefix, const char *client_key)

@@ -47,14 +47,19 @@ long long gwt_dist_redis_get(int port, const char *key);
 
 /* ---- what the gateway should store ---------------------------------------- */
 
-/* The store key of a client key ("ip:<addr>" or "k:<hex>"), without the
- * window suffix: "<prefix>:{<first 16 bytes of SHA-256(client_key) in
- * hex>}" (SPEC.md §5 key format, documented in gw/ratelimit.h). out gets
- * at most 128 bytes. */
+/* The store key base of a client identity ("ip:<addr>" or
+ * "header:<name>=<value>"), without the limit, policy and state suffix:
+ * "<prefix>:{<first 16 bytes of SHA-256(identity) in hex>}" (SPEC.md §10
+ * key layout, documented in gw/ratelimit.h). out gets at most 128 bytes. */
 void gwt_dist_store_key(const char *prefix, const char *client_key, char out[128]);
 
-/* The client key of an API key value: "k:" + hex SHA-256(value). */
+/* The identity of an X-API-Key value: "header:x-api-key=<value>". */
 void gwt_dist_api_client_key(const char *api_key, char out[72]);
+
+/* The fixed-window state key of the "default" limit for client_key in
+ * window index of window_s seconds (SPEC.md §10 key layout). */
+void gwt_dist_fw_key(const char *prefix, const char *client_key, long long window_s,
+                     long long index, char out[192]);
 
 /* How many Redis keys (any window) belong to a client: SCAN for
  * "<store key>:*" on the server on port. Returns the count or -errno. */

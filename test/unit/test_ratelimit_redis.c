@@ -457,6 +457,16 @@ static void test_memory_only_limiter(void **state)
     lim_destroy(rl, w);
 }
 
+/* The fixed-window state key of client under prefix for the "default"
+ * limit of window_s seconds in window index idx (SPEC.md §10). */
+static void fw_key(char *out, size_t cap, const char *prefix, const char *client, int64_t window_s,
+                   long long idx)
+{
+    char base[96];
+    assert_true(gw_rl_store_key(prefix, client, strlen(client), base, sizeof(base), NULL) > 0);
+    snprintf(out, cap, "%.96s:default:default:fw:%lld:%lld", base, (long long)window_s * 1000, idx);
+}
+
 /* ---- against Redis ------------------------------------------------------------------ */
 
 static void test_exact_limit_key_and_ttl(void **state)
@@ -479,10 +489,12 @@ static void test_exact_limit_key_and_ttl(void **state)
         reset = d.info.reset_epoch_s;
     }
 
-    /* Key name: <prefix>:{<hash>}:<window index>, no client bytes. */
-    char want[160], got[160], base[128];
+    /* Key name: <prefix>:{<hash>}:<limit>:<policy>:fw:<W ms>:<window
+     * index> (SPEC.md §10), no client bytes. */
+    char want[256], got[256], base[128];
     assert_true(gw_rl_store_key(s.prefix, "203.0.113.9", 11, base, sizeof(base), NULL) > 0);
-    snprintf(want, sizeof(want), "%s:%lld", base, (long long)(reset / LONG_WINDOW - 1));
+    snprintf(want, sizeof(want), "%s:default:default:fw:%d:%lld", base, LONG_WINDOW * 1000,
+             (long long)(reset / LONG_WINDOW - 1));
     redisContext *c = admin(&g_main, 0);
     only_key(c, s.prefix, got, sizeof(got));
     assert_string_equal(got, want);
@@ -497,7 +509,7 @@ static void test_exact_limit_key_and_ttl(void **state)
     assert_in_range(now_ms + pttl, end_ms - 1000, end_ms + 1000);
     redisReply *r = redisCommand(c, "GET %s", got);
     assert_non_null(r);
-    assert_string_equal(r->str, "6"); /* the sixth, limited, request was counted once */
+    assert_string_equal(r->str, "5"); /* the sixth, refused, request changed nothing */
     freeReplyObject(r);
     redisFree(c);
 
@@ -624,10 +636,9 @@ static void test_absurd_count_is_store_error(void **state)
     struct gw_rl_decision d;
     check(w, "198.51.100.7", &d);
     expect_counted(&d, 1, 5, LONG_WINDOW);
-    char key[160], base[128];
-    assert_true(gw_rl_store_key(s.prefix, "198.51.100.7", 12, base, sizeof(base), NULL) > 0);
-    snprintf(key, sizeof(key), "%s:%lld", base,
-             (long long)(d.info.reset_epoch_s / LONG_WINDOW - 1));
+    char key[256];
+    fw_key(key, sizeof(key), s.prefix, "198.51.100.7", LONG_WINDOW,
+           (long long)(d.info.reset_epoch_s / LONG_WINDOW - 1));
     redisContext *c = admin(&g_main, 0);
     /* 2^62 + 1023: the script's Lua numbers are doubles, so the sum must be
      * exact in one (2^62 + 1024) to reach the gateway unchanged. */
@@ -637,8 +648,6 @@ static void test_absurd_count_is_store_error(void **state)
     freeReplyObject(r);
     redisFree(c);
     check(w, "198.51.100.7", &d);
-    fprintf(stderr, "DBG store_error=%d verdict=%d remaining=%lld\n", d.store_error, d.verdict, (long long)d.info.remaining);
-    c = admin(&g_main, 0); r = redisCommand(c, "GET %s", key); fprintf(stderr, "DBG val=%s\n", r->str ? r->str : "(nil)"); freeReplyObject(r); redisFree(c);
     assert_true(d.store_error);
     assert_int_equal(d.verdict, GW_RL_ALLOW);
     lim_destroy(rl, w);
@@ -936,7 +945,7 @@ static void test_batch_matches_single_checks(void **state)
     struct gw_rl_decision out[N];
     struct gw_rl_batch_item items[N];
     for (size_t i = 0; i < N; i++)
-        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i]};
+        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i], NULL};
     redisContext *c = admin(&g_main, 0);
     long long evalsha = cmd_calls(c, "evalsha");
     gw_ratelimit_check_batch(w, items, N);
@@ -963,17 +972,17 @@ static void test_batch_matches_single_checks(void **state)
     static struct gw_rl_batch_item mitems[M];
     for (int i = 0; i < M; i++) {
         int len = snprintf(names[i], sizeof(names[i]), "many-%d", i);
-        mitems[i] = (struct gw_rl_batch_item){names[i], (size_t)len, &many[i]};
+        mitems[i] = (struct gw_rl_batch_item){names[i], (size_t)len, &many[i], NULL};
     }
     evalsha = cmd_calls(c, "evalsha");
-    long long incrby = cmd_calls(c, "incrby");
+    long long sets = cmd_calls(c, "set");
     gw_ratelimit_check_batch(w, mitems, M);
     for (int i = 0; i < M; i++) {
         assert_int_equal(many[i].verdict, GW_RL_ALLOW);
         assert_int_equal(many[i].info.remaining, 2);
     }
     assert_int_equal(cmd_calls(c, "evalsha"), evalsha + 1);
-    assert_int_equal(cmd_calls(c, "incrby"), incrby + M);
+    assert_int_equal(cmd_calls(c, "set"), sets + M);
     redisFree(c);
     lim_destroy(rl, w);
 }
@@ -989,7 +998,7 @@ static void run_checks(struct gw_ratelimit_worker *w, const char *const keys[], 
     assert_non_null(items);
     for (size_t i = 0; i < n; i++) {
         if (batch)
-            items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i]};
+            items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i], NULL};
         else
             gw_ratelimit_check(w, keys[i], strlen(keys[i]), &out[i]);
     }
@@ -1020,9 +1029,8 @@ static void expect_same_decision(const struct gw_rl_decision *got,
 static long long counter_of(redisContext *c, const char *prefix, const char *client,
                             int64_t window_s)
 {
-    char base[128], key[160];
-    assert_true(gw_rl_store_key(prefix, client, strlen(client), base, sizeof(base), NULL) > 0);
-    snprintf(key, sizeof(key), "%s:%lld", base, (long long)(gw_wall_s() / window_s));
+    char key[256];
+    fw_key(key, sizeof(key), prefix, client, window_s, (long long)(gw_wall_s() / window_s));
     redisReply *r = redisCommand(c, "GET %s", key);
     assert_non_null(r);
     long long v = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
@@ -1090,14 +1098,13 @@ static void test_batch_merged_equals_sequential(void **state)
         for (size_t i = 0; i < n; i++)
             expect_same_decision(&got[i], &want[i], i, keys[i]);
     }
-    /* The batch limiter counted each request of a client not cached before
-     * its batch exactly once (a cached client costs nothing). */
+    /* The batch limiter counted each allowed request once and no refused
+     * one (SPEC.md §5.1: a denied request changes no state). */
     for (size_t ci = 0; ci < NC; ci++) {
         if (strcmp(clients[ci], "pre") == 0)
             continue;
         long long v = counter_of(c, sb.prefix, clients[ci], LONG_WINDOW);
-        assert_true(v >= (sent[ci] > LIMIT ? LIMIT + 1 : sent[ci]));
-        assert_true(v <= sent[ci]);
+        assert_int_equal(v, sent[ci] > LIMIT ? LIMIT : sent[ci]);
     }
     /* Every client over its limit now is cached: no Redis call at all. */
     long long evalsha = cmd_calls(c, "evalsha");
@@ -1134,7 +1141,7 @@ static void test_batch_merged_equals_sequential(void **state)
         allowed += bgot[i].verdict == GW_RL_ALLOW;
     }
     assert_int_equal(allowed, 260);
-    assert_int_equal(counter_of(c, sb2.prefix, "big", LONG_WINDOW), BIG);
+    assert_int_equal(counter_of(c, sb2.prefix, "big", LONG_WINDOW), 260); /* refused: not counted */
     redisFree(c);
     gw_ratelimit_worker_destroy(wb2);
     gw_ratelimit_destroy(rlb2);
@@ -1148,7 +1155,7 @@ static void test_batch_merged_equals_sequential(void **state)
 
 /* The calls= delta of each command the check may run, over one action. */
 struct cmd_counts {
-    long long evalsha, eval, time, incrby, incr, pexpire, pttl, expire, set;
+    long long evalsha, eval, time, incrby, incr, pexpire, pttl, expire, set, get;
 };
 
 static void read_counts(redisContext *c, struct cmd_counts *out)
@@ -1162,19 +1169,20 @@ static void read_counts(redisContext *c, struct cmd_counts *out)
     out->pttl = cmd_calls(c, "pttl");
     out->expire = cmd_calls(c, "expire");
     out->set = cmd_calls(c, "set");
+    out->get = cmd_calls(c, "get");
 }
 
 static long long counts_total(const struct cmd_counts *a, const struct cmd_counts *b)
 {
     return (b->evalsha - a->evalsha) + (b->eval - a->eval) + (b->time - a->time) +
            (b->incrby - a->incrby) + (b->incr - a->incr) + (b->pexpire - a->pexpire) +
-           (b->pttl - a->pttl) + (b->expire - a->expire) + (b->set - a->set);
+           (b->pttl - a->pttl) + (b->expire - a->expire) + (b->set - a->set) + (b->get - a->get);
 }
 
 /* k checks of one client in one batch cost Redis one EVALSHA running TIME,
- * INCRBY and, only when the key is new, PEXPIRE: 4 commands for a new
- * key, 3 for an existing one, whatever k is (INFO commandstats counts the
- * commands a script runs). The new key has its TTL in (0, W] and holds k. */
+ * one GET and one SET (with PX for a new key, KEEPTTL for an existing
+ * one): 4 commands whatever k is (INFO commandstats counts the commands a
+ * script runs). The new key has its TTL in (0, W] and holds k. */
 static void test_batch_command_counts_and_ttl(void **state)
 {
     (void)state;
@@ -1186,7 +1194,7 @@ static void test_batch_command_counts_and_ttl(void **state)
     struct gw_rl_decision out[K];
     struct gw_rl_batch_item items[K];
     for (int i = 0; i < K; i++)
-        items[i] = (struct gw_rl_batch_item){"203.0.113.50", 12, &out[i]};
+        items[i] = (struct gw_rl_batch_item){"203.0.113.50", 12, &out[i], NULL};
 
     redisContext *c = admin(&g_main, 0);
     struct cmd_counts a, b;
@@ -1197,8 +1205,8 @@ static void test_batch_command_counts_and_ttl(void **state)
         expect_counted(&out[i], i + 1, 1000, LONG_WINDOW);
     assert_int_equal(b.evalsha - a.evalsha, 1);
     assert_int_equal(b.time - a.time, 1);
-    assert_int_equal(b.incrby - a.incrby, 1);
-    assert_int_equal(b.pexpire - a.pexpire, 1);
+    assert_int_equal(b.get - a.get, 1);
+    assert_int_equal(b.set - a.set, 1);
     assert_int_equal(counts_total(&a, &b), 4);
 
     char key[160];
@@ -1208,35 +1216,34 @@ static void test_batch_command_counts_and_ttl(void **state)
     assert_int_equal(counter_of(c, s.prefix, "203.0.113.50", LONG_WINDOW), K);
 
     read_counts(c, &a);
-    gw_ratelimit_check_batch(w, items, K); /* the key exists: no PEXPIRE */
+    gw_ratelimit_check_batch(w, items, K); /* the key exists: its TTL is kept */
     read_counts(c, &b);
     for (int i = 0; i < K; i++)
         expect_counted(&out[i], K + i + 1, 1000, LONG_WINDOW);
     assert_int_equal(b.evalsha - a.evalsha, 1);
     assert_int_equal(b.pexpire - a.pexpire, 0);
-    assert_int_equal(counts_total(&a, &b), 3);
+    assert_int_equal(counts_total(&a, &b), 4);
     /* the TTL was not touched: still the window end */
     long long pttl2 = cmd_integer(c, "PTTL %s", key);
     assert_in_range(pttl2, 1, pttl);
 
-    /* A single check costs the same 3 commands (1 request: 3 per request;
-     * the bound of 1 per request needs 3 requests of a client per batch). */
+    /* A single check costs the same 4 commands. */
     read_counts(c, &a);
     check(w, "203.0.113.50", &out[0]);
     read_counts(c, &b);
     expect_counted(&out[0], 2 * K + 1, 1000, LONG_WINDOW);
-    assert_int_equal(counts_total(&a, &b), 3);
+    assert_int_equal(counts_total(&a, &b), 4);
 
     /* 10 new clients, 3 requests each, in one batch: one EVALSHA and one
-     * TIME for all, one INCRBY and one PEXPIRE per client (22 commands for
-     * 30 requests); again: no PEXPIRE (12 commands, 0.4 per request). */
+     * TIME for all, one GET and one SET per client (22 commands for 30
+     * requests, 0.73 per request), whether the keys are new or not. */
     enum { C = 10, R = 3 };
     char names[C][16];
     struct gw_rl_decision mout[C * R];
     struct gw_rl_batch_item mitems[C * R];
     for (int i = 0; i < C * R; i++) {
         int len = snprintf(names[i % C], sizeof(names[i % C]), "mc-%d", i % C);
-        mitems[i] = (struct gw_rl_batch_item){names[i % C], (size_t)len, &mout[i]};
+        mitems[i] = (struct gw_rl_batch_item){names[i % C], (size_t)len, &mout[i], NULL};
     }
     for (int round = 0; round < 2; round++) {
         read_counts(c, &a);
@@ -1246,9 +1253,9 @@ static void test_batch_command_counts_and_ttl(void **state)
             expect_counted(&mout[i], round * R + i / C + 1, 1000, LONG_WINDOW);
         assert_int_equal(b.evalsha - a.evalsha, 1);
         assert_int_equal(b.time - a.time, 1);
-        assert_int_equal(b.incrby - a.incrby, C);
-        assert_int_equal(b.pexpire - a.pexpire, round == 0 ? C : 0);
-        assert_int_equal(counts_total(&a, &b), round == 0 ? 2 + 2 * C : 2 + C);
+        assert_int_equal(b.get - a.get, C);
+        assert_int_equal(b.set - a.set, C);
+        assert_int_equal(counts_total(&a, &b), 2 + 2 * C);
     }
     redisFree(c);
     lim_destroy(rl, w);
@@ -1274,7 +1281,7 @@ static void test_batch_ttl_short_window(void **state)
         char name[32];
         snprintf(name, sizeof(name), "ttl-%d", round);
         for (int i = 0; i < K; i++)
-            items[i] = (struct gw_rl_batch_item){name, strlen(name), &out[i]};
+            items[i] = (struct gw_rl_batch_item){name, strlen(name), &out[i], NULL};
         gw_ratelimit_check_batch(w, items, K);
         int allowed = 0;
         for (int i = 0; i < K; i++) {
@@ -1325,7 +1332,7 @@ static void test_batch_noscript_merged(void **state)
     struct gw_rl_decision out[N];
     struct gw_rl_batch_item items[N];
     for (size_t i = 0; i < N; i++)
-        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i]};
+        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i], NULL};
     struct cmd_counts a, b;
     read_counts(c, &a);
     gw_ratelimit_check_batch(w, items, N);
@@ -1335,14 +1342,14 @@ static void test_batch_noscript_merged(void **state)
     assert_true(gw_ratelimit_worker_redis_up(w));
     assert_int_equal(b.evalsha - a.evalsha, 1); /* answered NOSCRIPT */
     assert_int_equal(b.eval - a.eval, 1);
-    assert_int_equal(b.incrby - a.incrby, 3); /* one per client, in the EVAL */
-    assert_int_equal(counter_of(c, s.prefix, "ns-a", LONG_WINDOW), 5);
+    assert_int_equal(b.set - a.set, 3); /* one per client, in the EVAL */
+    assert_int_equal(counter_of(c, s.prefix, "ns-a", LONG_WINDOW), 4); /* the 5th was refused */
     assert_int_equal(counter_of(c, s.prefix, "ns-b", LONG_WINDOW), 2);
     assert_int_equal(counter_of(c, s.prefix, "ns-c", LONG_WINDOW), 1);
 
     read_counts(c, &a);
-    items[0] = (struct gw_rl_batch_item){"ns-b", 4, &out[0]};
-    items[1] = (struct gw_rl_batch_item){"ns-b", 4, &out[1]};
+    items[0] = (struct gw_rl_batch_item){"ns-b", 4, &out[0], NULL};
+    items[1] = (struct gw_rl_batch_item){"ns-b", 4, &out[1], NULL};
     gw_ratelimit_check_batch(w, items, 2);
     read_counts(c, &b);
     expect_counted(&out[0], 3, 4, LONG_WINDOW);
@@ -1364,9 +1371,9 @@ static void test_batch_bad_key_fails_alone(void **state)
     struct gw_ratelimit *rl;
     struct gw_ratelimit_worker *w;
     lim_main(&s, 5, LONG_WINDOW, GW_RL_FAIL_CLOSED, 3, &rl, &w);
-    char base[128], key[160];
-    assert_true(gw_rl_store_key(s.prefix, "broken", 6, base, sizeof(base), NULL) > 0);
-    snprintf(key, sizeof(key), "%s:%lld", base, (long long)(gw_wall_s() / LONG_WINDOW));
+    char key[256];
+    fw_key(key, sizeof(key), s.prefix, "broken", LONG_WINDOW,
+           (long long)(gw_wall_s() / LONG_WINDOW));
     redisContext *c = admin(&g_main, 0);
     redisReply *r = redisCommand(c, "SET %s not-a-number EX 60", key);
     assert_non_null(r);
@@ -1378,7 +1385,7 @@ static void test_batch_bad_key_fails_alone(void **state)
     struct gw_rl_decision out[N];
     struct gw_rl_batch_item items[N];
     for (size_t i = 0; i < N; i++)
-        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i]};
+        items[i] = (struct gw_rl_batch_item){keys[i], strlen(keys[i]), &out[i], NULL};
     gw_ratelimit_check_batch(w, items, N);
     expect_counted(&out[0], 1, 5, LONG_WINDOW);
     expect_counted(&out[2], 1, 5, LONG_WINDOW);
@@ -1438,7 +1445,7 @@ static void test_batch_store_down(void **state)
     struct gw_rl_decision out[4];
     struct gw_rl_batch_item items[4];
     for (int i = 0; i < 4; i++)
-        items[i] = (struct gw_rl_batch_item){"x", 1, &out[i]};
+        items[i] = (struct gw_rl_batch_item){"x", 1, &out[i], NULL};
     gw_ratelimit_check_batch(w, items, 4);
     for (int i = 0; i < 4; i++) {
         assert_true(out[i].store_error || i == 3); /* the 4th: over-limit cache */

@@ -16,6 +16,15 @@
 
 #include "gw/response.h"
 
+/* The header block of a single rate named "default" (SPEC.md §5). */
+static int write_default(struct gw_buf *b, const struct gw_rl_info *rl)
+{
+    char list[128];
+    int n = snprintf(list, sizeof(list), "\"default\";q=%lld;w=%lld", (long long)rl->limit,
+                     (long long)rl->window_s);
+    return gw_response_write_ratelimit_headers(b, rl, "default", list, (size_t)n);
+}
+
 static void assert_buf(const struct gw_buf *b, const char *expected)
 {
     size_t n = gw_buf_len(b);
@@ -115,7 +124,7 @@ static void test_ratelimit_headers(void **state)
                             .reset_epoch_s = 1700000040,
                             .reset_after_s = 37,
                             .window_s = 60};
-    assert_int_equal(gw_response_write_ratelimit_headers(&b, &rl), 0);
+    assert_int_equal(write_default(&b, &rl), 0);
     assert_buf(&b, "X-RateLimit-Limit: 5\r\n"
                    "X-RateLimit-Remaining: 2\r\n"
                    "X-RateLimit-Reset: 1700000040\r\n"
@@ -130,7 +139,7 @@ static void test_ratelimit_headers(void **state)
                              .window_s = 86400};
     gw_buf_clear(&b);
     assert_int_equal(gw_buf_append_str(&b, "A: b\r\n"), 0);
-    assert_int_equal(gw_response_write_ratelimit_headers(&b, &rl), 0);
+    assert_int_equal(write_default(&b, &rl), 0);
     assert_buf(&b, "A: b\r\n"
                    "X-RateLimit-Limit: 1000000000000\r\n"
                    "X-RateLimit-Remaining: 0\r\n"
@@ -148,7 +157,7 @@ static void test_ratelimit_headers(void **state)
                                  .reset_after_s = values[i],
                                  .window_s = values[i]};
         gw_buf_clear(&b);
-        assert_int_equal(gw_response_write_ratelimit_headers(&b, &rl), 0);
+        assert_int_equal(write_default(&b, &rl), 0);
         char want[512];
         long long v = (long long)values[i];
         snprintf(want, sizeof(want),
@@ -234,13 +243,13 @@ static void test_problem_429_with_ratelimit(void **state)
                             .reset_epoch_s = 1700000040,
                             .reset_after_s = 17,
                             .window_s = 60};
-    assert_int_equal(gw_response_write_ratelimit_headers(&extra, &rl), 0);
+    assert_int_equal(write_default(&extra, &rl), 0);
     struct gw_slice ex = {gw_buf_head(&extra), gw_buf_len(&extra)};
     struct gw_problem pb = {.status = 429,
                             .type = GW_PROBLEM_QUOTA_EXCEEDED,
                             .detail = "Too many requests; retry after the window resets.",
                             .retry_after_s = 17,
-                            .violated_default = true};
+                            .violated = "default"};
     check_problem(&pb, ex, true, 1, false,
                   "HTTP/1.1 429 Too Many Requests\r\n"
                   "Content-Type: application/problem+json\r\n"
@@ -452,7 +461,7 @@ static void test_problem_cache_by_value(void **state)
 {
     (void)state;
     char detail[64];
-    struct gw_problem pb = {.status = 429, .detail = detail, .violated_default = true};
+    struct gw_problem pb = {.status = 429, .detail = detail, .violated = "default"};
     struct gw_buf a = {0}, b = {0}, c = {0};
     snprintf(detail, sizeof(detail), "first text");
     assert_int_equal(gw_response_write_problem(&a, &pb, (struct gw_slice){NULL, 0}, true, 1, false),
@@ -467,7 +476,7 @@ static void test_problem_cache_by_value(void **state)
     c.data[c.end] = '\0';
     assert_non_null(strstr(gw_buf_head(&c), "\"detail\":\"other text!\""));
     assert_null(strstr(gw_buf_head(&c), "first text"));
-    pb.violated_default = false;
+    pb.violated = NULL;
     gw_buf_clear(&c);
     assert_int_equal(gw_response_write_problem(&c, &pb, (struct gw_slice){NULL, 0}, true, 1, false),
                      0);

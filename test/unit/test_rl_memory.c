@@ -65,24 +65,56 @@ static void test_expiry_at_window_change(void **state)
     gw_rl_memory_destroy(m);
 }
 
-static void test_ops_vtable_uses_now_ms(void **state)
+/* A pass of one unit with a fixed-window rate of L = 2 per 10 s and a
+ * token bucket of 1 per second with burst 1, decided at now_us. */
+static enum gw_rl_unit_result apply_two(struct gw_rl_memory *m, int64_t now_us, int64_t *fw_count)
+{
+    static const char *const keys[] = {"rl:{a}:l:fw", "rl:{a}:l:tb"};
+    static const size_t lens[] = {11, 11};
+    struct gw_rl_spec specs[] = {
+        {.algorithm = GW_RL_FIXED_WINDOW, .limit = 2, .window_ms = 10000},
+        {.algorithm = GW_RL_TOKEN_BUCKET, .limit = 1, .window_ms = 1000, .burst = 1}};
+    struct gw_rl_op ops[] = {{.key = 0, .spec = 0}, {.key = 1, .spec = 1}};
+    struct gw_rl_unit unit = {.first = 0, .n = 2};
+    struct gw_rl_pass p = {.keys = keys,
+                           .key_lens = lens,
+                           .nkeys = 2,
+                           .specs = specs,
+                           .nspecs = 2,
+                           .ops = ops,
+                           .nops = 2,
+                           .units = &unit,
+                           .nunits = 1};
+    assert_int_equal(gw_rl_memory_apply(m, &p, now_us), 0);
+    assert_int_equal(p.now_us, now_us);
+    *fw_count = ops[0].a;
+    return unit.result;
+}
+
+/* Check all, then commit only if all allow: the token bucket refusing
+ * leaves the fixed window's count where it was. */
+static void test_apply_all_or_nothing(void **state)
 {
     (void)state;
     struct gw_rl_memory *m;
     assert_int_equal(gw_rl_memory_create(&m, 0), 0);
-    int64_t n = 0, now_ms = 1700000009999; /* 1700000009.999 s, W = 10 */
-    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 1, 5, 10, &n, &now_ms), 0);
+    int64_t base = INT64_C(1700000000000000), n = -1; /* a 10 s window edge, in µs */
+    assert_int_equal(apply_two(m, base, &n), GW_RL_UNIT_ALLOWED);
+    assert_int_equal(n, 0);
+    /* 0.5 s later the bucket has no token: refused, nothing counted */
+    assert_int_equal(apply_two(m, base + 500000, &n), GW_RL_UNIT_REFUSED);
     assert_int_equal(n, 1);
-    assert_int_equal(now_ms, 1700000009999); /* memory keeps the caller's clock */
-    now_ms = 1700000009000;
-    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 1, 5, 10, &n, &now_ms), 0);
+    assert_int_equal(apply_two(m, base + 600000, &n), GW_RL_UNIT_REFUSED);
+    assert_int_equal(n, 1);
+    /* a token is back at 1 s: allowed, the window now holds 2 */
+    assert_int_equal(apply_two(m, base + 1000000, &n), GW_RL_UNIT_ALLOWED);
+    assert_int_equal(n, 1);
+    /* the window is full: refused even with a token */
+    assert_int_equal(apply_two(m, base + 2000000, &n), GW_RL_UNIT_REFUSED);
     assert_int_equal(n, 2);
-    now_ms = 1700000010000;
-    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 1, 5, 10, &n, &now_ms), 0);
-    assert_int_equal(n, 1);
-    /* an increment of k counts k requests at once: n is the last of them */
-    assert_int_equal(gw_rl_memory_ops.check(m, "v", 1, 4, 5, 10, &n, &now_ms), 0);
-    assert_int_equal(n, 5);
+    /* the next window starts empty */
+    assert_int_equal(apply_two(m, base + 10000000, &n), GW_RL_UNIT_ALLOWED);
+    assert_int_equal(n, 0);
     assert_int_equal(gw_rl_memory_ops.ping(m), 0);
     gw_rl_memory_ops.destroy(m);
 }
@@ -300,11 +332,11 @@ static void test_flood_stays_at_bound(void **state)
     assert_int_equal(gw_rl_memory_bytes(m), gw_rl_memory_max_bytes(cap));
     gw_rl_memory_destroy(m);
 
-    /* The default: a million clients per window in 44 bytes each. */
+    /* The default: a million state keys per window in 52 bytes each. */
     assert_int_equal(GW_RL_MEMORY_DEFAULT_ENTRIES, 1048576);
     size_t max = gw_rl_memory_max_bytes(0);
-    assert_true(max >= (size_t)GW_RL_MEMORY_DEFAULT_ENTRIES * 44);
-    assert_true(max <= (size_t)GW_RL_MEMORY_DEFAULT_ENTRIES * 44 + 64 * 1024);
+    assert_true(max >= (size_t)GW_RL_MEMORY_DEFAULT_ENTRIES * 52);
+    assert_true(max <= (size_t)GW_RL_MEMORY_DEFAULT_ENTRIES * 52 + 64 * 1024);
 }
 
 int main(void)
@@ -312,7 +344,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts_per_key),
         cmocka_unit_test(test_expiry_at_window_change),
-        cmocka_unit_test(test_ops_vtable_uses_now_ms),
+        cmocka_unit_test(test_apply_all_or_nothing),
         cmocka_unit_test(test_incr_by_matches_single_increments),
         cmocka_unit_test(test_concurrent_exact_totals),
         cmocka_unit_test(test_bound_holds),
