@@ -289,7 +289,6 @@ int main(int argc, char **argv)
                "RATE_LIMIT_RULES_FILE %s: rules version %s, %zu limits, valid; not enforced "
                "yet: the default limit of the RATE_LIMIT_* variables applies",
                cfg.rate_limit_rules_file, file_rules->version, file_rules->limit_count);
-        gw_rules_put(file_rules);
     }
     /* SIGPIPE: a peer that vanished is an I/O error, not a reason to die.
      * SIGUSR1/SIGUSR2 have no use yet; their default action would end the
@@ -305,7 +304,7 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    int code = gw_server_run(&cfg);
+    int code = gw_server_run(&cfg, file_rules); /* takes the rules' reference */
     gw_config_deinit(&cfg);
     return code;
 }
