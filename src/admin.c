@@ -10,6 +10,7 @@
 #include "gw/response.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,6 +72,13 @@ void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
     s->uptime_s = (int64_t)((gw_now_ms() - srv->start_ms) / 1000);
     s->worker_threads = srv->nworkers;
     s->redis_enabled = srv->cfg->redis_url != NULL;
+    if (srv->rules) {
+        struct gw_rules *r = gw_rules_holder_get(srv->rules);
+        snprintf(s->rules_version, sizeof(s->rules_version), "%s", r->version);
+        s->rules_source = gw_rules_source_name(r->source);
+        gw_rules_put(r);
+        gw_rules_holder_reloads(srv->rules, &s->rules_reloads_success, &s->rules_reloads_failure);
+    }
 }
 
 static int respond_health(struct gw_worker *w, struct gw_slice target, struct gw_buf *out,

@@ -158,6 +158,10 @@ int gw_stats_render_json(const struct gw_stats_snapshot *s, struct gw_buf *out)
     ok = ok && put(root, "uptime_seconds", json_integer(s->uptime_s));
     ok = ok && put(root, "worker_threads", json_integer(s->worker_threads));
     ok = ok && put(root, "redis", json_string(redis_state(s)));
+    if (s->rules_version[0] != '\0') {
+        ok = ok && put(root, "rules_version", json_string(s->rules_version));
+        ok = ok && put(root, "rules_source", json_string(s->rules_source ? s->rules_source : ""));
+    }
 
     int nworkers = GW_MIN(GW_MAX(s->worker_threads, 0), (int)GW_ARRAY_LEN(s->worker_connections));
     for (int i = 0; ok && i < nworkers; i++)
@@ -368,6 +372,23 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
     emit(&p, "gateway_build_info{version=\"");
     emit_escaped(&p, version ? version : "unknown", true);
     emit(&p, "\"} 1\n");
+    if (s->rules_version[0] != '\0') {
+        emit_header(&p, "gateway_rules_info", "gauge",
+                    "The rate-limit rules in force, always 1: version (first 12 hex digits of the "
+                    "SHA-256 of the normalised rules) and source (env or file)");
+        emit(&p, "gateway_rules_info{version=\"");
+        emit_escaped(&p, s->rules_version, true);
+        emit(&p, "\",source=\"");
+        emit_escaped(&p, s->rules_source ? s->rules_source : "", true);
+        emit(&p, "\"} 1\n");
+        emit_header(&p, "gateway_rules_reloads_total", "counter",
+                    "Reloads of RATE_LIMIT_RULES_FILE by result: success (valid, applied or "
+                    "unchanged), failure (invalid or unreadable, old rules kept)");
+        emit(&p, "gateway_rules_reloads_total{result=\"success\"} %" PRIu64 "\n",
+             s->rules_reloads_success);
+        emit(&p, "gateway_rules_reloads_total{result=\"failure\"} %" PRIu64 "\n",
+             s->rules_reloads_failure);
+    }
 
     emit_histogram(&p, "gateway_request_duration_seconds",
                    "Proxied requests, from request start to response end", s->latency_buckets,
