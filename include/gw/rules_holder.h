@@ -37,12 +37,12 @@ GW_MUSTCHECK int gw_rules_holder_create(struct gw_rules_holder **out, struct gw_
 void gw_rules_holder_destroy(struct gw_rules_holder *h);
 
 /* Makes r (must not be NULL) the current rules: the holder takes over the
- * caller's reference, drops its reference to the previous rules (outside
- * its mutex; they live on while a worker holds them) and then adds 1 to the
- * generation with release order, so a reader that sees the new generation
- * and then calls gw_rules_holder_get gets r or a later version, never an
- * older one. Counts nothing (see gw_rules_holder_count_reload).
- * Thread-safe. */
+ * caller's reference and, under its mutex, swaps the pointer and adds 1 to
+ * the generation with release order, so a reader that sees the new
+ * generation and then calls gw_rules_holder_get gets r or a later version,
+ * never an older one; then, outside the mutex, it drops its reference to
+ * the previous rules (which live on while a worker holds them). Counts
+ * nothing (see gw_rules_holder_count_reload). Thread-safe. */
 void gw_rules_holder_publish(struct gw_rules_holder *h, struct gw_rules *r);
 
 /* The number of rules published so far, the initial ones included (1 after
