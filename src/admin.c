@@ -10,6 +10,7 @@
 #include "gw/response.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,6 +72,13 @@ void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
     s->uptime_s = (int64_t)((gw_now_ms() - srv->start_ms) / 1000);
     s->worker_threads = srv->nworkers;
     s->redis_enabled = srv->cfg->redis_url != NULL;
+    if (srv->rules) {
+        struct gw_rules *r = gw_rules_holder_get(srv->rules);
+        snprintf(s->rules_version, sizeof(s->rules_version), "%s", r->version);
+        s->rules_source = gw_rules_source_name(r->source);
+        gw_rules_put(r);
+        gw_rules_holder_reloads(srv->rules, &s->rules_reloads_success, &s->rules_reloads_failure);
+    }
 }
 
 static int respond_health(struct gw_worker *w, struct gw_slice target, struct gw_buf *out,
@@ -121,6 +129,23 @@ int gw_admin_respond(struct gw_worker *w, enum gw_admin_endpoint ep, struct gw_s
         return respond_health(w, target, out, keep_alive, http_minor, head_only, status);
     struct gw_stats_snapshot snap;
     gw_admin_snapshot(w->srv, &snap);
+    /* Per-limit decisions: a heap copy, freed below. */
+    struct gw_rl_limit_stats *ls = NULL;
+    struct gw_stats_limit *sl = NULL;
+    size_t nl = gw_ratelimit_limit_stats(w->srv->rl, NULL, 0);
+    if (nl > 0 && (ls = calloc(nl, sizeof(*ls))) != NULL &&
+        (sl = calloc(nl, sizeof(*sl))) != NULL) {
+        nl = GW_MIN(nl, gw_ratelimit_limit_stats(w->srv->rl, ls, nl));
+        for (size_t i = 0; i < nl; i++) {
+            memcpy(sl[i].name, ls[i].name, sizeof(sl[i].name));
+            sl[i].allowed = ls[i].count[GW_RL_OUT_ALLOWED];
+            sl[i].limited = ls[i].count[GW_RL_OUT_LIMITED];
+            sl[i].shadow_limited = ls[i].count[GW_RL_OUT_SHADOW_LIMITED];
+            sl[i].delayed = ls[i].count[GW_RL_OUT_DELAYED];
+        }
+        snap.limits = sl;
+        snap.nlimits = nl;
+    }
     if (snap.redis_enabled)
         snap.redis_up = redis_state(w) == GW_RL_STORE_CONNECTED;
     struct gw_buf body = {0};
@@ -142,5 +167,7 @@ int gw_admin_respond(struct gw_worker *w, enum gw_admin_endpoint ep, struct gw_s
                                     keep_alive, http_minor, head_only);
     }
     gw_buf_release(&body);
+    free(ls);
+    free(sl);
     return rc;
 }

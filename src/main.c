@@ -281,9 +281,9 @@ int main(int argc, char **argv)
         return rc;
     }
     gw_log_set_level(cfg.log_level);
-    /* Validated here so a bad file exits 2 before anything starts; the
-     * server loads it again (the same bytes, or a newer valid file). */
-    gw_rules_put(file_rules);
+    if (file_rules != NULL)
+        gw_info("RATE_LIMIT_RULES_FILE %s: rules version %s, %zu limits", cfg.rate_limit_rules_file,
+                file_rules->version, file_rules->limit_count);
     /* SIGPIPE: a peer that vanished is an I/O error, not a reason to die.
      * SIGUSR1/SIGUSR2 have no use yet; their default action would end the
      * process (SPEC.md §7: ignored). */
@@ -298,7 +298,7 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    int code = gw_server_run(&cfg);
+    int code = gw_server_run(&cfg, file_rules); /* takes the rules' reference */
     gw_config_deinit(&cfg);
     return code;
 }

@@ -15,7 +15,7 @@
  * with a doubling backoff (100 ms to 2 s).
  *
  * Threads: struct gw_ratelimit is immutable after create except for the
- * rules in force (a pointer under rules_mu, announced by an atomic
+ * rules in force (in a struct gw_rules_holder, announced by its atomic
  * generation), the per-limit counters (atomics; the name table grows under
  * stats_mu), the over-limit cache, whose shards each have a mutex, and the
  * memory store, which locks itself; a struct gw_ratelimit_worker belongs
@@ -27,6 +27,7 @@
 #include "gw/net.h"
 #include "gw/path.h"
 #include "gw/rl_algo.h"
+#include "gw/rules_holder.h"
 #include "put.h"
 #include "ratelimit_int.h"
 
@@ -99,12 +100,11 @@ struct gw_ratelimit {
     struct gw_rl_memory *mem;      /* without Redis, or for failure mode local; else NULL */
     _Atomic int workers;           /* live worker handles */
     struct olc_shard *olc;         /* OLC_SHARDS shards, heap */
-    pthread_mutex_t rules_mu;      /* guards rules */
-    struct gw_rules *rules;        /* in force (one reference) */
-    _Atomic uint64_t rules_gen;    /* bumped by every publish */
-    pthread_mutex_t stats_mu;      /* guards adding to stats */
-    struct lim_stats *stats;       /* STATS_MAX entries */
-    _Atomic size_t nstats;         /* entries in use (published after the name is written) */
+    struct gw_rules_holder *holder; /* the rules in force */
+    bool own_holder;                /* created here (gw_ratelimit_create) */
+    pthread_mutex_t stats_mu;       /* guards adding to stats */
+    struct lim_stats *stats;        /* STATS_MAX entries */
+    _Atomic size_t nstats;          /* entries in use (published after the name is written) */
 };
 
 /* What a worker derives once from a rules version. */
@@ -452,13 +452,12 @@ static int version_build(struct gw_ratelimit *rl, struct gw_rules *r, uint64_t g
 static void version_sync(struct gw_ratelimit_worker *w)
 {
     struct gw_ratelimit *rl = w->rl;
-    uint64_t gen = atomic_load_explicit(&rl->rules_gen, memory_order_acquire);
+    uint64_t gen = gw_rules_holder_generation(rl->holder);
     if (gen == w->v.gen && w->v.rules != NULL)
         return;
-    pthread_mutex_lock(&rl->rules_mu);
-    struct gw_rules *r = gw_rules_get(rl->rules);
-    gen = atomic_load_explicit(&rl->rules_gen, memory_order_relaxed);
-    pthread_mutex_unlock(&rl->rules_mu);
+    /* get returns this generation's rules or newer ones: a newer version
+     * is picked up again at the next sync, never an older one kept. */
+    struct gw_rules *r = gw_rules_holder_get(rl->holder);
     struct version nv;
     if (version_build(rl, r, gen, &nv) != 0)
         return; /* r's reference was dropped by version_build */
@@ -468,20 +467,12 @@ static void version_sync(struct gw_ratelimit_worker *w)
 
 void gw_ratelimit_publish_rules(struct gw_ratelimit *rl, struct gw_rules *rules)
 {
-    pthread_mutex_lock(&rl->rules_mu);
-    struct gw_rules *old = rl->rules;
-    rl->rules = rules;
-    atomic_fetch_add_explicit(&rl->rules_gen, 1, memory_order_release);
-    pthread_mutex_unlock(&rl->rules_mu);
-    gw_rules_put(old);
+    gw_rules_holder_publish(rl->holder, rules);
 }
 
 struct gw_rules *gw_ratelimit_rules(struct gw_ratelimit *rl)
 {
-    pthread_mutex_lock(&rl->rules_mu);
-    struct gw_rules *r = gw_rules_get(rl->rules);
-    pthread_mutex_unlock(&rl->rules_mu);
-    return r;
+    return gw_rules_holder_get(rl->holder);
 }
 
 /* The connection failed: decide by RATE_LIMIT_FAILURE_MODE until a
@@ -506,6 +497,12 @@ static void mark_down(struct gw_ratelimit_worker *w, uint64_t mono_ms)
 
 int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg)
 {
+    return gw_ratelimit_create_shared(out, cfg, NULL);
+}
+
+int gw_ratelimit_create_shared(struct gw_ratelimit **out, const struct gw_config *cfg,
+                               struct gw_rules_holder *holder)
+{
     if (cfg->rate_limit_window_s < 1 || cfg->rate_limit_requests < 0 ||
         cfg->rate_limit_key_prefix == NULL)
         return -EINVAL;
@@ -523,17 +520,23 @@ int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg)
     /* Fetched once: SHA256() would look the digest up on every call. */
     rl->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     atomic_init(&rl->workers, 0);
-    atomic_init(&rl->rules_gen, 1);
     atomic_init(&rl->nstats, 0);
-    pthread_mutex_init(&rl->rules_mu, NULL);
     pthread_mutex_init(&rl->stats_mu, NULL);
 
     int rc = -ENOMEM;
     rl->olc = calloc(OLC_SHARDS, sizeof(*rl->olc));
     rl->stats = calloc(STATS_MAX, sizeof(*rl->stats));
-    rl->rules = gw_rules_from_config(cfg);
-    if (rl->olc == NULL || rl->stats == NULL || rl->rules == NULL)
+    if (rl->olc == NULL || rl->stats == NULL)
         goto fail;
+    rl->holder = holder;
+    if (holder == NULL) {
+        struct gw_rules *r = gw_rules_from_config(cfg);
+        if (r == NULL || gw_rules_holder_create(&rl->holder, r) != 0) {
+            gw_rules_put(r);
+            goto fail;
+        }
+        rl->own_holder = true;
+    }
     for (int i = 0; i < OLC_SHARDS; i++)
         pthread_mutex_init(&rl->olc[i].mu, NULL);
     if (rl->use_redis &&
@@ -552,8 +555,8 @@ fail:
         for (int i = 0; i < OLC_SHARDS; i++)
             pthread_mutex_destroy(&rl->olc[i].mu);
     }
-    gw_rules_put(rl->rules);
-    pthread_mutex_destroy(&rl->rules_mu);
+    if (rl->own_holder)
+        gw_rules_holder_destroy(rl->holder);
     pthread_mutex_destroy(&rl->stats_mu);
     free(rl->stats);
     free(rl->olc);
@@ -572,8 +575,8 @@ void gw_ratelimit_destroy(struct gw_ratelimit *rl)
     EVP_MD_free(rl->sha256);
     for (int i = 0; i < OLC_SHARDS; i++)
         pthread_mutex_destroy(&rl->olc[i].mu);
-    gw_rules_put(rl->rules);
-    pthread_mutex_destroy(&rl->rules_mu);
+    if (rl->own_holder)
+        gw_rules_holder_destroy(rl->holder);
     pthread_mutex_destroy(&rl->stats_mu);
     free(rl->stats);
     free(rl->olc);

@@ -17,6 +17,7 @@
 #include "gw/loop.h"
 #include "gw/proxy.h"
 #include "gw/ratelimit.h"
+#include "gw/rules_holder.h"
 #include "gw/stats.h"
 
 #include <pthread.h>
@@ -32,6 +33,7 @@ struct gw_worker;
 struct gw_conn;
 struct gw_health;
 struct gw_upstream_pool;
+struct gw_rules_reloader;
 
 /* An accepted socket travelling from the acceptor to a worker. */
 struct gw_handoff {
@@ -59,6 +61,11 @@ struct gw_server {
     _Atomic bool forced_close;             /* SHUTDOWN_TIMEOUT_MS ran out: no new exchange starts */
     uint64_t start_ms;                     /* monotonic start time */
     struct gw_health *health;              /* dependency prober for /health (gw/health.h) */
+    struct gw_rules_holder *rules;         /* the rules in force (gw/rules_holder.h): a worker
+                                              keeps a reference and takes a new one when
+                                              gw_rules_holder_generation moves */
+    struct gw_rules_reloader *reloader;    /* RATE_LIMIT_RULES_FILE's reloader; NULL without
+                                              a file */
 };
 
 struct gw_worker {

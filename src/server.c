@@ -11,6 +11,7 @@
 #include "gw/log.h"
 #include "gw/rules.h"
 #include "gw/net.h"
+#include "gw/rules_reload.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -49,7 +50,9 @@ static void drain_and_join(struct gw_server *srv)
         gw_worker_join(srv->workers[i]);
 }
 
-static int wait_for_signal(void)
+/* Waits for SIGTERM or SIGINT and returns it; a SIGHUP in between asks the
+ * reloader to re-read RATE_LIMIT_RULES_FILE (SPEC.md §7, §10). */
+static int wait_for_signal(struct gw_server *srv)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -61,18 +64,26 @@ static int wait_for_signal(void)
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            gw_info("SIGHUP received: reload is not supported yet; ignoring");
+            if (srv->reloader) {
+                gw_info("SIGHUP received: reloading RATE_LIMIT_RULES_FILE %s",
+                        srv->cfg->rate_limit_rules_file);
+                gw_rules_reloader_request(srv->reloader);
+            } else {
+                gw_info("SIGHUP received: no RATE_LIMIT_RULES_FILE, nothing to reload");
+            }
             continue;
         }
         return sig;
     }
 }
 
-int gw_server_run(struct gw_config *cfg)
+int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
 {
     struct gw_server *srv = calloc(1, sizeof(*srv));
-    if (!srv)
+    if (!srv) {
+        gw_rules_put(rules);
         return 1;
+    }
     int exit_code = 1, started = 0;
     srv->cfg = cfg;
     srv->listen_fd = -1;
@@ -90,22 +101,26 @@ int gw_server_run(struct gw_config *cfg)
         gw_error("cannot create the in-flight gate: %s", strerror(-rc));
         goto out;
     }
-    rc = gw_ratelimit_create(&srv->rl, cfg);
+    /* The rules in force: the file's (main loaded and validated it), else
+     * the default limit of the RATE_LIMIT_* variables. */
+    if (rules == NULL)
+        rules = gw_rules_from_config(cfg);
+    if (rules == NULL || gw_rules_holder_create(&srv->rules, rules) != 0) {
+        gw_error("cannot create the rules holder: out of memory");
+        goto out;
+    }
+    rules = NULL; /* the holder's now */
+    if (cfg->rate_limit_rules_file) {
+        rc = gw_rules_reloader_start(&srv->reloader, srv->rules, cfg, 0);
+        if (rc) {
+            gw_error("cannot start the rules reloader: %s", strerror(-rc));
+            goto out;
+        }
+    }
+    rc = gw_ratelimit_create_shared(&srv->rl, cfg, srv->rules);
     if (rc) {
         gw_error("cannot create the rate limiter: %s", strerror(-rc));
         goto out;
-    }
-    if (cfg->rate_limit_rules_file != NULL) {
-        struct gw_rules *rules = NULL;
-        int errs = gw_rules_load_file(cfg->rate_limit_rules_file, cfg, &rules, stderr,
-                                      "config error: RATE_LIMIT_RULES_FILE: ");
-        if (errs != 0) {
-            rc = errs < 0 ? errs : -EINVAL;
-            goto out;
-        }
-        gw_info("rules version %s from %s: %zu limits", rules->version, cfg->rate_limit_rules_file,
-                rules->limit_count);
-        gw_ratelimit_publish_rules(srv->rl, rules);
     }
     if (cfg->max_connections_per_client > 0) {
         rc = gw_client_conns_create(&srv->client_conns, cfg->max_connections_per_client);
@@ -157,10 +172,13 @@ int gw_server_run(struct gw_config *cfg)
             srv->nworkers, cfg->rate_limit_requests, cfg->rate_limit_window_s,
             cfg->redis_url ? "redis" : "memory", cfg->max_concurrent_requests);
 
-    int sig = wait_for_signal();
+    int sig = wait_for_signal(srv);
     gw_info("%s received: draining (up to %d ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
             cfg->shutdown_timeout_ms);
     atomic_store(&srv->draining, true);
+    /* No reload during the drain: the rules in force stay to the end. */
+    gw_rules_reloader_stop(srv->reloader);
+    srv->reloader = NULL;
     gw_acceptor_stop(srv);
     drain_and_join(srv);
     started = 0;
@@ -182,6 +200,10 @@ out:
     for (int i = 0; i < srv->nworkers; i++)
         gw_worker_destroy(srv->workers[i]);
     free(srv->workers);
+    /* After the workers: they may hold references to the rules. */
+    gw_rules_reloader_stop(srv->reloader);
+    gw_rules_holder_destroy(srv->rules);
+    gw_rules_put(rules);
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
     gw_health_stop(srv->health);

@@ -158,6 +158,20 @@ int gw_stats_render_json(const struct gw_stats_snapshot *s, struct gw_buf *out)
     ok = ok && put(root, "uptime_seconds", json_integer(s->uptime_s));
     ok = ok && put(root, "worker_threads", json_integer(s->worker_threads));
     ok = ok && put(root, "redis", json_string(redis_state(s)));
+    if (s->rules_version[0] != '\0') {
+        ok = ok && put(root, "rules_version", json_string(s->rules_version));
+        ok = ok && put(root, "rules_source", json_string(s->rules_source ? s->rules_source : ""));
+    }
+    json_t *limits = s->nlimits > 0 ? json_object() : NULL;
+    for (size_t i = 0; ok && limits != NULL && i < s->nlimits; i++) {
+        const struct gw_stats_limit *l = &s->limits[i];
+        json_t *o = json_pack("{s:I, s:I, s:I, s:I}", "allowed", (json_int_t)l->allowed, "limited",
+                              (json_int_t)l->limited, "shadow_limited",
+                              (json_int_t)l->shadow_limited, "delayed", (json_int_t)l->delayed);
+        ok = o != NULL && json_object_set_new(limits, l->name, o) == 0;
+    }
+    if (limits != NULL)
+        ok = ok && put(root, "limits", limits);
 
     int nworkers = GW_MIN(GW_MAX(s->worker_threads, 0), (int)GW_ARRAY_LEN(s->worker_connections));
     for (int i = 0; ok && i < nworkers; i++)
@@ -368,6 +382,39 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
     emit(&p, "gateway_build_info{version=\"");
     emit_escaped(&p, version ? version : "unknown", true);
     emit(&p, "\"} 1\n");
+    if (s->rules_version[0] != '\0') {
+        emit_header(&p, "gateway_rules_info", "gauge",
+                    "The rate-limit rules in force, always 1: version (first 12 hex digits of the "
+                    "SHA-256 of the normalised rules) and source (env or file)");
+        emit(&p, "gateway_rules_info{version=\"");
+        emit_escaped(&p, s->rules_version, true);
+        emit(&p, "\",source=\"");
+        emit_escaped(&p, s->rules_source ? s->rules_source : "", true);
+        emit(&p, "\"} 1\n");
+        emit_header(&p, "gateway_rules_reloads_total", "counter",
+                    "Reloads of RATE_LIMIT_RULES_FILE by result: success (valid, applied or "
+                    "unchanged), failure (invalid or unreadable, old rules kept)");
+        emit(&p, "gateway_rules_reloads_total{result=\"success\"} %" PRIu64 "\n",
+             s->rules_reloads_success);
+        emit(&p, "gateway_rules_reloads_total{result=\"failure\"} %" PRIu64 "\n",
+             s->rules_reloads_failure);
+    }
+
+    if (s->nlimits > 0) {
+        emit_header(&p, "gateway_ratelimit_decisions_total", "counter",
+                    "Rate-limit decisions per limit of the rules: allowed, limited (a rate "
+                    "refused), shadow_limited (a shadow limit would have refused), delayed");
+        static const char *const names[] = {"allowed", "limited", "shadow_limited", "delayed"};
+        for (size_t i = 0; i < s->nlimits; i++) {
+            const struct gw_stats_limit *l = &s->limits[i];
+            const uint64_t v[] = {l->allowed, l->limited, l->shadow_limited, l->delayed};
+            for (size_t k = 0; k < 4; k++) {
+                emit(&p, "gateway_ratelimit_decisions_total{limit=\"");
+                emit_escaped(&p, l->name, true);
+                emit(&p, "\",decision=\"%s\"} %" PRIu64 "\n", names[k], v[k]);
+            }
+        }
+    }
 
     emit_histogram(&p, "gateway_request_duration_seconds",
                    "Proxied requests, from request start to response end", s->latency_buckets,

@@ -102,11 +102,18 @@ struct gw_ratelimit_worker;
  * Thread-safe to use after creation. */
 GW_MUSTCHECK int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg);
 
-/* Makes rules the rules in force (takes the caller's reference). Each
- * worker picks them up before its next batch, so a request is decided
- * entirely by one version; the old version is freed when the last worker
- * lets go of it. The over-limit cache forgets the limits whose name, rate
- * or algorithm changed (its entries are keyed by them). Thread-safe. */
+/* As gw_ratelimit_create, but the rules in force are those of holder
+ * (borrowed: it must outlive the limiter and its workers), which the
+ * server's reloader and admin API publish into. */
+struct gw_rules_holder;
+GW_MUSTCHECK int gw_ratelimit_create_shared(struct gw_ratelimit **out, const struct gw_config *cfg,
+                                            struct gw_rules_holder *holder);
+
+/* Makes rules the rules in force (takes the caller's reference; published
+ * into the limiter's holder). Each worker picks them up before its next batch, so a request is
+ * decided entirely by one version; the old version is freed when the last worker lets go of it. The
+ * over-limit cache forgets the limits whose name, rate or algorithm changed (its entries are keyed
+ * by them). Thread-safe. */
 void gw_ratelimit_publish_rules(struct gw_ratelimit *rl, struct gw_rules *rules);
 
 /* A new reference to the rules in force (gw_rules_put it). Thread-safe. */

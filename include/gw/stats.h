@@ -44,7 +44,7 @@
     X(redis_errors, NULL,                                                                          \
       "Rate-limit checks the store did not answer (failed, or skipped while it was down)")         \
     X(upstream_connections_opened, NULL,                                                           \
-      "Connections opened to the upstream (a pool that is too small shows as a high rate)")       \
+      "Connections opened to the upstream (a pool that is too small shows as a high rate)")        \
     X(connections_rejected, NULL, "Client connections closed at accept by MAX_CONNECTIONS")        \
     X(connections_rejected_per_client, NULL,                                                       \
       "Client connections closed at accept by MAX_CONNECTIONS_PER_CLIENT")
@@ -110,6 +110,28 @@ struct gw_stats_snapshot {
     uint64_t in_flight_max;                           /* MAX_CONCURRENT_REQUESTS */
     uint64_t queue_length_max;                        /* MAX_QUEUE_LENGTH */
     int64_t worker_connections[GW_STATS_MAX_WORKERS]; /* per worker, first worker_threads used */
+    /* The rules in force (SPEC.md §10), filled by the caller; rendered only
+     * when rules_version is not empty. */
+    char rules_version[16];         /* 12 hex digits of the rules' version */
+    const char *rules_source;       /* "env", "file" (a static string) */
+    uint64_t rules_reloads_success; /* gateway_rules_reloads_total{result="success"} */
+    uint64_t rules_reloads_failure; /* gateway_rules_reloads_total{result="failure"} */
+    /* Decisions per limit (SPEC.md §10), filled by the caller: limits
+     * points to nlimits entries it owns (may be NULL when 0); /stats gets
+     * "limits" and /metrics gateway_ratelimit_decisions_total only when
+     * nlimits > 0. */
+    const struct gw_stats_limit *limits;
+    size_t nlimits;
+};
+
+/* One limit's decisions since start: /stats "limits" and
+ * gateway_ratelimit_decisions_total{limit,decision}. */
+struct gw_stats_limit {
+    char name[65];           /* the limit's name ([A-Za-z0-9_.-]{1,64}) */
+    uint64_t allowed;        /* decision="allowed" */
+    uint64_t limited;        /* decision="limited" */
+    uint64_t shadow_limited; /* decision="shadow_limited" */
+    uint64_t delayed;        /* decision="delayed" */
 };
 
 /* Sums n workers' structs into *out: counters, connections_active,
@@ -141,8 +163,9 @@ double gw_stats_quantile_ms(const uint64_t buckets[GW_STATS_LATENCY_NBUCKETS + 1
  * newline, built with jansson: every GW_STATS_COUNTERS name in list order,
  * then in_flight, queue_length, connections_active, uptime_seconds,
  * worker_threads, redis ("connected"/"disconnected"/"disabled"),
- * worker_connections (array of worker_threads integers) and latency_ms
- * {p50, p90, p99} of proxied requests (milliseconds, rounded to 1 us).
+ * worker_connections (array of worker_threads integers), latency_ms
+ * {p50, p90, p99} of proxied requests (milliseconds, rounded to 1 us), and
+ * rules_version and rules_source when rules_version is set.
  * Returns 0 or -ENOMEM (out may then hold a partial object). Thread-safe
  * as long as out belongs to the caller. */
 GW_MUSTCHECK int gw_stats_render_json(const struct gw_stats_snapshot *s, struct gw_buf *out);
@@ -152,8 +175,10 @@ GW_MUSTCHECK int gw_stats_render_json(const struct gw_stats_snapshot *s, struct 
  * (naming rules above), then the gauges gateway_in_flight, _in_flight_max,
  * _queue_length, _queue_length_max, _connections_active, _redis_up (only
  * when Redis is configured),
- * _backend_up, _worker_threads, _uptime_seconds, gateway_build_info{version}
- * and the histograms gateway_request_duration_seconds,
+ * _backend_up, _worker_threads, _uptime_seconds, gateway_build_info{version},
+ * when rules_version is set gateway_rules_info{version,source} (always 1)
+ * and gateway_rules_reloads_total{result="success"|"failure"}, and the
+ * histograms gateway_request_duration_seconds,
  * gateway_upstream_duration_seconds and gateway_queue_wait_seconds.
  * Numbers are formatted without floating point, so the output does not
  * depend on the C locale. version (borrowed, may be NULL = "unknown") is

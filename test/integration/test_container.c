@@ -16,12 +16,14 @@
 #include <dirent.h>
 #include <limits.h>
 #include <math.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "gw/stats.h"
 #include "gwt_obs.h"
+#include "rules_int.h"
 #include "gwtest.h"
 
 #define DOCKERFILE   GW_SOURCE_DIR "/Dockerfile"
@@ -30,6 +32,7 @@
 #define MAIN_C       GW_SOURCE_DIR "/src/main.c"
 #define LLHTTP_CMAKE GW_SOURCE_DIR "/third_party/llhttp/CMakeLists.txt"
 #define K8S_MANIFEST GW_SOURCE_DIR "/deploy/kubernetes/gateway-sidecar.yaml"
+#define K8S_RULES    GW_SOURCE_DIR "/deploy/kubernetes/gateway-rules.yaml"
 #define PROM_DIR     GW_SOURCE_DIR "/deploy/prometheus"
 #define DASHBOARD    GW_SOURCE_DIR "/deploy/grafana/gateway-dashboard.json"
 #define BASE_IMAGE   "debian:bookworm-slim"
@@ -1332,6 +1335,63 @@ static long long probe_port(json_t *container, json_t *probe)
     return jint(port);
 }
 
+/* The rules ConfigMap of K8S_RULES as the kubelet mounts it for the
+ * gateway container gw of pod: the container mounts it whole (no subPath,
+ * which would never be updated) at the directory of rules_file, whose last
+ * component is one of its keys. Lays the volume out in a new directory
+ * tmp (64 bytes) the way the kubelet does (tmp/..<ts>/<key>, tmp/..data ->
+ * ..<ts>, tmp/<key> -> ..data/<key>) and writes the path of tmp/<key> to
+ * path (256 bytes). The caller removes tmp. */
+static void rules_volume(json_t *pod, json_t *gw, const char *rules_file, char *tmp, char *path)
+{
+    char *text = gwt_obs_read_file(K8S_RULES, NULL);
+    assert_non_null(text);
+    char why[256] = "";
+    json_t *cm = gw_rules_yaml_read(text, strlen(text), why, sizeof(why));
+    free(text);
+    if (!cm)
+        fail_msg("%s: %s", K8S_RULES, why);
+    assert_string_equal(jstr(cm, "kind"), "ConfigMap");
+    const char *slash = strrchr(rules_file, '/');
+    assert_non_null(slash);
+    char mount_path[256];
+    snprintf(mount_path, sizeof(mount_path), "%.*s", (int)(slash - rules_file), rules_file);
+    const char *key = slash + 1;
+    json_t *mount = NULL, *m;
+    size_t i;
+    json_array_foreach(json_object_get(gw, "volumeMounts"), i, m)
+    {
+        const char *mp = json_string_value(json_object_get(m, "mountPath"));
+        if (mp && strcmp(mp, mount_path) == 0)
+            mount = m;
+    }
+    if (!mount)
+        fail_msg("RATE_LIMIT_RULES_FILE=%s: no volumeMount at %s", rules_file, mount_path);
+    if (json_object_get(mount, "subPath"))
+        fail_msg("the rules volume is mounted with subPath: it would never be updated");
+    json_t *vol = find_by_name(jget(pod, "spec.volumes"), jstr(mount, "name"));
+    assert_non_null(vol);
+    assert_string_equal(jstr(vol, "configMap.name"), jstr(cm, "metadata.name"));
+    json_t *data = jget(cm, "data");
+    const char *rules = json_string_value(json_object_get(data, key));
+    if (!rules)
+        fail_msg("%s has no key %s", K8S_RULES, key);
+
+    snprintf(tmp, 64, "/tmp/gw-k8s-rules-XXXXXX");
+    assert_non_null(mkdtemp(tmp));
+    char p[256], q[512];
+    snprintf(p, sizeof(p), "%s/..2026_01_01_00_00_00.1", tmp);
+    assert_int_equal(mkdir(p, 0755), 0);
+    snprintf(q, sizeof(q), "%s/%s", p, key);
+    assert_int_equal(gwt_obs_write_file(q, rules, strlen(rules)), 0);
+    snprintf(p, sizeof(p), "%s/..data", tmp);
+    assert_int_equal(symlink("..2026_01_01_00_00_00.1", p), 0);
+    snprintf(q, sizeof(q), "..data/%s", key);
+    snprintf(path, 256, "%s/%s", tmp, key);
+    assert_int_equal(symlink(q, path), 0);
+    json_decref(cm);
+}
+
 static void test_kubernetes_manifest(void **state)
 {
     char *text = gwt_obs_read_file(K8S_MANIFEST, NULL);
@@ -1407,17 +1467,23 @@ static void test_kubernetes_manifest(void **state)
     char store[64][512];
     int n = 0;
     json_t *var;
+    char rules_tmp[64] = "", rules_path[256] = "";
     json_array_foreach(env, i, var)
     {
         const char *name = jstr(var, "name");
         json_t *value = json_object_get(var, "value");
         assert_true(n < 63);
-        if (strcmp(name, "WORKER_THREADS") == 0 && !value)
+        if (strcmp(name, "WORKER_THREADS") == 0 && !value) {
             snprintf(store[n], sizeof(store[n]), "%s=%lld", name, cpu);
-        else if (json_is_string(value))
+        } else if (strcmp(name, "RATE_LIMIT_RULES_FILE") == 0 && json_is_string(value)) {
+            /* The ConfigMap's rules, where the pod would see them. */
+            rules_volume(pod, gw, json_string_value(value), rules_tmp, rules_path);
+            snprintf(store[n], sizeof(store[n]), "%s=%s", name, rules_path);
+        } else if (json_is_string(value)) {
             snprintf(store[n], sizeof(store[n]), "%s=%s", name, json_string_value(value));
-        else
+        } else {
             fail_msg("env %s: a string value (or WORKER_THREADS' resourceFieldRef) expected", name);
+        }
         cenv[n] = store[n];
         n++;
     }
@@ -1436,6 +1502,12 @@ static void test_kubernetes_manifest(void **state)
             fail_msg("env %s is not a gateway variable", name);
     }
     assert_int_equal(json_integer_value(json_object_get(eff, "WORKER_THREADS")), cpu);
+    if (rules_tmp[0]) {
+        /* --check-config loaded and validated the ConfigMap's rules. */
+        assert_string_equal(json_string_value(json_object_get(eff, "RATE_LIMIT_RULES_FILE")),
+                            rules_path);
+        assert_int_equal(gwt_obs_rm_rf(rules_tmp), 0);
+    }
     assert_int_equal(json_integer_value(json_object_get(eff, "GATEWAY_PORT")), gw_port);
     char backend[64];
     snprintf(backend, sizeof(backend), "http://127.0.0.1:%lld", app_port);
