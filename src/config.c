@@ -107,10 +107,12 @@ static const struct opt opts[] = {
         "Requests allowed per client per window."),
     INT("RATE_LIMIT_WINDOW_SECONDS", "60", 1, 86400 * 366, rate_limit_window_s,
         "Window length in seconds."),
-    ENUM("RATE_LIMIT_ALGORITHM", "fixed_window", algorithm_names, GW_RL_FIXED_WINDOW,
+    ENUM("RATE_LIMIT_ALGORITHM", "fixed_window", algorithm_names, GW_RL_GCRA,
          rate_limit_algorithm,
-         "Rate-limit algorithm (sliding_window, token_bucket and gcra are reserved names, refused "
-         "at start-up until implemented)."),
+         "Rate-limit algorithm of the default limit: fixed_window, sliding_window or token_bucket "
+         "(gcra is the same as token_bucket)."),
+    INT("RATE_LIMIT_BURST", "0", 0, 1000000000, rate_limit_burst,
+        "token_bucket only: bucket size; 0 = RATE_LIMIT_REQUESTS."),
     STR("RATE_LIMIT_RULES_FILE", T_FILE, NULL, 1, 4096, rate_limit_rules_file, F_EMPTY_UNSET,
         "Rules file (JSON, or YAML when it ends in .yaml/.yml) stating every limit; empty = one "
         "limit named default made from the RATE_LIMIT_* variables."),

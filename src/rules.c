@@ -1200,9 +1200,8 @@ struct gw_rules *gw_rules_from_config(const struct gw_config *cfg)
         rt->window_ms = (int64_t)cfg->rate_limit_window_s * 1000;
         rt->algorithm = cfg->rate_limit_algorithm == GW_RL_GCRA ? GW_RL_TOKEN_BUCKET
                                                                 : cfg->rate_limit_algorithm;
-        /* RATE_LIMIT_BURST is not in struct gw_config yet: B = L. */
         if (rt->algorithm == GW_RL_TOKEN_BUCKET)
-            rt->burst = rt->requests;
+            rt->burst = cfg->rate_limit_burst > 0 ? cfg->rate_limit_burst : rt->requests;
     }
     if (c.oom || l->rates == NULL) {
         rules_free(r);

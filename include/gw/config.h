@@ -52,6 +52,7 @@ struct gw_config {
     int redis_timeout_ms;             /* REDIS_TIMEOUT_MS */
     int rate_limit_requests;          /* RATE_LIMIT_REQUESTS */
     int rate_limit_window_s;          /* RATE_LIMIT_WINDOW_SECONDS */
+    int rate_limit_burst;             /* RATE_LIMIT_BURST, 0 = RATE_LIMIT_REQUESTS */
     enum gw_rl_algorithm rate_limit_algorithm;   /* RATE_LIMIT_ALGORITHM */
     char *rate_limit_key;             /* RATE_LIMIT_KEY as given: "ip" or "header:<Name>" */
     char *rate_limit_key_header;      /* <Name> of header:<Name>, NULL for "ip" */
