@@ -65,6 +65,7 @@ struct olc_slot {
     uint64_t hash;         /* mix of the identity digest and the rate's id */
     uint64_t deadline_ms;  /* gw_now_ms() at which a request would pass again; 0 = empty */
     int64_t reset_epoch_s; /* the rate's reset on the store's clock, for headers */
+    uint32_t epoch;        /* per-worker front only: rl->olc_epoch when copied */
 };
 
 /* A shard of the over-limit cache: every worker of the process sees a
@@ -100,6 +101,7 @@ struct gw_ratelimit {
     struct gw_rl_memory *mem;      /* without Redis, or for failure mode local; else NULL */
     _Atomic int workers;           /* live worker handles */
     struct olc_shard *olc;         /* OLC_SHARDS shards, heap */
+    _Atomic uint32_t olc_epoch;    /* bumped when entries are forgotten: fronts drop theirs */
     struct gw_rules_holder *holder; /* the rules in force */
     bool own_holder;                /* created here (gw_ratelimit_create) */
     pthread_mutex_t stats_mu;       /* guards adding to stats */
@@ -161,9 +163,10 @@ struct gw_ratelimit_worker {
      * contends for. An entry only ever says "refusing until deadline_ms",
      * as the shared cache does, so it needs no invalidation. */
     struct olc_slot olc_local[OLC_LOCAL_SLOTS];
-    struct version v; /* the rules version this worker decides with */
-    uint32_t pass_no; /* numbers passes for spec_stamp */
-    char *path;       /* normalised path scratch */
+    struct version v;               /* the rules version this worker decides with */
+    uint32_t pass_no;               /* numbers passes for spec_stamp */
+    enum gw_rl_pass_mode pass_mode; /* DECIDE, except during admin peek and forget */
+    char *path;                     /* normalised path scratch */
     size_t path_cap;
     char ident[IDENT_MAX];
     /* One pass: */
@@ -304,13 +307,15 @@ static bool olc_find_local(struct gw_ratelimit_worker *w, uint64_t hash, uint64_
                            struct olc_slot *out)
 {
     struct olc_slot *l = &w->olc_local[hash & (OLC_LOCAL_SLOTS - 1)];
-    if (l->hash == hash && l->deadline_ms > now_ms) {
+    uint32_t epoch = atomic_load_explicit(&w->rl->olc_epoch, memory_order_acquire);
+    if (l->hash == hash && l->deadline_ms > now_ms && l->epoch == epoch) {
         *out = *l;
         return true;
     }
     if (!olc_find(w->rl, hash, now_ms, out))
         return false;
     *l = *out;
+    l->epoch = epoch;
     return true;
 }
 
@@ -386,6 +391,17 @@ size_t gw_ratelimit_limit_stats(struct gw_ratelimit *rl, struct gw_rl_limit_stat
 }
 
 /* ---- rules versions ------------------------------------------------------------ */
+
+/* The over-limit cache id of a rate: its limit, policy, algorithm and
+ * parameters, so a limit changed by a reload misses its old entries. */
+static uint64_t rate_id_of(const struct gw_rules_limit *lim, const struct gw_rules_rate *rt)
+{
+    char id[256];
+    int n = snprintf(id, sizeof(id), "%s|%s|%d|%lld|%lld|%lld|%lld", lim->name, rt->name,
+                     (int)rt->algorithm, (long long)rt->requests, (long long)rt->window_ms,
+                     (long long)rt->burst, (long long)rt->delay_ms);
+    return gw_hash64(0x9e3779b97f4a7c15ULL, id, (size_t)GW_MAX(n, 0));
+}
 
 static void version_free(struct version *v)
 {
@@ -521,6 +537,7 @@ int gw_ratelimit_create_shared(struct gw_ratelimit **out, const struct gw_config
     rl->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     atomic_init(&rl->workers, 0);
     atomic_init(&rl->nstats, 0);
+    atomic_init(&rl->olc_epoch, 0);
     pthread_mutex_init(&rl->stats_mu, NULL);
 
     int rc = -ENOMEM;
@@ -924,7 +941,8 @@ static int pass_apply(struct gw_ratelimit_worker *w, bool memory, int64_t *now_u
     }
     if (m == 0)
         return 0;
-    struct gw_rl_pass p = {.keys = w->kptr,
+    struct gw_rl_pass p = {.mode = w->pass_mode,
+                           .keys = w->kptr,
                            .key_lens = w->klen,
                            .nkeys = w->nkeys,
                            .specs = w->specs,
@@ -1079,7 +1097,10 @@ static void finish_item(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *
             uint64_t h = w->oref[o].ohash;
             olc_put(rl, h, deadline, out->res.info.reset_epoch_s, mono);
             w->olc_local[h & (OLC_LOCAL_SLOTS - 1)] = (struct olc_slot){
-                .hash = h, .deadline_ms = deadline, .reset_epoch_s = out->res.info.reset_epoch_s};
+                .hash = h,
+                .deadline_ms = deadline,
+                .reset_epoch_s = out->res.info.reset_epoch_s,
+                .epoch = atomic_load_explicit(&rl->olc_epoch, memory_order_relaxed)};
         }
     }
 }
@@ -1165,6 +1186,196 @@ static void check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *
     }
     if (k > 0)
         pass_run(w, items + from, k, mono);
+}
+
+/* ---- public API: inspect and forget one client (admin, SPEC.md §11) ------------ */
+
+/* The identity of limit lim for an operator's client key: the key's
+ * '|'-separated parts go to the limit's ip and header parts in order
+ * (global parts take none). -EINVAL when the parts do not fit. */
+static ssize_t admin_identity(const struct gw_rules_limit *lim, const char *key, size_t len,
+                              char *id)
+{
+    size_t n = 0, pos = 0;
+    bool first_part = true;
+    for (size_t k = 0; k < lim->key_count; k++) {
+        const struct gw_rules_key *part = &lim->keys[k];
+        if (k > 0)
+            ident_put(id, &n, "|", 1);
+        if (part->kind == GW_RULES_KEY_GLOBAL) {
+            ident_put(id, &n, "global", 6);
+            continue;
+        }
+        if (!first_part) {
+            if (pos >= len || key[pos] != '|')
+                return -EINVAL;
+            pos++;
+        }
+        first_part = false;
+        size_t end = pos;
+        while (end < len && key[end] != '|')
+            end++;
+        if (part->kind == GW_RULES_KEY_IP) {
+            uint8_t bin[16];
+            char text[64];
+            if (!gw_net_parse_addr(key + pos, end - pos, bin, NULL))
+                return -EINVAL;
+            gw_net_addr_text(bin, text, sizeof(text));
+            ident_put(id, &n, "ip:", 3);
+            ident_put(id, &n, text, strlen(text));
+        } else {
+            if (end == pos)
+                return -EINVAL;
+            ident_put(id, &n, "header:", 7);
+            ident_put(id, &n, part->header, strlen(part->header));
+            ident_put(id, &n, "=", 1);
+            ident_put(id, &n, key + pos, end - pos);
+        }
+        pos = end;
+    }
+    if (pos != len && !(first_part && len == 0))
+        return -EINVAL;
+    return (ssize_t)n;
+}
+
+static const struct gw_rules_limit *find_limit(const struct gw_rules *r, const char *name)
+{
+    for (size_t i = 0; i < r->limit_count; i++)
+        if (!r->limits[i].allow && strcmp(r->limits[i].name, name) == 0)
+            return &r->limits[i];
+    return NULL;
+}
+
+/* One unit per rate of lim for identity digest md, run in mode. Returns
+ * the store's clock, or a -errno. */
+static int inspect_pass(struct gw_ratelimit_worker *w, const struct gw_rules_limit *lim,
+                        const unsigned char md[MD_BYTES], enum gw_rl_pass_mode mode,
+                        int64_t *now_us)
+{
+    pass_reset(w);
+    size_t base = w->v.rate_base[lim->index];
+    uint64_t mh = md_hash64(md);
+    for (size_t k = 0; k < lim->rate_count; k++) {
+        size_t o = w->nops++;
+        w->pops[o].key = pass_key(w, md, lim, &lim->rates[k], mix64(mh, w->v.rate_id[base + k]));
+        w->pops[o].spec = pass_spec(w, base + k);
+        w->units[w->nunits] = (struct gw_rl_unit){.first = (uint16_t)o, .n = 1};
+        w->unit_sent[w->nunits++] = true;
+    }
+    w->pass_mode = mode;
+    int rc;
+    if (w->store == NULL)
+        rc = pass_apply(w, true, now_us);
+    else if (w->redis_up)
+        rc = pass_apply(w, false, now_us);
+    else
+        rc = -ENOTCONN;
+    w->pass_mode = GW_RL_PASS_DECIDE;
+    if (rc == 0)
+        for (size_t u = 0; u < w->nunits; u++)
+            if (w->units[u].result == GW_RL_UNIT_UNDECIDED ||
+                w->units[u].result == GW_RL_UNIT_ERROR)
+                rc = -EPROTO;
+    if (rc != 0 && rc != -EPROTO && rc != -ENOTCONN && w->store != NULL)
+        mark_down(w, gw_now_ms());
+    return rc;
+}
+
+/* Drops the over-limit cache entries of every rate of lim for md. */
+static void forget_cached(struct gw_ratelimit *rl, const struct gw_rules_limit *lim,
+                          const unsigned char md[MD_BYTES])
+{
+    uint64_t mh = md_hash64(md);
+    for (size_t k = 0; k < lim->rate_count; k++) {
+        uint64_t h = mix64(mh, rate_id_of(lim, &lim->rates[k]));
+        struct olc_shard *sh = olc_shard_of(rl, h);
+        pthread_mutex_lock(&sh->mu);
+        for (unsigned i = 0; i < OLC_PROBE; i++) {
+            struct olc_slot *sl = &sh->slots[(h + i) & (OLC_SHARD_SLOTS - 1)];
+            if (sl->hash == h)
+                sl->deadline_ms = 0;
+        }
+        pthread_mutex_unlock(&sh->mu);
+    }
+    /* Every worker's front drops what it copied (they refill from the
+     * shared table). */
+    atomic_fetch_add_explicit(&rl->olc_epoch, 1, memory_order_release);
+}
+
+int gw_ratelimit_peek(struct gw_ratelimit_worker *w, const char *limit, const char *key,
+                      size_t key_len, struct gw_rl_rate_state *out, size_t cap, size_t *n)
+{
+    version_sync(w);
+    const struct gw_rules_limit *lim = find_limit(w->v.rules, limit);
+    if (lim == NULL)
+        return -ENOENT;
+    ssize_t idn = admin_identity(lim, key, key_len, w->ident);
+    if (idn < 0)
+        return -EINVAL;
+    unsigned char md[MD_BYTES];
+    client_digest(w, w->ident, (size_t)idn, md);
+    int64_t now_us = 0;
+    int rc = inspect_pass(w, lim, md, GW_RL_PASS_PEEK, &now_us);
+    if (rc != 0)
+        return rc;
+    *n = 0;
+    for (size_t o = 0; o < w->nops && *n < cap; o++) {
+        op_result(w, o, now_us);
+        const struct gw_rl_result *r = &w->oo[o].res;
+        struct gw_rl_rate_state *st = &out[(*n)++];
+        st->policy = lim->rates[o].name;
+        st->limit = r->info.limit;
+        st->window_s = r->info.window_s;
+        /* Nothing was consumed: what one more request would have left,
+         * plus that request. */
+        st->remaining = r->allowed ? r->info.remaining + 1 : 0;
+        st->reset_s = r->allowed ? r->info.reset_after_s : GW_MAX(1, r->retry_after_s);
+    }
+    return 0;
+}
+
+int gw_ratelimit_forget(struct gw_ratelimit_worker *w, const char *limit, const char *key,
+                        size_t key_len, int64_t *deleted)
+{
+    version_sync(w);
+    const struct gw_rules_limit *lim = find_limit(w->v.rules, limit);
+    if (lim == NULL)
+        return -ENOENT;
+    ssize_t idn = admin_identity(lim, key, key_len, w->ident);
+    if (idn < 0)
+        return -EINVAL;
+    unsigned char md[MD_BYTES];
+    client_digest(w, w->ident, (size_t)idn, md);
+    forget_cached(w->rl, lim, md);
+    int64_t now_us = 0;
+    int rc = inspect_pass(w, lim, md, GW_RL_PASS_DELETE, &now_us);
+    if (rc != 0)
+        return rc;
+    *deleted = 0;
+    for (size_t o = 0; o < w->nops; o++)
+        *deleted += w->pops[o].a;
+    return 0;
+}
+
+int gw_ratelimit_forget_cached(struct gw_ratelimit *rl, const char *limit, const char *key,
+                               size_t key_len)
+{
+    struct gw_rules *r = gw_rules_holder_get(rl->holder);
+    const struct gw_rules_limit *lim = find_limit(r, limit);
+    int rc = -ENOENT;
+    if (lim != NULL) {
+        char *id = malloc(IDENT_MAX);
+        ssize_t idn = id != NULL ? admin_identity(lim, key, key_len, id) : -ENOMEM;
+        rc = idn < 0 ? (int)idn : 0;
+        if (rc == 0) {
+            unsigned char md[SHA256_DIGEST_LENGTH];
+            SHA256((const unsigned char *)id, (size_t)idn, md);
+            forget_cached(rl, lim, md);
+        }
+        free(id);
+    }
+    gw_rules_put(r);
+    return rc;
 }
 
 /* ---- public API: checks and headers ------------------------------------------- */

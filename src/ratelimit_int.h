@@ -55,7 +55,15 @@ struct gw_rl_unit {
  * ":tb"). Store keys get a TTL no longer than their state needs (fixed
  * window: to the window end; sliding: to the end of the next window;
  * token bucket: until the bucket is full again). */
+/* What a pass does with its units. */
+enum gw_rl_pass_mode {
+    GW_RL_PASS_DECIDE = 0, /* check, and commit the units that allow */
+    GW_RL_PASS_PEEK,       /* check only: nothing is committed (admin inspect) */
+    GW_RL_PASS_DELETE,     /* delete every op's state keys; op a = keys deleted */
+};
+
 struct gw_rl_pass {
+    enum gw_rl_pass_mode mode;
     const char *const *keys;
     const size_t *key_lens;
     size_t nkeys;

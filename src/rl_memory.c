@@ -341,6 +341,23 @@ static int32_t entry_at(struct gw_rl_memory *m, struct shard *s, uint64_t h1, ui
     return i;
 }
 
+/* Forgets entry i's state: it reads as absent from now on and, made the
+ * oldest, is the first slot reused. */
+static void entry_expire(struct shard *s, int32_t i)
+{
+    struct mentry *e = &s->e[i];
+    e->value = 0;
+    e->expire_ms = INT64_MIN;
+    age_unlink(s, i);
+    e->older = NIL;
+    e->newer = s->oldest;
+    if (s->oldest != NIL)
+        s->e[s->oldest].older = i;
+    else
+        s->newest = i;
+    s->oldest = i;
+}
+
 /* Writes entry i: value and expiry, and makes it the newest. */
 static void entry_write(struct shard *s, int32_t i, int64_t value, int64_t expire_ms)
 {
@@ -473,6 +490,24 @@ static int apply_unit(struct gw_rl_memory *m, struct gw_rl_pass *p, struct gw_rl
     for (size_t k = 0; k < nu; k++)
         pthread_mutex_lock(&locks[k]->mu);
 
+    if (p->mode == GW_RL_PASS_DELETE) {
+        for (size_t j = 0; j < n; j++) {
+            struct gw_rl_op *op = &p->ops[u->first + j];
+            op->a = op->b = 0;
+            for (int k = 0; k < nref[j]; k++) {
+                const struct state_ref *r = &refs[at[j] + k];
+                int32_t i = lookup(r->s, r->h1, r->h2);
+                if (i != NIL && r->s->e[i].expire_ms > now_ms)
+                    op->a++;
+                if (i != NIL)
+                    entry_expire(r->s, i);
+            }
+        }
+        for (size_t k = nu; k-- > 0;)
+            pthread_mutex_unlock(&locks[k]->mu);
+        u->result = GW_RL_UNIT_REFUSED;
+        return 0;
+    }
     bool all = true;
     int64_t new_tat[GW_RL_UNIT_OPS_MAX];
     for (size_t j = 0; j < n; j++) {
@@ -495,7 +530,7 @@ static int apply_unit(struct gw_rl_memory *m, struct gw_rl_pass *p, struct gw_rl
             all = false;
     }
     int rc = 0;
-    if (all) {
+    if (all && p->mode == GW_RL_PASS_DECIDE) {
         for (size_t j = 0; j < n && rc == 0; j++) {
             const struct gw_rl_op *op = &p->ops[u->first + j];
             const struct gw_rl_spec *sp = &p->specs[op->spec];

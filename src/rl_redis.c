@@ -34,6 +34,8 @@
  * The decision of a pass (ratelimit_int.h struct gw_rl_pass), for every
  * unit of a batch in one call. KEYS are the state-key bases
  * "<prefix>:{<client hash>}:<limit>:<policy>"; ARGV is
+ *   the mode (0 decide, 1 peek: never commit, 2 delete: DEL every op's
+ *   state keys, the count in the op's first number),
  *   S, then S specs of 5 numbers (algorithm 0 fixed / 1 sliding / 2 token
  *   bucket, L, W in ms, B, delay in ms),
  *   U, then per unit: its op count n and n pairs (key index, spec index),
@@ -92,8 +94,9 @@ const char gw_rl_redis_script[] =
     "  return e\n"
     "end\n"
     "local function fmt(x) return string.format('%d', x) end\n"
-    "local ns = tonumber(ARGV[1]) or 0\n"
-    "local sp, a = {}, 2\n"
+    "local mode = tonumber(ARGV[1]) or 0\n"
+    "local ns = tonumber(ARGV[2]) or 0\n"
+    "local sp, a = {}, 3\n"
     "for s = 1, ns do\n"
     "  sp[s] = {tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),\n"
     "           tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])}\n"
@@ -112,7 +115,13 @@ const char gw_rl_redis_script[] =
     "    a = a + 2\n"
     "    local algo, L, W = s[1], s[2], s[3]\n"
     "    local o = {sa = 0, sb = 0}\n"
-    "    if algo == 2 then\n"
+    "    if mode == 2 then\n"
+    "      local idx = math.floor(now_ms / W)\n"
+    "      local pre = key .. (algo == 1 and ':sw:' or ':fw:') .. fmt(W) .. ':'\n"
+    "      if algo == 2 then o.sa = redis.call('DEL', key .. ':tb')\n"
+    "      else o.sa = redis.call('DEL', pre .. fmt(idx), pre .. fmt(idx - 1)) end\n"
+    "      ok = false\n"
+    "    elseif algo == 2 then\n"
     "      local e = get(key .. ':tb')\n"
     "      if e == nil then bad = true else\n"
     "        local T = math.floor(W * 1000 / L)\n"
@@ -148,7 +157,7 @@ const char gw_rl_redis_script[] =
     "    out[#out + 1] = st[j].sa\n"
     "    out[#out + 1] = st[j].sb\n"
     "  end\n"
-    "  if ok and not bad then\n"
+    "  if ok and not bad and mode == 0 then\n"
     "    for j = 1, n do\n"
     "      local o = st[j]\n"
     "      local e = o.e\n"
@@ -429,7 +438,7 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
      * deadline the connection is not ready and requests are decided by
      * RATE_LIMIT_FAILURE_MODE without waiting. */
     if (rc == REDIS_OK) {
-        rc = redisAppendCommand(r->c, "EVAL %s 0 0 0", gw_rl_redis_script);
+        rc = redisAppendCommand(r->c, "EVAL %s 0 0 0 0", gw_rl_redis_script);
         r->pending[r->npending++] = CMD_PROBE;
     }
     if (rc != REDIS_OK)
@@ -515,7 +524,7 @@ static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl
 {
     const char *script = eval ? gw_rl_redis_script : r->sha;
     size_t slen = eval ? sizeof(gw_rl_redis_script) - 1 : 40;
-    size_t nargs = 3 + p->nkeys + 1 + 5 * p->nspecs + 1;
+    size_t nargs = 3 + p->nkeys + 1 + 1 + 5 * p->nspecs + 1;
     for (size_t u = 0; u < p->nunits; u++)
         nargs += 1 + 2 * (size_t)p->units[u].n;
     size_t need = 24 + BULK_MAX(7) + BULK_MAX(slen) + (nargs - 2) * BULK_MAX(20);
@@ -539,6 +548,7 @@ static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl
     o = put_bulk_u64(o, p->nkeys);
     for (size_t i = 0; i < p->nkeys; i++)
         o = put_bulk(o, p->keys[i], p->key_lens[i]);
+    o = put_bulk_u64(o, (uint64_t)p->mode);
     o = put_bulk_u64(o, p->nspecs);
     for (size_t i = 0; i < p->nspecs; i++) {
         const struct gw_rl_spec *sp = &p->specs[i];

@@ -196,6 +196,45 @@ struct gw_rl_batch_item {
 void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *items,
                               size_t n);
 
+/* ---- inspect and unblock one client (admin API, SPEC.md §11) ----
+ * The client key is what the limit's key derives: an IP (any spelling,
+ * canonicalised), a header value, or their combination joined by '|' in
+ * the order of the limit's key parts (global parts take none). */
+
+/* One rate of a limit as one client stands in it. */
+struct gw_rl_rate_state {
+    const char *policy; /* policy name (borrowed: valid until the next call on this worker) */
+    int64_t limit;      /* q */
+    int64_t window_s;   /* w */
+    int64_t remaining;  /* requests that would pass now, nothing consumed */
+    int64_t reset_s;    /* t: seconds to the reset (refusing: until a request would pass) */
+};
+
+/* Reads the state of every rate of limit `limit` for client key (key_len
+ * bytes) without consuming anything (a peek of the same script, one round
+ * trip). Writes up to cap rates to out, *n how many. Returns 0; -ENOENT
+ * for an unknown (or action: allow) limit; -EINVAL for a key that does not
+ * fit the limit's key parts; -ENOTCONN when Redis is down; -EPROTO when it
+ * refused; another -errno when the connection failed (then marked down).
+ * Worker thread only. */
+GW_MUSTCHECK int gw_ratelimit_peek(struct gw_ratelimit_worker *w, const char *limit,
+                                   const char *key, size_t key_len, struct gw_rl_rate_state *out,
+                                   size_t cap, size_t *n);
+
+/* Forgets client key in limit `limit`: deletes its store keys (*deleted
+ * gets how many held state) and drops it from this process's over-limit
+ * cache. Other instances sharing the Redis must be told to call
+ * gw_ratelimit_forget_cached. Returns as gw_ratelimit_peek. Worker thread
+ * only. */
+GW_MUSTCHECK int gw_ratelimit_forget(struct gw_ratelimit_worker *w, const char *limit,
+                                     const char *key, size_t key_len, int64_t *deleted);
+
+/* Drops client key of limit `limit` from this process's over-limit cache
+ * only (every worker sees it at its next check). 0, -ENOENT, -EINVAL or
+ * -ENOMEM. Thread-safe. */
+GW_MUSTCHECK int gw_ratelimit_forget_cached(struct gw_ratelimit *rl, const char *limit,
+                                            const char *key, size_t key_len);
+
 /* Store state for /health: DISABLED without Redis; otherwise sends PING
  * (when connected) and reports the outcome. Worker thread only. */
 enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w);

@@ -1621,6 +1621,48 @@ static void test_hung_redis_command_timeout(void **state)
     redis_stop(&p);
 }
 
+/* Admin inspect (SPEC.md §11): peek reads without consuming, forget
+ * deletes the client's keys and unblocks it from the over-limit cache. */
+static void test_peek_and_forget(void **state)
+{
+    (void)state;
+    struct setup s;
+    struct gw_ratelimit *rl;
+    struct gw_ratelimit_worker *w;
+    lim_main(&s, 3, LONG_WINDOW, GW_RL_FAIL_OPEN, 3, &rl, &w);
+    struct gw_rl_decision d;
+    /* The default limit is keyed by ip: the identity is "ip:<addr>". */
+    check(w, "ip:203.0.113.77", &d);
+    struct gw_rl_rate_state st[4];
+    size_t n = 0;
+    for (int i = 0; i < 2; i++) { /* twice: nothing consumed */
+        assert_int_equal(gw_ratelimit_peek(w, "default", "203.0.113.77", 12, st, 4, &n), 0);
+        assert_int_equal(n, 1);
+        assert_string_equal(st[0].policy, "default");
+        assert_int_equal(st[0].limit, 3);
+        assert_int_equal(st[0].window_s, LONG_WINDOW);
+        assert_int_equal(st[0].remaining, 2);
+        assert_in_range(st[0].reset_s, 1, LONG_WINDOW);
+    }
+    check(w, "ip:203.0.113.77", &d);
+    check(w, "ip:203.0.113.77", &d);
+    check(w, "ip:203.0.113.77", &d);
+    assert_int_equal(d.verdict, GW_RL_LIMITED);
+    assert_int_equal(gw_ratelimit_peek(w, "default", "203.0.113.77", 12, st, 4, &n), 0);
+    assert_int_equal(st[0].remaining, 0);
+    /* Unknown limit, a key that is no IP. */
+    assert_int_equal(gw_ratelimit_peek(w, "nope", "203.0.113.77", 12, st, 4, &n), -ENOENT);
+    assert_int_equal(gw_ratelimit_peek(w, "default", "not-an-ip", 9, st, 4, &n), -EINVAL);
+    int64_t deleted = -1;
+    assert_int_equal(gw_ratelimit_forget(w, "default", "203.0.113.77", 12, &deleted), 0);
+    assert_int_equal(deleted, 1);
+    /* Unblocked at once, the cache forgot it too: a full budget again. */
+    check(w, "ip:203.0.113.77", &d);
+    assert_int_equal(d.verdict, GW_RL_ALLOW);
+    assert_int_equal(d.info.remaining, 2);
+    lim_destroy(rl, w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1648,6 +1690,7 @@ int main(void)
         cmocka_unit_test(test_timeout_bounds_connect_and_handshake),
         cmocka_unit_test(test_timeout_bounds_connect_syscall),
         cmocka_unit_test(test_hung_redis_command_timeout),
+        cmocka_unit_test(test_peek_and_forget),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
