@@ -5,8 +5,10 @@
  * the states and the drive; exchange.c takes a request from its head to
  * its result, and the upstream client (upstream.c) owns the upstream half.
  *
- *             first byte         head parsed
- *   +--> IDLE -----------> HEAD ----------------> LIMIT (batched rate-limit check)
+ *             first byte         head parsed                   admitted after a delay
+ *   +--> IDLE -----------> HEAD ----------------> LIMIT ----------------> DELAY (timer, no
+ *   |                       |                       |   (batched check)     |  slot; then as
+ *   |                       |                       |                       |  LIMIT's allowed)
  *   |                       |  admin answer,        |  |  allowed, body's first
  *   |                       |  400/408/414/431      |  |  window not in yet
  *   |                       v                       |  +----------> BODY_WAIT
@@ -26,7 +28,8 @@
  * test_conn checks that the two agree:
  *   IDLE      -> HEAD CLOSED
  *   HEAD      -> LIMIT RESPOND CLOSED
- *   LIMIT     -> BODY_WAIT WAIT_SLOT CONNECT PROXY RESPOND CLOSED
+ *   LIMIT     -> DELAY BODY_WAIT WAIT_SLOT CONNECT PROXY RESPOND CLOSED
+ *   DELAY     -> BODY_WAIT WAIT_SLOT CONNECT PROXY RESPOND CLOSED
  *   BODY_WAIT -> WAIT_SLOT CONNECT PROXY RESPOND CLOSED
  *   WAIT_SLOT -> CONNECT PROXY RESPOND CLOSED
  *   CONNECT   -> PROXY RESPOND CLOSED
@@ -60,16 +63,18 @@
 /* Rounds of one drive before other connections get their turn. */
 #define GW_DRIVE_ROUNDS 64
 
-static const char *const state_names[CS_COUNT] = {"IDLE",      "HEAD",    "LIMIT", "BODY_WAIT",
-                                                  "WAIT_SLOT", "CONNECT", "PROXY", "RESPOND",
-                                                  "LINGER",    "CLOSED"};
+static const char *const state_names[CS_COUNT] = {"IDLE",      "HEAD",      "LIMIT",   "DELAY",
+                                                  "BODY_WAIT", "WAIT_SLOT", "CONNECT", "PROXY",
+                                                  "RESPOND",   "LINGER",    "CLOSED"};
 
 #define TO(s) (1u << (s))
 /* Legal transitions: conn_next[from] has bit `to` set. */
 static const unsigned conn_next[CS_COUNT] = {
     [CS_IDLE] = TO(CS_HEAD) | TO(CS_CLOSED),
     [CS_HEAD] = TO(CS_LIMIT) | TO(CS_RESPOND) | TO(CS_CLOSED),
-    [CS_LIMIT] = TO(CS_BODY_WAIT) | TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) |
+    [CS_LIMIT] = TO(CS_DELAY) | TO(CS_BODY_WAIT) | TO(CS_WAIT_SLOT) | TO(CS_CONNECT) |
+                 TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_DELAY] = TO(CS_BODY_WAIT) | TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) |
                  TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_BODY_WAIT] =
         TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
@@ -395,6 +400,8 @@ static void check_client_eof(struct gw_conn *c)
     case CS_BODY_WAIT:
         /* Everything it sent is buffered and the window is still short:
          * the body cannot complete. */
+    case CS_DELAY:
+        /* Held by shaping: a client that left is forgotten (SPEC.md §5.1). */
     case CS_WAIT_SLOT:
         /* Queued for an in-flight slot: a client that left is not worth the
          * protected backend's capacity (SPEC.md §6, nginx's 499, HAProxy's
@@ -471,6 +478,9 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
         break;
     case CS_BODY_WAIT:
         gw_exchange_body_wait_timeout(c);
+        break;
+    case CS_DELAY:
+        gw_exchange_delay_done(c);
         break;
     case CS_WAIT_SLOT:
         gw_exchange_queue_timeout(c);

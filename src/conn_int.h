@@ -17,6 +17,8 @@ enum conn_state {
     CS_IDLE = 0,  /* keep-alive, waiting for a request's first byte */
     CS_HEAD,      /* reading a request head */
     CS_LIMIT,     /* waiting for the worker's batched rate-limit check */
+    CS_DELAY,     /* admitted after a delay (token-bucket shaping): held on the worker's
+                     timer, no in-flight slot */
     CS_BODY_WAIT, /* allowed; the body's first window is not in yet: no slot taken */
     CS_WAIT_SLOT, /* parked in the in-flight gate's FIFO */
     CS_CONNECT,   /* the upstream client is connecting */
@@ -169,6 +171,9 @@ void gw_exchange_body_wait_timeout(struct gw_conn *c);
 /* Deadlines of WAIT_SLOT and PROXY. */
 void gw_exchange_queue_timeout(struct gw_conn *c);
 void gw_exchange_proxy_timeout(struct gw_conn *c);
+
+/* A request held by shaping (CS_DELAY) has waited its delay: go on. */
+void gw_exchange_delay_done(struct gw_conn *c);
 
 /* The rate-limit batch decided c's request. */
 void gw_exchange_limit_done(struct gw_rl_waiter *wt);

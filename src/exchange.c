@@ -319,6 +319,7 @@ void gw_exchange_on_head(struct gw_conn *c)
 
 static void take_slot(struct gw_conn *c);
 static void maybe_send_continue(struct gw_conn *c);
+static void admitted(struct gw_conn *c);
 
 /* True when the chunked body in b[0..n) ends within it: the chunk sizes are
  * walked up to the last chunk (trailers, if any, follow; they are small).
@@ -502,6 +503,23 @@ static void after_limit(struct gw_conn *c)
         return;
     }
 
+    if (ex->rl.delay_us > 0) {
+        /* Shaping (SPEC.md §5.1 delay): held on the worker's timer, with no
+         * in-flight slot and no thread waiting; the place in the bucket is
+         * already reserved. */
+        GW_STAT_INC(&w->stats, requests_delayed);
+        gw_histogram_observe(&w->stats.ratelimit_delay, (uint64_t)ex->rl.delay_us);
+        gw_conn_set_state(c, CS_DELAY);
+        gw_conn_arm(c, (uint64_t)((ex->rl.delay_us + 999) / 1000));
+        return;
+    }
+    admitted(c);
+}
+
+/* Admitted by the limiter (at once, or after its delay): on to the gate
+ * once the body's first window is in. */
+static void admitted(struct gw_conn *c)
+{
     if (!first_window_ready(c)) {
         /* The backend is not made to wait for a slow client: no slot until
          * the body's first window is in (HAProxy's http-buffer-request).
@@ -514,6 +532,11 @@ static void after_limit(struct gw_conn *c)
         return;
     }
     take_slot(c);
+}
+
+void gw_exchange_delay_done(struct gw_conn *c)
+{
+    admitted(c);
 }
 
 /* Asks the in-flight gate for a slot: go on, queue, or 503. */

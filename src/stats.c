@@ -70,6 +70,7 @@ void gw_stats_add_worker(struct gw_stats_snapshot *out, size_t index, struct gw_
     add_histogram(out->upstream_buckets, &out->upstream_count, &out->upstream_sum_us,
                   &w->upstream_latency);
     add_histogram(out->queue_buckets, &out->queue_count, &out->queue_sum_us, &w->queue_wait);
+    add_histogram(out->delay_buckets, &out->delay_count, &out->delay_sum_us, &w->ratelimit_delay);
 }
 
 void gw_stats_sum(struct gw_stats_worker *const *workers, size_t n, struct gw_stats_snapshot *out)
@@ -152,6 +153,7 @@ int gw_stats_render_json(const struct gw_stats_snapshot *s, struct gw_buf *out)
 #define GW_STATS_JSON(name, label, help) ok = ok && put(root, #name, json_u64(s->name));
     GW_STATS_COUNTERS(GW_STATS_JSON)
 #undef GW_STATS_JSON
+    ok = ok && put(root, "delayed", json_u64(s->requests_delayed));
     ok = ok && put(root, "in_flight", json_u64(s->in_flight));
     ok = ok && put(root, "queue_length", json_u64(s->queue_length));
     ok = ok && put(root, "connections_active", json_integer(s->connections_active));
@@ -424,5 +426,8 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
                    s->upstream_count, s->upstream_sum_us);
     emit_histogram(&p, "gateway_queue_wait_seconds", "Time spent waiting for an in-flight slot",
                    s->queue_buckets, s->queue_count, s->queue_sum_us);
+    emit_histogram(&p, "gateway_ratelimit_delay_seconds",
+                   "Time requests were held by token-bucket shaping (delay) before going on",
+                   s->delay_buckets, s->delay_count, s->delay_sum_us);
     return p.rc ? -ENOMEM : 0;
 }

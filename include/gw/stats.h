@@ -41,6 +41,8 @@
       "Requests whose connection closed before their response was complete (client gone, forced "  \
       "shutdown)")                                                                                 \
     X(requests_bad, "bad_request", "Gateway-generated 4xx other than 429")                         \
+    X(requests_delayed, NULL,                                                                      \
+      "Requests held by token-bucket shaping (delay) before going on; /stats also as delayed")     \
     X(redis_errors, NULL,                                                                          \
       "Rate-limit checks the store did not answer (failed, or skipped while it was down)")         \
     X(upstream_connections_opened, NULL,                                                           \
@@ -74,6 +76,7 @@ struct gw_stats_worker {
     struct gw_histogram request_latency;  /* proxied requests, start to response end */
     struct gw_histogram upstream_latency; /* upstream connect+send to response end */
     struct gw_histogram queue_wait;       /* time spent waiting for an in-flight slot */
+    struct gw_histogram ratelimit_delay;  /* time held by token-bucket shaping */
 };
 
 /* Adds 1 to one counter of a worker's struct (owner thread only). */
@@ -99,6 +102,9 @@ struct gw_stats_snapshot {
     uint64_t queue_buckets[GW_STATS_LATENCY_NBUCKETS + 1];
     uint64_t queue_count;
     uint64_t queue_sum_us;
+    uint64_t delay_buckets[GW_STATS_LATENCY_NBUCKETS + 1];
+    uint64_t delay_count;
+    uint64_t delay_sum_us;
     /* gauges filled by the caller */
     uint64_t in_flight;
     uint64_t queue_length;
@@ -179,7 +185,8 @@ GW_MUSTCHECK int gw_stats_render_json(const struct gw_stats_snapshot *s, struct 
  * when rules_version is set gateway_rules_info{version,source} (always 1)
  * and gateway_rules_reloads_total{result="success"|"failure"}, and the
  * histograms gateway_request_duration_seconds,
- * gateway_upstream_duration_seconds and gateway_queue_wait_seconds.
+ * gateway_upstream_duration_seconds, gateway_queue_wait_seconds and
+ * gateway_ratelimit_delay_seconds.
  * Numbers are formatted without floating point, so the output does not
  * depend on the C locale. version (borrowed, may be NULL = "unknown") is
  * escaped as a label value. Returns 0 or -ENOMEM. Thread-safe as long as

@@ -118,7 +118,7 @@ static void test_sum_three_workers(void **state)
 #define CHECK(name, label, help) assert_int_equal(s.name, 6 * (++k));
     GW_STATS_COUNTERS(CHECK)
 #undef CHECK
-    assert_int_equal(k, 13);
+    assert_int_equal(k, 14);
     assert_int_equal(s.connections_active, 60);
     assert_int_equal(s.worker_connections[0], 10);
     assert_int_equal(s.worker_connections[1], 20);
@@ -273,9 +273,9 @@ static void test_render_json_exact(void **state)
                          "\"requests_rate_limited\":7,\"requests_rate_limited_dry_run\":2,"
                          "\"requests_rejected_queue\":3,\"requests_rejected_store\":5,"
                          "\"requests_failed_upstream\":4,\"requests_closed\":9,"
-                         "\"requests_bad\":6,\"redis_errors\":1,"
+                         "\"requests_bad\":6,\"requests_delayed\":0,\"redis_errors\":1,"
                          "\"upstream_connections_opened\":12,\"connections_rejected\":13,"
-                         "\"connections_rejected_per_client\":14,\"in_flight\":2,"
+                         "\"connections_rejected_per_client\":14,\"delayed\":0,\"in_flight\":2,"
                          "\"queue_length\":1,\"connections_active\":5,\"uptime_seconds\":42,"
                          "\"worker_threads\":2,\"redis\":\"connected\","
                          "\"worker_connections\":[3,2],"
@@ -303,7 +303,9 @@ static void test_render_json_exact(void **state)
                                            "connections_rejected_per_client",
                                            "uptime_seconds",
                                            "worker_threads",
-                                           "requests_rate_limited_dry_run"};
+                                           "requests_rate_limited_dry_run",
+                                           "requests_delayed",
+                                           "delayed"};
     for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++)
         assert_true(json_is_integer(json_object_get(root, int_keys[i])));
     json_t *lat = json_object_get(root, "latency_ms");
@@ -344,6 +346,10 @@ static const char expect_prom[] =
     "# HELP gateway_requests_received_total Requests received from clients, any outcome\n"
     "# TYPE gateway_requests_received_total counter\n"
     "gateway_requests_received_total 100\n"
+    "# HELP gateway_requests_delayed_total Requests held by token-bucket shaping (delay) before "
+    "going on; /stats also as delayed\n"
+    "# TYPE gateway_requests_delayed_total counter\n"
+    "gateway_requests_delayed_total 0\n"
     "# HELP gateway_redis_errors_total Rate-limit checks the store did not answer (failed, or "
     "skipped while it was down)\n"
     "# TYPE gateway_redis_errors_total counter\n"
@@ -469,7 +475,28 @@ static const char expect_prom[] =
     "gateway_queue_wait_seconds_bucket{le=\"30\"} 0\n"
     "gateway_queue_wait_seconds_bucket{le=\"+Inf\"} 3\n"
     "gateway_queue_wait_seconds_sum 93\n"
-    "gateway_queue_wait_seconds_count 3\n";
+    "gateway_queue_wait_seconds_count 3\n"
+    "# HELP gateway_ratelimit_delay_seconds Time requests were held by token-bucket shaping "
+    "(delay) before going on\n"
+    "# TYPE gateway_ratelimit_delay_seconds histogram\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.0005\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.001\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.0025\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.005\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.01\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.025\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.05\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.1\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.25\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"0.5\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"1\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"2.5\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"5\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"10\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"30\"} 0\n"
+    "gateway_ratelimit_delay_seconds_bucket{le=\"+Inf\"} 0\n"
+    "gateway_ratelimit_delay_seconds_sum 0\n"
+    "gateway_ratelimit_delay_seconds_count 0\n";
 
 static void test_render_prometheus_exact(void **state)
 {
