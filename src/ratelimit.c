@@ -121,6 +121,8 @@ struct version {
     uint32_t *spec_stamp;    /* per flat rate: pass number that last used spec_at */
     uint16_t *spec_at;       /* per flat rate: its index in the pass's specs */
     const struct gw_rules_limit **match; /* gw_rules_match output, limit_count entries */
+    bool need_path;                      /* some limit has a path condition */
+    bool need_addr;                      /* some limit has client_cidrs */
 };
 
 /* An op's place in the request it belongs to. */
@@ -446,6 +448,8 @@ static int version_build(struct gw_ratelimit *rl, struct gw_rules *r, uint64_t g
         const struct gw_rules_limit *lim = &r->limits[i];
         v->rate_base[i] = (uint32_t)f;
         v->stat[i] = stats_slot(rl, lim->name);
+        v->need_path |= lim->path_kind != GW_RULES_PATH_ANY;
+        v->need_addr |= lim->cidr_count > 0;
         for (size_t k = 0; k < lim->rate_count; k++, f++) {
             const struct gw_rules_rate *rt = &lim->rates[k];
             v->spec[f] = (struct gw_rl_spec){.algorithm = rt->algorithm,
@@ -792,21 +796,25 @@ static enum gw_rules_verdict match_limits(struct gw_ratelimit_worker *w,
     rq.client_addr = addr;
     if (it->req != NULL && it->req->head != NULL) {
         const struct gw_http_head *h = it->req->head;
-        size_t need = h->target.len + 2;
-        if (need > w->path_cap) {
-            char *np = realloc(w->path, need);
-            if (np == NULL)
-                return GW_RULES_NONE; /* no memory: not limited, as with no rules */
-            w->path = np;
-            w->path_cap = need;
-        }
-        size_t n = gw_path_normalize(h->target.ptr, h->target.len, w->path);
-        w->path[n] = '\0';
         rq.method = h->method;
-        rq.path = (struct gw_slice){w->path, n};
         rq.head = h;
+        rq.path = (struct gw_slice){"/", 1};
+        /* Normalised and parsed only when some limit looks at them. */
+        if (w->v.need_path) {
+            size_t need = h->target.len + 2;
+            if (need > w->path_cap) {
+                char *np = realloc(w->path, need);
+                if (np == NULL)
+                    return GW_RULES_NONE; /* no memory: not limited, as with no rules */
+                w->path = np;
+                w->path_cap = need;
+            }
+            size_t n = gw_path_normalize(h->target.ptr, h->target.len, w->path);
+            w->path[n] = '\0';
+            rq.path = (struct gw_slice){w->path, n};
+        }
         const char *a = it->req->client_addr;
-        if (a != NULL)
+        if (w->v.need_addr && a != NULL)
             (void)gw_net_parse_addr(a, strlen(a), addr, NULL);
     } else {
         rq.path = (struct gw_slice){"/", 1};

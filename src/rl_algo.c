@@ -83,8 +83,10 @@ bool gw_rl_algo_fixed_window_ms(int64_t limit, int64_t window_ms, int64_t now_ms
                                 struct gw_rl_result *out)
 {
     assert(window_ms >= 1);
-    int64_t i = (int64_t)floor_div(now_ms, window_ms);
-    int64_t end_ms = clamp64((wide)(i + 1) * window_ms);
+    int64_t i = now_ms / window_ms; /* 64-bit floor division: this runs per request */
+    if (now_ms % window_ms != 0 && now_ms < 0)
+        i--;
+    int64_t end_ms = i >= INT64_MAX / window_ms - 1 ? INT64_MAX : (i + 1) * window_ms;
     bool allowed = count < limit;
     int64_t after = allowed ? count + 1 : count;
     memset(out, 0, sizeof(*out));

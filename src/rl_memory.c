@@ -412,7 +412,7 @@ struct state_ref {
     struct shard *s;
 };
 
-/* Identity of state key "<key><suffix>" without building the string. */
+/* Identity of state key (key, suffix) without building a string. */
 static void state_id(const char *key, size_t len, const char *suffix, size_t slen,
                      struct state_ref *out, struct gw_rl_memory *m)
 {
@@ -435,21 +435,21 @@ static int op_states(struct gw_rl_memory *m, const struct gw_rl_pass *p, const s
     const struct gw_rl_spec *sp = &p->specs[op->spec];
     const char *key = p->keys[op->key];
     size_t len = p->key_lens[op->key];
-    char suf[64];
-    int n;
+    /* The state's identity: the key and a binary suffix with the same
+     * parts as the Redis script's text one (algorithm, W, window index),
+     * hashed without formatting any text. */
+    uint64_t suf[3] = {(uint64_t)sp->algorithm, (uint64_t)sp->window_ms, 0};
     if (sp->algorithm == GW_RL_TOKEN_BUCKET) {
-        state_id(key, len, ":tb", 3, &refs[0], m);
+        state_id(key, len, (const char *)suf, sizeof(suf), &refs[0], m);
         return 1;
     }
     int64_t idx = floor_div64(now_ms, sp->window_ms);
-    bool sliding = sp->algorithm == GW_RL_SLIDING_WINDOW;
-    n = snprintf(suf, sizeof(suf), ":%s:%lld:%lld", sliding ? "sw" : "fw", (long long)sp->window_ms,
-                 (long long)idx);
-    state_id(key, len, suf, (size_t)n, &refs[0], m);
-    if (!sliding)
+    suf[2] = (uint64_t)idx;
+    state_id(key, len, (const char *)suf, sizeof(suf), &refs[0], m);
+    if (sp->algorithm != GW_RL_SLIDING_WINDOW)
         return 1;
-    n = snprintf(suf, sizeof(suf), ":sw:%lld:%lld", (long long)sp->window_ms, (long long)(idx - 1));
-    state_id(key, len, suf, (size_t)n, &refs[1], m);
+    suf[2] = (uint64_t)(idx - 1);
+    state_id(key, len, (const char *)suf, sizeof(suf), &refs[1], m);
     return 2;
 }
 

@@ -1,8 +1,11 @@
 /*
  * The matcher compiled once per rules load (SPEC.md §10 match): per-method
  * bitsets of the limits a method admits, exact paths and path prefixes in
- * tables sorted by (length, bytes) searched by bisection, and a bitset of
- * the limits with no table entry (no path condition, or a regex). A request
+ * tables sorted by (length, bytes) searched by bisection (a path_regex
+ * with a literal start, like "/files/[0-9]+", sits in the prefix table
+ * under that start, so its regex only runs for paths that begin with it),
+ * and a bitset of the limits with no table entry (no path condition, or a
+ * regex without a literal start). A request
  * costs a few bisections and bitset ANDs; regexes, headers and CIDRs are
  * checked only for the candidates left. Immutable after build: readers
  * share it without locks.
@@ -11,6 +14,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define WORDS_MAX  (GW_RULES_MAX_LIMITS / 64)
 #define ANY_METHOD 64 /* row of by_method for a method number outside 0..63 */
@@ -32,7 +36,29 @@ struct gw_rules_index {
     size_t prefix_count;
     size_t *prefix_lens; /* distinct prefix lengths, ascending */
     size_t prefix_len_count;
+    char **owned; /* literal starts of regexes (prefix entries), one per limit or NULL */
+    size_t owned_count;
 };
+
+/* The literal text every match of POSIX ERE pattern re must start with
+ * (path_regex must match the whole path, so it is anchored at the start):
+ * the bytes before the first special character, less the last one when a
+ * quantifier follows it; nothing when the pattern has an alternation
+ * anywhere. Returns its length (0: none); the text is re[0..len) (after a
+ * leading '^', which *skip counts). */
+static size_t regex_literal_start(const char *re, size_t *skip)
+{
+    *skip = re[0] == '^';
+    if (strchr(re, '|') != NULL)
+        return 0;
+    const char *p = re + *skip;
+    size_t n = 0;
+    while (p[n] != '\0' && strchr(".[]()*+?{}|^$\\", p[n]) == NULL)
+        n++;
+    if (n > 0 && p[n] != '\0' && strchr("*?{+", p[n]) != NULL)
+        n--; /* "ab*": the b may be absent */
+    return n;
+}
 
 static int entry_cmp(const void *a, const void *b)
 {
@@ -60,7 +86,26 @@ void gw_rules_index_destroy(struct gw_rules_index *ix)
     free(ix->exact);
     free(ix->prefix);
     free(ix->prefix_lens);
+    for (size_t i = 0; i < ix->owned_count; i++)
+        free(ix->owned[i]);
+    free(ix->owned);
     free(ix);
+}
+
+/* Puts regex limit l (index i) in the prefix table under its literal
+ * start; false when it has none (or no memory: it is then checked on every
+ * request, which is only slower). */
+static bool add_regex_start(struct gw_rules_index *ix, const struct gw_rules_limit *l, size_t i)
+{
+    size_t skip = 0, len = regex_literal_start(l->path, &skip);
+    if (len == 0)
+        return false;
+    char *lit = strndup(l->path + skip, len);
+    if (lit == NULL)
+        return false;
+    ix->owned[ix->owned_count++] = lit;
+    ix->prefix[ix->prefix_count++] = (struct entry){lit, len, (uint32_t)i};
+    return true;
 }
 
 int gw_rules_index_create(struct gw_rules *r)
@@ -77,8 +122,9 @@ int gw_rules_index_create(struct gw_rules *r)
     ix->exact = calloc(n + 1, sizeof(*ix->exact));
     ix->prefix = calloc(n + 1, sizeof(*ix->prefix));
     ix->prefix_lens = calloc(n + 1, sizeof(size_t));
+    ix->owned = calloc(n + 1, sizeof(char *));
     if (!ix->by_method || !ix->untabled || !ix->allow || !ix->exact || !ix->prefix ||
-        !ix->prefix_lens) {
+        !ix->prefix_lens || !ix->owned) {
         gw_rules_index_destroy(ix);
         return -ENOMEM;
     }
@@ -94,6 +140,8 @@ int gw_rules_index_create(struct gw_rules *r)
             ix->exact[ix->exact_count++] = e;
         else if (l->path_kind == GW_RULES_PATH_PREFIX)
             ix->prefix[ix->prefix_count++] = e;
+        else if (l->path_kind == GW_RULES_PATH_REGEX && add_regex_start(ix, l, i))
+            ; /* a candidate only for paths starting with its literal text */
         else
             bit_set(ix->untabled, i);
     }

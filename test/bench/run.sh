@@ -160,6 +160,12 @@ run_pass() {
     start_gateway "gw-redis-w$w" "$BACKEND_PORT" WORKER_THREADS="$w" REDIS_URL="$redis_url"
     add_target gw-redis "$PROXY_PORT" "$PROXY_PID" 0
     pass_pids+=("$PROXY_PID")
+    # Issue 11: the same with a rules file of 50 limits (mixed prefixes,
+    # methods, a few regexes) of which one applies to the benchmark's GET.
+    start_gateway "gw-redis-rules50-w$w" "$BACKEND_PORT" WORKER_THREADS="$w" REDIS_URL="$redis_url" \
+        RATE_LIMIT_RULES_FILE="$RULES50"
+    add_target gw-redis-rules50 "$PROXY_PORT" "$PROXY_PID" 0
+    pass_pids+=("$PROXY_PID")
     start_gateway "gw-redis-429-w$w" "$BACKEND_PORT" WORKER_THREADS="$w" REDIS_URL="$redis_url" \
         RATE_LIMIT_REQUESTS=1
     add_target gw-redis-429 "$PROXY_PORT" "$PROXY_PID" 0
@@ -175,6 +181,29 @@ run_pass() {
     done
     stop_pids "${pass_pids[@]}"
 }
+
+# rules50_file PATH: 50 limits, 49 of which do not match GET /users/1: exact
+# paths, prefixes with methods, header conditions and POSIX regexes; the
+# last matches every request with the default's budget.
+rules50_file() {
+    local f=$1 i
+    {
+        echo "version: 1"
+        echo "limits:"
+        for i in $(seq 1 49); do
+            case $((i % 4)) in
+            0) echo "  - { name: exact-$i, match: { path: /v1/item-$i }, rates: [ { requests: 100, window: 1m } ] }" ;;
+            1) echo "  - { name: prefix-$i, match: { methods: [POST, PUT], path_prefix: /api/v$i/ }, rates: [ { requests: 100, window: 1s }, { requests: 10000, window: 1h } ] }" ;;
+            2) echo "  - { name: header-$i, match: { path_prefix: /shop/$i/, headers: { X-Plan: free } }, key: header:X-API-Key, rates: [ { requests: 10, window: 1s, algorithm: token_bucket, burst: 20 } ] }" ;;
+            3) echo "  - { name: regex-$i, match: { path_regex: \"/files/[0-9]+/part-$i\" }, rates: [ { requests: 5, window: 10s, algorithm: sliding_window } ] }" ;;
+            esac
+        done
+        echo "  - { name: all, rates: [ { requests: 1000000000, window: 1m } ] }"
+    } >"$f"
+}
+RULES50=$WORK/rules50.yaml
+rules50_file "$RULES50"
+"$BUILD/gateway" --check-rules "$RULES50" >/dev/null || die "the 50-limit rules file is invalid"
 
 if [[ " $PARTS " == *" table "* ]]; then
     for w in $WORKER_PASSES; do run_pass "$w"; done

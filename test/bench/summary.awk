@@ -105,6 +105,11 @@ END {
             if (c >= 200) check(pre "gw-redis Redis reads (round trips)/req ≤ 0.5", M[r, "reads"], "<=", 0.5)
         }
         if ((m, "r_rps") in M) check(pre "gw-memory req/s ≥ 1.15× nginx", M[m, "r_rps"], ">=", 1.15)
+        r50 = w SUBSEP c SUBSEP "gw-redis-rules50"
+        if (((r50, "cpu") in M) && ((r, "cpu") in M) && M[r, "cpu"] > 0) {
+            check(pre "50-limit rules CPU ≤ 1.05× the default limit's", M[r50, "cpu"] / M[r, "cpu"], "<=", 1.05)
+            check(pre "50-limit rules Redis commands/req ≤ the default limit's", M[r50, "cmds"], "<=", M[r, "cmds"] + 0.05)
+        }
         if (((o, "rps") in M) && ((r, "rps") in M) && M[r, "rps"] > 0) {
             check(pre "over-limit req/s ≥ 2× gw-redis", M[o, "rps"] / M[r, "rps"], ">=", 2.0)
             check(pre "over-limit Redis commands/req = 0", M[o, "cmds"], "<=", 0.001)

@@ -496,7 +496,12 @@ static const char match_rules[] =
     "[{requests: 5, window: 1m}]}\n"
     "- {name: all, rates: [{requests: 5, window: 1m}]}\n"
     "- {name: probe, match: {path: /healthz, client_cidrs: [192.0.2.0/24]}, action: allow}\n"
-    "- {name: again, match: {path: /login}, rates: [{requests: 5, window: 1m}]}\n";
+    "- {name: again, match: {path: /login}, rates: [{requests: 5, window: 1m}]}\n"
+    /* regexes with and without a literal start (the index files the first
+     * under it: the answers must not change) */
+    "- {name: opt, match: {path_regex: \"/ab*c\"}, rates: [{requests: 5, window: 1m}]}\n"
+    "- {name: alt, match: {path_regex: \"/q|/r/s\"}, rates: [{requests: 5, window: 1m}]}\n"
+    "- {name: anch, match: {path_regex: \"^/z[0-9]\"}, rates: [{requests: 5, window: 1m}]}\n";
 
 static void test_match(void **state)
 {
@@ -536,6 +541,12 @@ static void test_match(void **state)
         {{GET, "/healthz?x", {{0}}, "192.0.2.9"}, "ALLOW:probe"},
         {{99, "/healthz", {{0}}, "192.0.2.9"}, "ALLOW:probe"}, /* method outside the mask */
         {{99, "/login"}, "all,again"},
+        {{GET, "/ac"}, "all,opt"}, /* the b is optional: the start is "/a" */
+        {{GET, "/abbc"}, "all,opt"},
+        {{GET, "/r/s"}, "all,alt"}, /* alternation: no literal start */
+        {{GET, "/q"}, "all,alt"},
+        {{GET, "/z7"}, "all,anch"},
+        {{GET, "/z"}, "all"},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         char got[512];
