@@ -239,6 +239,20 @@ const char *gw_rl_redis_last_error(const struct gw_rl_redis *r);
  * read is bounded by timeout_ms. */
 GW_MUSTCHECK int gw_rl_redis_apply(struct gw_rl_redis *r, struct gw_rl_pass *pass);
 
+/* Makes hiredis reader `reader` (a redisReader *) refuse an array reply
+ * of more than 65,536 elements instead of allocating its table from the
+ * announced count (hiredis 0.14 has no such bound); every other object is
+ * built by hiredis as before. Idempotent. Thread-safe. */
+void gw_rl_redis_bound_reader(void *reader);
+
+/* The reply check of gw_rl_redis_apply on a reply from anywhere (the
+ * fuzz target feeds hiredis's reader with arbitrary bytes): reply is a
+ * redisReply, owned and freed here; pass gives the units and ops the reply
+ * must answer. Returns 0 with every unit's result and op state set and in
+ * range, or -EPROTO with every unit UNDECIDED. r's last error is set. */
+GW_MUSTCHECK int gw_rl_redis_take_reply(struct gw_rl_redis *r, void *reply,
+                                        struct gw_rl_pass *pass);
+
 /* Vtable: apply is one EVALSHA round trip (EVAL once on NOSCRIPT), each
  * bounded by timeout_ms; a store that is not ready answers -ENOTCONN at
  * once. An I/O failure or timeout disconnects the store. */

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,6 +204,49 @@ struct gw_rl_redis {
     char *cmds;                 /* RESP of a check call, built here (heap) */
     size_t cmds_cap;            /* bytes allocated at cmds */
 };
+
+/* ---- bounded replies ---------------------------------------------------------- */
+
+/* hiredis 0.14's reader allocates an array's element table from the
+ * announced count before any element arrives, so "*555555555\r\n" from a
+ * broken or hostile peer would cost 4 GiB at once (found by
+ * fuzz_resp_reply). Its object functions are wrapped: an array larger than
+ * any reply we expect is refused (the reader then fails like out of memory
+ * and the connection is dropped); everything else is hiredis's own. */
+#define RESP_MAX_ELEMENTS 65536
+
+static const redisReplyObjectFunctions *hiredis_fn; /* the reader's defaults */
+static redisReplyObjectFunctions bounded_fn;
+static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
+
+static void *bounded_array(const redisReadTask *task, int elements)
+{
+    if (elements < 0 || elements > RESP_MAX_ELEMENTS)
+        return NULL;
+    return hiredis_fn->createArray(task, elements);
+}
+
+static void bounded_init(void)
+{
+    redisReader *rd = redisReaderCreate();
+    if (rd == NULL)
+        return;
+    static redisReplyObjectFunctions defaults;
+    defaults = *rd->fn;
+    hiredis_fn = &defaults;
+    bounded_fn = defaults;
+    bounded_fn.createArray = bounded_array;
+    redisReaderFree(rd);
+}
+
+void gw_rl_redis_bound_reader(void *reader)
+{
+    redisReader *rd = reader;
+    pthread_once(&bounded_once, bounded_init);
+    if (rd != NULL && hiredis_fn != NULL && rd->fn != NULL &&
+        rd->fn->createArray == hiredis_fn->createArray)
+        rd->fn = &bounded_fn;
+}
 
 /* ---- connection ------------------------------------------------------------ */
 
@@ -411,6 +455,7 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
         r->c = redisConnectNonBlock(t->host, t->port);
     if (r->c == NULL || r->c->err)
         return io_failure(r, "connect");
+    gw_rl_redis_bound_reader(r->c->reader);
     /* Children spawned later (tests, exec) must not inherit the socket. */
     (void)fcntl(r->c->fd, F_SETFD, FD_CLOEXEC);
 
@@ -631,6 +676,13 @@ static int take_apply_reply(struct gw_rl_redis *r, redisReply *rep, struct gw_rl
     }
     freeReplyObject(rep);
     return rc;
+}
+
+int gw_rl_redis_take_reply(struct gw_rl_redis *r, void *reply, struct gw_rl_pass *pass)
+{
+    for (size_t u = 0; u < pass->nunits; u++)
+        pass->units[u].result = GW_RL_UNIT_UNDECIDED;
+    return take_apply_reply(r, reply, pass);
 }
 
 /* Sends one call (EVALSHA, or EVAL when eval) for the pass and reads its
