@@ -216,7 +216,7 @@ static void test_name_follows_on_interval(void **state)
     dns_set(1, a2);
     long long took = wait_gen_after(n, gen, 2000);
     assert_true(took >= 0);
-    assert_true(took <= 100 + 200); /* the interval plus slack */
+    assert_true(took <= 100 + 900); /* the interval plus slack for a loaded machine */
     assert_int_equal(gw_resolve_read(n, &a), 1);
     assert_true(holds(&a, "10.0.0.2", 8080));
     assert_false(holds(&a, "10.0.0.1", 8080));
@@ -308,7 +308,7 @@ static void test_kick_follows_soon(void **state)
     long long took = wait_gen_after(n, gen, 3000);
     assert_true(took >= 0);
     /* At most GW_RESOLVE_KICK_MIN_MS after the previous lookup (at add). */
-    assert_true(now_ms() - kicked <= GW_RESOLVE_KICK_MIN_MS + 300);
+    assert_true(now_ms() - kicked <= GW_RESOLVE_KICK_MIN_MS + 900);
     print_message("kick: change followed after %lld ms\n", took);
 }
 
