@@ -93,6 +93,18 @@ static void hosts_set(const char *app, const char *redis)
     close(fd);
 }
 
+/* Two addresses for the app's name (the Redis line holds the second). */
+static void hosts_set_app2(const char *first, const char *second)
+{
+    char buf[2 * RECORD];
+    record(buf, first, APP_NAME);
+    record(buf + RECORD, second, APP_NAME);
+    int fd = open(hosts_path, O_WRONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+    close(fd);
+}
+
 static void write_file(const char *path, const char *text)
 {
     int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
@@ -421,6 +433,33 @@ static void test_start_before_name_exists(void **state)
     assert_true(gwt_proc_alive(gw));
 }
 
+/* A name with two addresses, one of them dead (nothing listens on
+ * 127.0.0.3): every request is served, by the live one, whatever order
+ * getaddrinfo gives them in; with no pooling every request connects anew. */
+static void test_dead_address_of_a_name_is_skipped(void **state)
+{
+    (void)state;
+    need_ns();
+    struct gwt_proc *a = procs_reset(), *b = a + 1, *gw = a + 2;
+    int port = start_backend(a, "127.0.0.1", 0); /* only to have a port */
+    assert_int_equal(start_backend(b, "127.0.0.2", port), port);
+    hosts_set_app2("127.0.0.3", "127.0.0.2");
+    char url[96];
+    snprintf(url, sizeof(url), "BACKEND_URL=http://" APP_NAME ":%d", port);
+    int gport = 0;
+    const char *env[] = {url, "UPSTREAM_KEEPALIVE=0", NULL};
+    start_gateway(gw, &gport, env);
+    char line[256];
+    assert_int_equal(gwt_wait_log(gw, "host " APP_NAME " is ", 2000, line, sizeof(line)), 0);
+    assert_non_null(strstr(line, "127.0.0.3"));
+    assert_non_null(strstr(line, "127.0.0.2"));
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(get_status(gport, "/users/1"), 200);
+    assert_int_equal(served_at("127.0.0.2", port), 20);
+    assert_int_equal(served_at("127.0.0.1", port), 0);
+    assert_true(wait_health(gport, "backend", "connected", 2000) >= 0);
+}
+
 /* Redis by name: a start before the name exists degrades (redis
  * "disconnected", requests decided by the failure mode) without blocking
  * a worker on DNS; once the name resolves the workers connect; when it
@@ -497,6 +536,7 @@ int main(void)
         cmocka_unit_test_teardown(test_backend_follows_name_change, test_teardown),
         cmocka_unit_test_teardown(test_failed_connect_kicks_resolution, test_teardown),
         cmocka_unit_test_teardown(test_start_before_name_exists, test_teardown),
+        cmocka_unit_test_teardown(test_dead_address_of_a_name_is_skipped, test_teardown),
         cmocka_unit_test_teardown(test_redis_follows_name, test_teardown),
     };
     return cmocka_run_group_tests_name("dns", tests, group_setup, group_teardown);
