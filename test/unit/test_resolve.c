@@ -19,6 +19,7 @@
 #include "gw/resolve.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -126,6 +127,18 @@ static bool wait_lookups(int than, int timeout_ms)
     return false;
 }
 
+/* Threads of this process now (/proc/self/task entries). */
+static int thread_count(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e = readdir(d); e != NULL; e = readdir(d))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 static bool holds(const struct gw_resolve_addrs *a, const char *text, int port)
 {
     struct gw_resolve_addrs one = {.count = 0};
@@ -160,7 +173,9 @@ static void test_literals_are_never_looked_up(void **state)
     assert_int_equal(gw_resolve_add("127.0.0.1", 8001, "BACKEND_URL", &v4), 0);
     assert_int_equal(gw_resolve_add("::1", 6379, "REDIS_URL", &v6), 0);
     assert_int_equal(gw_resolve_add("localhost", 80, "X", &lh), 0);
+    int threads = thread_count();
     assert_int_equal(gw_resolve_start(10), 0);
+    assert_int_equal(thread_count(), threads); /* literals only: no resolver thread */
     struct gw_resolve_addrs a;
     assert_int_equal(gw_resolve_read(v4, &a), 1);
     assert_true(holds(&a, "127.0.0.1", 8001));
@@ -212,7 +227,9 @@ static void test_name_follows_on_interval(void **state)
     uint64_t gen = gw_resolve_gen(n);
     assert_true(gen > 0);
     assert_int_equal(a.gen, gen);
+    int threads = thread_count();
     assert_int_equal(gw_resolve_start(100), 0);
+    assert_int_equal(thread_count(), threads + 1); /* a name: the resolver thread */
     dns_set(1, a2);
     long long took = wait_gen_after(n, gen, 2000);
     assert_true(took >= 0);
