@@ -439,6 +439,7 @@ int gw_resolve_start(int interval_ms)
     int rc = pthread_create(&R.thread, NULL, resolver_main, NULL);
     if (rc != 0)
         return -rc;
+    (void)pthread_setname_np(R.thread, "gw-resolve"); /* top -H, ps -L, gdb */
     R.running = true;
     return 0;
 }

@@ -69,7 +69,7 @@ void gw_resolve_set_lookup(gw_resolve_lookup_fn fn, void *ctx);
 GW_MUSTCHECK int gw_resolve_add(const char *host, int port, const char *what,
                                 struct gw_resolve_name **out);
 
-/* Starts the resolver thread (it inherits the caller's signal mask) when a
+/* Starts the resolver thread ("gw-resolve"; it inherits the caller's signal mask) when a
  * registered name is not numeric: each such name is resolved again every
  * interval_ms (0 = never again once it has an address), every
  * GW_RESOLVE_RETRY_MS while it has none, and within GW_RESOLVE_KICK_MIN_MS of
