@@ -147,6 +147,9 @@ static const struct opt opts[] = {
      "pooling."},
     INT("UPSTREAM_IDLE_TIMEOUT_MS", "60000", 1, MS_MAX, upstream_idle_timeout_ms,
         "A pooled backend connection idle this long (ms) is closed."),
+    INT("UPSTREAM_RESOLVE_INTERVAL_MS", "5000", 0, MS_MAX, upstream_resolve_interval_ms,
+        "The backend's and Redis's host names are resolved again this often (ms) and after a "
+        "failed connect; 0 = only at start-up."),
     INT("CLIENT_BODY_MIN_RATE", "1024", 0, 1000000000, client_body_min_rate,
         "Bytes/s, averaged over 10 s, below which a request body upload is answered 408; 0 = off."),
     INT("CLIENT_TIMEOUT_MS", "60000", 1, MS_MAX, client_timeout_ms,

@@ -17,6 +17,7 @@
 #include "gw/health.h"
 
 #include "gw/net.h"
+#include "gw/resolve.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -30,8 +31,7 @@
 
 struct gw_health {
     const struct gw_config *cfg;       /* borrowed */
-    struct sockaddr_storage backend;   /* probed address */
-    socklen_t backend_len;             /* bytes of backend */
+    struct gw_resolve_name *backend;   /* probed name (its current addresses) */
     struct gw_ratelimit_worker *redis; /* own Redis connection, NULL without REDIS_URL */
     pthread_t thread;                  /* the prober */
     pthread_mutex_t mu;                /* guards stop; the condition variables' mutex */
@@ -56,12 +56,25 @@ static void publish_backend(struct gw_health *h, uint64_t stamp_ms, bool up, boo
             return;
 }
 
+/* A connect to the backend's addresses in order until one accepts; none
+ * (or a name without an address yet) is down and asks for a new lookup. */
+static bool probe_backend(struct gw_health *h, int timeout)
+{
+    struct gw_resolve_addrs a;
+    gw_resolve_read(h->backend, &a);
+    for (unsigned i = 0; i < a.count; i++)
+        if (gw_net_probe(&a.addr[i], a.len[i], timeout))
+            return true;
+    gw_resolve_kick(h->backend);
+    return false;
+}
+
 /* One probe round: a connect to the backend, then PING; publishes both. */
 static void probe_round(struct gw_health *h)
 {
     int timeout = GW_MIN(h->cfg->upstream_connect_timeout_ms, BACKEND_PROBE_MAX_MS);
     uint64_t started = gw_now_ms();
-    bool up = gw_net_probe(&h->backend, h->backend_len, timeout);
+    bool up = probe_backend(h, timeout);
     /* A worker's connect outcome noted while this probe ran is as fresh
      * and stays. */
     publish_backend(h, started, up, false);
@@ -128,15 +141,13 @@ static void *prober_main(void *arg)
 }
 
 int gw_health_start(struct gw_health **out, const struct gw_config *cfg,
-                    const struct sockaddr_storage *addr, socklen_t addr_len,
-                    struct gw_ratelimit *rl)
+                    struct gw_resolve_name *backend, struct gw_ratelimit *rl)
 {
     struct gw_health *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return -ENOMEM;
     h->cfg = cfg;
-    memcpy(&h->backend, addr, GW_MIN((size_t)addr_len, sizeof(h->backend)));
-    h->backend_len = addr_len;
+    h->backend = backend;
     int rc = -ENOMEM;
     if (cfg->redis_url != NULL && gw_ratelimit_worker_create(&h->redis, rl) != 0)
         goto fail_alloc;

@@ -268,6 +268,12 @@ static int parse_host(const char *host, int port, struct sockaddr_storage *ss, s
     return -EINVAL;
 }
 
+int gw_net_parse_numeric(const char *host, int port, struct sockaddr_storage *out,
+                         socklen_t *out_len)
+{
+    return parse_host(host, port, out, out_len);
+}
+
 int gw_net_listen(const char *host, int port, int backlog)
 {
     struct sockaddr_storage ss;

@@ -16,6 +16,7 @@
  *
  * Requires the process to ignore SIGPIPE (hiredis writes with write(2)).
  */
+#include "gw/resolve.h"
 #include "put.h"
 #include "ratelimit_int.h"
 
@@ -203,6 +204,7 @@ struct gw_rl_redis {
     char err[160];              /* last failure, for logs (never the password) */
     char *cmds;                 /* RESP of a check call, built here (heap) */
     size_t cmds_cap;            /* bytes allocated at cmds */
+    unsigned addr_next;         /* which of the host's addresses the next connect uses */
 };
 
 /* ---- bounded replies ---------------------------------------------------------- */
@@ -280,6 +282,25 @@ bool gw_rl_redis_connected(const struct gw_rl_redis *r)
 const char *gw_rl_redis_last_error(const struct gw_rl_redis *r)
 {
     return r->err;
+}
+
+/* The host text hiredis connects to: for a host name the resolver follows
+ * (gw/resolve.h), the numeric text of one of its current addresses, so
+ * hiredis's own getaddrinfo does no DNS on the worker; the host as written
+ * otherwise. Returns 0, or -EHOSTUNREACH while the name has no address. */
+static int connect_host(struct gw_rl_redis *r, char *out, size_t cap)
+{
+    return gw_resolve_host_text(r->target->host, r->target->port, r->addr_next, out, cap);
+}
+
+/* A TCP connect failed (refused, unreachable, timed out): the next attempt
+ * uses the host's next address, and the resolver looks the name up again. */
+static void connect_failed(struct gw_rl_redis *r)
+{
+    if (r->target->unix_path != NULL)
+        return;
+    r->addr_next++;
+    gw_resolve_kick_host(r->target->host, r->target->port);
 }
 
 /* Records why the connection failed, drops it, returns the -errno. */
@@ -412,8 +433,11 @@ static int connect_step(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
             if (!done)
                 want |= POLLOUT;
         }
-        if (now_ms >= r->deadline_ms)
+        if (now_ms >= r->deadline_ms) {
+            if (r->phase == PH_CONNECTING)
+                connect_failed(r);
             return errno_failure(r, r->phase == PH_CONNECTING ? "connect" : "handshake", ETIMEDOUT);
+        }
         struct pollfd pfd = {.fd = r->c->fd, .events = want};
         int left = (int)GW_MIN((uint64_t)wait_ms, r->deadline_ms - now_ms);
         int n = poll(&pfd, 1, left);
@@ -432,8 +456,10 @@ static int connect_step(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
             socklen_t len = sizeof(soerr);
             if (getsockopt(r->c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
                 soerr = errno;
-            if (soerr != 0)
+            if (soerr != 0) {
+                connect_failed(r);
                 return errno_failure(r, "connect", soerr);
+            }
             r->phase = PH_HANDSHAKE;
             r->deadline_ms = now_ms + (uint64_t)r->timeout_ms; /* its own timeout */
         } else if (pfd.revents & (POLLIN | POLLERR | POLLHUP)) {
@@ -449,12 +475,23 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
     const struct gw_redis_target *t = r->target;
     /* Non-blocking connect: a Redis that does not answer SYNs (or a full
      * backlog) costs the worker loop nothing; only the attempt's deadline. */
-    if (t->unix_path != NULL)
+    char host[256];
+    if (t->unix_path != NULL) {
         r->c = redisConnectUnixNonBlock(t->unix_path);
-    else
-        r->c = redisConnectNonBlock(t->host, t->port);
-    if (r->c == NULL || r->c->err)
+    } else {
+        int hrc = connect_host(r, host, sizeof(host));
+        if (hrc != 0) {
+            connect_failed(r);
+            snprintf(r->err, sizeof(r->err), "connect: %s has no address (yet)", t->host);
+            return hrc;
+        }
+        r->c = redisConnectNonBlock(host, t->port);
+    }
+    if (r->c == NULL || r->c->err) {
+        if (t->unix_path == NULL && r->c != NULL && r->c->err == REDIS_ERR_IO)
+            connect_failed(r);
         return io_failure(r, "connect");
+    }
     gw_rl_redis_bound_reader(r->c->reader);
     /* Children spawned later (tests, exec) must not inherit the socket. */
     (void)fcntl(r->c->fd, F_SETFD, FD_CLOEXEC);

@@ -34,6 +34,7 @@ struct gw_conn;
 struct gw_health;
 struct gw_upstream_pool;
 struct gw_rules_reloader;
+struct gw_resolve_name;
 
 /* An accepted socket travelling from the acceptor to a worker. */
 struct gw_handoff {
@@ -45,11 +46,10 @@ struct gw_server {
     struct gw_config *cfg;           /* effective configuration (owned by main) */
     struct gw_gate *gate;            /* in-flight cap */
     struct gw_ratelimit *rl;         /* rate limiter */
-    struct sockaddr_storage backend; /* resolved upstream address */
-    socklen_t backend_len;
-    int listen_fd;              /* listening socket */
-    int port;                   /* bound port */
-    struct gw_worker **workers; /* worker_threads entries */
+    struct gw_resolve_name *backend; /* BACKEND_URL's host as the resolver follows it */
+    int listen_fd;                   /* listening socket */
+    int port;                        /* bound port */
+    struct gw_worker **workers;      /* worker_threads entries */
     int nworkers;
     pthread_t acceptor;                    /* acceptor thread */
     int acceptor_wake_fd;                  /* eventfd: stop the acceptor */

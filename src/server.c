@@ -12,6 +12,7 @@
 #include "gw/rules.h"
 #include "gw/net.h"
 #include "gw/rules_reload.h"
+#include "gw/resolve.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -77,6 +78,27 @@ static int wait_for_signal(struct gw_server *srv)
     }
 }
 
+/* Registers BACKEND_URL's host and REDIS_URL's TCP host with the resolver
+ * (a name that does not resolve yet is not an error) and starts it.
+ * Returns 0 or -errno (logged). */
+static int start_resolver(struct gw_server *srv)
+{
+    const struct gw_config *cfg = srv->cfg;
+    int rc = gw_resolve_add(cfg->backend_host, cfg->backend_port, "BACKEND_URL", &srv->backend);
+    if (rc == 0 && cfg->redis_url != NULL && cfg->redis_url[0] != '\0') {
+        struct gw_redis_target t;
+        struct gw_resolve_name *redis = NULL;
+        if (gw_config_parse_redis_url(cfg->redis_url, &t, NULL, 0) == 0 && t.host != NULL)
+            rc = gw_resolve_add(t.host, t.port, "REDIS_URL", &redis);
+        gw_config_redis_target_deinit(&t);
+    }
+    if (rc == 0)
+        rc = gw_resolve_start(cfg->upstream_resolve_interval_ms);
+    if (rc)
+        gw_error("cannot start the resolver: %s", strerror(-rc));
+    return rc;
+}
+
 int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
 {
     struct gw_server *srv = calloc(1, sizeof(*srv));
@@ -90,11 +112,10 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
     srv->acceptor_wake_fd = -1;
     srv->start_ms = gw_now_ms();
 
-    int rc = gw_net_resolve(cfg->backend_host, cfg->backend_port, &srv->backend, &srv->backend_len);
-    if (rc) {
-        gw_error("cannot resolve BACKEND_URL host %s", cfg->backend_host);
+    /* Before anything connects: the names those connects follow. */
+    int rc = start_resolver(srv);
+    if (rc)
         goto out;
-    }
     rc = gw_gate_create(&srv->gate, (unsigned)cfg->max_concurrent_requests,
                         (unsigned)cfg->max_queue_length);
     if (rc) {
@@ -129,7 +150,7 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
             goto out;
         }
     }
-    rc = gw_health_start(&srv->health, cfg, &srv->backend, srv->backend_len, srv->rl);
+    rc = gw_health_start(&srv->health, cfg, srv->backend, srv->rl);
     if (rc) {
         gw_error("cannot start the health prober: %s", strerror(-rc));
         goto out;
@@ -212,6 +233,7 @@ out:
     if (srv->gate)
         gw_gate_destroy(srv->gate);
     gw_client_conns_destroy(srv->client_conns);
+    gw_resolve_stop(); /* after every user of a name */
     free(srv);
     return exit_code;
 }

@@ -10,6 +10,7 @@
 
 #include "gw/log.h"
 #include "gw/net.h"
+#include "gw/resolve.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -29,6 +30,9 @@ struct up_sock {
     struct gw_upstream *client;    /* client using it; NULL while idle */
     struct up_sock *next;          /* idle list / reap list link */
     uint64_t idle_since_ms;        /* when it entered the idle list */
+    struct sockaddr_storage peer;  /* the backend address it connects to */
+    uint64_t gen;                  /* the address list generation peer was last seen in */
+    unsigned idx;                  /* peer's index in that list */
     bool connected;                /* the TCP connect completed */
     bool closing;                  /* unwatched; closed at reap */
 };
@@ -60,6 +64,7 @@ struct gw_upstream {
     enum up_phase phase;
     bool reused;                  /* the socket came from the idle list */
     bool retried;                 /* the one retry on a new connection was used */
+    unsigned tries;               /* connects started: addresses tried, in order */
     bool retryable;               /* idempotent and body-less: may be sent twice */
     bool rd_ready;                /* epoll said readable and no EAGAIN since */
     bool head_delivered;          /* the final response head went to the owner */
@@ -85,6 +90,8 @@ struct gw_upstream_pool {
     int spare_count;
     struct gw_upstream *client_reap; /* clients put this iteration */
     struct gw_upstream *aborting;    /* clients waiting for the backend to close */
+    struct gw_resolve_addrs addrs;   /* s.name's list as last read (or s.addr alone) */
+    unsigned next;                   /* index in addrs new connects start from */
     bool draining;                   /* pool nothing from now on */
 };
 
@@ -137,9 +144,57 @@ static void note_connect(struct gw_upstream_pool *pool, bool ok)
         pool->s.note_connect(pool->s.note_arg, ok);
 }
 
-/* A pooled socket, or a new one with its connect started. */
-static struct up_sock *sock_get(struct gw_upstream_pool *pool, bool fresh, int *err)
+/* Brings pool->addrs up to the name's current list (one atomic load when
+ * nothing changed) and closes the idle sockets whose address left it, so
+ * traffic follows a name to its new addresses without waiting for the
+ * idle timeout. */
+static void refresh_addrs(struct gw_upstream_pool *pool)
 {
+    if (pool->s.name == NULL || gw_resolve_gen(pool->s.name) == pool->addrs.gen)
+        return;
+    gw_resolve_read(pool->s.name, &pool->addrs);
+    pool->next = 0; /* a new list: its first address first */
+    struct up_sock **pp = &pool->idle;
+    while (*pp) {
+        struct up_sock *s = *pp;
+        if (gw_resolve_addrs_contain(&pool->addrs, &s->peer)) {
+            s->gen = pool->addrs.gen;
+            pp = &s->next;
+            continue;
+        }
+        *pp = s->next;
+        pool->idle_count--;
+        sock_close(s);
+    }
+}
+
+/* A connect to s->idx of the list failed: new connects start from the
+ * next address, and the name is looked up again soon. */
+static void address_failed(struct gw_upstream_pool *pool, const struct up_sock *s)
+{
+    if (pool->s.name == NULL)
+        return;
+    if (s->gen == pool->addrs.gen && pool->next == s->idx && pool->addrs.count > 0)
+        pool->next = (s->idx + 1) % pool->addrs.count;
+    gw_resolve_kick(pool->s.name);
+}
+
+/* True while the exchange that made *tries connects may try another
+ * address: each address of the list once. */
+static bool may_try(const struct gw_upstream_pool *pool, unsigned tries)
+{
+    return tries < GW_MAX(pool->addrs.count, 1u);
+}
+
+/* A pooled socket (when !fresh), or a new one with its connect started to
+ * the list's addresses in order from pool->next; a connect that fails at
+ * once moves on to the next address. *tries counts the connects started.
+ * Returns NULL with *err = -errno (-EHOSTUNREACH: the name has no address
+ * yet). */
+static struct up_sock *sock_get(struct gw_upstream_pool *pool, bool fresh, unsigned *tries,
+                                int *err)
+{
+    refresh_addrs(pool);
     struct up_sock *s = fresh ? NULL : pool->idle;
     if (s) {
         pool->idle = s->next;
@@ -147,34 +202,51 @@ static struct up_sock *sock_get(struct gw_upstream_pool *pool, bool fresh, int *
         s->next = NULL;
         return s;
     }
-    s = calloc(1, sizeof(*s));
-    if (!s) {
-        *err = -ENOMEM;
+    if (pool->addrs.count == 0) {
+        *err = -EHOSTUNREACH;
+        note_connect(pool, false);
+        gw_resolve_kick(pool->s.name);
         return NULL;
     }
-    int fd = gw_net_connect(pool->s.addr, pool->s.addr_len);
-    if (fd < 0) {
-        free(s);
+    do {
+        s = calloc(1, sizeof(*s));
+        if (!s) {
+            *err = -ENOMEM;
+            return NULL;
+        }
+        s->idx = pool->next % pool->addrs.count;
+        s->gen = pool->addrs.gen;
+        s->peer = pool->addrs.addr[s->idx];
+        (*tries)++;
+        int fd = gw_net_connect(&s->peer, pool->addrs.len[s->idx]);
+        if (fd >= 0) {
+            if (pool->s.stats)
+                GW_STAT_INC(pool->s.stats, upstream_connections_opened);
+            gw_io_init(&s->io, fd, sock_cb);
+            s->pool = pool;
+            return s;
+        }
         *err = fd;
-        if (fd != -ENOMEM)
+        if (fd != -ENOMEM) {
             note_connect(pool, false);
-        return NULL;
-    }
-    if (pool->s.stats)
-        GW_STAT_INC(pool->s.stats, upstream_connections_opened);
-    gw_io_init(&s->io, fd, sock_cb);
-    s->pool = pool;
-    return s;
+            address_failed(pool, s);
+        }
+        free(s);
+    } while (*err != -ENOMEM && may_try(pool, *tries));
+    return NULL;
 }
 
 static void sock_put(struct up_sock *s)
 {
     struct gw_upstream_pool *pool = s->pool;
     s->client = NULL;
-    if (pool->draining || pool->idle_count >= pool->s.keepalive) {
+    refresh_addrs(pool);
+    bool listed = s->gen == pool->addrs.gen || gw_resolve_addrs_contain(&pool->addrs, &s->peer);
+    if (pool->draining || pool->idle_count >= pool->s.keepalive || !listed) {
         sock_close(s);
         return;
     }
+    s->gen = pool->addrs.gen;
     s->idle_since_ms = pool->loop->now_ms;
     s->next = pool->idle;
     pool->idle = s;
@@ -197,6 +269,14 @@ int gw_upstream_pool_create(struct gw_upstream_pool **out, struct gw_loop *loop,
         return -ENOMEM;
     pool->loop = loop;
     pool->s = *s;
+    if (s->name == NULL) {
+        /* A fixed address: a list of one that never changes. */
+        pool->addrs.count = 1;
+        pool->addrs.gen = 1;
+        memcpy(&pool->addrs.addr[0], s->addr,
+               GW_MIN((size_t)s->addr_len, sizeof(pool->addrs.addr[0])));
+        pool->addrs.len[0] = s->addr_len;
+    }
     *out = pool;
     return 0;
 }
@@ -266,6 +346,7 @@ void gw_upstream_pool_destroy(struct gw_upstream_pool *pool)
 
 void gw_upstream_pool_close_expired(struct gw_upstream_pool *pool, uint64_t now_ms)
 {
+    refresh_addrs(pool);
     uint64_t timeout = (uint64_t)pool->s.idle_timeout_ms;
     /* The pool is LIFO: once one entry has expired, every one after it
      * entered the pool earlier and has expired too. */
@@ -351,7 +432,8 @@ struct gw_upstream *gw_upstream_get(struct gw_upstream_pool *pool,
         u->pool = pool;
         gw_timer_init(&u->timer, timer_cb);
     }
-    struct up_sock *s = sock_get(pool, false, err);
+    unsigned tries = 0;
+    struct up_sock *s = sock_get(pool, false, &tries, err);
     if (!s) {
         u->next = pool->client_reap; /* recycled at reap like any put client */
         u->phase = UP_PUT;
@@ -366,6 +448,7 @@ struct gw_upstream *gw_upstream_get(struct gw_upstream_pool *pool,
     u->next = NULL;
     u->req = NULL;
     u->framing = GW_FRAMING_NONE;
+    u->tries = tries;
     u->retried = u->retryable = u->head_delivered = u->resp_started = false;
     u->req_ended = u->send_failed = false;
     u->rx_ms = u->tx_ms = u->deliver_ms = u->end_ms = 0;
@@ -443,6 +526,28 @@ bool gw_upstream_send_failed(const struct gw_upstream *u)
     return u->send_failed;
 }
 
+/* The connect of u's socket failed (nothing was sent on it): its address
+ * is marked failed, and the exchange moves on to the next address of the
+ * list when it has not tried them all. Returns true when a new connect
+ * started (the exchange waits for it), false when the caller fails it. */
+static bool connect_next(struct gw_upstream *u)
+{
+    struct gw_upstream_pool *pool = u->pool;
+    address_failed(pool, u->sock);
+    if (pool->s.name == NULL || !may_try(pool, u->tries))
+        return false;
+    detach_close(u);
+    int err = 0;
+    struct up_sock *s = sock_get(pool, true, &u->tries, &err);
+    if (s == NULL) {
+        u->sock = NULL;
+        return false;
+    }
+    gw_debug("upstream: trying the next address of the backend's name");
+    attach(u, s, false);
+    return true;
+}
+
 /* The exchange cannot go on on this socket: retry once on a new connection
  * when nothing can have been processed (a pooled socket the backend closed
  * while idle, RFC 9112 §9.3.1), else report to the owner. */
@@ -455,7 +560,8 @@ static void fail(struct gw_upstream *u, int status, const char *detail)
         u->retried = true;
         gw_debug("upstream: pooled connection closed before answering; retrying");
         int err = 0;
-        struct up_sock *s = sock_get(u->pool, true, &err);
+        u->tries = 0;
+        struct up_sock *s = sock_get(u->pool, true, &u->tries, &err);
         if (s) {
             gw_buf_clear(&u->in);
             gw_http_parser_recycle(&u->resp);
@@ -490,6 +596,10 @@ static void client_event(struct gw_upstream *u, uint32_t events)
         note_connect(u->pool, rc == 0);
         if (rc != 0) {
             gw_warn("upstream connect failed: %s", strerror(-rc));
+            if (connect_next(u)) {
+                u->cbs->on_event(u->ctx); /* the owner watches the new socket */
+                return;
+            }
             fail(u, 502, "the upstream server could not be reached");
             u->cbs->on_event(u->ctx);
             return;
@@ -517,6 +627,11 @@ static void timer_cb(struct gw_loop *loop, struct gw_timer *t)
         return;
     }
     if (u->phase == UP_CONNECTING) {
+        note_connect(u->pool, false);
+        if (connect_next(u)) {
+            u->cbs->on_event(u->ctx); /* the owner watches the new socket */
+            return;
+        }
         fail(u, 502, "timed out connecting to the upstream server");
         u->cbs->on_event(u->ctx);
         return;

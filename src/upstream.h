@@ -14,6 +14,7 @@
 #include "gw/http1.h"
 #include "gw/loop.h"
 #include "gw/proxy.h"
+#include "gw/resolve.h"
 #include "gw/stats.h"
 
 #include <sys/socket.h>
@@ -21,10 +22,16 @@
 struct gw_upstream_pool;
 struct gw_upstream; /* opaque: one exchange with the backend */
 
-/* What a pool connects to and how long it waits. Copied at create, except
- * addr, which is borrowed and must outlive the pool. */
+/* What a pool connects to and how long it waits. Copied at create (addr
+ * read then); name is borrowed and must outlive the pool. */
 struct gw_upstream_settings {
-    const struct sockaddr_storage *addr; /* resolved backend address */
+    /* The backend's name as the resolver follows it (gw/resolve.h): new
+     * connects go to its current addresses, in order from the last one
+     * that did not fail; a connect that fails moves on to the next address
+     * (each once per exchange) and kicks the resolver; pooled sockets to an
+     * address that left the list are closed. NULL: addr, fixed. */
+    struct gw_resolve_name *name;
+    const struct sockaddr_storage *addr; /* fixed backend address when name is NULL */
     socklen_t addr_len;                  /* bytes of *addr */
     int keepalive;                       /* idle sockets kept at most; 0 disables pooling */
     int idle_timeout_ms;                 /* UPSTREAM_IDLE_TIMEOUT_MS: an idle socket's life */
@@ -97,7 +104,8 @@ int gw_upstream_pool_idle(const struct gw_upstream_pool *pool);
  * backpressure (the response is read and parsed only while sink holds less
  * than GW_STREAM_WINDOW bytes). The owner holds the client until
  * gw_upstream_put. Returns NULL with *err = -errno when the connect failed at
- * once (nothing to put). */
+ * once to every address tried (nothing to put); -EHOSTUNREACH while the
+ * backend's name has no address. */
 struct gw_upstream *gw_upstream_get(struct gw_upstream_pool *pool,
                                     const struct gw_upstream_cbs *cbs, void *ctx,
                                     const struct gw_buf *sink, int *err);

@@ -204,8 +204,7 @@ int gw_worker_create(struct gw_worker **out, struct gw_server *srv, int id)
     }
     const struct gw_config *cfg = srv->cfg;
     struct gw_upstream_settings us = {
-        .addr = &srv->backend,
-        .addr_len = srv->backend_len,
+        .name = srv->backend,
         .keepalive = cfg->upstream_keepalive,
         .idle_timeout_ms = cfg->upstream_idle_timeout_ms,
         .connect_timeout_ms = cfg->upstream_connect_timeout_ms,

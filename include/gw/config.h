@@ -72,6 +72,7 @@ struct gw_config {
     int upstream_keepalive;           /* UPSTREAM_KEEPALIVE, idle pooled per worker ("auto"
                                          resolved to max_concurrent_requests at load) */
     int upstream_idle_timeout_ms;     /* UPSTREAM_IDLE_TIMEOUT_MS */
+    int upstream_resolve_interval_ms; /* UPSTREAM_RESOLVE_INTERVAL_MS, 0 = only at start-up */
     int client_timeout_ms;            /* CLIENT_TIMEOUT_MS */
     int client_body_min_rate;         /* CLIENT_BODY_MIN_RATE, bytes/s over 10 s, 0 = off */
     int max_header_bytes;             /* MAX_HEADER_BYTES */

@@ -14,8 +14,7 @@
 #include "gw/common.h"
 #include "gw/config.h"
 #include "gw/ratelimit.h"
-
-#include <sys/socket.h>
+#include "gw/resolve.h"
 
 /* Start-to-start period of the probe rounds in milliseconds. A snapshot is
  * at most this plus one round's duration old: under SPEC.md §4's 1 s while
@@ -35,7 +34,9 @@ struct gw_health_snapshot {
     uint64_t probed_ms;           /* gw_now_ms() when the last round ended */
 };
 
-/* Creates the prober for the backend at addr (addr_len bytes, copied) and,
+/* Creates the prober for the backend's name (gw/resolve.h; borrowed, must
+ * outlive gw_health_stop: each round probes its current addresses in order
+ * until one accepts, so a name without an address is down) and,
  * when cfg->redis_url is set, its own Redis connection through rl (a
  * gw_ratelimit_worker handle: the same connect, backoff and PING code as the
  * workers'; the connect blocks up to REDIS_TIMEOUT_MS), then starts the
@@ -44,8 +45,7 @@ struct gw_health_snapshot {
  * gw_health_stop. Returns 0 with *out set, or -ENOMEM / -errno of
  * pthread_create. Startup only. */
 GW_MUSTCHECK int gw_health_start(struct gw_health **out, const struct gw_config *cfg,
-                                 const struct sockaddr_storage *addr, socklen_t addr_len,
-                                 struct gw_ratelimit *rl);
+                                 struct gw_resolve_name *backend, struct gw_ratelimit *rl);
 
 /* Stops the prober thread (waking it from its wait; a round in progress
  * finishes first, bounded by its timeouts), closes its connection and

@@ -118,6 +118,12 @@ GW_MUSTCHECK int gw_net_listen(const char *host, int port, int backlog);
 /* The port a bound socket listens on, or -errno. */
 GW_MUSTCHECK int gw_net_local_port(int fd);
 
+/* Parses a numeric host, an IPv4 or IPv6 literal (no brackets) or
+ * "localhost" (taken as 127.0.0.1), with port into *out and *out_len (no
+ * DNS). Returns 0, or -EINVAL when host is not numeric. Thread-safe. */
+GW_MUSTCHECK int gw_net_parse_numeric(const char *host, int port, struct sockaddr_storage *out,
+                                      socklen_t *out_len);
+
 /* Resolves host:port (numeric or name, via getaddrinfo) to the first
  * address, written to *out and *out_len. Returns 0, or -EHOSTUNREACH when
  * the name does not resolve. May block on DNS: call at startup only. */

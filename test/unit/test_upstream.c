@@ -15,12 +15,15 @@
 
 #include "gw/common.h"
 #include "gw/loop.h"
+#include "gw/resolve.h"
 #include "upstream.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netdb.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -179,10 +182,11 @@ static void reap_hook(struct gw_loop *l, void *ctx)
     gw_upstream_pool_reap(ctx);
 }
 
-static void harness_start(int response_timeout_ms)
+static void harness_start_name(int response_timeout_ms, struct gw_resolve_name *name)
 {
     assert_int_equal(gw_loop_init(&loop), 0);
     struct gw_upstream_settings s = {
+        .name = name,
         .addr = &backend_addr,
         .addr_len = backend_len,
         .keepalive = 4,
@@ -195,6 +199,11 @@ static void harness_start(int response_timeout_ms)
     assert_int_equal(gw_upstream_pool_create(&pool, &loop, &s), 0);
     loop.before_sleep = reap_hook;
     loop.before_sleep_ctx = pool;
+}
+
+static void harness_start(int response_timeout_ms)
+{
+    harness_start_name(response_timeout_ms, NULL);
 }
 
 static void harness_stop(void)
@@ -468,6 +477,157 @@ static void test_backpressure_on_owner_output(void **state)
     backend_stop(&b);
 }
 
+/* ---- a backend name that follows DNS (gw/resolve.h) ---- */
+
+/* The test's DNS for the name: 127.0.0.1 on these ports, in order. */
+static atomic_int dns_ports[2];
+static atomic_int dns_count;
+
+static int dns_lookup(void *ctx, const char *host, int port, struct gw_resolve_addrs *out)
+{
+    (void)ctx;
+    (void)host;
+    (void)port;
+    out->count = 0;
+    int n = atomic_load(&dns_count);
+    for (int i = 0; i < n; i++) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&out->addr[i];
+        memset(&out->addr[i], 0, sizeof(out->addr[i]));
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)atomic_load(&dns_ports[i]));
+        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        out->len[i] = sizeof(*in);
+        out->count++;
+    }
+    return out->count > 0 ? 0 : EAI_NONAME;
+}
+
+static int port_of(const struct sockaddr_storage *ss)
+{
+    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
+/* A loopback port nobody listens on (bound, then closed). */
+static int dead_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* The name's first address refuses: the same exchange moves on to the
+ * second and succeeds; the owner hears of one connect only. */
+static void test_name_addresses_tried_in_order(void **state)
+{
+    (void)state;
+    struct backend b;
+    backend_start(&b);
+    b.answer = ok_answer;
+    atomic_store(&dns_ports[0], dead_port());
+    atomic_store(&dns_ports[1], port_of(&backend_addr));
+    atomic_store(&dns_count, 2);
+    gw_resolve_set_lookup(dns_lookup, NULL);
+    struct gw_resolve_name *name = NULL;
+    assert_int_equal(gw_resolve_add("backend.test", 80, "BACKEND_URL", &name), 0);
+    harness_start_name(2000, name);
+    struct gw_http_parser p;
+    parse_get(&p, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+
+    struct owner o = {0};
+    start_get(&o, &p.head);
+    run_until_put(&o, &b);
+    assert_int_equal(o.errors, 0);
+    assert_int_equal(o.dones, 1);
+    assert_int_equal(o.status, 200);
+    assert_int_equal(o.connects, 1);
+    assert_int_equal(b.naccepted, 1);
+
+    gw_http_parser_deinit(&p);
+    gw_buf_release(&o.out);
+    harness_stop();
+    backend_stop(&b);
+    gw_resolve_stop();
+    gw_resolve_set_lookup(NULL, NULL);
+}
+
+/* The name moves to another address: the pooled socket to the old one is
+ * closed at the next upkeep, and the next exchange goes to the new one. */
+static void test_name_change_closes_pooled_sockets(void **state)
+{
+    (void)state;
+    struct backend b1, b2;
+    backend_start(&b1);
+    b1.answer = ok_answer;
+    int p1 = port_of(&backend_addr);
+    backend_start(&b2);
+    b2.answer = ok_answer;
+    int p2 = port_of(&backend_addr);
+    atomic_store(&dns_ports[0], p1);
+    atomic_store(&dns_count, 1);
+    gw_resolve_set_lookup(dns_lookup, NULL);
+    struct gw_resolve_name *name = NULL;
+    assert_int_equal(gw_resolve_add("backend.test", 80, "BACKEND_URL", &name), 0);
+    assert_int_equal(gw_resolve_start(5), 0);
+    harness_start_name(2000, name);
+    struct gw_http_parser p;
+    parse_get(&p, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+
+    struct owner o = {0};
+    start_get(&o, &p.head);
+    run_until_put(&o, &b1);
+    assert_int_equal(o.dones, 1);
+    assert_int_equal(gw_upstream_pool_idle(pool), 1);
+
+    uint64_t gen = gw_resolve_gen(name);
+    atomic_store(&dns_ports[0], p2);
+    for (int i = 0; i < 400 && gw_resolve_gen(name) == gen; i++)
+        poll(NULL, 0, 5);
+    assert_true(gw_resolve_gen(name) > gen);
+    gw_upstream_pool_close_expired(pool, loop.now_ms);
+    assert_int_equal(gw_upstream_pool_idle(pool), 0);
+
+    struct owner o2 = {0};
+    start_get(&o2, &p.head);
+    run_until_put(&o2, &b2);
+    assert_int_equal(o2.dones, 1);
+    assert_int_equal(o2.connects, 1);
+    assert_int_equal(b1.naccepted, 1);
+    assert_int_equal(b2.naccepted, 1);
+
+    gw_http_parser_deinit(&p);
+    gw_buf_release(&o.out);
+    gw_buf_release(&o2.out);
+    harness_stop();
+    backend_stop(&b1);
+    backend_stop(&b2);
+    gw_resolve_stop();
+    gw_resolve_set_lookup(NULL, NULL);
+}
+
+/* A name without an address: the exchange cannot start (nothing to put). */
+static void test_name_without_address(void **state)
+{
+    (void)state;
+    atomic_store(&dns_count, 0);
+    gw_resolve_set_lookup(dns_lookup, NULL);
+    struct gw_resolve_name *name = NULL;
+    assert_int_equal(gw_resolve_add("backend.test", 80, "BACKEND_URL", &name), 0);
+    harness_start_name(2000, name);
+    struct owner o = {0};
+    int err = 0;
+    o.u = gw_upstream_get(pool, &cbs, &o, &o.out, &err);
+    assert_null(o.u);
+    assert_int_equal(err, -EHOSTUNREACH);
+    assert_int_equal(gw_loop_run_once(&loop, 0), 0); /* reap */
+    harness_stop();
+    gw_resolve_stop();
+    gw_resolve_set_lookup(NULL, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -477,6 +637,9 @@ int main(void)
         cmocka_unit_test(test_no_retry_for_post),
         cmocka_unit_test(test_response_timeout_is_504),
         cmocka_unit_test(test_backpressure_on_owner_output),
+        cmocka_unit_test(test_name_addresses_tried_in_order),
+        cmocka_unit_test(test_name_change_closes_pooled_sockets),
+        cmocka_unit_test(test_name_without_address),
     };
     return cmocka_run_group_tests_name("upstream", tests, NULL, NULL);
 }
