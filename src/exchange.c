@@ -765,7 +765,12 @@ static void start_upstream(struct gw_conn *c)
     int err = 0;
     struct gw_upstream *u = gw_upstream_get(w->upstreams, &up_cbs, c, &c->out, &err);
     if (!u) {
-        gw_warn("upstream connect to %s failed: %s", cfg->backend_authority, strerror(-err));
+        /* At most one line per second per worker: a backend that is down
+         * (or a name without an address) must not flood the log. */
+        if (w->loop.now_ms >= w->upstream_warned_ms + 1000) {
+            w->upstream_warned_ms = w->loop.now_ms;
+            gw_warn("upstream connect to %s failed: %s", cfg->backend_authority, strerror(-err));
+        }
         gw_exchange_respond_error(c, 502, "the upstream server could not be reached", false);
         return;
     }

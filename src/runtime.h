@@ -82,6 +82,7 @@ struct gw_worker {
     struct gw_conn *conns;              /* live client connections (list head) */
     struct gw_conn *reap;               /* connections closed this iteration */
     struct gw_rl_batch *limits;         /* requests waiting for the batched rate-limit check */
+    uint64_t upstream_warned_ms;        /* last "upstream connect failed" line (rate-limited) */
     struct gw_conn *redrive;            /* connections to drive again before sleeping */
     struct gw_upstream_pool *upstreams; /* keep-alive pool and upstream clients */
     struct gw_timer tick;               /* periodic upkeep: Redis reconnect, drain */
