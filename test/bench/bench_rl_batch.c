@@ -10,6 +10,9 @@
  *       build/libgwcore.a build/third_party/llhttp/libllhttp.a \
  *       -lhiredis -ljansson -lcrypto -lpthread -lm -o bench_rl_batch
  *   ./bench_rl_batch [checks_per_case]      (default 200000)
+ *
+ * Each case runs for the fixed window, the sliding window and the token
+ * bucket in turn (issue 12: Redis CPU per check of each algorithm).
  */
 #include "gw/common.h"
 #include "gw/config.h"
@@ -145,7 +148,7 @@ static void run_case(struct gw_ratelimit_worker *w, redisContext *c, const char 
     for (size_t i = 0; i < batch; i++) {
         int len = snprintf(names[i], sizeof(names[i]), "198.51.%zu.%zu", (i % clients) / 250,
                            (i % clients) % 250);
-        items[i] = (struct gw_rl_batch_item){names[i], (size_t)len, &out[i]};
+        items[i] = (struct gw_rl_batch_item){names[i], (size_t)len, &out[i], NULL};
     }
     long batches = total / (long)batch;
     long long calls0 = redis_calls(c), ticks0 = proc_ticks(g_redis);
@@ -178,35 +181,51 @@ int main(int argc, char **argv)
     redis_start();
     char url[64];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", g_port);
-    struct gw_config cfg = {
-        .redis_url = url,
-        .redis_timeout_ms = 1000,
-        .rate_limit_requests = 2000000000, /* never over: the gw-redis steady state */
-        .rate_limit_window_s = 3600,
-        .rate_limit_algorithm = GW_RL_FIXED_WINDOW,
-        .rate_limit_key_prefix = "bench",
-        .rate_limit_failure_mode = GW_RL_FAIL_OPEN,
-        .worker_threads = 1,
-    };
-    struct gw_ratelimit *rl;
-    struct gw_ratelimit_worker *w;
-    if (gw_ratelimit_create(&rl, &cfg) != 0 || gw_ratelimit_worker_create(&w, rl) != 0 ||
-        !gw_ratelimit_worker_redis_up(w)) {
-        fprintf(stderr, "limiter setup failed\n");
-        kill(g_redis, SIGTERM);
-        return 1;
-    }
     redisContext *c = admin();
     if (c == NULL)
         return 1;
-    run_case(w, c, "warm-up", 64, 1, total / 4);
-    run_case(w, c, "single checks, 1 client", 1, 1, total / 8);
-    run_case(w, c, "batch 16, 1 client", 16, 1, total);
-    run_case(w, c, "batch 64, 1 client", 64, 1, total);
-    run_case(w, c, "batch 200, 1 client", 200, 1, total);
-    run_case(w, c, "batch 64, 8 clients", 64, 8, total);
-    run_case(w, c, "batch 64, 64 clients", 64, 64, total);
-    run_case(w, c, "batch 200, 200 clients", 200, 200, total);
+    /* Issue 12: the same cases for each algorithm, one limiter each (Redis
+     * CPU per check of the sliding window and token bucket against the
+     * fixed window's, in the same run). */
+    static const struct {
+        enum gw_rl_algorithm algo;
+        const char *name;
+    } algos[] = {{GW_RL_FIXED_WINDOW, "fixed_window"},
+                 {GW_RL_SLIDING_WINDOW, "sliding_window"},
+                 {GW_RL_TOKEN_BUCKET, "token_bucket"}};
+    struct gw_ratelimit *rl = NULL;
+    struct gw_ratelimit_worker *w = NULL;
+    for (size_t a = 0; a < sizeof(algos) / sizeof(algos[0]); a++) {
+        struct gw_config cfg = {
+            .redis_url = url,
+            .redis_timeout_ms = 1000,
+            .rate_limit_requests = 1000000000, /* never over: the gw-redis steady state */
+            .rate_limit_window_s = 3600,
+            .rate_limit_algorithm = algos[a].algo,
+            .rate_limit_key_prefix = "bench",
+            .rate_limit_failure_mode = GW_RL_FAIL_OPEN,
+            .worker_threads = 1,
+        };
+        if (gw_ratelimit_create(&rl, &cfg) != 0 || gw_ratelimit_worker_create(&w, rl) != 0 ||
+            !gw_ratelimit_worker_redis_up(w)) {
+            fprintf(stderr, "limiter setup failed\n");
+            kill(g_redis, SIGTERM);
+            return 1;
+        }
+        printf("-- %s\n", algos[a].name);
+        run_case(w, c, "warm-up", 64, 1, total / 4);
+        run_case(w, c, "single checks, 1 client", 1, 1, total / 8);
+        run_case(w, c, "batch 16, 1 client", 16, 1, total);
+        run_case(w, c, "batch 64, 1 client", 64, 1, total);
+        run_case(w, c, "batch 200, 1 client", 200, 1, total);
+        run_case(w, c, "batch 64, 8 clients", 64, 8, total);
+        run_case(w, c, "batch 64, 64 clients", 64, 64, total);
+        run_case(w, c, "batch 200, 200 clients", 200, 200, total);
+        if (a + 1 < sizeof(algos) / sizeof(algos[0])) {
+            gw_ratelimit_worker_destroy(w);
+            gw_ratelimit_destroy(rl);
+        }
+    }
     redisFree(c);
     gw_ratelimit_worker_destroy(w);
     gw_ratelimit_destroy(rl);
