@@ -10,6 +10,7 @@ trap 'rm -rf "$out"' EXIT
 gcc -O2 -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror \
     -I"$root/include" -I"$root/src" \
     "$root/test/bench/bench_rl_memory.c" "$root/src/rl_memory.c" "$root/src/rl_algo.c" \
+    "$root/src/common.c" \
     -o "$out/bench_rl_memory"
 keys=${1:-1000000}
 "$out/bench_rl_memory" "$keys" 1
