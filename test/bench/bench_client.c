@@ -4,13 +4,22 @@
  *                             then hold them until SIGTERM or HOLD_S seconds pass
  *   upload HOST PORT BYTES    POST /echo with a Content-Length body from a generator
  *   download HOST PORT BYTES  GET /bytes?n=BYTES and count the body bytes
- * Blocking sockets with SO_RCVTIMEO/SO_SNDTIMEO, so every wait is bounded. Exit 0 on success.
+ *   paced HOST PORT RATE SECONDS CONNS
+ *                             open-loop load: GET /api/flood at RATE requests/s for SECONDS on
+ *                             up to CONNS keep-alive connections (a request waits for a free one,
+ *                             counted "late"), and GET /health every 20 ms on its own
+ *                             connection; prints the statuses, the 200s per second after the
+ *                             first second, and the /health latency p50/p99/max (issue 12's
+ *                             shaped flood)
+ * Blocking sockets with SO_RCVTIMEO/SO_SNDTIMEO (paced: non-blocking with poll and a deadline),
+ * so every wait is bounded. Exit 0 on success.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,8 +291,192 @@ static int cmd_download(const char *host, int port, long long bytes)
     return 0;
 }
 
+/* ---- paced: an open-loop flood with a /health probe beside it ---- */
+
+#define PACED_MAX 4096
+
+struct pconn {
+    int fd;
+    bool busy;
+    uint64_t sent_us;
+    char buf[HEAD_MAX];
+    size_t len;
+};
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int nb_connect(const char *host, int port)
+{
+    int fd = connect_to(host, port);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    return fd;
+}
+
+/* A whole response in c->buf (head + Content-Length body)? Its status,
+ * else 0. */
+static int response_done(struct pconn *c)
+{
+    c->buf[c->len < sizeof(c->buf) ? c->len : sizeof(c->buf) - 1] = '\0';
+    char *end = strstr(c->buf, "\r\n\r\n");
+    if (end == NULL)
+        return 0;
+    size_t head = (size_t)(end + 4 - c->buf);
+    long cl = 0;
+    char *h = strcasestr(c->buf, "\r\nContent-Length:");
+    if (h != NULL && h < end)
+        cl = strtol(h + 17, NULL, 10);
+    if (c->len < head + (size_t)cl)
+        return 0;
+    int status = atoi(c->buf + 9);
+    size_t used = head + (size_t)cl;
+    memmove(c->buf, c->buf + used, c->len - used);
+    c->len -= used;
+    return status ? status : -1;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmd_paced(const char *host, int port, double rate, int secs, int nconns)
+{
+    static struct pconn cs[PACED_MAX + 1];
+    static struct pollfd pfd[PACED_MAX + 1];
+    static uint64_t health_lat[100000];
+    if (nconns < 1 || nconns > PACED_MAX || rate <= 0 || secs < 1)
+        return 2;
+    static const char req[] = "GET /api/flood HTTP/1.1\r\nHost: bench\r\n\r\n";
+    static const char hreq[] = "GET /health HTTP/1.1\r\nHost: bench\r\n\r\n";
+    long ok_per_s[3600] = {0}, st2xx = 0, st429 = 0, other = 0, late = 0, sent = 0;
+    size_t nh = 0;
+    struct pconn *hc = &cs[PACED_MAX];
+    hc->fd = nb_connect(host, port);
+    if (hc->fd < 0)
+        return 1;
+    for (int i = 0; i < nconns; i++)
+        cs[i].fd = -1;
+    uint64_t t0 = mono_us(), end = t0 + (uint64_t)secs * 1000000u, next = t0, next_h = t0;
+    uint64_t drain_end = end + 3000000u; /* held requests finish */
+    for (;;) {
+        uint64_t now = mono_us();
+        if (now >= drain_end)
+            break;
+        while (now < end && next <= now) { /* due requests */
+            int idle = -1;
+            for (int i = 0; i < nconns && idle < 0; i++)
+                if (!cs[i].busy)
+                    idle = i;
+            if (idle < 0) {
+                late++;
+                next += (uint64_t)(1e6 / rate);
+                continue;
+            }
+            struct pconn *c = &cs[idle];
+            if (c->fd < 0 && (c->fd = nb_connect(host, port)) < 0)
+                return 1;
+            if (send(c->fd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof(req) - 1)) {
+                close(c->fd);
+                c->fd = -1;
+                other++;
+            } else {
+                c->busy = true;
+                c->sent_us = now;
+                c->len = 0;
+                sent++;
+            }
+            next += (uint64_t)(1e6 / rate);
+        }
+        if (now < end && next_h <= now && !hc->busy) {
+            if (send(hc->fd, hreq, sizeof(hreq) - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof(hreq) - 1)) {
+                hc->busy = true;
+                hc->sent_us = now;
+            }
+            next_h = now + 20000;
+        }
+        int n = 0, map[PACED_MAX + 1];
+        for (int i = 0; i <= PACED_MAX; i++) {
+            if (i >= nconns && i != PACED_MAX)
+                continue;
+            if (cs[i].fd >= 0 && cs[i].busy) {
+                pfd[n] = (struct pollfd){.fd = cs[i].fd, .events = POLLIN};
+                map[n++] = i;
+            }
+        }
+        int wait_ms = 1;
+        if (poll(pfd, (nfds_t)n, wait_ms) < 0)
+            return 1;
+        for (int k = 0; k < n; k++) {
+            if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            struct pconn *c = &cs[map[k]];
+            ssize_t r = recv(c->fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len, 0);
+            if (r <= 0) {
+                close(c->fd);
+                c->fd = -1;
+                c->busy = false;
+                other++;
+                if (c == hc)
+                    return 1;
+                continue;
+            }
+            c->len += (size_t)r;
+            int status = response_done(c);
+            if (status == 0)
+                continue;
+            c->busy = false;
+            uint64_t at = mono_us();
+            if (c == hc) {
+                if (nh < sizeof(health_lat) / sizeof(health_lat[0]))
+                    health_lat[nh++] = at - c->sent_us;
+                continue;
+            }
+            if (status == 200) {
+                st2xx++;
+                uint64_t sec = (at - t0) / 1000000u;
+                if (sec < 3600)
+                    ok_per_s[sec]++;
+            } else if (status == 429) {
+                st429++;
+            } else {
+                other++;
+            }
+        }
+        if (now >= end) {
+            bool any = false;
+            for (int i = 0; i < nconns; i++)
+                any = any || cs[i].busy;
+            if (!any)
+                break;
+        }
+    }
+    long steady = 0;
+    for (int s = 1; s < secs; s++)
+        steady += ok_per_s[s];
+    qsort(health_lat, nh, sizeof(health_lat[0]), cmp_u64);
+    printf("sent %ld (late %ld) 200 %ld 429 %ld other %ld\n", sent, late, st2xx, st429, other);
+    printf("admitted per second (seconds 1..%d) %.1f\n", secs - 1,
+           secs > 1 ? (double)steady / (secs - 1) : 0.0);
+    if (nh > 0)
+        printf("health n %zu p50 %.3f ms p99 %.3f ms max %.3f ms\n", nh,
+               health_lat[nh / 2] / 1000.0, health_lat[(nh * 99) / 100] / 1000.0,
+               health_lat[nh - 1] / 1000.0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 7 && strcmp(argv[1], "paced") == 0)
+        return cmd_paced(argv[2], atoi(argv[3]), atof(argv[4]), atoi(argv[5]), atoi(argv[6]));
     if (argc == 6 && strcmp(argv[1], "idle") == 0)
         return cmd_idle(argv[2], atoi(argv[3]), atol(argv[4]), atol(argv[5]));
     if (argc == 5 && strcmp(argv[1], "upload") == 0)
@@ -291,6 +484,6 @@ int main(int argc, char **argv)
     if (argc == 5 && strcmp(argv[1], "download") == 0)
         return cmd_download(argv[2], atoi(argv[3]), atoll(argv[4]));
     fprintf(stderr, "usage: bench_client idle HOST PORT N HOLD_S | upload HOST PORT BYTES | "
-                    "download HOST PORT BYTES\n");
+                    "download HOST PORT BYTES | paced HOST PORT RATE SECONDS CONNS\n");
     return 2;
 }
