@@ -26,7 +26,8 @@ struct vctx {
     const char *def_key;           /* RATE_LIMIT_KEY */
 };
 
-#define PLACE_MAX 256 /* bytes of a place ("limits[3].rates[0].window") */
+#define BUCKET_SPAN_MAX_US (100.0 * 366 * 86400 * 1e6) /* B x T of a token bucket */
+#define PLACE_MAX          256 /* bytes of a place ("limits[3].rates[0].window") */
 
 static void at(char *out, const char *fmt, ...) GW_PRINTF(2, 3);
 
@@ -635,6 +636,13 @@ static void parse_rate(struct vctx *c, const char *place, json_t *v, struct gw_r
             report(c, p, e, "only for token_bucket (gcra)");
         else if (!int_in(e, 1, 1000000000, &r->burst))
             report(c, p, e, "must be an integer from 1 to 1000000000");
+        else if (r->requests > 0 && r->window_ms > 0 &&
+                 (double)r->burst * (double)(r->window_ms * 1000 / r->requests) >
+                     BUCKET_SPAN_MAX_US)
+            /* The store keeps bucket times in µs, exact below 2^53 (Redis's
+             * Lua numbers are doubles): a bucket that takes longer than a
+             * century to fill is refused. */
+            report(c, p, e, "burst x window / requests must be at most 100 years");
     } else if (bucket) {
         r->burst = r->requests;
     }

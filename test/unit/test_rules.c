@@ -209,6 +209,10 @@ static const struct err_row err_rows[] = {
      "limits[0].rates[1].requests: 1000000001: must be an integer from 1 to 1000000000\n"
      "limits[0].rates[2].requests: missing\n"
      "limits[0].rates[3].window: missing\n"},
+    /* a bucket that takes more than a century to fill (µs exact in doubles) */
+    {"version: 1\nlimits:\n- {name: a, rates: [{requests: 1, window: 366d, algorithm: "
+     "token_bucket, burst: 1000}]}\n",
+     "limits[0].rates[0].burst: 1000: burst x window / requests must be at most 100 years\n"},
     /* CIDRs, regexes, methods, headers, keys */
     {"version: 1\nlimits:\n- {name: a, action: allow, match: {client_cidrs: [10.0.0.0/33, "
      "\"::1/129\", nope, 10.1.2.3]}}\n",
