@@ -52,9 +52,11 @@ enum opt_type {
     T_FILE,    /* char *: a file path, length in [min, max], no control bytes */
 };
 
-#define F_SECRET      0x1u /* may hold a password: masked in every output */
-#define F_EMPTY_UNSET 0x2u /* an empty value means unset, not invalid */
-#define F_AUTO        0x4u /* T_INT: "auto" is accepted and stored as -1 (resolved after load) */
+#define F_SECRET      0x1u  /* may hold a password: masked in every output */
+#define F_EMPTY_UNSET 0x2u  /* an empty value means unset, not invalid */
+#define F_AUTO        0x4u  /* T_INT: "auto" is accepted and stored as -1 (resolved after load) */
+#define F_OPTIONAL    0x8u  /* T_INT without default: unset (or empty) stores -1, printed as null */
+#define F_MASK_ALL    0x10u /* secret as a whole (a token): every output shows "***" */
 
 struct opt {
     const char *name;           /* environment variable */
@@ -107,8 +109,7 @@ static const struct opt opts[] = {
         "Requests allowed per client per window."),
     INT("RATE_LIMIT_WINDOW_SECONDS", "60", 1, 86400 * 366, rate_limit_window_s,
         "Window length in seconds."),
-    ENUM("RATE_LIMIT_ALGORITHM", "fixed_window", algorithm_names, GW_RL_GCRA,
-         rate_limit_algorithm,
+    ENUM("RATE_LIMIT_ALGORITHM", "fixed_window", algorithm_names, GW_RL_GCRA, rate_limit_algorithm,
          "Rate-limit algorithm of the default limit: fixed_window, sliding_window or token_bucket "
          "(gcra is the same as token_bucket)."),
     INT("RATE_LIMIT_BURST", "0", 0, 1000000000, rate_limit_burst,
@@ -171,6 +172,14 @@ static const struct opt opts[] = {
     ENUM("LOG_LEVEL", "info", level_names, GW_LOG_ERROR, log_level,
          "Lowest diagnostic level written to stderr."),
     BOOL("ACCESS_LOG", "on", access_log, "One JSON line per request on stdout."),
+    /* SPEC.md §11 */
+    STR("ADMIN_HOST", T_LISTEN, "127.0.0.1", 0, 0, admin_host, 0,
+        "Admin API listen address; anything but loopback requires ADMIN_TOKEN."),
+    {"ADMIN_PORT", T_INT, NULL, 0, 65535, OFF(admin_port), F_OPTIONAL | F_EMPTY_UNSET, NULL,
+     "Admin API listen port; empty = no admin listener; 0 lets the kernel pick one."},
+    STR("ADMIN_TOKEN", T_STRING, NULL, 16, 4096, admin_token, F_SECRET | F_MASK_ALL | F_EMPTY_UNSET,
+        "Bearer token every admin request must carry (at least 16 characters); empty = none "
+        "(loopback ADMIN_HOST only)."),
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -652,7 +661,7 @@ static void report(FILE *err, const struct opt *o, const char *v, const char *wh
 {
     if (err == NULL)
         return;
-    char *masked = (o->flags & F_SECRET) ? mask_userinfo(v) : NULL;
+    char *masked = (o->flags & F_SECRET) && !(o->flags & F_MASK_ALL) ? mask_userinfo(v) : NULL;
     fprintf(err, "config error: %s=", o->name);
     if (o->flags & F_SECRET)
         put_escaped(err, masked != NULL ? masked : "***");
@@ -668,6 +677,44 @@ static const struct opt *find_opt(const char *name)
         if (strcmp(opts[i].name, name) == 0)
             return &opts[i];
     return NULL;
+}
+
+bool gw_config_is_loopback(const char *host)
+{
+    if (host == NULL)
+        return false;
+    if (strcasecmp(host, "localhost") == 0)
+        return true;
+    uint8_t a[16];
+    if (!gw_net_parse_addr(host, strlen(host), a, NULL))
+        return false;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a, mapped, sizeof(mapped)) == 0)
+        return a[12] == 127; /* 127.0.0.0/8 */
+    static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    return memcmp(a, one, sizeof(one)) == 0;
+}
+
+/* The admin listener (SPEC.md §11): one that other hosts can reach needs a
+ * token, and it cannot share the client listener's port. */
+static int check_admin(const struct gw_config *cfg, FILE *err)
+{
+    if (cfg->admin_port < 0 || cfg->admin_host == NULL)
+        return 0;
+    int errors = 0;
+    if (cfg->admin_token == NULL && !gw_config_is_loopback(cfg->admin_host)) {
+        report(err, find_opt("ADMIN_HOST"), cfg->admin_host,
+               "not a loopback address and ADMIN_TOKEN is unset: set ADMIN_TOKEN, or listen on "
+               "127.0.0.1 or ::1");
+        errors++;
+    }
+    if (cfg->admin_port != 0 && cfg->admin_port == cfg->gateway_port) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", cfg->admin_port);
+        report(err, find_opt("ADMIN_PORT"), v, "same port as GATEWAY_PORT");
+        errors++;
+    }
+    return errors;
 }
 
 /* Checks that span variables: the three endpoint paths must differ, or one
@@ -691,6 +738,7 @@ static int check_cross(const struct gw_config *cfg, FILE *err)
             }
         }
     }
+    errors += check_admin(cfg, err);
     return errors;
 }
 
@@ -717,8 +765,11 @@ int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn getenv_fn, void *c
             v = o->def;
             is_default = true;
         }
-        if (v == NULL)
+        if (v == NULL) {
+            if (o->flags & F_OPTIONAL)
+                *(int *)field(cfg, o) = -1;
             continue; /* unset and no default: the field stays NULL */
+        }
         char why[256];
         bool ok;
         if (v[0] == '\0' && !is_default)
@@ -912,6 +963,8 @@ static json_t *json_value(const struct gw_config *cfg, const struct opt *o)
     const void *p = cfield(cfg, o);
     switch (o->type) {
     case T_INT:
+        if ((o->flags & F_OPTIONAL) && *(const int *)p < 0)
+            return json_null();
         return json_integer(*(const int *)p);
     case T_INT64:
         return json_integer(*(const int64_t *)p);
@@ -932,6 +985,8 @@ static json_t *json_value(const struct gw_config *cfg, const struct opt *o)
         return json_null();
     if (!(o->flags & F_SECRET))
         return json_string(s);
+    if (o->flags & F_MASK_ALL)
+        return json_string("***");
     char *masked = mask_userinfo(s);
     json_t *j = masked != NULL ? json_string(masked) : NULL;
     free(masked);

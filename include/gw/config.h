@@ -84,6 +84,10 @@ struct gw_config {
     int shutdown_timeout_ms;          /* SHUTDOWN_TIMEOUT_MS */
     enum gw_log_level log_level;      /* LOG_LEVEL */
     bool access_log;                  /* ACCESS_LOG */
+    char *admin_host;                 /* ADMIN_HOST, the admin listener's address (SPEC.md §11) */
+    int admin_port;                   /* ADMIN_PORT, -1 when unset (no admin listener), 0 =
+                                         kernel picks (tests) */
+    char *admin_token;                /* ADMIN_TOKEN, NULL when unset (secret: never printed) */
 };
 
 /* Looks a variable up by name; returns NULL when unset. The returned string
@@ -152,6 +156,11 @@ GW_MUSTCHECK int gw_config_print_json(const struct gw_config *cfg, FILE *out);
 /* Writes gateway.env.example text: every variable, its default and a
  * one-line comment, generated from the same table. Returns 0 or -EIO. */
 GW_MUSTCHECK int gw_config_print_env_example(FILE *out);
+
+/* True when host (an ADMIN_HOST / GATEWAY_HOST value) names only the
+ * loopback interface: "localhost", 127.0.0.0/8 or ::1 (IPv4-mapped
+ * included). "0.0.0.0" and "::" are not loopback. Thread-safe. */
+bool gw_config_is_loopback(const char *host);
 
 /* Parses a boolean the way every boolean variable does: on/off, true/false,
  * 1/0 (case-insensitive). Returns true on success with *out set. */
