@@ -58,6 +58,35 @@ void gw_acceptor_release(struct gw_server *srv, const uint8_t addr[16])
     gw_server_release_connection(srv, addr);
 }
 
+/* Accepts what waits on the admin listener (SPEC.md §11): at most
+ * GW_ADMIN_MAX_CONNECTIONS at once, outside MAX_CONNECTIONS and the
+ * per-client caps, handed to the least-loaded worker like any client. */
+static void accept_admin(struct gw_server *srv, unsigned *rr)
+{
+    for (int burst = 0; burst < 16; burst++) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        int fd =
+            accept4(srv->admin_fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                gw_warn("admin accept: %s", strerror(errno));
+            return;
+        }
+        int64_t open_now =
+            atomic_fetch_add_explicit(&srv->admin_connections, 1, memory_order_relaxed);
+        if (open_now >= GW_ADMIN_MAX_CONNECTIONS) {
+            atomic_fetch_sub_explicit(&srv->admin_connections, 1, memory_order_relaxed);
+            close(fd);
+            continue;
+        }
+        if (gw_worker_handoff(pick_worker(srv, rr), fd, &peer, true) != 0) {
+            gw_server_release_connection(srv, NULL);
+            close(fd);
+        }
+    }
+}
+
 static void *acceptor_main(void *arg)
 {
     struct gw_server *srv = arg;
@@ -65,13 +94,16 @@ static void *acceptor_main(void *arg)
     int spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
     bool paused = false;
     for (;;) {
-        struct pollfd p[2] = {{.fd = srv->acceptor_wake_fd, .events = POLLIN},
-                              {.fd = srv->listen_fd, .events = POLLIN}};
-        int n = poll(p, paused ? 1 : 2, paused ? EMFILE_PAUSE_MS : -1);
+        struct pollfd p[3] = {{.fd = srv->acceptor_wake_fd, .events = POLLIN},
+                              {.fd = srv->listen_fd, .events = POLLIN},
+                              {.fd = srv->admin_fd, .events = POLLIN}};
+        int n = poll(p, paused ? 1 : srv->admin_fd >= 0 ? 3 : 2, paused ? EMFILE_PAUSE_MS : -1);
         if (n < 0 && errno != EINTR)
             break;
         if (p[0].revents & POLLIN)
             break;
+        if (!paused && srv->admin_fd >= 0 && (p[2].revents & POLLIN))
+            accept_admin(srv, &rr);
         if (paused) {
             paused = false;
             continue;
@@ -111,7 +143,7 @@ static void *acceptor_main(void *arg)
                 continue;
             }
             struct gw_worker *w = pick_worker(srv, &rr);
-            if (gw_worker_handoff(w, fd, &peer) != 0) {
+            if (gw_worker_handoff(w, fd, &peer, false) != 0) {
                 gw_acceptor_release(srv, addr);
                 close(fd);
             }
@@ -149,5 +181,9 @@ void gw_acceptor_stop(struct gw_server *srv)
     if (srv->listen_fd >= 0) {
         close(srv->listen_fd);
         srv->listen_fd = -1;
+    }
+    if (srv->admin_fd >= 0) {
+        close(srv->admin_fd);
+        srv->admin_fd = -1;
     }
 }

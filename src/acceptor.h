@@ -10,7 +10,9 @@
 
 #include "runtime.h"
 
-/* Starts the acceptor thread on srv->listen_fd. 0 or -errno. */
+/* Starts the acceptor thread on srv->listen_fd and, when it is >= 0,
+ * srv->admin_fd (the admin listener, SPEC.md §11: its connections are
+ * handed over marked admin). 0 or -errno. */
 GW_MUSTCHECK int gw_acceptor_start(struct gw_server *srv);
 
 /* Gives back what admitting a client connection took: its place under
@@ -20,7 +22,7 @@ GW_MUSTCHECK int gw_acceptor_start(struct gw_server *srv);
  * when its descriptor is closed. */
 void gw_acceptor_release(struct gw_server *srv, const uint8_t addr[16]);
 
-/* Stops accepting, joins the thread and closes the listener. */
+/* Stops accepting, joins the thread and closes the listeners. */
 void gw_acceptor_stop(struct gw_server *srv);
 
 #endif

@@ -24,10 +24,15 @@
  *   |   request done,     |   408/502/504
  *   +-- response flushed -+-- must close --> LINGER --> CLOSED    (any state --> CLOSED)
  *
+ * On the admin listener, a request with a body (the rules endpoints) goes
+ * from HEAD to ADMIN, where the body is collected (bounded), and from
+ * there to RESPOND with the answer; nothing there is rate limited or takes
+ * a slot.
+ *
  * Transitions, one line per state; conn_next[] below is this list and
  * test_conn checks that the two agree:
  *   IDLE      -> HEAD CLOSED
- *   HEAD      -> LIMIT RESPOND CLOSED
+ *   HEAD      -> LIMIT RESPOND ADMIN CLOSED
  *   LIMIT     -> DELAY BODY_WAIT WAIT_SLOT CONNECT PROXY RESPOND CLOSED
  *   DELAY     -> BODY_WAIT WAIT_SLOT CONNECT PROXY RESPOND CLOSED
  *   BODY_WAIT -> WAIT_SLOT CONNECT PROXY RESPOND CLOSED
@@ -36,6 +41,7 @@
  *   PROXY     -> RESPOND CLOSED
  *   RESPOND   -> IDLE LINGER CLOSED
  *   LINGER    -> CLOSED
+ *   ADMIN     -> RESPOND CLOSED
  *   CLOSED    ->
  *
  * A stale pooled socket is retried once inside the upstream client, so
@@ -65,13 +71,13 @@
 
 static const char *const state_names[CS_COUNT] = {"IDLE",      "HEAD",      "LIMIT",   "DELAY",
                                                   "BODY_WAIT", "WAIT_SLOT", "CONNECT", "PROXY",
-                                                  "RESPOND",   "LINGER",    "CLOSED"};
+                                                  "RESPOND",   "LINGER",    "ADMIN",   "CLOSED"};
 
 #define TO(s) (1u << (s))
 /* Legal transitions: conn_next[from] has bit `to` set. */
 static const unsigned conn_next[CS_COUNT] = {
     [CS_IDLE] = TO(CS_HEAD) | TO(CS_CLOSED),
-    [CS_HEAD] = TO(CS_LIMIT) | TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_HEAD] = TO(CS_LIMIT) | TO(CS_RESPOND) | TO(CS_ADMIN) | TO(CS_CLOSED),
     [CS_LIMIT] = TO(CS_DELAY) | TO(CS_BODY_WAIT) | TO(CS_WAIT_SLOT) | TO(CS_CONNECT) |
                  TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_DELAY] = TO(CS_BODY_WAIT) | TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) |
@@ -83,6 +89,7 @@ static const unsigned conn_next[CS_COUNT] = {
     [CS_PROXY] = TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_RESPOND] = TO(CS_IDLE) | TO(CS_LINGER) | TO(CS_CLOSED),
     [CS_LINGER] = TO(CS_CLOSED),
+    [CS_ADMIN] = TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_CLOSED] = 0,
 };
 #undef TO
@@ -215,6 +222,10 @@ bool gw_conn_pump_request(struct gw_conn *c)
         }
         case CS_RESPOND:
             if (c->ex.req == REQ_DONE || !c->ex.discard_body)
+                return progress;
+            break;
+        case CS_ADMIN:
+            if (c->ex.req == REQ_DONE)
                 return progress;
             break;
         case CS_WAIT_SLOT:
@@ -393,6 +404,7 @@ static void check_client_eof(struct gw_conn *c)
         return;
     case CS_PROXY:
     case CS_RESPOND:
+    case CS_ADMIN:
         /* The body can no longer complete once the buffer is drained. */
         if (c->ex.req != REQ_DONE && !buffered && !gw_http_parser_done_pending(c->req))
             gw_conn_close(c);
@@ -488,6 +500,9 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
     case CS_PROXY:
         gw_exchange_proxy_timeout(c);
         break;
+    case CS_ADMIN:
+        gw_exchange_admin_body_timeout(c);
+        break;
     default:
         return;
     }
@@ -497,17 +512,18 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
 
 /* ---- open / close / reap ---- */
 
-int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *peer)
+int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *peer, bool admin)
 {
     struct gw_conn *c = calloc(1, sizeof(*c));
     if (!c) {
         uint8_t addr[16];
         gw_net_addr_bin(peer, addr);
         close(fd);
-        gw_server_release_connection(w->srv, addr);
+        gw_server_release_connection(w->srv, admin ? NULL : addr);
         return -ENOMEM;
     }
     c->w = w;
+    c->admin = admin;
     gw_io_init(&c->io, fd, conn_io_cb);
     gw_timer_init(&c->timer, conn_timer_cb);
     c->limit.done = gw_exchange_limit_done;
@@ -595,7 +611,8 @@ void gw_conn_reap(struct gw_worker *w)
         gw_buf_pool_put(&w->blocks, &c->out);
         free_parser(c);
         atomic_fetch_sub_explicit(&w->stats.connections_active, 1, memory_order_relaxed);
-        gw_server_release_connection(w->srv, c->client_bin);
+        gw_server_release_connection(w->srv, c->admin ? NULL : c->client_bin);
+        gw_exchange_admin_release(c);
         free(c);
     }
 }

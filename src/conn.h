@@ -11,8 +11,11 @@
 #include <netinet/in.h>
 
 /* Takes ownership of an accepted, non-blocking socket fd from peer and
- * starts serving it on worker w. Returns 0, or -errno after closing fd. */
-GW_MUSTCHECK int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *peer);
+ * starts serving it on worker w; admin: it came from the admin listener
+ * (SPEC.md §11: authenticated, never rate limited, no in-flight slot, only
+ * the gateway's own endpoints). Returns 0, or -errno after closing fd. */
+GW_MUSTCHECK int gw_conn_open(struct gw_worker *w, int fd, const struct sockaddr_storage *peer,
+                              bool admin);
 
 /* The gate handed this worker a slot for the waiter w (popped from the
  * owner's granted list): the waiting connection proceeds upstream. */

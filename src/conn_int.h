@@ -25,6 +25,7 @@ enum conn_state {
     CS_PROXY,     /* streaming request and response */
     CS_RESPOND,   /* response queued; flushing it, reading what is left of the request */
     CS_LINGER,    /* last response written, write side shut, draining input */
+    CS_ADMIN,     /* reading an admin request's body (SPEC.md §11), then answered */
     CS_CLOSED,
     CS_COUNT
 };
@@ -101,6 +102,8 @@ struct gw_conn {
     bool client_eof;              /* client shut its write side */
     bool must_close;              /* close after the current response */
     bool draining;                /* worker draining: no keep-alive */
+    bool admin;                   /* accepted on the admin listener (SPEC.md §11) */
+    struct gw_buf admin_body;     /* ADMIN: the admin request's body so far (heap) */
     struct exchange ex;           /* the current exchange */
 };
 
@@ -181,5 +184,30 @@ void gw_exchange_limit_done(struct gw_rl_waiter *wt);
 /* Forced shutdown of a request that has not reached the backend (queued,
  * or connecting): 503 reduced capacity, then close. */
 void gw_exchange_shutdown(struct gw_conn *c);
+
+/* A response the gateway wrote itself (bytes of it appended to c->out)
+ * ends the exchange with status; keep: the connection may carry another
+ * request (else it closes after). A request body not read yet is read and
+ * dropped. */
+void gw_exchange_answered(struct gw_conn *c, int status, size_t bytes, bool keep);
+
+/* ---- exchange_admin.c: requests on the admin listener (SPEC.md §11) ---- */
+
+/* The head of an admin connection's request: authenticated, routed, and
+ * answered, or on to ADMIN to read its body. */
+void gw_exchange_admin_head(struct gw_conn *c);
+
+/* Body sink while in ADMIN: collects up to GW_ADMIN_BODY_MAX bytes,
+ * beyond answers 413 and closes. 0. */
+int gw_exchange_admin_body(struct gw_conn *c, const char *data, size_t len);
+
+/* The body is complete (ADMIN): answered. */
+void gw_exchange_admin_done(struct gw_conn *c);
+
+/* ADMIN's deadline: CLIENT_TIMEOUT_MS without a body byte is 408. */
+void gw_exchange_admin_body_timeout(struct gw_conn *c);
+
+/* Frees what an admin exchange holds (the body buffer); at the reaper. */
+void gw_exchange_admin_release(struct gw_conn *c);
 
 #endif

@@ -92,6 +92,7 @@ static void log_access(struct gw_conn *c)
         .upstream_ms = ex->upstream_start_us ? (double)(now - ex->upstream_start_us) / 1000.0 : -1,
         .limited = ex->limited,
         .policies = ex->rl_policies,
+        .admin = c->admin,
     };
     gw_log_access(&e);
 }
@@ -277,6 +278,17 @@ static void handle_admin(struct gw_conn *c, enum gw_admin_endpoint ep)
     complete_response(c, RESULT_NONE);
 }
 
+void gw_exchange_answered(struct gw_conn *c, int status, size_t bytes, bool keep)
+{
+    if (c->req && c->ex.req != REQ_DONE)
+        c->ex.discard_body = true; /* keep-alive only if the client sends it anyway */
+    if (!keep)
+        c->must_close = true;
+    c->ex.resp_bytes += bytes;
+    c->ex.status = status;
+    complete_response(c, result_of_status(status));
+}
+
 void gw_exchange_on_head(struct gw_conn *c)
 {
     struct gw_worker *w = c->w;
@@ -286,6 +298,10 @@ void gw_exchange_on_head(struct gw_conn *c)
     c->ex.req = REQ_BODY;
     c->ex.rate_next_ms = w->loop.now_ms + BODY_RATE_SAMPLE_MS;
     c->ex.keep_alive = h->keep_alive && !c->draining && !c->must_close;
+    if (c->admin) {
+        gw_exchange_admin_head(c); /* the admin listener: never limited, no slot */
+        return;
+    }
 
     enum gw_admin_endpoint ep = gw_admin_match(cfg, h->target);
     if (ep != GW_ADMIN_NONE) {
@@ -817,6 +833,8 @@ bool gw_exchange_drive_upstream(struct gw_conn *c)
 int gw_exchange_request_body(void *ctx, const char *data, size_t len)
 {
     struct gw_conn *c = ctx;
+    if (c->state == CS_ADMIN)
+        return gw_exchange_admin_body(c, data, len);
     if (c->ex.discard_body || !c->up)
         return 0;
     return gw_upstream_send_body(c->up, data, len) != 0 ? -1 : 0;
@@ -826,6 +844,10 @@ int gw_exchange_request_body(void *ctx, const char *data, size_t len)
 void gw_exchange_on_request_done(struct gw_conn *c)
 {
     c->ex.req = REQ_DONE;
+    if (c->state == CS_ADMIN) {
+        gw_exchange_admin_done(c);
+        return;
+    }
     if (c->up && gw_upstream_send_end(c->up) != 0)
         gw_conn_close(c);
     if (!c->closing && c->state == CS_PROXY)

@@ -378,6 +378,8 @@ static char *render_access(char *p, const struct gw_access_entry *e)
         }
         p = GW_PUT_LIT(p, "\"]");
     }
+    if (e->admin)
+        p = GW_PUT_LIT(p, ",\"admin\":true");
     p = GW_PUT_LIT(p, "}\n");
     return p;
 }
@@ -385,7 +387,7 @@ static char *render_access(char *p, const struct gw_access_entry *e)
 static size_t line_bound(const struct gw_access_entry *e)
 {
     size_t client = e->client ? strlen(e->client) : 0;
-    size_t pol = e->policies ? 16 + 3 * strlen(e->policies) : 0;
+    size_t pol = (e->policies ? 16 + 3 * strlen(e->policies) : 0) + (e->admin ? 16 : 0);
     return ACCESS_FIXED_MAX + 6 * (client + e->method.len + e->path.len) + pol;
 }
 

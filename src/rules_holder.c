@@ -121,6 +121,10 @@ const char *gw_rules_source_name(enum gw_rules_source source)
         return "env";
     case GW_RULES_SOURCE_FILE:
         return "file";
+    case GW_RULES_SOURCE_API:
+        return "api";
+    case GW_RULES_SOURCE_REDIS:
+        return "redis";
     }
     return "unknown";
 }

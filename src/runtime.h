@@ -35,11 +35,18 @@ struct gw_health;
 struct gw_upstream_pool;
 struct gw_rules_reloader;
 struct gw_resolve_name;
+struct gw_rules_sync;
+
+/* Admin connections held at once (SPEC.md §11); beyond, closed at accept.
+ * They count neither under MAX_CONNECTIONS nor per client, so an operator
+ * still gets in when clients fill the gateway. */
+#define GW_ADMIN_MAX_CONNECTIONS 64
 
 /* An accepted socket travelling from the acceptor to a worker. */
 struct gw_handoff {
     int fd;
     struct sockaddr_storage peer;
+    bool admin; /* accepted on the admin listener (SPEC.md §11) */
 };
 
 struct gw_server {
@@ -66,6 +73,11 @@ struct gw_server {
                                               gw_rules_holder_generation moves */
     struct gw_rules_reloader *reloader;    /* RATE_LIMIT_RULES_FILE's reloader; NULL without
                                               a file */
+    int admin_fd;                          /* admin listener (ADMIN_PORT), -1 when none */
+    int admin_port;                        /* its bound port */
+    _Atomic int64_t admin_connections;     /* admin connections open, all workers */
+    struct gw_rules_sync *sync;            /* rules and forgets shared through Redis
+                                              (gw/rules_sync.h); NULL without REDIS_URL */
 };
 
 struct gw_worker {
@@ -98,11 +110,16 @@ struct gw_worker {
 
 /* Gives back what admitting a client connection took: its place under
  * MAX_CONNECTIONS and, when MAX_CONNECTIONS_PER_CLIENT is set, under its
- * client's cap. addr is the peer in gw_net_addr_bin form (only read). Call
- * exactly once per connection the acceptor handed over, when its descriptor
- * is closed. Thread-safe (atomics and the client table's locks). */
+ * client's cap. addr is the peer in gw_net_addr_bin form (only read), or
+ * NULL for an admin connection (its place under GW_ADMIN_MAX_CONNECTIONS).
+ * Call exactly once per connection the acceptor handed over, when its
+ * descriptor is closed. Thread-safe (atomics and the client table's locks). */
 static inline void gw_server_release_connection(struct gw_server *srv, const uint8_t addr[16])
 {
+    if (addr == NULL) { /* an admin connection */
+        atomic_fetch_sub_explicit(&srv->admin_connections, 1, memory_order_relaxed);
+        return;
+    }
     if (srv->client_conns)
         gw_client_conns_release(srv->client_conns, addr);
     atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);

@@ -13,6 +13,7 @@
 #include "gw/net.h"
 #include "gw/rules_reload.h"
 #include "gw/resolve.h"
+#include "gw/rules_sync.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -109,6 +110,7 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
     int exit_code = 1, started = 0;
     srv->cfg = cfg;
     srv->listen_fd = -1;
+    srv->admin_fd = -1;
     srv->acceptor_wake_fd = -1;
     srv->start_ms = gw_now_ms();
 
@@ -143,6 +145,16 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
         gw_error("cannot create the rate limiter: %s", strerror(-rc));
         goto out;
     }
+    if (cfg->redis_url != NULL) {
+        /* Rules and unblocks shared by every instance (SPEC.md §11): without
+         * a file, the shared rules are loaded here, before serving. */
+        rc = gw_rules_sync_start(&srv->sync, srv->rules, srv->rl, cfg,
+                                 cfg->rate_limit_rules_file ? 0 : GW_RULES_SYNC_ADOPT);
+        if (rc) {
+            gw_error("cannot start the rules sync: %s", strerror(-rc));
+            goto out;
+        }
+    }
     if (cfg->max_connections_per_client > 0) {
         rc = gw_client_conns_create(&srv->client_conns, cfg->max_connections_per_client);
         if (rc) {
@@ -162,6 +174,15 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
         goto out;
     }
     srv->port = gw_net_local_port(srv->listen_fd);
+    if (cfg->admin_port >= 0) {
+        srv->admin_fd = gw_net_listen(cfg->admin_host, cfg->admin_port, 64);
+        if (srv->admin_fd < 0) {
+            gw_error("cannot listen on ADMIN_HOST %s port %d: %s", cfg->admin_host, cfg->admin_port,
+                     strerror(-srv->admin_fd));
+            goto out;
+        }
+        srv->admin_port = gw_net_local_port(srv->admin_fd);
+    }
     srv->workers = calloc((size_t)cfg->worker_threads, sizeof(*srv->workers));
     if (!srv->workers)
         goto out;
@@ -185,6 +206,10 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
         gw_error("cannot start the acceptor: %s", strerror(-rc));
         goto out;
     }
+    if (srv->admin_fd >= 0)
+        gw_info(strchr(cfg->admin_host, ':') ? "admin listening on [%s]:%d (token %s)"
+                                             : "admin listening on %s:%d (token %s)",
+                cfg->admin_host, srv->admin_port, cfg->admin_token ? "required" : "not required");
     bool v6l = strchr(cfg->gateway_host, ':') != NULL;
     gw_info(v6l ? "gateway listening on [%s]:%d" : "gateway listening on %s:%d", cfg->gateway_host,
             srv->port);
@@ -221,12 +246,16 @@ out:
     for (int i = 0; i < srv->nworkers; i++)
         gw_worker_destroy(srv->workers[i]);
     free(srv->workers);
-    /* After the workers: they may hold references to the rules. */
+    /* After the workers: they may hold references to the rules, and use
+     * the rules sync. */
+    gw_rules_sync_stop(srv->sync);
     gw_rules_reloader_stop(srv->reloader);
     gw_rules_holder_destroy(srv->rules);
     gw_rules_put(rules);
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
+    if (srv->admin_fd >= 0)
+        close(srv->admin_fd);
     gw_health_stop(srv->health);
     if (srv->rl)
         gw_ratelimit_destroy(srv->rl);

@@ -57,10 +57,10 @@ static void take_inbox(struct gw_worker *w)
                 uint8_t addr[16];
                 gw_net_addr_bin(&batch[i].peer, addr);
                 close(batch[i].fd);
-                gw_server_release_connection(w->srv, addr);
+                gw_server_release_connection(w->srv, batch[i].admin ? NULL : addr);
                 continue;
             }
-            if (gw_conn_open(w, batch[i].fd, &batch[i].peer) != 0)
+            if (gw_conn_open(w, batch[i].fd, &batch[i].peer, batch[i].admin) != 0)
                 gw_warn("worker %d: could not open connection", w->id);
         }
     }
@@ -240,7 +240,7 @@ int gw_worker_start(struct gw_worker *w)
     return -pthread_create(&w->thread, NULL, worker_main, w);
 }
 
-int gw_worker_handoff(struct gw_worker *w, int fd, const struct sockaddr_storage *peer)
+int gw_worker_handoff(struct gw_worker *w, int fd, const struct sockaddr_storage *peer, bool admin)
 {
     pthread_mutex_lock(&w->inbox_mu);
     if (w->inbox_len == w->inbox_cap) {
@@ -256,6 +256,7 @@ int gw_worker_handoff(struct gw_worker *w, int fd, const struct sockaddr_storage
     bool was_empty = w->inbox_len == 0;
     w->inbox[w->inbox_len].fd = fd;
     w->inbox[w->inbox_len].peer = *peer;
+    w->inbox[w->inbox_len].admin = admin;
     w->inbox_len++;
     pthread_mutex_unlock(&w->inbox_mu);
     if (was_empty)

@@ -15,10 +15,11 @@ GW_MUSTCHECK int gw_worker_create(struct gw_worker **out, struct gw_server *srv,
 /* Starts the worker's thread. 0 or -errno. */
 GW_MUSTCHECK int gw_worker_start(struct gw_worker *w);
 
-/* Queues an accepted socket for w and wakes it. Thread-safe. Returns 0, or
- * -ENOMEM (the caller closes fd). */
-GW_MUSTCHECK int gw_worker_handoff(struct gw_worker *w, int fd,
-                                   const struct sockaddr_storage *peer);
+/* Queues an accepted socket for w and wakes it; admin: it came from the
+ * admin listener. Thread-safe. Returns 0, or -ENOMEM (the caller closes
+ * fd). */
+GW_MUSTCHECK int gw_worker_handoff(struct gw_worker *w, int fd, const struct sockaddr_storage *peer,
+                                   bool admin);
 
 /* Asks the worker to drain (force = close everything now). Thread-safe.
  * The thread exits once it holds no connection. */

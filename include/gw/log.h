@@ -45,13 +45,15 @@ struct gw_access_entry {
     bool limited;           /* the rate limiter refused it (or would, in dry run) */
     const char *policies;   /* comma-separated names of the refusing and shadow-refusing
                                policies ([A-Za-z0-9_.-] each), NULL or "" for none */
+    bool admin;             /* served on the admin listener: "admin":true (SPEC.md §11) */
 };
 
 /* Appends one JSON line (RFC 8259) for e to the calling thread's access-log
  * buffer: ts (UTC, ms), client, method, path (a request-target that is not
  * UTF-8 is logged as "<non-utf8>"), status, bytes_sent, duration_ms and
  * upstream_ms (3 decimals; null when not proxied), limited, and policies
- * (an array of names) when there are any. The buffer is
+ * (an array of names) when there are any, and "admin":true for a
+ * request of the admin listener. The buffer is
  * handed to the writer thread (see gw_log_access_flush) when it holds 48
  * KiB, or when the thread calls gw_log_access_flush: a thread that logs must
  * call it before it idles (a worker does before each epoll_wait) and before

@@ -40,6 +40,9 @@ enum gw_rules_format {
 enum gw_rules_source {
     GW_RULES_SOURCE_ENV = 0, /* made from RATE_LIMIT_* (no file) */
     GW_RULES_SOURCE_FILE,    /* RATE_LIMIT_RULES_FILE */
+    GW_RULES_SOURCE_API,     /* PUT /rules on this instance (SPEC.md §11) */
+    GW_RULES_SOURCE_REDIS,   /* <prefix>:rules in Redis, put by another instance or
+                                loaded at start-up (SPEC.md §11) */
 };
 
 enum gw_rules_key_kind {

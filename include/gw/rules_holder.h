@@ -76,7 +76,7 @@ void gw_rules_holder_reloads(const struct gw_rules_holder *h, uint64_t *success,
 size_t gw_rules_holder_last_error(struct gw_rules_holder *h, char *buf, size_t cap);
 
 /* The /stats and gateway_rules_info spelling of a rules source: "env",
- * "file" (SPEC.md §10 rules_source). Never NULL ("unknown" for a value
+ * "file", "api", "redis" (SPEC.md §10 rules_source, §11). Never NULL ("unknown" for a value
  * this build does not know). Thread-safe. */
 const char *gw_rules_source_name(enum gw_rules_source source);
 
