@@ -733,6 +733,9 @@ static const char *const gateway_base_env[] = {"GATEWAY_HOST=127.0.0.1",
                                                "SHUTDOWN_TIMEOUT_MS",
                                                "LOG_LEVEL",
                                                "ACCESS_LOG",
+                                               "ADMIN_HOST",
+                                               "ADMIN_PORT",
+                                               "ADMIN_TOKEN",
                                                NULL};
 
 int gwt_gateway_run(const char *const args[], const char *const env[], int timeout_ms, char **out,
