@@ -1481,6 +1481,9 @@ static void test_kubernetes_manifest(void **state)
             snprintf(store[n], sizeof(store[n]), "%s=%s", name, rules_path);
         } else if (json_is_string(value)) {
             snprintf(store[n], sizeof(store[n]), "%s=%s", name, json_string_value(value));
+        } else if (strcmp(name, "ADMIN_TOKEN") == 0 && jget(var, "valueFrom.secretKeyRef")) {
+            /* A secret: any value of the right shape stands for it. */
+            snprintf(store[n], sizeof(store[n]), "%s=%s", name, "0123456789abcdef0123456789abcdef");
         } else {
             fail_msg("env %s: a string value (or WORKER_THREADS' resourceFieldRef) expected", name);
         }
@@ -1509,6 +1512,24 @@ static void test_kubernetes_manifest(void **state)
         assert_int_equal(gwt_obs_rm_rf(rules_tmp), 0);
     }
     assert_int_equal(json_integer_value(json_object_get(eff, "GATEWAY_PORT")), gw_port);
+    /* The admin API stays inside the pod: on loopback, and its port is
+     * neither a container port nor in the Service (SPEC.md §11). */
+    json_t *admin_port = json_object_get(eff, "ADMIN_PORT");
+    if (json_is_integer(admin_port)) {
+        const char *ah = json_string_value(json_object_get(eff, "ADMIN_HOST"));
+        assert_true(strcmp(ah, "127.0.0.1") == 0 || strcmp(ah, "::1") == 0);
+        long long ap = json_integer_value(admin_port);
+        json_t *cp;
+        size_t k;
+        json_array_foreach(json_object_get(gw, "ports"), k, cp)
+            assert_true(jint(json_object_get(cp, "containerPort")) != ap);
+        json_array_foreach(jget(svc, "spec.ports"), k, cp)
+        {
+            json_t *tp = json_object_get(cp, "targetPort");
+            assert_true(json_is_string(tp) || jint(tp) != ap);
+            assert_true(jint(json_object_get(cp, "port")) != ap);
+        }
+    }
     char backend[64];
     snprintf(backend, sizeof(backend), "http://127.0.0.1:%lld", app_port);
     assert_string_equal(json_string_value(json_object_get(eff, "BACKEND_URL")), backend);
