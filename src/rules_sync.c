@@ -4,7 +4,9 @@
  * poll thread that follows both on every instance.
  *
  * Locking: mu guards c (the connection), last_serial and forget_id; the
- * poller and the admin endpoints take it for one round trip each. stop is
+ * poller and the admin endpoints take it for one round trip each. Only the
+ * poll thread (re)connects, and without mu, so an admin request never
+ * waits for a connect: while Redis is down it fails at once. stop is
  * guarded by mu too and signalled through cv.
  */
 #include "gw/rules_sync.h"
@@ -53,13 +55,13 @@ struct gw_rules_sync {
     char *rules_key;                /* "<prefix>:rules" */
     char *forget_key;               /* "<prefix>:forget" */
     pthread_mutex_t mu;
-    pthread_cond_t cv;    /* stop, with mu */
-    bool stop;            /* with mu */
-    redisContext *c;      /* with mu; NULL while down */
-    bool down_logged;     /* with mu: the outage was logged once */
-    uint64_t last_serial; /* with mu: the serial last adopted or stored (0 = none) */
-    char forget_id[48];   /* with mu: last forget stream entry seen */
-    bool forget_id_known; /* with mu: forget_id was read once */
+    pthread_cond_t cv;        /* stop, with mu */
+    bool stop;                /* with mu */
+    redisContext *c;          /* with mu; NULL while down */
+    _Atomic bool down_logged; /* the outage was logged once */
+    uint64_t last_serial;     /* with mu: the serial last adopted or stored (0 = none) */
+    char forget_id[48];       /* with mu: last forget stream entry seen */
+    bool forget_id_known;     /* with mu: forget_id was read once */
     pthread_t thread;
     bool started;
     _Atomic uint64_t polls, adopted, forgets;
@@ -67,18 +69,16 @@ struct gw_rules_sync {
 
 /* ---- connection ------------------------------------------------------- */
 
+/* The connection failed: dropped (with mu); the poll thread reconnects. */
 static void drop_conn(struct gw_rules_sync *s, const char *what)
 {
-    if (s->c != NULL) {
-        if (!s->down_logged)
-            gw_warn("rules sync: Redis %s: %s; retrying every %d ms", what,
-                    s->c->errstr[0] ? s->c->errstr : "failed", GW_RULES_SYNC_POLL_MS);
-        redisFree(s->c);
-        s->c = NULL;
-    } else if (!s->down_logged) {
-        gw_warn("rules sync: Redis %s failed; retrying every %d ms", what, GW_RULES_SYNC_POLL_MS);
-    }
-    s->down_logged = true;
+    if (s->c == NULL)
+        return;
+    if (!atomic_exchange(&s->down_logged, true))
+        gw_warn("rules sync: Redis %s: %s; reconnecting every %d ms", what,
+                s->c->errstr[0] ? s->c->errstr : "failed", GW_RULES_SYNC_POLL_MS);
+    redisFree(s->c);
+    s->c = NULL;
 }
 
 /* One command, reply checked: NULL (connection dropped, logged) or a reply
@@ -94,57 +94,47 @@ static redisReply *command_argv(struct gw_rules_sync *s, int argc, const char **
     return rep;
 }
 
-/* Connects (blocking, bounded by timeout_ms per step) when down. With mu.
- * 0, or -ENOTCONN. */
-static int ensure_conn(struct gw_rules_sync *s)
+/* A new connection, AUTH and SELECT done (blocking, each step bounded by
+ * timeout_ms), or NULL (logged once per outage). Called without mu: only
+ * the poll thread (and start-up) connects, so an unreachable Redis never
+ * makes an admin request wait for a connect. */
+static redisContext *connect_new(struct gw_rules_sync *s)
 {
-    if (s->c != NULL)
-        return 0;
     struct timeval tv = {s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000};
     const struct gw_redis_target *t = &s->target;
     redisContext *c = t->unix_path != NULL ? redisConnectUnixWithTimeout(t->unix_path, tv)
                                            : redisConnectWithTimeout(t->host, t->port, tv);
-    if (c == NULL || c->err) {
-        if (!s->down_logged)
-            gw_warn("rules sync: cannot connect to Redis: %s; retrying every %d ms",
-                    c != NULL ? c->errstr : "out of memory", GW_RULES_SYNC_POLL_MS);
-        s->down_logged = true;
-        if (c != NULL)
-            redisFree(c);
-        return -ENOTCONN;
+    const char *why = c == NULL ? "out of memory" : c->err ? c->errstr : NULL;
+    if (why == NULL) {
+        (void)fcntl(c->fd, F_SETFD, FD_CLOEXEC);
+        if (redisSetTimeout(c, tv) != REDIS_OK)
+            why = "cannot set the timeout";
     }
-    (void)fcntl(c->fd, F_SETFD, FD_CLOEXEC);
-    if (redisSetTimeout(c, tv) != REDIS_OK) {
-        redisFree(c);
-        return -ENOTCONN;
-    }
-    s->c = c;
     redisReply *rep = NULL;
-    if (t->password != NULL) {
+    if (why == NULL && t->password != NULL) {
         rep = t->username != NULL ? redisCommand(c, "AUTH %s %s", t->username, t->password)
                                   : redisCommand(c, "AUTH %s", t->password);
-        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
-            if (rep != NULL)
-                gw_warn("rules sync: Redis AUTH refused");
-            freeReplyObject(rep);
-            drop_conn(s, "AUTH");
-            return -ENOTCONN;
-        }
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
+            why = "AUTH failed";
         freeReplyObject(rep);
     }
-    if (t->db > 0) {
+    if (why == NULL && t->db > 0) {
         rep = redisCommand(c, "SELECT %d", t->db);
-        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
-            freeReplyObject(rep);
-            drop_conn(s, "SELECT");
-            return -ENOTCONN;
-        }
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
+            why = "SELECT failed";
         freeReplyObject(rep);
     }
-    if (s->down_logged)
+    if (why != NULL) {
+        if (!atomic_exchange(&s->down_logged, true))
+            gw_warn("rules sync: cannot connect to Redis: %s; retrying every %d ms", why,
+                    GW_RULES_SYNC_POLL_MS);
+        if (c != NULL)
+            redisFree(c);
+        return NULL;
+    }
+    if (atomic_exchange(&s->down_logged, false))
         gw_info("rules sync: connected to Redis again");
-    s->down_logged = false;
-    return 0;
+    return c;
 }
 
 /* ---- rules ------------------------------------------------------------ */
@@ -308,7 +298,7 @@ static void take_forgets(struct gw_rules_sync *s, const redisReply *rep)
  * forget_id, pipelined. With mu. */
 static void poll_once(struct gw_rules_sync *s)
 {
-    if (ensure_conn(s) != 0)
+    if (s->c == NULL)
         return;
     if (!s->forget_id_known && init_forget_id(s) != 0)
         return;
@@ -341,6 +331,16 @@ static void *sync_main(void *arg)
     struct gw_rules_sync *s = arg;
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
+        if (s->c == NULL) {
+            /* Connect without mu: admin requests meanwhile fail fast. */
+            pthread_mutex_unlock(&s->mu);
+            redisContext *c = connect_new(s);
+            pthread_mutex_lock(&s->mu);
+            if (c != NULL && s->c == NULL)
+                s->c = c;
+            else if (c != NULL)
+                redisFree(c);
+        }
         poll_once(s);
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -410,9 +410,10 @@ int gw_rules_sync_start(struct gw_rules_sync **out, struct gw_rules_holder *h,
     }
     if (s->adopt) {
         /* Before serving: the shared rules, or the default with a warning. */
+        s->c = connect_new(s); /* no thread yet */
         pthread_mutex_lock(&s->mu);
         const char *hget[] = {"HGET", s->rules_key, "serial"};
-        redisReply *rep = ensure_conn(s) == 0 ? command_argv(s, 3, hget, NULL, "HGET") : NULL;
+        redisReply *rep = s->c != NULL ? command_argv(s, 3, hget, NULL, "HGET") : NULL;
         uint64_t serial = 0;
         if (rep == NULL) {
             gw_warn("rules sync: cannot read the shared rules from Redis at start-up; enforcing "
@@ -443,7 +444,7 @@ int gw_rules_sync_store(struct gw_rules_sync *s, struct gw_rules *r, const char 
                         char *prev, size_t cap, uint64_t *serial)
 {
     pthread_mutex_lock(&s->mu);
-    int rc = ensure_conn(s);
+    int rc = s->c != NULL ? 0 : -ENOTCONN;
     redisReply *rep = NULL;
     if (rc == 0) {
         const char *argv[] = {
@@ -496,7 +497,7 @@ int gw_rules_sync_forget(struct gw_rules_sync *s, const char *limit, const char 
         lens[i] = strlen(argv[i]);
     lens[6] = key_len;
     pthread_mutex_lock(&s->mu);
-    int rc = ensure_conn(s);
+    int rc = s->c != NULL ? 0 : -ENOTCONN;
     if (rc == 0) {
         redisReply *rep = command_argv(s, (int)GW_ARRAY_LEN(argv), argv, lens, "EVAL");
         if (rep == NULL) {

@@ -21,8 +21,9 @@
  * "last serial seen" (the poller's round trip, a PUT's store-and-publish, a
  * forget's append), so an instance never publishes an older serial after
  * a newer one. It is held for at most one Redis round trip (bounded by the
- * connection's timeout), never by a worker's request path except the
- * admin endpoints that need it.
+ * connection's timeout), never while connecting (the poll thread alone
+ * reconnects, without it), and taken by no worker except for the admin
+ * endpoints that need it.
  */
 #ifndef GW_RULES_SYNC_H
 #define GW_RULES_SYNC_H
@@ -67,13 +68,14 @@ GW_MUSTCHECK int gw_rules_sync_start(struct gw_rules_sync **out, struct gw_rules
 /* PUT /rules with Redis: stores r's normalised form and version as the
  * shared rules (the script described above; if_match, when not NULL, must
  * equal the stored version, "" meaning none stored yet), then publishes r
- * into the holder with source api, unless the poller already published a
- * later serial. Takes over the caller's reference to r whatever happens.
+ * into the holder with source api (under the mutex: no later serial can
+ * have been adopted in between). Takes over the caller's reference to r whatever happens.
  * *serial (may be NULL) gets the serial stored. Returns 0;
  * GW_RULES_SYNC_MISMATCH when if_match differs (prev, cap bytes, gets the
- * stored version, may be NULL); -ENOTCONN / -ETIMEDOUT / -EPROTO when Redis
- * could not store it (nothing applied anywhere). Blocks for one round trip.
- * Thread-safe. */
+ * stored version, may be NULL); -ENOTCONN when the connection is down (at
+ * once: only the poll thread reconnects) or failed, -EPROTO when Redis
+ * refused the script (nothing applied anywhere). Blocks for at most one
+ * round trip (the connection's timeout). Thread-safe. */
 GW_MUSTCHECK int gw_rules_sync_store(struct gw_rules_sync *s, struct gw_rules *r,
                                      const char *if_match, char *prev, size_t cap,
                                      uint64_t *serial);
@@ -81,8 +83,8 @@ GW_MUSTCHECK int gw_rules_sync_store(struct gw_rules_sync *s, struct gw_rules *r
 /* DELETE /ratelimit: tells every other instance to drop client key
  * (key_len bytes) of limit from its over-limit cache (an entry of the
  * forget stream; this instance's own entries are skipped when polled).
- * Returns 0 or -ENOTCONN / -ETIMEDOUT / -EPROTO. Blocks for one round trip.
- * Thread-safe. */
+ * Returns 0, -ENOTCONN (down, or failed) or -EPROTO, as gw_rules_sync_store.
+ * Blocks for at most one round trip. Thread-safe. */
 GW_MUSTCHECK int gw_rules_sync_forget(struct gw_rules_sync *s, const char *limit, const char *key,
                                       size_t key_len);
 
@@ -95,9 +97,10 @@ void gw_rules_sync_counts(const struct gw_rules_sync *s, uint64_t *polls, uint64
 
 /* Publishes r (the caller's reference is taken over) into h as the rules
  * in force and logs "rules changed: version NEW (N limits), was OLD
- * (source S)" at info, S being r->source's name. For every change that is
- * not a file reload (PUT /rules with and without Redis, the poller).
- * Thread-safe. */
+ * (source S)" at info, S being r->source's name ("rules replaced by the
+ * same version V ..." when r has the version in force). For every change
+ * that is not a file reload (PUT /rules with and without Redis, the
+ * poller). Thread-safe. */
 void gw_rules_sync_apply(struct gw_rules_holder *h, struct gw_rules *r);
 
 /* Stops and joins the poll thread, closes the connection, frees s. NULL is

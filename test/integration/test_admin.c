@@ -562,6 +562,32 @@ static void test_token_log_and_client_port(void **state)
     free(out);
 }
 
+/* Redis unreachable at start-up: a warning, the RATE_LIMIT_* default, and
+ * PUT refused at once (503) rather than applied to this instance alone. */
+static void test_redis_down_at_start(void **state)
+{
+    (void)state;
+    const char *env[] = {gwt_dead_url("REDIS_URL", "redis"), "ADMIN_PORT=0", NULL};
+    gwt_suite_start_gw2(env);
+    int aport = admin_port_of(&gwt_fx.gw2);
+    char *log = gwt_log_read(&gwt_fx.gw2);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "cannot read the shared rules from Redis at start-up"));
+    free(log);
+    char v[32], src[32];
+    get_rules(aport, v, src);
+    assert_string_equal(src, "env");
+    long long t0 = gwt_now_ms();
+    struct gwt_response r = {0};
+    request(aport, "PUT", "/rules", NULL, rules(9), &r);
+    gwt_assert_problem(&r, 503, NULL);
+    gwt_response_free(&r);
+    assert_true(gwt_now_ms() - t0 < 500); /* no connect attempt on the request's path */
+    char v2[32];
+    get_rules(aport, v2, src);
+    assert_string_equal(v2, v);
+}
+
 /* A non-loopback ADMIN_HOST without ADMIN_TOKEN is a start-up error. */
 static void test_non_loopback_without_token_exits_2(void **state)
 {
@@ -597,13 +623,10 @@ static int redis_setup(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        GWT_TEST(test_put_converges_and_restart),
-        GWT_TEST(test_racing_puts_converge),
-        GWT_TEST(test_inspect_and_unblock),
-        GWT_TEST(test_put_with_file_is_409),
-        GWT_TEST(test_local_put_and_limits),
-        GWT_TEST(test_token_log_and_client_port),
-        GWT_TEST(test_non_loopback_without_token_exits_2),
+        GWT_TEST(test_put_converges_and_restart), GWT_TEST(test_racing_puts_converge),
+        GWT_TEST(test_inspect_and_unblock),       GWT_TEST(test_put_with_file_is_409),
+        GWT_TEST(test_local_put_and_limits),      GWT_TEST(test_token_log_and_client_port),
+        GWT_TEST(test_redis_down_at_start),       GWT_TEST(test_non_loopback_without_token_exits_2),
     };
     return cmocka_run_group_tests(tests, redis_setup, gwt_suite_teardown);
 }
