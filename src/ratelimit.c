@@ -57,7 +57,7 @@
 #define SKC_SLOTS       128  /* per-worker cache of identity -> digest (power of two) */
 #define SKC_KEY_MAX     96   /* longer identities are hashed on every request */
 #define MD_BYTES        16   /* digest bytes in a store key (GW_RL_KEY_HASH_HEX / 2) */
-#define IDENT_MAX       2048 /* longest identity hashed (longer header values are cut) */
+#define IDENT_MAX       4096 /* longest identity (header values over 256 bytes go in as SHA-256) */
 #define STATS_MAX       4096 /* limit names counted since start */
 
 /* One rate known to refuse a client until deadline_ms. */
@@ -676,6 +676,28 @@ static void ident_put(char *ident, size_t *n, const char *src, size_t len)
     *n += len;
 }
 
+/* A header value in an identity: as it is up to VALUE_MAX bytes, else
+ * "sha256:<hex>" of the whole value, so two long values never share a
+ * budget by being cut (an identity has IDENT_MAX bytes). */
+#define VALUE_MAX 256
+
+static void ident_put_value(char *ident, size_t *n, const char *v, size_t len)
+{
+    if (len <= VALUE_MAX) {
+        ident_put(ident, n, v, len);
+        return;
+    }
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char hex[7 + 2 * SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)v, len, md);
+    memcpy(hex, "sha256:", 7);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) {
+        hex[7 + 2 * i] = hexd[md[i] >> 4];
+        hex[8 + 2 * i] = hexd[md[i] & 15];
+    }
+    ident_put(ident, n, hex, sizeof(hex));
+}
+
 /* The identity of limit lim for a request (SPEC.md §10 "key"): parts
  * joined by '|'. Returns its length, or -1 when a key header came in
  * several field lines (which budget is the client's is ambiguous). */
@@ -711,7 +733,7 @@ static ssize_t identity(struct gw_ratelimit_worker *w, const struct gw_rules_lim
             ident_put(id, &n, "header:", 7);
             ident_put(id, &n, part->header, strlen(part->header));
             ident_put(id, &n, "=", 1);
-            ident_put(id, &n, f->value.ptr, f->value.len);
+            ident_put_value(id, &n, f->value.ptr, f->value.len);
         } else {
             const char *a = it->req->client_addr != NULL ? it->req->client_addr : "";
             ident_put(id, &n, "ip:", 3);
@@ -1237,7 +1259,7 @@ static ssize_t admin_identity(const struct gw_rules_limit *lim, const char *key,
             ident_put(id, &n, "header:", 7);
             ident_put(id, &n, part->header, strlen(part->header));
             ident_put(id, &n, "=", 1);
-            ident_put(id, &n, key + pos, end - pos);
+            ident_put_value(id, &n, key + pos, end - pos);
         }
         pos = end;
     }
