@@ -77,10 +77,11 @@ struct olc_shard {
 
 /* A cached store-key digest of one identity (the worker's own). */
 struct skc_slot {
-    uint64_t khash;             /* gw_hash64(seed, identity) */
-    uint32_t len;               /* identity bytes; UINT32_MAX = empty slot */
-    unsigned char md[MD_BYTES]; /* first bytes of SHA-256(identity) */
-    char key[SKC_KEY_MAX];      /* the identity */
+    uint64_t khash;               /* gw_hash64(seed, identity) */
+    uint32_t len;                 /* identity bytes; UINT32_MAX = empty slot */
+    unsigned char md[MD_BYTES];   /* first bytes of SHA-256(identity) */
+    char hex[GW_RL_KEY_HASH_HEX]; /* md in lower-case hex, as store keys spell it */
+    char key[SKC_KEY_MAX];        /* the identity */
 };
 
 /* Counters of one limit name. */
@@ -251,21 +252,31 @@ static void sha256(struct gw_ratelimit_worker *w, const char *key, size_t len,
     SHA256((const unsigned char *)key, len, md);
 }
 
-/* The store-key digest of an identity, from the worker's cache when it
- * holds it (direct-mapped on khash; the bytes are compared). */
+static void to_hex(const unsigned char *md, char *hex)
+{
+    for (int i = 0; i < MD_BYTES; i++) {
+        hex[2 * i] = hexd[md[i] >> 4];
+        hex[2 * i + 1] = hexd[md[i] & 15];
+    }
+}
+
+/* The store-key digest of an identity and its hex, from the worker's cache
+ * when it holds it (direct-mapped on khash; the bytes are compared). */
 static void client_digest(struct gw_ratelimit_worker *w, const char *key, size_t len,
-                          unsigned char out[MD_BYTES])
+                          unsigned char out[MD_BYTES], char hex[GW_RL_KEY_HASH_HEX])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     if (len > SKC_KEY_MAX) {
         sha256(w, key, len, md);
         memcpy(out, md, MD_BYTES);
+        to_hex(out, hex);
         return;
     }
     uint64_t khash = gw_hash64(w->rl->seed, key, len);
     struct skc_slot *s = &w->skc[khash & (SKC_SLOTS - 1)];
     if (s->len == len && s->khash == khash && memcmp(s->key, key, len) == 0) {
         memcpy(out, s->md, MD_BYTES);
+        memcpy(hex, s->hex, GW_RL_KEY_HASH_HEX);
         return;
     }
     sha256(w, key, len, md);
@@ -273,8 +284,11 @@ static void client_digest(struct gw_ratelimit_worker *w, const char *key, size_t
     s->len = (uint32_t)len;
     memcpy(s->key, key, len);
     memcpy(s->md, md, MD_BYTES);
+    to_hex(md, s->hex);
     memcpy(out, md, MD_BYTES);
+    memcpy(hex, s->hex, GW_RL_KEY_HASH_HEX);
 }
+
 /* ---- over-limit cache -------------------------------------------------------- */
 
 static struct olc_shard *olc_shard_of(const struct gw_ratelimit *rl, uint64_t hash)
@@ -754,23 +768,30 @@ static uint64_t mix64(uint64_t a, uint64_t b)
 
 /* The pass index of the store key "<prefix>:{<md>}:<limit>:<policy>",
  * added when new (hash is mix64(md hash, rate id)). */
-static uint16_t pass_key(struct gw_ratelimit_worker *w, const unsigned char md[MD_BYTES],
+static uint16_t pass_key(struct gw_ratelimit_worker *w, const char hex[GW_RL_KEY_HASH_HEX],
                          const struct gw_rules_limit *lim, const struct gw_rules_rate *rt,
                          uint64_t hash)
 {
     size_t t = hash & (2 * PASS_OPS - 1);
     char *slot = w->keys + w->nkeys * w->key_cap;
-    int n = format_store_key(w->rl->cfg->rate_limit_key_prefix, w->rl->prefix_len, md, slot,
-                             w->key_cap);
-    size_t len = (size_t)n, nl = strlen(lim->name), pl = strlen(rt->name);
-    assert(n > 0 && len + nl + pl + 3 <= w->key_cap); /* key_cap was sized for this */
-    slot[len++] = ':';
-    memcpy(slot + len, lim->name, nl);
-    len += nl;
-    slot[len++] = ':';
-    memcpy(slot + len, rt->name, pl);
-    len += pl;
-    slot[len] = '\0';
+    size_t plen = w->rl->prefix_len, nl = strlen(lim->name), pl = strlen(rt->name);
+    size_t len = plen + 3 + GW_RL_KEY_HASH_HEX + 2 + nl + pl;
+    assert(len + 1 <= w->key_cap); /* key_cap was sized for this */
+    char *p = slot;
+    memcpy(p, w->rl->cfg->rate_limit_key_prefix, plen);
+    p += plen;
+    *p++ = ':';
+    *p++ = '{';
+    memcpy(p, hex, GW_RL_KEY_HASH_HEX);
+    p += GW_RL_KEY_HASH_HEX;
+    *p++ = '}';
+    *p++ = ':';
+    memcpy(p, lim->name, nl);
+    p += nl;
+    *p++ = ':';
+    memcpy(p, rt->name, pl);
+    p += pl;
+    *p = '\0';
     for (; w->ktable[t] != 0; t = (t + 1) & (2 * PASS_OPS - 1)) {
         uint16_t k = (uint16_t)(w->ktable[t] - 1);
         if (w->khash[k] == hash && w->klen[k] == len && memcmp(w->kptr[k], slot, len) == 0)
@@ -897,13 +918,14 @@ static bool pass_add(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *ite
     /* Identities first: a bad key header refuses the request before any
      * rate is counted. */
     unsigned char md[GW_RL_APPLY_MAX][MD_BYTES];
+    char hex[GW_RL_APPLY_MAX][GW_RL_KEY_HASH_HEX];
     for (size_t j = 0; j < napp; j++) {
         ssize_t n = identity(w, w->v.match[j], it);
         if (n < 0) {
             d->verdict = GW_RL_BAD_KEY;
             return true;
         }
-        client_digest(w, w->ident, (size_t)n, md[j]);
+        client_digest(w, w->ident, (size_t)n, md[j], hex[j]);
         is->md_hash[j] = md_hash64(md[j]);
     }
     d->napplied = (uint8_t)napp;
@@ -938,7 +960,7 @@ static bool pass_add(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *ite
                                              .rate = (uint8_t)k,
                                              .flat = (uint32_t)f,
                                              .ohash = h};
-                w->pops[o].key = pass_key(w, md[j], lim, &lim->rates[k], h);
+                w->pops[o].key = pass_key(w, hex[j], lim, &lim->rates[k], h);
                 w->pops[o].spec = pass_spec(w, f);
                 w->pops[o].a = w->pops[o].b = 0;
                 w->oo[o].state = OP_NONE;
@@ -1282,12 +1304,14 @@ static int inspect_pass(struct gw_ratelimit_worker *w, const struct gw_rules_lim
                         const unsigned char md[MD_BYTES], enum gw_rl_pass_mode mode,
                         int64_t *now_us)
 {
+    char hex[GW_RL_KEY_HASH_HEX];
+    to_hex(md, hex);
     pass_reset(w);
     size_t base = w->v.rate_base[lim->index];
     uint64_t mh = md_hash64(md);
     for (size_t k = 0; k < lim->rate_count; k++) {
         size_t o = w->nops++;
-        w->pops[o].key = pass_key(w, md, lim, &lim->rates[k], mix64(mh, w->v.rate_id[base + k]));
+        w->pops[o].key = pass_key(w, hex, lim, &lim->rates[k], mix64(mh, w->v.rate_id[base + k]));
         w->pops[o].spec = pass_spec(w, base + k);
         w->units[w->nunits] = (struct gw_rl_unit){.first = (uint16_t)o, .n = 1};
         w->unit_sent[w->nunits++] = true;
@@ -1343,7 +1367,8 @@ int gw_ratelimit_peek(struct gw_ratelimit_worker *w, const char *limit, const ch
     if (idn < 0)
         return -EINVAL;
     unsigned char md[MD_BYTES];
-    client_digest(w, w->ident, (size_t)idn, md);
+    char hex[GW_RL_KEY_HASH_HEX];
+    client_digest(w, w->ident, (size_t)idn, md, hex);
     int64_t now_us = 0;
     int rc = inspect_pass(w, lim, md, GW_RL_PASS_PEEK, &now_us);
     if (rc != 0)
@@ -1375,7 +1400,8 @@ int gw_ratelimit_forget(struct gw_ratelimit_worker *w, const char *limit, const 
     if (idn < 0)
         return -EINVAL;
     unsigned char md[MD_BYTES];
-    client_digest(w, w->ident, (size_t)idn, md);
+    char hex[GW_RL_KEY_HASH_HEX];
+    client_digest(w, w->ident, (size_t)idn, md, hex);
     forget_cached(w->rl, lim, md);
     int64_t now_us = 0;
     int rc = inspect_pass(w, lim, md, GW_RL_PASS_DELETE, &now_us);
@@ -1435,19 +1461,23 @@ int gw_ratelimit_write_headers(const struct gw_rl_decision *d, struct gw_buf *ou
 {
     if (!d->has_info || d->rules == NULL)
         return 0;
-    char list[1536];
+    /* The members were rendered once per load (gw_rules_limit.policy_items):
+     * here they are only joined. */
+    char list[2048];
     size_t n = 0;
-    FOR_ENFORCE_RATES(d, lim, k, ap)
-    {
-        (void)ap;
-        const struct gw_rules_rate *rt = &lim->rates[k];
-        char item[GW_RULES_NAME_MAX + 64];
-        int m = snprintf(item, sizeof(item), "%s\"%s\";q=%lld;w=%lld", n > 0 ? ", " : "", rt->name,
-                         (long long)rt->requests, (long long)((rt->window_ms + 999) / 1000));
-        if (m > 0 && n + (size_t)m < sizeof(list)) {
-            memcpy(list + n, item, (size_t)m);
-            n += (size_t)m;
+    for (size_t j = 0; j < d->napplied; j++) {
+        const struct gw_rules_limit *lim = &d->rules->limits[d->applied[j].limit];
+        if (lim->shadow || lim->policy_items_len == 0)
+            continue;
+        size_t need = lim->policy_items_len + (n > 0 ? 2 : 0);
+        if (n + need > sizeof(list))
+            break; /* a field this long is cut at a member */
+        if (n > 0) {
+            list[n++] = ',';
+            list[n++] = ' ';
         }
+        memcpy(list + n, lim->policy_items, lim->policy_items_len);
+        n += lim->policy_items_len;
     }
     return gw_response_write_ratelimit_headers(out, &d->info, d->policy, list, n);
 }

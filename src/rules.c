@@ -1019,6 +1019,32 @@ static void limit_free(struct gw_rules_limit *l)
     for (size_t i = 0; i < l->rate_count; i++)
         free(l->rates[i].name);
     free(l->rates);
+    free(l->policy_items);
+}
+
+/* Renders each limit's RateLimit-Policy members (SPEC.md §10 "Headers";
+ * draft-ietf-httpapi-ratelimit-headers-11: sf-string name, q and w in
+ * whole seconds, rounded up) once per load. 0 or -ENOMEM. */
+static int render_policy_items(struct gw_rules *r)
+{
+    for (size_t i = 0; i < r->limit_count; i++) {
+        struct gw_rules_limit *l = &r->limits[i];
+        size_t cap = 1 + l->rate_count * (GW_RULES_NAME_MAX + 64), n = 0;
+        if ((l->policy_items = malloc(cap)) == NULL)
+            return -ENOMEM;
+        l->policy_items[0] = '\0';
+        for (size_t k = 0; k < l->rate_count; k++) {
+            const struct gw_rules_rate *rt = &l->rates[k];
+            int m = snprintf(l->policy_items + n, cap - n, "%s\"%s\";q=%lld;w=%lld",
+                             k > 0 ? ", " : "", rt->name, (long long)rt->requests,
+                             (long long)((rt->window_ms + 999) / 1000));
+            if (m < 0 || (size_t)m >= cap - n)
+                return -ENOMEM; /* cannot happen: cap holds the longest member */
+            n += (size_t)m;
+        }
+        l->policy_items_len = n;
+    }
+    return 0;
 }
 
 static void rules_free(struct gw_rules *r)
@@ -1048,7 +1074,7 @@ void gw_rules_put(struct gw_rules *r)
 /* Normal form, version and matcher of a model; frees r on failure. */
 static struct gw_rules *finish(struct gw_rules *r)
 {
-    if (normalise(r) != 0 || gw_rules_index_create(r) != 0) {
+    if (normalise(r) != 0 || gw_rules_index_create(r) != 0 || render_policy_items(r) != 0) {
         rules_free(r);
         return NULL;
     }

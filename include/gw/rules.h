@@ -100,6 +100,9 @@ struct gw_rules_limit {
     size_t key_count;                            /* 0 only for an allow limit */
     struct gw_rules_rate *rates;                 /* rate_count entries, file order */
     size_t rate_count;                           /* 0 only for an allow limit */
+    char *policy_items;      /* its rates as RateLimit-Policy list members, rendered once:
+                                "login-1m";q=5;w=60, "login-1h";q=20;w=3600 ("" for allow) */
+    size_t policy_items_len; /* bytes */
 };
 
 struct gw_rules_index; /* the compiled matcher, private to src/rules_match.c */
