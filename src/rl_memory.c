@@ -412,12 +412,26 @@ struct state_ref {
     struct shard *s;
 };
 
-/* Identity of state key (key, suffix) without building a string. */
-static void state_id(const char *key, size_t len, const char *suffix, size_t slen,
-                     struct state_ref *out, struct gw_rl_memory *m)
+/* A 64-bit finaliser (splitmix64's): spreads a word over all bits. */
+static uint64_t fmix(uint64_t x)
 {
-    out->h1 = gw_hash64(gw_hash64(SEED1, key, len), suffix, slen);
-    out->h2 = gw_hash64(gw_hash64(SEED2, key, len), suffix, slen);
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+/* Identity of state key (key, suffix words) without building a string:
+ * the key is hashed once per seed, the three suffix words mixed in. */
+static void state_id(uint64_t k1, uint64_t k2, const uint64_t suf[3], struct state_ref *out,
+                     struct gw_rl_memory *m)
+{
+    uint64_t x = fmix(suf[0] + 0x9e3779b97f4a7c15ULL) ^ fmix(suf[1] ^ 0x6a09e667f3bcc909ULL) ^
+                 fmix(suf[2] + 0xbb67ae8584caa73bULL);
+    out->h1 = fmix(k1 ^ x);
+    out->h2 = fmix(k2 + x);
     out->s = shard_of(m, out->h1);
 }
 
@@ -438,18 +452,19 @@ static int op_states(struct gw_rl_memory *m, const struct gw_rl_pass *p, const s
     /* The state's identity: the key and a binary suffix with the same
      * parts as the Redis script's text one (algorithm, W, window index),
      * hashed without formatting any text. */
+    uint64_t k1 = gw_hash64(SEED1, key, len), k2 = gw_hash64(SEED2, key, len);
     uint64_t suf[3] = {(uint64_t)sp->algorithm, (uint64_t)sp->window_ms, 0};
     if (sp->algorithm == GW_RL_TOKEN_BUCKET) {
-        state_id(key, len, (const char *)suf, sizeof(suf), &refs[0], m);
+        state_id(k1, k2, suf, &refs[0], m);
         return 1;
     }
     int64_t idx = floor_div64(now_ms, sp->window_ms);
     suf[2] = (uint64_t)idx;
-    state_id(key, len, (const char *)suf, sizeof(suf), &refs[0], m);
+    state_id(k1, k2, suf, &refs[0], m);
     if (sp->algorithm != GW_RL_SLIDING_WINDOW)
         return 1;
     suf[2] = (uint64_t)(idx - 1);
-    state_id(key, len, (const char *)suf, sizeof(suf), &refs[1], m);
+    state_id(k1, k2, suf, &refs[1], m);
     return 2;
 }
 
