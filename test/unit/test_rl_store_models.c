@@ -158,9 +158,13 @@ static void ref_check(const struct gw_rl_spec *sp, struct ref *m, int64_t now_us
             after = F - T;
             out->info.remaining = after <= 0 ? 0 : after / T;
         } else {
-            int64_t wait = T - F; /* until one token is back */
-            out->retry_after_ms = ceil_div(wait, 1000) < 1 ? 1 : ceil_div(wait, 1000);
+            int64_t wait = T - F; /* until one token is back: Retry-After */
             out->retry_after_s = ceil_div(wait, 1000000) < 1 ? 1 : ceil_div(wait, 1000000);
+            /* Until a request passes at all: with delay, once the level is
+             * back at T - delay (it is then held); the over-limit cache
+             * keeps the client this long. */
+            int64_t pass = wait - sp->delay_ms * 1000;
+            out->retry_after_ms = ceil_div(pass, 1000) < 1 ? 1 : ceil_div(pass, 1000);
         }
         int64_t full = cap - after;
         int64_t t = full > 0 ? ceil_div(full, 1000000) : 0;
@@ -673,9 +677,40 @@ static void test_redis_store_matches_reference(void **state)
     fake_redis_stop(&f);
 }
 
+/* A token bucket with delay (L = 10 per 1 s, B = 10, delay 500 ms): 15
+ * pass at once (5 of them held), the 16th is refused. Retry-After names the
+ * token (600 ms away: 1 s), but a request passes, held 500 ms, after
+ * 100 ms: the over-limit cache remembers the client that long, not longer,
+ * or it would refuse what the store admits. */
+static void test_gcra_delay_cache_wait(void **state)
+{
+    (void)state;
+    const int64_t now = 1767225600000000;
+    int64_t tat = 0, next;
+    struct gw_rl_result r;
+    for (int i = 0; i < 15; i++) {
+        assert_true(gw_rl_algo_gcra(10, 10, 1000, 500, now, tat, &next, &r));
+        assert_int_equal(r.delay_us, i < 10 ? 0 : (i - 9) * 100000);
+        tat = next;
+    }
+    assert_false(gw_rl_algo_gcra(10, 10, 1000, 500, now, tat, &next, &r));
+    assert_int_equal(r.retry_after_s, 1);
+    assert_int_equal(r.retry_after_ms, 100);
+    assert_false(gw_rl_algo_gcra(10, 10, 1000, 500, now + 99999, tat, &next, &r));
+    assert_int_equal(r.retry_after_ms, 1);
+    assert_true(gw_rl_algo_gcra(10, 10, 1000, 500, now + 100000, tat, &next, &r));
+    assert_int_equal(r.delay_us, 500000);
+    /* Without delay the two waits are the same instant. */
+    tat = now + 1000000;
+    assert_false(gw_rl_algo_gcra(10, 10, 1000, 0, now, tat, &next, &r));
+    assert_int_equal(r.retry_after_ms, 100);
+    assert_int_equal(r.retry_after_s, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gcra_delay_cache_wait),
         cmocka_unit_test(test_memory_store_matches_reference),
         cmocka_unit_test(test_redis_store_matches_reference),
     };
