@@ -71,6 +71,21 @@ static void sleep_us(long long us)
     nanosleep(&ts, NULL);
 }
 
+/* Status of GET /users/1 on port with extra header lines (own connection). */
+static int status_of(int port, const char *extra)
+{
+    char req[256];
+    snprintf(req, sizeof(req),
+             "GET /users/1 HTTP/1.1\r\nHost: 127.0.0.1\r\n%sConnection: close\r\n\r\n", extra);
+    struct gwt_response r;
+    int rc = gwt_http(port, req, &r);
+    if (rc != 0)
+        fail_msg("request to port %d failed: %d", port, rc);
+    int st = r.status;
+    gwt_response_free(&r);
+    return st;
+}
+
 /* ---- the hammer ------------------------------------------------------------- */
 
 /* One admitted request: which gateway, when it was sent and answered
@@ -536,8 +551,10 @@ struct burst {
     pthread_t th;
     int port;
     const char *config;
-    long long at_us; /* wall clock instant of the writes */
-    int ok, refused, other;
+    const char *ip;       /* the client (X-Forwarded-For) */
+    long long at_us;      /* wall clock instant of the writes */
+    long long want_reset; /* fixed window: the window end every answer must name */
+    int ok, refused, other, wrong_window;
 };
 
 /* Opens BURST_N connections, waits for the instant, writes every request,
@@ -546,10 +563,11 @@ static void *burst_thread(void *arg)
 {
     struct burst *b = arg;
     int fds[BURST_N];
-    char req[160];
+    char req[200];
     snprintf(req, sizeof(req),
-             "GET /users/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Algo: %s\r\nConnection: close\r\n\r\n",
-             b->config);
+             "GET /users/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Algo: %s\r\nX-Forwarded-For: %s\r\n"
+             "Connection: close\r\n\r\n",
+             b->config, b->ip);
     for (int i = 0; i < BURST_N; i++)
         fds[i] = gwt_connect(b->port);
     sleep_us(b->at_us - wall_us());
@@ -566,6 +584,9 @@ static void *burst_thread(void *arg)
             b->ok += r.status == 200;
             b->refused += r.status == 429;
             b->other += r.status != 200 && r.status != 429;
+            if (b->want_reset > 0 &&
+                gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1) != b->want_reset)
+                b->wrong_window++;
             gwt_response_free(&r);
         }
         if (fds[i] >= 0)
@@ -574,13 +595,16 @@ static void *burst_thread(void *arg)
     return NULL;
 }
 
-static void bursts_at(struct burst bs[NCONFIGS], int port, long long at_us)
+static void bursts_at(struct burst bs[NCONFIGS], int port, const char *ip, long long at_us,
+                      long long fw_reset)
 {
     for (int c = 0; c < NCONFIGS; c++) {
         memset(&bs[c], 0, sizeof(bs[c]));
         bs[c].port = port;
         bs[c].config = CONFIGS[c];
+        bs[c].ip = ip;
         bs[c].at_us = at_us;
+        bs[c].want_reset = c == 0 ? fw_reset : 0;
         assert_int_equal(pthread_create(&bs[c].th, NULL, burst_thread, &bs[c]), 0);
     }
 }
@@ -596,7 +620,11 @@ static void bursts_join(struct burst bs[NCONFIGS])
 
 /* The same traffic under each algorithm: 20 requests of one client 100 ms
  * before a window edge and 20 more 100 ms after it (the edge where a fixed
- * window lets 2 x L through). Printed as the README's table. */
+ * window lets 2 x L through). Printed as the README's table. The fixed
+ * window's answers witness the timing: every answer of the first burst
+ * must name the window before the edge, every one of the second the window
+ * after it; a machine too busy for that is given another try, with
+ * another client, up to 4 in all. */
 static void test_same_burst_table(void **state)
 {
     char path[64], var[96];
@@ -606,22 +634,44 @@ static void test_same_burst_table(void **state)
     assert_true(fputs(RULES, f) >= 0);
     assert_int_equal(fclose(f), 0);
     snprintf(var, sizeof(var), "RATE_LIMIT_RULES_FILE=%s", path);
-    const char *env[] = {gwt_fx.redis_url, var, "ACCESS_LOG=off", NULL};
+    const char *env[] = {gwt_fx.redis_url, var, "ACCESS_LOG=off", "TRUSTED_PROXIES=127.0.0.1/32",
+                         NULL};
     assert_int_equal(gwt_gateway_for(&gws[0], &gp[0], gwt_fx.bport, env), 0);
     unlink(path);
+    /* Warm up: every worker has its Redis connection and script. */
+    for (int i = 0; i < 20; i++) {
+        char extra[96];
+        snprintf(extra, sizeof(extra), "X-Algo: fw\r\nX-Forwarded-For: 192.0.2.%d\r\n", i + 1);
+        assert_int_equal(status_of(gp[0], extra), 200);
+    }
 
-    /* The edge: the next whole second at least 300 ms away. */
-    long long edge = (wall_us() / W_US + 1) * W_US;
-    if (edge - wall_us() < 300000)
-        edge += W_US;
     struct burst before[NCONFIGS], after[NCONFIGS];
-    bursts_at(before, gp[0], edge - 100000);
-    sleep_us(edge - wall_us());
-    long long delayed1 = gwt_stat(gp[0], "/stats", "limits.tbd.delayed");
-    bursts_at(after, gp[0], edge + 100000);
-    bursts_join(before);
-    bursts_join(after);
-    long long delayed = gwt_stat(gp[0], "/stats", "limits.tbd.delayed");
+    long long delayed1 = 0, delayed = 0;
+    int attempt;
+    for (attempt = 0; attempt < 4; attempt++) {
+        char ip[32];
+        snprintf(ip, sizeof(ip), "203.0.113.%d", attempt + 1);
+        /* The edge: the next whole second at least 300 ms away. */
+        long long edge = (wall_us() / W_US + 1) * W_US;
+        if (edge - wall_us() < 300000)
+            edge += W_US;
+        long long d0 = gwt_stat(gp[0], "/stats", "limits.tbd.delayed");
+        bursts_at(before, gp[0], ip, edge - 100000, edge / W_US);
+        sleep_us(edge - wall_us());
+        delayed1 = gwt_stat(gp[0], "/stats", "limits.tbd.delayed") - d0;
+        bursts_at(after, gp[0], ip, edge + 100000, edge / W_US + 1);
+        bursts_join(before);
+        bursts_join(after);
+        delayed = gwt_stat(gp[0], "/stats", "limits.tbd.delayed") - d0;
+        if (before[0].wrong_window == 0 && after[0].wrong_window == 0)
+            break;
+        fprintf(stderr,
+                "attempt %d: %d + %d answers in the wrong window (a busy machine): "
+                "again\n",
+                attempt + 1, before[0].wrong_window, after[0].wrong_window);
+    }
+    if (attempt == 4)
+        fail_msg("4 attempts: the bursts never reached Redis on their side of the edge");
     assert_true(delayed1 >= 0 && delayed >= delayed1);
 
     fprintf(stderr, "| rate | admitted of 20 at edge - 100 ms | admitted of 20 at edge + 100 ms "
@@ -642,13 +692,13 @@ static void test_same_burst_table(void **state)
     assert_int_equal(after[0].ok, 10);
     assert_int_equal(before[1].ok, 10);
     assert_in_range(after[1].ok, 1, 2);
-    assert_int_equal(before[2].ok, 10);
+    assert_in_range(before[2].ok, 10, 11);
     assert_in_range(after[2].ok, 1, 3);
-    assert_int_equal(before[3].ok, 20);
+    assert_in_range(before[3].ok, 20, 20);
     assert_in_range(after[3].ok, 1, 3);
     /* delay 500 ms: 5 more are held (0.1 .. 0.5 s) instead of refused. */
-    assert_int_equal(before[4].ok, 15);
-    assert_int_equal(delayed1, 5);
+    assert_in_range(before[4].ok, 15, 16);
+    assert_in_range(delayed1, 5, 6);
     assert_in_range(after[4].ok, 1, 3);
     assert_int_equal(delayed - delayed1, after[4].ok);
 }

@@ -233,7 +233,8 @@ static void ref_commit(const struct gw_rl_spec *sp, struct ref *m, int64_t now_u
         size_t k = m->from;
         while (k < m->n && m->times[k] < keep)
             k++;
-        memmove(m->times, m->times + k, (m->n - k) * sizeof(*m->times));
+        if (k > 0)
+            memmove(m->times, m->times + k, (m->n - k) * sizeof(*m->times));
         m->n -= k;
         m->from = 0;
         if (m->n == m->cap) {
