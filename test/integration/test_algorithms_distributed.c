@@ -363,16 +363,34 @@ static const char *const IPS_A[CLIENTS] = {"198.51.100.1", "198.51.100.2", "2001
 static const char *const IPS_B[CLIENTS] = {"198.51.100.11", "198.51.100.12", "2001:db8::13"};
 static const char *const IPS_C[CLIENTS] = {"198.51.100.21", "198.51.100.22", "2001:db8::23"};
 
-/* MEMORY USAGE of every key of one client (SAMPLES 0), printed. */
-static void memory_per_key(enum algo a, const char *ip)
+/* Sleeps until ms into the next window (wall clock, Redis's too). */
+static void into_next_window(long long ms)
 {
-    char id[80], base[128], pattern[160];
+    sleep_us((wall_us() / W_US + 1) * W_US + ms * 1000 - wall_us());
+}
+
+/* MEMORY USAGE (SAMPLES 0) and PTTL of every key of a new client after one
+ * request, 50 ms into a window so that no key expires meanwhile (sliding
+ * window: one request in each of two windows, so both counters exist). */
+static void memory_per_key(enum algo a, int port)
+{
+    const char *ip = "198.51.100.99";
+    char id[80], base[128], pattern[160], extra[80];
+    snprintf(extra, sizeof(extra), "X-Forwarded-For: %s\r\n", ip);
+    if (a == SLIDING) {
+        into_next_window(50);
+        assert_int_equal(status_of(port, extra), 200);
+    }
+    into_next_window(50);
+    /* Token bucket: 10 requests, so the TAT (and the key) lasts 500 ms. */
+    for (int i = 0; i < (a == BUCKET ? 10 : 1); i++)
+        assert_int_equal(status_of(port, extra), 200);
     snprintf(id, sizeof(id), "ip:%s", ip);
     gwt_dist_store_key("rl", id, base);
     snprintf(pattern, sizeof(pattern), "%s:*", base);
     char **keys = NULL;
     int n = gwt_dist_redis_scan(gwt_fx.rport, NULL, 0, pattern, &keys);
-    assert_true(n >= 1);
+    assert_int_equal(n, a == SLIDING ? 2 : 1);
     redisContext *c = gwt_dist_redis(gwt_fx.rport, NULL, 0);
     assert_non_null(c);
     long long total = 0;
@@ -417,10 +435,9 @@ static void distributed(enum algo a)
         double least = check_run(a, &h, -1, what);
         fprintf(stderr, "%s: %ld requests (%ld refused) in %lld ms; least admitted/bound %.3f\n",
                 what, h.sent, h.refused, gwt_now_ms() - t0, least);
-        if (run == 1)
-            memory_per_key(a, ips[run][0]);
         hammer_free(&h);
     }
+    memory_per_key(a, gp[0]);
 }
 
 /* Local failure mode: 2 gateways on a Redis of their own, which is killed;
