@@ -188,7 +188,12 @@ bool gw_rl_algo_gcra(int64_t limit, int64_t burst, int64_t window_ms, int64_t de
          * at now' = tat - (B - 1)*T (tat > now here: a refusal needs it). */
         wide wait = (wide)tat_us - (wide)(burst - 1) * T - now_us;
         int64_t wait_us = clamp64(wait < 0 ? 0 : wait);
-        out->retry_after_ms = GW_MAX(1, ceil_div(wait_us, 1000));
+        /* With delay a request passes (held) delay before that token: at
+         * now' = tat - (B - 1)*T - delay. The over-limit cache must let
+         * the client through by then, not refuse what the store admits. */
+        wide pass = wait - (wide)delay_ms * 1000;
+        int64_t pass_us = clamp64(pass < 0 ? 0 : pass);
+        out->retry_after_ms = GW_MAX(1, ceil_div(pass_us, 1000));
         out->retry_after_s = GW_MAX(1, ceil_div(wait_us, 1000000));
     }
     out->allowed = allowed;

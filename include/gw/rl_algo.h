@@ -99,8 +99,12 @@ int64_t gw_rl_algo_gcra_interval_us(int64_t limit, int64_t window_ms);
  * allowed iff new - now <= B*T, and is then stored: *new_tat_us = new. With
  * delay_ms > 0 a request with B*T < new - now <= B*T + delay is allowed too,
  * stores new, and gets delay_us = new - now - B*T (shaping, nginx limit_req
- * delay=). Refused: *new_tat_us = tat_us (no state change) and
- * retry_after_s = seconds until one token is back, rounded up, at least 1.
+ * delay=). Refused: *new_tat_us = tat_us (no state change),
+ * retry_after_s = seconds until one token is back, rounded up, at least 1,
+ * and retry_after_ms = ms (rounded up, at least 1) until one request would
+ * pass: with delay_ms > 0 that is delay_ms before the token, the request
+ * then being held (so the over-limit cache never refuses what the store
+ * would admit).
  * remaining = max(0, floor((B*T - (new - now)) / T)) for an allowed
  * request, 0 for a refused one; t = seconds until the bucket is full again
  * (rounded up, at least 1); reset epoch = floor(now / 1 s) + t; limit = L (not B);
