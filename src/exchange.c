@@ -153,6 +153,8 @@ void gw_exchange_finish(struct gw_conn *c, enum exchange_result result)
     drop_upstream(c);
     leave_queue(c);
     release_slot(c);
+    if (c->state != CS_TUNNEL)
+        gw_conn_tunnel_unreserve(c); /* the answer was no 101: no tunnel */
     /* Every request gets its line: answered, cut short by the upstream, or
      * abandoned by its client (status 499 when nothing was sent, as nginx
      * logs it; else the status relayed and the bytes sent so far). */
@@ -312,6 +314,7 @@ void gw_exchange_on_head(struct gw_conn *c)
         gw_exchange_respond_error(c, 400, "CONNECT is not supported by this gateway", true);
         return;
     }
+    c->ex.upgrade = gw_conn_tunnel_wanted(c); /* else Upgrade is dropped as hop-by-hop */
 
     if (!gw_client_id(cfg, c->client_bin, c->client_addr, h, c->ex.rl_key, c->ex.client_ident)) {
         gw_exchange_respond_error(c, 400, "more than one field line of the rate-limit key header",
@@ -536,6 +539,10 @@ static void after_limit(struct gw_conn *c)
  * once the body's first window is in. */
 static void admitted(struct gw_conn *c)
 {
+    if (c->ex.upgrade && !gw_conn_tunnel_reserve(c)) {
+        respond_no_capacity(c, "too many tunnels are open", false);
+        return;
+    }
     if (!first_window_ready(c)) {
         /* The backend is not made to wait for a slow client: no slot until
          * the body's first window is in (HAProxy's http-buffer-request).
@@ -631,6 +638,8 @@ static int up_on_head(void *ctx, const struct gw_http_head *rh)
 {
     struct gw_conn *c = ctx;
     struct exchange *ex = &c->ex;
+    if (rh->status == 101)
+        return gw_conn_tunnel_start(c, rh); /* only ever to a forwarded Upgrade */
     gw_buf_pool_get(&c->w->blocks, &c->out);
     size_t before = gw_buf_len(&c->out);
     if (rh->status < 200) {
@@ -800,6 +809,7 @@ static void start_upstream(struct gw_conn *c)
         .preserve_host = cfg->preserve_host,
         .upstream_keepalive = cfg->upstream_keepalive > 0,
         .forwarded_proto = "http",
+        .upgrade = c->ex.upgrade,
     };
     if (gw_upstream_send_head(u, &c->req->head, &ctx) != 0 ||
         (c->ex.req == REQ_DONE && gw_upstream_send_end(u) != 0)) {

@@ -456,9 +456,9 @@ static int on_headers_complete(llhttp_t *ll)
         h->status = ll->status_code;
         if (h->status < 100 || h->status > 599)
             return fail(p, 502, "invalid status code");
-        /* We never forward Upgrade, so a switch is a protocol violation
-         * (RFC 9110 §15.2.2) and what follows is not HTTP. */
-        if (h->status == 101)
+        /* A switch to a protocol that was not asked for is a protocol
+         * violation (RFC 9110 §15.2.2) and what follows is not HTTP. */
+        if (h->status == 101 && !p->allow_switch)
             return fail(p, 502, "unexpected 101 Switching Protocols");
     }
     if (check_framing(p, ll) != 0)
@@ -787,6 +787,12 @@ void gw_http_parser_recycle(struct gw_http_parser *p)
     init_llhttp(p);
     clear_message(p);
     p->no_body = false;
+    p->allow_switch = false;
+}
+
+void gw_http_parser_set_upgrade(struct gw_http_parser *p, bool allow_switch)
+{
+    p->allow_switch = allow_switch;
 }
 
 void gw_http_parser_set_no_body(struct gw_http_parser *p, bool no_body)

@@ -91,6 +91,7 @@ struct gw_http_parser {
     void *ctx;                /* passed to on_body */
     int phase;                /* private: head, body, trailers, done */
     bool no_body;             /* response to HEAD: no body whatever the headers */
+    bool allow_switch;        /* response: 101 accepted (the request asked to upgrade) */
     bool pending_done;        /* private: message ended, DONE not reported yet */
     bool in_value;            /* private: a header name is complete, its value not yet */
     int error_status;         /* 400, 413, 431 (or 502 meaning for responses) */
@@ -142,6 +143,14 @@ void gw_http_parser_recycle(struct gw_http_parser *p);
  * (RFC 9110 §9.3.2). Set before feeding the response. Cleared by reset
  * after a final response. */
 void gw_http_parser_set_no_body(struct gw_http_parser *p, bool no_body);
+
+/* For a response parser: the request carried an Upgrade the gateway
+ * forwards (SPEC.md §13), so a 101 Switching Protocols is a valid answer:
+ * it reports GW_HTTP_HEAD (informational, done pending) and consumes
+ * nothing past its head; the bytes after it are the new protocol's. Without
+ * it a 101 is GW_HTTP_ERROR 502 (RFC 9110 §15.2.2: no Upgrade was sent).
+ * Kept across gw_http_parser_reset; cleared by recycle. */
+void gw_http_parser_set_upgrade(struct gw_http_parser *p, bool allow_switch);
 
 /* Feeds len bytes. Stops at the first event: returns GW_HTTP_HEAD after the
  * head, GW_HTTP_DONE after the message, GW_HTTP_NEED_MORE when the input ran

@@ -783,6 +783,30 @@ static void test_smuggling_requests(void **state)
         check_bad(&bad_requests[i], GW_HTTP_REQUEST);
 }
 
+/* SPEC.md §13: with set_upgrade, a 101 is a head (informational, done
+ * pending) and the bytes after it are left unconsumed for the tunnel. */
+static void test_response_101_when_upgrading(void **state)
+{
+    (void)state;
+    struct gw_http_parser p;
+    assert_int_equal(gw_http_parser_init(&p, GW_HTTP_RESPONSE, 4096, 0, NULL, NULL), 0);
+    gw_http_parser_set_upgrade(&p, true);
+    static const char in[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             "Connection: upgrade\r\n\r\n\x81\x05hello";
+    size_t used = 0;
+    assert_int_equal(gw_http_parser_execute(&p, in, sizeof(in) - 1, &used), GW_HTTP_HEAD);
+    assert_int_equal(used, sizeof(in) - 1 - 7);
+    assert_int_equal(p.head.status, 101);
+    assert_true(p.head.informational);
+    assert_false(p.head.has_body);
+    assert_true(gw_http_parser_done_pending(&p));
+    /* recycle forgets it: a 101 is refused again. */
+    gw_http_parser_recycle(&p);
+    assert_int_equal(gw_http_parser_execute(&p, in, sizeof(in) - 1, &used), GW_HTTP_ERROR);
+    assert_int_equal(p.error_status, 502);
+    gw_http_parser_deinit(&p);
+}
+
 static void test_bad_responses(void **state)
 {
     (void)state;
@@ -1287,6 +1311,7 @@ int main(void)
         cmocka_unit_test(test_valid_responses),
         cmocka_unit_test(test_smuggling_requests),
         cmocka_unit_test(test_bad_responses),
+        cmocka_unit_test(test_response_101_when_upgrading),
         cmocka_unit_test(test_fuzz_regressions),
         cmocka_unit_test(test_head_limits),
         cmocka_unit_test(test_trailer_limits),
