@@ -716,7 +716,9 @@ static void up_on_done(void *ctx)
     if (ex->cl_framing == GW_FRAMING_CHUNKED) {
         gw_buf_pool_get(&c->w->blocks, &c->out);
         size_t before = gw_buf_len(&c->out);
-        if (gw_proxy_write_last_chunk(&c->out) != 0) {
+        /* Trailers go on to a chunked client; another framing has no
+         * place for them and they are dropped (RFC 9112 §7.1.2). */
+        if (gw_proxy_write_last_chunk_trailers(&c->out, gw_upstream_trailers(c->up)) != 0) {
             gw_conn_close(c);
             return;
         }
@@ -858,7 +860,7 @@ void gw_exchange_on_request_done(struct gw_conn *c)
         gw_exchange_admin_done(c);
         return;
     }
-    if (c->up && gw_upstream_send_end(c->up) != 0)
+    if (c->up && gw_upstream_send_end_trailers(c->up, gw_http_parser_trailers(c->req)) != 0)
         gw_conn_close(c);
     if (!c->closing && c->state == CS_PROXY)
         gw_timer_cancel(&c->w->loop, &c->timer); /* the response deadline is upstream's */

@@ -5,6 +5,7 @@
  * the smuggling checks llhttp leaves to its user (RFC 9112 §2.2, §3, §6, §7).
  */
 #include "gw/http1.h"
+#include "gw/buf.h"
 #include "gw/net.h"
 #include "gw/path.h"
 
@@ -121,10 +122,34 @@ static int on_message_begin(llhttp_t *ll)
     return 0;
 }
 
+/* Trailer fields that are never relayed: framing, routing, and the
+ * hop-by-hop fields (RFC 9110 §6.5.1, §7.6.1). */
+static bool trailer_forbidden(struct gw_slice name)
+{
+    static const char *const names[] = {"content-length", "transfer-encoding", "host", "connection",
+                                        "keep-alive",     "proxy-connection",  "te",   "trailer",
+                                        "upgrade"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(names); i++)
+        if (gw_slice_eq_nocase(name, names[i]))
+            return true;
+    return false;
+}
+
+/* Trailer bytes go to p->trailers, "Name: value\r\n" per field; the
+ * element being built starts at trailer_elem. */
+static int store_trailer(struct gw_http_parser *p, const char *at, size_t len)
+{
+    if (p->phase != PH_TRAILERS || len == 0)
+        return 0;
+    if (gw_buf_append(&p->trailers, at, len) != 0)
+        return fail(p, 500, "the trailer section could not be stored");
+    return 0;
+}
+
 static int on_span(llhttp_t *ll, const char *at, size_t len)
 {
     struct gw_http_parser *p = parser_of(ll);
-    return in_head(p) ? store(p, at, len) : 0;
+    return in_head(p) ? store(p, at, len) : store_trailer(p, at, len);
 }
 
 static int on_method_complete(llhttp_t *ll)
@@ -160,9 +185,23 @@ static int on_header_field_complete(llhttp_t *ll)
 {
     struct gw_http_parser *p = parser_of(ll);
     if (!in_head(p)) {
-        /* Trailer fields are consumed and dropped, but counted. */
+        /* Trailer fields are kept (p->trailers) for the next hop, and
+         * counted. */
         if (++p->trailer_count > GW_HTTP_MAX_HEADERS)
             return fail(p, 400, "too many trailer fields");
+        if (p->phase != PH_TRAILERS)
+            return 0;
+        struct gw_slice name = {gw_buf_head(&p->trailers) + p->trailer_elem,
+                                gw_buf_len(&p->trailers) - p->trailer_elem};
+        for (size_t i = 0; i < name.len; i++) {
+            unsigned char c = (unsigned char)name.ptr[i];
+            if (c <= 0x20 || c >= 0x7f || c == ':')
+                return fail(p, 400, "invalid character in trailer field name");
+        }
+        p->trailer_skip = name.len == 0 || trailer_forbidden(name);
+        if (gw_buf_append(&p->trailers, ": ", 2) != 0)
+            return fail(p, 500, "the trailer section could not be stored");
+        p->trailer_value = gw_buf_len(&p->trailers);
         return 0;
     }
     struct gw_slice name = take_element(p);
@@ -183,8 +222,26 @@ static int on_header_field_complete(llhttp_t *ll)
 static int on_header_value_complete(llhttp_t *ll)
 {
     struct gw_http_parser *p = parser_of(ll);
-    if (!in_head(p))
+    if (!in_head(p)) {
+        if (p->phase != PH_TRAILERS)
+            return 0;
+        /* OWS trimmed as in the head; a forbidden field is taken back. */
+        struct gw_slice v = {gw_buf_head(&p->trailers) + p->trailer_value,
+                             gw_buf_len(&p->trailers) - p->trailer_value};
+        struct gw_slice t = trim_ows(v);
+        for (size_t i = 0; i < t.len; i++) {
+            if (t.ptr[i] == '\r' || t.ptr[i] == '\n' || t.ptr[i] == '\0')
+                return fail(p, 400, "bare CR, LF or NUL in a trailer field value");
+        }
+        size_t keep = p->trailer_skip ? p->trailer_elem : p->trailer_value + t.len;
+        if (!p->trailer_skip && t.ptr != v.ptr)
+            memmove(gw_buf_head(&p->trailers) + p->trailer_value, t.ptr, t.len);
+        p->trailers.end = p->trailers.start + keep;
+        if (!p->trailer_skip && gw_buf_append(&p->trailers, "\r\n", 2) != 0)
+            return fail(p, 500, "the trailer section could not be stored");
+        p->trailer_elem = gw_buf_len(&p->trailers);
         return 0;
+    }
     struct gw_slice v = trim_ows(take_element(p));
     /* llhttp refuses these in values; a second look costs little and
      * guarantees nothing framing-like is ever forwarded inside a value. */
@@ -717,6 +774,9 @@ static void clear_message(struct gw_http_parser *p)
     p->error_buf[0] = '\0';
     p->trailer_bytes = 0;
     p->trailer_count = 0;
+    gw_buf_clear(&p->trailers);
+    p->trailer_elem = p->trailer_value = 0;
+    p->trailer_skip = false;
     p->chunk_ext_bytes = 0;
     p->scan_lines = 0;
     p->scan_col = 0;
@@ -758,6 +818,7 @@ int gw_http_parser_init(struct gw_http_parser *p, enum gw_http_kind kind, size_t
 
 void gw_http_parser_deinit(struct gw_http_parser *p)
 {
+    gw_buf_release(&p->trailers);
     free(p->storage);
     p->storage = NULL;
     p->max_head_bytes = 0;
@@ -955,6 +1016,13 @@ enum gw_http_result gw_http_parser_finish(struct gw_http_parser *p)
     }
     p->phase = PH_ERROR;
     return GW_HTTP_ERROR;
+}
+
+struct gw_slice gw_http_parser_trailers(const struct gw_http_parser *p)
+{
+    if (p->phase != PH_DONE || gw_buf_len(&p->trailers) == 0)
+        return (struct gw_slice){NULL, 0};
+    return (struct gw_slice){gw_buf_head(&p->trailers), gw_buf_len(&p->trailers)};
 }
 
 bool gw_http_parser_done_pending(const struct gw_http_parser *p)

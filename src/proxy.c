@@ -490,3 +490,18 @@ int gw_proxy_write_last_chunk(struct gw_buf *out)
 {
     return gw_buf_append(out, "0\r\n\r\n", 5);
 }
+
+int gw_proxy_write_last_chunk_trailers(struct gw_buf *out, struct gw_slice trailers)
+{
+    if (trailers.len == 0)
+        return gw_proxy_write_last_chunk(out);
+    int rc = gw_buf_reserve(out, trailers.len + 5);
+    if (rc)
+        return rc;
+    char *const start = out->data + out->end;
+    char *p = GW_PUT_LIT(start, "0\r\n");
+    p = gw_put(p, trailers.ptr, trailers.len);
+    p = GW_PUT_LIT(p, "\r\n");
+    gw_buf_commit(out, (size_t)(p - start));
+    return 0;
+}

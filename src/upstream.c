@@ -491,16 +491,26 @@ int gw_upstream_send_body(struct gw_upstream *u, const char *data, size_t len)
     return rc ? -ENOMEM : 0;
 }
 
-int gw_upstream_send_end(struct gw_upstream *u)
+int gw_upstream_send_end_trailers(struct gw_upstream *u, struct gw_slice trailers)
 {
     u->req_ended = true;
     u->end_ms = u->pool->loop->now_ms;
     if (u->phase == UP_ACTIVE)
         arm(u, u->pool->s.response_timeout_ms);
     if (u->framing == GW_FRAMING_CHUNKED && !u->send_failed &&
-        gw_proxy_write_last_chunk(&u->out) != 0)
+        gw_proxy_write_last_chunk_trailers(&u->out, trailers) != 0)
         return -ENOMEM;
     return 0;
+}
+
+int gw_upstream_send_end(struct gw_upstream *u)
+{
+    return gw_upstream_send_end_trailers(u, (struct gw_slice){NULL, 0});
+}
+
+struct gw_slice gw_upstream_trailers(const struct gw_upstream *u)
+{
+    return gw_http_parser_trailers(&u->resp);
 }
 
 size_t gw_upstream_send_room(const struct gw_upstream *u)

@@ -132,6 +132,15 @@ GW_MUSTCHECK int gw_upstream_send_body(struct gw_upstream *u, const char *data, 
  * response deadline. Returns 0 or -ENOMEM. */
 GW_MUSTCHECK int gw_upstream_send_end(struct gw_upstream *u);
 
+/* gw_upstream_send_end relaying the request's trailer fields (rendered
+ * lines, gw_http_parser_trailers) after the last chunk when the body goes
+ * chunked; dropped otherwise (RFC 9112 §7.1.2). Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_upstream_send_end_trailers(struct gw_upstream *u, struct gw_slice trailers);
+
+/* In on_done: the response's trailer fields (gw_http_parser_trailers), valid
+ * until gw_upstream_put. */
+struct gw_slice gw_upstream_trailers(const struct gw_upstream *u);
+
 /* Request body bytes the owner may still queue before the outgoing window
  * (GW_STREAM_WINDOW, framing included) is full: backpressure on the client. */
 size_t gw_upstream_send_room(const struct gw_upstream *u);

@@ -8,6 +8,7 @@
 #ifndef GW_HTTP1_H
 #define GW_HTTP1_H
 
+#include "gw/buf.h"
 #include "gw/common.h"
 
 #include <llhttp.h>
@@ -102,6 +103,10 @@ struct gw_http_parser {
     size_t trailer_bytes;   /* raw bytes of the trailer section so far */
     size_t trailer_count;   /* trailer fields so far */
     size_t chunk_ext_bytes; /* chunk-extension bytes on the current size line */
+    struct gw_buf trailers; /* relayable trailer fields, "Name: value\r\n" each */
+    size_t trailer_elem;    /* offset in trailers where the current field starts */
+    size_t trailer_value;   /* offset in trailers where its value starts */
+    bool trailer_skip;      /* the current trailer field is not relayed */
     unsigned scan_lines;    /* non-empty lines completed in the scanned framing */
     unsigned scan_col;      /* bytes in the current scanned line, CR excluded */
     char scan_prev;         /* last framing byte scanned (CRLF checks across calls) */
@@ -183,6 +188,15 @@ GW_MUSTCHECK enum gw_http_result gw_http_parser_execute(struct gw_http_parser *p
  * not reported yet), GW_HTTP_ERROR if a message was cut short (status 400,
  * 502 for responses), and GW_HTTP_NEED_MORE when no message had started. */
 GW_MUSTCHECK enum gw_http_result gw_http_parser_finish(struct gw_http_parser *p);
+
+/* After GW_HTTP_DONE of a chunked message: its trailer fields (RFC 9112
+ * §7.1.2), rendered "Name: value\r\n" per field in the order received
+ * (value OWS-trimmed), without the framing, routing and hop-by-hop fields
+ * (Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive,
+ * Proxy-Connection, TE, Trailer, Upgrade; RFC 9110 §6.5.1), which are
+ * dropped. An empty slice when there are none or the message is not done.
+ * Valid until gw_http_parser_reset. The fields are never part of head. */
+struct gw_slice gw_http_parser_trailers(const struct gw_http_parser *p);
 
 /* True after GW_HTTP_HEAD for a message that already ended with its head
  * (no body: GET, CL 0, HEAD response, 1xx, 204, 304): the next execute

@@ -118,6 +118,11 @@ GW_MUSTCHECK int gw_proxy_write_chunk(struct gw_buf *out, const char *data, size
 /* Appends the last chunk and empty trailer section ("0\r\n\r\n"). 0 or -ENOMEM. */
 GW_MUSTCHECK int gw_proxy_write_last_chunk(struct gw_buf *out);
 
+/* Appends the last chunk, the trailer fields (rendered "Name: value\r\n"
+ * lines, e.g. gw_http_parser_trailers; may be empty) and the empty line
+ * that ends the message (RFC 9112 §7.1.2). 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_proxy_write_last_chunk_trailers(struct gw_buf *out, struct gw_slice trailers);
+
 /* Bytes of framing gw_proxy_write_chunk adds around a payload at most. */
 #define GW_PROXY_CHUNK_OVERHEAD 20
 

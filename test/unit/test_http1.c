@@ -807,6 +807,31 @@ static void test_response_101_when_upgrading(void **state)
     gw_http_parser_deinit(&p);
 }
 
+/* Trailer fields are kept for the next hop, rendered, OWS trimmed, without
+ * the framing and hop-by-hop ones, and never in the head. */
+static void test_trailers_kept(void **state)
+{
+    (void)state;
+    struct gw_http_parser p;
+    assert_int_equal(gw_http_parser_init(&p, GW_HTTP_REQUEST, 4096, 0, NULL, NULL), 0);
+    static const char in[] = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             "1\r\nx\r\n0\r\nA: 1\r\nHost: h\r\nConnection: x\r\n"
+                             "B-B:\t two words \r\nTE: trailers\r\n\r\n";
+    size_t used = 0, off = 0;
+    assert_int_equal(gw_http_parser_execute(&p, in, sizeof(in) - 1, &used), GW_HTTP_HEAD);
+    off += used;
+    assert_int_equal(gw_http_parser_trailers(&p).len, 0);
+    assert_int_equal(gw_http_parser_execute(&p, in + off, sizeof(in) - 1 - off, &used),
+                     GW_HTTP_DONE);
+    struct gw_slice t = gw_http_parser_trailers(&p);
+    assert_int_equal(t.len, strlen("A: 1\r\nB-B: two words\r\n"));
+    assert_memory_equal(t.ptr, "A: 1\r\nB-B: two words\r\n", t.len);
+    assert_int_equal(p.head.header_count, 2);
+    gw_http_parser_reset(&p);
+    assert_int_equal(gw_http_parser_trailers(&p).len, 0);
+    gw_http_parser_deinit(&p);
+}
+
 static void test_bad_responses(void **state)
 {
     (void)state;
@@ -1312,6 +1337,7 @@ int main(void)
         cmocka_unit_test(test_smuggling_requests),
         cmocka_unit_test(test_bad_responses),
         cmocka_unit_test(test_response_101_when_upgrading),
+        cmocka_unit_test(test_trailers_kept),
         cmocka_unit_test(test_fuzz_regressions),
         cmocka_unit_test(test_head_limits),
         cmocka_unit_test(test_trailer_limits),
