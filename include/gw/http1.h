@@ -17,6 +17,8 @@
 
 /* Bytes of chunk extensions accepted on one chunk-size line (400 beyond). */
 #define GW_HTTP_MAX_CHUNK_EXT 1024
+/* Bytes of one chunk-size line, its ending excluded (400 beyond). */
+#define GW_HTTP_MAX_CHUNK_LINE (GW_HTTP_MAX_CHUNK_EXT + 32)
 
 enum gw_http_kind {
     GW_HTTP_REQUEST = 0,
@@ -103,19 +105,23 @@ struct gw_http_parser {
     size_t trailer_bytes;   /* raw bytes of the trailer section so far */
     size_t trailer_count;   /* trailer fields so far */
     size_t chunk_ext_bytes; /* chunk-extension bytes on the current size line */
-    struct gw_buf trailers; /* relayable trailer fields, "Name: value\r\n" each */
-    size_t trailer_elem;    /* offset in trailers where the current field starts */
-    size_t trailer_value;   /* offset in trailers where its value starts */
-    bool trailer_skip;      /* the current trailer field is not relayed */
-    unsigned scan_lines;    /* non-empty lines completed in the scanned framing */
-    unsigned scan_col;      /* bytes in the current scanned line, CR excluded */
-    char scan_prev;         /* last framing byte scanned (CRLF checks across calls) */
-    bool started;           /* a byte of this message's start line was seen */
-    bool ev_head;           /* set by callbacks during one llhttp_execute: */
-    bool ev_done;           /*   head complete, message complete, */
-    bool ev_last_chunk;     /*   last-chunk line parsed (trailers follow) */
-    bool ll_at_boundary;    /* llhttp is paused right after on_message_complete */
-    char error_buf[96];     /* error_detail storage when it carries a number */
+    int chunk_state;        /* chunked body: size line, data, or the CRLF after data */
+    uint64_t chunk_left;    /* data bytes of the current chunk still to come */
+    size_t chunk_line_len;  /* bytes of the current line held in chunk_line */
+    char chunk_line[GW_HTTP_MAX_CHUNK_LINE]; /* a chunk-size line, its ending excluded */
+    struct gw_buf trailers;                  /* relayable trailer fields, "Name: value\r\n" each */
+    size_t trailer_elem;                     /* offset in trailers where the current field starts */
+    size_t trailer_value;                    /* offset in trailers where its value starts */
+    bool trailer_skip;                       /* the current trailer field is not relayed */
+    unsigned scan_lines;                     /* non-empty lines completed in the scanned framing */
+    unsigned scan_col;                       /* bytes in the current scanned line, CR excluded */
+    char scan_prev;      /* last framing byte scanned (CRLF checks across calls) */
+    bool started;        /* a byte of this message's start line was seen */
+    bool ev_head;        /* set by callbacks during one llhttp_execute: */
+    bool ev_done;        /*   head complete, message complete, */
+    bool ev_last_chunk;  /*   last-chunk line parsed (trailers follow) */
+    bool ll_at_boundary; /* llhttp is paused right after on_message_complete */
+    char error_buf[96];  /* error_detail storage when it carries a number */
 };
 
 /* Prepares p for a connection's first message. Allocates max_head_bytes of
@@ -149,6 +155,19 @@ void gw_http_parser_recycle(struct gw_http_parser *p);
  * after a final response. */
 void gw_http_parser_set_no_body(struct gw_http_parser *p, bool no_body);
 
+/* Checks one chunk-size line without its line ending (RFC 9112 §7.1,
+ * §7.1.1): chunk-size (hex digits, the value at most 64 bits) then any number of
+ * BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] extensions,
+ * quoted-pairs included, at most GW_HTTP_MAX_CHUNK_EXT bytes of them and
+ * GW_HTTP_MAX_CHUNK_LINE bytes in all (beyond: "chunk extensions too long",
+ * or "invalid chunk size" when the digits alone fill that).
+ * Returns NULL with *size set, or the reason it is invalid ("invalid chunk
+ * size", "invalid chunk extension", "chunk extensions too long"). The
+ * parser runs it on every chunk-size line and hands llhttp (which refuses
+ * quoted-pairs, several valued extensions and BWS) the bare size only:
+ * extensions are never forwarded. Pure, thread-safe. */
+const char *gw_http_chunk_line_check(const char *line, size_t len, uint64_t *size);
+
 /* For a response parser: the request carried an Upgrade the gateway
  * forwards (SPEC.md §13), so a 101 Switching Protocols is a valid answer:
  * it reports GW_HTTP_HEAD (informational, done pending) and consumes
@@ -174,7 +193,9 @@ void gw_http_parser_set_upgrade(struct gw_http_parser *p, bool allow_switch);
  * listed twice; a second CL header (even an equal one) or a CL that is not
  * plain decimal digits; bad chunk size; whitespace in or before the colon of
  * a header name; obs-fold; bare CR/LF/NUL in headers; a line ending in bare
- * LF anywhere in the head, chunk framing or trailers; a Connection header
+ * LF anywhere in the head, chunk framing or trailers (from a request; a
+ * response may end any of these lines with a bare LF, RFC 9112 §2.2); a
+ * chunk-size line gw_http_chunk_line_check refuses; a Connection header
  * naming Content-Length, Transfer-Encoding or Host; no Host or more than one
  * Host in a request (RFC 9112 §3.2); an invalid method; control characters
  * or spaces in the request-target; HTTP versions other than 1.0 and 1.1;

@@ -198,12 +198,110 @@ static void test_request_trailers_forwarded(void **state)
     free(got);
 }
 
+/* ---- chunk extensions, bare LF from an origin ------------------------------- */
+
+/* Decodes a chunked body whose size lines must be bare hex (no extension
+ * reached the receiver) and CRLF-terminated; returns the payload
+ * (malloc'd) or fails. rest gets what follows the last chunk. */
+static char *dechunk_plain(const char *b, const char **rest)
+{
+    char *out = malloc(strlen(b) + 1);
+    assert_non_null(out);
+    size_t n = 0;
+    for (int guard = 0; guard < 1000; guard++) {
+        const char *e = strstr(b, "\r\n");
+        if (!e)
+            fail_msg("chunk-size line without CRLF: %s", b);
+        for (const char *q = b; q < e; q++)
+            if (!strchr("0123456789abcdefABCDEF", *q))
+                fail_msg("chunk-size line is not bare hex: %.*s", (int)(e - b), b);
+        size_t size = strtoul(b, NULL, 16);
+        b = e + 2;
+        if (size == 0) {
+            *rest = b;
+            out[n] = '\0';
+            return out;
+        }
+        memcpy(out + n, b, size);
+        n += size;
+        b += size;
+        if (strncmp(b, "\r\n", 2) != 0)
+            fail_msg("chunk data not followed by CRLF");
+        b += 2;
+    }
+    fail_msg("too many chunks");
+    return NULL;
+}
+
+/* RFC 9112 §7.1.1 extensions from a client (quoted-pair, several, BWS) are
+ * accepted and stripped: the backend sees bare size lines. */
+static void test_request_chunk_extensions_stripped(void **state)
+{
+    struct origin o;
+    origin_start(&o, "\r\n0\r\n", "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    size_t n;
+    char *got = exchange("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                         "Connection: close\r\n\r\n"
+                         "3;foo=\"b\\\"r\"\r\nabc\r\n1;a=b;c=d\r\nd\r\n2 ; x = \"y z\"\r\nef\r\n"
+                         "0;last\r\n\r\n",
+                         &n);
+    origin_join(&o);
+    assert_non_null(strstr(got, "HTTP/1.1 204 "));
+    const char *rest;
+    char *payload = dechunk_plain(body_of(o.got), &rest);
+    assert_string_equal(payload, "abcdef");
+    assert_string_equal(rest, "\r\n");
+    free(payload);
+    free(got);
+}
+
+/* From an origin: extensions stripped too, and a bare LF may end the
+ * chunk-size and data lines (RFC 9112 §2.2); the client gets CRLF. */
+static void test_response_chunk_extensions_and_bare_lf(void **state)
+{
+    struct origin o;
+    origin_start(&o, NULL,
+                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                 "3;foo=\"b\\\"r\"\nabc\n1;a=b;c=d\r\nd\r\n2\nef\n0\nX-T: t\n\n");
+    size_t n;
+    char *got = exchange("GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &n);
+    origin_join(&o);
+    assert_non_null(strstr(got, "HTTP/1.1 200 "));
+    const char *rest;
+    char *payload = dechunk_plain(body_of(got), &rest);
+    assert_string_equal(payload, "abcdef");
+    assert_string_equal(rest, "X-T: t\r\n\r\n");
+    free(payload);
+    free(got);
+}
+
+/* Invalid extensions and a client's bare LF stay 400, nothing forwarded. */
+static void test_bad_chunk_lines_refused(void **state)
+{
+    gwt_suite_start_gw(NULL);
+    static const char *const bodies[] = {"1;a=b c\r\nx\r\n0\r\n\r\n", "1;=b\r\nx\r\n0\r\n\r\n",
+                                         "1;a=\"x\r\nx\r\n0\r\n\r\n", "1;a=b;\r\nx\r\n0\r\n\r\n",
+                                         "1\nx\r\n0\r\n\r\n",         "1\r\nx\n0\r\n\r\n",
+                                         "1 \r\nx\r\n0\r\n\r\n"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(bodies); i++) {
+        char req[256];
+        int len = snprintf(req, sizeof(req),
+                           "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n%s",
+                           bodies[i]);
+        gwt_expect_refused(gwt_fx.gport, bodies[i], req, (size_t)len, 400,
+                           GWT_REFUSED_COUNTED | GWT_REFUSED_MAY_CLOSE);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         GWT_TEST(test_response_trailers_relayed),
         GWT_TEST(test_response_trailers_dropped_for_http10),
         GWT_TEST(test_request_trailers_forwarded),
+        GWT_TEST(test_request_chunk_extensions_stripped),
+        GWT_TEST(test_response_chunk_extensions_and_bare_lf),
+        GWT_TEST(test_bad_chunk_lines_refused),
     };
     return cmocka_run_group_tests_name("chunked", tests, gwt_suite_setup_backend,
                                        gwt_suite_teardown);
