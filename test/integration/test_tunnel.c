@@ -1,6 +1,6 @@
 /*
  * Upgrade tunnels (SPEC.md §13, issue 14): a WebSocket echo through the
- * gateway to backend_app's /ws, 1 MiB each way with a slow reader and the
+ * gateway to backend_app's /ws, 1 MiB and more each way with a slow reader and the
  * gateway's memory bounded, half-close each way (the backend direction
  * against a raw origin written here), the idle timeout, MAX_TUNNELS, the
  * in-flight slot given back at the 101, SIGTERM with a tunnel open, a
@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -205,6 +206,19 @@ static long proc_kb(pid_t pid, const char *field)
     return v;
 }
 
+/* The last number of a sysctl file (tcp_wmem's max), or 4 MiB. */
+static long sysctl_max(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    long a = 0, b = 0, c = 4 * MIB;
+    if (f) {
+        if (fscanf(f, "%ld %ld %ld", &a, &b, &c) != 3)
+            c = 4 * MIB;
+        fclose(f);
+    }
+    return c;
+}
+
 /* ---- echo, metrics, access log ----------------------------------------- */
 
 static void test_echo_round_trip(void **state)
@@ -254,7 +268,7 @@ static void test_echo_round_trip(void **state)
     gwt_assert_stat_becomes(gwt_fx.gport, "/stats", "tunnels_active", 0, 5000, "closed");
 }
 
-/* ---- 1 MiB each way, slow reader, memory bounded ------------------------ */
+/* ---- 1 MiB and more each way, slow reader, memory bounded ---------------- */
 
 struct sender {
     int fd;
@@ -270,7 +284,7 @@ static void *send_thread(void *arg)
     return NULL;
 }
 
-static void test_one_mib_slow_reader(void **state)
+static void test_large_echo_slow_reader(void **state)
 {
     gwt_suite_start_gw((const char *[]){"WORKER_THREADS=1", NULL});
     pid_t pid = gwt_fx.gw.pid;
@@ -279,7 +293,10 @@ static void test_one_mib_slow_reader(void **state)
     long rss0 = proc_kb(pid, "VmRSS");
     assert_true(rss0 > 0);
 
-    size_t n = MIB;
+    /* 1 MiB, plus twice what the kernel may buffer in the gateway's socket
+     * towards the client (tcp_wmem's max): a gateway that ignored
+     * backpressure would hold the rest in its own memory. */
+    size_t n = MIB + 2 * (size_t)GW_MIN(sysctl_max("/proc/sys/net/ipv4/tcp_wmem"), 8 * MIB);
     char *payload = malloc(n);
     assert_non_null(payload);
     for (size_t i = 0; i < n; i++)
@@ -290,14 +307,21 @@ static void test_one_mib_slow_reader(void **state)
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, send_thread, &s), 0);
 
-    /* The slow reader: 4 KiB at a time, waiting for the socket between
-     * reads and sampling the gateway's memory as it goes. */
+    /* The slow reader reads nothing until the whole frame is sent (the
+     * kernel's loopback buffers take 1 MiB, so the gateway could read all of
+     * it if it ignored backpressure), bounded at 10 s; then 4 KiB at a time,
+     * sampling the gateway's memory as it goes. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    bool joined = pthread_timedjoin_np(th, NULL, &until) == 0;
+    long stalled = proc_kb(pid, "VmRSS");
     int op;
     assert_int_equal(read_frame_head(fd, &op), n);
     char *back = malloc(n);
     assert_non_null(back);
     size_t got = 0;
-    long peak = rss0;
+    long peak = GW_MAX(rss0, stalled);
     for (int i = 0; got < n && i < 100000; i++) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         assert_int_equal(poll(&p, 1, 10000), 1);
@@ -312,15 +336,17 @@ static void test_one_mib_slow_reader(void **state)
     }
     assert_int_equal(got, n);
     assert_memory_equal(back, payload, n);
-    pthread_join(th, NULL);
+    if (!joined)
+        pthread_join(th, NULL);
     assert_int_equal(s.rc, 0);
     long hwm = proc_kb(pid, "VmHWM");
-    print_message("gateway RSS %ld kB before, peak %ld kB sampled, VmHWM %ld kB\n", rss0, peak,
-                  hwm);
-    /* Bounded by the windows (64 KiB a direction), far below the 1 MiB
+    print_message("gateway RSS %ld kB before, %ld kB with the reader stalled (sender %s), peak "
+                  "%ld kB sampled, VmHWM %ld kB\n",
+                  rss0, stalled, joined ? "done" : "blocked", peak, hwm);
+    /* Bounded by the windows (64 KiB a direction), far below what is
      * relayed each way. */
     if (peak - rss0 > 512)
-        fail_msg("gateway RSS grew by %ld kB while relaying 1 MiB", peak - rss0);
+        fail_msg("gateway RSS grew by %ld kB while relaying %zu bytes", peak - rss0, n);
     free(back);
     free(frame);
     free(payload);
@@ -549,6 +575,21 @@ static void test_unlisted_upgrade_stripped(void **state)
         gwt_echo_free(&e);
         close(fd);
     }
+    /* Never forwarded: from HTTP/1.0 (RFC 9110 §7.8), or with a body. */
+    static const char *const reqs[] = {
+        "GET /echo HTTP/1.0\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Content-Length: 2\r\n\r\nhi"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(reqs); i++) {
+        int fd = gwt_connect(gwt_fx.gport);
+        assert_true(fd >= 0);
+        assert_int_equal(gwt_send_str(fd, reqs[i]), 0);
+        struct gwt_echo e;
+        gwt_read_echo(fd, &e, reqs[i]);
+        assert_int_equal(gwt_echo_count(&e, "Upgrade"), 0);
+        gwt_echo_free(&e);
+        close(fd);
+    }
     /* UPGRADE_PROTOCOLS=none forwards no Upgrade at all. */
     gwt_suite_start_gw2((const char *[]){"UPGRADE_PROTOCOLS=none", NULL});
     int fd = gwt_connect(gwt_fx.gport2);
@@ -581,7 +622,7 @@ static void test_config_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        GWT_TEST(test_echo_round_trip),        GWT_TEST(test_one_mib_slow_reader),
+        GWT_TEST(test_echo_round_trip),        GWT_TEST(test_large_echo_slow_reader),
         GWT_TEST(test_half_close_from_client), GWT_TEST(test_half_close_from_backend),
         GWT_TEST(test_idle_timeout),           GWT_TEST(test_max_tunnels),
         GWT_TEST(test_slot_released_at_101),   GWT_TEST(test_sigterm_closes_tunnel),
