@@ -71,7 +71,9 @@ bool gw_tunnel_drive(struct gw_tunnel *t, struct gw_buf *to_backend, struct gw_b
 bool gw_tunnel_done(const struct gw_tunnel *t);
 
 /* The epoll events the owner should watch on the client socket; also sets
- * the backend socket's interest. */
+ * the backend socket's interest (none once both directions with the backend
+ * ended: a level-triggered hang-up would fire on every iteration). The owner
+ * watches nothing on the client once both directions with it ended. */
 uint32_t gw_tunnel_client_events(struct gw_tunnel *t, const struct gw_buf *to_backend,
                                  const struct gw_buf *to_client);
 
