@@ -50,6 +50,7 @@ enum opt_type {
     T_RLKEY,   /* char *: RATE_LIMIT_KEY, also fills rate_limit_key_header */
     T_PROXIES, /* char *: TRUSTED_PROXIES, also fills trusted[] */
     T_FILE,    /* char *: a file path, length in [min, max], no control bytes */
+    T_TOKENS,  /* char *: comma-separated tokens (RFC 9110 §5.6.2), or "none" */
 };
 
 #define F_SECRET      0x1u  /* may hold a password: masked in every output */
@@ -169,6 +170,13 @@ static const struct opt opts[] = {
         "Path of the gateway's Prometheus metrics."),
     INT("SHUTDOWN_TIMEOUT_MS", "10000", 0, MS_MAX, shutdown_timeout_ms,
         "On SIGTERM/SIGINT, longest drain of in-flight work before exit, in ms."),
+    STR("UPGRADE_PROTOCOLS", T_TOKENS, "websocket", 1, 1024, upgrade_protocols, 0,
+        "Upgrade tokens forwarded to the backend (comma-separated, e.g. websocket); none = no "
+        "protocol upgrade is forwarded."),
+    INT("MAX_TUNNELS", "1000", 0, 1000000, max_tunnels,
+        "Upgrade tunnels open at once, all workers together; beyond, 503."),
+    INT("TUNNEL_IDLE_TIMEOUT_MS", "300000", 1, 86400000, tunnel_idle_timeout_ms,
+        "A tunnel with no byte either way for this long (ms) is closed."),
     ENUM("LOG_LEVEL", "info", level_names, GW_LOG_ERROR, log_level,
          "Lowest diagnostic level written to stderr."),
     BOOL("ACCESS_LOG", "on", access_log, "One JSON line per request on stdout."),
@@ -328,6 +336,32 @@ static bool check_string(const struct opt *o, const char *v, char *why, size_t c
     return check_bytes(o, v, is_visible, "spaces, control or non-ASCII characters", why, cap);
 }
 
+/* UPGRADE_PROTOCOLS: "none", or tokens separated by commas with optional
+ * spaces around them; a token may carry a "/version" (RFC 9110 §7.8). */
+static bool check_tokens(const struct opt *o, const char *v, char *why, size_t cap)
+{
+    if ((int64_t)strlen(v) > o->max)
+        return gw_fail(why, cap, "longer than %lld characters", (long long)o->max);
+    if (strcmp(v, "none") == 0)
+        return true;
+    const char *p = v;
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *t = p;
+        while (is_tchar(*p) || *p == '/')
+            p++;
+        if (p == t)
+            return gw_fail(why, cap, "must be comma-separated tokens (e.g. websocket) or none");
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\0')
+            return true;
+        if (*p++ != ',')
+            return gw_fail(why, cap, "must be comma-separated tokens (e.g. websocket) or none");
+    }
+}
+
 static bool not_control(char c)
 {
     return (unsigned char)c >= 0x20 && c != 0x7f;
@@ -483,6 +517,9 @@ static bool parse_value(const struct opt *o, const char *v, struct gw_config *cf
         break;
     case T_FILE:
         ok = check_file(o, v, why, cap);
+        break;
+    case T_TOKENS:
+        ok = check_tokens(o, v, why, cap);
         break;
     case T_PROXIES:
         ok = parse_proxies(v, cfg, why, cap);

@@ -20,8 +20,9 @@
  *   |                     | +-- 502 connect failed -- CONNECT  (new upstream socket)
  *   |                     |                            | connected (or pooled: straight on)
  *   |                     |                            v
- *   |                     +-- response complete, --- PROXY
- *   |   request done,     |   408/502/504
+ *   |                     +-- response complete, --- PROXY --- 101 to an upgrade ---> TUNNEL
+ *   |   request done,     |   408/502/504               (bytes both ways until both
+ *   |                     |                              sides ended, or idle) --> CLOSED
  *   +-- response flushed -+-- must close --> LINGER --> CLOSED    (any state --> CLOSED)
  *
  * On the admin listener, a request with a body (the rules endpoints) goes
@@ -38,10 +39,11 @@
  *   BODY_WAIT -> WAIT_SLOT CONNECT PROXY RESPOND CLOSED
  *   WAIT_SLOT -> CONNECT PROXY RESPOND CLOSED
  *   CONNECT   -> PROXY RESPOND CLOSED
- *   PROXY     -> RESPOND CLOSED
+ *   PROXY     -> RESPOND TUNNEL CLOSED
  *   RESPOND   -> IDLE LINGER CLOSED
  *   LINGER    -> CLOSED
  *   ADMIN     -> RESPOND CLOSED
+ *   TUNNEL    -> CLOSED
  *   CLOSED    ->
  *
  * A stale pooled socket is retried once inside the upstream client, so
@@ -50,9 +52,11 @@
  * NONE/HEAD_SENT/DONE) so an early upstream response or a client that keeps
  * sending stay sane. Every exchange ends in gw_exchange_finish, exactly
  * once: one result counter, the histograms, the upstream and the in-flight
- * slot given back, the access log line. Closing only marks the connection;
- * the reaper frees it at the end of the loop iteration and closes the
- * descriptor.
+ * slot given back, the access log line. A tunnel (conn_tunnel.c, SPEC.md
+ * §13) finishes its exchange at the 101, so the slot is free while it
+ * relays; its own access log line is written when it closes. Closing only
+ * marks the connection; the reaper frees it at the end of the loop
+ * iteration and closes the descriptor.
  */
 #include "conn_int.h"
 
@@ -69,9 +73,9 @@
 /* Rounds of one drive before other connections get their turn. */
 #define GW_DRIVE_ROUNDS 64
 
-static const char *const state_names[CS_COUNT] = {"IDLE",      "HEAD",      "LIMIT",   "DELAY",
-                                                  "BODY_WAIT", "WAIT_SLOT", "CONNECT", "PROXY",
-                                                  "RESPOND",   "LINGER",    "ADMIN",   "CLOSED"};
+static const char *const state_names[CS_COUNT] = {
+    "IDLE",  "HEAD",    "LIMIT",  "DELAY", "BODY_WAIT", "WAIT_SLOT", "CONNECT",
+    "PROXY", "RESPOND", "LINGER", "ADMIN", "TUNNEL",    "CLOSED"};
 
 #define TO(s) (1u << (s))
 /* Legal transitions: conn_next[from] has bit `to` set. */
@@ -86,10 +90,11 @@ static const unsigned conn_next[CS_COUNT] = {
         TO(CS_WAIT_SLOT) | TO(CS_CONNECT) | TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_WAIT_SLOT] = TO(CS_CONNECT) | TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
     [CS_CONNECT] = TO(CS_PROXY) | TO(CS_RESPOND) | TO(CS_CLOSED),
-    [CS_PROXY] = TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_PROXY] = TO(CS_RESPOND) | TO(CS_TUNNEL) | TO(CS_CLOSED),
     [CS_RESPOND] = TO(CS_IDLE) | TO(CS_LINGER) | TO(CS_CLOSED),
     [CS_LINGER] = TO(CS_CLOSED),
     [CS_ADMIN] = TO(CS_RESPOND) | TO(CS_CLOSED),
+    [CS_TUNNEL] = TO(CS_CLOSED),
     [CS_CLOSED] = 0,
 };
 #undef TO
@@ -437,12 +442,16 @@ void gw_conn_drive(struct gw_conn *c)
                                        gw_conn_pump_request,       gw_exchange_body_wait_step,
                                        gw_exchange_drive_upstream, respond_progress};
     bool progress = false;
-    for (int round = 0; round < GW_DRIVE_ROUNDS && !c->closing; round++) {
+    for (int round = 0; round < GW_DRIVE_ROUNDS && !c->closing && c->state != CS_TUNNEL; round++) {
         progress = false;
-        for (size_t i = 0; i < GW_ARRAY_LEN(steps) && !c->closing; i++)
+        for (size_t i = 0; i < GW_ARRAY_LEN(steps) && !c->closing && c->state != CS_TUNNEL; i++)
             progress |= steps[i](c);
         if (!progress)
             break;
+    }
+    if (c->state == CS_TUNNEL) {
+        gw_conn_tunnel_drive(c); /* no HTTP any more: the relay runs it */
+        return;
     }
     check_client_eof(c);
     if (progress && !c->closing && !c->redrive_queued) {
@@ -463,6 +472,10 @@ static void conn_io_cb(struct gw_loop *loop, struct gw_io *io, uint32_t events)
     struct gw_conn *c = gw_container_of(io, struct gw_conn, io);
     if (c->closing)
         return;
+    if (c->state == CS_TUNNEL) {
+        gw_conn_tunnel_event(c, events);
+        return;
+    }
     if ((events & EPOLLERR) || ((events & EPOLLHUP) && !(events & EPOLLIN))) {
         gw_conn_close(c);
         return;
@@ -503,6 +516,9 @@ static void conn_timer_cb(struct gw_loop *loop, struct gw_timer *t)
     case CS_ADMIN:
         gw_exchange_admin_body_timeout(c);
         break;
+    case CS_TUNNEL:
+        gw_conn_tunnel_timeout(c);
+        return;
     default:
         return;
     }
@@ -550,6 +566,8 @@ void gw_conn_close(struct gw_conn *c)
 {
     if (c->closing)
         return;
+    if (c->tunnel)
+        gw_conn_tunnel_end(c);
     gw_exchange_finish(c, RESULT_CLOSED);
     gw_ratelimit_batch_cancel(c->w->limits, &c->limit);
     c->closing = true;
@@ -610,6 +628,7 @@ void gw_conn_reap(struct gw_worker *w)
         gw_buf_pool_put(&w->blocks, &c->in);
         gw_buf_pool_put(&w->blocks, &c->out);
         free_parser(c);
+        free(c->tunnel);
         atomic_fetch_sub_explicit(&w->stats.connections_active, 1, memory_order_relaxed);
         gw_server_release_connection(w->srv, c->admin ? NULL : c->client_bin);
         gw_exchange_admin_release(c);

@@ -1,8 +1,9 @@
 /*
  * Private to the client connection module (conn.c: the connection and its
- * state machine; exchange.c: one request's way through the gateway): the
+ * state machine; exchange.c: one request's way through the gateway;
+ * conn_tunnel.c: the upgrade tunnel after a 101): the
  * connection and exchange types and the functions the two files share.
- * Worker thread only. Nothing outside conn.c, exchange.c and their unit
+ * Worker thread only. Nothing outside those files and their unit
  * test includes this file.
  */
 #ifndef GW_CONN_INT_H
@@ -11,6 +12,7 @@
 #include "conn.h"
 
 #include "gw/client_id.h"
+#include "tunnel.h"
 #include "upstream.h"
 
 enum conn_state {
@@ -26,6 +28,7 @@ enum conn_state {
     CS_RESPOND,   /* response queued; flushing it, reading what is left of the request */
     CS_LINGER,    /* last response written, write side shut, draining input */
     CS_ADMIN,     /* reading an admin request's body (SPEC.md §11), then answered */
+    CS_TUNNEL,    /* after a 101: relaying bytes both ways (conn_tunnel.c) */
     CS_CLOSED,
     CS_COUNT
 };
@@ -55,6 +58,8 @@ struct exchange {
     bool keep_alive;                       /* client wants and may keep the connection */
     bool discard_body;                     /* body bytes are read and dropped */
     bool limited;                          /* the limiter refused it (or would, dry run) */
+    bool upgrade;                          /* forwarded with its Upgrade (SPEC.md §13) */
+    bool tunnel_reserved;                  /* holds a place under MAX_TUNNELS */
     enum gw_framing cl_framing;            /* response body framing towards the client */
     int status;                            /* status sent to the client */
     uint64_t resp_bytes;                   /* response bytes queued for the client */
@@ -62,6 +67,7 @@ struct exchange {
     uint64_t upstream_start_us;            /* upstream phase start, 0 = not proxied */
     uint64_t queue_start_us;               /* gate wait start */
     uint64_t proxy_start_ms;               /* when the exchange entered PROXY */
+    uint64_t tunnel_start_us;              /* the 101 relayed: the tunnel opened */
     uint64_t body_rx;                      /* request body bytes read from the client (raw) */
     size_t chunk_walked;                   /* BODY_WAIT: bytes of the buffered chunked body
                                               checked as whole chunks (they stay buffered) */
@@ -93,6 +99,7 @@ struct gw_conn {
     struct gw_http_parser *req;   /* request parser, allocated while a request is open */
     struct gw_upstream *up;       /* upstream client of the current exchange */
     struct gw_gate_waiter waiter; /* in-flight gate FIFO entry */
+    struct gw_tunnel *tunnel;     /* the relay after a 101 (CS_TUNNEL), freed at reap */
     uint64_t client_rx_ms;        /* last request bytes read (loop clock) */
     bool slot_held;               /* holds an in-flight slot */
     bool closing;                 /* closed; waiting for the reaper */
@@ -209,5 +216,40 @@ void gw_exchange_admin_body_timeout(struct gw_conn *c);
 
 /* Frees what an admin exchange holds (the body buffer); at the reaper. */
 void gw_exchange_admin_release(struct gw_conn *c);
+
+/* ---- conn_tunnel.c: upgrade tunnels (SPEC.md §13) ---- */
+
+/* True when the request's Upgrade is forwarded: Upgrade with Connection:
+ * upgrade on a body-less HTTP/1.1 request, every protocol it offers listed
+ * in UPGRADE_PROTOCOLS, and the worker not draining. */
+bool gw_conn_tunnel_wanted(const struct gw_conn *c);
+
+/* Takes a place under MAX_TUNNELS (all workers) for the upgrade request;
+ * false when none is left (the request gets 503). */
+bool gw_conn_tunnel_reserve(struct gw_conn *c);
+
+/* Gives the place back (idempotent): the answer was not a 101. */
+void gw_conn_tunnel_unreserve(struct gw_conn *c);
+
+/* The backend answered 101 to the upgrade request: relays the 101, takes
+ * the backend socket from the upstream client, finishes the exchange (the
+ * in-flight slot is given back) and enters CS_TUNNEL. 0, or -1 when the
+ * connection was closed. */
+int gw_conn_tunnel_start(struct gw_conn *c, const struct gw_http_head *rh);
+
+/* CS_TUNNEL's drive: relays, closes when the tunnel is over, sets the
+ * client socket's interest. */
+void gw_conn_tunnel_drive(struct gw_conn *c);
+
+/* Epoll events on the client socket in CS_TUNNEL. */
+void gw_conn_tunnel_event(struct gw_conn *c, uint32_t events);
+
+/* CS_TUNNEL's deadline: TUNNEL_IDLE_TIMEOUT_MS without a byte either way
+ * closes it. */
+void gw_conn_tunnel_timeout(struct gw_conn *c);
+
+/* From the close path: the tunnel's access log line and gauges, its
+ * MAX_TUNNELS place back, the backend socket closed. */
+void gw_conn_tunnel_end(struct gw_conn *c);
 
 #endif

@@ -153,6 +153,8 @@ void gw_exchange_finish(struct gw_conn *c, enum exchange_result result)
     drop_upstream(c);
     leave_queue(c);
     release_slot(c);
+    if (c->state != CS_TUNNEL)
+        gw_conn_tunnel_unreserve(c); /* the answer was no 101: no tunnel */
     /* Every request gets its line: answered, cut short by the upstream, or
      * abandoned by its client (status 499 when nothing was sent, as nginx
      * logs it; else the status relayed and the bytes sent so far). */
@@ -312,6 +314,7 @@ void gw_exchange_on_head(struct gw_conn *c)
         gw_exchange_respond_error(c, 400, "CONNECT is not supported by this gateway", true);
         return;
     }
+    c->ex.upgrade = gw_conn_tunnel_wanted(c); /* else Upgrade is dropped as hop-by-hop */
 
     if (!gw_client_id(cfg, c->client_bin, c->client_addr, h, c->ex.rl_key, c->ex.client_ident)) {
         gw_exchange_respond_error(c, 400, "more than one field line of the rate-limit key header",
@@ -536,6 +539,10 @@ static void after_limit(struct gw_conn *c)
  * once the body's first window is in. */
 static void admitted(struct gw_conn *c)
 {
+    if (c->ex.upgrade && !gw_conn_tunnel_reserve(c)) {
+        respond_no_capacity(c, "too many tunnels are open", false);
+        return;
+    }
     if (!first_window_ready(c)) {
         /* The backend is not made to wait for a slow client: no slot until
          * the body's first window is in (HAProxy's http-buffer-request).
@@ -631,6 +638,8 @@ static int up_on_head(void *ctx, const struct gw_http_head *rh)
 {
     struct gw_conn *c = ctx;
     struct exchange *ex = &c->ex;
+    if (rh->status == 101)
+        return gw_conn_tunnel_start(c, rh); /* only ever to a forwarded Upgrade */
     gw_buf_pool_get(&c->w->blocks, &c->out);
     size_t before = gw_buf_len(&c->out);
     if (rh->status < 200) {
@@ -707,7 +716,9 @@ static void up_on_done(void *ctx)
     if (ex->cl_framing == GW_FRAMING_CHUNKED) {
         gw_buf_pool_get(&c->w->blocks, &c->out);
         size_t before = gw_buf_len(&c->out);
-        if (gw_proxy_write_last_chunk(&c->out) != 0) {
+        /* Trailers go on to a chunked client; another framing has no
+         * place for them and they are dropped (RFC 9112 §7.1.2). */
+        if (gw_proxy_write_last_chunk_trailers(&c->out, gw_upstream_trailers(c->up)) != 0) {
             gw_conn_close(c);
             return;
         }
@@ -800,6 +811,7 @@ static void start_upstream(struct gw_conn *c)
         .preserve_host = cfg->preserve_host,
         .upstream_keepalive = cfg->upstream_keepalive > 0,
         .forwarded_proto = "http",
+        .upgrade = c->ex.upgrade,
     };
     if (gw_upstream_send_head(u, &c->req->head, &ctx) != 0 ||
         (c->ex.req == REQ_DONE && gw_upstream_send_end(u) != 0)) {
@@ -848,7 +860,7 @@ void gw_exchange_on_request_done(struct gw_conn *c)
         gw_exchange_admin_done(c);
         return;
     }
-    if (c->up && gw_upstream_send_end(c->up) != 0)
+    if (c->up && gw_upstream_send_end_trailers(c->up, gw_http_parser_trailers(c->req)) != 0)
         gw_conn_close(c);
     if (!c->closing && c->state == CS_PROXY)
         gw_timer_cancel(&c->w->loop, &c->timer); /* the response deadline is upstream's */

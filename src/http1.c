@@ -5,6 +5,7 @@
  * the smuggling checks llhttp leaves to its user (RFC 9112 §2.2, §3, §6, §7).
  */
 #include "gw/http1.h"
+#include "gw/buf.h"
 #include "gw/net.h"
 #include "gw/path.h"
 
@@ -121,10 +122,43 @@ static int on_message_begin(llhttp_t *ll)
     return 0;
 }
 
+/* Trailer fields that are never relayed: framing, routing, and the
+ * hop-by-hop fields (RFC 9110 §6.5.1, §7.6.1). */
+static bool trailer_forbidden(struct gw_slice name)
+{
+    static const char *const names[] = {"content-length", "transfer-encoding", "host", "connection",
+                                        "keep-alive",     "proxy-connection",  "te",   "trailer",
+                                        "upgrade"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(names); i++)
+        if (gw_slice_eq_nocase(name, names[i]))
+            return true;
+    return false;
+}
+
+/* The bytes of p->trailers from offset off on (none while it holds no
+ * storage yet: an empty name or value appends nothing). */
+static struct gw_slice trailer_tail(const struct gw_http_parser *p, size_t off)
+{
+    if (p->trailers.data == NULL || off >= gw_buf_len(&p->trailers))
+        return (struct gw_slice){NULL, 0};
+    return (struct gw_slice){gw_buf_head(&p->trailers) + off, gw_buf_len(&p->trailers) - off};
+}
+
+/* Trailer bytes go to p->trailers, "Name: value\r\n" per field; the
+ * element being built starts at trailer_elem. */
+static int store_trailer(struct gw_http_parser *p, const char *at, size_t len)
+{
+    if (p->phase != PH_TRAILERS || len == 0)
+        return 0;
+    if (gw_buf_append(&p->trailers, at, len) != 0)
+        return fail(p, 500, "the trailer section could not be stored");
+    return 0;
+}
+
 static int on_span(llhttp_t *ll, const char *at, size_t len)
 {
     struct gw_http_parser *p = parser_of(ll);
-    return in_head(p) ? store(p, at, len) : 0;
+    return in_head(p) ? store(p, at, len) : store_trailer(p, at, len);
 }
 
 static int on_method_complete(llhttp_t *ll)
@@ -160,9 +194,22 @@ static int on_header_field_complete(llhttp_t *ll)
 {
     struct gw_http_parser *p = parser_of(ll);
     if (!in_head(p)) {
-        /* Trailer fields are consumed and dropped, but counted. */
+        /* Trailer fields are kept (p->trailers) for the next hop, and
+         * counted. */
         if (++p->trailer_count > GW_HTTP_MAX_HEADERS)
             return fail(p, 400, "too many trailer fields");
+        if (p->phase != PH_TRAILERS)
+            return 0;
+        struct gw_slice name = trailer_tail(p, p->trailer_elem);
+        for (size_t i = 0; i < name.len; i++) {
+            unsigned char c = (unsigned char)name.ptr[i];
+            if (c <= 0x20 || c >= 0x7f || c == ':')
+                return fail(p, 400, "invalid character in trailer field name");
+        }
+        p->trailer_skip = name.len == 0 || trailer_forbidden(name);
+        if (gw_buf_append(&p->trailers, ": ", 2) != 0)
+            return fail(p, 500, "the trailer section could not be stored");
+        p->trailer_value = gw_buf_len(&p->trailers);
         return 0;
     }
     struct gw_slice name = take_element(p);
@@ -183,8 +230,25 @@ static int on_header_field_complete(llhttp_t *ll)
 static int on_header_value_complete(llhttp_t *ll)
 {
     struct gw_http_parser *p = parser_of(ll);
-    if (!in_head(p))
+    if (!in_head(p)) {
+        if (p->phase != PH_TRAILERS)
+            return 0;
+        /* OWS trimmed as in the head; a forbidden field is taken back. */
+        struct gw_slice v = trailer_tail(p, p->trailer_value);
+        struct gw_slice t = trim_ows(v);
+        for (size_t i = 0; i < t.len; i++) {
+            if (t.ptr[i] == '\r' || t.ptr[i] == '\n' || t.ptr[i] == '\0')
+                return fail(p, 400, "bare CR, LF or NUL in a trailer field value");
+        }
+        size_t keep = p->trailer_skip ? p->trailer_elem : p->trailer_value + t.len;
+        if (!p->trailer_skip && t.len > 0 && t.ptr != v.ptr)
+            memmove(gw_buf_head(&p->trailers) + p->trailer_value, t.ptr, t.len);
+        p->trailers.end = p->trailers.start + keep;
+        if (!p->trailer_skip && gw_buf_append(&p->trailers, "\r\n", 2) != 0)
+            return fail(p, 500, "the trailer section could not be stored");
+        p->trailer_elem = gw_buf_len(&p->trailers);
         return 0;
+    }
     struct gw_slice v = trim_ows(take_element(p));
     /* llhttp refuses these in values; a second look costs little and
      * guarantees nothing framing-like is ever forwarded inside a value. */
@@ -456,9 +520,9 @@ static int on_headers_complete(llhttp_t *ll)
         h->status = ll->status_code;
         if (h->status < 100 || h->status > 599)
             return fail(p, 502, "invalid status code");
-        /* We never forward Upgrade, so a switch is a protocol violation
-         * (RFC 9110 §15.2.2) and what follows is not HTTP. */
-        if (h->status == 101)
+        /* A switch to a protocol that was not asked for is a protocol
+         * violation (RFC 9110 §15.2.2) and what follows is not HTTP. */
+        if (h->status == 101 && !p->allow_switch)
             return fail(p, 502, "unexpected 101 Switching Protocols");
     }
     if (check_framing(p, ll) != 0)
@@ -644,6 +708,232 @@ static size_t scan_framing(struct gw_http_parser *p, const char *s, size_t n, co
     return i;
 }
 
+/* ---- chunk framing pre-pass -------------------------------------------- */
+
+/* Where a chunked body is, for the pre-pass below. */
+enum chunk_state {
+    CK_SIZE = 0, /* a chunk-size line (with its extensions) */
+    CK_DATA,     /* chunk data: chunk_left bytes */
+    CK_DATA_END, /* the line ending after chunk data */
+};
+
+static bool is_tchar_byte(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* RFC 9110 §5.6.4: qdtext and the byte after a backslash (obs-text kept). */
+static bool is_qdtext(unsigned char c)
+{
+    return c == '\t' || c == ' ' || c == 0x21 || (c >= 0x23 && c <= 0x5b) ||
+           (c >= 0x5d && c <= 0x7e) || c >= 0x80;
+}
+
+static bool is_quoted_pair_byte(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c <= 0x7e) || c >= 0x80;
+}
+
+/* The chunk-size digits at the start of s: their count (0: none, or a
+ * value over 64 bits), the value in *v. */
+static size_t size_digits(const unsigned char *s, size_t len, uint64_t *out)
+{
+    size_t i = 0;
+    uint64_t v = 0;
+    for (; i < len; i++) {
+        int c = s[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            break;
+        if (v >> 60)
+            return 0; /* more than 64 bits (leading zeros are fine) */
+        v = v << 4 | (uint64_t)d;
+    }
+    *out = v;
+    return i;
+}
+
+/* The verdict on a line too long to hold whole, from its first digits. */
+static const char *too_long(size_t digits)
+{
+    return digits == 0 || digits >= GW_HTTP_MAX_CHUNK_LINE ? "invalid chunk size"
+                                                           : "chunk extensions too long";
+}
+
+const char *gw_http_chunk_line_check(const char *line, size_t len, uint64_t *size)
+{
+    const unsigned char *s = (const unsigned char *)line;
+    uint64_t v = 0;
+    size_t i = size_digits(s, len, &v);
+    if (i == 0)
+        return "invalid chunk size";
+    if (len > GW_HTTP_MAX_CHUNK_LINE || len - i > GW_HTTP_MAX_CHUNK_EXT)
+        return too_long(i);
+    /* chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ) */
+    for (bool first = true; i < len; first = false) {
+        size_t start = i;
+        while (i < len && (s[i] == ' ' || s[i] == '\t'))
+            i++;
+        if (i == len)
+            return first ? "invalid chunk size" /* whitespace after the size alone */
+                         : "invalid chunk extension";
+        if (s[i] != ';')
+            return first && start == i ? "invalid chunk size" : "invalid chunk extension";
+        i++;
+        while (i < len && (s[i] == ' ' || s[i] == '\t'))
+            i++;
+        size_t name = i;
+        while (i < len && is_tchar_byte(s[i]))
+            i++;
+        if (i == name)
+            return "invalid chunk extension";
+        size_t after_name = i;
+        while (i < len && (s[i] == ' ' || s[i] == '\t'))
+            i++;
+        if (i == len || s[i] != '=') {
+            i = after_name; /* no value: the BWS belongs to the next ";" */
+            continue;
+        }
+        i++;
+        while (i < len && (s[i] == ' ' || s[i] == '\t'))
+            i++;
+        if (i < len && s[i] == '"') {
+            for (i++;; i++) {
+                if (i == len)
+                    return "invalid chunk extension"; /* unterminated */
+                if (s[i] == '"')
+                    break;
+                if (s[i] == '\\') {
+                    if (++i == len || !is_quoted_pair_byte(s[i]))
+                        return "invalid chunk extension";
+                } else if (!is_qdtext(s[i])) {
+                    return "invalid chunk extension";
+                }
+            }
+            i++;
+        } else {
+            size_t val = i;
+            while (i < len && is_tchar_byte(s[i]))
+                i++;
+            if (i == val)
+                return "invalid chunk extension";
+        }
+    }
+    *size = v;
+    return NULL;
+}
+
+/* Gives llhttp n bytes of framing that are not input (a canonical size line
+ * or CRLF). Returns llhttp's result; a pause must come at their end. */
+static llhttp_errno_t feed_framing(struct gw_http_parser *p, const char *b, size_t n)
+{
+    llhttp_errno_t err = llhttp_execute(&p->llhttp, b, n);
+    if (err == HPE_PAUSED && llhttp_get_error_pos(&p->llhttp) != b + n)
+        return HPE_INTERNAL;
+    return err;
+}
+
+/* The chunked body, with llhttp fed canonical framing: every chunk-size
+ * line is checked by gw_http_chunk_line_check and replaced by "<hex>\r\n"
+ * (extensions stripped; llhttp 8.1 refuses valid ones), the line after each
+ * chunk's data by "\r\n", and from an origin a bare LF ends either line
+ * (RFC 9112 §2.2; a request's stays an error). Data goes to llhttp as it
+ * is. Returns llhttp's result (HPE_USER after fail()); *used is the input
+ * consumed, all of it on HPE_OK (a partial line is held in chunk_line). */
+static llhttp_errno_t chunk_feed(struct gw_http_parser *p, const char *s, size_t n, size_t *used)
+{
+    bool req = p->kind == GW_HTTP_REQUEST;
+    size_t i = 0;
+    *used = 0;
+    while (i < n) {
+        if (p->chunk_state == CK_DATA) {
+            size_t k = (size_t)GW_MIN((uint64_t)(n - i), p->chunk_left);
+            llhttp_errno_t err = llhttp_execute(&p->llhttp, s + i, k);
+            if (err != HPE_OK) {
+                *used = i;
+                return err == HPE_PAUSED ? HPE_INTERNAL : err; /* no pause in data */
+            }
+            i += k;
+            p->chunk_left -= k;
+            if (p->chunk_left == 0) {
+                p->chunk_state = CK_DATA_END;
+                p->chunk_line_len = 0;
+            }
+            continue;
+        }
+        const char *lf = memchr(s + i, '\n', n - i);
+        size_t take = lf ? (size_t)(lf - (s + i)) : n - i;
+        if (take > sizeof(p->chunk_line) - p->chunk_line_len) {
+            *used = i;
+            if (p->chunk_state == CK_DATA_END)
+                fail(p, 400, "malformed line ending or chunk framing");
+            else {
+                /* The line is longer than GW_HTTP_MAX_CHUNK_LINE: judged as
+                 * gw_http_chunk_line_check judges such a line. */
+                memcpy(p->chunk_line + p->chunk_line_len, s + i,
+                       sizeof(p->chunk_line) - p->chunk_line_len);
+                uint64_t v;
+                fail(p, 400,
+                     too_long(size_digits((const unsigned char *)p->chunk_line,
+                                          sizeof(p->chunk_line), &v)));
+            }
+            return HPE_USER;
+        }
+        memcpy(p->chunk_line + p->chunk_line_len, s + i, take);
+        p->chunk_line_len += take;
+        i += take;
+        if (!lf)
+            break;
+        i++; /* the LF */
+        size_t ll = p->chunk_line_len;
+        bool crlf = ll > 0 && p->chunk_line[ll - 1] == '\r';
+        if (crlf)
+            ll--;
+        p->chunk_line_len = 0;
+        *used = i;
+        if (memchr(p->chunk_line, '\r', ll)) {
+            fail(p, 400, "bare CR not followed by LF");
+            return HPE_USER;
+        }
+        if (p->chunk_state == CK_DATA_END) {
+            if (ll != 0 || (!crlf && req)) {
+                fail(p, 400, "malformed line ending or chunk framing");
+                return HPE_USER;
+            }
+            llhttp_errno_t err = feed_framing(p, "\r\n", 2);
+            if (err != HPE_OK)
+                return err;
+            p->chunk_state = CK_SIZE;
+            continue;
+        }
+        uint64_t size = 0;
+        const char *why = gw_http_chunk_line_check(p->chunk_line, ll, &size);
+        if (why == NULL && !crlf && req)
+            why = "invalid chunk size"; /* a bare LF (what llhttp said before) */
+        if (why) {
+            fail(p, 400, why);
+            return HPE_USER;
+        }
+        char hex[20];
+        int hn = snprintf(hex, sizeof(hex), "%" PRIx64 "\r\n", size);
+        llhttp_errno_t err = feed_framing(p, hex, (size_t)hn);
+        if (size == 0) {
+            /* The last chunk: on_chunk_header paused; trailers follow. */
+            return err;
+        }
+        if (err != HPE_OK)
+            return err;
+        p->chunk_state = CK_DATA;
+        p->chunk_left = size;
+    }
+    *used = n;
+    return HPE_OK;
+}
+
 /* ---- errors from llhttp ------------------------------------------------ */
 
 static const char *llhttp_detail(llhttp_errno_t err)
@@ -717,7 +1007,13 @@ static void clear_message(struct gw_http_parser *p)
     p->error_buf[0] = '\0';
     p->trailer_bytes = 0;
     p->trailer_count = 0;
+    gw_buf_clear(&p->trailers);
+    p->trailer_elem = p->trailer_value = 0;
+    p->trailer_skip = false;
     p->chunk_ext_bytes = 0;
+    p->chunk_state = CK_SIZE;
+    p->chunk_left = 0;
+    p->chunk_line_len = 0;
     p->scan_lines = 0;
     p->scan_col = 0;
     p->scan_prev = 0;
@@ -758,6 +1054,7 @@ int gw_http_parser_init(struct gw_http_parser *p, enum gw_http_kind kind, size_t
 
 void gw_http_parser_deinit(struct gw_http_parser *p)
 {
+    gw_buf_release(&p->trailers);
     free(p->storage);
     p->storage = NULL;
     p->max_head_bytes = 0;
@@ -787,6 +1084,12 @@ void gw_http_parser_recycle(struct gw_http_parser *p)
     init_llhttp(p);
     clear_message(p);
     p->no_body = false;
+    p->allow_switch = false;
+}
+
+void gw_http_parser_set_upgrade(struct gw_http_parser *p, bool allow_switch)
+{
+    p->allow_switch = allow_switch;
 }
 
 void gw_http_parser_set_no_body(struct gw_http_parser *p, bool no_body)
@@ -824,6 +1127,30 @@ enum gw_http_result gw_http_parser_execute(struct gw_http_parser *p, const char 
         int phase0 = p->phase;
         const char *start = data + off;
         size_t n = len - off;
+
+        if (phase0 == PH_BODY && p->head.chunked) {
+            size_t used = 0;
+            p->ev_head = p->ev_done = p->ev_last_chunk = false;
+            llhttp_errno_t err = chunk_feed(p, start, n, &used);
+            if (err != HPE_OK && err != HPE_PAUSED) {
+                *consumed = off;
+                return parse_error(p, err);
+            }
+            off += used;
+            if (err == HPE_OK) {
+                *consumed = len;
+                return GW_HTTP_NEED_MORE;
+            }
+            if (!p->ev_last_chunk) {
+                *consumed = off;
+                return parse_error(p, HPE_INTERNAL);
+            }
+            p->phase = PH_TRAILERS; /* the trailer section is scanned as before */
+            p->scan_prev = '\n';
+            p->scan_col = 0;
+            llhttp_resume(&p->llhttp);
+            continue;
+        }
 
         /* Give llhttp at most one byte past the head (or trailer) limit, so
          * the limit trips at the same byte however the input is sliced and
@@ -949,6 +1276,13 @@ enum gw_http_result gw_http_parser_finish(struct gw_http_parser *p)
     }
     p->phase = PH_ERROR;
     return GW_HTTP_ERROR;
+}
+
+struct gw_slice gw_http_parser_trailers(const struct gw_http_parser *p)
+{
+    if (p->phase != PH_DONE || gw_buf_len(&p->trailers) == 0)
+        return (struct gw_slice){NULL, 0};
+    return (struct gw_slice){gw_buf_head(&p->trailers), gw_buf_len(&p->trailers)};
 }
 
 bool gw_http_parser_done_pending(const struct gw_http_parser *p)

@@ -89,7 +89,7 @@ void gw_log(enum gw_log_level level, const char *fmt, ...)
 
 #define ACCESS_BUF       (64 * 1024)
 #define ACCESS_FLUSH_AT  (48 * 1024) /* flush once this much is buffered */
-#define ACCESS_FIXED_MAX 320         /* the line without its strings */
+#define ACCESS_FIXED_MAX 448         /* the line without its strings */
 
 #define ACCESS_QUEUE_MAX (8 * 1024 * 1024) /* bytes queued for the writer at most */
 
@@ -380,6 +380,14 @@ static char *render_access(char *p, const struct gw_access_entry *e)
     }
     if (e->admin)
         p = GW_PUT_LIT(p, ",\"admin\":true");
+    if (e->tunnel) {
+        p = GW_PUT_LIT(p, ",\"tunnel_bytes_to_backend\":");
+        p = gw_put_u64(p, e->tunnel_bytes_to_backend);
+        p = GW_PUT_LIT(p, ",\"tunnel_bytes_to_client\":");
+        p = gw_put_u64(p, e->tunnel_bytes_to_client);
+        p = GW_PUT_LIT(p, ",\"tunnel_ms\":");
+        p = put_ms(p, e->tunnel_ms);
+    }
     p = GW_PUT_LIT(p, "}\n");
     return p;
 }

@@ -284,7 +284,7 @@ int gw_proxy_write_request_head(struct gw_buf *out, const struct gw_http_head *r
     p = gw_put(p, host.ptr, host.len);
     p = GW_PUT_LIT(p, "\r\n");
     for (size_t i = 0; i < count; i++) {
-        if (kinds[i] == FK_OTHER)
+        if (kinds[i] == FK_OTHER || (ctx->upgrade && kinds[i] == FK_UPGRADE))
             p = put_field(p, req->headers[i].name, req->headers[i].value);
     }
 
@@ -331,7 +331,9 @@ int gw_proxy_write_request_head(struct gw_buf *out, const struct gw_http_head *r
             p = GW_PUT_LIT(p, "Content-Length: 0\r\n");
         *framing = GW_FRAMING_NONE;
     }
-    if (!ctx->upstream_keepalive)
+    if (ctx->upgrade)
+        p = GW_PUT_LIT(p, "Connection: upgrade\r\n"); /* the one hop-by-hop kept (§13) */
+    else if (!ctx->upstream_keepalive)
         p = GW_PUT_LIT(p, "Connection: close\r\n");
     p = GW_PUT_LIT(p, "\r\n");
 
@@ -392,6 +394,10 @@ int gw_proxy_write_response_head(struct gw_buf *out, const struct gw_http_head *
         case FK_XFH:
             p = put_field(p, resp->headers[i].name, resp->headers[i].value);
             break;
+        case FK_UPGRADE:
+            if (ctx->upgrade && status == 101)
+                p = put_field(p, resp->headers[i].name, resp->headers[i].value);
+            break;
         default:
             break;
         }
@@ -403,6 +409,8 @@ int gw_proxy_write_response_head(struct gw_buf *out, const struct gw_http_head *
          * response (RFC 9110 §15.2). */
         *framing = GW_FRAMING_NONE;
         *must_close = false;
+        if (ctx->upgrade && status == 101)
+            p = GW_PUT_LIT(p, "Connection: upgrade\r\n");
         p = GW_PUT_LIT(p, "\r\n");
         assert((size_t)(p - start) <= bound);
         gw_buf_commit(out, (size_t)(p - start));
@@ -481,4 +489,19 @@ int gw_proxy_write_chunk(struct gw_buf *out, const char *data, size_t len)
 int gw_proxy_write_last_chunk(struct gw_buf *out)
 {
     return gw_buf_append(out, "0\r\n\r\n", 5);
+}
+
+int gw_proxy_write_last_chunk_trailers(struct gw_buf *out, struct gw_slice trailers)
+{
+    if (trailers.len == 0)
+        return gw_proxy_write_last_chunk(out);
+    int rc = gw_buf_reserve(out, trailers.len + 5);
+    if (rc)
+        return rc;
+    char *const start = out->data + out->end;
+    char *p = GW_PUT_LIT(start, "0\r\n");
+    p = gw_put(p, trailers.ptr, trailers.len);
+    p = GW_PUT_LIT(p, "\r\n");
+    gw_buf_commit(out, (size_t)(p - start));
+    return 0;
 }

@@ -61,6 +61,8 @@ struct gw_server {
     pthread_t acceptor;                    /* acceptor thread */
     int acceptor_wake_fd;                  /* eventfd: stop the acceptor */
     _Atomic int64_t connections;           /* client connections open, all workers */
+    _Atomic int tunnels;                   /* MAX_TUNNELS places taken: tunnels open plus
+                                              upgrade requests waiting for their answer */
     struct gw_client_conns *client_conns;  /* per-client counts; NULL when
                                               MAX_CONNECTIONS_PER_CLIENT is 0 */
     struct gw_stats_worker acceptor_stats; /* written by the acceptor thread only */

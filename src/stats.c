@@ -63,6 +63,7 @@ void gw_stats_add_worker(struct gw_stats_snapshot *out, size_t index, struct gw_
 #undef GW_STATS_SUM
     int64_t conns = atomic_load_explicit(&w->connections_active, memory_order_relaxed);
     out->connections_active += conns;
+    out->tunnels_active += atomic_load_explicit(&w->tunnels_active, memory_order_relaxed);
     if (index < GW_ARRAY_LEN(out->worker_connections))
         out->worker_connections[index] = conns;
     add_histogram(out->latency_buckets, &out->latency_count, &out->latency_sum_us,
@@ -157,6 +158,7 @@ int gw_stats_render_json(const struct gw_stats_snapshot *s, struct gw_buf *out)
     ok = ok && put(root, "in_flight", json_u64(s->in_flight));
     ok = ok && put(root, "queue_length", json_u64(s->queue_length));
     ok = ok && put(root, "connections_active", json_integer(s->connections_active));
+    ok = ok && put(root, "tunnels_active", json_integer(s->tunnels_active));
     ok = ok && put(root, "uptime_seconds", json_integer(s->uptime_s));
     ok = ok && put(root, "worker_threads", json_integer(s->worker_threads));
     ok = ok && put(root, "redis", json_string(redis_state(s)));
@@ -373,6 +375,8 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
     emit_gauge(&p, "gateway_queue_length_max", "The wait queue's capacity, MAX_QUEUE_LENGTH",
                (int64_t)s->queue_length_max);
     emit_gauge(&p, "gateway_connections_active", "Client connections open", s->connections_active);
+    emit_gauge(&p, "gateway_tunnels_active", "Upgrade tunnels open (WebSocket and other protocols)",
+               s->tunnels_active);
     if (s->redis_enabled)
         emit_gauge(&p, "gateway_redis_up", "1 when the Redis rate-limit store answers, else 0",
                    s->redis_up ? 1 : 0);

@@ -72,6 +72,7 @@ struct gw_upstream {
     bool req_ended;               /* send_end was called */
     bool send_failed;             /* the backend stopped reading the request */
     bool req_is_head;             /* the request was HEAD: responses carry no body */
+    bool upgrade;                 /* the request asks to upgrade: a 101 opens a tunnel */
     uint64_t rx_ms;               /* last response bytes read (loop clock) */
     uint64_t tx_ms;               /* last request bytes written */
     uint64_t deliver_ms;          /* last response bytes handed to the owner */
@@ -466,6 +467,7 @@ static int render_head(struct gw_upstream *u)
 {
     gw_buf_clear(&u->out);
     gw_http_parser_set_no_body(&u->resp, u->req->method == HTTP_HEAD);
+    gw_http_parser_set_upgrade(&u->resp, u->pctx.upgrade);
     return gw_proxy_write_request_head(&u->out, u->req, &u->pctx, &u->framing) != 0 ? -ENOMEM : 0;
 }
 
@@ -476,6 +478,7 @@ int gw_upstream_send_head(struct gw_upstream *u, const struct gw_http_head *req,
     u->pctx = *pctx;
     u->retryable = !req->has_body && method_idempotent(req->method);
     u->req_is_head = req->method == HTTP_HEAD;
+    u->upgrade = pctx->upgrade;
     return render_head(u);
 }
 
@@ -488,16 +491,26 @@ int gw_upstream_send_body(struct gw_upstream *u, const char *data, size_t len)
     return rc ? -ENOMEM : 0;
 }
 
-int gw_upstream_send_end(struct gw_upstream *u)
+int gw_upstream_send_end_trailers(struct gw_upstream *u, struct gw_slice trailers)
 {
     u->req_ended = true;
     u->end_ms = u->pool->loop->now_ms;
     if (u->phase == UP_ACTIVE)
         arm(u, u->pool->s.response_timeout_ms);
     if (u->framing == GW_FRAMING_CHUNKED && !u->send_failed &&
-        gw_proxy_write_last_chunk(&u->out) != 0)
+        gw_proxy_write_last_chunk_trailers(&u->out, trailers) != 0)
         return -ENOMEM;
     return 0;
+}
+
+int gw_upstream_send_end(struct gw_upstream *u)
+{
+    return gw_upstream_send_end_trailers(u, (struct gw_slice){NULL, 0});
+}
+
+struct gw_slice gw_upstream_trailers(const struct gw_upstream *u)
+{
+    return gw_http_parser_trailers(&u->resp);
 }
 
 size_t gw_upstream_send_room(const struct gw_upstream *u)
@@ -685,8 +698,15 @@ static bool deliver_head(struct gw_upstream *u)
 {
     const struct gw_http_head *rh = &u->resp.head;
     if (rh->status == 101) {
-        /* A tunnel would be needed; the gateway offers none. */
-        fail(u, 502, "the upstream switched protocols");
+        if (!u->upgrade) {
+            fail(u, 502, "the upstream switched protocols"); /* nobody asked it to */
+            return false;
+        }
+        /* The exchange ends here: the owner takes the socket over
+         * (gw_upstream_take_socket) and puts the client. */
+        u->head_delivered = true;
+        gw_timer_cancel(u->pool->loop, &u->timer);
+        (void)u->cbs->on_head(u->ctx, rh);
         return false;
     }
     if (rh->status == 100)
@@ -817,6 +837,24 @@ void gw_upstream_update_interest(struct gw_upstream *u)
         ev |= EPOLLIN;
     if (gw_loop_watch(u->pool->loop, &s->io, ev) != 0)
         gw_warn("upstream: epoll_ctl failed: %s", strerror(errno));
+}
+
+int gw_upstream_take_socket(struct gw_upstream *u, struct gw_buf *rest)
+{
+    struct up_sock *s = u->sock;
+    if (s == NULL || u->phase != UP_ACTIVE)
+        return -EINVAL;
+    if (gw_buf_len(&u->in) > 0 && gw_buf_append(rest, gw_buf_head(&u->in), gw_buf_len(&u->in)) != 0)
+        return -ENOMEM;
+    gw_buf_clear(&u->in);
+    gw_timer_cancel(u->pool->loop, &u->timer);
+    gw_loop_unwatch(u->pool->loop, &s->io);
+    int fd = s->io.fd;
+    s->io.fd = -1; /* the reaper frees the struct and leaves the descriptor alone */
+    sock_close(s);
+    u->sock = NULL;
+    u->phase = UP_DONE;
+    return fd;
 }
 
 /* ---- aborted exchanges ---- */

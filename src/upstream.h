@@ -52,9 +52,12 @@ struct gw_upstream_settings {
 struct gw_upstream_cbs {
     /* The TCP connect completed (not called for a pooled socket). */
     void (*on_connect)(void *ctx);
-    /* A response head was parsed: an interim 1xx other than 100 and 101
-     * (RFC 9110 §15.2), or the final head (status >= 200). head is valid until
-     * the next callback. Returns 0, or -1 when the owner gave the client up. */
+    /* A response head was parsed: an interim 1xx other than 100 (RFC 9110
+     * §15.2), or the final head (status >= 200). A 101 comes only to a request
+     * sent with pctx->upgrade and ends the exchange: the owner takes the
+     * socket (gw_upstream_take_socket) or gives the client up. head is valid
+     * until the next callback. Returns 0, or -1 when the owner gave the
+     * client up. */
     int (*on_head)(void *ctx, const struct gw_http_head *head);
     /* Decoded response body bytes (framing removed), at most the owner's room
      * (GW_STREAM_WINDOW minus its pending output). Returns 0, or -1 when the
@@ -129,6 +132,15 @@ GW_MUSTCHECK int gw_upstream_send_body(struct gw_upstream *u, const char *data, 
  * response deadline. Returns 0 or -ENOMEM. */
 GW_MUSTCHECK int gw_upstream_send_end(struct gw_upstream *u);
 
+/* gw_upstream_send_end relaying the request's trailer fields (rendered
+ * lines, gw_http_parser_trailers) after the last chunk when the body goes
+ * chunked; dropped otherwise (RFC 9112 §7.1.2). Returns 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_upstream_send_end_trailers(struct gw_upstream *u, struct gw_slice trailers);
+
+/* In on_done: the response's trailer fields (gw_http_parser_trailers), valid
+ * until gw_upstream_put. */
+struct gw_slice gw_upstream_trailers(const struct gw_upstream *u);
+
 /* Request body bytes the owner may still queue before the outgoing window
  * (GW_STREAM_WINDOW, framing included) is full: backpressure on the client. */
 size_t gw_upstream_send_room(const struct gw_upstream *u);
@@ -169,6 +181,15 @@ void gw_upstream_update_interest(struct gw_upstream *u);
  * with it. gw_upstream_pool_drain ends every such wait at once. The owner
  * must not touch u after the call; cbs are never called again. */
 void gw_upstream_abort(struct gw_upstream *u, void (*on_closed)(void *arg), void *arg);
+
+/* After on_head reported a 101 to a request sent with pctx->upgrade: hands
+ * the backend socket to the caller, who owns (and closes) the returned
+ * descriptor from now on; the response bytes already read past the 101's
+ * head (the new protocol's first bytes) are appended to rest. The socket is
+ * no longer watched by the pool and never pooled. The caller then calls
+ * gw_upstream_put. Returns the descriptor, -EINVAL when u holds no active
+ * socket, or -ENOMEM (rest unchanged, u untouched). RFC 9110 §7.8. */
+GW_MUSTCHECK int gw_upstream_take_socket(struct gw_upstream *u, struct gw_buf *rest);
 
 /* Ends the owner's use of u: the socket goes back to the pool when the
  * exchange finished cleanly (response complete and keep-alive, request sent

@@ -82,6 +82,9 @@ struct gw_config {
     char *stats_path;                 /* STATS_PATH */
     char *metrics_path;               /* METRICS_PATH */
     int shutdown_timeout_ms;          /* SHUTDOWN_TIMEOUT_MS */
+    char *upgrade_protocols;          /* UPGRADE_PROTOCOLS as given ("none" = no upgrade) */
+    int max_tunnels;                  /* MAX_TUNNELS, all workers together */
+    int tunnel_idle_timeout_ms;       /* TUNNEL_IDLE_TIMEOUT_MS */
     enum gw_log_level log_level;      /* LOG_LEVEL */
     bool access_log;                  /* ACCESS_LOG */
     char *admin_host;                 /* ADMIN_HOST, the admin listener's address (SPEC.md §11) */

@@ -8,6 +8,7 @@
 #ifndef GW_HTTP1_H
 #define GW_HTTP1_H
 
+#include "gw/buf.h"
 #include "gw/common.h"
 
 #include <llhttp.h>
@@ -16,6 +17,8 @@
 
 /* Bytes of chunk extensions accepted on one chunk-size line (400 beyond). */
 #define GW_HTTP_MAX_CHUNK_EXT 1024
+/* Bytes of one chunk-size line, its ending excluded (400 beyond). */
+#define GW_HTTP_MAX_CHUNK_LINE (GW_HTTP_MAX_CHUNK_EXT + 32)
 
 enum gw_http_kind {
     GW_HTTP_REQUEST = 0,
@@ -91,6 +94,7 @@ struct gw_http_parser {
     void *ctx;                /* passed to on_body */
     int phase;                /* private: head, body, trailers, done */
     bool no_body;             /* response to HEAD: no body whatever the headers */
+    bool allow_switch;        /* response: 101 accepted (the request asked to upgrade) */
     bool pending_done;        /* private: message ended, DONE not reported yet */
     bool in_value;            /* private: a header name is complete, its value not yet */
     int error_status;         /* 400, 413, 431 (or 502 meaning for responses) */
@@ -101,15 +105,23 @@ struct gw_http_parser {
     size_t trailer_bytes;   /* raw bytes of the trailer section so far */
     size_t trailer_count;   /* trailer fields so far */
     size_t chunk_ext_bytes; /* chunk-extension bytes on the current size line */
-    unsigned scan_lines;    /* non-empty lines completed in the scanned framing */
-    unsigned scan_col;      /* bytes in the current scanned line, CR excluded */
-    char scan_prev;         /* last framing byte scanned (CRLF checks across calls) */
-    bool started;           /* a byte of this message's start line was seen */
-    bool ev_head;           /* set by callbacks during one llhttp_execute: */
-    bool ev_done;           /*   head complete, message complete, */
-    bool ev_last_chunk;     /*   last-chunk line parsed (trailers follow) */
-    bool ll_at_boundary;    /* llhttp is paused right after on_message_complete */
-    char error_buf[96];     /* error_detail storage when it carries a number */
+    int chunk_state;        /* chunked body: size line, data, or the CRLF after data */
+    uint64_t chunk_left;    /* data bytes of the current chunk still to come */
+    size_t chunk_line_len;  /* bytes of the current line held in chunk_line */
+    char chunk_line[GW_HTTP_MAX_CHUNK_LINE]; /* a chunk-size line, its ending excluded */
+    struct gw_buf trailers;                  /* relayable trailer fields, "Name: value\r\n" each */
+    size_t trailer_elem;                     /* offset in trailers where the current field starts */
+    size_t trailer_value;                    /* offset in trailers where its value starts */
+    bool trailer_skip;                       /* the current trailer field is not relayed */
+    unsigned scan_lines;                     /* non-empty lines completed in the scanned framing */
+    unsigned scan_col;                       /* bytes in the current scanned line, CR excluded */
+    char scan_prev;      /* last framing byte scanned (CRLF checks across calls) */
+    bool started;        /* a byte of this message's start line was seen */
+    bool ev_head;        /* set by callbacks during one llhttp_execute: */
+    bool ev_done;        /*   head complete, message complete, */
+    bool ev_last_chunk;  /*   last-chunk line parsed (trailers follow) */
+    bool ll_at_boundary; /* llhttp is paused right after on_message_complete */
+    char error_buf[96];  /* error_detail storage when it carries a number */
 };
 
 /* Prepares p for a connection's first message. Allocates max_head_bytes of
@@ -143,6 +155,27 @@ void gw_http_parser_recycle(struct gw_http_parser *p);
  * after a final response. */
 void gw_http_parser_set_no_body(struct gw_http_parser *p, bool no_body);
 
+/* Checks one chunk-size line without its line ending (RFC 9112 §7.1,
+ * §7.1.1): chunk-size (hex digits, the value at most 64 bits) then any number of
+ * BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] extensions,
+ * quoted-pairs included, at most GW_HTTP_MAX_CHUNK_EXT bytes of them and
+ * GW_HTTP_MAX_CHUNK_LINE bytes in all (beyond: "chunk extensions too long",
+ * or "invalid chunk size" when the digits alone fill that).
+ * Returns NULL with *size set, or the reason it is invalid ("invalid chunk
+ * size", "invalid chunk extension", "chunk extensions too long"). The
+ * parser runs it on every chunk-size line and hands llhttp (which refuses
+ * quoted-pairs, several valued extensions and BWS) the bare size only:
+ * extensions are never forwarded. Pure, thread-safe. */
+const char *gw_http_chunk_line_check(const char *line, size_t len, uint64_t *size);
+
+/* For a response parser: the request carried an Upgrade the gateway
+ * forwards (SPEC.md §13), so a 101 Switching Protocols is a valid answer:
+ * it reports GW_HTTP_HEAD (informational, done pending) and consumes
+ * nothing past its head; the bytes after it are the new protocol's. Without
+ * it a 101 is GW_HTTP_ERROR 502 (RFC 9110 §15.2.2: no Upgrade was sent).
+ * Kept across gw_http_parser_reset; cleared by recycle. */
+void gw_http_parser_set_upgrade(struct gw_http_parser *p, bool allow_switch);
+
 /* Feeds len bytes. Stops at the first event: returns GW_HTTP_HEAD after the
  * head, GW_HTTP_DONE after the message, GW_HTTP_NEED_MORE when the input ran
  * out, GW_HTTP_ERROR on a protocol error or limit. *consumed is the number of
@@ -160,7 +193,9 @@ void gw_http_parser_set_no_body(struct gw_http_parser *p, bool no_body);
  * listed twice; a second CL header (even an equal one) or a CL that is not
  * plain decimal digits; bad chunk size; whitespace in or before the colon of
  * a header name; obs-fold; bare CR/LF/NUL in headers; a line ending in bare
- * LF anywhere in the head, chunk framing or trailers; a Connection header
+ * LF anywhere in the head, chunk framing or trailers (from a request; a
+ * response may end any of these lines with a bare LF, RFC 9112 §2.2); a
+ * chunk-size line gw_http_chunk_line_check refuses; a Connection header
  * naming Content-Length, Transfer-Encoding or Host; no Host or more than one
  * Host in a request (RFC 9112 §3.2); an invalid method; control characters
  * or spaces in the request-target; HTTP versions other than 1.0 and 1.1;
@@ -174,6 +209,15 @@ GW_MUSTCHECK enum gw_http_result gw_http_parser_execute(struct gw_http_parser *p
  * not reported yet), GW_HTTP_ERROR if a message was cut short (status 400,
  * 502 for responses), and GW_HTTP_NEED_MORE when no message had started. */
 GW_MUSTCHECK enum gw_http_result gw_http_parser_finish(struct gw_http_parser *p);
+
+/* After GW_HTTP_DONE of a chunked message: its trailer fields (RFC 9112
+ * §7.1.2), rendered "Name: value\r\n" per field in the order received
+ * (value OWS-trimmed), without the framing, routing and hop-by-hop fields
+ * (Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive,
+ * Proxy-Connection, TE, Trailer, Upgrade; RFC 9110 §6.5.1), which are
+ * dropped. An empty slice when there are none or the message is not done.
+ * Valid until gw_http_parser_reset. The fields are never part of head. */
+struct gw_slice gw_http_parser_trailers(const struct gw_http_parser *p);
 
 /* True after GW_HTTP_HEAD for a message that already ended with its head
  * (no body: GET, CL 0, HEAD response, 1xx, 204, 304): the next execute

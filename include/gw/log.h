@@ -46,6 +46,10 @@ struct gw_access_entry {
     const char *policies;   /* comma-separated names of the refusing and shadow-refusing
                                policies ([A-Za-z0-9_.-] each), NULL or "" for none */
     bool admin;             /* served on the admin listener: "admin":true (SPEC.md §11) */
+    bool tunnel;            /* an upgrade tunnel's line, written when it closed: */
+    uint64_t tunnel_bytes_to_backend; /*   bytes relayed client -> backend after the 101 */
+    uint64_t tunnel_bytes_to_client;  /*   bytes relayed backend -> client after the 101 */
+    double tunnel_ms;                 /*   from the 101 to the close */
 };
 
 /* Appends one JSON line (RFC 8259) for e to the calling thread's access-log
@@ -53,7 +57,9 @@ struct gw_access_entry {
  * UTF-8 is logged as "<non-utf8>"), status, bytes_sent, duration_ms and
  * upstream_ms (3 decimals; null when not proxied), limited, and policies
  * (an array of names) when there are any, and "admin":true for a
- * request of the admin listener. The buffer is
+ * request of the admin listener; for a tunnel (SPEC.md §13) also
+ * tunnel_bytes_to_backend, tunnel_bytes_to_client and tunnel_ms (its
+ * bytes_sent includes the relayed bytes). The buffer is
  * handed to the writer thread (see gw_log_access_flush) when it holds 48
  * KiB, or when the thread calls gw_log_access_flush: a thread that logs must
  * call it before it idles (a worker does before each epoll_wait) and before

@@ -27,6 +27,8 @@ struct gw_proxy_request_ctx {
     bool preserve_host;           /* PRESERVE_HOST */
     bool upstream_keepalive;      /* false: send Connection: close */
     const char *forwarded_proto;  /* "http" */
+    bool upgrade;                 /* forward the client's Upgrade fields with
+                                     "Connection: upgrade" (SPEC.md §13) */
 };
 
 /* Appends the upstream request head for req to out (RFC 9110 §7.6, RFC 9112 §3):
@@ -39,6 +41,7 @@ struct gw_proxy_request_ctx {
  *   X-Forwarded-Host: <client's host>              (only when it has one)
  *   Content-Length: <n> | Transfer-Encoding: chunked   (framing)
  *   Connection: close                              (only when !upstream_keepalive)
+ *   Upgrade: <the client's>, Connection: upgrade   (instead, when ctx->upgrade)
  *
  * Target: origin-form "/p?q" becomes base_path + "/p?q" with the path's
  * dot-segments removed first (RFC 3986 §5.2.4, gw_path_remove_dots; the
@@ -74,6 +77,8 @@ struct gw_proxy_response_ctx {
     bool keep_alive;       /* the client connection may stay open */
     struct gw_slice extra; /* pre-rendered "Name: value\r\n" lines to add (e.g. the
                               rate-limit block); not used for 1xx */
+    bool upgrade;          /* a 101 that opens a tunnel: its Upgrade fields and
+                              "Connection: upgrade" are kept (SPEC.md §13) */
 };
 
 /* Appends the client response head for resp (RFC 9110 §7.6, RFC 9112 §6):
@@ -88,7 +93,8 @@ struct gw_proxy_response_ctx {
  * those named by Connection are removed; Content-Length and
  * Transfer-Encoding are re-written from the parsed values. Framing:
  *  - 1xx: status line and end-to-end fields only (no extra, no framing, no
- *    Connection), *framing NONE, *must_close false. The caller must not
+ *    Connection), *framing NONE, *must_close false; a 101 with ctx->upgrade
+ *    also keeps Upgrade and says "Connection: upgrade". The caller must not
  *    forward a 1xx to an HTTP/1.0 client (RFC 9110 §15.2).
  *  - HEAD response, 204, 304: *framing NONE; HEAD and 304 keep the
  *    upstream's Content-Length value, 204 never has one.
@@ -111,6 +117,11 @@ GW_MUSTCHECK int gw_proxy_write_chunk(struct gw_buf *out, const char *data, size
 
 /* Appends the last chunk and empty trailer section ("0\r\n\r\n"). 0 or -ENOMEM. */
 GW_MUSTCHECK int gw_proxy_write_last_chunk(struct gw_buf *out);
+
+/* Appends the last chunk, the trailer fields (rendered "Name: value\r\n"
+ * lines, e.g. gw_http_parser_trailers; may be empty) and the empty line
+ * that ends the message (RFC 9112 §7.1.2). 0 or -ENOMEM. */
+GW_MUSTCHECK int gw_proxy_write_last_chunk_trailers(struct gw_buf *out, struct gw_slice trailers);
 
 /* Bytes of framing gw_proxy_write_chunk adds around a payload at most. */
 #define GW_PROXY_CHUNK_OVERHEAD 20

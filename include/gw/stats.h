@@ -49,7 +49,8 @@
       "Connections opened to the upstream (a pool that is too small shows as a high rate)")        \
     X(connections_rejected, NULL, "Client connections closed at accept by MAX_CONNECTIONS")        \
     X(connections_rejected_per_client, NULL,                                                       \
-      "Client connections closed at accept by MAX_CONNECTIONS_PER_CLIENT")
+      "Client connections closed at accept by MAX_CONNECTIONS_PER_CLIENT")                         \
+    X(tunnels, NULL, "Upgrade tunnels opened (101 Switching Protocols relayed)")
 
 /* Most workers a snapshot reports one by one (WORKER_THREADS' maximum). */
 #define GW_STATS_MAX_WORKERS 256
@@ -73,6 +74,7 @@ struct gw_stats_worker {
     GW_STATS_COUNTERS(GW_STATS_FIELD)
 #undef GW_STATS_FIELD
     _Atomic int64_t connections_active;   /* client connections this worker holds */
+    _Atomic int64_t tunnels_active;       /* upgrade tunnels this worker relays */
     struct gw_histogram request_latency;  /* proxied requests, start to response end */
     struct gw_histogram upstream_latency; /* upstream connect+send to response end */
     struct gw_histogram queue_wait;       /* time spent waiting for an in-flight slot */
@@ -93,6 +95,7 @@ struct gw_stats_snapshot {
     GW_STATS_COUNTERS(GW_STATS_FIELD)
 #undef GW_STATS_FIELD
     int64_t connections_active;
+    int64_t tunnels_active; /* upgrade tunnels open, all workers */
     uint64_t latency_buckets[GW_STATS_LATENCY_NBUCKETS + 1];
     uint64_t latency_count;
     uint64_t latency_sum_us;

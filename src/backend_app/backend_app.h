@@ -1,8 +1,9 @@
 /*
  * backend_app: the demo and test upstream of the gateway (SPEC.md section 8).
- * Private interface shared by its three files: main.c (configuration, listener,
+ * Private interface shared by its files: main.c (configuration, listener,
  * signals, shutdown), conn.c (one blocking thread per client connection, llhttp
- * parsing, response writing) and routes.c (the endpoints and the counters).
+ * parsing, response writing), routes.c (the endpoints and the counters) and
+ * ws.c (the /ws WebSocket echo).
  */
 #ifndef BACKEND_APP_H
 #define BACKEND_APP_H
@@ -80,6 +81,7 @@ struct backend_conn {
     int error_status;           /* 4xx chosen by a callback that stopped the parser */
     bool io_failed;             /* a write failed: the connection must close */
     bool close_after;           /* close once the current response is written */
+    bool ws;                    /* /ws answered 101: WebSocket frames follow (ws.c) */
     pthread_t tid;              /* its thread, joined by main once finished */
     struct backend_conn *prev;  /* registry of live or finished connections (main.c) */
     struct backend_conn *next;  /* " */
@@ -152,6 +154,15 @@ void backend_stats_end(struct backend_request *r);
 /* Answers a complete request (body consumed). The SHA-256 context holds the
  * body digest. Returns what the connection should do next. */
 enum backend_after backend_route(struct backend_conn *c);
+
+/* GET /ws: checks the WebSocket handshake (RFC 6455 §4.2.1) and answers
+ * 101 with Sec-WebSocket-Accept, setting c->ws; or 400. ws.c. */
+enum backend_after backend_ws_route(struct backend_conn *c);
+
+/* After the 101: echoes frames (rest[0..n): bytes that came after the
+ * handshake) until a close frame, the client's FIN, an error or shutdown.
+ * The caller then closes the connection. ws.c. */
+void backend_ws_run(struct backend_conn *c, const char *rest, size_t n);
 
 /* Fills the byte pattern of /bytes and /stream; call once before any thread. */
 void backend_routes_init(void);

@@ -379,6 +379,10 @@ static bool feed(struct backend_conn *c, const char *data, size_t n)
         backend_stats_end(&c->req);
         if (backend_cfg.log)
             log_request(c);
+        if (c->ws && after == BACKEND_KEEP && !c->io_failed) {
+            backend_ws_run(c, data + off, n - off); /* the rest is WebSocket */
+            return false;
+        }
         if (after == BACKEND_CLOSE || c->io_failed || c->close_after)
             return false;
     }

@@ -190,11 +190,11 @@ static int write_pattern(struct backend_conn *c, uint64_t pos, uint64_t len, boo
 
 static enum backend_after route_root(struct backend_conn *c)
 {
-    json_t *j =
-        json_pack("{s:s, s:s, s:s, s:[s,s,s,s,s,s,s,s,s,s,s]}", "message", "Hello from backend_app",
-                  "service", "backend_app", "version", GW_VERSION, "endpoints", "/users/{id}",
-                  "/echo", "/slow?ms=N", "/status/{code}", "/stream?chunks=N&size=B&delay_ms=D",
-                  "/bytes?n=N", "/stats", "/stats/reset", "/close", "/noresponse", "/");
+    json_t *j = json_pack("{s:s, s:s, s:s, s:[s,s,s,s,s,s,s,s,s,s,s,s]}", "message",
+                          "Hello from backend_app", "service", "backend_app", "version", GW_VERSION,
+                          "endpoints", "/users/{id}", "/echo", "/slow?ms=N", "/status/{code}",
+                          "/stream?chunks=N&size=B&delay_ms=D", "/bytes?n=N", "/stats",
+                          "/stats/reset", "/close", "/noresponse", "/ws", "/");
     return done(backend_write_json(c, 200, j, NULL));
 }
 
@@ -400,6 +400,8 @@ enum backend_after backend_route(struct backend_conn *c)
 
     if (slice_is(path, "/echo"))
         return route_echo(c);
+    if (slice_is(path, "/ws"))
+        return backend_ws_route(c);
     if (slice_is(path, "/slow"))
         return route_slow(c);
     if (slice_is(path, "/stream"))

@@ -127,7 +127,9 @@ static void test_cl_request_exact(void **state)
 
 /* Chunked body with chunk extensions and a trailer section: the backend
  * gets exactly the payload, and the next request on the connection parses
- * (the trailers were consumed, not left as a bogus request). */
+ * (the trailers were consumed, not left as a bogus request). The trailers
+ * themselves are relayed after the last chunk (byte-exact in test_chunked;
+ * backend_app lists them among its headers). */
 static void test_chunked_request_ext_trailers(void **state)
 {
     int fd = gwt_connect(gwt_fx.gport);
@@ -145,7 +147,6 @@ static void test_chunked_request_ext_trailers(void **state)
     assert_sha(&e, "hello world", 11);
     for (size_t i = 0; i < gwt_echo_nheaders(&e); i++) {
         assert_null(strstr(gwt_echo_value(&e, i), "name=value"));
-        assert_true(strcasecmp(gwt_echo_name(&e, i), "X-Trailer") != 0);
     }
     gwt_echo_free(&e);
     gwt_expect_user(fd, 3, NULL);

@@ -883,13 +883,14 @@ static void test_malformed_upstream(void **state)
 }
 
 /* A chunked response whose framing breaks after the head was relayed: the
- * client must not get a response that looks complete. */
+ * client must not get a response that looks complete. (A bare LF ending a
+ * chunk-size line is no break: accepted from an origin, see test_chunked.) */
 static void test_malformed_upstream_body(void **state)
 {
     const struct gwt_fault_step steps[] = {
         {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", 0,
          GWT_FAULT_HOLD, false},
-        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 0,
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n", 0,
          GWT_FAULT_HOLD, false},
     };
     gwt_suite_script(steps, 2);

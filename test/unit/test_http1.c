@@ -783,6 +783,147 @@ static void test_smuggling_requests(void **state)
         check_bad(&bad_requests[i], GW_HTTP_REQUEST);
 }
 
+/* SPEC.md §13: with set_upgrade, a 101 is a head (informational, done
+ * pending) and the bytes after it are left unconsumed for the tunnel. */
+static void test_response_101_when_upgrading(void **state)
+{
+    (void)state;
+    struct gw_http_parser p;
+    assert_int_equal(gw_http_parser_init(&p, GW_HTTP_RESPONSE, 4096, 0, NULL, NULL), 0);
+    gw_http_parser_set_upgrade(&p, true);
+    static const char in[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             "Connection: upgrade\r\n\r\n\x81\x05hello";
+    size_t used = 0;
+    assert_int_equal(gw_http_parser_execute(&p, in, sizeof(in) - 1, &used), GW_HTTP_HEAD);
+    assert_int_equal(used, sizeof(in) - 1 - 7);
+    assert_int_equal(p.head.status, 101);
+    assert_true(p.head.informational);
+    assert_false(p.head.has_body);
+    assert_true(gw_http_parser_done_pending(&p));
+    /* recycle forgets it: a 101 is refused again. */
+    gw_http_parser_recycle(&p);
+    assert_int_equal(gw_http_parser_execute(&p, in, sizeof(in) - 1, &used), GW_HTTP_ERROR);
+    assert_int_equal(p.error_status, 502);
+    gw_http_parser_deinit(&p);
+}
+
+/* Trailer fields are kept for the next hop, rendered, OWS trimmed, without
+ * the framing and hop-by-hop ones, and never in the head. */
+static void test_trailers_kept(void **state)
+{
+    (void)state;
+    struct gw_http_parser p;
+    assert_int_equal(gw_http_parser_init(&p, GW_HTTP_REQUEST, 4096, 0, NULL, NULL), 0);
+    static const char in[] = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             "1\r\nx\r\n0\r\nA: 1\r\nHost: h\r\nConnection: x\r\n"
+                             "B-B:\t two words \r\nTE: trailers\r\n\r\n";
+    size_t used = 0, off = 0;
+    assert_int_equal(gw_http_parser_execute(&p, in, sizeof(in) - 1, &used), GW_HTTP_HEAD);
+    off += used;
+    assert_int_equal(gw_http_parser_trailers(&p).len, 0);
+    assert_int_equal(gw_http_parser_execute(&p, in + off, sizeof(in) - 1 - off, &used),
+                     GW_HTTP_DONE);
+    struct gw_slice t = gw_http_parser_trailers(&p);
+    assert_int_equal(t.len, strlen("A: 1\r\nB-B: two words\r\n"));
+    assert_memory_equal(t.ptr, "A: 1\r\nB-B: two words\r\n", t.len);
+    assert_int_equal(p.head.header_count, 2);
+    gw_http_parser_reset(&p);
+    assert_int_equal(gw_http_parser_trailers(&p).len, 0);
+    gw_http_parser_deinit(&p);
+}
+
+/* RFC 9112 §7.1.1 chunk extensions, the pre-pass's own verdicts. */
+static void test_chunk_line_check(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *line;
+        uint64_t size; /* when valid */
+        const char *why;
+    } rows[] = {
+        {"3;foo=\"b\\\"r\"", 3, NULL},
+        {"1;a=b;c=d", 1, NULL},
+        {"A;a;b=\"q\"", 10, NULL},
+        {"1 ;a=b", 1, NULL},
+        {"1; a = b", 1, NULL},
+        {"1\t;\ta\t=\t\"x y\"", 1, NULL},
+        {"1;a=\"\"", 1, NULL},
+        {"1;a=\"\\\t\x80\"", 1, NULL},
+        {"0000000000000000000000ff", 255, NULL},
+        {"ffffffffffffffff", UINT64_MAX, NULL},
+        {"0;last", 0, NULL},
+        {"", 0, "invalid chunk size"},
+        {"g", 0, "invalid chunk size"},
+        {"1g", 0, "invalid chunk size"},
+        {"1 ", 0, "invalid chunk size"},
+        {"10000000000000000", 0, "invalid chunk size"},
+        {"-1", 0, "invalid chunk size"},
+        {"1;", 0, "invalid chunk extension"},
+        {"1;=b", 0, "invalid chunk extension"},
+        {"1;a=", 0, "invalid chunk extension"},
+        {"1;a=b c", 0, "invalid chunk extension"},
+        {"1;a=\"x", 0, "invalid chunk extension"},
+        {"1;a=\"\\", 0, "invalid chunk extension"},
+        {"1;a=\"\x01\"", 0, "invalid chunk extension"},
+        {"1;a=\"\\\x7f\"", 0, "invalid chunk extension"},
+        {"1;a\"=b", 0, "invalid chunk extension"},
+        {"1 x", 0, "invalid chunk extension"},
+        {"1;a=b;", 0, "invalid chunk extension"},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        uint64_t size = 12345;
+        const char *why = gw_http_chunk_line_check(rows[i].line, strlen(rows[i].line), &size);
+        if ((why == NULL) != (rows[i].why == NULL) || (why && strcmp(why, rows[i].why) != 0))
+            fail_msg("%s: got %s, want %s", rows[i].line, why ? why : "valid",
+                     rows[i].why ? rows[i].why : "valid");
+        if (!why)
+            assert_int_equal(size, rows[i].size);
+    }
+    char big[GW_HTTP_MAX_CHUNK_EXT + 8] = "1;a=";
+    memset(big + 4, 'x', sizeof(big) - 5);
+    big[sizeof(big) - 1] = '\0';
+    uint64_t size;
+    assert_string_equal(gw_http_chunk_line_check(big, strlen(big), &size),
+                        "chunk extensions too long");
+}
+
+/* Through the parser, split at every byte: valid extensions decode to the
+ * payload alone; from an origin a bare LF may end the size and data lines. */
+static void test_chunk_extensions_parsed(void **state)
+{
+    (void)state;
+    static const char req[] = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              "3;foo=\"b\\\"r\"\r\nabc\r\n1;a=b;c=d\r\nd\r\n0 ; z = \"1\"\r\n\r\n";
+    static const char resp[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               "3;foo=\"b\\\"r\"\nabc\n1;a=b;c=d\r\nd\n0\nT: v\n\n";
+    const char *msgs[] = {req, resp};
+    for (int k = 0; k < 2; k++) {
+        size_t len = strlen(msgs[k]);
+        for (size_t split = 1; split < len; split++) {
+            struct run r = {0};
+            struct gw_http_parser p;
+            assert_int_equal(
+                gw_http_parser_init(&p, k ? GW_HTTP_RESPONSE : GW_HTTP_REQUEST, 4096, 0, sink, &r),
+                0);
+            const char *b = msgs[k];
+            size_t off = 0, used = 0;
+            enum gw_http_result res = GW_HTTP_NEED_MORE;
+            for (int guard = 0; guard < 100 && res != GW_HTTP_DONE && res != GW_HTTP_ERROR;
+                 guard++) {
+                size_t end = off < split ? split : len;
+                res = gw_http_parser_execute(&p, b + off, end - off, &used);
+                off += used;
+            }
+            if (res != GW_HTTP_DONE)
+                fail_msg("%s split at %zu: result %d (%s)", k ? "response" : "request", split, res,
+                         p.error_detail ? p.error_detail : "-");
+            assert_int_equal(r.body_len, 4);
+            assert_memory_equal(r.body, "abcd", 4);
+            gw_http_parser_deinit(&p);
+        }
+    }
+}
+
 static void test_bad_responses(void **state)
 {
     (void)state;
@@ -1287,6 +1428,10 @@ int main(void)
         cmocka_unit_test(test_valid_responses),
         cmocka_unit_test(test_smuggling_requests),
         cmocka_unit_test(test_bad_responses),
+        cmocka_unit_test(test_response_101_when_upgrading),
+        cmocka_unit_test(test_trailers_kept),
+        cmocka_unit_test(test_chunk_line_check),
+        cmocka_unit_test(test_chunk_extensions_parsed),
         cmocka_unit_test(test_fuzz_regressions),
         cmocka_unit_test(test_head_limits),
         cmocka_unit_test(test_trailer_limits),

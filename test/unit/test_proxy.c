@@ -161,6 +161,29 @@ static void test_req_hop_by_hop_removed(void **state)
               GW_FRAMING_NONE);
 }
 
+/* SPEC.md §13: a forwarded upgrade keeps Upgrade and says Connection:
+ * upgrade (even with upstream keep-alive off); the rest stays hop-by-hop. */
+static void test_req_upgrade_kept(void **state)
+{
+    (void)state;
+    req_init(&H, "GET", "/ws");
+    hdr(&H, "Host", "h");
+    hdr(&H, "Connection", "Upgrade, X-Foo");
+    hdr(&H, "X-Foo", "1");
+    hdr(&H, "Upgrade", "websocket");
+    hdr(&H, "Keep-Alive", "timeout=5");
+    hdr(&H, "Sec-WebSocket-Key", "k");
+    struct gw_proxy_request_ctx ctx = default_req_ctx();
+    ctx.upgrade = true;
+    ctx.upstream_keepalive = false;
+    check_req(&H, &ctx,
+              "GET /ws HTTP/1.1\r\n"
+              "Host: h\r\n"
+              "Upgrade: websocket\r\n"
+              "Sec-WebSocket-Key: k\r\n" XF_FIELDS("h") "Connection: upgrade\r\n\r\n",
+              GW_FRAMING_NONE);
+}
+
 static void test_req_connection_option_drops_named_end_to_end(void **state)
 {
     (void)state;
@@ -589,6 +612,25 @@ static void make_upstream(struct gw_http_head *h, enum up_kind kind)
     hdr(h, "X-Up", "1");
 }
 
+/* A 101 that opens a tunnel keeps Upgrade and says Connection: upgrade;
+ * without ctx.upgrade (never relayed so) both are dropped. */
+static void test_resp_101_upgrade(void **state)
+{
+    (void)state;
+    resp_init(&H, 101, "Switching Protocols");
+    hdr(&H, "Upgrade", "websocket");
+    hdr(&H, "Connection", "Upgrade");
+    hdr(&H, "Sec-WebSocket-Accept", "abc=");
+    struct gw_proxy_response_ctx ctx = {.client_minor = 1, .keep_alive = true, .upgrade = true};
+    check_resp(&H, &ctx,
+               "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               "Sec-WebSocket-Accept: abc=\r\nConnection: upgrade\r\n\r\n",
+               GW_FRAMING_NONE, false);
+    ctx.upgrade = false;
+    check_resp(&H, &ctx, "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc=\r\n\r\n",
+               GW_FRAMING_NONE, false);
+}
+
 #define RH "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Up: 1\r\n"
 
 static void test_resp_framing_matrix(void **state)
@@ -816,6 +858,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_req_basic_get),
         cmocka_unit_test(test_req_hop_by_hop_removed),
+        cmocka_unit_test(test_req_upgrade_kept),
         cmocka_unit_test(test_req_connection_option_drops_named_end_to_end),
         cmocka_unit_test(test_req_xff_merged),
         cmocka_unit_test(test_req_connection_naming_xff_keeps_ours),
@@ -834,6 +877,7 @@ int main(void)
         cmocka_unit_test(test_req_no_client_addr),
         cmocka_unit_test(test_req_appends_and_many_large_headers),
         cmocka_unit_test(test_resp_framing_matrix),
+        cmocka_unit_test(test_resp_101_upgrade),
         cmocka_unit_test(test_resp_head_request),
         cmocka_unit_test(test_resp_204_304),
         cmocka_unit_test(test_resp_interim),

@@ -104,6 +104,7 @@ static void test_sum_three_workers(void **state)
         GW_STATS_COUNTERS(SET)
 #undef SET
         atomic_store(&w[i].connections_active, 10 * (i + 1));
+        atomic_store(&w[i].tunnels_active, i + 1);
         for (int n = 0; n <= i; n++)
             gw_histogram_observe(&w[i].request_latency, 2000);  /* bucket 2 */
         gw_histogram_observe(&w[i].upstream_latency, 40000000); /* +Inf */
@@ -118,8 +119,9 @@ static void test_sum_three_workers(void **state)
 #define CHECK(name, label, help) assert_int_equal(s.name, 6 * (++k));
     GW_STATS_COUNTERS(CHECK)
 #undef CHECK
-    assert_int_equal(k, 14);
+    assert_int_equal(k, 15);
     assert_int_equal(s.connections_active, 60);
+    assert_int_equal(s.tunnels_active, 6);
     assert_int_equal(s.worker_connections[0], 10);
     assert_int_equal(s.worker_connections[1], 20);
     assert_int_equal(s.worker_connections[2], 30);
@@ -236,7 +238,9 @@ static void known_snapshot(struct gw_stats_snapshot *s)
     s->upstream_connections_opened = 12;
     s->connections_rejected = 13;
     s->connections_rejected_per_client = 14;
+    s->tunnels = 15;
     s->connections_active = 5;
+    s->tunnels_active = 2;
     s->latency_buckets[2] = 50; /* (1, 2.5] ms */
     s->latency_buckets[3] = 30; /* (2.5, 5] ms */
     s->latency_count = 80;
@@ -275,8 +279,9 @@ static void test_render_json_exact(void **state)
                          "\"requests_failed_upstream\":4,\"requests_closed\":9,"
                          "\"requests_bad\":6,\"requests_delayed\":0,\"redis_errors\":1,"
                          "\"upstream_connections_opened\":12,\"connections_rejected\":13,"
-                         "\"connections_rejected_per_client\":14,\"delayed\":0,\"in_flight\":2,"
-                         "\"queue_length\":1,\"connections_active\":5,\"uptime_seconds\":42,"
+                         "\"connections_rejected_per_client\":14,\"tunnels\":15,\"delayed\":0,"
+                         "\"in_flight\":2,\"queue_length\":1,\"connections_active\":5,"
+                         "\"tunnels_active\":2,\"uptime_seconds\":42,"
                          "\"worker_threads\":2,\"redis\":\"connected\","
                          "\"worker_connections\":[3,2],"
                          "\"latency_ms\":{\"p50\":2.2,\"p90\":4.333,\"p99\":4.933}}";
@@ -366,6 +371,9 @@ static const char expect_prom[] =
     "MAX_CONNECTIONS_PER_CLIENT\n"
     "# TYPE gateway_connections_rejected_per_client_total counter\n"
     "gateway_connections_rejected_per_client_total 14\n"
+    "# HELP gateway_tunnels_total Upgrade tunnels opened (101 Switching Protocols relayed)\n"
+    "# TYPE gateway_tunnels_total counter\n"
+    "gateway_tunnels_total 15\n"
     "# HELP gateway_requests_total Finished requests by result: proxied=Requests answered by the "
     "upstream; rate_limited=Requests refused with 429; rate_limited_dry_run=Requests over the "
     "limit let through by dry run (also counted under their outcome); rejected_queue=Requests "
@@ -399,6 +407,9 @@ static const char expect_prom[] =
     "# HELP gateway_connections_active Client connections open\n"
     "# TYPE gateway_connections_active gauge\n"
     "gateway_connections_active 5\n"
+    "# HELP gateway_tunnels_active Upgrade tunnels open (WebSocket and other protocols)\n"
+    "# TYPE gateway_tunnels_active gauge\n"
+    "gateway_tunnels_active 2\n"
     "# HELP gateway_redis_up 1 when the Redis rate-limit store answers, else 0\n"
     "# TYPE gateway_redis_up gauge\n"
     "gateway_redis_up 1\n"
