@@ -497,7 +497,17 @@ static int apply_unit(struct gw_rl_memory *m, struct gw_rl_pass *p, struct gw_rl
             locks[nl++] = refs[nr + (size_t)k].s;
         nr += (size_t)nref[j];
     }
-    qsort(locks, nl, sizeof(locks[0]), cmp_shard);
+    if (nl <= 16) { /* the usual few: insertion sort, no qsort call */
+        for (size_t k = 1; k < nl; k++) {
+            struct shard *x = locks[k];
+            size_t j = k;
+            for (; j > 0 && locks[j - 1] > x; j--)
+                locks[j] = locks[j - 1];
+            locks[j] = x;
+        }
+    } else {
+        qsort(locks, nl, sizeof(locks[0]), cmp_shard);
+    }
     size_t nu = 0;
     for (size_t k = 0; k < nl; k++)
         if (nu == 0 || locks[nu - 1] != locks[k])
