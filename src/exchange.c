@@ -354,8 +354,8 @@ static bool chunked_body_ends_within(const char *b, size_t n, size_t *walked)
         uint64_t size = 0;
         size_t digits = 0;
         for (; pos < n; pos++) {
-            int ch = (unsigned char)b[pos] | 0x20;
-            int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+            int c = (unsigned char)b[pos], lc = c | 0x20; /* lc: a letter lower-cased */
+            int v = c >= '0' && c <= '9' ? c - '0' : lc >= 'a' && lc <= 'f' ? lc - 'a' + 10 : -1;
             if (v < 0)
                 break;
             if (++digits > 15)
