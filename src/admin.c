@@ -71,7 +71,7 @@ void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
     s->queue_length_max = (uint64_t)srv->cfg->max_queue_length;
     s->uptime_s = (int64_t)((gw_now_ms() - srv->start_ms) / 1000);
     s->worker_threads = srv->nworkers;
-    s->redis_enabled = srv->cfg->redis_url != NULL;
+    s->redis_enabled = gw_config_redis_enabled(srv->cfg);
     if (srv->rules) {
         struct gw_rules *r = gw_rules_holder_get(srv->rules);
         snprintf(s->rules_version, sizeof(s->rules_version), "%s", r->version);

@@ -26,6 +26,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -51,6 +54,7 @@ enum opt_type {
     T_PROXIES, /* char *: TRUSTED_PROXIES, also fills trusted[] */
     T_FILE,    /* char *: a file path, length in [min, max], no control bytes */
     T_TOKENS,  /* char *: comma-separated tokens (RFC 9110 §5.6.2), or "none" */
+    T_NODES,   /* char *: "host[:port],..." (REDIS_SENTINELS, REDIS_CLUSTER_NODES) */
 };
 
 #define F_SECRET      0x1u  /* may hold a password: masked in every output */
@@ -76,6 +80,7 @@ static const char *const algorithm_names[] = {"fixed_window", "sliding_window", 
                                               "gcra", NULL};
 static const char *const failure_names[] = {"open", "closed", "local", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+static const char *const tls_names[] = {"auto", "on", "off", NULL};
 
 /* clang-format off */
 #define MS_MAX 3600000 /* longest timeout: one hour */
@@ -106,6 +111,39 @@ static const struct opt opts[] = {
         "in-process store (one instance only)."),
     INT("REDIS_TIMEOUT_MS", "100", 1, MS_MAX, redis_timeout_ms,
         "Connect and command timeout of each worker's Redis connection, in ms."),
+    STR("REDIS_USERNAME", T_STRING, NULL, 1, 256, redis_username, F_EMPTY_UNSET,
+        "Redis ACL user name; wins over the one in REDIS_URL; empty = the URL's (or none)."),
+    STR("REDIS_PASSWORD", T_FILE, NULL, 1, 1024, redis_password,
+        F_SECRET | F_MASK_ALL | F_EMPTY_UNSET,
+        "Redis password (secret, never printed); wins over the one in REDIS_URL."),
+    {"REDIS_DB", T_INT, "auto", 0, 1000000, OFF(redis_db), F_AUTO, NULL,
+     "Redis database index; auto = the /db of REDIS_URL, else 0."},
+    ENUM("REDIS_TLS", "auto", tls_names, GW_REDIS_TLS_OFF, redis_tls,
+         "TLS to Redis (and to the sentinels): auto = on for rediss:// URLs; on is needed for "
+         "TLS with REDIS_SENTINELS."),
+    STR("REDIS_TLS_CA_FILE", T_FILE, NULL, 1, 4096, redis_tls_ca_file, F_EMPTY_UNSET,
+        "PEM file of the CAs that sign the Redis server certificate; empty = the system trust "
+        "store."),
+    STR("REDIS_TLS_CERT_FILE", T_FILE, NULL, 1, 4096, redis_tls_cert_file, F_EMPTY_UNSET,
+        "PEM client certificate for servers with tls-auth-clients yes (with REDIS_TLS_KEY_FILE)."),
+    STR("REDIS_TLS_KEY_FILE", T_FILE, NULL, 1, 4096, redis_tls_key_file, F_EMPTY_UNSET,
+        "PEM private key of REDIS_TLS_CERT_FILE."),
+    STR("REDIS_TLS_SERVER_NAME", T_STRING, NULL, 1, 253, redis_tls_server_name, F_EMPTY_UNSET,
+        "Name sent as SNI and verified in the server certificate; empty = the host connected to."),
+    BOOL("REDIS_TLS_VERIFY", "on", redis_tls_verify,
+         "Verify the Redis server certificate and name; off is insecure and logged loudly."),
+    STR("REDIS_SENTINELS", T_NODES, NULL, 0, 0, redis_sentinels, F_EMPTY_UNSET,
+        "Sentinel mode: host:port,host:port of the sentinels (port 26379 by default); empty = "
+        "no Sentinel. Exclusive with REDIS_URL."),
+    STR("REDIS_SENTINEL_MASTER", T_STRING, NULL, 1, 256, redis_sentinel_master, F_EMPTY_UNSET,
+        "Sentinel mode: the name of the monitored master."),
+    STR("REDIS_SENTINEL_USERNAME", T_STRING, NULL, 1, 256, redis_sentinel_username, F_EMPTY_UNSET,
+        "Sentinel mode: ACL user name for the sentinels themselves."),
+    STR("REDIS_SENTINEL_PASSWORD", T_FILE, NULL, 1, 1024, redis_sentinel_password,
+        F_SECRET | F_MASK_ALL | F_EMPTY_UNSET,
+        "Sentinel mode: password of the sentinels themselves (secret, never printed)."),
+    STR("REDIS_CLUSTER_NODES", T_NODES, NULL, 0, 0, redis_cluster_nodes, F_EMPTY_UNSET,
+        "Redis Cluster seed nodes host:port,... (not supported yet: refused at start-up)."),
     INT("RATE_LIMIT_REQUESTS", "5", 1, 1000000000, rate_limit_requests,
         "Requests allowed per client per window."),
     INT("RATE_LIMIT_WINDOW_SECONDS", "60", 1, 86400 * 366, rate_limit_window_s,
@@ -241,6 +279,8 @@ static char *dup_n(const char *s, size_t n)
  * never leaks through an error message. Caller frees; NULL on ENOMEM. */
 static char *mask_userinfo(const char *url)
 {
+    if (url == NULL)
+        return NULL;
     const char *auth = strstr(url, "://");
     auth = auth != NULL ? auth + 3 : url;
     const char *at = strrchr(auth, '@');
@@ -471,6 +511,65 @@ static bool parse_proxies(const char *v, struct gw_config *cfg, char *why, size_
     }
 }
 
+static void free_nodes(struct gw_redis_node *nodes, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(nodes[i].host);
+    free(nodes);
+}
+
+/* "host[:port],host[:port]" (spaces around entries allowed, IPv6 in
+ * brackets, port 26379 when absent) into a new array of at most
+ * GW_CONFIG_MAX_REDIS_NODES entries. */
+static bool parse_nodes(const char *v, struct gw_redis_node **out, int *count, char *why,
+                        size_t cap)
+{
+    *out = NULL;
+    *count = 0;
+    struct gw_redis_node *nodes = calloc(GW_CONFIG_MAX_REDIS_NODES, sizeof(*nodes));
+    if (nodes == NULL)
+        return gw_fail(why, cap, "out of memory");
+    int n = 0;
+    const char *p = v;
+    for (;;) {
+        size_t len = strcspn(p, ",");
+        const char *e = p;
+        size_t elen = len;
+        while (elen > 0 && (*e == ' ' || *e == '\t')) {
+            e++;
+            elen--;
+        }
+        while (elen > 0 && (e[elen - 1] == ' ' || e[elen - 1] == '\t'))
+            elen--;
+        struct gw_net_hostport hp;
+        char reason[128];
+        if (elen == 0) {
+            free_nodes(nodes, n);
+            return gw_fail(why, cap, "empty entry in the list (expected host:port,host:port)");
+        }
+        if (n == GW_CONFIG_MAX_REDIS_NODES) {
+            free_nodes(nodes, n);
+            return gw_fail(why, cap, "more than %d entries", GW_CONFIG_MAX_REDIS_NODES);
+        }
+        if (!gw_net_parse_hostport(e, elen, 26379, &hp, reason, sizeof(reason))) {
+            free_nodes(nodes, n);
+            return gw_fail(why, cap, "entry \"%.*s\": %s", (int)GW_MIN(elen, 64), e, reason);
+        }
+        nodes[n].host = dup_n(hp.host, hp.host_len);
+        nodes[n].port = hp.port;
+        if (nodes[n++].host == NULL) {
+            free_nodes(nodes, n);
+            return gw_fail(why, cap, "out of memory");
+        }
+        if (p[len] == '\0')
+            break;
+        p += len + 1;
+    }
+    *out = nodes;
+    *count = n;
+    return true;
+}
+
 /* Parses v into the field of row o (and its derived fields). */
 static bool parse_value(const struct opt *o, const char *v, struct gw_config *cfg, char *why,
                         size_t cap)
@@ -521,6 +620,13 @@ static bool parse_value(const struct opt *o, const char *v, struct gw_config *cf
     case T_TOKENS:
         ok = check_tokens(o, v, why, cap);
         break;
+    case T_NODES: {
+        struct gw_redis_node *nodes = NULL;
+        int n = 0;
+        ok = parse_nodes(v, &nodes, &n, why, cap);
+        free_nodes(nodes, n);
+        break;
+    }
     case T_PROXIES:
         ok = parse_proxies(v, cfg, why, cap);
         if (!ok)
@@ -597,7 +703,8 @@ static int redis_fail(struct gw_redis_target *t, char *why, size_t cap, const ch
 
 int gw_config_parse_redis_url(const char *url, struct gw_redis_target *t, char *why, size_t why_len)
 {
-    static const char usage[] = "expected redis://[:password@]host[:port][/db] or unix:///path";
+    static const char usage[] =
+        "expected redis://[:password@]host[:port][/db], rediss://... (TLS) or unix:///path";
     memset(t, 0, sizeof(*t));
     for (const char *c = url; *c != '\0'; c++)
         if ((unsigned char)*c <= 0x20 || *c == 0x7f)
@@ -616,12 +723,13 @@ int gw_config_parse_redis_url(const char *url, struct gw_redis_target *t, char *
         t->unix_path = strdup(path);
         return t->unix_path != NULL ? 0 : redis_fail(t, why, why_len, "out of memory");
     }
+    t->tls_verify = true;
     if (strncmp(url, "rediss://", 9) == 0)
-        return redis_fail(t, why, why_len, "TLS (rediss://) is not supported");
-    if (strncmp(url, "redis://", 8) != 0)
+        t->tls = true;
+    else if (strncmp(url, "redis://", 8) != 0)
         return redis_fail(t, why, why_len, usage);
 
-    const char *a = url + 8;
+    const char *a = url + (t->tls ? 9 : 8);
     /* The last '@' ends the userinfo, so a raw '@' in a password works. */
     const char *at = strrchr(a, '@');
     if (at != NULL) {
@@ -663,17 +771,90 @@ int gw_config_parse_redis_url(const char *url, struct gw_redis_target *t, char *
     return t->host != NULL ? 0 : redis_fail(t, why, why_len, "out of memory");
 }
 
+/* Frees a secret string without leaving it in freed heap memory. */
+static void free_secret(char *s)
+{
+    if (s != NULL) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
 void gw_config_redis_target_deinit(struct gw_redis_target *t)
 {
     free(t->host);
     free(t->unix_path);
     free(t->username);
-    if (t->password != NULL) {
-        /* Do not leave the secret in freed heap memory. */
-        explicit_bzero(t->password, strlen(t->password));
-        free(t->password);
-    }
+    free_secret(t->password);
+    free(t->tls_ca_file);
+    free(t->tls_cert_file);
+    free(t->tls_key_file);
+    free(t->tls_server_name);
+    free_nodes(t->sentinels, t->nsentinels);
+    free(t->sentinel_master);
+    free(t->sentinel_username);
+    free_secret(t->sentinel_password);
     memset(t, 0, sizeof(*t));
+}
+
+bool gw_config_redis_enabled(const struct gw_config *cfg)
+{
+    return (cfg->redis_url != NULL && cfg->redis_url[0] != '\0') ||
+           (cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0');
+}
+
+/* *dst = a copy of src when src is set (the old value freed); false on ENOMEM. */
+static bool override(char **dst, const char *src, bool secret)
+{
+    if (src == NULL)
+        return true;
+    char *copy = strdup(src);
+    if (copy == NULL)
+        return false;
+    if (secret)
+        free_secret(*dst);
+    else
+        free(*dst);
+    *dst = copy;
+    return true;
+}
+
+int gw_config_redis_target(const struct gw_config *cfg, struct gw_redis_target *t, char *why,
+                           size_t why_len)
+{
+    memset(t, 0, sizeof(*t));
+    if (cfg->redis_url != NULL && cfg->redis_url[0] != '\0') {
+        int rc = gw_config_parse_redis_url(cfg->redis_url, t, why, why_len);
+        if (rc != 0)
+            return rc;
+    } else if (cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0') {
+        if (!parse_nodes(cfg->redis_sentinels, &t->sentinels, &t->nsentinels, why, why_len))
+            return redis_fail(t, NULL, 0, "REDIS_SENTINELS");
+        if (cfg->redis_sentinel_master == NULL)
+            return redis_fail(t, why, why_len, "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER");
+    } else {
+        return redis_fail(t, why, why_len, "no Redis configured");
+    }
+    if (cfg->redis_tls == GW_REDIS_TLS_ON)
+        t->tls = true;
+    else if (cfg->redis_tls == GW_REDIS_TLS_OFF)
+        t->tls = false;
+    t->tls_verify = cfg->redis_tls_verify;
+    /* REDIS_DB = auto is -1; a value that contradicts the URL's /db is
+     * refused at load, and 0 (also a zeroed, hand-built configuration)
+     * leaves the URL's. */
+    if (cfg->redis_db > 0)
+        t->db = cfg->redis_db;
+    bool ok = override(&t->username, cfg->redis_username, false) &&
+              override(&t->password, cfg->redis_password, true) &&
+              override(&t->tls_ca_file, cfg->redis_tls_ca_file, false) &&
+              override(&t->tls_cert_file, cfg->redis_tls_cert_file, false) &&
+              override(&t->tls_key_file, cfg->redis_tls_key_file, false) &&
+              override(&t->tls_server_name, cfg->redis_tls_server_name, false) &&
+              override(&t->sentinel_master, cfg->redis_sentinel_master, false) &&
+              override(&t->sentinel_username, cfg->redis_sentinel_username, false) &&
+              override(&t->sentinel_password, cfg->redis_sentinel_password, true);
+    return ok ? 0 : redis_fail(t, why, why_len, "out of memory");
 }
 
 /* ---- load --------------------------------------------------------------- */
@@ -779,6 +960,151 @@ static int check_cross(const struct gw_config *cfg, FILE *err)
     return errors;
 }
 
+/* Reports a cross-variable problem on row `name` (whose value is v). */
+static int report_named(FILE *err, const char *name, const char *v, const char *why)
+{
+    const struct opt *o = find_opt(name);
+    report(err, o, v != NULL ? v : "", why);
+    return 1;
+}
+
+/* A PEM file of the REDIS_TLS_* variables: readable and holding what it
+ * should (a certificate, or a private key), so a typo is an exit-2 error at
+ * start-up rather than a TLS failure on every connect. */
+static int check_pem(FILE *err, const char *name, const char *path, bool key, EVP_PKEY **pkey,
+                     X509 **cert)
+{
+    FILE *f = fopen(path, "r");
+    char why[256];
+    if (f == NULL) {
+        snprintf(why, sizeof(why), "cannot read the file: %s", strerror(errno));
+        return report_named(err, name, path, why);
+    }
+    bool ok;
+    if (key) {
+        EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+        ok = k != NULL;
+        if (pkey != NULL)
+            *pkey = k;
+        else
+            EVP_PKEY_free(k);
+    } else {
+        X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+        ok = x != NULL;
+        if (cert != NULL)
+            *cert = x;
+        else
+            X509_free(x);
+    }
+    fclose(f);
+    ERR_clear_error();
+    if (ok)
+        return 0;
+    return report_named(err, name, path,
+                        key ? "no PEM private key in the file (an encrypted key is not supported)"
+                            : "no PEM certificate in the file");
+}
+
+/* SPEC.md §12: one Redis deployment, Sentinel settings only with
+ * REDIS_SENTINELS, REDIS_TLS_* only with TLS, a client certificate with
+ * its key, readable certificate files. */
+static int check_redis(const struct gw_config *cfg, FILE *err)
+{
+    int errors = 0;
+    const char *url = cfg->redis_url, *sent = cfg->redis_sentinels;
+    const char *cluster = cfg->redis_cluster_nodes;
+    int modes = (url != NULL) + (sent != NULL) + (cluster != NULL);
+    if (modes > 1) {
+        const char *name = cluster != NULL ? "REDIS_CLUSTER_NODES" : "REDIS_SENTINELS";
+        errors += report_named(err, name, cluster != NULL ? cluster : sent,
+                               "only one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES "
+                               "may be set");
+    }
+    if (cluster != NULL)
+        errors += report_named(err, "REDIS_CLUSTER_NODES", cluster,
+                               "Redis Cluster is not supported yet (use REDIS_URL or "
+                               "REDIS_SENTINELS)");
+    if (sent != NULL && cfg->redis_sentinel_master == NULL)
+        errors += report_named(err, "REDIS_SENTINELS", sent, "needs REDIS_SENTINEL_MASTER");
+    static const char *const sentinel_only[] = {"REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_USERNAME",
+                                                "REDIS_SENTINEL_PASSWORD"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(sentinel_only) && sent == NULL; i++) {
+        const char *v = *(char *const *)cfield(cfg, find_opt(sentinel_only[i]));
+        if (v != NULL)
+            errors += report_named(err, sentinel_only[i], v, "only used with REDIS_SENTINELS");
+    }
+    if (cfg->redis_sentinel_username != NULL && cfg->redis_sentinel_password == NULL)
+        errors += report_named(err, "REDIS_SENTINEL_USERNAME", cfg->redis_sentinel_username,
+                               "needs REDIS_SENTINEL_PASSWORD");
+
+    /* TLS: from the URL's scheme unless REDIS_TLS says otherwise. */
+    bool url_tls = url != NULL && strncmp(url, "rediss://", 9) == 0;
+    bool url_unix = url != NULL && strncmp(url, "unix://", 7) == 0;
+    bool tls = url_tls;
+    if (cfg->redis_tls == GW_REDIS_TLS_ON) {
+        tls = true;
+        if (url != NULL && !url_tls)
+            errors += report_named(err, "REDIS_TLS", "on",
+                                   url_unix ? "TLS is not available over a unix socket"
+                                            : "REDIS_URL is redis://; use rediss:// for TLS");
+    } else if (cfg->redis_tls == GW_REDIS_TLS_OFF) {
+        tls = false;
+        if (url_tls)
+            errors += report_named(err, "REDIS_TLS", "off", "contradicts REDIS_URL's rediss://");
+    }
+    static const char *const tls_only[] = {"REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE",
+                                           "REDIS_TLS_KEY_FILE", "REDIS_TLS_SERVER_NAME"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(tls_only) && !tls; i++) {
+        const char *v = *(char *const *)cfield(cfg, find_opt(tls_only[i]));
+        if (v != NULL)
+            errors += report_named(err, tls_only[i], v,
+                                   "set, but TLS to Redis is off (use rediss:// in REDIS_URL, or "
+                                   "REDIS_TLS=on with REDIS_SENTINELS)");
+    }
+    if (tls) {
+        const char *ca = cfg->redis_tls_ca_file, *crt = cfg->redis_tls_cert_file;
+        const char *key = cfg->redis_tls_key_file;
+        if ((crt == NULL) != (key == NULL))
+            errors += report_named(err, crt != NULL ? "REDIS_TLS_CERT_FILE" : "REDIS_TLS_KEY_FILE",
+                                   crt != NULL ? crt : key,
+                                   crt != NULL ? "needs REDIS_TLS_KEY_FILE"
+                                               : "needs REDIS_TLS_CERT_FILE");
+        if (ca != NULL)
+            errors += check_pem(err, "REDIS_TLS_CA_FILE", ca, false, NULL, NULL);
+        EVP_PKEY *pk = NULL;
+        X509 *x = NULL;
+        int bad = 0;
+        if (crt != NULL)
+            bad += check_pem(err, "REDIS_TLS_CERT_FILE", crt, false, NULL, &x);
+        if (key != NULL)
+            bad += check_pem(err, "REDIS_TLS_KEY_FILE", key, true, &pk, NULL);
+        if (bad == 0 && x != NULL && pk != NULL && X509_check_private_key(x, pk) != 1)
+            bad += report_named(err, "REDIS_TLS_KEY_FILE", key,
+                                "does not match the certificate of REDIS_TLS_CERT_FILE");
+        ERR_clear_error();
+        EVP_PKEY_free(pk);
+        X509_free(x);
+        errors += bad;
+    }
+    if (cfg->redis_db >= 0 && url != NULL && !url_unix) {
+        struct gw_redis_target ut;
+        if (gw_config_parse_redis_url(url, &ut, NULL, 0) == 0 && ut.db != 0 &&
+            ut.db != cfg->redis_db) {
+            char why[96];
+            snprintf(why, sizeof(why), "contradicts the database /%d of REDIS_URL", ut.db);
+            char v[16];
+            snprintf(v, sizeof(v), "%d", cfg->redis_db);
+            errors += report_named(err, "REDIS_DB", v, why);
+        }
+        gw_config_redis_target_deinit(&ut);
+    }
+    if (cfg->redis_username != NULL && cfg->redis_password == NULL &&
+        (url == NULL || strchr(url, '@') == NULL))
+        errors += report_named(err, "REDIS_USERNAME", cfg->redis_username,
+                               "needs a password (REDIS_PASSWORD or one in REDIS_URL)");
+    return errors;
+}
+
 static int online_cpus(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -836,6 +1162,7 @@ int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn getenv_fn, void *c
     if (cfg->upstream_keepalive < 0)
         cfg->upstream_keepalive = cfg->max_concurrent_requests;
     errors += check_cross(cfg, err);
+    errors += check_redis(cfg, err);
     return errors;
 }
 

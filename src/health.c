@@ -149,7 +149,7 @@ int gw_health_start(struct gw_health **out, const struct gw_config *cfg,
     h->cfg = cfg;
     h->backend = backend;
     int rc = -ENOMEM;
-    if (cfg->redis_url != NULL && gw_ratelimit_worker_create(&h->redis, rl) != 0)
+    if (gw_config_redis_enabled(cfg) && gw_ratelimit_worker_create(&h->redis, rl) != 0)
         goto fail_alloc;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

@@ -97,7 +97,7 @@ struct gw_ratelimit {
     EVP_MD *sha256;                /* fetched once (NULL: one-shot SHA256()); shared */
     enum gw_rl_failure_mode mode;  /* RATE_LIMIT_FAILURE_MODE */
     bool dry_run;                  /* RATE_LIMIT_DRY_RUN */
-    bool use_redis;                /* REDIS_URL set */
+    bool use_redis;                /* REDIS_URL or REDIS_SENTINELS set */
     struct gw_redis_target target; /* parsed REDIS_URL (the configuration's parser) */
     struct gw_rl_memory *mem;      /* without Redis, or for failure mode local; else NULL */
     _Atomic int workers;           /* live worker handles */
@@ -547,7 +547,7 @@ int gw_ratelimit_create_shared(struct gw_ratelimit **out, const struct gw_config
     rl->cfg = cfg;
     rl->mode = cfg->rate_limit_failure_mode;
     rl->dry_run = cfg->rate_limit_dry_run;
-    rl->use_redis = cfg->redis_url != NULL && cfg->redis_url[0] != '\0';
+    rl->use_redis = gw_config_redis_enabled(cfg);
     rl->prefix_len = strlen(cfg->rate_limit_key_prefix);
     if (getrandom(&rl->seed, sizeof(rl->seed), GRND_NONBLOCK) != (ssize_t)sizeof(rl->seed))
         rl->seed = (uint64_t)wall_us() ^ (uint64_t)(uintptr_t)rl;
@@ -574,8 +574,7 @@ int gw_ratelimit_create_shared(struct gw_ratelimit **out, const struct gw_config
     }
     for (int i = 0; i < OLC_SHARDS; i++)
         pthread_mutex_init(&rl->olc[i].mu, NULL);
-    if (rl->use_redis &&
-        (rc = gw_config_parse_redis_url(cfg->redis_url, &rl->target, NULL, 0)) != 0)
+    if (rl->use_redis && (rc = gw_config_redis_target(cfg, &rl->target, NULL, 0)) != 0)
         goto fail;
     if ((!rl->use_redis || rl->mode == GW_RL_FAIL_LOCAL) &&
         (rc = gw_rl_memory_create(&rl->mem, 0)) != 0)

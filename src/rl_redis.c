@@ -1,36 +1,31 @@
 /*
- * Redis store of the rate limiter: one synchronous hiredis connection per
+ * Redis store of the rate limiter: one synchronous Redis connection per
  * worker (SPEC.md §1), one atomic round trip per batch of checks. The
  * counting runs in a Lua script loaded once per connection (SCRIPT LOAD)
  * and called with EVALSHA, once for all the clients of a batch; after a
  * SCRIPT FLUSH or a failover, NOSCRIPT makes us send the body once with
  * EVAL, which also caches it again on the server.
  *
- * A connection is set up without blocking (non-blocking connect, AUTH,
- * SELECT, SCRIPT LOAD and one key-less call of the script pipelined,
- * replies polled), so a worker can
- * reconnect from its loop while it keeps serving; once ready the socket is
- * switched to blocking with SO_RCVTIMEO/SO_SNDTIMEO = REDIS_TIMEOUT_MS, so
- * no command waits longer. The address comes from the configuration's one
- * REDIS_URL parser (gw_config_parse_redis_url).
- *
- * Requires the process to ignore SIGPIPE (hiredis writes with write(2)).
+ * The link is redis_conn.c's transport (a non-blocking socket, TLS for
+ * rediss://; hiredis only formats commands and parses replies). A
+ * connection is set up without blocking (non-blocking connect and TLS
+ * handshake, AUTH, SELECT, SCRIPT LOAD and one key-less call of the script
+ * pipelined, replies polled), so a worker can reconnect from its loop
+ * while it keeps serving; once ready every command waits at most
+ * REDIS_TIMEOUT_MS in poll(2). The address comes from the configuration's
+ * one REDIS_URL parser (gw_config_redis_target).
  */
 #include "gw/resolve.h"
 #include "put.h"
 #include "ratelimit_int.h"
+#include "redis_conn.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/types.h>
 
 /*
  * The decision of a pass (ratelimit_int.h struct gw_rl_pass), for every
@@ -179,9 +174,9 @@ const char gw_rl_redis_script[] =
  * checks run; the others answer -ENOTCONN at once. */
 enum phase {
     PH_DOWN = 0,   /* no socket */
-    PH_CONNECTING, /* non-blocking connect(2) in progress */
+    PH_CONNECTING, /* non-blocking connect(2) (and TLS handshake) in progress */
     PH_HANDSHAKE,  /* AUTH / SELECT / SCRIPT LOAD sent, replies pending */
-    PH_READY,      /* blocking socket with timeouts, script loaded */
+    PH_READY,      /* script loaded: checks run, each bounded by timeout_ms */
 };
 
 /* The setup commands, in the order they are pipelined and answered. */
@@ -195,13 +190,13 @@ enum setup_cmd {
 struct gw_rl_redis {
     const struct gw_redis_target *target; /* borrowed from struct gw_ratelimit */
     int timeout_ms;                       /* connect and command timeout */
-    redisContext *c;                      /* NULL while PH_DOWN */
+    struct gw_redis_conn conn;            /* the link (redis_conn.h) */
     enum phase phase;
     uint64_t deadline_ms;       /* gw_now_ms() at which the current phase times out */
     enum setup_cmd pending[4];  /* setup replies still expected, in order */
     int npending, next_pending; /* pending[next_pending .. npending) are outstanding */
     char sha[41];               /* SHA1 of the script, from SCRIPT LOAD */
-    char err[160];              /* last failure, for logs (never the password) */
+    char err[240];              /* last failure, for logs (never the password) */
     char *cmds;                 /* RESP of a check call, built here (heap) */
     size_t cmds_cap;            /* bytes allocated at cmds */
     unsigned addr_next;         /* which of the host's addresses the next connect uses */
@@ -260,16 +255,19 @@ int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_redis_target *t
         return -ENOMEM;
     r->target = target;
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 100;
+    int rc = gw_redis_conn_init(&r->conn, target, r->err, sizeof(r->err));
+    if (rc != 0) {
+        gw_redis_conn_deinit(&r->conn);
+        free(r);
+        return rc;
+    }
     *out = r;
     return 0;
 }
 
 void gw_rl_redis_disconnect(struct gw_rl_redis *r)
 {
-    if (r->c != NULL) {
-        redisFree(r->c);
-        r->c = NULL;
-    }
+    gw_redis_conn_close(&r->conn);
     r->phase = PH_DOWN;
     r->npending = r->next_pending = 0;
 }
@@ -303,29 +301,21 @@ static void connect_failed(struct gw_rl_redis *r)
     gw_resolve_kick_host(r->target->host, r->target->port);
 }
 
-/* Records why the connection failed, drops it, returns the -errno. */
-static int io_failure(struct gw_rl_redis *r, const char *what)
+/* The link failed with rc (it is closed already): record why, drop the
+ * attempt, return rc. */
+static int io_failure(struct gw_rl_redis *r, const char *what, int rc)
 {
-    int saved = errno;
-    int rc = -EIO;
-    if (r->c != NULL) {
-        if (r->c->err == REDIS_ERR_EOF)
-            rc = -ECONNRESET;
-        else if (r->c->err == REDIS_ERR_IO && (saved == EAGAIN || saved == EWOULDBLOCK))
-            rc = -ETIMEDOUT; /* SO_RCVTIMEO/SO_SNDTIMEO from redisSetTimeout fired */
-        else if (r->c->err == REDIS_ERR_OOM)
-            rc = -ENOMEM;
-        snprintf(r->err, sizeof(r->err), "%s: %s", what,
-                 r->c->err ? r->c->errstr : strerror(saved));
-    } else {
-        snprintf(r->err, sizeof(r->err), "%s: out of memory", what);
-        rc = -ENOMEM;
-    }
+    const char *e = gw_redis_conn_error(&r->conn);
+    size_t wl = strlen(what);
+    if (strncmp(e, what, wl) == 0 && e[wl] == ':')
+        snprintf(r->err, sizeof(r->err), "%s", e); /* "connect: ..." already */
+    else
+        snprintf(r->err, sizeof(r->err), "%s: %s", what, e);
     gw_rl_redis_disconnect(r);
     return rc;
 }
 
-/* A failure described by an errno value (poll, SO_ERROR, deadline). */
+/* A failure described by an errno value (deadline, out of memory). */
 static int errno_failure(struct gw_rl_redis *r, const char *what, int err)
 {
     snprintf(r->err, sizeof(r->err), "%s: %s", what,
@@ -380,26 +370,6 @@ static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisRepl
     return 0;
 }
 
-/* The handshake is done: from now on the socket is blocking with
- * SO_RCVTIMEO/SO_SNDTIMEO = timeout_ms, so every command is bounded. */
-static int make_ready(struct gw_rl_redis *r)
-{
-    struct timeval tv = {.tv_sec = r->timeout_ms / 1000, .tv_usec = (r->timeout_ms % 1000) * 1000};
-    int fl = fcntl(r->c->fd, F_GETFL);
-    if (fl < 0 || fcntl(r->c->fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
-        return errno_failure(r, "fcntl", errno);
-    /* hiredis keys blocking reads (redisGetReply looping until a reply)
-     * on this flag; the context was created non-blocking. */
-    r->c->flags |= REDIS_BLOCK;
-    if (redisSetTimeout(r->c, tv) != REDIS_OK)
-        return io_failure(r, "set timeout");
-    if (r->target->unix_path == NULL)
-        (void)redisEnableKeepAlive(r->c);
-    r->phase = PH_READY;
-    r->err[0] = '\0';
-    return 0;
-}
-
 /* Advances the attempt, waiting at most wait_ms (0 = never block) for the
  * socket. Returns 0 when ready, -EINPROGRESS when more is needed, else the
  * failure's -errno (the store is then PH_DOWN). */
@@ -410,63 +380,59 @@ static int connect_step(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
             return 0;
         if (r->phase == PH_DOWN)
             return -ENOTCONN;
-        short want = POLLIN;
-        if (r->phase == PH_CONNECTING) {
-            want = POLLOUT;
-        } else {
-            /* Hand the replies that are already buffered to the checks. */
-            while (r->next_pending < r->npending) {
-                void *rep = NULL;
-                if (redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
-                    return io_failure(r, setup_name[r->pending[r->next_pending]]);
-                if (rep == NULL)
-                    break;
-                int rc = take_setup_reply(r, r->pending[r->next_pending++], rep);
-                if (rc != 0)
-                    return rc;
-            }
-            if (r->next_pending == r->npending)
-                return make_ready(r);
-            int done = 0;
-            if (redisBufferWrite(r->c, &done) != REDIS_OK)
-                return io_failure(r, "write");
-            if (!done)
-                want |= POLLOUT;
-        }
         if (now_ms >= r->deadline_ms) {
             if (r->phase == PH_CONNECTING)
                 connect_failed(r);
             return errno_failure(r, r->phase == PH_CONNECTING ? "connect" : "handshake", ETIMEDOUT);
         }
-        struct pollfd pfd = {.fd = r->c->fd, .events = want};
         int left = (int)GW_MIN((uint64_t)wait_ms, r->deadline_ms - now_ms);
-        int n = poll(&pfd, 1, left);
-        if (n < 0 && errno != EINTR)
-            return errno_failure(r, "poll", errno);
-        if (n <= 0) {
-            if (wait_ms == 0)
-                return -EINPROGRESS;
-            uint64_t later = gw_now_ms();
-            wait_ms -= (int)GW_MIN((uint64_t)wait_ms, later - now_ms);
-            now_ms = later;
-            continue;
-        }
+        int rc;
         if (r->phase == PH_CONNECTING) {
-            int soerr = 0;
-            socklen_t len = sizeof(soerr);
-            if (getsockopt(r->c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
-                soerr = errno;
-            if (soerr != 0) {
-                connect_failed(r);
-                return errno_failure(r, "connect", soerr);
+            rc = gw_redis_conn_establish(&r->conn, left);
+            if (rc == 0 || (rc == -EAGAIN && r->conn.state == GW_RCONN_OPEN)) {
+                /* Connected (and TLS done): the handshake has its own
+                 * timeout. */
+                r->phase = PH_HANDSHAKE;
+                r->deadline_ms = now_ms + (uint64_t)r->timeout_ms;
+                continue;
             }
-            r->phase = PH_HANDSHAKE;
-            r->deadline_ms = now_ms + (uint64_t)r->timeout_ms; /* its own timeout */
-        } else if (pfd.revents & (POLLIN | POLLERR | POLLHUP)) {
-            if (redisBufferRead(r->c) != REDIS_OK)
-                return io_failure(r, "read");
+        } else {
+            void *rep = NULL;
+            rc = gw_redis_conn_get_reply(&r->conn, &rep, left);
+            if (rc == 0) {
+                rc = take_setup_reply(r, r->pending[r->next_pending++], rep);
+                if (rc != 0)
+                    return rc;
+                if (r->next_pending == r->npending) {
+                    r->phase = PH_READY;
+                    r->err[0] = '\0';
+                    return 0;
+                }
+                continue;
+            }
         }
+        if (rc != -EAGAIN) {
+            if (r->phase == PH_CONNECTING)
+                connect_failed(r);
+            return io_failure(r, r->phase == PH_CONNECTING ? "connect" : "handshake", rc);
+        }
+        /* now_ms is the caller's clock (a test may run it ahead): only a
+         * blocking caller, which passed gw_now_ms(), has it advanced. */
+        if (wait_ms == 0)
+            return -EINPROGRESS;
+        uint64_t later = gw_now_ms();
+        wait_ms -= (int)GW_MIN((uint64_t)wait_ms, later - now_ms);
+        now_ms = later;
+        if (wait_ms == 0 && now_ms < r->deadline_ms)
+            return -EINPROGRESS;
     }
+}
+
+/* Queues one setup command and remembers which reply to expect. */
+static int queue_setup(struct gw_rl_redis *r, enum setup_cmd cmd, int argc, const char **argv)
+{
+    r->pending[r->npending++] = cmd;
+    return gw_redis_conn_append_argv(&r->conn, argc, argv);
 }
 
 int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
@@ -475,56 +441,52 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
     const struct gw_redis_target *t = r->target;
     /* Non-blocking connect: a Redis that does not answer SYNs (or a full
      * backlog) costs the worker loop nothing; only the attempt's deadline. */
+    /* A host name the resolver follows is connected to by one of its
+     * current addresses (no DNS on the worker); TLS still checks the name. */
     char host[256];
-    if (t->unix_path != NULL) {
-        r->c = redisConnectUnixNonBlock(t->unix_path);
-    } else {
+    if (t->unix_path == NULL) {
         int hrc = connect_host(r, host, sizeof(host));
         if (hrc != 0) {
             connect_failed(r);
             snprintf(r->err, sizeof(r->err), "connect: %s has no address (yet)", t->host);
             return hrc;
         }
-        r->c = redisConnectNonBlock(host, t->port);
     }
-    if (r->c == NULL || r->c->err) {
-        if (t->unix_path == NULL && r->c != NULL && r->c->err == REDIS_ERR_IO)
-            connect_failed(r);
-        return io_failure(r, "connect");
+    int rc = gw_redis_conn_start(&r->conn, t->unix_path != NULL ? NULL : host, t->port,
+                                 t->unix_path,
+                                 t->tls_server_name != NULL ? t->tls_server_name : t->host);
+    if (rc != 0 && rc != -EINPROGRESS) {
+        connect_failed(r);
+        return io_failure(r, "connect", rc);
     }
-    gw_rl_redis_bound_reader(r->c->reader);
-    /* Children spawned later (tests, exec) must not inherit the socket. */
-    (void)fcntl(r->c->fd, F_SETFD, FD_CLOEXEC);
+    /* Bounded replies (see gw_rl_redis_bound_reader): the link's parser is
+     * new after every connect. */
+    gw_rl_redis_bound_reader(r->conn.reader);
 
     /* Pipeline the whole setup now; the replies are read in order. */
-    int rc = REDIS_OK;
+    char db[16];
+    snprintf(db, sizeof(db), "%d", t->db);
+    rc = 0;
     if (t->password != NULL) {
-        if (t->username != NULL)
-            rc = redisAppendCommand(r->c, "AUTH %s %s", t->username, t->password);
-        else
-            rc = redisAppendCommand(r->c, "AUTH %s", t->password);
-        r->pending[r->npending++] = CMD_AUTH;
+        const char *auth[] = {"AUTH", t->username != NULL ? t->username : t->password, t->password};
+        rc = queue_setup(r, CMD_AUTH, t->username != NULL ? 3 : 2, auth);
     }
-    if (rc == REDIS_OK && t->db > 0) {
-        rc = redisAppendCommand(r->c, "SELECT %d", t->db);
-        r->pending[r->npending++] = CMD_SELECT;
-    }
-    if (rc == REDIS_OK) {
-        rc = redisAppendCommand(r->c, "SCRIPT LOAD %s", gw_rl_redis_script);
-        r->pending[r->npending++] = CMD_SCRIPT_LOAD;
-    }
+    if (rc == 0 && t->db > 0)
+        rc = queue_setup(r, CMD_SELECT, 2, (const char *[]){"SELECT", db});
+    if (rc == 0)
+        rc = queue_setup(r, CMD_SCRIPT_LOAD, 3,
+                         (const char *[]){"SCRIPT", "LOAD", gw_rl_redis_script});
     /* A connection that answers AUTH and SCRIPT LOAD may still not run the
      * check: a Redis under CLIENT PAUSE WRITE (as during a failover) holds
      * every script call. Running the script once, with no key (TIME only,
      * nothing stored), is the proof; until it answers within the handshake
      * deadline the connection is not ready and requests are decided by
      * RATE_LIMIT_FAILURE_MODE without waiting. */
-    if (rc == REDIS_OK) {
-        rc = redisAppendCommand(r->c, "EVAL %s 0 0 0 0", gw_rl_redis_script);
-        r->pending[r->npending++] = CMD_PROBE;
-    }
-    if (rc != REDIS_OK)
-        return io_failure(r, "setup");
+    if (rc == 0)
+        rc = queue_setup(r, CMD_PROBE, 6,
+                         (const char *[]){"EVAL", gw_rl_redis_script, "0", "0", "0", "0"});
+    if (rc != 0)
+        return errno_failure(r, "setup", ENOMEM);
     r->phase = PH_CONNECTING;
     r->deadline_ms = now_ms + (uint64_t)r->timeout_ms;
     return connect_step(r, now_ms, 0);
@@ -539,23 +501,12 @@ int gw_rl_redis_probe(struct gw_rl_redis *r)
 {
     if (r->phase != PH_READY)
         return -ENOTCONN;
-    /* Between commands a healthy connection has nothing to read: RESP2
-     * sends no unsolicited data. Readable means EOF (the server died or
-     * closed us for idleness), an error, or a desynchronised stream. */
-    struct pollfd pfd = {.fd = r->c->fd, .events = POLLIN};
-    if (poll(&pfd, 1, 0) <= 0)
-        return 0;
-    char byte;
-    ssize_t n = recv(r->c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return 0;
-    int err = n == 0 ? ECONNRESET : n < 0 ? errno : EPROTO;
-    snprintf(r->err, sizeof(r->err), "idle connection: %s",
-             n == 0  ? "closed by the server"
-             : n < 0 ? strerror(err)
-                     : "unexpected data");
-    gw_rl_redis_disconnect(r);
-    return -err;
+    int rc = gw_redis_conn_probe(&r->conn);
+    if (rc != 0) {
+        snprintf(r->err, sizeof(r->err), "%s", gw_redis_conn_error(&r->conn));
+        gw_rl_redis_disconnect(r);
+    }
+    return rc;
 }
 
 int gw_rl_redis_connect(struct gw_rl_redis *r)
@@ -734,13 +685,12 @@ static int call_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl_pass 
         gw_rl_redis_disconnect(r); /* nothing was sent: the next connect starts clean */
         return -ENOMEM;
     }
-    /* One buffer, one write, one round trip; the read is bounded by the
-     * socket timeout. */
-    if (redisAppendFormattedCommand(r->c, r->cmds, (size_t)len) != REDIS_OK)
-        return io_failure(r, what);
+    /* One buffer, one write, one round trip; the wait for the reply is
+     * bounded by timeout_ms. */
     void *reply = NULL;
-    if (redisGetReply(r->c, &reply) != REDIS_OK || reply == NULL)
-        return io_failure(r, what);
+    int rc = gw_redis_conn_command(&r->conn, r->cmds, (size_t)len, &reply, r->timeout_ms);
+    if (rc != 0)
+        return io_failure(r, what, rc);
     *rep = reply;
     return 0;
 }
@@ -774,9 +724,11 @@ static int redis_ping(void *store)
     struct gw_rl_redis *r = store;
     if (r->phase != PH_READY)
         return -ENOTCONN;
-    redisReply *rep = redisCommand(r->c, "PING");
-    if (rep == NULL)
-        return io_failure(r, "PING");
+    static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+    redisReply *rep = NULL;
+    int rc = gw_redis_conn_command(&r->conn, ping, sizeof(ping) - 1, (void **)&rep, r->timeout_ms);
+    if (rc != 0)
+        return io_failure(r, "PING", rc);
     bool ok = rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "PONG") == 0;
     if (!ok)
         snprintf(r->err, sizeof(r->err), "PING: %s",
@@ -791,6 +743,7 @@ static void redis_destroy(void *store)
     if (r == NULL)
         return;
     gw_rl_redis_disconnect(r);
+    gw_redis_conn_deinit(&r->conn);
     free(r->cmds);
     free(r);
 }

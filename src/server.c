@@ -216,7 +216,7 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
     gw_info("upstream %s%s, %d workers, rate limit %d per %d s (%s store), in-flight cap %d",
             cfg->backend_authority, cfg->backend_base_path ? cfg->backend_base_path : "",
             srv->nworkers, cfg->rate_limit_requests, cfg->rate_limit_window_s,
-            cfg->redis_url ? "redis" : "memory", cfg->max_concurrent_requests);
+            gw_config_redis_enabled(cfg) ? "redis" : "memory", cfg->max_concurrent_requests);
 
     int sig = wait_for_signal(srv);
     gw_info("%s received: draining (up to %d ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",

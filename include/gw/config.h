@@ -33,6 +33,16 @@ enum gw_log_level {
 
 #define GW_CONFIG_MAX_TRUSTED 64
 
+/* REDIS_TLS: auto follows the scheme of REDIS_URL (rediss:// = on). */
+enum gw_redis_tls_mode {
+    GW_REDIS_TLS_AUTO = 0,
+    GW_REDIS_TLS_ON,
+    GW_REDIS_TLS_OFF,
+};
+
+/* Most entries in REDIS_SENTINELS / REDIS_CLUSTER_NODES. */
+#define GW_CONFIG_MAX_REDIS_NODES 16
+
 /* The effective configuration. Strings are owned by the struct (heap, freed
  * by gw_config_deinit). Times are milliseconds unless the name says seconds. */
 struct gw_config {
@@ -50,6 +60,20 @@ struct gw_config {
     int max_connections_per_client;   /* MAX_CONNECTIONS_PER_CLIENT, 0 = no per-client cap */
     char *redis_url;                  /* REDIS_URL, NULL when unset */
     int redis_timeout_ms;             /* REDIS_TIMEOUT_MS */
+    char *redis_username;             /* REDIS_USERNAME, NULL when unset (wins over the URL's) */
+    char *redis_password;             /* REDIS_PASSWORD (secret), NULL when unset */
+    int redis_db;                     /* REDIS_DB, -1 = auto (the URL's, else 0) */
+    int redis_tls;                    /* REDIS_TLS: enum gw_redis_tls_mode */
+    char *redis_tls_ca_file;          /* REDIS_TLS_CA_FILE, NULL = system trust store */
+    char *redis_tls_cert_file;        /* REDIS_TLS_CERT_FILE (client certificate), or NULL */
+    char *redis_tls_key_file;         /* REDIS_TLS_KEY_FILE (its private key), or NULL */
+    char *redis_tls_server_name;      /* REDIS_TLS_SERVER_NAME, NULL = the host connected to */
+    bool redis_tls_verify;            /* REDIS_TLS_VERIFY */
+    char *redis_sentinels;            /* REDIS_SENTINELS "host:port,...", NULL when unset */
+    char *redis_sentinel_master;      /* REDIS_SENTINEL_MASTER */
+    char *redis_sentinel_username;    /* REDIS_SENTINEL_USERNAME */
+    char *redis_sentinel_password;    /* REDIS_SENTINEL_PASSWORD (secret) */
+    char *redis_cluster_nodes;        /* REDIS_CLUSTER_NODES (refused: not supported yet) */
     int rate_limit_requests;          /* RATE_LIMIT_REQUESTS */
     int rate_limit_window_s;          /* RATE_LIMIT_WINDOW_SECONDS */
     int rate_limit_burst;             /* RATE_LIMIT_BURST, 0 = RATE_LIMIT_REQUESTS */
@@ -113,29 +137,62 @@ GW_MUSTCHECK int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn geten
 /* Frees the strings owned by *cfg and zeroes it. Safe on a zeroed struct. */
 void gw_config_deinit(struct gw_config *cfg);
 
-/* REDIS_URL taken apart by gw_config_parse_redis_url; the rate limiter's
- * Redis store connects with it. Strings are owned by the struct (heap),
- * released by gw_config_redis_target_deinit. */
-struct gw_redis_target {
-    char *host;      /* TCP host, IPv6 without brackets; NULL for a Unix socket */
-    int port;        /* TCP port, 6379 when not given; 0 for a Unix socket */
-    char *unix_path; /* absolute socket path of unix:///path, else NULL */
-    char *username;  /* ACL user of redis://user:password@, NULL when none */
-    char *password;  /* AUTH password, percent-decoded, NULL when none */
-    int db;          /* SELECT index from /db, 0 when not given */
+/* One host:port of REDIS_SENTINELS (SPEC.md §12). */
+struct gw_redis_node {
+    char *host; /* name or IP literal, IPv6 without brackets (heap) */
+    int port;   /* 26379 when not given */
 };
 
-/* Parses REDIS_URL: "redis://[[user]:password@]host[:port][/db]" (host a
- * name, an IPv4 literal or an IPv6 literal in brackets; userinfo
- * percent-decoded, RFC 3986 §3.2.1) or "unix:///absolute/path"; schemes in
- * lower case. rediss:// (TLS) and query parameters are refused. Fills *out
- * (zeroed first). Returns 0; -EINVAL when the URL is malformed, with a one-line reason
+/* Where and how the rate limiter's Redis store connects: REDIS_URL taken
+ * apart by gw_config_parse_redis_url, completed by gw_config_redis_target
+ * with the other REDIS_* variables (SPEC.md §12). Strings are owned by the
+ * struct (heap), released by gw_config_redis_target_deinit. */
+struct gw_redis_target {
+    char *host;            /* TCP host, IPv6 without brackets; NULL for a Unix socket or Sentinel */
+    int port;              /* TCP port, 6379 when not given; 0 for a Unix socket */
+    char *unix_path;       /* absolute socket path of unix:///path, else NULL */
+    char *username;        /* ACL user (REDIS_USERNAME, else the URL's), NULL when none */
+    char *password;        /* AUTH password (REDIS_PASSWORD, else the URL's), NULL when none */
+    int db;                /* SELECT index (REDIS_DB, else the URL's /db), 0 by default */
+    bool tls;              /* rediss://, or REDIS_TLS=on */
+    bool tls_verify;       /* verify the server's certificate and name (REDIS_TLS_VERIFY) */
+    char *tls_ca_file;     /* REDIS_TLS_CA_FILE, NULL = the system trust store */
+    char *tls_cert_file;   /* client certificate (PEM), NULL when none */
+    char *tls_key_file;    /* its private key (PEM), NULL when none */
+    char *tls_server_name; /* SNI and verified name; NULL = the host connected to */
+    struct gw_redis_node *sentinels; /* REDIS_SENTINELS, NULL without Sentinel */
+    int nsentinels;                  /* entries in sentinels */
+    char *sentinel_master;           /* REDIS_SENTINEL_MASTER */
+    char *sentinel_username;         /* REDIS_SENTINEL_USERNAME, or NULL */
+    char *sentinel_password;         /* REDIS_SENTINEL_PASSWORD, or NULL */
+};
+
+/* Parses REDIS_URL: "redis://[[user]:password@]host[:port][/db]" or
+ * "rediss://..." (TLS; host a name, an IPv4 literal or an IPv6 literal in
+ * brackets; userinfo percent-decoded, RFC 3986 §3.2.1) or
+ * "unix:///absolute/path"; schemes in lower case. Query parameters are
+ * refused. Fills *out (zeroed first; tls set for rediss://, tls_verify
+ * on). Returns 0; -EINVAL when the URL is malformed, with a one-line reason
  * (never containing the password) in why (may be NULL, why_len bytes);
  * -ENOMEM. *out is safe to deinit on every return. Thread-safe. */
 GW_MUSTCHECK int gw_config_parse_redis_url(const char *url, struct gw_redis_target *out, char *why,
                                            size_t why_len);
 
-/* Frees the strings of *t and zeroes it. Safe on a zeroed struct. */
+/* True when a Redis store is configured (REDIS_URL or REDIS_SENTINELS).
+ * Thread-safe for a const cfg. */
+bool gw_config_redis_enabled(const struct gw_config *cfg);
+
+/* Builds the whole Redis target of a loaded (valid) configuration: REDIS_URL
+ * or REDIS_SENTINELS with REDIS_USERNAME/PASSWORD/DB and the REDIS_TLS_*
+ * settings applied (SPEC.md §12). Fills *out (zeroed first). Returns 0,
+ * -EINVAL (no Redis configured, or a value gw_config_load would refuse;
+ * reason in why, may be NULL) or -ENOMEM; *out is safe to deinit on every
+ * return. Thread-safe for a const cfg. */
+GW_MUSTCHECK int gw_config_redis_target(const struct gw_config *cfg, struct gw_redis_target *out,
+                                        char *why, size_t why_len);
+
+/* Frees the strings of *t (passwords wiped first) and zeroes it. Safe on a
+ * zeroed struct. */
 void gw_config_redis_target_deinit(struct gw_redis_target *t);
 
 /* Reads KEY=VALUE lines from path (blank lines and '#' comments skipped,
@@ -151,7 +208,8 @@ GW_MUSTCHECK int gw_config_load_env_file(const char *path, FILE *err);
 
 /* Writes the effective configuration as one JSON object (keys are the
  * variable names, values typed: numbers, booleans, strings) followed by a
- * newline to out. The password of REDIS_URL is masked as "***".
+ * newline to out. The password of REDIS_URL is masked as "***", and so
+ * are REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD whole.
  * WORKER_THREADS shows the resolved count. REDIS_URL is null when unset.
  * Returns 0, -ENOMEM or -EIO. Thread-safe for a const cfg. */
 GW_MUSTCHECK int gw_config_print_json(const struct gw_config *cfg, FILE *out);

@@ -636,7 +636,7 @@ static void test_redis_url_invalid(void **state)
     } cases[] = {
         {"http://h", "expected redis://"},
         {"h:6379", "expected redis://"},
-        {"rediss://h", "TLS"},
+        {"rediss://h:0", "port must be"},
         {"REDIS://h", "expected redis://"},
         {"redis://", "missing host"},
         {"redis://h:0", "port must be"},
@@ -677,7 +677,7 @@ static void test_redis_password_masked_in_errors(void **state)
         {"redis://user:hunter2@h/x", "redis://user:***@h/x"},
         {"redis://hunter2@h", "redis://***@h"},
         {":hunter2@h", ":***@h"},
-        {"rediss://:hunter2@h", "rediss://:***@h"},
+        {"rediss://:hunter2@h:0", "rediss://:***@h:0"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct gw_config cfg;

@@ -391,7 +391,7 @@ static void test_limiter_uses_config_url_parser(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "localhost:6379",  "rediss://localhost", "redis://secret@host", /* legacy userinfo */
+        "localhost:6379",  "rediss://localhost:0", "redis://secret@host", /* legacy userinfo */
         "redis://host:0",  "redis://:@host",     "unix://relative.sock",
         "redis://host/db", "redis://h?x=1",
     };
