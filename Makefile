@@ -18,7 +18,8 @@ CTEST_ARGS ?= --output-on-failure
 
 # Packages the build and the tests need (Debian 12 names).
 DEPS = build-essential cmake pkg-config libhiredis-dev node-llhttp libjansson-dev libyaml-dev \
-       libcmocka-dev libssl-dev redis-server redis-tools curl prometheus faketime \
+       libcmocka-dev libssl-dev openssl redis-server redis-tools redis-sentinel curl prometheus \
+       faketime \
        clang libclang-rt-14-dev
 
 .PHONY: all deps build run test test-release test-asan test-fuzz test-container tsan fuzz bench \

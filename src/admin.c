@@ -4,6 +4,7 @@
  * snapshot, so no endpoint waits for the backend or Redis.
  */
 #include "admin.h"
+#include "redis_sentinel.h"
 
 #include "gw/health.h"
 #include "gw/log.h"
@@ -79,6 +80,8 @@ void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
         gw_rules_put(r);
         gw_rules_holder_reloads(srv->rules, &s->rules_reloads_success, &s->rules_reloads_failure);
     }
+    s->redis_sentinel = srv->cfg->redis_sentinels != NULL;
+    s->redis_failovers = gw_redis_failovers_total();
 }
 
 static int respond_health(struct gw_worker *w, struct gw_slice target, struct gw_buf *out,

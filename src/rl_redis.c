@@ -14,11 +14,25 @@
  * while it keeps serving; once ready every command waits at most
  * REDIS_TIMEOUT_MS in poll(2). The address comes from the configuration's
  * one REDIS_URL parser (gw_config_redis_target).
+ *
+ * Sentinel mode (REDIS_SENTINELS): each connect first asks the sentinels for
+ * the master (redis_sentinel.c), then checks with ROLE that it is one. While
+ * the sentinels answer but their master does not serve (it died and they
+ * have not failed over yet, or it is still a replica), the attempt stays in
+ * progress and asks them again every SENTINEL_REASK_MS, for at most
+ * SENTINEL_PERSIST_MS: the limiter is back on the new master a few hundred
+ * ms after the sentinels name it, whatever the caller's reconnect backoff.
+ * A connection also drops and rediscovers on a READONLY reply, and when a
+ * background query (one per second, from the idle probe) names another
+ * master.
  */
 #include "gw/resolve.h"
 #include "put.h"
 #include "ratelimit_int.h"
 #include "redis_conn.h"
+#include "redis_sentinel.h"
+
+#include "gw/log.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -177,7 +191,13 @@ enum phase {
     PH_CONNECTING, /* non-blocking connect(2) (and TLS handshake) in progress */
     PH_HANDSHAKE,  /* AUTH / SELECT / SCRIPT LOAD sent, replies pending */
     PH_READY,      /* script loaded: checks run, each bounded by timeout_ms */
+    PH_DISCOVER,   /* Sentinel: asking the sentinels for the master */
+    PH_WAIT,       /* Sentinel: the master failed; asking again at reask_at_ms */
 };
+
+#define SENTINEL_REASK_MS   100   /* between two questions while the master fails */
+#define SENTINEL_PERSIST_MS 60000 /* then the attempt fails (the caller backs off) */
+#define SENTINEL_WATCH_MS   1000  /* master-change query from the idle probe */
 
 /* The setup commands, in the order they are pipelined and answered. */
 enum setup_cmd {
@@ -185,6 +205,7 @@ enum setup_cmd {
     CMD_SELECT,
     CMD_SCRIPT_LOAD,
     CMD_PROBE, /* the script itself, with no key: proves writes are served */
+    CMD_ROLE,  /* Sentinel: ROLE must say master */
 };
 
 struct gw_rl_redis {
@@ -193,13 +214,23 @@ struct gw_rl_redis {
     struct gw_redis_conn conn;            /* the link (redis_conn.h) */
     enum phase phase;
     uint64_t deadline_ms;       /* gw_now_ms() at which the current phase times out */
-    enum setup_cmd pending[4];  /* setup replies still expected, in order */
+    enum setup_cmd pending[5];  /* setup replies still expected, in order */
     int npending, next_pending; /* pending[next_pending .. npending) are outstanding */
     char sha[41];               /* SHA1 of the script, from SCRIPT LOAD */
-    char err[240];              /* last failure, for logs (never the password) */
+    char err[640];              /* last failure, for logs (never the password) */
     char *cmds;                 /* RESP of a check call, built here (heap) */
     size_t cmds_cap;            /* bytes allocated at cmds */
     unsigned addr_next;         /* which of the host's addresses the next connect uses */
+    /* Sentinel mode only (NULL / unused otherwise): */
+    struct gw_redis_sentinel *sentinel; /* discovery of the master */
+    struct gw_redis_sentinel *watch;    /* the idle probe's master-change query */
+    char master_host[256];              /* the master connected to (or being) */
+    int master_port;
+    bool persist;         /* keep asking while the sentinels answer (not at start-up) */
+    bool sentinel_failed; /* the last failure was no sentinel answering */
+    uint64_t give_up_ms;  /* end of the persisting attempt */
+    uint64_t reask_at_ms; /* PH_WAIT: when to ask again */
+    uint64_t watch_at_ms; /* next master-change query */
 };
 
 /* ---- bounded replies ---------------------------------------------------------- */
@@ -255,9 +286,26 @@ int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_redis_target *t
         return -ENOMEM;
     r->target = target;
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 100;
+    r->persist = true;
     int rc = gw_redis_conn_init(&r->conn, target, r->err, sizeof(r->err));
+    if (rc == 0 && target->nsentinels > 0) {
+        r->sentinel = calloc(1, sizeof(*r->sentinel));
+        r->watch = calloc(1, sizeof(*r->watch));
+        rc = r->sentinel == NULL || r->watch == NULL
+                 ? -ENOMEM
+                 : gw_redis_sentinel_init(r->sentinel, target, r->timeout_ms, r->err,
+                                          sizeof(r->err));
+        if (rc == 0)
+            rc = gw_redis_sentinel_init(r->watch, target, r->timeout_ms, r->err, sizeof(r->err));
+    }
     if (rc != 0) {
         gw_redis_conn_deinit(&r->conn);
+        if (r->sentinel != NULL)
+            gw_redis_sentinel_deinit(r->sentinel);
+        if (r->watch != NULL)
+            gw_redis_sentinel_deinit(r->watch);
+        free(r->sentinel);
+        free(r->watch);
         free(r);
         return rc;
     }
@@ -268,6 +316,10 @@ int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_redis_target *t
 void gw_rl_redis_disconnect(struct gw_rl_redis *r)
 {
     gw_redis_conn_close(&r->conn);
+    if (r->sentinel != NULL) {
+        gw_redis_sentinel_cancel(r->sentinel);
+        gw_redis_sentinel_cancel(r->watch);
+    }
     r->phase = PH_DOWN;
     r->npending = r->next_pending = 0;
 }
@@ -282,13 +334,13 @@ const char *gw_rl_redis_last_error(const struct gw_rl_redis *r)
     return r->err;
 }
 
-/* The host text hiredis connects to: for a host name the resolver follows
- * (gw/resolve.h), the numeric text of one of its current addresses, so
- * hiredis's own getaddrinfo does no DNS on the worker; the host as written
- * otherwise. Returns 0, or -EHOSTUNREACH while the name has no address. */
-static int connect_host(struct gw_rl_redis *r, char *out, size_t cap)
+/* The host text the transport connects to: for a host name the resolver
+ * follows (gw/resolve.h), the numeric text of one of its current addresses,
+ * so the transport's getaddrinfo does no DNS on the worker; the host as
+ * written otherwise. Returns 0, or -EHOSTUNREACH while the name has no address. */
+static int connect_host(struct gw_rl_redis *r, const char *host, int port, char *out, size_t cap)
 {
-    return gw_resolve_host_text(r->target->host, r->target->port, r->addr_next, out, cap);
+    return gw_resolve_host_text(host, port, r->addr_next, out, cap);
 }
 
 /* A TCP connect failed (refused, unreachable, timed out): the next attempt
@@ -298,7 +350,7 @@ static void connect_failed(struct gw_rl_redis *r)
     if (r->target->unix_path != NULL)
         return;
     r->addr_next++;
-    gw_resolve_kick_host(r->target->host, r->target->port);
+    gw_resolve_kick_host(r->master_host, r->master_port);
 }
 
 /* The link failed with rc (it is closed already): record why, drop the
@@ -340,7 +392,7 @@ static bool reply_ok(const redisReply *rep)
     return rep != NULL && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0;
 }
 
-static const char *const setup_name[] = {"AUTH", "SELECT", "SCRIPT LOAD", "probe EVAL"};
+static const char *const setup_name[] = {"AUTH", "SELECT", "SCRIPT LOAD", "probe EVAL", "ROLE"};
 
 /* Checks one setup reply (owned: freed here). 0, or the failure's -errno. */
 static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisReply *rep)
@@ -365,6 +417,25 @@ static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisRepl
             rep->element[0]->type != REDIS_REPLY_INTEGER)
             return reply_failure(r, setup_name[cmd], rep, -EPROTO);
         break;
+    case CMD_ROLE:
+        /* Sentinel named it, but it may not have taken the role yet (or
+         * anymore): only a master takes the checks. */
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
+            rep->element[0]->type != REDIS_REPLY_STRING || strcmp(rep->element[0]->str, "master")) {
+            snprintf(r->err, sizeof(r->err), "ROLE: %s:%d is %s, not a master", r->master_host,
+                     r->master_port,
+                     rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                             rep->element[0]->type == REDIS_REPLY_STRING
+                         ? rep->element[0]->str
+                         : "unknown");
+            freeReplyObject(rep);
+            gw_rl_redis_disconnect(r);
+            return -EROFS;
+        }
+        if (gw_redis_sentinel_note_master(r->master_host, r->master_port))
+            gw_warn("rate limit: redis master is now %s:%d (failover seen)", r->master_host,
+                    r->master_port);
+        break;
     }
     freeReplyObject(rep);
     return 0;
@@ -373,13 +444,39 @@ static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisRepl
 /* Advances the attempt, waiting at most wait_ms (0 = never block) for the
  * socket. Returns 0 when ready, -EINPROGRESS when more is needed, else the
  * failure's -errno (the store is then PH_DOWN). */
-static int connect_step(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
+static int open_master(struct gw_rl_redis *r, uint64_t now_ms, const char *host, int port);
+static int discover(struct gw_rl_redis *r, uint64_t now_ms);
+
+static int step_inner(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
 {
     for (;;) {
         if (r->phase == PH_READY)
             return 0;
         if (r->phase == PH_DOWN)
             return -ENOTCONN;
+        if (r->phase == PH_WAIT) {
+            if (now_ms < r->reask_at_ms)
+                return -EINPROGRESS;
+            int rc = discover(r, now_ms);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (r->phase == PH_DISCOVER) {
+            int rc = gw_redis_sentinel_poll(r->sentinel, now_ms, wait_ms);
+            if (rc == -EINPROGRESS)
+                return rc;
+            if (rc != 0) {
+                snprintf(r->err, sizeof(r->err), "no sentinel answered (%s)", r->sentinel->err);
+                gw_rl_redis_disconnect(r);
+                r->sentinel_failed = true;
+                return -EHOSTUNREACH;
+            }
+            rc = open_master(r, now_ms, r->sentinel->host, r->sentinel->port);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
         if (now_ms >= r->deadline_ms) {
             if (r->phase == PH_CONNECTING)
                 connect_failed(r);
@@ -428,6 +525,22 @@ static int connect_step(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
     }
 }
 
+/* step_inner, and in Sentinel mode the persistence: a master that fails
+ * while the sentinels answer makes the attempt wait and ask again instead
+ * of failing (see the top of the file). */
+static int connect_step(struct gw_rl_redis *r, uint64_t now_ms, int wait_ms)
+{
+    r->sentinel_failed = false;
+    int rc = step_inner(r, now_ms, wait_ms);
+    if (rc == 0 || rc == -EINPROGRESS || r->sentinel == NULL || !r->persist || r->sentinel_failed ||
+        now_ms >= r->give_up_ms)
+        return rc;
+    gw_debug("rate limit: redis master not usable (%s), asking the sentinels again", r->err);
+    r->phase = PH_WAIT;
+    r->reask_at_ms = now_ms + SENTINEL_REASK_MS;
+    return -EINPROGRESS;
+}
+
 /* Queues one setup command and remembers which reply to expect. */
 static int queue_setup(struct gw_rl_redis *r, enum setup_cmd cmd, int argc, const char **argv)
 {
@@ -435,26 +548,44 @@ static int queue_setup(struct gw_rl_redis *r, enum setup_cmd cmd, int argc, cons
     return gw_redis_conn_append_argv(&r->conn, argc, argv);
 }
 
-int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
+/* Sentinel mode: starts asking the sentinels (PH_DISCOVER). 0 or -errno. */
+static int discover(struct gw_rl_redis *r, uint64_t now_ms)
 {
+    gw_redis_conn_close(&r->conn);
+    r->phase = PH_DISCOVER;
+    int rc = gw_redis_sentinel_start(r->sentinel, now_ms);
+    if (rc == 0 || rc == -EINPROGRESS)
+        return 0; /* step_inner takes the answer */
+    snprintf(r->err, sizeof(r->err), "no sentinel answered (%s)", r->sentinel->err);
     gw_rl_redis_disconnect(r);
+    r->sentinel_failed = true;
+    return -EHOSTUNREACH;
+}
+
+/* Starts the connection to host:port (the URL's, or the master the
+ * sentinels named) with the whole setup pipelined; PH_CONNECTING. 0 or
+ * -errno. */
+static int open_master(struct gw_rl_redis *r, uint64_t now_ms, const char *host, int port)
+{
     const struct gw_redis_target *t = r->target;
+    r->npending = r->next_pending = 0;
+    snprintf(r->master_host, sizeof(r->master_host), "%s", host != NULL ? host : "");
+    r->master_port = port;
     /* Non-blocking connect: a Redis that does not answer SYNs (or a full
      * backlog) costs the worker loop nothing; only the attempt's deadline. */
     /* A host name the resolver follows is connected to by one of its
      * current addresses (no DNS on the worker); TLS still checks the name. */
-    char host[256];
+    char addr[256];
     if (t->unix_path == NULL) {
-        int hrc = connect_host(r, host, sizeof(host));
+        int hrc = connect_host(r, host, port, addr, sizeof(addr));
         if (hrc != 0) {
             connect_failed(r);
-            snprintf(r->err, sizeof(r->err), "connect: %s has no address (yet)", t->host);
+            snprintf(r->err, sizeof(r->err), "connect: %s has no address (yet)", host);
             return hrc;
         }
     }
-    int rc = gw_redis_conn_start(&r->conn, t->unix_path != NULL ? NULL : host, t->port,
-                                 t->unix_path,
-                                 t->tls_server_name != NULL ? t->tls_server_name : t->host);
+    int rc = gw_redis_conn_start(&r->conn, t->unix_path != NULL ? NULL : addr, port, t->unix_path,
+                                 t->tls_server_name != NULL ? t->tls_server_name : host);
     if (rc != 0 && rc != -EINPROGRESS) {
         connect_failed(r);
         return io_failure(r, "connect", rc);
@@ -482,6 +613,8 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
      * nothing stored), is the proof; until it answers within the handshake
      * deadline the connection is not ready and requests are decided by
      * RATE_LIMIT_FAILURE_MODE without waiting. */
+    if (rc == 0 && r->sentinel != NULL)
+        rc = queue_setup(r, CMD_ROLE, 1, (const char *[]){"ROLE"});
     if (rc == 0)
         rc = queue_setup(r, CMD_PROBE, 6,
                          (const char *[]){"EVAL", gw_rl_redis_script, "0", "0", "0", "0"});
@@ -489,12 +622,56 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
         return errno_failure(r, "setup", ENOMEM);
     r->phase = PH_CONNECTING;
     r->deadline_ms = now_ms + (uint64_t)r->timeout_ms;
+    return 0;
+}
+
+int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
+{
+    gw_rl_redis_disconnect(r);
+    int rc;
+    if (r->sentinel != NULL) {
+        r->give_up_ms = now_ms + SENTINEL_PERSIST_MS;
+        r->sentinel_failed = false;
+        rc = discover(r, now_ms);
+    } else {
+        rc = open_master(r, now_ms, r->target->host, r->target->port);
+    }
+    if (rc != 0)
+        return rc;
     return connect_step(r, now_ms, 0);
 }
 
 int gw_rl_redis_connect_poll(struct gw_rl_redis *r, uint64_t now_ms)
 {
     return connect_step(r, now_ms, 0);
+}
+
+/* Sentinel mode, from the idle probe: a query of the sentinels runs in the
+ * background (started on one probe, read on a later one); when they name
+ * another master than the one connected to, the connection is dropped so the
+ * reconnect rediscovers. 0, or -ESTALE after disconnecting. */
+static int watch_master(struct gw_rl_redis *r)
+{
+    uint64_t now = gw_now_ms();
+    int rc = -ENOTCONN;
+    if (r->watch->active)
+        rc = gw_redis_sentinel_poll(r->watch, now, 0);
+    if (rc == 0 &&
+        (strcmp(r->watch->host, r->master_host) != 0 || r->watch->port != r->master_port)) {
+        snprintf(r->err, sizeof(r->err), "the sentinels name a new master %s:%d (was %s:%d)",
+                 r->watch->host, r->watch->port, r->master_host, r->master_port);
+        gw_rl_redis_disconnect(r);
+        return -ESTALE;
+    }
+    /* The next question goes out now and is read at the next probe, so an
+     * answer is never older than one probe interval. A query still in
+     * progress (or failed: no sentinel answered) keeps the master. */
+    if (!r->watch->active && now >= r->watch_at_ms) {
+        r->watch_at_ms = now + SENTINEL_WATCH_MS / 2;
+        int started = gw_redis_sentinel_start(r->watch, now);
+        (void)started; /* read at the next probe */
+    }
+    return 0;
 }
 
 int gw_rl_redis_probe(struct gw_rl_redis *r)
@@ -505,17 +682,25 @@ int gw_rl_redis_probe(struct gw_rl_redis *r)
     if (rc != 0) {
         snprintf(r->err, sizeof(r->err), "%s", gw_redis_conn_error(&r->conn));
         gw_rl_redis_disconnect(r);
+        return rc;
     }
-    return rc;
+    return r->sentinel != NULL ? watch_master(r) : 0;
 }
 
 int gw_rl_redis_connect(struct gw_rl_redis *r)
 {
     uint64_t now = gw_now_ms();
+    /* Blocking: no persistence (at start-up a dead master must not hold
+     * the gateway for SENTINEL_PERSIST_MS). */
+    r->persist = false;
     int rc = gw_rl_redis_connect_start(r, now);
-    /* Each phase has its own deadline, so two timeouts bound the loop. */
-    while (rc == -EINPROGRESS)
+    /* Each phase has its own deadline (Sentinel: each sentinel's too), so
+     * the loop is bounded. */
+    for (int i = 0; rc == -EINPROGRESS && i < 4 * GW_CONFIG_MAX_REDIS_NODES + 8; i++)
         rc = connect_step(r, gw_now_ms(), 2 * r->timeout_ms + 10);
+    r->persist = true;
+    if (rc == -EINPROGRESS)
+        rc = errno_failure(r, "connect", ETIMEDOUT);
     return rc;
 }
 
@@ -673,6 +858,23 @@ int gw_rl_redis_take_reply(struct gw_rl_redis *r, void *reply, struct gw_rl_pass
     return take_apply_reply(r, reply, pass);
 }
 
+static bool is_readonly_error(const redisReply *e)
+{
+    return e->type == REDIS_REPLY_ERROR &&
+           (strncmp(e->str, "READONLY", 8) == 0 || strstr(e->str, " READONLY ") != NULL);
+}
+
+/* A READONLY error, for the call or for any element of its reply. */
+static bool says_readonly(const redisReply *rep)
+{
+    if (is_readonly_error(rep))
+        return true;
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++)
+        if (is_readonly_error(rep->element[i]))
+            return true;
+    return false;
+}
+
 /* Sends one call (EVALSHA, or EVAL when eval) for the pass and reads its
  * reply into *rep. 0, or the connection's -errno (then disconnected). */
 static int call_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl_pass *p,
@@ -691,6 +893,16 @@ static int call_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl_pass 
     int rc = gw_redis_conn_command(&r->conn, r->cmds, (size_t)len, &reply, r->timeout_ms);
     if (rc != 0)
         return io_failure(r, what, rc);
+    if (says_readonly(reply)) {
+        /* The server became a replica (failover; a managed endpoint that
+         * moved): reconnect, which asks the sentinels (or re-resolves the
+         * host) again. */
+        snprintf(r->err, sizeof(r->err), "%s: READONLY: %s:%d is a replica now", what,
+                 r->master_host, r->master_port);
+        freeReplyObject(reply);
+        gw_rl_redis_disconnect(r);
+        return -EROFS;
+    }
     *rep = reply;
     return 0;
 }
@@ -744,6 +956,12 @@ static void redis_destroy(void *store)
         return;
     gw_rl_redis_disconnect(r);
     gw_redis_conn_deinit(&r->conn);
+    if (r->sentinel != NULL) {
+        gw_redis_sentinel_deinit(r->sentinel);
+        gw_redis_sentinel_deinit(r->watch);
+        free(r->sentinel);
+        free(r->watch);
+    }
     free(r->cmds);
     free(r);
 }

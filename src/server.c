@@ -86,11 +86,20 @@ static int start_resolver(struct gw_server *srv)
 {
     const struct gw_config *cfg = srv->cfg;
     int rc = gw_resolve_add(cfg->backend_host, cfg->backend_port, "BACKEND_URL", &srv->backend);
-    if (rc == 0 && cfg->redis_url != NULL && cfg->redis_url[0] != '\0') {
+    if (rc == 0 && gw_config_redis_enabled(cfg)) {
         struct gw_redis_target t;
         struct gw_resolve_name *redis = NULL;
-        if (gw_config_parse_redis_url(cfg->redis_url, &t, NULL, 0) == 0 && t.host != NULL)
+        if (gw_config_redis_target(cfg, &t, NULL, 0) == 0 && t.host != NULL)
             rc = gw_resolve_add(t.host, t.port, "REDIS_URL", &redis);
+        /* The sentinels too, as far as there is room (a sentinel left out
+         * is resolved by the worker when it connects). */
+        for (int i = 0; rc == 0 && i < t.nsentinels; i++) {
+            int src = gw_resolve_add(t.sentinels[i].host, t.sentinels[i].port, "REDIS_SENTINELS",
+                                     &redis);
+            if (src == -ENOSPC)
+                break;
+            rc = src;
+        }
         gw_config_redis_target_deinit(&t);
     }
     if (rc == 0)

@@ -380,6 +380,10 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
     if (s->redis_enabled)
         emit_gauge(&p, "gateway_redis_up", "1 when the Redis rate-limit store answers, else 0",
                    s->redis_up ? 1 : 0);
+    if (s->redis_sentinel) {
+        emit_counter(&p, "redis_failovers_total", NULL,
+                     "Redis master changes seen through Sentinel", s->redis_failovers);
+    }
     emit_gauge(&p, "gateway_backend_up", "1 when the backend is reachable, else 0",
                s->backend_up ? 1 : 0);
     emit_gauge(&p, "gateway_worker_threads", "Epoll worker threads", s->worker_threads);

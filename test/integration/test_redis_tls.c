@@ -416,8 +416,8 @@ static void time_checks(const struct gw_redis_target *t, int n, long long *p50, 
     assert_int_equal(gw_rl_redis_connect(r), 0);
     long long *us = calloc((size_t)n, sizeof(*us));
     assert_non_null(us);
-    struct gw_rl_spec spec = {.algorithm = GW_RL_FIXED_WINDOW, .limit = 1000000000,
-                              .window_ms = 60000};
+    struct gw_rl_spec spec = {
+        .algorithm = GW_RL_FIXED_WINDOW, .limit = 1000000000, .window_ms = 60000};
     for (int i = 0; i < n + 200; i++) {
         char key[32];
         int kl = snprintf(key, sizeof(key), "bench:{%d}:l:p", i % 64);
@@ -425,8 +425,15 @@ static void time_checks(const struct gw_redis_target *t, int n, long long *p50, 
         size_t lens[] = {(size_t)kl};
         struct gw_rl_op op = {.key = 0, .spec = 0};
         struct gw_rl_unit unit = {.first = 0, .n = 1};
-        struct gw_rl_pass pass = {.keys = keys, .key_lens = lens, .nkeys = 1, .specs = &spec,
-                                  .nspecs = 1, .ops = &op, .nops = 1, .units = &unit, .nunits = 1};
+        struct gw_rl_pass pass = {.keys = keys,
+                                  .key_lens = lens,
+                                  .nkeys = 1,
+                                  .specs = &spec,
+                                  .nspecs = 1,
+                                  .ops = &op,
+                                  .nops = 1,
+                                  .units = &unit,
+                                  .nunits = 1};
         long long t0 = (long long)gw_now_us();
         assert_int_equal(gw_rl_redis_apply(r, &pass), 0);
         assert_int_equal(unit.result, GW_RL_UNIT_ALLOWED);
