@@ -229,6 +229,10 @@ bool gw_rl_redis_connected(const struct gw_rl_redis *r);
 /* Text of the last failure, for logs (never contains the password). */
 const char *gw_rl_redis_last_error(const struct gw_rl_redis *r);
 
+/* TLS: true when the last connect resumed the previous TLS session (an
+ * abbreviated handshake, no certificate chain sent). For tests. */
+bool gw_rl_redis_tls_resumed(const struct gw_rl_redis *r);
+
 /* Decides a pass (struct gw_rl_pass) in one round trip: one EVALSHA of
  * gw_rl_redis_script for every unit; after NOSCRIPT (nothing decided) the
  * same call is sent once more with EVAL. Returns 0 with each unit's result

@@ -115,8 +115,16 @@ void gw_redis_conn_close(struct gw_redis_conn *c)
 {
     if (c->ssl != NULL) {
         /* Keep the session for the next connect to the same peer: a
-         * resumed handshake is one round trip and no certificate check. */
-        SSL_SESSION *s = SSL_get1_session(c->ssl);
+         * resumed handshake is one round trip and no certificate check.
+         * Not after a TLS failure; otherwise the link is marked shut down
+         * quietly (nothing sent), or SSL_free would mark the session not
+         * resumable. */
+        SSL_SESSION *s = NULL;
+        if (c->state == GW_RCONN_OPEN && !c->tls_failed) {
+            SSL_set_quiet_shutdown(c->ssl, 1);
+            (void)SSL_shutdown(c->ssl);
+            s = SSL_get1_session(c->ssl);
+        }
         if (s != NULL && SSL_SESSION_is_resumable(s)) {
             SSL_SESSION_free(c->session);
             c->session = s;
@@ -130,6 +138,7 @@ void gw_redis_conn_close(struct gw_redis_conn *c)
         close(c->fd);
     c->fd = -1;
     c->state = GW_RCONN_CLOSED;
+    c->tls_failed = false;
     c->out_len = c->out_off = 0;
     if (c->reader != NULL) {
         /* A fresh parser: a half-read reply of the old link must not
@@ -210,6 +219,7 @@ int gw_redis_conn_start(struct gw_redis_conn *c, const char *host, int port, con
 {
     gw_redis_conn_close(c);
     c->err[0] = '\0';
+    c->resumed = false;
     char peer[sizeof(c->peer)];
     snprintf(peer, sizeof(peer), "%s:%d", unix_path != NULL ? unix_path : host, port);
     if (strcmp(peer, c->peer) != 0) {
@@ -313,6 +323,7 @@ static int ssl_status(struct gw_redis_conn *c, int ret, const char *what, short 
         return fail(c, err, "%s: %s", what, errno != 0 ? strerror(errno) : "closed by the server");
     }
     char text[160];
+    c->tls_failed = true; /* a protocol failure: its session is not reused */
     long vr = SSL_get_verify_result(c->ssl);
     if (c->state == GW_RCONN_TLS && vr != X509_V_OK)
         return fail(c, ECONNABORTED, "TLS handshake with %s: certificate refused: %s", c->name,
@@ -342,6 +353,7 @@ static int step_establish(struct gw_redis_conn *c, short revents, short *want)
     if (c->state == GW_RCONN_TLS) {
         int ret = SSL_connect(c->ssl);
         if (ret == 1) {
+            c->resumed = SSL_session_reused(c->ssl) == 1;
             c->state = GW_RCONN_OPEN;
             return 0;
         }
@@ -408,8 +420,10 @@ static int step_read(struct gw_redis_conn *c, short *want, size_t *got)
         if (redisReaderFeed(c->reader, buf, (size_t)r) != REDIS_OK)
             return fail(c, ENOMEM, "read: out of memory");
         *got += (size_t)r;
-        if ((size_t)r < sizeof(buf) && c->ssl == NULL) {
-            /* A short read means the socket is empty: skip the EAGAIN. */
+        /* A short read means the socket (or, TLS, the record buffer) is
+         * empty: skip the read that would only say EAGAIN; poll tells when
+         * more comes. */
+        if ((size_t)r < sizeof(buf) && (c->ssl == NULL || !SSL_has_pending(c->ssl))) {
             *want |= POLLIN;
             return 0;
         }

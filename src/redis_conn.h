@@ -31,6 +31,8 @@ struct gw_redis_conn {
     SSL_SESSION *session;             /* last session, resumed on reconnect to the same peer */
     char peer[300];                   /* "host:port" of session, or of the last start */
     char name[256];                   /* TLS: SNI and verified name of this connection */
+    bool resumed;                     /* TLS: the last handshake resumed a session */
+    bool tls_failed;                  /* TLS: this link failed in TLS itself */
     redisReader *reader;              /* RESP parser (hiredis) */
     char *out;                        /* bytes queued for the server (heap) */
     size_t out_len, out_off, out_cap; /* out[out_off .. out_len) still unsent */

@@ -334,6 +334,11 @@ const char *gw_rl_redis_last_error(const struct gw_rl_redis *r)
     return r->err;
 }
 
+bool gw_rl_redis_tls_resumed(const struct gw_rl_redis *r)
+{
+    return r->conn.resumed;
+}
+
 /* The host text the transport connects to: for a host name the resolver
  * follows (gw/resolve.h), the numeric text of one of its current addresses,
  * so the transport's getaddrinfo does no DNS on the worker; the host as

@@ -440,6 +440,13 @@ static void time_checks(const struct gw_redis_target *t, int n, long long *p50, 
         if (i >= 200) /* warm-up first */
             us[i - 200] = (long long)gw_now_us() - t0;
     }
+    if (t->tls) {
+        /* A reconnect resumes the TLS session (abbreviated handshake). */
+        assert_false(gw_rl_redis_tls_resumed(r));
+        gw_rl_redis_disconnect(r);
+        assert_int_equal(gw_rl_redis_connect(r), 0);
+        assert_true(gw_rl_redis_tls_resumed(r));
+    }
     qsort(us, (size_t)n, sizeof(*us), cmp_ll);
     *p50 = us[n / 2];
     *p99 = us[n * 99 / 100];
