@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "gwt_suite.h"
+#include "gwt_tls.h"
 #include "gwtest.h"
 
 #include <errno.h>
@@ -385,6 +386,110 @@ static void test_sentinel_none_reachable(void **state)
     gwt_response_free(&r);
 }
 
+/* TLS everywhere and passwords on both the sentinel and the master: one
+ * master (TLS port only) and one sentinel (TLS port only, quorum 1). The
+ * gateway (REDIS_TLS=on) finds the master through the sentinel and limits
+ * exactly; with a wrong sentinel password no sentinel answers and closed
+ * mode refuses. */
+static void test_sentinel_tls_and_passwords(void **state)
+{
+    (void)state;
+    struct gwt_tls_certs certs;
+    assert_int_equal(gwt_tls_certs_make(&certs), 0);
+    int mport = gwt_free_port(), sport = gwt_free_port();
+    char mp[16];
+    snprintf(mp, sizeof(mp), "%d", mport);
+    const char *margv[] = {"redis-server",
+                           "--port",
+                           "0",
+                           "--tls-port",
+                           mp,
+                           "--bind",
+                           "127.0.0.1",
+                           "--tls-cert-file",
+                           certs.srv,
+                           "--tls-key-file",
+                           certs.srv_key,
+                           "--tls-ca-cert-file",
+                           certs.ca,
+                           "--tls-auth-clients",
+                           "no",
+                           "--requirepass",
+                           "master-pw",
+                           "--save",
+                           "",
+                           "--appendonly",
+                           "no",
+                           NULL};
+    static struct gwt_proc master, sentinel;
+    memset(&master, 0, sizeof(master));
+    memset(&sentinel, 0, sizeof(sentinel));
+    assert_int_equal(gwt_spawn(&master, margv, NULL), 0);
+    assert_int_equal(gwt_wait_port(mport, 10000), 0);
+    char path[256];
+    snprintf(path, sizeof(path), "%s/sentinel-tls.conf", certs.dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "port 0\ntls-port %d\nbind 127.0.0.1\ndir %s\n"
+            "tls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\n"
+            "tls-auth-clients no\ntls-replication yes\nrequirepass sentinel-pw\n"
+            "sentinel monitor tlsmaster 127.0.0.1 %d 1\n"
+            "sentinel auth-pass tlsmaster master-pw\n",
+            sport, certs.dir, certs.srv, certs.srv_key, certs.ca, mport);
+    fclose(f);
+    const char *sargv[] = {"redis-sentinel", path, NULL};
+    assert_int_equal(gwt_spawn(&sentinel, sargv, NULL), 0);
+    assert_int_equal(gwt_wait_port(sport, 10000), 0);
+
+    char sent[96], ca[256];
+    snprintf(sent, sizeof(sent), "REDIS_SENTINELS=127.0.0.1:%d", sport);
+    snprintf(ca, sizeof(ca), "REDIS_TLS_CA_FILE=%s", certs.ca);
+    const char *env[] = {sent,
+                         ca,
+                         "REDIS_TLS=on",
+                         "REDIS_SENTINEL_MASTER=tlsmaster",
+                         "REDIS_SENTINEL_PASSWORD=sentinel-pw",
+                         "REDIS_PASSWORD=master-pw",
+                         "RATE_LIMIT_REQUESTS=3",
+                         "RATE_LIMIT_WINDOW_SECONDS=3600",
+                         "RATE_LIMIT_FAILURE_MODE=closed",
+                         "TRUSTED_PROXIES=127.0.0.1",
+                         NULL};
+    gwt_suite_start_gw2(env);
+    gwt_avoid_window_edge(3600, 60);
+    assert_int_equal(get_as(gwt_fx.gport2, "198.51.100.1"), 200);
+    assert_int_equal(get_as(gwt_fx.gport2, "198.51.100.1"), 200);
+    assert_int_equal(get_as(gwt_fx.gport2, "198.51.100.1"), 200);
+    assert_int_equal(get_as(gwt_fx.gport2, "198.51.100.1"), 429);
+    assert_int_equal(gwt_stop(&gwt_fx.gw2, SIGTERM, 5000), 0);
+    char *log = gwt_log_read(&gwt_fx.gw2);
+    assert_non_null(log);
+    assert_null(strstr(log, "sentinel-pw"));
+    assert_null(strstr(log, "master-pw"));
+    free(log);
+    gwt_proc_cleanup(&gwt_fx.gw2);
+
+    const char *bad[] = {sent,
+                         ca,
+                         "REDIS_TLS=on",
+                         "REDIS_SENTINEL_MASTER=tlsmaster",
+                         "REDIS_SENTINEL_PASSWORD=wrong-pw",
+                         "REDIS_PASSWORD=master-pw",
+                         "RATE_LIMIT_FAILURE_MODE=closed",
+                         NULL};
+    gwt_suite_start_gw2(bad);
+    char line[512];
+    assert_int_equal(gwt_wait_log(&gwt_fx.gw2, "no sentinel answered", 5000, line, sizeof(line)),
+                     0);
+    print_message("wrong sentinel password logged: %s\n", line);
+    assert_non_null(strstr(line, "AUTH"));
+    assert_int_equal(get_as(gwt_fx.gport2, "198.51.100.2"), 503);
+    gwt_stop_and_cleanup(&sentinel);
+    gwt_stop_and_cleanup(&master);
+    gwt_tls_certs_remove(&certs);
+}
+
 static int group_setup(void **state)
 {
     snprintf(g_dir, sizeof(g_dir), "/tmp/gw-sentinel-XXXXXX");
@@ -410,6 +515,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         GWT_TEST(test_sentinel_limits_and_failovers),
         GWT_TEST(test_sentinel_none_reachable),
+        GWT_TEST(test_sentinel_tls_and_passwords),
     };
     if (getenv("GWT_FILTER") != NULL)
         cmocka_set_test_filter(getenv("GWT_FILTER"));

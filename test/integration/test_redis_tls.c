@@ -21,53 +21,24 @@
 #include <cmocka.h>
 
 #include "gwt_suite.h"
+#include "gwt_tls.h"
 #include "gwtest.h"
 #include "ratelimit_int.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
 
-static char g_dir[128]; /* certificates and keys */
-static char g_ca[192], g_ca_key[192], g_srv[192], g_srv_key[192], g_cli[192], g_cli_key[192];
-static char g_wrong_ca[192];
+static struct gwt_tls_certs g_certs;
+#define g_ca       g_certs.ca
+#define g_srv      g_certs.srv
+#define g_srv_key  g_certs.srv_key
+#define g_cli      g_certs.cli
+#define g_cli_key  g_certs.cli_key
+#define g_wrong_ca g_certs.wrong_ca
 
 #define PASSWORD "tls-s3cret-Pw"
 
 /* ---- certificates and servers ---------------------------------------------- */
-
-static void make_certs(void)
-{
-    snprintf(g_dir, sizeof(g_dir), "/tmp/gw-tls-XXXXXX");
-    assert_non_null(mkdtemp(g_dir));
-    snprintf(g_ca, sizeof(g_ca), "%s/ca.pem", g_dir);
-    snprintf(g_ca_key, sizeof(g_ca_key), "%s/ca.key", g_dir);
-    snprintf(g_srv, sizeof(g_srv), "%s/server.pem", g_dir);
-    snprintf(g_srv_key, sizeof(g_srv_key), "%s/server.key", g_dir);
-    snprintf(g_cli, sizeof(g_cli), "%s/client.pem", g_dir);
-    snprintf(g_cli_key, sizeof(g_cli_key), "%s/client.key", g_dir);
-    snprintf(g_wrong_ca, sizeof(g_wrong_ca), "%s/wrong-ca.pem", g_dir);
-    /* EC keys: quick to make. The server certificate names 127.0.0.1 and
-     * localhost (subjectAltName), as Redis TLS deployments do. */
-    static const char script[] =
-        "set -e; cd \"$1\"\n"
-        "K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
-        "openssl req -x509 $K -keyout ca.key -out ca.pem -days 2 -subj /CN=gw-test-ca\n"
-        "openssl req -x509 $K -keyout wrong-ca.key -out wrong-ca.pem -days 2 -subj /CN=other-ca\n"
-        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > srv.ext\n"
-        "printf 'extendedKeyUsage=clientAuth\\n' > cli.ext\n"
-        "openssl req -new $K -keyout server.key -out server.csr -subj /CN=localhost\n"
-        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
-        "-out server.pem -extfile srv.ext\n"
-        "openssl req -new $K -keyout client.key -out client.csr -subj /CN=gateway\n"
-        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
-        "-out client.pem -extfile cli.ext\n";
-    const char *argv[] = {"sh", "-c", script, "sh", g_dir, NULL};
-    char *err = NULL;
-    int rc = gwt_run(argv, NULL, 30000, NULL, &err);
-    if (rc != 0)
-        fail_msg("openssl failed (%d): %s", rc, err != NULL ? err : "");
-    free(err);
-}
 
 /* redis-server with a TLS port (and a plaintext one when plain_port > 0),
  * tls-auth-clients as given, requirepass when pass != NULL. Waits until the
@@ -479,17 +450,15 @@ static void test_tls_check_latency(void **state)
 
 static int group_setup(void **state)
 {
-    make_certs();
+    if (gwt_tls_certs_make(&g_certs) != 0)
+        return -1;
     return gwt_suite_setup(0);
 }
 
 static int group_teardown(void **state)
 {
     int rc = gwt_suite_teardown(state);
-    if (g_dir[0] != '\0') {
-        const char *argv[] = {"rm", "-rf", g_dir, NULL};
-        (void)gwt_run(argv, NULL, 10000, NULL, NULL);
-    }
+    gwt_tls_certs_remove(&g_certs);
     return rc;
 }
 
