@@ -29,7 +29,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DGW_BUILD_TESTS=OFF \
 
 FROM debian:bookworm-slim
 # Only the shared libraries the gateway links besides libc6 (ldd):
-# libhiredis.so.0.14, libjansson.so.4, libcrypto.so.3 (in libssl3),
+# libhiredis.so.0.14, libjansson.so.4, libssl.so.3 and libcrypto.so.3 (in libssl3),
 # libyaml-0.so.2 (in libyaml-0-2).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libhiredis0.14 libjansson4 libssl3 libyaml-0-2 \

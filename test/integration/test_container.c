@@ -51,12 +51,13 @@ static const char *const oci_labels[] = {"org.opencontainers.image.source",
 
 /* Packages of `make deps` that only the tests, fuzzing or `make run` use:
  * servers and clients the integration tests start (redis-server,
- * redis-tools, curl, prometheus with promtool), faketime, and clang with
- * its runtime for the libFuzzer targets. Any other DEPS package is a build
- * dependency and must be in the build stage. */
-static const char *const test_only[] = {"redis-server",       "redis-tools", "curl",
-                                        "prometheus",         "faketime",    "clang",
-                                        "libclang-rt-14-dev", NULL};
+ * redis-sentinel, redis-tools, curl, prometheus with promtool), openssl
+ * (the TLS tests' certificates), faketime, and clang with its runtime for
+ * the libFuzzer targets. Any other DEPS package is a build dependency and
+ * must be in the build stage. */
+static const char *const test_only[] = {
+    "redis-server", "redis-sentinel", "redis-tools",        "curl", "prometheus",
+    "openssl",      "faketime",       "libclang-rt-14-dev", "clang", NULL};
 
 /* In debian:bookworm-slim already: the C library and dynamic loader
  * (libc.so.6, libm.so.6, ld-linux). */
@@ -1484,8 +1485,13 @@ static void test_kubernetes_manifest(void **state)
         } else if (strcmp(name, "ADMIN_TOKEN") == 0 && jget(var, "valueFrom.secretKeyRef")) {
             /* A secret: any value of the right shape stands for it. */
             snprintf(store[n], sizeof(store[n]), "%s=%s", name, "0123456789abcdef0123456789abcdef");
+        } else if (jget(var, "valueFrom.secretKeyRef") != NULL) {
+            /* A secret (REDIS_PASSWORD): any value; --check-config masks it. */
+            snprintf(store[n], sizeof(store[n]), "%s=from-a-secret", name);
         } else {
-            fail_msg("env %s: a string value (or WORKER_THREADS' resourceFieldRef) expected", name);
+            fail_msg("env %s: a string value (or WORKER_THREADS' resourceFieldRef, or a "
+                     "secretKeyRef) expected",
+                     name);
         }
         cenv[n] = store[n];
         n++;
@@ -1505,6 +1511,7 @@ static void test_kubernetes_manifest(void **state)
             fail_msg("env %s is not a gateway variable", name);
     }
     assert_int_equal(json_integer_value(json_object_get(eff, "WORKER_THREADS")), cpu);
+    assert_null(strstr(out, "from-a-secret")); /* secrets are masked */
     if (rules_tmp[0]) {
         /* --check-config loaded and validated the ConfigMap's rules. */
         assert_string_equal(json_string_value(json_object_get(eff, "RATE_LIMIT_RULES_FILE")),
