@@ -12,6 +12,7 @@
 #include "gw/rules_sync.h"
 
 #include "gw/log.h"
+#include "redis_client.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -48,20 +49,20 @@ struct gw_rules_sync {
     struct gw_rules_holder *holder; /* borrowed */
     struct gw_ratelimit *rl;        /* borrowed: forget_cached */
     const struct gw_config *cfg;    /* borrowed */
-    struct gw_redis_target target;  /* parsed REDIS_URL */
+    struct gw_redis_target target;  /* REDIS_URL or REDIS_SENTINELS (gw_config_redis_target) */
     int timeout_ms;                 /* connect and command timeout */
     bool adopt;                     /* GW_RULES_SYNC_ADOPT */
     char origin[17];                /* this instance's id in the forget stream */
     char *rules_key;                /* "<prefix>:rules" */
     char *forget_key;               /* "<prefix>:forget" */
     pthread_mutex_t mu;
-    pthread_cond_t cv;        /* stop, with mu */
-    bool stop;                /* with mu */
-    redisContext *c;          /* with mu; NULL while down */
-    _Atomic bool down_logged; /* the outage was logged once */
-    uint64_t last_serial;     /* with mu: the serial last adopted or stored (0 = none) */
-    char forget_id[48];       /* with mu: last forget stream entry seen */
-    bool forget_id_known;     /* with mu: forget_id was read once */
+    pthread_cond_t cv;         /* stop, with mu */
+    bool stop;                 /* with mu */
+    struct gw_redis_client *c; /* with mu; NULL while down (redis_client.h: TLS, Sentinel) */
+    _Atomic bool down_logged;  /* the outage was logged once */
+    uint64_t last_serial;      /* with mu: the serial last adopted or stored (0 = none) */
+    char forget_id[48];        /* with mu: last forget stream entry seen */
+    bool forget_id_known;      /* with mu: forget_id was read once */
     pthread_t thread;
     bool started;
     _Atomic uint64_t polls, adopted, forgets;
@@ -76,8 +77,9 @@ static void drop_conn(struct gw_rules_sync *s, const char *what)
         return;
     if (!atomic_exchange(&s->down_logged, true))
         gw_warn("rules sync: Redis %s: %s; reconnecting every %d ms", what,
-                s->c->errstr[0] ? s->c->errstr : "failed", GW_RULES_SYNC_POLL_MS);
-    redisFree(s->c);
+                gw_redis_client_error(s->c)[0] ? gw_redis_client_error(s->c) : "failed",
+                GW_RULES_SYNC_POLL_MS);
+    gw_redis_client_destroy(s->c);
     s->c = NULL;
 }
 
@@ -86,7 +88,7 @@ static void drop_conn(struct gw_rules_sync *s, const char *what)
 static redisReply *command_argv(struct gw_rules_sync *s, int argc, const char **argv,
                                 const size_t *lens, const char *what)
 {
-    redisReply *rep = redisCommandArgv(s->c, argc, argv, lens);
+    redisReply *rep = gw_redis_client_command_argv(s->c, argc, argv, lens);
     if (rep == NULL) {
         drop_conn(s, what);
         return NULL;
@@ -98,38 +100,20 @@ static redisReply *command_argv(struct gw_rules_sync *s, int argc, const char **
  * timeout_ms), or NULL (logged once per outage). Called without mu: only
  * the poll thread (and start-up) connects, so an unreachable Redis never
  * makes an admin request wait for a connect. */
-static redisContext *connect_new(struct gw_rules_sync *s)
+static struct gw_redis_client *connect_new(struct gw_rules_sync *s)
 {
-    struct timeval tv = {s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000};
-    const struct gw_redis_target *t = &s->target;
-    redisContext *c = t->unix_path != NULL ? redisConnectUnixWithTimeout(t->unix_path, tv)
-                                           : redisConnectWithTimeout(t->host, t->port, tv);
-    const char *why = c == NULL ? "out of memory" : c->err ? c->errstr : NULL;
-    if (why == NULL) {
-        (void)fcntl(c->fd, F_SETFD, FD_CLOEXEC);
-        if (redisSetTimeout(c, tv) != REDIS_OK)
-            why = "cannot set the timeout";
+    struct gw_redis_client *c = NULL;
+    char why[200] = "out of memory";
+    int rc = gw_redis_client_create(&c, &s->target, s->timeout_ms, why, sizeof(why));
+    if (rc == 0 && gw_redis_client_connect(c) != 0) {
+        snprintf(why, sizeof(why), "%s", gw_redis_client_error(c));
+        rc = -EIO;
     }
-    redisReply *rep = NULL;
-    if (why == NULL && t->password != NULL) {
-        rep = t->username != NULL ? redisCommand(c, "AUTH %s %s", t->username, t->password)
-                                  : redisCommand(c, "AUTH %s", t->password);
-        if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
-            why = "AUTH failed";
-        freeReplyObject(rep);
-    }
-    if (why == NULL && t->db > 0) {
-        rep = redisCommand(c, "SELECT %d", t->db);
-        if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
-            why = "SELECT failed";
-        freeReplyObject(rep);
-    }
-    if (why != NULL) {
+    if (rc != 0) {
         if (!atomic_exchange(&s->down_logged, true))
             gw_warn("rules sync: cannot connect to Redis: %s; retrying every %d ms", why,
                     GW_RULES_SYNC_POLL_MS);
-        if (c != NULL)
-            redisFree(c);
+        gw_redis_client_destroy(c);
         return NULL;
     }
     if (atomic_exchange(&s->down_logged, false))
@@ -304,14 +288,14 @@ static void poll_once(struct gw_rules_sync *s)
         return;
     const char *hget[] = {"HGET", s->rules_key, "serial"};
     const char *xread[] = {"XREAD", "COUNT", "256", "STREAMS", s->forget_key, s->forget_id};
-    if (redisAppendCommandArgv(s->c, 3, hget, NULL) != REDIS_OK ||
-        redisAppendCommandArgv(s->c, 6, xread, NULL) != REDIS_OK) {
+    if (gw_redis_client_append_argv(s->c, 3, hget, NULL) != 0 ||
+        gw_redis_client_append_argv(s->c, 6, xread, NULL) != 0) {
         drop_conn(s, "poll");
         return;
     }
     redisReply *rs = NULL, *rx = NULL;
-    if (redisGetReply(s->c, (void **)&rs) != REDIS_OK ||
-        redisGetReply(s->c, (void **)&rx) != REDIS_OK) {
+    if ((rs = gw_redis_client_get_reply(s->c)) == NULL ||
+        (rx = gw_redis_client_get_reply(s->c)) == NULL) {
         freeReplyObject(rs);
         drop_conn(s, "poll");
         return;
@@ -334,12 +318,12 @@ static void *sync_main(void *arg)
         if (s->c == NULL) {
             /* Connect without mu: admin requests meanwhile fail fast. */
             pthread_mutex_unlock(&s->mu);
-            redisContext *c = connect_new(s);
+            struct gw_redis_client *c = connect_new(s);
             pthread_mutex_lock(&s->mu);
             if (c != NULL && s->c == NULL)
                 s->c = c;
             else if (c != NULL)
-                redisFree(c);
+                gw_redis_client_destroy(c);
         }
         poll_once(s);
         struct timespec ts;
@@ -365,8 +349,7 @@ static char *join_key(const char *prefix, const char *suffix)
 
 static void destroy(struct gw_rules_sync *s)
 {
-    if (s->c != NULL)
-        redisFree(s->c);
+    gw_redis_client_destroy(s->c);
     gw_config_redis_target_deinit(&s->target);
     free(s->rules_key);
     free(s->forget_key);
@@ -404,7 +387,7 @@ int gw_rules_sync_start(struct gw_rules_sync **out, struct gw_rules_holder *h,
     s->rules_key = join_key(cfg->rate_limit_key_prefix, "rules");
     s->forget_key = join_key(cfg->rate_limit_key_prefix, "forget");
     if (s->rules_key == NULL || s->forget_key == NULL ||
-        gw_config_parse_redis_url(cfg->redis_url, &s->target, why, sizeof(why)) != 0) {
+        gw_config_redis_target(cfg, &s->target, why, sizeof(why)) != 0) {
         destroy(s);
         return -ENOMEM; /* the URL was validated at load: only memory can fail */
     }

@@ -154,7 +154,7 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
         gw_error("cannot create the rate limiter: %s", strerror(-rc));
         goto out;
     }
-    if (cfg->redis_url != NULL) {
+    if (gw_config_redis_enabled(cfg)) {
         /* Rules and unblocks shared by every instance (SPEC.md §11): without
          * a file, the shared rules are loaded here, before serving. */
         rc = gw_rules_sync_start(&srv->sync, srv->rules, srv->rl, cfg,

@@ -457,6 +457,8 @@ static void test_sentinel_tls_and_passwords(void **state)
                          "TRUSTED_PROXIES=127.0.0.1",
                          NULL};
     gwt_suite_start_gw2(env);
+    /* The rules sync (SPEC.md §11) found the master through the sentinel. */
+    assert_int_equal(gwt_wait_log(&gwt_fx.gw2, "no shared rules in Redis", 5000, NULL, 0), 0);
     gwt_avoid_window_edge(3600, 60);
     assert_int_equal(get_as(gwt_fx.gport2, "198.51.100.1"), 200);
     assert_int_equal(get_as(gwt_fx.gport2, "198.51.100.1"), 200);

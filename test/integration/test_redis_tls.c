@@ -160,6 +160,12 @@ static void test_tls_limits_exactly(void **state)
     gwt_suite_start_gw(env);
     assert_health_redis(gwt_fx.gport, "connected", 5000);
     assert_limits_at_3(gwt_fx.gport);
+    /* The rules sync (admin API, SPEC.md §11) read Redis through TLS too. */
+    assert_int_equal(gwt_wait_log(&gwt_fx.gw, "no shared rules in Redis", 5000, NULL, 0), 0);
+    char *log = gwt_log_read(&gwt_fx.gw);
+    assert_non_null(log);
+    assert_null(strstr(log, "rules sync: cannot connect"));
+    free(log);
 
     /* By name, and by address with the name to verify given apart; a new
      * prefix each so the counts start afresh. */
