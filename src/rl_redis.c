@@ -205,7 +205,7 @@ enum setup_cmd {
     CMD_SELECT,
     CMD_SCRIPT_LOAD,
     CMD_PROBE, /* the script itself, with no key: proves writes are served */
-    CMD_ROLE,  /* Sentinel: ROLE must say master */
+    CMD_ROLE,  /* ROLE must say master (or be refused by the server) */
 };
 
 struct gw_rl_redis {
@@ -423,8 +423,12 @@ static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisRepl
             return reply_failure(r, setup_name[cmd], rep, -EPROTO);
         break;
     case CMD_ROLE:
-        /* Sentinel named it, but it may not have taken the role yet (or
-         * anymore): only a master takes the checks. */
+        /* Sentinel named it (or REDIS_URL points at it), but it may not
+         * have taken the role yet (or anymore): only a master takes the
+         * checks. A server that refuses ROLE itself (a managed service that
+         * renamed it) is taken at its word. */
+        if (rep->type == REDIS_REPLY_ERROR && r->sentinel == NULL)
+            break;
         if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
             rep->element[0]->type != REDIS_REPLY_STRING || strcmp(rep->element[0]->str, "master")) {
             snprintf(r->err, sizeof(r->err), "ROLE: %s:%d is %s, not a master", r->master_host,
@@ -437,7 +441,7 @@ static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisRepl
             gw_rl_redis_disconnect(r);
             return -EROFS;
         }
-        if (gw_redis_sentinel_note_master(r->master_host, r->master_port))
+        if (r->sentinel != NULL && gw_redis_sentinel_note_master(r->master_host, r->master_port))
             gw_warn("rate limit: redis master is now %s:%d (failover seen)", r->master_host,
                     r->master_port);
         break;
@@ -618,7 +622,8 @@ static int open_master(struct gw_rl_redis *r, uint64_t now_ms, const char *host,
      * nothing stored), is the proof; until it answers within the handshake
      * deadline the connection is not ready and requests are decided by
      * RATE_LIMIT_FAILURE_MODE without waiting. */
-    if (rc == 0 && r->sentinel != NULL)
+    /* ROLE: a replica (not yet promoted, or demoted) never takes checks. */
+    if (rc == 0)
         rc = queue_setup(r, CMD_ROLE, 1, (const char *[]){"ROLE"});
     if (rc == 0)
         rc = queue_setup(r, CMD_PROBE, 6,

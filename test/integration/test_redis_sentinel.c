@@ -492,6 +492,91 @@ static void test_sentinel_tls_and_passwords(void **state)
     gwt_tls_certs_remove(&certs);
 }
 
+/* Runs a command without arguments containing spaces on the server at
+ * port; asserts it answered without an error. */
+static void rcmd(int port, const char *cmd)
+{
+    redisContext *c = rconn(port);
+    assert_non_null(c);
+    redisReply *r = redisCommand(c, cmd);
+    assert_non_null(r);
+    assert_true(r->type != REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* REDIS_URL's server demoted to a replica without dropping its clients (a
+ * managed endpoint during its failover): the next check is refused with
+ * READONLY, the worker drops the link, reconnects only to a master (ROLE)
+ * and RATE_LIMIT_FAILURE_MODE decides meanwhile (log lines say why); once
+ * the server is a master again, every worker limits through it. */
+static void test_readonly_replica(void **state)
+{
+    (void)state;
+    static struct gwt_proc a, b;
+    int aport = gwt_free_port(), bport = gwt_free_port();
+    char ap[16], bp[16];
+    snprintf(ap, sizeof(ap), "%d", aport);
+    snprintf(bp, sizeof(bp), "%d", bport);
+    const char *aargv[] = {"redis-server", "--port", ap,  "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no",     NULL};
+    const char *bargv[] = {"redis-server", "--port", bp,  "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no",     NULL};
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(gwt_spawn(&a, aargv, NULL), 0);
+    assert_int_equal(gwt_spawn(&b, bargv, NULL), 0);
+    assert_int_equal(gwt_wait_port(aport, 10000), 0);
+    assert_int_equal(gwt_wait_port(bport, 10000), 0);
+
+    char url[64];
+    snprintf(url, sizeof(url), "REDIS_URL=redis://127.0.0.1:%d", aport);
+    const char *env[] = {url,
+                         "RATE_LIMIT_REQUESTS=3",
+                         "RATE_LIMIT_WINDOW_SECONDS=3600",
+                         "RATE_LIMIT_FAILURE_MODE=closed",
+                         "LOG_LEVEL=debug",
+                         "TRUSTED_PROXIES=127.0.0.1",
+                         NULL};
+    gwt_suite_start_gw2(env);
+    assert_int_equal(get_as(gwt_fx.gport2, "203.0.113.1"), 200);
+
+    /* Demoted, clients kept: READONLY, then ROLE refuses the reconnect. */
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "REPLICAOF 127.0.0.1 %d", bport);
+    rcmd(aport, cmd);
+    int st = 0;
+    for (int i = 0; i < 100 && st != 503; i++)
+        st = get_as(gwt_fx.gport2, "203.0.113.1");
+    assert_int_equal(st, 503);
+    char line[512];
+    assert_int_equal(gwt_wait_log(&gwt_fx.gw2, "READONLY", 5000, line, sizeof(line)), 0);
+    print_message("demoted: %s\n", line);
+    assert_int_equal(gwt_wait_log(&gwt_fx.gw2, "not a master", 5000, NULL, 0), 0);
+
+    /* A master again: every worker back (fresh clients on new connections,
+     * spread over the workers, 6 in a row), within the reconnect backoff. */
+    rcmd(aport, "REPLICAOF NO ONE");
+    gwt_avoid_window_edge(3600, 60);
+    long long t0 = gwt_now_ms();
+    int streak = 0;
+    for (int i = 0; streak < 6 && gwt_now_ms() - t0 < 10000; i++) {
+        char ip[32];
+        snprintf(ip, sizeof(ip), "203.0.114.%d", i % 250);
+        streak = get_as(gwt_fx.gport2, ip) == 200 ? streak + 1 : 0;
+        if (streak == 0)
+            pause_ms(20);
+    }
+    assert_int_equal(streak, 6);
+    print_message("promoted again: every worker limiting %lld ms later\n", gwt_now_ms() - t0);
+    assert_int_equal(get_as(gwt_fx.gport2, "203.0.113.2"), 200);
+    assert_int_equal(get_as(gwt_fx.gport2, "203.0.113.2"), 200);
+    assert_int_equal(get_as(gwt_fx.gport2, "203.0.113.2"), 200);
+    assert_int_equal(get_as(gwt_fx.gport2, "203.0.113.2"), 429);
+    gwt_stop_and_cleanup(&b);
+    gwt_stop_and_cleanup(&a);
+}
+
 static int group_setup(void **state)
 {
     snprintf(g_dir, sizeof(g_dir), "/tmp/gw-sentinel-XXXXXX");
@@ -518,6 +603,7 @@ int main(void)
         GWT_TEST(test_sentinel_limits_and_failovers),
         GWT_TEST(test_sentinel_none_reachable),
         GWT_TEST(test_sentinel_tls_and_passwords),
+        GWT_TEST(test_readonly_replica),
     };
     if (getenv("GWT_FILTER") != NULL)
         cmocka_set_test_filter(getenv("GWT_FILTER"));
