@@ -426,11 +426,12 @@ static int take_setup_reply(struct gw_rl_redis *r, enum setup_cmd cmd, redisRepl
         /* Sentinel named it (or REDIS_URL points at it), but it may not
          * have taken the role yet (or anymore): only a master takes the
          * checks. A server that refuses ROLE itself (a managed service that
-         * renamed it) is taken at its word. */
-        if (rep->type == REDIS_REPLY_ERROR && r->sentinel == NULL)
-            break;
-        if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
-            rep->element[0]->type != REDIS_REPLY_STRING || strcmp(rep->element[0]->str, "master")) {
+         * renamed it, an ACL user without it) is taken at its word; READONLY
+         * replies still catch a replica. */
+        if (rep->type != REDIS_REPLY_ERROR &&
+            (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
+             rep->element[0]->type != REDIS_REPLY_STRING ||
+             strcmp(rep->element[0]->str, "master"))) {
             snprintf(r->err, sizeof(r->err), "ROLE: %s:%d is %s, not a master", r->master_host,
                      r->master_port,
                      rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
