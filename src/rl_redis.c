@@ -23,7 +23,7 @@
  * SENTINEL_PERSIST_MS: the limiter is back on the new master a few hundred
  * ms after the sentinels name it, whatever the caller's reconnect backoff.
  * A connection also drops and rediscovers on a READONLY reply, and when a
- * background query (one per second, from the idle probe) names another
+ * background query (about one per second, from the periodic probe) names another
  * master.
  */
 #include "gw/resolve.h"
@@ -197,7 +197,7 @@ enum phase {
 
 #define SENTINEL_REASK_MS   100   /* between two questions while the master fails */
 #define SENTINEL_PERSIST_MS 60000 /* then the attempt fails (the caller backs off) */
-#define SENTINEL_WATCH_MS   1000  /* master-change query from the idle probe */
+#define SENTINEL_WATCH_MS   1000  /* master-change query from the periodic probe */
 
 /* The setup commands, in the order they are pipelined and answered. */
 enum setup_cmd {
@@ -223,7 +223,7 @@ struct gw_rl_redis {
     unsigned addr_next;         /* which of the host's addresses the next connect uses */
     /* Sentinel mode only (NULL / unused otherwise): */
     struct gw_redis_sentinel *sentinel; /* discovery of the master */
-    struct gw_redis_sentinel *watch;    /* the idle probe's master-change query */
+    struct gw_redis_sentinel *watch;    /* the periodic probe's master-change query */
     char master_host[256];              /* the master connected to (or being) */
     int master_port;
     bool persist;         /* keep asking while the sentinels answer (not at start-up) */
@@ -657,10 +657,10 @@ int gw_rl_redis_connect_poll(struct gw_rl_redis *r, uint64_t now_ms)
     return connect_step(r, now_ms, 0);
 }
 
-/* Sentinel mode, from the idle probe: a query of the sentinels runs in the
- * background (started on one probe, read on a later one); when they name
- * another master than the one connected to, the connection is dropped so the
- * reconnect rediscovers. 0, or -ESTALE after disconnecting. */
+/* Sentinel mode, from the periodic probe (every tick of the worker): a query of the sentinels runs
+ * in the background (started on one probe, read on a later one); when they name another master than
+ * the one connected to, the connection is dropped so the reconnect rediscovers. 0, or -ESTALE after
+ * disconnecting. */
 static int watch_master(struct gw_rl_redis *r)
 {
     uint64_t now = gw_now_ms();
