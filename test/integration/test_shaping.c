@@ -85,9 +85,11 @@ static void test_held_in_order_without_a_slot(void **state)
     qsort(elapsed, N, sizeof(elapsed[0]), cmp_ll);
     printf("held: %lld %lld %lld %lld ms; unlimited request beside them: %lld ms\n", elapsed[0],
            elapsed[1], elapsed[2], elapsed[3], other_ms);
-    /* Never earlier than its place (the timer is armed rounded up). */
+    /* Not earlier than its place (the timer is armed rounded up). Each
+     * time is taken from its own thread's start, which may come a little
+     * after the first request was decided: 50 ms of slack for that. */
     for (int i = 1; i < N; i++)
-        if (elapsed[i] < 500LL * i)
+        if (elapsed[i] < 500LL * i - 50)
             fail_msg("request %d answered after %lld ms, before its place at %d ms", i, elapsed[i],
                      500 * i);
     /* Not blocked behind the held requests (their longest hold is 1.5 s). */
