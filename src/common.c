@@ -28,8 +28,7 @@ int64_t gw_wall_s(void)
     return (int64_t)ts.tv_sec;
 }
 
-/* 64-bit mixer (murmur3 finaliser): a bijection with good avalanche. */
-static uint64_t mix64(uint64_t x)
+uint64_t gw_mix64(uint64_t x)
 {
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdULL;
@@ -42,18 +41,18 @@ static uint64_t mix64(uint64_t x)
 uint64_t gw_hash64(uint64_t seed, const void *p, size_t n)
 {
     const unsigned char *b = p;
-    uint64_t h = mix64(seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL));
+    uint64_t h = gw_mix64(seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL));
     while (n >= 8) {
         uint64_t v;
         memcpy(&v, b, 8);
-        h = mix64(h ^ v) + 0x9e3779b97f4a7c15ULL;
+        h = gw_mix64(h ^ v) + 0x9e3779b97f4a7c15ULL;
         b += 8;
         n -= 8;
     }
     uint64_t v = 0;
     if (n > 0)
         memcpy(&v, b, n);
-    return mix64(h ^ v ^ ((uint64_t)n << 59));
+    return gw_mix64(h ^ v ^ ((uint64_t)n << 59));
 }
 
 bool gw_fail(char *why, size_t why_len, const char *fmt, ...)

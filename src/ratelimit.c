@@ -1355,19 +1355,31 @@ static void forget_cached(struct gw_ratelimit *rl, const struct gw_rules_limit *
     atomic_fetch_add_explicit(&rl->olc_epoch, 1, memory_order_release);
 }
 
+/* The limit named limit in this worker's rules and the digest of the
+ * identity an operator's client key gives it. 0, -ENOENT or -EINVAL. */
+static int admin_client(struct gw_ratelimit_worker *w, const char *limit, const char *key,
+                        size_t key_len, const struct gw_rules_limit **lim,
+                        unsigned char md[MD_BYTES])
+{
+    version_sync(w);
+    if ((*lim = find_limit(w->v.rules, limit)) == NULL)
+        return -ENOENT;
+    ssize_t idn = admin_identity(*lim, key, key_len, w->ident);
+    if (idn < 0)
+        return -EINVAL;
+    char hex[GW_RL_KEY_HASH_HEX];
+    client_digest(w, w->ident, (size_t)idn, md, hex);
+    return 0;
+}
+
 int gw_ratelimit_peek(struct gw_ratelimit_worker *w, const char *limit, const char *key,
                       size_t key_len, struct gw_rl_rate_state *out, size_t cap, size_t *n)
 {
-    version_sync(w);
-    const struct gw_rules_limit *lim = find_limit(w->v.rules, limit);
-    if (lim == NULL)
-        return -ENOENT;
-    ssize_t idn = admin_identity(lim, key, key_len, w->ident);
-    if (idn < 0)
-        return -EINVAL;
     unsigned char md[MD_BYTES];
-    char hex[GW_RL_KEY_HASH_HEX];
-    client_digest(w, w->ident, (size_t)idn, md, hex);
+    const struct gw_rules_limit *lim = NULL;
+    int rc0 = admin_client(w, limit, key, key_len, &lim, md);
+    if (rc0 != 0)
+        return rc0;
     int64_t now_us = 0;
     int rc = inspect_pass(w, lim, md, GW_RL_PASS_PEEK, &now_us);
     if (rc != 0)
@@ -1391,16 +1403,11 @@ int gw_ratelimit_peek(struct gw_ratelimit_worker *w, const char *limit, const ch
 int gw_ratelimit_forget(struct gw_ratelimit_worker *w, const char *limit, const char *key,
                         size_t key_len, int64_t *deleted)
 {
-    version_sync(w);
-    const struct gw_rules_limit *lim = find_limit(w->v.rules, limit);
-    if (lim == NULL)
-        return -ENOENT;
-    ssize_t idn = admin_identity(lim, key, key_len, w->ident);
-    if (idn < 0)
-        return -EINVAL;
     unsigned char md[MD_BYTES];
-    char hex[GW_RL_KEY_HASH_HEX];
-    client_digest(w, w->ident, (size_t)idn, md, hex);
+    const struct gw_rules_limit *lim = NULL;
+    int rc0 = admin_client(w, limit, key, key_len, &lim, md);
+    if (rc0 != 0)
+        return rc0;
     forget_cached(w->rl, lim, md);
     int64_t now_us = 0;
     int rc = inspect_pass(w, lim, md, GW_RL_PASS_DELETE, &now_us);

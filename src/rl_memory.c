@@ -412,26 +412,16 @@ struct state_ref {
     struct shard *s;
 };
 
-/* A 64-bit finaliser (splitmix64's): spreads a word over all bits. */
-static uint64_t fmix(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 /* Identity of state key (key, suffix words) without building a string:
  * the key is hashed once per seed, the three suffix words mixed in. */
 static void state_id(uint64_t k1, uint64_t k2, const uint64_t suf[3], struct state_ref *out,
                      struct gw_rl_memory *m)
 {
-    uint64_t x = fmix(suf[0] + 0x9e3779b97f4a7c15ULL) ^ fmix(suf[1] ^ 0x6a09e667f3bcc909ULL) ^
-                 fmix(suf[2] + 0xbb67ae8584caa73bULL);
-    out->h1 = fmix(k1 ^ x);
-    out->h2 = fmix(k2 + x);
+    uint64_t x = gw_mix64(suf[0] + 0x9e3779b97f4a7c15ULL) ^
+                 gw_mix64(suf[1] ^ 0x6a09e667f3bcc909ULL) ^
+                 gw_mix64(suf[2] + 0xbb67ae8584caa73bULL);
+    out->h1 = gw_mix64(k1 ^ x);
+    out->h2 = gw_mix64(k2 + x);
     out->s = shard_of(m, out->h1);
 }
 

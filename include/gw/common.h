@@ -60,6 +60,10 @@ int64_t gw_wall_s(void);
  * when n is 0). Pure and thread-safe. */
 uint64_t gw_hash64(uint64_t seed, const void *p, size_t n);
 
+/* A 64-bit mixer (murmur3's finaliser): a bijection of x whose every
+ * output bit depends on every input bit. Pure, thread-safe. */
+uint64_t gw_mix64(uint64_t x);
+
 /* Case-insensitive ASCII comparison of a slice with a NUL-terminated token
  * (header names, RFC 9110 §5.1 field names are case-insensitive). Neither
  * pointer is kept. Thread-safe. Inline so that a literal token's length is
