@@ -1,0 +1,1104 @@
+/*
+ * Rate-limit policies from a rules file, enforced by the real gateway in
+ * front of backend_app (SPEC.md §10, §5, §5.1; issue 11), watched from
+ * outside only: statuses, the rate-limit headers, the 429 problem body,
+ * /stats "limits", /metrics gateway_ratelimit_decisions_total, the access
+ * log, and (with redis-server) the store keys. Each test writes its own
+ * rules file into a temporary directory and starts its own gateway(s).
+ *
+ * Covered: a per-path, per-method limit and the spellings of its path; two
+ * rates on one limit (a refusal consumes neither); a second limit refusing
+ * leaves the first untouched; RateLimit-Policy / RateLimit / X-RateLimit-*
+ * / Retry-After / violated-policies; key global and a composite key;
+ * mode shadow; action allow; no applicable limit; two gateways sharing a
+ * rules-file limit through Redis; live reload; token bucket and sliding
+ * window admitted counts.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "gwt_dist.h"
+#include "gwt_obs.h"
+#include "gwt_suite.h"
+
+#define QUOTA_TYPE "https://iana.org/assignments/http-problem-types#quota-exceeded"
+#define PREFIX     "rl"
+#define APPLY_MS   2000 /* SPEC §10: a changed file applies within 2 s */
+
+/* The gateways of the current test (tracked: the per-test teardown stops
+ * them) and the rules file they read. */
+static struct gwt_proc gws[3];
+static int gp[3];
+static char g_dir[64];
+static char g_path[160];
+
+static void pause_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Wall clock in ms (the in-process store's clock is the same one). */
+static long long wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int pol_setup(void **state)
+{
+    g_dir[0] = '\0';
+    g_path[0] = '\0';
+    return gwt_suite_test_setup(state);
+}
+
+static int pol_teardown(void **state)
+{
+    int rc = gwt_suite_test_teardown(state);
+    if (g_dir[0] != '\0' && gwt_obs_rm_rf(g_dir) != 0)
+        rc = -1;
+    g_dir[0] = '\0';
+    return rc;
+}
+
+#define POL_TEST(f) cmocka_unit_test_setup_teardown(f, pol_setup, pol_teardown)
+
+/* Writes text to the test's rules file (in place, as an editor does). */
+static void write_rules(const char *text)
+{
+    if (g_dir[0] == '\0') {
+        snprintf(g_dir, sizeof(g_dir), "/tmp/gw-policies-XXXXXX");
+        assert_non_null(mkdtemp(g_dir));
+        snprintf(g_path, sizeof(g_path), "%s/rules.yaml", g_dir);
+    }
+    assert_int_equal(gwt_obs_write_file(g_path, text, strlen(text)), 0);
+}
+
+/* Starts gateway i on the test's rules file (written first when text is
+ * not NULL) with extra environment (NULL-terminated, may be NULL); waits
+ * for the reloader's watch line. Returns its port. */
+static int start_gw(int i, const char *text, const char *const extra[])
+{
+    if (text != NULL)
+        write_rules(text);
+    char var[200];
+    snprintf(var, sizeof(var), "RATE_LIMIT_RULES_FILE=%s", g_path);
+    const char *env[24] = {var, "LOG_LEVEL=info"};
+    size_t k = 2;
+    for (size_t j = 0; extra != NULL && extra[j] != NULL && k < 23; j++)
+        env[k++] = extra[j];
+    env[k] = NULL;
+    int rc = gwt_gateway_for(&gws[i], &gp[i], gwt_fx.bport, env);
+    if (rc != 0) {
+        gwt_log_dump(&gws[i], 4000);
+        fail_msg("gateway %d did not start: %d", i, rc);
+    }
+    if (gwt_wait_log(&gws[i], "watching RATE_LIMIT_RULES_FILE", 5000, NULL, 0) != 0) {
+        gwt_log_dump(&gws[i], 4000);
+        fail_msg("gateway %d: no watch line for %s", i, g_path);
+    }
+    return gp[i];
+}
+
+/* ---- requests and what the answers carry ----------------------------------- */
+
+/* One request on its own connection: method target, extra header lines
+ * (each ending CRLF, may be NULL); a body-less POST/PUT says
+ * Content-Length: 0. Fails the test when no response came. */
+static void send_req(int port, const char *method, const char *target, const char *extra,
+                     struct gwt_response *r)
+{
+    char raw[1024];
+    bool cl = strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0;
+    snprintf(raw, sizeof(raw), "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%sConnection: close\r\n\r\n",
+             method, target, extra != NULL ? extra : "", cl ? "Content-Length: 0\r\n" : "");
+    int rc = gwt_http(port, raw, r);
+    if (rc != 0)
+        fail_msg("%s %s on port %d: no response (%d)", method, target, port, rc);
+}
+
+/* "X-Forwarded-For: <addr>\r\n" (+ "X-API-Key: <key>\r\n" when key is not
+ * NULL) in a static buffer overwritten by the next call. */
+static const char *as_client(const char *addr, const char *key)
+{
+    static char b[256];
+    int n = 0;
+    b[0] = '\0';
+    if (addr != NULL)
+        n = snprintf(b, sizeof(b), "X-Forwarded-For: %s\r\n", addr);
+    if (key != NULL)
+        snprintf(b + n, sizeof(b) - (size_t)n, "X-API-Key: %s\r\n", key);
+    return b;
+}
+
+static const char *const RL_HEADERS[] = {
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+    NULL,
+};
+
+static void expect_no_rl_headers(const struct gwt_response *r, const char *what)
+{
+    for (int i = 0; RL_HEADERS[i] != NULL; i++)
+        if (gwt_header(r, RL_HEADERS[i]) != NULL) {
+            gwt_print_escaped("response head", r->raw_head, strlen(r->raw_head));
+            fail_msg("%s: has %s: %s, want no rate-limit header", what, RL_HEADERS[i],
+                     gwt_header(r, RL_HEADERS[i]));
+        }
+}
+
+/* The RateLimit field: "<name>";r=<remaining>;t=<seconds>. */
+struct rl_field {
+    char name[80];
+    long long r, t;
+};
+
+static void parse_ratelimit(const struct gwt_response *r, struct rl_field *f, const char *what)
+{
+    const char *v = gwt_header(r, "RateLimit");
+    if (v == NULL)
+        fail_msg("%s: no RateLimit header (status %d)", what, r->status);
+    assert_int_equal(gwt_header_count(r, "RateLimit"), 1);
+    if (sscanf(v, "\"%79[^\"]\";r=%lld;t=%lld", f->name, &f->r, &f->t) != 3)
+        fail_msg("%s: RateLimit \"%s\" is not \"<name>\";r=N;t=N", what, v);
+}
+
+/* RateLimit names policy with remaining rem (rem < 0: any), and
+ * X-RateLimit-Remaining agrees. */
+static void expect_rl(const struct gwt_response *r, const char *policy, long long rem,
+                      const char *what)
+{
+    struct rl_field f;
+    parse_ratelimit(r, &f, what);
+    if (strcmp(f.name, policy) != 0 || (rem >= 0 && f.r != rem))
+        fail_msg("%s: RateLimit \"%s\";r=%lld, want \"%s\";r=%lld", what, f.name, f.r, policy, rem);
+    long long xr = gwt_dist_header_ll(r, "X-RateLimit-Remaining", -1);
+    if (xr != f.r)
+        fail_msg("%s: X-RateLimit-Remaining %lld, RateLimit r=%lld", what, xr, f.r);
+    assert_true(gwt_dist_header_ll(r, "X-RateLimit-Limit", -1) > 0);
+    assert_true(gwt_dist_header_ll(r, "X-RateLimit-Reset", -1) > 0);
+    assert_non_null(gwt_header(r, "RateLimit-Policy"));
+}
+
+/* A request the limits let through: not 429, not a gateway 5xx; with
+ * policy NULL no rate-limit header at all, else RateLimit names policy
+ * with remaining rem (rem < 0: any). Returns nothing; frees r. */
+static void expect_pass(int port, const char *method, const char *target, const char *extra,
+                        const char *policy, long long rem, const char *what)
+{
+    struct gwt_response r;
+    send_req(port, method, target, extra, &r);
+    if (r.status == 429 || r.status >= 500) {
+        gwt_print_escaped("response", r.raw_head, strlen(r.raw_head));
+        fail_msg("%s (%s %s): status %d, want it to pass", what, method, target, r.status);
+    }
+    if (policy == NULL)
+        expect_no_rl_headers(&r, what);
+    else
+        expect_rl(&r, policy, rem, what);
+    gwt_response_free(&r);
+}
+
+/* violated-policies of a 429 body, compact JSON (e.g. ["a","b"]), into out. */
+static void violated_of(const struct gwt_response *r, char *out, size_t cap)
+{
+    json_t *j = gwt_json(r);
+    assert_non_null(j);
+    json_t *v = json_object_get(j, "violated-policies");
+    char *s = v != NULL ? json_dumps(v, JSON_COMPACT) : NULL;
+    snprintf(out, cap, "%s", s != NULL ? s : "(none)");
+    free(s);
+    json_decref(j);
+}
+
+/* A refused request: 429 problem+json quota-exceeded whose
+ * violated-policies is violated (compact JSON), RateLimit naming policy
+ * with r=0, X-RateLimit-Remaining 0, Retry-After >= 1. Returns
+ * Retry-After; *out (may be NULL) gets the response (caller frees). */
+static long long expect_429(int port, const char *method, const char *target, const char *extra,
+                            const char *violated, const char *policy, const char *what,
+                            struct gwt_response *out)
+{
+    struct gwt_response r;
+    send_req(port, method, target, extra, &r);
+    if (r.status != 429) {
+        gwt_print_escaped("response", r.raw_head, strlen(r.raw_head));
+        fail_msg("%s (%s %s): status %d, want 429", what, method, target, r.status);
+    }
+    gwt_assert_problem(&r, 429, QUOTA_TYPE);
+    char got[256];
+    violated_of(&r, got, sizeof(got));
+    if (strcmp(got, violated) != 0)
+        fail_msg("%s: violated-policies %s, want %s", what, got, violated);
+    expect_rl(&r, policy, 0, what);
+    long long ra = gwt_dist_header_ll(&r, "Retry-After", -1);
+    if (ra < 1)
+        fail_msg("%s: Retry-After %s", what, gwt_header(&r, "Retry-After"));
+    if (out != NULL)
+        *out = r;
+    else
+        gwt_response_free(&r);
+    return ra;
+}
+
+static long long backend_requests(void)
+{
+    return gwt_backend_requests(gwt_fx.bport);
+}
+
+/* /stats limits.<name>.<outcome>. */
+static long long limit_stat(int port, const char *limit, const char *outcome)
+{
+    char field[160];
+    snprintf(field, sizeof(field), "limits.%s.%s", limit, outcome);
+    return gwt_stat(port, "/stats", field);
+}
+
+static void expect_limit_stats(int port, const char *limit, long long allowed, long long limited,
+                               long long shadow_limited)
+{
+    long long a = limit_stat(port, limit, "allowed"), l = limit_stat(port, limit, "limited"),
+              s = limit_stat(port, limit, "shadow_limited");
+    if (a != allowed || l != limited || s != shadow_limited) {
+        struct gwt_response r;
+        if (gwt_get(port, "/stats", &r) == 0) {
+            fprintf(stderr, "/stats: %s\n", r.body);
+            gwt_response_free(&r);
+        }
+        fail_msg("/stats limits.%s: allowed %lld limited %lld shadow_limited %lld, want %lld %lld "
+                 "%lld",
+                 limit, a, l, s, allowed, limited, shadow_limited);
+    }
+}
+
+/* A Unix second boundary of period p after now (the fixed window's end). */
+static long long period_end(long long now_s, long long p)
+{
+    return (now_s / p + 1) * p;
+}
+
+/* ---- 1. per path and method ---------------------------------------------------- */
+
+/* POST /login 2 a minute: the third POST is refused; GET /login and POST
+ * /other are not limited by it and carry no rate-limit header; every
+ * spelling of the path (//login, /./login, /%6Cogin, /x/../login, a
+ * query) is the same path. A PUT limit of 4 shows that each spelling
+ * consumes from it. Refused requests never reach the backend. */
+static void test_path_and_method(void **state)
+{
+    (void)state;
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: login\n"
+                        "    match: { methods: [POST], path: /login }\n"
+                        "    key: ip\n"
+                        "    rates: [{ requests: 2, window: 1m }]\n"
+                        "  - name: login-put\n"
+                        "    match: { methods: [PUT], path: /login }\n"
+                        "    rates: [{ requests: 4, window: 1m }]\n",
+                        NULL);
+    gwt_avoid_window_edge(60, 8);
+    long long passed = 0;
+    expect_pass(port, "POST", "/login", NULL, "login", 1, "1st POST /login");
+    passed++;
+    expect_pass(port, "GET", "/login", NULL, NULL, 0, "GET /login");
+    expect_pass(port, "POST", "/other", NULL, NULL, 0, "POST /other");
+    passed += 2;
+    expect_pass(port, "POST", "/login", NULL, "login", 0, "2nd POST /login");
+    passed++;
+    expect_429(port, "POST", "/login", NULL, "[\"login\"]", "login", "3rd POST /login", NULL);
+    static const char *const spellings[] = {"//login",    "/./login",     "/%6Cogin", "/x/../login",
+                                            "/login?a=1", "/%6c%6F%67in", NULL};
+    for (int i = 0; spellings[i] != NULL; i++) {
+        char what[64];
+        snprintf(what, sizeof(what), "POST %s after the limit", spellings[i]);
+        expect_429(port, "POST", spellings[i], NULL, "[\"login\"]", "login", what, NULL);
+    }
+    /* Still free: another method, another path. */
+    expect_pass(port, "GET", "/login", NULL, NULL, 0, "GET /login after the limit");
+    expect_pass(port, "POST", "/other", NULL, NULL, 0, "POST /other after the limit");
+    expect_pass(port, "POST", "/login/x", NULL, NULL, 0, "POST /login/x (another path)");
+    passed += 3;
+    /* Each spelling consumes from the PUT limit. */
+    expect_pass(port, "PUT", "//login", NULL, "login-put", 3, "PUT //login");
+    expect_pass(port, "PUT", "/./login", NULL, "login-put", 2, "PUT /./login");
+    expect_pass(port, "PUT", "/%6Cogin", NULL, "login-put", 1, "PUT /%6Cogin");
+    expect_pass(port, "PUT", "/a/../login?q=1", NULL, "login-put", 0, "PUT /a/../login?q=1");
+    passed += 4;
+    expect_429(port, "PUT", "/login", NULL, "[\"login-put\"]", "login-put", "5th PUT /login", NULL);
+    assert_int_equal(backend_requests(), passed);
+    expect_limit_stats(port, "login", 2, 1 + 6, 0);
+    expect_limit_stats(port, "login-put", 4, 1, 0);
+}
+
+/* ---- 2. two rates on one limit -------------------------------------------------- */
+
+/* Redis store: 3 a minute and 5 an hour, named. Three pass, then the
+ * minute refuses; the hour's counter in Redis holds 3 (the refusals
+ * consumed nothing), the minute's too. */
+static void test_two_rates_redis(void **state)
+{
+    (void)state;
+    const char *extra[] = {gwt_fx.redis_url, NULL};
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: two\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    rates:\n"
+                        "      - { requests: 3, window: 1m, name: per-minute }\n"
+                        "      - { requests: 5, window: 1h, name: per-hour }\n",
+                        extra);
+    gwt_avoid_window_edge(60, 8);
+    for (int i = 0; i < 3; i++)
+        expect_pass(port, "GET", "/users/1", NULL, "per-minute", 2 - i, "allowed by both rates");
+    for (int i = 0; i < 4; i++) {
+        struct gwt_response r;
+        expect_429(port, "GET", "/users/1", NULL, "[\"per-minute\"]", "per-minute",
+                   "refused by the minute", &r);
+        const char *pol = gwt_header(&r, "RateLimit-Policy");
+        assert_string_equal(pol, "\"per-minute\";q=3;w=60, \"per-hour\";q=5;w=3600");
+        gwt_response_free(&r);
+    }
+    assert_int_equal(backend_requests(), 3);
+
+    char base[128], pattern[192];
+    gwt_dist_store_key(PREFIX, "ip:127.0.0.1", base);
+    static const char *const pols[] = {"per-minute", "per-hour"};
+    for (int p = 0; p < 2; p++) {
+        snprintf(pattern, sizeof(pattern), "%s:two:%s:*", base, pols[p]);
+        char **keys = NULL;
+        int n = gwt_dist_redis_scan(gwt_fx.rport, NULL, 0, pattern, &keys);
+        if (n != 1)
+            fail_msg("%d keys match %s, want 1", n, pattern);
+        long long v = gwt_dist_redis_get(gwt_fx.rport, keys[0]);
+        long long ttl = gwt_dist_redis_pttl(gwt_fx.rport, keys[0]);
+        char key[256];
+        snprintf(key, sizeof(key), "%s", keys[0]);
+        gwt_strv_free(keys, n);
+        if (v != 3)
+            fail_msg("%s = %lld, want 3 (refused requests consume from no rate)", key, v);
+        assert_true(ttl > 0 && ttl <= (p == 0 ? 60000 : 3600000));
+    }
+}
+
+/* In-process store, seen through the headers only: 2 a second and 4 an
+ * hour. Two pass and three are refused within one second; in the next
+ * second the hour still has 2 left (the refusals took nothing): two more
+ * pass, the last of them with both rates at 0 (ties go to the larger t:
+ * the hour), then both refuse and the hour, the longer wait, is named. */
+static void test_two_rates_memory(void **state)
+{
+    (void)state;
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: two\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    rates:\n"
+                        "      - { requests: 2, window: 1s, name: per-second }\n"
+                        "      - { requests: 4, window: 1h, name: per-hour }\n",
+                        NULL);
+    gwt_avoid_window_edge(3600, 8);
+    /* Start early in a second (a clock edge, waited for at most 1 s). */
+    for (int i = 0; i < 200 && wall_ms() % 1000 > 300; i++)
+        pause_ms(5);
+    long long s0 = wall_ms() / 1000;
+    expect_pass(port, "GET", "/users/1", NULL, "per-second", 1, "1st");
+    expect_pass(port, "GET", "/users/1", NULL, "per-second", 0, "2nd");
+    for (int i = 0; i < 3; i++) {
+        long long ra = expect_429(port, "GET", "/users/1", NULL, "[\"per-second\"]", "per-second",
+                                  "refused by the second", NULL);
+        assert_int_equal(ra, 1);
+    }
+    if (wall_ms() / 1000 != s0)
+        fail_msg("the first five requests took more than one second: machine too slow");
+    while (wall_ms() / 1000 == s0) /* the next second: a clock edge */
+        pause_ms(5);
+    /* per-second r=1, per-hour r=1: a tie, the hour has the larger t. */
+    expect_pass(port, "GET", "/users/1", NULL, "per-hour", 1,
+                "next second: the hour's budget was not consumed by the refusals");
+    expect_pass(port, "GET", "/users/1", NULL, "per-hour", 0, "4th allowed");
+    struct gwt_response r;
+    long long ra = expect_429(port, "GET", "/users/1", NULL, "[\"per-second\",\"per-hour\"]",
+                              "per-hour", "both refuse", &r);
+    long long now = wall_ms() / 1000;
+    long long hour_end = period_end(now, 3600);
+    assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1), hour_end);
+    assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Limit", -1), 4);
+    assert_true(ra >= hour_end - now - 1 && ra <= hour_end - now + 1);
+    gwt_response_free(&r);
+    assert_int_equal(backend_requests(), 4);
+    expect_limit_stats(port, "two", 4, 4, 0);
+}
+
+/* ---- 3. a second limit refusing consumes nothing from the first ---------------- */
+
+static void second_limit_case(int port, const char *store)
+{
+    char what[128];
+    snprintf(what, sizeof(what), "%s: /users/1, wide only", store);
+    expect_pass(port, "GET", "/users/1", NULL, "wide", 9, what);
+    snprintf(what, sizeof(what), "%s: /users/2, wide and narrow", store);
+    expect_pass(port, "GET", "/users/2", NULL, "narrow", 1, what);
+    expect_pass(port, "GET", "/users/2", NULL, "narrow", 0, what);
+    for (int i = 0; i < 3; i++) {
+        struct gwt_response r;
+        snprintf(what, sizeof(what), "%s: /users/2 refused by narrow", store);
+        expect_429(port, "GET", "/users/2", NULL, "[\"narrow\"]", "narrow", what, &r);
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"),
+                            "\"wide\";q=10;w=60, \"narrow\";q=2;w=60");
+        gwt_response_free(&r);
+    }
+    /* wide: 10 - 3 allowed = 7 before this one, 6 after. */
+    snprintf(what, sizeof(what), "%s: /users/1 after narrow refused 3 (wide unchanged)", store);
+    expect_pass(port, "GET", "/users/1", NULL, "wide", 6, what);
+    /* SPEC §10: each applicable limit counts once per request; wide did
+     * not refuse the 3, so it counts them allowed. */
+    expect_limit_stats(port, "wide", 7, 0, 0);
+    expect_limit_stats(port, "narrow", 2, 3, 0);
+}
+
+/* Limits A (wide, 10/min on /users/) and B (narrow, 2/min on /users/2): B
+ * refusing leaves A's remaining unchanged; in-process store and Redis. */
+static void test_second_limit_refusing(void **state)
+{
+    (void)state;
+    static const char rules[] = "version: 1\n"
+                                "limits:\n"
+                                "  - name: wide\n"
+                                "    match: { path_prefix: /users/ }\n"
+                                "    rates: [{ requests: 10, window: 1m }]\n"
+                                "  - name: narrow\n"
+                                "    match: { path: /users/2 }\n"
+                                "    rates: [{ requests: 2, window: 1m }]\n";
+    const char *redis[] = {gwt_fx.redis_url, NULL};
+    int mport = start_gw(0, rules, NULL);
+    int rport = start_gw(1, NULL, redis);
+    gwt_avoid_window_edge(60, 8);
+    second_limit_case(mport, "memory");
+    second_limit_case(rport, "redis");
+    char base[128], key[256];
+    gwt_dist_store_key(PREFIX, "ip:127.0.0.1", base);
+    snprintf(key, sizeof(key), "%s:wide:wide:fw:60000:%lld", base, wall_ms() / 60000);
+    assert_int_equal(gwt_dist_redis_get(gwt_fx.rport, key), 4);
+    snprintf(key, sizeof(key), "%s:narrow:narrow:fw:60000:%lld", base, wall_ms() / 60000);
+    assert_int_equal(gwt_dist_redis_get(gwt_fx.rport, key), 2);
+}
+
+/* ---- 4. the headers ------------------------------------------------------------------ */
+
+/* RateLimit-Policy lists every rate of every applicable enforce limit in
+ * file order (never the shadow one); RateLimit and X-RateLimit-* name the
+ * rate nearest to refusing (smallest remaining; ties to the larger t); a
+ * 429 names the refusing rate with the longest wait, Retry-After is that
+ * wait, violated-policies every refusing rate in file order; the access
+ * log line names the policies. */
+static void test_headers(void **state)
+{
+    (void)state;
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: pol-a\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    rates:\n"
+                        "      - { requests: 5, window: 1m }\n"
+                        "      - { requests: 3, window: 1h }\n"
+                        "  - name: quiet\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    mode: shadow\n"
+                        "    rates: [{ requests: 1, window: 1m }]\n"
+                        "  - name: pol-b\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    rates: [{ requests: 4, window: 1d }]\n"
+                        "  - name: tie\n"
+                        "    match: { path: /echo }\n"
+                        "    rates:\n"
+                        "      - { requests: 2, window: 1m }\n"
+                        "      - { requests: 2, window: 1d }\n",
+                        NULL);
+    gwt_avoid_window_edge(60, 8);
+    static const char policy_users[] =
+        "\"pol-a-1m\";q=5;w=60, \"pol-a-1h\";q=3;w=3600, \"pol-b\";q=4;w=86400";
+    for (int i = 0; i < 4; i++) {
+        long long before = wall_ms() / 1000;
+        struct gwt_response r;
+        send_req(port, "GET", "/users/3", NULL, &r);
+        long long after = wall_ms() / 1000;
+        long long hour_end = period_end(after, 3600);
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"), policy_users);
+        assert_int_equal(gwt_header_count(&r, "RateLimit-Policy"), 1);
+        struct rl_field f;
+        parse_ratelimit(&r, &f, "/users/3");
+        /* remaining: pol-a-1m 4,3,2; pol-a-1h 2,1,0; pol-b 3,2,1 */
+        assert_string_equal(f.name, "pol-a-1h");
+        assert_int_equal(f.r, i < 3 ? 2 - i : 0);
+        if (f.t < hour_end - after || f.t > hour_end - before)
+            fail_msg("request %d: RateLimit t=%lld, want %lld..%lld", i + 1, f.t, hour_end - after,
+                     hour_end - before);
+        assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Limit", -1), 3);
+        assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Remaining", -1), f.r);
+        assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1), hour_end);
+        if (i < 3) {
+            assert_int_equal(r.status, 200);
+            assert_null(gwt_header(&r, "Retry-After"));
+        } else {
+            gwt_assert_problem(&r, 429, QUOTA_TYPE);
+            char v[256];
+            violated_of(&r, v, sizeof(v));
+            assert_string_equal(v, "[\"pol-a-1h\"]");
+            long long ra = gwt_dist_header_ll(&r, "Retry-After", -1);
+            if (ra < hour_end - after || ra > hour_end - before + 1)
+                fail_msg("Retry-After %lld, want about %lld", ra, hour_end - after);
+        }
+        gwt_response_free(&r);
+    }
+
+    /* Two rates with equal remaining: the one with the larger t (1d). */
+    long long now = wall_ms() / 1000;
+    long long day_end = period_end(now, 86400);
+    bool distinct = day_end - now > 70; /* not the UTC day's last minute */
+    for (int i = 0; i < 2; i++) {
+        struct gwt_response r;
+        send_req(port, "GET", "/echo", NULL, &r);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"),
+                            "\"tie-1m\";q=2;w=60, \"tie-1d\";q=2;w=86400");
+        struct rl_field f;
+        parse_ratelimit(&r, &f, "GET /echo");
+        assert_int_equal(f.r, 1 - i);
+        if (distinct) {
+            assert_string_equal(f.name, "tie-1d");
+            assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1), day_end);
+        }
+        gwt_response_free(&r);
+    }
+    struct gwt_response r;
+    long long ra = expect_429(port, "GET", "/echo", NULL, "[\"tie-1m\",\"tie-1d\"]",
+                              distinct ? "tie-1d" : "tie-1m", "both tie rates refuse", &r);
+    if (distinct) {
+        long long after = wall_ms() / 1000;
+        if (ra < day_end - after || ra > day_end - now + 1)
+            fail_msg("Retry-After %lld, want the day's end in about %lld s", ra, day_end - after);
+        assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1), day_end);
+    }
+    gwt_response_free(&r);
+
+    /* The access log names the policies of refused requests. */
+    if (gwt_wait_log(&gws[0], "\"policies\":[\"tie-1m\",\"tie-1d\"]", 3000, NULL, 0) != 0 ||
+        gwt_wait_log(&gws[0], "\"policies\":[\"pol-a-1h\"", 3000, NULL, 0) != 0) {
+        gwt_log_dump(&gws[0], 3000);
+        fail_msg("no access log line naming the refused policies");
+    }
+    /* quiet (shadow) would have refused from the 2nd /users/3 on. */
+    expect_limit_stats(port, "quiet", 1, 0, 3);
+    expect_limit_stats(port, "pol-a", 3, 1, 0);
+    expect_limit_stats(port, "pol-b", 4, 0, 0);
+}
+
+/* ---- 5. key global and a composite key -------------------------------------------- */
+
+static void test_global_and_composite_keys(void **state)
+{
+    (void)state;
+    const char *extra[] = {"TRUSTED_PROXIES=127.0.0.1/32", NULL};
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: everyone\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    key: global\n"
+                        "    rates: [{ requests: 3, window: 1m }]\n"
+                        "  - name: per-key-ip\n"
+                        "    match: { path: /echo }\n"
+                        "    key: [header:X-API-Key, ip]\n"
+                        "    rates: [{ requests: 2, window: 1m }]\n",
+                        extra);
+    gwt_avoid_window_edge(60, 8);
+    /* global: two (three) clients share one bucket of 3. */
+    expect_pass(port, "GET", "/users/1", as_client("192.0.2.1", NULL), "everyone", 2, "A");
+    expect_pass(port, "GET", "/users/1", as_client("192.0.2.2", NULL), "everyone", 1, "B");
+    expect_pass(port, "GET", "/users/1", as_client("192.0.2.1", NULL), "everyone", 0, "A again");
+    expect_429(port, "GET", "/users/1", as_client("192.0.2.2", NULL), "[\"everyone\"]", "everyone",
+               "B after 3 in all", NULL);
+    expect_429(port, "GET", "/users/1", as_client("192.0.2.1", NULL), "[\"everyone\"]", "everyone",
+               "A after 3 in all", NULL);
+    expect_429(port, "GET", "/users/1", as_client("192.0.2.3", NULL), "[\"everyone\"]", "everyone",
+               "a third client", NULL);
+
+    /* [header:X-API-Key, ip]: one bucket per (key, address). */
+    expect_pass(port, "GET", "/echo", as_client("192.0.2.1", "k1"), "per-key-ip", 1, "k1 from A");
+    expect_pass(port, "GET", "/echo", as_client("192.0.2.1", "k1"), "per-key-ip", 0, "k1 from A");
+    expect_429(port, "GET", "/echo", as_client("192.0.2.1", "k1"), "[\"per-key-ip\"]", "per-key-ip",
+               "k1 from A, 3rd", NULL);
+    expect_pass(port, "GET", "/echo", as_client("192.0.2.2", "k1"), "per-key-ip", 1,
+                "k1 from B: its own bucket");
+    expect_pass(port, "GET", "/echo", as_client("192.0.2.1", "k2"), "per-key-ip", 1,
+                "k2 from A: its own bucket");
+    expect_pass(port, "GET", "/echo", as_client("192.0.2.1", NULL), "per-key-ip", 1,
+                "no key from A: its own bucket");
+    expect_pass(port, "GET", "/echo", as_client("192.0.2.2", "k1"), "per-key-ip", 0,
+                "k1 from B, 2nd");
+    expect_429(port, "GET", "/echo", as_client("192.0.2.2", "k1"), "[\"per-key-ip\"]", "per-key-ip",
+               "k1 from B, 3rd", NULL);
+    assert_int_equal(backend_requests(), 3 + 6);
+}
+
+/* ---- 6. shadow ------------------------------------------------------------------------- */
+
+static void test_shadow(void **state)
+{
+    (void)state;
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: watch\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    mode: shadow\n"
+                        "    rates: [{ requests: 2, window: 1m }]\n"
+                        "  - name: visible\n"
+                        "    match: { path: /users/9 }\n"
+                        "    rates: [{ requests: 100, window: 1m }]\n",
+                        NULL);
+    gwt_avoid_window_edge(60, 8);
+    for (int i = 0; i < 5; i++)
+        expect_pass(port, "GET", "/users/1", NULL, NULL, 0, "shadow only: never refused");
+    for (int i = 0; i < 2; i++) {
+        struct gwt_response r;
+        send_req(port, "GET", "/users/9", NULL, &r);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"), "\"visible\";q=100;w=60");
+        expect_rl(&r, "visible", 99 - i, "/users/9: only the enforce limit shows");
+        gwt_response_free(&r);
+    }
+    assert_int_equal(backend_requests(), 7);
+    expect_limit_stats(port, "watch", 2, 0, 5);
+    expect_limit_stats(port, "visible", 2, 0, 0);
+    assert_int_equal(gwt_stat(port, "/stats", "requests_rate_limited"), 0);
+
+    struct gwt_response m;
+    assert_int_equal(gwt_get(port, "/metrics", &m), 0);
+    char *out = NULL;
+    int rc = gwt_promtool_check_metrics(m.body, m.body_len, &out);
+    if (rc != 0)
+        fail_msg("promtool check metrics exited %d:\n%s", rc, out ? out : "");
+    free(out);
+    static const struct {
+        const char *series;
+        double want;
+    } want[] = {
+        {"gateway_ratelimit_decisions_total{limit=\"watch\",decision=\"shadow_limited\"}", 5},
+        {"gateway_ratelimit_decisions_total{limit=\"watch\",decision=\"allowed\"}", 2},
+        {"gateway_ratelimit_decisions_total{limit=\"watch\",decision=\"limited\"}", 0},
+        {"gateway_ratelimit_decisions_total{limit=\"visible\",decision=\"allowed\"}", 2},
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        double v = -1;
+        if (gwt_prom_sample(m.body, want[i].series, &v) != 0 || v != want[i].want)
+            fail_msg("%s = %g, want %g", want[i].series, v, want[i].want);
+    }
+    gwt_response_free(&m);
+    if (gwt_wait_log(&gws[0], "\"policies\":[\"watch\"]", 3000, NULL, 0) != 0) {
+        gwt_log_dump(&gws[0], 3000);
+        fail_msg("no access log line naming the shadow policy");
+    }
+}
+
+/* ---- 7. action allow ---------------------------------------------------------------------- */
+
+static void test_allow(void **state)
+{
+    (void)state;
+    const char *extra[] = {"TRUSTED_PROXIES=127.0.0.1/32", NULL};
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: monitoring\n"
+                        "    match: { client_cidrs: [10.20.0.0/16] }\n"
+                        "    action: allow\n"
+                        "  - name: all\n"
+                        "    rates: [{ requests: 1, window: 1m }]\n",
+                        extra);
+    gwt_avoid_window_edge(60, 8);
+    for (int i = 0; i < 5; i++)
+        expect_pass(port, "GET", "/users/1", as_client("10.20.3.4", NULL), NULL, 0,
+                    "10.20.3.4 (allow): never limited, no headers");
+    expect_pass(port, "GET", "/users/1", as_client("10.21.0.1", NULL), "all", 0, "10.21.0.1");
+    expect_429(port, "GET", "/users/1", as_client("10.21.0.1", NULL), "[\"all\"]", "all",
+               "10.21.0.1, 2nd", NULL);
+    expect_pass(port, "GET", "/echo", as_client("10.20.255.1", NULL), NULL, 0,
+                "10.20.255.1 (allow)");
+    expect_pass(port, "GET", "/users/1", NULL, "all", 0, "127.0.0.1 (not in the allow list)");
+    expect_429(port, "GET", "/users/1", NULL, "[\"all\"]", "all", "127.0.0.1, 2nd", NULL);
+    assert_int_equal(backend_requests(), 5 + 1 + 1 + 1);
+}
+
+/* ---- 8. no limit applies -------------------------------------------------------------------- */
+
+static void test_no_limit_applies(void **state)
+{
+    (void)state;
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: echo-post\n"
+                        "    match: { methods: [POST], path: /echo }\n"
+                        "    rates: [{ requests: 1, window: 1m }]\n",
+                        NULL);
+    gwt_avoid_window_edge(60, 8);
+    for (int i = 0; i < 4; i++)
+        expect_pass(port, "GET", "/users/1", NULL, NULL, 0, "GET /users/1 (no limit)");
+    expect_pass(port, "GET", "/echo", NULL, NULL, 0, "GET /echo (method not matched)");
+    expect_pass(port, "POST", "/echo", NULL, "echo-post", 0, "POST /echo");
+    expect_429(port, "POST", "/echo", NULL, "[\"echo-post\"]", "echo-post", "POST /echo, 2nd",
+               NULL);
+    expect_pass(port, "GET", "/users/1", NULL, NULL, 0, "GET /users/1 after a refusal elsewhere");
+    expect_pass(port, "HEAD", "/users/1", NULL, NULL, 0, "HEAD /users/1");
+}
+
+/* ---- 9. two gateways on one Redis ----------------------------------------------------------- */
+
+static void test_two_gateways_one_redis(void **state)
+{
+    (void)state;
+    const char *extra[] = {gwt_fx.redis_url, "TRUSTED_PROXIES=127.0.0.1/32", NULL};
+    start_gw(0,
+             "version: 1\n"
+             "limits:\n"
+             "  - name: shared\n"
+             "    match: { path_prefix: /users/ }\n"
+             "    rates:\n"
+             "      - { requests: 7, window: 1m }\n"
+             "      - { requests: 50, window: 1h }\n",
+             extra);
+    start_gw(1, NULL, extra);
+    gwt_avoid_window_edge(60, 8);
+    /* One client alternating between the two. */
+    for (int i = 0; i < 10; i++) {
+        char what[64];
+        snprintf(what, sizeof(what), "request %d on gateway %d", i + 1, i % 2);
+        if (i < 7)
+            expect_pass(gp[i % 2], "GET", "/users/1", NULL, "shared-1m", 6 - i, what);
+        else
+            expect_429(gp[i % 2], "GET", "/users/1", NULL, "[\"shared-1m\"]", "shared-1m", what,
+                       NULL);
+    }
+    /* Another client, 40 requests at once, 20 to each gateway. */
+    enum { N = 40 };
+    int ports[N], statuses[N];
+    char *reqs[N];
+    for (int i = 0; i < N; i++) {
+        ports[i] = gp[i % 2];
+        reqs[i] = gwt_dist_request("/users/2", "192.0.2.50", NULL);
+        assert_non_null(reqs[i]);
+    }
+    int rc = gwt_dist_burst(ports, reqs, N, statuses, NULL);
+    for (int i = 0; i < N; i++)
+        free(reqs[i]);
+    assert_int_equal(rc, 0);
+    int ok = 0, limited = 0;
+    for (int i = 0; i < N; i++) {
+        ok += statuses[i] == 200;
+        limited += statuses[i] == 429;
+    }
+    if (ok != 7 || limited != N - 7)
+        fail_msg("burst over two gateways: %d passed, %d refused, want 7 and %d", ok, limited,
+                 N - 7);
+    assert_int_equal(backend_requests(), 14);
+    /* In Redis: each client's two rates hold exactly 7. */
+    static const char *const idents[] = {"ip:127.0.0.1", "ip:192.0.2.50"};
+    long long idx_m = wall_ms() / 60000, idx_h = wall_ms() / 3600000;
+    for (int c = 0; c < 2; c++) {
+        char base[128], key[256];
+        gwt_dist_store_key(PREFIX, idents[c], base);
+        snprintf(key, sizeof(key), "%s:shared:shared-1m:fw:60000:%lld", base, idx_m);
+        assert_int_equal(gwt_dist_redis_get(gwt_fx.rport, key), 7);
+        snprintf(key, sizeof(key), "%s:shared:shared-1h:fw:3600000:%lld", base, idx_h);
+        assert_int_equal(gwt_dist_redis_get(gwt_fx.rport, key), 7);
+    }
+    long long lim = limit_stat(gp[0], "shared", "limited") + limit_stat(gp[1], "shared", "limited");
+    long long all = limit_stat(gp[0], "shared", "allowed") + limit_stat(gp[1], "shared", "allowed");
+    assert_int_equal(all, 14);
+    assert_int_equal(lim, 3 + N - 7);
+}
+
+/* ---- 10. reload -------------------------------------------------------------------------------
+ */
+
+static void stats_version(int port, char version[32])
+{
+    struct gwt_response r;
+    assert_int_equal(gwt_get(port, "/stats", &r), 0);
+    json_t *j = gwt_json(&r);
+    assert_non_null(j);
+    const char *v = json_string_value(json_object_get(j, "rules_version"));
+    if (v == NULL)
+        fail_msg("/stats without rules_version: %s", r.body);
+    snprintf(version, 32, "%s", v);
+    json_decref(j);
+    gwt_response_free(&r);
+}
+
+/* Polls /stats until rules_version differs from old; returns the ms it
+ * took or fails the test after APPLY_MS + 1 s. */
+static long wait_version_change(int port, const char *old, char now[32])
+{
+    long long t0 = gwt_now_ms();
+    for (;;) {
+        stats_version(port, now);
+        long long ms = gwt_now_ms() - t0;
+        if (strcmp(now, old) != 0)
+            return (long)ms;
+        if (ms > APPLY_MS + 1000)
+            fail_msg("rules_version still %s after %lld ms", old, ms);
+        pause_ms(5);
+    }
+}
+
+static const char *reload_rules(int changed_requests)
+{
+    static char text[512];
+    snprintf(text, sizeof(text),
+             "version: 1\n"
+             "limits:\n"
+             "  - name: changed\n"
+             "    match: { path_prefix: /users/ }\n"
+             "    rates: [{ requests: %d, window: 1m }]\n"
+             "  - name: kept\n"
+             "    match: { path: /echo }\n"
+             "    rates: [{ requests: 3, window: 1m }]\n",
+             changed_requests);
+    return text;
+}
+
+/* A limit's requests changed in the file: enforced within 2 s (raised: the
+ * refused client passes again, with the new q; lowered: refused at once);
+ * an unchanged limit keeps its counts across both reloads. */
+static void test_reload(void **state)
+{
+    (void)state;
+    int port = start_gw(0, reload_rules(2), NULL);
+    gwt_avoid_window_edge(60, 10);
+    char v1[32], v2[32], v3[32];
+    stats_version(port, v1);
+    expect_pass(port, "GET", "/echo", NULL, "kept", 2, "kept 1st");
+    expect_pass(port, "GET", "/users/1", NULL, "changed", 1, "changed 1st");
+    expect_pass(port, "GET", "/users/1", NULL, "changed", 0, "changed 2nd");
+    expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", "changed 3rd", NULL);
+
+    /* Raised to 5. */
+    long long t0 = gwt_now_ms();
+    write_rules(reload_rules(5));
+    long ms = wait_version_change(port, v1, v2);
+    struct gwt_response r;
+    send_req(port, "GET", "/users/1", NULL, &r);
+    long long applied = gwt_now_ms() - t0;
+    if (r.status != 200)
+        fail_msg("after raising the limit to 5: status %d (RateLimit-Policy %s)", r.status,
+                 gwt_header(&r, "RateLimit-Policy") ? gwt_header(&r, "RateLimit-Policy") : "-");
+    assert_string_equal(gwt_header(&r, "RateLimit-Policy"), "\"changed\";q=5;w=60");
+    struct rl_field f;
+    parse_ratelimit(&r, &f, "changed after raising");
+    gwt_response_free(&r);
+    /* Whether the changed rate's count survives is the store's choice
+     * (SPEC only promises it for unchanged limits); what passes next must
+     * agree with the remaining it announced. */
+    assert_true(f.r == 2 || f.r == 4);
+    for (long long i = f.r - 1; i >= 0; i--)
+        expect_pass(port, "GET", "/users/1", NULL, "changed", i, "changed after raising");
+    expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", "changed raised, spent",
+               NULL);
+    print_message("  raised limit enforced %lld ms after the write (version seen in %ld ms); "
+                  "changed rate's count %s across the reload\n",
+                  applied, ms, f.r == 2 ? "kept" : "reset");
+    assert_true(applied < APPLY_MS + 500);
+    expect_pass(port, "GET", "/echo", NULL, "kept", 1, "kept after the first reload");
+
+    /* Lowered to 1: refused at once. */
+    t0 = gwt_now_ms();
+    write_rules(reload_rules(1));
+    ms = wait_version_change(port, v2, v3);
+    expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", "changed lowered to 1",
+               &r);
+    assert_string_equal(gwt_header(&r, "RateLimit-Policy"), "\"changed\";q=1;w=60");
+    gwt_response_free(&r);
+    assert_true(gwt_now_ms() - t0 < APPLY_MS + 500);
+    expect_pass(port, "GET", "/echo", NULL, "kept", 0, "kept after the second reload");
+    expect_429(port, "GET", "/echo", NULL, "[\"kept\"]", "kept", "kept spent", NULL);
+}
+
+/* ---- 11. algorithms ----------------------------------------------------------------------------
+ */
+
+/* Token bucket 1/s, burst 3, fresh client: 3 pass (remaining 2, 1, 0), the
+ * 4th and 5th are refused with Retry-After 1; the next admission comes
+ * one second after the first request (one token back), no sooner, and
+ * the request after it is refused again. */
+static void token_bucket_case(int port, const char *target, const char *policy,
+                              const char *policy_header, const char *what)
+{
+    char msg[160];
+    long long t_first = gwt_now_ms();
+    for (int i = 0; i < 3; i++) {
+        struct gwt_response r;
+        send_req(port, "GET", target, NULL, &r);
+        snprintf(msg, sizeof(msg), "%s: burst request %d", what, i + 1);
+        if (r.status != 200)
+            fail_msg("%s: status %d", msg, r.status);
+        expect_rl(&r, policy, 2 - i, msg);
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"), policy_header);
+        assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Limit", -1), 1); /* L, not B */
+        struct rl_field f;
+        parse_ratelimit(&r, &f, msg);
+        assert_int_equal(f.t, i + 1); /* seconds until the bucket is full again */
+        gwt_response_free(&r);
+    }
+    long long t_after = gwt_now_ms();
+    for (int i = 0; i < 2; i++) {
+        snprintf(msg, sizeof(msg), "%s: request %d after the burst", what, 4 + i);
+        char v[96];
+        snprintf(v, sizeof(v), "[\"%s\"]", policy);
+        assert_int_equal(expect_429(port, "GET", target, NULL, v, policy, msg, NULL), 1);
+    }
+    if (gwt_now_ms() - t_first >= 1000)
+        fail_msg("%s: the burst took a second: machine too slow", what);
+    /* A token is back 1 s after the first request (T = 1 s). */
+    long long admitted = -1;
+    for (int i = 0; i < 200 && admitted < 0; i++) {
+        long long before = gwt_now_ms();
+        struct gwt_response r;
+        send_req(port, "GET", target, NULL, &r);
+        if (r.status == 200) {
+            admitted = gwt_now_ms();
+            expect_rl(&r, policy, 0, what);
+        } else if (r.status == 429) {
+            if (before - t_after > 1000 + 100)
+                fail_msg("%s: still refused %lld ms after the burst", what, before - t_after);
+        } else {
+            fail_msg("%s: status %d while waiting for a token", what, r.status);
+        }
+        gwt_response_free(&r);
+        if (admitted < 0)
+            pause_ms(20);
+    }
+    assert_true(admitted > 0);
+    if (admitted - t_first < 1000)
+        fail_msg("%s: a request passed %lld ms after the first, before a token was back", what,
+                 admitted - t_first);
+    snprintf(msg, sizeof(msg), "%s: right after the refill", what);
+    char v[96];
+    snprintf(v, sizeof(v), "[\"%s\"]", policy);
+    expect_429(port, "GET", target, NULL, v, policy, msg, NULL);
+}
+
+/* RATE_LIMIT_ALGORITHM=token_bucket RATE_LIMIT_BURST=3, 1 a second, no
+ * rules file: the default limit. */
+static void test_token_bucket_env(void **state)
+{
+    (void)state;
+    const char *env[] = {"RATE_LIMIT_ALGORITHM=token_bucket", "RATE_LIMIT_BURST=3",
+                         "RATE_LIMIT_REQUESTS=1", "RATE_LIMIT_WINDOW_SECONDS=1", NULL};
+    gwt_suite_start_gw2(env);
+    token_bucket_case(gwt_fx.gport2, "/users/1", "default", "\"default\";q=1;w=1",
+                      "RATE_LIMIT_* token bucket");
+}
+
+static const char algo_rules[] = "version: 1\n"
+                                 "limits:\n"
+                                 "  - name: tb\n"
+                                 "    match: { path_prefix: /users/ }\n"
+                                 "    rates: [{ requests: 1, window: 1s, algorithm: token_bucket, "
+                                 "burst: 3 }]\n"
+                                 "  - name: sw\n"
+                                 "    match: { path: /echo }\n"
+                                 "    rates: [{ requests: 3, window: 1m, algorithm: "
+                                 "sliding_window }]\n";
+
+/* Sliding window 3 a minute, fresh client (p = 0): 3 pass, the 4th is
+ * refused; RateLimit t = the end of window i; Retry-After = the end of
+ * window i plus W/L = 20 s (SPEC §5.1: c + 1 > L, so in window i+1 with
+ * p = c = 3: allowed iff 3*(W - e) + W <= 3*W, e >= W/3). */
+static void sliding_case(int port, const char *what)
+{
+    char msg[160];
+    for (int i = 0; i < 3; i++) {
+        snprintf(msg, sizeof(msg), "%s: request %d", what, i + 1);
+        expect_pass(port, "GET", "/echo", NULL, "sw", 2 - i, msg);
+    }
+    long long before = wall_ms();
+    struct gwt_response r;
+    snprintf(msg, sizeof(msg), "%s: 4th", what);
+    long long ra = expect_429(port, "GET", "/echo", NULL, "[\"sw\"]", "sw", msg, &r);
+    long long after = wall_ms();
+    long long end_ms = period_end(before / 1000, 60) * 1000;
+    long long lo = (end_ms + 20000 - after + 999) / 1000,
+              hi = (end_ms + 20000 - before + 999) / 1000;
+    if (ra < lo || ra > hi)
+        fail_msg("%s: Retry-After %lld, want %lld..%lld (window end + W/L)", msg, ra, lo, hi);
+    struct rl_field f;
+    parse_ratelimit(&r, &f, msg);
+    if (f.t < (end_ms - after) / 1000 || f.t > (end_ms - before + 999) / 1000)
+        fail_msg("%s: RateLimit t=%lld, want the end of the window", msg, f.t);
+    assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1), end_ms / 1000);
+    gwt_response_free(&r);
+}
+
+/* The same rules file on the in-process store and on Redis: the same
+ * admitted counts (SPEC §5.1: same decisions in both stores). */
+static void test_algorithms_rules_file(void **state)
+{
+    (void)state;
+    const char *redis[] = {gwt_fx.redis_url, NULL};
+    start_gw(0, algo_rules, NULL);
+    start_gw(1, NULL, redis);
+    gwt_avoid_window_edge(60, 8);
+    sliding_case(gp[0], "sliding window, memory");
+    sliding_case(gp[1], "sliding window, redis");
+    token_bucket_case(gp[0], "/users/1", "tb", "\"tb\";q=1;w=1", "token bucket, memory");
+    token_bucket_case(gp[1], "/users/1", "tb", "\"tb\";q=1;w=1", "token bucket, redis");
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    return gwt_suite_setup(GWT_FX_REDIS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        POL_TEST(test_path_and_method),
+        POL_TEST(test_two_rates_redis),
+        POL_TEST(test_two_rates_memory),
+        POL_TEST(test_second_limit_refusing),
+        POL_TEST(test_headers),
+        POL_TEST(test_global_and_composite_keys),
+        POL_TEST(test_shadow),
+        POL_TEST(test_allow),
+        POL_TEST(test_no_limit_applies),
+        POL_TEST(test_two_gateways_one_redis),
+        POL_TEST(test_reload),
+        POL_TEST(test_token_bucket_env),
+        POL_TEST(test_algorithms_rules_file),
+    };
+    return cmocka_run_group_tests(tests, group_setup, gwt_suite_teardown);
+}
