@@ -325,13 +325,30 @@ static void test_path_and_method(void **state)
     expect_pass(port, "POST", "/login", NULL, "login", 0, "2nd POST /login");
     passed++;
     expect_429(port, "POST", "/login", NULL, "[\"login\"]", "login", "3rd POST /login", NULL);
-    static const char *const spellings[] = {"//login",    "/./login",     "/%6Cogin", "/x/../login",
-                                            "/login?a=1", "/%6c%6F%67in", NULL};
+    static const char *const spellings[] = {
+        "//login",      "/./login",   "/%6Cogin",        "/x/../login", "/login?a=1",
+        "/%6c%6F%67in", "/%2e/login", "/x/%2E%2e/login", "///login",    NULL};
     for (int i = 0; spellings[i] != NULL; i++) {
         char what[64];
         snprintf(what, sizeof(what), "POST %s after the limit", spellings[i]);
         expect_429(port, "POST", spellings[i], NULL, "[\"login\"]", "login", what, NULL);
     }
+    /* The absolute form (RFC 9112 §3.2.2) is the same path, or refused. */
+    struct gwt_response r;
+    send_req(port, "POST", "http://127.0.0.1/login", NULL, &r);
+    if (r.status != 429 && r.status != 400) {
+        gwt_print_escaped("response", r.raw_head, strlen(r.raw_head));
+        fail_msg("POST http://127.0.0.1/login after the limit: status %d, want 429 (or 400)",
+                 r.status);
+    }
+    int absolute_refused = r.status == 429;
+    print_message("  absolute-form POST /login after the limit: %d\n", r.status);
+    gwt_response_free(&r);
+    send_req(port, "POST", "/LOGIN", NULL, &r); /* matching is case-sensitive */
+    assert_true(r.status != 429);
+    expect_no_rl_headers(&r, "POST /LOGIN");
+    gwt_response_free(&r);
+    passed++;
     /* Still free: another method, another path. */
     expect_pass(port, "GET", "/login", NULL, NULL, 0, "GET /login after the limit");
     expect_pass(port, "POST", "/other", NULL, NULL, 0, "POST /other after the limit");
@@ -345,7 +362,7 @@ static void test_path_and_method(void **state)
     passed += 4;
     expect_429(port, "PUT", "/login", NULL, "[\"login-put\"]", "login-put", "5th PUT /login", NULL);
     assert_int_equal(backend_requests(), passed);
-    expect_limit_stats(port, "login", 2, 1 + 6, 0);
+    expect_limit_stats(port, "login", 2, 1 + 9 + absolute_refused, 0);
     expect_limit_stats(port, "login-put", 4, 1, 0);
 }
 
@@ -660,6 +677,14 @@ static void test_global_and_composite_keys(void **state)
                 "k1 from B, 2nd");
     expect_429(port, "GET", "/echo", as_client("192.0.2.2", "k1"), "[\"per-key-ip\"]", "per-key-ip",
                "k1 from B, 3rd", NULL);
+    assert_int_equal(backend_requests(), 3 + 6);
+    /* SPEC §6: a rules key naming a header, and two lines of it: 400. */
+    struct gwt_response r;
+    send_req(port, "GET", "/echo", "X-API-Key: k7\r\nX-API-Key: k8\r\n", &r);
+    if (r.status != 400)
+        fail_msg("two X-API-Key lines on a [header:X-API-Key, ip] limit: status %d, want 400",
+                 r.status);
+    gwt_response_free(&r);
     assert_int_equal(backend_requests(), 3 + 6);
 }
 
@@ -1075,6 +1100,93 @@ static void test_algorithms_rules_file(void **state)
     sliding_case(gp[1], "sliding window, redis");
     token_bucket_case(gp[0], "/users/1", "tb", "\"tb\";q=1;w=1", "token bucket, memory");
     token_bucket_case(gp[1], "/users/1", "tb", "\"tb\";q=1;w=1", "token bucket, redis");
+    /* SPEC §5.1: every key has a TTL no longer than its state needs
+     * (sliding window <= 2W, token bucket <= the time until full: 3 s). */
+    char base[128], pattern[192];
+    gwt_dist_store_key(PREFIX, "ip:127.0.0.1", base);
+    static const struct {
+        const char *limit;
+        long long max_ms;
+    } ttl[] = {{"sw", 120000}, {"tb", 3000}};
+    for (int i = 0; i < 2; i++) {
+        snprintf(pattern, sizeof(pattern), "%s:%s:*", base, ttl[i].limit);
+        char **keys = NULL;
+        int n = gwt_dist_redis_scan(gwt_fx.rport, NULL, 0, pattern, &keys);
+        if (n < 1)
+            fail_msg("no Redis key matches %s", pattern);
+        for (int k = 0; k < n; k++) {
+            long long pttl = gwt_dist_redis_pttl(gwt_fx.rport, keys[k]);
+            if (pttl <= 0 || pttl > ttl[i].max_ms)
+                fail_msg("%s: PTTL %lld ms, want 1..%lld", keys[k], pttl, ttl[i].max_ms);
+        }
+        gwt_strv_free(keys, n);
+    }
+}
+
+/* ---- RATE_LIMIT_DRY_RUN and RATE_LIMIT_HEADERS with a rules file ------------------------- */
+
+/* Dry run: every limit is shadow, nothing is refused, but an enforce
+ * limit's headers are still sent (r=0 once it would refuse) while a
+ * mode: shadow limit sends none; /stats counts the would-be refusals. */
+static void test_dry_run(void **state)
+{
+    (void)state;
+    const char *extra[] = {"RATE_LIMIT_DRY_RUN=on", NULL};
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: strict\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    rates: [{ requests: 1, window: 1m }]\n"
+                        "  - name: quiet\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    mode: shadow\n"
+                        "    rates: [{ requests: 1, window: 1m }]\n",
+                        extra);
+    gwt_avoid_window_edge(60, 8);
+    for (int i = 0; i < 3; i++) {
+        struct gwt_response r;
+        send_req(port, "GET", "/users/1", NULL, &r);
+        if (r.status != 200)
+            fail_msg("dry run, request %d: status %d", i + 1, r.status);
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"), "\"strict\";q=1;w=60");
+        expect_rl(&r, "strict", 0, "dry run");
+        assert_null(gwt_header(&r, "Retry-After"));
+        gwt_response_free(&r);
+    }
+    assert_int_equal(backend_requests(), 3);
+    assert_int_equal(gwt_stat(port, "/stats", "requests_rate_limited"), 0);
+    assert_int_equal(gwt_stat(port, "/stats", "requests_rate_limited_dry_run"), 2);
+    expect_limit_stats(port, "strict", 1, 0, 2);
+    expect_limit_stats(port, "quiet", 1, 0, 2);
+}
+
+/* RATE_LIMIT_HEADERS=off: no rate-limit header on a pass; a 429 keeps
+ * Retry-After (and its violated-policies body) only. */
+static void test_headers_off(void **state)
+{
+    (void)state;
+    const char *extra[] = {"RATE_LIMIT_HEADERS=off", NULL};
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: small\n"
+                        "    match: { path_prefix: /users/ }\n"
+                        "    rates: [{ requests: 1, window: 1m }]\n",
+                        extra);
+    gwt_avoid_window_edge(60, 8);
+    expect_pass(port, "GET", "/users/1", NULL, NULL, 0, "headers off: a pass");
+    struct gwt_response r;
+    send_req(port, "GET", "/users/1", NULL, &r);
+    gwt_assert_problem(&r, 429, QUOTA_TYPE);
+    assert_true(gwt_dist_header_ll(&r, "Retry-After", -1) >= 1);
+    for (int i = 0; RL_HEADERS[i] != NULL; i++)
+        if (strcmp(RL_HEADERS[i], "Retry-After") != 0 && gwt_header(&r, RL_HEADERS[i]) != NULL)
+            fail_msg("headers off: the 429 has %s", RL_HEADERS[i]);
+    char v[128];
+    violated_of(&r, v, sizeof(v));
+    assert_string_equal(v, "[\"small\"]");
+    gwt_response_free(&r);
 }
 
 static int group_setup(void **state)
@@ -1099,6 +1211,8 @@ int main(void)
         POL_TEST(test_reload),
         POL_TEST(test_token_bucket_env),
         POL_TEST(test_algorithms_rules_file),
+        POL_TEST(test_dry_run),
+        POL_TEST(test_headers_off),
     };
     return cmocka_run_group_tests(tests, group_setup, gwt_suite_teardown);
 }
