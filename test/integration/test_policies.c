@@ -113,7 +113,7 @@ static int start_gw(int i, const char *text, const char *const extra[])
     return gp[i];
 }
 
-/* ---- requests and what the answers carry ----------------------------------- */
+/* ---- requests and what the answers carry --------------------------------- */
 
 /* One request on its own connection: method target, extra header lines
  * (each ending CRLF, may be NULL); a body-less POST/PUT says
@@ -294,7 +294,7 @@ static long long period_end(long long now_s, long long p)
     return (now_s / p + 1) * p;
 }
 
-/* ---- 1. per path and method ---------------------------------------------------- */
+/* ---- 1. per path and method ---------------------------------------------- */
 
 /* POST /login 2 a minute: the third POST is refused; GET /login and POST
  * /other are not limited by it and carry no rate-limit header; every
@@ -366,7 +366,7 @@ static void test_path_and_method(void **state)
     expect_limit_stats(port, "login-put", 4, 1, 0);
 }
 
-/* ---- 2. two rates on one limit -------------------------------------------------- */
+/* ---- 2. two rates on one limit ------------------------------------------- */
 
 /* Redis store: 3 a minute and 5 an hour, named. Three pass, then the
  * minute refuses; the hour's counter in Redis holds 3 (the refusals
@@ -467,7 +467,7 @@ static void test_two_rates_memory(void **state)
     expect_limit_stats(port, "two", 4, 4, 0);
 }
 
-/* ---- 3. a second limit refusing consumes nothing from the first ---------------- */
+/* ---- 3. a second limit refusing consumes nothing from the first ---------- */
 
 static void second_limit_case(int port, const char *store)
 {
@@ -521,7 +521,7 @@ static void test_second_limit_refusing(void **state)
     assert_int_equal(gwt_dist_redis_get(gwt_fx.rport, key), 2);
 }
 
-/* ---- 4. the headers ------------------------------------------------------------------ */
+/* ---- 4. the headers ------------------------------------------------------ */
 
 /* RateLimit-Policy lists every rate of every applicable enforce limit in
  * file order (never the shadow one); RateLimit and X-RateLimit-* name the
@@ -632,7 +632,7 @@ static void test_headers(void **state)
     expect_limit_stats(port, "pol-b", 4, 0, 0);
 }
 
-/* ---- 5. key global and a composite key -------------------------------------------- */
+/* ---- 5. key global and a composite key ----------------------------------- */
 
 static void test_global_and_composite_keys(void **state)
 {
@@ -688,7 +688,7 @@ static void test_global_and_composite_keys(void **state)
     assert_int_equal(backend_requests(), 3 + 6);
 }
 
-/* ---- 6. shadow ------------------------------------------------------------------------- */
+/* ---- 6. shadow ----------------------------------------------------------- */
 
 static void test_shadow(void **state)
 {
@@ -748,7 +748,7 @@ static void test_shadow(void **state)
     }
 }
 
-/* ---- 7. action allow ---------------------------------------------------------------------- */
+/* ---- 7. action allow ----------------------------------------------------- */
 
 static void test_allow(void **state)
 {
@@ -775,9 +775,43 @@ static void test_allow(void **state)
     expect_pass(port, "GET", "/users/1", NULL, "all", 0, "127.0.0.1 (not in the allow list)");
     expect_429(port, "GET", "/users/1", NULL, "[\"all\"]", "all", "127.0.0.1, 2nd", NULL);
     assert_int_equal(backend_requests(), 5 + 1 + 1 + 1);
+    /* A client cannot buy the allow list by sending X-Forwarded-For: the
+     * trusted proxy appends the real address, which is the client. */
+    expect_pass(port, "GET", "/users/1", as_client("10.20.3.4, 10.21.0.5", NULL), "all", 0,
+                "10.20.3.4 forwarded for 10.21.0.5");
+    expect_429(port, "GET", "/users/1", as_client("10.20.3.4, 10.21.0.5", NULL), "[\"all\"]", "all",
+               "10.20.3.4 forwarded for 10.21.0.5, 2nd", NULL);
+    /* Nor from a peer that is not a trusted proxy. */
+    int untrusted = start_gw(1, NULL, NULL);
+    expect_pass(untrusted, "GET", "/users/1", as_client("10.20.3.4", NULL), "all", 0,
+                "X-Forwarded-For: 10.20.3.4 from an untrusted peer");
+    expect_429(untrusted, "GET", "/users/1", as_client("10.20.3.4", NULL), "[\"all\"]", "all",
+               "X-Forwarded-For: 10.20.3.4 from an untrusted peer, 2nd", NULL);
 }
 
-/* ---- 8. no limit applies -------------------------------------------------------------------- */
+/* A limit without key uses RATE_LIMIT_KEY (here header:X-API-Key, the
+ * client address when absent). */
+static void test_key_default_from_env(void **state)
+{
+    (void)state;
+    const char *extra[] = {"RATE_LIMIT_KEY=header:X-API-Key", NULL};
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: by-env-key\n"
+                        "    rates: [{ requests: 1, window: 1m }]\n",
+                        extra);
+    gwt_avoid_window_edge(60, 8);
+    expect_pass(port, "GET", "/users/1", as_client(NULL, "alpha"), "by-env-key", 0, "alpha");
+    expect_429(port, "GET", "/users/1", as_client(NULL, "alpha"), "[\"by-env-key\"]", "by-env-key",
+               "alpha, 2nd", NULL);
+    expect_pass(port, "GET", "/users/1", as_client(NULL, "beta"), "by-env-key", 0, "beta");
+    expect_pass(port, "GET", "/users/1", NULL, "by-env-key", 0, "no key: the address");
+    expect_429(port, "GET", "/users/1", NULL, "[\"by-env-key\"]", "by-env-key",
+               "no key: the address, 2nd", NULL);
+}
+
+/* ---- 8. no limit applies ------------------------------------------------- */
 
 static void test_no_limit_applies(void **state)
 {
@@ -800,7 +834,7 @@ static void test_no_limit_applies(void **state)
     expect_pass(port, "HEAD", "/users/1", NULL, NULL, 0, "HEAD /users/1");
 }
 
-/* ---- 9. two gateways on one Redis ----------------------------------------------------------- */
+/* ---- 9. two gateways on one Redis ---------------------------------------- */
 
 static void test_two_gateways_one_redis(void **state)
 {
@@ -866,8 +900,7 @@ static void test_two_gateways_one_redis(void **state)
     assert_int_equal(lim, 3 + N - 7);
 }
 
-/* ---- 10. reload -------------------------------------------------------------------------------
- */
+/* ---- 10. reload ---------------------------------------------------------- */
 
 static void stats_version(int port, char version[32])
 {
@@ -921,58 +954,80 @@ static const char *reload_rules(int changed_requests)
 static void test_reload(void **state)
 {
     (void)state;
-    int port = start_gw(0, reload_rules(2), NULL);
+    const char *redis[] = {gwt_fx.redis_url, NULL};
+    start_gw(0, reload_rules(2), NULL);
+    start_gw(1, NULL, redis);
+    static const char *const store[] = {"memory", "redis"};
     gwt_avoid_window_edge(60, 10);
-    char v1[32], v2[32], v3[32];
-    stats_version(port, v1);
-    expect_pass(port, "GET", "/echo", NULL, "kept", 2, "kept 1st");
-    expect_pass(port, "GET", "/users/1", NULL, "changed", 1, "changed 1st");
-    expect_pass(port, "GET", "/users/1", NULL, "changed", 0, "changed 2nd");
-    expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", "changed 3rd", NULL);
+    char v1[32], v2[32], v3[32], w[32];
+    stats_version(gp[0], v1);
+    stats_version(gp[1], w);
+    assert_string_equal(v1, w);
+    char what[128];
+    for (int g = 0; g < 2; g++) {
+        int port = gp[g];
+        snprintf(what, sizeof(what), "%s: before the reloads", store[g]);
+        expect_pass(port, "GET", "/echo", NULL, "kept", 2, what);
+        expect_pass(port, "GET", "/users/1", NULL, "changed", 1, what);
+        expect_pass(port, "GET", "/users/1", NULL, "changed", 0, what);
+        expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", what, NULL);
+    }
 
     /* Raised to 5. */
     long long t0 = gwt_now_ms();
     write_rules(reload_rules(5));
-    long ms = wait_version_change(port, v1, v2);
-    struct gwt_response r;
-    send_req(port, "GET", "/users/1", NULL, &r);
-    long long applied = gwt_now_ms() - t0;
-    if (r.status != 200)
-        fail_msg("after raising the limit to 5: status %d (RateLimit-Policy %s)", r.status,
-                 gwt_header(&r, "RateLimit-Policy") ? gwt_header(&r, "RateLimit-Policy") : "-");
-    assert_string_equal(gwt_header(&r, "RateLimit-Policy"), "\"changed\";q=5;w=60");
-    struct rl_field f;
-    parse_ratelimit(&r, &f, "changed after raising");
-    gwt_response_free(&r);
-    /* Whether the changed rate's count survives is the store's choice
-     * (SPEC only promises it for unchanged limits); what passes next must
-     * agree with the remaining it announced. */
-    assert_true(f.r == 2 || f.r == 4);
-    for (long long i = f.r - 1; i >= 0; i--)
-        expect_pass(port, "GET", "/users/1", NULL, "changed", i, "changed after raising");
-    expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", "changed raised, spent",
-               NULL);
-    print_message("  raised limit enforced %lld ms after the write (version seen in %ld ms); "
-                  "changed rate's count %s across the reload\n",
-                  applied, ms, f.r == 2 ? "kept" : "reset");
-    assert_true(applied < APPLY_MS + 500);
-    expect_pass(port, "GET", "/echo", NULL, "kept", 1, "kept after the first reload");
+    long ms = wait_version_change(gp[0], v1, v2);
+    assert_true(wait_version_change(gp[1], v1, w) < APPLY_MS);
+    assert_string_equal(v2, w);
+    for (int g = 0; g < 2; g++) {
+        int port = gp[g];
+        struct gwt_response r;
+        send_req(port, "GET", "/users/1", NULL, &r);
+        long long applied = gwt_now_ms() - t0;
+        if (r.status != 200)
+            fail_msg("%s: after raising the limit to 5: status %d (RateLimit-Policy %s)", store[g],
+                     r.status,
+                     gwt_header(&r, "RateLimit-Policy") ? gwt_header(&r, "RateLimit-Policy") : "-");
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"), "\"changed\";q=5;w=60");
+        struct rl_field f;
+        snprintf(what, sizeof(what), "%s: changed after raising", store[g]);
+        parse_ratelimit(&r, &f, what);
+        gwt_response_free(&r);
+        /* Whether the changed rate's count survives is the store's
+         * choice (SPEC promises it for unchanged limits only); what
+         * passes next must agree with the remaining it announced. */
+        assert_true(f.r == 2 || f.r == 4);
+        for (long long i = f.r - 1; i >= 0; i--)
+            expect_pass(port, "GET", "/users/1", NULL, "changed", i, what);
+        expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", what, NULL);
+        print_message("  %s: raised limit enforced %lld ms after the write (version seen in %ld "
+                      "ms); the changed rate's count was %s\n",
+                      store[g], applied, ms, f.r == 2 ? "kept" : "reset");
+        assert_true(applied < APPLY_MS + 500);
+        snprintf(what, sizeof(what), "%s: kept after the first reload", store[g]);
+        expect_pass(port, "GET", "/echo", NULL, "kept", 1, what);
+    }
 
     /* Lowered to 1: refused at once. */
     t0 = gwt_now_ms();
     write_rules(reload_rules(1));
-    ms = wait_version_change(port, v2, v3);
-    expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", "changed lowered to 1",
-               &r);
-    assert_string_equal(gwt_header(&r, "RateLimit-Policy"), "\"changed\";q=1;w=60");
-    gwt_response_free(&r);
-    assert_true(gwt_now_ms() - t0 < APPLY_MS + 500);
-    expect_pass(port, "GET", "/echo", NULL, "kept", 0, "kept after the second reload");
-    expect_429(port, "GET", "/echo", NULL, "[\"kept\"]", "kept", "kept spent", NULL);
+    ms = wait_version_change(gp[0], v2, v3);
+    assert_true(wait_version_change(gp[1], v2, w) < APPLY_MS);
+    for (int g = 0; g < 2; g++) {
+        int port = gp[g];
+        struct gwt_response r;
+        snprintf(what, sizeof(what), "%s: changed lowered to 1", store[g]);
+        expect_429(port, "GET", "/users/1", NULL, "[\"changed\"]", "changed", what, &r);
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"), "\"changed\";q=1;w=60");
+        gwt_response_free(&r);
+        assert_true(gwt_now_ms() - t0 < APPLY_MS + 500);
+        snprintf(what, sizeof(what), "%s: kept after the second reload", store[g]);
+        expect_pass(port, "GET", "/echo", NULL, "kept", 0, what);
+        expect_429(port, "GET", "/echo", NULL, "[\"kept\"]", "kept", what, NULL);
+    }
 }
 
-/* ---- 11. algorithms ----------------------------------------------------------------------------
- */
+/* ---- 11. algorithms ------------------------------------------------------ */
 
 /* Token bucket 1/s, burst 3, fresh client: 3 pass (remaining 2, 1, 0), the
  * 4th and 5th are refused with Retry-After 1; the next admission comes
@@ -995,6 +1050,10 @@ static void token_bucket_case(int port, const char *target, const char *policy,
         struct rl_field f;
         parse_ratelimit(&r, &f, msg);
         assert_int_equal(f.t, i + 1); /* seconds until the bucket is full again */
+        long long reset = gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1), now = wall_ms() / 1000;
+        if (reset < now + f.t - 1 || reset > now + f.t)
+            fail_msg("%s: X-RateLimit-Reset %lld, want now (%lld) + t (%lld)", msg, reset, now,
+                     f.t);
         gwt_response_free(&r);
     }
     long long t_after = gwt_now_ms();
@@ -1123,7 +1182,7 @@ static void test_algorithms_rules_file(void **state)
     }
 }
 
-/* ---- RATE_LIMIT_DRY_RUN and RATE_LIMIT_HEADERS with a rules file ------------------------- */
+/* ---- RATE_LIMIT_DRY_RUN and RATE_LIMIT_HEADERS with a rules file --------- */
 
 /* Dry run: every limit is shadow, nothing is refused, but an enforce
  * limit's headers are still sent (r=0 once it would refuse) while a
@@ -1189,7 +1248,7 @@ static void test_headers_off(void **state)
     gwt_response_free(&r);
 }
 
-/* ---- concurrency: check all, then commit ------------------------------------------------ */
+/* ---- concurrency: check all, then commit --------------------------------- */
 
 /* One client, 60 requests at once over 4 workers: 30 to /users/1 (limit
  * wide, 5 a minute) and 30 to /users/2 (wide and narrow, 3 a minute).
@@ -1256,7 +1315,7 @@ static void test_concurrent_all_or_nothing(void **state)
     assert_int_equal(backend_requests(), 10);
 }
 
-/* ---- match: headers and path_regex ---------------------------------------------------------- */
+/* ---- match: headers and path_regex --------------------------------------- */
 
 static void test_match_headers_and_regex(void **state)
 {
@@ -1298,8 +1357,7 @@ static void test_match_headers_and_regex(void **state)
                "/items//%31%32 (normalised: /items/12)", NULL);
 }
 
-/* ---- sliding window across a window edge ------------------------------------------------------
- */
+/* ---- sliding window across a window edge --------------------------------- */
 
 /* Sliding window 4 a second: 4 pass early in window i; just after the
  * edge (e < 250 ms) the estimate p*(W-e) + (c+1)*W = 4*(1000-e) + 1000 is
@@ -1356,8 +1414,7 @@ static void test_sliding_window_edge(void **state)
     sliding_edge_case(gp[1], "redis");
 }
 
-/* ---- shaping: token bucket with delay (SPEC §5.1, issue 12) -----------------------------------
- */
+/* ---- shaping: token bucket with delay (SPEC §5.1, issue 12) -------------- */
 
 /* Token bucket 1 a second, burst 1, delay 2 s: of 4 requests at once the
  * first passes at once, two are held (about 1 s and 2 s) and pass, the
@@ -1447,6 +1504,7 @@ int main(void)
         POL_TEST(test_global_and_composite_keys),
         POL_TEST(test_shadow),
         POL_TEST(test_allow),
+        POL_TEST(test_key_default_from_env),
         POL_TEST(test_no_limit_applies),
         POL_TEST(test_two_gateways_one_redis),
         POL_TEST(test_reload),
