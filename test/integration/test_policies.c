@@ -353,7 +353,8 @@ static void test_path_and_method(void **state)
     expect_pass(port, "GET", "/login", NULL, NULL, 0, "GET /login after the limit");
     expect_pass(port, "POST", "/other", NULL, NULL, 0, "POST /other after the limit");
     expect_pass(port, "POST", "/login/x", NULL, NULL, 0, "POST /login/x (another path)");
-    passed += 3;
+    expect_pass(port, "POST", "/login/", NULL, NULL, 0, "POST /login/ (another path)");
+    passed += 4;
     /* Each spelling consumes from the PUT limit. */
     expect_pass(port, "PUT", "//login", NULL, "login-put", 3, "PUT //login");
     expect_pass(port, "PUT", "/./login", NULL, "login-put", 2, "PUT /./login");
@@ -757,11 +758,11 @@ static void test_allow(void **state)
     int port = start_gw(0,
                         "version: 1\n"
                         "limits:\n"
-                        "  - name: monitoring\n"
-                        "    match: { client_cidrs: [10.20.0.0/16] }\n"
-                        "    action: allow\n"
                         "  - name: all\n"
-                        "    rates: [{ requests: 1, window: 1m }]\n",
+                        "    rates: [{ requests: 1, window: 1m }]\n"
+                        "  - name: monitoring\n" /* after: allow wins wherever it stands */
+                        "    match: { client_cidrs: [10.20.0.0/16] }\n"
+                        "    action: allow\n",
                         extra);
     gwt_avoid_window_edge(60, 8);
     for (int i = 0; i < 5; i++)
@@ -821,6 +822,9 @@ static void test_no_limit_applies(void **state)
                         "limits:\n"
                         "  - name: echo-post\n"
                         "    match: { methods: [POST], path: /echo }\n"
+                        "    rates: [{ requests: 1, window: 1m }]\n"
+                        "  - name: get-only\n"
+                        "    match: { methods: [GET], path: /users/5 }\n"
                         "    rates: [{ requests: 1, window: 1m }]\n",
                         NULL);
     gwt_avoid_window_edge(60, 8);
@@ -832,6 +836,10 @@ static void test_no_limit_applies(void **state)
                NULL);
     expect_pass(port, "GET", "/users/1", NULL, NULL, 0, "GET /users/1 after a refusal elsewhere");
     expect_pass(port, "HEAD", "/users/1", NULL, NULL, 0, "HEAD /users/1");
+    /* methods are exact: a GET limit does not apply to HEAD. */
+    for (int i = 0; i < 3; i++)
+        expect_pass(port, "HEAD", "/users/5", NULL, NULL, 0, "HEAD /users/5 (GET-only limit)");
+    expect_pass(port, "GET", "/users/5", NULL, "get-only", 0, "GET /users/5");
 }
 
 /* ---- 9. two gateways on one Redis ---------------------------------------- */
