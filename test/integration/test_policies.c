@@ -1543,6 +1543,106 @@ static void test_many_applicable_limits(void **state)
     assert_int_equal(second, 429);
 }
 
+/* ---- reload: mode, allow, and the over-limit cache -------------------- */
+
+static const char *mode_rules(const char *mode, bool allow_local)
+{
+    static char text[512];
+    snprintf(text, sizeof(text),
+             "version: 1\n"
+             "limits:\n"
+             "  - name: one\n"
+             "    match: { path_prefix: /users/ }\n"
+             "    rates: [{ requests: 1, window: 1m }]\n"
+             "    mode: %s\n"
+             "%s",
+             mode,
+             allow_local ? "  - name: local\n"
+                           "    match: { client_cidrs: [127.0.0.0/8] }\n"
+                           "    action: allow\n"
+                         : "");
+    return text;
+}
+
+/* A client refused (and so in the over-limit cache) by an enforce limit:
+ * the limit switched to shadow passes it at once with no headers; back to
+ * enforce (name, rate, algorithm unchanged: its count kept) refuses it
+ * again; an allow limit added for it passes it. Both stores. */
+static void test_reload_mode_and_allow(void **state)
+{
+    (void)state;
+    const char *redis[] = {gwt_fx.redis_url, NULL};
+    start_gw(0, mode_rules("enforce", false), NULL);
+    start_gw(1, NULL, redis);
+    static const char *const store[] = {"memory", "redis"};
+    gwt_avoid_window_edge(60, 10);
+    char v[32], now[32], w[32];
+    char what[128];
+    stats_version(gp[0], v);
+    for (int g = 0; g < 2; g++) {
+        snprintf(what, sizeof(what), "%s: enforce", store[g]);
+        expect_pass(gp[g], "GET", "/users/1", NULL, "one", 0, what);
+        expect_429(gp[g], "GET", "/users/1", NULL, "[\"one\"]", "one", what, NULL);
+        expect_429(gp[g], "GET", "/users/1", NULL, "[\"one\"]", "one", what, NULL);
+    }
+    static const struct {
+        const char *mode;
+        bool allow;
+        int status;
+        const char *what;
+    } steps[] = {
+        {"shadow", false, 200, "switched to shadow"},
+        {"enforce", false, 429, "back to enforce (count kept)"},
+        {"enforce", true, 200, "an allow limit for 127.0.0.0/8 added"},
+        {"enforce", false, 429, "the allow limit removed"},
+    };
+    for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+        write_rules(mode_rules(steps[k].mode, steps[k].allow));
+        assert_true(wait_version_change(gp[0], v, now) < APPLY_MS);
+        assert_true(wait_version_change(gp[1], v, w) < APPLY_MS);
+        snprintf(v, sizeof(v), "%s", now);
+        for (int g = 0; g < 2; g++) {
+            snprintf(what, sizeof(what), "%s: %s", store[g], steps[k].what);
+            if (steps[k].status == 200)
+                expect_pass(gp[g], "GET", "/users/1", NULL, NULL, 0, what);
+            else
+                expect_429(gp[g], "GET", "/users/1", NULL, "[\"one\"]", "one", what, NULL);
+        }
+    }
+}
+
+/* ---- IPv6 clients ----------------------------------------------------- */
+
+/* One IPv6 client written two ways by the proxy is one client (the
+ * canonical text form); client_cidrs matches IPv6. */
+static void test_ipv6_client(void **state)
+{
+    (void)state;
+    const char *extra[] = {"TRUSTED_PROXIES=127.0.0.1/32", NULL};
+    int port = start_gw(0,
+                        "version: 1\n"
+                        "limits:\n"
+                        "  - name: v6-allow\n"
+                        "    match: { client_cidrs: [\"2001:db8:aa::/48\"] }\n"
+                        "    action: allow\n"
+                        "  - name: per-ip\n"
+                        "    key: ip\n"
+                        "    rates: [{ requests: 2, window: 1m }]\n",
+                        extra);
+    gwt_avoid_window_edge(60, 8);
+    expect_pass(port, "GET", "/users/1", as_client("2001:db8::1", NULL), "per-ip", 1,
+                "2001:db8::1");
+    expect_pass(port, "GET", "/users/1", as_client("2001:DB8:0:0:0:0:0:1", NULL), "per-ip", 0,
+                "2001:DB8:0:0:0:0:0:1 (the same client)");
+    expect_429(port, "GET", "/users/1", as_client("2001:db8:0::1", NULL), "[\"per-ip\"]", "per-ip",
+               "2001:db8:0::1 (the same client)", NULL);
+    expect_pass(port, "GET", "/users/1", as_client("2001:db8::2", NULL), "per-ip", 1,
+                "2001:db8::2 (another client)");
+    for (int i = 0; i < 3; i++)
+        expect_pass(port, "GET", "/users/1", as_client("2001:db8:aa:1::9", NULL), NULL, 0,
+                    "2001:db8:aa:1::9 (allow-listed /48)");
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1573,6 +1673,8 @@ int main(void)
         POL_TEST(test_sliding_window_edge),
         POL_TEST(test_delay_shaping),
         POL_TEST(test_many_applicable_limits),
+        POL_TEST(test_reload_mode_and_allow),
+        POL_TEST(test_ipv6_client),
     };
     return cmocka_run_group_tests(tests, group_setup, gwt_suite_teardown);
 }
