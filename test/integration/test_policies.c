@@ -187,8 +187,10 @@ static void expect_rl(const struct gwt_response *r, const char *policy, long lon
 {
     struct rl_field f;
     parse_ratelimit(r, &f, what);
-    if (strcmp(f.name, policy) != 0 || (rem >= 0 && f.r != rem))
+    if (strcmp(f.name, policy) != 0 || (rem >= 0 && f.r != rem)) {
+        gwt_print_escaped("response head", r->raw_head, strlen(r->raw_head));
         fail_msg("%s: RateLimit \"%s\";r=%lld, want \"%s\";r=%lld", what, f.name, f.r, policy, rem);
+    }
     long long xr = gwt_dist_header_ll(r, "X-RateLimit-Remaining", -1);
     if (xr != f.r)
         fail_msg("%s: X-RateLimit-Remaining %lld, RateLimit r=%lld", what, xr, f.r);
@@ -1643,6 +1645,78 @@ static void test_ipv6_client(void **state)
                     "2001:db8:aa:1::9 (allow-listed /48)");
 }
 
+/* ---- every algorithm: a refusal elsewhere consumes nothing ------------ */
+
+/* Limit A on /users/ (token bucket 1 a minute, burst 5; or sliding window
+ * 5 a minute) and B on /users/2 (fixed window 2 a minute): B refusing
+ * three requests leaves A's token bucket / sliding counter as two
+ * requests left it. Both stores. */
+static void test_refusal_other_algorithms(void **state)
+{
+    (void)state;
+    static const char rules[] =
+        "version: 1\n"
+        "limits:\n"
+        "  - name: tb5\n"
+        "    match: { path_prefix: /users/ }\n"
+        "    rates: [{ requests: 1, window: 1m, algorithm: token_bucket, burst: 5 }]\n"
+        "  - name: sw5\n"
+        "    match: { path_prefix: /users/ }\n"
+        "    rates: [{ requests: 5, window: 1m, algorithm: sliding_window }]\n"
+        "  - name: fw2\n"
+        "    match: { path: /users/2 }\n"
+        "    rates: [{ requests: 2, window: 1m }]\n";
+    const char *redis[] = {gwt_fx.redis_url, NULL};
+    start_gw(0, rules, NULL);
+    start_gw(1, NULL, redis);
+    static const char *const store[] = {"memory", "redis"};
+    gwt_avoid_window_edge(60, 8);
+    for (int g = 0; g < 2; g++) {
+        char what[128];
+        snprintf(what, sizeof(what), "%s: /users/2", store[g]);
+        /* remaining: tb5 4, sw5 4, fw2 1 -> fw2; then tb5 3, sw5 3, fw2 0 */
+        expect_pass(gp[g], "GET", "/users/2", NULL, "fw2", 1, what);
+        expect_pass(gp[g], "GET", "/users/2", NULL, "fw2", 0, what);
+        for (int i = 0; i < 3; i++)
+            expect_429(gp[g], "GET", "/users/2", NULL, "[\"fw2\"]", "fw2", what, NULL);
+        /* tb5 and sw5 both at 2 after this one: a tie, the larger t
+         * (the bucket refills in 3 min, the window ends within 1). */
+        struct gwt_response r;
+        send_req(gp[g], "GET", "/users/1", NULL, &r);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(gwt_header(&r, "RateLimit-Policy"),
+                            "\"tb5\";q=1;w=60, \"sw5\";q=5;w=60");
+        snprintf(what, sizeof(what), "%s: /users/1 after fw2 refused 3", store[g]);
+        expect_rl(&r, "tb5", 2, what);
+        gwt_response_free(&r);
+        snprintf(what, sizeof(what), "%s: /users/1 again", store[g]);
+        expect_pass(gp[g], "GET", "/users/1", NULL, "tb5", 1, what);
+        expect_pass(gp[g], "GET", "/users/1", NULL, "tb5", 0, what);
+        /* Both refuse; RateLimit names the longer wait: tb5's token is
+         * back in about 60 s, sw5 allows again W/L = 12 s into the next
+         * window (SPEC §5.1). Too close to call: skip the name. */
+        long long left = 60 - (wall_ms() / 1000) % 60;
+        const char *longer = left + 12 > 62 ? "sw5" : left + 12 < 58 ? "tb5" : NULL;
+        send_req(gp[g], "GET", "/users/1", NULL, &r);
+        snprintf(what, sizeof(what), "%s: /users/1 refused by both", store[g]);
+        assert_int_equal(r.status, 429);
+        char v[128];
+        violated_of(&r, v, sizeof(v));
+        assert_string_equal(v, "[\"tb5\",\"sw5\"]");
+        struct rl_field f;
+        parse_ratelimit(&r, &f, what);
+        long long ra = gwt_dist_header_ll(&r, "Retry-After", -1);
+        if (longer != NULL && strcmp(f.name, longer) != 0) {
+            gwt_print_escaped("response head", r.raw_head, strlen(r.raw_head));
+            fail_msg("%s: RateLimit names %s, want %s (the longer wait)", what, f.name, longer);
+        }
+        long long want_ra = strcmp(f.name, "sw5") == 0 ? left + 12 : 60;
+        if (ra < want_ra - 2 || ra > want_ra + 1)
+            fail_msg("%s: Retry-After %lld, want about %lld", what, ra, want_ra);
+        gwt_response_free(&r);
+    }
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1675,6 +1749,7 @@ int main(void)
         POL_TEST(test_many_applicable_limits),
         POL_TEST(test_reload_mode_and_allow),
         POL_TEST(test_ipv6_client),
+        POL_TEST(test_refusal_other_algorithms),
     };
     return cmocka_run_group_tests(tests, group_setup, gwt_suite_teardown);
 }
