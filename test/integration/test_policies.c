@@ -1717,6 +1717,69 @@ static void test_refusal_other_algorithms(void **state)
     }
 }
 
+/* ---- exact admitted counts under concurrency, every algorithm -------- */
+
+/* A fresh client sends 40 requests at once to each of: a token bucket of
+ * burst 6 (1 a minute: no refill during the test), a sliding window of 7
+ * a minute and a fixed window of 5 a minute. Exactly 6, 7 and 5 pass, on
+ * one in-process store, and on Redis through two gateways (20 each). */
+static void burst_counts(const int ports[2], const char *store)
+{
+    static const struct {
+        const char *target;
+        int want;
+    } cases[] = {{"/users/1", 6}, {"/echo", 7}, {"/items/1", 5}};
+    enum { N = 40 };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        int ports_n[N], statuses[N];
+        char *reqs[N];
+        for (int i = 0; i < N; i++) {
+            ports_n[i] = ports[i % 2];
+            reqs[i] = gwt_dist_request(cases[c].target, "192.0.2.77", NULL);
+            assert_non_null(reqs[i]);
+        }
+        int rc = gwt_dist_burst(ports_n, reqs, N, statuses, NULL);
+        for (int i = 0; i < N; i++)
+            free(reqs[i]);
+        assert_int_equal(rc, 0);
+        int ok = 0, refused = 0;
+        for (int i = 0; i < N; i++) {
+            ok += statuses[i] != 429 && statuses[i] < 500;
+            refused += statuses[i] == 429;
+        }
+        if (ok != cases[c].want || refused != N - cases[c].want)
+            fail_msg("%s, %s: %d passed and %d refused of %d at once, want %d passed", store,
+                     cases[c].target, ok, refused, N, cases[c].want);
+    }
+}
+
+static void test_concurrent_algorithms(void **state)
+{
+    (void)state;
+    static const char rules[] =
+        "version: 1\n"
+        "limits:\n"
+        "  - name: tb\n"
+        "    match: { path_prefix: /users/ }\n"
+        "    rates: [{ requests: 1, window: 1m, algorithm: token_bucket, burst: 6 }]\n"
+        "  - name: sw\n"
+        "    match: { path: /echo }\n"
+        "    rates: [{ requests: 7, window: 1m, algorithm: sliding_window }]\n"
+        "  - name: fw\n"
+        "    match: { path_prefix: /items/ }\n"
+        "    rates: [{ requests: 5, window: 1m }]\n";
+    const char *mem[] = {"WORKER_THREADS=4", "TRUSTED_PROXIES=127.0.0.1/32", NULL};
+    const char *redis[] = {"WORKER_THREADS=4", "TRUSTED_PROXIES=127.0.0.1/32", gwt_fx.redis_url,
+                           NULL};
+    start_gw(0, rules, mem);
+    start_gw(1, NULL, redis);
+    start_gw(2, NULL, redis);
+    gwt_avoid_window_edge(60, 10);
+    const int one[2] = {gp[0], gp[0]}, two[2] = {gp[1], gp[2]};
+    burst_counts(one, "memory");
+    burst_counts(two, "redis, two gateways");
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1750,6 +1813,7 @@ int main(void)
         POL_TEST(test_reload_mode_and_allow),
         POL_TEST(test_ipv6_client),
         POL_TEST(test_refusal_other_algorithms),
+        POL_TEST(test_concurrent_algorithms),
     };
     return cmocka_run_group_tests(tests, group_setup, gwt_suite_teardown);
 }
