@@ -421,6 +421,13 @@ static void test_two_rates_redis(void **state)
             fail_msg("%s = %lld, want 3 (refused requests consume from no rate)", key, v);
         assert_true(ttl > 0 && ttl <= (p == 0 ? 60000 : 3600000));
     }
+    /* A restarted gateway keeps the counts (SPEC §10 store keys): still
+     * refused by the minute, and the RateLimit-Policy is the same. */
+    assert_int_equal(gwt_stop(&gws[0], SIGTERM, 5000), 0);
+    int port2 = start_gw(1, NULL, extra);
+    expect_429(port2, "GET", "/users/1", NULL, "[\"per-minute\"]", "per-minute", "after a restart",
+               NULL);
+    assert_int_equal(backend_requests(), 3);
 }
 
 /* In-process store, seen through the headers only: 2 a second and 4 an
