@@ -579,6 +579,18 @@ static void test_key_default_from_env(void **state)
     gwt_pol_expect_pass(port, "GET", "/users/1", NULL, "by-env-key", 0, "no key: the address");
     gwt_pol_expect_429(port, "GET", "/users/1", NULL, "[\"by-env-key\"]", "by-env-key",
                        "no key: the address, 2nd", NULL);
+    /* The gateway's own endpoints are never rate limited (SPEC §4), even
+     * under a limit without match and for a client it refuses. */
+    static const char *const own[] = {"/health", "/stats", "/metrics", NULL};
+    for (int i = 0; own[i] != NULL; i++)
+        for (int k = 0; k < 3; k++) {
+            struct gwt_response r;
+            gwt_pol_send(port, "GET", own[i], NULL, &r);
+            if (r.status != 200)
+                fail_msg("GET %s from a refused client: status %d", own[i], r.status);
+            gwt_pol_expect_no_headers(&r, own[i]);
+            gwt_response_free(&r);
+        }
 }
 
 /* ---- 8. no limit applies ------------------------------------------------- */

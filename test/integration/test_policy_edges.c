@@ -607,6 +607,46 @@ static void test_long_key_values(void **state)
     free(h);
 }
 
+/* ---- Redis down: RATE_LIMIT_FAILURE_MODE with a rules file ------------ */
+
+/* Redis unreachable: local decides the rules-file limit from the
+ * in-process store (2 pass, then 429 naming it), closed answers 503,
+ * open lets everything through without rate-limit headers (SPEC §5). */
+static void test_failure_modes_with_rules(void **state)
+{
+    (void)state;
+    static const char rules[] = "version: 1\n"
+                                "limits:\n"
+                                "  - name: two\n"
+                                "    match: { path_prefix: /users/ }\n"
+                                "    rates: [{ requests: 2, window: 1m }]\n";
+    char dead[96];
+    snprintf(dead, sizeof(dead), "%s", gwt_dead_url("REDIS_URL", "redis"));
+    const char *local[] = {dead, "RATE_LIMIT_FAILURE_MODE=local", NULL};
+    const char *closed[] = {dead, "RATE_LIMIT_FAILURE_MODE=closed", NULL};
+    const char *open[] = {dead, "RATE_LIMIT_FAILURE_MODE=open", NULL};
+    gwt_pol_start(0, rules, local);
+    gwt_pol_start(1, NULL, closed);
+    gwt_pol_start(2, NULL, open);
+    gwt_avoid_window_edge(60, 8);
+    gwt_pol_expect_pass(gwt_pol_gp[0], "GET", "/users/1", NULL, "two", 1, "local, 1st");
+    gwt_pol_expect_pass(gwt_pol_gp[0], "GET", "/users/1", NULL, "two", 0, "local, 2nd");
+    gwt_pol_expect_429(gwt_pol_gp[0], "GET", "/users/1", NULL, "[\"two\"]", "two", "local, 3rd",
+                       NULL);
+    for (int i = 0; i < 3; i++) {
+        struct gwt_response r;
+        gwt_pol_send(gwt_pol_gp[1], "GET", "/users/1", NULL, &r);
+        if (r.status != 503)
+            fail_msg("closed, Redis down: status %d, want 503", r.status);
+        gwt_response_free(&r);
+        gwt_pol_expect_pass(gwt_pol_gp[2], "GET", "/users/1", NULL, NULL, 0, "open, Redis down");
+    }
+    /* Outside every limit the store is never asked: closed serves it. */
+    gwt_pol_expect_pass(gwt_pol_gp[1], "GET", "/echo", NULL, NULL, 0,
+                        "closed, Redis down, no limit applies");
+    assert_true(gwt_stat(gwt_pol_gp[2], "/stats", "redis_errors") >= 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -620,6 +660,7 @@ int main(void)
         GWT_POL_TEST(test_refusal_other_algorithms),
         GWT_POL_TEST(test_concurrent_algorithms),
         GWT_POL_TEST(test_long_key_values),
+        GWT_POL_TEST(test_failure_modes_with_rules),
     };
     return cmocka_run_group_tests(tests, gwt_pol_group_setup, gwt_suite_teardown);
 }
