@@ -6,9 +6,10 @@
  * algorithm at once, header and path_regex matching, the sliding window
  * across its edge, reload switching a refused client's limit to shadow or
  * adding an allow limit, IPv6 clients, a refusal by one algorithm leaving
- * the others untouched, and three known gaps kept as skipped tests that
- * name them: token-bucket delay not held, limits past the 32nd applicable
- * one not enforced, long key values cut before hashing.
+ * the others untouched, token-bucket delay (shaping), the failure modes
+ * with a rules file, and two known gaps kept as skipped tests that name
+ * them: limits past the 32nd applicable one not enforced, long key values
+ * cut before hashing.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -205,7 +206,7 @@ static void test_sliding_window_edge(void **state)
     sliding_edge_case(gwt_pol_gp[1], "redis");
 }
 
-/* ---- shaping: token bucket with delay (SPEC §5.1, issue 12) -------------- */
+/* ---- shaping: token bucket with delay (SPEC §5.1) ------------------------ */
 
 /* Token bucket 1 a second, burst 1, delay 2 s: of 4 requests at once the
  * first passes at once, two are held (about 1 s and 2 s) and pass, the
@@ -255,19 +256,6 @@ static void test_delay_shaping(void **state)
     gwt_response_free(&m);
     if (prc != 0)
         delayed = -1; /* no such series */
-    if (ok == 2 && refused == 1 && slowest < 500) {
-        /* KNOWN BUG (issue 12 not finished): the decision admits the two
-         * requests inside B*T + delay, but nothing holds them: both reach
-         * the backend at once, so the burst is not smoothed. SPEC §5.1
-         * "Shaping instead of refusing". Skipped, not failed, until the
-         * hold lands; any other wrong outcome fails. */
-        print_message("  KNOWN BUG (SPEC §5.1 delay, issue 12): token bucket 1/s, burst 1, delay "
-                      "2s, 1 request then 3 at once: the 2 admitted beyond the burst were "
-                      "answered after %lld ms at most, want held ~1 s and ~2 s; "
-                      "decisions{delayed}=%g\n",
-                      slowest, delayed);
-        skip();
-    }
     if (ok != 2 || refused != 1)
         fail_msg("delay: %d passed and %d refused of the 3 after the first, want 2 and 1", ok,
                  refused);
