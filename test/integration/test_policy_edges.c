@@ -120,6 +120,15 @@ static void test_match_headers_and_regex(void **state)
                              "    rates: [{ requests: 1, window: 1m }]\n"
                              "  - name: numeric\n"
                              "    match: { path_regex: \"/items/[0-9]+\" }\n"
+                             "    rates: [{ requests: 1, window: 1m }]\n"
+                             "  - name: either\n"
+                             "    match: { path_regex: \"/a1|/b1\" }\n"
+                             "    rates: [{ requests: 1, window: 1m }]\n"
+                             "  - name: optional\n"
+                             "    match: { path_regex: \"/cx?d\" }\n"
+                             "    rates: [{ requests: 1, window: 1m }]\n"
+                             "  - name: starred\n"
+                             "    match: { path_regex: \"/ee*f\" }\n"
                              "    rates: [{ requests: 1, window: 1m }]\n",
                              NULL);
     gwt_avoid_window_edge(60, 8);
@@ -147,6 +156,16 @@ static void test_match_headers_and_regex(void **state)
     gwt_pol_expect_pass(port, "GET", "/items/12", NULL, "numeric", 0, "/items/12");
     gwt_pol_expect_429(port, "GET", "/items//%31%32", NULL, "[\"numeric\"]", "numeric",
                        "/items//%31%32 (normalised: /items/12)", NULL);
+    /* Alternation and quantifiers (the matcher indexes a regex by its
+     * literal start; these have a shorter one, or none). */
+    gwt_pol_expect_pass(port, "GET", "/a1/x", NULL, NULL, 0, "/a1/x: whole path only");
+    gwt_pol_expect_pass(port, "GET", "/x/b1", NULL, NULL, 0, "/x/b1: whole path only");
+    gwt_pol_expect_pass(port, "GET", "/b1", NULL, "either", 0, "/b1 (second alternative)");
+    gwt_pol_expect_429(port, "GET", "/a1", NULL, "[\"either\"]", "either", "/a1", NULL);
+    gwt_pol_expect_pass(port, "GET", "/cd", NULL, "optional", 0, "/cd (x absent)");
+    gwt_pol_expect_429(port, "GET", "/cxd", NULL, "[\"optional\"]", "optional", "/cxd", NULL);
+    gwt_pol_expect_pass(port, "GET", "/ef", NULL, "starred", 0, "/ef (one e)");
+    gwt_pol_expect_429(port, "GET", "/eeef", NULL, "[\"starred\"]", "starred", "/eeef", NULL);
 }
 
 /* ---- sliding window across a window edge --------------------------------- */
