@@ -141,6 +141,10 @@ static void test_match_headers_and_regex(void **state)
                         "X-Plan: Free (value differs)");
     gwt_pol_expect_pass(port, "GET", "/users/1", "X-Plan: pro\r\n", NULL, 0, "X-Plan: pro");
     gwt_pol_expect_pass(port, "GET", "/users/1", NULL, NULL, 0, "no X-Plan");
+    /* Two lines, one of them free: the limit applies (a client cannot
+     * hide the value behind another line of the same field). */
+    gwt_pol_expect_429(port, "GET", "/users/1", "X-Plan: pro\r\nX-Plan: free\r\n",
+                       "[\"free-plan\"]", "free-plan", "X-Plan: pro, then X-Plan: free", NULL);
     /* "*": present with any value. */
     gwt_pol_expect_pass(port, "GET", "/echo", NULL, NULL, 0, "no Authorization");
     gwt_pol_expect_pass(port, "GET", "/echo", "Authorization: Bearer a\r\n", "any-token", 0,
