@@ -11,7 +11,9 @@
  * them: limits past the 32nd applicable one not enforced, long key values
  * cut before hashing.
  */
+#include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -658,6 +660,105 @@ static void test_failure_modes_with_rules(void **state)
     assert_true(gwt_stat(gwt_pol_gp[2], "/stats", "redis_errors") >= 3);
 }
 
+/* ---- reload under load: one version per request ----------------------- */
+
+static const char *flip_rules(int v)
+{
+    static char text[2][256];
+    snprintf(text[v], sizeof(text[v]),
+             "version: 1\n"
+             "limits:\n"
+             "  - name: a\n"
+             "    rates: [{ requests: %d, window: 1m }]\n"
+             "  - name: b\n"
+             "    rates: [{ requests: %d, window: 1m }]\n",
+             1000000 + v, 1000000 + v);
+    return text[v];
+}
+
+struct flipper {
+    pthread_t thread;
+    _Atomic bool stop;
+    int writes;
+};
+
+/* Rewrites the rules file between the two versions every 30 ms (in place,
+ * or by rename every other time) until told to stop (at most 10 s). */
+static void *flip_main(void *arg)
+{
+    struct flipper *f = arg;
+    char tmp[GWT_POL_PATH_MAX + 8];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", gwt_pol_rules_path);
+    long long t0 = gwt_now_ms();
+    for (int i = 1; !atomic_load(&f->stop) && gwt_now_ms() - t0 < 10000; i++) {
+        const char *text = flip_rules(i % 2);
+        const char *path = i % 4 < 2 ? gwt_pol_rules_path : tmp;
+        FILE *fp = fopen(path, "w");
+        if (fp != NULL) {
+            fputs(text, fp);
+            fclose(fp);
+            if (path == tmp)
+                (void)!rename(tmp, gwt_pol_rules_path);
+            f->writes++;
+        }
+        gwt_pol_pause_ms(30);
+    }
+    return NULL;
+}
+
+/* Requests while the file flips between two versions that change both
+ * limits: every response's RateLimit-Policy is one version whole (SPEC §10
+ * "a request is decided entirely by one version"), X-RateLimit-Limit
+ * agrees with it, nothing is refused or fails, and reloads did happen. */
+static void test_reload_under_load(void **state)
+{
+    (void)state;
+    const char *extra[] = {"WORKER_THREADS=2", "ACCESS_LOG=off", NULL};
+    int port = gwt_pol_start(0, flip_rules(0), extra);
+    char want[2][128];
+    for (int v = 0; v < 2; v++)
+        snprintf(want[v], sizeof(want[v]), "\"a\";q=%d;w=60, \"b\";q=%d;w=60", 1000000 + v,
+                 1000000 + v);
+    struct flipper f = {.stop = false};
+    assert_int_equal(pthread_create(&f.thread, NULL, flip_main, &f), 0);
+    int seen[2] = {0, 0}, n = 0;
+    long long t0 = gwt_now_ms();
+    while (gwt_now_ms() - t0 < 3000 && n < 20000) {
+        struct gwt_response r;
+        gwt_pol_send(port, "GET", "/users/1", NULL, &r);
+        n++;
+        const char *pol = gwt_header(&r, "RateLimit-Policy");
+        int v = pol == NULL                 ? -1
+                : strcmp(pol, want[0]) == 0 ? 0
+                : strcmp(pol, want[1]) == 0 ? 1
+                                            : -1;
+        if (r.status != 200 || v < 0) {
+            atomic_store(&f.stop, true);
+            pthread_join(f.thread, NULL);
+            gwt_print_escaped("response head", r.raw_head, strlen(r.raw_head));
+            fail_msg("request %d during reloads: status %d, RateLimit-Policy %s", n, r.status,
+                     pol ? pol : "(none)");
+        }
+        assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Limit", -1), 1000000 + v);
+        seen[v]++;
+        gwt_response_free(&r);
+    }
+    atomic_store(&f.stop, true);
+    assert_int_equal(pthread_join(f.thread, NULL), 0);
+    struct gwt_response m;
+    assert_int_equal(gwt_get(port, "/metrics", &m), 0);
+    double ok = 0;
+    assert_int_equal(
+        gwt_prom_sample(m.body, "gateway_rules_reloads_total{result=\"success\"}", &ok), 0);
+    gwt_response_free(&m);
+    print_message("  %d requests during %d file writes and %.0f reloads: %d saw version 0, %d "
+                  "version 1, none a mix\n",
+                  n, f.writes, ok, seen[0], seen[1]);
+    assert_true(ok >= 2);
+    assert_true(seen[0] > 0 && seen[1] > 0);
+    gwt_assert_serves_user(port, 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -672,6 +773,7 @@ int main(void)
         GWT_POL_TEST(test_concurrent_algorithms),
         GWT_POL_TEST(test_long_key_values),
         GWT_POL_TEST(test_failure_modes_with_rules),
+        GWT_POL_TEST(test_reload_under_load),
     };
     return cmocka_run_group_tests(tests, gwt_pol_group_setup, gwt_suite_teardown);
 }
