@@ -292,6 +292,59 @@ static void test_delay_shaping(void **state)
     assert_true(gwt_now_ms() - t0 < 4000);
 }
 
+/* A shaped rate beside other limits: a request the token bucket would hold
+ * but another limit refuses is refused at once and reserves nothing (the
+ * next request waits one interval, not two); a shadow shaped limit, and
+ * an enforce one under RATE_LIMIT_DRY_RUN, never hold a request. */
+static void test_delay_with_other_limits(void **state)
+{
+    (void)state;
+    static const char rules[] =
+        "version: 1\n"
+        "limits:\n"
+        "  - name: shaped\n"
+        "    match: { path_prefix: /users/ }\n"
+        "    rates: [{ requests: 1, window: 1s, algorithm: token_bucket, burst: 1, delay: 3s }]\n"
+        "  - name: once\n"
+        "    match: { path: /users/2 }\n"
+        "    rates: [{ requests: 1, window: 1m }]\n"
+        "  - name: shadow-shaped\n"
+        "    match: { path: /echo }\n"
+        "    mode: shadow\n"
+        "    rates: [{ requests: 1, window: 1s, algorithm: token_bucket, burst: 1, delay: 3s }]\n";
+    const char *dry[] = {"RATE_LIMIT_DRY_RUN=on", NULL};
+    int port = gwt_pol_start(0, rules, NULL);
+    int dport = gwt_pol_start(1, NULL, dry);
+    gwt_avoid_window_edge(60, 8);
+    long long t = gwt_now_ms();
+    gwt_pol_expect_pass(port, "GET", "/users/2", NULL, "once", 0, "/users/2, 1st");
+    long long t1 = gwt_now_ms();
+    gwt_pol_expect_429(port, "GET", "/users/2", NULL, "[\"once\"]", "once",
+                       "/users/2, 2nd: once refuses", NULL);
+    long long refused_ms = gwt_now_ms() - t1;
+    if (refused_ms > 500)
+        fail_msg("a request another limit refuses was held %lld ms before its 429", refused_ms);
+    t1 = gwt_now_ms();
+    gwt_pol_expect_pass(port, "GET", "/users/1", NULL, "shaped", -1, "/users/1 held");
+    long long held = gwt_now_ms() - t1, since_first = gwt_now_ms() - t;
+    print_message("  held %lld ms (%lld ms after the first request)\n", held, since_first);
+    /* One token back 1 s after the first request; had the refused request
+     * reserved a place, it would be 2 s. */
+    if (since_first < 900 || since_first > 1600)
+        fail_msg("/users/1 passed %lld ms after the first request, want about 1000 (the refused "
+                 "request must reserve nothing)",
+                 since_first);
+    /* Never held: a shadow shaped limit, a shaped limit in dry run. */
+    for (int i = 0; i < 3; i++) {
+        t1 = gwt_now_ms();
+        gwt_pol_expect_pass(port, "GET", "/echo", NULL, NULL, 0, "shadow shaped limit");
+        gwt_pol_expect_pass(dport, "GET", "/users/1", NULL, "shaped", -1, "dry run, shaped");
+        long long ms = gwt_now_ms() - t1;
+        if (ms > 500)
+            fail_msg("round %d: a shadow or dry-run shaped limit held a request (%lld ms)", i, ms);
+    }
+}
+
 /* ---- many applicable limits ------------------------------------------- */
 
 /* SPEC §10: every limit whose match holds applies. 40 catch-all limits (a
@@ -762,17 +815,12 @@ static void test_reload_under_load(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        GWT_POL_TEST(test_concurrent_all_or_nothing),
-        GWT_POL_TEST(test_match_headers_and_regex),
-        GWT_POL_TEST(test_sliding_window_edge),
-        GWT_POL_TEST(test_delay_shaping),
-        GWT_POL_TEST(test_many_applicable_limits),
-        GWT_POL_TEST(test_reload_mode_and_allow),
-        GWT_POL_TEST(test_ipv6_client),
-        GWT_POL_TEST(test_refusal_other_algorithms),
-        GWT_POL_TEST(test_concurrent_algorithms),
-        GWT_POL_TEST(test_long_key_values),
-        GWT_POL_TEST(test_failure_modes_with_rules),
+        GWT_POL_TEST(test_concurrent_all_or_nothing), GWT_POL_TEST(test_match_headers_and_regex),
+        GWT_POL_TEST(test_sliding_window_edge),       GWT_POL_TEST(test_delay_shaping),
+        GWT_POL_TEST(test_delay_with_other_limits),   GWT_POL_TEST(test_many_applicable_limits),
+        GWT_POL_TEST(test_reload_mode_and_allow),     GWT_POL_TEST(test_ipv6_client),
+        GWT_POL_TEST(test_refusal_other_algorithms),  GWT_POL_TEST(test_concurrent_algorithms),
+        GWT_POL_TEST(test_long_key_values),           GWT_POL_TEST(test_failure_modes_with_rules),
         GWT_POL_TEST(test_reload_under_load),
     };
     return cmocka_run_group_tests(tests, gwt_pol_group_setup, gwt_suite_teardown);
