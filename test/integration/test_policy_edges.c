@@ -11,6 +11,8 @@
  * them: limits past the 32nd applicable one not enforced, long key values
  * cut before hashing.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdatomic.h>
@@ -21,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -812,16 +816,109 @@ static void test_reload_under_load(void **state)
     gwt_assert_serves_user(port, 3);
 }
 
+/* A dual-stack listener (GATEWAY_HOST=::): an IPv4 client arrives as
+ * ::ffff:127.0.0.1 and must still be 127.0.0.1 for client_cidrs and keys;
+ * ::1 is another client. */
+static void test_dual_stack_client(void **state)
+{
+    (void)state;
+    const char *extra[] = {"GATEWAY_HOST=::", NULL};
+    int port = gwt_pol_start(0,
+                             "version: 1\n"
+                             "limits:\n"
+                             "  - name: local-allow\n"
+                             "    match: { client_cidrs: [127.0.0.0/8] }\n"
+                             "    action: allow\n"
+                             "  - name: all\n"
+                             "    rates: [{ requests: 1, window: 1m }]\n",
+                             extra);
+    gwt_avoid_window_edge(60, 8);
+    for (int i = 0; i < 3; i++)
+        gwt_pol_expect_pass(port, "GET", "/users/1", NULL, NULL, 0,
+                            "127.0.0.1 through a dual-stack listener (allow-listed)");
+    /* ::1 by hand (the helpers connect over IPv4). */
+    for (int i = 0; i < 2; i++) {
+        int fd = socket(AF_INET6, SOCK_STREAM, 0);
+        assert_true(fd >= 0);
+        struct sockaddr_in6 a = {.sin6_family = AF_INET6,
+                                 .sin6_port = htons((uint16_t)port),
+                                 .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+        struct timeval tv = {.tv_sec = 10};
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+            close(fd);
+            print_message("  no IPv6 loopback here: the ::1 half skipped\n");
+            return;
+        }
+        assert_int_equal(gwt_send_str(fd, "GET /users/1 HTTP/1.1\r\nHost: x\r\n"
+                                          "Connection: close\r\n\r\n"),
+                         0);
+        struct gwt_response r;
+        gwt_must_read(fd, &r, false, "GET /users/1 from ::1");
+        close(fd);
+        if (i == 0)
+            gwt_pol_expect_rl(&r, "all", 0, "::1, 1st");
+        else
+            assert_int_equal(r.status, 429);
+        gwt_response_free(&r);
+    }
+}
+
+/* Five requests pipelined on one connection to a limit of 2: answered in
+ * order 200, 200, 429, 429, 429 on the same connection (each decided in
+ * order, also when they share a batch), and only two reach the backend. */
+static void test_pipelined(void **state)
+{
+    (void)state;
+    const char *redis[] = {gwt_fx.redis_url, NULL};
+    static const char rules[] = "version: 1\n"
+                                "limits:\n"
+                                "  - name: two\n"
+                                "    rates: [{ requests: 2, window: 1m }]\n";
+    gwt_pol_start(0, rules, NULL);
+    gwt_pol_start(1, NULL, redis);
+    gwt_avoid_window_edge(60, 8);
+    static const char *const store[] = {"memory", "redis"};
+    for (int g = 0; g < 2; g++) {
+        char pipeline[512] = "";
+        for (int i = 0; i < 5; i++)
+            strcat(pipeline, "GET /users/1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        int fd = gwt_connect(gwt_pol_gp[g]);
+        assert_true(fd >= 0);
+        assert_int_equal(gwt_send_str(fd, pipeline), 0);
+        for (int i = 0; i < 5; i++) {
+            struct gwt_response r;
+            char what[64];
+            snprintf(what, sizeof(what), "%s: pipelined request %d", store[g], i + 1);
+            gwt_must_read(fd, &r, false, what);
+            if (r.status != (i < 2 ? 200 : 429))
+                fail_msg("%s: status %d", what, r.status);
+            gwt_pol_expect_rl(&r, "two", i < 2 ? 1 - i : 0, what);
+            gwt_response_free(&r);
+        }
+        close(fd);
+    }
+    assert_int_equal(gwt_pol_backend_requests(), 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        GWT_POL_TEST(test_concurrent_all_or_nothing), GWT_POL_TEST(test_match_headers_and_regex),
-        GWT_POL_TEST(test_sliding_window_edge),       GWT_POL_TEST(test_delay_shaping),
-        GWT_POL_TEST(test_delay_with_other_limits),   GWT_POL_TEST(test_many_applicable_limits),
-        GWT_POL_TEST(test_reload_mode_and_allow),     GWT_POL_TEST(test_ipv6_client),
-        GWT_POL_TEST(test_refusal_other_algorithms),  GWT_POL_TEST(test_concurrent_algorithms),
-        GWT_POL_TEST(test_long_key_values),           GWT_POL_TEST(test_failure_modes_with_rules),
+        GWT_POL_TEST(test_concurrent_all_or_nothing),
+        GWT_POL_TEST(test_match_headers_and_regex),
+        GWT_POL_TEST(test_sliding_window_edge),
+        GWT_POL_TEST(test_delay_shaping),
+        GWT_POL_TEST(test_delay_with_other_limits),
+        GWT_POL_TEST(test_many_applicable_limits),
+        GWT_POL_TEST(test_reload_mode_and_allow),
+        GWT_POL_TEST(test_ipv6_client),
+        GWT_POL_TEST(test_refusal_other_algorithms),
+        GWT_POL_TEST(test_concurrent_algorithms),
+        GWT_POL_TEST(test_long_key_values),
+        GWT_POL_TEST(test_failure_modes_with_rules),
         GWT_POL_TEST(test_reload_under_load),
+        GWT_POL_TEST(test_dual_stack_client),
+        GWT_POL_TEST(test_pipelined),
     };
     return cmocka_run_group_tests(tests, gwt_pol_group_setup, gwt_suite_teardown);
 }
