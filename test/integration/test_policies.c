@@ -1014,6 +1014,70 @@ static void test_headers_off(void **state)
     gwt_response_free(&r);
 }
 
+/* ---- the example file of SPEC §10 (and the README) ------------------- */
+
+static const char spec_example[] =
+    "version: 1\n"
+    "limits:\n"
+    "  - name: monitoring\n"
+    "    match: { client_cidrs: [10.20.0.0/16] }\n"
+    "    action: allow\n"
+    "  - name: login\n"
+    "    match: { methods: [POST], path: /login }\n"
+    "    key: ip\n"
+    "    rates:\n"
+    "      - { requests: 5, window: 1m }\n"
+    "      - { requests: 20, window: 1h }\n"
+    "  - name: api-free\n"
+    "    match: { path_prefix: /api/, headers: { X-Plan: free } }\n"
+    "    key: header:X-API-Key\n"
+    "    rates:\n"
+    "      - { requests: 10, window: 1s, algorithm: token_bucket, burst: 20, delay: 500ms }\n"
+    "      - { requests: 10000, window: 1d, name: api-daily }\n"
+    "  - name: api-new-tier\n"
+    "    match: { path_prefix: /api/ }\n"
+    "    key: [header:X-API-Key, ip]\n"
+    "    rates: [ { requests: 100, window: 10s, algorithm: sliding_window } ]\n"
+    "    mode: shadow\n";
+
+/* The file the README shows, as it behaves: the README's 429 for the
+ * sixth POST /login, the monitoring range never limited, api-free's two
+ * rates in RateLimit-Policy without the shadow api-new-tier, which is
+ * still counted. */
+static void test_spec_example(void **state)
+{
+    (void)state;
+    const char *extra[] = {"TRUSTED_PROXIES=127.0.0.1/32", NULL};
+    int port = gwt_pol_start(0, spec_example, extra);
+    gwt_avoid_window_edge(60, 8);
+    const char *c = gwt_pol_as_client("192.0.2.7", NULL);
+    char client[64];
+    snprintf(client, sizeof(client), "%s", c);
+    for (int i = 0; i < 5; i++)
+        gwt_pol_expect_pass(port, "POST", "/login", client, "login-1m", 4 - i, "POST /login");
+    struct gwt_response r;
+    gwt_pol_expect_429(port, "POST", "/login", client, "[\"login-1m\"]", "login-1m",
+                       "the sixth POST /login", &r);
+    assert_string_equal(gwt_header(&r, "RateLimit-Policy"),
+                        "\"login-1m\";q=5;w=60, \"login-1h\";q=20;w=3600");
+    assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Limit", -1), 5);
+    gwt_response_free(&r);
+    for (int i = 0; i < 7; i++)
+        gwt_pol_expect_pass(port, "POST", "/login", gwt_pol_as_client("10.20.1.2", NULL), NULL, 0,
+                            "POST /login from the monitoring range");
+    gwt_pol_send(port, "GET", "/api/items", "X-Plan: free\r\nX-API-Key: k1\r\n", &r);
+    assert_true(r.status != 429 && r.status < 500);
+    assert_string_equal(gwt_header(&r, "RateLimit-Policy"),
+                        "\"api-free-1s\";q=10;w=1, \"api-daily\";q=10000;w=86400");
+    gwt_pol_expect_rl(&r, "api-free-1s", 19, "GET /api/items, free plan");
+    gwt_response_free(&r);
+    gwt_pol_expect_pass(port, "GET", "/api/items", "X-Plan: pro\r\nX-API-Key: k1\r\n", NULL, 0,
+                        "GET /api/items, pro plan: only the shadow limit applies");
+    gwt_pol_expect_limit_stats(port, "login", 5, 1, 0);
+    gwt_pol_expect_limit_stats(port, "api-free", 1, 0, 0);
+    gwt_pol_expect_limit_stats(port, "api-new-tier", 2, 0, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1033,6 +1097,7 @@ int main(void)
         GWT_POL_TEST(test_algorithms_rules_file),
         GWT_POL_TEST(test_dry_run),
         GWT_POL_TEST(test_headers_off),
+        GWT_POL_TEST(test_spec_example),
     };
     return cmocka_run_group_tests(tests, gwt_pol_group_setup, gwt_suite_teardown);
 }
