@@ -7,8 +7,10 @@
  * across its edge, reload switching a refused client's limit to shadow or
  * adding an allow limit, IPv6 clients, a refusal by one algorithm leaving
  * the others untouched, token-bucket delay (shaping), the failure modes
- * with a rules file, long key values, and one known gap kept as a skipped
- * test that names it: limits past the 32nd applicable one not enforced.
+ * with a rules file, long key values, and known gaps kept as skipped
+ * tests that name them: limits past the 32nd applicable one not enforced;
+ * a shadow or dry-run limit keyed by a header answers 400 to two lines of
+ * it.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -908,6 +910,56 @@ static void test_pipelined(void **state)
     assert_int_equal(gwt_pol_backend_requests(), 4);
 }
 
+/* ---- shadow and dry run never refuse, even for a bad key header ------- */
+
+/* SPEC §10: a shadow limit is "decided and counted, never refuses", and
+ * RATE_LIMIT_DRY_RUN never blocks; SPEC §6 answers 400 to two lines of a
+ * key header. A shadow (or dry-run) limit keyed by a header must not turn
+ * a request that passes today into a 400, or trying a limit in shadow is
+ * not free. */
+static void test_shadow_duplicate_key_header(void **state)
+{
+    (void)state;
+    static const char rules[] = "version: 1\n"
+                                "limits:\n"
+                                "  - name: trial\n"
+                                "    match: { path_prefix: /users/ }\n"
+                                "    key: header:X-API-Key\n"
+                                "    mode: shadow\n"
+                                "    rates: [{ requests: 100, window: 1m }]\n"
+                                "  - name: enforced\n"
+                                "    match: { path: /echo }\n"
+                                "    key: header:X-API-Key\n"
+                                "    rates: [{ requests: 100, window: 1m }]\n";
+    const char *dry[] = {"RATE_LIMIT_DRY_RUN=on", NULL};
+    int port = gwt_pol_start(0, rules, NULL);
+    int dport = gwt_pol_start(1, NULL, dry);
+    static const char twice[] = "X-API-Key: a\r\nX-API-Key: b\r\n";
+    struct gwt_response r;
+    /* An enforce limit: 400, as SPEC §6 says. */
+    gwt_pol_send(port, "GET", "/echo", twice, &r);
+    assert_int_equal(r.status, 400);
+    gwt_response_free(&r);
+    gwt_pol_send(port, "GET", "/users/1", twice, &r);
+    int shadow = r.status;
+    gwt_response_free(&r);
+    gwt_pol_send(dport, "GET", "/echo", twice, &r);
+    int dry_run = r.status;
+    gwt_response_free(&r);
+    if (shadow == 400 || dry_run == 400) {
+        /* KNOWN BUG (SPEC §10 shadow "never refuses" vs §6's 400): the
+         * identity of a shadow or dry-run limit is derived like an
+         * enforce limit's, and a bad key header refuses the request. */
+        print_message("  KNOWN BUG (SPEC §10 shadow/dry run never refuse): GET /users/1 with two "
+                      "X-API-Key lines under a shadow limit keyed by it: %d, want 200; under "
+                      "RATE_LIMIT_DRY_RUN=on (an enforce limit keyed by it): %d, want 200\n",
+                      shadow, dry_run);
+        skip();
+    }
+    assert_int_equal(shadow, 200);
+    assert_int_equal(dry_run, 200);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -926,6 +978,7 @@ int main(void)
         GWT_POL_TEST(test_reload_under_load),
         GWT_POL_TEST(test_dual_stack_client),
         GWT_POL_TEST(test_pipelined),
+        GWT_POL_TEST(test_shadow_duplicate_key_header),
     };
     return cmocka_run_group_tests(tests, gwt_pol_group_setup, gwt_suite_teardown);
 }
