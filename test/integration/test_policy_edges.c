@@ -10,7 +10,8 @@
  * with a rules file, long key values, and known gaps kept as skipped
  * tests that name them: limits past the 32nd applicable one not enforced;
  * a shadow or dry-run limit keyed by a header answers 400 to two lines of
- * it.
+ * it; with Redis down and RATE_LIMIT_FAILURE_MODE=closed a shadow or
+ * dry-run limit answers 503.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -960,6 +961,53 @@ static void test_shadow_duplicate_key_header(void **state)
     assert_int_equal(dry_run, 200);
 }
 
+/* Redis unreachable with RATE_LIMIT_FAILURE_MODE=closed: a request only a
+ * shadow limit applies to must not get the 503 of an enforce limit's
+ * failed check (SPEC §10: shadow never refuses), nor, under
+ * RATE_LIMIT_DRY_RUN ("never block"), any request; an enforce limit does
+ * get 503. */
+static void test_shadow_store_down_closed(void **state)
+{
+    (void)state;
+    static const char rules[] = "version: 1\n"
+                                "limits:\n"
+                                "  - name: trial\n"
+                                "    match: { path_prefix: /users/ }\n"
+                                "    mode: shadow\n"
+                                "    rates: [{ requests: 100, window: 1m }]\n"
+                                "  - name: real\n"
+                                "    match: { path: /echo }\n"
+                                "    rates: [{ requests: 100, window: 1m }]\n";
+    char dead[96];
+    snprintf(dead, sizeof(dead), "%s", gwt_dead_url("REDIS_URL", "redis"));
+    const char *closed[] = {dead, "RATE_LIMIT_FAILURE_MODE=closed", NULL};
+    const char *dry[] = {dead, "RATE_LIMIT_FAILURE_MODE=closed", "RATE_LIMIT_DRY_RUN=on", NULL};
+    int port = gwt_pol_start(0, rules, closed);
+    int dport = gwt_pol_start(1, NULL, dry);
+    struct gwt_response r;
+    gwt_pol_send(port, "GET", "/echo", NULL, &r);
+    assert_int_equal(r.status, 503); /* enforce limit, store down, closed */
+    gwt_response_free(&r);
+    gwt_pol_send(port, "GET", "/users/1", NULL, &r);
+    int shadow = r.status;
+    gwt_response_free(&r);
+    gwt_pol_send(dport, "GET", "/echo", NULL, &r);
+    int dry_run = r.status;
+    gwt_response_free(&r);
+    if (shadow == 503 || dry_run == 503) {
+        /* KNOWN BUG: the failure mode is applied to shadow limits (and to
+         * every limit under dry run) as to enforce ones. */
+        print_message("  KNOWN BUG (SPEC §10 shadow never refuses, §3 dry run never blocks): "
+                      "Redis down, RATE_LIMIT_FAILURE_MODE=closed: GET /users/1 under only a "
+                      "shadow limit: %d, want 200; GET /echo under RATE_LIMIT_DRY_RUN=on: %d, "
+                      "want 200\n",
+                      shadow, dry_run);
+        skip();
+    }
+    assert_int_equal(shadow, 200);
+    assert_int_equal(dry_run, 200);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -979,6 +1027,7 @@ int main(void)
         GWT_POL_TEST(test_dual_stack_client),
         GWT_POL_TEST(test_pipelined),
         GWT_POL_TEST(test_shadow_duplicate_key_header),
+        GWT_POL_TEST(test_shadow_store_down_closed),
     };
     return cmocka_run_group_tests(tests, gwt_pol_group_setup, gwt_suite_teardown);
 }
