@@ -909,6 +909,17 @@ static void sliding_case(int port, const char *what)
         fail_msg("%s: RateLimit t=%lld, want the end of the window", msg, f.t);
     assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1), end_ms / 1000);
     gwt_response_free(&r);
+    /* The 5th is answered from the over-limit cache: the same instant. */
+    snprintf(msg, sizeof(msg), "%s: 5th (over-limit cache)", what);
+    before = gwt_pol_wall_ms();
+    long long ra5 = gwt_pol_expect_429(port, "GET", "/echo", NULL, "[\"sw\"]", "sw", msg, &r);
+    after = gwt_pol_wall_ms();
+    lo = (end_ms + 20000 - after + 999) / 1000;
+    hi = (end_ms + 20000 - before + 999) / 1000;
+    if (ra5 < lo - 1 || ra5 > hi)
+        fail_msg("%s: Retry-After %lld, want %lld..%lld (as the 4th's)", msg, ra5, lo, hi);
+    assert_int_equal(gwt_dist_header_ll(&r, "X-RateLimit-Reset", -1), end_ms / 1000);
+    gwt_response_free(&r);
 }
 
 /* The same rules file on the in-process store and on Redis: the same
