@@ -1089,6 +1089,37 @@ static void test_spec_example(void **state)
     gwt_pol_expect_limit_stats(port, "api-new-tier", 2, 0, 0);
 }
 
+/* ---- JSON and YAML ------------------------------------------------------ */
+
+/* The same rules as JSON and as YAML: one rules version (the SHA-256 of
+ * the normalised rules), and the JSON file enforces them the same way. */
+static void test_json_and_yaml(void **state)
+{
+    (void)state;
+    gwt_pol_write_rules_as("rules.yaml", "version: 1\n"
+                                         "limits:\n"
+                                         "  - name: j\n"
+                                         "    match: { methods: [GET], path_prefix: /users/ }\n"
+                                         "    rates:\n"
+                                         "      - { requests: 2, window: 1m }\n"
+                                         "      - { requests: 10, window: 1h }\n");
+    int yport = gwt_pol_start(0, NULL, NULL);
+    gwt_pol_write_rules_as("rules.json",
+                           "{\"version\":1,\"limits\":[{\"name\":\"j\",\"match\":{\"methods\":"
+                           "[\"GET\"],\"path_prefix\":\"/users/\"},\"rates\":[{\"requests\":2,"
+                           "\"window\":\"1m\"},{\"requests\":10,\"window\":3600}]}]}");
+    int jport = gwt_pol_start(1, NULL, NULL);
+    char vy[32], vj[32];
+    gwt_pol_rules_version(yport, vy);
+    gwt_pol_rules_version(jport, vj);
+    assert_string_equal(vy, vj);
+    gwt_avoid_window_edge(60, 8);
+    gwt_pol_expect_pass(jport, "GET", "/users/1", NULL, "j-1m", 1, "JSON rules, 1st");
+    gwt_pol_expect_pass(jport, "GET", "/users/1", NULL, "j-1m", 0, "JSON rules, 2nd");
+    gwt_pol_expect_429(jport, "GET", "/users/1", NULL, "[\"j-1m\"]", "j-1m", "JSON rules, 3rd",
+                       NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1109,6 +1140,7 @@ int main(void)
         GWT_POL_TEST(test_dry_run),
         GWT_POL_TEST(test_headers_off),
         GWT_POL_TEST(test_spec_example),
+        GWT_POL_TEST(test_json_and_yaml),
     };
     return cmocka_run_group_tests(tests, gwt_pol_group_setup, gwt_suite_teardown);
 }

@@ -65,11 +65,20 @@ int gwt_pol_test_teardown(void **state)
 /* Writes text to the test's rules file (in place, as an editor does). */
 void gwt_pol_write_rules(const char *text)
 {
+    if (rules_dir[0] == '\0')
+        gwt_pol_write_rules_as("rules.yaml", text);
+    else
+        assert_int_equal(gwt_obs_write_file(gwt_pol_rules_path, text, strlen(text)), 0);
+}
+
+void gwt_pol_write_rules_as(const char *name, const char *text)
+{
     if (rules_dir[0] == '\0') {
         snprintf(rules_dir, sizeof(rules_dir), "/tmp/gw-policies-XXXXXX");
         assert_non_null(mkdtemp(rules_dir));
-        snprintf(gwt_pol_rules_path, sizeof(gwt_pol_rules_path), "%s/rules.yaml", rules_dir);
     }
+    int n = snprintf(gwt_pol_rules_path, sizeof(gwt_pol_rules_path), "%s/%s", rules_dir, name);
+    assert_true(n > 0 && (size_t)n < sizeof(gwt_pol_rules_path));
     assert_int_equal(gwt_obs_write_file(gwt_pol_rules_path, text, strlen(text)), 0);
 }
 

@@ -52,9 +52,13 @@ long long gwt_pol_wall_ms(void);
  * window's end. */
 long long gwt_pol_period_end(long long now_s, long long p);
 
-/* Writes text to the test's rules file (created in a fresh temporary
+/* Writes text to the test's rules file (rules.yaml in a fresh temporary
  * directory on the first call), in place as an editor does. */
 void gwt_pol_write_rules(const char *text);
+
+/* Makes name (e.g. "rules.json") in the test's directory the rules file
+ * and writes text to it; gwt_pol_start then uses it. */
+void gwt_pol_write_rules_as(const char *name, const char *text);
 
 /* Starts gateway i (0 .. GWT_POL_GATEWAYS-1) on the test's rules file
  * (written first when text is not NULL) with gwt_gateway_for's defaults,
