@@ -5,9 +5,11 @@
  * several workers and two gateways, exact admitted counts of every
  * algorithm at once, header and path_regex matching, the sliding window
  * across its edge, reload switching a refused client's limit to shadow or
- * adding an allow limit, IPv6 clients, a refusal by one algorithm leaving
- * the others untouched, token-bucket delay (shaping), the failure modes
- * with a rules file, long key values, and known gaps kept as skipped
+ * adding an allow limit, requests during a stream of reloads (one version
+ * per request), IPv6 and dual-stack clients, pipelined requests, a
+ * refusal by one algorithm leaving the others untouched, token-bucket
+ * delay (shaping) alone and beside other limits, the failure modes with
+ * a rules file, long key values, and known gaps kept as skipped
  * tests that name them: limits past the 32nd applicable one not enforced;
  * a shadow or dry-run limit keyed by a header answers 400 to two lines of
  * it; with Redis down and RATE_LIMIT_FAILURE_MODE=closed a shadow or
