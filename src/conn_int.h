@@ -78,7 +78,7 @@ struct exchange {
     size_t rl_headers_len;                 /* bytes of rl_headers */
     char rl_key[GW_CLIENT_KEY_MAX];        /* rate-limit key */
     char client_ident[GW_CLIENT_ADDR_MAX]; /* identified client (XFF-aware), for logs */
-    char rl_headers[1024];                 /* rendered rate-limit header lines */
+    char rl_headers[1536];                 /* rendered rate-limit header lines */
     char rl_policies[128];                 /* refusing/shadow-refusing policies, for the log */
     struct gw_rl_request rl_req;           /* what the limiter reads of the request */
 };

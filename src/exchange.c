@@ -316,11 +316,12 @@ void gw_exchange_on_head(struct gw_conn *c)
     }
     c->ex.upgrade = gw_conn_tunnel_wanted(c); /* else Upgrade is dropped as hop-by-hop */
 
-    if (!gw_client_id(cfg, c->client_bin, c->client_addr, h, c->ex.rl_key, c->ex.client_ident)) {
-        gw_exchange_respond_error(c, 400, "more than one field line of the rate-limit key header",
-                                  false);
-        return;
-    }
+    /* A key header in several field lines is the limiter's to judge (an
+     * enforce limit answers 400, a shadow one or a dry run does not): only
+     * the client address is taken here. */
+    bool one_key_line =
+        gw_client_id(cfg, c->client_bin, c->client_addr, h, c->ex.rl_key, c->ex.client_ident);
+    (void)one_key_line;
     /* The check is batched: every request whose head completed in this loop
      * iteration is checked together before the worker sleeps, so a Redis
      * store sees one pipelined round trip for all of them. */

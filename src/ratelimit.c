@@ -918,15 +918,28 @@ static bool pass_add(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *ite
      * rate is counted. */
     unsigned char md[GW_RL_APPLY_MAX][MD_BYTES];
     char hex[GW_RL_APPLY_MAX][GW_RL_KEY_HASH_HEX];
+    size_t kept = 0;
     for (size_t j = 0; j < napp; j++) {
-        ssize_t n = identity(w, w->v.match[j], it);
+        const struct gw_rules_limit *lim = w->v.match[j];
+        ssize_t n = identity(w, lim, it);
         if (n < 0) {
-            d->verdict = GW_RL_BAD_KEY;
-            return true;
+            /* Which budget is the client's is ambiguous: an enforce limit
+             * refuses the request (400); a shadow limit, or any limit in
+             * dry run, never refuses, so it just does not apply. */
+            if (!lim->shadow && !rl->dry_run) {
+                d->verdict = GW_RL_BAD_KEY;
+                return true;
+            }
+            continue;
         }
-        client_digest(w, w->ident, (size_t)n, md[j], hex[j]);
-        is->md_hash[j] = md_hash64(md[j]);
+        w->v.match[kept] = lim;
+        client_digest(w, w->ident, (size_t)n, md[kept], hex[kept]);
+        is->md_hash[kept] = md_hash64(md[kept]);
+        kept++;
     }
+    napp = kept;
+    if (napp == 0)
+        return true;
     d->napplied = (uint8_t)napp;
     for (size_t j = 0; j < napp; j++)
         d->applied[j].limit = (uint16_t)w->v.match[j]->index;
@@ -1046,7 +1059,7 @@ static void finish_item(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *
     const struct item_state *is = &w->items[i];
     if (d->verdict == GW_RL_BAD_KEY || is->nunits == 0)
         return;
-    bool enforce_refused = false, any_refused = false, undecided = false;
+    bool enforce_refused = false, any_refused = false, undecided = false, store_error = false;
     int64_t delay = 0;
     /* Per unit: refused, or not decided (the failure mode's case). */
     for (uint32_t u = is->first_unit; u < is->first_unit + is->nunits; u++) {
@@ -1054,7 +1067,11 @@ static void finish_item(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *
         bool alone =
             w->v.rules->limits[d->applied[w->oref[un->first].app].limit].shadow || rl->dry_run;
         if (un->result == GW_RL_UNIT_UNDECIDED || un->result == GW_RL_UNIT_ERROR) {
-            undecided = true;
+            /* The failure mode is for limits that can refuse: a shadow
+             * limit (every limit in dry run) only goes unreported. */
+            store_error = true;
+            if (!alone)
+                undecided = true;
             continue;
         }
         bool refused = un->result == GW_RL_UNIT_REFUSED;
@@ -1075,11 +1092,10 @@ static void finish_item(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *
         if (!alone)
             enforce_refused = true;
     }
-    if (undecided) {
+    if (store_error)
         d->store_error = true;
-        if (rl->mode == GW_RL_FAIL_CLOSED)
-            d->verdict = GW_RL_UNAVAILABLE;
-    }
+    if (undecided && rl->mode == GW_RL_FAIL_CLOSED)
+        d->verdict = GW_RL_UNAVAILABLE;
     if (enforce_refused && d->verdict == GW_RL_ALLOW)
         d->verdict = GW_RL_LIMITED;
     d->over_limit = enforce_refused || (rl->dry_run && any_refused);

@@ -168,8 +168,9 @@ size_t gw_rl_memory_entries(struct gw_rl_memory *m);
 /* Entries a shard may hold (its memory bound). */
 size_t gw_rl_memory_shard_cap(const struct gw_rl_memory *m);
 
-/* Shard index of a key, for tests that need keys sharing a shard. */
-unsigned gw_rl_memory_shard_of(const char *key, size_t key_len);
+/* Shard index of a key in store m (its seeds are random), for tests that
+ * need keys sharing a shard. */
+unsigned gw_rl_memory_shard_of(const struct gw_rl_memory *m, const char *key, size_t key_len);
 
 /* Decides a pass (struct gw_rl_pass) at now_us (Unix µs, the injected
  * clock; pass->now_us is set to it) with the math of gw/rl_algo.h: the

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #define NIL           (-1)
@@ -65,16 +66,19 @@ struct shard {
 
 struct gw_rl_memory {
     struct shard shards[GW_RL_MEMORY_SHARDS];
-    uint32_t cap; /* entries per shard */
+    uint32_t cap;          /* entries per shard */
+    uint64_t seed1, seed2; /* gw_hash64 seeds, random per store */
 };
 
 /* Keys reaching the store are hex of SHA-256 (ratelimit.c), so the fast
  * non-cryptographic gw_hash64 cannot be flooded; two seeds make a 128-bit
  * id. */
-#define SEED1 0x243f6a8885a308d3ULL
-#define SEED2 0x13198a2e03707344ULL
+/* The hash seeds are random per store (getrandom): a client cannot
+ * choose keys that land in one shard and evict another client's state. */
+#define SEED1 (m->seed1)
+#define SEED2 (m->seed2)
 
-unsigned gw_rl_memory_shard_of(const char *key, size_t key_len)
+unsigned gw_rl_memory_shard_of(const struct gw_rl_memory *m, const char *key, size_t key_len)
 {
     return (unsigned)(gw_hash64(SEED1, key, key_len) >> 58) % GW_RL_MEMORY_SHARDS;
 }
@@ -112,6 +116,16 @@ int gw_rl_memory_create(struct gw_rl_memory **out, size_t max_entries)
         return -ENOMEM;
     memset(m, 0, sizeof(*m));
     m->cap = (uint32_t)per;
+    uint64_t seeds[2];
+    if (getrandom(seeds, sizeof(seeds), GRND_NONBLOCK) != (ssize_t)sizeof(seeds)) {
+        /* No entropy yet (early boot): time and address, still not fixed. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seeds[0] = gw_mix64((uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)m);
+        seeds[1] = gw_mix64(seeds[0] ^ (uint64_t)ts.tv_sec);
+    }
+    m->seed1 = seeds[0];
+    m->seed2 = seeds[1] ^ 0x13198a2e03707344ULL;
     /* Buckets grow with the pool (slot_get), so an idle store stays small. */
     uint32_t nb = pow2_at_least(GW_MIN(m->cap, INITIAL_ALLOC));
     int i;

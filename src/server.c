@@ -94,8 +94,8 @@ static int start_resolver(struct gw_server *srv)
         /* The sentinels too, as far as there is room (a sentinel left out
          * is resolved by the worker when it connects). */
         for (int i = 0; rc == 0 && i < t.nsentinels; i++) {
-            int src = gw_resolve_add(t.sentinels[i].host, t.sentinels[i].port, "REDIS_SENTINELS",
-                                     &redis);
+            int src =
+                gw_resolve_add(t.sentinels[i].host, t.sentinels[i].port, "REDIS_SENTINELS", &redis);
             if (src == -ENOSPC)
                 break;
             rc = src;

@@ -46,53 +46,53 @@ enum gw_redis_tls_mode {
 /* The effective configuration. Strings are owned by the struct (heap, freed
  * by gw_config_deinit). Times are milliseconds unless the name says seconds. */
 struct gw_config {
-    char *gateway_host;               /* GATEWAY_HOST, listen address */
-    int gateway_port;                 /* GATEWAY_PORT, 0 = kernel picks (tests) */
-    char *backend_url;                /* BACKEND_URL as given */
-    char *backend_host;               /* parsed from BACKEND_URL */
-    int backend_port;                 /* parsed from BACKEND_URL, default 80 */
-    char *backend_base_path;          /* parsed, "" when none, never ends in '/' */
-    char *backend_authority;          /* "host:port" for Host when PRESERVE_HOST=off,
-                                         IPv6 in brackets ("[::1]:8001"); backend_host
-                                         itself has no brackets (for getaddrinfo) */
-    int worker_threads;               /* WORKER_THREADS, resolved: 0 becomes online CPUs */
-    int max_connections;              /* MAX_CONNECTIONS */
-    int max_connections_per_client;   /* MAX_CONNECTIONS_PER_CLIENT, 0 = no per-client cap */
-    char *redis_url;                  /* REDIS_URL, NULL when unset */
-    int redis_timeout_ms;             /* REDIS_TIMEOUT_MS */
-    char *redis_username;             /* REDIS_USERNAME, NULL when unset (wins over the URL's) */
-    char *redis_password;             /* REDIS_PASSWORD (secret), NULL when unset */
-    int redis_db;                     /* REDIS_DB, -1 = auto (the URL's, else 0) */
-    int redis_tls;                    /* REDIS_TLS: enum gw_redis_tls_mode */
-    char *redis_tls_ca_file;          /* REDIS_TLS_CA_FILE, NULL = system trust store */
-    char *redis_tls_cert_file;        /* REDIS_TLS_CERT_FILE (client certificate), or NULL */
-    char *redis_tls_key_file;         /* REDIS_TLS_KEY_FILE (its private key), or NULL */
-    char *redis_tls_server_name;      /* REDIS_TLS_SERVER_NAME, NULL = the host connected to */
-    bool redis_tls_verify;            /* REDIS_TLS_VERIFY */
-    char *redis_sentinels;            /* REDIS_SENTINELS "host:port,...", NULL when unset */
-    char *redis_sentinel_master;      /* REDIS_SENTINEL_MASTER */
-    char *redis_sentinel_username;    /* REDIS_SENTINEL_USERNAME */
-    char *redis_sentinel_password;    /* REDIS_SENTINEL_PASSWORD (secret) */
-    char *redis_cluster_nodes;        /* REDIS_CLUSTER_NODES (refused: not supported yet) */
-    int rate_limit_requests;          /* RATE_LIMIT_REQUESTS */
-    int rate_limit_window_s;          /* RATE_LIMIT_WINDOW_SECONDS */
-    int rate_limit_burst;             /* RATE_LIMIT_BURST, 0 = RATE_LIMIT_REQUESTS */
-    enum gw_rl_algorithm rate_limit_algorithm;   /* RATE_LIMIT_ALGORITHM */
-    char *rate_limit_key;             /* RATE_LIMIT_KEY as given: "ip" or "header:<Name>" */
-    char *rate_limit_key_header;      /* <Name> of header:<Name>, NULL for "ip" */
-    char *rate_limit_key_prefix;      /* RATE_LIMIT_KEY_PREFIX */
-    char *rate_limit_rules_file;      /* RATE_LIMIT_RULES_FILE, NULL when unset (rules.h) */
+    char *gateway_host;             /* GATEWAY_HOST, listen address */
+    int gateway_port;               /* GATEWAY_PORT, 0 = kernel picks (tests) */
+    char *backend_url;              /* BACKEND_URL as given */
+    char *backend_host;             /* parsed from BACKEND_URL */
+    int backend_port;               /* parsed from BACKEND_URL, default 80 */
+    char *backend_base_path;        /* parsed, "" when none, never ends in '/' */
+    char *backend_authority;        /* "host:port" for Host when PRESERVE_HOST=off,
+                                       IPv6 in brackets ("[::1]:8001"); backend_host
+                                       itself has no brackets (for getaddrinfo) */
+    int worker_threads;             /* WORKER_THREADS, resolved: 0 becomes online CPUs */
+    int max_connections;            /* MAX_CONNECTIONS */
+    int max_connections_per_client; /* MAX_CONNECTIONS_PER_CLIENT, 0 = no per-client cap */
+    char *redis_url;                /* REDIS_URL, NULL when unset */
+    int redis_timeout_ms;           /* REDIS_TIMEOUT_MS */
+    char *redis_username;           /* REDIS_USERNAME, NULL when unset (wins over the URL's) */
+    char *redis_password;           /* REDIS_PASSWORD (secret), NULL when unset */
+    int redis_db;                   /* REDIS_DB, -1 = auto (the URL's, else 0) */
+    int redis_tls;                  /* REDIS_TLS: enum gw_redis_tls_mode */
+    char *redis_tls_ca_file;        /* REDIS_TLS_CA_FILE, NULL = system trust store */
+    char *redis_tls_cert_file;      /* REDIS_TLS_CERT_FILE (client certificate), or NULL */
+    char *redis_tls_key_file;       /* REDIS_TLS_KEY_FILE (its private key), or NULL */
+    char *redis_tls_server_name;    /* REDIS_TLS_SERVER_NAME, NULL = the host connected to */
+    bool redis_tls_verify;          /* REDIS_TLS_VERIFY */
+    char *redis_sentinels;          /* REDIS_SENTINELS "host:port,...", NULL when unset */
+    char *redis_sentinel_master;    /* REDIS_SENTINEL_MASTER */
+    char *redis_sentinel_username;  /* REDIS_SENTINEL_USERNAME */
+    char *redis_sentinel_password;  /* REDIS_SENTINEL_PASSWORD (secret) */
+    char *redis_cluster_nodes;      /* REDIS_CLUSTER_NODES (refused: not supported yet) */
+    int rate_limit_requests;        /* RATE_LIMIT_REQUESTS */
+    int rate_limit_window_s;        /* RATE_LIMIT_WINDOW_SECONDS */
+    int rate_limit_burst;           /* RATE_LIMIT_BURST, 0 = RATE_LIMIT_REQUESTS */
+    enum gw_rl_algorithm rate_limit_algorithm; /* RATE_LIMIT_ALGORITHM */
+    char *rate_limit_key;        /* RATE_LIMIT_KEY as given: "ip" or "header:<Name>" */
+    char *rate_limit_key_header; /* <Name> of header:<Name>, NULL for "ip" */
+    char *rate_limit_key_prefix; /* RATE_LIMIT_KEY_PREFIX */
+    char *rate_limit_rules_file; /* RATE_LIMIT_RULES_FILE, NULL when unset (rules.h) */
     enum gw_rl_failure_mode rate_limit_failure_mode; /* RATE_LIMIT_FAILURE_MODE */
-    bool rate_limit_dry_run;          /* RATE_LIMIT_DRY_RUN */
-    bool rate_limit_headers;          /* RATE_LIMIT_HEADERS */
-    char *trusted_proxies;            /* TRUSTED_PROXIES as given ("" when empty) */
-    struct gw_cidr trusted[GW_CONFIG_MAX_TRUSTED]; /* parsed CIDRs */
-    int trusted_count;                /* entries used in trusted[] */
-    int max_concurrent_requests;      /* MAX_CONCURRENT_REQUESTS */
-    int max_queue_length;             /* MAX_QUEUE_LENGTH */
-    int queue_timeout_ms;             /* QUEUE_TIMEOUT_MS */
-    int upstream_connect_timeout_ms;  /* UPSTREAM_CONNECT_TIMEOUT_MS */
-    int upstream_timeout_ms;          /* UPSTREAM_TIMEOUT_MS */
+    bool rate_limit_dry_run;                         /* RATE_LIMIT_DRY_RUN */
+    bool rate_limit_headers;                         /* RATE_LIMIT_HEADERS */
+    char *trusted_proxies;                           /* TRUSTED_PROXIES as given ("" when empty) */
+    struct gw_cidr trusted[GW_CONFIG_MAX_TRUSTED];   /* parsed CIDRs */
+    int trusted_count;                               /* entries used in trusted[] */
+    int max_concurrent_requests;                     /* MAX_CONCURRENT_REQUESTS */
+    int max_queue_length;                            /* MAX_QUEUE_LENGTH */
+    int queue_timeout_ms;                            /* QUEUE_TIMEOUT_MS */
+    int upstream_connect_timeout_ms;                 /* UPSTREAM_CONNECT_TIMEOUT_MS */
+    int upstream_timeout_ms;                         /* UPSTREAM_TIMEOUT_MS */
     int upstream_keepalive;           /* UPSTREAM_KEEPALIVE, idle pooled per worker ("auto"
                                          resolved to max_concurrent_requests at load) */
     int upstream_idle_timeout_ms;     /* UPSTREAM_IDLE_TIMEOUT_MS */
@@ -131,8 +131,8 @@ typedef const char *(*gw_config_getenv_fn)(void *ctx, const char *name);
  * falls back to its default. *cfg is overwritten (deinit it before loading
  * again). Returns 0 on success, or the number of errors (> 0); *cfg is then
  * still safe to pass to gw_config_deinit. Not thread-safe (startup only). */
-GW_MUSTCHECK int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn getenv_fn,
-                                void *ctx, FILE *err);
+GW_MUSTCHECK int gw_config_load(struct gw_config *cfg, gw_config_getenv_fn getenv_fn, void *ctx,
+                                FILE *err);
 
 /* Frees the strings owned by *cfg and zeroes it. Safe on a zeroed struct. */
 void gw_config_deinit(struct gw_config *cfg);

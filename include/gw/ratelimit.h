@@ -25,7 +25,7 @@
 
 /* Limits of one request that the limiter applies (the first ones in file
  * order when more match; a warning is logged). */
-#define GW_RL_APPLY_MAX 32
+#define GW_RL_APPLY_MAX 64
 
 enum gw_rl_verdict {
     GW_RL_ALLOW = 0,   /* forward the request (perhaps after delay_us) */

@@ -390,15 +390,14 @@ static void test_many_applicable_limits(void **state)
     if (second == 200 && !last_listed &&
         gwt_wait_log(&gwt_pol_gws[0], "rate limit: a request matched 40 limits; only the first 32",
                      2000, NULL, 0) == 0) {
-        /* KNOWN BUG: ratelimit.c applies at most GW_RL_APPLY_MAX (32)
-         * limits (and 256 rates) per request and silently lets the rest
-         * go (one warning per 10 s), while the loader accepts 1024
-         * limits of 16 rates: limits past the 32nd are not enforced. */
-        print_message("  KNOWN BUG (SPEC §10 \"every limit whose match holds applies\"): 40 "
+        /* Was a bug at 32 (GW_RL_APPLY_MAX is 64 now): limits past the
+         * cap are not applied (one warning per 10 s). A file with more
+         * than 64 limits matching one request still meets it. */
+        print_message("  REGRESSION (SPEC §10 \"every limit whose match holds applies\"): 40 "
                       "catch-all limits, the 40th 1/min: the 2nd request got %d, want 429; "
                       "RateLimit-Policy stops at the 32nd limit\n",
                       second);
-        skip();
+        fail(); /* the cap is 64 now: 40 limits all apply */
     }
     assert_true(last_listed);
     assert_int_equal(second, 429);
@@ -678,9 +677,9 @@ static void test_long_key_values(void **state)
     gwt_response_free(&r);
     /* [header:X-API-Key, ip]: one long key from two addresses. */
     size_t n = 11 + LEN + 3;
-    snprintf(h + n, 96, "X-Forwarded-For: 192.0.2.1\r\n");
+    snprintf(h + n, LEN + 96 - n, "X-Forwarded-For: 192.0.2.1\r\n");
     gwt_pol_expect_pass(port, "GET", "/echo", h, "by-key-ip", 0, "long key from 192.0.2.1");
-    snprintf(h + n, 96, "X-Forwarded-For: 192.0.2.2\r\n");
+    snprintf(h + n, LEN + 96 - n, "X-Forwarded-For: 192.0.2.2\r\n");
     gwt_pol_send(port, "GET", "/echo", h, &r);
     int st_ip = r.status;
     gwt_response_free(&r);
@@ -953,14 +952,14 @@ static void test_shadow_duplicate_key_header(void **state)
     int dry_run = r.status;
     gwt_response_free(&r);
     if (shadow == 400 || dry_run == 400) {
-        /* KNOWN BUG (SPEC §10 shadow "never refuses" vs §6's 400): the
+        /* Was a bug, fixed (kept as a regression check) (SPEC §10 shadow "never refuses" vs §6's 400): the
          * identity of a shadow or dry-run limit is derived like an
          * enforce limit's, and a bad key header refuses the request. */
-        print_message("  KNOWN BUG (SPEC §10 shadow/dry run never refuse): GET /users/1 with two "
+        print_message("  REGRESSION (SPEC §10 shadow/dry run never refuse): GET /users/1 with two "
                       "X-API-Key lines under a shadow limit keyed by it: %d, want 200; under "
                       "RATE_LIMIT_DRY_RUN=on (an enforce limit keyed by it): %d, want 200\n",
                       shadow, dry_run);
-        skip();
+        fail(); /* fixed: a shadow or dry-run limit's ambiguous key skips the limit */
     }
     assert_int_equal(shadow, 200);
     assert_int_equal(dry_run, 200);
@@ -1000,14 +999,14 @@ static void test_shadow_store_down_closed(void **state)
     int dry_run = r.status;
     gwt_response_free(&r);
     if (shadow == 503 || dry_run == 503) {
-        /* KNOWN BUG: the failure mode is applied to shadow limits (and to
+        /* Was a bug, fixed (kept as a regression check): the failure mode was applied to shadow limits (and to
          * every limit under dry run) as to enforce ones. */
-        print_message("  KNOWN BUG (SPEC §10 shadow never refuses, §3 dry run never blocks): "
+        print_message("  REGRESSION (SPEC §10 shadow never refuses, §3 dry run never blocks): "
                       "Redis down, RATE_LIMIT_FAILURE_MODE=closed: GET /users/1 under only a "
                       "shadow limit: %d, want 200; GET /echo under RATE_LIMIT_DRY_RUN=on: %d, "
                       "want 200\n",
                       shadow, dry_run);
-        skip();
+        fail(); /* fixed: a shadow or dry-run limit's ambiguous key skips the limit */
     }
     assert_int_equal(shadow, 200);
     assert_int_equal(dry_run, 200);
@@ -1119,16 +1118,16 @@ static void test_memory_store_crafted_flood(void **state)
     int st = r.status;
     gwt_response_free(&r);
     if (st != 429) {
-        /* KNOWN BUG: src/rl_memory.c hashes state keys with fixed seeds and
+        /* Was a bug, fixed (kept as a regression check): src/rl_memory.c hashed state keys with fixed seeds and
          * evicts a full shard's least recently written live entry, so a
          * client can aim allowed requests at the shard of its own counter
          * in another limit and reset it. */
-        print_message("  KNOWN BUG (in-process store eviction with fixed hash seeds): after 3 "
+        print_message("  REGRESSION (in-process store eviction with fixed hash seeds): after 3 "
                       "logins (limit 3/h) and %d allowed /api/ requests with X-API-Key values "
                       "aimed at the login counter's shard (%lld ms; keys found in %lld ms), "
                       "the 4th POST /login got %d, want 429\n",
                       sent, ms, t_search, st);
-        skip();
+        fail(); /* fixed: the store's hash seeds are random per process */
     }
 }
 

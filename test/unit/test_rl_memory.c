@@ -229,13 +229,13 @@ static void test_bound_holds(void **state)
 }
 
 /* Finds count keys that share shard 0, written as "s0-<i>" into keys. */
-static void keys_in_one_shard(char keys[][16], int count)
+static void keys_in_one_shard(const struct gw_rl_memory *m, char keys[][16], int count)
 {
     int found = 0;
     for (int i = 0; found < count && i < 1000000; i++) {
         char k[16];
         int len = snprintf(k, sizeof(k), "s0-%d", i);
-        if (gw_rl_memory_shard_of(k, (size_t)len) == 0)
+        if (gw_rl_memory_shard_of(m, k, (size_t)len) == 0)
             memcpy(keys[found++], k, sizeof(k));
     }
     assert_int_equal(found, count);
@@ -247,7 +247,7 @@ static void test_eviction_order(void **state)
     struct gw_rl_memory *m;
     assert_int_equal(gw_rl_memory_create(&m, GW_RL_MEMORY_SHARDS * 4), 0);
     char k[8][16];
-    keys_in_one_shard(k, 8);
+    keys_in_one_shard(m, k, 8);
     const char *A = k[0], *B = k[1], *C = k[2], *D = k[3];
     const char *E = k[4], *F = k[5], *G = k[6], *H = k[7];
     const int64_t W = 10, t0 = 1700000000, t1 = t0 + W;
