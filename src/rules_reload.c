@@ -199,13 +199,13 @@ static void reload_failed(struct gw_rules_reloader *rl, enum trigger why, char *
     }
     if (lines > logged)
         gw_error("rules reload failed: ... and %d more error lines", lines - logged);
+    gw_rules_holder_count_reload(rl->holder, false, first ? first : "unknown error");
+    atomic_fetch_add_explicit(&rl->attempts, 1, memory_order_relaxed);
     struct gw_rules *cur = gw_rules_holder_get(rl->holder);
     gw_error("rules reload failed (%s): %d error%s in %s; keeping rules version %s (%zu limits)",
              trigger_name(why), nerrors, nerrors == 1 ? "" : "s", rl->path, cur->version,
              cur->limit_count);
     gw_rules_put(cur);
-    gw_rules_holder_count_reload(rl->holder, false, first ? first : "unknown error");
-    atomic_fetch_add_explicit(&rl->attempts, 1, memory_order_relaxed);
 }
 
 /* Re-reads the file and acts on it (the outcomes of gw/rules_reload.h). */
@@ -267,18 +267,20 @@ static void reload(struct gw_rules_reloader *rl, enum trigger why)
         gw_rules_put(cur);
         return;
     }
+    /* Counted before the line is logged: whoever sees the line sees the
+     * count (the tests read /metrics after waiting for it). */
+    gw_rules_holder_count_reload(rl->holder, true, NULL);
+    atomic_fetch_add_explicit(&rl->attempts, 1, memory_order_relaxed);
     if (same) {
         gw_info("rules reloaded: version %s unchanged (%zu limits; %s)", fresh->version,
                 fresh->limit_count, trigger_name(why));
         gw_rules_put(fresh);
     } else {
+        gw_rules_holder_publish(rl->holder, fresh);
         gw_info("rules reloaded: version %s (%zu limits), was %s (%s)", fresh->version,
                 fresh->limit_count, cur->version, trigger_name(why));
-        gw_rules_holder_publish(rl->holder, fresh);
     }
     gw_rules_put(cur);
-    gw_rules_holder_count_reload(rl->holder, true, NULL);
-    atomic_fetch_add_explicit(&rl->attempts, 1, memory_order_relaxed);
 }
 
 /* Reads every queued inotify event; true when one may concern the file. */
