@@ -872,11 +872,27 @@ static void from_cache(const struct gw_rl_spec *sp, const struct olc_slot *s, ui
     memset(r, 0, sizeof(*r));
     r->info.limit = sp->limit;
     r->info.remaining = 0;
-    r->info.reset_epoch_s = s->reset_epoch_s;
-    r->info.reset_after_s = GW_MAX(1, (int64_t)((left_ms + 999) / 1000));
     r->info.window_s = ceil_div64(sp->window_ms, 1000);
     r->retry_after_ms = (int64_t)left_ms;
-    r->retry_after_s = r->info.reset_after_s;
+    r->retry_after_s = GW_MAX(1, (int64_t)((left_ms + 999) / 1000));
+    /* t and X-RateLimit-Reset keep each algorithm's meaning (SPEC.md
+     * §5.1) on every cached refusal, consistent with each other. */
+    int64_t now_ms = wall_us() / 1000;
+    if (sp->algorithm == GW_RL_SLIDING_WINDOW) {
+        /* The end of the window the request falls in now. */
+        int64_t end_ms = (now_ms / sp->window_ms + 1) * sp->window_ms;
+        r->info.reset_epoch_s = ceil_div64(end_ms, 1000);
+        r->info.reset_after_s = GW_MAX(1, ceil_div64(end_ms - now_ms, 1000));
+    } else if (sp->algorithm == GW_RL_TOKEN_BUCKET) {
+        /* The instant the bucket is full again: fixed while refused (a
+         * refusal changes no state). */
+        r->info.reset_epoch_s = s->reset_epoch_s;
+        r->info.reset_after_s = GW_MAX(1, s->reset_epoch_s - now_ms / 1000);
+    } else {
+        /* Cached until the window's end, which Reset names. */
+        r->info.reset_epoch_s = s->reset_epoch_s;
+        r->info.reset_after_s = r->retry_after_s;
+    }
 }
 
 /* Adds item i's units to the pass. Returns false, adding nothing, when the

@@ -392,7 +392,7 @@ static void test_limiter_uses_config_url_parser(void **state)
     (void)state;
     static const char *const bad[] = {
         "localhost:6379",  "rediss://localhost:0", "redis://secret@host", /* legacy userinfo */
-        "redis://host:0",  "redis://:@host",     "unix://relative.sock",
+        "redis://host:0",  "redis://:@host",       "unix://relative.sock",
         "redis://host/db", "redis://h?x=1",
     };
     for (size_t i = 0; i < GW_ARRAY_LEN(bad); i++) {
@@ -1663,6 +1663,42 @@ static void test_peek_and_forget(void **state)
     lim_destroy(rl, w);
 }
 
+/* A refusal answered by the over-limit cache keeps each algorithm's t and
+ * X-RateLimit-Reset consistent (Reset = now + t, never past): a sliding
+ * window names the end of the current window, a token bucket the instant
+ * it is full again (found by a new-user run: Reset stayed at the first
+ * refusal's value while t moved). */
+static void test_cached_refusal_headers(void **state)
+{
+    (void)state;
+    static const enum gw_rl_algorithm algos[] = {GW_RL_SLIDING_WINDOW, GW_RL_TOKEN_BUCKET};
+    for (size_t a = 0; a < 2; a++) {
+        struct setup s;
+        make_cfg(&s, NULL, 2, 10, GW_RL_FAIL_OPEN);
+        s.cfg.rate_limit_algorithm = algos[a];
+        struct gw_ratelimit *rl;
+        struct gw_ratelimit_worker *w;
+        lim_create(&s.cfg, &rl, &w);
+        struct gw_rl_decision d;
+        for (int i = 0; i < 2; i++) {
+            check(w, "ip:198.51.100.9", &d);
+            assert_int_equal(d.verdict, GW_RL_ALLOW);
+        }
+        for (int i = 0; i < 3; i++) { /* the store's refusal, then the cache's */
+            check(w, "ip:198.51.100.9", &d);
+            assert_int_equal(d.verdict, GW_RL_LIMITED);
+            long long now = (long long)gw_wall_s();
+            assert_true(d.info.reset_epoch_s >= now);
+            long long diff = d.info.reset_epoch_s - now - d.info.reset_after_s;
+            if (diff < -1 || diff > 1)
+                fail_msg("algorithm %d, refusal %d: Reset %lld, now %lld, t %lld", (int)algos[a], i,
+                         (long long)d.info.reset_epoch_s, now, (long long)d.info.reset_after_s);
+            assert_true(d.retry_after_s >= 1);
+        }
+        lim_destroy(rl, w);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1691,6 +1727,7 @@ int main(void)
         cmocka_unit_test(test_timeout_bounds_connect_syscall),
         cmocka_unit_test(test_hung_redis_command_timeout),
         cmocka_unit_test(test_peek_and_forget),
+        cmocka_unit_test(test_cached_refusal_headers),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
