@@ -222,9 +222,18 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
     bool v6l = strchr(cfg->gateway_host, ':') != NULL;
     gw_info(v6l ? "gateway listening on [%s]:%d" : "gateway listening on %s:%d", cfg->gateway_host,
             srv->port);
-    gw_info("upstream %s%s, %d workers, rate limit %d per %d s (%s store), in-flight cap %d",
-            cfg->backend_authority, cfg->backend_base_path ? cfg->backend_base_path : "",
-            srv->nworkers, cfg->rate_limit_requests, cfg->rate_limit_window_s,
+    struct gw_rules *in_force = gw_rules_holder_get(srv->rules);
+    char limits[96];
+    if (in_force->source == GW_RULES_SOURCE_ENV)
+        snprintf(limits, sizeof(limits), "rate limit %d per %d s", cfg->rate_limit_requests,
+                 cfg->rate_limit_window_s);
+    else
+        snprintf(limits, sizeof(limits), "rate-limit rules %s (%zu limits, from %s)",
+                 in_force->version, in_force->limit_count,
+                 gw_rules_source_name(in_force->source));
+    gw_rules_put(in_force);
+    gw_info("upstream %s%s, %d workers, %s (%s store), in-flight cap %d", cfg->backend_authority,
+            cfg->backend_base_path ? cfg->backend_base_path : "", srv->nworkers, limits,
             gw_config_redis_enabled(cfg) ? "redis" : "memory", cfg->max_concurrent_requests);
 
     int sig = wait_for_signal(srv);

@@ -395,7 +395,7 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
     if (s->rules_version[0] != '\0') {
         emit_header(&p, "gateway_rules_info", "gauge",
                     "The rate-limit rules in force, always 1: version (first 12 hex digits of the "
-                    "SHA-256 of the normalised rules) and source (env or file)");
+                    "SHA-256 of the normalised rules) and source (env, file, api or redis)");
         emit(&p, "gateway_rules_info{version=\"");
         emit_escaped(&p, s->rules_version, true);
         emit(&p, "\",source=\"");
