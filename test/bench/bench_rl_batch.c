@@ -6,9 +6,9 @@
  * Standalone (not a ctest test); needs redis-server on PATH (started here on
  * a free loopback port, stopped by PID) and a built gwcore:
  *
- *   gcc -O2 -std=c11 -D_GNU_SOURCE -Iinclude -Isrc test/bench/bench_rl_batch.c \
- *       build/libgwcore.a build/third_party/llhttp/libllhttp.a \
- *       -lhiredis -ljansson -lcrypto -lpthread -lm -o bench_rl_batch
+ *   gcc -O2 -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -I/usr/share/include/llhttp \
+ *       test/bench/bench_rl_batch.c build/libgwcore.a build/third_party/llhttp/libllhttp.a \
+ *       -lhiredis -ljansson -lyaml -lssl -lcrypto -lpthread -lm -o bench_rl_batch
  *   ./bench_rl_batch [checks_per_case]      (default 200000)
  *
  * Each case runs for the fixed window, the sliding window and the token
