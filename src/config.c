@@ -1329,6 +1329,8 @@ static json_t *json_value(const struct gw_config *cfg, const struct opt *o)
     case T_INT:
         if ((o->flags & F_OPTIONAL) && *(const int *)p < 0)
             return json_null();
+        if ((o->flags & F_AUTO) && *(const int *)p < 0)
+            return json_string("auto"); /* resolved later (REDIS_DB: the URL's /db, else 0) */
         return json_integer(*(const int *)p);
     case T_INT64:
         return json_integer(*(const int64_t *)p);
