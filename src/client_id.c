@@ -80,6 +80,12 @@ static void resolve_addr(const struct gw_config *cfg, const uint8_t peer_bin[16]
     }
 }
 
+void gw_client_addr(const struct gw_config *cfg, const uint8_t peer_bin[16], const char *peer_text,
+                    const struct gw_http_head *h, char *addr_out)
+{
+    resolve_addr(cfg, peer_bin, peer_text, h, addr_out);
+}
+
 bool gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16], const char *peer_text,
                   const struct gw_http_head *h, char *key_out, char *addr_out)
 {

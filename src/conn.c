@@ -141,7 +141,7 @@ static bool get_parser(struct gw_conn *c)
  * connection holds no buffers and no parser. */
 static void next_request(struct gw_conn *c)
 {
-    memset(&c->ex, 0, sizeof(c->ex));
+    gw_exchange_reset(&c->ex);
     if (gw_buf_len(&c->in) == 0) {
         free_parser(c);
         gw_buf_pool_put(&c->w->blocks, &c->in);

@@ -316,12 +316,10 @@ void gw_exchange_on_head(struct gw_conn *c)
     }
     c->ex.upgrade = gw_conn_tunnel_wanted(c); /* else Upgrade is dropped as hop-by-hop */
 
-    /* A key header in several field lines is the limiter's to judge (an
-     * enforce limit answers 400, a shadow one or a dry run does not): only
-     * the client address is taken here. */
-    bool one_key_line =
-        gw_client_id(cfg, c->client_bin, c->client_addr, h, c->ex.rl_key, c->ex.client_ident);
-    (void)one_key_line;
+    /* Only the client address here: a key header in several field lines is
+     * the limiter's to judge (an enforce limit answers 400, a shadow one or
+     * a dry run does not), and it derives each limit's identity itself. */
+    gw_client_addr(cfg, c->client_bin, c->client_addr, h, c->ex.client_ident);
     /* The check is batched: every request whose head completed in this loop
      * iteration is checked together before the worker sleeps, so a Redis
      * store sees one pipelined round trip for all of them. */
@@ -329,8 +327,8 @@ void gw_exchange_on_head(struct gw_conn *c)
     c->ex.rl_req.head = h;
     c->ex.rl_req.client_addr = c->ex.client_ident[0] ? c->ex.client_ident : c->client_addr;
     c->limit.req = &c->ex.rl_req;
-    c->limit.key = c->ex.rl_key;
-    c->limit.key_len = strlen(c->ex.rl_key);
+    c->limit.key = NULL; /* the identities come from rl_req */
+    c->limit.key_len = 0;
     c->limit.out = &c->ex.rl;
     gw_ratelimit_batch_enqueue(w->limits, &c->limit);
 }

@@ -864,6 +864,13 @@ static enum gw_rules_verdict match_limits(struct gw_ratelimit_worker *w,
     return gw_rules_match(w->v.rules, &rq, w->v.match, w->v.rules->limit_count, count, NULL);
 }
 
+/* A limit decided as if alone (its own unit), never refusing: mode:
+ * shadow, or every limit under RATE_LIMIT_DRY_RUN (SPEC.md §10). */
+static bool decided_alone(const struct gw_ratelimit *rl, const struct gw_rules_limit *lim)
+{
+    return lim->shadow || rl->dry_run;
+}
+
 /* A cached refusal of a rate: the info its headers show. */
 static void from_cache(const struct gw_rl_spec *sp, const struct olc_slot *s, uint64_t mono_ms,
                        struct gw_rl_result *r)
@@ -942,7 +949,7 @@ static bool pass_add(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *ite
             /* Which budget is the client's is ambiguous: an enforce limit
              * refuses the request (400); a shadow limit, or any limit in
              * dry run, never refuses, so it just does not apply. */
-            if (!lim->shadow && !rl->dry_run) {
+            if (!decided_alone(rl, lim)) {
                 d->verdict = GW_RL_BAD_KEY;
                 return true;
             }
@@ -967,7 +974,7 @@ static bool pass_add(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *ite
         struct gw_rl_unit *u = NULL;
         for (size_t j = 0; j < napp; j++) {
             const struct gw_rules_limit *lim = w->v.match[j];
-            bool alone = lim->shadow || rl->dry_run;
+            bool alone = decided_alone(rl, lim);
             if (alone == enforce_pass)
                 continue;
             if (u == NULL || alone) {
@@ -1081,7 +1088,7 @@ static void finish_item(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *
     for (uint32_t u = is->first_unit; u < is->first_unit + is->nunits; u++) {
         const struct gw_rl_unit *un = &w->units[u];
         bool alone =
-            w->v.rules->limits[d->applied[w->oref[un->first].app].limit].shadow || rl->dry_run;
+            decided_alone(rl, &w->v.rules->limits[d->applied[w->oref[un->first].app].limit]);
         if (un->result == GW_RL_UNIT_UNDECIDED || un->result == GW_RL_UNIT_ERROR) {
             /* The failure mode is for limits that can refuse: a shadow
              * limit (every limit in dry run) only goes unreported. */
@@ -1154,7 +1161,7 @@ static void finish_item(struct gw_ratelimit_worker *w, struct gw_rl_batch_item *
     for (size_t j = 0; j < d->napplied; j++) {
         struct gw_rl_applied *ap = &d->applied[j];
         const struct gw_rules_limit *lim = &w->v.rules->limits[ap->limit];
-        bool alone = lim->shadow || rl->dry_run;
+        bool alone = decided_alone(rl, lim);
         if (ap->refused != 0)
             ap->outcome = alone ? GW_RL_OUT_SHADOW_LIMITED : GW_RL_OUT_LIMITED;
         else if (!alone && d->delay_us > 0)
@@ -1487,14 +1494,6 @@ void gw_ratelimit_check_batch(struct gw_ratelimit_worker *w, struct gw_rl_batch_
     check_batch(w, items, n);
 }
 
-/* Calls fn for each rate of the enforce limits of d, file order. */
-#define FOR_ENFORCE_RATES(d, lim, k, ap)                                                           \
-    for (size_t j_ = 0; j_ < (d)->napplied; j_++)                                                  \
-        for (const struct gw_rl_applied *ap = &(d)->applied[j_]; ap != NULL; ap = NULL)            \
-            for (const struct gw_rules_limit *lim = &(d)->rules->limits[ap->limit];                \
-                 lim != NULL && !lim->shadow; lim = NULL)                                          \
-                for (size_t k = 0; k < lim->rate_count; k++)
-
 int gw_ratelimit_write_headers(const struct gw_rl_decision *d, struct gw_buf *out)
 {
     if (!d->has_info || d->rules == NULL)
@@ -1520,42 +1519,20 @@ int gw_ratelimit_write_headers(const struct gw_rl_decision *d, struct gw_buf *ou
     return gw_response_write_ratelimit_headers(out, &d->info, d->policy, list, n);
 }
 
-size_t gw_ratelimit_violated(const struct gw_rl_decision *d, char *out, size_t cap)
+/* The names of d's refusing rates, comma-separated, file order, into out
+ * (cap bytes, cut at a name); shadow limits too when with_shadow. */
+static size_t refusing_names(const struct gw_rl_decision *d, bool with_shadow, char *out,
+                             size_t cap)
 {
     size_t n = 0;
     if (cap == 0)
         return 0;
     out[0] = '\0';
-    if (d->rules == NULL)
-        return 0;
-    FOR_ENFORCE_RATES(d, lim, k, ap)
-    {
-        if (!(ap->refused & (1u << k)))
-            continue;
-        const char *name = lim->rates[k].name;
-        size_t len = strlen(name);
-        if (n + len + 2 > cap)
-            return n;
-        if (n > 0)
-            out[n++] = ',';
-        memcpy(out + n, name, len);
-        n += len;
-        out[n] = '\0';
-    }
-    return n;
-}
-
-size_t gw_ratelimit_policy_names(const struct gw_rl_decision *d, char *out, size_t cap)
-{
-    size_t n = 0;
-    if (cap == 0)
-        return 0;
-    out[0] = '\0';
-    if (d->rules == NULL)
-        return 0;
-    for (size_t j = 0; j < d->napplied; j++) {
+    for (size_t j = 0; d->rules != NULL && j < d->napplied; j++) {
         const struct gw_rl_applied *ap = &d->applied[j];
         const struct gw_rules_limit *lim = &d->rules->limits[ap->limit];
+        if (ap->refused == 0 || (lim->shadow && !with_shadow))
+            continue;
         for (size_t k = 0; k < lim->rate_count; k++) {
             if (!(ap->refused & (1u << k)))
                 continue;
@@ -1570,6 +1547,16 @@ size_t gw_ratelimit_policy_names(const struct gw_rl_decision *d, char *out, size
         }
     }
     return n;
+}
+
+size_t gw_ratelimit_violated(const struct gw_rl_decision *d, char *out, size_t cap)
+{
+    return refusing_names(d, false, out, cap);
+}
+
+size_t gw_ratelimit_policy_names(const struct gw_rl_decision *d, char *out, size_t cap)
+{
+    return refusing_names(d, true, out, cap);
 }
 
 enum gw_rl_store_state gw_ratelimit_worker_ping(struct gw_ratelimit_worker *w)

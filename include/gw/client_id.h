@@ -16,6 +16,15 @@
 #define GW_CLIENT_KEY_MAX  72
 #define GW_CLIENT_ADDR_MAX 64
 
+/* The client address of request h received from peer (peer_bin is the
+ * IPv4-mapped 16-byte form, peer_text its text), as gw_client_id's
+ * addr_out below, without deriving a rate-limit key (the limiter derives
+ * each limit's identity itself, gw/ratelimit.h). addr_out gets
+ * GW_CLIENT_ADDR_MAX bytes at most, NUL-terminated; h may be NULL.
+ * Pointers are only read during the call. Pure, thread-safe. */
+void gw_client_addr(const struct gw_config *cfg, const uint8_t peer_bin[16], const char *peer_text,
+                    const struct gw_http_head *h, char *addr_out);
+
 /* Identifies the client of request h received from peer (peer_bin is the
  * IPv4-mapped 16-byte form, peer_text its text).
  *  - addr_out (GW_CLIENT_ADDR_MAX bytes) gets the client address: the peer,
@@ -29,8 +38,10 @@
  *    hex SHA-256 of the value (no client bytes reach a store key or a log);
  *    otherwise "ip:" + addr_out.
  * Returns false when the request carries more than one field line of the
- * key header (its identity is ambiguous: the caller answers 400, SPEC.md
- * §6); key_out then holds the "ip:" key. Both outputs are always filled. */
+ * key header (its identity is ambiguous); key_out then holds the "ip:" key.
+ * Both outputs are always filled. The gateway itself uses gw_client_addr:
+ * this is the RATE_LIMIT_KEY form of a client's identity, for tools and
+ * tests. Pure, thread-safe. */
 GW_MUSTCHECK bool gw_client_id(const struct gw_config *cfg, const uint8_t peer_bin[16],
                                const char *peer_text, const struct gw_http_head *h, char *key_out,
                                char *addr_out);

@@ -102,10 +102,12 @@ struct gw_ratelimit_worker;
  * Thread-safe to use after creation. */
 GW_MUSTCHECK int gw_ratelimit_create(struct gw_ratelimit **out, const struct gw_config *cfg);
 
+struct gw_rules_holder;
+
 /* As gw_ratelimit_create, but the rules in force are those of holder
  * (borrowed: it must outlive the limiter and its workers), which the
- * server's reloader and admin API publish into. */
-struct gw_rules_holder;
+ * server's reloader and admin API publish into; holder NULL is
+ * gw_ratelimit_create. Same returns; thread-safe to use after creation. */
 GW_MUSTCHECK int gw_ratelimit_create_shared(struct gw_ratelimit **out, const struct gw_config *cfg,
                                             struct gw_rules_holder *holder);
 
