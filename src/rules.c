@@ -432,12 +432,50 @@ static char *parse_path(struct vctx *c, const char *place, json_t *v)
     return out;
 }
 
+/* True when pattern s puts a quantifier right after another one ("a++",
+ * "a*{9}") outside a bracket expression: POSIX leaves that undefined and
+ * glibc's regcomp copies the operand's tree for each, so a few dozen of
+ * them take gigabytes (found by fuzz_rules). */
+static bool stacked_quantifier(const char *s)
+{
+    bool after_quant = false, in_bracket = false;
+    for (const char *p = s; *p != '\0'; p++) {
+        if (in_bracket) {
+            if (*p == ']' && p[-1] != '[' && !(p[-1] == '^' && p[-2] == '['))
+                in_bracket = false;
+            continue;
+        }
+        if (*p == '\\' && p[1] != '\0') {
+            p++;
+            after_quant = false;
+            continue;
+        }
+        if (*p == '[') {
+            in_bracket = true;
+            after_quant = false;
+            continue;
+        }
+        bool quant = *p == '*' || *p == '+' || *p == '?' || *p == '{';
+        if (quant && after_quant)
+            return true;
+        if (*p == '{')
+            while (p[1] != '\0' && *p != '}')
+                p++;
+        after_quant = quant;
+    }
+    return false;
+}
+
 static void parse_regex(struct vctx *c, const char *place, json_t *v, struct gw_rules_limit *l)
 {
     const char *s = json_string_value(v);
     if (!json_is_string(v) || strlen(s) != json_string_length(v) || s[0] == '\0' ||
         strlen(s) > 4096) {
         report(c, place, v, "must be a POSIX extended regular expression (4096 bytes at most)");
+        return;
+    }
+    if (stacked_quantifier(s)) {
+        report(c, place, v, "a quantifier must not follow another one (a++, a*{2})");
         return;
     }
     regex_t *re = malloc(sizeof(*re));

@@ -213,6 +213,10 @@ static const struct err_row err_rows[] = {
     {"version: 1\nlimits:\n- {name: a, rates: [{requests: 1, window: 366d, algorithm: "
      "token_bucket, burst: 1000}]}\n",
      "limits[0].rates[0].burst: 1000: burst x window / requests must be at most 100 years\n"},
+    /* stacked quantifiers: glibc's regcomp would take gigabytes for a few dozen */
+    {"version: 1\nlimits:\n- {name: a, action: allow, match: {path_regex: \"/a*+\"}}\n",
+     "limits[0].match.path_regex: \"/a*+\": a quantifier must not follow another one (a++, "
+     "a*{2})\n"},
     /* CIDRs, regexes, methods, headers, keys */
     {"version: 1\nlimits:\n- {name: a, action: allow, match: {client_cidrs: [10.0.0.0/33, "
      "\"::1/129\", nope, 10.1.2.3]}}\n",
