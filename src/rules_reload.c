@@ -33,6 +33,7 @@
 #define HASH_LEN         32   /* SHA-256 */
 #define MAX_LOGGED_LINES 20   /* error lines logged per failed reload; the rest counted */
 #define RACY_MS          2000 /* see recently_modified */
+#define BUSY_MAX_MS      2000 /* longest a read waits for a file being written */
 
 /* The directory entries' events that may change what the path reads. */
 #define WATCH_MASK                                                                                 \
@@ -111,13 +112,20 @@ static bool fingerprint_eq(const struct fingerprint *a, const struct fingerprint
  * the last read leaves the fingerprint as it was (git's "racily clean"
  * entries): such a file is re-read (and hashed) at each poll until its
  * mtime is old enough to be trusted. */
-static bool recently_modified(const struct fingerprint *fp)
+/* How long ago (ms) the file was modified, per fp; INT64_MIN when fp
+ * holds no stat. Negative for an mtime in the future. */
+static int64_t mtime_age_ms(const struct fingerprint *fp)
 {
     struct timespec now;
     if (fp->err != 0 || clock_gettime(CLOCK_REALTIME, &now) != 0)
-        return false;
-    int64_t age_ms = ((int64_t)now.tv_sec - (int64_t)fp->mtime.tv_sec) * 1000 +
-                     ((int64_t)now.tv_nsec - (int64_t)fp->mtime.tv_nsec) / 1000000;
+        return INT64_MIN;
+    return ((int64_t)now.tv_sec - (int64_t)fp->mtime.tv_sec) * 1000 +
+           ((int64_t)now.tv_nsec - (int64_t)fp->mtime.tv_nsec) / 1000000;
+}
+
+static bool recently_modified(const struct fingerprint *fp)
+{
+    int64_t age_ms = mtime_age_ms(fp);
     return age_ms < RACY_MS && age_ms > -RACY_MS;
 }
 
@@ -169,6 +177,14 @@ static int read_file(const char *path, char **buf, size_t *len, struct fingerpri
         }
         n += (size_t)r;
     }
+    /* A writer still at work (truncated, half written): the size or the
+     * times moved while we read. EBUSY: read again once it rests. */
+    struct fingerprint after;
+    if (!err && fstat(fd, &st) == 0) {
+        fingerprint_of(&after, &st);
+        if (!fingerprint_eq(&after, fp))
+            err = EBUSY;
+    }
     close(fd);
     if (!err && n > GW_RULES_FILE_MAX)
         err = EFBIG;
@@ -208,24 +224,43 @@ static void reload_failed(struct gw_rules_reloader *rl, enum trigger why, char *
     gw_rules_put(cur);
 }
 
-/* Re-reads the file and acts on it (the outcomes of gw/rules_reload.h). */
-static void reload(struct gw_rules_reloader *rl, enum trigger why)
+/* True when the file was modified less than GW_RULES_RELOAD_SETTLE_MS ago
+ * (or in the future): a writer may not be done with it. */
+static bool still_settling(const struct fingerprint *fp)
 {
-    atomic_fetch_add_explicit(&rl->checks, 1, memory_order_relaxed);
+    int64_t age_ms = mtime_age_ms(fp);
+    return age_ms < GW_RULES_RELOAD_SETTLE_MS && age_ms > -RACY_MS;
+}
+
+/* Re-reads the file and acts on it (the outcomes of gw/rules_reload.h).
+ * Returns true, having done nothing else, when the file is being written
+ * (changed while read, or modified within the settle time) and patient
+ * is set: the caller reads again later. */
+static bool reload(struct gw_rules_reloader *rl, enum trigger why, bool patient)
+{
     char *buf = NULL, *errs = NULL;
     size_t len = 0, errs_len = 0;
-    int err = read_file(rl->path, &buf, &len, &rl->fp);
+    struct fingerprint fp;
+    int err = read_file(rl->path, &buf, &len, &fp);
+    if (patient && (err == EBUSY || (err == 0 && still_settling(&fp)))) {
+        free(buf);
+        return true;
+    }
+    atomic_fetch_add_explicit(&rl->checks, 1, memory_order_relaxed);
+    rl->fp = fp;
+    if (err == EBUSY)
+        err = EAGAIN; /* still moving after every retry: reported as such */
     if (err != 0) {
         /* The same unreadable state seen again by the watch is not news. */
         if (why == TRIGGER_CHANGE && rl->read_err == err)
-            return;
+            return false;
         rl->read_err = err;
         rl->have_hash = false;
         char line[4200];
         snprintf(line, sizeof(line), "%s: %s", rl->path,
                  err == EFBIG ? "larger than 4 MiB" : strerror(err));
         reload_failed(rl, why, line, 1);
-        return;
+        return false;
     }
     rl->read_err = 0;
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -233,7 +268,7 @@ static void reload(struct gw_rules_reloader *rl, enum trigger why)
     bool hashed = EVP_Digest(buf, len, md, &md_len, EVP_sha256(), NULL) == 1 && md_len == HASH_LEN;
     if (why == TRIGGER_CHANGE && hashed && rl->have_hash && memcmp(md, rl->hash, HASH_LEN) == 0) {
         free(buf);
-        return; /* touched, not changed */
+        return false; /* touched, not changed */
     }
     rl->have_hash = hashed;
     if (hashed)
@@ -255,7 +290,7 @@ static void reload(struct gw_rules_reloader *rl, enum trigger why)
         char oom[64] = "out of memory";
         reload_failed(rl, why, errs ? errs : oom, rc < 0 ? 1 : rc);
         free(errs);
-        return;
+        return false;
     }
     free(errs);
 
@@ -265,7 +300,7 @@ static void reload(struct gw_rules_reloader *rl, enum trigger why)
         /* What main loaded: nothing happened. */
         gw_rules_put(fresh);
         gw_rules_put(cur);
-        return;
+        return false;
     }
     /* Counted before the line is logged: whoever sees the line sees the
      * count (the tests read /metrics after waiting for it). */
@@ -281,6 +316,7 @@ static void reload(struct gw_rules_reloader *rl, enum trigger why)
                 fresh->limit_count, cur->version, trigger_name(why));
     }
     gw_rules_put(cur);
+    return false;
 }
 
 /* Reads every queued inotify event; true when one may concern the file. */
@@ -330,8 +366,10 @@ static void *reloader_main(void *arg)
 {
     struct gw_rules_reloader *rl = arg;
     uint64_t next_poll = gw_now_ms() + GW_RULES_RELOAD_POLL_MS;
-    bool pending = false; /* a read is due at settle_at */
-    uint64_t settle_at = 0, first_event = 0;
+    bool pending = false;   /* a read is due at settle_at */
+    bool signalled = false; /* that read answers a request (SIGHUP) */
+    bool busy = false;      /* the file was being written at the last try */
+    uint64_t settle_at = 0, first_event = 0, busy_since = 0;
     while (!atomic_load_explicit(&rl->stop, memory_order_acquire)) {
         uint64_t now = gw_now_ms();
         uint64_t due = pending && settle_at < next_poll ? settle_at : next_poll;
@@ -346,12 +384,15 @@ static void *reloader_main(void *arg)
         }
         if (atomic_load_explicit(&rl->stop, memory_order_acquire))
             break;
-        if (atomic_exchange_explicit(&rl->requested, false, memory_order_acq_rel)) {
-            reload(rl, TRIGGER_SIGNAL);
-            pending = false;
-        }
         now = gw_now_ms();
-        if (ready > 0 && (fds[1].revents & POLLIN) && drain_events(rl)) {
+        if (atomic_exchange_explicit(&rl->requested, false, memory_order_acq_rel)) {
+            /* A request (SIGHUP) reads now, whatever was pending. */
+            signalled = true;
+            pending = true;
+            first_event = now;
+            settle_at = now;
+        }
+        if (ready > 0 && (fds[1].revents & POLLIN) && drain_events(rl) && !signalled) {
             /* Wait for the writer to finish (a burst of events), but not
              * for ever. */
             if (!pending) {
@@ -363,8 +404,20 @@ static void *reloader_main(void *arg)
                 settle_at = first_event + GW_RULES_RELOAD_SETTLE_MAX_MS;
         }
         if (pending && now >= settle_at) {
-            pending = false;
-            reload(rl, TRIGGER_CHANGE);
+            if (!busy)
+                busy_since = now;
+            bool patient = now - busy_since < BUSY_MAX_MS;
+            if (reload(rl, signalled ? TRIGGER_SIGNAL : TRIGGER_CHANGE, patient)) {
+                /* Being written: read again once it rests (for at most
+                 * BUSY_MAX_MS, then whatever is there). */
+                busy = true;
+                first_event = now;
+                settle_at = now + GW_RULES_RELOAD_SETTLE_MS;
+            } else {
+                busy = false;
+                pending = false;
+                signalled = false;
+            }
         }
         if (now >= next_poll) {
             next_poll = now + GW_RULES_RELOAD_POLL_MS;
@@ -432,7 +485,7 @@ int gw_rules_reloader_start(struct gw_rules_reloader **out, struct gw_rules_hold
         snprintf(how, sizeof(how), "inotify on %s and a stat every %d ms", rl->dir,
                  GW_RULES_RELOAD_POLL_MS);
     }
-    reload(rl, TRIGGER_START);
+    (void)reload(rl, TRIGGER_START, false);
     rc = -pthread_create(&rl->thread, NULL, reloader_main, rl);
     if (rc != 0)
         goto fail;

@@ -18,6 +18,13 @@
  * that change nothing (touch, chmod, the ConfigMap's other keys) count as
  * nothing.
  *
+ * A file still being written is not read: when its size or times move
+ * while it is read, or its mtime is less than GW_RULES_RELOAD_SETTLE_MS
+ * old, the read is retried GW_RULES_RELOAD_SETTLE_MS later, for at most
+ * 2 s (then what is there is read), so an editor or `kubectl cp` writing
+ * in place never gets a half-written (and perhaps valid) file published.
+ * This also holds for a SIGHUP that arrives mid-write.
+ *
  * Outcomes, for a re-read content (or any SIGHUP):
  *  - valid, new version: published; "rules reloaded: version V (N limits)"
  *    at info; counted as a success;

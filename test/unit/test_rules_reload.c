@@ -4,11 +4,14 @@
  * is published, a touch counts as nothing, an invalid file keeps the old
  * version and counts a failure once (a request counts again), a deleted
  * file is a failure until it is back, a ConfigMap-style "..data" swap is
- * seen. Every wait is bounded (the holder's generation or the reloader's
- * counters moving).
+ * seen, a file being written slowly is never read half-way. Every wait is bounded (the holder's
+ * generation or the reloader's counters moving).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -303,6 +306,82 @@ static void test_other_files_ignored(void **state)
     fixture_stop(&f);
 }
 
+/* An editor or a `kubectl cp` writing the file in pieces: the first piece
+ * alone is a valid file (limit a), the whole one has limit b too. */
+#define SLOW_PART "version: 1\nlimits:\n  - name: a\n    rates: [{ requests: 7, window: 1s }]\n"
+#define SLOW_REST "  - name: b\n    rates: [{ requests: 9, window: 1s }]\n"
+
+struct slow_writer {
+    const char *path;
+    int rounds;
+    _Atomic bool done;
+};
+
+static void *slow_writer_main(void *arg)
+{
+    struct slow_writer *w = arg;
+    for (int i = 0; i < w->rounds; i++) {
+        FILE *f = fopen(w->path, "w");
+        if (f == NULL)
+            return NULL;
+        fputs(SLOW_PART, f);
+        fflush(f);
+        struct timespec ts = {0, 45 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* the half-written file sits there */
+        fputs(SLOW_REST, f);
+        fclose(f);
+        ts.tv_nsec = 2 * 1000 * 1000;
+        nanosleep(&ts, NULL);
+    }
+    atomic_store(&w->done, true);
+    return NULL;
+}
+
+/* A file caught while written is not read until it rests: the half-written
+ * (but valid) first piece is never published, the whole file is. */
+static void slow_writer(unsigned flags)
+{
+    struct fixture f;
+    fixture_start(&f, "rules.yaml", flags, true);
+    struct slow_writer w = {.path = f.path, .rounds = 30}; /* about 1.4 s */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, slow_writer_main, &w), 0);
+    bool saw_half = false, done = false;
+    long long t0 = (long long)gw_now_ms();
+    while (!done && (long long)gw_now_ms() - t0 < 4000) {
+        struct gw_rules *r = gw_rules_holder_get(f.h);
+        if (r->limit_count == 1 && r->limits[0].rates[0].requests == 7)
+            saw_half = true;
+        if (r->limit_count == 2)
+            done = atomic_load(&w.done);
+        gw_rules_put(r);
+        struct timespec ts = {0, 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    pthread_join(t, NULL);
+    assert_false(saw_half);
+    assert_true(wait_attempts(&f, 0) >= 0);
+    struct gw_rules *r = gw_rules_holder_get(f.h);
+    assert_int_equal(r->limit_count, 2);
+    gw_rules_put(r);
+    uint64_t bad;
+    reloads(&f, NULL, &bad);
+    assert_int_equal(bad, 0);
+    fixture_stop(&f);
+}
+
+static void test_slow_writer_inotify(void **state)
+{
+    (void)state;
+    slow_writer(0);
+}
+
+static void test_slow_writer_stat_poll(void **state)
+{
+    (void)state;
+    slow_writer(GW_RULES_RELOAD_NO_INOTIFY);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -311,6 +390,8 @@ int main(void)
         cmocka_unit_test(test_configmap_inotify),
         cmocka_unit_test(test_configmap_stat_poll),
         cmocka_unit_test(test_other_files_ignored),
+        cmocka_unit_test(test_slow_writer_inotify),
+        cmocka_unit_test(test_slow_writer_stat_poll),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
