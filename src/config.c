@@ -143,7 +143,8 @@ static const struct opt opts[] = {
         F_SECRET | F_MASK_ALL | F_EMPTY_UNSET,
         "Sentinel mode: password of the sentinels themselves (secret, never printed)."),
     STR("REDIS_CLUSTER_NODES", T_NODES, NULL, 0, 0, redis_cluster_nodes, F_EMPTY_UNSET,
-        "Redis Cluster seed nodes host:port,... (not supported yet: refused at start-up)."),
+        "Redis Cluster mode: seed nodes host:port,host:port (port 6379 by default); the slot map "
+        "is read from them. Empty = not used."),
     INT("RATE_LIMIT_REQUESTS", "5", 1, 1000000000, rate_limit_requests,
         "Requests allowed per client per window."),
     INT("RATE_LIMIT_WINDOW_SECONDS", "60", 1, 86400 * 366, rate_limit_window_s,
@@ -521,8 +522,8 @@ static void free_nodes(struct gw_redis_node *nodes, int n)
 /* "host[:port],host[:port]" (spaces around entries allowed, IPv6 in
  * brackets, port 26379 when absent) into a new array of at most
  * GW_CONFIG_MAX_REDIS_NODES entries. */
-static bool parse_nodes(const char *v, struct gw_redis_node **out, int *count, char *why,
-                        size_t cap)
+static bool parse_nodes(const char *v, int default_port, struct gw_redis_node **out, int *count,
+                        char *why, size_t cap)
 {
     *out = NULL;
     *count = 0;
@@ -551,7 +552,7 @@ static bool parse_nodes(const char *v, struct gw_redis_node **out, int *count, c
             free_nodes(nodes, n);
             return gw_fail(why, cap, "more than %d entries", GW_CONFIG_MAX_REDIS_NODES);
         }
-        if (!gw_net_parse_hostport(e, elen, 26379, &hp, reason, sizeof(reason))) {
+        if (!gw_net_parse_hostport(e, elen, default_port, &hp, reason, sizeof(reason))) {
             free_nodes(nodes, n);
             return gw_fail(why, cap, "entry \"%.*s\": %s", (int)GW_MIN(elen, 64), e, reason);
         }
@@ -623,7 +624,8 @@ static bool parse_value(const struct opt *o, const char *v, struct gw_config *cf
     case T_NODES: {
         struct gw_redis_node *nodes = NULL;
         int n = 0;
-        ok = parse_nodes(v, &nodes, &n, why, cap);
+        ok = parse_nodes(v, strcmp(o->name, "REDIS_CLUSTER_NODES") == 0 ? 6379 : 26379, &nodes, &n,
+                         why, cap);
         free_nodes(nodes, n);
         break;
     }
@@ -791,6 +793,7 @@ void gw_config_redis_target_deinit(struct gw_redis_target *t)
     free(t->tls_key_file);
     free(t->tls_server_name);
     free_nodes(t->sentinels, t->nsentinels);
+    free_nodes(t->cluster_nodes, t->ncluster_nodes);
     free(t->sentinel_master);
     free(t->sentinel_username);
     free_secret(t->sentinel_password);
@@ -800,7 +803,8 @@ void gw_config_redis_target_deinit(struct gw_redis_target *t)
 bool gw_config_redis_enabled(const struct gw_config *cfg)
 {
     return (cfg->redis_url != NULL && cfg->redis_url[0] != '\0') ||
-           (cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0');
+           (cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0') ||
+           (cfg->redis_cluster_nodes != NULL && cfg->redis_cluster_nodes[0] != '\0');
 }
 
 /* *dst = a copy of src when src is set (the old value freed); false on ENOMEM. */
@@ -828,10 +832,14 @@ int gw_config_redis_target(const struct gw_config *cfg, struct gw_redis_target *
         if (rc != 0)
             return rc;
     } else if (cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0') {
-        if (!parse_nodes(cfg->redis_sentinels, &t->sentinels, &t->nsentinels, why, why_len))
+        if (!parse_nodes(cfg->redis_sentinels, 26379, &t->sentinels, &t->nsentinels, why, why_len))
             return redis_fail(t, NULL, 0, "REDIS_SENTINELS");
         if (cfg->redis_sentinel_master == NULL)
             return redis_fail(t, why, why_len, "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER");
+    } else if (cfg->redis_cluster_nodes != NULL && cfg->redis_cluster_nodes[0] != '\0') {
+        if (!parse_nodes(cfg->redis_cluster_nodes, 6379, &t->cluster_nodes, &t->ncluster_nodes, why,
+                         why_len))
+            return redis_fail(t, NULL, 0, "REDIS_CLUSTER_NODES");
     } else {
         return redis_fail(t, why, why_len, "no Redis configured");
     }
@@ -1020,10 +1028,13 @@ static int check_redis(const struct gw_config *cfg, FILE *err)
                                "only one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES "
                                "may be set");
     }
-    if (cluster != NULL)
-        errors += report_named(err, "REDIS_CLUSTER_NODES", cluster,
-                               "Redis Cluster is not supported yet (use REDIS_URL or "
-                               "REDIS_SENTINELS)");
+    if (cluster != NULL && cfg->redis_db > 0) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", cfg->redis_db);
+        errors += report_named(err, "REDIS_DB", v,
+                               "must be 0 with REDIS_CLUSTER_NODES (a Redis "
+                               "Cluster has only database 0)");
+    }
     if (sent != NULL && cfg->redis_sentinel_master == NULL)
         errors += report_named(err, "REDIS_SENTINELS", sent, "needs REDIS_SENTINEL_MASTER");
     static const char *const sentinel_only[] = {"REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_USERNAME",
@@ -1059,7 +1070,7 @@ static int check_redis(const struct gw_config *cfg, FILE *err)
         if (v != NULL)
             errors += report_named(err, tls_only[i], v,
                                    "set, but TLS to Redis is off (use rediss:// in REDIS_URL, or "
-                                   "REDIS_TLS=on with REDIS_SENTINELS)");
+                                   "REDIS_TLS=on with REDIS_SENTINELS or REDIS_CLUSTER_NODES)");
     }
     if (tls) {
         const char *ca = cfg->redis_tls_ca_file, *crt = cfg->redis_tls_cert_file;

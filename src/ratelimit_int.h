@@ -60,6 +60,8 @@ enum gw_rl_pass_mode {
     GW_RL_PASS_DECIDE = 0, /* check, and commit the units that allow */
     GW_RL_PASS_PEEK,       /* check only: nothing is committed (admin inspect) */
     GW_RL_PASS_DELETE,     /* delete every op's state keys; op a = keys deleted */
+    GW_RL_PASS_REFUND,     /* Redis only: take back one commit of every op made at
+                              refund_at_us (Cluster: a unit split over slots) */
 };
 
 struct gw_rl_pass {
@@ -74,6 +76,12 @@ struct gw_rl_pass {
     struct gw_rl_unit *units;
     size_t nunits;
     int64_t now_us; /* out: the store's clock (Unix µs) the pass was decided at */
+    /* Redis only: more keys declared to the server (after keys) but never
+     * read by the script: Cluster routes the call by them. */
+    const char *const *extra_keys;
+    const size_t *extra_lens;
+    size_t nextra;
+    int64_t refund_at_us; /* GW_RL_PASS_REFUND: when the commits were made */
 };
 
 /* A rate-limit store. apply() decides a pass (below). ping() returns 0
@@ -244,6 +252,32 @@ bool gw_rl_redis_tls_resumed(const struct gw_rl_redis *r);
  * read is bounded by timeout_ms. */
 GW_MUSTCHECK int gw_rl_redis_apply(struct gw_rl_redis *r, struct gw_rl_pass *pass);
 
+/* Cluster mode: a per-worker store for one node, host:port (host an IP
+ * literal or a name, at most 255 bytes; borrowed only during the call),
+ * with target's credentials and TLS settings (target borrowed, must
+ * outlive the store). Same connect and apply calls as any Redis store.
+ * Returns 0, -EINVAL for a bad address, or -ENOMEM. */
+GW_MUSTCHECK int gw_rl_redis_create_node(struct gw_rl_redis **out,
+                                         const struct gw_redis_target *target, const char *host,
+                                         int port, int timeout_ms);
+/* Pipelining for Cluster mode: queues one call deciding pass (EVALSHA, or
+ * EVAL when eval), preceded by ASKING when asking (its +OK is then the
+ * first of the two replies). Nothing is sent yet. Returns 0, -ENOTCONN
+ * when not ready, -ENOMEM (then disconnected: the pipeline is broken). */
+GW_MUSTCHECK int gw_rl_redis_queue(struct gw_rl_redis *r, const struct gw_rl_pass *pass,
+                                   bool asking, bool eval);
+/* Sends what is queued, as far as the socket takes it without waiting (the
+ * rest goes with the first gw_rl_redis_reply). 0, -ENOTCONN, or -errno
+ * after disconnecting. */
+GW_MUSTCHECK int gw_rl_redis_flush(struct gw_rl_redis *r);
+/* The next reply, in order (a redisReply the caller frees), within
+ * timeout_ms. 0, -ENOTCONN, or -errno after disconnecting (-ETIMEDOUT:
+ * no reply in time). */
+GW_MUSTCHECK int gw_rl_redis_reply(struct gw_rl_redis *r, void **reply);
+/* One command (argv NUL-terminated strings) and its reply, as
+ * gw_rl_redis_reply. Only with nothing else in flight. */
+GW_MUSTCHECK int gw_rl_redis_command_argv(struct gw_rl_redis *r, int argc, const char **argv,
+                                          void **reply);
 /* Makes hiredis reader `reader` (a redisReader *) refuse an array reply
  * of more than 65,536 elements instead of allocating its table from the
  * announced count (hiredis 0.14 has no such bound); every other object is

@@ -67,6 +67,14 @@
  * window's products (L*W up to 3.2e19) are compared exactly in base-2^24
  * limbs; every other quantity stays below 2^53 (microsecond clocks, and
  * B*T bounded by the rules' validation).
+ * Mode 3 (refund, Redis Cluster: a request whose rates live in several
+ * slots was refused by another slot) takes back one commit of every op,
+ * as decided at the Unix µs given as the last ARGV (the window of that
+ * moment): a counter is decremented, a bucket's TAT moved back by T, both
+ * with KEEPTTL; a key gone since is left alone; the units answer 2.
+ * KEYS past the ones the units name are not read: Cluster mode declares
+ * the state keys there so the server routes (and redirects) the call by
+ * them.
  * Returns {sec, usec, then per unit: its result (1 allowed, 2 refused,
  * 3 error) and two numbers per op: the state it was decided on (fixed:
  * count, 0; sliding: previous and current counts; bucket: TAT in µs, 0)}.
@@ -75,6 +83,11 @@ const char gw_rl_redis_script[] =
     "if redis.replicate_commands then redis.replicate_commands() end\n"
     "local t = redis.call('TIME')\n"
     "local sec, usec = tonumber(t[1]), tonumber(t[2])\n"
+    "local mode = tonumber(ARGV[1]) or 0\n"
+    "if mode == 3 then\n"
+    "  local at = tonumber(ARGV[#ARGV]) or 0\n"
+    "  sec, usec = math.floor(at / 1000000), at % 1000000\n"
+    "end\n"
     "local now_us = sec * 1000000 + usec\n"
     "local now_ms = sec * 1000 + math.floor(usec / 1000)\n"
     "local floor = math.floor\n"
@@ -106,14 +119,14 @@ const char gw_rl_redis_script[] =
     "  end\n"
     "  return v\n"
     "end\n"
-    "local mode = tonumber(ARGV[1]) or 0\n"
     "local ns = tonumber(ARGV[2]) or 0\n"
     "local P = {}\n"
     "local a = 3\n"
     "for s = 1, ns do\n"
     "  local al, w, l = tonumber(ARGV[a]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 1])\n"
     "  local o = (s - 1) * 10\n"
-    "  P[o + 1], P[o + 2], P[o + 3], P[o + 4], P[o + 5] = al, l, w, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])\n"
+    "  P[o + 1], P[o + 2], P[o + 3], P[o + 4], P[o + 5] = al, l, w, tonumber(ARGV[a + 3]), "
+    "tonumber(ARGV[a + 4])\n"
     "  if al == 2 then\n"
     "    local tt = floor(w * 1000 / l)\n"
     "    if tt < 1 then tt = 1 end\n"
@@ -148,6 +161,16 @@ const char gw_rl_redis_script[] =
     "      if al == 2 then sa = redis.call('DEL', k1)\n"
     "      else sa = redis.call('DEL', k1, key .. P[o + 8]) end\n"
     "      ok = false\n"
+    "    elseif mode == 3 then\n"
+    "      local v = get(k1)\n"
+    "      if v ~= nil and not fresh[k1] then\n"
+    "        if al == 2 then v = v - P[o + 6] else v = v - 1 end\n"
+    "        if v >= 0 then\n"
+    "          val[k1] = v\n"
+    "          if not dirty[k1] then dirty[k1] = true; nd = nd + 1; dirty[nd] = k1 end\n"
+    "        end\n"
+    "      end\n"
+    "      ok = false\n"
     "    else\n"
     "      local v = get(k1)\n"
     "      if v == nil then bad = true\n"
@@ -172,7 +195,7 @@ const char gw_rl_redis_script[] =
     "    end\n"
     "    out[at + 2 * j - 1], out[at + 2 * j] = sa, sb\n"
     "  end\n"
-    "  out[at] = bad and 3 or (ok and 1 or 2)\n"
+    "  out[at] = (bad and mode ~= 3) and 3 or (ok and 1 or 2)\n"
     "  if ok and not bad and mode == 0 then\n"
     "    for j = 1, n do\n"
     "      local q = 4 * j\n"
@@ -237,6 +260,10 @@ struct gw_rl_redis {
     uint64_t give_up_ms;  /* end of the persisting attempt */
     uint64_t reask_at_ms; /* PH_WAIT: when to ask again */
     uint64_t watch_at_ms; /* next master-change query */
+    /* Cluster node (gw_rl_redis_create_node): the address used instead of
+     * the target's host; node_port 0 otherwise. */
+    char node_host[256];
+    int node_port;
 };
 
 /* ---- bounded replies ---------------------------------------------------------- */
@@ -316,6 +343,19 @@ int gw_rl_redis_create(struct gw_rl_redis **out, const struct gw_redis_target *t
         return rc;
     }
     *out = r;
+    return 0;
+}
+
+int gw_rl_redis_create_node(struct gw_rl_redis **out, const struct gw_redis_target *target,
+                            const char *host, int port, int timeout_ms)
+{
+    if (host == NULL || strlen(host) >= sizeof((*out)->node_host) || port <= 0 || port > 65535)
+        return -EINVAL;
+    int rc = gw_rl_redis_create(out, target, timeout_ms);
+    if (rc != 0)
+        return rc;
+    snprintf((*out)->node_host, sizeof((*out)->node_host), "%s", host);
+    (*out)->node_port = port;
     return 0;
 }
 
@@ -650,6 +690,8 @@ int gw_rl_redis_connect_start(struct gw_rl_redis *r, uint64_t now_ms)
         r->give_up_ms = now_ms + SENTINEL_PERSIST_MS;
         r->sentinel_failed = false;
         rc = discover(r, now_ms);
+    } else if (r->node_port != 0) {
+        rc = open_master(r, now_ms, r->node_host, r->node_port);
     } else {
         rc = open_master(r, now_ms, r->target->host, r->target->port);
     }
@@ -759,12 +801,15 @@ static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl
 {
     const char *script = eval ? gw_rl_redis_script : r->sha;
     size_t slen = eval ? sizeof(gw_rl_redis_script) - 1 : 40;
-    size_t nargs = 3 + p->nkeys + 1 + 1 + 5 * p->nspecs + 1;
+    bool refund = p->mode == GW_RL_PASS_REFUND;
+    size_t nargs = 3 + p->nkeys + p->nextra + 1 + 1 + 5 * p->nspecs + 1 + (refund ? 1 : 0);
     for (size_t u = 0; u < p->nunits; u++)
         nargs += 1 + 2 * (size_t)p->units[u].n;
     size_t need = 24 + BULK_MAX(7) + BULK_MAX(slen) + (nargs - 2) * BULK_MAX(20);
     for (size_t i = 0; i < p->nkeys; i++)
         need += p->key_lens[i];
+    for (size_t i = 0; i < p->nextra; i++)
+        need += p->extra_lens[i];
     if (need > r->cmds_cap) {
         size_t cap = GW_MAX(need, r->cmds_cap * 2);
         char *nb = realloc(r->cmds, cap);
@@ -780,9 +825,11 @@ static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl
     *o++ = '\n';
     o = eval ? put_bulk(o, "EVAL", 4) : put_bulk(o, "EVALSHA", 7);
     o = put_bulk(o, script, slen);
-    o = put_bulk_u64(o, p->nkeys);
+    o = put_bulk_u64(o, p->nkeys + p->nextra);
     for (size_t i = 0; i < p->nkeys; i++)
         o = put_bulk(o, p->keys[i], p->key_lens[i]);
+    for (size_t i = 0; i < p->nextra; i++)
+        o = put_bulk(o, p->extra_keys[i], p->extra_lens[i]);
     o = put_bulk_u64(o, (uint64_t)p->mode);
     o = put_bulk_u64(o, p->nspecs);
     for (size_t i = 0; i < p->nspecs; i++) {
@@ -805,6 +852,8 @@ static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl
             o = put_bulk_u64(o, (uint64_t)p->ops[un->first + j].spec + 1);
         }
     }
+    if (refund)
+        o = put_bulk_u64(o, (uint64_t)GW_MAX(p->refund_at_us, 0));
     return o - r->cmds;
 }
 
@@ -922,6 +971,56 @@ static int call_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl_pass 
     }
     *rep = reply;
     return 0;
+}
+
+int gw_rl_redis_queue(struct gw_rl_redis *r, const struct gw_rl_pass *p, bool asking, bool eval)
+{
+    if (r->phase != PH_READY)
+        return -ENOTCONN;
+    static const char asking_cmd[] = "*1\r\n$6\r\nASKING\r\n";
+    if (asking && gw_redis_conn_append(&r->conn, asking_cmd, sizeof(asking_cmd) - 1) != 0)
+        return -ENOMEM;
+    ssize_t len = render_apply(r, eval, p);
+    if (len < 0 || gw_redis_conn_append(&r->conn, r->cmds, (size_t)len) != 0) {
+        /* Half a pipeline may be queued: the link is out of step. */
+        snprintf(r->err, sizeof(r->err), "%s: out of memory", eval ? "EVAL" : "EVALSHA");
+        gw_rl_redis_disconnect(r);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+int gw_rl_redis_flush(struct gw_rl_redis *r)
+{
+    if (r->phase != PH_READY)
+        return -ENOTCONN;
+    int rc = gw_redis_conn_establish(&r->conn, 0);
+    if (rc == 0 || rc == -EAGAIN)
+        return 0; /* the rest goes out while the replies are awaited */
+    return io_failure(r, "send", rc);
+}
+
+int gw_rl_redis_reply(struct gw_rl_redis *r, void **reply)
+{
+    *reply = NULL;
+    if (r->phase != PH_READY)
+        return -ENOTCONN;
+    int rc = gw_redis_conn_get_reply(&r->conn, reply, r->timeout_ms);
+    if (rc == -EAGAIN)
+        return errno_failure(r, "reply", ETIMEDOUT); /* the stream is out of step */
+    if (rc != 0)
+        return io_failure(r, "reply", rc);
+    return 0;
+}
+
+int gw_rl_redis_command_argv(struct gw_rl_redis *r, int argc, const char **argv, void **reply)
+{
+    *reply = NULL;
+    if (r->phase != PH_READY)
+        return -ENOTCONN;
+    if (gw_redis_conn_append_argv(&r->conn, argc, argv) != 0)
+        return errno_failure(r, argv[0], ENOMEM);
+    return gw_rl_redis_reply(r, reply);
 }
 
 int gw_rl_redis_apply(struct gw_rl_redis *r, struct gw_rl_pass *p)

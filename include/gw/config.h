@@ -73,7 +73,7 @@ struct gw_config {
     char *redis_sentinel_master;    /* REDIS_SENTINEL_MASTER */
     char *redis_sentinel_username;  /* REDIS_SENTINEL_USERNAME */
     char *redis_sentinel_password;  /* REDIS_SENTINEL_PASSWORD (secret) */
-    char *redis_cluster_nodes;      /* REDIS_CLUSTER_NODES (refused: not supported yet) */
+    char *redis_cluster_nodes;      /* REDIS_CLUSTER_NODES: Cluster seed nodes, or NULL */
     int rate_limit_requests;        /* RATE_LIMIT_REQUESTS */
     int rate_limit_window_s;        /* RATE_LIMIT_WINDOW_SECONDS */
     int rate_limit_burst;           /* RATE_LIMIT_BURST, 0 = RATE_LIMIT_REQUESTS */
@@ -160,11 +160,13 @@ struct gw_redis_target {
     char *tls_cert_file;   /* client certificate (PEM), NULL when none */
     char *tls_key_file;    /* its private key (PEM), NULL when none */
     char *tls_server_name; /* SNI and verified name; NULL = the host connected to */
-    struct gw_redis_node *sentinels; /* REDIS_SENTINELS, NULL without Sentinel */
-    int nsentinels;                  /* entries in sentinels */
-    char *sentinel_master;           /* REDIS_SENTINEL_MASTER */
-    char *sentinel_username;         /* REDIS_SENTINEL_USERNAME, or NULL */
-    char *sentinel_password;         /* REDIS_SENTINEL_PASSWORD, or NULL */
+    struct gw_redis_node *sentinels;     /* REDIS_SENTINELS, NULL without Sentinel */
+    int nsentinels;                      /* entries in sentinels */
+    struct gw_redis_node *cluster_nodes; /* REDIS_CLUSTER_NODES (seeds), NULL without Cluster */
+    int ncluster_nodes;                  /* entries in cluster_nodes */
+    char *sentinel_master;               /* REDIS_SENTINEL_MASTER */
+    char *sentinel_username;             /* REDIS_SENTINEL_USERNAME, or NULL */
+    char *sentinel_password;             /* REDIS_SENTINEL_PASSWORD, or NULL */
 };
 
 /* Parses REDIS_URL: "redis://[[user]:password@]host[:port][/db]" or
@@ -178,12 +180,13 @@ struct gw_redis_target {
 GW_MUSTCHECK int gw_config_parse_redis_url(const char *url, struct gw_redis_target *out, char *why,
                                            size_t why_len);
 
-/* True when a Redis store is configured (REDIS_URL or REDIS_SENTINELS).
+/* True when a Redis store is configured (REDIS_URL, REDIS_SENTINELS or
+ * REDIS_CLUSTER_NODES).
  * Thread-safe for a const cfg. */
 bool gw_config_redis_enabled(const struct gw_config *cfg);
 
-/* Builds the whole Redis target of a loaded (valid) configuration: REDIS_URL
- * or REDIS_SENTINELS with REDIS_USERNAME/PASSWORD/DB and the REDIS_TLS_*
+/* Builds the whole Redis target of a loaded (valid) configuration: REDIS_URL,
+ * REDIS_SENTINELS or REDIS_CLUSTER_NODES with REDIS_USERNAME/PASSWORD/DB and the REDIS_TLS_*
  * settings applied (SPEC.md §12). Fills *out (zeroed first). Returns 0,
  * -EINVAL (no Redis configured, or a value gw_config_load would refuse;
  * reason in why, may be NULL) or -ENOMEM; *out is safe to deinit on every
