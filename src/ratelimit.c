@@ -635,12 +635,20 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     version_sync(w);
     if (w->v.rules == NULL)
         goto fail;
-    if (rl->use_redis) {
+    if (rl->use_redis && rl->target.ncluster_nodes > 0) {
+        struct gw_rl_cluster *cl = NULL;
+        if (gw_rl_cluster_create(&cl, &rl->target, rl->cfg->redis_timeout_ms) != 0)
+            goto fail;
+        w->store = cl;
+        w->ops = &gw_rl_cluster_ops;
+    } else if (rl->use_redis) {
         struct gw_rl_redis *r = NULL;
         if (gw_rl_redis_create(&r, &rl->target, rl->cfg->redis_timeout_ms) != 0)
             goto fail;
         w->store = r;
         w->ops = &gw_rl_redis_ops;
+    }
+    if (rl->use_redis) {
         uint64_t now = gw_now_ms();
         if (w->ops->connect(w->store) == 0) {
             w->redis_up = true;
@@ -1581,7 +1589,9 @@ uint64_t gw_ratelimit_worker_tick(struct gw_ratelimit_worker *w, uint64_t now_ms
         /* A worker without traffic would otherwise learn of a Redis
          * restart only from the next request's failed check. */
         if (w->ops->probe(w->store) == 0)
-            return TICK_IDLE_MS;
+            return w->ops->probe_in_ms != NULL
+                       ? GW_MAX(GW_MIN(w->ops->probe_in_ms(w->store), (uint64_t)TICK_IDLE_MS), 1)
+                       : TICK_IDLE_MS;
         mark_down(w, now_ms);
         return BACKOFF_MIN_MS;
     }

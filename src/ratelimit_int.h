@@ -108,6 +108,10 @@ struct gw_rl_store_ops {
     void (*disconnect)(void *store);
     const char *(*last_error)(const void *store);
     void (*destroy)(void *store);
+    /* Optional (NULL = TICK_IDLE_MS): ms until a ready store wants probe()
+     * again (Cluster: a node reconnecting in the background is polled every
+     * few ms). */
+    uint64_t (*probe_in_ms)(void *store);
 };
 
 /* ---- store keys --------------------------------------------------------- */
@@ -278,6 +282,29 @@ GW_MUSTCHECK int gw_rl_redis_reply(struct gw_rl_redis *r, void **reply);
  * gw_rl_redis_reply. Only with nothing else in flight. */
 GW_MUSTCHECK int gw_rl_redis_command_argv(struct gw_rl_redis *r, int argc, const char **argv,
                                           void **reply);
+/* ---- Redis Cluster store (rl_cluster.c) ---------------------------------- */
+struct gw_rl_cluster;
+/* Creates a disconnected per-worker Cluster store for target (its
+ * cluster_nodes are the seeds; borrowed, must outlive the store);
+ * timeout_ms bounds connect, handshake and each command (<= 0 means 100).
+ * Returns 0, -EINVAL without seeds, or -ENOMEM. One thread uses a store. */
+GW_MUSTCHECK int gw_rl_cluster_create(struct gw_rl_cluster **out,
+                                      const struct gw_redis_target *target, int timeout_ms);
+/* Drops every node's link (and a seed link being made). */
+void gw_rl_cluster_disconnect(struct gw_rl_cluster *c);
+/* The Redis Cluster slot (0..16383) of key: CRC16/XMODEM of its hash tag
+ * (the bytes between the first '{' and the next '}', when not empty), else
+ * of the whole key. Pure, thread-safe. */
+unsigned gw_rl_cluster_slot(const char *key, size_t len);
+/* MOVED (ask false) or ASK (ask true) redirects followed by every Cluster
+ * store of the process since start. Thread-safe. */
+uint64_t gw_rl_cluster_redirects(bool ask);
+/* Vtable: apply splits the pass by slot, one script call per slot, every
+ * node's calls sent before any reply is read; redirects followed (see
+ * rl_cluster.c). apply returns 0 while any master answers (units of the
+ * failed ones UNDECIDED), -ENOTCONN when none is up. ping answers 0 when
+ * every master answers, -EPROTO when some do not. */
+extern const struct gw_rl_store_ops gw_rl_cluster_ops;
 /* Makes hiredis reader `reader` (a redisReader *) refuse an array reply
  * of more than 65,536 elements instead of allocating its table from the
  * announced count (hiredis 0.14 has no such bound); every other object is

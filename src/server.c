@@ -91,11 +91,18 @@ static int start_resolver(struct gw_server *srv)
         struct gw_resolve_name *redis = NULL;
         if (gw_config_redis_target(cfg, &t, NULL, 0) == 0 && t.host != NULL)
             rc = gw_resolve_add(t.host, t.port, "REDIS_URL", &redis);
-        /* The sentinels too, as far as there is room (a sentinel left out
-         * is resolved by the worker when it connects). */
+        /* The sentinels or cluster seeds too, as far as there is room (one
+         * left out is resolved by the worker when it connects). */
         for (int i = 0; rc == 0 && i < t.nsentinels; i++) {
             int src =
                 gw_resolve_add(t.sentinels[i].host, t.sentinels[i].port, "REDIS_SENTINELS", &redis);
+            if (src == -ENOSPC)
+                break;
+            rc = src;
+        }
+        for (int i = 0; rc == 0 && i < t.ncluster_nodes; i++) {
+            int src = gw_resolve_add(t.cluster_nodes[i].host, t.cluster_nodes[i].port,
+                                     "REDIS_CLUSTER_NODES", &redis);
             if (src == -ENOSPC)
                 break;
             rc = src;
@@ -229,8 +236,7 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
                  cfg->rate_limit_window_s);
     else
         snprintf(limits, sizeof(limits), "rate-limit rules %s (%zu limits, from %s)",
-                 in_force->version, in_force->limit_count,
-                 gw_rules_source_name(in_force->source));
+                 in_force->version, in_force->limit_count, gw_rules_source_name(in_force->source));
     gw_rules_put(in_force);
     gw_info("upstream %s%s, %d workers, %s (%s store), in-flight cap %d", cfg->backend_authority,
             cfg->backend_base_path ? cfg->backend_base_path : "", srv->nworkers, limits,

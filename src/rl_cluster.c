@@ -1,0 +1,1051 @@
+/*
+ * Redis Cluster store of the rate limiter (SPEC.md §12): one per worker,
+ * holding the slot map (CLUSTER SLOTS) and one Redis store of rl_redis.c
+ * per master (its connect machinery, setup pipeline and script cache).
+ *
+ * A pass is split by slot: every store key carries a hash tag
+ * ("{<client hash>}"), so a unit's ops on one client fall in one slot, and
+ * ops of one slot go in one script call whose KEYS are the slot's key
+ * bases plus the state keys the script will touch (computed with the
+ * Redis clock as last seen), so the server routes the call, and answers
+ * MOVED, ASK or TRYAGAIN, by the keys that exist. The calls of every node
+ * are queued and sent before any reply is read: a batch costs one round
+ * trip of wall time when the map is right. MOVED updates the map and
+ * resends the call to the named master, ASK resends it there preceded by
+ * ASKING, TRYAGAIN (a slot half migrated) resends it after a short pause
+ * while the command timeout lasts, NOSCRIPT resends it as EVAL; each is a
+ * further round for those calls only.
+ *
+ * A unit whose ops fall in several slots (a request under a per-client
+ * and a global limit) is decided per slot, each part check-all-then-commit;
+ * when one part refuses (or fails), the parts that committed are refunded
+ * (the script's refund mode, as of the decision time), so a refused
+ * request still consumes from no rate. Between the commit and the refund
+ * another request of those slots may see the commit: it errs toward
+ * refusing, never toward letting more through.
+ *
+ * A master that fails affects only its slots: its calls are left
+ * UNDECIDED (RATE_LIMIT_FAILURE_MODE decides them), it is reconnected in
+ * the background from the periodic probe, and the map is read again (a
+ * replica may have taken its slots).
+ */
+#include "gw/log.h"
+#include "ratelimit_int.h"
+#include "redis_conn.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SLOTS            16384
+#define NODES_MAX        64     /* masters (and addresses seen in redirects) */
+#define NO_NODE          0xffff /* slot_node: not served */
+#define ROUNDS_MAX       8      /* send/read rounds of one pass (redirects, retries) */
+#define REFRESH_MIN_MS   100    /* between two map reads */
+#define NODE_BACKOFF_MIN 50     /* ms, a failed node's first reconnect delay */
+#define NODE_BACKOFF_MAX 2000
+
+/* ---- process-wide redirect counters (gateway_redis_redirects_total) --- */
+
+static _Atomic uint64_t redirects_moved, redirects_ask;
+
+uint64_t gw_rl_cluster_redirects(bool ask)
+{
+    return atomic_load_explicit(ask ? &redirects_ask : &redirects_moved, memory_order_relaxed);
+}
+
+static void count_redirect(bool ask)
+{
+    atomic_fetch_add_explicit(ask ? &redirects_ask : &redirects_moved, 1, memory_order_relaxed);
+}
+
+/* ---- slots -------------------------------------------------------------- */
+
+/* CRC16/XMODEM (polynomial 0x1021, initial 0), the checksum Redis Cluster
+ * maps keys with (its specification, "Keys distribution model"). */
+static uint16_t crc16(const char *buf, size_t len)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)((unsigned char)buf[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+    }
+    return crc;
+}
+
+unsigned gw_rl_cluster_slot(const char *key, size_t len)
+{
+    const char *open = memchr(key, '{', len);
+    if (open != NULL) {
+        size_t from = (size_t)(open - key) + 1;
+        const char *close = memchr(open + 1, '}', len - from);
+        if (close != NULL && close > open + 1)
+            return crc16(open + 1, (size_t)(close - open - 1)) & (SLOTS - 1);
+    }
+    return crc16(key, len) & (SLOTS - 1);
+}
+
+/* ---- the store -------------------------------------------------------- */
+
+struct node {
+    char host[256];
+    int port;
+    struct gw_rl_redis *r; /* its store (owned) */
+    bool up;               /* ready for calls */
+    bool connecting;       /* a non-blocking connect is in progress */
+    bool master;           /* named by the last map read */
+    uint64_t retry_at_ms, backoff_ms;
+};
+
+/* One script call: the ops of one slot. */
+struct call {
+    uint16_t slot;
+    uint16_t node;
+    bool asking, eval, done;
+    bool sent, failed;
+    uint64_t retry_at_ms;    /* TRYAGAIN: not before */
+    uint32_t op_first, op_n; /* range of sorted[] */
+    struct gw_rl_pass sub;
+    uint32_t *op_of;   /* sub op -> pass op */
+    uint32_t *unit_of; /* sub unit -> pass unit */
+};
+
+struct gw_rl_cluster {
+    const struct gw_redis_target *target; /* borrowed */
+    int timeout_ms;
+    uint16_t slot_node[SLOTS];
+    struct node nodes[NODES_MAX];
+    size_t nnodes;
+    bool mapped;              /* a map was read */
+    bool refresh;             /* read the map again at the next chance */
+    uint64_t refreshed_at_ms; /* last map read (gw_now_ms) */
+    size_t seed_next;         /* the seed the next map read starts with */
+    struct gw_rl_redis *seed; /* non-blocking connect's seed link, or NULL */
+    bool seed_connecting;
+    size_t seed_tries;
+    int64_t redis_us;     /* the Redis clock last seen (µs) ... */
+    uint64_t redis_at_ms; /* ... at this gw_now_ms() */
+    char err[640];
+    /* scratch of one pass, grown as needed */
+    void *arena;
+    size_t arena_cap;
+};
+
+static const char *node_name(const struct node *n, char *buf, size_t cap)
+{
+    snprintf(buf, cap, strchr(n->host, ':') != NULL ? "[%s]:%d" : "%s:%d", n->host, n->port);
+    return buf;
+}
+
+/* The node at host:port, added (disconnected) when new. NO_NODE when the
+ * table is full or the store cannot be made. */
+static uint16_t node_find_add(struct gw_rl_cluster *c, const char *host, size_t host_len, int port)
+{
+    for (size_t i = 0; i < c->nnodes; i++)
+        if (c->nodes[i].port == port && strlen(c->nodes[i].host) == host_len &&
+            memcmp(c->nodes[i].host, host, host_len) == 0)
+            return (uint16_t)i;
+    if (c->nnodes == NODES_MAX || host_len == 0 || host_len >= sizeof(c->nodes[0].host))
+        return NO_NODE;
+    struct node *n = &c->nodes[c->nnodes];
+    memset(n, 0, sizeof(*n));
+    memcpy(n->host, host, host_len);
+    n->host[host_len] = '\0';
+    n->port = port;
+    if (gw_rl_redis_create_node(&n->r, c->target, n->host, port, c->timeout_ms) != 0)
+        return NO_NODE;
+    n->backoff_ms = NODE_BACKOFF_MIN;
+    return (uint16_t)c->nnodes++;
+}
+
+static void node_down(struct gw_rl_cluster *c, struct node *n, uint64_t now)
+{
+    char name[300];
+    if (n->up)
+        gw_warn("rate limit: redis cluster node %s failed (%s); its slots go to "
+                "RATE_LIMIT_FAILURE_MODE until it or a replica serves them",
+                node_name(n, name, sizeof(name)), gw_rl_redis_last_error(n->r));
+    snprintf(c->err, sizeof(c->err), "%s: %s", node_name(n, name, sizeof(name)),
+             gw_rl_redis_last_error(n->r));
+    gw_rl_redis_disconnect(n->r);
+    n->up = false;
+    n->connecting = false;
+    n->retry_at_ms = now + n->backoff_ms;
+    n->backoff_ms = GW_MIN(n->backoff_ms * 2, (uint64_t)NODE_BACKOFF_MAX);
+    c->refresh = true;
+}
+
+/* Moves a node's (re)connect on without blocking. */
+static void node_connect_step(struct gw_rl_cluster *c, struct node *n, uint64_t now)
+{
+    int rc;
+    if (n->connecting)
+        rc = gw_rl_redis_connect_poll(n->r, now);
+    else if (now >= n->retry_at_ms)
+        rc = gw_rl_redis_connect_start(n->r, now);
+    else
+        return;
+    n->connecting = rc == -EINPROGRESS;
+    if (rc == 0) {
+        char name[300];
+        n->up = true;
+        n->backoff_ms = NODE_BACKOFF_MIN;
+        gw_info("rate limit: redis cluster node %s connected", node_name(n, name, sizeof(name)));
+    } else if (rc != -EINPROGRESS) {
+        char name[300];
+        gw_debug("rate limit: redis cluster node %s: reconnect failed (%s), next in %llu ms",
+                 node_name(n, name, sizeof(name)), gw_rl_redis_last_error(n->r),
+                 (unsigned long long)n->backoff_ms);
+        n->up = false;
+        n->retry_at_ms = now + n->backoff_ms;
+        n->backoff_ms = GW_MIN(n->backoff_ms * 2, (uint64_t)NODE_BACKOFF_MAX);
+    }
+}
+
+/* The Redis clock now, as estimated from the last reply. */
+static int64_t redis_now_ms(const struct gw_rl_cluster *c)
+{
+    if (c->redis_us == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    return c->redis_us / 1000 + (int64_t)(gw_now_ms() - c->redis_at_ms);
+}
+
+static void saw_redis_clock(struct gw_rl_cluster *c, int64_t us)
+{
+    if (us > 0) {
+        c->redis_us = us;
+        c->redis_at_ms = gw_now_ms();
+    }
+}
+
+static bool str_elem(const redisReply *e)
+{
+    return e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS;
+}
+
+/* Reads the map with CLUSTER SLOTS over r (ready). host_asked: the address
+ * r talks to, for entries with an empty host. 0, -EPROTO (bad or error
+ * reply: r kept), or -errno (r disconnected). */
+static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *host_asked)
+{
+    void *v = NULL;
+    const char *argv[] = {"CLUSTER", "SLOTS"};
+    int rc = gw_rl_redis_command_argv(r, 2, argv, &v);
+    if (rc != 0) {
+        snprintf(c->err, sizeof(c->err), "CLUSTER SLOTS: %s", gw_rl_redis_last_error(r));
+        return rc;
+    }
+    redisReply *rep = v;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements == 0) {
+        snprintf(c->err, sizeof(c->err), "CLUSTER SLOTS: %s",
+                 rep->type == REDIS_REPLY_ERROR ? rep->str : "no slot is served");
+        freeReplyObject(rep);
+        return -EPROTO;
+    }
+    uint16_t map[SLOTS];
+    for (size_t i = 0; i < SLOTS; i++)
+        map[i] = NO_NODE;
+    bool bad = false;
+    bool master[NODES_MAX] = {false};
+    for (size_t i = 0; i < rep->elements && !bad; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+            e->element[0]->type != REDIS_REPLY_INTEGER ||
+            e->element[1]->type != REDIS_REPLY_INTEGER ||
+            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
+            !str_elem(e->element[2]->element[0]) ||
+            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER) {
+            bad = true;
+            break;
+        }
+        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+        long long port = e->element[2]->element[1]->integer;
+        const char *host = e->element[2]->element[0]->str;
+        size_t hlen = e->element[2]->element[0]->len;
+        if (hlen == 0 || (hlen == 1 && host[0] == '?')) {
+            host = host_asked;
+            hlen = strlen(host_asked);
+        }
+        if (lo < 0 || hi >= SLOTS || lo > hi || port <= 0 || port > 65535) {
+            bad = true;
+            break;
+        }
+        uint16_t ni = node_find_add(c, host, hlen, (int)port);
+        if (ni == NO_NODE)
+            continue; /* those slots stay unserved (failure mode) */
+        master[ni] = true;
+        for (long long s = lo; s <= hi; s++)
+            map[s] = ni;
+    }
+    freeReplyObject(rep);
+    if (bad) {
+        snprintf(c->err, sizeof(c->err), "CLUSTER SLOTS: unexpected reply");
+        return -EPROTO;
+    }
+    memcpy(c->slot_node, map, sizeof(map));
+    for (size_t i = 0; i < c->nnodes; i++)
+        c->nodes[i].master = master[i];
+    c->mapped = true;
+    c->refresh = false;
+    c->refreshed_at_ms = gw_now_ms();
+    /* The Redis clock, for the state keys declared with each call. */
+    const char *targv[] = {"TIME"};
+    if (gw_rl_redis_command_argv(r, 1, targv, &v) == 0) {
+        rep = v;
+        if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 && str_elem(rep->element[0]) &&
+            str_elem(rep->element[1]))
+            saw_redis_clock(c, strtoll(rep->element[0]->str, NULL, 10) * 1000000 +
+                                   strtoll(rep->element[1]->str, NULL, 10));
+        freeReplyObject(rep);
+    }
+    return 0;
+}
+
+/* Reads the map again through any node that is up (blocking, one command
+ * of at most timeout_ms). */
+static void refresh_map(struct gw_rl_cluster *c, uint64_t now)
+{
+    if (now < c->refreshed_at_ms + REFRESH_MIN_MS)
+        return;
+    c->refreshed_at_ms = now;
+    for (size_t k = 0; k < c->nnodes; k++) {
+        struct node *n = &c->nodes[(c->seed_next + k) % c->nnodes];
+        if (!n->up)
+            continue;
+        int rc = read_map(c, n->r, n->host);
+        if (rc == 0)
+            return;
+        if (rc != -EPROTO)
+            node_down(c, n, now);
+    }
+}
+
+int gw_rl_cluster_create(struct gw_rl_cluster **out, const struct gw_redis_target *target,
+                         int timeout_ms)
+{
+    *out = NULL;
+    if (target->ncluster_nodes <= 0)
+        return -EINVAL;
+    struct gw_rl_cluster *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    c->target = target;
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 100;
+    for (size_t i = 0; i < SLOTS; i++)
+        c->slot_node[i] = NO_NODE;
+    *out = c;
+    return 0;
+}
+
+static void drop_seed(struct gw_rl_cluster *c)
+{
+    if (c->seed != NULL) {
+        gw_rl_redis_ops.destroy(c->seed);
+        c->seed = NULL;
+    }
+    c->seed_connecting = false;
+}
+
+void gw_rl_cluster_disconnect(struct gw_rl_cluster *c)
+{
+    drop_seed(c);
+    for (size_t i = 0; i < c->nnodes; i++) {
+        gw_rl_redis_disconnect(c->nodes[i].r);
+        c->nodes[i].up = c->nodes[i].connecting = false;
+        c->nodes[i].retry_at_ms = 0;
+    }
+}
+
+static void cluster_destroy(void *store)
+{
+    struct gw_rl_cluster *c = store;
+    if (c == NULL)
+        return;
+    drop_seed(c);
+    for (size_t i = 0; i < c->nnodes; i++)
+        gw_rl_redis_ops.destroy(c->nodes[i].r);
+    free(c->arena);
+    free(c);
+}
+
+/* A store for seed i (the caller connects it). */
+static int seed_store(struct gw_rl_cluster *c, size_t i, struct gw_rl_redis **out)
+{
+    const struct gw_redis_node *s =
+        &c->target->cluster_nodes[i % (size_t)c->target->ncluster_nodes];
+    return gw_rl_redis_create_node(out, c->target, s->host, s->port, c->timeout_ms);
+}
+
+static const char *seed_host(const struct gw_rl_cluster *c, size_t i)
+{
+    return c->target->cluster_nodes[i % (size_t)c->target->ncluster_nodes].host;
+}
+
+/* After a map read: every master gets its connect started (blocking: with
+ * gw_rl_redis_connect). 0 when at least one master is up. */
+static int connect_masters(struct gw_rl_cluster *c, bool blocking, uint64_t now)
+{
+    size_t up = 0;
+    for (size_t i = 0; i < c->nnodes; i++) {
+        struct node *n = &c->nodes[i];
+        if (!n->master || n->up)
+            continue;
+        n->retry_at_ms = 0;
+        if (blocking) {
+            n->connecting = false;
+            n->up = gw_rl_redis_connect(n->r) == 0;
+            if (!n->up) {
+                char name[300];
+                gw_warn("rate limit: redis cluster node %s: %s", node_name(n, name, sizeof(name)),
+                        gw_rl_redis_last_error(n->r));
+                n->retry_at_ms = now + n->backoff_ms;
+            }
+        } else {
+            node_connect_step(c, n, now);
+        }
+    }
+    for (size_t i = 0; i < c->nnodes; i++)
+        up += c->nodes[i].up;
+    return up > 0 ? 0 : -EINPROGRESS;
+}
+
+static int cluster_connect(void *store)
+{
+    struct gw_rl_cluster *c = store;
+    gw_rl_cluster_disconnect(c);
+    uint64_t now = gw_now_ms();
+    int rc = -EHOSTUNREACH;
+    for (int k = 0; k < c->target->ncluster_nodes; k++) {
+        size_t i = (c->seed_next + (size_t)k) % (size_t)c->target->ncluster_nodes;
+        struct gw_rl_redis *s = NULL;
+        if (seed_store(c, i, &s) != 0)
+            return -ENOMEM;
+        rc = gw_rl_redis_connect(s);
+        if (rc == 0)
+            rc = read_map(c, s, seed_host(c, i));
+        if (rc != 0)
+            snprintf(c->err, sizeof(c->err), "seed %s:%d: %s", seed_host(c, i),
+                     c->target->cluster_nodes[i].port, gw_rl_redis_last_error(s));
+        gw_rl_redis_ops.destroy(s);
+        if (rc == 0) {
+            c->seed_next = i;
+            break;
+        }
+    }
+    if (rc != 0)
+        return rc;
+    if (connect_masters(c, true, now) != 0) {
+        snprintf(c->err, sizeof(c->err), "no cluster master answered");
+        return -EHOSTUNREACH;
+    }
+    return 0;
+}
+
+static int seed_begin(struct gw_rl_cluster *c, uint64_t now)
+{
+    drop_seed(c);
+    if (c->seed_tries >= (size_t)c->target->ncluster_nodes) {
+        char last[sizeof(c->err)];
+        memcpy(last, c->err, sizeof(last));
+        snprintf(c->err, sizeof(c->err), "no seed of REDIS_CLUSTER_NODES answered (%.500s)", last);
+        return -EHOSTUNREACH;
+    }
+    c->seed_tries++;
+    if (seed_store(c, c->seed_next, &c->seed) != 0)
+        return -ENOMEM;
+    int rc = gw_rl_redis_connect_start(c->seed, now);
+    c->seed_connecting = rc == -EINPROGRESS;
+    return rc;
+}
+
+/* Moves the non-blocking connect on: the seed link, then the map, then the
+ * masters. */
+static int cluster_connect_poll(void *store, uint64_t now)
+{
+    struct gw_rl_cluster *c = store;
+    for (;;) {
+        if (c->seed != NULL) {
+            int rc = c->seed_connecting ? gw_rl_redis_connect_poll(c->seed, now) : 0;
+            if (rc == -EINPROGRESS)
+                return rc;
+            if (rc == 0)
+                rc = read_map(c, c->seed, seed_host(c, c->seed_next));
+            if (rc != 0) {
+                snprintf(c->err, sizeof(c->err), "seed %s: %s", seed_host(c, c->seed_next),
+                         gw_rl_redis_last_error(c->seed));
+                c->seed_next = (c->seed_next + 1) % (size_t)c->target->ncluster_nodes;
+                rc = seed_begin(c, now);
+                if (rc == -EINPROGRESS || rc == 0)
+                    continue;
+                return rc;
+            }
+            drop_seed(c);
+            for (size_t i = 0; i < c->nnodes; i++)
+                c->nodes[i].retry_at_ms = 0;
+        }
+        bool pending = false;
+        size_t up = 0;
+        for (size_t i = 0; i < c->nnodes; i++) {
+            struct node *n = &c->nodes[i];
+            if (!n->master || n->up) {
+                up += n->up;
+                continue;
+            }
+            node_connect_step(c, n, now);
+            up += n->up;
+            pending |= n->connecting;
+        }
+        if (pending)
+            return -EINPROGRESS;
+        if (up == 0) {
+            snprintf(c->err, sizeof(c->err), "no cluster master answered");
+            return -EHOSTUNREACH;
+        }
+        return 0;
+    }
+}
+
+static int cluster_connect_start(void *store, uint64_t now)
+{
+    struct gw_rl_cluster *c = store;
+    gw_rl_cluster_disconnect(c);
+    c->seed_tries = 0;
+    int rc = seed_begin(c, now);
+    if (rc != 0 && rc != -EINPROGRESS)
+        return rc;
+    return cluster_connect_poll(c, now);
+}
+
+/* The periodic probe: idle links checked, failed nodes reconnected in the
+ * background, the map read again after a failure or a redirect. 0 while
+ * at least one master is up. */
+static int cluster_probe(void *store)
+{
+    struct gw_rl_cluster *c = store;
+    uint64_t now = gw_now_ms();
+    size_t up = 0;
+    for (size_t i = 0; i < c->nnodes; i++) {
+        struct node *n = &c->nodes[i];
+        if (n->up && gw_rl_redis_probe(n->r) != 0)
+            node_down(c, n, now);
+        if (!n->up && n->master)
+            node_connect_step(c, n, now);
+        up += n->up;
+    }
+    if (c->refresh)
+        refresh_map(c, now);
+    if (up == 0) {
+        snprintf(c->err, sizeof(c->err), "no cluster master is up");
+        return -ENOTCONN;
+    }
+    return 0;
+}
+
+/* Every master answers PING: 0; some do not: -EPROTO (the store stays up,
+ * /health says disconnected); none: -ENOTCONN. */
+static int cluster_ping(void *store)
+{
+    struct gw_rl_cluster *c = store;
+    size_t up = 0, masters = 0;
+    for (size_t i = 0; i < c->nnodes; i++) {
+        struct node *n = &c->nodes[i];
+        if (!n->master)
+            continue;
+        masters++;
+        if (!n->up)
+            continue;
+        if (gw_rl_redis_ops.ping(n->r) == 0)
+            up++;
+        else if (!gw_rl_redis_connected(n->r))
+            node_down(c, n, gw_now_ms());
+    }
+    if (up == 0)
+        return -ENOTCONN;
+    return up == masters ? 0 : -EPROTO;
+}
+
+/* A node connecting is polled every 5 ms (its handshake has a deadline);
+ * a node waiting to retry, at its retry time; else the idle period. */
+static uint64_t cluster_probe_in_ms(void *store)
+{
+    struct gw_rl_cluster *c = store;
+    uint64_t now = gw_now_ms(), in = UINT64_MAX;
+    for (size_t i = 0; i < c->nnodes; i++) {
+        const struct node *n = &c->nodes[i];
+        if (n->up || !n->master)
+            continue;
+        in = GW_MIN(in, n->connecting ? 5 : (n->retry_at_ms > now ? n->retry_at_ms - now : 1));
+    }
+    if (c->refresh)
+        in = GW_MIN(in, REFRESH_MIN_MS);
+    return in;
+}
+
+static void cluster_disconnect(void *store)
+{
+    gw_rl_cluster_disconnect(store);
+}
+
+static const char *cluster_last_error(const void *store)
+{
+    return ((const struct gw_rl_cluster *)store)->err;
+}
+
+/* ---- apply ---------------------------------------------------------------- */
+
+struct slot_op {
+    uint16_t slot;
+    uint32_t op;
+};
+
+static int by_slot(const void *a, const void *b)
+{
+    const struct slot_op *x = a, *y = b;
+    if (x->slot != y->slot)
+        return x->slot < y->slot ? -1 : 1;
+    return x->op < y->op ? -1 : x->op > y->op;
+}
+
+/* Carves n bytes (aligned) from the arena at *at. */
+static void *carve(struct gw_rl_cluster *c, size_t *at, size_t n)
+{
+    size_t off = (*at + 15) & ~(size_t)15;
+    *at = off + n;
+    return (char *)c->arena + off;
+}
+
+/* Bytes of one state-key name at most: base + ":sw:<20 digits>:<20 digits>". */
+#define STATE_SUFFIX_MAX 48
+
+/* Builds one call per slot over the pass's ops. Returns the call count,
+ * or -ENOMEM. */
+static ssize_t build_calls(struct gw_rl_cluster *c, const struct gw_rl_pass *p,
+                           struct call **calls_out)
+{
+    size_t nops = 0;
+    for (size_t u = 0; u < p->nunits; u++)
+        nops += p->units[u].n;
+    size_t maxk = 0;
+    for (size_t i = 0; i < p->nkeys; i++)
+        maxk = GW_MAX(maxk, p->key_lens[i]);
+    /* Every array below is carved at most once per op (a call per op at
+     * worst), each carve aligned to 16 bytes. */
+    size_t per_op = sizeof(struct slot_op) + sizeof(struct call) + sizeof(uint32_t) +
+                    sizeof(struct gw_rl_op) + sizeof(struct gw_rl_unit) + 2 * sizeof(uint32_t) +
+                    sizeof(uint16_t) + 3 * (sizeof(char *) + sizeof(size_t)) +
+                    2 * (maxk + STATE_SUFFIX_MAX) + 12 * 16;
+    size_t need = nops * per_op + p->nkeys * sizeof(uint32_t) + p->nops * sizeof(uint32_t) + 256;
+    if (need > c->arena_cap) {
+        void *a = realloc(c->arena, need);
+        if (a == NULL)
+            return -ENOMEM;
+        c->arena = a;
+        c->arena_cap = need;
+    }
+    size_t at = 0;
+    struct slot_op *so = carve(c, &at, nops * sizeof(*so));
+    uint32_t *kslot = carve(c, &at, p->nkeys * sizeof(*kslot));
+    for (size_t i = 0; i < p->nkeys; i++)
+        kslot[i] = gw_rl_cluster_slot(p->keys[i], p->key_lens[i]);
+    size_t k = 0;
+    for (size_t u = 0; u < p->nunits; u++)
+        for (size_t j = 0; j < p->units[u].n; j++, k++) {
+            uint32_t op = p->units[u].first + (uint32_t)j;
+            so[k] = (struct slot_op){.slot = (uint16_t)kslot[p->ops[op].key], .op = op};
+        }
+    qsort(so, nops, sizeof(*so), by_slot);
+    size_t ncalls = 0;
+    for (size_t i = 0; i < nops; i++)
+        ncalls += i == 0 || so[i].slot != so[i - 1].slot;
+    struct call *calls = carve(c, &at, ncalls * sizeof(*calls));
+    /* op -> unit, for splitting units */
+    uint32_t *unit_of_op = carve(c, &at, p->nops * sizeof(uint32_t));
+    for (size_t u = 0; u < p->nunits; u++)
+        for (size_t j = 0; j < p->units[u].n; j++)
+            unit_of_op[p->units[u].first + j] = (uint32_t)u;
+    int64_t now_ms = redis_now_ms(c);
+    size_t ci = 0;
+    for (size_t i = 0; i < nops; ci++) {
+        size_t e = i;
+        while (e < nops && so[e].slot == so[i].slot)
+            e++;
+        size_t n = e - i;
+        struct call *cl = &calls[ci];
+        memset(cl, 0, sizeof(*cl));
+        cl->slot = so[i].slot;
+        cl->node = c->slot_node[cl->slot];
+        cl->op_first = (uint32_t)i;
+        cl->op_n = (uint32_t)n;
+        struct gw_rl_op *ops = carve(c, &at, n * sizeof(*ops));
+        struct gw_rl_unit *units = carve(c, &at, n * sizeof(*units));
+        cl->op_of = carve(c, &at, n * sizeof(uint32_t));
+        cl->unit_of = carve(c, &at, n * sizeof(uint32_t));
+        const char **keys = carve(c, &at, n * sizeof(char *));
+        uint16_t *kidx = carve(c, &at, n * sizeof(uint16_t));
+        size_t *lens = carve(c, &at, n * sizeof(size_t));
+        const char **xkeys = carve(c, &at, 2 * n * sizeof(char *));
+        size_t *xlens = carve(c, &at, 2 * n * sizeof(size_t));
+        size_t nk = 0, nu = 0, nx = 0;
+        for (size_t j = 0; j < n; j++) {
+            uint32_t op = so[i + j].op;
+            const struct gw_rl_op *src = &p->ops[op];
+            /* the key, once per call */
+            size_t lk = nk;
+            for (size_t q = 0; q < nk; q++)
+                if (kidx[q] == src->key) {
+                    lk = q;
+                    break;
+                }
+            if (lk == nk) {
+                kidx[nk] = src->key;
+                keys[nk] = p->keys[src->key];
+                lens[nk++] = p->key_lens[src->key];
+            }
+            uint32_t u = unit_of_op[op];
+            if (nu == 0 || cl->unit_of[nu - 1] != u) {
+                units[nu] = (struct gw_rl_unit){.first = (uint16_t)j, .n = 0};
+                cl->unit_of[nu++] = u;
+            }
+            units[nu - 1].n++;
+            ops[j] = (struct gw_rl_op){.key = (uint16_t)lk, .spec = src->spec};
+            cl->op_of[j] = op;
+            /* the state keys the script will touch, declared for routing */
+            const struct gw_rl_spec *sp = &p->specs[src->spec];
+            const char *base = p->keys[src->key];
+            size_t blen = p->key_lens[src->key];
+            int copies = sp->algorithm == GW_RL_SLIDING_WINDOW ? 2 : 1;
+            for (int d = 0; d < copies && nx < 2 * n; d++) {
+                char *kb = carve(c, &at, blen + STATE_SUFFIX_MAX);
+                memcpy(kb, base, blen);
+                int w;
+                if (sp->algorithm == GW_RL_TOKEN_BUCKET) {
+                    w = snprintf(kb + blen, STATE_SUFFIX_MAX, ":tb");
+                } else {
+                    long long idx = (long long)(now_ms / sp->window_ms) - d;
+                    w = snprintf(kb + blen, STATE_SUFFIX_MAX, ":%s:%lld:%lld",
+                                 sp->algorithm == GW_RL_SLIDING_WINDOW ? "sw" : "fw",
+                                 (long long)sp->window_ms, idx);
+                }
+                xkeys[nx] = kb;
+                xlens[nx++] = blen + (size_t)w;
+            }
+        }
+        cl->sub = (struct gw_rl_pass){.mode = p->mode,
+                                      .keys = keys,
+                                      .key_lens = lens,
+                                      .nkeys = nk,
+                                      .specs = p->specs,
+                                      .nspecs = p->nspecs,
+                                      .ops = ops,
+                                      .nops = n,
+                                      .units = units,
+                                      .nunits = nu,
+                                      .extra_keys = xkeys,
+                                      .extra_lens = xlens,
+                                      .nextra = nx};
+        i = e;
+    }
+    *calls_out = calls;
+    return (ssize_t)ncalls;
+}
+
+/* "MOVED 3999 127.0.0.1:6381" / "ASK ...": the node named, added if new. */
+static uint16_t redirect_node(struct gw_rl_cluster *c, const char *msg)
+{
+    const char *sp = strchr(msg, ' ');
+    sp = sp != NULL ? strchr(sp + 1, ' ') : NULL;
+    if (sp == NULL)
+        return NO_NODE;
+    const char *addr = sp + 1;
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL)
+        return NO_NODE;
+    int port = atoi(colon + 1);
+    if (port <= 0 || port > 65535)
+        return NO_NODE;
+    const char *h = addr;
+    size_t hlen = (size_t)(colon - addr);
+    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    return node_find_add(c, h, hlen, port);
+}
+
+static bool starts(const redisReply *rep, const char *word)
+{
+    size_t n = strlen(word);
+    return rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, word, n) == 0 &&
+           (rep->str[n] == ' ' || rep->str[n] == '\0');
+}
+
+/* What to do with a call after its reply. */
+enum outcome { OUT_DONE, OUT_RETRY, OUT_FAILED };
+
+static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, redisReply *rep,
+                                    uint64_t now)
+{
+    if (starts(rep, "MOVED") || starts(rep, "ASK")) {
+        bool ask = starts(rep, "ASK");
+        uint16_t ni = redirect_node(c, rep->str);
+        count_redirect(ask);
+        snprintf(c->err, sizeof(c->err), "%s", rep->str);
+        freeReplyObject(rep);
+        if (ni == NO_NODE)
+            return OUT_FAILED;
+        if (!ask) {
+            c->slot_node[cl->slot] = ni;
+            c->refresh = true;
+        }
+        cl->node = ni;
+        cl->asking = ask;
+        if (!c->nodes[ni].up) {
+            c->nodes[ni].master = true;
+            node_connect_step(c, &c->nodes[ni], now);
+        }
+        return c->nodes[ni].up ? OUT_RETRY : OUT_FAILED;
+    }
+    if (starts(rep, "TRYAGAIN")) {
+        /* A multi-key call on a slot being migrated: wait for the keys to
+         * move. */
+        freeReplyObject(rep);
+        cl->retry_at_ms = now + 2;
+        cl->asking = false;
+        if (c->slot_node[cl->slot] != NO_NODE)
+            cl->node = c->slot_node[cl->slot];
+        return OUT_RETRY;
+    }
+    if (starts(rep, "NOSCRIPT")) {
+        freeReplyObject(rep);
+        cl->eval = true;
+        return OUT_RETRY;
+    }
+    int rc = gw_rl_redis_take_reply(c->nodes[cl->node].r, rep, &cl->sub);
+    if (rc != 0) {
+        snprintf(c->err, sizeof(c->err), "%s", gw_rl_redis_last_error(c->nodes[cl->node].r));
+        return OUT_FAILED;
+    }
+    saw_redis_clock(c, cl->sub.now_us);
+    cl->asking = false;
+    return OUT_DONE;
+}
+
+/* Sends every call still to do (all nodes first), then reads the replies.
+ * Returns true when a call answered. */
+static bool run_round(struct gw_rl_cluster *c, struct call *calls, size_t ncalls, uint64_t deadline)
+{
+    uint64_t now = gw_now_ms();
+    bool any = false;
+    bool queued[NODES_MAX] = {false};
+    for (size_t i = 0; i < ncalls; i++) {
+        struct call *cl = &calls[i];
+        cl->sent = false;
+        if (cl->done || cl->failed || cl->retry_at_ms > now)
+            continue;
+        if (cl->node == NO_NODE || !c->nodes[cl->node].up) {
+            cl->failed = true;
+            c->refresh = true;
+            continue;
+        }
+        struct node *n = &c->nodes[cl->node];
+        if (gw_rl_redis_queue(n->r, &cl->sub, cl->asking, cl->eval) != 0) {
+            node_down(c, n, now);
+            cl->failed = true;
+            continue;
+        }
+        cl->sent = true;
+        queued[cl->node] = true;
+    }
+    for (size_t ni = 0; ni < c->nnodes; ni++)
+        if (queued[ni] && gw_rl_redis_flush(c->nodes[ni].r) != 0)
+            node_down(c, &c->nodes[ni], now);
+    for (size_t i = 0; i < ncalls; i++) {
+        struct call *cl = &calls[i];
+        if (!cl->sent)
+            continue;
+        struct node *n = &c->nodes[cl->node];
+        if (!n->up) {
+            cl->failed = true;
+            continue;
+        }
+        bool asking = cl->asking;
+        void *v = NULL;
+        int rc = gw_rl_redis_reply(n->r, &v);
+        if (rc == 0 && asking) {
+            freeReplyObject(v); /* ASKING's +OK */
+            rc = gw_rl_redis_reply(n->r, &v);
+        }
+        if (rc != 0) {
+            node_down(c, n, gw_now_ms());
+            cl->failed = true;
+            continue;
+        }
+        any = true;
+        enum outcome o = take_call_reply(c, cl, v, gw_now_ms());
+        if (o == OUT_DONE)
+            cl->done = true;
+        else if (o == OUT_FAILED || gw_now_ms() >= deadline)
+            cl->failed = true;
+    }
+    return any;
+}
+
+/* Takes back the commits of the parts of units that other parts refused. */
+static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls,
+                   const struct gw_rl_pass *p, const uint8_t *whole)
+{
+    uint64_t now = gw_now_ms();
+    bool queued[NODES_MAX] = {false};
+    size_t nq = 0;
+    for (size_t i = 0; i < ncalls; i++) {
+        struct call *cl = &calls[i];
+        if (!cl->done)
+            continue;
+        /* Keep only the units to refund, in place (the call is finished). */
+        size_t k = 0;
+        for (size_t u = 0; u < cl->sub.nunits; u++)
+            if (cl->sub.units[u].result == GW_RL_UNIT_ALLOWED && whole[cl->unit_of[u]] != 1)
+                cl->sub.units[k++] = cl->sub.units[u];
+        if (k == 0 || !c->nodes[cl->node].up) {
+            cl->done = false; /* nothing sent */
+            continue;
+        }
+        cl->sub.nunits = k;
+        cl->sub.mode = GW_RL_PASS_REFUND;
+        cl->sub.refund_at_us = cl->sub.now_us;
+        if (gw_rl_redis_queue(c->nodes[cl->node].r, &cl->sub, false, false) != 0) {
+            node_down(c, &c->nodes[cl->node], now);
+            cl->done = false;
+            continue;
+        }
+        queued[cl->node] = true;
+        nq++;
+    }
+    (void)p;
+    if (nq == 0)
+        return;
+    for (size_t ni = 0; ni < c->nnodes; ni++)
+        if (queued[ni] && gw_rl_redis_flush(c->nodes[ni].r) != 0)
+            node_down(c, &c->nodes[ni], now);
+    for (size_t i = 0; i < ncalls; i++) {
+        struct call *cl = &calls[i];
+        if (!cl->done || cl->sub.mode != GW_RL_PASS_REFUND || !c->nodes[cl->node].up)
+            continue;
+        void *v = NULL;
+        if (gw_rl_redis_reply(c->nodes[cl->node].r, &v) != 0) {
+            node_down(c, &c->nodes[cl->node], gw_now_ms());
+            continue;
+        }
+        redisReply *rep = v;
+        if (rep->type == REDIS_REPLY_ERROR)
+            gw_debug("rate limit: redis cluster refund refused: %s", rep->str);
+        freeReplyObject(rep);
+    }
+}
+
+static int cluster_apply(void *store, struct gw_rl_pass *p)
+{
+    struct gw_rl_cluster *c = store;
+    for (size_t u = 0; u < p->nunits; u++)
+        p->units[u].result = GW_RL_UNIT_UNDECIDED;
+    if (p->nunits == 0)
+        return 0;
+    size_t up = 0;
+    for (size_t i = 0; i < c->nnodes; i++)
+        up += c->nodes[i].up;
+    if (!c->mapped || up == 0)
+        return -ENOTCONN;
+    struct call *calls = NULL;
+    ssize_t nc = build_calls(c, p, &calls);
+    if (nc < 0)
+        return (int)nc;
+    size_t ncalls = (size_t)nc;
+    uint64_t deadline = gw_now_ms() + (uint64_t)c->timeout_ms;
+    bool answered = false;
+    for (int round = 0; round < ROUNDS_MAX; round++) {
+        answered |= run_round(c, calls, ncalls, deadline);
+        bool todo = false;
+        uint64_t wake = UINT64_MAX;
+        for (size_t i = 0; i < ncalls; i++)
+            if (!calls[i].done && !calls[i].failed) {
+                todo = true;
+                wake = GW_MIN(wake, calls[i].retry_at_ms);
+            }
+        if (!todo)
+            break;
+        uint64_t now = gw_now_ms();
+        if (now >= deadline)
+            break;
+        if (wake > now) {
+            /* TRYAGAIN: a slot in migration; its keys move within ms. */
+            uint64_t ms = GW_MIN(wake, deadline) - now;
+            struct timespec ts = {0, (long)ms * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    /* Write back: ops' state, and each unit from its parts. */
+    uint8_t *whole = calloc(p->nunits, 1); /* 1 all allowed, 2 refused, 3 error, 4 undecided */
+    if (whole == NULL)
+        return -ENOMEM;
+    for (size_t u = 0; u < p->nunits; u++)
+        whole[u] = 1;
+    int64_t now_us = 0;
+    for (size_t i = 0; i < ncalls; i++) {
+        struct call *cl = &calls[i];
+        if (cl->done) {
+            now_us = GW_MAX(now_us, cl->sub.now_us);
+            for (size_t j = 0; j < cl->sub.nops; j++) {
+                p->ops[cl->op_of[j]].a = cl->sub.ops[j].a;
+                p->ops[cl->op_of[j]].b = cl->sub.ops[j].b;
+            }
+        }
+        for (size_t u = 0; u < cl->sub.nunits; u++) {
+            uint32_t pu = cl->unit_of[u];
+            enum gw_rl_unit_result r = cl->done ? cl->sub.units[u].result : GW_RL_UNIT_UNDECIDED;
+            uint8_t v = r == GW_RL_UNIT_ALLOWED   ? 1
+                        : r == GW_RL_UNIT_REFUSED ? 2
+                        : r == GW_RL_UNIT_ERROR   ? 3
+                                                  : 4;
+            /* refused beats error beats undecided beats allowed */
+            if (v == 2 || (v == 3 && whole[pu] != 2) || (v == 4 && whole[pu] == 1))
+                whole[pu] = v;
+        }
+    }
+    for (size_t u = 0; u < p->nunits; u++)
+        p->units[u].result = whole[u] == 1   ? GW_RL_UNIT_ALLOWED
+                             : whole[u] == 2 ? GW_RL_UNIT_REFUSED
+                             : whole[u] == 3 ? GW_RL_UNIT_ERROR
+                                             : GW_RL_UNIT_UNDECIDED;
+    p->now_us = now_us;
+    if (p->mode == GW_RL_PASS_DECIDE)
+        refund(c, calls, ncalls, p, whole);
+    free(whole);
+    up = 0;
+    for (size_t i = 0; i < c->nnodes; i++)
+        up += c->nodes[i].up;
+    if (!answered && up == 0)
+        return -ENOTCONN;
+    return 0;
+}
+
+const struct gw_rl_store_ops gw_rl_cluster_ops = {
+    .name = "redis-cluster",
+    .apply = cluster_apply,
+    .ping = cluster_ping,
+    .connect = cluster_connect,
+    .connect_start = cluster_connect_start,
+    .connect_poll = cluster_connect_poll,
+    .probe = cluster_probe,
+    .disconnect = cluster_disconnect,
+    .last_error = cluster_last_error,
+    .destroy = cluster_destroy,
+    .probe_in_ms = cluster_probe_in_ms,
+};
