@@ -231,9 +231,86 @@ static bool str_elem(const redisReply *e)
     return e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS;
 }
 
+int gw_rl_cluster_parse_slots(const void *reply, struct gw_rl_cluster_range *out, size_t cap)
+{
+    const redisReply *rep = reply;
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
+        return -EPROTO;
+    size_t n = 0;
+    for (size_t i = 0; i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+            e->element[0]->type != REDIS_REPLY_INTEGER ||
+            e->element[1]->type != REDIS_REPLY_INTEGER ||
+            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
+            !str_elem(e->element[2]->element[0]) ||
+            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+            return -EPROTO;
+        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+        long long port = e->element[2]->element[1]->integer;
+        const redisReply *h = e->element[2]->element[0];
+        if (lo < 0 || hi >= SLOTS || lo > hi || port <= 0 || port > 65535)
+            return -EPROTO;
+        if (n == cap)
+            return -EPROTO;
+        /* "" or "?": the node asked (Redis 7 with cluster-preferred-endpoint-type
+         * unknown-endpoint). */
+        bool asked = h->len == 0 || (h->len == 1 && h->str[0] == '?');
+        out[n++] = (struct gw_rl_cluster_range){.lo = (unsigned)lo,
+                                                .hi = (unsigned)hi,
+                                                .host = asked ? NULL : h->str,
+                                                .host_len = asked ? 0 : h->len,
+                                                .port = (int)port};
+    }
+    return (int)n;
+}
+
+bool gw_rl_cluster_parse_redirect(const char *msg, bool *ask, unsigned *slot, const char **host,
+                                  size_t *host_len, int *port)
+{
+    const char *p;
+    if (strncmp(msg, "MOVED ", 6) == 0) {
+        *ask = false;
+        p = msg + 6;
+    } else if (strncmp(msg, "ASK ", 4) == 0) {
+        *ask = true;
+        p = msg + 4;
+    } else {
+        return false;
+    }
+    unsigned long v = 0;
+    size_t d = 0;
+    for (; p[d] >= '0' && p[d] <= '9' && d < 6; d++)
+        v = v * 10 + (unsigned long)(p[d] - '0');
+    if (d == 0 || v >= SLOTS || p[d] != ' ')
+        return false;
+    *slot = (unsigned)v;
+    const char *addr = p + d + 1;
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr)
+        return false;
+    unsigned long pt = 0;
+    size_t pd = 0;
+    for (; colon[1 + pd] >= '0' && colon[1 + pd] <= '9' && pd < 6; pd++)
+        pt = pt * 10 + (unsigned long)(colon[1 + pd] - '0');
+    if (pd == 0 || colon[1 + pd] != '\0' || pt == 0 || pt > 65535)
+        return false;
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= 2 && addr[0] == '[' && addr[hl - 1] == ']') {
+        addr++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl > 255 || memchr(addr, ' ', hl) != NULL)
+        return false;
+    *host = addr;
+    *host_len = hl;
+    *port = (int)pt;
+    return true;
+}
+
 /* Reads the map with CLUSTER SLOTS over r (ready). host_asked: the address
- * r talks to, for entries with an empty host. 0, -EPROTO (bad or error
- * reply: r kept), or -errno (r disconnected). */
+ * r talks to, for entries without a host. 0, -EPROTO (bad or error reply:
+ * r kept), or -errno (r disconnected). */
 static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *host_asked)
 {
     void *v = NULL;
@@ -244,52 +321,33 @@ static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *
         return rc;
     }
     redisReply *rep = v;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements == 0) {
+    struct gw_rl_cluster_range *ranges = malloc(SLOTS * sizeof(*ranges));
+    int n = ranges != NULL ? gw_rl_cluster_parse_slots(rep, ranges, SLOTS) : -ENOMEM;
+    if (n <= 0) {
         snprintf(c->err, sizeof(c->err), "CLUSTER SLOTS: %s",
-                 rep->type == REDIS_REPLY_ERROR ? rep->str : "no slot is served");
+                 rep->type == REDIS_REPLY_ERROR ? rep->str
+                 : n == 0                       ? "no slot is served"
+                                                : "unexpected reply");
+        free(ranges);
         freeReplyObject(rep);
         return -EPROTO;
     }
     uint16_t map[SLOTS];
     for (size_t i = 0; i < SLOTS; i++)
         map[i] = NO_NODE;
-    bool bad = false;
     bool master[NODES_MAX] = {false};
-    for (size_t i = 0; i < rep->elements && !bad; i++) {
-        const redisReply *e = rep->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
-            e->element[0]->type != REDIS_REPLY_INTEGER ||
-            e->element[1]->type != REDIS_REPLY_INTEGER ||
-            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
-            !str_elem(e->element[2]->element[0]) ||
-            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER) {
-            bad = true;
-            break;
-        }
-        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
-        long long port = e->element[2]->element[1]->integer;
-        const char *host = e->element[2]->element[0]->str;
-        size_t hlen = e->element[2]->element[0]->len;
-        if (hlen == 0 || (hlen == 1 && host[0] == '?')) {
-            host = host_asked;
-            hlen = strlen(host_asked);
-        }
-        if (lo < 0 || hi >= SLOTS || lo > hi || port <= 0 || port > 65535) {
-            bad = true;
-            break;
-        }
-        uint16_t ni = node_find_add(c, host, hlen, (int)port);
+    for (int i = 0; i < n; i++) {
+        const struct gw_rl_cluster_range *g = &ranges[i];
+        const char *h = g->host != NULL ? g->host : host_asked;
+        uint16_t ni = node_find_add(c, h, g->host != NULL ? g->host_len : strlen(h), g->port);
         if (ni == NO_NODE)
             continue; /* those slots stay unserved (failure mode) */
         master[ni] = true;
-        for (long long s = lo; s <= hi; s++)
+        for (unsigned s = g->lo; s <= g->hi; s++)
             map[s] = ni;
     }
+    free(ranges);
     freeReplyObject(rep);
-    if (bad) {
-        snprintf(c->err, sizeof(c->err), "CLUSTER SLOTS: unexpected reply");
-        return -EPROTO;
-    }
     memcpy(c->slot_node, map, sizeof(map));
     for (size_t i = 0; i < c->nnodes; i++)
         c->nodes[i].master = master[i];
@@ -757,29 +815,6 @@ static ssize_t build_calls(struct gw_rl_cluster *c, const struct gw_rl_pass *p,
     return (ssize_t)ncalls;
 }
 
-/* "MOVED 3999 127.0.0.1:6381" / "ASK ...": the node named, added if new. */
-static uint16_t redirect_node(struct gw_rl_cluster *c, const char *msg)
-{
-    const char *sp = strchr(msg, ' ');
-    sp = sp != NULL ? strchr(sp + 1, ' ') : NULL;
-    if (sp == NULL)
-        return NO_NODE;
-    const char *addr = sp + 1;
-    const char *colon = strrchr(addr, ':');
-    if (colon == NULL)
-        return NO_NODE;
-    int port = atoi(colon + 1);
-    if (port <= 0 || port > 65535)
-        return NO_NODE;
-    const char *h = addr;
-    size_t hlen = (size_t)(colon - addr);
-    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
-        h++;
-        hlen -= 2;
-    }
-    return node_find_add(c, h, hlen, port);
-}
-
 static bool starts(const redisReply *rep, const char *word)
 {
     size_t n = strlen(word);
@@ -793,9 +828,14 @@ enum outcome { OUT_DONE, OUT_RETRY, OUT_FAILED };
 static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, redisReply *rep,
                                     uint64_t now)
 {
-    if (starts(rep, "MOVED") || starts(rep, "ASK")) {
-        bool ask = starts(rep, "ASK");
-        uint16_t ni = redirect_node(c, rep->str);
+    bool ask;
+    unsigned slot;
+    const char *host;
+    size_t hlen;
+    int port;
+    if (rep->type == REDIS_REPLY_ERROR &&
+        gw_rl_cluster_parse_redirect(rep->str, &ask, &slot, &host, &hlen, &port)) {
+        uint16_t ni = node_find_add(c, host, hlen, port);
         count_redirect(ask);
         snprintf(c->err, sizeof(c->err), "%s", rep->str);
         freeReplyObject(rep);

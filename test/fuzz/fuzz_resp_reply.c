@@ -3,7 +3,8 @@
  * bytes through hiredis's reply reader, bounded as the Redis store bounds
  * it (gw_rl_redis_bound_reader: a huge announced array once cost 4 GiB), and
  * every complete reply through the store's reply check
- * (gw_rl_redis_take_reply). First byte of each input: the shape of the
+ * (gw_rl_redis_take_reply), and the Cluster store's CLUSTER SLOTS and
+ * MOVED/ASK parsers. First byte of each input: the shape of the
  * pass the reply must answer (bits 0-2: units, 1..8; bits 3-5: ops per
  * unit, 1..8); the rest is the byte stream. Invariants: the reader either
  * errs or yields replies; a reply the check accepts sets every unit to
@@ -21,6 +22,33 @@
 #include "fuzz_check.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* The Cluster store's parsers on the same reply: CLUSTER SLOTS ranges in
+ * bounds, redirects with a slot and port in range and a host inside the
+ * text. */
+static void cluster_parsers(const redisReply *reply)
+{
+    static struct gw_rl_cluster_range g[16384];
+    int n = gw_rl_cluster_parse_slots(reply, g, sizeof(g) / sizeof(g[0]));
+    CHECK(n == -EPROTO || (n >= 0 && reply->type == REDIS_REPLY_ARRAY));
+    for (int i = 0; i < n; i++) {
+        CHECK(g[i].lo <= g[i].hi && g[i].hi < 16384);
+        CHECK(g[i].port > 0 && g[i].port <= 65535);
+        CHECK(g[i].host == NULL || g[i].host_len > 0);
+    }
+    if (reply->type == REDIS_REPLY_ERROR || reply->type == REDIS_REPLY_STATUS) {
+        bool ask;
+        unsigned slot;
+        const char *host;
+        size_t hl;
+        int port;
+        if (gw_rl_cluster_parse_redirect(reply->str, &ask, &slot, &host, &hl, &port)) {
+            CHECK(slot < 16384 && port > 0 && port <= 65535);
+            CHECK(hl > 0 && hl <= 255 && host > reply->str &&
+                  host + hl <= reply->str + strlen(reply->str));
+        }
+    }
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -58,6 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             void *reply = NULL;
             if (redisReaderGetReply(rd, &reply) != REDIS_OK || reply == NULL)
                 break;
+            cluster_parsers(reply);
             int rc = gw_rl_redis_take_reply(r, reply, &pass);
             CHECK(rc == 0 || rc == -EPROTO);
             for (size_t u = 0; u < nunits; u++) {
