@@ -315,6 +315,7 @@ struct slow_writer {
     const char *path;
     int rounds;
     _Atomic bool done;
+    _Atomic long max_gap_ms; /* longest the half file sat there (a stalled thread) */
 };
 
 static void *slow_writer_main(void *arg)
@@ -326,10 +327,14 @@ static void *slow_writer_main(void *arg)
             return NULL;
         fputs(SLOW_PART, f);
         fflush(f);
+        long long t0 = (long long)gw_now_ms();
         struct timespec ts = {0, 45 * 1000 * 1000};
         nanosleep(&ts, NULL); /* the half-written file sits there */
         fputs(SLOW_REST, f);
         fclose(f);
+        long gap = (long)((long long)gw_now_ms() - t0);
+        if (gap > atomic_load(&w->max_gap_ms))
+            atomic_store(&w->max_gap_ms, gap);
         ts.tv_nsec = 2 * 1000 * 1000;
         nanosleep(&ts, NULL);
     }
@@ -359,7 +364,14 @@ static void slow_writer(unsigned flags)
         nanosleep(&ts, NULL);
     }
     pthread_join(t, NULL);
-    assert_false(saw_half);
+    /* The promise holds for a writer that pauses less than the settle
+     * time; a machine so loaded that the writer thread stalled longer
+     * cannot test it. */
+    long gap = atomic_load(&w.max_gap_ms);
+    if (gap < GW_RULES_RELOAD_SETTLE_MS - 10)
+        assert_false(saw_half);
+    else
+        print_message("  writer stalled %ld ms: half-file check skipped\n", gap);
     assert_true(wait_attempts(&f, 0) >= 0);
     struct gw_rules *r = gw_rules_holder_get(f.h);
     assert_int_equal(r->limit_count, 2);
