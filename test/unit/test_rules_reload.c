@@ -328,7 +328,7 @@ static void *slow_writer_main(void *arg)
         fputs(SLOW_PART, f);
         fflush(f);
         long long t0 = (long long)gw_now_ms();
-        struct timespec ts = {0, 45 * 1000 * 1000};
+        struct timespec ts = {0, 30 * 1000 * 1000};
         nanosleep(&ts, NULL); /* the half-written file sits there */
         fputs(SLOW_REST, f);
         fclose(f);
@@ -348,7 +348,7 @@ static void slow_writer(unsigned flags)
 {
     struct fixture f;
     fixture_start(&f, "rules.yaml", flags, true);
-    struct slow_writer w = {.path = f.path, .rounds = 30}; /* about 1.4 s */
+    struct slow_writer w = {.path = f.path, .rounds = 40}; /* about 1.3 s */
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, slow_writer_main, &w), 0);
     bool saw_half = false, done = false;
