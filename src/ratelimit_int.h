@@ -39,6 +39,8 @@ enum gw_rl_unit_result {
     GW_RL_UNIT_ALLOWED,       /* every op allowed: each committed */
     GW_RL_UNIT_REFUSED,       /* some op refused: nothing committed */
     GW_RL_UNIT_ERROR,         /* the store refused a key of it (WRONGTYPE): nothing committed */
+    GW_RL_UNIT_ELSEWHERE,     /* Cluster, keys_in_argv only: a key is not on the node asked;
+                                 nothing committed (the Cluster store asks again by slot) */
 };
 
 /* Ops decided together: check all, then commit all iff all allow. */
@@ -82,6 +84,8 @@ struct gw_rl_pass {
     const size_t *extra_lens;
     size_t nextra;
     int64_t refund_at_us; /* GW_RL_PASS_REFUND: when the commits were made */
+    bool keys_in_argv;    /* Redis only: keys passed as arguments, none declared (Cluster: one
+                             call per node over many slots) */
 };
 
 /* A rate-limit store. apply() decides a pass (below). ping() returns 0

@@ -102,10 +102,11 @@ struct node {
     uint64_t retry_at_ms, backoff_ms;
 };
 
-/* One script call: the ops of one slot. */
+/* One script call: the ops of one slot, or (fast) of one node. */
 struct call {
-    uint16_t slot;
+    uint16_t slot; /* the slot (not fast) */
     uint16_t node;
+    bool fast; /* keys in ARGV, over every slot of the node: no redirects */
     bool asking, eval, done;
     bool sent, failed;
     uint64_t retry_at_ms;    /* TRYAGAIN: not before */
@@ -131,9 +132,12 @@ struct gw_rl_cluster {
     int64_t redis_us;     /* the Redis clock last seen (µs) ... */
     uint64_t redis_at_ms; /* ... at this gw_now_ms() */
     char err[640];
-    /* scratch of one pass, grown as needed */
-    void *arena;
-    size_t arena_cap;
+    /* scratch of one pass, grown as needed: [0] the calls per node, [1]
+     * the calls per slot */
+    struct arena {
+        void *p;
+        size_t cap;
+    } arena[2];
 };
 
 static const char *node_name(const struct node *n, char *buf, size_t cap)
@@ -430,7 +434,8 @@ static void cluster_destroy(void *store)
     drop_seed(c);
     for (size_t i = 0; i < c->nnodes; i++)
         gw_rl_redis_ops.destroy(c->nodes[i].r);
-    free(c->arena);
+    free(c->arena[0].p);
+    free(c->arena[1].p);
     free(c);
 }
 
@@ -659,101 +664,109 @@ static const char *cluster_last_error(const void *store)
 
 /* ---- apply ---------------------------------------------------------------- */
 
-struct slot_op {
-    uint16_t slot;
+/* The fast path: one call per node, keys in ARGV (many slots); a unit
+ * whose key is not on the node (a stale map, a slot being migrated)
+ * answers ELSEWHERE and, with every unit of a call that failed, is sent
+ * again in the slow path: one call per slot with declared keys, so the
+ * server redirects it (MOVED, ASK, TRYAGAIN). */
+
+struct group_op {
+    uint16_t group; /* node (fast) or slot */
     uint32_t op;
 };
 
-static int by_slot(const void *a, const void *b)
+static int by_group(const void *a, const void *b)
 {
-    const struct slot_op *x = a, *y = b;
-    if (x->slot != y->slot)
-        return x->slot < y->slot ? -1 : 1;
+    const struct group_op *x = a, *y = b;
+    if (x->group != y->group)
+        return x->group < y->group ? -1 : 1;
     return x->op < y->op ? -1 : x->op > y->op;
 }
 
-/* Carves n bytes (aligned) from the arena at *at. */
-static void *carve(struct gw_rl_cluster *c, size_t *at, size_t n)
+/* Carves n bytes (aligned) from arena ar at *at. */
+static void *carve(struct arena *ar, size_t *at, size_t n)
 {
     size_t off = (*at + 15) & ~(size_t)15;
     *at = off + n;
-    return (char *)c->arena + off;
+    return (char *)ar->p + off;
 }
 
 /* Bytes of one state-key name at most: base + ":sw:<20 digits>:<20 digits>". */
 #define STATE_SUFFIX_MAX 48
 
-/* Builds one call per slot over the pass's ops. Returns the call count,
- * or -ENOMEM. */
-static ssize_t build_calls(struct gw_rl_cluster *c, const struct gw_rl_pass *p,
+/* Builds the calls over pass p: one per node (fast) or per slot. op_map
+ * and unit_map (may be NULL) turn p's op and unit indices into the
+ * caller's. Returns the call count, or -ENOMEM. */
+static ssize_t build_calls(struct gw_rl_cluster *c, struct arena *ar, const struct gw_rl_pass *p,
+                           bool fast, const uint32_t *op_map, const uint32_t *unit_map,
                            struct call **calls_out)
 {
-    size_t nops = 0;
+    size_t nops = 0, maxk = 0;
     for (size_t u = 0; u < p->nunits; u++)
         nops += p->units[u].n;
-    size_t maxk = 0;
     for (size_t i = 0; i < p->nkeys; i++)
         maxk = GW_MAX(maxk, p->key_lens[i]);
     /* Every array below is carved at most once per op (a call per op at
      * worst), each carve aligned to 16 bytes. */
-    size_t per_op = sizeof(struct slot_op) + sizeof(struct call) + sizeof(uint32_t) +
+    size_t per_op = sizeof(struct group_op) + sizeof(struct call) + sizeof(uint32_t) +
                     sizeof(struct gw_rl_op) + sizeof(struct gw_rl_unit) + 2 * sizeof(uint32_t) +
                     sizeof(uint16_t) + 3 * (sizeof(char *) + sizeof(size_t)) +
                     2 * (maxk + STATE_SUFFIX_MAX) + 12 * 16;
     size_t need = nops * per_op + p->nkeys * sizeof(uint32_t) + p->nops * sizeof(uint32_t) + 256;
-    if (need > c->arena_cap) {
-        void *a = realloc(c->arena, need);
+    if (need > ar->cap) {
+        void *a = realloc(ar->p, need);
         if (a == NULL)
             return -ENOMEM;
-        c->arena = a;
-        c->arena_cap = need;
+        ar->p = a;
+        ar->cap = need;
     }
     size_t at = 0;
-    struct slot_op *so = carve(c, &at, nops * sizeof(*so));
-    uint32_t *kslot = carve(c, &at, p->nkeys * sizeof(*kslot));
+    struct group_op *go = carve(ar, &at, nops * sizeof(*go));
+    uint32_t *kslot = carve(ar, &at, p->nkeys * sizeof(*kslot));
     for (size_t i = 0; i < p->nkeys; i++)
         kslot[i] = gw_rl_cluster_slot(p->keys[i], p->key_lens[i]);
+    uint32_t *unit_of_op = carve(ar, &at, p->nops * sizeof(uint32_t));
     size_t k = 0;
     for (size_t u = 0; u < p->nunits; u++)
         for (size_t j = 0; j < p->units[u].n; j++, k++) {
             uint32_t op = p->units[u].first + (uint32_t)j;
-            so[k] = (struct slot_op){.slot = (uint16_t)kslot[p->ops[op].key], .op = op};
+            unsigned slot = kslot[p->ops[op].key];
+            go[k] = (struct group_op){.group = fast ? c->slot_node[slot] : (uint16_t)slot,
+                                      .op = op};
+            unit_of_op[op] = (uint32_t)u;
         }
-    qsort(so, nops, sizeof(*so), by_slot);
+    qsort(go, nops, sizeof(*go), by_group);
     size_t ncalls = 0;
     for (size_t i = 0; i < nops; i++)
-        ncalls += i == 0 || so[i].slot != so[i - 1].slot;
-    struct call *calls = carve(c, &at, ncalls * sizeof(*calls));
-    /* op -> unit, for splitting units */
-    uint32_t *unit_of_op = carve(c, &at, p->nops * sizeof(uint32_t));
-    for (size_t u = 0; u < p->nunits; u++)
-        for (size_t j = 0; j < p->units[u].n; j++)
-            unit_of_op[p->units[u].first + j] = (uint32_t)u;
+        ncalls += i == 0 || go[i].group != go[i - 1].group;
+    struct call *calls = carve(ar, &at, ncalls * sizeof(*calls));
     int64_t now_ms = redis_now_ms(c);
     size_t ci = 0;
     for (size_t i = 0; i < nops; ci++) {
         size_t e = i;
-        while (e < nops && so[e].slot == so[i].slot)
+        while (e < nops && go[e].group == go[i].group)
             e++;
         size_t n = e - i;
         struct call *cl = &calls[ci];
         memset(cl, 0, sizeof(*cl));
-        cl->slot = so[i].slot;
-        cl->node = c->slot_node[cl->slot];
+        cl->fast = fast;
+        cl->slot = fast ? 0 : go[i].group;
+        cl->node = fast ? go[i].group : c->slot_node[go[i].group];
         cl->op_first = (uint32_t)i;
         cl->op_n = (uint32_t)n;
-        struct gw_rl_op *ops = carve(c, &at, n * sizeof(*ops));
-        struct gw_rl_unit *units = carve(c, &at, n * sizeof(*units));
-        cl->op_of = carve(c, &at, n * sizeof(uint32_t));
-        cl->unit_of = carve(c, &at, n * sizeof(uint32_t));
-        const char **keys = carve(c, &at, n * sizeof(char *));
-        uint16_t *kidx = carve(c, &at, n * sizeof(uint16_t));
-        size_t *lens = carve(c, &at, n * sizeof(size_t));
-        const char **xkeys = carve(c, &at, 2 * n * sizeof(char *));
-        size_t *xlens = carve(c, &at, 2 * n * sizeof(size_t));
+        struct gw_rl_op *ops = carve(ar, &at, n * sizeof(*ops));
+        struct gw_rl_unit *units = carve(ar, &at, n * sizeof(*units));
+        cl->op_of = carve(ar, &at, n * sizeof(uint32_t));
+        cl->unit_of = carve(ar, &at, n * sizeof(uint32_t));
+        const char **keys = carve(ar, &at, n * sizeof(char *));
+        uint16_t *kidx = carve(ar, &at, n * sizeof(uint16_t));
+        size_t *lens = carve(ar, &at, n * sizeof(size_t));
+        const char **xkeys = fast ? NULL : carve(ar, &at, 2 * n * sizeof(char *));
+        size_t *xlens = fast ? NULL : carve(ar, &at, 2 * n * sizeof(size_t));
         size_t nk = 0, nu = 0, nx = 0;
+        uint32_t last_unit = UINT32_MAX;
         for (size_t j = 0; j < n; j++) {
-            uint32_t op = so[i + j].op;
+            uint32_t op = go[i + j].op;
             const struct gw_rl_op *src = &p->ops[op];
             /* the key, once per call */
             size_t lk = nk;
@@ -768,20 +781,23 @@ static ssize_t build_calls(struct gw_rl_cluster *c, const struct gw_rl_pass *p,
                 lens[nk++] = p->key_lens[src->key];
             }
             uint32_t u = unit_of_op[op];
-            if (nu == 0 || cl->unit_of[nu - 1] != u) {
+            if (nu == 0 || last_unit != u) {
                 units[nu] = (struct gw_rl_unit){.first = (uint16_t)j, .n = 0};
-                cl->unit_of[nu++] = u;
+                cl->unit_of[nu++] = unit_map != NULL ? unit_map[u] : u;
+                last_unit = u;
             }
             units[nu - 1].n++;
             ops[j] = (struct gw_rl_op){.key = (uint16_t)lk, .spec = src->spec};
-            cl->op_of[j] = op;
+            cl->op_of[j] = op_map != NULL ? op_map[op] : op;
+            if (fast)
+                continue;
             /* the state keys the script will touch, declared for routing */
             const struct gw_rl_spec *sp = &p->specs[src->spec];
             const char *base = p->keys[src->key];
             size_t blen = p->key_lens[src->key];
             int copies = sp->algorithm == GW_RL_SLIDING_WINDOW ? 2 : 1;
             for (int d = 0; d < copies && nx < 2 * n; d++) {
-                char *kb = carve(c, &at, blen + STATE_SUFFIX_MAX);
+                char *kb = carve(ar, &at, blen + STATE_SUFFIX_MAX);
                 memcpy(kb, base, blen);
                 int w;
                 if (sp->algorithm == GW_RL_TOKEN_BUCKET) {
@@ -808,7 +824,8 @@ static ssize_t build_calls(struct gw_rl_cluster *c, const struct gw_rl_pass *p,
                                       .nunits = nu,
                                       .extra_keys = xkeys,
                                       .extra_lens = xlens,
-                                      .nextra = nx};
+                                      .nextra = nx,
+                                      .keys_in_argv = fast};
         i = e;
     }
     *calls_out = calls;
@@ -828,6 +845,17 @@ enum outcome { OUT_DONE, OUT_RETRY, OUT_FAILED };
 static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, redisReply *rep,
                                     uint64_t now)
 {
+    if (starts(rep, "NOSCRIPT")) {
+        freeReplyObject(rep);
+        cl->eval = true;
+        return OUT_RETRY;
+    }
+    if (cl->fast && rep->type == REDIS_REPLY_ERROR) {
+        /* CLUSTERDOWN, a script error: the slow path asks by slot. */
+        snprintf(c->err, sizeof(c->err), "%s", rep->str);
+        freeReplyObject(rep);
+        return OUT_FAILED;
+    }
     bool ask;
     unsigned slot;
     const char *host;
@@ -861,11 +889,6 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
         cl->asking = false;
         if (c->slot_node[cl->slot] != NO_NODE)
             cl->node = c->slot_node[cl->slot];
-        return OUT_RETRY;
-    }
-    if (starts(rep, "NOSCRIPT")) {
-        freeReplyObject(rep);
-        cl->eval = true;
         return OUT_RETRY;
     }
     int rc = gw_rl_redis_take_reply(c->nodes[cl->node].r, rep, &cl->sub);
@@ -938,15 +961,44 @@ static bool run_round(struct gw_rl_cluster *c, struct call *calls, size_t ncalls
     return any;
 }
 
-/* Takes back the commits of the parts of units that other parts refused. */
+/* Runs rounds until every call is done or failed, or the deadline. */
+static bool run_calls(struct gw_rl_cluster *c, struct call *calls, size_t ncalls, int rounds,
+                      uint64_t deadline)
+{
+    bool answered = false;
+    for (int round = 0; round < rounds; round++) {
+        answered |= run_round(c, calls, ncalls, deadline);
+        bool todo = false;
+        uint64_t wake = UINT64_MAX;
+        for (size_t i = 0; i < ncalls; i++)
+            if (!calls[i].done && !calls[i].failed) {
+                todo = true;
+                wake = GW_MIN(wake, calls[i].retry_at_ms);
+            }
+        uint64_t now = gw_now_ms();
+        if (!todo || now >= deadline)
+            break;
+        if (wake > now) {
+            /* TRYAGAIN: a slot in migration; its keys move within ms. */
+            uint64_t ms = GW_MIN(wake, deadline) - now;
+            struct timespec ts = {0, (long)ms * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return answered;
+}
+
+/* Takes back the commits of the parts of units that other parts refused
+ * (whole[u] != 1). */
 static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls,
-                   const struct gw_rl_pass *p, const uint8_t *whole)
+                   const uint8_t *whole)
 {
     uint64_t now = gw_now_ms();
     bool queued[NODES_MAX] = {false};
     size_t nq = 0;
     for (size_t i = 0; i < ncalls; i++) {
         struct call *cl = &calls[i];
+        cl->sent = false;
         if (!cl->done)
             continue;
         /* Keep only the units to refund, in place (the call is finished). */
@@ -954,22 +1006,19 @@ static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls,
         for (size_t u = 0; u < cl->sub.nunits; u++)
             if (cl->sub.units[u].result == GW_RL_UNIT_ALLOWED && whole[cl->unit_of[u]] != 1)
                 cl->sub.units[k++] = cl->sub.units[u];
-        if (k == 0 || !c->nodes[cl->node].up) {
-            cl->done = false; /* nothing sent */
+        if (k == 0 || !c->nodes[cl->node].up)
             continue;
-        }
         cl->sub.nunits = k;
         cl->sub.mode = GW_RL_PASS_REFUND;
         cl->sub.refund_at_us = cl->sub.now_us;
         if (gw_rl_redis_queue(c->nodes[cl->node].r, &cl->sub, false, false) != 0) {
             node_down(c, &c->nodes[cl->node], now);
-            cl->done = false;
             continue;
         }
+        cl->sent = true;
         queued[cl->node] = true;
         nq++;
     }
-    (void)p;
     if (nq == 0)
         return;
     for (size_t ni = 0; ni < c->nnodes; ni++)
@@ -977,7 +1026,7 @@ static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls,
             node_down(c, &c->nodes[ni], now);
     for (size_t i = 0; i < ncalls; i++) {
         struct call *cl = &calls[i];
-        if (!cl->done || cl->sub.mode != GW_RL_PASS_REFUND || !c->nodes[cl->node].up)
+        if (!cl->sent || !c->nodes[cl->node].up)
             continue;
         void *v = NULL;
         if (gw_rl_redis_reply(c->nodes[cl->node].r, &v) != 0) {
@@ -989,6 +1038,94 @@ static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls,
             gw_debug("rate limit: redis cluster refund refused: %s", rep->str);
         freeReplyObject(rep);
     }
+}
+
+/* Folds the parts of calls into whole[] (1 all allowed, 2 refused, 3
+ * error, 4 undecided: refused beats error beats undecided beats allowed)
+ * and the ops' state into p. Fast calls that failed, and their ELSEWHERE
+ * units, are skipped: the slow path decided them. */
+static void fold(struct call *calls, size_t ncalls, struct gw_rl_pass *p, uint8_t *whole,
+                 int64_t *now_us)
+{
+    for (size_t i = 0; i < ncalls; i++) {
+        struct call *cl = &calls[i];
+        if (cl->fast && !cl->done)
+            continue;
+        if (cl->done)
+            *now_us = GW_MAX(*now_us, cl->sub.now_us);
+        for (size_t u = 0; u < cl->sub.nunits; u++) {
+            const struct gw_rl_unit *su = &cl->sub.units[u];
+            enum gw_rl_unit_result r = cl->done ? su->result : GW_RL_UNIT_UNDECIDED;
+            if (r == GW_RL_UNIT_ELSEWHERE)
+                continue;
+            for (size_t j = su->first; j < (size_t)su->first + su->n && cl->done; j++) {
+                p->ops[cl->op_of[j]].a = cl->sub.ops[j].a;
+                p->ops[cl->op_of[j]].b = cl->sub.ops[j].b;
+            }
+            uint32_t pu = cl->unit_of[u];
+            uint8_t v = r == GW_RL_UNIT_ALLOWED   ? 1
+                        : r == GW_RL_UNIT_REFUSED ? 2
+                        : r == GW_RL_UNIT_ERROR   ? 3
+                                                  : 4;
+            if (v == 2 || (v == 3 && whole[pu] != 2) || (v == 4 && whole[pu] == 1))
+                whole[pu] = v;
+        }
+    }
+}
+
+/* The ops the fast path left (its failed calls, its ELSEWHERE units), as a
+ * pass of their own in unit order (one unit per unit of p that has any),
+ * in storage from arena 1's tail... allocated here (caller frees *mem). */
+static int residual_pass(const struct call *calls, size_t ncalls, const struct gw_rl_pass *p,
+                         struct gw_rl_pass *res, uint32_t **op_map, uint32_t **unit_map, void **mem)
+{
+    size_t bytes = p->nops * (1 + sizeof(struct gw_rl_op) + sizeof(uint32_t)) +
+                   p->nunits * (sizeof(struct gw_rl_unit) + sizeof(uint32_t)) + 64;
+    char *m = calloc(1, bytes);
+    if (m == NULL)
+        return -ENOMEM;
+    *mem = m;
+    bool *again = (bool *)m;
+    struct gw_rl_op *ops = (struct gw_rl_op *)(m + ((p->nops + 15) & ~(size_t)15));
+    uint32_t *om = (uint32_t *)(ops + p->nops);
+    struct gw_rl_unit *units = (struct gw_rl_unit *)(om + p->nops + 1);
+    uint32_t *um = (uint32_t *)(units + p->nunits);
+    size_t any = 0;
+    for (size_t i = 0; i < ncalls; i++) {
+        const struct call *cl = &calls[i];
+        for (size_t u = 0; u < cl->sub.nunits; u++) {
+            const struct gw_rl_unit *su = &cl->sub.units[u];
+            if (cl->done && su->result != GW_RL_UNIT_ELSEWHERE)
+                continue;
+            for (size_t j = su->first; j < (size_t)su->first + su->n; j++) {
+                again[cl->op_of[j]] = true;
+                any++;
+            }
+        }
+    }
+    size_t no = 0, nu = 0;
+    for (size_t u = 0; u < p->nunits && any > 0; u++) {
+        size_t first = no;
+        for (size_t j = 0; j < p->units[u].n; j++) {
+            uint32_t op = p->units[u].first + (uint32_t)j;
+            if (!again[op])
+                continue;
+            ops[no] = p->ops[op];
+            om[no++] = op;
+        }
+        if (no > first) {
+            units[nu] = (struct gw_rl_unit){.first = (uint16_t)first, .n = (uint16_t)(no - first)};
+            um[nu++] = (uint32_t)u;
+        }
+    }
+    *res = *p;
+    res->ops = ops;
+    res->nops = no;
+    res->units = units;
+    res->nunits = nu;
+    *op_map = om;
+    *unit_map = um;
+    return 0;
 }
 
 static int cluster_apply(void *store, struct gw_rl_pass *p)
@@ -1003,70 +1140,49 @@ static int cluster_apply(void *store, struct gw_rl_pass *p)
         up += c->nodes[i].up;
     if (!c->mapped || up == 0)
         return -ENOTCONN;
-    struct call *calls = NULL;
-    ssize_t nc = build_calls(c, p, &calls);
-    if (nc < 0)
-        return (int)nc;
-    size_t ncalls = (size_t)nc;
     uint64_t deadline = gw_now_ms() + (uint64_t)c->timeout_ms;
-    bool answered = false;
-    for (int round = 0; round < ROUNDS_MAX; round++) {
-        answered |= run_round(c, calls, ncalls, deadline);
-        bool todo = false;
-        uint64_t wake = UINT64_MAX;
-        for (size_t i = 0; i < ncalls; i++)
-            if (!calls[i].done && !calls[i].failed) {
-                todo = true;
-                wake = GW_MIN(wake, calls[i].retry_at_ms);
-            }
-        if (!todo)
-            break;
-        uint64_t now = gw_now_ms();
-        if (now >= deadline)
-            break;
-        if (wake > now) {
-            /* TRYAGAIN: a slot in migration; its keys move within ms. */
-            uint64_t ms = GW_MIN(wake, deadline) - now;
-            struct timespec ts = {0, (long)ms * 1000000L};
-            nanosleep(&ts, NULL);
+    /* Fast path: one call per node (a second round only for NOSCRIPT). */
+    struct call *fast = NULL, *slow = NULL;
+    ssize_t nf = build_calls(c, &c->arena[0], p, true, NULL, NULL, &fast);
+    if (nf < 0)
+        return (int)nf;
+    bool answered = run_calls(c, fast, (size_t)nf, 2, deadline);
+    /* Slow path: what the fast one left, per slot, redirects followed. */
+    struct gw_rl_pass res;
+    uint32_t *op_map = NULL, *unit_map = NULL;
+    void *mem = NULL;
+    if (residual_pass(fast, (size_t)nf, p, &res, &op_map, &unit_map, &mem) != 0)
+        return -ENOMEM;
+    ssize_t ns = 0;
+    if (res.nunits > 0) {
+        ns = build_calls(c, &c->arena[1], &res, false, op_map, unit_map, &slow);
+        if (ns < 0) {
+            free(mem);
+            return (int)ns;
         }
+        /* The slow path has its own timeout: a stale map costs one more
+         * round trip, not a failure. */
+        answered |= run_calls(c, slow, (size_t)ns, ROUNDS_MAX,
+                              GW_MAX(deadline, gw_now_ms() + (uint64_t)c->timeout_ms));
     }
-    /* Write back: ops' state, and each unit from its parts. */
-    uint8_t *whole = calloc(p->nunits, 1); /* 1 all allowed, 2 refused, 3 error, 4 undecided */
+    free(mem);
+    uint8_t *whole = malloc(p->nunits);
     if (whole == NULL)
         return -ENOMEM;
-    for (size_t u = 0; u < p->nunits; u++)
-        whole[u] = 1;
+    memset(whole, 1, p->nunits);
     int64_t now_us = 0;
-    for (size_t i = 0; i < ncalls; i++) {
-        struct call *cl = &calls[i];
-        if (cl->done) {
-            now_us = GW_MAX(now_us, cl->sub.now_us);
-            for (size_t j = 0; j < cl->sub.nops; j++) {
-                p->ops[cl->op_of[j]].a = cl->sub.ops[j].a;
-                p->ops[cl->op_of[j]].b = cl->sub.ops[j].b;
-            }
-        }
-        for (size_t u = 0; u < cl->sub.nunits; u++) {
-            uint32_t pu = cl->unit_of[u];
-            enum gw_rl_unit_result r = cl->done ? cl->sub.units[u].result : GW_RL_UNIT_UNDECIDED;
-            uint8_t v = r == GW_RL_UNIT_ALLOWED   ? 1
-                        : r == GW_RL_UNIT_REFUSED ? 2
-                        : r == GW_RL_UNIT_ERROR   ? 3
-                                                  : 4;
-            /* refused beats error beats undecided beats allowed */
-            if (v == 2 || (v == 3 && whole[pu] != 2) || (v == 4 && whole[pu] == 1))
-                whole[pu] = v;
-        }
-    }
+    fold(fast, (size_t)nf, p, whole, &now_us);
+    fold(slow, (size_t)ns, p, whole, &now_us);
     for (size_t u = 0; u < p->nunits; u++)
         p->units[u].result = whole[u] == 1   ? GW_RL_UNIT_ALLOWED
                              : whole[u] == 2 ? GW_RL_UNIT_REFUSED
                              : whole[u] == 3 ? GW_RL_UNIT_ERROR
                                              : GW_RL_UNIT_UNDECIDED;
     p->now_us = now_us;
-    if (p->mode == GW_RL_PASS_DECIDE)
-        refund(c, calls, ncalls, p, whole);
+    if (p->mode == GW_RL_PASS_DECIDE) {
+        refund(c, fast, (size_t)nf, whole);
+        refund(c, slow, (size_t)ns, whole);
+    }
     free(whole);
     up = 0;
     for (size_t i = 0; i < c->nnodes; i++)

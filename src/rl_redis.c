@@ -48,7 +48,7 @@
  *   the mode (0 decide, 1 peek: never commit, 2 delete: DEL every op's
  *   state keys, the count in the op's first number),
  *   S, then S specs of 5 numbers (algorithm 0 fixed / 1 sliding / 2 token
- *   bucket, L, W in ms, B, delay in ms),
+ *   bucket, L, W in ms, B, delay in ms), NK and NK key bases (see below),
  *   U, then per unit: its op count n and n pairs (key index, spec index),
  *   1-based.
  * The clock is Redis's own (TIME, read once), so every gateway on this
@@ -74,9 +74,13 @@
  * with KEEPTTL; a key gone since is left alone; the units answer 2.
  * KEYS past the ones the units name are not read: Cluster mode declares
  * the state keys there so the server routes (and redirects) the call by
- * them.
+ * them. After the specs comes NK: 0, the key bases are KEYS; else the NK
+ * bases follow in ARGV and are not declared (Cluster mode's one call per
+ * node, whose keys span slots: legal for a script without flags as long
+ * as every key is on the node; a key that is not answers 4 for its unit,
+ * and the unit is sent again by slot).
  * Returns {sec, usec, then per unit: its result (1 allowed, 2 refused,
- * 3 error) and two numbers per op: the state it was decided on (fixed:
+ * 3 a key of another type, 4 a key not on this node) and two numbers per op: the state it was decided on (fixed:
  * count, 0; sliding: previous and current counts; bucket: TAT in µs, 0)}.
  */
 const char gw_rl_redis_script[] =
@@ -108,11 +112,15 @@ const char gw_rl_redis_script[] =
     "end\n"
     "local function fmt(x) return string.format('%d', x) end\n"
     "local val, fresh, ttl, dirty, nd = {}, {}, {}, {}, 0\n"
+    "local gerr = 3\n"
     "local function get(k)\n"
     "  local v = val[k]\n"
     "  if v == nil then\n"
     "    local r = redis.pcall('GET', k)\n"
-    "    if type(r) == 'table' then return nil end\n"
+    "    if type(r) == 'table' then\n"
+    "      gerr = string.find(tostring(r.err), 'WRONGTYPE', 1, true) and 3 or 4\n"
+    "      return nil\n"
+    "    end\n"
     "    if r == false then v = 0; fresh[k] = true\n"
     "    else v = tonumber(r); if v == nil then return nil end end\n"
     "    val[k] = v\n"
@@ -139,6 +147,14 @@ const char gw_rl_redis_script[] =
     "  end\n"
     "  a = a + 5\n"
     "end\n"
+    "local K = KEYS\n"
+    "local nk = tonumber(ARGV[a]) or 0\n"
+    "a = a + 1\n"
+    "if nk > 0 then\n"
+    "  K = {}\n"
+    "  for i = 1, nk do K[i] = ARGV[a + i - 1] end\n"
+    "  a = a + nk\n"
+    "end\n"
     "local nu = tonumber(ARGV[a]) or 0\n"
     "a = a + 1\n"
     "local out, no = {sec, usec}, 2\n"
@@ -150,7 +166,7 @@ const char gw_rl_redis_script[] =
     "  local at = no + 1\n"
     "  no = no + 1 + 2 * n\n"
     "  for j = 1, n do\n"
-    "    local key = KEYS[tonumber(ARGV[a])]\n"
+    "    local key = K[tonumber(ARGV[a])]\n"
     "    local o = (tonumber(ARGV[a + 1]) - 1) * 10\n"
     "    a = a + 2\n"
     "    local al, sa, sb = P[o + 1], 0, 0\n"
@@ -173,7 +189,7 @@ const char gw_rl_redis_script[] =
     "      ok = false\n"
     "    else\n"
     "      local v = get(k1)\n"
-    "      if v == nil then bad = true\n"
+    "      if v == nil then bad = gerr\n"
     "      elseif al == 2 then\n"
     "        local tt = P[o + 6]\n"
     "        local base = v\n"
@@ -183,7 +199,7 @@ const char gw_rl_redis_script[] =
     "        Q[q - 2], Q[q - 1], sa = nt, math.ceil((nt - now_us) / 1000), v\n"
     "      elseif al == 1 then\n"
     "        local p = get(key .. P[o + 8])\n"
-    "        if p == nil then bad = true else\n"
+    "        if p == nil then bad = gerr else\n"
     "          local room = P[o + 2] - v - 1\n"
     "          if room < 0 or not le(p, P[o + 3] - P[o + 9], room, P[o + 3]) then ok = false end\n"
     "          Q[q - 2], Q[q - 1], sa, sb = v + 1, P[o + 10], p, v\n"
@@ -195,7 +211,7 @@ const char gw_rl_redis_script[] =
     "    end\n"
     "    out[at + 2 * j - 1], out[at + 2 * j] = sa, sb\n"
     "  end\n"
-    "  out[at] = (bad and mode ~= 3) and 3 or (ok and 1 or 2)\n"
+    "  out[at] = (bad and mode ~= 3) and bad or (ok and 1 or 2)\n"
     "  if ok and not bad and mode == 0 then\n"
     "    for j = 1, n do\n"
     "      local q = 4 * j\n"
@@ -802,7 +818,7 @@ static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl
     const char *script = eval ? gw_rl_redis_script : r->sha;
     size_t slen = eval ? sizeof(gw_rl_redis_script) - 1 : 40;
     bool refund = p->mode == GW_RL_PASS_REFUND;
-    size_t nargs = 3 + p->nkeys + p->nextra + 1 + 1 + 5 * p->nspecs + 1 + (refund ? 1 : 0);
+    size_t nargs = 3 + p->nkeys + p->nextra + 1 + 1 + 5 * p->nspecs + 1 + 1 + (refund ? 1 : 0);
     for (size_t u = 0; u < p->nunits; u++)
         nargs += 1 + 2 * (size_t)p->units[u].n;
     size_t need = 24 + BULK_MAX(7) + BULK_MAX(slen) + (nargs - 2) * BULK_MAX(20);
@@ -825,8 +841,9 @@ static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl
     *o++ = '\n';
     o = eval ? put_bulk(o, "EVAL", 4) : put_bulk(o, "EVALSHA", 7);
     o = put_bulk(o, script, slen);
-    o = put_bulk_u64(o, p->nkeys + p->nextra);
-    for (size_t i = 0; i < p->nkeys; i++)
+    bool argv_keys = p->keys_in_argv;
+    o = put_bulk_u64(o, (argv_keys ? 0 : p->nkeys) + p->nextra);
+    for (size_t i = 0; i < p->nkeys && !argv_keys; i++)
         o = put_bulk(o, p->keys[i], p->key_lens[i]);
     for (size_t i = 0; i < p->nextra; i++)
         o = put_bulk(o, p->extra_keys[i], p->extra_lens[i]);
@@ -843,6 +860,9 @@ static ssize_t render_apply(struct gw_rl_redis *r, bool eval, const struct gw_rl
         o = put_bulk_u64(o, (uint64_t)sp->burst);
         o = put_bulk_u64(o, (uint64_t)sp->delay_ms);
     }
+    o = put_bulk_u64(o, argv_keys ? p->nkeys : 0);
+    for (size_t i = 0; i < p->nkeys && argv_keys; i++)
+        o = put_bulk(o, p->keys[i], p->key_lens[i]);
     o = put_bulk_u64(o, p->nunits);
     for (size_t u = 0; u < p->nunits; u++) {
         const struct gw_rl_unit *un = &p->units[u];
@@ -889,7 +909,7 @@ static int take_apply_reply(struct gw_rl_redis *r, redisReply *rep, struct gw_rl
         for (size_t u = 0; u < p->nunits && good; u++) {
             struct gw_rl_unit *un = &p->units[u];
             const redisReply *res = rep->element[at++];
-            good = int_in(res, 1, 3);
+            good = int_in(res, 1, 4);
             for (size_t j = 0; j < un->n && good; j++, at += 2) {
                 /* State no real Redis holds is refused too: the math must
                  * not overflow on it. */
@@ -901,7 +921,8 @@ static int take_apply_reply(struct gw_rl_redis *r, redisReply *rep, struct gw_rl
             if (good)
                 un->result = res->integer == 1   ? GW_RL_UNIT_ALLOWED
                              : res->integer == 2 ? GW_RL_UNIT_REFUSED
-                                                 : GW_RL_UNIT_ERROR;
+                             : res->integer == 4 && p->keys_in_argv ? GW_RL_UNIT_ELSEWHERE
+                                                                    : GW_RL_UNIT_ERROR;
             if (good && un->result == GW_RL_UNIT_ERROR)
                 snprintf(r->err, sizeof(r->err), "check: a state key holds another type");
         }
