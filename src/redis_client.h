@@ -8,9 +8,10 @@
  * thread uses a client at a time (the caller's lock).
  *
  * Redis Cluster (REDIS_CLUSTER_NODES, SPEC.md §12): connect tries the seeds
- * in turn until one answers CLUSTER SLOTS (same credentials and TLS); each
- * command then goes to the master of its key's slot, on a link of its own
- * per master opened at first use. The key is the first argument, the first
+ * in turn until one answers CLUSTER SLOTS (same credentials and TLS) and
+ * opens a link to each master; each command then goes to the master of
+ * its key's slot (a link that is not open, to a node a redirect named or
+ * one that did not answer at connect, is opened then). The key is the first argument, the first
  * declared key of EVAL/EVALSHA/FCALL, the first stream of XREAD; a command
  * must touch one slot (several keys need one hash tag; Redis answers
  * CROSSSLOT otherwise). Before a reply reaches the caller, -MOVED is
@@ -40,8 +41,9 @@ void gw_redis_client_destroy(struct gw_redis_client *cl);
 
 /* Connects (a link already open is closed first), blocking for at most a
  * few timeouts (each sentinel's, then connect, TLS and the AUTH/SELECT
- * round trip; in cluster mode those of each seed tried, then CLUSTER
- * SLOTS). Returns 0, or -errno with gw_redis_client_error set. */
+ * round trip; in cluster mode those of each seed tried, CLUSTER SLOTS,
+ * then one connect per master). Returns 0, or -errno with
+ * gw_redis_client_error set. */
 GW_MUSTCHECK int gw_redis_client_connect(struct gw_redis_client *cl);
 
 /* Queues one command (argv with lens, NULL = strlen each). 0 or -ENOMEM;

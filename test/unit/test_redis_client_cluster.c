@@ -1,7 +1,8 @@
 /*
  * The rules sync's Redis client (src/redis_client.c) against a real Redis
- * Cluster on 127.0.0.1: three redis-server masters made by `redis-cli
- * --cluster create`, started and stopped by PID. The client finds the map
+ * Cluster on 127.0.0.1: three redis-server masters (gwt_minicluster) made
+ * by `redis-cli --cluster create`, started and stopped by PID; slots moved
+ * with their keys as a reshard does. The client finds the map
  * through the seeds (a dead seed first), sends keys of every master's slots
  * to their owner without a redirect, keeps pipelined replies in order
  * across nodes, follows -ASK while a slot migrates and -MOVED once it has
@@ -17,7 +18,7 @@
 #include <cmocka.h>
 
 #include "gw/redis_redirects.h"
-#include "gwtest.h"
+#include "gwt_minicluster.h"
 #include "redis_client.h"
 
 #include <errno.h>
@@ -28,187 +29,34 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NMASTERS        3
+#define NMASTERS        GWT_MINICLUSTER_MASTERS
 #define CLUSTER_WAIT_MS 20000 /* cluster create and cluster_state:ok, at most */
-#define POLL_STEP_MS    50
 
-static struct gwt_proc g_proc[NMASTERS];
-static int g_port[NMASTERS];
-static char g_id[NMASTERS][41];
-static char g_dir[64];
+static struct gwt_minicluster g_c;
 static int g_dead_port; /* a port nothing listens on: the first seed */
 
-static void pause_ms(long ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
+#define node_cmd gwt_minicluster_cmd
 
-/* One command on the node on port (printf-style), or NULL. */
-static redisReply *node_cmd(int port, const char *fmt, ...)
-{
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    if (c == NULL || c->err) {
-        if (c != NULL)
-            redisFree(c);
-        return NULL;
-    }
-    (void)redisSetTimeout(c, tv);
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
-    redisFree(c);
-    return r;
-}
-
-static bool node_ok(int port)
-{
-    redisReply *r = node_cmd(port, "CLUSTER INFO");
-    bool ok = r != NULL && r->type == REDIS_REPLY_STRING &&
-              strstr(r->str, "cluster_state:ok") != NULL &&
-              strstr(r->str, "cluster_slots_ok:16384") != NULL &&
-              strstr(r->str, "cluster_known_nodes:3") != NULL;
-    freeReplyObject(r);
-    return ok;
-}
-
-/* Index of the master owning slot (CLUSTER SLOTS of node 0), or -1. */
-static int owner_of(int slot)
-{
-    redisReply *r = node_cmd(g_port[0], "CLUSTER SLOTS");
-    int owner = -1;
-    for (size_t i = 0; r != NULL && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        redisReply *e = r->element[i];
-        if (e->element[0]->integer <= slot && slot <= e->element[1]->integer)
-            for (int m = 0; m < NMASTERS; m++)
-                if (e->element[2]->element[1]->integer == g_port[m])
-                    owner = m;
-    }
-    freeReplyObject(r);
-    return owner;
-}
-
-/* A key fmt % n (n = 0, 1, ...) whose slot master m owns; its slot in *slot. */
+/* A key fmt % n whose slot master m owns; its slot in *slot. */
 static void key_on(int m, const char *fmt, char *key, size_t cap, int *slot)
 {
-    for (int n = 0; n < 200; n++) {
-        snprintf(key, cap, fmt, n);
-        int s = (int)gw_redis_key_slot(key, strlen(key));
-        if (owner_of(s) == m) {
-            *slot = s;
-            return;
-        }
-    }
-    fail_msg("no key of %s on master %d", fmt, m);
+    *slot = gwt_minicluster_key_on(&g_c, m, fmt, key, cap);
+    if (*slot < 0)
+        fail_msg("no key of %s on master %d", fmt, m);
 }
 
 static int cluster_setup(void **state)
 {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
-    snprintf(g_dir, sizeof(g_dir), "/tmp/gwt-rcc-XXXXXX");
-    if (mkdtemp(g_dir) == NULL)
-        return -1;
-    for (int i = 0; i < NMASTERS; i++) {
-        g_port[i] = gwt_free_port();
-        int bus = gwt_free_port();
-        if (g_port[i] < 0 || bus < 0)
-            return -1;
-        char port[16], busport[16], conf[128];
-        snprintf(port, sizeof(port), "%d", g_port[i]);
-        snprintf(busport, sizeof(busport), "%d", bus);
-        snprintf(conf, sizeof(conf), "nodes-%d.conf", g_port[i]);
-        const char *argv[] = {"redis-server",
-                              "--port",
-                              port,
-                              "--bind",
-                              "127.0.0.1",
-                              "--cluster-enabled",
-                              "yes",
-                              "--cluster-port",
-                              busport,
-                              "--cluster-config-file",
-                              conf,
-                              "--cluster-node-timeout",
-                              "2000",
-                              "--dir",
-                              g_dir,
-                              "--save",
-                              "",
-                              "--appendonly",
-                              "no",
-                              "--protected-mode",
-                              "no",
-                              NULL};
-        if (gwt_spawn(&g_proc[i], argv, NULL) != 0)
-            return -1;
-    }
-    long long deadline = gwt_now_ms() + CLUSTER_WAIT_MS;
-    for (int i = 0; i < NMASTERS; i++) {
-        redisReply *r = NULL;
-        while ((r = node_cmd(g_port[i], "PING")) == NULL && gwt_now_ms() < deadline &&
-               gwt_proc_alive(&g_proc[i]))
-            pause_ms(POLL_STEP_MS);
-        if (r == NULL) {
-            gwt_log_dump(&g_proc[i], 2000);
-            return -1;
-        }
-        freeReplyObject(r);
-    }
-    char addr[NMASTERS][32];
-    const char *create[4 + NMASTERS] = {"redis-cli", "--cluster", "create"};
-    for (int i = 0; i < NMASTERS; i++) {
-        snprintf(addr[i], sizeof(addr[i]), "127.0.0.1:%d", g_port[i]);
-        create[3 + i] = addr[i];
-    }
-    create[3 + NMASTERS] = NULL;
-    const char *full[6 + NMASTERS];
-    memcpy(full, create, sizeof(create));
-    full[3 + NMASTERS] = "--cluster-yes";
-    full[4 + NMASTERS] = NULL;
-    char *out = NULL, *err = NULL;
-    int rc = gwt_run(full, NULL, CLUSTER_WAIT_MS, &out, &err);
-    if (rc != 0)
-        fprintf(stderr, "redis-cli --cluster create: %d\n%s\n%s\n", rc, out ? out : "",
-                err ? err : "");
-    free(out);
-    free(err);
-    if (rc != 0)
-        return -1;
-    for (int i = 0; i < NMASTERS; i++) {
-        while (!node_ok(g_port[i]) && gwt_now_ms() < deadline)
-            pause_ms(POLL_STEP_MS);
-        if (!node_ok(g_port[i])) {
-            fprintf(stderr, "node %d never reported cluster_state:ok\n", i);
-            return -1;
-        }
-        redisReply *r = node_cmd(g_port[i], "CLUSTER MYID");
-        if (r == NULL || r->type != REDIS_REPLY_STRING || r->len >= sizeof(g_id[i]))
-            return -1;
-        memcpy(g_id[i], r->str, r->len + 1);
-        freeReplyObject(r);
-    }
     g_dead_port = gwt_free_port();
-    return 0;
+    return g_dead_port > 0 ? gwt_minicluster_start(&g_c, CLUSTER_WAIT_MS) : -1;
 }
 
 static int cluster_teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < NMASTERS; i++) {
-        if (g_proc[i].pid > 0) {
-            int rc = gwt_stop(&g_proc[i], SIGTERM, 5000);
-            if (rc != 0)
-                fprintf(stderr, "redis-server %d ended with %d\n", i, rc);
-            gwt_proc_cleanup(&g_proc[i]);
-        }
-    }
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
-    if (g_dir[0] != '\0' && system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", g_dir);
+    gwt_minicluster_stop(&g_c);
     return 0;
 }
 
@@ -227,7 +75,7 @@ static void client_open(struct fixture *f)
     snprintf(f->host[0], sizeof(f->host[0]), "127.0.0.1");
     snprintf(f->host[1], sizeof(f->host[1]), "127.0.0.1");
     f->seeds[0] = (struct gw_redis_node){f->host[0], g_dead_port};
-    f->seeds[1] = (struct gw_redis_node){f->host[1], g_port[1]};
+    f->seeds[1] = (struct gw_redis_node){f->host[1], g_c.port[1]};
     f->t.cluster_nodes = f->seeds;
     f->t.ncluster_nodes = 2;
     char why[200];
@@ -291,7 +139,7 @@ static void test_key_slot(void **state)
                                        "",
                                        "rl:{0123abcd}:x"};
     for (size_t i = 0; i < GW_ARRAY_LEN(keys); i++) {
-        redisReply *r = node_cmd(g_port[0], "CLUSTER KEYSLOT %s", keys[i]);
+        redisReply *r = node_cmd(g_c.port[0], "CLUSTER KEYSLOT %s", keys[i]);
         assert_non_null(r);
         assert_int_equal(r->type, REDIS_REPLY_INTEGER);
         assert_int_equal((long long)gw_redis_key_slot(keys[i], strlen(keys[i])), r->integer);
@@ -313,10 +161,10 @@ static void test_every_master(void **state)
     for (int m = 0; m < NMASTERS; m++) {
         int slot;
         key_on(m, "every:%d", key[m], sizeof(key[m]), &slot);
-        want_status(cmd(&f, 3, (const char *[]){"SET", key[m], g_id[m]}), "OK");
-        redisReply *r = node_cmd(g_port[m], "GET %s", key[m]);
+        want_status(cmd(&f, 3, (const char *[]){"SET", key[m], g_c.id[m]}), "OK");
+        redisReply *r = node_cmd(g_c.port[m], "GET %s", key[m]);
         assert_non_null(r);
-        want_string(r, g_id[m]);
+        want_string(r, g_c.id[m]);
     }
     /* The store script's shape: one declared key, on master 2. */
     char hash[32];
@@ -364,7 +212,7 @@ static void test_pipeline_across_nodes(void **state)
     for (int m = 0; m < NMASTERS; m++) {
         int slot;
         key_on(m, "pipe:%d", key[m], sizeof(key[m]), &slot);
-        want_status(cmd(&f, 3, (const char *[]){"SET", key[m], g_id[m]}), "OK");
+        want_status(cmd(&f, 3, (const char *[]){"SET", key[m], g_c.id[m]}), "OK");
     }
     for (int round = 0; round < 3; round++)
         for (int m = 0; m < NMASTERS; m++)
@@ -375,7 +223,7 @@ static void test_pipeline_across_nodes(void **state)
         for (int m = 0; m < NMASTERS; m++) {
             redisReply *r = gw_redis_client_get_reply(f.cl);
             assert_non_null(r);
-            want_string(r, g_id[(m + round) % 3]);
+            want_string(r, g_c.id[(m + round) % 3]);
         }
     gw_redis_client_destroy(f.cl);
 }
@@ -397,10 +245,7 @@ static void test_ask_then_moved(void **state)
     want_status(cmd(&f, 3, (const char *[]){"SET", other, "on-b"}), "OK");
     want_integer(cmd(&f, 2, (const char *[]){"EXISTS", key}), 0); /* learnt a's link */
 
-    redisReply *r = node_cmd(g_port[b], "CLUSTER SETSLOT %d IMPORTING %s", slot, g_id[a]);
-    want_status(r, "OK");
-    r = node_cmd(g_port[a], "CLUSTER SETSLOT %d MIGRATING %s", slot, g_id[b]);
-    want_status(r, "OK");
+    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, slot, a, b), 0);
 
     uint64_t moved0 = gw_redis_redirects_total(false), ask0 = gw_redis_redirects_total(true);
     /* Pipelined behind a command for b: the ASK's resend on b's link must
@@ -408,7 +253,7 @@ static void test_ask_then_moved(void **state)
     assert_int_equal(
         gw_redis_client_append_argv(f.cl, 4, (const char *[]){"HSET", key, "f", "v"}, NULL), 0);
     assert_int_equal(gw_redis_client_append_argv(f.cl, 2, (const char *[]){"GET", other}, NULL), 0);
-    r = gw_redis_client_get_reply(f.cl);
+    redisReply *r = gw_redis_client_get_reply(f.cl);
     assert_non_null(r);
     want_integer(r, 1);
     r = gw_redis_client_get_reply(f.cl);
@@ -417,7 +262,7 @@ static void test_ask_then_moved(void **state)
     assert_int_equal(gw_redis_redirects_total(true), ask0 + 1);
     assert_int_equal(gw_redis_redirects_total(false), moved0);
     /* The key is on b (ASKING there), not on a. */
-    r = node_cmd(g_port[a], "EXISTS %s", key);
+    r = node_cmd(g_c.port[a], "EXISTS %s", key);
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_ERROR); /* -ASK again: a does not have it */
     freeReplyObject(r);
@@ -427,11 +272,7 @@ static void test_ask_then_moved(void **state)
     assert_int_equal(gw_redis_redirects_total(true), ask0 + 2);
 
     /* The migration ends: the slot is b's, told to every node. */
-    for (int m = 0; m < NMASTERS; m++) {
-        int order[NMASTERS] = {b, a, 1};
-        r = node_cmd(g_port[order[m]], "CLUSTER SETSLOT %d NODE %s", slot, g_id[b]);
-        want_status(r, "OK");
-    }
+    assert_int_equal(gwt_minicluster_migrate_end(&g_c, slot, a, b), 0);
     r = cmd(&f, 3, (const char *[]){"HGET", key, "f"});
     want_string(r, "v");
     assert_int_equal(gw_redis_redirects_total(false), moved0 + 1);
@@ -440,20 +281,14 @@ static void test_ask_then_moved(void **state)
     want_string(r, "v");
     assert_int_equal(gw_redis_redirects_total(false), moved0 + 1); /* the map learnt it */
 
-    /* Back to a, for the next tests: this client's map is stale again. */
-    r = node_cmd(g_port[b], "DEL %s", key);
-    freeReplyObject(r);
-    r = node_cmd(g_port[a], "CLUSTER SETSLOT %d IMPORTING %s", slot, g_id[b]);
-    want_status(r, "OK");
-    r = node_cmd(g_port[b], "CLUSTER SETSLOT %d MIGRATING %s", slot, g_id[a]);
-    want_status(r, "OK");
-    for (int m = 0; m < NMASTERS; m++) {
-        int order[NMASTERS] = {a, b, 1};
-        r = node_cmd(g_port[order[m]], "CLUSTER SETSLOT %d NODE %s", slot, g_id[a]);
-        want_status(r, "OK");
-    }
-    want_integer(cmd(&f, 2, (const char *[]){"EXISTS", key}), 0);
+    /* Back to a with its key (MIGRATE), as redis-cli --cluster reshard
+     * does: this client's map is stale again. */
+    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, slot, b, a), 0);
+    assert_int_equal(gwt_minicluster_migrate_end(&g_c, slot, b, a), 0);
+    want_string(cmd(&f, 3, (const char *[]){"HGET", key, "f"}), "v");
     assert_int_equal(gw_redis_redirects_total(false), moved0 + 2);
+    assert_int_equal(gw_redis_redirects_total(true), ask0 + 2);
+    want_integer(cmd(&f, 2, (const char *[]){"DEL", key}), 1);
     gw_redis_client_destroy(f.cl);
 }
 
@@ -473,11 +308,8 @@ static void test_tryagain_bounded(void **state)
     snprintf(k2, sizeof(k2), "%s:second", k1);
     /* k1 is "{tryN}", a hash tag: k2 shares its slot. */
     want_status(cmd(&f, 3, (const char *[]){"SET", k1, "one"}), "OK");
-    redisReply *r = node_cmd(g_port[b], "CLUSTER SETSLOT %d IMPORTING %s", slot, g_id[a]);
-    want_status(r, "OK");
-    r = node_cmd(g_port[a], "CLUSTER SETSLOT %d MIGRATING %s", slot, g_id[b]);
-    want_status(r, "OK");
-    r = node_cmd(g_port[a], "CONFIG RESETSTAT");
+    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, slot, a, b), 0);
+    redisReply *r = node_cmd(g_c.port[a], "CONFIG RESETSTAT");
     freeReplyObject(r);
     long long t0 = gwt_now_ms();
     r = gw_redis_client_command_argv(f.cl, 3, (const char *[]){"MGET", k1, k2}, NULL);
@@ -488,7 +320,7 @@ static void test_tryagain_bounded(void **state)
     freeReplyObject(r);
     assert_true(took >= 25 + 50 + 100 + 200);
     assert_true(took < 5000);
-    r = node_cmd(g_port[a], "INFO commandstats");
+    r = node_cmd(g_c.port[a], "INFO commandstats");
     assert_non_null(r);
     const char *mget = strstr(r->str, "cmdstat_mget:");
     assert_non_null(mget);
@@ -497,7 +329,7 @@ static void test_tryagain_bounded(void **state)
     freeReplyObject(r);
     /* The migration called off: the same command is served. */
     for (int m = 0; m < NMASTERS; m++) {
-        r = node_cmd(g_port[m], "CLUSTER SETSLOT %d STABLE", slot);
+        r = node_cmd(g_c.port[m], "CLUSTER SETSLOT %d STABLE", slot);
         want_status(r, "OK");
     }
     want_status(cmd(&f, 3, (const char *[]){"SET", k2, "two"}), "OK");
