@@ -382,10 +382,6 @@ int gw_redis_client_connect(struct gw_redis_client *cl)
     gw_redis_conn_close(&cl->conn);
     const char *host = t->host;
     int port = t->port;
-    if (host == NULL && t->ncluster_nodes > 0) {
-        host = t->cluster_nodes[0].host; /* Cluster: a seed (redirects not followed yet) */
-        port = t->cluster_nodes[0].port;
-    }
     if (cl->sentinel != NULL) {
         uint64_t now = gw_now_ms();
         int rc = gw_redis_sentinel_start(cl->sentinel, now);
