@@ -361,7 +361,7 @@ static int group_setup(void **state)
 {
     if (gwt_suite_setup_backend(state) != 0)
         return -1;
-    return gwt_minicluster_start(&g_c, 20000);
+    return gwt_minicluster_start(&g_c, false, 20000);
 }
 
 static int group_teardown(void **state)

@@ -62,28 +62,75 @@ static bool ok_cmd(int port, const char *fmt, ...)
     return ok;
 }
 
-static bool node_ok(int port)
+static bool node_ok(int port, int nodes)
 {
+    char known[40];
+    snprintf(known, sizeof(known), "cluster_known_nodes:%d\r", nodes);
     redisReply *r = gwt_minicluster_cmd(port, "CLUSTER INFO");
     bool ok = r != NULL && r->type == REDIS_REPLY_STRING &&
               strstr(r->str, "cluster_state:ok") != NULL &&
-              strstr(r->str, "cluster_slots_ok:16384") != NULL &&
-              strstr(r->str, "cluster_known_nodes:3") != NULL;
+              strstr(r->str, "cluster_slots_ok:16384") != NULL && strstr(r->str, known) != NULL;
     freeReplyObject(r);
     return ok;
 }
 
-int gwt_minicluster_start(struct gwt_minicluster *c, int timeout_ms)
+/* The reply of a command (a status or bulk string) contains text. */
+static bool reply_has(int port, const char *cmd, const char *text)
+{
+    redisReply *r = gwt_minicluster_cmd(port, cmd);
+    bool ok = r != NULL && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
+              strstr(r->str, text) != NULL;
+    freeReplyObject(r);
+    return ok;
+}
+
+/* Polls until cond(c, i) or the deadline. */
+static bool wait_for(const struct gwt_minicluster *c, int i, long long deadline,
+                     bool (*cond)(const struct gwt_minicluster *, int))
+{
+    while (!cond(c, i) && gwt_now_ms() < deadline)
+        pause_ms(STEP_MS);
+    return cond(c, i);
+}
+
+static bool all_ok(const struct gwt_minicluster *c, int i)
+{
+    return node_ok(c->port[i], c->nodes);
+}
+
+/* Replica 3 + i knows its master (its id in CLUSTER NODES). */
+static bool knows_master(const struct gwt_minicluster *c, int i)
+{
+    return reply_has(c->port[N + i], "CLUSTER NODES", c->id[i]);
+}
+
+static bool replica_up(const struct gwt_minicluster *c, int i)
+{
+    return reply_has(c->port[N + i], "INFO replication", "master_link_status:up");
+}
+
+static bool read_id(struct gwt_minicluster *c, int i)
+{
+    redisReply *r = gwt_minicluster_cmd(c->port[i], "CLUSTER MYID");
+    bool ok = r != NULL && r->type == REDIS_REPLY_STRING && r->len < sizeof(c->id[i]);
+    if (ok)
+        memcpy(c->id[i], r->str, r->len + 1);
+    freeReplyObject(r);
+    return ok;
+}
+
+int gwt_minicluster_start(struct gwt_minicluster *c, bool replicas, int timeout_ms)
 {
     long long deadline = gwt_now_ms() + timeout_ms;
+    c->nodes = replicas ? 2 * N : N;
     snprintf(c->dir, sizeof(c->dir), "/tmp/gwt-cluster-XXXXXX");
     if (mkdtemp(c->dir) == NULL) {
         c->dir[0] = '\0';
         return -1;
     }
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < c->nodes; i++) {
         c->port[i] = gwt_free_port();
-        int bus = gwt_free_port();
+        int bus = c->bus[i] = gwt_free_port();
         if (c->port[i] < 0 || bus < 0)
             goto fail;
         char port[16], busport[16], conf[32];
@@ -115,7 +162,7 @@ int gwt_minicluster_start(struct gwt_minicluster *c, int timeout_ms)
         if (gwt_spawn(&c->proc[i], argv, NULL) != 0)
             goto fail;
     }
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < c->nodes; i++) {
         redisReply *r = NULL;
         while ((r = gwt_minicluster_cmd(c->port[i], "PING")) == NULL && gwt_now_ms() < deadline &&
                gwt_proc_alive(&c->proc[i]))
@@ -145,20 +192,33 @@ int gwt_minicluster_start(struct gwt_minicluster *c, int timeout_ms)
     free(err);
     if (rc != 0)
         goto fail;
-    for (int i = 0; i < N; i++) {
-        while (!node_ok(c->port[i]) && gwt_now_ms() < deadline)
-            pause_ms(STEP_MS);
-        if (!node_ok(c->port[i])) {
-            fprintf(stderr, "node %d never reported cluster_state:ok\n", i);
+    for (int i = 0; i < c->nodes; i++) {
+        if (!read_id(c, i))
+            goto fail;
+    }
+    for (int i = 0; replicas && i < N; i++) {
+        /* Joined, told whose replica it is once it knows that master. */
+        if (!ok_cmd(c->port[N + i], "CLUSTER MEET 127.0.0.1 %d %d", c->port[0], c->bus[0]))
+            goto fail;
+    }
+    for (int i = 0; replicas && i < N; i++) {
+        if (!wait_for(c, i, deadline, knows_master) ||
+            !ok_cmd(c->port[N + i], "CLUSTER REPLICATE %s", c->id[i])) {
+            fprintf(stderr, "replica of master %d could not be set up\n", i);
             goto fail;
         }
-        redisReply *r = gwt_minicluster_cmd(c->port[i], "CLUSTER MYID");
-        bool ok = r != NULL && r->type == REDIS_REPLY_STRING && r->len < sizeof(c->id[i]);
-        if (ok)
-            memcpy(c->id[i], r->str, r->len + 1);
-        freeReplyObject(r);
-        if (!ok)
+    }
+    for (int i = 0; i < c->nodes; i++) {
+        if (!wait_for(c, i, deadline, all_ok)) {
+            fprintf(stderr, "node %d never reported cluster_state:ok with %d nodes\n", i, c->nodes);
             goto fail;
+        }
+    }
+    for (int i = 0; replicas && i < N; i++) {
+        if (!wait_for(c, i, deadline, replica_up)) {
+            fprintf(stderr, "replica of master %d never synchronised\n", i);
+            goto fail;
+        }
     }
     return 0;
 fail:
@@ -166,9 +226,18 @@ fail:
     return -1;
 }
 
+int gwt_minicluster_kill(struct gwt_minicluster *c, int i)
+{
+    if (c->proc[i].pid <= 0)
+        return -1;
+    int rc = gwt_stop(&c->proc[i], SIGKILL, 5000);
+    gwt_proc_cleanup(&c->proc[i]);
+    return rc == -SIGKILL ? 0 : -1;
+}
+
 void gwt_minicluster_stop(struct gwt_minicluster *c)
 {
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < GWT_MINICLUSTER_NODES; i++) {
         if (c->proc[i].pid > 0) {
             int rc = gwt_stop(&c->proc[i], SIGTERM, 5000);
             if (rc != 0)
@@ -186,12 +255,15 @@ void gwt_minicluster_stop(struct gwt_minicluster *c)
 
 int gwt_minicluster_owner(const struct gwt_minicluster *c, int slot)
 {
-    redisReply *r = gwt_minicluster_cmd(c->port[0], "CLUSTER SLOTS");
+    redisReply *r = NULL;
+    for (int i = 0; i < c->nodes && r == NULL; i++)
+        if (c->proc[i].pid > 0)
+            r = gwt_minicluster_cmd(c->port[i], "CLUSTER SLOTS");
     int owner = -1;
     for (size_t i = 0; r != NULL && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
         const redisReply *e = r->element[i];
         if (e->elements >= 3 && e->element[0]->integer <= slot && slot <= e->element[1]->integer)
-            for (int m = 0; m < N; m++)
+            for (int m = 0; m < c->nodes; m++)
                 if (e->element[2]->element[1]->integer == c->port[m])
                     owner = m;
     }

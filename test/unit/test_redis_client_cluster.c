@@ -50,7 +50,7 @@ static int cluster_setup(void **state)
     (void)state;
     signal(SIGPIPE, SIG_IGN);
     g_dead_port = gwt_free_port();
-    return g_dead_port > 0 ? gwt_minicluster_start(&g_c, CLUSTER_WAIT_MS) : -1;
+    return g_dead_port > 0 ? gwt_minicluster_start(&g_c, false, CLUSTER_WAIT_MS) : -1;
 }
 
 static int cluster_teardown(void **state)

@@ -7,7 +7,9 @@
  * rules key's slot moved to another master (keys migrated) is followed
  * through -MOVED by both pollers and the next store, and the forget
  * stream's slot caught mid-migration through -ASK, counted in
- * gw/redis_redirects.h.
+ * gw/redis_redirects.h. Each master has a replica: the rules key's master
+ * killed, the sync finds the promoted replica (the map read again) and a
+ * store is accepted and adopted again; the times are printed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -215,11 +217,76 @@ static void test_store_adopt_and_reshard(void **state)
     instance_stop(&b);
 }
 
+/* The rules key's master killed: once its replica is promoted, a store is
+ * accepted again (retried meanwhile, as an operator would) and adopted by
+ * the other instance within 2 s. */
+static void test_master_failover(void **state)
+{
+    (void)state;
+    struct instance a, b;
+    instance_start(&a);
+    instance_start(&b);
+    assert_true(store_and_wait(&a, &b, 30) <= APPLY_MS);
+    int rslot = slot_of(PREFIX ":rules");
+    int m = gwt_minicluster_owner(&g_c, rslot);
+    assert_true(m >= 0 && m < GWT_MINICLUSTER_MASTERS);
+    long long serial = 0;
+    redisReply *r = gwt_minicluster_cmd(g_c.port[m], "HGET %s serial", PREFIX ":rules");
+    assert_non_null(r);
+    serial = atoll(r->str);
+    freeReplyObject(r);
+    /* The replica has the hash before its master goes. */
+    assert_int_equal(node_int(g_c.port[m], "WAIT 1 %s", "5000"), 1);
+
+    long long t0 = gwt_now_ms();
+    assert_int_equal(gwt_minicluster_kill(&g_c, m), 0);
+    int tries = 0, rc = -1;
+    char version[32] = "";
+    long long promoted_ms = -1; /* first seen in CLUSTER SLOTS */
+    while (rc != 0 && gwt_now_ms() - t0 < 20000) {
+        if (promoted_ms < 0 && gwt_minicluster_owner(&g_c, rslot) == GWT_MINICLUSTER_MASTERS + m)
+            promoted_ms = gwt_now_ms() - t0;
+        struct gw_rules *nr = rules(&a, 31);
+        snprintf(version, sizeof(version), "%s", nr->version);
+        rc = gw_rules_sync_store(a.s, nr, NULL, NULL, 0, NULL);
+        tries++;
+        if (rc != 0)
+            pause_ms(100);
+    }
+    long long stored_ms = gwt_now_ms() - t0;
+    if (rc != 0)
+        fail_msg("no store accepted within 20 s of the master's death (%d)", rc);
+    for (;;) {
+        struct gw_rules *cur = gw_rules_holder_get(b.h);
+        bool same = strcmp(cur->version, version) == 0;
+        gw_rules_put(cur);
+        if (same)
+            break;
+        if (gwt_now_ms() - t0 > stored_ms + APPLY_MS)
+            fail_msg("b did not adopt %s within 2 s of the store", version);
+        pause_ms(10);
+    }
+    long long adopted_ms = gwt_now_ms() - t0;
+    int owner = gwt_minicluster_owner(&g_c, rslot);
+    fprintf(stderr,
+            "[ MEASURE  ] rules master killed: replica promoted (CLUSTER SLOTS) after %lld "
+            "ms, a store accepted after %lld ms (%d tries, one per 100 ms), adopted by the "
+            "other instance after %lld ms\n",
+            promoted_ms, stored_ms, tries, adopted_ms);
+    assert_int_equal(owner, GWT_MINICLUSTER_MASTERS + m);
+    r = gwt_minicluster_cmd(g_c.port[owner], "HGET %s serial", PREFIX ":rules");
+    assert_non_null(r);
+    assert_int_equal(atoll(r->str), serial + 1); /* the replica's copy, one more */
+    freeReplyObject(r);
+    instance_stop(&a);
+    instance_stop(&b);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
-    return gwt_minicluster_start(&g_c, 20000);
+    return gwt_minicluster_start(&g_c, true, 30000);
 }
 
 static int group_teardown(void **state)
@@ -233,6 +300,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_store_adopt_and_reshard),
+        cmocka_unit_test(test_master_failover),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
