@@ -357,14 +357,19 @@ static int cluster_connect(struct gw_redis_client *cl)
         /* Every master's link now, outside the caller's lock (the rules
          * sync connects without it): a command then never waits for a
          * connect, unless a redirect names a new node. A master that does
-         * not answer is tried again when a command goes there. */
+         * not answer is tried again when a command goes there. A seed
+         * the map names otherwise ("localhost" for 127.0.0.1) is closed:
+         * only key-less commands would use it. */
         bool owns[MAX_NODES] = {false};
         for (int s = 0; s < GW_REDIS_CLUSTER_SLOTS; s++)
             if (cl->owner[s] >= 0)
                 owns[cl->owner[s]] = true;
-        for (int n = 0; n < cl->nnodes; n++)
+        for (int n = 0; n < cl->nnodes; n++) {
             if (owns[n])
                 (void)node_link(cl, n);
+            else
+                gw_redis_conn_close(&cl->nodes[n]->conn);
+        }
         cl->err[0] = '\0';
         return 0;
     }
