@@ -8,6 +8,7 @@
 
 #include "gw/health.h"
 #include "gw/log.h"
+#include "gw/redis_redirects.h"
 #include "gw/response.h"
 
 #include <jansson.h>
@@ -82,6 +83,9 @@ void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
     }
     s->redis_sentinel = srv->cfg->redis_sentinels != NULL;
     s->redis_failovers = gw_redis_failovers_total();
+    s->redis_cluster = srv->cfg->redis_cluster_nodes != NULL && srv->cfg->redis_cluster_nodes[0];
+    s->redis_redirects_moved = gw_redis_redirects_total(false);
+    s->redis_redirects_ask = gw_redis_redirects_total(true);
 }
 
 static int respond_health(struct gw_worker *w, struct gw_slice target, struct gw_buf *out,

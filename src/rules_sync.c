@@ -49,7 +49,7 @@ struct gw_rules_sync {
     struct gw_rules_holder *holder; /* borrowed */
     struct gw_ratelimit *rl;        /* borrowed: forget_cached */
     const struct gw_config *cfg;    /* borrowed */
-    struct gw_redis_target target;  /* REDIS_URL or REDIS_SENTINELS (gw_config_redis_target) */
+    struct gw_redis_target target;  /* gw_config_redis_target (any mode) */
     int timeout_ms;                 /* connect and command timeout */
     bool adopt;                     /* GW_RULES_SYNC_ADOPT */
     char origin[17];                /* this instance's id in the forget stream */
@@ -58,7 +58,7 @@ struct gw_rules_sync {
     pthread_mutex_t mu;
     pthread_cond_t cv;         /* stop, with mu */
     bool stop;                 /* with mu */
-    struct gw_redis_client *c; /* with mu; NULL while down (redis_client.h: TLS, Sentinel) */
+    struct gw_redis_client *c; /* with mu; NULL while down (redis_client.h) */
     _Atomic bool down_logged;  /* the outage was logged once */
     uint64_t last_serial;      /* with mu: the serial last adopted or stored (0 = none) */
     char forget_id[48];        /* with mu: last forget stream entry seen */

@@ -384,6 +384,15 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
         emit_counter(&p, "redis_failovers_total", NULL,
                      "Redis master changes seen through Sentinel", s->redis_failovers);
     }
+    if (s->redis_cluster) {
+        emit_header(&p, "gateway_redis_redirects_total", "counter",
+                    "Redis Cluster redirects followed by type: moved (the slot has a new master), "
+                    "ask (the slot is migrating)");
+        emit(&p, "gateway_redis_redirects_total{type=\"moved\"} %" PRIu64 "\n",
+             s->redis_redirects_moved);
+        emit(&p, "gateway_redis_redirects_total{type=\"ask\"} %" PRIu64 "\n",
+             s->redis_redirects_ask);
+    }
     emit_gauge(&p, "gateway_backend_up", "1 when the backend is reachable, else 0",
                s->backend_up ? 1 : 0);
     emit_gauge(&p, "gateway_worker_threads", "Epoll worker threads", s->worker_threads);

@@ -17,6 +17,11 @@
  * are the version in force. Each forget of another instance is applied
  * with gw_ratelimit_forget_cached. Nothing of this runs per request.
  *
+ * Redis Cluster (SPEC.md §12): every command and script touches one key,
+ * so the two keys keep their names (no hash tag) and may live on different
+ * masters; the client sends each to its slot's master, follows MOVED and
+ * ASK, and the poll's two commands still cost one round trip.
+ *
  * Locking: one mutex serialises every use of the connection and the
  * "last serial seen" (the poller's round trip, a PUT's store-and-publish, a
  * forget's append), so an instance never publishes an older serial after

@@ -115,8 +115,11 @@ struct gw_stats_snapshot {
     int worker_threads;
     bool redis_up; /* meaningful when redis_enabled */
     bool redis_enabled;
-    bool redis_sentinel;      /* REDIS_SENTINELS: redis_failovers is meaningful */
-    uint64_t redis_failovers; /* master changes seen (gw_redis_failovers_total) */
+    bool redis_sentinel;            /* REDIS_SENTINELS: redis_failovers is meaningful */
+    uint64_t redis_failovers;       /* master changes seen (gw_redis_failovers_total) */
+    bool redis_cluster;             /* REDIS_CLUSTER_NODES: redis_redirects_* are meaningful */
+    uint64_t redis_redirects_moved; /* -MOVED followed (gw_redis_redirects_total(false)) */
+    uint64_t redis_redirects_ask;   /* -ASK followed (gw_redis_redirects_total(true)) */
     bool backend_up;
     uint64_t in_flight_max;                           /* MAX_CONCURRENT_REQUESTS */
     uint64_t queue_length_max;                        /* MAX_QUEUE_LENGTH */
@@ -186,7 +189,8 @@ GW_MUSTCHECK int gw_stats_render_json(const struct gw_stats_snapshot *s, struct 
  * (naming rules above), then the gauges gateway_in_flight, _in_flight_max,
  * _queue_length, _queue_length_max, _connections_active, _redis_up (only
  * when Redis is configured), the counter gateway_redis_failovers_total (only
- * with Sentinel),
+ * with Sentinel), gateway_redis_redirects_total{type="moved"|"ask"} (only
+ * with Cluster),
  * _backend_up, _worker_threads, _uptime_seconds, gateway_build_info{version},
  * when rules_version is set gateway_rules_info{version,source} (always 1)
  * and gateway_rules_reloads_total{result="success"|"failure"}, and the

@@ -539,7 +539,19 @@ static void test_render_prometheus_variants(void **state)
     text = render_prom(&s, NULL);
     assert_non_null(strstr(text, "\ngateway_redis_up 0\n"));
     assert_non_null(strstr(text, "\ngateway_build_info{version=\"unknown\"} 1\n"));
+    assert_null(strstr(text, "gateway_redis_redirects_total"));
     free(text);
+
+    /* Redis Cluster: the redirects followed, by type. */
+    s.redis_cluster = true;
+    s.redis_redirects_moved = 7;
+    s.redis_redirects_ask = 2;
+    text = render_prom(&s, NULL);
+    assert_non_null(strstr(text, "\n# TYPE gateway_redis_redirects_total counter\n"
+                                 "gateway_redis_redirects_total{type=\"moved\"} 7\n"
+                                 "gateway_redis_redirects_total{type=\"ask\"} 2\n"));
+    free(text);
+    s.redis_cluster = false;
 
     /* The output is appended after what the buffer already holds. */
     struct gw_buf b = {0};
