@@ -296,9 +296,7 @@ GW_MUSTCHECK int gw_rl_cluster_create(struct gw_rl_cluster **out,
                                       const struct gw_redis_target *target, int timeout_ms);
 /* Drops every node's link (and a seed link being made). */
 void gw_rl_cluster_disconnect(struct gw_rl_cluster *c);
-/* The Redis Cluster slot (0..16383) of key: CRC16/XMODEM of its hash tag
- * (the bytes between the first '{' and the next '}', when not empty), else
- * of the whole key. Pure, thread-safe. */
+/* The Redis Cluster slot of key: gw_redis_key_slot (gw/redis_redirects.h). */
 unsigned gw_rl_cluster_slot(const char *key, size_t len);
 /* One entry of a CLUSTER SLOTS reply: slots lo..hi served by the master at
  * host:port (host points into the reply, host_len bytes; NULL when the
@@ -321,9 +319,6 @@ int gw_rl_cluster_parse_slots(const void *reply, struct gw_rl_cluster_range *out
  * for any other text. Pure, thread-safe. */
 bool gw_rl_cluster_parse_redirect(const char *msg, bool *ask, unsigned *slot, const char **host,
                                   size_t *host_len, int *port);
-/* MOVED (ask false) or ASK (ask true) redirects followed by every Cluster
- * store of the process since start. Thread-safe. */
-uint64_t gw_rl_cluster_redirects(bool ask);
 /* Vtable: apply splits the pass by slot, one script call per slot, every
  * node's calls sent before any reply is read; redirects followed (see
  * rl_cluster.c). apply returns 0 while any master answers (units of the

@@ -30,6 +30,7 @@
  * replica may have taken its slots).
  */
 #include "gw/log.h"
+#include "gw/redis_redirects.h"
 #include "ratelimit_int.h"
 #include "redis_conn.h"
 
@@ -41,7 +42,7 @@
 #include <string.h>
 #include <time.h>
 
-#define SLOTS            16384
+#define SLOTS            GW_REDIS_CLUSTER_SLOTS
 #define NODES_MAX        64     /* masters (and addresses seen in redirects) */
 #define NO_NODE          0xffff /* slot_node: not served */
 #define ROUNDS_MAX       8      /* send/read rounds of one pass (redirects, retries) */
@@ -49,45 +50,11 @@
 #define NODE_BACKOFF_MIN 50     /* ms, a failed node's first reconnect delay */
 #define NODE_BACKOFF_MAX 2000
 
-/* ---- process-wide redirect counters (gateway_redis_redirects_total) --- */
-
-static _Atomic uint64_t redirects_moved, redirects_ask;
-
-uint64_t gw_rl_cluster_redirects(bool ask)
-{
-    return atomic_load_explicit(ask ? &redirects_ask : &redirects_moved, memory_order_relaxed);
-}
-
-static void count_redirect(bool ask)
-{
-    atomic_fetch_add_explicit(ask ? &redirects_ask : &redirects_moved, 1, memory_order_relaxed);
-}
-
 /* ---- slots -------------------------------------------------------------- */
-
-/* CRC16/XMODEM (polynomial 0x1021, initial 0), the checksum Redis Cluster
- * maps keys with (its specification, "Keys distribution model"). */
-static uint16_t crc16(const char *buf, size_t len)
-{
-    uint16_t crc = 0;
-    for (size_t i = 0; i < len; i++) {
-        crc ^= (uint16_t)((unsigned char)buf[i] << 8);
-        for (int b = 0; b < 8; b++)
-            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
-    }
-    return crc;
-}
 
 unsigned gw_rl_cluster_slot(const char *key, size_t len)
 {
-    const char *open = memchr(key, '{', len);
-    if (open != NULL) {
-        size_t from = (size_t)(open - key) + 1;
-        const char *close = memchr(open + 1, '}', len - from);
-        if (close != NULL && close > open + 1)
-            return crc16(open + 1, (size_t)(close - open - 1)) & (SLOTS - 1);
-    }
-    return crc16(key, len) & (SLOTS - 1);
+    return gw_redis_key_slot(key, len);
 }
 
 /* ---- the store -------------------------------------------------------- */
@@ -731,8 +698,8 @@ static ssize_t build_calls(struct gw_rl_cluster *c, struct arena *ar, const stru
         for (size_t j = 0; j < p->units[u].n; j++, k++) {
             uint32_t op = p->units[u].first + (uint32_t)j;
             unsigned slot = kslot[p->ops[op].key];
-            go[k] = (struct group_op){.group = fast ? c->slot_node[slot] : (uint16_t)slot,
-                                      .op = op};
+            go[k] =
+                (struct group_op){.group = fast ? c->slot_node[slot] : (uint16_t)slot, .op = op};
             unit_of_op[op] = (uint32_t)u;
         }
     qsort(go, nops, sizeof(*go), by_group);
@@ -864,7 +831,7 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
     if (rep->type == REDIS_REPLY_ERROR &&
         gw_rl_cluster_parse_redirect(rep->str, &ask, &slot, &host, &hlen, &port)) {
         uint16_t ni = node_find_add(c, host, hlen, port);
-        count_redirect(ask);
+        gw_redis_redirect_count(ask);
         snprintf(c->err, sizeof(c->err), "%s", rep->str);
         freeReplyObject(rep);
         if (ni == NO_NODE)
@@ -990,8 +957,7 @@ static bool run_calls(struct gw_rl_cluster *c, struct call *calls, size_t ncalls
 
 /* Takes back the commits of the parts of units that other parts refused
  * (whole[u] != 1). */
-static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls,
-                   const uint8_t *whole)
+static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls, const uint8_t *whole)
 {
     uint64_t now = gw_now_ms();
     bool queued[NODES_MAX] = {false};
