@@ -35,6 +35,29 @@ bool gw_redis_sentinel_note_master(const char *host, int port)
     return changed;
 }
 
+#define CLUSTER_MASTERS_MAX 256
+static char g_cluster_masters[CLUSTER_MASTERS_MAX][300]; /* with g_master_mu */
+static size_t g_ncluster_masters;
+
+bool gw_redis_cluster_note_master(const char *host, int port, bool gone)
+{
+    char now[300];
+    snprintf(now, sizeof(now), "%s:%d", host, port);
+    pthread_mutex_lock(&g_master_mu);
+    bool known = false;
+    for (size_t i = 0; i < g_ncluster_masters && !known; i++)
+        known = strcmp(g_cluster_masters[i], now) == 0;
+    bool counted = false;
+    if (!known && g_ncluster_masters < CLUSTER_MASTERS_MAX) {
+        counted = gone && g_ncluster_masters > 0;
+        memcpy(g_cluster_masters[g_ncluster_masters++], now, sizeof(now));
+    }
+    pthread_mutex_unlock(&g_master_mu);
+    if (counted)
+        atomic_fetch_add_explicit(&g_failovers, 1, memory_order_relaxed);
+    return counted;
+}
+
 uint64_t gw_redis_failovers_total(void)
 {
     return atomic_load_explicit(&g_failovers, memory_order_relaxed);

@@ -57,6 +57,13 @@ void gw_redis_sentinel_cancel(struct gw_redis_sentinel *s);
  * Thread-safe. */
 bool gw_redis_sentinel_note_master(const char *host, int port);
 
+/* Redis Cluster: records host:port as a master the slot map names, with
+ * gone true when the same map no longer names a master recorded before
+ * (a replica took over). Counts a failover the first time any connection
+ * of the process sees a new master while an old one is gone. Returns true
+ * when it counted. Thread-safe. */
+bool gw_redis_cluster_note_master(const char *host, int port, bool gone);
+
 /* Master changes this process has seen (gateway_redis_failovers_total).
  * Thread-safe. */
 uint64_t gw_redis_failovers_total(void);

@@ -33,6 +33,7 @@
 #include "gw/redis_redirects.h"
 #include "ratelimit_int.h"
 #include "redis_conn.h"
+#include "redis_sentinel.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -320,8 +321,20 @@ static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *
     free(ranges);
     freeReplyObject(rep);
     memcpy(c->slot_node, map, sizeof(map));
+    /* A master of the last map that this one no longer names: a replica
+     * took its slots (gateway_redis_failovers_total counts it once per
+     * process). */
+    bool gone = false;
     for (size_t i = 0; i < c->nnodes; i++)
+        gone |= c->nodes[i].master && !master[i];
+    for (size_t i = 0; i < c->nnodes; i++) {
+        char name[300];
+        if (master[i] && !c->nodes[i].master &&
+            gw_redis_cluster_note_master(c->nodes[i].host, c->nodes[i].port, gone))
+            gw_warn("rate limit: redis cluster master %s took over slots (failover seen)",
+                    node_name(&c->nodes[i], name, sizeof(name)));
         c->nodes[i].master = master[i];
+    }
     c->mapped = true;
     c->refresh = false;
     c->refreshed_at_ms = gw_now_ms();
