@@ -64,8 +64,9 @@
  * nothing can see a key without its TTL. State keys are derived inside the
  * script (":fw:<W>:<i>", ":sw:<W>:<i>", ":tb"); they share KEYS[i]'s hash
  * tag, hence its cluster slot. Lua numbers are doubles: the sliding
- * window's products (L*W up to 3.2e19) are compared exactly in base-2^24
- * limbs; every other quantity stays below 2^53 (microsecond clocks, and
+ * window's products (L*W up to 3.2e19) are compared exactly, directly
+ * when L*W < 2^53 (every product is then exact) and in base-2^24 limbs
+ * otherwise; every other quantity stays below 2^53 (microsecond clocks, and
  * B*T bounded by the rules' validation).
  * Mode 3 (refund, Redis Cluster: a request whose rates live in several
  * slots was refused by another slot) takes back one commit of every op,
@@ -201,7 +202,11 @@ const char gw_rl_redis_script[] =
     "        local p = get(key .. P[o + 8])\n"
     "        if p == nil then bad = gerr else\n"
     "          local room = P[o + 2] - v - 1\n"
-    "          if room < 0 or not le(p, P[o + 3] - P[o + 9], room, P[o + 3]) then ok = false end\n"
+    "          local l, w = P[o + 2], P[o + 3]\n"
+    "          if room < 0 then ok = false\n"
+    "          elseif p <= l and l * w < 9007199254740992 then\n"
+    "            if p * (w - P[o + 9]) > room * w then ok = false end\n"
+    "          elseif not le(p, w - P[o + 9], room, w) then ok = false end\n"
     "          Q[q - 2], Q[q - 1], sa, sb = v + 1, P[o + 10], p, v\n"
     "        end\n"
     "      else\n"
