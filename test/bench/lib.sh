@@ -294,13 +294,15 @@ to_ms() {
         printf "%.3f", n }'
 }
 
-# run_wrk PORT CONNS SECONDS OUTFILE: runs wrk and sets W_RPS W_REQS W_P50 W_P99 W_NON2XX
-# W_SOCKERR from its output.
+# run_wrk PORT CONNS SECONDS OUTFILE [LUA_SCRIPT]: runs wrk (with the script when given)
+# and sets W_RPS W_REQS W_P50 W_P99 W_NON2XX W_SOCKERR from its output.
 run_wrk() {
-    local port=$1 conns=$2 secs=$3 out=$4 threads=$WRK_THREADS
+    local port=$1 conns=$2 secs=$3 out=$4 threads=$WRK_THREADS script=()
+    [ -n "${5:-}" ] && script=(-s "$5")
     [ "$threads" -gt "$conns" ] && threads=$conns
     timeout $((secs + 30)) wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 5s --latency \
-        "http://127.0.0.1:$port/users/1" >"$out" 2>&1 || log "bench: wrk exited non-zero; see $out"
+        "${script[@]}" "http://127.0.0.1:$port/users/1" >"$out" 2>&1 ||
+        log "bench: wrk exited non-zero; see $out"
     W_RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     W_REQS=$(awk '/requests in/ { print $1 }' "$out")
     W_P50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")

@@ -4,6 +4,7 @@
 # nginx proxy, HAProxy, gateway with memory store / Redis store / every request over the
 # limit), runs wrk on them in turn for several rounds, measures CPU per request from /proc,
 # Redis commands and reads per request, backend connections opened per 1,000 requests, the
+# cost of the Redis deployment modes (plaintext, TLS, a 3-master Redis Cluster), the
 # in-flight cap's overhead, the access log's cost beside nginx's, and the gateway's RSS
 # with 10k idle connections and through 1 GiB streamed each way; prints Markdown tables.
 # The gateway runs at its DEFAULT settings except RATE_LIMIT_REQUESTS=1000000000 and
@@ -16,7 +17,7 @@
 #   BENCH_WRK_THREADS [2]   wrk threads          BENCH_UPSTREAM_KEEPALIVE [256] nginx's
 #                                                 upstream keepalive (the gateway: its default)
 #   BENCH_IDLE_CONNS [10000]                     BENCH_STREAM_BYTES [1073741824]
-#   BENCH_PARTS ["table cap accesslog memory"]  which parts to run
+#   BENCH_PARTS ["table redis-modes cap accesslog memory"]  which parts to run
 #   BENCH_OUT [<build-dir>/bench]  results, logs and table.md
 #   BENCH_PORT_BASE [18400]  first port tried (each port is checked to be free)
 set -uo pipefail
@@ -38,12 +39,13 @@ WRK_THREADS=${BENCH_WRK_THREADS:-2}
 UPSTREAM_KEEPALIVE=${BENCH_UPSTREAM_KEEPALIVE:-256}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 STREAM_BYTES=${BENCH_STREAM_BYTES:-1073741824}
-PARTS=${BENCH_PARTS:-"table cap accesslog memory"}
+PARTS=${BENCH_PARTS:-"table redis-modes cap accesslog memory"}
 OUT=${BENCH_OUT:-$BUILD/bench}
 for v in SECS ROUNDS WRK_THREADS UPSTREAM_KEEPALIVE IDLE_CONNS STREAM_BYTES; do
     [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "$v=${!v}: must be a positive integer"
 done
 
+BENCH_PKGS="$BENCH_PKGS openssl" # the redis-modes part's certificates
 prepare_run "$OUT"
 
 cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -o "$WORK/bench_client" "$BENCH_DIR/bench_client.c" ||
@@ -207,6 +209,193 @@ rules50_file "$RULES50"
 
 if [[ " $PARTS " == *" table "* ]]; then
     for w in $WORKER_PASSES; do run_pass "$w"; done
+fi
+
+# ---- part 1b: Redis deployment modes (issue 15) ----------------------------------------------
+
+# The gateway (1 worker, every request checked in Redis) against one plaintext
+# redis-server (the one above), the same over TLS, and a 3-master Redis Cluster, in the
+# same rounds; wrk rotates an X-Api-Key header over MODES_KEYS values
+# (RATE_LIMIT_KEY=header:X-Api-Key), so the counters spread over all slots and masters.
+MODES_TSV=$OUT/redis-modes.tsv
+MODES_KEYS=1000
+MODES_CONNS=50
+MODES=(plain tls cluster)
+printf 'round\tmode\trps\treqs\tp50_ms\tp99_ms\tcpu_gw_us\tcpu_redis_us\tscript_calls_per_req\tredis_cmds_per_req\tredis_reads_per_req\tnon2xx\tsockerr\n' >"$MODES_TSV"
+declare -A M_PORT=() M_GW=() M_RPIDS=() M_RPORTS=()
+
+# modes_certs: a CA and a server certificate for 127.0.0.1 in $WORK (ca.pem, srv.pem, srv.key).
+modes_certs() {
+    (
+        cd "$WORK" || exit 1
+        K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+        # shellcheck disable=SC2086
+        openssl req -x509 $K -keyout ca.key -out ca.pem -days 2 -subj /CN=bench-ca &&
+            openssl req -new $K -keyout srv.key -out srv.csr -subj /CN=localhost &&
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >srv.ext &&
+            openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                -out srv.pem -extfile srv.ext
+    ) >"$WORK/openssl.out" 2>&1 || die "openssl could not make the certificates; see $WORK/openssl.out"
+}
+
+# rcli PORT ARGS...: redis-cli to 127.0.0.1:PORT (over TLS for the TLS server), 5 s at most.
+rcli() {
+    local port=$1 tls=()
+    shift
+    [ "$port" = "${M_RPORTS[tls]:-}" ] && tls=(--tls --cacert "$WORK/ca.pem")
+    timeout 5 redis-cli "${tls[@]}" -h 127.0.0.1 -p "$port" "$@" 2>/dev/null
+}
+
+# modes_calls PORT...: "scripts commands" summed over the servers' INFO commandstats
+# (scripts: EVALSHA + EVAL calls; commands: every call but our INFO, those inside scripts too).
+modes_calls() {
+    local p
+    for p in "$@"; do rcli "$p" INFO commandstats; done | tr -d '\r' |
+        awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_info" { s += $3 }
+            $1 == "cmdstat_evalsha" || $1 == "cmdstat_eval" { e += $3 }
+            END { print e + 0, s + 0 }'
+}
+
+# modes_syscr PID...: read-type syscalls of the servers, summed.
+modes_syscr() {
+    local p t=0
+    for p in "$@"; do t=$((t + $(syscr "$p"))); done
+    echo "$t"
+}
+
+start_redis_tls() {
+    modes_certs
+    pick_port
+    local port=$PORT
+    start_bg redis-tls redis-server --bind 127.0.0.1 --port 0 --tls-port "$port" \
+        --tls-cert-file "$WORK/srv.pem" --tls-key-file "$WORK/srv.key" \
+        --tls-ca-cert-file "$WORK/ca.pem" --tls-auth-clients no --save '' --appendonly no \
+        --protected-mode yes --loglevel warning --dir "$WORK" --maxclients 10000
+    wait_port "$port" "$BG_PID" redis-tls
+    M_RPIDS[tls]=$BG_PID M_RPORTS[tls]=$port
+}
+
+# start_redis_cluster: 3 masters on loopback (each with its own bus port), joined with
+# redis-cli --cluster create; waits (at most 30 s) until every node says cluster_state:ok.
+start_redis_cluster() {
+    local k port bus pids=() ports=() addrs=() i ok p
+    for k in 1 2 3; do
+        pick_port
+        port=$PORT
+        pick_port
+        bus=$PORT
+        start_bg "redis-cluster-$k" redis-server --bind 127.0.0.1 --port "$port" \
+            --cluster-enabled yes --cluster-config-file "$WORK/nodes-$port.conf" \
+            --cluster-port "$bus" --save '' --appendonly no --protected-mode yes \
+            --loglevel warning --dir "$WORK" --maxclients 10000
+        wait_port "$port" "$BG_PID" "redis-cluster-$k"
+        pids+=("$BG_PID")
+        ports+=("$port")
+        addrs+=("127.0.0.1:$port")
+    done
+    timeout 60 redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes \
+        </dev/null >"$WORK/cluster-create.out" 2>&1 ||
+        die "redis-cli --cluster create failed; see $WORK/cluster-create.out"
+    for i in $(seq 1 300); do
+        ok=0
+        for p in "${ports[@]}"; do
+            rcli "$p" CLUSTER INFO | tr -d '\r' | grep -qx 'cluster_state:ok' && ok=$((ok + 1))
+        done
+        [ "$ok" -eq 3 ] && break
+        [ "$i" -eq 300 ] && die "the cluster did not reach cluster_state:ok in 30 s"
+        sleep 0.1
+    done
+    M_RPIDS[cluster]="${pids[*]}" M_RPORTS[cluster]="${ports[*]}"
+}
+
+# modes_wrk_script PATH: wrk Lua that sends GET /users/1 with X-Api-Key rotating over
+# MODES_KEYS values, each wrk thread from its own offset; requests formatted once.
+modes_wrk_script() {
+    cat >"$1" <<LUA
+local n, reqs, i = $MODES_KEYS, {}, 0
+local threads = 0
+function setup(thread)
+    threads = threads + 1
+    thread:set("tid", threads)
+end
+function init(args)
+    for k = 1, n do
+        reqs[k] = wrk.format("GET", "/users/1", { ["X-Api-Key"] = "bench-key-" .. k })
+    end
+    i = ((tid or 1) - 1) * 397 % n
+end
+function request()
+    i = i % n + 1
+    return reqs[i]
+end
+LUA
+}
+
+# modes_measure ROUND MODE: one wrk run, one redis-modes.tsv line.
+modes_measure() {
+    local r=$1 m=$2 g0 g1 rc0 rc1 s0 s1 x0 x1 e0 e1 cpu_g cpu_r calls cmds reads reqs
+    local -a rpids rports
+    read -ra rpids <<<"${M_RPIDS[$m]}"
+    read -ra rports <<<"${M_RPORTS[$m]}"
+    local out=$WORK/wrk-modes-r$r-$m.txt
+    g0=$(cpu_ticks "${M_GW[$m]}")
+    rc0=$(cpu_ticks "${rpids[@]}")
+    read -r e0 x0 < <(modes_calls "${rports[@]}")
+    s0=$(modes_syscr "${rpids[@]}")
+    run_wrk "${M_PORT[$m]}" "$MODES_CONNS" "$SECS" "$out" "$MODES_LUA"
+    g1=$(cpu_ticks "${M_GW[$m]}")
+    rc1=$(cpu_ticks "${rpids[@]}")
+    read -r e1 x1 < <(modes_calls "${rports[@]}")
+    s1=$(modes_syscr "${rpids[@]}")
+    reqs=$W_REQS
+    [ "$reqs" -gt 0 ] || reqs=1
+    cpu_g=$(awk -v d=$((g1 - g0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    cpu_r=$(awk -v d=$((rc1 - rc0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    calls=$(awk -v d=$((e1 - e0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
+    cmds=$(awk -v d=$((x1 - x0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
+    reads=$(awk -v d=$((s1 - s0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$m" "$W_RPS" "$W_REQS" \
+        "$W_P50" "$W_P99" "$cpu_g" "$cpu_r" "$calls" "$cmds" "$reads" "$W_NON2XX" "$W_SOCKERR" \
+        >>"$MODES_TSV"
+    printf '  round %s %-8s %8.0f req/s  p99 %6.2f ms  gateway CPU %6.2f + Redis %5.2f µs/req  scripts %.3f cmds %.2f reads %.2f /req  non-2xx %s err %s\n' \
+        "$r" "$m" "$W_RPS" "$W_P99" "$cpu_g" "$cpu_r" "$calls" "$cmds" "$reads" "$W_NON2XX" \
+        "$W_SOCKERR" >&2
+}
+
+if [[ " $PARTS " == *" redis-modes "* ]]; then
+    log "-- Redis modes: gateway 1 worker, $MODES_CONNS connections, X-Api-Key over $MODES_KEYS values; plaintext, TLS, 3-master cluster"
+    M_RPIDS[plain]=$REDIS_PID M_RPORTS[plain]=$REDIS_PORT
+    start_redis_tls
+    start_redis_cluster
+    log "  redis: plaintext :$REDIS_PORT, TLS :${M_RPORTS[tls]}, cluster :${M_RPORTS[cluster]// /, :}"
+    MODES_LUA=$WORK/apikeys.lua
+    modes_wrk_script "$MODES_LUA"
+    modes_env=(RATE_LIMIT_KEY=header:X-Api-Key)
+    start_gateway gw-modes-plain "$BACKEND_PORT" "${modes_env[@]}" \
+        REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    M_PORT[plain]=$PROXY_PORT M_GW[plain]=$PROXY_PID
+    start_gateway gw-modes-tls "$BACKEND_PORT" "${modes_env[@]}" \
+        REDIS_URL="rediss://127.0.0.1:${M_RPORTS[tls]}" REDIS_TLS_CA_FILE="$WORK/ca.pem"
+    M_PORT[tls]=$PROXY_PORT M_GW[tls]=$PROXY_PID
+    cl_nodes=""
+    for p in ${M_RPORTS[cluster]}; do cl_nodes+="${cl_nodes:+,}127.0.0.1:$p"; done
+    start_gateway gw-modes-cluster "$BACKEND_PORT" "${modes_env[@]}" REDIS_CLUSTER_NODES="$cl_nodes"
+    M_PORT[cluster]=$PROXY_PORT M_GW[cluster]=$PROXY_PID
+    for m in "${MODES[@]}"; do
+        resp=$(http_get "${M_PORT[$m]}" /health)
+        [[ $resp == *'"redis":"connected"'* ]] ||
+            die "gw-modes-$m: Redis not connected: ${resp##*$'\r\n\r\n'}; see $WORK/gw-modes-$m.out"
+        run_wrk "${M_PORT[$m]}" "$MODES_CONNS" 1 "$WORK/warmup.txt" "$MODES_LUA"
+    done
+    for r in $(seq 1 "$ROUNDS"); do
+        for m in "${MODES[@]}"; do modes_measure "$r" "$m"; done
+    done
+    # Every key reached every master (the cluster's keys per node).
+    for p in ${M_RPORTS[cluster]}; do
+        log "  cluster node :$p holds $(rcli "$p" DBSIZE) keys"
+    done
+    read -ra cl_pids <<<"${M_RPIDS[cluster]}"
+    stop_pids "${M_GW[plain]}" "${M_GW[tls]}" "${M_GW[cluster]}" "${cl_pids[@]}" "${M_RPIDS[tls]}"
 fi
 
 # ---- part 2: in-flight cap overhead ----------------------------------------------------
@@ -375,6 +564,16 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
     echo
     if [ "$(wc -l <"$RESULTS")" -gt 1 ]; then
         awk -f "$BENCH_DIR/summary.awk" "$RESULTS"
+        echo
+    fi
+    if [ "$(wc -l <"$MODES_TSV")" -gt 1 ]; then
+        echo "Redis deployment modes (issue 15; gateway 1 worker, $MODES_CONNS connections," \
+            "\`RATE_LIMIT_KEY=header:X-Api-Key\` with wrk rotating the header over $MODES_KEYS values," \
+            "every request allowed and checked in Redis; medians over rounds; ratios to plaintext in" \
+            "the same round; Redis CPU, calls and reads summed over the cluster's 3 masters; script" \
+            "calls = EVALSHA + EVAL, Redis cmds = every INFO commandstats call, those inside scripts too):"
+        echo
+        awk -f "$BENCH_DIR/modes_summary.awk" "$MODES_TSV"
         echo
     fi
     if [ "$(wc -l <"$CAP_TSV")" -gt 1 ]; then
