@@ -221,7 +221,7 @@ MODES_TSV=$OUT/redis-modes.tsv
 MODES_KEYS=1000
 MODES_CONNS=50
 MODES=(plain tls cluster)
-printf 'round\tmode\trps\treqs\tp50_ms\tp99_ms\tcpu_gw_us\tcpu_redis_us\tscript_calls_per_req\tredis_cmds_per_req\tredis_reads_per_req\tnon2xx\tsockerr\n' >"$MODES_TSV"
+printf 'round\tmode\trps\treqs\tp50_ms\tp99_ms\tcpu_gw_us\tcpu_redis_us\tscript_calls_per_req\tredis_cmds_per_req\tredis_reads_per_req\tredis_in_bytes_per_req\tredis_out_bytes_per_req\tnon2xx\tsockerr\n' >"$MODES_TSV"
 declare -A M_PORT=() M_GW=() M_RPIDS=() M_RPORTS=()
 
 # modes_certs: a CA and a server certificate for 127.0.0.1 in $WORK (ca.pem, srv.pem, srv.key).
@@ -246,14 +246,17 @@ rcli() {
     timeout 5 redis-cli "${tls[@]}" -h 127.0.0.1 -p "$port" "$@" 2>/dev/null
 }
 
-# modes_calls PORT...: "scripts commands" summed over the servers' INFO commandstats
-# (scripts: EVALSHA + EVAL calls; commands: every call but our INFO, those inside scripts too).
+# modes_calls PORT...: "scripts commands bytes_in bytes_out" summed over the servers' INFO
+# (scripts: EVALSHA + EVAL calls; commands: every commandstats call but our INFO, those
+# inside scripts too; bytes: total_net_input_bytes and total_net_output_bytes).
 modes_calls() {
     local p
-    for p in "$@"; do rcli "$p" INFO commandstats; done | tr -d '\r' |
+    for p in "$@"; do rcli "$p" INFO stats commandstats; done | tr -d '\r' |
         awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_info" { s += $3 }
             $1 == "cmdstat_evalsha" || $1 == "cmdstat_eval" { e += $3 }
-            END { print e + 0, s + 0 }'
+            $1 == "total_net_input_bytes" { bi += $2 }
+            $1 == "total_net_output_bytes" { bo += $2 }
+            END { printf "%d %d %.0f %.0f\n", e, s, bi, bo }'
 }
 
 # modes_syscr PID...: read-type syscalls of the servers, summed.
@@ -333,19 +336,20 @@ LUA
 
 # modes_measure ROUND MODE: one wrk run, one redis-modes.tsv line.
 modes_measure() {
-    local r=$1 m=$2 g0 g1 rc0 rc1 s0 s1 x0 x1 e0 e1 cpu_g cpu_r calls cmds reads reqs
+    local r=$1 m=$2 g0 g1 rc0 rc1 s0 s1 x0 x1 e0 e1 i0 i1 o0 o1 cpu_g cpu_r calls cmds reads reqs
+    local bin bout
     local -a rpids rports
     read -ra rpids <<<"${M_RPIDS[$m]}"
     read -ra rports <<<"${M_RPORTS[$m]}"
     local out=$WORK/wrk-modes-r$r-$m.txt
     g0=$(cpu_ticks "${M_GW[$m]}")
     rc0=$(cpu_ticks "${rpids[@]}")
-    read -r e0 x0 < <(modes_calls "${rports[@]}")
+    read -r e0 x0 i0 o0 < <(modes_calls "${rports[@]}")
     s0=$(modes_syscr "${rpids[@]}")
     run_wrk "${M_PORT[$m]}" "$MODES_CONNS" "$SECS" "$out" "$MODES_LUA"
     g1=$(cpu_ticks "${M_GW[$m]}")
     rc1=$(cpu_ticks "${rpids[@]}")
-    read -r e1 x1 < <(modes_calls "${rports[@]}")
+    read -r e1 x1 i1 o1 < <(modes_calls "${rports[@]}")
     s1=$(modes_syscr "${rpids[@]}")
     reqs=$W_REQS
     [ "$reqs" -gt 0 ] || reqs=1
@@ -354,12 +358,14 @@ modes_measure() {
     calls=$(awk -v d=$((e1 - e0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
     cmds=$(awk -v d=$((x1 - x0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
     reads=$(awk -v d=$((s1 - s0)) -v n="$reqs" 'BEGIN { printf "%.3f", d / n }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$m" "$W_RPS" "$W_REQS" \
-        "$W_P50" "$W_P99" "$cpu_g" "$cpu_r" "$calls" "$cmds" "$reads" "$W_NON2XX" "$W_SOCKERR" \
-        >>"$MODES_TSV"
-    printf '  round %s %-8s %8.0f req/s  p99 %6.2f ms  gateway CPU %6.2f + Redis %5.2f µs/req  scripts %.3f cmds %.2f reads %.2f /req  non-2xx %s err %s\n' \
-        "$r" "$m" "$W_RPS" "$W_P99" "$cpu_g" "$cpu_r" "$calls" "$cmds" "$reads" "$W_NON2XX" \
-        "$W_SOCKERR" >&2
+    bin=$(awk -v d=$((i1 - i0)) -v n="$reqs" 'BEGIN { printf "%.1f", d / n }')
+    bout=$(awk -v d=$((o1 - o0)) -v n="$reqs" 'BEGIN { printf "%.1f", d / n }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$m" "$W_RPS" \
+        "$W_REQS" "$W_P50" "$W_P99" "$cpu_g" "$cpu_r" "$calls" "$cmds" "$reads" "$bin" "$bout" \
+        "$W_NON2XX" "$W_SOCKERR" >>"$MODES_TSV"
+    printf '  round %s %-8s %8.0f req/s  p99 %6.2f ms  gateway CPU %6.2f + Redis %5.2f µs/req  scripts %.3f cmds %.2f reads %.2f bytes in %s out %s /req  non-2xx %s err %s\n' \
+        "$r" "$m" "$W_RPS" "$W_P99" "$cpu_g" "$cpu_r" "$calls" "$cmds" "$reads" "$bin" "$bout" \
+        "$W_NON2XX" "$W_SOCKERR" >&2
 }
 
 if [[ " $PARTS " == *" redis-modes "* ]]; then
