@@ -1,11 +1,12 @@
 /*
  * Redis Cluster redirect counts and key slots (gw/redis_redirects.h): two
- * relaxed atomics, and the CRC16 of the cluster specification computed bit
- * by bit (a handful of keys per second go through it here; a table would
- * buy nothing).
+ * relaxed atomics, and the CRC16 of the cluster specification, a byte at a
+ * time from a 256-entry table made once (the Cluster store slots every key
+ * of every batch: bit by bit it was 2,500 instructions per request).
  */
 #include "gw/redis_redirects.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 static _Atomic uint64_t g_moved = 0; /* -MOVED replies followed */
@@ -21,15 +22,27 @@ uint64_t gw_redis_redirects_total(bool ask)
     return atomic_load_explicit(ask ? &g_ask : &g_moved, memory_order_relaxed);
 }
 
-/* CRC16-XMODEM (CCITT polynomial 0x1021, initial value 0, no reflection). */
+/* CRC16-XMODEM (CCITT polynomial 0x1021, initial value 0, no reflection):
+ * table[b] is the CRC of the byte b alone, shifted through. */
+static uint16_t g_crc_table[256];
+static pthread_once_t g_crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_table_make(void)
+{
+    for (unsigned b = 0; b < 256; b++) {
+        uint16_t crc = (uint16_t)(b << 8);
+        for (int k = 0; k < 8; k++)
+            crc = (crc & 0x8000) != 0 ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+        g_crc_table[b] = crc;
+    }
+}
+
 static uint16_t crc16(const unsigned char *p, size_t len)
 {
+    pthread_once(&g_crc_once, crc_table_make);
     uint16_t crc = 0;
-    for (size_t i = 0; i < len; i++) {
-        crc ^= (uint16_t)(p[i] << 8);
-        for (int b = 0; b < 8; b++)
-            crc = (crc & 0x8000) != 0 ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
-    }
+    for (size_t i = 0; i < len; i++)
+        crc = (uint16_t)((crc << 8) ^ g_crc_table[((crc >> 8) ^ p[i]) & 0xff]);
     return crc;
 }
 
