@@ -368,7 +368,7 @@ static void test_cluster_exact_two_gateways(void **state)
 
     struct client cl[MASTERS * PER];
     pick_spread(cl, PER, "spread", 1);
-    gwt_avoid_window_edge(WINDOW_S, 60);
+    gwt_avoid_window_edge(WINDOW_S, 20);
     /* 3 + 2 requests per client, one at a time, alternating gateways. */
     long long t0 = gwt_now_ms();
     for (int round = 0; round < 5; round++)
@@ -382,7 +382,7 @@ static void test_cluster_exact_two_gateways(void **state)
     /* The keys landed on every master, each on the master of its slot. */
     for (int m = 0; m < MASTERS; m++) {
         char **keys = NULL;
-        int n = gwt_dist_redis_scan(g_cl.port[m], NULL, 0, "spread:*", &keys);
+        int n = gwt_dist_redis_scan(g_cl.port[m], NULL, 0, "spread:{*", &keys);
         assert_int_equal(n, PER);
         for (int k = 0; k < n; k++) {
             int slot = gwt_cluster_keyslot(keys[k]);
@@ -450,7 +450,7 @@ static void test_cluster_reshard_under_load(void **state)
     assert_int_equal(moved, RS_MOVED);
     assert_int_equal(other, RS_OTHER);
 
-    gwt_avoid_window_edge(WINDOW_S, 60);
+    gwt_avoid_window_edge(WINDOW_S, 20);
     long long moved0 = metric(gports[0], MOVED) + metric(gports[1], MOVED);
     long long ask0 = metric(gports[0], ASK) + metric(gports[1], ASK);
     int round = 0;
@@ -494,7 +494,7 @@ static void test_cluster_reshard_under_load(void **state)
     assert_true(during[0] >= 1 && during[1] >= 1);
     assert_true(moved1 > moved0);
     /* The moved clients' keys are back on node 0, one each. */
-    assert_int_equal(gwt_cluster_count_keys(&g_cl, 0, "reshard:*"), RS_MOVED + have[0]);
+    assert_int_equal(gwt_cluster_count_keys(&g_cl, 0, "reshard:{*"), RS_MOVED + have[0]);
     assert_int_equal(gwt_cluster_wait_ok(&g_cl, 5000), 0);
 }
 
@@ -521,7 +521,7 @@ static void test_cluster_master_killed(void **state)
 
     struct client cl[MASTERS * PER];
     pick_spread(cl, PER, "kill", 4);
-    gwt_avoid_window_edge(WINDOW_S, 60);
+    gwt_avoid_window_edge(WINDOW_S, 20);
     for (int i = 0; i < MASTERS * PER; i++)
         tally(&cl[i], get_as(gc, &cl[i], NULL));
     assert_exact(cl, MASTERS * PER, 1, 0, "before the kill");
@@ -571,6 +571,8 @@ static void test_cluster_master_killed(void **state)
     }
     t_all = gwt_now_ms() - t_kill;
     assert_int_equal(decided, PER);
+    /* Not every master answers PING: "disconnected" (SPEC.md §12). */
+    assert_true(health_redis_is(gc, "disconnected", 1500));
     for (int round = 0; round < 3; round++)
         for (int i = PER; i < MASTERS * PER; i++) {
             long long ms = 0;
@@ -579,8 +581,6 @@ static void test_cluster_master_killed(void **state)
         }
     long long t_others = gwt_now_ms() - t_kill;
     assert_exact(cl + PER, (MASTERS - 1) * PER, KILL_LIMIT, 1, "survivors' clients");
-    /* All masters must answer PING for "connected". */
-    assert_true(health_redis_is(gc, "disconnected", 3000));
 
     /* The replica takes over; the victim's clients go on from their count. */
     int holder = gwt_cluster_wait_failover(&g_cl, victim, 15000);
