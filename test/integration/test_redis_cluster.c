@@ -23,6 +23,7 @@
 
 #include "gwt_cluster.h"
 #include "gwt_dist.h"
+#include "gwt_obs.h"
 #include "gwt_suite.h"
 #include "gwtest.h"
 
@@ -46,9 +47,10 @@ static void pause_ms(long ms)
 /* One client of the gateway: an address sent as X-Forwarded-For from the
  * trusted loopback, its store slot and the node that owns it. */
 struct client {
-    char ip[32];
-    int slot;  /* slot of "<prefix>:{<hex>}" */
-    int owner; /* node index owning slot when picked */
+    char ip[32]; /* X-Forwarded-For, or the API key when api is set */
+    bool api;    /* keyed by X-Api-Key (RATE_LIMIT_KEY=header:X-Api-Key) */
+    int slot;    /* slot of "<prefix>:{<hex>}" */
+    int owner;   /* node index owning slot when picked */
     int ok, limited, other;
 };
 
@@ -61,10 +63,21 @@ static void client_make(struct client *cl, const char *prefix, int a, int n)
     cl->slot = gwt_cluster_client_slot(prefix, ident);
 }
 
+/* A client known by its X-Api-Key "key-<a>-<n>". */
+static void client_make_api(struct client *cl, const char *prefix, int a, int n)
+{
+    memset(cl, 0, sizeof(*cl));
+    cl->api = true;
+    snprintf(cl->ip, sizeof(cl->ip), "key-%d-%d", a, n);
+    char ident[72];
+    gwt_dist_api_client_key(cl->ip, ident);
+    cl->slot = gwt_cluster_client_slot(prefix, ident);
+}
+
 /* per clients on each of the cluster's current masters (node index
- * 0..MASTERS-1 at creation), from addresses 10.a.*.*; fills cl[MASTERS*per]
- * grouped by master. */
-static void pick_spread(struct client *cl, int per, const char *prefix, int a)
+ * 0..MASTERS-1 at creation), from addresses 10.a.*.* (API keys key-a-* when
+ * api); fills cl[MASTERS*per] grouped by master. */
+static void pick_spread_as(struct client *cl, int per, const char *prefix, int a, bool api)
 {
     static int owner[GWT_CLUSTER_SLOTS];
     assert_int_equal(gwt_cluster_slot_map(&g_cl, owner), 0);
@@ -72,7 +85,10 @@ static void pick_spread(struct client *cl, int per, const char *prefix, int a)
     int k = 0;
     for (int n = 1; n < 60000 && k < MASTERS * per; n++) {
         struct client c;
-        client_make(&c, prefix, a, n);
+        if (api)
+            client_make_api(&c, prefix, a, n);
+        else
+            client_make(&c, prefix, a, n);
         int o = owner[c.slot];
         if (o < 0 || o >= MASTERS || have[o] == per)
             continue;
@@ -83,11 +99,24 @@ static void pick_spread(struct client *cl, int per, const char *prefix, int a)
     assert_int_equal(k, MASTERS * per);
 }
 
+static void pick_spread(struct client *cl, int per, const char *prefix, int a)
+{
+    pick_spread_as(cl, per, prefix, a, false);
+}
+
+/* The request of cl (Connection: close), malloc'd. */
+static char *client_request(const struct client *cl)
+{
+    char extra[96];
+    snprintf(extra, sizeof(extra), "X-Api-Key: %s\r\n", cl->ip);
+    return gwt_dist_request("/users/1", cl->api ? NULL : cl->ip, cl->api ? extra : NULL);
+}
+
 /* GET /users/1 as cl on port; the status or -errno; *ms (may be NULL) the
  * time it took. */
 static int get_as(int port, const struct client *cl, long long *ms)
 {
-    char *req = gwt_dist_request("/users/1", cl->ip, NULL);
+    char *req = client_request(cl);
     assert_non_null(req);
     struct gwt_response r = {0};
     long long t0 = gwt_now_ms();
@@ -120,7 +149,7 @@ static void burst_round(struct client *cl, int n, const int gports[2], int round
     assert_true(n <= 256);
     for (int i = 0; i < n; i++) {
         ports[i] = gports[(i + round) % 2];
-        reqs[i] = gwt_dist_request("/users/1", cl[i].ip, NULL);
+        reqs[i] = client_request(&cl[i]);
         assert_non_null(reqs[i]);
     }
     int rc = gwt_dist_burst(ports, reqs, n, st, NULL);
@@ -199,7 +228,7 @@ static bool health_redis_is(int gport, const char *want, int timeout_ms)
 
 /* Environment of a cluster gateway: seeds = masters 0 and 1. The strings
  * live in the caller's buffers. */
-static void cluster_env(const char *env[12], char seeds[128], char prefix_kv[64],
+static void cluster_env(const char *env[14], char seeds[128], char prefix_kv[64],
                         const char *prefix, const char *limit_kv, const char *mode_kv)
 {
     const int idx[] = {0, 1};
@@ -358,7 +387,7 @@ static void test_cluster_exact_two_gateways(void **state)
 {
     (void)state;
     NEED_CLUSTER();
-    const char *env[12];
+    const char *env[14];
     char seeds[128], pfx[64];
     cluster_env(env, seeds, pfx, "spread", "RATE_LIMIT_REQUESTS=3",
                 "RATE_LIMIT_FAILURE_MODE=closed");
@@ -401,13 +430,41 @@ static void test_cluster_exact_two_gateways(void **state)
         burst_round(cb, MASTERS * PER, gports, round);
     assert_exact(cb, MASTERS * PER, 3, 1, "two gateways, bursts");
 
-    /* Health: every master answers; metrics name both redirect kinds. */
+    /* Health: every master answers; metrics name both redirect kinds and
+     * pass promtool. */
     assert_true(health_redis_is(gports[0], "connected", 3000));
     assert_true(health_redis_is(gports[1], "connected", 3000));
     for (int g = 0; g < 2; g++) {
         assert_true(metric(gports[g], MOVED) >= 0);
         assert_true(metric(gports[g], ASK) >= 0);
     }
+    struct gwt_response m = {0};
+    assert_int_equal(gwt_get(gports[0], "/metrics", &m), 0);
+    char *out = NULL;
+    int prc = gwt_promtool_check_metrics(m.body, m.body_len, &out);
+    if (prc != 0)
+        fail_msg("promtool check metrics exited %d:\n%s", prc, out != NULL ? out : "");
+    free(out);
+    gwt_response_free(&m);
+
+    /* Keyed by a header instead: the same across two more gateways. */
+    const char *envh[14];
+    char seedsh[128], pfxh[64];
+    cluster_env(envh, seedsh, pfxh, "hdr", "RATE_LIMIT_REQUESTS=3",
+                "RATE_LIMIT_FAILURE_MODE=closed");
+    envh[9] = "RATE_LIMIT_KEY=header:X-Api-Key";
+    envh[10] = NULL;
+    static struct gwt_proc h1, h2;
+    int hports[2];
+    assert_int_equal(gwt_gateway_for(&h1, &hports[0], gwt_fx.bport, envh), 0);
+    assert_int_equal(gwt_gateway_for(&h2, &hports[1], gwt_fx.bport, envh), 0);
+    struct client ch[MASTERS * PER];
+    pick_spread_as(ch, PER, "hdr", 5, true);
+    for (int round = 0; round < 5; round++)
+        burst_round(ch, MASTERS * PER, hports, round);
+    assert_exact(ch, MASTERS * PER, 3, 2, "keyed by X-Api-Key, two gateways");
+    for (int m2 = 0; m2 < MASTERS; m2++)
+        assert_int_equal(gwt_cluster_count_keys(&g_cl, m2, "hdr:{*"), PER);
 }
 
 /* ---- resharding under load ------------------------------------------------- */
@@ -424,7 +481,7 @@ static void test_cluster_reshard_under_load(void **state)
     (void)state;
     NEED_CLUSTER();
     assert_int_equal(gwt_cluster_first_slot(&g_cl, 0), 0);
-    const char *env[12];
+    const char *env[14];
     char seeds[128], pfx[64], lim[48];
     snprintf(lim, sizeof(lim), "RATE_LIMIT_REQUESTS=%d", RS_LIMIT);
     cluster_env(env, seeds, pfx, "reshard", lim, "RATE_LIMIT_FAILURE_MODE=closed");
@@ -509,7 +566,7 @@ static void test_cluster_master_killed(void **state)
     /* Node 0 is a seed: the gateway must also cope with losing one. */
     const int victim = 0;
     assert_true(gwt_cluster_is_master(&g_cl, victim));
-    const char *envc[12], *envo[12];
+    const char *envc[14], *envo[14];
     char seeds[128], pfx[64], seeds2[128], pfx2[64];
     cluster_env(envc, seeds, pfx, "kill", "RATE_LIMIT_REQUESTS=3",
                 "RATE_LIMIT_FAILURE_MODE=closed");
