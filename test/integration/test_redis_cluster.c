@@ -434,10 +434,6 @@ static void test_cluster_exact_two_gateways(void **state)
      * pass promtool. */
     assert_true(health_redis_is(gports[0], "connected", 3000));
     assert_true(health_redis_is(gports[1], "connected", 3000));
-    for (int g = 0; g < 2; g++) {
-        assert_true(metric(gports[g], MOVED) >= 0);
-        assert_true(metric(gports[g], ASK) >= 0);
-    }
     struct gwt_response m = {0};
     assert_int_equal(gwt_get(gports[0], "/metrics", &m), 0);
     char *out = NULL;
@@ -465,6 +461,11 @@ static void test_cluster_exact_two_gateways(void **state)
     assert_exact(ch, MASTERS * PER, 3, 2, "keyed by X-Api-Key, two gateways");
     for (int m2 = 0; m2 < MASTERS; m2++)
         assert_int_equal(gwt_cluster_count_keys(&g_cl, m2, "hdr:{*"), PER);
+
+    for (int g = 0; g < 2; g++) {
+        if (metric(gports[g], MOVED) < 0 || metric(gports[g], ASK) < 0)
+            fail_msg("/metrics of gateway %d lacks %s or %s (SPEC.md section 12)", g, MOVED, ASK);
+    }
 }
 
 /* ---- resharding under load ------------------------------------------------- */
@@ -510,6 +511,9 @@ static void test_cluster_reshard_under_load(void **state)
     gwt_avoid_window_edge(WINDOW_S, 20);
     long long moved0 = metric(gports[0], MOVED) + metric(gports[1], MOVED);
     long long ask0 = metric(gports[0], ASK) + metric(gports[1], ASK);
+    long long rmoved0 = gwt_cluster_errorstat(&g_cl, "MOVED");
+    long long rask0 = gwt_cluster_errorstat(&g_cl, "ASK");
+    long long rtry0 = gwt_cluster_errorstat(&g_cl, "TRYAGAIN");
     int round = 0;
     for (; round < RS_BEFORE; round++)
         burst_round(cl, N, gports, round);
@@ -544,27 +548,84 @@ static void test_cluster_reshard_under_load(void **state)
 
     long long moved1 = metric(gports[0], MOVED) + metric(gports[1], MOVED);
     long long ask1 = metric(gports[0], ASK) + metric(gports[1], ASK);
+    long long rmoved = gwt_cluster_errorstat(&g_cl, "MOVED") - rmoved0;
+    long long rask = gwt_cluster_errorstat(&g_cl, "ASK") - rask0;
+    long long rtry = gwt_cluster_errorstat(&g_cl, "TRYAGAIN") - rtry0;
     print_message("reshard of %d slots under load: %lld ms (%d rounds of %d requests during "
-                  "it), back: %lld ms (%d rounds); redirects followed: %lld MOVED, %lld ASK\n",
-                  RS_SLOTS, took[0], during[0], N, took[1], during[1], moved1 - moved0,
-                  ask1 - ask0);
+                  "it), back: %lld ms (%d rounds); the nodes answered %lld MOVED, %lld ASK, "
+                  "%lld TRYAGAIN; the gateways counted %lld MOVED, %lld ASK\n",
+                  RS_SLOTS, took[0], during[0], N, took[1], during[1], rmoved, rask, rtry,
+                  moved1 - moved0, ask1 - ask0);
     assert_true(during[0] >= 1 && during[1] >= 1);
-    assert_true(moved1 > moved0);
+    /* The gateways met redirects (and, limits exact, followed them). */
+    assert_true(rmoved > 0);
     /* The moved clients' keys are back on node 0, one each. */
     assert_int_equal(gwt_cluster_count_keys(&g_cl, 0, "reshard:{*"), RS_MOVED + have[0]);
     assert_int_equal(gwt_cluster_wait_ok(&g_cl, 5000), 0);
+    if (moved1 - moved0 < 1 || moved1 - moved0 > rmoved || ask1 - ask0 > rask)
+        fail_msg("gateway_redis_redirects_total: moved went %lld -> %lld, ask %lld -> %lld; the "
+                 "nodes sent %lld MOVED and %lld ASK",
+                 moved0, moved1, ask0, ask1, rmoved, rask);
 }
 
 /* ---- one master killed ------------------------------------------------------ */
 
 #define KILL_LIMIT 3
 
+/* n clients (addresses 10.a.*.*) whose slots node owns now. */
+static void pick_on(struct client *cl, int n, const char *prefix, int a, int node)
+{
+    static int owner[GWT_CLUSTER_SLOTS];
+    assert_int_equal(gwt_cluster_slot_map(&g_cl, owner), 0);
+    int k = 0;
+    for (int i = 1; i < 60000 && k < n; i++) {
+        client_make(&cl[k], prefix, a, i);
+        if (owner[cl[k].slot] == node)
+            cl[k++].owner = node;
+    }
+    assert_int_equal(k, n);
+}
+
+/* The client's state key exists on the node (its request was counted). */
+static bool counted_on(const struct client *cl, const char *prefix, int node)
+{
+    char ident[64];
+    snprintf(ident, sizeof(ident), "ip:%.31s", cl->ip);
+    return gwt_dist_client_keys(g_cl.port[node], prefix, ident) == 1;
+}
+
+/* After a failover to node: polls gport with rounds of 4 fresh clients of
+ * that node's slots sent at once (on 4 connections, spread over the
+ * workers) until two rounds in a row are all counted there (200 and the
+ * key stored). Returns when that was (ms after t0), or -1 after 10 s. */
+static long long wait_limiting_on(int gport, int node, const char *prefix, int a, long long t0)
+{
+    enum { R = 4, POOL = 400 };
+    static struct client pool[POOL];
+    pick_on(pool, POOL, prefix, a, node);
+    int used = 0, good = 0;
+    long long until = gwt_now_ms() + 10000;
+    while (good < 2 && used + R <= POOL && gwt_now_ms() < until) {
+        struct client *c = &pool[used];
+        used += R;
+        const int both[2] = {gport, gport};
+        burst_round(c, R, both, 0);
+        bool all = true;
+        for (int i = 0; i < R; i++)
+            all &= c[i].ok == 1 && counted_on(&c[i], prefix, node);
+        good = all ? good + 1 : 0;
+        if (!all)
+            pause_ms(20);
+    }
+    return good == 2 ? gwt_now_ms() - t0 : -1;
+}
+
 static void test_cluster_master_killed(void **state)
 {
     (void)state;
     NEED_CLUSTER();
     /* Node 0 is a seed: the gateway must also cope with losing one. */
-    const int victim = 0;
+    const int victim = 0, replica = MASTERS + victim;
     assert_true(gwt_cluster_is_master(&g_cl, victim));
     const char *envc[14], *envo[14];
     char seeds[128], pfx[64], seeds2[128], pfx2[64];
@@ -575,35 +636,23 @@ static void test_cluster_master_killed(void **state)
     gwt_suite_start_gw(envc);
     gwt_suite_start_gw2(envo);
     int gc = gwt_fx.gport, go = gwt_fx.gport2;
+    /* A third gateway that gets no request on the victim's slots after
+     * the kill: does it see the cluster healed by itself? */
+    static struct gwt_proc idle;
+    int gi;
+    assert_int_equal(gwt_gateway_for(&idle, &gi, gwt_fx.bport, envc), 0);
 
     struct client cl[MASTERS * PER];
     pick_spread(cl, PER, "kill", 4);
     gwt_avoid_window_edge(WINDOW_S, 20);
     for (int i = 0; i < MASTERS * PER; i++)
-        tally(&cl[i], get_as(gc, &cl[i], NULL));
+        tally(&cl[i], get_as(i % 3 == 2 ? gi : gc, &cl[i], NULL));
     assert_exact(cl, MASTERS * PER, 1, 0, "before the kill");
     assert_true(health_redis_is(gc, "connected", 3000));
+    assert_true(health_redis_is(gi, "connected", 3000));
 
     /* The replica has every write before the master dies. */
-    int replica = MASTERS + victim;
-    long long dl = gwt_now_ms() + 5000;
-    for (;;) {
-        redisReply *m = gwt_cluster_cmd(g_cl.port[victim], "INFO replication");
-        redisReply *s = gwt_cluster_cmd(g_cl.port[replica], "INFO replication");
-        assert_non_null(m);
-        assert_non_null(s);
-        const char *mo = strstr(m->str, "master_repl_offset:");
-        const char *so = strstr(s->str, "slave_repl_offset:");
-        bool same =
-            mo != NULL && so != NULL &&
-            atoll(mo + strlen("master_repl_offset:")) == atoll(so + strlen("slave_repl_offset:"));
-        freeReplyObject(m);
-        freeReplyObject(s);
-        if (same)
-            break;
-        assert_true(gwt_now_ms() < dl);
-        pause_ms(10);
-    }
+    assert_int_equal(gwt_cluster_wait_replicated(&g_cl, victim, 5000), 0);
 
     long long t_kill = gwt_now_ms();
     assert_int_equal(gwt_cluster_kill(&g_cl, victim), 0);
@@ -611,8 +660,7 @@ static void test_cluster_master_killed(void **state)
     /* Until the replica takes over: the victim's clients get 503 (closed)
      * or 200 (open, not counted), each answered within the bound; the
      * others stay exact. */
-    long long t_first = -1, t_all = -1, worst = 0;
-    int decided = 0;
+    long long t_first = -1, worst = 0;
     for (int i = 0; i < PER; i++) {
         long long ms = 0;
         int st = get_as(gc, &cl[victim * PER + i], &ms);
@@ -622,13 +670,14 @@ static void test_cluster_master_killed(void **state)
                      cl[victim * PER + i].ip, st, gwt_now_ms() - t_kill);
         if (t_first < 0)
             t_first = gwt_now_ms() - t_kill;
-        decided++;
-        assert_int_equal(get_as(go, &cl[victim * PER + i], &ms), 200);
+        st = get_as(go, &cl[victim * PER + i], &ms);
         worst = ms > worst ? ms : worst;
+        if (st != 200)
+            fail_msg("victim's client %s: %d from the open gateway %lld ms after the kill",
+                     cl[victim * PER + i].ip, st, gwt_now_ms() - t_kill);
     }
-    t_all = gwt_now_ms() - t_kill;
-    assert_int_equal(decided, PER);
-    /* Not every master answers PING: "disconnected" (SPEC.md §12). */
+    long long t_all = gwt_now_ms() - t_kill;
+    /* Not every master answers PING: "disconnected" (SPEC.md section 12). */
     assert_true(health_redis_is(gc, "disconnected", 1500));
     for (int round = 0; round < 3; round++)
         for (int i = PER; i < MASTERS * PER; i++) {
@@ -638,37 +687,53 @@ static void test_cluster_master_killed(void **state)
         }
     long long t_others = gwt_now_ms() - t_kill;
     assert_exact(cl + PER, (MASTERS - 1) * PER, KILL_LIMIT, 1, "survivors' clients");
-
-    /* The replica takes over; the victim's clients go on from their count. */
-    int holder = gwt_cluster_wait_failover(&g_cl, victim, 15000);
-    long long t_promoted = gwt_now_ms() - t_kill;
-    assert_int_equal(holder, replica);
-    long long t_back = -1;
-    struct client *v = &cl[0];
-    for (long long until = gwt_now_ms() + 10000; gwt_now_ms() < until;) {
-        int st = get_as(gc, v, NULL);
-        if (st == 200) {
-            t_back = gwt_now_ms() - t_kill;
-            v->ok++;
-            break;
-        }
-        assert_int_equal(st, 503);
-        pause_ms(10);
-    }
-    assert_true(t_back >= 0);
-    for (int i = 0; i < PER; i++) {
-        int more = KILL_LIMIT - cl[i].ok + 1;
-        for (int k = 0; k < more; k++)
-            tally(&cl[i], get_as(k % 2 ? go : gc, &cl[i], NULL));
-    }
-    assert_exact(cl, PER, KILL_LIMIT, 1, "the victim's clients on the promoted replica");
-    assert_true(health_redis_is(gc, "connected", 5000));
     print_message("master killed: its clients answered by the failure mode from %lld ms, all %d "
-                  "by %lld ms; the other %d clients exact (done %lld ms after); slowest request "
-                  "%lld ms; replica promoted (every node agrees) after %lld ms; limiting on it "
-                  "again after %lld ms\n",
-                  t_first, PER, t_all, (MASTERS - 1) * PER, t_others, worst, t_promoted, t_back);
+                  "(closed 503 and open 200) by %lld ms; the other %d clients exact (done %lld "
+                  "ms after); slowest request %lld ms\n",
+                  t_first, PER, t_all, (MASTERS - 1) * PER, t_others, worst);
     assert_true(worst <= 200 + 1000);
+
+    /* The replica takes over. */
+    assert_int_equal(gwt_cluster_wait_failover(&g_cl, victim, 15000), replica);
+    long long t_promoted = gwt_now_ms() - t_kill;
+    /* Every worker of both busy gateways limits on the new master. */
+    long long t_gc = wait_limiting_on(gc, replica, "kill", 6, t_kill);
+    long long t_go = wait_limiting_on(go, replica, "kill", 7, t_kill);
+    /* The idle gateway, without traffic on those slots: healthy again? */
+    bool idle_healed = health_redis_is(gi, "connected", 5000);
+    long long t_idle = gwt_now_ms() - t_kill;
+    print_message("replica promoted (every node agrees) %lld ms after the kill; every worker "
+                  "limiting on it at %lld ms (closed gateway) and %lld ms (open gateway); the "
+                  "idle gateway's /health %s at %lld ms\n",
+                  t_promoted, t_gc, t_go, idle_healed ? "connected" : "still not connected",
+                  t_idle);
+    assert_true(t_gc >= 0);
+    assert_true(t_go >= 0);
+
+    /* The victim's clients go on from their count, replicated. */
+    int kept = 0;
+    for (int i = 0; i < PER; i++)
+        kept += counted_on(&cl[i], "kill", replica);
+    if (kept != PER)
+        fail_msg("only %d of the victim's %d clients have their state key on the promoted "
+                 "replica",
+                 kept, PER);
+    for (int i = 0; i < PER; i++)
+        for (int k = 0; k < KILL_LIMIT; k++)
+            tally(&cl[i], get_as(k % 2 ? go : gc, &cl[i], NULL));
+    assert_exact(cl, PER, KILL_LIMIT, 1, "the victim's clients on the promoted replica");
+    bool gc_healed = health_redis_is(gc, "connected", 3000);
+    bool go_healed = health_redis_is(go, "connected", 3000);
+    if (!gc_healed || !go_healed)
+        fail_msg("/health of the busy gateways, limiting on the promoted replica: redis %s "
+                 "(closed), %s (open), %lld ms after the promotion",
+                 gc_healed ? "connected" : "not connected",
+                 go_healed ? "connected" : "not connected", gwt_now_ms() - t_kill - t_promoted);
+    if (!idle_healed)
+        fail_msg("a gateway with no request on the dead master's slots still says redis "
+                 "disconnected %lld ms after its replica was promoted (its slot map is only "
+                 "read again after a request fails)",
+                 t_idle - t_promoted);
 }
 
 /* The rig's failover on its own (no gateway): master 1 killed by PID, its
@@ -694,11 +759,7 @@ static void test_cluster_rig_failover(void **state)
         freeReplyObject(r);
         stored++;
     }
-    redisReply *w = gwt_cluster_cmd(g_cl.port[victim], "WAIT 1 2000");
-    assert_non_null(w);
-    assert_int_equal(w->type, REDIS_REPLY_INTEGER);
-    assert_int_equal(w->integer, 1);
-    freeReplyObject(w);
+    assert_int_equal(gwt_cluster_wait_replicated(&g_cl, victim, 5000), 0);
     long long t0 = gwt_now_ms();
     assert_int_equal(gwt_cluster_kill(&g_cl, victim), 0);
     assert_int_equal(gwt_cluster_wait_failover(&g_cl, victim, 15000), replica);

@@ -107,6 +107,25 @@ int gwt_cluster_count_keys(const struct gwt_cluster *c, int i, const char *patte
     return n;
 }
 
+long long gwt_cluster_errorstat(const struct gwt_cluster *c, const char *name)
+{
+    long long sum = -1;
+    char needle[64];
+    snprintf(needle, sizeof(needle), "errorstat_%s:count=", name);
+    for (int i = 0; i < c->nodes; i++) {
+        if (c->killed[i])
+            continue;
+        redisReply *r = gwt_cluster_cmd(c->port[i], "INFO errorstats");
+        if (r != NULL && r->type == REDIS_REPLY_STRING) {
+            const char *at = strstr(r->str, needle);
+            sum = (sum < 0 ? 0 : sum) + (at != NULL ? strtoll(at + strlen(needle), NULL, 10) : 0);
+        }
+        if (r != NULL)
+            freeReplyObject(r);
+    }
+    return sum;
+}
+
 /* ---- slots ---------------------------------------------------------------- */
 
 /* CRC16-CCITT as XMODEM uses it: polynomial 0x1021, initial value 0, bits
@@ -313,6 +332,35 @@ static bool knows_node(int port, const char *id)
     if (r != NULL)
         freeReplyObject(r);
     return k;
+}
+
+/* An integer field of INFO replication of the node on port, or -1. */
+static long long repl_field(int port, const char *name)
+{
+    redisReply *r = poll_cmd(port, "INFO replication");
+    long long v = r != NULL && r->type == REDIS_REPLY_STRING ? info_field(r->str, name) : -1;
+    if (r != NULL)
+        freeReplyObject(r);
+    return v;
+}
+
+int gwt_cluster_wait_replicated(const struct gwt_cluster *c, int m, int timeout_ms)
+{
+    int r = c->masters + m;
+    if (m < 0 || m >= c->masters || r >= c->nodes)
+        return -EINVAL;
+    long long want = repl_field(c->port[m], "master_repl_offset");
+    if (want < 0)
+        return -EPROTO;
+    long long deadline = gwt_now_ms() + timeout_ms;
+    for (;;) {
+        long long have = repl_field(c->port[r], "slave_repl_offset");
+        if (have >= want)
+            return 0;
+        if (gwt_now_ms() >= deadline)
+            return -ETIMEDOUT;
+        pause_ms(5);
+    }
 }
 
 /* ---- nodes ---------------------------------------------------------------- */

@@ -75,6 +75,13 @@ int gwt_cluster_kill(struct gwt_cluster *c, int i);
  * master, or -ETIMEDOUT. */
 int gwt_cluster_wait_failover(const struct gwt_cluster *c, int i, int timeout_ms);
 
+/* Waits at most timeout_ms until the replica of master m (node
+ * masters + m) has processed every write m had made when called (its
+ * slave_repl_offset reaches m's master_repl_offset). Returns 0, -ETIMEDOUT,
+ * or -EPROTO when the offsets cannot be read. (WAIT on a fresh connection
+ * would not do: it waits only for that connection's own writes.) */
+int gwt_cluster_wait_replicated(const struct gwt_cluster *c, int m, int timeout_ms);
+
 /* ---- slots ---------------------------------------------------------------- */
 
 /* The cluster key slot of key (CRC16-XMODEM of the hash tag, the text
@@ -121,6 +128,11 @@ redisReply *gwt_cluster_cmd(int port, const char *fmt, ...);
 
 /* Number of keys matching pattern on node i (SCAN), or -errno. */
 int gwt_cluster_count_keys(const struct gwt_cluster *c, int i, const char *pattern);
+
+/* Sum over the live nodes of INFO errorstats' count for the error prefix
+ * name ("MOVED", "ASK", "TRYAGAIN"): how many such replies the nodes sent
+ * since they started. -1 when no node answered. */
+long long gwt_cluster_errorstat(const struct gwt_cluster *c, const char *name);
 
 /* Runs `redis-cli --cluster reshard` moving nslots slots from node from to
  * node to (redis-cli takes the source's lowest slots), as a child process
