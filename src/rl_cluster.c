@@ -176,6 +176,11 @@ static void node_connect_step(struct gw_rl_cluster *c, struct node *n, uint64_t 
         n->up = false;
         n->retry_at_ms = now + n->backoff_ms;
         n->backoff_ms = GW_MIN(n->backoff_ms * 2, (uint64_t)NODE_BACKOFF_MAX);
+        /* The map may name it only because it was read before a replica
+         * took its slots over: read it again (at this backoff's pace), or
+         * a store without requests on those slots (an idle worker, the
+         * health prober) keeps the dead master forever. */
+        c->refresh = true;
     }
 }
 
