@@ -52,6 +52,7 @@ struct client {
     int slot;    /* slot of "<prefix>:{<hex>}" */
     int owner;   /* node index owning slot when picked */
     int ok, limited, other;
+    int other_status; /* the last answer that was neither 200 nor 429 */
 };
 
 static void client_make(struct client *cl, const char *prefix, int a, int n)
@@ -135,8 +136,10 @@ static void tally(struct client *cl, int st)
         cl->ok++;
     else if (st == 429)
         cl->limited++;
-    else
+    else {
         cl->other++;
+        cl->other_status = st;
+    }
 }
 
 /* One request per client at once (a burst: the gateways batch them),
@@ -168,10 +171,10 @@ static void assert_exact(const struct client *cl, int n, int want_ok, int want_l
     for (int i = 0; i < n; i++) {
         if (cl[i].ok != want_ok || cl[i].limited != want_limited || cl[i].other != 0) {
             if (bad++ < 10)
-                print_error("%s: client %s (slot %d, node %d): %d x 200, %d x 429, %d other; "
-                            "wanted %d and %d\n",
+                print_error("%s: client %s (slot %d, node %d): %d x 200, %d x 429, %d other "
+                            "(last %d); wanted %d and %d\n",
                             what, cl[i].ip, cl[i].slot, cl[i].owner, cl[i].ok, cl[i].limited,
-                            cl[i].other, want_ok, want_limited);
+                            cl[i].other, cl[i].other_status, want_ok, want_limited);
         }
     }
     if (bad > 0)
@@ -475,7 +478,8 @@ static void test_cluster_exact_two_gateways(void **state)
 #define RS_OTHER  12  /* clients elsewhere (4 per master) */
 #define RS_LIMIT  60
 #define RS_EXTRA  10
-#define RS_BEFORE 8 /* rounds before the first reshard starts */
+#define RS_BEFORE 8    /* rounds before the first reshard starts */
+#define RS_FILL   3000 /* other keys in each moved client's slot */
 
 static void test_cluster_reshard_under_load(void **state)
 {
@@ -507,6 +511,27 @@ static void test_cluster_reshard_under_load(void **state)
     }
     assert_int_equal(moved, RS_MOVED);
     assert_int_equal(other, RS_OTHER);
+    /* Other keys in the moved clients' slots (their hash tags), as a real
+     * cluster holds: each slot then takes a while to migrate, long enough
+     * for requests of its clients to meet it half moved. */
+    redisContext *rc0 = gwt_cluster_connect(&g_cl, 0);
+    assert_non_null(rc0);
+    for (int i = 0; i < RS_MOVED; i++) {
+        char ident[64], base[128];
+        snprintf(ident, sizeof(ident), "ip:%.31s", cl[i].ip);
+        gwt_dist_store_key("reshard", ident, base);
+        const char *tag = strchr(base, '{');
+        for (int k = 0; k < RS_FILL; k++)
+            assert_int_equal(redisAppendCommand(rc0, "SET fill:%s:%d x PX 600000", tag, k),
+                             REDIS_OK);
+    }
+    for (int i = 0; i < RS_MOVED * RS_FILL; i++) {
+        void *v = NULL;
+        assert_int_equal(redisGetReply(rc0, &v), REDIS_OK);
+        assert_int_equal(((redisReply *)v)->type, REDIS_REPLY_STATUS);
+        freeReplyObject(v);
+    }
+    redisFree(rc0);
 
     gwt_avoid_window_edge(WINDOW_S, 20);
     long long moved0 = metric(gports[0], MOVED) + metric(gports[1], MOVED);
@@ -530,8 +555,10 @@ static void test_cluster_reshard_under_load(void **state)
         int budget = leg == 0 ? (RS_LIMIT + RS_EXTRA) / 2 : RS_LIMIT + RS_EXTRA - 2;
         while (gwt_proc_alive(&rs) && gwt_now_ms() - t0 < 30000) {
             if (round < budget) {
+                /* Paced, so the rounds spread over the reshard. */
                 burst_round(cl, N, gports, round++);
                 during[leg]++;
+                pause_ms(30);
             } else {
                 pause_ms(5);
             }
@@ -544,7 +571,6 @@ static void test_cluster_reshard_under_load(void **state)
     }
     for (; round < RS_LIMIT + RS_EXTRA; round++)
         burst_round(cl, N, gports, round);
-    assert_exact(cl, N, RS_LIMIT, RS_EXTRA, "through two reshards");
 
     long long moved1 = metric(gports[0], MOVED) + metric(gports[1], MOVED);
     long long ask1 = metric(gports[0], ASK) + metric(gports[1], ASK);
@@ -556,6 +582,7 @@ static void test_cluster_reshard_under_load(void **state)
                   "%lld TRYAGAIN; the gateways counted %lld MOVED, %lld ASK\n",
                   RS_SLOTS, took[0], during[0], N, took[1], during[1], rmoved, rask, rtry,
                   moved1 - moved0, ask1 - ask0);
+    assert_exact(cl, N, RS_LIMIT, RS_EXTRA, "through two reshards");
     assert_true(during[0] >= 1 && during[1] >= 1);
     /* The gateways met redirects (and, limits exact, followed them). */
     assert_true(rmoved > 0);
@@ -566,6 +593,115 @@ static void test_cluster_reshard_under_load(void **state)
         fail_msg("gateway_redis_redirects_total: moved went %lld -> %lld, ask %lld -> %lld; the "
                  "nodes sent %lld MOVED and %lld ASK",
                  moved0, moved1, ask0, ask1, rmoved, rask);
+}
+
+/* The client's state key exists on the node (its request was counted). */
+static bool counted_on(const struct client *cl, const char *prefix, int node)
+{
+    char ident[64];
+    snprintf(ident, sizeof(ident), "ip:%.31s", cl->ip);
+    return gwt_dist_client_keys(g_cl.port[node], prefix, ident) == 1;
+}
+
+/* ---- one slot migrated step by step ------------------------------------------ */
+
+#define MIG_LIMIT 6
+
+/* One request of cl through gport during step what: appends "what:status"
+ * to the log, tallies, and keeps the slowest time. */
+static void mig_step(int gport, struct client *cl, const char *what, char *log, size_t cap,
+                     long long *worst)
+{
+    long long ms = 0;
+    int st = get_as(gport, cl, &ms);
+    tally(cl, st);
+    *worst = ms > *worst ? ms : *worst;
+    size_t n = strlen(log);
+    snprintf(log + n, cap - n, " %s:%s=%d", what, cl == NULL ? "?" : cl->ip, st);
+}
+
+/* A slot of master 2 moved to master 1 by hand (SPEC.md section 12, the
+ * Redis Cluster specification's live resharding): while it is MIGRATING
+ * and IMPORTING, a client whose key is still on the source is served there,
+ * a new client and a client whose key has moved are sent to the target
+ * with ASK (followed with ASKING); after SETSLOT NODE, MOVED. Throughout,
+ * each client gets exactly its limit, and no answer waits longer than the
+ * command timeout allows. */
+static void test_cluster_slot_migration_steps(void **state)
+{
+    (void)state;
+    NEED_CLUSTER();
+    const int from = 2, to = 1;
+    const char *env[14];
+    char seeds[128], pfx[64], lim[48];
+    snprintf(lim, sizeof(lim), "RATE_LIMIT_REQUESTS=%d", MIG_LIMIT);
+    cluster_env(env, seeds, pfx, "mig", lim, "RATE_LIMIT_FAILURE_MODE=closed");
+    gwt_suite_start_gw(env);
+    gwt_suite_start_gw2(env);
+    const int g[2] = {gwt_fx.gport, gwt_fx.gport2};
+
+    /* Clients a (known before the migration) and b, c (new during it) in
+     * one slot of master 2. */
+    struct client cl[3];
+    client_make(&cl[0], "mig", 8, 1);
+    for (int n = 2; gwt_cluster_slot_owner(&g_cl, cl[0].slot) != from && n < 1000; n++)
+        client_make(&cl[0], "mig", 8, n);
+    assert_int_equal(gwt_cluster_slot_owner(&g_cl, cl[0].slot), from);
+    const int slot = cl[0].slot;
+    int found = 1;
+    for (int n = 1000; n < 2000000 && found < 3; n++) {
+        client_make(&cl[found], "mig", 8 + n / 65536, n % 65536);
+        if (cl[found].slot == slot)
+            found++;
+    }
+    assert_int_equal(found, 3);
+    for (int i = 0; i < 3; i++)
+        cl[i].owner = from;
+    long long redis_ask0 = gwt_cluster_errorstat(&g_cl, "ASK");
+    long long redis_moved0 = gwt_cluster_errorstat(&g_cl, "MOVED");
+    long long redis_try0 = gwt_cluster_errorstat(&g_cl, "TRYAGAIN");
+    long long ask0 = metric(g[0], ASK) + metric(g[1], ASK);
+
+    char log[4096] = "";
+    long long worst = 0;
+    gwt_avoid_window_edge(WINDOW_S, 20);
+    mig_step(g[0], &cl[0], "before", log, sizeof(log), &worst);
+    mig_step(g[1], &cl[0], "before", log, sizeof(log), &worst);
+
+    assert_int_equal(gwt_cluster_migrate_begin(&g_cl, slot, from, to), 0);
+    /* a's key is still on the source: served there. b is new: ASK. */
+    mig_step(g[0], &cl[0], "migrating", log, sizeof(log), &worst);
+    mig_step(g[1], &cl[1], "migrating", log, sizeof(log), &worst);
+    mig_step(g[0], &cl[1], "migrating", log, sizeof(log), &worst);
+    bool b_on_target = counted_on(&cl[1], "mig", to);
+    /* a's key moved: ASK to the target for it too. */
+    int moved_keys = gwt_cluster_migrate_keys(&g_cl, slot, from, to);
+    mig_step(g[1], &cl[0], "keys-moved", log, sizeof(log), &worst);
+    mig_step(g[0], &cl[2], "keys-moved", log, sizeof(log), &worst);
+    bool a_on_target = counted_on(&cl[0], "mig", to);
+    assert_int_equal(gwt_cluster_migrate_end(&g_cl, slot, from, to), 0);
+    /* The slot is the target's now: MOVED, then exact to the limit. */
+    for (int i = 0; i < 3; i++)
+        while (cl[i].ok + cl[i].limited + cl[i].other < MIG_LIMIT + 1)
+            mig_step(g[(cl[i].ok + cl[i].limited) % 2], &cl[i], "moved", log, sizeof(log), &worst);
+    long long redis_ask = gwt_cluster_errorstat(&g_cl, "ASK") - redis_ask0;
+    long long redis_moved = gwt_cluster_errorstat(&g_cl, "MOVED") - redis_moved0;
+    long long redis_try = gwt_cluster_errorstat(&g_cl, "TRYAGAIN") - redis_try0;
+    long long ask1 = metric(g[0], ASK) + metric(g[1], ASK);
+    print_message("slot %d migrated by hand (%d key(s) moved): the nodes answered %lld ASK, "
+                  "%lld MOVED, %lld TRYAGAIN; slowest request %lld ms; statuses:%s\n",
+                  slot, moved_keys, redis_ask, redis_moved, redis_try, worst, log);
+    assert_int_equal(moved_keys, 1);
+    assert_exact(cl, 3, MIG_LIMIT, 1, "a slot migrated step by step");
+    assert_true(b_on_target);
+    assert_true(a_on_target);
+    assert_true(redis_ask >= 2);
+    assert_true(redis_moved >= 1);
+    assert_true(worst <= 200 + 1000);
+    if (ask1 - ask0 < 2)
+        fail_msg("gateway_redis_redirects_total{type=\"ask\"} went %lld -> %lld; the nodes "
+                 "sent %lld ASK",
+                 ask0, ask1, redis_ask);
 }
 
 /* ---- one master killed ------------------------------------------------------ */
@@ -584,14 +720,6 @@ static void pick_on(struct client *cl, int n, const char *prefix, int a, int nod
             cl[k++].owner = node;
     }
     assert_int_equal(k, n);
-}
-
-/* The client's state key exists on the node (its request was counted). */
-static bool counted_on(const struct client *cl, const char *prefix, int node)
-{
-    char ident[64];
-    snprintf(ident, sizeof(ident), "ip:%.31s", cl->ip);
-    return gwt_dist_client_keys(g_cl.port[node], prefix, ident) == 1;
 }
 
 /* After a failover to node: polls gport with rounds of 4 fresh clients of
@@ -799,6 +927,7 @@ int main(void)
         GWT_TEST(test_cluster_config),
         GWT_TEST(test_cluster_exact_two_gateways),
         GWT_TEST(test_cluster_reshard_under_load),
+        GWT_TEST(test_cluster_slot_migration_steps),
         GWT_TEST(test_cluster_master_killed),
         GWT_TEST(test_cluster_rig_failover),
     };

@@ -676,6 +676,67 @@ int gwt_cluster_reshard_wait(const struct gwt_cluster *c, struct gwt_proc *p, in
     return rc;
 }
 
+int gwt_cluster_migrate_begin(const struct gwt_cluster *c, int slot, int from, int to)
+{
+    if (!cmd_ok(c->port[to], "CLUSTER SETSLOT %d IMPORTING %s", slot, c->id[from]) ||
+        !cmd_ok(c->port[from], "CLUSTER SETSLOT %d MIGRATING %s", slot, c->id[to]))
+        return -EPROTO;
+    return 0;
+}
+
+int gwt_cluster_migrate_keys(const struct gwt_cluster *c, int slot, int from, int to)
+{
+    redisContext *rc = gwt_cluster_connect(c, from);
+    if (rc == NULL)
+        return -ECONNREFUSED;
+    int moved = -EPROTO;
+    redisReply *keys = redisCommand(rc, "CLUSTER GETKEYSINSLOT %d 1000", slot);
+    if (keys != NULL && keys->type == REDIS_REPLY_ARRAY) {
+        moved = 0;
+        if (keys->elements > 0) {
+            size_t n = keys->elements;
+            const char **argv = calloc(n + 8, sizeof(*argv));
+            size_t *lens = calloc(n + 8, sizeof(*lens));
+            char port[16];
+            snprintf(port, sizeof(port), "%d", c->port[to]);
+            const char *head[] = {"MIGRATE", "127.0.0.1", port, "", "0", "5000", "KEYS"};
+            if (argv != NULL && lens != NULL) {
+                for (size_t i = 0; i < 7; i++)
+                    argv[i] = head[i];
+                for (size_t i = 0; i < n; i++)
+                    argv[7 + i] = keys->element[i]->str;
+                for (size_t i = 0; i < n + 7; i++)
+                    lens[i] = strlen(argv[i]);
+                redisReply *r = redisCommandArgv(rc, (int)(n + 7), argv, lens);
+                if (r != NULL && r->type == REDIS_REPLY_STATUS)
+                    moved = (int)n;
+                else
+                    fprintf(stderr, "gwt_cluster: MIGRATE: %s\n",
+                            r != NULL && r->str != NULL ? r->str : "no reply");
+                if (r != NULL)
+                    freeReplyObject(r);
+            }
+            free(argv);
+            free(lens);
+        }
+    }
+    if (keys != NULL)
+        freeReplyObject(keys);
+    redisFree(rc);
+    return moved;
+}
+
+int gwt_cluster_migrate_end(const struct gwt_cluster *c, int slot, int from, int to)
+{
+    if (!cmd_ok(c->port[to], "CLUSTER SETSLOT %d NODE %s", slot, c->id[to]) ||
+        !cmd_ok(c->port[from], "CLUSTER SETSLOT %d NODE %s", slot, c->id[to]))
+        return -EPROTO;
+    for (int i = 0; i < c->masters; i++)
+        if (i != to && i != from && !c->killed[i] && gwt_cluster_is_master(c, i))
+            (void)cmd_ok(c->port[i], "CLUSTER SETSLOT %d NODE %s", slot, c->id[to]);
+    return gwt_cluster_wait_agree(c, AGREE_MS);
+}
+
 void gwt_cluster_nodes_env(const struct gwt_cluster *c, const int idx[], int n, char *out,
                            size_t cap)
 {

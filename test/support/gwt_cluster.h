@@ -154,6 +154,18 @@ int gwt_cluster_reshard_start(const struct gwt_cluster *c, int from, int to, int
  * nodes to agree; returns as gwt_cluster_reshard. */
 int gwt_cluster_reshard_wait(const struct gwt_cluster *c, struct gwt_proc *p, int timeout_ms);
 
+/* A slot migration by hand, in the steps redis-cli takes (Redis Cluster
+ * specification, "Live resharding"), so a test can stop between them:
+ * begin: CLUSTER SETSLOT slot IMPORTING on to, then MIGRATING on from;
+ * keys: moves the slot's keys (CLUSTER GETKEYSINSLOT, MIGRATE ... KEYS, at
+ * most 1000) from from to to and returns how many, or -errno;
+ * end: CLUSTER SETSLOT slot NODE <to> on to, from and every other live
+ * master, then waits (at most 10 s) until every node agrees. Each returns
+ * 0 or -errno (the node's error on stderr). */
+int gwt_cluster_migrate_begin(const struct gwt_cluster *c, int slot, int from, int to);
+int gwt_cluster_migrate_keys(const struct gwt_cluster *c, int slot, int from, int to);
+int gwt_cluster_migrate_end(const struct gwt_cluster *c, int slot, int from, int to);
+
 /* "REDIS_CLUSTER_NODES=127.0.0.1:<port of idx[0]>,..." for the n nodes
  * listed (n <= 8), into out (cap bytes). */
 void gwt_cluster_nodes_env(const struct gwt_cluster *c, const int idx[], int n, char *out,
