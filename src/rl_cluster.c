@@ -810,7 +810,13 @@ static ssize_t build_calls(struct gw_rl_cluster *c, struct arena *ar, const stru
                                       .extra_keys = xkeys,
                                       .extra_lens = xlens,
                                       .nextra = nx,
-                                      .keys_in_argv = fast};
+                                      /* Bases in ARGV on the slow path too: a
+                                       * base never exists as a key, and declared
+                                       * it would make every call of a slot in
+                                       * migration "some keys missing" (TRYAGAIN
+                                       * on the source with the state there, and
+                                       * on the target after ASK). */
+                                      .keys_in_argv = true};
         i = e;
     }
     *calls_out = calls;
