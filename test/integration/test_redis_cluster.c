@@ -4,11 +4,15 @@
  * redis-cli (test/support/gwt_cluster.c), cluster-require-full-coverage no
  * so a dead master only takes its own slots down. Gateways seeded with two
  * of the three masters limit clients whose keys spread over all three
- * exactly, across two gateway processes; through a resharding (redis-cli
- * --cluster reshard of slots holding clients' keys, there and back, under
- * traffic) the limits stay exact and MOVED is followed; with one master
- * killed only its clients meet the failure mode, until its replica takes
- * over and their counts go on there. Timings are printed.
+ * exactly, across two gateway processes (keyed by address and by header);
+ * through a resharding (redis-cli --cluster reshard of slots holding
+ * clients' keys and 3000 other keys each, there and back, under traffic)
+ * and through one slot migrated by hand step by step, the limits stay
+ * exact and MOVED and ASK are followed and counted; with one master killed
+ * only its clients meet the failure mode, until its replica takes over and
+ * their counts go on there, and /health heals even on an idle gateway.
+ * The rig itself (create, reshard, failover) is tested first and last.
+ * Timings are printed. About 15 s.
  */
 #include <setjmp.h>
 #include <stdarg.h>
