@@ -84,8 +84,10 @@ struct gw_rl_pass {
     const size_t *extra_lens;
     size_t nextra;
     int64_t refund_at_us; /* GW_RL_PASS_REFUND: when the commits were made */
-    bool keys_in_argv;    /* Redis only: keys passed as arguments, none declared (Cluster: one
-                             call per node over many slots) */
+    bool keys_in_argv;    /* Redis only: key bases passed as arguments, only extra_keys
+                             declared (Cluster: one call per node over many slots, none
+                             declared; or one per slot, its state keys declared). A unit
+                             answers ELSEWHERE only without extra_keys. */
 };
 
 /* A rate-limit store. apply() decides a pass (below). ping() returns 0

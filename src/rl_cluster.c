@@ -176,6 +176,11 @@ static void node_connect_step(struct gw_rl_cluster *c, struct node *n, uint64_t 
         n->up = false;
         n->retry_at_ms = now + n->backoff_ms;
         n->backoff_ms = GW_MIN(n->backoff_ms * 2, (uint64_t)NODE_BACKOFF_MAX);
+        /* The map may name it only because it was read before a replica
+         * took its slots over: read it again (at this backoff's pace), or
+         * a store without requests on those slots (an idle worker, the
+         * health prober) keeps the dead master forever. */
+        c->refresh = true;
     }
 }
 
@@ -805,7 +810,13 @@ static ssize_t build_calls(struct gw_rl_cluster *c, struct arena *ar, const stru
                                       .extra_keys = xkeys,
                                       .extra_lens = xlens,
                                       .nextra = nx,
-                                      .keys_in_argv = fast};
+                                      /* Bases in ARGV on the slow path too: a
+                                       * base never exists as a key, and declared
+                                       * it would make every call of a slot in
+                                       * migration "some keys missing" (TRYAGAIN
+                                       * on the source with the state there, and
+                                       * on the target after ASK). */
+                                      .keys_in_argv = true};
         i = e;
     }
     *calls_out = calls;

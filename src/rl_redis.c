@@ -81,8 +81,8 @@
  * as every key is on the node; a key that is not answers 4 for its unit,
  * and the unit is sent again by slot).
  * Returns {sec, usec, then per unit: its result (1 allowed, 2 refused,
- * 3 a key of another type, 4 a key not on this node) and two numbers per op: the state it was decided on (fixed:
- * count, 0; sliding: previous and current counts; bucket: TAT in µs, 0)}.
+ * 3 a key of another type, 4 a key not on this node) and two numbers per op: the state it was
+ * decided on (fixed: count, 0; sliding: previous and current counts; bucket: TAT in µs, 0)}.
  */
 const char gw_rl_redis_script[] =
     "if redis.replicate_commands then redis.replicate_commands() end\n"
@@ -926,8 +926,9 @@ static int take_apply_reply(struct gw_rl_redis *r, redisReply *rep, struct gw_rl
             if (good)
                 un->result = res->integer == 1   ? GW_RL_UNIT_ALLOWED
                              : res->integer == 2 ? GW_RL_UNIT_REFUSED
-                             : res->integer == 4 && p->keys_in_argv ? GW_RL_UNIT_ELSEWHERE
-                                                                    : GW_RL_UNIT_ERROR;
+                             : res->integer == 4 && p->keys_in_argv && p->nextra == 0
+                                 ? GW_RL_UNIT_ELSEWHERE
+                                 : GW_RL_UNIT_ERROR;
             if (good && un->result == GW_RL_UNIT_ERROR)
                 snprintf(r->err, sizeof(r->err), "check: a state key holds another type");
         }
