@@ -46,9 +46,9 @@
 #define SLOTS            GW_REDIS_CLUSTER_SLOTS
 #define NODES_MAX        64     /* masters (and addresses seen in redirects) */
 #define NO_NODE          0xffff /* slot_node: not served */
-#define ROUNDS_MAX       8      /* send/read rounds of one pass (redirects, retries) */
-#define REFRESH_MIN_MS   100    /* between two map reads */
-#define NODE_BACKOFF_MIN 50     /* ms, a failed node's first reconnect delay */
+#define ROUNDS_MAX       64 /* send/read rounds of one pass (redirects, retries), within the timeout */
+#define REFRESH_MIN_MS   100 /* between two map reads */
+#define NODE_BACKOFF_MIN 50  /* ms, a failed node's first reconnect delay */
 #define NODE_BACKOFF_MAX 2000
 
 /* ---- slots -------------------------------------------------------------- */
