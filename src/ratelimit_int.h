@@ -300,27 +300,6 @@ GW_MUSTCHECK int gw_rl_cluster_create(struct gw_rl_cluster **out,
 void gw_rl_cluster_disconnect(struct gw_rl_cluster *c);
 /* The Redis Cluster slot of key: gw_redis_key_slot (gw/redis_redirects.h). */
 unsigned gw_rl_cluster_slot(const char *key, size_t len);
-/* One entry of a CLUSTER SLOTS reply: slots lo..hi served by the master at
- * host:port (host points into the reply, host_len bytes; NULL when the
- * reply gives none: the node asked). */
-struct gw_rl_cluster_range {
-    unsigned lo, hi;
-    const char *host;
-    size_t host_len;
-    int port;
-};
-/* Parses a CLUSTER SLOTS reply (a redisReply, borrowed) into out (cap
- * entries; pointers into the reply). Returns the entry count, or -EPROTO
- * for anything else than an array of [lo, hi, [host, port, ...], ...]
- * with 0 <= lo <= hi < 16384 and a port in 1..65535 (or more than cap
- * entries). Pure, thread-safe. */
-int gw_rl_cluster_parse_slots(const void *reply, struct gw_rl_cluster_range *out, size_t cap);
-/* Parses a redirect error text ("MOVED <slot> <host>:<port>" or "ASK ...",
- * an IPv6 host possibly in brackets): true with *ask, *slot and the host
- * (pointing into msg, *host_len bytes, brackets removed) and *port; false
- * for any other text. Pure, thread-safe. */
-bool gw_rl_cluster_parse_redirect(const char *msg, bool *ask, unsigned *slot, const char **host,
-                                  size_t *host_len, int *port);
 /* Vtable: apply splits the pass by slot, one script call per slot, every
  * node's calls sent before any reply is read; redirects followed (see
  * rl_cluster.c). apply returns 0 while any master answers (units of the

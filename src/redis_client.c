@@ -276,46 +276,38 @@ static int node_link(struct gw_redis_client *cl, int i)
 
 /* ---- the slot map ------------------------------------------------------- */
 
-/* Fills owner from a CLUSTER SLOTS reply of node from: [[start, end,
- * [host, port, id, ...], replicas...], ...]. An empty or nil host is the
- * node asked (the specification's "unknown endpoint"); "?" is skipped.
+/* Fills owner from a CLUSTER SLOTS reply of node from
+ * (gw_redis_parse_cluster_slots; an empty host is the node asked).
  * Returns the number of slots mapped, or -errno. */
 static int read_slots(struct gw_redis_client *cl, int from, const redisReply *rep)
 {
-    if (rep->type != REDIS_REPLY_ARRAY) {
+    struct gw_redis_slot_range *g = malloc(GW_REDIS_CLUSTER_SLOTS * sizeof(*g));
+    if (g == NULL)
+        return -ENOMEM;
+    int n = gw_redis_parse_cluster_slots(rep, g, GW_REDIS_CLUSTER_SLOTS);
+    if (n < 0) {
         snprintf(cl->err, sizeof(cl->err), "CLUSTER SLOTS: %.300s",
                  rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+        free(g);
         return -EPROTO;
     }
     memset(cl->owner, 0xff, sizeof(cl->owner));
     int mapped = 0;
-    for (size_t i = 0; i < rep->elements; i++) {
-        const redisReply *r = rep->element[i];
-        if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
-            r->element[0]->type != REDIS_REPLY_INTEGER ||
-            r->element[1]->type != REDIS_REPLY_INTEGER ||
-            r->element[2]->type != REDIS_REPLY_ARRAY || r->element[2]->elements < 2 ||
-            r->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
-            continue;
-        long long lo = r->element[0]->integer, hi = r->element[1]->integer;
-        const redisReply *h = r->element[2]->element[0];
-        const char *host = cl->nodes[from]->host;
-        size_t hlen = strlen(host);
-        if (h->type == REDIS_REPLY_STRING && h->len > 0) {
-            if (strcmp(h->str, "?") == 0)
-                continue;
-            host = h->str;
-            hlen = h->len;
-        }
-        int idx = node_index(cl, host, hlen, (int)r->element[2]->element[1]->integer);
-        if (idx == -ENOMEM)
+    for (int i = 0; i < n; i++) {
+        const char *host = g[i].host != NULL ? g[i].host : cl->nodes[from]->host;
+        size_t hlen = g[i].host != NULL ? g[i].host_len : strlen(host);
+        int idx = node_index(cl, host, hlen, g[i].port);
+        if (idx == -ENOMEM) {
+            free(g);
             return idx;
-        if (idx < 0 || lo < 0 || hi >= GW_REDIS_CLUSTER_SLOTS || lo > hi)
+        }
+        if (idx < 0)
             continue;
-        for (long long s = lo; s <= hi; s++)
-            cl->owner[s] = (int16_t)idx;
-        mapped += (int)(hi - lo + 1);
+        for (unsigned sl = g[i].lo; sl <= g[i].hi; sl++)
+            cl->owner[sl] = (int16_t)idx;
+        mapped += (int)(g[i].hi - g[i].lo + 1);
     }
+    free(g);
     return mapped;
 }
 
@@ -499,37 +491,24 @@ int gw_redis_client_append_argv(struct gw_redis_client *cl, int argc, const char
     return link_append(&cl->conn, argc, argv, lens);
 }
 
-/* "-MOVED <slot> <host>:<port>" or "-ASK ...": the node index it names
- * (added when new; an empty host is the node that replied), and *slot.
- * -EPROTO when malformed, -ENOMEM. */
+/* "-MOVED <slot> <host>:<port>" or "-ASK ..." (gw_redis_parse_redirect):
+ * the node index it names (added when new; an empty host is the node that
+ * replied), and *slot. -EPROTO when malformed, -ENOMEM. */
 static int redirect_target(struct gw_redis_client *cl, const redisReply *rep, int from, int *slot)
 {
-    const char *p = strchr(rep->str, ' ');
-    if (p == NULL)
+    bool ask;
+    unsigned s;
+    const char *host;
+    size_t hlen;
+    int port;
+    if (!gw_redis_parse_redirect(rep->str, &ask, &s, &host, &hlen, &port))
         return -EPROTO;
-    char *end = NULL;
-    long s = strtol(p + 1, &end, 10);
-    if (end == p + 1 || *end != ' ' || s < 0 || s >= GW_REDIS_CLUSTER_SLOTS)
-        return -EPROTO;
-    const char *addr = end + 1;
-    const char *colon = strrchr(addr, ':');
-    if (colon == NULL)
-        return -EPROTO;
-    long port = strtol(colon + 1, &end, 10);
-    if (end == colon + 1 || *end != '\0' || port <= 0 || port > 65535)
-        return -EPROTO;
-    const char *host = addr;
-    size_t hlen = (size_t)(colon - addr);
-    if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') { /* an IPv6 literal */
-        host++;
-        hlen -= 2;
-    }
     if (hlen == 0) {
         host = cl->nodes[from]->host;
         hlen = strlen(host);
     }
     *slot = (int)s;
-    return node_index(cl, host, hlen, (int)port);
+    return node_index(cl, host, hlen, port);
 }
 
 static bool error_is(const redisReply *rep, const char *code)

@@ -1,12 +1,16 @@
 /*
- * Redis Cluster redirect counts and key slots (gw/redis_redirects.h): two
+ * Redis Cluster redirect counts, key slots and the parsers of CLUSTER SLOTS
+ * and of MOVED/ASK (gw/redis_redirects.h): two
  * relaxed atomics, and the CRC16 of the cluster specification, a byte at a
  * time from a 256-entry table made once (the Cluster store slots every key
  * of every batch: bit by bit it was 2,500 instructions per request).
  */
 #include "gw/redis_redirects.h"
 
+#include <errno.h>
+#include <hiredis/hiredis.h>
 #include <pthread.h>
+#include <string.h>
 #include <stdatomic.h>
 
 static _Atomic uint64_t g_moved = 0; /* -MOVED replies followed */
@@ -62,4 +66,88 @@ unsigned gw_redis_key_slot(const char *key, size_t len)
         }
     }
     return crc16((const unsigned char *)key, len) & (GW_REDIS_CLUSTER_SLOTS - 1);
+}
+
+static bool str_elem(const redisReply *e)
+{
+    return e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS;
+}
+
+int gw_redis_parse_cluster_slots(const void *reply, struct gw_redis_slot_range *out, size_t cap)
+{
+    const redisReply *rep = reply;
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
+        return -EPROTO;
+    size_t n = 0;
+    for (size_t i = 0; i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+            e->element[0]->type != REDIS_REPLY_INTEGER ||
+            e->element[1]->type != REDIS_REPLY_INTEGER ||
+            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
+            !str_elem(e->element[2]->element[0]) ||
+            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+            return -EPROTO;
+        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+        long long port = e->element[2]->element[1]->integer;
+        const redisReply *h = e->element[2]->element[0];
+        if (lo < 0 || hi >= GW_REDIS_CLUSTER_SLOTS || lo > hi || port <= 0 || port > 65535)
+            return -EPROTO;
+        if (n == cap)
+            return -EPROTO;
+        /* "?": the node has no endpoint of the preferred type (its slots
+         * stay unserved); "": the node asked (an unknown endpoint). */
+        if (h->len == 1 && h->str[0] == '?')
+            continue;
+        bool asked = h->len == 0;
+        out[n++] = (struct gw_redis_slot_range){.lo = (unsigned)lo,
+                                                .hi = (unsigned)hi,
+                                                .host = asked ? NULL : h->str,
+                                                .host_len = asked ? 0 : h->len,
+                                                .port = (int)port};
+    }
+    return (int)n;
+}
+
+bool gw_redis_parse_redirect(const char *msg, bool *ask, unsigned *slot, const char **host,
+                             size_t *host_len, int *port)
+{
+    const char *p;
+    if (strncmp(msg, "MOVED ", 6) == 0) {
+        *ask = false;
+        p = msg + 6;
+    } else if (strncmp(msg, "ASK ", 4) == 0) {
+        *ask = true;
+        p = msg + 4;
+    } else {
+        return false;
+    }
+    unsigned long v = 0;
+    size_t d = 0;
+    for (; p[d] >= '0' && p[d] <= '9' && d < 6; d++)
+        v = v * 10 + (unsigned long)(p[d] - '0');
+    if (d == 0 || v >= GW_REDIS_CLUSTER_SLOTS || p[d] != ' ')
+        return false;
+    *slot = (unsigned)v;
+    const char *addr = p + d + 1;
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL)
+        return false;
+    unsigned long pt = 0;
+    size_t pd = 0;
+    for (; colon[1 + pd] >= '0' && colon[1 + pd] <= '9' && pd < 6; pd++)
+        pt = pt * 10 + (unsigned long)(colon[1 + pd] - '0');
+    if (pd == 0 || colon[1 + pd] != '\0' || pt == 0 || pt > 65535)
+        return false;
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= 2 && addr[0] == '[' && addr[hl - 1] == ']') {
+        addr++;
+        hl -= 2;
+    }
+    if (hl > 255 || memchr(addr, ' ', hl) != NULL || (hl == 0 && colon != addr))
+        return false;
+    *host = addr;
+    *host_len = hl;
+    *port = (int)pt;
+    return true;
 }

@@ -208,83 +208,6 @@ static bool str_elem(const redisReply *e)
     return e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS;
 }
 
-int gw_rl_cluster_parse_slots(const void *reply, struct gw_rl_cluster_range *out, size_t cap)
-{
-    const redisReply *rep = reply;
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
-        return -EPROTO;
-    size_t n = 0;
-    for (size_t i = 0; i < rep->elements; i++) {
-        const redisReply *e = rep->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
-            e->element[0]->type != REDIS_REPLY_INTEGER ||
-            e->element[1]->type != REDIS_REPLY_INTEGER ||
-            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
-            !str_elem(e->element[2]->element[0]) ||
-            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
-            return -EPROTO;
-        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
-        long long port = e->element[2]->element[1]->integer;
-        const redisReply *h = e->element[2]->element[0];
-        if (lo < 0 || hi >= SLOTS || lo > hi || port <= 0 || port > 65535)
-            return -EPROTO;
-        if (n == cap)
-            return -EPROTO;
-        /* "" or "?": the node asked (Redis 7 with cluster-preferred-endpoint-type
-         * unknown-endpoint). */
-        bool asked = h->len == 0 || (h->len == 1 && h->str[0] == '?');
-        out[n++] = (struct gw_rl_cluster_range){.lo = (unsigned)lo,
-                                                .hi = (unsigned)hi,
-                                                .host = asked ? NULL : h->str,
-                                                .host_len = asked ? 0 : h->len,
-                                                .port = (int)port};
-    }
-    return (int)n;
-}
-
-bool gw_rl_cluster_parse_redirect(const char *msg, bool *ask, unsigned *slot, const char **host,
-                                  size_t *host_len, int *port)
-{
-    const char *p;
-    if (strncmp(msg, "MOVED ", 6) == 0) {
-        *ask = false;
-        p = msg + 6;
-    } else if (strncmp(msg, "ASK ", 4) == 0) {
-        *ask = true;
-        p = msg + 4;
-    } else {
-        return false;
-    }
-    unsigned long v = 0;
-    size_t d = 0;
-    for (; p[d] >= '0' && p[d] <= '9' && d < 6; d++)
-        v = v * 10 + (unsigned long)(p[d] - '0');
-    if (d == 0 || v >= SLOTS || p[d] != ' ')
-        return false;
-    *slot = (unsigned)v;
-    const char *addr = p + d + 1;
-    const char *colon = strrchr(addr, ':');
-    if (colon == NULL || colon == addr)
-        return false;
-    unsigned long pt = 0;
-    size_t pd = 0;
-    for (; colon[1 + pd] >= '0' && colon[1 + pd] <= '9' && pd < 6; pd++)
-        pt = pt * 10 + (unsigned long)(colon[1 + pd] - '0');
-    if (pd == 0 || colon[1 + pd] != '\0' || pt == 0 || pt > 65535)
-        return false;
-    size_t hl = (size_t)(colon - addr);
-    if (hl >= 2 && addr[0] == '[' && addr[hl - 1] == ']') {
-        addr++;
-        hl -= 2;
-    }
-    if (hl == 0 || hl > 255 || memchr(addr, ' ', hl) != NULL)
-        return false;
-    *host = addr;
-    *host_len = hl;
-    *port = (int)pt;
-    return true;
-}
-
 /* Reads the map with CLUSTER SLOTS over r (ready). host_asked: the address
  * r talks to, for entries without a host. 0, -EPROTO (bad or error reply:
  * r kept), or -errno (r disconnected). */
@@ -298,8 +221,8 @@ static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *
         return rc;
     }
     redisReply *rep = v;
-    struct gw_rl_cluster_range *ranges = malloc(SLOTS * sizeof(*ranges));
-    int n = ranges != NULL ? gw_rl_cluster_parse_slots(rep, ranges, SLOTS) : -ENOMEM;
+    struct gw_redis_slot_range *ranges = malloc(SLOTS * sizeof(*ranges));
+    int n = ranges != NULL ? gw_redis_parse_cluster_slots(rep, ranges, SLOTS) : -ENOMEM;
     if (n <= 0) {
         snprintf(c->err, sizeof(c->err), "CLUSTER SLOTS: %s",
                  rep->type == REDIS_REPLY_ERROR ? rep->str
@@ -314,7 +237,7 @@ static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *
         map[i] = NO_NODE;
     bool master[NODES_MAX] = {false};
     for (int i = 0; i < n; i++) {
-        const struct gw_rl_cluster_range *g = &ranges[i];
+        const struct gw_redis_slot_range *g = &ranges[i];
         const char *h = g->host != NULL ? g->host : host_asked;
         uint16_t ni = node_find_add(c, h, g->host != NULL ? g->host_len : strlen(h), g->port);
         if (ni == NO_NODE)
@@ -853,7 +776,11 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
     size_t hlen;
     int port;
     if (rep->type == REDIS_REPLY_ERROR &&
-        gw_rl_cluster_parse_redirect(rep->str, &ask, &slot, &host, &hlen, &port)) {
+        gw_redis_parse_redirect(rep->str, &ask, &slot, &host, &hlen, &port)) {
+        if (hlen == 0) { /* an unknown endpoint: the node that replied */
+            host = c->nodes[cl->node].host;
+            hlen = strlen(host);
+        }
         uint16_t ni = node_find_add(c, host, hlen, port);
         gw_redis_redirect_count(ask);
         snprintf(c->err, sizeof(c->err), "%s", rep->str);

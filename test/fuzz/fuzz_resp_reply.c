@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "gw/redis_redirects.h"
 #include "ratelimit_int.h"
 
 #include "fuzz_check.h"
@@ -28,8 +29,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * text. */
 static void cluster_parsers(const redisReply *reply)
 {
-    static struct gw_rl_cluster_range g[16384];
-    int n = gw_rl_cluster_parse_slots(reply, g, sizeof(g) / sizeof(g[0]));
+    static struct gw_redis_slot_range g[16384];
+    int n = gw_redis_parse_cluster_slots(reply, g, sizeof(g) / sizeof(g[0]));
     CHECK(n == -EPROTO || (n >= 0 && reply->type == REDIS_REPLY_ARRAY));
     for (int i = 0; i < n; i++) {
         CHECK(g[i].lo <= g[i].hi && g[i].hi < 16384);
@@ -42,10 +43,9 @@ static void cluster_parsers(const redisReply *reply)
         const char *host;
         size_t hl;
         int port;
-        if (gw_rl_cluster_parse_redirect(reply->str, &ask, &slot, &host, &hl, &port)) {
+        if (gw_redis_parse_redirect(reply->str, &ask, &slot, &host, &hl, &port)) {
             CHECK(slot < 16384 && port > 0 && port <= 65535);
-            CHECK(hl > 0 && hl <= 255 && host > reply->str &&
-                  host + hl <= reply->str + strlen(reply->str));
+            CHECK(hl <= 255 && host > reply->str && host + hl <= reply->str + strlen(reply->str));
         }
     }
 }

@@ -17,6 +17,7 @@
 #include <hiredis/hiredis.h>
 
 #include "gwtest.h"
+#include "gw/redis_redirects.h"
 #include "ratelimit_int.h"
 
 static unsigned slot_of(const char *k)
@@ -59,12 +60,12 @@ static redisReply *reply_of(const char *resp)
 static void test_parse_slots(void **state)
 {
     (void)state;
-    struct gw_rl_cluster_range g[4];
+    struct gw_redis_slot_range g[4];
     redisReply *r = reply_of("*2\r\n"
                              "*3\r\n:0\r\n:5460\r\n*3\r\n$9\r\n127.0.0.1\r\n:7001\r\n$2\r\nid\r\n"
                              "*4\r\n:5461\r\n:16383\r\n*2\r\n$0\r\n\r\n:7002\r\n"
                              "*2\r\n$9\r\n127.0.0.1\r\n:7005\r\n");
-    assert_int_equal(gw_rl_cluster_parse_slots(r, g, 4), 2);
+    assert_int_equal(gw_redis_parse_cluster_slots(r, g, 4), 2);
     assert_int_equal(g[0].lo, 0);
     assert_int_equal(g[0].hi, 5460);
     assert_int_equal(g[0].port, 7001);
@@ -74,7 +75,7 @@ static void test_parse_slots(void **state)
     assert_int_equal(g[1].hi, 16383);
     assert_null(g[1].host); /* "": the node asked */
     assert_int_equal(g[1].port, 7002);
-    assert_int_equal(gw_rl_cluster_parse_slots(r, g, 1), -EPROTO); /* more than cap */
+    assert_int_equal(gw_redis_parse_cluster_slots(r, g, 1), -EPROTO); /* more than cap */
     freeReplyObject(r);
 
     static const char *const bad[] = {
@@ -89,11 +90,17 @@ static void test_parse_slots(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         r = reply_of(bad[i]);
-        assert_int_equal(gw_rl_cluster_parse_slots(r, g, 4), -EPROTO);
+        assert_int_equal(gw_redis_parse_cluster_slots(r, g, 4), -EPROTO);
         freeReplyObject(r);
     }
+    /* "?": no endpoint of the preferred type: left out. */
+    r = reply_of("*2\r\n*3\r\n:0\r\n:9\r\n*2\r\n$1\r\n?\r\n:7001\r\n"
+                 "*3\r\n:10\r\n:16383\r\n*2\r\n$1\r\nh\r\n:7002\r\n");
+    assert_int_equal(gw_redis_parse_cluster_slots(r, g, 4), 1);
+    assert_int_equal(g[0].lo, 10);
+    freeReplyObject(r);
     r = reply_of("*0\r\n");
-    assert_int_equal(gw_rl_cluster_parse_slots(r, g, 4), 0); /* no slot served */
+    assert_int_equal(gw_redis_parse_cluster_slots(r, g, 4), 0); /* no slot served */
     freeReplyObject(r);
 }
 
@@ -106,29 +113,32 @@ static void test_parse_redirect(void **state)
     size_t hl;
     int port;
     assert_true(
-        gw_rl_cluster_parse_redirect("MOVED 3999 127.0.0.1:6381", &ask, &slot, &host, &hl, &port));
+        gw_redis_parse_redirect("MOVED 3999 127.0.0.1:6381", &ask, &slot, &host, &hl, &port));
     assert_false(ask);
     assert_int_equal(slot, 3999);
     assert_int_equal(hl, 9);
     assert_memory_equal(host, "127.0.0.1", 9);
     assert_int_equal(port, 6381);
-    assert_true(
-        gw_rl_cluster_parse_redirect("ASK 16383 [::1]:7000", &ask, &slot, &host, &hl, &port));
+    assert_true(gw_redis_parse_redirect("ASK 16383 [::1]:7000", &ask, &slot, &host, &hl, &port));
     assert_true(ask);
     assert_int_equal(slot, 16383);
     assert_int_equal(hl, 3);
     assert_memory_equal(host, "::1", 3);
-    assert_true(gw_rl_cluster_parse_redirect("MOVED 0 redis-2.example:6379", &ask, &slot, &host,
-                                             &hl, &port));
+    assert_true(
+        gw_redis_parse_redirect("MOVED 0 redis-2.example:6379", &ask, &slot, &host, &hl, &port));
     assert_int_equal(hl, 15);
+    /* An empty host: the node that replied (an unknown endpoint). */
+    assert_true(gw_redis_parse_redirect("MOVED 7 :6380", &ask, &slot, &host, &hl, &port));
+    assert_int_equal(hl, 0);
+    assert_int_equal(port, 6380);
     static const char *const bad[] = {
-        "MOVED",        "MOVED 3999",        "MOVED 16384 h:1", "MOVED x h:1",  "MOVED 1 h:",
-        "MOVED 1 :80",  "MOVED 1 h:0",       "MOVED 1 h:65536", "MOVED 1 h:1x", "ASKING 1 h:1",
-        "TRYAGAIN",     "MOVED 1 h:1234567", "MOVED 1 h",       "moved 1 h:1",  "MOVED 1  h:1",
-        "MOVED 1 []:1", "NOSCRIPT No match",
+        "MOVED",        "MOVED 3999",   "MOVED 16384 h:1",   "MOVED x h:1",
+        "MOVED 1 h:",   "MOVED 1 h:0",  "MOVED 1 h:65536",   "MOVED 1 h:1x",
+        "ASKING 1 h:1", "TRYAGAIN",     "MOVED 1 h:1234567", "MOVED 1 h",
+        "moved 1 h:1",  "MOVED 1  h:1", "MOVED 1 []:1",      "NOSCRIPT No match",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_false(gw_rl_cluster_parse_redirect(bad[i], &ask, &slot, &host, &hl, &port));
+        assert_false(gw_redis_parse_redirect(bad[i], &ask, &slot, &host, &hl, &port));
 }
 
 /* ---- refund mode on a real Redis ---------------------------------------- */
