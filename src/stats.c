@@ -261,6 +261,15 @@ static void emit_header(struct prom *p, const char *family, const char *type, co
     emit(p, "\n# TYPE %s %s\n", family, type);
 }
 
+/* A counter family with two labelled series, e.g. {type="moved"} and
+ * {type="ask"} (labels given rendered: name="value"). */
+static void emit_counter_pair(struct prom *p, const char *family, const char *help,
+                              const char *label_a, uint64_t a, const char *label_b, uint64_t b)
+{
+    emit_header(p, family, "counter", help);
+    emit(p, "%s{%s} %" PRIu64 "\n%s{%s} %" PRIu64 "\n", family, label_a, a, family, label_b, b);
+}
+
 /* Formats us microseconds as decimal seconds with integer arithmetic only
  * (exact, and independent of LC_NUMERIC): 500 -> "0.0005", 10000000 -> "10". */
 static const char *fmt_seconds(uint64_t us, char buf[32])
@@ -380,19 +389,18 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
     if (s->redis_enabled)
         emit_gauge(&p, "gateway_redis_up", "1 when the Redis rate-limit store answers, else 0",
                    s->redis_up ? 1 : 0);
-    if (s->redis_sentinel) {
+    if (s->redis_sentinel || s->redis_cluster) {
         emit_counter(&p, "redis_failovers_total", NULL,
-                     "Redis master changes seen through Sentinel", s->redis_failovers);
+                     "Redis master changes seen (Sentinel naming a new master, or a Cluster "
+                     "replica taking over a master's slots)",
+                     s->redis_failovers);
     }
-    if (s->redis_cluster) {
-        emit_header(&p, "gateway_redis_redirects_total", "counter",
-                    "Redis Cluster redirects followed by type: moved (the slot has a new master), "
-                    "ask (the slot is migrating)");
-        emit(&p, "gateway_redis_redirects_total{type=\"moved\"} %" PRIu64 "\n",
-             s->redis_redirects_moved);
-        emit(&p, "gateway_redis_redirects_total{type=\"ask\"} %" PRIu64 "\n",
-             s->redis_redirects_ask);
-    }
+    if (s->redis_cluster)
+        emit_counter_pair(&p, "gateway_redis_redirects_total",
+                          "Redis Cluster redirects followed by type: moved (the slot has a new "
+                          "master), ask (the slot is migrating)",
+                          "type=\"moved\"", s->redis_redirects_moved, "type=\"ask\"",
+                          s->redis_redirects_ask);
     emit_gauge(&p, "gateway_backend_up", "1 when the backend is reachable, else 0",
                s->backend_up ? 1 : 0);
     emit_gauge(&p, "gateway_worker_threads", "Epoll worker threads", s->worker_threads);
@@ -410,13 +418,11 @@ int gw_stats_render_prometheus(const struct gw_stats_snapshot *s, const char *ve
         emit(&p, "\",source=\"");
         emit_escaped(&p, s->rules_source ? s->rules_source : "", true);
         emit(&p, "\"} 1\n");
-        emit_header(&p, "gateway_rules_reloads_total", "counter",
-                    "Reloads of RATE_LIMIT_RULES_FILE by result: success (valid, applied or "
-                    "unchanged), failure (invalid or unreadable, old rules kept)");
-        emit(&p, "gateway_rules_reloads_total{result=\"success\"} %" PRIu64 "\n",
-             s->rules_reloads_success);
-        emit(&p, "gateway_rules_reloads_total{result=\"failure\"} %" PRIu64 "\n",
-             s->rules_reloads_failure);
+        emit_counter_pair(&p, "gateway_rules_reloads_total",
+                          "Reloads of RATE_LIMIT_RULES_FILE by result: success (valid, applied or "
+                          "unchanged), failure (invalid or unreadable, old rules kept)",
+                          "result=\"success\"", s->rules_reloads_success, "result=\"failure\"",
+                          s->rules_reloads_failure);
     }
 
     if (s->nlimits > 0) {
