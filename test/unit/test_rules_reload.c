@@ -322,12 +322,12 @@ static void *slow_writer_main(void *arg)
 {
     struct slow_writer *w = arg;
     for (int i = 0; i < w->rounds; i++) {
+        long long t0 = (long long)gw_now_ms(); /* from the truncation on */
         FILE *f = fopen(w->path, "w");
         if (f == NULL)
             return NULL;
         fputs(SLOW_PART, f);
         fflush(f);
-        long long t0 = (long long)gw_now_ms();
         struct timespec ts = {0, 30 * 1000 * 1000};
         nanosleep(&ts, NULL); /* the half-written file sits there */
         fputs(SLOW_REST, f);
@@ -368,17 +368,19 @@ static void slow_writer(unsigned flags)
      * time; a machine so loaded that the writer thread stalled longer
      * cannot test it. */
     long gap = atomic_load(&w.max_gap_ms);
-    if (gap < GW_RULES_RELOAD_SETTLE_MS - 10)
-        assert_false(saw_half);
-    else
-        print_message("  writer stalled %ld ms: half-file check skipped\n", gap);
+    bool stalled = gap >= GW_RULES_RELOAD_SETTLE_MS - 10;
+    if (stalled)
+        print_message("  writer stalled %ld ms: half-file checks skipped\n", gap);
+    assert_false(saw_half && !stalled);
     assert_true(wait_attempts(&f, 0) >= 0);
     struct gw_rules *r = gw_rules_holder_get(f.h);
     assert_int_equal(r->limit_count, 2);
     gw_rules_put(r);
+    /* Nor was an empty (just truncated) file ever read. */
     uint64_t bad;
     reloads(&f, NULL, &bad);
-    assert_int_equal(bad, 0);
+    if (!stalled)
+        assert_int_equal(bad, 0);
     fixture_stop(&f);
 }
 
