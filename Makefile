@@ -76,6 +76,7 @@ test-container:
 bench: build
 	@bash test/bench/run.sh $(BUILD_DIR)
 	@bash test/bench/shaping.sh $(BUILD_DIR)
+	@bash test/bench/algorithms.sh $(BUILD_DIR)
 
 tsan: deps
 	@cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DGW_TSAN=ON >/dev/null
