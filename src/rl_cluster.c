@@ -97,8 +97,9 @@ struct gw_rl_cluster {
     struct gw_rl_redis *seed; /* non-blocking connect's seed link, or NULL */
     bool seed_connecting;
     size_t seed_tries;
-    int64_t redis_us;     /* the Redis clock last seen (µs) ... */
-    uint64_t redis_at_ms; /* ... at this gw_now_ms() */
+    uint64_t warned_at_ms; /* last "refused checks" warning */
+    int64_t redis_us;      /* the Redis clock last seen (µs) ... */
+    uint64_t redis_at_ms;  /* ... at this gw_now_ms() */
     char err[640];
     /* scratch of one pass, grown as needed: [0] the calls per node, [1]
      * the calls per slot */
@@ -811,7 +812,18 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
     }
     int rc = gw_rl_redis_take_reply(c->nodes[cl->node].r, rep, &cl->sub);
     if (rc != 0) {
+        /* CLUSTERDOWN (the cluster lost a master it cannot replace: every
+         * node refuses), OOM, BUSY, ...: those checks go to the failure
+         * mode; said at most once a second per worker. */
+        char name[300];
         snprintf(c->err, sizeof(c->err), "%s", gw_rl_redis_last_error(c->nodes[cl->node].r));
+        if (now >= c->warned_at_ms + 1000) {
+            c->warned_at_ms = now;
+            gw_warn(
+                "rate limit: redis cluster node %s refused checks (%s); RATE_LIMIT_FAILURE_MODE "
+                "decides them",
+                node_name(&c->nodes[cl->node], name, sizeof(name)), c->err);
+        }
         return OUT_FAILED;
     }
     saw_redis_clock(c, cl->sub.now_us);

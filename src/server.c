@@ -240,7 +240,12 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
     gw_rules_put(in_force);
     gw_info("upstream %s%s, %d workers, %s (%s store), in-flight cap %d", cfg->backend_authority,
             cfg->backend_base_path ? cfg->backend_base_path : "", srv->nworkers, limits,
-            gw_config_redis_enabled(cfg) ? "redis" : "memory", cfg->max_concurrent_requests);
+            !gw_config_redis_enabled(cfg) ? "memory"
+            : cfg->redis_cluster_nodes != NULL && cfg->redis_cluster_nodes[0] != '\0'
+                ? "redis cluster"
+            : cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0' ? "redis sentinel"
+                                                                              : "redis",
+            cfg->max_concurrent_requests);
 
     int sig = wait_for_signal(srv);
     gw_info("%s received: draining (up to %d ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
