@@ -1,6 +1,6 @@
 /*
  * The admin API's rules sync on a real Redis Cluster (SPEC.md §11, §12):
- * three redis-server masters (gwt_minicluster) and two gateways given
+ * three redis-server masters (gwt_cluster) and two gateways given
  * REDIS_CLUSTER_NODES. A PUT /rules on either is adopted by the other
  * within 2 s, the rules hash living on its slot's master; a limit of 3 a
  * minute holds across both, and a DELETE /ratelimit on one has the client
@@ -25,15 +25,16 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "gwt_minicluster.h"
+#include "gwt_cluster.h"
 #include "gwt_suite.h"
 
 #define APPLY_MS 2000 /* SPEC: every instance applies a change within 2 s */
 #define POLL_MS  10   /* between two probes */
 #define NGW      2
 #define PREFIX   "admincl"
+#define MASTERS  3
 
-static struct gwt_minicluster g_c;
+static struct gwt_cluster g_c;
 
 static void pause_ms(long ms)
 {
@@ -189,25 +190,19 @@ static void start_fleet(void)
     }
 }
 
+static int slot_of(const char *key)
+{
+    int slot = gwt_cluster_keyslot_remote(g_c.port[0], key);
+    assert_true(slot >= 0);
+    return slot;
+}
+
 /* The master holding key (CLUSTER KEYSLOT, then CLUSTER SLOTS). */
 static int master_of(const char *key)
 {
-    redisReply *r = gwt_minicluster_cmd(g_c.port[0], "CLUSTER KEYSLOT %s", key);
-    assert_non_null(r);
-    int slot = (int)r->integer;
-    freeReplyObject(r);
-    int m = gwt_minicluster_owner(&g_c, slot);
+    int m = gwt_cluster_slot_owner(&g_c, slot_of(key));
     assert_true(m >= 0);
     return m;
-}
-
-static int slot_of(const char *key)
-{
-    redisReply *r = gwt_minicluster_cmd(g_c.port[0], "CLUSTER KEYSLOT %s", key);
-    assert_non_null(r);
-    int slot = (int)r->integer;
-    freeReplyObject(r);
-    return slot;
 }
 
 /* PUT on one gateway, the other adopts within 2 s, both ways; the hash on
@@ -233,7 +228,7 @@ static void test_put_and_forget(void **state)
         assert_true(ms <= APPLY_MS);
     }
     int m = master_of(PREFIX ":rules");
-    redisReply *r = gwt_minicluster_cmd(g_c.port[m], "HGET %s serial", PREFIX ":rules");
+    redisReply *r = gwt_cluster_cmd(g_c.port[m], "HGET %s serial", PREFIX ":rules");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_string_equal(r->str, "2");
@@ -283,7 +278,7 @@ static void test_put_and_forget(void **state)
     for (int i = 0; i < NGW; i++)
         assert_true(ms[i] <= APPLY_MS);
     int f = master_of(PREFIX ":forget");
-    r = gwt_minicluster_cmd(g_c.port[f], "PTTL %s", PREFIX ":forget");
+    r = gwt_cluster_cmd(g_c.port[f], "PTTL %s", PREFIX ":forget");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     assert_true(r->integer > 0 && r->integer <= 60000);
@@ -313,9 +308,9 @@ static void test_resharded_keys(void **state)
         moved0[i] = redirects(fleet.aport[i], "moved");
 
     int slot = slot_of(PREFIX ":rules");
-    int from = master_of(PREFIX ":rules"), to = (from + 1) % GWT_MINICLUSTER_MASTERS;
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, slot, from, to), 0);
-    assert_int_equal(gwt_minicluster_migrate_end(&g_c, slot, from, to), 0);
+    int from = master_of(PREFIX ":rules"), to = (from + 1) % MASTERS;
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, slot, from, to), 0);
+    assert_int_equal(gwt_cluster_migrate_finish(&g_c, slot, from, to), 0);
     assert_int_equal(master_of(PREFIX ":rules"), to);
 
     /* Each poller meets -MOVED within a poll or two. */
@@ -331,26 +326,26 @@ static void test_resharded_keys(void **state)
     fprintf(stderr, "[ MEASURE  ] PUT /rules after the rules slot moved: on both after %ld ms\n",
             ms);
     assert_true(ms <= APPLY_MS);
-    redisReply *r = gwt_minicluster_cmd(g_c.port[to], "HGET %s serial", PREFIX ":rules");
+    redisReply *r = gwt_cluster_cmd(g_c.port[to], "HGET %s serial", PREFIX ":rules");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_string_equal(r->str, "2");
     freeReplyObject(r);
 
     /* The forget stream: no stream yet, its slot migrating. */
-    r = gwt_minicluster_cmd(g_c.port[master_of(PREFIX ":forget")], "DEL %s", PREFIX ":forget");
+    r = gwt_cluster_cmd(g_c.port[master_of(PREFIX ":forget")], "DEL %s", PREFIX ":forget");
     freeReplyObject(r);
     int fslot = slot_of(PREFIX ":forget");
-    int ffrom = master_of(PREFIX ":forget"), fto = (ffrom + 2) % GWT_MINICLUSTER_MASTERS;
+    int ffrom = master_of(PREFIX ":forget"), fto = (ffrom + 2) % MASTERS;
     long long ask0 = redirects(fleet.aport[0], "ask");
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, fslot, ffrom, fto), 0);
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, fslot, ffrom, fto), 0);
     struct gwt_response resp = {0};
     request(fleet.aport[0], "DELETE", "/ratelimit?limit=api&key=bob", NULL, &resp);
     assert_int_equal(resp.status, 200);
     gwt_response_free(&resp);
     assert_true(redirects(fleet.aport[0], "ask") > ask0);
-    assert_int_equal(gwt_minicluster_migrate_end(&g_c, fslot, ffrom, fto), 0);
-    r = gwt_minicluster_cmd(g_c.port[fto], "XLEN %s", PREFIX ":forget");
+    assert_int_equal(gwt_cluster_migrate_finish(&g_c, fslot, ffrom, fto), 0);
+    r = gwt_cluster_cmd(g_c.port[fto], "XLEN %s", PREFIX ":forget");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     assert_int_equal(r->integer, 1);
@@ -361,21 +356,21 @@ static int group_setup(void **state)
 {
     if (gwt_suite_setup_backend(state) != 0)
         return -1;
-    return gwt_minicluster_start(&g_c, false, 20000);
+    return gwt_cluster_start(&g_c, MASTERS, false, NULL, 20000);
 }
 
 static int group_teardown(void **state)
 {
     int rc = gwt_suite_teardown(state);
-    gwt_minicluster_stop(&g_c);
+    gwt_cluster_stop(&g_c);
     return rc;
 }
 
 /* Each test starts on an empty cluster. */
 static int test_setup(void **state)
 {
-    for (int i = 0; i < GWT_MINICLUSTER_MASTERS; i++) {
-        redisReply *r = gwt_minicluster_cmd(g_c.port[i], "FLUSHALL");
+    for (int i = 0; i < MASTERS; i++) {
+        redisReply *r = gwt_cluster_cmd(g_c.port[i], "FLUSHALL");
         if (r == NULL)
             return -1;
         freeReplyObject(r);
