@@ -25,6 +25,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "gwt_admin.h"
 #include "gwt_cluster.h"
 #include "gwt_suite.h"
 
@@ -42,81 +43,6 @@ static void pause_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* The port of "admin listening on 127.0.0.1:<port>" in p's log. */
-static int admin_port_of(struct gwt_proc *p)
-{
-    char *log = gwt_log_read(p);
-    assert_non_null(log);
-    const char *at = strstr(log, "admin listening on 127.0.0.1:");
-    if (at == NULL) {
-        gwt_log_dump(p, 4000);
-        fail_msg("no admin listening line");
-    }
-    int port = atoi(at + strlen("admin listening on 127.0.0.1:"));
-    free(log);
-    assert_true(port > 0);
-    return port;
-}
-
-/* One request with Connection: close. */
-static void request(int port, const char *method, const char *target, const char *body,
-                    struct gwt_response *r)
-{
-    size_t blen = body ? strlen(body) : 0;
-    size_t cap = blen + 512;
-    char *raw = malloc(cap);
-    assert_non_null(raw);
-    snprintf(raw, cap,
-             "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: "
-             "%zu\r\n\r\n%s",
-             method, target, blen, body ? body : "");
-    int rc = gwt_http(port, raw, r);
-    free(raw);
-    if (rc != 0)
-        fail_msg("%s %s on port %d: %s", method, target, port, strerror(-rc));
-}
-
-/* Rules with one limit "api" on /users/, keyed by X-Client, n per minute. */
-static const char *rules(int n)
-{
-    static char text[320];
-    snprintf(text, sizeof(text),
-             "{\"version\":1,\"limits\":[{\"name\":\"api\",\"match\":{\"path_prefix\":\"/users/\"},"
-             "\"key\":\"header:X-Client\",\"rates\":[{\"requests\":%d,\"window\":\"1m\"}]}]}",
-             n);
-    return text;
-}
-
-/* PUT /rules: the new version (static) after checking 200. */
-static const char *put_rules(int aport, const char *text)
-{
-    static char version[32];
-    struct gwt_response r = {0};
-    request(aport, "PUT", "/rules", text, &r);
-    if (r.status != 200)
-        fail_msg("PUT /rules: %d %s", r.status, r.body);
-    json_t *j = gwt_json(&r);
-    assert_non_null(j);
-    snprintf(version, sizeof(version), "%s", json_string_value(json_object_get(j, "version")));
-    json_decref(j);
-    gwt_response_free(&r);
-    return version;
-}
-
-/* GET /rules: version and source. */
-static void get_rules(int aport, char version[32], char source[32])
-{
-    struct gwt_response r = {0};
-    request(aport, "GET", "/rules", NULL, &r);
-    assert_int_equal(r.status, 200);
-    json_t *j = gwt_json(&r);
-    assert_non_null(j);
-    snprintf(version, 32, "%s", json_string_value(json_object_get(j, "version")));
-    snprintf(source, 32, "%s", json_string_value(json_object_get(j, "source")));
-    json_decref(j);
-    gwt_response_free(&r);
-}
-
 /* Until every admin port serves version, or the test fails after
  * APPLY_MS + 1 s; returns the ms it took. */
 static long wait_version(const int *aports, const char *version, long long t0)
@@ -125,7 +51,7 @@ static long wait_version(const int *aports, const char *version, long long t0)
         int have = 0;
         for (int i = 0; i < NGW; i++) {
             char v[32], src[32];
-            get_rules(aports[i], v, src);
+            gwt_admin_get_rules(aports[i], v, src, NULL);
             have += strcmp(v, version) == 0;
         }
         long ms = (long)(gwt_now_ms() - t0);
@@ -137,26 +63,11 @@ static long wait_version(const int *aports, const char *version, long long t0)
     }
 }
 
-/* GET /users/1 on the client port as client: the status. */
-static int api_get(int port, const char *client)
-{
-    char raw[256];
-    snprintf(raw, sizeof(raw),
-             "GET /users/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Client: %s\r\nConnection: "
-             "close\r\n\r\n",
-             client);
-    struct gwt_response r = {0};
-    assert_int_equal(gwt_http(port, raw, &r), 0);
-    int status = r.status;
-    gwt_response_free(&r);
-    return status;
-}
-
 /* gateway_redis_redirects_total{type="<type>"} in /metrics of port. */
 static long long redirects(int port, const char *type)
 {
     struct gwt_response r = {0};
-    request(port, "GET", "/metrics", NULL, &r);
+    gwt_admin_request(port, "GET", "/metrics", NULL, NULL, &r);
     assert_int_equal(r.status, 200);
     char line[96];
     snprintf(line, sizeof(line), "\ngateway_redis_redirects_total{type=\"%s\"} ", type);
@@ -186,7 +97,7 @@ static void start_fleet(void)
     for (int i = 0; i < NGW; i++) {
         memset(&fleet.gw[i], 0, sizeof(fleet.gw[i]));
         assert_int_equal(gwt_gateway_for(&fleet.gw[i], &fleet.port[i], gwt_fx.bport, env), 0);
-        fleet.aport[i] = admin_port_of(&fleet.gw[i]);
+        fleet.aport[i] = gwt_admin_port_of(&fleet.gw[i]);
     }
 }
 
@@ -213,15 +124,16 @@ static void test_put_and_forget(void **state)
     start_fleet();
     char v[32], src[32];
     for (int i = 0; i < NGW; i++) {
-        get_rules(fleet.aport[i], v, src);
+        gwt_admin_get_rules(fleet.aport[i], v, src, NULL);
         assert_string_equal(src, "env");
     }
     for (int round = 0; round < 2; round++) {
         long long t0 = gwt_now_ms();
         char want[32];
-        snprintf(want, sizeof(want), "%s", put_rules(fleet.aport[round], rules(10 + round)));
+        snprintf(want, sizeof(want), "%s",
+                 gwt_admin_put_rules(fleet.aport[round], gwt_admin_rules(10 + round), NULL, NULL));
         long ms = wait_version(fleet.aport, want, t0);
-        get_rules(fleet.aport[1 - round], v, src);
+        gwt_admin_get_rules(fleet.aport[1 - round], v, src, NULL);
         assert_string_equal(src, "redis");
         fprintf(stderr, "[ MEASURE  ] PUT /rules on gateway %d (Cluster): on both after %ld ms\n",
                 round, ms);
@@ -238,18 +150,20 @@ static void test_put_and_forget(void **state)
     gwt_avoid_window_edge(60, 15);
     long long t0 = gwt_now_ms();
     char want[32];
-    snprintf(want, sizeof(want), "%s", put_rules(fleet.aport[0], rules(3)));
+    snprintf(want, sizeof(want), "%s",
+             gwt_admin_put_rules(fleet.aport[0], gwt_admin_rules(3), NULL, NULL));
     (void)wait_version(fleet.aport, want, t0);
     for (int k = 0; k < 3; k++)
-        assert_int_equal(api_get(fleet.port[k % NGW], "alice"), 200);
+        assert_int_equal(gwt_admin_api_get(fleet.port[k % NGW], "alice", 0, NULL), 200);
     for (int i = 0; i < NGW; i++)
         for (int k = 0; k < 2; k++)
-            assert_int_equal(api_get(fleet.port[i], "alice"), 429);
+            assert_int_equal(gwt_admin_api_get(fleet.port[i], "alice", 0, NULL), 429);
 
     /* DELETE on gateway 1: alice served again by both within 2 s. */
     struct gwt_response resp = {0};
     t0 = gwt_now_ms();
-    request(fleet.aport[1], "DELETE", "/ratelimit?limit=api&key=alice", NULL, &resp);
+    gwt_admin_request(fleet.aport[1], "DELETE", "/ratelimit?limit=api&key=alice", NULL, NULL,
+                      &resp);
     assert_int_equal(resp.status, 200);
     gwt_response_free(&resp);
     long ms[NGW] = {0};
@@ -258,7 +172,7 @@ static void test_put_and_forget(void **state)
         for (int i = 0; i < NGW; i++) {
             if (done[i])
                 continue;
-            int st = api_get(fleet.port[i], "alice");
+            int st = gwt_admin_api_get(fleet.port[i], "alice", 0, NULL);
             ms[i] = (long)(gwt_now_ms() - t0);
             if (st == 200) {
                 done[i] = true;
@@ -301,7 +215,8 @@ static void test_resharded_keys(void **state)
     start_fleet();
     char want[32];
     long long t0 = gwt_now_ms();
-    snprintf(want, sizeof(want), "%s", put_rules(fleet.aport[0], rules(20)));
+    snprintf(want, sizeof(want), "%s",
+             gwt_admin_put_rules(fleet.aport[0], gwt_admin_rules(20), NULL, NULL));
     (void)wait_version(fleet.aport, want, t0);
     long long moved0[NGW];
     for (int i = 0; i < NGW; i++)
@@ -321,7 +236,8 @@ static void test_resharded_keys(void **state)
         assert_true(redirects(fleet.aport[i], "moved") > moved0[i]);
     }
     t0 = gwt_now_ms();
-    snprintf(want, sizeof(want), "%s", put_rules(fleet.aport[1], rules(21)));
+    snprintf(want, sizeof(want), "%s",
+             gwt_admin_put_rules(fleet.aport[1], gwt_admin_rules(21), NULL, NULL));
     long ms = wait_version(fleet.aport, want, t0);
     fprintf(stderr, "[ MEASURE  ] PUT /rules after the rules slot moved: on both after %ld ms\n",
             ms);
@@ -340,7 +256,7 @@ static void test_resharded_keys(void **state)
     long long ask0 = redirects(fleet.aport[0], "ask");
     assert_int_equal(gwt_cluster_migrate_begin(&g_c, fslot, ffrom, fto), 0);
     struct gwt_response resp = {0};
-    request(fleet.aport[0], "DELETE", "/ratelimit?limit=api&key=bob", NULL, &resp);
+    gwt_admin_request(fleet.aport[0], "DELETE", "/ratelimit?limit=api&key=bob", NULL, NULL, &resp);
     assert_int_equal(resp.status, 200);
     gwt_response_free(&resp);
     assert_true(redirects(fleet.aport[0], "ask") > ask0);
