@@ -2,8 +2,9 @@
  * Helpers of the admin API's integration tests (SPEC.md §11;
  * test/integration/test_admin.c, test_admin_cluster.c): the admin port a
  * gateway logged, one request to it, PUT and GET /rules, and the rules
- * those tests put (one limit "api" on /users/ keyed by X-Client) with a
- * request on the client port that it counts. Every helper fails the
+ * those tests put (one limit "api" on /users/ keyed by X-Client; the rules
+ * sync's unit tests store them too) with a request on the client port that
+ * it counts. Every helper fails the
  * current cmocka test on what it checks.
  */
 #ifndef GWT_ADMIN_H

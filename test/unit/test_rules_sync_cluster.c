@@ -22,7 +22,9 @@
 #include "gw/redis_redirects.h"
 #include "gw/rules_holder.h"
 #include "gw/rules_sync.h"
+#include "gwt_admin.h"
 #include "gwt_cluster.h"
+#include "gwt_config.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -35,19 +37,6 @@
 #define MASTERS  3
 
 static struct gwt_cluster g_c;
-
-struct kv {
-    const char *k;
-    const char *v;
-};
-
-static const char *kv_getenv(void *ctx, const char *name)
-{
-    for (const struct kv *e = ctx; e->k != NULL; e++)
-        if (strcmp(e->k, name) == 0)
-            return e->v;
-    return NULL;
-}
 
 static void pause_ms(long ms)
 {
@@ -69,12 +58,12 @@ static void instance_start(struct instance *in)
 {
     static char nodes[64];
     snprintf(nodes, sizeof(nodes), "127.0.0.1:%d,127.0.0.1:%d", g_c.port[1], g_c.port[0]);
-    const struct kv cl[] = {
+    const struct gwt_kv cl[] = {
         {"REDIS_CLUSTER_NODES", nodes}, {"RATE_LIMIT_KEY_PREFIX", PREFIX}, {NULL, NULL}};
-    const struct kv mem[] = {{"RATE_LIMIT_KEY_PREFIX", PREFIX}, {NULL, NULL}};
+    const struct gwt_kv mem[] = {{"RATE_LIMIT_KEY_PREFIX", PREFIX}, {NULL, NULL}};
     memset(in, 0, sizeof(*in));
-    assert_int_equal(gw_config_load(&in->cfg, kv_getenv, (void *)cl, stderr), 0);
-    assert_int_equal(gw_config_load(&in->mem_cfg, kv_getenv, (void *)mem, stderr), 0);
+    assert_int_equal(gw_config_load(&in->cfg, gwt_kv_getenv, (void *)cl, stderr), 0);
+    assert_int_equal(gw_config_load(&in->mem_cfg, gwt_kv_getenv, (void *)mem, stderr), 0);
     struct gw_rules *r = gw_rules_from_config(&in->cfg);
     assert_non_null(r);
     assert_int_equal(gw_rules_holder_create(&in->h, r), 0);
@@ -94,15 +83,7 @@ static void instance_stop(struct instance *in)
 /* Rules with one limit "api", n per minute, parsed for in. */
 static struct gw_rules *rules(const struct instance *in, int n)
 {
-    char text[320];
-    snprintf(text, sizeof(text),
-             "{\"version\":1,\"limits\":[{\"name\":\"api\",\"match\":{\"path_prefix\":\"/users/\"},"
-             "\"key\":\"header:X-Client\",\"rates\":[{\"requests\":%d,\"window\":\"1m\"}]}]}",
-             n);
-    struct gw_rules *r = NULL;
-    assert_int_equal(gw_rules_parse(text, strlen(text), GW_RULES_JSON, &in->cfg, &r, stderr, NULL),
-                     0);
-    return r;
+    return gwt_rules_json(gwt_admin_rules(n), &in->cfg);
 }
 
 /* Stores n on from; the ms until to's holder has the version. */
