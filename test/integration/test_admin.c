@@ -299,24 +299,7 @@ static void test_inspect_and_unblock(void **state)
     assert_true(gwt_json_int(j, "deleted", -1) >= 1);
     json_decref(j);
     gwt_response_free(&r);
-    bool done[NGW] = {false};
-    for (int left = NGW; left > 0;) {
-        for (int i = 0; i < NGW; i++) {
-            if (done[i])
-                continue;
-            int st = gwt_admin_api_get(fleet.port[i], "alice", 3, NULL);
-            ms[i] = (long)(gwt_now_ms() - t0);
-            if (st == 200) {
-                done[i] = true;
-                left--;
-                continue;
-            }
-            assert_int_equal(st, 429);
-            if (ms[i] > APPLY_MS + 1000)
-                fail_msg("gateway %d still refuses alice %ld ms after DELETE", i, ms[i]);
-        }
-        pause_ms(POLL_MS);
-    }
+    gwt_admin_wait_served(fleet.port, NGW, "alice", t0, APPLY_MS + 1000, ms);
     fprintf(stderr,
             "[ MEASURE  ] DELETE /ratelimit on gateway 1: alice served again by the three "
             "after %ld, %ld, %ld ms\n",

@@ -167,24 +167,7 @@ static void test_put_and_forget(void **state)
     assert_int_equal(resp.status, 200);
     gwt_response_free(&resp);
     long ms[NGW] = {0};
-    bool done[NGW] = {false};
-    for (int left = NGW; left > 0;) {
-        for (int i = 0; i < NGW; i++) {
-            if (done[i])
-                continue;
-            int st = gwt_admin_api_get(fleet.port[i], "alice", 0, NULL);
-            ms[i] = (long)(gwt_now_ms() - t0);
-            if (st == 200) {
-                done[i] = true;
-                left--;
-                continue;
-            }
-            assert_int_equal(st, 429);
-            if (ms[i] > APPLY_MS + 1000)
-                fail_msg("gateway %d still refuses alice %ld ms after DELETE", i, ms[i]);
-        }
-        pause_ms(POLL_MS);
-    }
+    gwt_admin_wait_served(fleet.port, NGW, "alice", t0, APPLY_MS + 1000, ms);
     fprintf(stderr,
             "[ MEASURE  ] DELETE /ratelimit on gateway 1 (Cluster): alice served again after "
             "%ld, %ld ms\n",

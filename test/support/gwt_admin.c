@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <jansson.h>
@@ -115,4 +116,29 @@ int gwt_admin_api_get(int port, const char *client, int q, bool *has_policy)
     int status = r.status;
     gwt_response_free(&r);
     return status;
+}
+
+void gwt_admin_wait_served(const int *ports, int n, const char *client, long long t0,
+                           long fail_after_ms, long ms[])
+{
+    bool done[64] = {false};
+    assert_true(n > 0 && n <= 64);
+    for (int left = n; left > 0;) {
+        for (int i = 0; i < n; i++) {
+            if (done[i])
+                continue;
+            int st = gwt_admin_api_get(ports[i], client, 0, NULL);
+            ms[i] = (long)(gwt_now_ms() - t0);
+            if (st == 200) {
+                done[i] = true;
+                left--;
+                continue;
+            }
+            assert_int_equal(st, 429);
+            if (ms[i] > fail_after_ms)
+                fail_msg("gateway %d still refuses %s %ld ms after DELETE", i, client, ms[i]);
+        }
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
 }

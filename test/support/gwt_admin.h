@@ -44,4 +44,12 @@ void gwt_admin_get_rules(int aport, char version[32], char source[32], bool *has
  * names the api limit with quota q (0: any quota). */
 int gwt_admin_api_get(int port, const char *client, int q, bool *has_policy);
 
+/* After a DELETE /ratelimit for client at t0 (gwt_now_ms): polls the n
+ * client ports round-robin (gwt_admin_api_get, 5 ms between rounds) until
+ * each serves client (200); ms[i] gets the time from t0 to port i's first
+ * 200. Any other answer than 200 or 429 fails the test, and so does a port
+ * still refusing after fail_after_ms. */
+void gwt_admin_wait_served(const int *ports, int n, const char *client, long long t0,
+                           long fail_after_ms, long ms[]);
+
 #endif
