@@ -3,25 +3,8 @@
 # redis_reads_per_req redis_in_bytes_per_req redis_out_bytes_per_req non2xx sockerr) and prints a Markdown table of medians over rounds,
 # each mode's ratios to plaintext in the same round (medians of those), and the issue-15
 # target checks: gateway CPU per request, cluster and TLS, at most 1.15 × plaintext.
-# Portable awk (mawk).
-
-function median(key, n, i, j, t, v) {
-    n = cnt[key]
-    for (i = 1; i <= n; i++) v[i] = val[key, i]
-    for (i = 2; i <= n; i++) {
-        t = v[i]
-        for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
-        v[j + 1] = t
-    }
-    if (n == 0) return ""
-    if (n % 2) return v[(n + 1) / 2]
-    return (v[n / 2] + v[n / 2 + 1]) / 2
-}
-
-function add(key, x) {
-    cnt[key]++
-    val[key, cnt[key]] = x
-}
+# Portable awk (mawk). median() and add() come from median.awk, loaded first (run.sh:
+# awk -f median.awk -f modes_summary.awk).
 
 function ratio(m, what, r) {
     r = median(m SUBSEP what)

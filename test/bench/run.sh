@@ -569,7 +569,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         "runs count too)."
     echo
     if [ "$(wc -l <"$RESULTS")" -gt 1 ]; then
-        awk -f "$BENCH_DIR/summary.awk" "$RESULTS"
+        awk -f "$BENCH_DIR/median.awk" -f "$BENCH_DIR/summary.awk" "$RESULTS"
         echo
     fi
     if [ "$(wc -l <"$MODES_TSV")" -gt 1 ]; then
@@ -579,7 +579,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
             "the same round; Redis CPU, calls and reads summed over the cluster's 3 masters; script" \
             "calls = EVALSHA + EVAL, Redis cmds = every INFO commandstats call, those inside scripts too):"
         echo
-        awk -f "$BENCH_DIR/modes_summary.awk" "$MODES_TSV"
+        awk -f "$BENCH_DIR/median.awk" -f "$BENCH_DIR/modes_summary.awk" "$MODES_TSV"
         echo
     fi
     if [ "$(wc -l <"$CAP_TSV")" -gt 1 ]; then

@@ -4,25 +4,8 @@
 # gateway at its defaults against nginx) and the issue-6 ones that still apply.
 # Columns: workers conns round target rps reqs p50_ms p99_ms cpu_proxy_us cpu_redis_us
 #          redis_cmds_per_req redis_reads_per_req non2xx sockerr backend_conns_per_1k
-# Portable awk (mawk): no asort, no gawk extensions.
-
-function median(key, n, i, j, t, v) {
-    n = cnt[key]
-    for (i = 1; i <= n; i++) v[i] = val[key, i]
-    for (i = 2; i <= n; i++) {
-        t = v[i]
-        for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]
-        v[j + 1] = t
-    }
-    if (n == 0) return ""
-    if (n % 2) return v[(n + 1) / 2]
-    return (v[n / 2] + v[n / 2 + 1]) / 2
-}
-
-function add(key, x) {
-    cnt[key]++
-    val[key, cnt[key]] = x
-}
+# Portable awk (mawk): no asort, no gawk extensions. median() and add() come from
+# median.awk, loaded first (run.sh: awk -f median.awk -f summary.awk).
 
 function fmt_ratio(r) { return r == "" ? "" : sprintf(" (%.2f×)", r) }
 

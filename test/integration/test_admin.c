@@ -26,6 +26,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "gwt_admin.h"
 #include "gwt_suite.h"
 
 #define APPLY_MS 2000 /* SPEC: every instance applies a change within 2 s */
@@ -40,104 +41,22 @@ static void pause_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* The port of "admin listening on 127.0.0.1:<port>" in p's log. */
-static int admin_port_of(struct gwt_proc *p)
-{
-    char *log = gwt_log_read(p);
-    assert_non_null(log);
-    const char *at = strstr(log, "admin listening on 127.0.0.1:");
-    if (at == NULL) {
-        gwt_log_dump(p, 4000);
-        fail_msg("no admin listening line");
-    }
-    int port = atoi(at + strlen("admin listening on 127.0.0.1:"));
-    free(log);
-    assert_true(port > 0);
-    return port;
-}
-
-/* One request with Connection: close; headers: extra lines ("K: V\r\n"). */
-static void request(int port, const char *method, const char *target, const char *headers,
-                    const char *body, struct gwt_response *r)
-{
-    size_t blen = body ? strlen(body) : 0;
-    size_t cap = blen + 1024 + (headers ? strlen(headers) : 0);
-    char *raw = malloc(cap);
-    assert_non_null(raw);
-    snprintf(raw, cap,
-             "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%sContent-Length: "
-             "%zu\r\n\r\n%s",
-             method, target, headers ? headers : "", blen, body ? body : "");
-    int rc = gwt_http(port, raw, r);
-    free(raw);
-    if (rc != 0)
-        fail_msg("%s %s on port %d: %s", method, target, port, strerror(-rc));
-}
-
-/* Rules with one limit "api" on /users/, keyed by X-Client, n per minute. */
-static const char *rules(int n)
-{
-    static char text[320];
-    snprintf(text, sizeof(text),
-             "{\"version\":1,\"limits\":[{\"name\":\"api\",\"match\":{\"path_prefix\":\"/users/\"},"
-             "\"key\":\"header:X-Client\",\"rates\":[{\"requests\":%d,\"window\":\"1m\"}]}]}",
-             n);
-    return text;
-}
-
 /* PUT /rules; returns the new version (static) after checking 200. */
 static const char *put_rules(int aport, const char *text, const char *headers)
 {
-    static char version[32];
-    struct gwt_response r = {0};
-    request(aport, "PUT", "/rules", headers, text, &r);
-    if (r.status != 200)
-        fail_msg("PUT /rules: %d %s", r.status, r.body);
-    json_t *j = gwt_json(&r);
-    assert_non_null(j);
-    snprintf(version, sizeof(version), "%s", json_string_value(json_object_get(j, "version")));
+    char source[32];
+    const char *version = gwt_admin_put_rules(aport, text, headers, source);
     assert_int_equal(strlen(version), 12);
-    assert_string_equal(json_string_value(json_object_get(j, "source")), "api");
-    json_decref(j);
-    gwt_response_free(&r);
+    assert_string_equal(source, "api");
     return version;
 }
 
 /* GET /rules: version and source. */
 static void get_rules(int aport, char version[32], char source[32])
 {
-    struct gwt_response r = {0};
-    request(aport, "GET", "/rules", NULL, NULL, &r);
-    assert_int_equal(r.status, 200);
-    json_t *j = gwt_json(&r);
-    assert_non_null(j);
-    snprintf(version, 32, "%s", json_string_value(json_object_get(j, "version")));
-    snprintf(source, 32, "%s", json_string_value(json_object_get(j, "source")));
-    assert_non_null(json_object_get(j, "rules"));
-    json_decref(j);
-    gwt_response_free(&r);
-}
-
-/* GET /users/1 on the client port as client; the status, and whether
- * RateLimit-Policy names the api limit with q (0: any). */
-static int api_get(int port, const char *client, int q, bool *has_policy)
-{
-    char raw[256];
-    snprintf(raw, sizeof(raw),
-             "GET /users/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Client: %s\r\nConnection: "
-             "close\r\n\r\n",
-             client);
-    struct gwt_response r = {0};
-    assert_int_equal(gwt_http(port, raw, &r), 0);
-    if (has_policy != NULL) {
-        const char *pol = gwt_header(&r, "RateLimit-Policy");
-        char want[32];
-        snprintf(want, sizeof(want), "\"api\";q=%d;", q);
-        *has_policy = pol != NULL && (q == 0 ? strstr(pol, "\"api\"") : strstr(pol, want));
-    }
-    int status = r.status;
-    gwt_response_free(&r);
-    return status;
+    bool has_rules = false;
+    gwt_admin_get_rules(aport, version, source, &has_rules);
+    assert_true(has_rules);
 }
 
 /* Until each of the n ports enforces the api limit with q per minute,
@@ -154,7 +73,7 @@ static void wait_enforced(const int *ports, int n, int q, long long t0, long *ms
             char client[64];
             snprintf(client, sizeof(client), "probe-%d-%d-%d", i, q, k);
             bool has = false;
-            api_get(ports[i], client, q, &has);
+            gwt_admin_api_get(ports[i], client, q, &has);
             long long now = gwt_now_ms() - t0;
             if (has) {
                 done[i] = true;
@@ -181,7 +100,7 @@ static void start_one(struct gwt_proc *p, int *port, int *aport)
     const char *env[] = {gwt_fx.redis_url, "ADMIN_PORT=0", "RATE_LIMIT_KEY_PREFIX=admintest", NULL};
     memset(p, 0, sizeof(*p));
     assert_int_equal(gwt_gateway_for(p, port, gwt_fx.bport, env), 0);
-    *aport = admin_port_of(p);
+    *aport = gwt_admin_port_of(p);
 }
 
 static void start_fleet(void)
@@ -205,7 +124,7 @@ static void test_put_converges_and_restart(void **state)
     for (int round = 0; round < 3; round++) {
         int q = 10 + round;
         long long t0 = gwt_now_ms();
-        const char *ver = put_rules(fleet.aport[round % NGW], rules(q), NULL);
+        const char *ver = put_rules(fleet.aport[round % NGW], gwt_admin_rules(q), NULL);
         char want[32];
         snprintf(want, sizeof(want), "%s", ver);
         long ms[NGW];
@@ -236,7 +155,7 @@ static void test_put_converges_and_restart(void **state)
     assert_string_equal(v2, v);
     assert_string_equal(src, "redis");
     bool has = false;
-    assert_int_equal(api_get(port, "restarted-first", 12, &has), 200);
+    assert_int_equal(gwt_admin_api_get(port, "restarted-first", 12, &has), 200);
     assert_true(has);
     char *log = gwt_log_read(&again);
     assert_non_null(log);
@@ -273,8 +192,8 @@ static void test_racing_puts_converge(void **state)
     start_fleet();
     for (int round = 0; round < 5; round++) {
         char ta[320], tb[320];
-        snprintf(ta, sizeof(ta), "%s", rules(100 + 2 * round));
-        snprintf(tb, sizeof(tb), "%s", rules(101 + 2 * round));
+        snprintf(ta, sizeof(ta), "%s", gwt_admin_rules(100 + 2 * round));
+        snprintf(tb, sizeof(tb), "%s", gwt_admin_rules(101 + 2 * round));
         struct put_job a = {fleet.aport[0], ta, 0}, b = {fleet.aport[1], tb, 0};
         pthread_t x, y;
         assert_int_equal(pthread_create(&x, NULL, put_thread, &a), 0);
@@ -305,10 +224,10 @@ static void test_racing_puts_converge(void **state)
     get_rules(fleet.aport[2], v, src);
     char hdr[64];
     snprintf(hdr, sizeof(hdr), "If-Match: \"%s\"\r\n", v);
-    const char *nv = put_rules(fleet.aport[2], rules(7), hdr);
+    const char *nv = put_rules(fleet.aport[2], gwt_admin_rules(7), hdr);
     assert_string_not_equal(nv, v);
     struct gwt_response r = {0};
-    request(fleet.aport[0], "PUT", "/rules", hdr, rules(8), &r);
+    gwt_admin_request(fleet.aport[0], "PUT", "/rules", hdr, gwt_admin_rules(8), &r);
     gwt_assert_problem(&r, 412, NULL);
     gwt_response_free(&r);
 }
@@ -319,18 +238,19 @@ static void test_inspect_and_unblock(void **state)
     (void)state;
     start_fleet();
     gwt_avoid_window_edge(60, 15);
-    const char *ver = put_rules(fleet.aport[0], rules(3), NULL);
+    const char *ver = put_rules(fleet.aport[0], gwt_admin_rules(3), NULL);
     (void)ver;
     long long t0 = gwt_now_ms();
     long ms[NGW];
     wait_enforced(fleet.port, NGW, 3, t0, ms);
 
     /* One request, then inspections on every instance: remaining stays 2. */
-    assert_int_equal(api_get(fleet.port[0], "alice", 3, NULL), 200);
+    assert_int_equal(gwt_admin_api_get(fleet.port[0], "alice", 3, NULL), 200);
     for (int k = 0; k < 3; k++) {
         for (int i = 0; i < NGW; i++) {
             struct gwt_response r = {0};
-            request(fleet.aport[i], "GET", "/ratelimit?limit=api&key=alice", NULL, NULL, &r);
+            gwt_admin_request(fleet.aport[i], "GET", "/ratelimit?limit=api&key=alice", NULL, NULL,
+                              &r);
             assert_int_equal(r.status, 200);
             json_t *j = gwt_json(&r);
             assert_non_null(j);
@@ -349,54 +269,37 @@ static void test_inspect_and_unblock(void **state)
     }
     /* Two more pass (3 in all), then every instance refuses alice (and so
      * holds her in its over-limit cache). */
-    assert_int_equal(api_get(fleet.port[1], "alice", 3, NULL), 200);
-    assert_int_equal(api_get(fleet.port[2], "alice", 3, NULL), 200);
+    assert_int_equal(gwt_admin_api_get(fleet.port[1], "alice", 3, NULL), 200);
+    assert_int_equal(gwt_admin_api_get(fleet.port[2], "alice", 3, NULL), 200);
     for (int i = 0; i < NGW; i++)
         for (int k = 0; k < 2; k++)
-            assert_int_equal(api_get(fleet.port[i], "alice", 3, NULL), 429);
+            assert_int_equal(gwt_admin_api_get(fleet.port[i], "alice", 3, NULL), 429);
 
     /* Errors: unknown limit, missing parameter, bad escape. */
     struct gwt_response r = {0};
-    request(fleet.aport[1], "GET", "/ratelimit?limit=nope&key=alice", NULL, NULL, &r);
+    gwt_admin_request(fleet.aport[1], "GET", "/ratelimit?limit=nope&key=alice", NULL, NULL, &r);
     gwt_assert_problem(&r, 404, NULL);
     gwt_response_free(&r);
-    request(fleet.aport[1], "GET", "/ratelimit?limit=api", NULL, NULL, &r);
+    gwt_admin_request(fleet.aport[1], "GET", "/ratelimit?limit=api", NULL, NULL, &r);
     gwt_assert_problem(&r, 400, NULL);
     gwt_response_free(&r);
-    request(fleet.aport[1], "DELETE", "/ratelimit?key=alice", NULL, NULL, &r);
+    gwt_admin_request(fleet.aport[1], "DELETE", "/ratelimit?key=alice", NULL, NULL, &r);
     gwt_assert_problem(&r, 400, NULL);
     gwt_response_free(&r);
-    request(fleet.aport[1], "GET", "/ratelimit?limit=api&key=%zz", NULL, NULL, &r);
+    gwt_admin_request(fleet.aport[1], "GET", "/ratelimit?limit=api&key=%zz", NULL, NULL, &r);
     gwt_assert_problem(&r, 400, NULL);
     gwt_response_free(&r);
 
     /* DELETE on gateway 1: alice passes again on all three. */
     t0 = gwt_now_ms();
-    request(fleet.aport[1], "DELETE", "/ratelimit?limit=api&key=alice", NULL, NULL, &r);
+    gwt_admin_request(fleet.aport[1], "DELETE", "/ratelimit?limit=api&key=alice", NULL, NULL, &r);
     assert_int_equal(r.status, 200);
     json_t *j = gwt_json(&r);
     assert_non_null(j);
     assert_true(gwt_json_int(j, "deleted", -1) >= 1);
     json_decref(j);
     gwt_response_free(&r);
-    bool done[NGW] = {false};
-    for (int left = NGW; left > 0;) {
-        for (int i = 0; i < NGW; i++) {
-            if (done[i])
-                continue;
-            int st = api_get(fleet.port[i], "alice", 3, NULL);
-            ms[i] = (long)(gwt_now_ms() - t0);
-            if (st == 200) {
-                done[i] = true;
-                left--;
-                continue;
-            }
-            assert_int_equal(st, 429);
-            if (ms[i] > APPLY_MS + 1000)
-                fail_msg("gateway %d still refuses alice %ld ms after DELETE", i, ms[i]);
-        }
-        pause_ms(POLL_MS);
-    }
+    gwt_admin_wait_served(fleet.port, NGW, "alice", t0, APPLY_MS + 1000, ms);
     fprintf(stderr,
             "[ MEASURE  ] DELETE /ratelimit on gateway 1: alice served again by the three "
             "after %ld, %ld, %ld ms\n",
@@ -417,19 +320,19 @@ static void test_put_with_file_is_409(void **state)
     char path[] = "/tmp/gw-admin-rules-XXXXXX.json";
     int fd = mkstemps(path, 5);
     assert_true(fd >= 0);
-    const char *text = rules(5);
+    const char *text = gwt_admin_rules(5);
     assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
     close(fd);
     char file_env[96];
     snprintf(file_env, sizeof(file_env), "RATE_LIMIT_RULES_FILE=%s", path);
     const char *env[] = {file_env, "ADMIN_PORT=0", NULL};
     gwt_suite_start_gw2(env);
-    int aport = admin_port_of(&gwt_fx.gw2);
+    int aport = gwt_admin_port_of(&gwt_fx.gw2);
     char v[32], src[32];
     get_rules(aport, v, src);
     assert_string_equal(src, "file");
     struct gwt_response r = {0};
-    request(aport, "PUT", "/rules", NULL, rules(6), &r);
+    gwt_admin_request(aport, "PUT", "/rules", NULL, gwt_admin_rules(6), &r);
     gwt_assert_problem(&r, 409, NULL);
     gwt_response_free(&r);
     char v2[32];
@@ -437,15 +340,16 @@ static void test_put_with_file_is_409(void **state)
     assert_string_equal(v2, v);
 
     /* POST /rules/validate: YAML accepted, errors listed. */
-    request(aport, "POST", "/rules/validate", "Content-Type: application/yaml\r\n",
-            "version: 1\nlimits:\n  - name: y\n    rates: [{requests: 2, window: 1s}]\n", &r);
+    gwt_admin_request(aport, "POST", "/rules/validate", "Content-Type: application/yaml\r\n",
+                      "version: 1\nlimits:\n  - name: y\n    rates: [{requests: 2, window: 1s}]\n",
+                      &r);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.body, "\"name\":\"y\""));
     gwt_response_free(&r);
-    request(aport, "POST", "/rules/validate", NULL,
-            "{\"version\":1,\"limits\":[{\"name\":\"x\",\"rates\":[{\"requests\":0,"
-            "\"window\":\"0s\"}],\"bogus\":1}]}",
-            &r);
+    gwt_admin_request(aport, "POST", "/rules/validate", NULL,
+                      "{\"version\":1,\"limits\":[{\"name\":\"x\",\"rates\":[{\"requests\":0,"
+                      "\"window\":\"0s\"}],\"bogus\":1}]}",
+                      &r);
     gwt_assert_problem(&r, 400, NULL);
     json_t *j = gwt_json(&r);
     json_t *errors = json_object_get(j, "errors");
@@ -463,9 +367,9 @@ static void test_local_put_and_limits(void **state)
     (void)state;
     const char *env[] = {"ADMIN_PORT=0", "RATE_LIMIT_REQUESTS=1", NULL};
     gwt_suite_start_gw2(env);
-    int aport = admin_port_of(&gwt_fx.gw2);
+    int aport = gwt_admin_port_of(&gwt_fx.gw2);
     long long t0 = gwt_now_ms();
-    put_rules(aport, rules(4), NULL);
+    put_rules(aport, gwt_admin_rules(4), NULL);
     long ms[1];
     wait_enforced(&gwt_fx.gport2, 1, 4, t0, ms);
     assert_true(ms[0] <= APPLY_MS);
@@ -475,7 +379,7 @@ static void test_local_put_and_limits(void **state)
     /* Admin requests are never rate limited (RATE_LIMIT_REQUESTS=1). */
     for (int i = 0; i < 20; i++) {
         struct gwt_response r = {0};
-        request(aport, "GET", "/stats", NULL, NULL, &r);
+        gwt_admin_request(aport, "GET", "/stats", NULL, NULL, &r);
         assert_int_equal(r.status, 200);
         gwt_response_free(&r);
     }
@@ -486,15 +390,15 @@ static void test_local_put_and_limits(void **state)
     memset(body, ' ', big);
     body[big] = '\0';
     struct gwt_response r = {0};
-    request(aport, "PUT", "/rules", NULL, body, &r);
+    gwt_admin_request(aport, "PUT", "/rules", NULL, body, &r);
     gwt_assert_problem(&r, 413, NULL);
     gwt_response_free(&r);
     free(body);
     /* Unknown path and method. */
-    request(aport, "GET", "/nope", NULL, NULL, &r);
+    gwt_admin_request(aport, "GET", "/nope", NULL, NULL, &r);
     gwt_assert_problem(&r, 404, NULL);
     gwt_response_free(&r);
-    request(aport, "POST", "/rules", NULL, "{}", &r);
+    gwt_admin_request(aport, "POST", "/rules", NULL, "{}", &r);
     gwt_assert_problem(&r, 405, NULL);
     assert_non_null(gwt_header(&r, "Allow"));
     gwt_response_free(&r);
@@ -512,24 +416,24 @@ static void test_token_log_and_client_port(void **state)
     const char *env[] = {burl, "WORKER_THREADS=2", "ADMIN_PORT=0", "ADMIN_TOKEN=" TOKEN, NULL};
     assert_int_equal(gwt_gateway_start_split(&p, &port, env), 0);
     gwt_track(&p);
-    int aport = admin_port_of(&p);
+    int aport = gwt_admin_port_of(&p);
     const char *paths[] = {"/rules", "/stats", "/health", "/metrics",
                            "/ratelimit?limit=default&key=127.0.0.1"};
     for (size_t i = 0; i < GW_ARRAY_LEN(paths); i++) {
         struct gwt_response r = {0};
-        request(aport, "GET", paths[i], NULL, NULL, &r);
+        gwt_admin_request(aport, "GET", paths[i], NULL, NULL, &r);
         gwt_assert_problem(&r, 401, NULL);
         assert_non_null(gwt_header(&r, "WWW-Authenticate"));
         assert_non_null(strstr(gwt_header(&r, "WWW-Authenticate"), "Bearer"));
         gwt_response_free(&r);
-        request(aport, "GET", paths[i], "Authorization: Bearer wrong-token-0123456789abcd\r\n",
-                NULL, &r);
+        gwt_admin_request(aport, "GET", paths[i],
+                          "Authorization: Bearer wrong-token-0123456789abcd\r\n", NULL, &r);
         gwt_assert_problem(&r, 401, NULL);
         gwt_response_free(&r);
-        request(aport, "GET", paths[i], "Authorization: Bearer " TOKEN "x\r\n", NULL, &r);
+        gwt_admin_request(aport, "GET", paths[i], "Authorization: Bearer " TOKEN "x\r\n", NULL, &r);
         assert_int_equal(r.status, 401);
         gwt_response_free(&r);
-        request(aport, "GET", paths[i], "Authorization: bearer " TOKEN "\r\n", NULL, &r);
+        gwt_admin_request(aport, "GET", paths[i], "Authorization: bearer " TOKEN "\r\n", NULL, &r);
         assert_int_equal(r.status, 200);
         gwt_response_free(&r);
     }
@@ -541,12 +445,12 @@ static void test_token_log_and_client_port(void **state)
      * path (backend_app counts them), and its lines carry no admin. */
     long long before = gwt_backend_requests(gwt_fx.bport);
     struct gwt_response r = {0};
-    request(port, "GET", "/rules", NULL, NULL, &r);
+    gwt_admin_request(port, "GET", "/rules", NULL, NULL, &r);
     assert_null(strstr(r.body, "\"version\""));
     gwt_response_free(&r);
-    request(port, "PUT", "/rules", NULL, rules(1), &r);
+    gwt_admin_request(port, "PUT", "/rules", NULL, gwt_admin_rules(1), &r);
     gwt_response_free(&r);
-    request(port, "DELETE", "/ratelimit?limit=default&key=127.0.0.1", NULL, NULL, &r);
+    gwt_admin_request(port, "DELETE", "/ratelimit?limit=default&key=127.0.0.1", NULL, NULL, &r);
     gwt_response_free(&r);
     assert_int_equal(gwt_backend_requests(gwt_fx.bport), before + 3);
     char *out = gwt_out_read(&p);
@@ -569,7 +473,7 @@ static void test_redis_down_at_start(void **state)
     (void)state;
     const char *env[] = {gwt_dead_url("REDIS_URL", "redis"), "ADMIN_PORT=0", NULL};
     gwt_suite_start_gw2(env);
-    int aport = admin_port_of(&gwt_fx.gw2);
+    int aport = gwt_admin_port_of(&gwt_fx.gw2);
     char *log = gwt_log_read(&gwt_fx.gw2);
     assert_non_null(log);
     assert_non_null(strstr(log, "cannot read the shared rules from Redis at start-up"));
@@ -579,7 +483,7 @@ static void test_redis_down_at_start(void **state)
     assert_string_equal(src, "env");
     long long t0 = gwt_now_ms();
     struct gwt_response r = {0};
-    request(aport, "PUT", "/rules", NULL, rules(9), &r);
+    gwt_admin_request(aport, "PUT", "/rules", NULL, gwt_admin_rules(9), &r);
     gwt_assert_problem(&r, 503, NULL);
     gwt_response_free(&r);
     assert_true(gwt_now_ms() - t0 < 500); /* no connect attempt on the request's path */

@@ -1,6 +1,6 @@
 /*
  * The admin API's rules sync on a real Redis Cluster (SPEC.md §11, §12):
- * three redis-server masters (gwt_minicluster) and two gateways given
+ * three redis-server masters (gwt_cluster) and two gateways given
  * REDIS_CLUSTER_NODES. A PUT /rules on either is adopted by the other
  * within 2 s, the rules hash living on its slot's master; a limit of 3 a
  * minute holds across both, and a DELETE /ratelimit on one has the client
@@ -25,95 +25,22 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "gwt_minicluster.h"
+#include "gwt_admin.h"
+#include "gwt_cluster.h"
 #include "gwt_suite.h"
 
 #define APPLY_MS 2000 /* SPEC: every instance applies a change within 2 s */
 #define POLL_MS  10   /* between two probes */
 #define NGW      2
 #define PREFIX   "admincl"
+#define MASTERS  3
 
-static struct gwt_minicluster g_c;
+static struct gwt_cluster g_c;
 
 static void pause_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-/* The port of "admin listening on 127.0.0.1:<port>" in p's log. */
-static int admin_port_of(struct gwt_proc *p)
-{
-    char *log = gwt_log_read(p);
-    assert_non_null(log);
-    const char *at = strstr(log, "admin listening on 127.0.0.1:");
-    if (at == NULL) {
-        gwt_log_dump(p, 4000);
-        fail_msg("no admin listening line");
-    }
-    int port = atoi(at + strlen("admin listening on 127.0.0.1:"));
-    free(log);
-    assert_true(port > 0);
-    return port;
-}
-
-/* One request with Connection: close. */
-static void request(int port, const char *method, const char *target, const char *body,
-                    struct gwt_response *r)
-{
-    size_t blen = body ? strlen(body) : 0;
-    size_t cap = blen + 512;
-    char *raw = malloc(cap);
-    assert_non_null(raw);
-    snprintf(raw, cap,
-             "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: "
-             "%zu\r\n\r\n%s",
-             method, target, blen, body ? body : "");
-    int rc = gwt_http(port, raw, r);
-    free(raw);
-    if (rc != 0)
-        fail_msg("%s %s on port %d: %s", method, target, port, strerror(-rc));
-}
-
-/* Rules with one limit "api" on /users/, keyed by X-Client, n per minute. */
-static const char *rules(int n)
-{
-    static char text[320];
-    snprintf(text, sizeof(text),
-             "{\"version\":1,\"limits\":[{\"name\":\"api\",\"match\":{\"path_prefix\":\"/users/\"},"
-             "\"key\":\"header:X-Client\",\"rates\":[{\"requests\":%d,\"window\":\"1m\"}]}]}",
-             n);
-    return text;
-}
-
-/* PUT /rules: the new version (static) after checking 200. */
-static const char *put_rules(int aport, const char *text)
-{
-    static char version[32];
-    struct gwt_response r = {0};
-    request(aport, "PUT", "/rules", text, &r);
-    if (r.status != 200)
-        fail_msg("PUT /rules: %d %s", r.status, r.body);
-    json_t *j = gwt_json(&r);
-    assert_non_null(j);
-    snprintf(version, sizeof(version), "%s", json_string_value(json_object_get(j, "version")));
-    json_decref(j);
-    gwt_response_free(&r);
-    return version;
-}
-
-/* GET /rules: version and source. */
-static void get_rules(int aport, char version[32], char source[32])
-{
-    struct gwt_response r = {0};
-    request(aport, "GET", "/rules", NULL, &r);
-    assert_int_equal(r.status, 200);
-    json_t *j = gwt_json(&r);
-    assert_non_null(j);
-    snprintf(version, 32, "%s", json_string_value(json_object_get(j, "version")));
-    snprintf(source, 32, "%s", json_string_value(json_object_get(j, "source")));
-    json_decref(j);
-    gwt_response_free(&r);
 }
 
 /* Until every admin port serves version, or the test fails after
@@ -124,7 +51,7 @@ static long wait_version(const int *aports, const char *version, long long t0)
         int have = 0;
         for (int i = 0; i < NGW; i++) {
             char v[32], src[32];
-            get_rules(aports[i], v, src);
+            gwt_admin_get_rules(aports[i], v, src, NULL);
             have += strcmp(v, version) == 0;
         }
         long ms = (long)(gwt_now_ms() - t0);
@@ -136,26 +63,11 @@ static long wait_version(const int *aports, const char *version, long long t0)
     }
 }
 
-/* GET /users/1 on the client port as client: the status. */
-static int api_get(int port, const char *client)
-{
-    char raw[256];
-    snprintf(raw, sizeof(raw),
-             "GET /users/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Client: %s\r\nConnection: "
-             "close\r\n\r\n",
-             client);
-    struct gwt_response r = {0};
-    assert_int_equal(gwt_http(port, raw, &r), 0);
-    int status = r.status;
-    gwt_response_free(&r);
-    return status;
-}
-
 /* gateway_redis_redirects_total{type="<type>"} in /metrics of port. */
 static long long redirects(int port, const char *type)
 {
     struct gwt_response r = {0};
-    request(port, "GET", "/metrics", NULL, &r);
+    gwt_admin_request(port, "GET", "/metrics", NULL, NULL, &r);
     assert_int_equal(r.status, 200);
     char line[96];
     snprintf(line, sizeof(line), "\ngateway_redis_redirects_total{type=\"%s\"} ", type);
@@ -185,29 +97,23 @@ static void start_fleet(void)
     for (int i = 0; i < NGW; i++) {
         memset(&fleet.gw[i], 0, sizeof(fleet.gw[i]));
         assert_int_equal(gwt_gateway_for(&fleet.gw[i], &fleet.port[i], gwt_fx.bport, env), 0);
-        fleet.aport[i] = admin_port_of(&fleet.gw[i]);
+        fleet.aport[i] = gwt_admin_port_of(&fleet.gw[i]);
     }
+}
+
+static int slot_of(const char *key)
+{
+    int slot = gwt_cluster_keyslot_remote(g_c.port[0], key);
+    assert_true(slot >= 0);
+    return slot;
 }
 
 /* The master holding key (CLUSTER KEYSLOT, then CLUSTER SLOTS). */
 static int master_of(const char *key)
 {
-    redisReply *r = gwt_minicluster_cmd(g_c.port[0], "CLUSTER KEYSLOT %s", key);
-    assert_non_null(r);
-    int slot = (int)r->integer;
-    freeReplyObject(r);
-    int m = gwt_minicluster_owner(&g_c, slot);
+    int m = gwt_cluster_slot_owner(&g_c, slot_of(key));
     assert_true(m >= 0);
     return m;
-}
-
-static int slot_of(const char *key)
-{
-    redisReply *r = gwt_minicluster_cmd(g_c.port[0], "CLUSTER KEYSLOT %s", key);
-    assert_non_null(r);
-    int slot = (int)r->integer;
-    freeReplyObject(r);
-    return slot;
 }
 
 /* PUT on one gateway, the other adopts within 2 s, both ways; the hash on
@@ -218,22 +124,23 @@ static void test_put_and_forget(void **state)
     start_fleet();
     char v[32], src[32];
     for (int i = 0; i < NGW; i++) {
-        get_rules(fleet.aport[i], v, src);
+        gwt_admin_get_rules(fleet.aport[i], v, src, NULL);
         assert_string_equal(src, "env");
     }
     for (int round = 0; round < 2; round++) {
         long long t0 = gwt_now_ms();
         char want[32];
-        snprintf(want, sizeof(want), "%s", put_rules(fleet.aport[round], rules(10 + round)));
+        snprintf(want, sizeof(want), "%s",
+                 gwt_admin_put_rules(fleet.aport[round], gwt_admin_rules(10 + round), NULL, NULL));
         long ms = wait_version(fleet.aport, want, t0);
-        get_rules(fleet.aport[1 - round], v, src);
+        gwt_admin_get_rules(fleet.aport[1 - round], v, src, NULL);
         assert_string_equal(src, "redis");
         fprintf(stderr, "[ MEASURE  ] PUT /rules on gateway %d (Cluster): on both after %ld ms\n",
                 round, ms);
         assert_true(ms <= APPLY_MS);
     }
     int m = master_of(PREFIX ":rules");
-    redisReply *r = gwt_minicluster_cmd(g_c.port[m], "HGET %s serial", PREFIX ":rules");
+    redisReply *r = gwt_cluster_cmd(g_c.port[m], "HGET %s serial", PREFIX ":rules");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_string_equal(r->str, "2");
@@ -243,39 +150,24 @@ static void test_put_and_forget(void **state)
     gwt_avoid_window_edge(60, 15);
     long long t0 = gwt_now_ms();
     char want[32];
-    snprintf(want, sizeof(want), "%s", put_rules(fleet.aport[0], rules(3)));
+    snprintf(want, sizeof(want), "%s",
+             gwt_admin_put_rules(fleet.aport[0], gwt_admin_rules(3), NULL, NULL));
     (void)wait_version(fleet.aport, want, t0);
     for (int k = 0; k < 3; k++)
-        assert_int_equal(api_get(fleet.port[k % NGW], "alice"), 200);
+        assert_int_equal(gwt_admin_api_get(fleet.port[k % NGW], "alice", 0, NULL), 200);
     for (int i = 0; i < NGW; i++)
         for (int k = 0; k < 2; k++)
-            assert_int_equal(api_get(fleet.port[i], "alice"), 429);
+            assert_int_equal(gwt_admin_api_get(fleet.port[i], "alice", 0, NULL), 429);
 
     /* DELETE on gateway 1: alice served again by both within 2 s. */
     struct gwt_response resp = {0};
     t0 = gwt_now_ms();
-    request(fleet.aport[1], "DELETE", "/ratelimit?limit=api&key=alice", NULL, &resp);
+    gwt_admin_request(fleet.aport[1], "DELETE", "/ratelimit?limit=api&key=alice", NULL, NULL,
+                      &resp);
     assert_int_equal(resp.status, 200);
     gwt_response_free(&resp);
     long ms[NGW] = {0};
-    bool done[NGW] = {false};
-    for (int left = NGW; left > 0;) {
-        for (int i = 0; i < NGW; i++) {
-            if (done[i])
-                continue;
-            int st = api_get(fleet.port[i], "alice");
-            ms[i] = (long)(gwt_now_ms() - t0);
-            if (st == 200) {
-                done[i] = true;
-                left--;
-                continue;
-            }
-            assert_int_equal(st, 429);
-            if (ms[i] > APPLY_MS + 1000)
-                fail_msg("gateway %d still refuses alice %ld ms after DELETE", i, ms[i]);
-        }
-        pause_ms(POLL_MS);
-    }
+    gwt_admin_wait_served(fleet.port, NGW, "alice", t0, APPLY_MS + 1000, ms);
     fprintf(stderr,
             "[ MEASURE  ] DELETE /ratelimit on gateway 1 (Cluster): alice served again after "
             "%ld, %ld ms\n",
@@ -283,7 +175,7 @@ static void test_put_and_forget(void **state)
     for (int i = 0; i < NGW; i++)
         assert_true(ms[i] <= APPLY_MS);
     int f = master_of(PREFIX ":forget");
-    r = gwt_minicluster_cmd(g_c.port[f], "PTTL %s", PREFIX ":forget");
+    r = gwt_cluster_cmd(g_c.port[f], "PTTL %s", PREFIX ":forget");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     assert_true(r->integer > 0 && r->integer <= 60000);
@@ -306,16 +198,17 @@ static void test_resharded_keys(void **state)
     start_fleet();
     char want[32];
     long long t0 = gwt_now_ms();
-    snprintf(want, sizeof(want), "%s", put_rules(fleet.aport[0], rules(20)));
+    snprintf(want, sizeof(want), "%s",
+             gwt_admin_put_rules(fleet.aport[0], gwt_admin_rules(20), NULL, NULL));
     (void)wait_version(fleet.aport, want, t0);
     long long moved0[NGW];
     for (int i = 0; i < NGW; i++)
         moved0[i] = redirects(fleet.aport[i], "moved");
 
     int slot = slot_of(PREFIX ":rules");
-    int from = master_of(PREFIX ":rules"), to = (from + 1) % GWT_MINICLUSTER_MASTERS;
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, slot, from, to), 0);
-    assert_int_equal(gwt_minicluster_migrate_end(&g_c, slot, from, to), 0);
+    int from = master_of(PREFIX ":rules"), to = (from + 1) % MASTERS;
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, slot, from, to), 0);
+    assert_int_equal(gwt_cluster_migrate_finish(&g_c, slot, from, to), 0);
     assert_int_equal(master_of(PREFIX ":rules"), to);
 
     /* Each poller meets -MOVED within a poll or two. */
@@ -326,31 +219,32 @@ static void test_resharded_keys(void **state)
         assert_true(redirects(fleet.aport[i], "moved") > moved0[i]);
     }
     t0 = gwt_now_ms();
-    snprintf(want, sizeof(want), "%s", put_rules(fleet.aport[1], rules(21)));
+    snprintf(want, sizeof(want), "%s",
+             gwt_admin_put_rules(fleet.aport[1], gwt_admin_rules(21), NULL, NULL));
     long ms = wait_version(fleet.aport, want, t0);
     fprintf(stderr, "[ MEASURE  ] PUT /rules after the rules slot moved: on both after %ld ms\n",
             ms);
     assert_true(ms <= APPLY_MS);
-    redisReply *r = gwt_minicluster_cmd(g_c.port[to], "HGET %s serial", PREFIX ":rules");
+    redisReply *r = gwt_cluster_cmd(g_c.port[to], "HGET %s serial", PREFIX ":rules");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_string_equal(r->str, "2");
     freeReplyObject(r);
 
     /* The forget stream: no stream yet, its slot migrating. */
-    r = gwt_minicluster_cmd(g_c.port[master_of(PREFIX ":forget")], "DEL %s", PREFIX ":forget");
+    r = gwt_cluster_cmd(g_c.port[master_of(PREFIX ":forget")], "DEL %s", PREFIX ":forget");
     freeReplyObject(r);
     int fslot = slot_of(PREFIX ":forget");
-    int ffrom = master_of(PREFIX ":forget"), fto = (ffrom + 2) % GWT_MINICLUSTER_MASTERS;
+    int ffrom = master_of(PREFIX ":forget"), fto = (ffrom + 2) % MASTERS;
     long long ask0 = redirects(fleet.aport[0], "ask");
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, fslot, ffrom, fto), 0);
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, fslot, ffrom, fto), 0);
     struct gwt_response resp = {0};
-    request(fleet.aport[0], "DELETE", "/ratelimit?limit=api&key=bob", NULL, &resp);
+    gwt_admin_request(fleet.aport[0], "DELETE", "/ratelimit?limit=api&key=bob", NULL, NULL, &resp);
     assert_int_equal(resp.status, 200);
     gwt_response_free(&resp);
     assert_true(redirects(fleet.aport[0], "ask") > ask0);
-    assert_int_equal(gwt_minicluster_migrate_end(&g_c, fslot, ffrom, fto), 0);
-    r = gwt_minicluster_cmd(g_c.port[fto], "XLEN %s", PREFIX ":forget");
+    assert_int_equal(gwt_cluster_migrate_finish(&g_c, fslot, ffrom, fto), 0);
+    r = gwt_cluster_cmd(g_c.port[fto], "XLEN %s", PREFIX ":forget");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     assert_int_equal(r->integer, 1);
@@ -361,21 +255,21 @@ static int group_setup(void **state)
 {
     if (gwt_suite_setup_backend(state) != 0)
         return -1;
-    return gwt_minicluster_start(&g_c, false, 20000);
+    return gwt_cluster_start(&g_c, MASTERS, false, NULL, 20000);
 }
 
 static int group_teardown(void **state)
 {
     int rc = gwt_suite_teardown(state);
-    gwt_minicluster_stop(&g_c);
+    gwt_cluster_stop(&g_c);
     return rc;
 }
 
 /* Each test starts on an empty cluster. */
 static int test_setup(void **state)
 {
-    for (int i = 0; i < GWT_MINICLUSTER_MASTERS; i++) {
-        redisReply *r = gwt_minicluster_cmd(g_c.port[i], "FLUSHALL");
+    for (int i = 0; i < MASTERS; i++) {
+        redisReply *r = gwt_cluster_cmd(g_c.port[i], "FLUSHALL");
         if (r == NULL)
             return -1;
         freeReplyObject(r);

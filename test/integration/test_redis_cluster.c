@@ -254,6 +254,18 @@ static void cluster_env(const char *env[14], char seeds[128], char prefix_kv[64]
     env[k] = NULL;
 }
 
+/* gwt_fx.gw and gwt_fx.gw2 on the cluster (cluster_env), both failing
+ * closed, with prefix and RATE_LIMIT_REQUESTS=limit. */
+static void start_closed_pair(const char *prefix, int limit)
+{
+    const char *env[14];
+    char seeds[128], pfx[64], lim[48];
+    snprintf(lim, sizeof(lim), "RATE_LIMIT_REQUESTS=%d", limit);
+    cluster_env(env, seeds, pfx, prefix, lim, "RATE_LIMIT_FAILURE_MODE=closed");
+    gwt_suite_start_gw(env);
+    gwt_suite_start_gw2(env);
+}
+
 #define NEED_CLUSTER() assert_int_equal(g_started, 0)
 
 /* ---- the rig itself ---------------------------------------------------------- */
@@ -394,12 +406,7 @@ static void test_cluster_exact_two_gateways(void **state)
 {
     (void)state;
     NEED_CLUSTER();
-    const char *env[14];
-    char seeds[128], pfx[64];
-    cluster_env(env, seeds, pfx, "spread", "RATE_LIMIT_REQUESTS=3",
-                "RATE_LIMIT_FAILURE_MODE=closed");
-    gwt_suite_start_gw(env);
-    gwt_suite_start_gw2(env);
+    start_closed_pair("spread", 3);
     const int gports[2] = {gwt_fx.gport, gwt_fx.gport2};
 
     struct client cl[MASTERS * PER];
@@ -490,12 +497,7 @@ static void test_cluster_reshard_under_load(void **state)
     (void)state;
     NEED_CLUSTER();
     assert_int_equal(gwt_cluster_first_slot(&g_cl, 0), 0);
-    const char *env[14];
-    char seeds[128], pfx[64], lim[48];
-    snprintf(lim, sizeof(lim), "RATE_LIMIT_REQUESTS=%d", RS_LIMIT);
-    cluster_env(env, seeds, pfx, "reshard", lim, "RATE_LIMIT_FAILURE_MODE=closed");
-    gwt_suite_start_gw(env);
-    gwt_suite_start_gw2(env);
+    start_closed_pair("reshard", RS_LIMIT);
     const int gports[2] = {gwt_fx.gport, gwt_fx.gport2};
 
     /* Clients whose slots move, and clients on every master that stay. */
@@ -636,12 +638,7 @@ static void test_cluster_slot_migration_steps(void **state)
     (void)state;
     NEED_CLUSTER();
     const int from = 2, to = 1;
-    const char *env[14];
-    char seeds[128], pfx[64], lim[48];
-    snprintf(lim, sizeof(lim), "RATE_LIMIT_REQUESTS=%d", MIG_LIMIT);
-    cluster_env(env, seeds, pfx, "mig", lim, "RATE_LIMIT_FAILURE_MODE=closed");
-    gwt_suite_start_gw(env);
-    gwt_suite_start_gw2(env);
+    start_closed_pair("mig", MIG_LIMIT);
     const int g[2] = {gwt_fx.gport, gwt_fx.gport2};
 
     /* Clients a (known before the migration) and b, c (new during it) in

@@ -252,6 +252,20 @@ int gwt_cluster_first_slot(const struct gwt_cluster *c, int i)
     return -1;
 }
 
+int gwt_cluster_key_on(const struct gwt_cluster *c, int m, const char *fmt, char *key, size_t cap)
+{
+    static int owner[GWT_CLUSTER_SLOTS];
+    if (gwt_cluster_slot_map(c, owner) != 0)
+        return -1;
+    for (int n = 0; n < 200; n++) {
+        snprintf(key, cap, fmt, n);
+        int slot = gwt_cluster_keyslot(key);
+        if (owner[slot] == m)
+            return slot;
+    }
+    return -1;
+}
+
 bool gwt_cluster_is_master(const struct gwt_cluster *c, int i)
 {
     redisReply *r = poll_cmd(c->port[i], "ROLE");
@@ -731,10 +745,20 @@ int gwt_cluster_migrate_end(const struct gwt_cluster *c, int slot, int from, int
     if (!cmd_ok(c->port[to], "CLUSTER SETSLOT %d NODE %s", slot, c->id[to]) ||
         !cmd_ok(c->port[from], "CLUSTER SETSLOT %d NODE %s", slot, c->id[to]))
         return -EPROTO;
-    for (int i = 0; i < c->masters; i++)
+    for (int i = 0; i < c->nodes; i++)
         if (i != to && i != from && !c->killed[i] && gwt_cluster_is_master(c, i))
             (void)cmd_ok(c->port[i], "CLUSTER SETSLOT %d NODE %s", slot, c->id[to]);
     return gwt_cluster_wait_agree(c, AGREE_MS);
+}
+
+int gwt_cluster_migrate_finish(const struct gwt_cluster *c, int slot, int from, int to)
+{
+    int moved = 1;
+    for (int round = 0; round < 100 && moved > 0; round++)
+        moved = gwt_cluster_migrate_keys(c, slot, from, to);
+    if (moved != 0)
+        return moved < 0 ? moved : -EAGAIN;
+    return gwt_cluster_migrate_end(c, slot, from, to);
 }
 
 void gwt_cluster_nodes_env(const struct gwt_cluster *c, const int idx[], int n, char *out,

@@ -112,6 +112,11 @@ int gwt_cluster_slot_count(const struct gwt_cluster *c, int i);
 /* Lowest slot owned by node i, or -1. */
 int gwt_cluster_first_slot(const struct gwt_cluster *c, int i);
 
+/* A key fmt % n (n = 0, 1, ... 199) whose slot node m owns, into key (cap
+ * bytes). Returns its slot, or -1 when none of the 200 is (or the slot map
+ * could not be read). */
+int gwt_cluster_key_on(const struct gwt_cluster *c, int m, const char *fmt, char *key, size_t cap);
+
 /* True when node i says it is a master (ROLE). */
 bool gwt_cluster_is_master(const struct gwt_cluster *c, int i);
 
@@ -160,11 +165,18 @@ int gwt_cluster_reshard_wait(const struct gwt_cluster *c, struct gwt_proc *p, in
  * keys: moves the slot's keys (CLUSTER GETKEYSINSLOT, MIGRATE ... KEYS, at
  * most 1000) from from to to and returns how many, or -errno;
  * end: CLUSTER SETSLOT slot NODE <to> on to, from and every other live
- * master, then waits (at most 10 s) until every node agrees. Each returns
+ * master (a promoted replica too), then waits (at most 10 s) until every node agrees. Each returns
  * 0 or -errno (the node's error on stderr). */
 int gwt_cluster_migrate_begin(const struct gwt_cluster *c, int slot, int from, int to);
 int gwt_cluster_migrate_keys(const struct gwt_cluster *c, int slot, int from, int to);
 int gwt_cluster_migrate_end(const struct gwt_cluster *c, int slot, int from, int to);
+
+/* The second half of a migration begun with gwt_cluster_migrate_begin, for
+ * a test that acts while the slot is MIGRATING and then has it moved:
+ * gwt_cluster_migrate_keys until none is left in the slot on from (at most
+ * 100 rounds), then gwt_cluster_migrate_end. Returns 0 or -errno
+ * (-EAGAIN when keys were still left after the rounds). */
+int gwt_cluster_migrate_finish(const struct gwt_cluster *c, int slot, int from, int to);
 
 /* "REDIS_CLUSTER_NODES=127.0.0.1:<port of idx[0]>,..." for the n nodes
  * listed (n <= 8), into out (cap bytes). */

@@ -18,48 +18,7 @@
 #include <jansson.h>
 
 #include "gw/config.h"
-
-/* ---- injected environment ----------------------------------------------- */
-
-struct kv {
-    const char *k;
-    const char *v;
-};
-
-/* getenv over a {NULL, NULL}-terminated kv table. */
-static const char *kv_getenv(void *ctx, const char *name)
-{
-    for (const struct kv *e = ctx; e->k != NULL; e++)
-        if (strcmp(e->k, name) == 0)
-            return e->v;
-    return NULL;
-}
-
-/* Loads cfg from kv; the error text goes to *err_out (caller frees) or is
- * dropped when err_out is NULL. Returns gw_config_load's result. */
-static int load_kv(struct gw_config *cfg, const struct kv *kv, char **err_out)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *err = open_memstream(&buf, &len);
-    assert_non_null(err);
-    int rc = gw_config_load(cfg, kv_getenv, (void *)kv, err);
-    assert_int_equal(fclose(err), 0);
-    if (err_out != NULL)
-        *err_out = buf;
-    else
-        free(buf);
-    return rc;
-}
-
-#define KV(...)                                                                                    \
-    (const struct kv[])                                                                            \
-    {                                                                                              \
-        __VA_ARGS__,                                                                               \
-        {                                                                                          \
-            NULL, NULL                                                                             \
-        }                                                                                          \
-    }
+#include "gwt_config.h"
 
 static int count_lines(const char *s)
 {
@@ -73,7 +32,7 @@ static int count_lines(const char *s)
 static void expect_ok(struct gw_config *cfg, const char *name, const char *value)
 {
     char *err = NULL;
-    int rc = load_kv(cfg, KV({name, value}), &err);
+    int rc = gwt_config_load_kv(cfg, GWT_KV({name, value}), &err);
     if (rc != 0)
         fail_msg("%s=%s: expected success, got %d: %s", name, value, rc, err);
     assert_string_equal(err, "");
@@ -86,7 +45,7 @@ static void expect_bad(const char *name, const char *value, const char *needle)
 {
     struct gw_config cfg;
     char *err = NULL;
-    int rc = load_kv(&cfg, KV({name, value}), &err);
+    int rc = gwt_config_load_kv(&cfg, GWT_KV({name, value}), &err);
     if (rc != 1)
         fail_msg("%s=\"%s\": expected 1 error, got %d: %s", name, value, rc, err);
     char head[512];
@@ -184,7 +143,7 @@ static void test_defaults(void **state)
 {
     struct gw_config cfg;
     char *err = NULL;
-    assert_int_equal(load_kv(&cfg, KV({"UNRELATED", "x"}), &err), 0);
+    assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"UNRELATED", "x"}), &err), 0);
     assert_string_equal(err, "");
     free(err);
 
@@ -276,7 +235,8 @@ static void test_int_valid(void **state)
     /* auto follows MAX_CONCURRENT_REQUESTS wherever that row stands. */
     char *err = NULL;
     assert_int_equal(
-        load_kv(&cfg, KV({"UPSTREAM_KEEPALIVE", "auto"}, {"MAX_CONCURRENT_REQUESTS", "333"}), &err),
+        gwt_config_load_kv(
+            &cfg, GWT_KV({"UPSTREAM_KEEPALIVE", "auto"}, {"MAX_CONCURRENT_REQUESTS", "333"}), &err),
         0);
     assert_int_equal(cfg.upstream_keepalive, 333);
     free(err);
@@ -312,14 +272,14 @@ static void test_int_invalid(void **state)
     /* A bad value never falls back to the default, and the exact line. */
     struct gw_config cfg;
     char *err = NULL;
-    assert_int_equal(load_kv(&cfg, KV({"GATEWAY_PORT", "abc"}), &err), 1);
+    assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"GATEWAY_PORT", "abc"}), &err), 1);
     assert_string_equal(err, "config error: GATEWAY_PORT=abc: not an integer\n");
     assert_int_not_equal(cfg.gateway_port, 8000);
     free(err);
     gw_config_deinit(&cfg);
 
     /* Control bytes are escaped so one error stays one line. */
-    assert_int_equal(load_kv(&cfg, KV({"GATEWAY_PORT", "1\n2"}), &err), 1);
+    assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"GATEWAY_PORT", "1\n2"}), &err), 1);
     assert_string_equal(err, "config error: GATEWAY_PORT=1\\x0a2: not an integer\n");
     free(err);
     gw_config_deinit(&cfg);
@@ -451,7 +411,7 @@ static void test_strings_and_paths(void **state)
 
     /* Two endpoints on one path would hide one of them. */
     char *err = NULL;
-    assert_int_equal(load_kv(&cfg, KV({"STATS_PATH", "/health"}), &err), 1);
+    assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"STATS_PATH", "/health"}), &err), 1);
     assert_string_equal(err, "config error: STATS_PATH=/health: same path as HEALTH_PATH\n");
     free(err);
     gw_config_deinit(&cfg);
@@ -682,7 +642,7 @@ static void test_redis_password_masked_in_errors(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct gw_config cfg;
         char *err = NULL;
-        assert_int_equal(load_kv(&cfg, KV({"REDIS_URL", cases[i].url}), &err), 1);
+        assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"REDIS_URL", cases[i].url}), &err), 1);
         char want[128];
         snprintf(want, sizeof(want), "config error: REDIS_URL=%s: ", cases[i].shown);
         if (strncmp(err, want, strlen(want)) != 0)
@@ -819,12 +779,13 @@ static void test_many_errors(void **state)
                                         "REDIS_URL"};
     struct gw_config cfg;
     char *err = NULL;
-    int rc = load_kv(&cfg,
-                     KV({"GATEWAY_PORT", "x"}, {"LOG_LEVEL", "loud"}, {"BACKEND_URL", "https://h"},
-                        {"RATE_LIMIT_DRY_RUN", "maybe"}, {"TRUSTED_PROXIES", "1.2.3.4/40"},
-                        {"MAX_BODY_BYTES", "-5"}, {"REDIS_URL", "redis://:pw@h:0"},
-                        {"MAX_CONNECTIONS", "500"}),
-                     &err);
+    int rc =
+        gwt_config_load_kv(&cfg,
+                           GWT_KV({"GATEWAY_PORT", "x"}, {"LOG_LEVEL", "loud"},
+                                  {"BACKEND_URL", "https://h"}, {"RATE_LIMIT_DRY_RUN", "maybe"},
+                                  {"TRUSTED_PROXIES", "1.2.3.4/40"}, {"MAX_BODY_BYTES", "-5"},
+                                  {"REDIS_URL", "redis://:pw@h:0"}, {"MAX_CONNECTIONS", "500"}),
+                           &err);
     assert_int_equal(rc, 7);
     assert_int_equal(count_lines(err), 7);
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -842,8 +803,9 @@ static void test_many_errors(void **state)
     gw_config_deinit(&cfg);
 
     /* err may be NULL: the count is still returned. */
-    assert_int_equal(gw_config_load(&cfg, kv_getenv,
-                                    (void *)KV({"GATEWAY_PORT", "x"}, {"LOG_LEVEL", "x"}), NULL),
+    assert_int_equal(gw_config_load(&cfg, gwt_kv_getenv,
+                                    (void *)GWT_KV({"GATEWAY_PORT", "x"}, {"LOG_LEVEL", "x"}),
+                                    NULL),
                      2);
     gw_config_deinit(&cfg);
 }
@@ -854,11 +816,12 @@ static void test_print_json(void **state)
 {
     struct gw_config cfg;
     assert_int_equal(
-        load_kv(&cfg,
-                KV({"REDIS_URL", "redis://:s3cret@cache:6380/1"}, {"WORKER_THREADS", "4"},
-                   {"RATE_LIMIT_DRY_RUN", "on"}, {"TRUSTED_PROXIES", "10.0.0.0/8"},
-                   {"LOG_LEVEL", "WARN"}, {"MAX_BODY_BYTES", "5000000000"}),
-                NULL),
+        gwt_config_load_kv(&cfg,
+                           GWT_KV({"REDIS_URL", "redis://:s3cret@cache:6380/1"},
+                                  {"WORKER_THREADS", "4"}, {"RATE_LIMIT_DRY_RUN", "on"},
+                                  {"TRUSTED_PROXIES", "10.0.0.0/8"}, {"LOG_LEVEL", "WARN"},
+                                  {"MAX_BODY_BYTES", "5000000000"}),
+                           NULL),
         0);
     char *text = capture_json(&cfg);
     gw_config_deinit(&cfg);
@@ -903,7 +866,7 @@ static void test_print_json(void **state)
     free(text);
 
     /* Unset REDIS_URL prints as null. */
-    assert_int_equal(load_kv(&cfg, KV({"X", "y"}), NULL), 0);
+    assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"X", "y"}), NULL), 0);
     text = capture_json(&cfg);
     gw_config_deinit(&cfg);
     j = json_loads(text, 0, &jerr);
@@ -913,7 +876,8 @@ static void test_print_json(void **state)
     free(text);
 
     /* A unix socket URL has nothing to mask. */
-    assert_int_equal(load_kv(&cfg, KV({"REDIS_URL", "unix:///tmp/r.sock"}), NULL), 0);
+    assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"REDIS_URL", "unix:///tmp/r.sock"}), NULL),
+                     0);
     text = capture_json(&cfg);
     gw_config_deinit(&cfg);
     assert_non_null(strstr(text, "\"unix:///tmp/r.sock\""));
@@ -1085,7 +1049,7 @@ static void test_env_example_gives_defaults(void **state)
 
     /* Loading the file yields exactly the defaults. */
     struct gw_config def, cfg;
-    assert_int_equal(load_kv(&def, KV({"X", "y"}), NULL), 0);
+    assert_int_equal(gwt_config_load_kv(&def, GWT_KV({"X", "y"}), NULL), 0);
     char *want = capture_json(&def);
     gw_config_deinit(&def);
 

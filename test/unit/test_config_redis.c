@@ -13,62 +13,34 @@
 #include <cmocka.h>
 
 #include "gw/config.h"
+#include "gwt_config.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct kv {
-    const char *k;
-    const char *v;
-};
-
-static const char *kv_getenv(void *ctx, const char *name)
-{
-    for (const struct kv *e = ctx; e->k != NULL; e++)
-        if (strcmp(e->k, name) == 0)
-            return e->v;
-    return NULL;
-}
-
-#define KV(...) ((const struct kv[]){__VA_ARGS__, {NULL, NULL}})
-
-/* Loads cfg from kv; *err_out (may be NULL) gets the error text. */
-static int load(struct gw_config *cfg, const struct kv *kv, char **err_out)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *err = open_memstream(&buf, &len);
-    assert_non_null(err);
-    int rc = gw_config_load(cfg, kv_getenv, (void *)kv, err);
-    assert_int_equal(fclose(err), 0);
-    if (err_out != NULL)
-        *err_out = buf;
-    else
-        free(buf);
-    return rc;
-}
-
 static void test_url_with_overrides(void **state)
 {
     (void)state;
     struct gw_config cfg;
     assert_int_equal(
-        load(&cfg,
-             KV({"REDIS_URL", "rediss://olduser:oldpw@redis.example:6380/4"},
-                {"REDIS_USERNAME", "app"}, {"REDIS_PASSWORD", "s3cret pw"},
-                {"REDIS_TLS_SERVER_NAME", "redis.internal"}, {"REDIS_TLS_CA_FILE", "/dev/null"}),
-             NULL),
+        gwt_config_load_kv(&cfg,
+                           GWT_KV({"REDIS_URL", "rediss://olduser:oldpw@redis.example:6380/4"},
+                                  {"REDIS_USERNAME", "app"}, {"REDIS_PASSWORD", "s3cret pw"},
+                                  {"REDIS_TLS_SERVER_NAME", "redis.internal"},
+                                  {"REDIS_TLS_CA_FILE", "/dev/null"}),
+                           NULL),
         1); /* /dev/null holds no certificate */
     gw_config_deinit(&cfg);
 
-    assert_int_equal(load(&cfg,
-                          KV({"REDIS_URL", "rediss://olduser:oldpw@redis.example:6380/4"},
-                             {"REDIS_USERNAME", "app"}, {"REDIS_PASSWORD", "s3cret pw"},
-                             {"REDIS_TLS_SERVER_NAME", "redis.internal"}),
-                          NULL),
-                     0);
+    assert_int_equal(
+        gwt_config_load_kv(&cfg,
+                           GWT_KV({"REDIS_URL", "rediss://olduser:oldpw@redis.example:6380/4"},
+                                  {"REDIS_USERNAME", "app"}, {"REDIS_PASSWORD", "s3cret pw"},
+                                  {"REDIS_TLS_SERVER_NAME", "redis.internal"}),
+                           NULL),
+        0);
     assert_true(gw_config_redis_enabled(&cfg));
     struct gw_redis_target t;
     assert_int_equal(gw_config_redis_target(&cfg, &t, NULL, 0), 0);
@@ -98,9 +70,11 @@ static void test_url_with_overrides(void **state)
     gw_config_deinit(&cfg);
 
     /* REDIS_DB agreeing with the URL's, or given without one in it. */
-    assert_int_equal(load(&cfg, KV({"REDIS_URL", "redis://h/4"}, {"REDIS_DB", "4"}), NULL), 0);
+    assert_int_equal(
+        gwt_config_load_kv(&cfg, GWT_KV({"REDIS_URL", "redis://h/4"}, {"REDIS_DB", "4"}), NULL), 0);
     gw_config_deinit(&cfg);
-    assert_int_equal(load(&cfg, KV({"REDIS_URL", "redis://h"}, {"REDIS_DB", "7"}), NULL), 0);
+    assert_int_equal(
+        gwt_config_load_kv(&cfg, GWT_KV({"REDIS_URL", "redis://h"}, {"REDIS_DB", "7"}), NULL), 0);
     assert_int_equal(gw_config_redis_target(&cfg, &t, NULL, 0), 0);
     assert_int_equal(t.db, 7);
     assert_false(t.tls);
@@ -113,11 +87,12 @@ static void test_sentinels(void **state)
     (void)state;
     struct gw_config cfg;
     assert_int_equal(
-        load(&cfg,
-             KV({"REDIS_SENTINELS", " 10.0.0.5:26380, sentinel-b ,[::1]:5000"},
-                {"REDIS_SENTINEL_MASTER", "mymaster"}, {"REDIS_SENTINEL_PASSWORD", "sentpw"},
-                {"REDIS_PASSWORD", "pw"}, {"REDIS_TLS", "on"}, {"REDIS_TLS_VERIFY", "off"}),
-             NULL),
+        gwt_config_load_kv(&cfg,
+                           GWT_KV({"REDIS_SENTINELS", " 10.0.0.5:26380, sentinel-b ,[::1]:5000"},
+                                  {"REDIS_SENTINEL_MASTER", "mymaster"},
+                                  {"REDIS_SENTINEL_PASSWORD", "sentpw"}, {"REDIS_PASSWORD", "pw"},
+                                  {"REDIS_TLS", "on"}, {"REDIS_TLS_VERIFY", "off"}),
+                           NULL),
         0);
     assert_true(gw_config_redis_enabled(&cfg));
     struct gw_redis_target t;
@@ -148,7 +123,7 @@ static void test_sentinels(void **state)
     gw_config_deinit(&cfg);
 
     /* Neither URL nor sentinels: no target. */
-    assert_int_equal(load(&cfg, KV({"GATEWAY_PORT", "0"}), NULL), 0);
+    assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"GATEWAY_PORT", "0"}), NULL), 0);
     assert_false(gw_config_redis_enabled(&cfg));
     char why[128] = "";
     assert_int_equal(gw_config_redis_target(&cfg, &t, why, sizeof(why)), -EINVAL);
@@ -162,7 +137,7 @@ static void test_refused(void **state)
 {
     (void)state;
     static const struct {
-        struct kv kv[5];
+        struct gwt_kv kv[5];
         int errors;
         const char *want;
     } cases[] = {
@@ -208,7 +183,7 @@ static void test_refused(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct gw_config cfg;
         char *err = NULL;
-        int rc = load(&cfg, cases[i].kv, &err);
+        int rc = gwt_config_load_kv(&cfg, cases[i].kv, &err);
         if (rc != cases[i].errors || strstr(err, cases[i].want) == NULL)
             fail_msg("case %zu: %d errors (want %d): \"%s\", wanted \"%s\"", i, rc, cases[i].errors,
                      err, cases[i].want);

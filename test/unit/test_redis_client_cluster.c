@@ -1,6 +1,6 @@
 /*
  * The rules sync's Redis client (src/redis_client.c) against a real Redis
- * Cluster on 127.0.0.1: three redis-server masters (gwt_minicluster) made
+ * Cluster on 127.0.0.1: three redis-server masters (gwt_cluster) made
  * by `redis-cli --cluster create`, started and stopped by PID; slots moved
  * with their keys as a reshard does. The client finds the map
  * through the seeds (a dead seed first), sends keys of every master's slots
@@ -18,7 +18,7 @@
 #include <cmocka.h>
 
 #include "gw/redis_redirects.h"
-#include "gwt_minicluster.h"
+#include "gwt_cluster.h"
 #include "redis_client.h"
 
 #include <errno.h>
@@ -29,18 +29,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NMASTERS        GWT_MINICLUSTER_MASTERS
+#define NMASTERS        3
 #define CLUSTER_WAIT_MS 20000 /* cluster create and cluster_state:ok, at most */
 
-static struct gwt_minicluster g_c;
+static struct gwt_cluster g_c;
 static int g_dead_port; /* a port nothing listens on: the first seed */
 
-#define node_cmd gwt_minicluster_cmd
+#define node_cmd gwt_cluster_cmd
 
 /* A key fmt % n whose slot master m owns; its slot in *slot. */
 static void key_on(int m, const char *fmt, char *key, size_t cap, int *slot)
 {
-    *slot = gwt_minicluster_key_on(&g_c, m, fmt, key, cap);
+    *slot = gwt_cluster_key_on(&g_c, m, fmt, key, cap);
     if (*slot < 0)
         fail_msg("no key of %s on master %d", fmt, m);
 }
@@ -50,13 +50,13 @@ static int cluster_setup(void **state)
     (void)state;
     signal(SIGPIPE, SIG_IGN);
     g_dead_port = gwt_free_port();
-    return g_dead_port > 0 ? gwt_minicluster_start(&g_c, false, CLUSTER_WAIT_MS) : -1;
+    return g_dead_port > 0 ? gwt_cluster_start(&g_c, NMASTERS, false, NULL, CLUSTER_WAIT_MS) : -1;
 }
 
 static int cluster_teardown(void **state)
 {
     (void)state;
-    gwt_minicluster_stop(&g_c);
+    gwt_cluster_stop(&g_c);
     return 0;
 }
 
@@ -245,7 +245,7 @@ static void test_ask_then_moved(void **state)
     want_status(cmd(&f, 3, (const char *[]){"SET", other, "on-b"}), "OK");
     want_integer(cmd(&f, 2, (const char *[]){"EXISTS", key}), 0); /* learnt a's link */
 
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, slot, a, b), 0);
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, slot, a, b), 0);
 
     uint64_t moved0 = gw_redis_redirects_total(false), ask0 = gw_redis_redirects_total(true);
     /* Pipelined behind a command for b: the ASK's resend on b's link must
@@ -272,7 +272,7 @@ static void test_ask_then_moved(void **state)
     assert_int_equal(gw_redis_redirects_total(true), ask0 + 2);
 
     /* The migration ends: the slot is b's, told to every node. */
-    assert_int_equal(gwt_minicluster_migrate_end(&g_c, slot, a, b), 0);
+    assert_int_equal(gwt_cluster_migrate_finish(&g_c, slot, a, b), 0);
     r = cmd(&f, 3, (const char *[]){"HGET", key, "f"});
     want_string(r, "v");
     assert_int_equal(gw_redis_redirects_total(false), moved0 + 1);
@@ -283,8 +283,8 @@ static void test_ask_then_moved(void **state)
 
     /* Back to a with its key (MIGRATE), as redis-cli --cluster reshard
      * does: this client's map is stale again. */
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, slot, b, a), 0);
-    assert_int_equal(gwt_minicluster_migrate_end(&g_c, slot, b, a), 0);
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, slot, b, a), 0);
+    assert_int_equal(gwt_cluster_migrate_finish(&g_c, slot, b, a), 0);
     want_string(cmd(&f, 3, (const char *[]){"HGET", key, "f"}), "v");
     assert_int_equal(gw_redis_redirects_total(false), moved0 + 2);
     assert_int_equal(gw_redis_redirects_total(true), ask0 + 2);
@@ -308,7 +308,7 @@ static void test_tryagain_bounded(void **state)
     snprintf(k2, sizeof(k2), "%s:second", k1);
     /* k1 is "{tryN}", a hash tag: k2 shares its slot. */
     want_status(cmd(&f, 3, (const char *[]){"SET", k1, "one"}), "OK");
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, slot, a, b), 0);
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, slot, a, b), 0);
     redisReply *r = node_cmd(g_c.port[a], "CONFIG RESETSTAT");
     freeReplyObject(r);
     long long t0 = gwt_now_ms();

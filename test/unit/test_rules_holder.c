@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "gw/rules_holder.h"
+#include "gwt_config.h"
 
 /* Rules with one limit "a" of n requests per second: n tells versions
  * apart. */
@@ -29,9 +30,7 @@ static struct gw_rules *rules_n(long n)
              "{\"version\":1,\"limits\":[{\"name\":\"a\",\"rates\":[{\"requests\":%ld,"
              "\"window\":\"1s\"}]}]}",
              n);
-    struct gw_rules *r = NULL;
-    assert_int_equal(gw_rules_parse(text, strlen(text), GW_RULES_JSON, NULL, &r, stderr, NULL), 0);
-    return r;
+    return gwt_rules_json(text, NULL);
 }
 
 static long rules_requests(const struct gw_rules *r)

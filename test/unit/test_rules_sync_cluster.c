@@ -1,7 +1,7 @@
 /*
  * The rules sync (src/rules_sync.c) on a real Redis Cluster, without a
  * gateway around it: two instances (their own holders, REDIS_CLUSTER_NODES
- * seeds) on three redis-server masters (gwt_minicluster). Rules stored by
+ * seeds) on three redis-server masters (gwt_cluster). Rules stored by
  * one are adopted by the other within 2 s and live on the rules key's
  * master; the forget stream lives on its own master with its TTL; the
  * rules key's slot moved to another master (keys migrated) is followed
@@ -22,7 +22,9 @@
 #include "gw/redis_redirects.h"
 #include "gw/rules_holder.h"
 #include "gw/rules_sync.h"
-#include "gwt_minicluster.h"
+#include "gwt_admin.h"
+#include "gwt_cluster.h"
+#include "gwt_config.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -32,21 +34,9 @@
 
 #define APPLY_MS 2000 /* SPEC: every instance applies a change within 2 s */
 #define PREFIX   "synccl"
+#define MASTERS  3
 
-static struct gwt_minicluster g_c;
-
-struct kv {
-    const char *k;
-    const char *v;
-};
-
-static const char *kv_getenv(void *ctx, const char *name)
-{
-    for (const struct kv *e = ctx; e->k != NULL; e++)
-        if (strcmp(e->k, name) == 0)
-            return e->v;
-    return NULL;
-}
+static struct gwt_cluster g_c;
 
 static void pause_ms(long ms)
 {
@@ -68,12 +58,12 @@ static void instance_start(struct instance *in)
 {
     static char nodes[64];
     snprintf(nodes, sizeof(nodes), "127.0.0.1:%d,127.0.0.1:%d", g_c.port[1], g_c.port[0]);
-    const struct kv cl[] = {
+    const struct gwt_kv cl[] = {
         {"REDIS_CLUSTER_NODES", nodes}, {"RATE_LIMIT_KEY_PREFIX", PREFIX}, {NULL, NULL}};
-    const struct kv mem[] = {{"RATE_LIMIT_KEY_PREFIX", PREFIX}, {NULL, NULL}};
+    const struct gwt_kv mem[] = {{"RATE_LIMIT_KEY_PREFIX", PREFIX}, {NULL, NULL}};
     memset(in, 0, sizeof(*in));
-    assert_int_equal(gw_config_load(&in->cfg, kv_getenv, (void *)cl, stderr), 0);
-    assert_int_equal(gw_config_load(&in->mem_cfg, kv_getenv, (void *)mem, stderr), 0);
+    assert_int_equal(gw_config_load(&in->cfg, gwt_kv_getenv, (void *)cl, stderr), 0);
+    assert_int_equal(gw_config_load(&in->mem_cfg, gwt_kv_getenv, (void *)mem, stderr), 0);
     struct gw_rules *r = gw_rules_from_config(&in->cfg);
     assert_non_null(r);
     assert_int_equal(gw_rules_holder_create(&in->h, r), 0);
@@ -93,15 +83,7 @@ static void instance_stop(struct instance *in)
 /* Rules with one limit "api", n per minute, parsed for in. */
 static struct gw_rules *rules(const struct instance *in, int n)
 {
-    char text[320];
-    snprintf(text, sizeof(text),
-             "{\"version\":1,\"limits\":[{\"name\":\"api\",\"match\":{\"path_prefix\":\"/users/\"},"
-             "\"key\":\"header:X-Client\",\"rates\":[{\"requests\":%d,\"window\":\"1m\"}]}]}",
-             n);
-    struct gw_rules *r = NULL;
-    assert_int_equal(gw_rules_parse(text, strlen(text), GW_RULES_JSON, &in->cfg, &r, stderr, NULL),
-                     0);
-    return r;
+    return gwt_rules_json(gwt_admin_rules(n), &in->cfg);
 }
 
 /* Stores n on from; the ms until to's holder has the version. */
@@ -138,7 +120,7 @@ static int slot_of(const char *key)
 
 static long long node_int(int port, const char *fmt, const char *key)
 {
-    redisReply *r = gwt_minicluster_cmd(port, fmt, key);
+    redisReply *r = gwt_cluster_cmd(port, fmt, key);
     assert_non_null(r);
     if (r->type != REDIS_REPLY_INTEGER)
         fail_msg("%s %s: not an integer (%s)", fmt, key,
@@ -162,7 +144,7 @@ static void test_store_adopt_and_reshard(void **state)
             ms1, ms2);
     assert_true(ms1 <= APPLY_MS && ms2 <= APPLY_MS);
     int rslot = slot_of(PREFIX ":rules");
-    int from = gwt_minicluster_owner(&g_c, rslot);
+    int from = gwt_cluster_slot_owner(&g_c, rslot);
     assert_true(from >= 0);
     assert_int_equal(node_int(g_c.port[from], "HLEN %s", PREFIX ":rules"), 3);
     assert_int_equal(node_int(g_c.port[from], "TTL %s", PREFIX ":rules"), -1);
@@ -170,7 +152,7 @@ static void test_store_adopt_and_reshard(void **state)
     /* A forget: the stream on its own master, with its TTL. */
     assert_int_equal(gw_rules_sync_forget(a.s, "api", "alice", 5), 0);
     int fslot = slot_of(PREFIX ":forget");
-    int ffrom = gwt_minicluster_owner(&g_c, fslot);
+    int ffrom = gwt_cluster_slot_owner(&g_c, fslot);
     assert_int_equal(node_int(g_c.port[ffrom], "XLEN %s", PREFIX ":forget"), 1);
     long long pttl = node_int(g_c.port[ffrom], "PTTL %s", PREFIX ":forget");
     assert_true(pttl > 0 && pttl <= GW_RULES_SYNC_FORGET_TTL_MS);
@@ -178,9 +160,9 @@ static void test_store_adopt_and_reshard(void **state)
     assert_int_equal(gw_redis_redirects_total(true), ask0);
 
     /* The rules slot moves with its hash: both pollers meet -MOVED. */
-    int to = (from + 1) % GWT_MINICLUSTER_MASTERS;
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, rslot, from, to), 0);
-    assert_int_equal(gwt_minicluster_migrate_end(&g_c, rslot, from, to), 0);
+    int to = (from + 1) % MASTERS;
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, rslot, from, to), 0);
+    assert_int_equal(gwt_cluster_migrate_finish(&g_c, rslot, from, to), 0);
     long long deadline = gwt_now_ms() + APPLY_MS;
     while (gw_redis_redirects_total(false) < moved0 + 2 && gwt_now_ms() < deadline)
         pause_ms(10);
@@ -194,14 +176,14 @@ static void test_store_adopt_and_reshard(void **state)
 
     /* The forget stream's slot migrating, the stream not there yet: the
      * append and the polls' XREAD are asked to the importing master. */
-    redisReply *r = gwt_minicluster_cmd(g_c.port[ffrom], "DEL %s", PREFIX ":forget");
+    redisReply *r = gwt_cluster_cmd(g_c.port[ffrom], "DEL %s", PREFIX ":forget");
     freeReplyObject(r);
-    int fto = (ffrom + 2) % GWT_MINICLUSTER_MASTERS;
-    assert_int_equal(gwt_minicluster_migrate_begin(&g_c, fslot, ffrom, fto), 0);
+    int fto = (ffrom + 2) % MASTERS;
+    assert_int_equal(gwt_cluster_migrate_begin(&g_c, fslot, ffrom, fto), 0);
     uint64_t ask1 = gw_redis_redirects_total(true);
     assert_int_equal(gw_rules_sync_forget(a.s, "api", "bob", 3), 0);
     assert_true(gw_redis_redirects_total(true) > ask1);
-    assert_int_equal(gwt_minicluster_migrate_end(&g_c, fslot, ffrom, fto), 0);
+    assert_int_equal(gwt_cluster_migrate_finish(&g_c, fslot, ffrom, fto), 0);
     assert_int_equal(node_int(g_c.port[fto], "XLEN %s", PREFIX ":forget"), 1);
     /* The pollers keep going: one more store is adopted. */
     assert_true(store_and_wait(&a, &b, 13) <= APPLY_MS);
@@ -228,10 +210,10 @@ static void test_master_failover(void **state)
     instance_start(&b);
     assert_true(store_and_wait(&a, &b, 30) <= APPLY_MS);
     int rslot = slot_of(PREFIX ":rules");
-    int m = gwt_minicluster_owner(&g_c, rslot);
-    assert_true(m >= 0 && m < GWT_MINICLUSTER_MASTERS);
+    int m = gwt_cluster_slot_owner(&g_c, rslot);
+    assert_true(m >= 0 && m < MASTERS);
     long long serial = 0;
-    redisReply *r = gwt_minicluster_cmd(g_c.port[m], "HGET %s serial", PREFIX ":rules");
+    redisReply *r = gwt_cluster_cmd(g_c.port[m], "HGET %s serial", PREFIX ":rules");
     assert_non_null(r);
     serial = atoll(r->str);
     freeReplyObject(r);
@@ -239,12 +221,12 @@ static void test_master_failover(void **state)
     assert_int_equal(node_int(g_c.port[m], "WAIT 1 %s", "5000"), 1);
 
     long long t0 = gwt_now_ms();
-    assert_int_equal(gwt_minicluster_kill(&g_c, m), 0);
+    assert_int_equal(gwt_cluster_kill(&g_c, m), 0);
     int tries = 0, rc = -1;
     char version[32] = "";
     long long promoted_ms = -1; /* first seen in CLUSTER SLOTS */
     while (rc != 0 && gwt_now_ms() - t0 < 20000) {
-        if (promoted_ms < 0 && gwt_minicluster_owner(&g_c, rslot) == GWT_MINICLUSTER_MASTERS + m)
+        if (promoted_ms < 0 && gwt_cluster_slot_owner(&g_c, rslot) == MASTERS + m)
             promoted_ms = gwt_now_ms() - t0;
         struct gw_rules *nr = rules(&a, 31);
         snprintf(version, sizeof(version), "%s", nr->version);
@@ -267,14 +249,14 @@ static void test_master_failover(void **state)
         pause_ms(10);
     }
     long long adopted_ms = gwt_now_ms() - t0;
-    int owner = gwt_minicluster_owner(&g_c, rslot);
+    int owner = gwt_cluster_slot_owner(&g_c, rslot);
     fprintf(stderr,
             "[ MEASURE  ] rules master killed: replica promoted (CLUSTER SLOTS) after %lld "
             "ms, a store accepted after %lld ms (%d tries, one per 100 ms), adopted by the "
             "other instance after %lld ms\n",
             promoted_ms, stored_ms, tries, adopted_ms);
-    assert_int_equal(owner, GWT_MINICLUSTER_MASTERS + m);
-    r = gwt_minicluster_cmd(g_c.port[owner], "HGET %s serial", PREFIX ":rules");
+    assert_int_equal(owner, MASTERS + m);
+    r = gwt_cluster_cmd(g_c.port[owner], "HGET %s serial", PREFIX ":rules");
     assert_non_null(r);
     assert_int_equal(atoll(r->str), serial + 1); /* the replica's copy, one more */
     freeReplyObject(r);
@@ -286,13 +268,13 @@ static int group_setup(void **state)
 {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
-    return gwt_minicluster_start(&g_c, true, 30000);
+    return gwt_cluster_start(&g_c, MASTERS, true, NULL, 30000);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    gwt_minicluster_stop(&g_c);
+    gwt_cluster_stop(&g_c);
     return 0;
 }
 
