@@ -27,7 +27,10 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
 }
-trap cleanup INT TERM EXIT
+# Ctrl-C or SIGTERM is how `make run` is meant to end: a clean exit, so make
+# does not report "Error 130/143".
+trap 'cleanup; exit 0' INT TERM
+trap cleanup EXIT
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # Waits until port $1 accepts, while process $2 (what should listen there) lives.
