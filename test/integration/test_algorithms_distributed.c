@@ -572,10 +572,11 @@ struct burst {
     long long at_us;      /* wall clock instant of the writes */
     long long want_reset; /* fixed window: the window end every answer must name */
     int ok, refused, other, wrong_window;
+    long long answered_us; /* wall clock instant the last answer was read */
 };
 
 /* Opens BURST_N connections, waits for the instant, writes every request,
- * then reads every answer. */
+ * then reads every answer, noting when the last one came. */
 static void *burst_thread(void *arg)
 {
     struct burst *b = arg;
@@ -609,7 +610,20 @@ static void *burst_thread(void *arg)
         if (fds[i] >= 0)
             close(fds[i]);
     }
+    b->answered_us = wall_us();
     return NULL;
+}
+
+/* The bursts were decided on their side of the edge: every answer of the
+ * first burst read before it, every one of the second within 100 ms of
+ * their instant (a late decision admits more); the delaying config aside. */
+static bool on_time(const struct burst before[NCONFIGS], const struct burst after[NCONFIGS],
+                    long long edge)
+{
+    for (int c = 0; c < NCONFIGS - 1; c++) /* not tbd: its delay holds answers by design */
+        if (before[c].answered_us >= edge || after[c].answered_us >= after[c].at_us + 100000)
+            return false;
+    return before[0].wrong_window == 0 && after[0].wrong_window == 0;
 }
 
 static void bursts_at(struct burst bs[NCONFIGS], int port, const char *ip, long long at_us,
@@ -640,8 +654,10 @@ static void bursts_join(struct burst bs[NCONFIGS])
  * window lets 2 x L through). Printed as the README's table. The fixed
  * window's answers witness the timing: every answer of the first burst
  * must name the window before the edge, every one of the second the window
- * after it; a machine too busy for that is given another try, with
- * another client, up to 4 in all. */
+ * after it, and every burst's answers must all be read before the edge
+ * (the first) or within 100 ms of their instant (the second); a machine
+ * too busy for that is given another try, with another client, up to 4 in
+ * all. */
 static void test_same_burst_table(void **state)
 {
     char path[64], var[96];
@@ -680,11 +696,11 @@ static void test_same_burst_table(void **state)
         bursts_join(before);
         bursts_join(after);
         delayed = gwt_stat(gp[0], "/stats", "limits.tbd.delayed") - d0;
-        if (before[0].wrong_window == 0 && after[0].wrong_window == 0)
+        if (on_time(before, after, edge))
             break;
         fprintf(stderr,
-                "attempt %d: %d + %d answers in the wrong window (a busy machine): "
-                "again\n",
+                "attempt %d: %d + %d answers in the wrong window, or answers late (a busy "
+                "machine): again\n",
                 attempt + 1, before[0].wrong_window, after[0].wrong_window);
     }
     if (attempt == 4)
