@@ -284,6 +284,10 @@ GW_MUSTCHECK int gw_rl_redis_flush(struct gw_rl_redis *r);
  * timeout_ms. 0, -ENOTCONN, or -errno after disconnecting (-ETIMEDOUT:
  * no reply in time). */
 GW_MUSTCHECK int gw_rl_redis_reply(struct gw_rl_redis *r, void **reply);
+/* As gw_rl_redis_reply, waiting at most wait_ms (at least 1 ms) instead of
+ * the store's timeout: the Cluster store's reads of one round share one
+ * deadline, so several hung masters cost one timeout, not one each. */
+GW_MUSTCHECK int gw_rl_redis_reply_within(struct gw_rl_redis *r, void **reply, int wait_ms);
 /* One command (argv NUL-terminated strings) and its reply, as
  * gw_rl_redis_reply. Only with nothing else in flight. */
 GW_MUSTCHECK int gw_rl_redis_command_argv(struct gw_rl_redis *r, int argc, const char **argv,

@@ -831,6 +831,13 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
     return OUT_DONE;
 }
 
+/* Milliseconds from now to deadline (gw_now_ms), 0 when past. */
+static int ms_until(uint64_t deadline)
+{
+    uint64_t now = gw_now_ms();
+    return now >= deadline ? 0 : (int)GW_MIN(deadline - now, (uint64_t)INT32_MAX);
+}
+
 /* Sends every call still to do (all nodes first), then reads the replies.
  * Returns true when a call answered. */
 static bool run_round(struct gw_rl_cluster *c, struct call *calls, size_t ncalls, uint64_t deadline)
@@ -871,10 +878,13 @@ static bool run_round(struct gw_rl_cluster *c, struct call *calls, size_t ncalls
         }
         bool asking = cl->asking;
         void *v = NULL;
-        int rc = gw_rl_redis_reply(n->r, &v);
+        /* Every read of the round waits only until the pass's deadline
+         * (replies of the nodes that answered are in their sockets by
+         * then): two hung masters cost one REDIS_TIMEOUT_MS, not two. */
+        int rc = gw_rl_redis_reply_within(n->r, &v, ms_until(deadline));
         if (rc == 0 && asking) {
             freeReplyObject(v); /* ASKING's +OK */
-            rc = gw_rl_redis_reply(n->r, &v);
+            rc = gw_rl_redis_reply_within(n->r, &v, ms_until(deadline));
         }
         if (rc != 0) {
             node_down(c, n, gw_now_ms());
@@ -953,12 +963,13 @@ static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls, c
     for (size_t ni = 0; ni < c->nnodes; ni++)
         if (queued[ni] && gw_rl_redis_flush(c->nodes[ni].r) != 0)
             node_down(c, &c->nodes[ni], now);
+    uint64_t deadline = gw_now_ms() + (uint64_t)c->timeout_ms;
     for (size_t i = 0; i < ncalls; i++) {
         struct call *cl = &calls[i];
         if (!cl->sent || !c->nodes[cl->node].up)
             continue;
         void *v = NULL;
-        if (gw_rl_redis_reply(c->nodes[cl->node].r, &v) != 0) {
+        if (gw_rl_redis_reply_within(c->nodes[cl->node].r, &v, ms_until(deadline)) != 0) {
             node_down(c, &c->nodes[cl->node], gw_now_ms());
             continue;
         }

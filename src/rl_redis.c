@@ -1029,10 +1029,15 @@ int gw_rl_redis_flush(struct gw_rl_redis *r)
 
 int gw_rl_redis_reply(struct gw_rl_redis *r, void **reply)
 {
+    return gw_rl_redis_reply_within(r, reply, r->timeout_ms);
+}
+
+int gw_rl_redis_reply_within(struct gw_rl_redis *r, void **reply, int wait_ms)
+{
     *reply = NULL;
     if (r->phase != PH_READY)
         return -ENOTCONN;
-    int rc = gw_redis_conn_get_reply(&r->conn, reply, r->timeout_ms);
+    int rc = gw_redis_conn_get_reply(&r->conn, reply, GW_MAX(wait_ms, 1));
     if (rc == -EAGAIN)
         return errno_failure(r, "reply", ETIMEDOUT); /* the stream is out of step */
     if (rc != 0)
