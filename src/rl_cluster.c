@@ -115,25 +115,53 @@ static const char *node_name(const struct node *n, char *buf, size_t cap)
     return buf;
 }
 
-/* The node at host:port, added (disconnected) when new. NO_NODE when the
- * table is full or the store cannot be made. */
-static uint16_t node_find_add(struct gw_rl_cluster *c, const char *host, size_t host_len, int port)
+/* The node at host:port, added (disconnected) when new. When the table
+ * is full, a node that no map names any more and that is not connected
+ * (an address a failed master, a replaced pod, a redirect left behind) is
+ * reused, unless keep (may be NULL) marks it: without that, a long-lived
+ * gateway that saw 64 addresses could never add a new master, and its
+ * slots would stay in RATE_LIMIT_FAILURE_MODE until a restart. NO_NODE
+ * when nothing can be reused or the store cannot be made. */
+static uint16_t node_find_add(struct gw_rl_cluster *c, const char *host, size_t host_len, int port,
+                              const bool *keep)
 {
     for (size_t i = 0; i < c->nnodes; i++)
         if (c->nodes[i].port == port && strlen(c->nodes[i].host) == host_len &&
             memcmp(c->nodes[i].host, host, host_len) == 0)
             return (uint16_t)i;
-    if (c->nnodes == NODES_MAX || host_len == 0 || host_len >= sizeof(c->nodes[0].host))
+    if (host_len == 0 || host_len >= sizeof(c->nodes[0].host))
         return NO_NODE;
-    struct node *n = &c->nodes[c->nnodes];
+    size_t at = c->nnodes;
+    if (at == NODES_MAX) {
+        for (at = 0; at < c->nnodes; at++) {
+            const struct node *o = &c->nodes[at];
+            if (!o->master && !o->up && !o->connecting && (keep == NULL || !keep[at]))
+                break;
+        }
+        if (at == c->nnodes)
+            return NO_NODE;
+    }
+    char name[256];
+    memcpy(name, host, host_len);
+    name[host_len] = '\0';
+    struct gw_rl_redis *r = NULL;
+    if (gw_rl_redis_create_node(&r, c->target, name, port, c->timeout_ms) != 0)
+        return NO_NODE;
+    if (at < c->nnodes) {
+        gw_rl_redis_ops.destroy(c->nodes[at].r);
+        for (size_t s = 0; s < SLOTS; s++)
+            if (c->slot_node[s] == at)
+                c->slot_node[s] = NO_NODE;
+    }
+    struct node *n = &c->nodes[at];
     memset(n, 0, sizeof(*n));
-    memcpy(n->host, host, host_len);
-    n->host[host_len] = '\0';
+    memcpy(n->host, name, host_len + 1);
     n->port = port;
-    if (gw_rl_redis_create_node(&n->r, c->target, n->host, port, c->timeout_ms) != 0)
-        return NO_NODE;
+    n->r = r;
     n->backoff_ms = NODE_BACKOFF_MIN;
-    return (uint16_t)c->nnodes++;
+    if (at == c->nnodes)
+        c->nnodes++;
+    return (uint16_t)at;
 }
 
 static void node_down(struct gw_rl_cluster *c, struct node *n, uint64_t now)
@@ -240,9 +268,14 @@ static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *
     for (int i = 0; i < n; i++) {
         const struct gw_redis_slot_range *g = &ranges[i];
         const char *h = g->host != NULL ? g->host : host_asked;
-        uint16_t ni = node_find_add(c, h, g->host != NULL ? g->host_len : strlen(h), g->port);
-        if (ni == NO_NODE)
+        uint16_t ni =
+            node_find_add(c, h, g->host != NULL ? g->host_len : strlen(h), g->port, master);
+        if (ni == NO_NODE) {
+            gw_warn("rate limit: redis cluster: no room for master %.*s:%d (%d nodes known); "
+                    "its slots go to RATE_LIMIT_FAILURE_MODE",
+                    (int)(g->host != NULL ? g->host_len : strlen(h)), h, g->port, NODES_MAX);
             continue; /* those slots stay unserved (failure mode) */
+        }
         master[ni] = true;
         for (unsigned s = g->lo; s <= g->hi; s++)
             map[s] = ni;
@@ -782,7 +815,7 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
             host = c->nodes[cl->node].host;
             hlen = strlen(host);
         }
-        uint16_t ni = node_find_add(c, host, hlen, port);
+        uint16_t ni = node_find_add(c, host, hlen, port, NULL);
         gw_redis_redirect_count(ask);
         snprintf(c->err, sizeof(c->err), "%s", rep->str);
         freeReplyObject(rep);
