@@ -831,7 +831,9 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
             c->nodes[ni].master = true;
             node_connect_step(c, &c->nodes[ni], now);
         }
-        return c->nodes[ni].up ? OUT_RETRY : OUT_FAILED;
+        if (!c->nodes[ni].up && c->nodes[ni].connecting)
+            cl->retry_at_ms = now + 1; /* a new master: run_round waits for its connect */
+        return c->nodes[ni].up || c->nodes[ni].connecting ? OUT_RETRY : OUT_FAILED;
     }
     if (starts(rep, "TRYAGAIN")) {
         /* A multi-key call on a slot being migrated: wait for the keys to
@@ -883,6 +885,17 @@ static bool run_round(struct gw_rl_cluster *c, struct call *calls, size_t ncalls
         cl->sent = false;
         if (cl->done || cl->failed || cl->retry_at_ms > now)
             continue;
+        /* A master being connected (one a redirect named first, e.g. a
+         * node added to the cluster and given slots): its calls wait for
+         * the non-blocking connect while the timeout lasts, instead of
+         * falling to RATE_LIMIT_FAILURE_MODE at its first redirect. */
+        if (cl->node != NO_NODE && !c->nodes[cl->node].up && c->nodes[cl->node].connecting) {
+            node_connect_step(c, &c->nodes[cl->node], now);
+            if (c->nodes[cl->node].connecting) {
+                cl->retry_at_ms = now + 1;
+                continue;
+            }
+        }
         if (cl->node == NO_NODE || !c->nodes[cl->node].up) {
             cl->failed = true;
             c->refresh = true;

@@ -266,6 +266,66 @@ static void test_two_hung_masters_one_timeout(void **state)
     unlink(g_rules);
 }
 
+/* A planned failover (CLUSTER FAILOVER on master 1's replica, node 4):
+ * the first request on master 1's slots meets the demoted master, is
+ * redirected to the new one, which the gateway never connected to, and
+ * must wait for that connect instead of getting RATE_LIMIT_FAILURE_MODE
+ * (503 here); the count moves with the replica, so the limit stays exact. */
+static void test_planned_failover_no_failure_mode(void **state)
+{
+    (void)state;
+    write_rules(3, 1000000);
+    char k1[16], k2[16], id[64];
+    int found = 0;
+    for (int n = 0; n < 400 && found < 2; n++) {
+        char *out = found == 0 ? k1 : k2;
+        snprintf(out, 16, "pf%d", n);
+        snprintf(id, sizeof(id), "header:x-api-key=%s", out);
+        if (master_of_identity(id) == 1)
+            found++;
+    }
+    assert_int_equal(found, 2);
+    char tag[36];
+    snprintf(id, sizeof(id), "header:x-api-key=%s", k2);
+    tag_of(id, tag);
+    int slot = slot_of(tag);
+    struct gwt_proc gw = {0};
+    int port = 0;
+    start_gateway(&gw, &port, "WORKER_THREADS=1", "REDIS_TIMEOUT_MS=200");
+    assert_int_equal(api_get(port, k1), 200);
+    assert_int_equal(api_get(port, k2), 200);
+    redisReply *r = gwt_minicluster_cmd(g_c.port[4], "CLUSTER FAILOVER");
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    /* the request right when node 4 says it is master (ROLE), before the
+     * gateway's background upkeep can have read the new map */
+    long long t0 = gwt_now_ms();
+    bool promoted = false;
+    while (!promoted && gwt_now_ms() - t0 < 15000) {
+        r = gwt_minicluster_cmd(g_c.port[4], "ROLE");
+        promoted = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                   strcmp(r->element[0]->str, "master") == 0;
+        freeReplyObject(r);
+        if (!promoted)
+            pause_ms(2);
+    }
+    assert_true(promoted);
+    /* every request decided by Redis: 2 more pass, then 429 */
+    int first = api_get(port, k2);
+    fprintf(stderr, "[ MEASURE  ] planned failover: first request after it: %d\n", first);
+    assert_int_equal(first, 200);
+    t0 = gwt_now_ms(); /* every node's view agrees soon (gossip) */
+    while (gwt_minicluster_owner(&g_c, slot) != 4 && gwt_now_ms() - t0 < 5000)
+        pause_ms(20);
+    assert_int_equal(gwt_minicluster_owner(&g_c, slot), 4);
+    assert_int_equal(api_get(port, k2), 200);
+    assert_int_equal(api_get(port, k2), 429);
+    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
+    gwt_proc_cleanup(&gw);
+    unlink(g_rules);
+}
+
 /* Master 0 killed, its replica (node 3) promoted: /health is connected
  * again within a few seconds of the promotion, and the keys of master 0's
  * slots are limited exactly again. */
@@ -364,6 +424,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_consumes_no_rate, test_setup,
                                         gwt_suite_test_teardown),
         cmocka_unit_test_setup_teardown(test_two_hung_masters_one_timeout, test_setup,
+                                        gwt_suite_test_teardown),
+        cmocka_unit_test_setup_teardown(test_planned_failover_no_failure_mode, test_setup,
                                         gwt_suite_test_teardown),
         /* last: it kills master 0 */
         cmocka_unit_test_setup_teardown(test_health_after_failover, test_setup,
