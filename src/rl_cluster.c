@@ -265,15 +265,17 @@ static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *
     for (size_t i = 0; i < SLOTS; i++)
         map[i] = NO_NODE;
     bool master[NODES_MAX] = {false};
+    int unserved = 0; /* ranges whose master found no room (warned once) */
     for (int i = 0; i < n; i++) {
         const struct gw_redis_slot_range *g = &ranges[i];
         const char *h = g->host != NULL ? g->host : host_asked;
         uint16_t ni =
             node_find_add(c, h, g->host != NULL ? g->host_len : strlen(h), g->port, master);
         if (ni == NO_NODE) {
-            gw_warn("rate limit: redis cluster: no room for master %.*s:%d (%d nodes known); "
-                    "its slots go to RATE_LIMIT_FAILURE_MODE",
-                    (int)(g->host != NULL ? g->host_len : strlen(h)), h, g->port, NODES_MAX);
+            if (unserved++ == 0)
+                gw_warn("rate limit: redis cluster: no room for master %.*s:%d (%d nodes known); "
+                        "its slots go to RATE_LIMIT_FAILURE_MODE",
+                        (int)(g->host != NULL ? g->host_len : strlen(h)), h, g->port, NODES_MAX);
             continue; /* those slots stay unserved (failure mode) */
         }
         master[ni] = true;

@@ -8,10 +8,11 @@
  * or nothing at all). The other half of the slots is a real redis-server
  * (standalone: the script runs there like on a master).
  *
- * - A map naming 80 dead addresses at once (more than the store's 64-node
- *   table), then a map naming a new live master: the new master must be
- *   used (the dead addresses no map names any more are forgotten); before,
- *   its slots stayed in RATE_LIMIT_FAILURE_MODE until a restart.
+ * - A map naming 140 dead addresses at once (more than the limiter store's
+ *   64-node table and the rules sync client's 128), then a map naming a new
+ *   live master: the new master must be used by both (the dead addresses
+ *   no map names any more are forgotten); before, the limiter's slots of
+ *   that master stayed in RATE_LIMIT_FAILURE_MODE until a restart.
  * - Each hostile EVALSHA answer: the request on the fake's slots is
  *   decided by RATE_LIMIT_FAILURE_MODE (closed: 503) within about one
  *   REDIS_TIMEOUT_MS (two with a redirect), the real master's clients keep
@@ -43,7 +44,7 @@
 #include "gwt_suite.h"
 
 #define TIMEOUT_MS 200 /* REDIS_TIMEOUT_MS */
-#define NDEAD      80  /* dead addresses in the wide map */
+#define NDEAD      140 /* dead addresses in the wide map (> 64 and > 128) */
 #define MAX_CLI    32
 
 enum map_mode { MAP_WIDE, MAP_FINAL };
@@ -92,7 +93,7 @@ static void entry(char *buf, size_t cap, size_t *at, int lo, int hi, const char 
 
 static void send_map(int fd)
 {
-    static char buf[32768];
+    static char buf[65536];
     size_t at = 0;
     if (atomic_load(&g_f.map) == MAP_WIDE) {
         /* slots 0-8191 the fake, 8192-16383 in NDEAD ranges, each on its
@@ -319,6 +320,65 @@ static void test_new_master_after_many_dead_addresses(void **state)
     gwt_proc_cleanup(&gw);
 }
 
+/* The same for the rules sync's client (src/redis_client.c, 128 nodes;
+ * the sync makes a new client after a failure, so its table starts empty
+ * again: this passed before too, kept as a guard): the rules key c:rules
+ * lives in the upper half; once the map names the real master, PUT /rules
+ * must reach it. */
+static void test_rules_sync_new_master_after_many_dead_addresses(void **state)
+{
+    (void)state;
+    assert_true(gw_redis_key_slot("c:rules", 7) >= 8192);
+    atomic_store(&g_f.map, MAP_WIDE);
+    atomic_store(&g_f.eval, EV_ERR);
+    static char nodes[64];
+    snprintf(nodes, sizeof(nodes), "REDIS_CLUSTER_NODES=127.0.0.1:%d", g_f.port);
+    const char *env[] = {nodes,          "WORKER_THREADS=1",        "REDIS_TIMEOUT_MS=200",
+                         "ADMIN_PORT=0", "RATE_LIMIT_KEY_PREFIX=c", NULL};
+    struct gwt_proc gw = {0};
+    int port = 0;
+    assert_int_equal(gwt_gateway_for(&gw, &port, gwt_fx.bport, env), 0);
+    char line[256];
+    assert_int_equal(gwt_wait_log(&gw, "admin listening on 127.0.0.1:", 5000, line, sizeof(line)),
+                     0);
+    int aport = atoi(strstr(line, "127.0.0.1:") + strlen("127.0.0.1:"));
+    assert_true(aport > 0);
+    /* the rules sync read the wide map: its rules key is on a dead address */
+    assert_int_equal(gwt_wait_log(&gw, "rules sync: cannot read the shared rules", 5000, NULL, 0),
+                     0);
+    atomic_store(&g_f.map, MAP_FINAL);
+    const char *body = "{\"version\":1,\"limits\":[{\"name\":\"api\",\"key\":\"ip\","
+                       "\"rates\":[{\"requests\":7,\"window\":\"1m\"}]}]}";
+    char raw[512];
+    snprintf(raw, sizeof(raw),
+             "PUT /rules HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(body), body);
+    long long t0 = gwt_now_ms();
+    int status = 0;
+    while (gwt_now_ms() - t0 < 8000) {
+        struct gwt_response r = {0};
+        status = gwt_http(aport, raw, &r) == 0 ? r.status : -1;
+        gwt_response_free(&r);
+        if (status == 200)
+            break;
+        pause_ms(100);
+    }
+    fprintf(stderr,
+            "[ MEASURE  ] rules sync, new master after %d dead addresses: PUT /rules %d "
+            "after %lld ms\n",
+            NDEAD, status, gwt_now_ms() - t0);
+    assert_int_equal(status, 200);
+    redisContext *rc = redisConnect("127.0.0.1", g_f.real_port);
+    assert_non_null(rc);
+    redisReply *v = redisCommand(rc, "HGET c:rules serial");
+    assert_non_null(v);
+    assert_int_equal(v->type, REDIS_REPLY_STRING);
+    freeReplyObject(v);
+    redisFree(rc);
+    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
+    gwt_proc_cleanup(&gw);
+}
+
 /* Every hostile EVALSHA answer of the fake: its clients get 503 within
  * about one timeout (two with redirects), the real master's are served. */
 static void test_hostile_replies_bounded(void **state)
@@ -394,6 +454,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         GWT_TEST(test_new_master_after_many_dead_addresses),
+        GWT_TEST(test_rules_sync_new_master_after_many_dead_addresses),
         GWT_TEST(test_hostile_replies_bounded),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
