@@ -1,7 +1,7 @@
 /*
  * The rate limiter on a real Redis Cluster under faults (SPEC.md §5, §12;
  * README "Redis Cluster"): three masters with one replica each
- * (gwt_minicluster), a gateway given REDIS_CLUSTER_NODES and a rules file
+ * (gwt_cluster), a gateway given REDIS_CLUSTER_NODES and a rules file
  * with a per-key limit and a global one, so one request's rates live on two
  * masters.
  *
@@ -31,13 +31,13 @@
 
 #include <cmocka.h>
 
-#include "gwt_minicluster.h"
+#include "gwt_cluster.h"
 #include "gwt_suite.h"
 
 #define PREFIX     "clf"
 #define TIMEOUT_MS 400 /* REDIS_TIMEOUT_MS of the hung-masters test */
 
-static struct gwt_minicluster g_c;
+static struct gwt_cluster g_c;
 static char g_rules[64]; /* the rules file's path */
 
 static void pause_ms(long ms)
@@ -70,7 +70,7 @@ static void write_rules(int per_key, int all)
 static int live_port(void)
 {
     for (int i = 0; i < g_c.nodes; i++)
-        if (g_c.proc[i].pid > 0)
+        if (!g_c.killed[i])
             return g_c.port[i];
     fail_msg("no live node");
     return -1;
@@ -87,7 +87,7 @@ static void tag_of(const char *identity, char tag[36])
 
 static int slot_of(const char *s)
 {
-    redisReply *r = gwt_minicluster_cmd(live_port(), "CLUSTER KEYSLOT %s", s);
+    redisReply *r = gwt_cluster_cmd(live_port(), "CLUSTER KEYSLOT %s", s);
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     int slot = (int)r->integer;
@@ -100,7 +100,7 @@ static int master_of_identity(const char *identity)
 {
     char tag[36];
     tag_of(identity, tag);
-    int m = gwt_minicluster_owner(&g_c, slot_of(tag));
+    int m = gwt_cluster_slot_owner(&g_c, slot_of(tag));
     assert_true(m >= 0);
     return m;
 }
@@ -125,14 +125,14 @@ static long long counter(const char *identity, const char *limit)
 {
     char tag[36];
     tag_of(identity, tag);
-    int m = gwt_minicluster_owner(&g_c, slot_of(tag));
+    int m = gwt_cluster_slot_owner(&g_c, slot_of(tag));
     assert_true(m >= 0);
-    redisReply *r = gwt_minicluster_cmd(g_c.port[m], "KEYS %s:%s:%s:*", PREFIX, tag, limit);
+    redisReply *r = gwt_cluster_cmd(g_c.port[m], "KEYS %s:%s:%s:*", PREFIX, tag, limit);
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
     long long sum = 0;
     for (size_t i = 0; i < r->elements; i++) {
-        redisReply *v = gwt_minicluster_cmd(g_c.port[m], "GET %s", r->element[i]->str);
+        redisReply *v = gwt_cluster_cmd(g_c.port[m], "GET %s", r->element[i]->str);
         assert_non_null(v);
         if (v->type == REDIS_REPLY_STRING)
             sum += atoll(v->str);
@@ -294,7 +294,7 @@ static void test_planned_failover_no_failure_mode(void **state)
     start_gateway(&gw, &port, "WORKER_THREADS=1", "REDIS_TIMEOUT_MS=200");
     assert_int_equal(api_get(port, k1), 200);
     assert_int_equal(api_get(port, k2), 200);
-    redisReply *r = gwt_minicluster_cmd(g_c.port[4], "CLUSTER FAILOVER");
+    redisReply *r = gwt_cluster_cmd(g_c.port[4], "CLUSTER FAILOVER");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_STATUS);
     freeReplyObject(r);
@@ -303,7 +303,7 @@ static void test_planned_failover_no_failure_mode(void **state)
     long long t0 = gwt_now_ms();
     bool promoted = false;
     while (!promoted && gwt_now_ms() - t0 < 15000) {
-        r = gwt_minicluster_cmd(g_c.port[4], "ROLE");
+        r = gwt_cluster_cmd(g_c.port[4], "ROLE");
         promoted = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
                    strcmp(r->element[0]->str, "master") == 0;
         freeReplyObject(r);
@@ -316,9 +316,9 @@ static void test_planned_failover_no_failure_mode(void **state)
     fprintf(stderr, "[ MEASURE  ] planned failover: first request after it: %d\n", first);
     assert_int_equal(first, 200);
     t0 = gwt_now_ms(); /* every node's view agrees soon (gossip) */
-    while (gwt_minicluster_owner(&g_c, slot) != 4 && gwt_now_ms() - t0 < 5000)
+    while (gwt_cluster_slot_owner(&g_c, slot) != 4 && gwt_now_ms() - t0 < 5000)
         pause_ms(20);
-    assert_int_equal(gwt_minicluster_owner(&g_c, slot), 4);
+    assert_int_equal(gwt_cluster_slot_owner(&g_c, slot), 4);
     assert_int_equal(api_get(port, k2), 200);
     assert_int_equal(api_get(port, k2), 429);
     assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
@@ -353,10 +353,10 @@ static void test_health_after_failover(void **state)
     start_gateway(&gw, &port, "WORKER_THREADS=2", "REDIS_TIMEOUT_MS=100");
     assert_int_equal(api_get(port, key), 200);
     long long t_kill = gwt_now_ms();
-    assert_int_equal(gwt_minicluster_kill(&g_c, 0), 0);
+    assert_int_equal(gwt_cluster_kill(&g_c, 0), 0);
     long long t_promo = 0;
     while (gwt_now_ms() - t_kill < 20000) {
-        if (gwt_minicluster_owner(&g_c, slot) == 3) {
+        if (gwt_cluster_slot_owner(&g_c, slot) == 3) {
             t_promo = gwt_now_ms();
             break;
         }
@@ -397,22 +397,22 @@ static int group_setup(void **state)
 {
     if (gwt_suite_setup_backend(state) != 0)
         return -1;
-    return gwt_minicluster_start(&g_c, true, 30000);
+    return gwt_cluster_start(&g_c, 3, true, NULL, 30000);
 }
 
 static int group_teardown(void **state)
 {
     int rc = gwt_suite_teardown(state);
-    gwt_minicluster_stop(&g_c);
+    gwt_cluster_stop(&g_c);
     return rc;
 }
 
 static int test_setup(void **state)
 {
     for (int i = 0; i < g_c.nodes; i++) {
-        if (g_c.proc[i].pid <= 0)
+        if (g_c.killed[i])
             continue;
-        redisReply *r = gwt_minicluster_cmd(g_c.port[i], "FLUSHALL"); /* replicas refuse */
+        redisReply *r = gwt_cluster_cmd(g_c.port[i], "FLUSHALL"); /* replicas refuse */
         freeReplyObject(r);
     }
     return gwt_suite_test_setup(state);
