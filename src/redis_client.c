@@ -13,6 +13,7 @@
 
 #include "gw/redis_redirects.h"
 #include "gw/resolve.h"
+#include "ratelimit_int.h"
 #include "redis_sentinel.h"
 
 #include <errno.h>
@@ -245,6 +246,11 @@ static int link_open(struct gw_redis_client *cl, struct gw_redis_conn *c, const 
         gw_resolve_kick_host(host, port);
         return fail_link(cl, c, rc, "connect");
     }
+    /* Bounded replies, as the limiter's links: "*2000000000" from a
+     * broken or hostile node (CLUSTER SLOTS, any reply) made hiredis
+     * allocate a 16 GB element table and spend seconds of CPU freeing it,
+     * every 500 ms while the rules sync retried. */
+    gw_rl_redis_bound_reader(c->reader);
     if (t->password != NULL) {
         const char *auth[] = {"AUTH", t->username != NULL ? t->username : t->password, t->password};
         if ((rc = setup(cl, c, t->username != NULL ? 3 : 2, auth, "AUTH")) != 0)

@@ -47,7 +47,7 @@
 #define NDEAD      140 /* dead addresses in the wide map (> 64 and > 128) */
 #define MAX_CLI    32
 
-enum map_mode { MAP_WIDE, MAP_FINAL };
+enum map_mode { MAP_WIDE, MAP_FINAL, MAP_HUGE };
 enum eval_mode { EV_ERR, EV_MOVED_SELF, EV_TRYAGAIN, EV_CLUSTERDOWN, EV_GARBAGE, EV_HUGE, EV_HANG };
 
 static struct fake {
@@ -95,6 +95,11 @@ static void send_map(int fd)
 {
     static char buf[65536];
     size_t at = 0;
+    if (atomic_load(&g_f.map) == MAP_HUGE) {
+        puts_fd(fd, "*2000000000\r\n"); /* and nothing more */
+        atomic_fetch_add(&g_f.nslots, 1);
+        return;
+    }
     if (atomic_load(&g_f.map) == MAP_WIDE) {
         /* slots 0-8191 the fake, 8192-16383 in NDEAD ranges, each on its
          * own dead address 127.0.0.<2 + i> */
@@ -379,6 +384,57 @@ static void test_rules_sync_new_master_after_many_dead_addresses(void **state)
     gwt_proc_cleanup(&gw);
 }
 
+/* CPU seconds (user + system) the process has used so far. */
+static double cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* fields after the command name */
+    assert_non_null(p);
+    unsigned long long ut = 0, st = 0;
+    /* ") S ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime" */
+    assert_int_equal(
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st), 2);
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* A seed answering CLUSTER SLOTS with "*2000000000" and nothing more: the
+ * limiter's links refused it already; the rules sync's links did not (a
+ * 16 GB element table allocated, then seconds of CPU freeing it, every
+ * 500 ms): the gateway must start promptly and stay idle. */
+static void test_huge_slot_map_reply_costs_nothing(void **state)
+{
+    (void)state;
+    atomic_store(&g_f.map, MAP_HUGE);
+    atomic_store(&g_f.eval, EV_ERR);
+    struct gwt_proc gw = {0};
+    int port = 0;
+    long long t0 = gwt_now_ms();
+    start_gateway(&gw, &port);
+    long long started = gwt_now_ms() - t0;
+    /* the rules sync retried at least twice meanwhile (every 500 ms) */
+    double c0 = cpu_s(gw.pid);
+    long long w0 = gwt_now_ms();
+    int before = atomic_load(&g_f.nslots);
+    while (gwt_now_ms() - w0 < 2000)
+        pause_ms(100);
+    double used = cpu_s(gw.pid) - c0;
+    fprintf(stderr,
+            "[ MEASURE  ] CLUSTER SLOTS *2000000000: listening after %lld ms, then %.2f CPU s in "
+            "2 s (%d map reads)\n",
+            started, used, atomic_load(&g_f.nslots) - before);
+    assert_true(started < 3000);
+    assert_true(used < 0.5);
+    assert_int_equal(api_get(port, "any"), 503);
+    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
+    gwt_proc_cleanup(&gw);
+}
+
 /* Every hostile EVALSHA answer of the fake: its clients get 503 within
  * about one timeout (two with redirects), the real master's are served. */
 static void test_hostile_replies_bounded(void **state)
@@ -455,6 +511,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         GWT_TEST(test_new_master_after_many_dead_addresses),
         GWT_TEST(test_rules_sync_new_master_after_many_dead_addresses),
+        GWT_TEST(test_huge_slot_map_reply_costs_nothing),
         GWT_TEST(test_hostile_replies_bounded),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
