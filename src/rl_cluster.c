@@ -77,6 +77,7 @@ struct call {
     bool fast; /* keys in ARGV, over every slot of the node: no redirects */
     bool asking, eval, done;
     bool sent, failed;
+    bool await_connect; /* redirected to a master whose connect is under way */
     uint64_t retry_at_ms;    /* TRYAGAIN: not before */
     uint32_t op_first, op_n; /* range of sorted[] */
     struct gw_rl_pass sub;
@@ -833,8 +834,10 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
             c->nodes[ni].master = true;
             node_connect_step(c, &c->nodes[ni], now);
         }
-        if (!c->nodes[ni].up && c->nodes[ni].connecting)
+        if (!c->nodes[ni].up && c->nodes[ni].connecting) {
             cl->retry_at_ms = now + 1; /* a new master: run_round waits for its connect */
+            cl->await_connect = true;
+        }
         return c->nodes[ni].up || c->nodes[ni].connecting ? OUT_RETRY : OUT_FAILED;
     }
     if (starts(rep, "TRYAGAIN")) {
@@ -887,11 +890,14 @@ static bool run_round(struct gw_rl_cluster *c, struct call *calls, size_t ncalls
         cl->sent = false;
         if (cl->done || cl->failed || cl->retry_at_ms > now)
             continue;
-        /* A master being connected (one a redirect named first, e.g. a
-         * node added to the cluster and given slots): its calls wait for
-         * the non-blocking connect while the timeout lasts, instead of
-         * falling to RATE_LIMIT_FAILURE_MODE at its first redirect. */
-        if (cl->node != NO_NODE && !c->nodes[cl->node].up && c->nodes[cl->node].connecting) {
+        /* A call redirected to a master being connected (one a redirect
+         * named first: a promoted replica, a node added and given slots)
+         * waits for the non-blocking connect while the timeout lasts,
+         * instead of falling to RATE_LIMIT_FAILURE_MODE. Only such calls:
+         * a failed master being reconnected in the background (a hung one
+         * accepts the TCP connect) makes no request wait. */
+        if (cl->await_connect && cl->node != NO_NODE && !c->nodes[cl->node].up &&
+            c->nodes[cl->node].connecting) {
             node_connect_step(c, &c->nodes[cl->node], now);
             if (c->nodes[cl->node].connecting) {
                 cl->retry_at_ms = now + 1;
