@@ -77,7 +77,7 @@ struct call {
     bool fast; /* keys in ARGV, over every slot of the node: no redirects */
     bool asking, eval, done;
     bool sent, failed;
-    bool await_connect; /* redirected to a master whose connect is under way */
+    bool await_connect;      /* redirected to a master whose connect is under way */
     uint64_t retry_at_ms;    /* TRYAGAIN: not before */
     uint32_t op_first, op_n; /* range of sorted[] */
     struct gw_rl_pass sub;
@@ -437,11 +437,17 @@ static int cluster_connect(void *store)
         if (seed_store(c, i, &s) != 0)
             return -ENOMEM;
         rc = gw_rl_redis_connect(s);
+        bool linked = rc == 0;
         if (rc == 0)
             rc = read_map(c, s, seed_host(c, i));
-        if (rc != 0)
-            snprintf(c->err, sizeof(c->err), "seed %s:%d: %s", seed_host(c, i),
-                     c->target->cluster_nodes[i].port, gw_rl_redis_last_error(s));
+        if (rc != 0) {
+            /* read_map's own reason (an error reply such as "cluster
+             * support disabled") when the link itself was fine */
+            char why[sizeof(c->err)];
+            snprintf(why, sizeof(why), "%s", linked ? c->err : gw_rl_redis_last_error(s));
+            snprintf(c->err, sizeof(c->err), "seed %s:%d: %.500s", seed_host(c, i),
+                     c->target->cluster_nodes[i].port, why);
+        }
         gw_rl_redis_ops.destroy(s);
         if (rc == 0) {
             c->seed_next = i;
@@ -484,11 +490,14 @@ static int cluster_connect_poll(void *store, uint64_t now)
             int rc = c->seed_connecting ? gw_rl_redis_connect_poll(c->seed, now) : 0;
             if (rc == -EINPROGRESS)
                 return rc;
+            bool linked = rc == 0;
             if (rc == 0)
                 rc = read_map(c, c->seed, seed_host(c, c->seed_next));
             if (rc != 0) {
-                snprintf(c->err, sizeof(c->err), "seed %s: %s", seed_host(c, c->seed_next),
-                         gw_rl_redis_last_error(c->seed));
+                char why[sizeof(c->err)];
+                snprintf(why, sizeof(why), "%s", linked ? c->err : gw_rl_redis_last_error(c->seed));
+                snprintf(c->err, sizeof(c->err), "seed %s: %.500s", seed_host(c, c->seed_next),
+                         why);
                 c->seed_next = (c->seed_next + 1) % (size_t)c->target->ncluster_nodes;
                 rc = seed_begin(c, now);
                 if (rc == -EINPROGRESS || rc == 0)

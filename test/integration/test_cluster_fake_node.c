@@ -47,7 +47,7 @@
 #define NDEAD      140 /* dead addresses in the wide map (> 64 and > 128) */
 #define MAX_CLI    32
 
-enum map_mode { MAP_WIDE, MAP_FINAL, MAP_HUGE };
+enum map_mode { MAP_WIDE, MAP_FINAL, MAP_HUGE, MAP_DISABLED };
 enum eval_mode { EV_ERR, EV_MOVED_SELF, EV_TRYAGAIN, EV_CLUSTERDOWN, EV_GARBAGE, EV_HUGE, EV_HANG };
 
 static struct fake {
@@ -95,6 +95,11 @@ static void send_map(int fd)
 {
     static char buf[65536];
     size_t at = 0;
+    if (atomic_load(&g_f.map) == MAP_DISABLED) { /* a standalone Redis given as a seed */
+        puts_fd(fd, "-ERR This instance has cluster support disabled\r\n");
+        atomic_fetch_add(&g_f.nslots, 1);
+        return;
+    }
     if (atomic_load(&g_f.map) == MAP_HUGE) {
         puts_fd(fd, "*2000000000\r\n"); /* and nothing more */
         atomic_fetch_add(&g_f.nslots, 1);
@@ -435,6 +440,30 @@ static void test_huge_slot_map_reply_costs_nothing(void **state)
     gwt_proc_cleanup(&gw);
 }
 
+/* A seed that is not a cluster node (a standalone Redis): the limiter's
+ * warning says why ("cluster support disabled"); it said "(seed
+ * 127.0.0.1:<port>: )", the reason overwritten by the link's (empty) one. */
+static void test_standalone_seed_named_in_warning(void **state)
+{
+    (void)state;
+    atomic_store(&g_f.map, MAP_DISABLED);
+    struct gwt_proc gw = {0};
+    int port = 0;
+    start_gateway(&gw, &port);
+    char needle[160];
+    snprintf(needle, sizeof(needle),
+             "rate limit: redis unavailable, reconnecting in background (seed 127.0.0.1:%d: "
+             "CLUSTER SLOTS: ERR This instance has cluster support disabled",
+             g_f.port);
+    if (gwt_wait_log(&gw, needle, 3000, NULL, 0) != 0) {
+        gwt_log_dump(&gw, 3000);
+        fail_msg("no warning naming the reason");
+    }
+    assert_int_equal(api_get(port, "any"), 503);
+    assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
+    gwt_proc_cleanup(&gw);
+}
+
 /* Every hostile EVALSHA answer of the fake: its clients get 503 within
  * about one timeout (two with redirects), the real master's are served. */
 static void test_hostile_replies_bounded(void **state)
@@ -512,6 +541,7 @@ int main(void)
         GWT_TEST(test_new_master_after_many_dead_addresses),
         GWT_TEST(test_rules_sync_new_master_after_many_dead_addresses),
         GWT_TEST(test_huge_slot_map_reply_costs_nothing),
+        GWT_TEST(test_standalone_seed_named_in_warning),
         GWT_TEST(test_hostile_replies_bounded),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
