@@ -275,17 +275,6 @@ static void key_in_half(bool low, const char *prefix, char out[32])
     fail_msg("no key found");
 }
 
-static int api_get(int port, const char *key)
-{
-    char raw[256];
-    snprintf(raw, sizeof(raw),
-             "GET /users/1 HTTP/1.1\r\nHost: t\r\nX-Api-Key: %s\r\nConnection: close\r\n\r\n", key);
-    struct gwt_response r = {0};
-    int status = gwt_http(port, raw, &r) == 0 ? r.status : -1;
-    gwt_response_free(&r);
-    return status;
-}
-
 static void start_gateway(struct gwt_proc *p, int *port)
 {
     static char nodes[64];
@@ -317,11 +306,11 @@ static void test_new_master_after_many_dead_addresses(void **state)
     long long t0 = gwt_now_ms();
     while (atomic_load(&g_f.nslots) < 3 && gwt_now_ms() - t0 < 5000)
         pause_ms(10);
-    assert_int_equal(api_get(port, hi), 503);
+    assert_int_equal(gwt_api_key_get(port, hi), 503);
     atomic_store(&g_f.map, MAP_FINAL);
     t0 = gwt_now_ms();
     int status = 0;
-    while ((status = api_get(port, hi)) != 200 && gwt_now_ms() - t0 < 8000)
+    while ((status = gwt_api_key_get(port, hi)) != 200 && gwt_now_ms() - t0 < 8000)
         pause_ms(50);
     fprintf(stderr, "[ MEASURE  ] new master after %d dead addresses: %d after %lld ms\n", NDEAD,
             status, gwt_now_ms() - t0);
@@ -435,7 +424,7 @@ static void test_huge_slot_map_reply_costs_nothing(void **state)
             started, used, atomic_load(&g_f.nslots) - before);
     assert_true(started < 3000);
     assert_true(used < 0.5);
-    assert_int_equal(api_get(port, "any"), 503);
+    assert_int_equal(gwt_api_key_get(port, "any"), 503);
     assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
     gwt_proc_cleanup(&gw);
 }
@@ -459,7 +448,7 @@ static void test_standalone_seed_named_in_warning(void **state)
         gwt_log_dump(&gw, 3000);
         fail_msg("no warning naming the reason");
     }
-    assert_int_equal(api_get(port, "any"), 503);
+    assert_int_equal(gwt_api_key_get(port, "any"), 503);
     assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
     gwt_proc_cleanup(&gw);
 }
@@ -478,7 +467,7 @@ static void test_hostile_replies_bounded(void **state)
     int port = 0;
     start_gateway(&gw, &port);
     long long t0 = gwt_now_ms();
-    while (api_get(port, hi) != 200 && gwt_now_ms() - t0 < 5000)
+    while (gwt_api_key_get(port, hi) != 200 && gwt_now_ms() - t0 < 5000)
         pause_ms(20);
     static const struct {
         int mode;
@@ -494,7 +483,7 @@ static void test_hostile_replies_bounded(void **state)
             t0 = gwt_now_ms();
             for (;;) {
                 int before = atomic_load(&g_f.nevals);
-                assert_int_equal(api_get(port, lo), 503);
+                assert_int_equal(gwt_api_key_get(port, lo), 503);
                 if (atomic_load(&g_f.nevals) > before)
                     break;
                 assert_true(gwt_now_ms() - t0 < 5000);
@@ -502,7 +491,7 @@ static void test_hostile_replies_bounded(void **state)
             }
             atomic_store(&g_f.eval, modes[m].mode);
             long long a = gwt_now_ms();
-            int s = api_get(port, lo);
+            int s = gwt_api_key_get(port, lo);
             long long took = gwt_now_ms() - a;
             fprintf(stderr, "[ MEASURE  ] %s: %d after %lld ms\n", modes[m].name, s, took);
             assert_int_equal(s, 503);
@@ -510,7 +499,7 @@ static void test_hostile_replies_bounded(void **state)
             /* the other master's client: served (it may wait behind one
              * reconnect of the fake, never fail) */
             t0 = gwt_now_ms();
-            while ((s = api_get(port, hi)) != 200 && gwt_now_ms() - t0 < 3000)
+            while ((s = gwt_api_key_get(port, hi)) != 200 && gwt_now_ms() - t0 < 3000)
                 pause_ms(20);
             assert_int_equal(s, 200);
         }

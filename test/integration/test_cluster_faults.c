@@ -142,18 +142,6 @@ static long long counter(const char *identity, const char *limit)
     return sum;
 }
 
-/* GET /users/1 with X-Api-Key: key; the status (-1 on a transport error). */
-static int api_get(int port, const char *key)
-{
-    char raw[256];
-    snprintf(raw, sizeof(raw),
-             "GET /users/1 HTTP/1.1\r\nHost: t\r\nX-Api-Key: %s\r\nConnection: close\r\n\r\n", key);
-    struct gwt_response r = {0};
-    int status = gwt_http(port, raw, &r) == 0 ? r.status : -1;
-    gwt_response_free(&r);
-    return status;
-}
-
 /* The gateway's /health body says "redis":"connected". */
 static bool health_connected(int port)
 {
@@ -206,21 +194,21 @@ static void test_refused_consumes_no_rate(void **state)
     int port = 0;
     start_gateway(&gw, &port, "WORKER_THREADS=1", "REDIS_TIMEOUT_MS=100");
     /* a: 2 allowed, the third refused by perkey (global must stay at 2) */
-    assert_int_equal(api_get(port, a), 200);
-    assert_int_equal(api_get(port, a), 200);
-    assert_int_equal(api_get(port, a), 429);
+    assert_int_equal(gwt_api_key_get(port, a), 200);
+    assert_int_equal(gwt_api_key_get(port, a), 200);
+    assert_int_equal(gwt_api_key_get(port, a), 429);
     assert_int_equal(counter("global", "all"), 2);
     assert_int_equal(counter(id_a, "perkey"), 2);
     /* b: 2 allowed (global at 4), then a third of a different key fills
      * global (5); b's third is refused by perkey, and after the global is
      * full a new key's request is refused by global: its perkey counter
      * must stay 0. */
-    assert_int_equal(api_get(port, b), 200);
-    assert_int_equal(api_get(port, b), 200);
+    assert_int_equal(gwt_api_key_get(port, b), 200);
+    assert_int_equal(gwt_api_key_get(port, b), 200);
     assert_int_equal(counter("global", "all"), 4);
-    assert_int_equal(api_get(port, "fresh-1"), 200);
+    assert_int_equal(gwt_api_key_get(port, "fresh-1"), 200);
     assert_int_equal(counter("global", "all"), 5);
-    assert_int_equal(api_get(port, "fresh-2"), 429);
+    assert_int_equal(gwt_api_key_get(port, "fresh-2"), 429);
     assert_int_equal(counter("header:x-api-key=fresh-2", "perkey"), 0);
     assert_int_equal(counter("header:x-api-key=fresh-1", "perkey"), 1);
     assert_int_equal(counter("global", "all"), 5);
@@ -244,11 +232,11 @@ static void test_two_hung_masters_one_timeout(void **state)
     struct gwt_proc gw = {0};
     int port = 0;
     start_gateway(&gw, &port, "WORKER_THREADS=1", "REDIS_TIMEOUT_MS=400");
-    assert_int_equal(api_get(port, key), 200);
+    assert_int_equal(gwt_api_key_get(port, key), 200);
     assert_int_equal(kill(g_c.proc[g].pid, SIGSTOP), 0);
     assert_int_equal(kill(g_c.proc[m].pid, SIGSTOP), 0);
     long long t0 = gwt_now_ms();
-    int status = api_get(port, key);
+    int status = gwt_api_key_get(port, key);
     long long took = gwt_now_ms() - t0;
     kill(g_c.proc[g].pid, SIGCONT);
     kill(g_c.proc[m].pid, SIGCONT);
@@ -258,9 +246,9 @@ static void test_two_hung_masters_one_timeout(void **state)
     assert_true(took < TIMEOUT_MS * 3 / 2);
     /* Both masters back: limiting resumes within a few seconds. */
     t0 = gwt_now_ms();
-    while (api_get(port, key) != 200 && gwt_now_ms() - t0 < 5000)
+    while (gwt_api_key_get(port, key) != 200 && gwt_now_ms() - t0 < 5000)
         pause_ms(50);
-    assert_int_equal(api_get(port, key), 200);
+    assert_int_equal(gwt_api_key_get(port, key), 200);
     assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
     gwt_proc_cleanup(&gw);
     unlink(g_rules);
@@ -292,8 +280,8 @@ static void test_planned_failover_no_failure_mode(void **state)
     struct gwt_proc gw = {0};
     int port = 0;
     start_gateway(&gw, &port, "WORKER_THREADS=1", "REDIS_TIMEOUT_MS=200");
-    assert_int_equal(api_get(port, k1), 200);
-    assert_int_equal(api_get(port, k2), 200);
+    assert_int_equal(gwt_api_key_get(port, k1), 200);
+    assert_int_equal(gwt_api_key_get(port, k2), 200);
     redisReply *r = gwt_cluster_cmd(g_c.port[4], "CLUSTER FAILOVER");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_STATUS);
@@ -312,15 +300,15 @@ static void test_planned_failover_no_failure_mode(void **state)
     }
     assert_true(promoted);
     /* every request decided by Redis: 2 more pass, then 429 */
-    int first = api_get(port, k2);
+    int first = gwt_api_key_get(port, k2);
     fprintf(stderr, "[ MEASURE  ] planned failover: first request after it: %d\n", first);
     assert_int_equal(first, 200);
     t0 = gwt_now_ms(); /* every node's view agrees soon (gossip) */
     while (gwt_cluster_slot_owner(&g_c, slot) != 4 && gwt_now_ms() - t0 < 5000)
         pause_ms(20);
     assert_int_equal(gwt_cluster_slot_owner(&g_c, slot), 4);
-    assert_int_equal(api_get(port, k2), 200);
-    assert_int_equal(api_get(port, k2), 429);
+    assert_int_equal(gwt_api_key_get(port, k2), 200);
+    assert_int_equal(gwt_api_key_get(port, k2), 429);
     assert_int_equal(gwt_stop(&gw, SIGTERM, 5000), 0);
     gwt_proc_cleanup(&gw);
     unlink(g_rules);
@@ -351,7 +339,7 @@ static void test_health_after_failover(void **state)
     struct gwt_proc gw = {0};
     int port = 0;
     start_gateway(&gw, &port, "WORKER_THREADS=2", "REDIS_TIMEOUT_MS=100");
-    assert_int_equal(api_get(port, key), 200);
+    assert_int_equal(gwt_api_key_get(port, key), 200);
     long long t_kill = gwt_now_ms();
     assert_int_equal(gwt_cluster_kill(&g_c, 0), 0);
     long long t_promo = 0;
@@ -378,11 +366,11 @@ static void test_health_after_failover(void **state)
     assert_true(t_ok > 0);
     /* exact again: a key of the failed master's slots, unused before */
     long long t0 = gwt_now_ms();
-    while (api_get(port, fresh) != 200 && gwt_now_ms() - t0 < 5000)
+    while (gwt_api_key_get(port, fresh) != 200 && gwt_now_ms() - t0 < 5000)
         pause_ms(50);
     int ok = 1, refused = 0;
     for (int i = 0; i < 4; i++) {
-        int s = api_get(port, fresh);
+        int s = gwt_api_key_get(port, fresh);
         ok += s == 200;
         refused += s == 429;
     }

@@ -1246,3 +1246,14 @@ int gwt_redis_cmd(int port, const char *cmd)
     redisFree(c);
     return rc;
 }
+
+int gwt_api_key_get(int port, const char *key)
+{
+    char raw[256];
+    snprintf(raw, sizeof(raw),
+             "GET /users/1 HTTP/1.1\r\nHost: t\r\nX-Api-Key: %s\r\nConnection: close\r\n\r\n", key);
+    struct gwt_response r = {0};
+    int status = gwt_http(port, raw, &r) == 0 ? r.status : -1;
+    gwt_response_free(&r);
+    return status;
+}

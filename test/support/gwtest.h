@@ -222,6 +222,10 @@ GW_MUSTCHECK int gwt_redis_cmd(int port, const char *cmd);
 
 void gwt_strv_free(char **v, int n);
 
+/* GET /users/1 on the gateway at 127.0.0.1:port with "X-Api-Key: key" and
+ * Connection: close; the status, or -1 on a transport error. */
+int gwt_api_key_get(int port, const char *key);
+
 /* ---- misc ------------------------------------------------------------- */
 
 /* Monotonic milliseconds. */
