@@ -483,6 +483,23 @@ static bool parse_cidr(const char *s, size_t n, struct gw_cidr *c, char *why, si
     return gw_fail(why, cap, "entry \"%.*s\": %s", (int)GW_MIN(n, 64), s, reason);
 }
 
+/* The entry of a comma-separated list that starts at p, with the blanks
+ * around it trimmed, into *s and *len; returns its raw length (p[n] is ','
+ * or the end). */
+static size_t list_entry(const char *p, const char **s, size_t *len)
+{
+    size_t n = strcspn(p, ",");
+    *s = p;
+    *len = n;
+    while (*len > 0 && (**s == ' ' || **s == '\t')) {
+        (*s)++;
+        (*len)--;
+    }
+    while (*len > 0 && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
+        (*len)--;
+    return n;
+}
+
 static bool parse_proxies(const char *v, struct gw_config *cfg, char *why, size_t cap)
 {
     cfg->trusted_count = 0;
@@ -490,15 +507,9 @@ static bool parse_proxies(const char *v, struct gw_config *cfg, char *why, size_
         return true;
     const char *p = v;
     for (;;) {
-        size_t n = strcspn(p, ",");
-        const char *s = p;
-        size_t len = n;
-        while (len > 0 && (*s == ' ' || *s == '\t')) {
-            s++;
-            len--;
-        }
-        while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
-            len--;
+        const char *s;
+        size_t len;
+        size_t n = list_entry(p, &s, &len);
         if (len == 0)
             return gw_fail(why, cap, "empty entry in the list");
         if (cfg->trusted_count == GW_CONFIG_MAX_TRUSTED)
@@ -520,7 +531,7 @@ static void free_nodes(struct gw_redis_node *nodes, int n)
 }
 
 /* "host[:port],host[:port]" (spaces around entries allowed, IPv6 in
- * brackets, port 26379 when absent) into a new array of at most
+ * brackets, default_port when absent) into a new array of at most
  * GW_CONFIG_MAX_REDIS_NODES entries. */
 static bool parse_nodes(const char *v, int default_port, struct gw_redis_node **out, int *count,
                         char *why, size_t cap)
@@ -533,15 +544,9 @@ static bool parse_nodes(const char *v, int default_port, struct gw_redis_node **
     int n = 0;
     const char *p = v;
     for (;;) {
-        size_t len = strcspn(p, ",");
-        const char *e = p;
-        size_t elen = len;
-        while (elen > 0 && (*e == ' ' || *e == '\t')) {
-            e++;
-            elen--;
-        }
-        while (elen > 0 && (e[elen - 1] == ' ' || e[elen - 1] == '\t'))
-            elen--;
+        const char *e;
+        size_t elen;
+        size_t len = list_entry(p, &e, &elen);
         struct gw_net_hostport hp;
         char reason[128];
         if (elen == 0) {
@@ -551,6 +556,11 @@ static bool parse_nodes(const char *v, int default_port, struct gw_redis_node **
         if (n == GW_CONFIG_MAX_REDIS_NODES) {
             free_nodes(nodes, n);
             return gw_fail(why, cap, "more than %d entries", GW_CONFIG_MAX_REDIS_NODES);
+        }
+        if (memmem(e, elen, "://", 3) != NULL) {
+            free_nodes(nodes, n);
+            return gw_fail(why, cap, "entry \"%.*s\": a host:port, not a URL",
+                           (int)GW_MIN(elen, 64), e);
         }
         if (!gw_net_parse_hostport(e, elen, default_port, &hp, reason, sizeof(reason))) {
             free_nodes(nodes, n);
