@@ -384,9 +384,7 @@ static void test_many_applicable_limits(void **state)
     assert_non_null(pol);
     bool last_listed = strstr(pol, "\"l39\";q=1;w=60") != NULL;
     gwt_response_free(&r);
-    gwt_pol_send(port, "GET", "/users/1", NULL, &r);
-    int second = r.status;
-    gwt_response_free(&r);
+    int second = gwt_pol_status(port, "GET", "/users/1", NULL);
     if (second == 200 && !last_listed &&
         gwt_wait_log(&gwt_pol_gws[0], "rate limit: a request matched 40 limits; only the first 32",
                      2000, NULL, 0) == 0) {
@@ -671,18 +669,13 @@ static void test_long_key_values(void **state)
     memcpy(h + 11 + LEN, "A\r\n", 4);
     gwt_pol_expect_pass(port, "GET", "/users/1", h, "by-key", 0, "long key ...A");
     h[11 + LEN] = 'B';
-    struct gwt_response r;
-    gwt_pol_send(port, "GET", "/users/1", h, &r);
-    int st_key = r.status;
-    gwt_response_free(&r);
+    int st_key = gwt_pol_status(port, "GET", "/users/1", h);
     /* [header:X-API-Key, ip]: one long key from two addresses. */
     size_t n = 11 + LEN + 3;
     snprintf(h + n, LEN + 96 - n, "X-Forwarded-For: 192.0.2.1\r\n");
     gwt_pol_expect_pass(port, "GET", "/echo", h, "by-key-ip", 0, "long key from 192.0.2.1");
     snprintf(h + n, LEN + 96 - n, "X-Forwarded-For: 192.0.2.2\r\n");
-    gwt_pol_send(port, "GET", "/echo", h, &r);
-    int st_ip = r.status;
-    gwt_response_free(&r);
+    int st_ip = gwt_pol_status(port, "GET", "/echo", h);
     if (st_key != 200 || st_ip != 200)
         fail_msg("long keys: a 3001-byte X-API-Key differing from another in its last byte got "
                  "%d (want 200); key [header:X-API-Key, ip], one long key from a second address "
@@ -917,6 +910,18 @@ static void test_pipelined(void **state)
 
 /* ---- shadow and dry run never refuse, even for a bad key header ------- */
 
+/* The three requests of the shadow / dry-run cases, each with extra header
+ * lines (may be NULL): GET /echo on port (an enforce limit) must get
+ * want_enforce; GET /users/1 on port (only a shadow limit) and GET /echo
+ * on dport (RATE_LIMIT_DRY_RUN=on) give *shadow and *dry_run. */
+static void shadow_and_dry_run(int port, int dport, const char *extra, int want_enforce,
+                               int *shadow, int *dry_run)
+{
+    assert_int_equal(gwt_pol_status(port, "GET", "/echo", extra), want_enforce);
+    *shadow = gwt_pol_status(port, "GET", "/users/1", extra);
+    *dry_run = gwt_pol_status(dport, "GET", "/echo", extra);
+}
+
 /* SPEC §10: a shadow limit is "decided and counted, never refuses", and
  * RATE_LIMIT_DRY_RUN never blocks; SPEC §6 answers 400 to two lines of a
  * key header. A shadow (or dry-run) limit keyed by a header must not turn
@@ -940,21 +945,13 @@ static void test_shadow_duplicate_key_header(void **state)
     int port = gwt_pol_start(0, rules, NULL);
     int dport = gwt_pol_start(1, NULL, dry);
     static const char twice[] = "X-API-Key: a\r\nX-API-Key: b\r\n";
-    struct gwt_response r;
+    int shadow, dry_run;
     /* An enforce limit: 400, as SPEC §6 says. */
-    gwt_pol_send(port, "GET", "/echo", twice, &r);
-    assert_int_equal(r.status, 400);
-    gwt_response_free(&r);
-    gwt_pol_send(port, "GET", "/users/1", twice, &r);
-    int shadow = r.status;
-    gwt_response_free(&r);
-    gwt_pol_send(dport, "GET", "/echo", twice, &r);
-    int dry_run = r.status;
-    gwt_response_free(&r);
+    shadow_and_dry_run(port, dport, twice, 400, &shadow, &dry_run);
     if (shadow == 400 || dry_run == 400) {
-        /* Was a bug, fixed (kept as a regression check) (SPEC §10 shadow "never refuses" vs §6's 400): the
-         * identity of a shadow or dry-run limit is derived like an
-         * enforce limit's, and a bad key header refuses the request. */
+        /* Was a bug, fixed (kept as a regression check) (SPEC §10 shadow "never refuses" vs §6's
+         * 400): the identity of a shadow or dry-run limit is derived like an enforce limit's, and a
+         * bad key header refuses the request. */
         print_message("  REGRESSION (SPEC §10 shadow/dry run never refuse): GET /users/1 with two "
                       "X-API-Key lines under a shadow limit keyed by it: %d, want 200; under "
                       "RATE_LIMIT_DRY_RUN=on (an enforce limit keyed by it): %d, want 200\n",
@@ -988,19 +985,12 @@ static void test_shadow_store_down_closed(void **state)
     const char *dry[] = {dead, "RATE_LIMIT_FAILURE_MODE=closed", "RATE_LIMIT_DRY_RUN=on", NULL};
     int port = gwt_pol_start(0, rules, closed);
     int dport = gwt_pol_start(1, NULL, dry);
-    struct gwt_response r;
-    gwt_pol_send(port, "GET", "/echo", NULL, &r);
-    assert_int_equal(r.status, 503); /* enforce limit, store down, closed */
-    gwt_response_free(&r);
-    gwt_pol_send(port, "GET", "/users/1", NULL, &r);
-    int shadow = r.status;
-    gwt_response_free(&r);
-    gwt_pol_send(dport, "GET", "/echo", NULL, &r);
-    int dry_run = r.status;
-    gwt_response_free(&r);
+    int shadow, dry_run;
+    /* enforce limit, store down, closed: 503 */
+    shadow_and_dry_run(port, dport, NULL, 503, &shadow, &dry_run);
     if (shadow == 503 || dry_run == 503) {
-        /* Was a bug, fixed (kept as a regression check): the failure mode was applied to shadow limits (and to
-         * every limit under dry run) as to enforce ones. */
+        /* Was a bug, fixed (kept as a regression check): the failure mode was applied to shadow
+         * limits (and to every limit under dry run) as to enforce ones. */
         print_message("  REGRESSION (SPEC §10 shadow never refuses, §3 dry run never blocks): "
                       "Redis down, RATE_LIMIT_FAILURE_MODE=closed: GET /users/1 under only a "
                       "shadow limit: %d, want 200; GET /echo under RATE_LIMIT_DRY_RUN=on: %d, "
@@ -1113,15 +1103,11 @@ static void test_memory_store_crafted_flood(void **state)
     assert_int_equal(sent, FLOOD);
     if (gwt_pol_wall_ms() / 3600000 != idx)
         fail_msg("the flood outlasted the hour's window (%lld ms)", ms);
-    struct gwt_response r;
-    gwt_pol_send(port, "POST", "/login", NULL, &r);
-    int st = r.status;
-    gwt_response_free(&r);
+    int st = gwt_pol_status(port, "POST", "/login", NULL);
     if (st != 429) {
-        /* Was a bug, fixed (kept as a regression check): src/rl_memory.c hashed state keys with fixed seeds and
-         * evicts a full shard's least recently written live entry, so a
-         * client can aim allowed requests at the shard of its own counter
-         * in another limit and reset it. */
+        /* Was a bug, fixed (kept as a regression check): src/rl_memory.c hashed state keys with
+         * fixed seeds and evicts a full shard's least recently written live entry, so a client can
+         * aim allowed requests at the shard of its own counter in another limit and reset it. */
         print_message("  REGRESSION (in-process store eviction with fixed hash seeds): after 3 "
                       "logins (limit 3/h) and %d allowed /api/ requests with X-API-Key values "
                       "aimed at the login counter's shard (%lld ms; keys found in %lld ms), "

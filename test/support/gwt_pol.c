@@ -128,6 +128,15 @@ void gwt_pol_send(int port, const char *method, const char *target, const char *
         fail_msg("%s %s on port %d: no response (%d)", method, target, port, rc);
 }
 
+int gwt_pol_status(int port, const char *method, const char *target, const char *extra)
+{
+    struct gwt_response r;
+    gwt_pol_send(port, method, target, extra, &r);
+    int status = r.status;
+    gwt_response_free(&r);
+    return status;
+}
+
 /* "X-Forwarded-For: <addr>\r\n" (+ "X-API-Key: <key>\r\n" when key is not
  * NULL) in a static buffer overwritten by the next call. */
 const char *gwt_pol_as_client(const char *addr, const char *key)

@@ -73,6 +73,10 @@ int gwt_pol_start(int i, const char *text, const char *const extra[]);
 void gwt_pol_send(int port, const char *method, const char *target, const char *extra,
                   struct gwt_response *r);
 
+/* gwt_pol_send, then frees the response: returns its status code (fails
+ * the test when no response came). */
+int gwt_pol_status(int port, const char *method, const char *target, const char *extra);
+
 /* "X-Forwarded-For: <addr>\r\n" (addr may be NULL) plus
  * "X-API-Key: <key>\r\n" when key is not NULL, in a static buffer that
  * the next call overwrites. */
