@@ -49,11 +49,9 @@ static bool request_in(const struct origin *o)
 static void *origin_thread(void *arg)
 {
     struct origin *o = arg;
-    int fd = accept(o->lfd, NULL, NULL);
+    int fd = gwt_accept_timed(o->lfd);
     if (fd < 0)
         return NULL;
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     while (!request_in(o) && o->got_len + 1 < sizeof(o->got)) {
         ssize_t r = recv(fd, o->got + o->got_len, sizeof(o->got) - 1 - o->got_len, 0);
         if (r <= 0)

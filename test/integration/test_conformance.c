@@ -54,23 +54,6 @@ static void assert_sha(const struct gwt_echo *e, const char *body, size_t n)
     assert_string_equal(e->body_sha256, sha);
 }
 
-/* Reads one response head (through CRLFCRLF) byte by byte into buf,
- * NUL-terminated. Returns its length, or -1 on EOF, error or overflow. */
-static long read_head_raw(int fd, char *buf, size_t cap)
-{
-    size_t n = 0;
-    while (n + 1 < cap) {
-        ssize_t got = recv(fd, buf + n, 1, 0);
-        if (got <= 0)
-            return -1;
-        n++;
-        buf[n] = '\0';
-        if (n >= 4 && memcmp(buf + n - 4, "\r\n\r\n", 4) == 0)
-            return (long)n;
-    }
-    return -1;
-}
-
 static char *make_body(size_t n, unsigned seed)
 {
     char *b = malloc(n + 1);
@@ -786,7 +769,7 @@ static void test_bodiless_from_fake(void **state)
      * 1234 bytes a 304 never carries. Stray body bytes would break the
      * parse of the next response read below. */
     char head[2048];
-    assert_true(read_head_raw(fd, head, sizeof(head)) > 0);
+    assert_true(gwt_read_head(fd, head, sizeof(head)) > 0);
     assert_true(strncmp(head, "HTTP/1.1 304 ", 13) == 0);
     assert_non_null(strcasestr(head, "\r\nContent-Length: 1234\r\n"));
     assert_true(gwt_now_ms() - t0 < 2000);

@@ -39,23 +39,6 @@ static const char upgrade_req[] = "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrad
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* Reads one response head (through CRLFCRLF) byte by byte, NUL-terminated.
- * Returns its length, or -1. */
-static long read_head(int fd, char *buf, size_t cap)
-{
-    size_t n = 0;
-    while (n + 1 < cap) {
-        ssize_t got = recv(fd, buf + n, 1, 0);
-        if (got <= 0)
-            return -1;
-        n++;
-        buf[n] = '\0';
-        if (n >= 4 && memcmp(buf + n - 4, "\r\n\r\n", 4) == 0)
-            return (long)n;
-    }
-    return -1;
-}
-
 /* Reads exactly n bytes or fails the test. */
 static void read_exact(int fd, void *p, size_t n, const char *what)
 {
@@ -140,7 +123,7 @@ static int ws_handshake(int fd)
 {
     assert_int_equal(gwt_send_str(fd, upgrade_req), 0);
     char head[2048];
-    if (read_head(fd, head, sizeof(head)) < 0)
+    if (gwt_read_head(fd, head, sizeof(head)) < 0)
         fail_msg("no 101 head");
     if (strncmp(head, "HTTP/1.1 101 ", 13) != 0)
         fail_msg("want a 101, got: %s", head);
@@ -401,12 +384,10 @@ struct origin {
 static void *origin_thread(void *arg)
 {
     struct origin *o = arg;
-    int fd = accept(o->lfd, NULL, NULL);
+    int fd = gwt_accept_timed(o->lfd);
     if (fd < 0)
         return NULL;
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (read_head(fd, o->req, sizeof(o->req)) < 0) {
+    if (gwt_read_head(fd, o->req, sizeof(o->req)) < 0) {
         close(fd);
         return NULL;
     }
@@ -457,7 +438,7 @@ static void test_half_close_from_backend(void **state)
                                       "Connection: upgrade\r\n\r\n"),
                      0);
     char head[1024];
-    assert_true(read_head(fd, head, sizeof(head)) > 0);
+    assert_true(gwt_read_head(fd, head, sizeof(head)) > 0);
     assert_int_equal(strncmp(head, "HTTP/1.1 101 ", 13), 0);
     char hello[5];
     read_exact(fd, hello, 5, "bytes after the 101");

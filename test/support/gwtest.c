@@ -808,6 +808,31 @@ int gwt_connect(int port)
     return fd;
 }
 
+int gwt_accept_timed(int lfd)
+{
+    int fd = accept(lfd, NULL, NULL);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
+long gwt_read_head(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    while (n + 1 < cap) {
+        ssize_t got = recv(fd, buf + n, 1, 0);
+        if (got <= 0)
+            return -1;
+        n++;
+        buf[n] = '\0';
+        if (n >= 4 && memcmp(buf + n - 4, "\r\n\r\n", 4) == 0)
+            return (long)n;
+    }
+    return -1;
+}
+
 int gwt_send_all(int fd, const void *p, size_t n)
 {
     const char *s = p;

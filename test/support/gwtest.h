@@ -143,6 +143,16 @@ int gwt_gateway_run(const char *const args[], const char *const env[], int timeo
  * timeouts. Returns the fd, or -errno. */
 GW_MUSTCHECK int gwt_connect(int port);
 
+/* Accepts one connection on listening socket lfd (blocking) and gives it a
+ * 10 s receive timeout. Returns the fd (caller closes), or -1. */
+int gwt_accept_timed(int lfd);
+
+/* Reads one HTTP message head (through CRLFCRLF) from fd byte by byte into
+ * buf, NUL-terminated, so nothing after the head is consumed. Returns its
+ * length, or -1 on EOF, error (a receive timeout included) or when cap
+ * bytes do not hold it. */
+long gwt_read_head(int fd, char *buf, size_t cap);
+
 /* Writes all n bytes (retrying short writes). Returns 0 or -errno. */
 GW_MUSTCHECK int gwt_send_all(int fd, const void *p, size_t n);
 GW_MUSTCHECK int gwt_send_str(int fd, const char *s);
