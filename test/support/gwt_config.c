@@ -42,3 +42,14 @@ struct gw_rules *gwt_rules_json(const char *text, const struct gw_config *cfg)
     assert_int_equal(gw_rules_parse(text, strlen(text), GW_RULES_JSON, cfg, &r, stderr, NULL), 0);
     return r;
 }
+
+char *gwt_config_json(const struct gw_config *cfg)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    assert_int_equal(gw_config_print_json(cfg, f), 0);
+    assert_int_equal(fclose(f), 0);
+    return buf;
+}

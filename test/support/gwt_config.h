@@ -28,6 +28,10 @@ const char *gwt_kv_getenv(void *ctx, const char *name);
  * gw_config_load's result. */
 int gwt_config_load_kv(struct gw_config *cfg, const struct gwt_kv *kv, char **err_out);
 
+/* gw_config_print_json(cfg) (what --check-config prints) as a string the
+ * caller frees; fails the test when it does not print. */
+char *gwt_config_json(const struct gw_config *cfg);
+
 /* Rules parsed from the JSON text with cfg (may be NULL), errors on stderr;
  * fails the test unless they parse. The caller owns the reference
  * (gw_rules_put). */

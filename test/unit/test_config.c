@@ -70,17 +70,6 @@ static char *capture_example(void)
     return buf;
 }
 
-static char *capture_json(const struct gw_config *cfg)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    assert_non_null(f);
-    assert_int_equal(gw_config_print_json(cfg, f), 0);
-    assert_int_equal(fclose(f), 0);
-    return buf;
-}
-
 /* Names of every variable, from the KEY= lines of the generated example.
  * Returns the count; names[i] are malloc'd. */
 static int variable_names(char *names[], int cap)
@@ -823,7 +812,7 @@ static void test_print_json(void **state)
                                   {"MAX_BODY_BYTES", "5000000000"}),
                            NULL),
         0);
-    char *text = capture_json(&cfg);
+    char *text = gwt_config_json(&cfg);
     gw_config_deinit(&cfg);
     assert_null(strstr(text, "s3cret"));
     size_t n = strlen(text);
@@ -867,7 +856,7 @@ static void test_print_json(void **state)
 
     /* Unset REDIS_URL prints as null. */
     assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"X", "y"}), NULL), 0);
-    text = capture_json(&cfg);
+    text = gwt_config_json(&cfg);
     gw_config_deinit(&cfg);
     j = json_loads(text, 0, &jerr);
     assert_non_null(j);
@@ -878,7 +867,7 @@ static void test_print_json(void **state)
     /* A unix socket URL has nothing to mask. */
     assert_int_equal(gwt_config_load_kv(&cfg, GWT_KV({"REDIS_URL", "unix:///tmp/r.sock"}), NULL),
                      0);
-    text = capture_json(&cfg);
+    text = gwt_config_json(&cfg);
     gw_config_deinit(&cfg);
     assert_non_null(strstr(text, "\"unix:///tmp/r.sock\""));
     free(text);
@@ -1050,7 +1039,7 @@ static void test_env_example_gives_defaults(void **state)
     /* Loading the file yields exactly the defaults. */
     struct gw_config def, cfg;
     assert_int_equal(gwt_config_load_kv(&def, GWT_KV({"X", "y"}), NULL), 0);
-    char *want = capture_json(&def);
+    char *want = gwt_config_json(&def);
     gw_config_deinit(&def);
 
     unset_gateway_env();
@@ -1063,7 +1052,7 @@ static void test_env_example_gives_defaults(void **state)
     assert_string_equal(buf, ""); /* no warnings either */
     free(buf);
     assert_int_equal(gw_config_load(&cfg, NULL, NULL, NULL), 0);
-    char *got = capture_json(&cfg);
+    char *got = gwt_config_json(&cfg);
     gw_config_deinit(&cfg);
     unset_gateway_env();
     assert_string_equal(got, want);
