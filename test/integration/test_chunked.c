@@ -74,14 +74,7 @@ static void origin_start(struct origin *o, const char *until, const char *reply)
     memset(o, 0, sizeof(*o));
     o->until = until;
     o->reply = reply;
-    o->lfd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(o->lfd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof(a);
-    assert_int_equal(bind(o->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(o->lfd, 8), 0);
-    assert_int_equal(getsockname(o->lfd, (struct sockaddr *)&a, &al), 0);
-    o->port = ntohs(a.sin_port);
+    o->lfd = gwt_listen_loopback(0, 8, &o->port);
     assert_int_equal(pthread_create(&o->th, NULL, origin_thread, o), 0);
     assert_int_equal(gwt_gateway_for(&gwt_fx.gw2, &gwt_fx.gport2, o->port,
                                      (const char *[]){"WORKER_THREADS=1", NULL}),

@@ -7,6 +7,9 @@
 #include "gwtest.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -333,4 +336,17 @@ int gwt_gateway_for(struct gwt_proc *p, int *port, int backend_port, const char 
     if (p->pid > 0)
         gwt_track(p);
     return rc;
+}
+
+int gwt_listen_loopback(int flags, int backlog, int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | flags, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, backlog), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
 }

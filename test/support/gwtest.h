@@ -246,6 +246,11 @@ void gwt_sha256_hex(const void *data, size_t len, char out[65]);
 
 /* ---- helpers for the gateway's integration tests (gwfixture.c) -------- */
 
+/* A TCP socket (SOCK_STREAM | flags, e.g. SOCK_CLOEXEC) listening on
+ * 127.0.0.1 at a port the kernel picks, with backlog; *port gets the port.
+ * Returns the fd (caller closes); fails the test on any error. */
+int gwt_listen_loopback(int flags, int backlog, int *port);
+
 /* What backend_app's /echo saw: {"method","target","http_version",
  * "headers":[[name,value],...],"body_length","body_sha256"}. The strings are
  * borrowed from root; release with gwt_echo_free. */
