@@ -125,18 +125,9 @@ static void test_two_instances_concurrent_exact(void **state)
     assert_int_equal(gwt_gateway_for(&gws[1], &gp[1], gwt_fx.bport, env), 0);
     gwt_avoid_window_edge(W, 5);
     enum { N = 40 };
-    int ports[N], statuses[N];
+    int statuses[N];
     long long resets[N];
-    char *reqs[N];
-    for (int i = 0; i < N; i++) {
-        ports[i] = gp[i % 2];
-        reqs[i] = gwt_dist_request("/users/1", NULL, NULL);
-        assert_non_null(reqs[i]);
-    }
-    int rc = gwt_dist_burst(ports, reqs, N, statuses, resets);
-    for (int i = 0; i < N; i++)
-        free(reqs[i]);
-    assert_int_equal(rc, 0);
+    gwt_dist_burst_same(gp, 2, "/users/1", NULL, N, statuses, resets);
     int ok = 0, limited = 0;
     for (int i = 0; i < N; i++) {
         ok += statuses[i] == 200;

@@ -6,6 +6,10 @@
 #include "gwt_dist.h"
 
 #include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <openssl/sha.h>
 #include <poll.h>
@@ -15,6 +19,8 @@
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cmocka.h>
 
 #define REDIS_START_MS 10000
 #define SCAN_MAX       100000
@@ -382,4 +388,24 @@ long long gwt_dist_first_log_epoch(const struct gwt_proc *p)
     }
     free(log);
     return t;
+}
+
+void gwt_dist_burst_same(const int ports[], int nports, const char *target, const char *xff, int n,
+                         int statuses[], long long resets[])
+{
+    int *to = calloc((size_t)n, sizeof(*to));
+    char **reqs = calloc((size_t)n, sizeof(*reqs));
+    assert_non_null(to);
+    assert_non_null(reqs);
+    for (int i = 0; i < n; i++) {
+        to[i] = ports[i % nports];
+        reqs[i] = gwt_dist_request(target, xff, NULL);
+        assert_non_null(reqs[i]);
+    }
+    int rc = gwt_dist_burst(to, reqs, n, statuses, resets);
+    for (int i = 0; i < n; i++)
+        free(reqs[i]);
+    free(reqs);
+    free(to);
+    assert_int_equal(rc, 0);
 }

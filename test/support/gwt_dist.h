@@ -80,6 +80,13 @@ char *gwt_dist_request(const char *target, const char *xff, const char *extra);
 GW_MUSTCHECK int gwt_dist_burst(const int ports[], char *const reqs[], int n, int statuses[],
                                 long long resets[]);
 
+/* gwt_dist_burst of n (<= 1024) copies of gwt_dist_request(target, xff,
+ * NULL), request i to ports[i % nports]; statuses and resets (may be NULL)
+ * as there. A cmocka assertion fails the test when a request cannot be
+ * built or the burst returns an error. */
+void gwt_dist_burst_same(const int ports[], int nports, const char *target, const char *xff, int n,
+                         int statuses[], long long resets[]);
+
 /* gwt_http timed from before connect to the last response byte, in µs. */
 GW_MUSTCHECK int gwt_dist_timed(int port, const char *raw, struct gwt_response *r, long long *us);
 
