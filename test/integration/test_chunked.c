@@ -111,6 +111,18 @@ static char *exchange(const char *req, size_t *len)
     return b;
 }
 
+/* origin_start(o, until, reply), then exchange(req) and origin_join(o):
+ * what the client got until EOF (malloc'd, NUL-terminated); o->got holds
+ * what the origin received. */
+static char *through_origin(struct origin *o, const char *until, const char *reply, const char *req)
+{
+    origin_start(o, until, reply);
+    size_t n;
+    char *got = exchange(req, &n);
+    origin_join(o);
+    return got;
+}
+
 /* The part after the head (CRLFCRLF), or fails. */
 static const char *body_of(const char *msg)
 {
@@ -143,10 +155,8 @@ static const char chunked_with_trailers[] =
 static void test_response_trailers_relayed(void **state)
 {
     struct origin o;
-    origin_start(&o, NULL, chunked_with_trailers);
-    size_t n;
-    char *got = exchange("GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &n);
-    origin_join(&o);
+    char *got = through_origin(&o, NULL, chunked_with_trailers,
+                               "GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert_body(got, "5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Two: two\r\n\r\n");
     char *head_end = strstr(got, "\r\n\r\n");
     *head_end = '\0';
@@ -160,10 +170,8 @@ static void test_response_trailers_relayed(void **state)
 static void test_response_trailers_dropped_for_http10(void **state)
 {
     struct origin o;
-    origin_start(&o, NULL, chunked_with_trailers);
-    size_t n;
-    char *got = exchange("GET /t HTTP/1.0\r\nHost: a\r\n\r\n", &n);
-    origin_join(&o);
+    char *got =
+        through_origin(&o, NULL, chunked_with_trailers, "GET /t HTTP/1.0\r\nHost: a\r\n\r\n");
     assert_body(got, "hello");
     assert_null(strcasestr(got, "X-Checksum"));
     free(got);
@@ -173,13 +181,11 @@ static void test_response_trailers_dropped_for_http10(void **state)
 static void test_request_trailers_forwarded(void **state)
 {
     struct origin o;
-    origin_start(&o, "\r\n0\r\n", "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-    size_t n;
-    char *got = exchange("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-                         "Connection: close\r\n\r\n"
-                         "5\r\nhello\r\n0\r\nX-Sig: s1\r\nHost: evil\r\nX-Empty:\r\n\r\n",
-                         &n);
-    origin_join(&o);
+    char *got =
+        through_origin(&o, "\r\n0\r\n", "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+                       "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                       "Connection: close\r\n\r\n"
+                       "5\r\nhello\r\n0\r\nX-Sig: s1\r\nHost: evil\r\nX-Empty:\r\n\r\n");
     assert_non_null(strstr(got, "HTTP/1.1 204 "));
     assert_body(o.got, "5\r\nhello\r\n0\r\nX-Sig: s1\r\nX-Empty: \r\n\r\n");
     char *head_end = strstr(o.got, "\r\n\r\n");
@@ -229,14 +235,12 @@ static char *dechunk_plain(const char *b, const char **rest)
 static void test_request_chunk_extensions_stripped(void **state)
 {
     struct origin o;
-    origin_start(&o, "\r\n0\r\n", "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-    size_t n;
-    char *got = exchange("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-                         "Connection: close\r\n\r\n"
-                         "3;foo=\"b\\\"r\"\r\nabc\r\n1;a=b;c=d\r\nd\r\n2 ; x = \"y z\"\r\nef\r\n"
-                         "0;last\r\n\r\n",
-                         &n);
-    origin_join(&o);
+    char *got =
+        through_origin(&o, "\r\n0\r\n", "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+                       "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                       "Connection: close\r\n\r\n"
+                       "3;foo=\"b\\\"r\"\r\nabc\r\n1;a=b;c=d\r\nd\r\n2 ; x = \"y z\"\r\nef\r\n"
+                       "0;last\r\n\r\n");
     assert_non_null(strstr(got, "HTTP/1.1 204 "));
     const char *rest;
     char *payload = dechunk_plain(body_of(o.got), &rest);
@@ -251,12 +255,11 @@ static void test_request_chunk_extensions_stripped(void **state)
 static void test_response_chunk_extensions_and_bare_lf(void **state)
 {
     struct origin o;
-    origin_start(&o, NULL,
-                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                 "3;foo=\"b\\\"r\"\nabc\n1;a=b;c=d\r\nd\r\n2\nef\n0\nX-T: t\n\n");
-    size_t n;
-    char *got = exchange("GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &n);
-    origin_join(&o);
+    char *got =
+        through_origin(&o, NULL,
+                       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                       "3;foo=\"b\\\"r\"\nabc\n1;a=b;c=d\r\nd\r\n2\nef\n0\nX-T: t\n\n",
+                       "GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert_non_null(strstr(got, "HTTP/1.1 200 "));
     const char *rest;
     char *payload = dechunk_plain(body_of(got), &rest);
