@@ -269,9 +269,16 @@ void gwt_avoid_window_edge(int window_s, int margin_s)
 
 /* ---- tracked processes ------------------------------------------------ */
 
-#define MAX_TRACKED 32
-static struct gwt_proc *tracked[MAX_TRACKED];
+#define MAX_TRACKED 128
+static struct gwt_proc *tracked[MAX_TRACKED]; /* NULL: untracked (indices stay put: marks) */
 static int ntracked;
+
+void gwt_untrack(const struct gwt_proc *p)
+{
+    for (int i = 0; i < ntracked; i++)
+        if (tracked[i] == p)
+            tracked[i] = NULL;
+}
 
 void gwt_track(struct gwt_proc *p)
 {
@@ -300,7 +307,7 @@ int gwt_stop_tracked_from(int mark)
         mark = 0;
     for (int i = mark; i < ntracked; i++) {
         struct gwt_proc *p = tracked[i];
-        if (p->pid <= 0)
+        if (p == NULL || p->pid <= 0)
             continue;
         if (p->stopped && p->exited) {
             /* The test stopped it itself and checked the result. */

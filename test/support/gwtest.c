@@ -552,6 +552,9 @@ void gwt_proc_cleanup(struct gwt_proc *p)
         unlink(p->out_path);
     p->log_path[0] = p->out_path[0] = '\0';
     p->pid = 0;
+    /* A struct on a test's stack is gone once the test returns: the
+     * teardown must not read it. */
+    gwt_untrack(p);
 }
 
 int gwt_run(const char *const argv[], const char *const env[], int timeout_ms, char **out,

@@ -329,8 +329,12 @@ long long gwt_wall_s(void);
 GW_MUSTCHECK int gwt_gateway_for(struct gwt_proc *p, int *port, int backend_port,
                                  const char *const env[]);
 
-/* Adds p to the list gwt_stop_tracked stops (at most 32 at once). */
+/* Adds p to the list gwt_stop_tracked stops (at most 128 at once). */
 void gwt_track(struct gwt_proc *p);
+
+/* Takes p off that list (gwt_proc_cleanup does it: a struct on a test's
+ * stack must not be read by the teardown after the test returned). */
+void gwt_untrack(const struct gwt_proc *p);
 
 /* For per-test teardown: sends SIGTERM to every tracked process still
  * running, waits up to 5 s each, cleans them up and empties the list. A
