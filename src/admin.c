@@ -81,9 +81,9 @@ void gw_admin_snapshot(struct gw_server *srv, struct gw_stats_snapshot *s)
         gw_rules_put(r);
         gw_rules_holder_reloads(srv->rules, &s->rules_reloads_success, &s->rules_reloads_failure);
     }
-    s->redis_sentinel = srv->cfg->redis_sentinels != NULL;
+    s->redis_sentinel = gw_config_redis_mode(srv->cfg) == GW_REDIS_SENTINEL;
     s->redis_failovers = gw_redis_failovers_total();
-    s->redis_cluster = srv->cfg->redis_cluster_nodes != NULL && srv->cfg->redis_cluster_nodes[0];
+    s->redis_cluster = gw_config_redis_mode(srv->cfg) == GW_REDIS_CLUSTER;
     s->redis_redirects_moved = gw_redis_redirects_total(false);
     s->redis_redirects_ask = gw_redis_redirects_total(true);
 }

@@ -810,11 +810,22 @@ void gw_config_redis_target_deinit(struct gw_redis_target *t)
     memset(t, 0, sizeof(*t));
 }
 
+static bool nonempty(const char *v)
+{
+    return v != NULL && v[0] != '\0';
+}
+
+enum gw_redis_mode gw_config_redis_mode(const struct gw_config *cfg)
+{
+    return nonempty(cfg->redis_url)             ? GW_REDIS_URL
+           : nonempty(cfg->redis_sentinels)     ? GW_REDIS_SENTINEL
+           : nonempty(cfg->redis_cluster_nodes) ? GW_REDIS_CLUSTER
+                                                : GW_REDIS_NONE;
+}
+
 bool gw_config_redis_enabled(const struct gw_config *cfg)
 {
-    return (cfg->redis_url != NULL && cfg->redis_url[0] != '\0') ||
-           (cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0') ||
-           (cfg->redis_cluster_nodes != NULL && cfg->redis_cluster_nodes[0] != '\0');
+    return gw_config_redis_mode(cfg) != GW_REDIS_NONE;
 }
 
 /* *dst = a copy of src when src is set (the old value freed); false on ENOMEM. */
@@ -837,16 +848,17 @@ int gw_config_redis_target(const struct gw_config *cfg, struct gw_redis_target *
                            size_t why_len)
 {
     memset(t, 0, sizeof(*t));
-    if (cfg->redis_url != NULL && cfg->redis_url[0] != '\0') {
+    enum gw_redis_mode mode = gw_config_redis_mode(cfg);
+    if (mode == GW_REDIS_URL) {
         int rc = gw_config_parse_redis_url(cfg->redis_url, t, why, why_len);
         if (rc != 0)
             return rc;
-    } else if (cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0') {
+    } else if (mode == GW_REDIS_SENTINEL) {
         if (!parse_nodes(cfg->redis_sentinels, 26379, &t->sentinels, &t->nsentinels, why, why_len))
             return redis_fail(t, NULL, 0, "REDIS_SENTINELS");
         if (cfg->redis_sentinel_master == NULL)
             return redis_fail(t, why, why_len, "REDIS_SENTINELS needs REDIS_SENTINEL_MASTER");
-    } else if (cfg->redis_cluster_nodes != NULL && cfg->redis_cluster_nodes[0] != '\0') {
+    } else if (mode == GW_REDIS_CLUSTER) {
         if (!parse_nodes(cfg->redis_cluster_nodes, 6379, &t->cluster_nodes, &t->ncluster_nodes, why,
                          why_len))
             return redis_fail(t, NULL, 0, "REDIS_CLUSTER_NODES");

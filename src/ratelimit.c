@@ -635,20 +635,18 @@ int gw_ratelimit_worker_create(struct gw_ratelimit_worker **out, struct gw_ratel
     version_sync(w);
     if (w->v.rules == NULL)
         goto fail;
-    if (rl->use_redis && rl->target.ncluster_nodes > 0) {
-        struct gw_rl_cluster *cl = NULL;
-        if (gw_rl_cluster_create(&cl, &rl->target, rl->cfg->redis_timeout_ms) != 0)
-            goto fail;
-        w->store = cl;
-        w->ops = &gw_rl_cluster_ops;
-    } else if (rl->use_redis) {
-        struct gw_rl_redis *r = NULL;
-        if (gw_rl_redis_create(&r, &rl->target, rl->cfg->redis_timeout_ms) != 0)
-            goto fail;
-        w->store = r;
-        w->ops = &gw_rl_redis_ops;
-    }
     if (rl->use_redis) {
+        /* One Redis store per worker: a Cluster's (the seeds in the
+         * target), else one server's (REDIS_URL or Sentinel). */
+        bool cluster = rl->target.ncluster_nodes > 0;
+        struct gw_rl_cluster *cl = NULL;
+        struct gw_rl_redis *r = NULL;
+        int rc = cluster ? gw_rl_cluster_create(&cl, &rl->target, rl->cfg->redis_timeout_ms)
+                         : gw_rl_redis_create(&r, &rl->target, rl->cfg->redis_timeout_ms);
+        if (rc != 0)
+            goto fail;
+        w->store = cluster ? (void *)cl : (void *)r;
+        w->ops = cluster ? &gw_rl_cluster_ops : &gw_rl_redis_ops;
         uint64_t now = gw_now_ms();
         if (w->ops->connect(w->store) == 0) {
             w->redis_up = true;

@@ -107,7 +107,7 @@ struct gw_rl_cluster {
     struct arena {
         void *p;
         size_t cap;
-    } arena[2];
+    } arena[3]; /* [2]: the residual pass and the units' folded verdicts */
 };
 
 static const char *node_name(const struct node *n, char *buf, size_t cap)
@@ -214,7 +214,9 @@ static void node_connect_step(struct gw_rl_cluster *c, struct node *n, uint64_t 
     }
 }
 
-/* The Redis clock now, as estimated from the last reply. */
+/* The Redis clock now, as estimated from the last reply (this host's
+ * wall clock before the first): it only names the state keys a per-slot
+ * call declares for routing, the script itself reads TIME. */
 static int64_t redis_now_ms(const struct gw_rl_cluster *c)
 {
     if (c->redis_us == 0) {
@@ -231,11 +233,6 @@ static void saw_redis_clock(struct gw_rl_cluster *c, int64_t us)
         c->redis_us = us;
         c->redis_at_ms = gw_now_ms();
     }
-}
-
-static bool str_elem(const redisReply *e)
-{
-    return e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS;
 }
 
 /* Reads the map with CLUSTER SLOTS over r (ready). host_asked: the address
@@ -303,16 +300,6 @@ static int read_map(struct gw_rl_cluster *c, struct gw_rl_redis *r, const char *
     c->mapped = true;
     c->refresh = false;
     c->refreshed_at_ms = gw_now_ms();
-    /* The Redis clock, for the state keys declared with each call. */
-    const char *targv[] = {"TIME"};
-    if (gw_rl_redis_command_argv(r, 1, targv, &v) == 0) {
-        rep = v;
-        if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 && str_elem(rep->element[0]) &&
-            str_elem(rep->element[1]))
-            saw_redis_clock(c, strtoll(rep->element[0]->str, NULL, 10) * 1000000 +
-                                   strtoll(rep->element[1]->str, NULL, 10));
-        freeReplyObject(rep);
-    }
     return 0;
 }
 
@@ -379,8 +366,8 @@ static void cluster_destroy(void *store)
     drop_seed(c);
     for (size_t i = 0; i < c->nnodes; i++)
         gw_rl_redis_ops.destroy(c->nodes[i].r);
-    free(c->arena[0].p);
-    free(c->arena[1].p);
+    for (size_t i = 0; i < GW_ARRAY_LEN(c->arena); i++)
+        free(c->arena[i].p);
     free(c);
 }
 
@@ -875,7 +862,8 @@ static enum outcome take_call_reply(struct gw_rl_cluster *c, struct call *cl, re
         }
         return OUT_FAILED;
     }
-    saw_redis_clock(c, cl->sub.now_us);
+    if (cl->sub.mode != GW_RL_PASS_REFUND)
+        saw_redis_clock(c, cl->sub.now_us);
     cl->asking = false;
     return OUT_DONE;
 }
@@ -992,55 +980,31 @@ static bool run_calls(struct gw_rl_cluster *c, struct call *calls, size_t ncalls
 }
 
 /* Takes back the commits of the parts of units that other parts refused
- * (whole[u] != 1). */
+ * (whole[u] != 1): each finished call is sent again in refund mode with
+ * only those units (redirects followed like any call), within the
+ * timeout. */
 static void refund(struct gw_rl_cluster *c, struct call *calls, size_t ncalls, const uint8_t *whole)
 {
-    uint64_t now = gw_now_ms();
-    bool queued[NODES_MAX] = {false};
-    size_t nq = 0;
+    bool any = false;
     for (size_t i = 0; i < ncalls; i++) {
         struct call *cl = &calls[i];
-        cl->sent = false;
-        if (!cl->done)
-            continue;
-        /* Keep only the units to refund, in place (the call is finished). */
         size_t k = 0;
-        for (size_t u = 0; u < cl->sub.nunits; u++)
+        for (size_t u = 0; u < cl->sub.nunits && cl->done; u++)
             if (cl->sub.units[u].result == GW_RL_UNIT_ALLOWED && whole[cl->unit_of[u]] != 1)
                 cl->sub.units[k++] = cl->sub.units[u];
-        if (k == 0 || !c->nodes[cl->node].up)
+        /* Folded already: the call is free to be sent again. */
+        cl->failed = k == 0; /* nothing to take back: not sent */
+        if (k == 0)
             continue;
         cl->sub.nunits = k;
         cl->sub.mode = GW_RL_PASS_REFUND;
         cl->sub.refund_at_us = cl->sub.now_us;
-        if (gw_rl_redis_queue(c->nodes[cl->node].r, &cl->sub, false, false) != 0) {
-            node_down(c, &c->nodes[cl->node], now);
-            continue;
-        }
-        cl->sent = true;
-        queued[cl->node] = true;
-        nq++;
+        cl->done = cl->asking = cl->await_connect = false;
+        cl->retry_at_ms = 0;
+        any = true;
     }
-    if (nq == 0)
-        return;
-    for (size_t ni = 0; ni < c->nnodes; ni++)
-        if (queued[ni] && gw_rl_redis_flush(c->nodes[ni].r) != 0)
-            node_down(c, &c->nodes[ni], now);
-    uint64_t deadline = gw_now_ms() + (uint64_t)c->timeout_ms;
-    for (size_t i = 0; i < ncalls; i++) {
-        struct call *cl = &calls[i];
-        if (!cl->sent || !c->nodes[cl->node].up)
-            continue;
-        void *v = NULL;
-        if (gw_rl_redis_reply_within(c->nodes[cl->node].r, &v, ms_until(deadline)) != 0) {
-            node_down(c, &c->nodes[cl->node], gw_now_ms());
-            continue;
-        }
-        redisReply *rep = v;
-        if (rep->type == REDIS_REPLY_ERROR)
-            gw_debug("rate limit: redis cluster refund refused: %s", rep->str);
-        freeReplyObject(rep);
-    }
+    if (any)
+        (void)run_calls(c, calls, ncalls, ROUNDS_MAX, gw_now_ms() + (uint64_t)c->timeout_ms);
 }
 
 /* Folds the parts of calls into whole[] (1 all allowed, 2 refused, 3
@@ -1076,18 +1040,17 @@ static void fold(struct call *calls, size_t ncalls, struct gw_rl_pass *p, uint8_
     }
 }
 
+/* Bytes residual_pass lays out for pass p (zeroed by the caller). */
+#define RESIDUAL_BYTES(p)                                                                          \
+    ((p)->nops * (1 + sizeof(struct gw_rl_op) + sizeof(uint32_t)) +                                \
+     (p)->nunits * (sizeof(struct gw_rl_unit) + sizeof(uint32_t)) + 64)
+
 /* The ops the fast path left (its failed calls, its ELSEWHERE units), as a
  * pass of their own in unit order (one unit per unit of p that has any),
- * in storage from arena 1's tail... allocated here (caller frees *mem). */
-static int residual_pass(const struct call *calls, size_t ncalls, const struct gw_rl_pass *p,
-                         struct gw_rl_pass *res, uint32_t **op_map, uint32_t **unit_map, void **mem)
+ * laid out in m (RESIDUAL_BYTES(p), zeroed: the scratch arena). */
+static void residual_pass(const struct call *calls, size_t ncalls, const struct gw_rl_pass *p,
+                          struct gw_rl_pass *res, uint32_t **op_map, uint32_t **unit_map, char *m)
 {
-    size_t bytes = p->nops * (1 + sizeof(struct gw_rl_op) + sizeof(uint32_t)) +
-                   p->nunits * (sizeof(struct gw_rl_unit) + sizeof(uint32_t)) + 64;
-    char *m = calloc(1, bytes);
-    if (m == NULL)
-        return -ENOMEM;
-    *mem = m;
     bool *again = (bool *)m;
     struct gw_rl_op *ops = (struct gw_rl_op *)(m + ((p->nops + 15) & ~(size_t)15));
     uint32_t *om = (uint32_t *)(ops + p->nops);
@@ -1128,7 +1091,6 @@ static int residual_pass(const struct call *calls, size_t ncalls, const struct g
     res->nunits = nu;
     *op_map = om;
     *unit_map = um;
-    return 0;
 }
 
 static int cluster_apply(void *store, struct gw_rl_pass *p)
@@ -1151,27 +1113,30 @@ static int cluster_apply(void *store, struct gw_rl_pass *p)
         return (int)nf;
     bool answered = run_calls(c, fast, (size_t)nf, 2, deadline);
     /* Slow path: what the fast one left, per slot, redirects followed. */
+    size_t rbytes = RESIDUAL_BYTES(p);
+    struct arena *sc = &c->arena[2];
+    if (rbytes + p->nunits > sc->cap) {
+        void *a = realloc(sc->p, rbytes + p->nunits);
+        if (a == NULL)
+            return -ENOMEM;
+        sc->p = a;
+        sc->cap = rbytes + p->nunits;
+    }
+    memset(sc->p, 0, rbytes);
     struct gw_rl_pass res;
     uint32_t *op_map = NULL, *unit_map = NULL;
-    void *mem = NULL;
-    if (residual_pass(fast, (size_t)nf, p, &res, &op_map, &unit_map, &mem) != 0)
-        return -ENOMEM;
+    residual_pass(fast, (size_t)nf, p, &res, &op_map, &unit_map, sc->p);
     ssize_t ns = 0;
     if (res.nunits > 0) {
         ns = build_calls(c, &c->arena[1], &res, false, op_map, unit_map, &slow);
-        if (ns < 0) {
-            free(mem);
+        if (ns < 0)
             return (int)ns;
-        }
         /* The slow path has its own timeout: a stale map costs one more
          * round trip, not a failure. */
         answered |= run_calls(c, slow, (size_t)ns, ROUNDS_MAX,
                               GW_MAX(deadline, gw_now_ms() + (uint64_t)c->timeout_ms));
     }
-    free(mem);
-    uint8_t *whole = malloc(p->nunits);
-    if (whole == NULL)
-        return -ENOMEM;
+    uint8_t *whole = (uint8_t *)sc->p + rbytes;
     memset(whole, 1, p->nunits);
     int64_t now_us = 0;
     fold(fast, (size_t)nf, p, whole, &now_us);
@@ -1186,7 +1151,6 @@ static int cluster_apply(void *store, struct gw_rl_pass *p)
         refund(c, fast, (size_t)nf, whole);
         refund(c, slow, (size_t)ns, whole);
     }
-    free(whole);
     up = 0;
     for (size_t i = 0; i < c->nnodes; i++)
         up += c->nodes[i].up;

@@ -238,14 +238,13 @@ int gw_server_run(struct gw_config *cfg, struct gw_rules *rules)
         snprintf(limits, sizeof(limits), "rate-limit rules %s (%zu limits, from %s)",
                  in_force->version, in_force->limit_count, gw_rules_source_name(in_force->source));
     gw_rules_put(in_force);
+    static const char *const store_name[] = {[GW_REDIS_NONE] = "memory",
+                                             [GW_REDIS_URL] = "redis",
+                                             [GW_REDIS_SENTINEL] = "redis sentinel",
+                                             [GW_REDIS_CLUSTER] = "redis cluster"};
     gw_info("upstream %s%s, %d workers, %s (%s store), in-flight cap %d", cfg->backend_authority,
             cfg->backend_base_path ? cfg->backend_base_path : "", srv->nworkers, limits,
-            !gw_config_redis_enabled(cfg) ? "memory"
-            : cfg->redis_cluster_nodes != NULL && cfg->redis_cluster_nodes[0] != '\0'
-                ? "redis cluster"
-            : cfg->redis_sentinels != NULL && cfg->redis_sentinels[0] != '\0' ? "redis sentinel"
-                                                                              : "redis",
-            cfg->max_concurrent_requests);
+            store_name[gw_config_redis_mode(cfg)], cfg->max_concurrent_requests);
 
     int sig = wait_for_signal(srv);
     gw_info("%s received: draining (up to %d ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",

@@ -180,6 +180,19 @@ struct gw_redis_target {
 GW_MUSTCHECK int gw_config_parse_redis_url(const char *url, struct gw_redis_target *out, char *why,
                                            size_t why_len);
 
+/* Which Redis deployment the configuration names (SPEC.md §12; at most one
+ * of the three variables is set in a valid configuration). */
+enum gw_redis_mode {
+    GW_REDIS_NONE = 0, /* no Redis: the in-process store */
+    GW_REDIS_URL,      /* REDIS_URL: one server */
+    GW_REDIS_SENTINEL, /* REDIS_SENTINELS */
+    GW_REDIS_CLUSTER,  /* REDIS_CLUSTER_NODES */
+};
+
+/* The Redis mode of cfg (an empty variable counts as unset). Pure;
+ * thread-safe for a const cfg. */
+enum gw_redis_mode gw_config_redis_mode(const struct gw_config *cfg);
+
 /* True when a Redis store is configured (REDIS_URL, REDIS_SENTINELS or
  * REDIS_CLUSTER_NODES).
  * Thread-safe for a const cfg. */
